@@ -1,0 +1,7 @@
+"""``python -m ckpttools``."""
+
+import sys
+
+from ckpttools.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``ckpttools`` command line: a thin click layer over ``ckpttools.ops``."""

@@ -1,0 +1,1 @@
+"""On-disk checkpoint formats behind one lazy reader interface."""

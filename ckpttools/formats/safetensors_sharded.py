@@ -1,0 +1,26 @@
+"""Readers for sharded sets described by an ``*.index.json`` (stub, being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpttools.errors import UnsupportedError
+from ckpttools.formats.base import CheckpointReader, Format
+
+
+class ShardedSafetensorsReader(CheckpointReader):
+    format = Format.SAFETENSORS_SHARDED
+
+    def __init__(self, path: Any, *, trust: bool = False) -> None:
+        super().__init__(path, trust=trust)
+        raise UnsupportedError(f"{self.path}: the {self.format.value} reader is not available yet")
+
+    def entries(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def load(self, key: str) -> Any:
+        raise NotImplementedError
+
+
+class ShardedTorchReader(ShardedSafetensorsReader):
+    format = Format.TORCH_SHARDED

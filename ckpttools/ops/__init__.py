@@ -1,0 +1,1 @@
+"""Operations: plain functions returning frozen result dataclasses. They never print or exit."""

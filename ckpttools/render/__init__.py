@@ -1,0 +1,63 @@
+"""Rendering results as text: tables (tabulate), JSON and markdown. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+TABLE_FORMATS = {"table": "simple", "markdown": "github"}
+
+
+def to_json(data: Any) -> str:
+    """Stable JSON: sorted keys, two-space indent, non-finite floats as strings."""
+    return json.dumps(_json_safe(data), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "table") -> str:
+    """A table in the style of ``fmt`` (``table`` or ``markdown``)."""
+    if not rows:
+        return ""
+    return tabulate(rows, headers=list(headers), tablefmt=TABLE_FORMATS.get(fmt, "simple"),
+                    disable_numparse=True)
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    """``124439808`` -> ``124.4M``."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """``(768, 768)`` -> ``[768, 768]``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def heading(text: str, fmt: str) -> str:
+    """A section heading: markdown ``##`` or a plain line."""
+    return f"## {text}" if fmt == "markdown" else text

@@ -1,0 +1,28 @@
+# Sourced by scripts/demo and scripts/test: make sure a Python environment with ckpttools exists.
+# Creates .venv when no virtual environment is active, installs the pinned CPU torch when torch is
+# missing (an open range would pull a multi-GB CUDA build), then ckpttools itself.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TORCH_PIN="torch==2.13.0"
+PY="${PYTHON:-python3}"
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    echo "creating virtual environment in $ROOT/.venv" >&2
+    "$PY" -m venv "$ROOT/.venv"
+  fi
+  # shellcheck disable=SC1091
+  source "$ROOT/.venv/bin/activate"
+fi
+
+pip_quiet() { python -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! python -c "import torch" >/dev/null 2>&1; then
+  echo "installing $TORCH_PIN (CPU)" >&2
+  pip_quiet "$TORCH_PIN"
+fi
+# Always (re)install the project: cheap when everything is there, and it picks up new dependencies.
+extras=""
+[ "${1:-}" = "--with-tests" ] && extras="[test]"
+echo "installing ckpttools$extras" >&2
+pip_quiet -e "$ROOT$extras"
