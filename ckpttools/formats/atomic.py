@@ -1,0 +1,70 @@
+"""Atomic writing: a temporary file or folder beside the destination, fsync, then rename.
+
+A crash or an error never leaves a partial destination, and the source is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ckpttools.errors import CkptError
+
+
+def check_destination(src: str, dest: str, *, force: bool) -> None:
+    """Refuse to write over the source, or over an existing destination without ``force``.
+
+    Raises:
+        CkptError: ``dest`` is ``src`` or exists and ``force`` is false.
+    """
+    if os.path.exists(dest) and os.path.exists(src) and os.path.samefile(src, dest):
+        raise CkptError(f"{dest}: destination is the source; write to another path")
+    if os.path.exists(dest) and not force:
+        raise CkptError(f"{dest}: already exists; pass --force to overwrite it")
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file, or every file in a folder and the folder itself."""
+    if os.path.isdir(path):
+        for name in os.listdir(path):
+            fsync_path(os.path.join(path, name))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
+    """Yield a temporary path beside ``dest``; on success fsync it and rename it to ``dest``.
+
+    On any exception (or KeyboardInterrupt) the temporary path is removed and ``dest`` is left
+    as it was. An existing ``dest`` is replaced only at the final rename.
+    """
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise CkptError(f"{dest}: folder {parent} does not exist")
+    base = os.path.basename(dest)
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        if directory and os.path.isdir(dest):
+            shutil.rmtree(dest)
+        elif not directory and os.path.isdir(dest):
+            raise CkptError(f"{dest}: is a folder; give a file path")
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

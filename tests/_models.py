@@ -1,0 +1,28 @@
+"""Small real models for tests; importable as a model spec: ``tests/_models.py:TinyNet``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A seeded convnet with realistic key names: conv, BatchNorm, blocks, classifier head."""
+
+    def __init__(self, num_classes: int = 10, depth: int = 2, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.ReLU())
+                                      for _ in range(depth)])
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x))).mean(dim=(2, 3))
+        return self.head(self.blocks(x))
+
+
+def tiny_net(seed: int = 0, **kwargs: int) -> TinyNet:
+    """A ``TinyNet`` with weights fixed by ``seed``."""
+    torch.manual_seed(seed)
+    return TinyNet(**kwargs)
