@@ -1,0 +1,194 @@
+"""``inspect``: what a checkpoint is and what it holds, from metadata alone."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
+from ckpttools.errors import CkptError
+from ckpttools.formats.base import CheckpointReader
+from ckpttools.keypaths import get_path, iter_leaves
+from ckpttools.ops.layout import StateDictInfo, default_state_dict, find_layout
+from ckpttools.ops.tensor_stats import TensorStats, compute_stats
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """What ``inspect`` found.
+
+    Attributes:
+        path: the checkpoint as given.
+        format: the detected format's CLI name.
+        is_lazy: whether entries were listed without reading tensor data.
+        key: the ``--key`` subtree shown ("" for the whole checkpoint); keys are relative to it.
+        tensors: the tensor entries shown (after ``--key`` and ``--filter``), in file order.
+        objects: the non-tensor values shown.
+        layout: the state_dicts of the whole checkpoint.
+        default_state_dict: the state_dict other commands pick without ``--key``.
+        globals: every global the checkpoint's pickles reference.
+        metadata: format-level string metadata.
+        stats: per-tensor statistics, when asked for.
+        weights_only_hint: the ``add_safe_globals`` line ``torch.load(weights_only=True)`` needs.
+    """
+
+    path: str
+    format: str
+    is_lazy: bool
+    key: str
+    tensors: tuple[TensorEntry, ...]
+    objects: tuple[ObjectEntry, ...]
+    layout: tuple[StateDictInfo, ...]
+    default_state_dict: str | None
+    globals: tuple[GlobalRef, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    stats: tuple[TensorStats, ...] | None = None
+    weights_only_hint: str | None = None
+
+    @property
+    def unsafe_globals(self) -> tuple[GlobalRef, ...]:
+        return tuple(g for g in self.globals if g.safety == "unsafe")
+
+    @property
+    def unknown_globals(self) -> tuple[GlobalRef, ...]:
+        return tuple(g for g in self.globals if g.safety == "unknown")
+
+    @property
+    def ok(self) -> bool:
+        """False when the pickle references code that loading would run."""
+        return not self.unsafe_globals
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(sorted({t.device for t in self.tensors}))
+
+    @property
+    def bytes_by_dtype(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tensors:
+            out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "lazy": self.is_lazy,
+            "key": self.key,
+            "devices": list(self.devices),
+            "state_dicts": [s.to_dict() for s in self.layout],
+            "default_state_dict": self.default_state_dict,
+            "objects": [{"key": o.key, "type": o.type_name, "value": o.value} for o in self.objects],
+            "tensors": [_tensor_dict(t) for t in self.tensors],
+            "totals": {
+                "tensors": len(self.tensors),
+                "parameters": sum(t.numel for t in self.tensors),
+                "bytes": sum(t.nbytes for t in self.tensors),
+                "bytes_by_dtype": self.bytes_by_dtype,
+            },
+            "metadata": dict(self.metadata),
+            "globals": [{"name": g.qualname, "safety": g.safety, "pickle": g.pickle,
+                         "reason": g.reason} for g in self.globals],
+            "unsafe": not self.ok,
+            "weights_only_hint": self.weights_only_hint,
+            "stats": None if self.stats is None else [s.to_dict() for s in self.stats],
+        }
+
+
+def _tensor_dict(t: TensorEntry) -> dict[str, Any]:
+    return {"key": t.key, "dtype": t.dtype, "shape": list(t.shape), "numel": t.numel,
+            "bytes": t.nbytes, "location": t.location, "device": t.device}
+
+
+def _relative(key: str, prefix: str) -> str | None:
+    if not prefix:
+        return key
+    if key == prefix:
+        return ""
+    return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
+
+
+def _select(entries: tuple[Any, ...], key: str, pattern: str | None) -> tuple[Any, ...]:
+    out = []
+    for e in entries:
+        rel = _relative(e.key, key)
+        if rel is None or (pattern and not fnmatch.fnmatchcase(rel, pattern)):
+            continue
+        out.append(type(e)(**{**e.__dict__, "key": rel}) if key else e)
+    return tuple(out)
+
+
+def inspect_checkpoint(
+    reader: CheckpointReader,
+    *,
+    key: str | None = None,
+    pattern: str | None = None,
+    with_stats: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> InspectResult:
+    """Describe a checkpoint from its metadata; tensor data is read only for ``with_stats``.
+
+    Args:
+        reader: an open checkpoint.
+        key: a dotted path into the checkpoint; only that subtree is shown.
+        pattern: a glob (``*.weight``) that shown keys must match.
+        with_stats: compute min/max/mean/std and NaN/Inf counts, one tensor at a time.
+        on_progress: called with the byte count of each tensor as its statistics are done.
+
+    Returns:
+        An ``InspectResult``.
+
+    Raises:
+        CkptError: ``key`` names nothing in the checkpoint, or the file is unreadable.
+
+    Example:
+        >>> with open_checkpoint("ckpt.pth") as r:
+        ...     result = inspect_checkpoint(r, key="model_state_dict")
+    """
+    entries = reader.entries()
+    tree = reader.tree()
+    prefix = key or ""
+    if prefix:
+        try:
+            get_path(tree, prefix)
+        except KeyError:
+            raise CkptError(f"{reader.path}: no entry '{prefix}' in the checkpoint; top-level "
+                            f"keys: {_top_keys(tree)}") from None
+    tensor_entries = tuple(e for e in entries if isinstance(e, TensorEntry))
+    layout = find_layout(tree, tensor_entries)
+    tensors = _select(tensor_entries, prefix, pattern)
+    stats = None
+    if with_stats:
+        full_keys = [f"{prefix}.{t.key}" if prefix and t.key else prefix or t.key for t in tensors]
+        stats = compute_stats(reader, full_keys, on_progress=on_progress, shown_keys=[t.key for t in tensors])
+    pickle_globals = reader.pickle_globals()
+    return InspectResult(
+        path=reader.path,
+        format=reader.format.value,
+        is_lazy=reader.lazy,
+        key=prefix,
+        tensors=tensors,
+        objects=_select(tuple(e for e in entries if isinstance(e, ObjectEntry)), prefix, pattern),
+        layout=layout,
+        default_state_dict=default_state_dict(layout),
+        globals=pickle_globals,
+        metadata=reader.metadata(),
+        stats=stats,
+        weights_only_hint=_hint(pickle_globals),
+    )
+
+
+def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:
+    try:
+        from ckpttools.formats.pickle_walk import safe_globals_hint
+    except ImportError:  # pickle-free formats need no hint
+        return None
+    return safe_globals_hint(pickle_globals)
+
+
+def _top_keys(tree: Any) -> str:
+    names = [str(k) for k, _ in iter_leaves(tree)] if not isinstance(tree, dict) else [str(k) for k in tree]
+    shown = ", ".join(sorted({n.split(".")[0] for n in names})[:8])
+    return shown or "(none)"

@@ -1,0 +1,115 @@
+"""The layout of a nested training checkpoint: which subtrees are state_dicts, of what kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ckpttools.entries import TensorEntry, TensorRef
+
+Kind = Literal["model", "optimizer", "scheduler", "scaler", "ema", "rng", "tensors"]
+
+# Names under which training code stores the model's weights, most specific first.
+MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
+              "model_state", "weights", "params", "generator", "student")
+OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states", "opt")
+
+
+@dataclass(frozen=True)
+class StateDictInfo:
+    """A subtree of a checkpoint that holds tensors.
+
+    Attributes:
+        key: dotted path of the subtree ("" for a checkpoint that is one flat state_dict).
+        kind: what the subtree is for.
+        tensors: how many tensors it holds.
+        parameters: their total element count.
+        nbytes: their total size in bytes.
+    """
+
+    key: str
+    kind: Kind
+    tensors: int
+    parameters: int
+    nbytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "tensors": self.tensors,
+                "parameters": self.parameters, "bytes": self.nbytes}
+
+
+def _is_flat_state_dict(node: Any) -> bool:
+    """A dict whose values are (nearly) all tensors: a plain ``model.state_dict()``."""
+    if not isinstance(node, dict) or not node:
+        return False
+    tensors = sum(isinstance(v, TensorRef) for v in node.values())
+    return tensors >= max(1, len(node) - 2) and not any(isinstance(v, dict) for v in node.values())
+
+
+def _kind(name: str, node: Any) -> Kind:
+    lowered = name.lower()
+    if isinstance(node, dict) and {"state", "param_groups"} <= {str(k) for k in node}:
+        return "optimizer"
+    if "optim" in lowered:
+        return "optimizer"
+    if "sched" in lowered:
+        return "scheduler"
+    if "scaler" in lowered:
+        return "scaler"
+    if "rng" in lowered or "random" in lowered:
+        return "rng"
+    if "ema" in lowered.split("_") or lowered.startswith("ema") or "teacher" in lowered:
+        return "ema"
+    return "model" if _is_flat_state_dict(node) or isinstance(node, dict) else "tensors"
+
+
+def _subtrees(tree: Any) -> list[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        items = [(str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(tree)]
+    else:
+        return []
+    out: list[tuple[str, Any]] = []
+    for name, node in items:
+        # Lightning keeps optimizers in a list: look one level into lists.
+        if isinstance(node, (list, tuple)) and any(isinstance(v, dict) for v in node):
+            out.extend((f"{name}.{i}", v) for i, v in enumerate(node))
+        else:
+            out.append((name, node))
+    return out
+
+
+def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictInfo, ...]:
+    """Find the state_dicts in a checkpoint's tree.
+
+    A checkpoint that is itself a flat state_dict gives one entry with key "". Otherwise each
+    top-level subtree that holds tensors is one entry, classified by its name and shape.
+    """
+    if _is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
+        return (_info("", "model", tensors),) if tensors else ()
+    infos = []
+    for name, node in _subtrees(tree):
+        prefix = name + "."
+        members = tuple(t for t in tensors if t.key.startswith(prefix) or t.key == name)
+        if members:
+            infos.append(_info(name, _kind(name.split(".")[0], node), members))
+    return tuple(infos)
+
+
+def _info(key: str, kind: Kind, members: tuple[TensorEntry, ...]) -> StateDictInfo:
+    return StateDictInfo(key, kind, len(members), sum(t.numel for t in members),
+                         sum(t.nbytes for t in members))
+
+
+def default_state_dict(layout: tuple[StateDictInfo, ...]) -> str | None:
+    """The state_dict that ``diff``, ``diagnose`` and ``remap`` use when no ``--key`` is given:
+    a well-known model key first, else the largest model-kind subtree."""
+    models = [s for s in layout if s.kind == "model"]
+    by_key = {s.key: s for s in models}
+    for name in MODEL_KEYS:
+        if name in by_key:
+            return name
+    if models:
+        return max(models, key=lambda s: s.parameters).key
+    return None

@@ -1,0 +1,96 @@
+"""Per-tensor statistics (min, max, mean, std, NaN and Inf counts), one tensor at a time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.formats.base import CheckpointReader
+
+if TYPE_CHECKING:
+    import torch
+
+# Elements per chunk: bounds the float64 working copy to 32 MiB whatever the tensor's size.
+CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of one tensor. ``min``..``std`` cover finite values only and are None for
+    tensors without any (or of a non-numeric dtype)."""
+
+    key: str
+    numel: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    std: float | None
+    nan: int
+    inf: int
+
+    @property
+    def is_finite(self) -> bool:
+        return self.nan == 0 and self.inf == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "numel": self.numel, "min": self.min, "max": self.max,
+                "mean": self.mean, "std": self.std, "nan": self.nan, "inf": self.inf}
+
+
+def _stats_of(key: str, tensor: torch.Tensor) -> TensorStats:
+    import torch
+
+    flat = tensor.reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    integral = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+    if not (flat.is_floating_point() or flat.dtype in integral):
+        return TensorStats(key, tensor.numel(), None, None, None, None, 0, 0)
+    count = total = squares = 0.0
+    lo, hi = math.inf, -math.inf
+    nan = inf = 0
+    for start in range(0, flat.numel(), CHUNK):
+        chunk = flat[start:start + CHUNK].to(torch.float64)
+        finite = torch.isfinite(chunk)
+        nan += int(torch.isnan(chunk).sum())
+        inf += int(torch.isinf(chunk).sum())
+        values = chunk[finite] if nan or inf else chunk
+        if values.numel():
+            count += values.numel()
+            total += float(values.sum())
+            squares += float((values * values).sum())
+            lo = min(lo, float(values.min()))
+            hi = max(hi, float(values.max()))
+    if not count:
+        return TensorStats(key, tensor.numel(), None, None, None, None, nan, inf)
+    mean = total / count
+    std = math.sqrt(max(squares / count - mean * mean, 0.0))
+    return TensorStats(key, tensor.numel(), lo, hi, mean, std, nan, inf)
+
+
+def compute_stats(
+    reader: CheckpointReader,
+    keys: Sequence[str],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    shown_keys: Sequence[str] | None = None,
+) -> tuple[TensorStats, ...]:
+    """Statistics for each of ``keys``, loading one tensor at a time from ``reader``.
+
+    Args:
+        reader: an open checkpoint.
+        keys: full dotted keys of the tensors.
+        on_progress: called with each tensor's byte size once it is done.
+        shown_keys: names to report the statistics under (defaults to ``keys``).
+    """
+    out = []
+    names = shown_keys if shown_keys is not None else keys
+    for key, name in zip(keys, names):
+        tensor = reader.load(key)
+        out.append(_stats_of(name, tensor))
+        if on_progress is not None:
+            on_progress(tensor.numel() * tensor.element_size())
+        del tensor
+    return tuple(out)

@@ -1,0 +1,148 @@
+"""Render an ``InspectResult``: header, layout, values, tensors (flat or tree), totals, safety."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ckpttools.entries import TensorEntry
+from ckpttools.keypaths import compress_keys
+from ckpttools.ops.inspect import InspectResult
+from ckpttools.render import heading, human_bytes, human_count, shape_text, table, to_json
+
+VALUE_WIDTH = 60
+
+
+def render_inspect(result: InspectResult, fmt: str, *, tree: bool = False,
+                   expand: bool = False) -> str:
+    """The report for ``fmt`` (``table``, ``markdown`` or ``json``).
+
+    JSON always lists every tensor, uncompressed; ``tree`` and ``expand`` shape the tables only.
+    """
+    if fmt == "json":
+        return to_json(result.to_dict())
+    parts = [_header(result, fmt)]
+    if result.layout and not result.key:
+        parts.append(_layout(result, fmt))
+    if result.objects:
+        parts.append(_objects(result, fmt))
+    if result.stats is not None:
+        parts.append(_stats(result, fmt))
+    elif tree:
+        parts.append(_tree(result.tensors, fmt, expand))
+    elif result.tensors:
+        parts.append(_tensors(result.tensors, fmt, expand))
+    parts.append(_totals(result, fmt))
+    if result.globals:
+        parts.append(_safety(result, fmt))
+    return "\n\n".join(p for p in parts if p)
+
+
+def _header(result: InspectResult, fmt: str) -> str:
+    lines = [heading(f"{result.path}", fmt),
+             f"format: {result.format}" + ("" if result.is_lazy else " (tensor data was read to list entries)")]
+    if result.key:
+        lines.append(f"key: {result.key}")
+    if any(d != "cpu" for d in result.devices):
+        lines.append(f"saved from: {', '.join(result.devices)} (read on CPU)")
+    for name, value in sorted(result.metadata.items()):
+        if len(value) <= VALUE_WIDTH:
+            lines.append(f"metadata {name}: {value}")
+    return "\n".join(lines)
+
+
+def _layout(result: InspectResult, fmt: str) -> str:
+    rows = []
+    for s in result.layout:
+        mark = "  <- default" if s.key == result.default_state_dict and len(result.layout) > 1 else ""
+        rows.append([s.key or "(root)", s.kind, s.tensors, human_count(s.parameters),
+                     human_bytes(s.nbytes) + mark])
+    return heading("State dicts", fmt) + "\n" + table(
+        rows, ["key", "kind", "tensors", "parameters", "size"], fmt)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 3] + "..."
+
+
+def _objects(result: InspectResult, fmt: str) -> str:
+    rows = [[o.key, o.type_name, _short(o.value)] for o in result.objects]
+    return heading("Values", fmt) + "\n" + table(rows, ["key", "type", "value"], fmt)
+
+
+def _tensors(tensors: tuple[TensorEntry, ...], fmt: str, expand: bool) -> str:
+    if expand:
+        rows = [[t.key, t.dtype, shape_text(t.shape), t.numel, human_bytes(t.nbytes)] for t in tensors]
+        return heading("Tensors", fmt) + "\n" + table(rows, ["key", "dtype", "shape", "numel", "size"], fmt)
+    groups = compress_keys((t.key, (t.dtype, t.shape, t.numel, t.nbytes)) for t in tensors)
+    rows = [[key, dtype, shape_text(shape), numel, human_bytes(nbytes * count),
+             f"x{count}" if count > 1 else ""]
+            for key, (dtype, shape, numel, nbytes), count in groups]
+    return heading("Tensors", fmt) + "\n" + table(
+        rows, ["key", "dtype", "shape", "numel", "size", "count"], fmt)
+
+
+def _components(key: str) -> list[str]:
+    """Split a (possibly folded) key on dots outside ``{..}``."""
+    parts, depth, current = [], 0, ""
+    for ch in key:
+        depth += (ch == "{") - (ch == "}")
+        if ch == "." and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
+def _tree(tensors: tuple[TensorEntry, ...], fmt: str, expand: bool) -> str:
+    """Parameter counts per module prefix, every level; repeated layers folded unless ``expand``."""
+    totals: dict[str, tuple[int, int, int]] = {}
+    for t in tensors:
+        parts = t.key.split(".")
+        for depth in range(1, len(parts)):  # module prefixes only, not the tensor's own name
+            prefix = ".".join(parts[:depth])
+            numel, nbytes, count = totals.get(prefix, (0, 0, 0))
+            totals[prefix] = (numel + t.numel, nbytes + t.nbytes, count + 1)
+    items = list(totals.items())
+    folded = compress_keys(items) if not expand else [(k, v, 1) for k, v in items]
+    rows = []
+    for key, (numel, nbytes, count), times in folded:
+        parts = _components(key)
+        rows.append(["  " * (len(parts) - 1) + parts[-1], human_count(numel * times),
+                     human_bytes(nbytes * times), count * times, f"x{times}" if times > 1 else ""])
+    return heading("Modules", fmt) + "\n" + table(
+        rows, ["module", "parameters", "size", "tensors", "repeat"], fmt)
+
+
+def _stats(result: InspectResult, fmt: str) -> str:
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.6g}"
+
+    assert result.stats is not None
+    rows = [[s.key, num(s.min), num(s.max), num(s.mean), num(s.std), s.nan, s.inf] for s in result.stats]
+    return heading("Statistics", fmt) + "\n" + table(
+        rows, ["key", "min", "max", "mean", "std", "nan", "inf"], fmt)
+
+
+def _totals(result: InspectResult, fmt: str) -> str:
+    params = sum(t.numel for t in result.tensors)
+    size = sum(t.nbytes for t in result.tensors)
+    by_dtype = ", ".join(f"{d} {human_bytes(n)}" for d, n in result.bytes_by_dtype.items())
+    return (f"{len(result.tensors)} tensors, {human_count(params)} elements ({params}), "
+            f"{human_bytes(size)}" + (f": {by_dtype}" if by_dtype else ""))
+
+
+def _safety(result: InspectResult, fmt: str) -> str:
+    lines = []
+    for g in result.unsafe_globals:
+        lines.append(f"UNSAFE: {g.qualname} ({g.pickle}): {g.reason}")
+    for g in result.unknown_globals:
+        lines.append(f"needs code: {g.qualname}: {g.reason}")
+    if result.unsafe_globals:
+        lines.append("loading this file with torch.load(weights_only=False) would run that code")
+    elif result.weights_only_hint:
+        lines.append("torch.load(weights_only=True) refuses this file; if you trust these classes:")
+        lines.append("  " + result.weights_only_hint)
+    return heading("Safety", fmt) + "\n" + "\n".join(lines) if lines else ""

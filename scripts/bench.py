@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Benchmarks: ckpttools against the obvious approach, measured in the same run, as ratios.
+
+Usage:
+  python scripts/bench.py                      # every area, default (small) sizes
+  python scripts/bench.py inspect --sizes 256MB,1GB,4GB
+  python scripts/bench.py convert --sizes 4GB
+
+Generated checkpoints are kept in ./bench-data (or $CKPTTOOLS_BENCH_DATA) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+AREAS = ("inspect", "diff", "diagnose", "convert", "resume", "audit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("areas", nargs="*", default=[], metavar="AREA",
+                        help=f"which benchmarks ({', '.join(AREAS)}); all by default")
+    parser.add_argument("--sizes", default="256MB", help="checkpoint sizes, comma-separated")
+    args = parser.parse_args()
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = set(args.areas) - set(AREAS)
+    if unknown:
+        parser.error(f"unknown area(s): {', '.join(sorted(unknown))}")
+    for area in args.areas or AREAS:
+        try:
+            module = importlib.import_module(f"bench_{area}")
+        except ModuleNotFoundError:
+            print(f"== {area}: no benchmark", flush=True)
+            continue
+        print(f"== {area}", flush=True)
+        module.run(sizes)
+
+
+if __name__ == "__main__":
+    main()
