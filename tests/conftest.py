@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,7 @@ def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def canary(tmp_path: Path) -> Path:
+def canary(tmp_path: Path) -> Iterator[Path]:
     """A path a malicious pickle would create; tests assert it never appears."""
     path = tmp_path / "CANARY"
     yield path
