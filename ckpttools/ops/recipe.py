@@ -1,0 +1,362 @@
+"""Training recipes for ``verify-resume``: loading, validating and running them.
+
+A recipe is a small Python file or module that describes training (see ``load_recipe``). This
+module builds its objects, runs its steps, captures and restores the default checkpoint layout,
+and reads and writes checkpoints. It imports torch only inside functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, SpecError, UnsafeCheckpointError
+
+REQUIRED = ("build_model", "build_optimizer", "batch")
+OPTIONAL = ("build_scheduler", "build_scaler", "save_checkpoint", "load_checkpoint")
+SIGNATURES = {
+    "build_model": "build_model()", "build_optimizer": "build_optimizer(model)", "batch": "batch(i)",
+    "loss": "loss(model, batch)", "train_step": "train_step(model, optimizer, scheduler, batch)",
+}
+
+# Well-known keys of the default checkpoint layout (the one PyTorch tutorials teach).
+STEP, EPOCH, LOSS = "step", "epoch", "loss"
+MODEL = "model_state_dict"
+OPTIMIZER = "optimizer_state_dict"
+SCHEDULER = "scheduler_state_dict"
+SCALER = "scaler_state_dict"
+RNG = "rng_state"
+PIECES = {"optimizer": OPTIMIZER, "scheduler": SCHEDULER, "scaler": SCALER, "rng": RNG}
+DEFAULT_SEED = 0
+
+
+@dataclass
+class TrainObjects:
+    """What a recipe builds: model, optimizer, optional scheduler and scaler."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any | None
+    scaler: Any | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe.
+
+    Attributes:
+        spec: how it was named (path or module), or ``""`` for an object passed in directly.
+        namespace: the module (or object) holding the recipe's functions.
+    """
+
+    spec: str
+    namespace: Any
+
+    def fn(self, name: str) -> Callable[..., Any] | None:
+        value = getattr(self.namespace, name, None)
+        return value if callable(value) else None
+
+    @property
+    def name(self) -> str:
+        return self.spec or getattr(self.namespace, "__name__", "recipe")
+
+    @property
+    def has_scheduler(self) -> bool:
+        return self.fn("build_scheduler") is not None
+
+    @property
+    def has_scaler(self) -> bool:
+        return self.fn("build_scaler") is not None
+
+    def pieces(self) -> tuple[str, ...]:
+        """The optional pieces of state this recipe has, in report order."""
+        out = ["optimizer"]
+        if self.has_scheduler:
+            out.append("scheduler")
+        if self.has_scaler:
+            out.append("scaler")
+        return (*out, "rng")
+
+
+def load_recipe(spec: str | ModuleType | object) -> Recipe:
+    """Load and validate a recipe.
+
+    Args:
+        spec: ``path/to/recipe.py``, ``package.module``, or an object (module, namespace) that
+            already holds the functions.
+
+    Returns:
+        The validated recipe.
+
+    Raises:
+        SpecError: the recipe cannot be imported or lacks a required function.
+
+    Example:
+        >>> recipe = load_recipe("examples/tutorial_linear.py")
+    """
+    if isinstance(spec, str):
+        recipe = Recipe(spec, _import(spec))
+    else:
+        recipe = Recipe("", spec)
+    for name in REQUIRED:
+        if recipe.fn(name) is None:
+            raise SpecError(f"{recipe.name}: recipe has no {SIGNATURES[name]}; define it "
+                            "(see ckpttools verify-resume --help)")
+    if recipe.fn("loss") is None and recipe.fn("train_step") is None:
+        raise SpecError(f"{recipe.name}: recipe has neither loss(model, batch) nor "
+                        "train_step(model, optimizer, scheduler, batch); define one of them")
+    return recipe
+
+
+def _import(spec: str) -> ModuleType:
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.is_file():
+            if not path.is_file():
+                raise SpecError(f"{spec}: recipe file not found; pass path/to/recipe.py or package.module")
+            name = f"_ckpttools_recipe_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:
+                raise SpecError(f"{spec}: cannot load as a python file; pass a .py file or package.module")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module  # dataclasses and pickling look the module up by name
+            module_spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(spec)
+    except SpecError:
+        raise
+    except ModuleNotFoundError as e:
+        raise SpecError(f"{spec}: cannot import recipe ({e}); pass path/to/recipe.py or package.module") from e
+    except Exception as e:
+        raise SpecError(f"{spec}: recipe failed to import: {type(e).__name__}: {e}") from e
+
+
+def _call(recipe: Recipe, name: str, *args: Any) -> Any:
+    """Call a recipe function; its own exceptions become a one-line SpecError."""
+    try:
+        return recipe.fn(name)(*args)  # type: ignore[misc]
+    except SpecError:
+        raise
+    except Exception as e:
+        raise SpecError(f"{recipe.name}: {name}() raised {type(e).__name__}: {e}") from e
+
+
+def seed_all(seed: int = DEFAULT_SEED) -> None:
+    """Seed torch, numpy (when installed) and python's RNGs, so fresh objects are reproducible."""
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np = _numpy()
+    if np is not None:
+        np.random.seed(seed)
+
+
+def _numpy() -> Any | None:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def build_objects(recipe: Recipe) -> TrainObjects:
+    """Build model, optimizer, scheduler and scaler, in that order."""
+    model = _call(recipe, "build_model")
+    optimizer = _call(recipe, "build_optimizer", model)
+    scheduler = _call(recipe, "build_scheduler", optimizer) if recipe.has_scheduler else None
+    scaler = _call(recipe, "build_scaler") if recipe.has_scaler else None
+    return TrainObjects(model, optimizer, scheduler, scaler)
+
+
+def run_step(recipe: Recipe, objs: TrainObjects, i: int) -> float:
+    """Run training step ``i`` (the recipe's ``train_step`` or the default) and return its loss."""
+    data = _call(recipe, "batch", i)
+    if recipe.fn("train_step") is not None:
+        loss = _call(recipe, "train_step", objs.model, objs.optimizer, objs.scheduler, data)
+    else:
+        loss = _default_step(recipe, objs, data)
+    return float(loss.detach().item() if hasattr(loss, "detach") else loss)
+
+
+def _default_step(recipe: Recipe, objs: TrainObjects, data: Any) -> Any:
+    objs.model.train()
+    objs.optimizer.zero_grad()
+    loss = _call(recipe, "loss", objs.model, data)
+    if objs.scaler is not None:
+        objs.scaler.scale(loss).backward()
+        objs.scaler.step(objs.optimizer)
+        objs.scaler.update()
+    else:
+        loss.backward()
+        objs.optimizer.step()
+    if objs.scheduler is not None:
+        objs.scheduler.step()
+    return loss
+
+
+def rng_state() -> dict[str, Any]:
+    """The current torch, numpy and python RNG states, in the default layout."""
+    import torch
+
+    np = _numpy()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if np is not None:
+        state["numpy"] = np.random.get_state()
+    return state
+
+
+def capture_state(objs: TrainObjects, step: int, loss: float | None) -> dict[str, Any]:
+    """The default checkpoint layout for ``objs`` after ``step`` completed steps (deep copies)."""
+    import copy
+
+    state: dict[str, Any] = {
+        STEP: step,
+        MODEL: copy.deepcopy(objs.model.state_dict()),
+        OPTIMIZER: copy.deepcopy(objs.optimizer.state_dict()),
+    }
+    if objs.scheduler is not None:
+        state[SCHEDULER] = copy.deepcopy(objs.scheduler.state_dict())
+    if objs.scaler is not None:
+        state[SCALER] = copy.deepcopy(objs.scaler.state_dict())
+    state[RNG] = rng_state()
+    state[LOSS] = loss
+    return state
+
+
+def checkpoint_step(state: dict[str, Any], where: str) -> int:
+    """Completed steps recorded in ``state`` (``step``, else ``epoch``)."""
+    for key in (STEP, EPOCH):
+        value = state.get(key)
+        if isinstance(value, int) or (hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1):
+            return int(value)
+    raise CorruptCheckpointError(f"{where}: checkpoint has no integer 'step' or 'epoch'; save the number of "
+                                 "completed steps under 'step'")
+
+
+def missing_pieces(recipe: Recipe, state: dict[str, Any]) -> tuple[str, ...]:
+    """The recipe's optional pieces of state that ``state`` lacks."""
+    return tuple(p for p in recipe.pieces() if state.get(PIECES[p]) is None)
+
+
+def apply_state(recipe: Recipe, objs: TrainObjects, state: dict[str, Any], where: str,
+                reset: frozenset[str] = frozenset(), seed: int = DEFAULT_SEED) -> None:
+    """Load ``state`` into freshly built ``objs``; pieces in ``reset`` or absent stay fresh.
+
+    Objects are built before any state is loaded, because building a scheduler rewrites the
+    optimizer's learning rate.
+    """
+    if not isinstance(state.get(MODEL), dict):
+        raise CorruptCheckpointError(f"{where}: checkpoint has no '{MODEL}' (the model state); "
+                                     "save model.state_dict() under that key")
+    import copy
+
+    try:
+        objs.model.load_state_dict(state[MODEL])
+        # Deep copies: Optimizer.load_state_dict keeps the given tensors when dtype and device fit,
+        # and training would then change the caller's state in place.
+        if "optimizer" not in reset and state.get(OPTIMIZER) is not None:
+            objs.optimizer.load_state_dict(copy.deepcopy(state[OPTIMIZER]))
+        if objs.scheduler is not None and "scheduler" not in reset and state.get(SCHEDULER) is not None:
+            objs.scheduler.load_state_dict(copy.deepcopy(state[SCHEDULER]))
+        if objs.scaler is not None and "scaler" not in reset and state.get(SCALER) is not None:
+            objs.scaler.load_state_dict(copy.deepcopy(state[SCALER]))
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptCheckpointError(f"{where}: state does not fit the recipe's objects: {first}") from e
+    seed_all(seed)  # a piece of RNG state that is absent or reset starts from the fixed seed
+    if "rng" not in reset and isinstance(state.get(RNG), dict):
+        _set_rng(state[RNG], where)
+
+
+def _set_rng(rng: dict[str, Any], where: str) -> None:
+    import torch
+
+    try:
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("python") is not None:
+            random.setstate(_as_tuple(rng["python"]))
+        np = _numpy()
+        if np is not None and rng.get("numpy") is not None:
+            np.random.set_state(rng["numpy"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CorruptCheckpointError(f"{where}: rng_state cannot be restored: {e}") from e
+
+
+def _as_tuple(value: Any) -> Any:
+    """``random.setstate`` needs tuples; some serialisers turn them into lists."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+@contextmanager
+def _numpy_rng_globals() -> Iterator[None]:
+    """Allow exactly what ``np.random.get_state()`` pickles into a weights_only load."""
+    import torch
+
+    np = _numpy()
+    if np is None:
+        yield
+        return
+    core = getattr(np, "_core", None) or np.core  # NOTE(numpy<2): the module was numpy.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        yield
+
+
+def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False) -> dict[str, Any]:
+    """Read a checkpoint: the recipe's ``load_checkpoint`` when it has one, else ``torch.load``.
+
+    Without ``trust`` the load is ``weights_only=True`` plus numpy's RNG state types.
+
+    Raises:
+        CheckpointNotFoundError, UnsafeCheckpointError, CorruptCheckpointError, SpecError.
+    """
+    if not Path(path).exists():
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if recipe.fn("load_checkpoint") is not None:
+        state = _call(recipe, "load_checkpoint", path)
+    else:
+        state = _torch_load(path, trust)
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{path}: checkpoint is a {type(state).__name__}, not a dict of state; "
+                                     "save a dict with model_state_dict, optimizer_state_dict, step")
+    return state
+
+
+def _torch_load(path: str, trust: bool) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with _numpy_rng_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:120]
+        raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it ({first}); "
+                                    "rerun with --trust if you trust the file") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CorruptCheckpointError(f"{path}: torch.load failed: {str(e).splitlines()[0][:120]}") from e
+
+
+def write_checkpoint(recipe: Recipe, path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` with the recipe's ``save_checkpoint``, else ``torch.save``."""
+    if recipe.fn("save_checkpoint") is not None:
+        _call(recipe, "save_checkpoint", path, state)
+    else:
+        import torch
+
+        torch.save(state, path)

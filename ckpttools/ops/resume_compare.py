@@ -1,0 +1,182 @@
+"""Comparing training states and per-step losses for ``verify-resume``.
+
+States are in the default checkpoint layout. They are flattened to dotted keys (``model_state_dict.fc.weight``,
+``optimizer_state_dict.state.0.exp_avg``, ``rng_state.torch``) and compared leaf by leaf: tensors
+bitwise or by max abs diff, scalars by equality or abs diff.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+DiffStatus = Literal["identical", "close", "differs", "missing", "extra", "mismatch"]
+# Leaves compared as one value: python's RNG state is a tuple of 625 ints.
+ATOMIC_KEYS = ("rng_state.python",)
+# The logged loss is compared per step, not as part of the state.
+SKIPPED_KEYS = ("loss",)
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """One leaf of the state, expected (uninterrupted run or NEXT) against the resumed run.
+
+    Attributes:
+        key: dotted key.
+        status: identical (bitwise), close (within tolerance), differs, missing (only in expected),
+            extra (only in resumed), mismatch (shape, dtype or type differs).
+        max_abs: max abs difference for numbers and float tensors, else None.
+        detail: dtype and shape, or the two values for scalars.
+    """
+
+    key: str
+    status: DiffStatus
+    max_abs: float | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("identical", "close")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "status": self.status, "max_abs": self.max_abs, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class LossRow:
+    """The loss of one step: uninterrupted run (or NEXT's logged loss) against the resumed run."""
+
+    step: int
+    reference: float | None
+    resumed: float | None
+    diff: float | None
+    status: Literal["identical", "close", "differs", "resumed-only", "before-resume"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "reference": self.reference, "resumed": self.resumed,
+                "diff": self.diff, "status": self.status}
+
+
+def flatten_state(state: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted key, leaf)``; numpy arrays become tensors."""
+    if prefix in ATOMIC_KEYS:
+        yield prefix, state
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            if not prefix and k in SKIPPED_KEYS:
+                continue
+            yield from flatten_state(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            yield from flatten_state(v, f"{prefix}.{i}" if prefix else str(i))
+    else:
+        yield prefix, _from_numpy(state)
+
+
+def _from_numpy(value: Any) -> Any:
+    if type(value).__module__ == "numpy":
+        import torch
+
+        if hasattr(value, "shape") and value.shape != ():
+            return torch.from_numpy(value)
+        return value.item()
+    return value
+
+
+def compare_states(expected: dict[str, Any], resumed: dict[str, Any], atol: float) -> tuple[TensorDiff, ...]:
+    """Compare two states leaf by leaf, in ``expected``'s key order, extras last."""
+    left = dict(flatten_state(expected))
+    right = dict(flatten_state(resumed))
+    out = [compare_leaf(key, value, right[key], atol) if key in right else TensorDiff(key, "missing")
+           for key, value in left.items()]
+    out.extend(TensorDiff(key, "extra") for key in right if key not in left)
+    return tuple(out)
+
+
+def compare_leaf(key: str, a: Any, b: Any, atol: float) -> TensorDiff:
+    """Compare one leaf: tensors bitwise then by max abs diff; numbers by value; the rest by ``==``."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return TensorDiff(key, "mismatch", None, f"{type(a).__name__} vs {type(b).__name__}")
+        return _compare_tensors(key, a, b, atol)
+    if _is_number(a) and _is_number(b):
+        return _compare_numbers(key, float(a), float(b), atol)
+    if a == b:
+        return TensorDiff(key, "identical", None, _short(a))
+    return TensorDiff(key, "differs", None, f"{_short(a)} vs {_short(b)}")
+
+
+def _compare_tensors(key: str, a: Any, b: Any, atol: float) -> TensorDiff:
+    import torch
+
+    detail = f"{str(a.dtype).removeprefix('torch.')} {list(a.shape)}"
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return TensorDiff(key, "mismatch", None,
+                          f"{detail} vs {str(b.dtype).removeprefix('torch.')} {list(b.shape)}")
+    if torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                             and torch.equal(a.nan_to_num(), b.nan_to_num())):
+        return TensorDiff(key, "identical", 0.0, detail)
+    if a.dtype == torch.uint8:
+        # raw bytes (RNG state): a size of difference means nothing
+        return TensorDiff(key, "differs", None, detail)
+    diff = (a.double() - b.double()).abs()
+    worst = float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
+    return TensorDiff(key, "close" if worst <= atol else "differs", worst, detail)
+
+
+def _compare_numbers(key: str, a: float, b: float, atol: float) -> TensorDiff:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return TensorDiff(key, "identical", 0.0, _short(a))
+    worst = abs(a - b)
+    return TensorDiff(key, "close" if worst <= atol else "differs", worst, f"{_short(a)} vs {_short(b)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def compare_losses(reference: dict[int, float], resumed: dict[int, float], first_step: int,
+                   atol: float, drift_atol: float) -> tuple[LossRow, ...]:
+    """One row per step: the first resumed step against ``atol``, later ones against ``drift_atol``."""
+    rows = []
+    for step in sorted(set(reference) | set(resumed)):
+        ref, res = reference.get(step), resumed.get(step)
+        if res is None:
+            rows.append(LossRow(step, ref, None, None, "before-resume"))
+        elif ref is None:
+            rows.append(LossRow(step, None, res, None, "resumed-only"))
+        else:
+            tol = atol if step == first_step else drift_atol
+            diff = 0.0 if ref == res else abs(ref - res) if math.isfinite(ref - res) else math.inf
+            status = "identical" if diff == 0.0 else "close" if diff <= tol else "differs"
+            rows.append(LossRow(step, ref, res, diff, status))  # type: ignore[arg-type]
+    return tuple(rows)
+
+
+def worst(diffs: tuple[TensorDiff, ...]) -> TensorDiff | None:
+    """The first leaf that is not within tolerance, or None."""
+    return next((d for d in diffs if not d.ok), None)
+
+
+def max_loss_change(a: dict[int, float], b: dict[int, float]) -> tuple[float, int | None]:
+    """Largest abs difference between two runs' losses, and the first step where they part."""
+    biggest, first = 0.0, None
+    for step in sorted(set(a) & set(b)):
+        if a[step] != b[step]:
+            first = step if first is None else first
+            biggest = max(biggest, abs(a[step] - b[step]))
+    return biggest, first
+
+
+def states_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two states are bitwise identical (model, optimizer, scheduler, scaler, RNG)."""
+    return all(d.status == "identical" for d in compare_states(a, b, 0.0))
