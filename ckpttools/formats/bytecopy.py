@@ -1,0 +1,149 @@
+"""Moving tensor bytes between files without holding a checkpoint in memory.
+
+Bytes go by ``os.copy_file_range`` (a kernel copy, never in this process's memory) or by
+buffered reads into one reusable buffer when a CRC is needed (zip records). Pages of the source
+are never mapped, so the resident set stays at the buffer size whatever the file size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import RawSource
+from ckpttools.errors import CorruptCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+CHUNK = 8 << 20
+Progress = Callable[[int], None]
+
+
+def _no_progress(n: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """One tensor to write: its stored name, dtype, shape and where its bytes come from.
+
+    Exactly one of ``raw`` (a byte range of a file, copied without torch) and ``load`` (returns
+    a CPU tensor of ``dtype``/``shape``; made contiguous by the writer) is used: ``raw`` when set.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    raw: RawSource | None = None
+    load: Callable[[], Any] | None = None
+
+
+class SourceFiles:
+    """Open-file cache for the sources of raw byte ranges (one fd per path)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def fd(self, path: str) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = False,
+             on_progress: Progress = _no_progress) -> int:
+    """Append ``src``'s bytes to ``out_fd`` (at its current position).
+
+    Returns:
+        The CRC-32 of the bytes when ``crc`` is true, else 0.
+
+    Raises:
+        CorruptCheckpointError: the source file ends before the range does.
+    """
+    in_fd = files.fd(src.path)
+    offset, left, value = src.offset, src.length, 0
+    buf = bytearray(min(CHUNK, max(left, 1))) if crc else None
+    while left > 0:
+        n = min(CHUNK, left)
+        if buf is None:
+            got = os.copy_file_range(in_fd, out_fd, n, offset)
+        else:
+            view = memoryview(buf)[:n]
+            got = os.preadv(in_fd, [view], offset)
+            value = zlib.crc32(view[:got], value)
+            _write_all(out_fd, view[:got])
+        if got <= 0:
+            raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data "
+                                         f"(offset {offset}); the file is truncated")
+        offset += got
+        left -= got
+        on_progress(got)
+    return value
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a contiguous CPU tensor (keep ``t`` alive while using it)."""
+    n = t.numel() * t.element_size()
+    if n == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_char * n).from_address(t.data_ptr())).cast("B")
+
+
+def write_tensor(t: torch.Tensor, out_fd: int, *, crc: bool = False,
+                 on_progress: Progress = _no_progress) -> int:
+    """Append a tensor's bytes (made contiguous) to ``out_fd``; returns the CRC-32 if asked."""
+    t = t.detach().cpu().contiguous()
+    view, value = tensor_bytes(t), 0
+    for start in range(0, len(view), CHUNK):
+        part = view[start:start + CHUNK]
+        if crc:
+            value = zlib.crc32(part, value)
+        _write_all(out_fd, part)
+        on_progress(len(part))
+    return value
+
+
+def write_data(files: SourceFiles, data: TensorData, out_fd: int, *, crc: bool = False,
+               on_progress: Progress = _no_progress) -> int:
+    """Append one tensor's bytes from its raw range or its loader."""
+    if data.raw is not None:
+        return copy_raw(files, data.raw, out_fd, crc=crc, on_progress=on_progress)
+    if data.load is None:
+        raise ValueError(f"{data.name}: no source for the tensor's bytes")
+    return write_tensor(data.load(), out_fd, crc=crc, on_progress=on_progress)
+
+
+def ranges_equal(files: SourceFiles, a: RawSource, b: RawSource) -> bool:
+    """Whether two byte ranges hold the same bytes (read in chunks, nothing mapped)."""
+    if a.length != b.length:
+        return False
+    fa, fb = files.fd(a.path), files.fd(b.path)
+    done = 0
+    while done < a.length:
+        n = min(CHUNK, a.length - done)
+        if os.pread(fa, n, a.offset + done) != os.pread(fb, n, b.offset + done):
+            return False
+        done += n
+    return True
+
+
+def bytes_of_range(files: SourceFiles, src: RawSource) -> bytes:
+    """All bytes of a (small) range."""
+    return os.pread(files.fd(src.path), src.length, src.offset)

@@ -1,0 +1,276 @@
+"""What ``convert`` reads: a checkpoint as an encoded structure plus one handle per tensor.
+
+A source comes from a reader (metadata only; bytes by ``raw_source`` or one ``load`` at a
+time), from a ckpttools manifest stored in the file (exact structure and sharing), or from an
+object loaded with ``torch.load(mmap=True)`` when no lazy reader handles the format yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import RawSource, TensorEntry, TensorRef
+from ckpttools.errors import CkptError
+from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.manifest import (MANIFEST_KEY, Manifest, Node, TensorLayout, TreeEncoder,
+                                        contiguous_stride, dtype_size)
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One tensor of the source: its layout, and its bytes by range (no torch) or by loading."""
+
+    name: str
+    layout: TensorLayout
+    raw: RawSource | None
+    load: Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The source checkpoint, ready to write: encoded tree and tensors by stored name."""
+
+    root: Node
+    tensors: dict[str, SourceTensor]
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_numel(t.layout.shape) * dtype_size(t.layout.dtype)
+                   for t in self.tensors.values())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def layout_of(t: torch.Tensor, storage_id: str) -> TensorLayout:
+    """The layout of a real tensor, its storage named ``storage_id``."""
+    return TensorLayout(str(t.dtype).removeprefix("torch."), tuple(t.shape), tuple(t.stride()),
+                        storage_id, t.storage_offset(), t.untyped_storage().nbytes())
+
+
+def source_from_object(obj: Any, *, drop: bool = False) -> Source:
+    """A source over an object already in memory (tensors may be mmap-backed)."""
+    import torch
+
+    tensors: dict[str, SourceTensor] = {}
+    storage_ids: dict[int, str] = {}
+
+    def name_of(value: Any, path: str) -> str | None:
+        if not isinstance(value, torch.Tensor):
+            return None
+        name = _unique(path or "tensor", tensors)
+        ptr = value.untyped_storage()._cdata
+        sid = storage_ids.setdefault(ptr, str(len(storage_ids)))
+        tensors[name] = SourceTensor(name, layout_of(value, sid), None, lambda v=value: v)
+        return name
+
+    encoder = TreeEncoder(name_of, drop=drop)
+    root = encoder.encode(obj) or {"t": "none"}
+    return Source(root, tensors, tuple(encoder.dropped))
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 1
+    while f"{name}~{i}" in taken:
+        i += 1
+    return f"{name}~{i}"
+
+
+def find_manifest(reader: CheckpointReader) -> Manifest | None:
+    """The ckpttools manifest stored in a checkpoint ckpttools wrote, if any."""
+    text = reader.metadata().get(MANIFEST_KEY)
+    if text is None and os.path.isdir(reader.path):
+        text = _index_manifest(reader.path)
+    if text is None and reader.format is Format.DCP:
+        try:
+            text = reader.load(MANIFEST_KEY)  # type: ignore[assignment]
+        except Exception:  # noqa: BLE001 - no manifest entry in a DCP written elsewhere
+            text = None
+    return Manifest.from_json(str(text), reader.path) if isinstance(text, str) else None
+
+
+def _index_manifest(folder: str) -> str | None:
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".index.json"):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    value = json.load(f).get("metadata", {}).get(MANIFEST_KEY)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def source_from_manifest(reader: CheckpointReader, manifest: Manifest) -> Source:
+    """A source whose structure and sharing come from a stored manifest."""
+    tensors = {name: SourceTensor(name, layout, reader.raw_source(name),
+                                  lambda n=name: reader.load(n))
+               for name, layout in manifest.tensors.items()}
+    return Source(manifest.root, tensors)
+
+
+def _record_spans(path: str) -> dict[str, tuple[int, int]]:
+    """Data offset and size of every ``data/<key>`` record of a torch zip, read from the
+    central directory and local headers (no pickle, no torch)."""
+    spans: dict[str, tuple[int, int]] = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            if "/data/" not in f"/{info.filename}" or info.filename.endswith(".pkl"):
+                continue
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2),
+                                                                                    "little")
+            spans[info.filename] = (info.header_offset + 30 + name_len + extra_len,
+                                    info.file_size)
+    return spans
+
+
+def _tensor_layout(reader: CheckpointReader, entry: TensorEntry, raw: RawSource | None,
+                   spans: dict[str, tuple[int, int]]) -> TensorLayout:
+    hook = getattr(reader, "tensor_layout", None)
+    if callable(hook):
+        found = hook(entry.key)
+        if isinstance(found, TensorLayout):
+            return found
+    storage = entry.location or entry.key
+    span = spans.get(entry.location)
+    if raw is not None and span is not None and span[0] <= raw.offset:
+        start = raw.offset - span[0]
+        item = dtype_size(entry.dtype)
+        if start % item == 0:
+            return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape),
+                                storage, start // item, span[1])
+    if raw is not None and not spans:
+        return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape), storage,
+                            0, entry.nbytes)
+    return layout_of(reader.load(entry.key), storage)
+
+
+def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
+    """A source over a lazy reader: the reader's tree, its keys as tensor names.
+
+    Storage sharing is taken from each entry's ``location`` (the zip record for torch files);
+    layouts come from the zip's records when the reader hands out raw ranges, else from one
+    lazily loaded tensor at a time.
+    """
+    manifest = find_manifest(reader)
+    if manifest is not None:
+        return source_from_manifest(reader, manifest)
+    entries = {e.key: e for e in reader.tensor_entries()}
+    spans = _record_spans(reader.path) if reader.format is Format.TORCH_ZIP else {}
+    tensors: dict[str, SourceTensor] = {}
+
+    def name_of(value: Any, path: str) -> str | None:
+        if not isinstance(value, TensorRef):
+            return None
+        entry = entries.get(value.key)
+        if entry is None:
+            raise CkptError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
+                            "the checkpoint is inconsistent")
+        raw = reader.raw_source(entry.key)
+        tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw, spans),
+                                          raw, lambda k=entry.key: reader.load(k))
+        return entry.key
+
+    encoder = TreeEncoder(name_of, drop=drop)
+    root = encoder.encode(reader.tree()) or {"t": "none"}
+    return Source(root, tensors, tuple(encoder.dropped))
+
+
+def select_key(source: Source, key: str) -> Source:
+    """The part of ``source`` under dotted ``key``; tensor names lose the ``key.`` prefix.
+
+    Raises:
+        CkptError: nothing lives at ``key``.
+    """
+    node = _subnode(source.root, key.split("."))
+    if node is None:
+        raise CkptError(f"{key}: no such key in the checkpoint; run ckpttools inspect to list keys")
+    from ckpttools.formats.manifest import iter_nodes
+
+    prefix = key + "."
+    renamed: dict[str, SourceTensor] = {}
+    for n in iter_nodes(node):
+        if n["t"] == "tensor":
+            old = n["v"]
+            new = _unique(old[len(prefix):] if old.startswith(prefix) else old, renamed)
+            renamed[new] = SourceTensor(new, *_rest(source.tensors[old]))
+            n["v"] = new
+    return Source(node, renamed, source.dropped)
+
+
+def _rest(t: SourceTensor) -> tuple[TensorLayout, RawSource | None, Callable[[], Any]]:
+    return t.layout, t.raw, t.load
+
+
+def _subnode(node: Node, parts: list[str]) -> Node | None:
+    if not parts:
+        return json.loads(json.dumps(node))  # a copy: select_key renames tensors in place
+    if node["t"] in ("dict", "odict"):
+        for n in range(len(parts), 0, -1):  # dict keys may contain dots: longest match first
+            head = ".".join(parts[:n])
+            for k, v in node["v"]:
+                if "v" in k and str(k["v"]) == head:
+                    found = _subnode(v, parts[n:])
+                    if found is not None:
+                        return found
+    elif node["t"] in ("list", "tuple") and parts[0].isdigit():
+        if int(parts[0]) < len(node["v"]):
+            return _subnode(node["v"][int(parts[0])], parts[1:])
+    return None
+
+
+def _load_object(path: str, fmt: Format, trust: bool) -> Any:
+    """``torch.load`` fallback while no lazy reader handles ``fmt`` (tensors stay mmap'd)."""
+    import pickle
+
+    import torch
+
+    from ckpttools.errors import UnsafeCheckpointError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust,
+                          mmap=fmt is Format.TORCH_ZIP)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise UnsafeCheckpointError(f"{path}: pickle needs more than tensors ({first[:80]}); "
+                                    "rerun with --trust if you trust the file") from e
+
+
+@contextmanager
+def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterator[Source]:
+    """Open ``path`` as a conversion source; the reader stays open inside the block.
+
+    Raises:
+        CkptError: the checkpoint cannot be read.
+    """
+    from ckpttools.errors import UnsupportedError
+    from ckpttools.formats.registry import detect_format, open_checkpoint
+
+    fmt = detect_format(path)
+    try:
+        reader = open_checkpoint(path, trust=trust, format=fmt)
+    except UnsupportedError:
+        if fmt not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+            raise
+        yield source_from_object(_load_object(path, fmt, trust), drop=drop)
+        return
+    with reader:
+        yield source_from_reader(reader, drop=drop)
