@@ -27,6 +27,8 @@ _API = {
     "GlobalRef": "ckpttools.entries",
     "CkptError": "ckpttools.errors",
     "inspect_checkpoint": "ckpttools.ops.inspect",
+    "verify_resume": "ckpttools.ops.resume",
+    "load_recipe": "ckpttools.ops.recipe",
 }
 
 __all__ = ["__version__", *_API]
