@@ -161,21 +161,27 @@ class _Bad(ValueError):
     pass
 
 
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or not all(type(v) is int for v in value):
-        raise _Bad(f"tensor {what} is not a tuple of ints")
-    return value
+_INT = frozenset({int})
 
 
 def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
             dtype: str | None = None, layout: str = "strided") -> TensorPlaceholder:
-    if not isinstance(storage, StorageInfo):
+    # called once per tensor: checks kept to C-level operations
+    if type(storage) is not StorageInfo:
         raise _Bad("tensor without a storage")
     if type(offset) is not int or offset < 0:
         raise _Bad("bad tensor storage offset")
-    return TensorPlaceholder(storage.key, dtype or storage.dtype, offset, _ints(size, "size"),
-                             _ints(stride, "stride"), storage.location, bool(requires_grad),
-                             layout)
+    if type(size) is not tuple or type(stride) is not tuple or len(size) != len(stride) or not (
+            set(map(type, size)) | set(map(type, stride))) <= _INT:
+        raise _Bad("tensor size or stride is not a tuple of ints")
+    return TensorPlaceholder(storage.key, dtype or storage.dtype, offset, size, stride,
+                             storage.location, requires_grad is True, layout)
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is not tuple or not set(map(type, value)) <= _INT:
+        raise _Bad(f"tensor {what} is not a tuple of ints")
+    return value
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> TensorPlaceholder:
@@ -306,7 +312,7 @@ class WalkContext:
         known = _KNOWN.get(qualname)
         if known is not None:
             return known
-        if module == "torch":
+        if module in ("torch", "torch.storage"):
             if name in STORAGE_DTYPES:
                 return _StorageType(STORAGE_DTYPES[name])
             if name in ITEMSIZE or name in _DTYPE_ALIASES:
@@ -318,6 +324,9 @@ class WalkContext:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             return _stand_type("<persistent id>")(pid)
         _, stype, key, location, numel = pid[:5]
+        info = self.storages.get(key)
+        if info is not None:
+            return info
         if isinstance(stype, _StorageType):
             dtype = stype.dtype
         elif isinstance(stype, TorchDtype):
@@ -326,10 +335,8 @@ class WalkContext:
             raise _Bad(f"unknown storage type in persistent id {key!r}")
         if type(numel) is not int or numel < 0:
             raise _Bad(f"bad storage size in persistent id {key!r}")
-        info = self.storages.get(str(key))
-        if info is None:
-            info = StorageInfo(str(key), dtype, numel, str(location))
-            self.storages[info.key] = info
+        info = StorageInfo(str(key), dtype, numel, str(location))
+        self.storages[key] = info
         return info
 
 

@@ -1,22 +1,174 @@
-"""Reader for the TORCH_ZIP format (stub, being written)."""
+"""Reader for ``torch.save`` zip files (the default since torch 1.6), without torch for metadata.
+
+The archive holds ``<folder>/data.pkl`` (the structure, tensors as persistent ids) and one
+record ``<folder>/data/<key>`` per storage, stored uncompressed, so a tensor is a strided view
+of one mapped byte range. Listing reads the pickle only; tensor records are neither read nor
+CRC-checked until a tensor is loaded.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import mmap
+import os
+import posixpath
+import struct
+import zipfile
+from typing import TYPE_CHECKING, BinaryIO
 
-from ckpttools.errors import UnsupportedError
-from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.entries import GlobalRef, RawSource
+from ckpttools.errors import CorruptCheckpointError
+from ckpttools.formats import zip_records as zr
+from ckpttools.formats.base import Format
+from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder
+from ckpttools.formats.pickle_walk import WalkResult, walk_pickle
+from ckpttools.formats.pickled import PickledReader, tensor_from_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+def find_data_pickle(names: list[str]) -> str | None:
+    """The archive's main pickle: ``<folder>/data.pkl`` (any folder name), else the only
+    top-level ``.pkl`` (a renamed pickle)."""
+    pickles = [n for n in names if n.endswith(".pkl")]
+    main = sorted((n for n in pickles if posixpath.basename(n) == "data.pkl"), key=len)
+    if main:
+        return main[0]
+    return sorted(pickles, key=len)[0] if pickles else None
 
 
-class TorchZipReader(CheckpointReader):
+class TorchZipReader(PickledReader):
+    """Reads a ``torch.save`` zip archive: entries from ``data.pkl`` via the restricted walker,
+    tensors from mapped records (one at a time, never the whole file)."""
+
     format = Format.TORCH_ZIP
 
-    def __init__(self, path: Any, *, trust: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
-        raise UnsupportedError(f"{self.path}: the {self.format.value} reader is not available yet")
+        self._map: mmap.mmap | None = None
+        self._offsets: dict[str, int] = {}
+        self._all_globals: tuple[GlobalRef, ...] | None = None
+        self._file: BinaryIO = open(self.path, "rb")
+        try:
+            self._size = zr.file_size(self._file)
+            self._records = zr.read_directory(self._file, self._size)
+        except (zr.ZipError, struct.error, UnicodeDecodeError, OSError) as e:
+            self.close()
+            raise CorruptCheckpointError(
+                f"{self.path}: not a readable zip archive ({e}); the file is truncated "
+                "or damaged") from e
+        try:
+            self._open_pickle()
+        except BaseException:
+            self.close()
+            raise
 
-    def entries(self) -> tuple[Any, ...]:
-        raise NotImplementedError
+    def _open_pickle(self) -> None:
+        pkl = find_data_pickle(list(self._records))
+        if pkl is None:
+            raise CorruptCheckpointError(f"{self.path}: zip archive without data.pkl; "
+                                         "not a torch.save file")
+        self._pkl = pkl
+        self.prefix = pkl[: -len(posixpath.basename(pkl))]
+        order = self._records.get(self.prefix + "byteorder")
+        self._little = order is None or self._read(order.name) != b"big"
+        self._init_tree(self._walk(pkl))
+        self._check_records()
 
-    def load(self, key: str) -> Any:
-        raise NotImplementedError
+    # ---- metadata ------------------------------------------------------------------------
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return zr.read_record(self.path, self._file, self._records[name])
+        except (zr.ZipError, struct.error, OSError) as e:
+            raise CorruptCheckpointError(f"{self.path}: {e}; the file is damaged") from e
+
+    def _walk(self, name: str) -> WalkResult:
+        data = self._read(name)
+        try:
+            return walk_pickle(data, name=name)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{self.path}: {e}") from e
+
+    def _location(self, ph: TensorPlaceholder) -> str:
+        return f"{self.prefix}data/{ph.storage_key}" if ph.storage_key is not None else ""
+
+    def _check_records(self) -> None:
+        """Every storage the pickle names must have a record large enough (central directory
+        only; no record bytes are read)."""
+        for key, storage in self._walk_result.storages.items():
+            name = f"{self.prefix}data/{key}"
+            record = self._records.get(name)
+            if record is None:
+                raise CorruptCheckpointError(
+                    f"{self.path}: record {name} is missing; the file is truncated or damaged")
+            if record.file_size < storage.nbytes:
+                raise CorruptCheckpointError(
+                    f"{self.path}: record {name} holds {record.file_size} bytes, the pickle "
+                    f"says {storage.nbytes}; the file is damaged")
+
+    def pickle_globals(self) -> tuple[GlobalRef, ...]:
+        """Globals of every ``.pkl`` in the archive, not only ``data.pkl``."""
+        if self._all_globals is None:
+            seen = {(g.module, g.name, g.pickle): g for g in self._walk_result.globals}
+            for name in self._records:
+                if name.endswith(".pkl") and name != self._pkl:
+                    for g in self._walk(name).globals:
+                        seen.setdefault((g.module, g.name, g.pickle), g)
+            self._all_globals = tuple(seen.values())
+        return self._all_globals
+
+    # ---- tensor data ---------------------------------------------------------------------
+
+    def _record(self, ph: TensorPlaceholder) -> tuple[zr.ZipRecord, int]:
+        """The record holding ``ph``'s storage and the absolute offset of its bytes."""
+        name = self._location(ph)
+        record = self._records.get(name)
+        if record is None:
+            raise CorruptCheckpointError(f"{self.path}: record {name} is missing; "
+                                         "the file is truncated or damaged")
+        if name not in self._offsets:
+            try:
+                self._offsets[name] = zr.data_offset(self._file, record)
+            except zr.ZipError as e:
+                raise CorruptCheckpointError(f"{self.path}: {e}; the file is damaged") from e
+        start = self._offsets[name]
+        if record.method == zipfile.ZIP_STORED and start + record.file_size > self._size:
+            raise CorruptCheckpointError(f"{self.path}: record {name} runs past the end of "
+                                         "the file; the file is truncated")
+        return record, start
+
+    def _direct(self, ph: TensorPlaceholder) -> bool:
+        return ph.layout == "strided" and ph.storage_key is not None and self._little
+
+    def raw_source(self, key: str) -> RawSource | None:
+        ph = self.placeholder(key)
+        if not self._direct(ph) or not ph.is_contiguous:
+            return None
+        record, start = self._record(ph)
+        if record.method != zipfile.ZIP_STORED:
+            return None
+        return RawSource(self.path, start + ph.storage_offset * ITEMSIZE[ph.dtype], ph.nbytes)
+
+    def load(self, key: str) -> torch.Tensor:
+        ph = self.placeholder(key)
+        if not self._direct(ph):
+            return self._load_full(key)
+        record, start = self._record(ph)
+        self._check_span(ph, record.file_size, record.name)
+        if record.method != zipfile.ZIP_STORED:
+            return tensor_from_bytes(self._read(record.name), 0, record.file_size, ph).clone()
+        if self._map is None:
+            # a private copy-on-write map: tensors are writable, the file never changes
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+        return tensor_from_bytes(self._map, start, record.file_size, ph)
+
+    def close(self) -> None:
+        if getattr(self, "_map", None) is not None:
+            try:
+                self._map.close()  # type: ignore[union-attr]
+            except BufferError:
+                pass  # tensors still view the map; it closes when they are freed
+            self._map = None
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()

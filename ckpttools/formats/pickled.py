@@ -1,0 +1,150 @@
+"""What the torch pickle readers (zip, legacy) share: entries and tree from a walked pickle,
+tensors built from mapped storage bytes, and the guarded ``torch.load`` fallback."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
+from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
+from ckpttools.formats.pickle_walk import WalkResult
+from ckpttools.keypaths import get_path
+
+if TYPE_CHECKING:
+    import torch
+
+
+def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """Flatten a walked tree the way ``keypaths.iter_leaves`` flattens a reader's tree.
+
+    Returns:
+        ``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order.
+    """
+    leaves: list[tuple[str, Any]] = []
+    return _flatten(tree, "", leaves), leaves
+
+
+def _flatten(node: Any, prefix: str, leaves: list[tuple[str, Any]]) -> Any:
+    if type(node) is TensorPlaceholder:
+        leaves.append((prefix, node))
+        return TensorRef(prefix)
+    if isinstance(node, dict) and node:
+        if prefix:
+            return {k: _flatten(v, f"{prefix}.{k}", leaves) for k, v in node.items()}
+        return {k: _flatten(v, str(k), leaves) for k, v in node.items()}
+    if isinstance(node, (list, tuple)) and _holds_tensors(node):
+        out = [_flatten(v, f"{prefix}.{i}" if prefix else str(i), leaves)
+               for i, v in enumerate(node)]
+        return tuple(out) if isinstance(node, tuple) else out
+    leaves.append((prefix, node))
+    return node
+
+
+def _holds_tensors(node: Any) -> bool:
+    if isinstance(node, TensorPlaceholder):
+        return True
+    if isinstance(node, dict):
+        return any(_holds_tensors(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_holds_tensors(v) for v in node)
+    return False
+
+
+def type_name(value: Any) -> str:
+    """The ``ObjectEntry.type_name`` of a tree leaf."""
+    if isinstance(value, ObjectPlaceholder):
+        return value.class_name
+    if isinstance(value, TorchDtype):
+        return "torch.dtype"
+    return type(value).__name__
+
+
+def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder) -> torch.Tensor:
+    """View ``ph`` over the storage bytes ``buf[offset:offset + length]`` (no copy)."""
+    import torch
+
+    dtype = getattr(torch, ph.dtype)
+    if ph.numel == 0:
+        return torch.empty_strided(ph.shape, ph.stride, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read-only buffers (bytes) warn; they are never written
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=length, offset=offset)
+    return raw.view(dtype).as_strided(ph.shape, ph.stride, ph.storage_offset)
+
+
+class PickledReader(CheckpointReader):
+    """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
+
+    _walk_result: WalkResult
+
+    def _init_tree(self, walk: WalkResult) -> None:
+        self._walk_result = walk
+        self._tree, leaves = flatten_tree(walk.tree)
+        self._tensors: dict[str, TensorPlaceholder] = {}
+        entries: list[Entry] = []
+        for key, leaf in leaves:
+            if isinstance(leaf, TensorPlaceholder):
+                self._tensors[key] = leaf
+                entries.append(TensorEntry(key, leaf.dtype, leaf.shape, leaf.nbytes,
+                                           self._location(leaf), leaf.device))
+            else:
+                entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
+        self._entries = tuple(entries)
+        self._full: Any = None
+
+    @abstractmethod
+    def _location(self, ph: TensorPlaceholder) -> str:
+        """Where the placeholder's bytes live, for ``TensorEntry.location``."""
+
+    def entries(self) -> tuple[Entry, ...]:
+        return self._entries
+
+    def tree(self) -> Any:
+        return self._tree
+
+    def pickle_globals(self) -> tuple[GlobalRef, ...]:
+        return self._walk_result.globals
+
+    def placeholder(self, key: str) -> TensorPlaceholder:
+        """The pickle's record of the tensor under ``key``.
+
+        Raises:
+            KeyError: no tensor has that key.
+        """
+        return self._tensors[key]
+
+    def _check_span(self, ph: TensorPlaceholder, have: int, where: str) -> None:
+        need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+        if need > have:
+            raise CorruptCheckpointError(
+                f"{self.path}: record {where} holds {have} bytes but a tensor needs {need}; "
+                "the file is truncated or damaged")
+
+    def _load_full(self, key: str) -> torch.Tensor:
+        """Fallback for tensors the direct path cannot build: unpickle with torch, once."""
+        import torch
+
+        if self._full is None:
+            self._full = self._torch_load(torch)
+        value = get_path(self._full, key)
+        if not isinstance(value, torch.Tensor):
+            raise KeyError(key)
+        return value
+
+    def _torch_load(self, torch: Any) -> Any:
+        mmap = self.lazy
+        if self.trust:
+            return torch.load(self.path, map_location="cpu", weights_only=False, mmap=mmap)
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:
+            names = ", ".join(g.qualname for g in self.pickle_globals() if g.safety != "safe")
+            raise UnsafeCheckpointError(
+                f"{os.path.basename(self.path)}: pickle needs non-tensor globals ({names or '?'}); "
+                "rerun with --trust if you trust the file") from e

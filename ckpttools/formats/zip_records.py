@@ -1,0 +1,137 @@
+"""A fast read-only view of a zip archive's central directory and stored records.
+
+``zipfile`` builds a ``ZipInfo`` per record, which dominates listing a checkpoint of tens of
+thousands of tensors; torch writes uncompressed records only, so reading them needs no more
+than offsets. Compressed records (an archive re-zipped by hand) are read through ``zipfile``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+import zlib
+from typing import BinaryIO, NamedTuple
+
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+
+
+class ZipError(ValueError):
+    """The archive's structure is broken; the message says where."""
+
+
+class ZipRecord(NamedTuple):
+    """One record of the central directory."""
+
+    name: str
+    header_offset: int
+    compress_size: int
+    file_size: int
+    crc: int
+    method: int
+
+
+def read_directory(f: BinaryIO, size: int) -> dict[str, ZipRecord]:
+    """Parse the central directory of an archive of ``size`` bytes.
+
+    Raises:
+        ZipError: no end-of-directory record, or the directory is cut or damaged.
+    """
+    tail_len = min(size, 65536 + _EOCD.size)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise ZipError("no end of central directory (truncated)")
+    _, _, _, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
+        loc = at - _EOCD64_LOCATOR.size
+        if loc < 0 or tail[loc:loc + 4] != b"PK\x06\x07":
+            raise ZipError("zip64 locator missing")
+        f.seek(_EOCD64_LOCATOR.unpack_from(tail, loc)[2])
+        rec = f.read(_EOCD64.size)
+        if len(rec) < _EOCD64.size or rec[:4] != b"PK\x06\x06":
+            raise ZipError("zip64 end of directory missing")
+        fields = _EOCD64.unpack(rec)
+        count, cd_size, cd_offset = fields[7], fields[8], fields[9]
+    if cd_offset + cd_size > size:
+        raise ZipError("central directory runs past the end (truncated)")
+    f.seek(cd_offset)
+    return _parse_central(f.read(cd_size), count)
+
+
+def _parse_central(data: bytes, count: int) -> dict[str, ZipRecord]:
+    records: dict[str, ZipRecord] = {}
+    pos = 0
+    unpack = _CENTRAL.unpack_from
+    new = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
+    for _ in range(count):
+        if pos + _CENTRAL.size > len(data) or data[pos:pos + 4] != b"PK\x01\x02":
+            raise ZipError("bad central directory entry")
+        (_, _, _, flags, method, _, _, crc, csize, usize, nlen, elen, clen, _, _, _,
+         offset) = unpack(data, pos)
+        start = pos + _CENTRAL.size
+        raw = data[start:start + nlen]
+        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+        if 0xFFFFFFFF in (csize, usize, offset):
+            usize, csize, offset = _zip64_sizes(data[start + nlen:start + nlen + elen],
+                                                usize, csize, offset)
+        records[name] = new(ZipRecord, (name, offset, csize, usize, crc, method))
+        pos = start + nlen + elen + clen
+    return records
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 1:
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
+            if usize == 0xFFFFFFFF:
+                usize = values.pop(0)
+            if csize == 0xFFFFFFFF:
+                csize = values.pop(0)
+            if offset == 0xFFFFFFFF:
+                offset = values.pop(0)
+            break
+        pos += 4 + length
+    return usize, csize, offset
+
+
+def data_offset(f: BinaryIO, record: ZipRecord) -> int:
+    """Absolute offset of a record's bytes, after its local header."""
+    f.seek(record.header_offset)
+    header = f.read(_LOCAL.size)
+    if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
+        raise ZipError(f"record {record.name} has a bad local header")
+    name_len, extra_len = _LOCAL.unpack(header)[9:11]
+    return record.header_offset + _LOCAL.size + name_len + extra_len
+
+
+def read_record(path: str, f: BinaryIO, record: ZipRecord) -> bytes:
+    """A record's bytes, CRC-checked.
+
+    Raises:
+        ZipError: the record is cut short, fails its CRC or cannot be decompressed.
+    """
+    if record.method != zipfile.ZIP_STORED:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(record.name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise ZipError(f"record {record.name}: {e}") from e
+    f.seek(data_offset(f, record))
+    data = f.read(record.file_size)
+    if len(data) < record.file_size:
+        raise ZipError(f"record {record.name} is cut short (truncated)")
+    if zlib.crc32(data) != record.crc:
+        raise ZipError(f"record {record.name} fails its CRC check (damaged)")
+    return data
+
+
+def file_size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size
