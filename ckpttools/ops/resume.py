@@ -171,7 +171,7 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
         path = str(Path(tmp) / "resume.pt")
         reference = run_uninterrupted(recipe, steps, resume_at, path, seed)
         if via is not None:
-            path = _via(path, via, tmp)
+            path = _via(path, via, tmp, trust)
         state = read_checkpoint(recipe, path, trust=trust)
         if fresh_process:
             resumed = resume_in_fresh_process(recipe, path, steps, trust=trust, seed=seed, workdir=tmp)
@@ -187,9 +187,19 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
     return _replace(result, via=via, fresh_process=fresh_process)
 
 
-def _via(path: str, via: str, tmp: str) -> str:
-    raise UnsupportedError(f"--via {via}: sending the checkpoint through the converter is not available yet; "
-                           "run without --via")
+def _via(path: str, via: str, tmp: str, trust: bool) -> str:
+    """Convert the checkpoint to ``via`` and back to .pth with ``convert``; resume from the result."""
+    if via != "safetensors":
+        raise UnsupportedError(f"--via {via}: only safetensors is supported")
+    from ckpttools.ops.convert import convert_checkpoint
+
+    converted, back = str(Path(tmp) / "resume.safetensors"), str(Path(tmp) / "resume.roundtrip.pt")
+    for src, dest, to in ((path, converted, "safetensors"), (converted, back, "pth")):
+        result = convert_checkpoint(src, dest, to=to, trust=trust)
+        if not result.ok:
+            raise CorruptCheckpointError(f"{dest}: conversion to {to} changed the checkpoint "
+                                         f"({result.mismatches[0]}); report it with the recipe")
+    return back
 
 
 def _classify(losses: tuple[LossRow, ...], first: tuple[TensorDiff, ...], final: tuple[TensorDiff, ...],

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ckpttools.errors import CorruptCheckpointError, SpecError, UnsupportedError
+from ckpttools.errors import CorruptCheckpointError, SpecError
 from ckpttools.ops.recipe import build_objects, capture_state, load_recipe, run_step, seed_all
 from ckpttools.ops.resume import ResumeResult, verify_resume
 
@@ -218,6 +218,13 @@ def test_bad_arguments() -> None:
         verify_resume(example("tutorial_linear"), steps=5)
 
 
-def test_via_safetensors_not_available_yet() -> None:
-    with pytest.raises(UnsupportedError, match="--via safetensors"):
-        run(example("tutorial_linear"), 5, 3, via="safetensors")
+@pytest.mark.parametrize("name, steps, resume_at", [("tutorial_mlp", 26, 24), ("sgd_momentum_steplr", 6, 3)])
+def test_via_safetensors_loses_nothing(name: str, steps: int, resume_at: int) -> None:
+    result = run(example(name), steps, resume_at, via="safetensors")
+    assert result.status == "identical" and result.via == "safetensors", result.verdict
+    assert any(d.key == "rng_state.numpy.1" and d.status == "identical" for d in result.final_diffs)
+
+
+def test_via_safetensors_still_attributes(tmp_path: Path) -> None:
+    result = run(variant(tmp_path, "sgd_momentum_steplr", "optimizer"), 6, 3, via="safetensors")
+    assert result.status == "diverged" and explaining(result) == ["optimizer"]
