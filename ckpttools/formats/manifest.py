@@ -187,6 +187,37 @@ def _numpy_node(value: Any, path: str) -> Node:
                                "cannot be stored; pass --drop-unrepresentable to leave it out")
 
 
+def _np_dtype(ph: Any) -> str | None:
+    """numpy ``dtype.str`` of a recorded ``numpy.dtype('f4', ...)`` placeholder."""
+    if not isinstance(ph, ObjectPlaceholder) or ph.class_name != "numpy.dtype" or not ph.args:
+        return None
+    code = str(ph.args[0])
+    order = ph.state[1] if isinstance(ph.state, tuple) and len(ph.state) > 1 else "|"
+    order = "<" if order == "=" else order
+    return (order if code[0] not in "bB?" and order in "<>|" else "|") + code
+
+
+def placeholder_node(ph: ObjectPlaceholder, path: str) -> Node:
+    """Encode a numpy array or scalar a restricted reader recorded without executing numpy.
+
+    Raises:
+        UnrepresentableError: any other class.
+    """
+    if ph.class_name.endswith("multiarray._reconstruct") and isinstance(ph.state, tuple) \
+            and len(ph.state) == 5 and ph.state[3] is False and isinstance(ph.state[4], bytes):
+        dtype = _np_dtype(ph.state[2])
+        if dtype is not None:
+            return {"t": "ndarray", "dtype": dtype, "shape": [int(d) for d in ph.state[1]],
+                    "v": base64.b64encode(ph.state[4]).decode()}
+    if ph.class_name.endswith("multiarray.scalar") and len(ph.args) == 2 \
+            and isinstance(ph.args[1], bytes):
+        dtype = _np_dtype(ph.args[0])
+        if dtype is not None:
+            return {"t": "npscalar", "dtype": dtype, "v": base64.b64encode(ph.args[1]).decode()}
+    raise UnrepresentableError(f"{path or '<root>'}: a {ph.class_name} cannot be stored without "
+                               "pickle; pass --drop-unrepresentable to leave it out")
+
+
 def _scalar_node(value: Any) -> Node | None:
     if value is None:
         return {"t": "none"}
@@ -256,6 +287,10 @@ class TreeEncoder:
         try:
             if _is_numpy(value):
                 return _numpy_node(value, path)
+            if isinstance(value, ObjectPlaceholder):
+                return placeholder_node(value, path)
+            if type(value).__name__ == "TorchDtype":  # a reader's stand-in for torch.<dtype>
+                return {"t": "dtype", "v": str(getattr(value, "name"))}
             raise UnrepresentableError(
                 f"{path or '<root>'}: a {_type_name(value)} cannot be stored without pickle; "
                 "pass --drop-unrepresentable to leave it out")

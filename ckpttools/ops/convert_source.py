@@ -151,6 +151,11 @@ def _tensor_layout(reader: CheckpointReader, entry: TensorEntry, raw: RawSource 
             return found
     storage = entry.location or entry.key
     span = spans.get(entry.location)
+    placeholder = getattr(reader, "placeholder", None)
+    if callable(placeholder) and span is not None:
+        ph = placeholder(entry.key)  # the pickle's view of the storage: no torch needed
+        return TensorLayout(entry.dtype, tuple(ph.shape), tuple(ph.stride), storage,
+                            int(ph.storage_offset), span[1])
     if raw is not None and span is not None and span[0] <= raw.offset:
         start = raw.offset - span[0]
         item = dtype_size(entry.dtype)
@@ -268,9 +273,123 @@ def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterat
     try:
         reader = open_checkpoint(path, trust=trust, format=fmt)
     except UnsupportedError:
-        if fmt not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        if fmt in (Format.SAFETENSORS, Format.SAFETENSORS_SHARDED):
+            yield source_from_safetensors(path)
+        elif fmt is Format.DCP:
+            yield source_from_dcp(path, drop=drop)
+        elif fmt in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+            yield source_from_object(_load_object(path, fmt, trust), drop=drop)
+        else:
             raise
-        yield source_from_object(_load_object(path, fmt, trust), drop=drop)
         return
     with reader:
         yield source_from_reader(reader, drop=drop)
+
+
+def _safetensors_files(path: str) -> tuple[list[str], str | None]:
+    if not os.path.isdir(path):
+        return [path], None
+    names = [n for n in sorted(os.listdir(path)) if n.endswith(".safetensors.index.json")]
+    with open(os.path.join(path, names[0]), encoding="utf-8") as f:
+        index = json.load(f)
+    files = list(dict.fromkeys(index.get("weight_map", {}).values()))
+    return [os.path.join(path, n) for n in files], _index_manifest(path)
+
+
+def source_from_safetensors(path: str) -> Source:
+    """A source over a safetensors file or sharded folder, read from the headers (no torch
+    until a tensor is loaded); used while no lazy safetensors reader is registered."""
+    from ckpttools.formats.safetensors_writer import TORCH_DTYPES
+
+    files, text = _safetensors_files(path)
+    tensors: dict[str, SourceTensor] = {}
+    for file in files:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        text = text or header.get("__metadata__", {}).get(MANIFEST_KEY)
+        for name, e in header.items():
+            if name == "__metadata__":
+                continue
+            dtype, shape = TORCH_DTYPES[e["dtype"]], tuple(e["shape"])
+            b, end = e["data_offsets"]
+            layout = TensorLayout(dtype, shape, contiguous_stride(shape), name, 0, end - b)
+            tensors[name] = SourceTensor(name, layout, RawSource(file, 8 + n + b, end - b),
+                                         lambda fl=file, k=name: _st_load(fl, k))
+    if text is not None:
+        manifest = Manifest.from_json(text, path)
+        tensors = {k: SourceTensor(k, lay, tensors[k].raw, tensors[k].load)
+                   for k, lay in manifest.tensors.items()}
+        return Source(manifest.root, tensors)
+    root = {"t": "dict", "v": [[{"t": "str", "v": k}, {"t": "tensor", "v": k}] for k in tensors]}
+    return Source(root, tensors)
+
+
+def _st_load(file: str, key: str) -> Any:
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as f:
+        return f.get_tensor(key)
+
+
+def _dcp_bytes(path: str, metadata: Any, fqn: str) -> Any:
+    """A DCP bytes entry, unpickled with ``weights_only=True`` (never executes code)."""
+    import io
+
+    import torch
+
+    info = next(v for k, v in metadata.storage_data.items() if k.fqn == fqn)
+    with open(os.path.join(path, info.relative_path), "rb") as f:
+        f.seek(info.offset)
+        data = f.read(info.length)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the value needs real pickle
+        return _Unloadable(f"{type(e).__name__}")
+
+
+@dataclass(frozen=True)
+class _Unloadable:
+    reason: str
+
+
+def _dcp_load(path: str, name: str, shape: tuple[int, ...], dtype: str) -> Any:
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    target = {name: torch.empty(shape, dtype=getattr(torch, dtype))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single-process load
+        dcp.load(target, storage_reader=dcp.FileSystemReader(path), no_dist=True)
+    return target[name]
+
+
+def source_from_dcp(path: str, *, drop: bool = False) -> Source:
+    """A source over a DCP directory, one tensor loaded at a time; used while no lazy DCP
+    reader is registered. Bytes entries are read with ``weights_only=True``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(path).read_metadata()
+    tensors: dict[str, SourceTensor] = {}
+    tree: dict[str, Any] = {}
+    for fqn, md in metadata.state_dict_metadata.items():
+        if isinstance(md, TensorStorageMetadata):
+            dtype, shape = str(md.properties.dtype).removeprefix("torch."), tuple(md.size)
+            layout = TensorLayout(dtype, shape, contiguous_stride(shape), fqn, 0,
+                                  _numel(shape) * dtype_size(dtype))
+            tensors[fqn] = SourceTensor(fqn, layout, None,
+                                        lambda f=fqn, s=shape, d=dtype: _dcp_load(path, f, s, d))
+            tree[fqn] = TensorRef(fqn)
+        else:
+            tree[fqn] = _dcp_bytes(path, metadata, fqn)
+    text = tree.pop(MANIFEST_KEY, None)
+    if isinstance(text, str):
+        manifest = Manifest.from_json(text, path)
+        return Source(manifest.root, {k: SourceTensor(k, lay, None, tensors[k].load)
+                                      for k, lay in manifest.tensors.items()})
+    encoder = TreeEncoder(lambda v, p: v.key if isinstance(v, TensorRef) else None, drop=drop)
+    root = encoder.encode(tree) or {"t": "none"}
+    return Source(root, tensors, tuple(encoder.dropped))
