@@ -18,6 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
+    "convert_checkpoint": "ckpttools.ops.convert",
     "open_checkpoint": "ckpttools.formats.registry",
     "detect_format": "ckpttools.formats.registry",
     "Format": "ckpttools.formats.base",

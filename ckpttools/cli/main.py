@@ -75,9 +75,11 @@ def cli(ctx: click.Context, trust: bool, debug: bool) -> None:
 def _register() -> None:
     from ckpttools.cli import inspect_cmd
     from ckpttools.cli import resume_cmd
+    from ckpttools.cli import convert_cmd
 
     cli.add_command(inspect_cmd.inspect)
     cli.add_command(resume_cmd.verify_resume)
+    cli.add_command(convert_cmd.convert)
 
 
 _register()

@@ -1,0 +1,28 @@
+"""Rendering a ``ConvertResult``: a short summary, or JSON."""
+
+from __future__ import annotations
+
+from ckpttools.ops.convert import ConvertResult
+from ckpttools.render import human_bytes, to_json
+
+
+def render_convert(result: ConvertResult, fmt: str) -> str:
+    """The report for stdout: ``json`` (the ``to_dict()`` document) or a few text lines."""
+    if fmt == "json":
+        return to_json(result.to_dict())
+    lines = [f"{result.source} -> {result.destination} ({result.target}): "
+             f"{result.tensors} tensors, {human_bytes(result.nbytes)}"]
+    if result.cast:
+        lines.append(f"cast {len(result.cast)} floating tensors to {result.dtype}")
+    if result.dropped:
+        lines.append(f"dropped {len(result.dropped)} values: {', '.join(result.dropped[:5])}")
+    if len(result.files) > 1:
+        lines.append(f"wrote {len(result.files)} files")
+    if not result.verified:
+        lines.append("not verified (--no-verify)")
+    elif result.ok:
+        lines.append("verified: every tensor bit for bit, structure equal")
+    else:
+        lines.append("verification FAILED; output removed:")
+        lines += [f"  {m}" for m in result.mismatches]
+    return "\n".join(lines)
