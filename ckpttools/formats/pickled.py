@@ -82,6 +82,7 @@ class PickledReader(CheckpointReader):
     """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
 
     _walk_result: WalkResult
+    torch_mmap = True  # whether the torch.load fallback may map the file
 
     def _init_tree(self, walk: WalkResult) -> None:
         self._walk_result = walk
@@ -138,7 +139,7 @@ class PickledReader(CheckpointReader):
         return value
 
     def _torch_load(self, torch: Any) -> Any:
-        mmap = self.lazy
+        mmap = self.torch_mmap
         if self.trust:
             return torch.load(self.path, map_location="cpu", weights_only=False, mmap=mmap)
         try:
