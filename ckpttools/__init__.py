@@ -28,6 +28,8 @@ _API = {
     "GlobalRef": "ckpttools.entries",
     "CkptError": "ckpttools.errors",
     "inspect_checkpoint": "ckpttools.ops.inspect",
+    "diagnose_text": "ckpttools.ops.diagnose",
+    "diagnose_checkpoint": "ckpttools.ops.diagnose",
     "verify_resume": "ckpttools.ops.resume",
     "load_recipe": "ckpttools.ops.recipe",
 }

@@ -76,10 +76,12 @@ def _register() -> None:
     from ckpttools.cli import inspect_cmd
     from ckpttools.cli import resume_cmd
     from ckpttools.cli import convert_cmd
+    from ckpttools.cli import diagnose_cmd
 
     cli.add_command(inspect_cmd.inspect)
     cli.add_command(resume_cmd.verify_resume)
     cli.add_command(convert_cmd.convert)
+    cli.add_command(diagnose_cmd.diagnose)
 
 
 _register()

@@ -1,0 +1,69 @@
+"""``ckpttools diagnose``: explain a ``load_state_dict`` error and give the fix."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ckpttools.cli._options import is_trusted, key_opt, model_opts, output_format_opt, trust_opt, warn_trusted
+
+
+def _read_text(file: str | None) -> str:
+    if file in (None, "-"):
+        if file is None and sys.stdin.isatty():
+            raise click.UsageError("give FILE, - (stdin) or --checkpoint PATH --model SPEC")
+        return click.get_text_stream("stdin").read()
+    with open(file, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | None,
+                trust: bool) -> object:
+    from ckpttools.formats.registry import open_checkpoint
+    from ckpttools.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.diagnose import diagnose_checkpoint
+
+    signature = load_model_signature(spec, parse_model_args(args))
+    with open_checkpoint(checkpoint, trust=trust) as reader:
+        return diagnose_checkpoint(reader, signature, key=key, model_name=spec)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True, exists=True))
+@click.option("--checkpoint", metavar="PATH", help="Diagnose from the checkpoint and --model instead.")
+@model_opts
+@key_opt()
+@trust_opt
+@output_format_opt()
+@click.pass_context
+def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model_spec: str | None,
+             model_args: tuple[str, ...], key: str | None, trust: bool, output_format: str) -> None:
+    """Explain why load_state_dict failed, rank the causes and give the fix.
+
+    \b
+    Examples:
+      ckpttools diagnose error.log
+      pbpaste | ckpttools diagnose -
+      ckpttools diagnose --checkpoint model.pth --model mypkg.models:Net -a num_classes=10
+
+    Exit codes: 0 a cause was found, 1 no known cause fits, 2 no load_state_dict error
+    in the input (or the input could not be read).
+    """
+    from ckpttools.ops.diagnose import NO_ERROR_MESSAGE, NoLoadErrorFound, diagnose_text
+    from ckpttools.render.diagnose import render_diagnosis
+
+    if checkpoint and file:
+        raise click.UsageError("give either FILE or --checkpoint, not both")
+    if checkpoint and not model_spec:
+        raise click.UsageError("--checkpoint needs --model SPEC")
+    trusted = is_trusted(ctx, trust)
+    warn_trusted(trusted and bool(checkpoint))
+    if checkpoint:
+        result = _from_files(checkpoint, model_spec or "", model_args, key, trusted)
+    else:
+        result = diagnose_text(_read_text(file))
+        if not result.found:
+            raise NoLoadErrorFound(NO_ERROR_MESSAGE)
+    click.echo(render_diagnosis(result, output_format), nl=False)  # type: ignore[arg-type]
+    ctx.exit(0 if result.ok else 1)  # type: ignore[attr-defined]

@@ -1,0 +1,225 @@
+"""Parsing ``load_state_dict`` error texts: PyTorch, transformers, timm, mmengine, old PyTorch.
+
+The input is whatever a user pastes: a whole traceback, a noisy log, a notebook's JSON-escaped
+output, keys in straight or typographic quotes, lists cut short with ``...``. The result holds the
+same facts ``diff`` finds from files: missing keys, unexpected keys and shape mismatches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
+                         "\u2013": "-", "\u2026": "..."})
+# Line prefixes that wrap pasted text: markdown quotes, torchrun rank tags.
+_LINE_PREFIX = re.compile(r"^(?:\s*>\s?|\s*\[(?:rank|default)\d+\]:\s?)+", re.M)
+_KEY_CHARS = r"[\w.\-/:#$@+]"
+_UNQUOTED_KEY = re.compile(rf"\s*({_KEY_CHARS}+)")
+_SIZE = r"torch\.Size\(\[([\d,\s]*)\]\)"
+_W = r"\s+"  # any run of blanks, newlines included, because pastes wrap long lines
+
+_MISMATCH_PATTERNS = (
+    re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+               rf"{_W}{_SIZE}{_W}from{_W}checkpoint,?{_W}the{_W}shape{_W}in{_W}current{_W}model"
+               rf"{_W}is{_W}{_SIZE}"),
+    re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}of{_W}{_SIZE}"
+               rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
+    re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
+               rf"{_W}{_SIZE}{_W}in{_W}the{_W}model{_W}instantiated"),
+)
+
+# (kind, pattern whose match ends where the key list starts)
+_LIST_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("missing", re.compile(r"missing_keys\s*=\s*(?=\[)")),
+    ("unexpected", re.compile(r"unexpected_keys\s*=\s*(?=\[)")),
+    ("missing", re.compile(r"missing\s+keys\s+in\s+source\s+state_dict:\s*")),
+    ("unexpected", re.compile(r"unexpected\s+keys?\s+in\s+source\s+state_dict:\s*")),
+    ("missing", re.compile(r"missing\s+key\(s\)\s+in\s+state_dict:?\s*", re.I)),
+    ("unexpected", re.compile(r"unexpected\s+key\(s\)\s+in\s+state_dict:?\s*", re.I)),
+    ("missing", re.compile(r"missing\s+keys\s+in\s+state_dict:\s*[\"']?\s*(?=\{)")),
+    ("missing", re.compile(r"were\s+not\s+initialized\s+from\s+the\s+model\s+checkpoint\s+at\s+\S+"
+                           r"\s+and\s+are\s+newly\s+initialized:\s*")),
+    ("unexpected", re.compile(r"were\s+not\s+used\s+when\s+initializing\s+\w+:\s*")),
+    ("missing", re.compile(r"Weights\s+of\s+\w+\s+not\s+initialized\s+from\s+pretrained\s+model:\s*")),
+    ("unexpected", re.compile(r"Weights\s+from\s+pretrained\s+model\s+not\s+used\s+in\s+\w+:\s*")),
+    ("missing", re.compile(r"Missing\s+keys\s+\(\s*(?=[^)]*\)\s+discovered)")),
+    ("unexpected", re.compile(r"Unexpected\s+keys\s+\(\s*(?=[^)]*\)\s+found)")),
+)
+_OLD_KEY = re.compile(r"(unexpected|missing)\s+key\s+[\"'](" + _KEY_CHARS + r"+)[\"']\s+in\s+state_dict")
+_HEADER_ONLY = re.compile(
+    r"Error\(s\)\s+in\s+loading\s+state_dict|do\s+not\s+match\s+exactly|newly\s+initialized"
+    r"|were\s+not\s+used\s+when\s+initializing|_IncompatibleKeys")
+_CLASS_NAMES = (
+    re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
+    re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
+    re.compile(r"when\s+initializing\s+([A-Za-z_]\w*)"),
+)
+_TRUNCATION = re.compile(r"^\s*(?:\.\.\.|\[\s*\.\.\.\s*\]|\[\.\.\.\s*trimmed|\.\.\.\s*trimmed)")
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A key whose tensor has one shape in the checkpoint and another in the model."""
+
+    key: str
+    checkpoint_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"key": self.key, "checkpoint_shape": list(self.checkpoint_shape),
+                "model_shape": list(self.model_shape)}
+
+
+@dataclass(frozen=True)
+class ParsedError:
+    """What a ``load_state_dict`` error text says, in ``diff``'s terms.
+
+    ``found`` is false when the text holds no such error at all. ``truncated`` is true when a
+    key list was cut short (``...``, an unterminated key), so counts are lower bounds.
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[ShapeMismatch, ...] = ()
+    class_name: str | None = None
+    truncated: bool = False
+    found: bool = False
+    formats: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"missing": list(self.missing), "unexpected": list(self.unexpected),
+                "mismatched": [m.to_dict() for m in self.mismatched],
+                "class_name": self.class_name, "truncated": self.truncated, "found": self.found}
+
+
+def normalize_text(text: str) -> str:
+    """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
+    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text):
+        # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
+        text = text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n").replace("\\t", "\t")
+    return _LINE_PREFIX.sub("", text)
+
+
+def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
+    end = text.find(quote, pos + 1)
+    if end == -1 or end - pos > 400:
+        return None, len(text)
+    raw = text[pos + 1:end]
+    if raw.count("\n") > 1:
+        return None, pos
+    return re.sub(r"\s+", "", raw), end + 1
+
+
+def _parse_quoted_list(text: str, pos: int) -> tuple[list[str], bool]:
+    keys: list[str] = []
+    while True:
+        m = re.compile(r"[\s,`\[\]{}()]*").match(text, pos)
+        pos = m.end() if m else pos
+        if pos >= len(text):
+            return keys, bool(keys) and text.rstrip().endswith(",")
+        if _TRUNCATION.match(text, pos) or text.startswith("..", pos):
+            return keys, True
+        if text[pos] not in "\"'":
+            return keys, False
+        key, pos = _read_quoted(text, pos, text[pos])
+        if key is None:
+            return keys, True
+        if key:
+            keys.append(key)
+        if text.startswith("...", pos) or text.startswith("…", pos):
+            return keys, True
+
+
+def _parse_unquoted_list(text: str, pos: int) -> tuple[list[str], bool]:
+    keys: list[str] = []
+    while True:
+        m = _UNQUOTED_KEY.match(text, pos)
+        if not m:
+            return keys, _TRUNCATION.match(text, pos) is not None
+        key = m.group(1).rstrip(".:")
+        if key.endswith("...") or not key:
+            return keys, True
+        keys.append(key)
+        pos = m.end()
+        sep = re.compile(r"[ \t]*,[ \t]*\n?").match(text, pos)
+        if not sep:
+            return keys, text[pos:pos + 3] == "..."
+        pos = sep.end()
+
+
+def _parse_list(text: str, pos: int) -> tuple[list[str], bool]:
+    m = re.compile(r"[\s`\[{(]*").match(text, pos)
+    start = m.end() if m else pos
+    if start < len(text) and text[start] in "\"'":
+        return _parse_quoted_list(text, pos)
+    if _TRUNCATION.match(text, start):
+        return [], True
+    return _parse_unquoted_list(text, start)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in re.findall(r"\d+", text))
+
+
+def _unique(items: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _find_mismatches(text: str) -> list[ShapeMismatch]:
+    found: list[tuple[int, ShapeMismatch]] = []
+    for pattern in _MISMATCH_PATTERNS:
+        for m in pattern.finditer(text):
+            found.append((m.start(), ShapeMismatch(m.group(1), _shape(m.group(2)), _shape(m.group(3)))))
+    return [mm for _, mm in sorted(found, key=lambda t: t[0])]
+
+
+def _class_name(text: str) -> str | None:
+    for pattern in _CLASS_NAMES:
+        for m in pattern.finditer(text):
+            name = m.group(1).rstrip(".:")
+            if name not in ("{}", "model", "the"):
+                return name
+    return None
+
+
+def parse_error_text(text: str) -> ParsedError:
+    """Find every ``load_state_dict`` error in ``text`` and merge what they say.
+
+    Args:
+        text: anything that holds the error somewhere (traceback, log, notebook output).
+
+    Returns:
+        The missing and unexpected keys and the shape mismatches, in order of appearance and
+        without repeats (logs from several ranks repeat the same error), the model's class name
+        if the text names it, whether a list was cut short, and whether any error was found.
+
+    Example:
+        >>> parse_error_text('Missing key(s) in state_dict: "fc.weight".').missing
+        ('fc.weight',)
+    """
+    text = normalize_text(text)
+    lists: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    truncated, formats = False, []
+    for kind, pattern in _LIST_HEADERS:
+        for m in pattern.finditer(text):
+            keys, cut = _parse_list(text, m.end())
+            lists[kind].extend(keys)
+            truncated = truncated or cut
+            formats.append(kind)
+    for m in _OLD_KEY.finditer(text):
+        lists[m.group(1).lower()].append(m.group(2))
+        formats.append("keyerror")
+    mismatched = _find_mismatches(text)
+    tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
+                     r"[^\n])*$", text.rstrip())
+    truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
+    found = bool(formats or mismatched or _HEADER_ONLY.search(text))
+    return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
+                       mismatched=_unique(mismatched), class_name=_class_name(text),
+                       truncated=truncated, found=found, formats=_unique(formats))

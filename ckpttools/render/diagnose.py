@@ -1,0 +1,54 @@
+"""Rendering a diagnosis: per cause what happened, the evidence and the fix."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ckpttools.ops.cause_fixes import Cause
+from ckpttools.ops.diagnose import DiagnoseResult
+from ckpttools.render import heading, to_json
+
+
+def _header(result: DiagnoseResult) -> str:
+    ev = result.evidence
+    where = "error text" if result.source == "text" else "checkpoint and model"
+    counts = (f"{len(ev.missing)} missing, {len(ev.unexpected)} unexpected, "
+              f"{len(ev.mismatched)} shape mismatches")
+    if ev.matched is not None:
+        counts += f", {ev.matched} matching"
+    extra = "; lists cut short, counts are lower bounds" if ev.truncated else ""
+    model = f" for {ev.class_name}" if ev.class_name else ""
+    return f"diagnosis from the {where}{model}: {counts}{extra}"
+
+
+def _cause(i: int, c: Cause, fmt: str) -> list[str]:
+    ev = c.evidence
+    examples = ", ".join(ev.get("examples", [])[:3])
+    lines = [heading(f"{i}. {c.label} (confidence {c.confidence:.2f})", fmt), "",
+             "what happened: " + c.summary,
+             f"evidence: {ev.get('explained', 0)} keys explained" + (f", e.g. {examples}" if examples else "")]
+    if fmt == "markdown":
+        lines += ["", "fix:", "", "```python", c.fix_code, "```"]
+        lines += [f"\ncommand: `{c.fix_command}`"] if c.fix_command else []
+        lines += [f"\nconfirm: `{c.confirm_command}`"] if c.confirm_command else []
+    else:
+        lines += ["fix:", textwrap.indent(c.fix_code, "    ")]
+        lines += [f"command: {c.fix_command}"] if c.fix_command else []
+        lines += [f"confirm: {c.confirm_command}"] if c.confirm_command else []
+    return lines + [""]
+
+
+def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
+    """The diagnosis as ``table`` (plain text), ``markdown`` or ``json``."""
+    if fmt == "json":
+        return to_json(result.to_dict())
+    lines = [heading(_header(result), fmt), ""]
+    if result.note:
+        lines += [f"state_dict: {result.note}", ""]
+    if not result.found:
+        lines.append("the checkpoint loads strictly into the model; nothing to diagnose")
+    elif not result.causes:
+        lines.append("no known cause fits; compare the key lists with ckpttools diff")
+    for i, cause in enumerate(result.causes, start=1):
+        lines += _cause(i, cause, fmt)
+    return "\n".join(lines).rstrip() + "\n"
