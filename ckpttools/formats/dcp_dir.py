@@ -1,22 +1,198 @@
-"""Reader for the DCP format (stub, being written)."""
+"""Reader for ``torch.distributed.checkpoint`` directories, without torch for metadata.
+
+``.metadata`` is a pickle of DCP's ``Metadata``; it is read with the restricted walker only,
+and its placeholders are interpreted: ``state_dict_metadata`` (flattened key ->
+``TensorStorageMetadata``/``BytesStorageMetadata``), ``storage_data`` (``MetadataIndex`` ->
+``_StorageInfo(relative_path, offset, length)``) and ``planner_data`` (flattened key -> path).
+``FileSystemWriter`` writes every item (tensor chunk or bytes value) as a ``torch.save`` zip
+blob at ``offset``/``length`` of a ``.distcp`` file; ``load`` reads only those byte ranges.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import os
+from typing import TYPE_CHECKING, Any
 
-from ckpttools.errors import UnsupportedError
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
+from ckpttools.errors import CorruptCheckpointError, UnsupportedError
+from ckpttools.formats import zip_records as zr
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
+from ckpttools.formats.pickle_walk import WalkResult, walk_pickle
+from ckpttools.formats.pickled import tensor_from_bytes, type_name
+from ckpttools.formats.torch_zip import find_data_pickle
+
+if TYPE_CHECKING:
+    import torch
+
+_META = "torch.distributed.checkpoint.metadata."
+
+
+def _state(node: Any, cls: str) -> dict[str, Any]:
+    if not isinstance(node, ObjectPlaceholder) or not node.class_name.endswith(cls):
+        raise ValueError(f"expected {cls}, found {type_name(node)}")
+    return node.state if isinstance(node.state, dict) else {}
 
 
 class DcpReader(CheckpointReader):
+    """Reads a DCP checkpoint directory; tensors are assembled from their chunks."""
+
     format = Format.DCP
 
-    def __init__(self, path: Any, *, trust: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
-        raise UnsupportedError(f"{self.path}: the {self.format.value} reader is not available yet")
+        meta_path = os.path.join(self.path, ".metadata")
+        try:
+            with open(meta_path, "rb") as f:
+                self._meta_walk = walk_pickle(f.read(), name=".metadata")
+            self._parse(self._meta_walk.tree)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(f"{self.path}: {e}") from e
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CorruptCheckpointError(f"{self.path}: .metadata is not DCP metadata ({e}); "
+                                         "the checkpoint is damaged") from e
+        self._entries: tuple[Entry, ...] | None = None
+        self._values: dict[str, Any] = {}
 
-    def entries(self) -> tuple[Any, ...]:
-        raise NotImplementedError
+    def _parse(self, tree: Any) -> None:
+        meta = _state(tree, "Metadata")
+        self._items: dict[str, dict[str, Any]] = {}
+        for fqn, item in meta["state_dict_metadata"].items():
+            if isinstance(item, ObjectPlaceholder) and item.class_name.endswith("BytesStorageMetadata"):
+                self._items[fqn] = {"bytes": True}
+                continue
+            state = _state(item, "TensorStorageMetadata")
+            props = item.state["properties"]
+            dtype = props.state[0] if isinstance(props.state, tuple) else _state(props, "TensorProperties")["dtype"]
+            chunks = [_state(c, "ChunkStorageMetadata") for c in state["chunks"]]
+            self._items[fqn] = {"dtype": dtype.name if isinstance(dtype, TorchDtype) else str(dtype),
+                                "size": tuple(state["size"]), "chunks": chunks}
+        storage = meta["storage_data"]
+        pairs = storage.items if isinstance(storage, ObjectPlaceholder) else tuple(storage.items())
+        self._storage: dict[tuple[str, tuple[int, ...] | None], dict[str, Any]] = {}
+        for index, info in pairs:
+            idx = _state(index, "MetadataIndex")
+            offset = idx.get("offset")
+            self._storage[(idx["fqn"], tuple(offset) if offset is not None else None)] = \
+                _state(info, "_StorageInfo")
+        self._planner = meta.get("planner_data") or {}
 
-    def load(self, key: str) -> Any:
-        raise NotImplementedError
+    # ---- metadata ------------------------------------------------------------------------
+
+    def _chunk_info(self, fqn: str, offsets: tuple[int, ...] | None) -> dict[str, Any]:
+        info = self._storage.get((fqn, offsets))
+        if info is None:
+            raise CorruptCheckpointError(f"{self.path}: no storage recorded for {fqn}; "
+                                         "the checkpoint is damaged")
+        return info
+
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            out: list[Entry] = []
+            for fqn, item in self._items.items():
+                if item.get("bytes"):
+                    value = self._value(fqn)
+                    out.append(ObjectEntry(fqn, type_name(value), to_json(value)))
+                    continue
+                files = sorted({self._chunk_info(fqn, tuple(c["offsets"]))["relative_path"]
+                                for c in item["chunks"]})
+                numel = 1
+                for d in item["size"]:
+                    numel *= d
+                out.append(TensorEntry(fqn, item["dtype"], item["size"],
+                                       numel * ITEMSIZE.get(item["dtype"], 1), ",".join(files)))
+            self._entries = tuple(out)
+        return self._entries
+
+    def _value(self, fqn: str) -> Any:
+        if fqn not in self._values:
+            blob = self._read_range(self._chunk_info(fqn, None))
+            self._values[fqn] = self._walk_blob(blob, fqn)[0].tree
+        return self._values[fqn]
+
+    def tree(self) -> Any:
+        root: dict[Any, Any] = {}
+        for fqn, item in self._items.items():
+            path = self._planner.get(fqn) or (fqn,)
+            node = root
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = self._value(fqn) if item.get("bytes") else TensorRef(fqn)
+        return _lists(root)
+
+    def pickle_globals(self) -> tuple[GlobalRef, ...]:
+        return self._meta_walk.globals
+
+    # ---- tensor data ---------------------------------------------------------------------
+
+    def _read_range(self, info: dict[str, Any]) -> bytearray:
+        name = os.path.join(self.path, str(info["relative_path"]))
+        if info.get("transform_descriptors"):
+            raise UnsupportedError(f"{name}: transformed (compressed) DCP items are not supported")
+        offset, length = int(info["offset"]), int(info["length"])
+        buf = bytearray(length)
+        try:
+            with open(name, "rb") as f:
+                f.seek(offset)
+                got = f.readinto(buf)
+        except FileNotFoundError as e:
+            raise CorruptCheckpointError(f"{name}: missing; the checkpoint is incomplete") from e
+        if got != length:
+            raise CorruptCheckpointError(f"{name}: item at {offset} is cut short; the file is "
+                                         "truncated")
+        return buf
+
+    def _walk_blob(self, blob: bytearray, fqn: str) -> tuple[WalkResult, dict[str, Any], str]:
+        """Walk the ``torch.save`` zip blob of one item."""
+        f = io.BytesIO(blob)
+        try:
+            records = zr.read_directory(f, len(blob))
+            pkl = find_data_pickle(list(records))
+            if pkl is None:
+                raise zr.ZipError("no data.pkl")
+            walk = walk_pickle(zr.read_record("", f, records[pkl]), name=pkl)
+        except (zr.ZipError, CorruptCheckpointError, UnicodeDecodeError) as e:
+            raise CorruptCheckpointError(f"{self.path}: item {fqn} is damaged ({e})") from e
+        return walk, records, pkl[: -len("data.pkl")]
+
+    def load(self, key: str) -> torch.Tensor:
+        import torch
+
+        item = self._items.get(key)
+        if item is None or item.get("bytes"):
+            raise KeyError(key)
+        chunks = [(c, self._chunk(key, c)) for c in item["chunks"]]
+        if len(chunks) == 1 and tuple(chunks[0][1].shape) == item["size"]:
+            return chunks[0][1]
+        out = torch.empty(item["size"], dtype=getattr(torch, item["dtype"]))
+        for meta, tensor in chunks:
+            region = tuple(slice(o, o + s) for o, s in zip(meta["offsets"], meta["sizes"]))
+            out[region] = tensor
+        return out
+
+    def _chunk(self, fqn: str, chunk: dict[str, Any]) -> torch.Tensor:
+        blob = self._read_range(self._chunk_info(fqn, tuple(chunk["offsets"])))
+        walk, records, prefix = self._walk_blob(blob, fqn)
+        ph = walk.tree
+        if not isinstance(ph, TensorPlaceholder) or ph.storage_key is None:
+            raise CorruptCheckpointError(f"{self.path}: item {fqn} does not hold a tensor")
+        record = records.get(f"{prefix}data/{ph.storage_key}")
+        if record is None:
+            raise CorruptCheckpointError(f"{self.path}: item {fqn} lacks its data record")
+        start = zr.data_offset(io.BytesIO(blob), record)
+        need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+        if start + record.file_size > len(blob) or need > record.file_size:
+            raise CorruptCheckpointError(f"{self.path}: item {fqn} is cut short")
+        return tensor_from_bytes(blob, start, record.file_size, ph)
+
+
+def _lists(node: Any) -> Any:
+    """DCP flattens lists with int path parts; turn dicts keyed 0..n-1 by ints back into lists."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: _lists(v) for k, v in node.items()}
+    keys = list(out)
+    if keys and all(type(k) is int for k in keys) and sorted(keys) == list(range(len(keys))):
+        return [out[i] for i in range(len(keys))]
+    return out

@@ -353,7 +353,11 @@ def finalize(node: Any, _seen: dict[int, Any] | None = None) -> Any:
         return seen[id(node)]
     seen[id(node)] = _CYCLE
     if isinstance(node, dict):
-        out: Any = {_key(finalize(k, seen)): finalize(v, seen) for k, v in node.items()}
+        pairs = [(finalize(k, seen), finalize(v, seen)) for k, v in node.items()]
+        try:
+            out: Any = dict(pairs)
+        except TypeError:  # keys that are not plain values (DCP's MetadataIndex records)
+            out = ObjectPlaceholder("dict", items=tuple(pairs))
     elif kind is list:
         out = [finalize(v, seen) for v in node]
     elif kind is tuple:
