@@ -246,7 +246,12 @@ def _defaultdict(*_: Any) -> _ODict:
 def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
     # copyreg._reconstructor: protocol 0/1 instance creation; BUILD fills the fields later
     if isinstance(cls, type) and issubclass(cls, _Stand):
-        return cls()
+        inst = cls()
+        if isinstance(state, dict):  # a dict subclass: state is its contents
+            inst.pairs.extend(state.items())
+        elif isinstance(state, list):
+            inst.items.extend(state)
+        return inst
     raise _Bad("bad copyreg._reconstructor arguments")
 
 
