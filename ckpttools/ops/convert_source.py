@@ -98,10 +98,8 @@ def find_manifest(reader: CheckpointReader) -> Manifest | None:
     if text is None and os.path.isdir(reader.path):
         text = _index_manifest(reader.path)
     if text is None and reader.format is Format.DCP:
-        try:
-            text = reader.load(MANIFEST_KEY)  # type: ignore[assignment]
-        except Exception:  # noqa: BLE001 - no manifest entry in a DCP written elsewhere
-            text = None
+        found = [e.value for e in reader.object_entries() if e.key == MANIFEST_KEY]
+        text = found[0] if found and isinstance(found[0], str) else None
     return Manifest.from_json(str(text), reader.path) if isinstance(text, str) else None
 
 
