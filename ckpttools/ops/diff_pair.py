@@ -1,0 +1,255 @@
+"""``diff A B``: two checkpoints of any formats, compared key by key and value by value.
+
+Tensor pairs are streamed one at a time, in chunks: when both readers expose a tensor's bytes as
+one file range (``raw_source``) the bytes are read in pieces and never mapped whole, so memory
+stays near one chunk, not the checkpoint; otherwise each pair is loaded with ``reader.load``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import ObjectEntry, RawSource, TensorEntry
+from ckpttools.formats.base import CheckpointReader
+
+if TYPE_CHECKING:
+    import torch
+
+Shape = tuple[int, ...]
+CHUNK_BYTES = 16 << 20
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+            "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+            "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "uint32": 4, "uint64": 8}
+
+
+@dataclass(frozen=True)
+class TensorComparison:
+    """Values of one tensor key present on both sides with the same shape."""
+
+    key: str
+    dtype_a: str
+    dtype_b: str
+    bitwise_equal: bool
+    max_abs_diff: float
+    max_rel_diff: float
+    allclose: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "dtype_a": self.dtype_a, "dtype_b": self.dtype_b,
+                "bitwise_equal": self.bitwise_equal, "max_abs_diff": self.max_abs_diff,
+                "max_rel_diff": self.max_rel_diff, "allclose": self.allclose}
+
+
+@dataclass(frozen=True)
+class ObjectComparison:
+    """A non-tensor entry on both sides (epoch, loss, hyperparameters)."""
+
+    key: str
+    value_a: Any
+    value_b: Any
+
+    @property
+    def equal(self) -> bool:
+        return bool(self.value_a == self.value_b)
+
+
+@dataclass(frozen=True)
+class CheckpointDiffResult:
+    """Two checkpoints compared.
+
+    Attributes:
+        path_a / path_b: the paths as given.
+        only_a / only_b: keys (tensor or not) on one side only.
+        shape_differences: ``(key, shape in A, shape in B)``.
+        kind_differences: keys that are a tensor on one side and a value on the other.
+        tensors: value comparisons for keys with equal shapes, in A's order.
+        objects: non-tensor entries on both sides.
+        atol / rtol: the tolerances of ``allclose``.
+    """
+
+    path_a: str
+    path_b: str
+    only_a: tuple[str, ...]
+    only_b: tuple[str, ...]
+    shape_differences: tuple[tuple[str, Shape, Shape], ...]
+    kind_differences: tuple[str, ...]
+    tensors: tuple[TensorComparison, ...]
+    objects: tuple[ObjectComparison, ...]
+    atol: float
+    rtol: float
+
+    @property
+    def dtype_differences(self) -> tuple[TensorComparison, ...]:
+        return tuple(t for t in self.tensors if t.dtype_a != t.dtype_b)
+
+    @property
+    def value_differences(self) -> tuple[TensorComparison, ...]:
+        return tuple(t for t in self.tensors if not t.allclose)
+
+    @property
+    def object_differences(self) -> tuple[ObjectComparison, ...]:
+        return tuple(o for o in self.objects if not o.equal)
+
+    @property
+    def ok(self) -> bool:
+        """Same keys, shapes, dtypes and values within tolerance, same non-tensor values."""
+        return not (self.only_a or self.only_b or self.shape_differences or self.kind_differences
+                    or self.dtype_differences or self.value_differences
+                    or self.object_differences)
+
+    @property
+    def verdict(self) -> str:
+        if self.ok:
+            equal = sum(t.bitwise_equal for t in self.tensors)
+            return (f"checkpoints match: {len(self.tensors)} tensors ({equal} bitwise equal), "
+                    f"{len(self.objects)} values")
+        parts = [f"{len(self.only_a)} only in A", f"{len(self.only_b)} only in B",
+                 f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",
+                 f"{len(self.value_differences)} value", f"{len(self.object_differences)} "
+                 "non-tensor differences"]
+        return "checkpoints differ: " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "verdict": self.verdict, "a": self.path_a, "b": self.path_b,
+            "atol": self.atol, "rtol": self.rtol,
+            "only_a": list(self.only_a), "only_b": list(self.only_b),
+            "shape_differences": [{"key": k, "shape_a": list(a), "shape_b": list(b)}
+                                  for k, a, b in self.shape_differences],
+            "kind_differences": list(self.kind_differences),
+            "tensors": [t.to_dict() for t in self.tensors],
+            "objects": [{"key": o.key, "a": o.value_a, "b": o.value_b, "equal": o.equal}
+                        for o in self.objects],
+        }
+
+
+@dataclass
+class _Stats:
+    bitwise: bool = True
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    close: bool = True
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> None:
+        import torch
+
+        if a.dtype.is_complex or b.dtype.is_complex:
+            a, b = torch.view_as_real(a.to(torch.complex128)), torch.view_as_real(
+                b.to(torch.complex128))
+        x, y = a.to(torch.float64), b.to(torch.float64)
+        both_nan = torch.isnan(x) & torch.isnan(y)
+        diff = torch.where(both_nan, 0.0, (x - y).abs())
+        diff = torch.where(torch.isnan(diff), math.inf, diff)  # nan on one side only
+        if diff.numel():
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            scale = torch.maximum(x.abs(), y.abs())
+            rel = torch.where(scale > 0, diff / scale, torch.where(diff > 0, math.inf, 0.0))
+            self.max_rel = max(self.max_rel, float(torch.nan_to_num(rel, nan=math.inf).max()))
+        self.close = self.close and bool(torch.isclose(x, y, rtol=rtol, atol=atol,
+                                                       equal_nan=True).all())
+
+
+def _raw_chunks(a: RawSource, b: RawSource, dtype_a: str, dtype_b: str
+                ) -> Iterator[tuple[bytes, bytes]]:
+    step = CHUNK_BYTES - CHUNK_BYTES % math.lcm(ITEMSIZE[dtype_a], 16)
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        fa.seek(a.offset)
+        fb.seek(b.offset)
+        done = 0
+        while done < a.length:
+            n = min(step, a.length - done)
+            yield fa.read(n), fb.read(n)
+            done += n
+
+
+def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: float,
+                 advance: Callable[[int], None]) -> _Stats:
+    import torch
+
+    stats = _Stats()
+    tdtype = getattr(torch, dtype)
+    for ca, cb in _raw_chunks(a, b, dtype, dtype):
+        advance(2 * len(ca))
+        if ca == cb:
+            continue
+        stats.bitwise = False
+        stats.add(torch.frombuffer(bytearray(ca), dtype=tdtype),
+                  torch.frombuffer(bytearray(cb), dtype=tdtype), atol, rtol)
+    return stats
+
+
+def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
+                    advance: Callable[[int], None]) -> _Stats:
+    import torch
+
+    stats = _Stats(bitwise=ta.dtype == tb.dtype)
+    fa, fb = ta.reshape(-1), tb.reshape(-1)
+    step = max(1, CHUNK_BYTES // max(ta.element_size(), 1))
+    for start in range(0, fa.numel(), step):
+        ca, cb = fa[start:start + step], fb[start:start + step]
+        advance(ca.numel() * ca.element_size() + cb.numel() * cb.element_size())
+        if ca.dtype == cb.dtype and torch.equal(ca.contiguous().view(torch.uint8),
+                                                cb.contiguous().view(torch.uint8)):
+            continue
+        stats.bitwise = False
+        stats.add(ca, cb, atol, rtol)
+    return stats
+
+
+def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEntry,
+                        eb: TensorEntry, *, atol: float, rtol: float,
+                        on_progress: Callable[[int], None] = lambda n: None) -> TensorComparison:
+    """Compare one tensor of ``ra`` with one of ``rb`` (same shape), streaming its bytes."""
+    sa, sb = ra.raw_source(ea.key), rb.raw_source(eb.key)
+    if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE
+            and sa.length == sb.length == ea.nbytes):
+        stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
+    else:
+        stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
+    return TensorComparison(ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
+                            stats.max_rel, stats.close)
+
+
+def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 0.0,
+                     rtol: float = 0.0,
+                     on_progress: Callable[[int], None] = lambda n: None) -> CheckpointDiffResult:
+    """Compare two checkpoints: keys, shapes, dtypes, tensor values and non-tensor values.
+
+    Args:
+        a: the first checkpoint.
+        b: the second checkpoint (any format).
+        atol: absolute tolerance of the ``allclose`` test.
+        rtol: relative tolerance of the ``allclose`` test.
+        on_progress: called with the number of bytes compared, for a progress bar.
+
+    Returns:
+        The comparison; ``ok`` when everything matches within tolerance.
+
+    Example:
+        >>> with open_checkpoint("a.pth") as a, open_checkpoint("a.safetensors") as b:
+        ...     diff_checkpoints(a, b).ok
+        True
+    """
+    ea = {e.key: e for e in a.entries()}
+    eb = {e.key: e for e in b.entries()}
+    shapes, kinds, tensors, objects = [], [], [], []
+    for key, x in ea.items():
+        y = eb.get(key)
+        if y is None:
+            continue
+        if isinstance(x, TensorEntry) and isinstance(y, TensorEntry):
+            if x.shape != y.shape:
+                shapes.append((key, x.shape, y.shape))
+            else:
+                tensors.append(compare_tensor_pair(a, b, x, y, atol=atol, rtol=rtol,
+                                                   on_progress=on_progress))
+        elif isinstance(x, ObjectEntry) and isinstance(y, ObjectEntry):
+            objects.append(ObjectComparison(key, x.value, y.value))
+        else:
+            kinds.append(key)
+    return CheckpointDiffResult(
+        a.path, b.path, tuple(k for k in ea if k not in eb), tuple(k for k in eb if k not in ea),
+        tuple(shapes), tuple(kinds), tuple(tensors), tuple(objects), atol, rtol)
