@@ -132,7 +132,10 @@ class PickledReader(CheckpointReader):
         import torch
 
         if self._full is None:
-            self._full = self._torch_load(torch)
+            with warnings.catch_warnings():
+                # NOTE(torch>=2.0): torch.load warns about its own TypedStorage use
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+                self._full = self._torch_load(torch)
         value = get_path(self._full, key)
         if not isinstance(value, torch.Tensor):
             raise KeyError(key)

@@ -1,0 +1,229 @@
+"""TorchZipReader on real torch.save files: entries, values, safety, GPU locations, damage."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ckpttools.entries import ObjectEntry, TensorEntry, TensorRef
+from ckpttools.errors import CkptError, CorruptCheckpointError, UnsafeCheckpointError
+from ckpttools.formats.registry import open_checkpoint
+from ckpttools.formats.torch_zip import TorchZipReader
+from ckpttools.keypaths import get_path
+from tests.conftest import malicious_state
+
+
+@dataclass
+class RunConfig:
+    lr: float = 0.01
+    name: str = "run"
+
+
+class AttributeDict(dict):  # type: ignore[type-arg]
+    """Stands in for Lightning's AttributeDict."""
+
+
+def training_state() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    base = torch.arange(24.0).reshape(4, 6)
+    return {
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "epoch": 3, "loss": 0.25,
+        "extra": OrderedDict([("view", base[1:3, 2:]), ("t", base.t()), ("base", base)]),
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "scalar": torch.tensor(1.5), "empty": torch.empty(0, 4),
+        "dtypes": {str(d): torch.ones(3).to(d) for d in
+                   (torch.bfloat16, torch.float8_e4m3fn, torch.complex64, torch.bool,
+                    torch.int8, torch.int64, torch.uint16, torch.float16)},
+        "keys": {"a.b": torch.zeros(1), "ünï": torch.ones(1)},
+        "args": argparse.Namespace(lr=0.1, epochs=2),
+        "config": RunConfig(),
+        "hyper_parameters": AttributeDict(lr=0.3, layers=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, Any]:
+    return training_state()
+
+
+@pytest.fixture
+def ckpt(make_checkpoint: Callable[..., Path], state: dict[str, Any]) -> Path:
+    return make_checkpoint("torch-zip", state)
+
+
+def test_entries_and_values_match_torch_load(ckpt: Path, state: dict[str, Any]) -> None:
+    with open_checkpoint(ckpt) as reader:
+        assert isinstance(reader, TorchZipReader)
+        tensors = reader.tensor_entries()
+        assert len(tensors) >= 30
+        for entry in tensors:
+            expected = get_path(state, entry.key)
+            got = reader.load(entry.key)
+            assert (entry.dtype, entry.shape) == (str(expected.dtype)[6:], tuple(expected.shape))
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn
+                               else got, expected.detach().view(torch.uint8)
+                               if got.dtype == torch.float8_e4m3fn else expected.detach())
+            assert entry.nbytes == expected.numel() * expected.element_size()
+        keys = {e.key for e in reader.entries()}
+        assert {"optimizer_state_dict.state.0.exp_avg", "keys.a.b", "keys.ünï",
+                "optimizer_state_dict.param_groups"} <= keys
+
+
+def test_objects_render_as_json_safe_fields(ckpt: Path) -> None:
+    with open_checkpoint(ckpt) as reader:
+        objects = {e.key: e for e in reader.object_entries()}
+    assert objects["epoch"] == ObjectEntry("epoch", "int", 3)
+    assert objects["args"].value == {"__class__": "argparse.Namespace", "lr": 0.1, "epochs": 2}
+    assert objects["config"].value == {"__class__": f"{__name__}.RunConfig", "lr": 0.01,
+                                       "name": "run"}
+    assert objects["hyper_parameters"].value == {"__class__": f"{__name__}.AttributeDict",
+                                                 "lr": 0.3, "layers": 2}
+    assert objects["optimizer_state_dict.param_groups"].value[0]["params"] == [0, 1, 2, 3]
+
+
+def test_tree_shares_views_and_records_parameters(ckpt: Path) -> None:
+    with open_checkpoint(ckpt) as reader:
+        tree = reader.tree()
+        assert tree["extra"]["view"] == TensorRef("extra.view")
+        entries = {e.key: e for e in reader.tensor_entries()}
+        assert entries["extra.view"].location == entries["extra.base"].location
+        assert reader.placeholder("param").requires_grad
+        assert reader.placeholder("extra.view").storage_offset == 8
+        assert reader.raw_source("extra.t") is None  # not contiguous
+        src = reader.raw_source("extra.base")
+        assert src is not None and src.length == 96
+        with open(src.path, "rb") as f:
+            f.seek(src.offset)
+            assert torch.frombuffer(bytearray(f.read(src.length)), dtype=torch.float32)[5] == 5
+
+
+def test_archive_folder_name_and_renamed_pickle(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2)}, tmp_path / "weird-name.bin")
+    src = tmp_path / "weird-name.bin"
+    renamed = tmp_path / "renamed.pt"
+    _rewrite(src, renamed, lambda n, d: (n.replace("data.pkl", "main.pkl"), d))
+    for path in (src, renamed):
+        with open_checkpoint(path) as reader:
+            assert torch.equal(reader.load("w"), torch.ones(2))
+
+
+def _rewrite(src: Path, dest: Path, change: Callable[[str, bytes], tuple[str, bytes] | None]
+             ) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zout:
+        for name in zin.namelist():
+            changed = change(name, zin.read(name))
+            if changed is not None:
+                zout.writestr(changed[0], changed[1])
+
+
+def test_gpu_saved_storages_read_on_cpu(tmp_path: Path) -> None:
+    """Rewrites data.pkl so storages claim ``cuda:0`` (how a GPU-saved file looks)."""
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "cpu.pth")
+    gpu = tmp_path / "gpu.pth"
+    cuda = b"X\x06\x00\x00\x00cuda:0"
+    _rewrite(tmp_path / "cpu.pth", gpu, lambda n, d: (n, d.replace(b"X\x03\x00\x00\x00cpu",
+                                                                   cuda)))
+    assert torch.equal(torch.load(gpu, map_location="cpu", weights_only=True)["w"],
+                       torch.arange(4.0))
+    with open_checkpoint(gpu) as reader:
+        (entry,) = reader.tensor_entries()
+        assert entry.device == "cuda:0"
+        assert torch.equal(reader.load("w"), torch.arange(4.0))
+
+
+def test_malicious_pickle_is_flagged_and_never_run(tmp_path: Path, canary: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save(malicious_state(canary), path)
+    with open_checkpoint(path) as reader:
+        unsafe = [g.qualname for g in reader.pickle_globals() if g.safety == "unsafe"]
+        assert unsafe in (["posix.system"], ["os.system"])
+        assert torch.equal(reader.load("weight"), torch.zeros(2, 2))
+        assert reader.object_entries()[0].type_name == unsafe[0]
+
+
+def test_full_load_without_trust_names_the_globals(tmp_path: Path) -> None:
+    path = tmp_path / "q.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated
+        q = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)
+    torch.save({"q": q, "ns": argparse.Namespace(a=1)}, path)
+    with open_checkpoint(path) as reader, pytest.raises(UnsafeCheckpointError,
+                                                        match="argparse.Namespace.*--trust"):
+        reader.load("q")
+    with open_checkpoint(path, trust=True) as reader:
+        assert torch.equal(reader.load("q").dequantize(), q.dequantize())
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how.startswith("truncate"):
+        path.write_bytes(data[: int(len(data) * float(how.split(":")[1]))])
+    elif how == "crc":
+        at = data.index(b"collections")
+        path.write_bytes(data[:at] + b"C" + data[at + 1:])
+    elif how == "garbage-pickle":
+        _rewrite_in_place(path, lambda n, d: (n, b"\x80\x02garbage" if n.endswith(".pkl") else d))
+    elif how == "missing-record":
+        _rewrite_in_place(path, lambda n, d: None if n.endswith("data/0") else (n, d))
+    elif how == "short-record":
+        _rewrite_in_place(path, lambda n, d: (n, d[:4]) if n.endswith("data/0") else (n, d))
+
+
+def _rewrite_in_place(path: Path, change: Callable[[str, bytes], tuple[str, bytes] | None]
+                      ) -> None:
+    tmp = path.with_suffix(".tmp")
+    _rewrite(path, tmp, change)
+    tmp.replace(path)
+
+
+DAMAGE = [("truncate:0.0", CorruptCheckpointError, "empty"),
+          ("truncate:0.05", CorruptCheckpointError, "truncated"),
+          ("truncate:0.5", CorruptCheckpointError, "truncated"),
+          ("truncate:0.999", CorruptCheckpointError, "truncated"),
+          ("crc", CorruptCheckpointError, "CRC"),
+          ("garbage-pickle", CorruptCheckpointError, "malformed pickle"),
+          ("missing-record", CorruptCheckpointError, "data/0 is missing"),
+          ("short-record", CorruptCheckpointError, "holds 4 bytes")]
+
+
+@pytest.mark.parametrize(("how", "error", "fragment"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_files_raise_one_line(tmp_path: Path, how: str, error: type[CkptError],
+                                      fragment: str) -> None:
+    path = tmp_path / "model.pth"
+    torch.save({"w": torch.ones(64), "epoch": 1}, path)
+    _damage(path, how)
+    with pytest.raises(error, match=fragment) as info:
+        open_checkpoint(path, format=None).entries()
+    assert "model.pth" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_listing_does_not_import_torch(ckpt: Path) -> None:
+    code = ("import sys; from ckpttools.formats.registry import open_checkpoint; "
+            f"r = open_checkpoint({str(ckpt)!r}); r.entries(); r.tree(); r.pickle_globals(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tensor_entry_fields(ckpt: Path) -> None:
+    with open_checkpoint(ckpt) as reader:
+        entry = next(e for e in reader.tensor_entries() if e.key == "scalar")
+    assert entry == TensorEntry("scalar", "float32", (), 4, entry.location, "cpu")
+    assert entry.location.endswith(f"/data/{reader.placeholder('scalar').storage_key}")
