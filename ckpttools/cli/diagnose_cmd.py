@@ -13,7 +13,7 @@ def _read_text(file: str | None) -> str:
     if file in (None, "-"):
         if file is None and sys.stdin.isatty():
             raise click.UsageError("give FILE, - (stdin) or --checkpoint PATH --model SPEC")
-        return click.get_text_stream("stdin").read()
+        return sys.stdin.read()
     with open(file, encoding="utf-8", errors="replace") as f:
         return f.read()
 

@@ -207,7 +207,11 @@ def ema_weights(ev: Evidence) -> Finding | None:
         if hits and len(hits) >= 0.5 * len(keys):
             prefix = re.match(r"^[A-Za-z_]*?(ema|teacher|shadow|averaged_model|swa_model|encoder)"
                               r"[._]?", hits[0])
-            return Finding("ema_weights", 0.88, frozenset(hits),
+            # An EMA prefix that maps onto the other side's keys is more than a prefix.
+            other = set(ev.missing if side == "unexpected" else ev.unexpected)
+            maps = sum(1 for k in hits if _EMA.sub("", k) in other)
+            conf = 0.98 if other and maps >= 0.5 * len(other) else 0.88
+            return Finding("ema_weights", conf, frozenset(hits) | other,
                            {"examples": hits[:3], "count": len(hits), "side": side,
                             "prefix": prefix.group(0) if prefix else hits[0].split(".")[0] + "."})
     return None

@@ -1,0 +1,75 @@
+"""``ckpttools diagnose`` through the CLI: text and files, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ckpttools.cli.main import cli
+
+PREFIX_ERROR = ('RuntimeError: Error(s) in loading state_dict for Net:\n'
+                '\tMissing key(s) in state_dict: "fc.weight", "fc.bias". \n'
+                '\tUnexpected key(s) in state_dict: "module.fc.weight", "module.fc.bias". \n')
+
+
+def test_stdin_table(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["diagnose", "-"], input=PREFIX_ERROR)
+    assert r.exit_code == 0, r.output
+    assert "prefix_added" in r.stdout and "removeprefix" in r.stdout
+    assert "ckpttools diagnose --checkpoint" in r.stdout
+
+
+def test_file_json(runner: CliRunner, tmp_path: Path) -> None:
+    log = tmp_path / "error.log"
+    log.write_bytes(PREFIX_ERROR.replace("\n", "\r\n").encode())
+    r = runner.invoke(cli, ["diagnose", str(log), "--format", "json"])
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert data["causes"][0]["label"] == "prefix_added"
+    assert 0 < data["causes"][0]["confidence"] <= 1
+    assert set(data["causes"][0]["fix"]) == {"code", "command", "confirm"}
+    assert data["counts"]["missing"] == 2
+
+
+def test_markdown(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["diagnose", "-", "--format", "markdown"], input=PREFIX_ERROR)
+    assert r.exit_code == 0 and "## 1. prefix_added" in r.stdout and "```python" in r.stdout
+
+
+def test_no_error_in_input_exits_2(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["diagnose", "-"], input="epoch 1 loss 0.3\n")
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert "no load_state_dict error found in the input" in r.stderr
+
+
+def test_no_known_cause_exits_1(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["diagnose", "-"],
+                      input="RuntimeError: Error(s) in loading state_dict for Net:\n")
+    assert r.exit_code == 1
+    assert "no known cause fits" in r.stdout
+
+
+def test_checkpoint_and_model(runner: CliRunner, make_checkpoint: Callable[..., Path]) -> None:
+    from tests._models import tiny_net
+
+    state = {f"module.{k}": v for k, v in tiny_net().state_dict().items()}
+    path = make_checkpoint("torch-zip", state)
+    r = runner.invoke(cli, ["diagnose", "--checkpoint", str(path), "--model",
+                            "tests/_models.py:TinyNet", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    cause = json.loads(r.stdout)["causes"][0]
+    assert cause["label"] == "prefix_added" and "ckpttools remap" in cause["fix"]["command"]
+
+
+def test_checkpoint_needs_model(runner: CliRunner, tmp_path: Path) -> None:
+    r = runner.invoke(cli, ["diagnose", "--checkpoint", str(tmp_path / "x.pth")])
+    assert r.exit_code == 2 and "--model" in r.stderr
+
+
+def test_help_has_example(runner: CliRunner) -> None:
+    r = runner.invoke(cli, ["diagnose", "--help"])
+    assert r.exit_code == 0 and "ckpttools diagnose error.log" in r.stdout
