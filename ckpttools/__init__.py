@@ -32,6 +32,11 @@ _API = {
     "diagnose_checkpoint": "ckpttools.ops.diagnose",
     "verify_resume": "ckpttools.ops.resume",
     "load_recipe": "ckpttools.ops.recipe",
+    "diff_against_model": "ckpttools.ops.diff",
+    "diff_checkpoints": "ckpttools.ops.diff_pair",
+    "remap_checkpoint": "ckpttools.ops.remap",
+    "build_model": "ckpttools.model_spec",
+    "find_state_dict": "ckpttools.ops.state_dict",
 }
 
 __all__ = ["__version__", *_API]

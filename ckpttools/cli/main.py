@@ -77,11 +77,14 @@ def _register() -> None:
     from ckpttools.cli import resume_cmd
     from ckpttools.cli import convert_cmd
     from ckpttools.cli import diagnose_cmd
+    from ckpttools.cli import diff_cmd, remap_cmd
 
     cli.add_command(inspect_cmd.inspect)
     cli.add_command(resume_cmd.verify_resume)
     cli.add_command(convert_cmd.convert)
     cli.add_command(diagnose_cmd.diagnose)
+    cli.add_command(diff_cmd.diff)
+    cli.add_command(remap_cmd.remap)
 
 
 _register()

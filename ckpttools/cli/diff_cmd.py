@@ -1,0 +1,113 @@
+"""``ckpttools diff``: a checkpoint against a model, or against another checkpoint."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from ckpttools.cli._options import (
+    checkpoint_arg,
+    is_trusted,
+    key_opt,
+    model_opts,
+    output_format_opt,
+    trust_opt,
+    warn_trusted,
+)
+
+if TYPE_CHECKING:
+    from ckpttools.ops.diff import DiffResult
+
+
+@click.command()
+@checkpoint_arg("path")
+@click.argument("other", required=False, type=click.Path(path_type=str))
+@model_opts
+@key_opt()
+@click.option("--suggest-rules", "rules_out", metavar="FILE", type=click.Path(path_type=str),
+              help="Write inferred REGEX=REPLACEMENT rename rules for 'remap --rules'.")
+@click.option("--atol", type=float, default=0.0, show_default=True,
+              help="Absolute tolerance for values (PATH OTHER).")
+@click.option("--rtol", type=float, default=0.0, show_default=True,
+              help="Relative tolerance for values (PATH OTHER).")
+@output_format_opt()
+@trust_opt
+@click.pass_context
+def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | None,
+         model_args: tuple[str, ...], key: str | None, rules_out: str | None, atol: float,
+         rtol: float, output_format: str, trust: bool) -> None:
+    """Will PATH load into a model? Or: how does PATH differ from OTHER?
+
+    With --model, compare the checkpoint's state_dict with what the model's load_state_dict
+    expects (the model is built on the meta device; no weights are read), name systematic
+    differences (a 'module.' prefix, a nested state_dict, renamed layers) and print the fix.
+    --model also takes a JSON signature (ckpttools inspect REF --format json > ref.json).
+    With OTHER, compare two checkpoints of any formats key by key and value by value.
+    Exit 0 when it would load / they match, 1 when not, 2 when the diff could not run.
+
+    \b
+    Examples:
+      ckpttools diff model.pth --model mypkg.models:Net -a num_classes=10
+      ckpttools diff last.ckpt --model train.py:build_model --suggest-rules rules.txt
+      ckpttools diff model.pth --model ref.json --format json
+      ckpttools diff model.pth model.safetensors --atol 1e-6
+    """
+    if (other is None) == (model_spec is None):
+        raise click.UsageError("give either OTHER or --model SPEC")
+    trust = is_trusted(ctx, trust)
+    warn_trusted(trust)
+    if model_spec is not None:
+        ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust)
+    elif model_args or rules_out or key:
+        raise click.UsageError("-a, --key and --suggest-rules go with --model")
+    else:
+        ok = _diff_pair(path, str(other), atol, rtol, output_format, trust)
+    ctx.exit(0 if ok else 1)
+
+
+def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
+                rules_out: str | None, fmt: str, trust: bool) -> bool:
+    from ckpttools.formats.registry import open_checkpoint
+    from ckpttools.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.diff import diff_against_model
+    from ckpttools.render.diff import render_diff
+
+    signature = load_model_signature(spec, parse_model_args(args))
+    with open_checkpoint(path, trust=trust) as reader:
+        result = diff_against_model(reader, signature, key=key, model_name=spec)
+    click.echo(render_diff(result, fmt))
+    if rules_out:
+        _write_rules(result, rules_out)
+    return result.ok
+
+
+def _write_rules(result: DiffResult, dest: str) -> None:
+    from ckpttools.formats.atomic import atomic_output
+    from ckpttools.ops.keymatch import format_rules
+
+    rules = next((f.rules for f in reversed(result.fixes) if f.rules), ())
+    if not rules:
+        click.echo(f"warning: no rename rules to suggest; {dest} not written", err=True)
+        return
+    mapping = result.mapping
+    note = (f"{len(mapping.pairs)} keys mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
+            f"and {len(mapping.unmatched_model)} model keys unmatched" if mapping else "")
+    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{note}")
+    with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    click.echo(f"wrote {len(rules)} rules to {dest}", err=True)
+
+
+def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool) -> bool:
+    from ckpttools.cli._progress import byte_progress
+    from ckpttools.formats.registry import open_checkpoint
+    from ckpttools.ops.diff_pair import diff_checkpoints
+    from ckpttools.render.diff import render_checkpoint_diff
+
+    with open_checkpoint(path, trust=trust) as a, open_checkpoint(other, trust=trust) as b:
+        total = 2 * sum(e.nbytes for e in a.tensor_entries())
+        with byte_progress(total, "comparing") as advance:
+            result = diff_checkpoints(a, b, atol=atol, rtol=rtol, on_progress=advance)
+    click.echo(render_checkpoint_diff(result, fmt))
+    return result.ok
