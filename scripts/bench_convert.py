@@ -19,6 +19,7 @@ LOAD_ALL = ("import sys, torch; from safetensors.torch import save_file; "
 
 def _child(cmd: list[str]) -> tuple[float, float]:
     """Run ``cmd``; wall seconds and that one child's peak RSS in MB (``wait4``)."""
+    os.sync()  # start each run with no dirty pages of the previous one pending
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
