@@ -9,29 +9,22 @@ from typing import Any
 
 from ckpttools.entries import ObjectPlaceholder, TensorRef
 
-_CONTAINERS = (dict, list, tuple)
-
-
-def _holds_tensors(node: Any) -> bool:
-    if isinstance(node, TensorRef):
-        return True
-    if isinstance(node, dict):
-        return any(_holds_tensors(v) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_holds_tensors(v) for v in node)
-    return False
+def _is_structured(node: list[Any] | tuple[Any, ...]) -> bool:
+    """A list or tuple worth descending into: it holds tensors or nested dicts/lists."""
+    return any(isinstance(v, (TensorRef, dict, list, tuple)) for v in node)
 
 
 def iter_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted_key, leaf)`` for a reader's tree.
 
-    Dicts are always descended into; lists and tuples only when they hold tensors (a list of
-    ints such as ``param_groups.0.params`` is one leaf). Empty dicts are leaves.
+    Dicts are always descended into; lists and tuples only when they hold tensors or containers
+    (``param_groups.0.lr``), so a list of plain values (``param_groups.0.params``) is one leaf.
+    Empty dicts are leaves.
     """
     if isinstance(tree, dict) and tree:
         for k, v in tree.items():
             yield from iter_leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)) and _holds_tensors(tree):
+    elif isinstance(tree, (list, tuple)) and _is_structured(tree):
         for i, v in enumerate(tree):
             yield from iter_leaves(v, f"{prefix}.{i}" if prefix else str(i))
     else:

@@ -79,8 +79,10 @@ def _tensors(tensors: tuple[TensorEntry, ...], fmt: str, expand: bool) -> str:
     rows = [[key, dtype, shape_text(shape), numel, human_bytes(nbytes * count),
              f"x{count}" if count > 1 else ""]
             for key, (dtype, shape, numel, nbytes), count in groups]
-    return heading("Tensors", fmt) + "\n" + table(
-        rows, ["key", "dtype", "shape", "numel", "size", "count"], fmt)
+    headers = ["key", "dtype", "shape", "numel", "size", "count"]
+    if all(count == 1 for *_, count in groups):  # nothing folded: no count column
+        rows, headers = [r[:-1] for r in rows], headers[:-1]
+    return heading("Tensors", fmt) + "\n" + table(rows, headers, fmt)
 
 
 def _components(key: str) -> list[str]:
