@@ -84,7 +84,7 @@ def test_entries_and_values_match_torch_load(ckpt: Path, state: dict[str, Any]) 
             assert entry.nbytes == expected.numel() * expected.element_size()
         keys = {e.key for e in reader.entries()}
         assert {"optimizer_state_dict.state.0.exp_avg", "keys.a.b", "keys.ünï",
-                "optimizer_state_dict.param_groups"} <= keys
+                "optimizer_state_dict.param_groups.0.params"} <= keys
 
 
 def test_objects_render_as_json_safe_fields(ckpt: Path) -> None:
@@ -96,7 +96,8 @@ def test_objects_render_as_json_safe_fields(ckpt: Path) -> None:
                                        "name": "run"}
     assert objects["hyper_parameters"].value == {"__class__": f"{__name__}.AttributeDict",
                                                  "lr": 0.3, "layers": 2}
-    assert objects["optimizer_state_dict.param_groups"].value[0]["params"] == [0, 1, 2, 3]
+    assert objects["optimizer_state_dict.param_groups.0.params"].value == [0, 1, 2, 3]
+    assert objects["optimizer_state_dict.param_groups.0.betas"].value == [0.9, 0.999]
 
 
 def test_tree_shares_views_and_records_parameters(ckpt: Path) -> None:
