@@ -32,6 +32,7 @@ SAFE_GLOBALS = frozenset({
     "torch.nn.parameter.Parameter",
     "torch._tensor._rebuild_from_type_v2",
     "torch.Tensor",
+    "_codecs.encode",  # protocol 2 pickles Python 3 bytes this way; weights_only allows it
 })
 
 UNSAFE_MODULES = frozenset({
