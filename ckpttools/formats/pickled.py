@@ -38,7 +38,7 @@ def _flatten(node: Any, prefix: str, leaves: list[tuple[str, Any]]) -> Any:
         if prefix:
             return {k: _flatten(v, f"{prefix}.{k}", leaves) for k, v in node.items()}
         return {k: _flatten(v, str(k), leaves) for k, v in node.items()}
-    if isinstance(node, (list, tuple)) and any(_holds_tensors(v) for v in node):
+    if isinstance(node, (list, tuple)) and _is_structured(node):
         out = [_flatten(v, f"{prefix}.{i}" if prefix else str(i), leaves)
                for i, v in enumerate(node)]
         return tuple(out) if isinstance(node, tuple) else out
@@ -46,16 +46,9 @@ def _flatten(node: Any, prefix: str, leaves: list[tuple[str, Any]]) -> Any:
     return node
 
 
-def _holds_tensors(node: Any) -> bool:
-    """Whether a list/tuple is descended into: it holds tensors or dicts (``param_groups``),
-    as DCP flattens; a list of plain values (``params: [0, 1]``) stays one leaf."""
-    if isinstance(node, TensorPlaceholder):
-        return True
-    if isinstance(node, dict):
-        return bool(node)
-    if isinstance(node, (list, tuple)):
-        return any(_holds_tensors(v) for v in node)
-    return False
+def _is_structured(node: list[Any] | tuple[Any, ...]) -> bool:
+    """Mirrors ``keypaths._is_structured``: descend lists holding tensors or containers."""
+    return any(isinstance(v, (TensorPlaceholder, dict, list, tuple)) for v in node)
 
 
 def type_name(value: Any) -> str:
