@@ -59,6 +59,8 @@ def remap(ctx: click.Context, src: str, dst: str, strip_prefix: str | None,
     with byte_progress(_size(src), "writing") as advance:
         result = remap_checkpoint(src, dst, rules=rules, drops=drops, key=key, dry_run=dry_run,
                                   force=force, trust=trust, on_progress=advance)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     click.echo(render_remap(result, output_format))
     ctx.exit(0)
 

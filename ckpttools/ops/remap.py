@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ class RemapResult:
     dropped: tuple[str, ...]
     output_format: str
     written: bool
+    notes: tuple[str, ...] = ()
 
     @property
     def changed(self) -> tuple[tuple[str, str], ...]:
@@ -58,7 +58,7 @@ class RemapResult:
                 "output_format": self.output_format, "written": self.written,
                 "renamed": [{"old": a, "new": b} for a, b in self.renamed],
                 "changed": len(self.changed), "kept": len(self.renamed),
-                "dropped": list(self.dropped)}
+                "dropped": list(self.dropped), "notes": list(self.notes)}
 
 
 def build_rules(*, strip_prefix: str | None = None, add_prefix: str | None = None,
@@ -120,7 +120,7 @@ def _rebuild(node: Any, reader: CheckpointReader) -> Any:
         return reader.load(node.key)
     if isinstance(node, ObjectPlaceholder):
         raise UnsafeCheckpointError(
-            f"{reader.path}: holds a {node.class_name} object that needs full unpickling to "
+            f"{reader.path}: holds an object of class {node.class_name} that needs full unpickling to "
             "rewrite; rerun with --trust if you trust the file, or write .safetensors")
     if isinstance(node, dict):
         return {k: _rebuild(v, reader) for k, v in node.items()}
@@ -196,21 +196,20 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
     with open_checkpoint(src, trust=trust) as reader:
         view = find_state_dict(reader, key)
         pairs, dropped = plan_keys([e.key for e in view.entries], rules, drops, src)
+        notes = _left_out(reader, view, fmt)
         if not dry_run:
-            _warn_dropped(reader, view, fmt)
             with atomic_output(dst) as tmp:
                 if fmt == "safetensors":
                     _write_safetensors(tmp, reader, view, pairs, on_progress)
                 else:
                     _write_pth(tmp, reader, view, pairs, trust)
-    return RemapResult(src, dst, view.prefix, tuple(pairs), tuple(dropped), fmt, not dry_run)
+    return RemapResult(src, dst, view.prefix, tuple(pairs), tuple(dropped), fmt, not dry_run,
+                       notes)
 
 
-def _warn_dropped(reader: CheckpointReader, view: StateDictView, fmt: str) -> None:
-    if fmt != "safetensors":
-        return
+def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str) -> tuple[str, ...]:
     outside = len(reader.entries()) - len(view.entries)
-    if outside > 0:
-        warnings.warn(f"{os.path.basename(reader.path)}: safetensors holds the state_dict only; "
-                      f"{outside} other entries are not in the output (write .pth to keep them)",
-                      stacklevel=3)
+    if fmt != "safetensors" or outside <= 0:
+        return ()
+    return (f"{os.path.basename(reader.path)}: safetensors holds the state_dict only; "
+            f"{outside} other entries are not in the output (write .pth to keep them)",)
