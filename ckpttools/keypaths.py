@@ -4,31 +4,43 @@ repeated layers the way people read them (``layer.{0..11}.attn.weight``)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ckpttools.entries import ObjectPlaceholder, TensorRef
 
-def _is_structured(node: list[Any] | tuple[Any, ...]) -> bool:
-    """A list or tuple worth descending into: it holds tensors or nested dicts/lists."""
-    return any(isinstance(v, (TensorRef, dict, list, tuple)) for v in node)
-
-
-def iter_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield ``(dotted_key, leaf)`` for a reader's tree.
+def split_tensors(tree: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, list[tuple[str, Any]]]:
+    """Flatten ``tree`` to dotted keys, replacing each tensor leaf by ``TensorRef(key)``.
 
     Dicts are always descended into; lists and tuples only when they hold tensors or containers
     (``param_groups.0.lr``), so a list of plain values (``param_groups.0.params``) is one leaf.
     Empty dicts are leaves.
+
+    Returns:
+        ``(tree with TensorRef leaves, [(key, original leaf)])`` in file order.
     """
-    if isinstance(tree, dict) and tree:
-        for k, v in tree.items():
-            yield from iter_leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)) and _is_structured(tree):
-        for i, v in enumerate(tree):
-            yield from iter_leaves(v, f"{prefix}.{i}" if prefix else str(i))
-    else:
-        yield prefix, tree
+    leaves: list[tuple[str, Any]] = []
+
+    def walk(node: Any, prefix: str) -> Any:
+        if is_tensor(node):
+            leaves.append((prefix, node))
+            return TensorRef(prefix)
+        if isinstance(node, dict) and node:
+            return {k: walk(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)) and any(
+                is_tensor(v) or isinstance(v, (dict, list, tuple)) for v in node):
+            out = [walk(v, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(node)]
+            return tuple(out) if isinstance(node, tuple) else out
+        leaves.append((prefix, node))
+        return node
+
+    return walk(tree, ""), leaves
+
+
+def iter_leaves(tree: Any) -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted_key, leaf)`` for a reader's tree (``TensorRef`` leaves), flattened as
+    ``split_tensors`` does."""
+    yield from split_tensors(tree, lambda node: isinstance(node, TensorRef))[1]
 
 
 def get_path(tree: Any, key: str) -> Any:

@@ -14,41 +14,15 @@ from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
 from ckpttools.formats.pickle_walk import WalkResult
-from ckpttools.keypaths import get_path
+from ckpttools.keypaths import get_path, split_tensors
 
 if TYPE_CHECKING:
     import torch
 
 
 def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
-    """Flatten a walked tree the way ``keypaths.iter_leaves`` flattens a reader's tree.
-
-    Returns:
-        ``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order.
-    """
-    leaves: list[tuple[str, Any]] = []
-    return _flatten(tree, "", leaves), leaves
-
-
-def _flatten(node: Any, prefix: str, leaves: list[tuple[str, Any]]) -> Any:
-    if type(node) is TensorPlaceholder:
-        leaves.append((prefix, node))
-        return TensorRef(prefix)
-    if isinstance(node, dict) and node:
-        if prefix:
-            return {k: _flatten(v, f"{prefix}.{k}", leaves) for k, v in node.items()}
-        return {k: _flatten(v, str(k), leaves) for k, v in node.items()}
-    if isinstance(node, (list, tuple)) and _is_structured(node):
-        out = [_flatten(v, f"{prefix}.{i}" if prefix else str(i), leaves)
-               for i, v in enumerate(node)]
-        return tuple(out) if isinstance(node, tuple) else out
-    leaves.append((prefix, node))
-    return node
-
-
-def _is_structured(node: list[Any] | tuple[Any, ...]) -> bool:
-    """Mirrors ``keypaths._is_structured``: descend lists holding tensors or containers."""
-    return any(isinstance(v, (TensorPlaceholder, dict, list, tuple)) for v in node)
+    """``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order."""
+    return split_tensors(tree, lambda node: type(node) is TensorPlaceholder)
 
 
 def type_name(value: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from ckpttools.formats import (
     safetensors_sharded,
     torch_legacy,
     torch_zip,
+    zip_records,
 )
 from ckpttools.formats.base import CheckpointReader, Format
 
@@ -46,9 +46,9 @@ def _head(path: str, n: int = 64) -> bytes:
 
 def _zip_names(path: str) -> list[str]:
     try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+        with open(path, "rb") as f:
+            return list(zip_records.read_directory(f, zip_records.file_size(f)))
+    except (zip_records.ZipError, OSError, ValueError):
         return []
 
 
