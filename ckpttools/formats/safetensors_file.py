@@ -1,22 +1,228 @@
-"""Reader for the SAFETENSORS format (stub, being written)."""
+"""Reader for single ``.safetensors`` files: the header is parsed here, without torch.
+
+Layout (https://github.com/huggingface/safetensors#format): 8 bytes little-endian header length
+N, N bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__":
+{str: str}}``, then the data section; offsets are relative to its start. The header is checked
+as strictly as the safetensors library does (known dtypes, sizes that match, no overlaps, no
+holes, no bytes missing or left over) so a file that lists cleanly also loads.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from typing import TYPE_CHECKING, Any
 
-from ckpttools.errors import UnsupportedError
+from ckpttools.entries import Entry, RawSource, TensorEntry
+from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.manifest import MANIFEST_KEY
+
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype -> (torch dtype name, item size in bytes)
+DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+    "F8_E8M0": ("float8_e8m0fnu", 1),
+    # not in the safetensors spec, but ckpttools' writer emits them for torch's fnuz dtypes
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 1), "F8_E5M2FNUZ": ("float8_e5m2fnuz", 1),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+    "U64": ("uint64", 8), "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "C64": ("complex64", 8),
+}
+# sub-byte dtypes safetensors knows but torch has no unpacked equivalent for
+PACKED_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
+# safetensors' own limit (MAX_HEADER_SIZE in safetensors/src/tensor.rs)
+MAX_HEADER_SIZE = 100_000_000
+
+
+class _Tensor:
+    """One validated header entry; a plain slotted class because there can be 100k of them."""
+
+    __slots__ = ("name", "dtype", "shape", "begin", "end")
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> None:
+        self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
+
+
+def read_header(path: str) -> tuple[int, dict[str, Any], int]:
+    """Read and JSON-decode a safetensors header without reading tensor data.
+
+    Returns:
+        ``(header length N, decoded header, file size)``.
+
+    Raises:
+        CorruptCheckpointError: the length prefix or the JSON is unusable.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CorruptCheckpointError(f"{path}: {size} bytes is too short for a safetensors "
+                                         "header; the file is truncated")
+        n = int.from_bytes(prefix, "little")
+        # checked before reading so an absurd length never allocates
+        if n > size - 8:
+            raise CorruptCheckpointError(f"{path}: header length {n} exceeds file size {size}; "
+                                         "the file is truncated or not safetensors")
+        if n > MAX_HEADER_SIZE:
+            raise CorruptCheckpointError(f"{path}: header length {n} exceeds the safetensors "
+                                         f"limit of {MAX_HEADER_SIZE} bytes; the file is damaged")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path}: header is not valid JSON ({_first_line(e)}); "
+                                     "the file is damaged") from e
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an "
+                                     "object; the file is damaged")
+    return n, header, size
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _parse_entry(path: str, name: str, info: Any) -> _Tensor:
+    if not isinstance(info, dict):
+        raise CorruptCheckpointError(f"{path}: header entry {name!r} is not an object; "
+                                     "the file is damaged")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        if dtype in PACKED_DTYPES:
+            raise UnsupportedError(f"{path}: tensor {name!r} has packed dtype {dtype}, which "
+                                   "torch cannot hold unpacked")
+        raise CorruptCheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; "
+                                     "the file is damaged or from a newer safetensors")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r}; "
+                                     "expected a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+        raise CorruptCheckpointError(f"{path}: tensor {name!r} has bad data_offsets "
+                                     f"{offsets!r}; expected [begin, end]")
+    numel = 1
+    for d in shape:
+        numel *= d
+    begin, end = offsets
+    if end - begin != numel * DTYPES[dtype][1]:
+        raise CorruptCheckpointError(
+            f"{path}: tensor {name!r} spans {end - begin} bytes but {dtype} {shape} needs "
+            f"{numel * DTYPES[dtype][1]}; the header is inconsistent")
+    return _Tensor(name, dtype, tuple(shape), begin, end)
+
+
+def parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Tensor]:
+    """Validate every header entry against a data section of ``data_size`` bytes.
+
+    Returns:
+        The tensors in data (offset) order.
+
+    Raises:
+        CorruptCheckpointError: a bad entry, an overlap, a hole, or bytes missing or left over.
+    """
+    tensors = [_parse_entry(path, name, info) for name, info in header.items()
+               if name != "__metadata__"]
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    expected = 0
+    for t in tensors:
+        if t.begin < expected:
+            raise CorruptCheckpointError(f"{path}: tensor {t.name!r} overlaps the tensor before "
+                                         f"it (offset {t.begin} < {expected}); the file is damaged")
+        if t.begin > expected:
+            raise CorruptCheckpointError(f"{path}: {t.begin - expected} unused bytes before "
+                                         f"tensor {t.name!r}; the header is inconsistent")
+        expected = t.end
+    if expected > data_size:
+        raise CorruptCheckpointError(f"{path}: tensor data needs {expected} bytes but the data "
+                                     f"section holds {data_size}; the file is truncated")
+    if expected < data_size:
+        raise CorruptCheckpointError(f"{path}: {data_size - expected} bytes after the last "
+                                     "tensor; the file is damaged or was appended to")
+    return tensors
+
+
+def _parse_metadata(path: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CorruptCheckpointError(f"{path}: __metadata__ must map strings to strings; "
+                                     "the file is damaged")
+    return dict(value)
 
 
 class SafetensorsReader(CheckpointReader):
+    """Reads one safetensors file: entries from the header (no torch), tensors by mmap."""
+
     format = Format.SAFETENSORS
 
-    def __init__(self, path: Any, *, trust: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
-        raise UnsupportedError(f"{self.path}: the {self.format.value} reader is not available yet")
+        try:
+            n, header, size = read_header(self.path)
+        except FileNotFoundError as e:
+            from ckpttools.errors import CheckpointNotFoundError
 
-    def entries(self) -> tuple[Any, ...]:
-        raise NotImplementedError
+            raise CheckpointNotFoundError(f"{self.path}: no such file") from e
+        self._data_start = 8 + n
+        self._metadata = _parse_metadata(self.path, header.get("__metadata__"))
+        self._tensors = {t.name: t for t in parse_tensors(self.path, header, size - 8 - n)}
+        self._entries: tuple[Entry, ...] | None = None
+        self._handle: Any = None
 
-    def load(self, key: str) -> Any:
-        raise NotImplementedError
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            where = os.path.basename(self.path)
+            self._entries = tuple(
+                TensorEntry(t.name, DTYPES[t.dtype][0], t.shape, t.end - t.begin, where)
+                for t in self._tensors.values())
+        return self._entries
+
+    def tensor_entries(self) -> tuple[TensorEntry, ...]:
+        return self.entries()  # type: ignore[return-value]  # only tensors here
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)
+
+    def manifest(self) -> str | None:
+        """The raw ckpttools manifest text stored in ``__metadata__``, if ckpttools wrote one.
+
+        It records the non-tensor structure of the checkpoint this file was converted from;
+        ``ckpttools.formats.manifest`` decodes it.
+        """
+        return self._metadata.get(MANIFEST_KEY)
+
+    def raw_source(self, key: str) -> RawSource | None:
+        t = self._tensors[key]
+        return RawSource(self.path, self._data_start + t.begin, t.end - t.begin)
+
+    def load(self, key: str) -> torch.Tensor:
+        t = self._tensors[key]  # KeyError for an unknown key, as the interface says
+        if t.dtype in ("F8_E4M3FNUZ", "F8_E5M2FNUZ"):
+            return self._load_direct(t)  # safetensors itself does not know these
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            if self._handle is None:
+                self._handle = safe_open(self.path, framework="pt", device="cpu")
+            return self._handle.get_tensor(key)
+        except SafetensorError as e:
+            raise CorruptCheckpointError(f"{self.path}: safetensors cannot load {key!r} "
+                                         f"({_first_line(e)}); the file is damaged") from e
+
+    def _load_direct(self, t: _Tensor) -> torch.Tensor:
+        import torch
+
+        dtype = getattr(torch, DTYPES[t.dtype][0])
+        if t.end == t.begin:
+            return torch.empty(t.shape, dtype=dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + t.begin)
+            data = bytearray(f.read(t.end - t.begin))
+        return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(t.shape)
+
+    def close(self) -> None:
+        self._handle = None

@@ -1,26 +1,187 @@
-"""Readers for sharded sets described by an ``*.index.json`` (stub, being written)."""
+"""Readers for sharded sets described by an ``*.index.json`` (transformers / huggingface_hub).
+
+The index is ``{"metadata": {"total_size": ...}, "weight_map": {key: shard file}}`` beside the
+shards. ``ShardedSafetensorsReader`` reads ``model.safetensors.index.json`` sets and
+``ShardedTorchReader`` ``pytorch_model.bin.index.json`` sets (torch.save shards); both take the
+index file or the folder holding it. Shards are opened on first use and checked against the
+index: every listed shard exists, and index and shards name the same tensors.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import json
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ckpttools.errors import UnsupportedError
+from ckpttools.entries import Entry, GlobalRef, RawSource, TensorEntry
+from ckpttools.errors import CorruptCheckpointError, UnknownFormatError
 from ckpttools.formats.base import CheckpointReader, Format
 
+if TYPE_CHECKING:
+    import torch
 
-class ShardedSafetensorsReader(CheckpointReader):
-    format = Format.SAFETENSORS_SHARDED
 
-    def __init__(self, path: Any, *, trust: bool = False) -> None:
+def find_index(folder: str, suffixes: tuple[str, ...]) -> str | None:
+    """The ``*.index.json`` in ``folder`` that indexes shards ending in one of ``suffixes``:
+    by name first (``model.safetensors.index.json``), else by its weight_map; None if none."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".index.json"))
+    for name in names:
+        if any(name.endswith(s + ".index.json") for s in suffixes):
+            return os.path.join(folder, name)
+    for name in names:
+        try:
+            files = set(read_index(os.path.join(folder, name))[0].values())
+        except (CorruptCheckpointError, OSError):
+            continue
+        if files and all(f.endswith(suffixes) for f in files):
+            return os.path.join(folder, name)
+    return None
+
+
+def read_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Parse an index file.
+
+    Returns:
+        ``(weight_map, metadata)``.
+
+    Raises:
+        CorruptCheckpointError: not JSON, or no ``weight_map`` of strings to strings.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path}: index is not valid JSON ({str(e).splitlines()[0]}); "
+                                     "the index file is damaged") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise CorruptCheckpointError(f"{path}: index has no weight_map of tensor names to shard "
+                                     "files; the index file is damaged")
+    metadata = index.get("metadata")
+    return weight_map, metadata if isinstance(metadata, dict) else {}
+
+
+class _ShardedReader(CheckpointReader):
+    """An index plus the shard files it names; subclasses say how a shard is opened."""
+
+    shard_suffixes: ClassVar[tuple[str, ...]]
+
+    def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
-        raise UnsupportedError(f"{self.path}: the {self.format.value} reader is not available yet")
+        index = self.path
+        if os.path.isdir(self.path):
+            found = find_index(self.path, self.shard_suffixes)
+            if found is None:
+                raise UnknownFormatError(f"{self.path}: no *{self.shard_suffixes[0]}.index.json "
+                                         f"in this folder; it is not a {self.format.value} set")
+            index = found
+        self.index_path = index
+        self._weight_map, self._index_meta = read_index(index)
+        self._folder = os.path.dirname(os.path.abspath(index))
+        self._shards: dict[str, list[str]] = {}  # shard file -> its keys, in index order
+        for key, shard in self._weight_map.items():
+            self._shards.setdefault(shard, []).append(key)
+        for shard in self._shards:
+            self._check_shard(shard)
+        self._open: dict[str, CheckpointReader] = {}
+        self._entries: tuple[Entry, ...] | None = None
 
-    def entries(self) -> tuple[Any, ...]:
+    def _check_shard(self, shard: str) -> None:
+        full = os.path.normpath(os.path.join(self._folder, shard))
+        if os.path.isabs(shard) or not full.startswith(self._folder + os.sep):
+            raise CorruptCheckpointError(f"{self.index_path}: shard {shard!r} lies outside the "
+                                         "index's folder; shards must sit beside the index")
+        if not os.path.isfile(full):
+            raise CorruptCheckpointError(f"{self.index_path}: shard {shard} is missing; copy "
+                                         "every file the index names into its folder")
+
+    def _open_shard(self, path: str) -> CheckpointReader:
+        """Open one shard file with the right reader."""
         raise NotImplementedError
 
-    def load(self, key: str) -> Any:
-        raise NotImplementedError
+    def shard(self, name: str) -> CheckpointReader:
+        """The open reader of shard file ``name`` (as the index spells it)."""
+        if name not in self._open:
+            self._open[name] = self._open_shard(os.path.join(self._folder, name))
+        return self._open[name]
+
+    def shard_files(self) -> tuple[str, ...]:
+        """The shard files the index names, sorted."""
+        return tuple(sorted(self._shards))
+
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            out: list[Entry] = []
+            for name in self.shard_files():
+                out.extend(self._shard_entries(name))
+            self._entries = tuple(out)
+        return self._entries
+
+    def _shard_entries(self, name: str) -> list[Entry]:
+        entries = self.shard(name).entries()
+        found = {e.key for e in entries if isinstance(e, TensorEntry)}
+        for key in self._shards[name]:
+            if key not in found:
+                raise CorruptCheckpointError(f"{self.index_path}: tensor {key!r} is missing from "
+                                             f"shard {name}; the index and shards disagree")
+        for key in found:
+            if self._weight_map.get(key) != name:
+                raise CorruptCheckpointError(f"{self.index_path}: shard {name} holds tensor "
+                                             f"{key!r} that the index does not list there; "
+                                             "the index and shards disagree")
+        return [dataclasses.replace(e, location=name) if isinstance(e, TensorEntry) else e
+                for e in entries]
+
+    def load(self, key: str) -> torch.Tensor:
+        name = self._weight_map[key]  # KeyError for an unknown key
+        try:
+            return self.shard(name).load(key)
+        except KeyError as e:
+            raise CorruptCheckpointError(f"{self.index_path}: tensor {key!r} is missing from "
+                                         f"shard {name}; the index and shards disagree") from e
+
+    def raw_source(self, key: str) -> RawSource | None:
+        return self.shard(self._weight_map[key]).raw_source(key)
+
+    def metadata(self) -> dict[str, str]:
+        """The index's ``metadata`` (``total_size`` ...), values as strings."""
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self._index_meta.items()}
+
+    def pickle_globals(self) -> tuple[GlobalRef, ...]:
+        out: list[GlobalRef] = []
+        for name in self.shard_files():
+            out.extend(dataclasses.replace(g, pickle=f"{name}/{g.pickle}" if g.pickle else name)
+                       for g in self.shard(name).pickle_globals())
+        return tuple(out)
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()
 
 
-class ShardedTorchReader(ShardedSafetensorsReader):
+class ShardedSafetensorsReader(_ShardedReader):
+    """A ``model.safetensors.index.json`` set of safetensors shards."""
+
+    format = Format.SAFETENSORS_SHARDED
+    shard_suffixes = (".safetensors",)
+
+    def _open_shard(self, path: str) -> CheckpointReader:
+        from ckpttools.formats.safetensors_file import SafetensorsReader
+
+        return SafetensorsReader(path, trust=self.trust)
+
+
+class ShardedTorchReader(_ShardedReader):
+    """A ``pytorch_model.bin.index.json`` set of ``torch.save`` shards (zip or legacy)."""
+
     format = Format.TORCH_SHARDED
+    shard_suffixes = (".bin", ".pt", ".pth")
+
+    def _open_shard(self, path: str) -> CheckpointReader:
+        # late import: the registry imports this module
+        from ckpttools.formats.registry import open_checkpoint
+
+        return open_checkpoint(path, trust=self.trust)
