@@ -95,6 +95,15 @@ def write_checkpoint(fmt: str, state: dict[str, Any], dest: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
             dcp.save(state, checkpoint_id=str(path))
+    elif fmt == "folder":
+        # accelerate save_state-like: the keys split over a safetensors and a torch.save file
+        from safetensors.torch import save_file
+
+        path = dest / "folder"
+        path.mkdir()
+        first, second = _split(state)
+        save_file(first, str(path / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(second, path / "optimizer.bin")
     else:
         raise ValueError(f"unknown format {fmt}")
     return path
