@@ -241,7 +241,7 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
     loaded, total = _coverage(cmp, sig)
     fixes, mapping = propose_fixes(reader.path, view, ckpt, sig, cmp, compare_keys)
     warns = []
-    if total and loaded / total < COVERAGE_WARNING and not cmp.problems == 0:
+    if total and loaded / total < COVERAGE_WARNING and cmp.problems:
         warns.append(f"strict=False would load only {100 * loaded / total:.0f}% of the model's "
                      "parameters; the rest keep their initialisation")
     return DiffResult(

@@ -7,12 +7,13 @@ stays near one chunk, not the checkpoint; otherwise each pair is loaded with ``r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import ObjectEntry, RawSource, TensorEntry
+from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats.base import CheckpointReader
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class CheckpointDiffResult:
     objects: tuple[ObjectComparison, ...]
     atol: float
     rtol: float
+    note: str = ""
 
     @property
     def dtype_differences(self) -> tuple[TensorComparison, ...]:
@@ -116,7 +118,7 @@ class CheckpointDiffResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "verdict": self.verdict, "a": self.path_a, "b": self.path_b,
-            "atol": self.atol, "rtol": self.rtol,
+            "atol": self.atol, "rtol": self.rtol, "note": self.note,
             "only_a": list(self.only_a), "only_b": list(self.only_b),
             "shape_differences": [{"key": k, "shape_a": list(a), "shape_b": list(b)}
                                   for k, a, b in self.shape_differences],
@@ -220,7 +222,7 @@ def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float
 
 
 def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEntry,
-                        eb: TensorEntry, *, atol: float, rtol: float,
+                        eb: TensorEntry, *, atol: float, rtol: float, name: str = "",
                         on_progress: Callable[[int], None] = lambda n: None) -> TensorComparison:
     """Compare one tensor of ``ra`` with one of ``rb`` (same shape), streaming its bytes."""
     sa, sb = ra.raw_source(ea.key), rb.raw_source(eb.key)
@@ -229,7 +231,7 @@ def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEn
         stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
     else:
         stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
-    return TensorComparison(ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
+    return TensorComparison(name or ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
                             stats.max_rel, stats.close)
 
 
@@ -253,8 +255,9 @@ def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 
         ...     diff_checkpoints(a, b).ok
         True
     """
-    ea = {e.key: e for e in a.entries()}
-    eb = {e.key: e for e in b.entries()}
+    ea: dict[str, Entry] = {e.key: e for e in a.entries()}
+    eb: dict[str, Entry] = {e.key: e for e in b.entries()}
+    ea, eb, note = _align_state_dicts(a, b, ea, eb)
     shapes, kinds, tensors, objects = [], [], [], []
     for key, x in ea.items():
         y = eb.get(key)
@@ -264,7 +267,7 @@ def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 
             if x.shape != y.shape:
                 shapes.append((key, x.shape, y.shape))
             else:
-                tensors.append(compare_tensor_pair(a, b, x, y, atol=atol, rtol=rtol,
+                tensors.append(compare_tensor_pair(a, b, x, y, atol=atol, rtol=rtol, name=key,
                                                    on_progress=on_progress))
         elif isinstance(x, ObjectEntry) and isinstance(y, ObjectEntry):
             objects.append(ObjectComparison(key, x.value, y.value))
@@ -272,4 +275,24 @@ def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 
             kinds.append(key)
     return CheckpointDiffResult(
         a.path, b.path, tuple(k for k in ea if k not in eb), tuple(k for k in eb if k not in ea),
-        tuple(shapes), tuple(kinds), tuple(tensors), tuple(objects), atol, rtol)
+        tuple(shapes), tuple(kinds), tuple(tensors), tuple(objects), atol, rtol, note)
+
+
+def _align_state_dicts(a: CheckpointReader, b: CheckpointReader, ea: dict[str, Entry],
+                       eb: dict[str, Entry]) -> tuple[dict[str, Entry], dict[str, Entry], str]:
+    """When the two share no tensor key but their state_dicts do (a training checkpoint against
+    the weights extracted from it), compare the state_dicts, keyed as the reader knows them."""
+    from ckpttools.ops.state_dict import find_state_dict
+
+    if any(isinstance(e, TensorEntry) and k in eb for k, e in ea.items()):
+        return ea, eb, ""
+    va, vb = find_state_dict(a), find_state_dict(b)
+    if not va.prefix and not vb.prefix:
+        return ea, eb, ""
+    sa = {e.key: dataclasses.replace(e, key=va.source_key(e.key)) for e in va.entries}
+    sb = {e.key: dataclasses.replace(e, key=vb.source_key(e.key)) for e in vb.entries}
+    if not set(sa) & set(sb):
+        return ea, eb, ""
+    where = lambda v: f"'{v.prefix}'" if v.prefix else "the top level"  # noqa: E731
+    return (sa, sb, f"no common keys: compared the state_dicts (A: {where(va)}, "
+            f"B: {where(vb)})")

@@ -100,6 +100,8 @@ def render_checkpoint_diff(result: CheckpointDiffResult, fmt: str) -> str:
     head = [heading(("OK " if result.ok else "FAIL ") + result.verdict, fmt), "",
             f"A: {result.path_a}", f"B: {result.path_b}",
             f"tolerance: atol={result.atol:g}, rtol={result.rtol:g}"]
+    if result.note:
+        head.append(f"note: {result.note}")
     values = [(t.key, (t.dtype_a, t.dtype_b, "yes" if t.bitwise_equal else "no",
                        f"{t.max_abs_diff:.3g}", f"{t.max_rel_diff:.3g}",
                        "yes" if t.allclose else "no"))

@@ -82,3 +82,12 @@ def test_nan_and_chunking(make_checkpoint: Callable[..., Path],
     w = next(t for t in result.tensors if t.key == "w")
     assert w.max_abs_diff == 2 and not w.allclose  # nan on both sides counts as equal
     assert next(t for t in result.tensors if t.key == "i").bitwise_equal
+
+
+def test_training_checkpoint_against_extracted_weights(make_checkpoint: Callable[..., Path]) -> None:
+    state = tiny_net().state_dict()
+    pa = make_checkpoint("torch-zip", {"model": state, "epoch": 1}, name="a")
+    pb = make_checkpoint("torch-legacy", state, name="b")
+    result = run(pa, pb)
+    assert result.ok and "compared the state_dicts (A: 'model'" in result.note
+    assert result.tensors[0].key == "stem.weight"
