@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from ckpttools.formats import (
 from ckpttools.formats.base import CheckpointReader, Format
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# records torch.save writes: <folder>/data.pkl (or any pickle), <folder>/data/<n>, version, byteorder
+_TORCH_RECORD = re.compile(r".*\.pkl$|[^/]*/(data/\d+|version|\.data/version|byteorder)$")
 # torch.serialization writes this number, pickled with protocol 2, at the start of a legacy file.
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
@@ -56,8 +59,9 @@ def _is_torch_zip(path: str) -> bool:
     if os.path.isdir(path) or not _head(path, 4) in ZIP_MAGIC:
         return False
     names = _zip_names(path)
-    # an unreadable zip that starts like one is still reported as a (corrupt) torch zip
-    return not names or any(n.endswith(".pkl") for n in names) and not _is_torchscript(names)
+    # an unreadable zip that starts like one is still reported as a (corrupt) torch zip, and so
+    # is one with torch.save's records but no pickle: the reader says what is missing
+    return not names or any(_TORCH_RECORD.match(n) for n in names) and not _is_torchscript(names)
 
 
 def _is_torchscript(names: list[str]) -> bool:
@@ -90,10 +94,13 @@ def _index_points_to(path: str, suffix: str) -> bool:
         full = os.path.join(path, name) if os.path.isdir(path) else path
         try:
             with open(full, encoding="utf-8") as f:
-                files = set(json.load(f).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
-            return name.endswith(suffix + ".index.json")
+                files = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            files = set()
         if files and all(str(f).endswith(suffix) for f in files):
+            return True
+        # a damaged index is still recognised by its name; the reader says what is wrong
+        if not files and name.endswith(suffix + ".index.json"):
             return True
     return False
 
