@@ -222,3 +222,15 @@ def test_build_model_on_meta_and_errors() -> None:
             build_model(bad)
     with pytest.raises(SpecError, match="-a NAME=VALUE"):
         build_model(SPEC, {"bogus": 1})
+
+
+def test_build_model_falls_back_to_cpu(tmp_path: Path) -> None:
+    spec_file = tmp_path / "needs_data.py"
+    spec_file.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build(width=4):\n"
+        "    scale = torch.ones(1).item()  # reads data: impossible on the meta device\n"
+        "    return nn.Linear(width, int(2 * scale))\n")
+    with pytest.warns(UserWarning, match="building it on CPU"):
+        model = build_model(f"{spec_file}:build", {"width": 3})
+    assert model.weight.device.type == "cpu" and tuple(model.weight.shape) == (2, 3)
