@@ -214,19 +214,24 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def capture_state(objs: TrainObjects, step: int, loss: float | None) -> dict[str, Any]:
-    """The default checkpoint layout for ``objs`` after ``step`` completed steps (deep copies)."""
-    import copy
+def capture_state(objs: TrainObjects, step: int, loss: float | None, *, copy: bool = True) -> dict[str, Any]:
+    """The default checkpoint layout for ``objs`` after ``step`` completed steps.
 
+    With ``copy`` (the default) the tensors are deep copies; without, they are the live tensors,
+    for a state that is written out at once or taken after the last step.
+    """
+    import copy as copying
+
+    keep = copying.deepcopy if copy else (lambda x: x)
     state: dict[str, Any] = {
         STEP: step,
-        MODEL: copy.deepcopy(objs.model.state_dict()),
-        OPTIMIZER: copy.deepcopy(objs.optimizer.state_dict()),
+        MODEL: keep(objs.model.state_dict()),
+        OPTIMIZER: keep(objs.optimizer.state_dict()),
     }
     if objs.scheduler is not None:
-        state[SCHEDULER] = copy.deepcopy(objs.scheduler.state_dict())
+        state[SCHEDULER] = keep(objs.scheduler.state_dict())
     if objs.scaler is not None:
-        state[SCALER] = copy.deepcopy(objs.scaler.state_dict())
+        state[SCALER] = keep(objs.scaler.state_dict())
     state[RNG] = rng_state()
     state[LOSS] = loss
     return state
@@ -248,27 +253,28 @@ def missing_pieces(recipe: Recipe, state: dict[str, Any]) -> tuple[str, ...]:
 
 
 def apply_state(recipe: Recipe, objs: TrainObjects, state: dict[str, Any], where: str,
-                reset: frozenset[str] = frozenset(), seed: int = DEFAULT_SEED) -> None:
+                reset: frozenset[str] = frozenset(), seed: int = DEFAULT_SEED, *, copy: bool = True) -> None:
     """Load ``state`` into freshly built ``objs``; pieces in ``reset`` or absent stay fresh.
 
     Objects are built before any state is loaded, because building a scheduler rewrites the
-    optimizer's learning rate.
+    optimizer's learning rate. Without ``copy`` the optimizer may keep ``state``'s tensors.
     """
     if not isinstance(state.get(MODEL), dict):
         raise CorruptCheckpointError(f"{where}: checkpoint has no '{MODEL}' (the model state); "
                                      "save model.state_dict() under that key")
-    import copy
+    import copy as copying
 
+    keep = copying.deepcopy if copy else (lambda x: x)
     try:
         objs.model.load_state_dict(state[MODEL])
         # Deep copies: Optimizer.load_state_dict keeps the given tensors when dtype and device fit,
         # and training would then change the caller's state in place.
         if "optimizer" not in reset and state.get(OPTIMIZER) is not None:
-            objs.optimizer.load_state_dict(copy.deepcopy(state[OPTIMIZER]))
+            objs.optimizer.load_state_dict(keep(state[OPTIMIZER]))
         if objs.scheduler is not None and "scheduler" not in reset and state.get(SCHEDULER) is not None:
-            objs.scheduler.load_state_dict(copy.deepcopy(state[SCHEDULER]))
+            objs.scheduler.load_state_dict(keep(state[SCHEDULER]))
         if objs.scaler is not None and "scaler" not in reset and state.get(SCALER) is not None:
-            objs.scaler.load_state_dict(copy.deepcopy(state[SCALER]))
+            objs.scaler.load_state_dict(keep(state[SCALER]))
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CorruptCheckpointError(f"{where}: state does not fit the recipe's objects: {first}") from e
@@ -314,10 +320,11 @@ def _numpy_rng_globals() -> Iterator[None]:
         yield
 
 
-def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False) -> dict[str, Any]:
+def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False, lazy: bool = True) -> dict[str, Any]:
     """Read a checkpoint: the recipe's ``load_checkpoint`` when it has one, else ``torch.load``.
 
-    Without ``trust`` the load is ``weights_only=True`` plus numpy's RNG state types.
+    Without ``trust`` the load is ``weights_only=True`` plus numpy's RNG state types. With
+    ``lazy``, a zip checkpoint is memory-mapped (tensors paged in when used).
 
     Raises:
         CheckpointNotFoundError, UnsafeCheckpointError, CorruptCheckpointError, SpecError.
@@ -327,23 +334,25 @@ def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False) -> dict[s
     if recipe.fn("load_checkpoint") is not None:
         state = _call(recipe, "load_checkpoint", path)
     else:
-        state = _torch_load(path, trust)
+        state = _torch_load(path, trust, lazy)
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"{path}: checkpoint is a {type(state).__name__}, not a dict of state; "
                                      "save a dict with model_state_dict, optimizer_state_dict, step")
     return state
 
 
-def _torch_load(path: str, trust: bool) -> Any:
+def _torch_load(path: str, trust: bool, lazy: bool = True) -> Any:
     import pickle
+    import zipfile
 
     import torch
 
+    mmap = lazy and Path(path).is_file() and zipfile.is_zipfile(path)  # torch mmaps zip archives only
     try:
         if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         with _numpy_rng_globals():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0][:120]
         raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it ({first}); "

@@ -9,7 +9,7 @@ process; compare losses step by step and the final state. The first resumed step
 
 from __future__ import annotations
 
-import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,9 @@ from ckpttools.ops.recipe import (
 )
 from ckpttools.ops.resume_attribution import LABELS, Attribution, Context, attribute
 from ckpttools.ops.resume_compare import LossRow, TensorDiff, compare_losses, compare_states, worst
-from ckpttools.ops.resume_run import RunTrace, resume_in_fresh_process, resume_in_process, run_uninterrupted
+from ckpttools.ops.resume_run import (
+    RunTrace, TempPlace, resume_in_fresh_process, resume_in_process, run_uninterrupted, state_at,
+)
 
 Status = Literal["identical", "within_tolerance", "diverged"]
 COMPARED_KEYS = (STEP, MODEL, *PIECES.values())
@@ -167,9 +169,11 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
 def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drift_atol: float,
                 via: str | None, trust: bool, fresh_process: bool, workdir: str | None,
                 seed: int) -> ResumeResult:
-    with tempfile.TemporaryDirectory(prefix="ckpttools-verify-", dir=workdir) as tmp:
+    with ExitStack() as stack:
+        place = TempPlace(stack, workdir)
+        reference = run_uninterrupted(recipe, steps, resume_at, place, seed)
+        tmp = str(place.dir)
         path = str(Path(tmp) / "resume.pt")
-        reference = run_uninterrupted(recipe, steps, resume_at, path, seed)
         if via is not None:
             path = _via(path, via, tmp, trust)
         state = read_checkpoint(recipe, path, trust=trust)
@@ -179,9 +183,10 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
             resumed = resume_in_process(recipe, state, path, steps, seed=seed)
     ref_losses = reference.losses
     losses = compare_losses(ref_losses, resumed.losses, resume_at, atol, drift_atol)
-    first = compare_states(reference.first or {}, resumed.first or {}, atol)
+    first = compare_states(reference.first, resumed.first or {}, atol) if reference.first else ()
     final = compare_states(reference.final or {}, resumed.final or {}, atol if steps == resume_at + 1 else drift_atol)
-    ctx = Context(recipe, "checkpoint at step " + str(resume_at), state, reference.saved, resumed,
+    ctx = Context(recipe, "checkpoint at step " + str(resume_at), state, lambda: state_at(recipe, resume_at, seed),
+                  resumed,
                   ref_losses, reference.final, final, steps, missing_pieces(recipe, state), False, seed)
     result = _finish(ctx, "run", "(temporary) resume.pt", None, resume_at, atol, drift_atol, losses, first, final)
     return _replace(result, via=via, fresh_process=fresh_process)

@@ -9,7 +9,8 @@ nondeterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.recipe import DEFAULT_SEED, OPTIMIZER, PIECES, SCALER, SCHEDULER, Recipe
@@ -57,7 +58,7 @@ class Context:
     recipe: Recipe
     where: str
     file_state: dict[str, Any]  # what the checkpoint holds
-    full_state: dict[str, Any] | None  # the uninterrupted run's complete state at the resume step
+    full_state_fn: Callable[[], dict[str, Any]] | None  # the uninterrupted run's complete state at the resume
     resumed: RunTrace
     reference_losses: dict[int, float]
     reference_final: dict[str, Any] | None
@@ -66,6 +67,13 @@ class Context:
     missing: tuple[str, ...]
     diverged: bool
     seed: int = DEFAULT_SEED
+    _full: dict[str, Any] | None = field(default=None, repr=False)
+
+    def full_state(self) -> dict[str, Any] | None:
+        """The uninterrupted run's state at the resume step, computed once (None: no such run)."""
+        if self._full is None and self.full_state_fn is not None:
+            self._full = self.full_state_fn()
+        return self._full
 
 
 def attribute(ctx: Context) -> tuple[tuple[Attribution, ...], tuple[str, ...]]:
@@ -96,8 +104,9 @@ def _missing(ctx: Context, piece: str) -> Attribution:
     if not ctx.diverged:
         return Attribution(piece, False, False, False, 0.0, None,
                            f"the checkpoint has no {label}; the resume matched anyway ({_why_harmless(ctx, piece)})")
-    if ctx.full_state is not None and ctx.full_state.get(PIECES[piece]) is not None:
-        return _restore(ctx, piece)
+    full = ctx.full_state()
+    if full is not None and full.get(PIECES[piece]) is not None:
+        return _restore(ctx, piece, full)
     if piece == "rng":
         return _rng_sensitivity(ctx)
     matters = _stateful_hint(ctx, piece)
@@ -107,11 +116,10 @@ def _missing(ctx: Context, piece: str) -> Attribution:
     return Attribution(piece, False, matters, bool(matters), None, None, note)
 
 
-def _restore(ctx: Context, piece: str) -> Attribution:
+def _restore(ctx: Context, piece: str, full: dict[str, Any]) -> Attribution:
     """Rerun with the missing piece taken from the uninterrupted run."""
-    assert ctx.full_state is not None
     state = dict(ctx.file_state)
-    state[PIECES[piece]] = ctx.full_state[PIECES[piece]]
+    state[PIECES[piece]] = full[PIECES[piece]]
     trace = _rerun(ctx, state)
     change, first = max_loss_change(ctx.resumed.losses, trace.losses)
     fixes = _matches_reference(ctx, trace)
