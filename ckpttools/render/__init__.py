@@ -27,12 +27,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "table") -> str:
-    """A table in the style of ``fmt`` (``table`` or ``markdown``)."""
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "table", *,
+          keep_indent: bool = False) -> str:
+    """A table in the style of ``fmt`` (``table`` or ``markdown``); ``keep_indent`` keeps the
+    leading spaces of cells (for trees)."""
     if not rows:
         return ""
     return tabulate(rows, headers=list(headers), tablefmt=TABLE_FORMATS.get(fmt, "simple"),
-                    disable_numparse=True)
+                    disable_numparse=True, preserve_whitespace=keep_indent)
 
 
 def human_bytes(n: int) -> str:

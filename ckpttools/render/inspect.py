@@ -112,10 +112,13 @@ def _tree(tensors: tuple[TensorEntry, ...], fmt: str, expand: bool) -> str:
     rows = []
     for key, (numel, nbytes, count), times in folded:
         parts = _components(key)
-        rows.append(["  " * (len(parts) - 1) + parts[-1], human_count(numel * times),
+        label = parts[-1]
+        if label.startswith("{") and len(parts) > 1:  # layer.{0..11}, not a bare {0..11}
+            label = f"{parts[-2]}.{label}"
+        rows.append(["  " * (len(parts) - 1) + label, human_count(numel * times),
                      human_bytes(nbytes * times), count * times, f"x{times}" if times > 1 else ""])
     return heading("Modules", fmt) + "\n" + table(
-        rows, ["module", "parameters", "size", "tensors", "repeat"], fmt)
+        rows, ["module", "parameters", "size", "tensors", "repeat"], fmt, keep_indent=True)
 
 
 def _stats(result: InspectResult, fmt: str) -> str:
