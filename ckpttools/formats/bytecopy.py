@@ -1,7 +1,7 @@
 """Moving tensor bytes between files without holding a checkpoint in memory.
 
-Bytes go by ``os.copy_file_range`` (a kernel copy, never in this process's memory) or by
-buffered reads into one reusable buffer when a CRC is needed (zip records). Pages of the source
+Bytes go by ``os.copy_file_range`` (a kernel copy, never in this process's memory); when a
+CRC is needed (zip records) a worker thread reads the same range into one reused buffer. Pages of the source
 are never mapped, so the resident set stays at the buffer size whatever the file size.
 """
 
@@ -82,7 +82,7 @@ def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = Fal
             view = memoryview(buf)[:n]
             got = os.preadv(in_fd, [view], offset)
             value = zlib.crc32(view[:got], value)
-            _write_all(out_fd, view[:got])
+            write_all(out_fd, view[:got])
         if got <= 0:
             raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data "
                                          f"(offset {offset}); the file is truncated")
@@ -92,10 +92,47 @@ def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = Fal
     return value
 
 
-def _write_all(fd: int, data: memoryview) -> None:
+def write_all(fd: int, data: memoryview) -> None:
+    """Write all of ``data`` at ``fd``'s position (``os.write`` may write less)."""
     while data:
         n = os.write(fd, data)
         data = data[n:]
+
+
+def _crc_of_range(fd: int, src: RawSource) -> int:
+    """CRC-32 of a byte range, read through one reused buffer (runs in a worker thread:
+    ``os.preadv`` and ``zlib.crc32`` release the GIL on large buffers)."""
+    buf = bytearray(min(CHUNK, max(src.length, 1)))
+    offset, left, value = src.offset, src.length, 0
+    while left > 0:
+        view = memoryview(buf)[:min(CHUNK, left)]
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            break  # the copy in the calling thread reports the truncation
+        value = zlib.crc32(view[:got], value)
+        offset += got
+        left -= got
+    return value
+
+
+def copy_raw_crc(files: SourceFiles, src: RawSource, out_fd: int, *,
+                 on_progress: Progress = _no_progress) -> int:
+    """Append ``src``'s bytes to ``out_fd`` by kernel copy and return their CRC-32.
+
+    The CRC is computed by a second thread reading the same range (from the page cache the
+    copy fills), so the two overlap and nothing larger than one chunk is held in memory.
+
+    Raises:
+        CorruptCheckpointError: the source file ends before the range does.
+    """
+    if src.length <= CHUNK:  # one buffer's worth: a thread would cost more than it saves
+        return copy_raw(files, src, out_fd, crc=True, on_progress=on_progress)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        crc = pool.submit(_crc_of_range, files.fd(src.path), src)
+        copy_raw(files, src, out_fd, on_progress=on_progress)
+        return crc.result()
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -115,7 +152,7 @@ def write_tensor(t: torch.Tensor, out_fd: int, *, crc: bool = False,
         part = view[start:start + CHUNK]
         if crc:
             value = zlib.crc32(part, value)
-        _write_all(out_fd, part)
+        write_all(out_fd, part)
         on_progress(len(part))
     return value
 

@@ -7,8 +7,9 @@ under one top folder. ``data.pkl`` is pickled here by hand: each tensor is
 ``torch._utils._rebuild_tensor_v2((storage persistent id), offset, size, stride, False,
 OrderedDict())`` with persistent id ``("storage", torch.FloatStorage, key, "cpu", numel)``, and
 ``_rebuild_tensor_v3`` with ``torch.storage.UntypedStorage`` for dtypes that have no legacy
-storage class (float8, uint16 ...), exactly as torch writes them. Storage bytes are streamed
-from their source with buffered reads (the zip needs their CRC-32).
+storage class (float8, uint16 ...), exactly as torch writes them. The zip container is written
+here too, straight to a file descriptor: storage bytes go by kernel copy while a second thread
+reads the same range for the CRC-32, which is then patched into the record's local header.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import os
 import pickle
 import random
 import struct
-import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ckpttools.entries import RawSource
-from ckpttools.formats.bytecopy import CHUNK, Progress, SourceFiles, TensorData, _no_progress
-from ckpttools.formats.bytecopy import tensor_bytes
+from ckpttools.formats.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
+                                       copy_raw_crc, write_all, write_tensor)
 
 ALIGNMENT = 64
 ARCHIVE = "archive"
@@ -122,59 +123,117 @@ def pickle_tree(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _zinfo(name: str, size: int, offset: int) -> tuple[zipfile.ZipInfo, bool]:
-    info = zipfile.ZipInfo(f"{ARCHIVE}/{name}")
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = size
-    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
-    base = offset + 30 + len(info.filename.encode()) + (20 if zip64 else 0)
-    pad = -(base + 4) % ALIGNMENT
-    # torch pads the local header's extra field with an "FB" record so the data is aligned
-    info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
-    return info, zip64
+_LOCAL = struct.Struct("<4s5H3L2H")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_LIMIT = 0xFFFFFFFF
+_DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1  # fixed timestamp: the output depends on content only
 
 
-def _write_record(zf: zipfile.ZipFile, fp: Any, name: str, data: bytes) -> None:
-    info, zip64 = _zinfo(name, len(data), fp.tell())
-    with zf.open(info, "w", force_zip64=zip64) as out:
-        out.write(data)
+@dataclass
+class _Entry:
+    name: bytes
+    offset: int
+    size: int
+    crc: int = 0
 
 
-def _write_storage(zf: zipfile.ZipFile, fp: Any, files: SourceFiles, data: TensorData,
+class _ZipOut:
+    """A stored-only zip written straight to a file descriptor.
+
+    Each record's local header is written with its size, data follows 64-byte aligned (an "FB"
+    padding extra field, as torch writes), and the CRC-32 is patched into the header once the
+    data is in. Zip64 fields are used for sizes and offsets past 4 GiB (``zip64`` forces them).
+    """
+
+    def __init__(self, fd: int, path: str, *, zip64: bool = False) -> None:
+        self.fd, self.path, self.pos, self.force64 = fd, path, 0, zip64
+        self.entries: list[_Entry] = []
+
+    def _big(self, size: int) -> bool:
+        return self.force64 or size >= _LIMIT
+
+    def begin(self, name: str, size: int) -> _Entry:
+        entry = _Entry(f"{ARCHIVE}/{name}".encode(), self.pos, size)
+        zip64 = b""
+        if self._big(size):
+            zip64 = struct.pack("<HHQQ", 1, 16, size, size)
+        base = self.pos + _LOCAL.size + len(entry.name) + len(zip64) + 4
+        pad = -base % ALIGNMENT
+        extra = zip64 + b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        stored = _LIMIT if zip64 else size
+        header = _LOCAL.pack(b"PK\x03\x04", 45 if zip64 else 20, 0, 0, 0, _DOS_DATE, 0,
+                             stored, stored, len(entry.name), len(extra))
+        self.write(header + entry.name + extra)
+        self.entries.append(entry)
+        return entry
+
+    def end(self, entry: _Entry, crc: int) -> None:
+        entry.crc = crc
+        os.pwrite(self.fd, struct.pack("<L", crc), entry.offset + 14)
+
+    def write(self, data: bytes | memoryview) -> None:
+        write_all(self.fd, memoryview(data))
+        self.pos += len(data)
+
+    def record(self, name: str, data: bytes) -> None:
+        self.end(self.begin(name, len(data)), zlib.crc32(data))
+        self.write(data)
+
+    def _central(self, e: _Entry) -> bytes:
+        values = [v for v in (e.size, e.size) if self._big(e.size)]
+        if self.force64 or e.offset >= _LIMIT:
+            values.append(e.offset)
+        extra = struct.pack(f"<HH{len(values)}Q", 1, 8 * len(values), *values) if values else b""
+        size = _LIMIT if self._big(e.size) else e.size
+        offset = _LIMIT if self.force64 or e.offset >= _LIMIT else e.offset
+        return _CENTRAL.pack(b"PK\x01\x02", 45 if extra else 20, 45 if extra else 20, 0, 0, 0,
+                             _DOS_DATE, e.crc, size, size, len(e.name), len(extra), 0, 0, 0, 0,
+                             offset) + e.name + extra
+
+    def finish(self) -> None:
+        """Write the central directory and end records (zip64 ones when needed)."""
+        start = self.pos
+        self.write(b"".join(self._central(e) for e in self.entries))
+        count, size = len(self.entries), self.pos - start
+        if self.force64 or start >= _LIMIT or size >= _LIMIT or count >= 0xFFFF:
+            at = self.pos
+            self.write(_EOCD64.pack(b"PK\x06\x06", _EOCD64.size - 12, 45, 45, 0, 0, count,
+                                    count, size, start))
+            self.write(_EOCD64_LOCATOR.pack(b"PK\x06\x07", 0, at, 1))
+            count, size, start = min(count, 0xFFFF), min(size, _LIMIT), min(start, _LIMIT)
+            if self.force64:
+                count, start = 0xFFFF, _LIMIT
+        self.write(_EOCD.pack(b"PK\x05\x06", 0, 0, count, count, size, start, 0))
+
+
+def _write_storage(zf: _ZipOut, files: SourceFiles, data: TensorData,
                    on_progress: Progress) -> RawSource:
-    info, zip64 = _zinfo(f"data/{data.name}", data.nbytes, fp.tell())
-    with zf.open(info, "w", force_zip64=zip64) as out:
-        start = fp.tell()
-        if data.raw is not None:
-            _copy_range(files, data.raw, out, on_progress)
-        elif data.load is not None:
-            t = data.load().detach().cpu().contiguous()
-            view = tensor_bytes(t)
-            for i in range(0, len(view), CHUNK):
-                out.write(view[i:i + CHUNK])
-                on_progress(min(CHUNK, len(view) - i))
-            del t
-    return RawSource(fp.name, start, data.nbytes)
-
-
-def _copy_range(files: SourceFiles, src: RawSource, out: Any, on_progress: Progress) -> None:
-    from ckpttools.errors import CorruptCheckpointError
-
-    fd, buf = files.fd(src.path), bytearray(min(CHUNK, max(src.length, 1)))
-    done = 0
-    while done < src.length:
-        view = memoryview(buf)[:min(CHUNK, src.length - done)]
-        got = os.preadv(fd, [view], src.offset + done)
-        if got <= 0:
-            raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data; "
-                                         "the file is truncated")
-        out.write(view[:got])
-        done += got
-        on_progress(got)
+    entry = zf.begin(f"data/{data.name}", data.nbytes)
+    start = zf.pos
+    if data.raw is not None:
+        if data.raw.length != data.nbytes:
+            raise ValueError(f"{data.name}: raw range of {data.raw.length} bytes for a "
+                             f"{data.nbytes}-byte storage")
+        crc = copy_raw_crc(files, data.raw, zf.fd, on_progress=on_progress)
+    elif data.load is not None:
+        t = data.load()
+        crc = write_tensor(t, zf.fd, crc=True, on_progress=on_progress)
+        del t
+    else:
+        raise ValueError(f"{data.name}: no source for the storage's bytes")
+    zf.pos += data.nbytes
+    if os.lseek(zf.fd, 0, os.SEEK_CUR) != zf.pos:
+        raise ValueError(f"{data.name}: storage bytes written differ from its size")
+    zf.end(entry, crc)
+    return RawSource(zf.path, start, data.nbytes)
 
 
 def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
-                    on_progress: Progress = _no_progress) -> dict[str, RawSource]:
+                    on_progress: Progress = _no_progress,
+                    zip64: bool = False) -> dict[str, RawSource]:
     """Write ``obj`` as ``torch.save`` would, at ``path`` (no fsync; atomic_output does it).
 
     Args:
@@ -183,6 +242,7 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
         storages: one ``TensorData`` per storage (``name`` is the storage key, bytes are the
             whole storage), written in order.
         on_progress: called with the number of bytes written.
+        zip64: use zip64 fields for every record, not only past 4 GiB (for tests).
 
     Returns:
         Where each storage's bytes landed in ``path``, by key.
@@ -190,17 +250,20 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
     data_pkl = pickle_tree(obj)
     files = SourceFiles()
     placed: dict[str, RawSource] = {}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with open(path, "wb") as fp, zipfile.ZipFile(fp, "w", zipfile.ZIP_STORED) as zf:
-            _write_record(zf, fp, "data.pkl", data_pkl)
-            _write_record(zf, fp, ".format_version", b"1")
-            _write_record(zf, fp, ".storage_alignment", str(ALIGNMENT).encode())
-            _write_record(zf, fp, "byteorder", b"little")
-            for data in storages:
-                placed[data.name] = _write_storage(zf, fp, files, data, on_progress)
-            _write_record(zf, fp, "version", b"3\n")
-            serial = "".join(random.choice("0123456789") for _ in range(40))
-            _write_record(zf, fp, ".data/serialization_id", serial.encode())
+        zf = _ZipOut(fd, path, zip64=zip64)
+        zf.record("data.pkl", data_pkl)
+        zf.record(".format_version", b"1")
+        zf.record(".storage_alignment", str(ALIGNMENT).encode())
+        zf.record("byteorder", b"little")
+        for data in storages:
+            placed[data.name] = _write_storage(zf, files, data, on_progress)
+        zf.record("version", b"3\n")
+        serial = "".join(random.choice("0123456789") for _ in range(40))
+        zf.record(".data/serialization_id", serial.encode())
+        zf.finish()
     finally:
+        os.close(fd)
         files.close()
     return placed

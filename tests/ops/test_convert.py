@@ -111,3 +111,85 @@ def test_bad_size_and_format(ckpt: Path, tmp_path: Path) -> None:
         parse_size("lots")
     with pytest.raises(CkptError, match="cannot tell the output format"):
         convert_checkpoint(str(ckpt), str(tmp_path / "x.data"))
+
+
+def _raw_storages(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> list:
+    """Write tensors' bytes into one blob; TensorData naming each tensor's byte range."""
+    from ckpttools.entries import RawSource
+    from ckpttools.formats.bytecopy import TensorData
+
+    blob = tmp_path / "blob.bin"
+    out, pos = [], 0
+    with open(blob, "wb") as f:
+        f.write(b"x" * 13)  # ranges start at odd offsets, as inside a real file
+        pos = 13
+        for key, t in tensors.items():
+            data = t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() \
+                if t.numel() else b""
+            f.write(data)
+            out.append(TensorData(key, str(t.dtype).removeprefix("torch."), (len(data),),
+                                  len(data), raw=RawSource(str(blob), pos, len(data))))
+            pos += len(data)
+    return out
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip32", "zip64"])
+def test_torch_zip_writer_copies_large_storages_with_crcs(tmp_path: Path, zip64: bool) -> None:
+    from ckpttools.formats.bytecopy import CHUNK, TensorData
+    from ckpttools.formats.torch_zip_writer import TensorSlot, write_torch_zip
+
+    big = torch.randn(CHUNK // 4 * 2 + 123)  # three copy chunks, the last one partial
+    small, empty = torch.arange(5, dtype=torch.int16), torch.empty(0)
+    loaded = torch.randn(CHUNK // 4 + 7, dtype=torch.float64)  # written from memory
+    raw = _raw_storages(tmp_path, {"0": big, "1": small, "2": empty})
+    storages = [*raw, TensorData("3", "uint8", (loaded.numel() * 8,), loaded.numel() * 8,
+                                 load=lambda: loaded.view(torch.uint8))]
+    obj = {"big": TensorSlot("0", "float32", big.numel(), 0, tuple(big.shape), (1,)),
+           "small": TensorSlot("1", "int16", 5, 0, (5,), (1,)),
+           "empty": TensorSlot("2", "float32", 0, 0, (0,), (1,)),
+           "view": TensorSlot("0", "float32", big.numel(), 10, (4, 3), (1, 4)),
+           "loaded": TensorSlot("3", "float64", loaded.numel(), 0, (loaded.numel(),), (1,))}
+    out = tmp_path / "out.pth"
+    seen: list[int] = []
+    placed = write_torch_zip(str(out), obj, storages, on_progress=seen.append, zip64=zip64)
+    assert sum(seen) == sum(s.nbytes for s in storages)
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None  # every record's CRC-32 is right
+        assert (zf.getinfo("archive/data/0").file_size == big.numel() * 4)
+    for key, where in placed.items():
+        assert where.offset % 64 == 0, key
+    back = torch.load(out, weights_only=True)
+    mapped = torch.load(out, weights_only=True, mmap=True)
+    for got in (back, mapped):
+        assert torch.equal(got["big"], big) and torch.equal(got["small"], small)
+        assert torch.equal(got["loaded"], loaded) and got["empty"].shape == (0,)
+        assert torch.equal(got["view"], big[10:22].view(3, 4).t())
+        assert got["view"].untyped_storage().data_ptr() == got["big"].untyped_storage().data_ptr()
+
+
+def test_torch_zip_reader_reads_written_zip64(tmp_path: Path) -> None:
+    from ckpttools.formats.torch_zip import TorchZipReader
+    from ckpttools.formats.torch_zip_writer import TensorSlot, write_torch_zip
+
+    t = torch.arange(100, dtype=torch.int64)
+    out = tmp_path / "z.pth"
+    write_torch_zip(str(out), {"t": TensorSlot("0", "int64", 100, 0, (100,), (1,))},
+                    _raw_storages(tmp_path, {"0": t}), zip64=True)
+    with TorchZipReader(str(out)) as reader:
+        assert torch.equal(reader.load("t"), t)
+        raw = reader.raw_source("t")
+        assert raw is not None and raw.length == 800
+
+
+def test_truncated_raw_source_is_an_error(tmp_path: Path) -> None:
+    from ckpttools.entries import RawSource
+    from ckpttools.errors import CorruptCheckpointError
+    from ckpttools.formats.bytecopy import CHUNK, TensorData
+    from ckpttools.formats.torch_zip_writer import TensorSlot, write_torch_zip
+
+    (tmp_path / "short.bin").write_bytes(b"\0" * 100)
+    n = 2 * CHUNK
+    data = TensorData("0", "uint8", (n,), n, raw=RawSource(str(tmp_path / "short.bin"), 0, n))
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        write_torch_zip(str(tmp_path / "o.pth"),
+                        {"t": TensorSlot("0", "uint8", n, 0, (n,), (1,))}, [data])
