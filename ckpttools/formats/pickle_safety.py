@@ -165,9 +165,18 @@ def normalize_global(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+# Plain records that torch.distributed.checkpoint writes into its ``.metadata`` pickle.
+_DCP_RECORDS = frozenset({
+    "torch.distributed.checkpoint.filesystem._StorageInfo", "pathlib.PosixPath",
+    "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+})
+
+
 def _is_safe(module: str, name: str) -> bool:
     qualname = f"{module}.{name}"
-    if qualname in SAFE_GLOBALS:
+    if qualname in SAFE_GLOBALS or qualname in _DCP_RECORDS:
+        return True
+    if module == "torch.distributed.checkpoint.metadata" and "." not in name:
         return True
     if module in _TORCH_TYPE_MODULES and name.endswith(("Storage", "Tensor")) and "." not in name:
         return name[:1].isupper()
