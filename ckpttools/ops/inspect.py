@@ -11,7 +11,8 @@ from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
 from ckpttools.errors import CkptError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.keypaths import get_path, iter_leaves
-from ckpttools.ops.layout import StateDictInfo, default_state_dict, find_layout
+from ckpttools.ops.layout import StateDictInfo, find_layout
+from ckpttools.ops.state_dict import find_state_dict
 from ckpttools.ops.tensor_stats import TensorStats, compute_stats
 
 
@@ -172,12 +173,22 @@ def inspect_checkpoint(
         tensors=tensors,
         objects=_select(tuple(e for e in entries if isinstance(e, ObjectEntry)), prefix, pattern),
         layout=layout,
-        default_state_dict=default_state_dict(layout),
+        default_state_dict=_default_state_dict(reader, layout),
         globals=pickle_globals,
         metadata=reader.metadata(),
         stats=stats,
         weights_only_hint=_hint(pickle_globals),
     )
+
+
+def _default_state_dict(reader: CheckpointReader, layout: tuple[StateDictInfo, ...]) -> str | None:
+    """The state_dict ``diff``, ``diagnose`` and ``remap`` use when no ``--key`` is given."""
+    if not layout:
+        return None
+    try:
+        return find_state_dict(reader).prefix
+    except CkptError:
+        return None
 
 
 def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ckpttools.entries import TensorEntry, TensorRef
+from ckpttools.entries import TensorEntry
+from ckpttools.ops.state_dict import is_flat_state_dict
 
 Kind = Literal["model", "optimizer", "scheduler", "scaler", "ema", "rng", "tensors"]
-
-# Names under which training code stores the model's weights, most specific first.
-MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
-              "model_state", "weights", "params", "generator", "student")
-OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optim", "optimizer_states", "opt")
 
 
 @dataclass(frozen=True)
@@ -38,14 +34,6 @@ class StateDictInfo:
                 "parameters": self.parameters, "bytes": self.nbytes}
 
 
-def _is_flat_state_dict(node: Any) -> bool:
-    """A dict whose values are (nearly) all tensors: a plain ``model.state_dict()``."""
-    if not isinstance(node, dict) or not node:
-        return False
-    tensors = sum(isinstance(v, TensorRef) for v in node.values())
-    return tensors >= max(1, len(node) - 2) and not any(isinstance(v, dict) for v in node.values())
-
-
 def _kind(name: str, node: Any) -> Kind:
     lowered = name.lower()
     if isinstance(node, dict) and {"state", "param_groups"} <= {str(k) for k in node}:
@@ -60,7 +48,7 @@ def _kind(name: str, node: Any) -> Kind:
         return "rng"
     if "ema" in lowered.split("_") or lowered.startswith("ema") or "teacher" in lowered:
         return "ema"
-    return "model" if _is_flat_state_dict(node) or isinstance(node, dict) else "tensors"
+    return "model" if is_flat_state_dict(node) or isinstance(node, dict) else "tensors"
 
 
 def _subtrees(tree: Any) -> list[tuple[str, Any]]:
@@ -86,7 +74,7 @@ def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictI
     A checkpoint that is itself a flat state_dict gives one entry with key "". Otherwise each
     top-level subtree that holds tensors is one entry, classified by its name and shape.
     """
-    if _is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
+    if is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
         return (_info("", "model", tensors),) if tensors else ()
     infos = []
     for name, node in _subtrees(tree):
@@ -100,16 +88,3 @@ def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictI
 def _info(key: str, kind: Kind, members: tuple[TensorEntry, ...]) -> StateDictInfo:
     return StateDictInfo(key, kind, len(members), sum(t.numel for t in members),
                          sum(t.nbytes for t in members))
-
-
-def default_state_dict(layout: tuple[StateDictInfo, ...]) -> str | None:
-    """The state_dict that ``diff``, ``diagnose`` and ``remap`` use when no ``--key`` is given:
-    a well-known model key first, else the largest model-kind subtree."""
-    models = [s for s in layout if s.kind == "model"]
-    by_key = {s.key: s for s in models}
-    for name in MODEL_KEYS:
-        if name in by_key:
-            return name
-    if models:
-        return max(models, key=lambda s: s.parameters).key
-    return None

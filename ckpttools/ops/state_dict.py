@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CkptError
 from ckpttools.formats.base import CheckpointReader
-from ckpttools.keypaths import get_path, iter_leaves
+from ckpttools.keypaths import get_path, iter_leaves, split_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,7 @@ def _tensor_count(node: Any) -> int:
     return sum(1 for _, leaf in iter_leaves(node) if isinstance(leaf, TensorRef))
 
 
-def _is_flat_state_dict(tree: Any) -> bool:
+def is_flat_state_dict(tree: Any) -> bool:
     """A dict whose values are (mostly) tensors: the checkpoint is a state_dict itself."""
     if not isinstance(tree, dict) or not tree:
         return False
@@ -138,7 +138,7 @@ def _find_prefix(tree: Any) -> tuple[str, list[str]]:
     others: list[str] = []
     node = _unflatten_top(tree)
     for _ in range(3):  # {"state_dict": {"model": {...}}} happens; deeper does not
-        if not isinstance(node, dict) or _is_flat_state_dict(node):
+        if not isinstance(node, dict) or is_flat_state_dict(node):
             break
         found = _candidates(node)
         if not found:
@@ -232,22 +232,11 @@ class InMemoryReader(CheckpointReader):
     def __init__(self, state: Mapping[str, Any], path: str = "<state_dict>") -> None:
         super().__init__(path, trust=True)
         self._state = state
-        self._tensors: dict[str, torch.Tensor] = {}
-        self._tree = self._wrap(state, "")
-
-    def _wrap(self, node: Any, prefix: str) -> Any:
         import torch
 
-        if isinstance(node, torch.Tensor):
-            self._tensors[prefix] = node
-            return TensorRef(prefix)
-        if isinstance(node, Mapping):
-            return {k: self._wrap(v, f"{prefix}.{k}" if prefix else str(k))
-                    for k, v in node.items()}
-        if isinstance(node, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in node):
-            return [self._wrap(v, f"{prefix}.{i}" if prefix else str(i))
-                    for i, v in enumerate(node)]
-        return node
+        self._tree, leaves = split_tensors(state, lambda node: isinstance(node, torch.Tensor))
+        self._tensors: dict[str, torch.Tensor] = {
+            k: v for k, v in leaves if isinstance(v, torch.Tensor)}
 
     def entries(self) -> tuple[Entry, ...]:
         out: list[Entry] = []
