@@ -21,6 +21,15 @@ class CheckpointNotFoundError(CkptError, FileNotFoundError):
     """The path does not exist."""
 
 
+class UnreadableCheckpointError(CkptError, PermissionError):
+    """The path exists but cannot be read (permissions, I/O error)."""
+
+
+class KeyNotFoundError(CkptError):
+    """A ``--key`` or tensor key names nothing in the checkpoint (not a ``KeyError``: its
+    ``str()`` would add quotes)."""
+
+
 class UnknownFormatError(CkptError):
     """No known checkpoint format matches the bytes."""
 
@@ -35,6 +44,14 @@ class UnsafeCheckpointError(CkptError):
 
 class UnsupportedError(CkptError):
     """The input is recognised, but the operation is not available for it."""
+
+
+class OutputError(CkptError):
+    """The destination cannot be written: it exists, it is the source, no space, no folder."""
+
+
+class InvalidArgumentError(CkptError):
+    """An option's value is malformed (a regular expression, a size, a dtype name)."""
 
 
 class SpecError(CkptError):

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ckpttools.errors import CkptError
+from ckpttools.errors import OutputError
 
 
 def check_destination(src: str, dest: str, *, force: bool) -> None:
@@ -21,9 +21,9 @@ def check_destination(src: str, dest: str, *, force: bool) -> None:
         CkptError: ``dest`` is ``src`` or exists and ``force`` is false.
     """
     if os.path.exists(dest) and os.path.exists(src) and os.path.samefile(src, dest):
-        raise CkptError(f"{dest}: destination is the source; write to another path")
+        raise OutputError(f"{dest}: destination is the source; write to another path")
     if os.path.exists(dest) and not force:
-        raise CkptError(f"{dest}: already exists; pass --force to overwrite it")
+        raise OutputError(f"{dest}: already exists; pass --force to overwrite it")
 
 
 def fsync_path(path: str) -> None:
@@ -47,7 +47,7 @@ def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
     """
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
-        raise CkptError(f"{dest}: folder {parent} does not exist")
+        raise OutputError(f"{dest}: folder {parent} does not exist")
     base = os.path.basename(dest)
     if directory:
         tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
@@ -60,7 +60,7 @@ def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
         if directory and os.path.isdir(dest):
             shutil.rmtree(dest)
         elif not directory and os.path.isdir(dest):
-            raise CkptError(f"{dest}: is a folder; give a file path")
+            raise OutputError(f"{dest}: is a folder; give a file path")
         os.replace(tmp, dest)
     except BaseException:
         if os.path.isdir(tmp):

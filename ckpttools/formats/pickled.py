@@ -9,7 +9,7 @@ import warnings
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ckpttools.errors import (
     CheckpointNotFoundError,
-    CkptError,
+    UnreadableCheckpointError,
     CorruptCheckpointError,
     UnknownFormatError,
     UnsupportedError,
@@ -158,7 +158,7 @@ def _check_readable(path: str) -> None:
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if not os.access(path, os.R_OK):
-        raise CkptError(f"{path}: permission denied; check the file's permissions")
+        raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise CorruptCheckpointError(f"{path}: empty file; it holds no checkpoint")
 
@@ -179,9 +179,9 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
                 return fmt
         foreign = None if os.path.isdir(path) else _foreign_kind(path)
     except PermissionError as e:
-        raise CkptError(f"{path}: permission denied; check the file's permissions") from e
+        raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions") from e
     except OSError as e:
-        raise CkptError(f"{path}: cannot read: {os.strerror(e.errno or errno.EIO)}") from e
+        raise UnreadableCheckpointError(f"{path}: cannot read: {os.strerror(e.errno or errno.EIO)}") from e
     if foreign:
         raise UnsupportedError(f"{path}: {foreign}, not a PyTorch checkpoint")
     if os.path.isdir(path):

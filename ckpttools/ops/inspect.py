@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
-from ckpttools.errors import CkptError
+from ckpttools.errors import CkptError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
@@ -155,7 +155,7 @@ def inspect_checkpoint(
         try:
             get_path(tree, prefix)
         except KeyError:
-            raise CkptError(f"{reader.path}: no entry '{prefix}' in the checkpoint; top-level "
+            raise KeyNotFoundError(f"{reader.path}: no entry '{prefix}' in the checkpoint; top-level "
                             f"keys: {_top_keys(tree)}") from None
     tensor_entries = tuple(e for e in entries if isinstance(e, TensorEntry))
     layout = find_layout(tree, tensor_entries)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpttools.entries import ObjectPlaceholder, TensorRef
-from ckpttools.errors import CkptError, UnsafeCheckpointError
+from ckpttools.errors import InvalidArgumentError, OutputError, UnsafeCheckpointError
 from ckpttools.formats.atomic import atomic_output, check_destination
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.registry import open_checkpoint
@@ -81,7 +81,7 @@ def plan_keys(keys: Sequence[str], rules: Sequence[Rule], drops: Sequence[str] =
     try:
         compiled = [re.compile(d) for d in drops]
     except re.error as e:
-        raise CkptError(f"--drop: bad regular expression: {e}") from e
+        raise InvalidArgumentError(f"--drop: bad regular expression: {e}") from e
     pairs, dropped, seen = [], [], {}
     for key in keys:
         if any(p.search(key) for p in compiled):
@@ -89,7 +89,7 @@ def plan_keys(keys: Sequence[str], rules: Sequence[Rule], drops: Sequence[str] =
             continue
         new = apply_rules(key, rules)
         if new in seen:
-            raise CkptError(f"{where or 'remap'}: '{seen[new]}' and '{key}' would both become "
+            raise InvalidArgumentError(f"{where or 'remap'}: '{seen[new]}' and '{key}' would both become "
                             f"'{new}'; change the rules so they stay apart")
         seen[new] = key
         pairs.append((key, new))
@@ -146,7 +146,7 @@ def _replace_at(tree: Any, prefix: str, value: dict[str, Any]) -> Any:
     if isinstance(tree, list) and head.isdigit():
         tree[int(head)] = _replace_at(tree[int(head)], rest, value)
         return tree
-    raise CkptError(f"{prefix}: cannot place the state_dict back; write .safetensors instead")
+    raise OutputError(f"{prefix}: cannot place the state_dict back; write .safetensors instead")
 
 
 def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
-from ckpttools.errors import CkptError
+from ckpttools.errors import KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.keypaths import get_path, iter_leaves, split_tensors
 
@@ -193,10 +193,10 @@ def find_state_dict(reader: CheckpointReader, key: str | None = None) -> StateDi
         try:
             node = _subtree(tree, key)
         except KeyError as e:
-            raise CkptError(f"{reader.path}: no entry '{key}' in the checkpoint; "
+            raise KeyNotFoundError(f"{reader.path}: no entry '{key}' in the checkpoint; "
                             "run ckpttools inspect to see its keys") from e
         if _tensor_count(node) == 0:
-            raise CkptError(f"{reader.path}: '{key}' holds no tensors; "
+            raise KeyNotFoundError(f"{reader.path}: '{key}' holds no tensors; "
                             "give --key the path of the model's state_dict")
         return _view(reader, node, key, "key")
     prefix, others = _find_prefix(tree)
