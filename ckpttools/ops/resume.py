@@ -22,7 +22,7 @@ from ckpttools.ops.recipe import (
 from ckpttools.ops.resume_attribution import LABELS, Attribution, Context, attribute
 from ckpttools.ops.resume_compare import LossRow, TensorDiff, compare_losses, compare_states, worst
 from ckpttools.ops.resume_run import (
-    RunTrace, TempPlace, resume_in_fresh_process, resume_in_process, run_uninterrupted, state_at,
+    FreshProcess, RunTrace, TempPlace, resume_in_process, run_uninterrupted, state_at,
 )
 
 Status = Literal["identical", "within_tolerance", "diverged"]
@@ -170,6 +170,7 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
                 via: str | None, trust: bool, fresh_process: bool, workdir: str | None,
                 seed: int) -> ResumeResult:
     with ExitStack() as stack:
+        process = stack.enter_context(FreshProcess(recipe, workdir)) if fresh_process else None
         place = TempPlace(stack, workdir)
         reference = run_uninterrupted(recipe, steps, resume_at, place, seed)
         tmp = str(place.dir)
@@ -177,8 +178,8 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
         if via is not None:
             path = _via(path, via, tmp, trust)
         state = read_checkpoint(recipe, path, trust=trust)
-        if fresh_process:
-            resumed = resume_in_fresh_process(recipe, path, steps, trust=trust, seed=seed, workdir=tmp)
+        if process is not None:
+            resumed = process.resume(path, steps, trust=trust, seed=seed, outdir=tmp)
         else:
             resumed = resume_in_process(recipe, state, path, steps, seed=seed)
     ref_losses = reference.losses

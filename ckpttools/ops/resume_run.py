@@ -24,7 +24,7 @@ from ckpttools.ops.recipe import (
 )
 
 SavePath = str | Callable[[dict[str, Any]], str]
-_WORKER = "import sys; from ckpttools.ops.resume_run import worker_main; sys.exit(worker_main(sys.argv[1]))"
+_WORKER = "import sys; from ckpttools.ops.resume_run import worker_main; sys.exit(worker_main())"
 
 
 @dataclass
@@ -91,30 +91,73 @@ def resume_in_process(recipe: Recipe, state: dict[str, Any], where: str, end: in
     return run_steps(recipe, objs, checkpoint_step(state, where), end)
 
 
+class FreshProcess:
+    """A new Python process that resumes from a checkpoint file, as a restarted job would.
+
+    It starts at once and imports torch and the recipe while this process trains the
+    uninterrupted run; ``resume`` then hands it the checkpoint. It shares no state with this
+    process: everything it knows comes from the recipe and the file.
+    """
+
+    def __init__(self, recipe: Recipe, workdir: str | None = None) -> None:
+        if not recipe.spec:
+            raise SpecError("recipe: a fresh-process resume needs a recipe spec (path or module), not an object")
+        self.spec = str(Path(recipe.spec).resolve()) if Path(recipe.spec).is_file() else recipe.spec
+        self.tmp = tempfile.mkdtemp(prefix="ckpttools-resume-", dir=workdir)
+        self.log = open(Path(self.tmp) / "output.txt", "w")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=self.log,
+                                     stderr=self.log, text=True)
+        self._send({"recipe": self.spec, "sys_path": [p for p in sys.path if p]})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the process failed early; resume() reports why
+
+    def resume(self, checkpoint: str, end: int, *, trust: bool = False, seed: int = DEFAULT_SEED,
+               outdir: str | None = None) -> RunTrace:
+        """Resume from ``checkpoint`` to step ``end`` in the new process and return its trace.
+
+        Raises:
+            CkptError: the same error the resume raised in the new process.
+        """
+        out = Path(outdir or self.tmp)
+        request = {"checkpoint": str(Path(checkpoint).resolve()), "end": end, "trust": trust, "seed": seed,
+                   "out": str(out / "trace.pt"), "error": str(Path(self.tmp) / "error.json")}
+        self._send(request)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            raise _worker_error(self.spec, request["error"], self.proc.returncode, Path(self.tmp) / "output.txt")
+        data = _torch_load(request["out"], trust=False)
+        return RunTrace(losses={int(k): float(v) for k, v in data["losses"].items()},
+                        first=data["first"], final=data["final"])
+
+    def close(self) -> None:
+        """Stop the process if it still runs and remove its files."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> FreshProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def resume_in_fresh_process(recipe: Recipe, checkpoint: str, end: int, *, trust: bool = False,
                             seed: int = DEFAULT_SEED, workdir: str | None = None) -> RunTrace:
-    """Resume from the file ``checkpoint`` in a new Python process, as a restarted job would.
-
-    Raises:
-        SpecError: the recipe was passed as an object, not a spec a new process can import.
-        CkptError: the same error the resume raised in the new process.
-    """
-    if not recipe.spec:
-        raise SpecError("recipe: a fresh-process resume needs a recipe spec (path or module), not an object")
-    spec = str(Path(recipe.spec).resolve()) if Path(recipe.spec).is_file() else recipe.spec
-    with tempfile.TemporaryDirectory(prefix="ckpttools-resume-", dir=workdir) as tmp:
-        request = {"recipe": spec, "checkpoint": str(Path(checkpoint).resolve()), "end": end, "trust": trust,
-                   "seed": seed, "out": str(Path(tmp) / "trace.pt"), "error": str(Path(tmp) / "error.json"),
-                   "sys_path": [p for p in sys.path if p]}
-        request_path = Path(tmp) / "request.json"
-        request_path.write_text(json.dumps(request))
-        proc = subprocess.run([sys.executable, "-c", _WORKER, str(request_path)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise _worker_error(request, proc)
-        data = _torch_load(request["out"], trust=False)
-    return RunTrace(losses={int(k): float(v) for k, v in data["losses"].items()},
-                    first=data["first"], final=data["final"])
+    """Resume from the file ``checkpoint`` in a new Python process (see ``FreshProcess``)."""
+    with FreshProcess(recipe, workdir) as process:
+        return process.resume(checkpoint, end, trust=trust, seed=seed)
 
 
 class TempPlace:
@@ -148,28 +191,40 @@ def state_nbytes(state: Any) -> int:
     return state.numel() * state.element_size() if hasattr(state, "element_size") else 0
 
 
-def _worker_error(request: dict[str, Any], proc: subprocess.CompletedProcess[str]) -> CkptError:
-    error_file = Path(request["error"])
+def _worker_error(spec: str, error_path: str, code: int, log: Path) -> CkptError:
+    error_file = Path(error_path)
     if error_file.exists():
         info = json.loads(error_file.read_text())
         cls = getattr(errors, info["type"], None)
         if isinstance(cls, type) and issubclass(cls, CkptError) and cls is not CkptError:
             return cls(info["message"])
         return SpecError(info["message"])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return SpecError(f"{request['recipe']}: the resumed run's process failed (exit {proc.returncode}): {tail}")
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return SpecError(f"{spec}: the resumed run's process failed (exit {code}): {(lines or ['no output'])[-1]}")
 
 
-def worker_main(request_path: str) -> int:
-    """Entry point of the fresh process: resume from a checkpoint and save the trace."""
-    request = json.loads(Path(request_path).read_text())
-    for entry in reversed(request["sys_path"]):
+def worker_main() -> int:
+    """Entry point of the fresh process: two JSON lines on stdin, the recipe then the request."""
+    hello = json.loads(sys.stdin.readline())
+    for entry in reversed(hello["sys_path"]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    recipe: Recipe | None = None
     try:
         import torch
 
-        recipe = load_recipe(request["recipe"])
+        recipe = load_recipe(hello["recipe"])  # while the parent still trains
+    except Exception as e:
+        early: Exception | None = e
+    else:
+        early = None
+    line = sys.stdin.readline()
+    if not line:
+        return 3  # the parent went away
+    request = json.loads(line)
+    try:
+        if early is not None or recipe is None:
+            raise early or SpecError("recipe did not load")
         state = read_checkpoint(recipe, request["checkpoint"], trust=request["trust"], lazy=False)
         trace = resume_in_process(recipe, state, request["checkpoint"], request["end"], seed=request["seed"],
                                   copy=False)
@@ -178,7 +233,7 @@ def worker_main(request_path: str) -> int:
         Path(request["error"]).write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
         return 2
     except Exception as e:  # the recipe's own bug, reported as one line by the parent
-        message = f"{request['recipe']}: resumed run failed: {type(e).__name__}: {e}"
+        message = f"{hello['recipe']}: resumed run failed: {type(e).__name__}: {e}"
         Path(request["error"]).write_text(json.dumps({"type": "SpecError", "message": message}))
         return 2
     return 0
