@@ -1,33 +1,31 @@
 """Benchmark ``ckpttools convert`` against ``cp`` + ``sync`` and the load-everything approach.
 
-Each conversion runs in a child process; wall time excludes verification (``--no-verify``),
-peak RSS is the child's ``ru_maxrss``. Usage: ``python scripts/bench_convert.py 256MB 4GB``.
+Each command runs in a child process (``benchlib.measure``: best wall time of the runs, that
+child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
+``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync``. Sources are
+kept in ``bench-data/`` and reused; outputs are removed after each size.
+Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import DATA, Measure, measure  # noqa: E402
 
 PY = sys.executable
+# the convert command alone (as the CLI runs it), so other commands' registration cannot
+# affect the figures; any exit code but 0 fails the benchmark (benchlib accepts 1)
+CONVERT = ("import sys; from ckpttools.cli.convert_cmd import convert\n"
+           "try:\n    convert.main(sys.argv[1:], prog_name='ckpttools convert')\n"
+           "except SystemExit as e:\n    sys.exit(7 if e.code else 0)")
 LOAD_ALL = ("import sys, torch; from safetensors.torch import save_file; "
             "save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])")
-
-
-def _child(cmd: list[str]) -> tuple[float, float]:
-    """Run ``cmd``; wall seconds and that one child's peak RSS in MB (``wait4``)."""
-    os.sync()  # start each run with no dirty pages of the previous one pending
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def _size(text: str) -> int:
@@ -37,32 +35,52 @@ def _size(text: str) -> int:
 
 
 def _make(path: str, nbytes: int) -> None:
-    code = ("import sys, torch; n=int(sys.argv[2])//4//64; "
-            "torch.save({f'layer.{i}.weight': torch.randn(n) for i in range(64)}, sys.argv[1])")
+    if os.path.exists(path):
+        return
+    code = ("import os, sys, torch; n=int(sys.argv[2])//4//64; "
+            "torch.save({f'layer.{i}.weight': torch.randn(n) for i in range(64)}, sys.argv[1]+'.tmp');"
+            "os.replace(sys.argv[1]+'.tmp', sys.argv[1])")
     subprocess.run([PY, "-c", code, path, str(nbytes)], check=True)
 
 
-def _convert(src: str, dst: str, verify: bool = False) -> tuple[float, float]:
-    cmd = [PY, "-m", "ckpttools", "convert", src, dst, "--force"]
-    return _child(cmd + ([] if verify else ["--no-verify"]))
+def _convert(src: str, dst: str, *extra: str, verify: bool = False, repeat: int = 2) -> Measure:
+    args = [src, dst, "--force", *extra] + ([] if verify else ["--no-verify"])
+    return measure([PY, "-c", CONVERT, *args], repeat)
+
+
+def _line(label: str, m: Measure, cp: Measure, naive: Measure | None = None) -> str:
+    tail = f" | {m.wall / naive.wall:5.2f}x torch.load+save_file" if naive else ""
+    return f"  {label:<34} {m} | {m.wall / cp.wall:5.2f}x cp+sync{tail}"
 
 
 def run(sizes: list[str]) -> None:
-    """Print wall-time ratios to ``cp`` + ``sync`` and peak RSS, for each size."""
+    """Print wall time and peak RSS of each conversion, as ratios to ``cp`` + ``sync``."""
+    DATA.mkdir(parents=True, exist_ok=True)
     for text in sizes or ["256MB"]:
-        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
-            src, st, back = (os.path.join(d, n) for n in ("a.pth", "a.safetensors", "b.pth"))
-            _make(src, _size(text))
-            cp, _ = _child(["sh", "-c", f"cp {src} {d}/copy && sync"])
-            to_st, rss1 = _convert(src, st)
-            to_pth, rss2 = _convert(st, back)
-            verify, rss3 = _convert(src, st, verify=True)
-            naive, rss4 = _child([PY, "-c", LOAD_ALL, src, os.path.join(d, "naive.safetensors")])
-            print(f"{text}: cp+sync {cp:.2f}s | pth->safetensors {to_st:.2f}s "
-                  f"({to_st / cp:.2f}x cp, {rss1:.0f} MB RSS) | safetensors->pth {to_pth:.2f}s "
-                  f"({to_pth / cp:.2f}x cp, {rss2:.0f} MB) | with verify {verify:.2f}s "
-                  f"({rss3:.0f} MB) | torch.load+save_file {naive:.2f}s ({naive / cp:.2f}x cp, "
-                  f"{rss4:.0f} MB)")
+        src = str(DATA / f"convert-{text}.pth")
+        _make(src, _size(text))
+        out = DATA / f"convert-{text}-out"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        st, back, shards, dcp = (str(out / n) for n in ("a.safetensors", "b.pth", "shards", "dcp"))
+        try:
+            cp = measure(["sh", "-c", f"cp {src} {out}/copy && sync"], 2)
+            naive = measure([PY, "-c", LOAD_ALL, src, str(out / "naive.safetensors")], 1)
+            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}", flush=True)
+            print(_line("torch.load+save_file", naive, cp), flush=True)
+            rows = [("pth -> safetensors", _convert(src, st)),
+                    ("safetensors -> pth", _convert(st, back)),
+                    ("pth -> safetensors, verify", _convert(src, st, verify=True)),
+                    ("safetensors -> pth, verify", _convert(st, back, verify=True)),
+                    ("pth -> sharded 1GB, verify", _convert(src, shards, "--to", "safetensors",
+                                                           "--max-shard-size", "1GB",
+                                                           verify=True, repeat=1)),
+                    ("pth -> dcp, verify", _convert(src, dcp, "--to", "dcp", verify=True,
+                                                    repeat=1))]
+            for label, m in rows:
+                print(_line(label, m, cp, naive), flush=True)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

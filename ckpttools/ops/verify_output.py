@@ -11,7 +11,8 @@ import json
 import os
 from typing import Any
 
-from ckpttools.entries import RawSource
+from ckpttools.entries import RawSource, TensorRef
+from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.bytecopy import SourceFiles, ranges_equal
 from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, Node, TreeEncoder, iter_nodes
 from ckpttools.ops.convert_source import Source, SourceTensor
@@ -29,43 +30,35 @@ def same_bits(a: Any, b: Any) -> bool:
                        b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def _header(path: str) -> tuple[int, dict[str, Any]]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return 8 + n, json.loads(f.read(n))
-
-
 def _own_bytes(t: SourceTensor) -> RawSource | None:
     from ckpttools.ops.convert import tensor_data
 
     return tensor_data(t).raw
 
 
-def _check_file(path: str, names: list[str], source: Source, files: SourceFiles) -> list[str]:
-    from safetensors import safe_open
+def _same_bytes(t: SourceTensor, reader: CheckpointReader, key: str, files: SourceFiles) -> bool:
+    """Compare one written tensor with its source: by byte ranges read in chunks when both have
+    them (no torch, nothing mapped), else as loaded tensors (views, casts)."""
+    raw, out = _own_bytes(t), reader.raw_source(key)
+    if raw is not None and out is not None:
+        return ranges_equal(files, raw, out)
+    return same_bits(reader.load(key), t.load().contiguous())
 
-    from ckpttools.formats.safetensors_writer import ST_DTYPES
+
+def _check_file(path: str, names: list[str], source: Source, files: SourceFiles) -> list[str]:
+    from ckpttools.formats.safetensors_file import SafetensorsReader
 
     problems: list[str] = []
-    start, header = _header(path)
-    with safe_open(path, framework="pt") as f:  # the real library must accept the file
-        present = set(f.keys())
+    # the reader checks the header as strictly as the safetensors library does
+    with SafetensorsReader(path) as reader:
+        entries = {e.key: e for e in reader.tensor_entries()}
         for name in names:
-            t, entry = source.tensors[name], header.get(name)
-            if name not in present or entry is None:
+            t, entry = source.tensors[name], entries.get(name)
+            if entry is None:
                 problems.append(f"{name}: missing from {os.path.basename(path)}")
-                continue
-            if entry["dtype"] != ST_DTYPES[t.layout.dtype] or \
-                    tuple(entry["shape"]) != t.layout.shape:
+            elif entry.dtype != t.layout.dtype or tuple(entry.shape) != t.layout.shape:
                 problems.append(f"{name}: dtype or shape differs")
-                continue
-            b, e = entry["data_offsets"]
-            raw = _own_bytes(t)
-            if raw is not None:
-                same = ranges_equal(files, raw, RawSource(path, start + b, e - b))
-            else:
-                same = same_bits(f.get_tensor(name), t.load().contiguous())
-            if not same:
+            elif not _same_bytes(t, reader, name, files):
                 problems.append(f"{name}: bytes differ from the source")
     return problems
 
@@ -84,7 +77,9 @@ def verify_safetensors(path: str, source: Source, *, sharded: bool) -> list[str]
         for name, file in index["weight_map"].items():
             by_file.setdefault(os.path.join(path, file), []).append(name)
     else:
-        text = _header(path)[1].get("__metadata__", {}).get(MANIFEST_KEY)
+        from ckpttools.formats.safetensors_file import read_header
+
+        text = read_header(path)[1].get("__metadata__", {}).get(MANIFEST_KEY)
         by_file = {path: list(source.tensors)}
     problems = []
     if text is None or Manifest.from_json(text).to_json() != output_manifest(source).to_json():
@@ -110,47 +105,63 @@ def canonical(root: Node, names: list[str]) -> str:
     return json.dumps(copy, sort_keys=True)
 
 
-def _numpy_globals(root: Node) -> list[Any]:
-    dtypes = {n["dtype"] for n in iter_nodes(root) if n["t"] in ("ndarray", "npscalar")}
-    if not dtypes:
-        return []
-    import numpy as np
+def _tensor_keys(tree: Any) -> tuple[Node, list[str]]:
+    """Encode a reader's tree; the keys of its tensors in order of appearance."""
+    keys: list[str] = []
 
-    core = getattr(np, "_core", None) or np.core
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype,
-            *{type(np.dtype(d)) for d in dtypes}]
+    def name_of(value: Any, path: str) -> str | None:
+        if isinstance(value, TensorRef):
+            keys.append(value.key)
+            return str(len(keys) - 1)
+        return None
+
+    return TreeEncoder(name_of).encode(tree) or {"t": "none"}, keys
+
+
+def _layout_problem(name: str, ph: Any, t: SourceTensor, storages: dict[str, str]) -> str | None:
+    lay = t.layout
+    if (ph.dtype, tuple(ph.shape)) != (lay.dtype, lay.shape):
+        return f"{name}: dtype or shape differs"
+    paired = storages.setdefault(lay.storage, ph.storage_key)
+    if (tuple(ph.stride) != lay.stride or ph.storage_offset != lay.offset
+            or paired != ph.storage_key):
+        return f"{name}: storage sharing or layout differs"
+    return None
 
 
 def verify_pth(path: str, source: Source) -> list[str]:
-    """Load the written ``.pth`` with ``torch.load(weights_only=True, mmap=True)`` and compare."""
-    import torch
+    """Re-read the written ``.pth`` with the restricted zip reader (no torch, no pickle
+    execution) and compare structure, storage sharing, layouts and bytes with ``source``."""
+    from ckpttools.formats.torch_zip import TorchZipReader
 
-    with torch.serialization.safe_globals(_numpy_globals(source.root)):
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    loaded: list[Any] = []
+    files = SourceFiles()
+    try:
+        with TorchZipReader(path) as reader:
+            root, keys = _tensor_keys(reader.tree())
+            expected = [n["v"] for n in iter_nodes(source.root) if n["t"] == "tensor"]
+            if canonical(root, [str(i) for i in range(len(keys))]) != \
+                    canonical(source.root, expected):
+                return ["structure differs from the source"]
+            return _compare_pth(reader, keys, expected, source, files)
+    finally:
+        files.close()
 
-    def name_of(value: Any, p: str) -> str | None:
-        if isinstance(value, torch.Tensor):
-            loaded.append(value)
-            return str(len(loaded) - 1)
-        return None
 
-    root = TreeEncoder(name_of).encode(obj) or {"t": "none"}
-    expected = [n["v"] for n in iter_nodes(source.root) if n["t"] == "tensor"]
-    problems = []
-    if canonical(root, [str(i) for i in range(len(loaded))]) != canonical(source.root, expected):
-        problems.append("structure differs from the source")
-        return problems
-    storages: dict[str, int] = {}
-    for name, got in zip(expected, loaded):
-        t = source.tensors[name]
-        lay = t.layout
-        sid = storages.setdefault(lay.storage, got.untyped_storage().data_ptr())
-        if (tuple(got.stride()) != lay.stride or got.storage_offset() != lay.offset
-                or got.untyped_storage().data_ptr() != sid):
-            problems.append(f"{name}: storage sharing or layout differs")
-        elif not same_bits(got, t.load()):
-            problems.append(f"{name}: bytes differ from the source")
+def _compare_pth(reader: Any, keys: list[str], expected: list[str], source: Source,
+                 files: SourceFiles) -> list[str]:
+    problems: list[str] = []
+    storages: dict[str, str] = {}
+    paired: dict[str, str] = {}
+    for name, key in zip(expected, keys):
+        t, ph = source.tensors[name], reader.placeholder(key)
+        problem = _layout_problem(name, ph, t, storages)
+        if problem is None and paired.setdefault(ph.storage_key, t.layout.storage) != \
+                t.layout.storage:
+            problem = f"{name}: storage sharing or layout differs"
+        if problem is None and not _same_bytes(t, reader, key, files):
+            problem = f"{name}: bytes differ from the source"
+        if problem is not None:
+            problems.append(problem)
         if len(problems) >= MAX_REPORTED:
             break
     return problems

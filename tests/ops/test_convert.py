@@ -193,3 +193,56 @@ def test_truncated_raw_source_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpointError, match="truncated"):
         write_torch_zip(str(tmp_path / "o.pth"),
                         {"t": TensorSlot("0", "uint8", n, 0, (n,), (1,))}, [data])
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("target", ["pth", "safetensors"])
+def test_verification_finds_a_changed_byte(ckpt: Path, tmp_path: Path, target: str) -> None:
+    from ckpttools.ops.convert import output_manifest, write_output
+    from ckpttools.ops.convert_source import open_source
+    from ckpttools.ops.verify_output import verify_output
+
+    out = tmp_path / f"m.{target}"
+    with open_source(str(ckpt)) as source:
+        write_output(str(out), target, source, max_shard_size=None, on_progress=lambda n: None)
+        assert verify_output(str(out), target, source) == []
+        if target == "pth":
+            from ckpttools.formats.torch_zip import TorchZipReader
+
+            with TorchZipReader(str(out)) as reader:
+                where = reader.raw_source("model_state_dict.w")
+        else:
+            from ckpttools.formats.safetensors_file import SafetensorsReader
+
+            with SafetensorsReader(str(out)) as reader:
+                where = reader.raw_source("model_state_dict.w")
+        assert where is not None
+        _flip_byte(out, where.offset + 5)
+        assert verify_output(str(out), target, source) == \
+            ["model_state_dict.w: bytes differ from the source"]
+        assert output_manifest(source).tensors
+
+
+def test_verified_conversions_between_pth_and_safetensors_need_no_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.pth"
+    torch.save({"w": torch.randn(64, 32), "b": torch.zeros(3, dtype=torch.bfloat16),
+                "epoch": 3}, src)
+    code = ("import sys; from ckpttools.ops.convert import convert_checkpoint\n"
+            "a, b, c = sys.argv[1:]\n"
+            "assert convert_checkpoint(a, b).ok and convert_checkpoint(b, c).ok\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "a.safetensors"),
+                          str(tmp_path / "b.pth")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    back = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert back["epoch"] == 3 and torch.equal(back["w"], torch.load(src)["w"])
