@@ -21,9 +21,11 @@ _WRAPPER = """
 import json, resource, subprocess, sys, time
 cmd = json.loads(sys.argv[1])
 t = time.perf_counter()
-rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
+proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+rc = proc.returncode
 wall = time.perf_counter() - t
-print(json.dumps({"wall": wall, "rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "rc": rc}))
+print(json.dumps({"wall": wall, "rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "rc": rc,
+                  "err": proc.stderr.decode(errors="replace")[-300:]}))
 """
 
 
@@ -36,15 +38,20 @@ class Measure:
         return f"{self.wall:7.3f} s {self.rss_mb:7.1f} MB"
 
 
-def measure(cmd: list[str], repeat: int = 3) -> Measure:
-    """Best wall time over ``repeat`` runs and the peak RSS of ``cmd`` (a child process)."""
+def measure(cmd: list[str], repeat: int = 3, ok_codes: tuple[int, ...] = (0,)) -> Measure:
+    """Best wall time over ``repeat`` runs and the peak RSS of ``cmd`` (a child process).
+
+    Raises:
+        RuntimeError: the command exited with a code outside ``ok_codes``; a crash must never
+            pass for a fast run.
+    """
     best: Measure | None = None
     for _ in range(repeat):
         out = subprocess.run([sys.executable, "-c", _WRAPPER, json.dumps(cmd)],
                              capture_output=True, text=True, check=True).stdout
         r = json.loads(out)
-        if r["rc"] not in (0, 1):
-            raise RuntimeError(f"{cmd} exited {r['rc']}")
+        if r["rc"] not in ok_codes:
+            raise RuntimeError(f"{cmd} exited {r['rc']}: {r.get('err', '')}")
         m = Measure(r["wall"], r["rss_kb"] / 1024)
         best = m if best is None or m.wall < best.wall else Measure(best.wall, max(best.rss_mb, m.rss_mb))
     assert best is not None
