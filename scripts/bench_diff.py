@@ -110,7 +110,8 @@ def run(sizes: list[str]) -> None:
         pair_bytes = parse_size(pair)
         other = checkpoint(f"diff-other-{pair}", lambda: transformer_state(pair_bytes), "pth")
         first = checkpoint(f"diff-first-{pair}", lambda: transformer_state(pair_bytes), "pth")
-        ours = measure(ckpttools_cmd("diff", str(first), str(other)), repeat=1)
+        # exit 1 is the expected verdict here: the two checkpoints differ
+        ours = measure(ckpttools_cmd("diff", str(first), str(other)), repeat=1, ok_codes=(0, 1))
         obvious = measure([sys.executable, "-c", _LOAD_BOTH.format(a=str(first), b=str(other))],
                           repeat=1)
         print(f"diff A B, two {pair} checkpoints (values differ everywhere)")
