@@ -37,6 +37,8 @@ _API = {
     "remap_checkpoint": "ckpttools.ops.remap",
     "build_model": "ckpttools.model_spec",
     "find_state_dict": "ckpttools.ops.state_dict",
+    "scan_checkpoint": "ckpttools.ops.scan",
+    "audit_checkpoints": "ckpttools.ops.audit",
 }
 
 __all__ = ["__version__", *_API]

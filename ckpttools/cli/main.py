@@ -78,6 +78,7 @@ def _register() -> None:
     from ckpttools.cli import convert_cmd
     from ckpttools.cli import diagnose_cmd
     from ckpttools.cli import diff_cmd, remap_cmd
+    from ckpttools.cli import audit_cmd, scan_cmd
 
     cli.add_command(inspect_cmd.inspect)
     cli.add_command(resume_cmd.verify_resume)
@@ -85,6 +86,8 @@ def _register() -> None:
     cli.add_command(diagnose_cmd.diagnose)
     cli.add_command(diff_cmd.diff)
     cli.add_command(remap_cmd.remap)
+    cli.add_command(scan_cmd.scan)
+    cli.add_command(audit_cmd.audit)
 
 
 _register()

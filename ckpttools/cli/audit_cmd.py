@@ -1,0 +1,62 @@
+"""``ckpttools audit``: gate checkpoints in CI (integrity, safety, finite, model, completeness,
+policy, reproducibility)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ckpttools.cli._options import model_opts, output_format_opt
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@model_opts
+@click.option("--key", default=None, metavar="K", help="Dotted path of the model state_dict.")
+@click.option("--require", multiple=True, metavar="NAME",
+              help="optimizer, scheduler, epoch, rng or a dotted KEY that must be present.")
+@click.option("--dtype", default=None, metavar="D", help="Every floating model tensor has this dtype (bf16).")
+@click.option("--max-size", default=None, metavar="SIZE", help="Largest allowed checkpoint (2GB, 500MiB).")
+@click.option("--manifest", default=None, metavar="FILE",
+              help="sha256 per file: written when FILE is absent, checked when it exists.")
+@click.option("--allow-nonfinite", is_flag=True, default=None, help="NaN/Inf is a WARN, not a FAIL.")
+@click.option("--strict-unknown", is_flag=True, default=None,
+              help="Third-party classes in a pickle FAIL the safety check (default WARN).")
+@click.option("--config", "config_dir", default=".", show_default=True, metavar="DIR",
+              help="Folder whose pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools] is read.")
+@output_format_opt(("text", "json", "junit", "github"))
+def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...],
+          key: str | None, require: tuple[str, ...], dtype: str | None, max_size: str | None,
+          manifest: str | None, allow_nonfinite: bool | None, strict_unknown: bool | None,
+          config_dir: str, output_format: str) -> None:
+    """Audit checkpoints for CI: a PASS/WARN/FAIL row per check per file.
+
+    PATHS are files, folders (searched recursively; a DCP or sharded folder is one checkpoint)
+    or globs. Always checked: integrity, safety (pickle scan), finite (NaN/Inf). On request:
+    model (--model), completeness (--require), policy (--dtype, --max-size), reproducibility
+    (--manifest). Defaults come from pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools].
+    Exit 0 all pass, 1 any FAIL, 2 could not run.
+
+    \b
+    Examples:
+      ckpttools audit checkpoints/
+      ckpttools audit ckpt.pth --model mypkg.models:Net --require optimizer --require epoch
+      ckpttools audit 'runs/**/*.safetensors' --dtype bf16 --max-size 2GB --format junit
+    """
+    from ckpttools.cli._progress import byte_progress
+    from ckpttools.ops.audit import audit_checkpoints
+    from ckpttools.ops.audit_config import load_config
+    from ckpttools.render.audit import render_audit
+
+    config, source = load_config(config_dir)
+    config = config.merged(model=model_spec, model_args=model_args, key=key, require=require,
+                           dtype=dtype, max_size=max_size, manifest=manifest,
+                           allow_nonfinite=allow_nonfinite,
+                           allow_unknown=None if strict_unknown is None else not strict_unknown)
+    if source and output_format == "text":
+        click.echo(f"settings from {os.path.relpath(source)}", err=True)
+    with byte_progress(1, "auditing") as advance:
+        result = audit_checkpoints(paths, config, config_file=source, on_progress=advance)
+    click.echo(render_audit(result, output_format))
+    click.get_current_context().exit(0 if result.ok else 1)

@@ -1,0 +1,37 @@
+"""``ckpttools scan``: which globals the pickles of a checkpoint would import, without running them."""
+
+from __future__ import annotations
+
+import click
+
+from ckpttools.cli._options import output_format_opt
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@output_format_opt(("text", "table", "json"))
+def scan(paths: tuple[str, ...], output_format: str) -> None:
+    """Scan the pickles of checkpoints for code, statically (nothing is loaded or run).
+
+    PATHS are files, folders (searched recursively) or globs: torch zip (every pickle in it),
+    legacy torch files, bare pickles, DCP .metadata; safetensors headers are validated.
+    Every global is listed as safe (what torch.load(weights_only=True) allows), unknown
+    (a third-party class: loading needs its code and --trust) or unsafe (can run code).
+    Exit 0 clean, 1 anything unsafe (even in a malformed file), 2 a file could not be read.
+
+    \b
+    Examples:
+      ckpttools scan model.pth
+      ckpttools scan checkpoints/ 'downloads/**/*.bin' --format json
+    """
+    from ckpttools.ops.scan import scan_checkpoint
+    from ckpttools.render.scan import render_scan
+
+    result = scan_checkpoint(paths)
+    click.echo(render_scan(result, output_format))
+    for f in result.files:
+        if f.safety == "unsafe":
+            names = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
+            click.echo(f"error: {f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); "
+                       "do not load it", err=True)
+    click.get_current_context().exit(result.exit_code)

@@ -1,0 +1,88 @@
+"""Rendering an ``AuditResult``: a text table, JSON, JUnit XML or GitHub workflow commands."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from ckpttools.ops.audit import AuditResult
+from ckpttools.render import table, to_json
+
+
+def _summary(result: AuditResult) -> str:
+    counts = result.counts()
+    parts = [f"{n} {s}" for s, n in counts.items() if n]
+    verdict = "audit passed" if result.ok else "audit FAILED"
+    return f"{verdict}: {len(result.files)} files, {', '.join(parts) or 'no checks'}"
+
+
+def render_text(result: AuditResult) -> str:
+    """One row per file and check, then details of every WARN/FAIL and a summary line."""
+    rows = [(c.path, c.check, c.status, c.reason) for c in result.checks]
+    lines = [table(rows, ("file", "check", "status", "reason"))] if rows else []
+    for c in result.checks:
+        if c.status in ("WARN", "FAIL") and len(c.details) > 1:
+            lines.append(f"{c.path} {c.check}:")
+            lines += [f"  {d}" for d in c.details[:20]]
+            if len(c.details) > 20:
+                lines.append(f"  ... {len(c.details) - 20} more")
+    if result.manifest_written:
+        lines.append(f"wrote manifest {result.manifest_written}")
+    lines.append(_summary(result))
+    return "\n".join(lines)
+
+
+def render_junit(result: AuditResult) -> str:
+    """JUnit XML: a testsuite per file, a testcase per check (FAIL -> failure, SKIP -> skipped;
+    WARN passes with the reason in system-out)."""
+    counts = result.counts()
+    root = ET.Element("testsuites", name="ckpttools audit", tests=str(len(result.checks)),
+                      failures=str(counts["FAIL"]), errors="0", skipped=str(counts["SKIP"]))
+    for path in result.files:
+        rows = [c for c in result.checks if c.path == path]
+        suite = ET.SubElement(root, "testsuite", name=path, tests=str(len(rows)), errors="0",
+                              failures=str(sum(c.status == "FAIL" for c in rows)),
+                              skipped=str(sum(c.status == "SKIP" for c in rows)))
+        for c in rows:
+            case = ET.SubElement(suite, "testcase", classname=f"ckpttools.audit.{c.check}",
+                                 name=f"{c.check}: {path}", file=path)
+            if c.status == "FAIL":
+                failure = ET.SubElement(case, "failure", message=c.reason, type=c.check)
+                failure.text = "\n".join(c.details) or c.reason
+            elif c.status == "SKIP":
+                ET.SubElement(case, "skipped", message=c.reason)
+            else:
+                ET.SubElement(case, "system-out").text = f"{c.status}: {c.reason}"
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(result: AuditResult) -> str:
+    """GitHub Actions workflow commands: ``::error`` per FAIL, ``::warning`` per WARN, and a
+    ``::notice`` summary."""
+    lines = []
+    for c in result.checks:
+        level = {"FAIL": "error", "WARN": "warning"}.get(c.status)
+        if level:
+            props = f"file={_escape_property(c.path)},title={_escape_property('ckpttools ' + c.check)}"
+            lines.append(f"::{level} {props}::{_escape_data(c.reason)}")
+    lines.append(f"::notice title=ckpttools audit::{_escape_data(_summary(result))}")
+    return "\n".join(lines)
+
+
+def render_audit(result: AuditResult, fmt: str) -> str:
+    """The report for stdout in ``text``, ``json``, ``junit`` or ``github``."""
+    if fmt == "json":
+        return to_json(result.to_dict())
+    if fmt == "junit":
+        return render_junit(result)
+    if fmt == "github":
+        return render_github(result)
+    return render_text(result)
