@@ -11,6 +11,7 @@ import ctypes
 import os
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 CHUNK = 8 << 20
+SMALL = 256 << 10
 Progress = Callable[[int], None]
 
 
@@ -115,24 +117,24 @@ def _crc_of_range(fd: int, src: RawSource) -> int:
     return value
 
 
-def copy_raw_crc(files: SourceFiles, src: RawSource, out_fd: int, *,
+def copy_raw_crc(files: SourceFiles, src: RawSource, out_fd: int, pool: Executor, *,
                  on_progress: Progress = _no_progress) -> int:
     """Append ``src``'s bytes to ``out_fd`` by kernel copy and return their CRC-32.
 
-    The CRC is computed by a second thread reading the same range (from the page cache the
-    copy fills), so the two overlap and nothing larger than one chunk is held in memory.
+    The CRC is computed on ``pool`` (one worker thread) reading the same range, from the page
+    cache the copy fills, so the two overlap and nothing larger than one chunk is held in memory.
 
     Raises:
         CorruptCheckpointError: the source file ends before the range does.
     """
-    if src.length <= CHUNK:  # one buffer's worth: a thread would cost more than it saves
+    if src.length <= SMALL:  # a hand-off to the thread costs more than the CRC here
         return copy_raw(files, src, out_fd, crc=True, on_progress=on_progress)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        crc = pool.submit(_crc_of_range, files.fd(src.path), src)
+    crc = pool.submit(_crc_of_range, files.fd(src.path), src)
+    try:
         copy_raw(files, src, out_fd, on_progress=on_progress)
-        return crc.result()
+    finally:
+        value = crc.result()
+    return value
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -22,6 +22,7 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,8 +149,8 @@ class _ZipOut:
     data is in. Zip64 fields are used for sizes and offsets past 4 GiB (``zip64`` forces them).
     """
 
-    def __init__(self, fd: int, path: str, *, zip64: bool = False) -> None:
-        self.fd, self.path, self.pos, self.force64 = fd, path, 0, zip64
+    def __init__(self, fd: int, path: str, pool: Executor, *, zip64: bool = False) -> None:
+        self.fd, self.path, self.pool, self.pos, self.force64 = fd, path, pool, 0, zip64
         self.entries: list[_Entry] = []
 
     def _big(self, size: int) -> bool:
@@ -217,7 +218,7 @@ def _write_storage(zf: _ZipOut, files: SourceFiles, data: TensorData,
         if data.raw.length != data.nbytes:
             raise ValueError(f"{data.name}: raw range of {data.raw.length} bytes for a "
                              f"{data.nbytes}-byte storage")
-        crc = copy_raw_crc(files, data.raw, zf.fd, on_progress=on_progress)
+        crc = copy_raw_crc(files, data.raw, zf.fd, zf.pool, on_progress=on_progress)
     elif data.load is not None:
         t = data.load()
         crc = write_tensor(t, zf.fd, crc=True, on_progress=on_progress)
@@ -251,8 +252,9 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
     files = SourceFiles()
     placed: dict[str, RawSource] = {}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
     try:
-        zf = _ZipOut(fd, path, zip64=zip64)
+        zf = _ZipOut(fd, path, pool, zip64=zip64)
         zf.record("data.pkl", data_pkl)
         zf.record(".format_version", b"1")
         zf.record(".storage_alignment", str(ALIGNMENT).encode())
@@ -264,6 +266,7 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
         zf.record(".data/serialization_id", serial.encode())
         zf.finish()
     finally:
+        pool.shutdown()
         os.close(fd)
         files.close()
     return placed
