@@ -116,7 +116,7 @@ UNSAFE_PREFIXES = (
     "numpy.core._internal", "numpy._core._internal", "numpy.lib.utils",
     "pandas.read_pickle", "pandas.io", "pandas.eval", "pandas.core.computation",
     "scipy.io", "sklearn.externals", "keras.saving", "tensorflow.io",
-    "torch.load", "torch.serialization.load", "torch.serialization._load",
+    "torch.load", "torch.serialization.load", "torch.storage._load_from_bytes", "torch.serialization._load",
     "torch.serialization._legacy_load", "torch.hub", "torch._C", "torch.jit", "torch._jit_internal",
     "torch.utils.collect_env", "torch.utils.bottleneck", "torch.utils._config_module",
     "torch.utils.data.datapipes", "torch.utils.cpp_extension", "torch.utils.model_zoo",

@@ -191,8 +191,23 @@ def _record_bytes(path: str, f: IO[bytes], rec: zr.ZipRecord) -> tuple[bytes, st
     return data, "" if zlib.crc32(data) == rec.crc else f"record {rec.name} fails its CRC check"
 
 
+def _next_header(f: IO[bytes], start: int, size: int) -> int:
+    """Offset of the next local header or central directory after ``start`` (or ``size``)."""
+    pos = start
+    while pos < size:
+        f.seek(pos)
+        block = f.read(1 << 20)
+        hits = [i for i in (block.find(b"PK\x03\x04"), block.find(b"PK\x01\x02")) if i >= 0]
+        if hits:
+            return pos + min(hits)
+        pos += max(1, len(block) - 3)
+    return size
+
+
 def _local_records(f: IO[bytes], size: int) -> dict[str, zr.ZipRecord]:
-    """Records found by walking local headers from the start, for a broken central directory."""
+    """Records found by walking local headers from the start, for a broken central directory.
+    Sizes written only in a trailing data descriptor (torch's writer does this) are found by
+    looking for the next header."""
     records: dict[str, zr.ZipRecord] = {}
     pos = 0
     while pos + 30 <= size:
@@ -202,10 +217,13 @@ def _local_records(f: IO[bytes], size: int) -> dict[str, zr.ZipRecord]:
             break
         _, _, flags, method, _, _, crc, csize, usize, nlen, elen = struct.unpack("<4s5H3L2H", head)
         name = f.read(nlen).decode("utf-8", "replace")
-        if csize == 0 and flags & 0x08:
-            break  # sizes only in a data descriptor: cannot step over the data
+        start = pos + 30 + nlen + elen
+        if csize == 0 and flags & 0x08 and method == zipfile.ZIP_STORED:
+            end = _next_header(f, start, size)
+            csize = usize = max(0, end - start - 16)  # minus the 16-byte data descriptor
+            crc = zlib.crc32(f.read(0))  # unknown: the CRC note flags it
         records[name] = zr.ZipRecord(name, pos, csize, usize, crc, method)
-        pos += 30 + nlen + elen + csize
+        pos = start + csize + (16 if flags & 0x08 else 0)
     return records
 
 

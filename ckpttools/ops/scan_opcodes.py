@@ -97,6 +97,10 @@ class _Computed:
         self.what = what
 
 
+class _Stop(ValueError):
+    """Where the real unpickler would raise; nothing after it runs."""
+
+
 _MARK = object()
 _OTHER = _Computed("a value")
 
@@ -111,17 +115,19 @@ class _Walk:
     protocol: int = 0
 
     def pop(self) -> Any:
-        return self.stack.pop() if self.stack else _OTHER
+        if not self.stack:
+            raise _Stop("stack underflow: the unpickler stops here")
+        return self.stack.pop()
 
     def pop_mark(self) -> list[Any]:
         items: list[Any] = []
         while self.stack:
             value = self.stack.pop()
             if value is _MARK:
-                break
+                items.reverse()
+                return items
             items.append(value)
-        items.reverse()
-        return items
+        raise _Stop("no MARK on the stack: the unpickler stops here")
 
     def add_global(self, module: str, name: str) -> _Global:
         module, name = normalize_global(module, name)
@@ -149,9 +155,8 @@ class _Walk:
             self.memo[arg] = self.stack[-1] if self.stack else _OTHER
         elif name in _GETS:
             if arg not in self.memo:
-                self.flag(pos, f"memo index {arg} read at offset {pos} was never stored",
-                          "unknown")
-            self.stack.append(self.memo.get(arg, _OTHER))
+                raise _Stop(f"memo index {arg} was never stored: the unpickler stops here")
+            self.stack.append(self.memo[arg])
         elif name in _EXTS:
             self._ext(arg, pos)
         else:
@@ -273,14 +278,16 @@ def scan_opcodes(f: IO[bytes], name: str, offset: int = 0) -> PickleScan:
     count, end, error = 0, offset, ""
     try:
         for op, arg, pos in pickletools.genops(f):
-            count += 1
             end = (pos or 0) + 1
             w.step(op.name, arg, pos or 0, op)
+            count += 1
             if op.name == "STOP":
                 break
         else:
             error = "no STOP opcode"
         end = f.tell()
+    except _Stop as e:
+        error = f"at offset {end - 1}, {e}"
     except Exception as e:  # genops raises ValueError, struct.error, UnicodeDecodeError...
         error = str(e).splitlines()[0] if str(e) else type(e).__name__
     return PickleScan(name, offset, end, w.protocol, count, tuple(w.globals.values()),
