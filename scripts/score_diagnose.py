@@ -1,17 +1,20 @@
-"""Print diagnose's top-1 score per cause on the real corpus and on generated cases.
+"""Print diagnose's top-1 score per cause on real corpora and on generated cases.
 
-Usage: python scripts/score_diagnose.py   (from the repository root)
+Usage (from the repository root):
+    python scripts/score_diagnose.py                      # real corpus and generated cases
+    python scripts/score_diagnose.py --corpus tests/data/diagnose/heldout   # one folder only
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.ops.test_diagnose_corpus import generated_cases, real_cases, top_label  # noqa: E402
+from tests.ops.test_diagnose_corpus import corpus_cases, generated_cases, real_cases, top_label  # noqa: E402
 
 
 def _score(name: str, cases: list[tuple[str, str, str]]) -> None:
@@ -31,7 +34,15 @@ def _score(name: str, cases: list[tuple[str, str, str]]) -> None:
 
 
 def main() -> None:
-    """Score both sets."""
+    """Score the folders asked for, or the real corpus and the generated cases."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", action="append", type=Path, default=[],
+                        help="folder of case files to score (repeatable)")
+    args = parser.parse_args()
+    if args.corpus:
+        for folder in args.corpus:
+            _score(str(folder), corpus_cases(folder))
+        return
     _score("real corpus", real_cases())
     _score("generated", [(n, label, build()) for n, label, build in generated_cases()])
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 REAL = Path(__file__).parents[1] / "data" / "diagnose" / "real"
+HELDOUT = Path(__file__).parents[1] / "data" / "diagnose" / "heldout"
 TARGET_TOP1 = 0.9
 
 
@@ -25,9 +26,14 @@ def read_case(path: Path) -> tuple[dict[str, str], str]:
     return meta, body
 
 
+def corpus_cases(folder: Path) -> list[tuple[str, str, str]]:
+    """(name, label, text) for every case file in ``folder``."""
+    return [(p.stem, read_case(p)[0]["label"], read_case(p)[1]) for p in sorted(folder.glob("*.txt"))]
+
+
 def real_cases() -> list[tuple[str, str, str]]:
-    """(name, label, text) for every real case."""
-    return [(p.stem, read_case(p)[0]["label"], read_case(p)[1]) for p in sorted(REAL.glob("*.txt"))]
+    """(name, label, text) for every real case the rules were written from."""
+    return corpus_cases(REAL)
 
 
 def _error(model: Any, state: Any, strict: bool = True) -> str:
