@@ -228,3 +228,21 @@ def test_via_safetensors_loses_nothing(name: str, steps: int, resume_at: int) ->
 def test_via_safetensors_still_attributes(tmp_path: Path) -> None:
     result = run(variant(tmp_path, "sgd_momentum_steplr", "optimizer"), 6, 3, via="safetensors")
     assert result.status == "diverged" and explaining(result) == ["optimizer"]
+
+
+def test_fresh_process_error_comes_back_as_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "only_here.py"
+    recipe.write_text(
+        f"import pathlib, sys\nexec(pathlib.Path({example('tutorial_linear')!r}).read_text())\n"
+        "if sys.argv[0] == '-c':\n    raise RuntimeError('needs a GPU')\n")
+    with pytest.raises(SpecError, match="recipe failed to import: RuntimeError: needs a GPU"):
+        verify_resume(str(recipe), steps=3, resume_at=1)
+
+
+def test_fresh_process_needs_a_spec() -> None:
+    import types
+
+    namespace = types.SimpleNamespace(**vars(load_recipe(example("tutorial_linear")).namespace))
+    with pytest.raises(SpecError, match="needs a recipe spec"):
+        verify_resume(namespace, steps=3, resume_at=1)
+    assert verify_resume(namespace, steps=3, resume_at=1, fresh_process=False).ok
