@@ -19,11 +19,13 @@ _LINE_PREFIX = re.compile(r"^(?:\s*>\s?|\s*\[(?:rank|default)\d+\]:\s?)+", re.M)
 _KEY_CHARS = r"[\w.\-/:#$@+]"
 _UNQUOTED_KEY = re.compile(rf"\s*({_KEY_CHARS}+)")
 _SIZE = r"torch\.Size\(\[([\d,\s]*)\]\)"
+# Some loaders print the checkpoint side as a (key, shape) tuple: ('a.weight', torch.Size([..])).
+_CKPT_SIZE = rf"(?:\(\s*['\"][^'\"]*['\"],\s*)?{_SIZE}\)?"
 _W = r"\s+"  # any run of blanks, newlines included, because pastes wrap long lines
 
 _MISMATCH_PATTERNS = (
     re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
-               rf"{_W}{_SIZE}{_W}from{_W}checkpoint,?{_W}the{_W}shape{_W}in{_W}current{_W}model"
+               rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
                rf"{_W}is{_W}{_SIZE}"),
     re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}of{_W}{_SIZE}"
                rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
@@ -188,6 +190,24 @@ def _class_name(text: str) -> str | None:
     return None
 
 
+_TORCH_UNEXPECTED = re.compile(r"unexpected\s+key\(s\)\s+in\s+state_dict", re.I)
+_KEY_RUN = re.compile(r"((?:[\"'][\w.\-/]+[\"']\s*,\s*)*[\"'][\w.\-/]+[\"'])\s*\.?\s*$")
+
+
+def _orphan_missing(text: str) -> list[str]:
+    """Keys pasted without their header, right before PyTorch's ``Unexpected key(s)`` line.
+
+    PyTorch prints the missing keys first, so a headless run of quoted keys there is the tail of
+    a missing-key list whose beginning the user did not paste.
+    """
+    header = _TORCH_UNEXPECTED.search(text)
+    run = _KEY_RUN.search(text[:header.start()]) if header else None
+    if run is None:
+        return []
+    keys = re.findall(r"[\"']([\w.\-/]+)[\"']", run.group(1))
+    return [k for k in keys if "." in k] if len(keys) >= 2 else []
+
+
 def parse_error_text(text: str) -> ParsedError:
     """Find every ``load_state_dict`` error in ``text`` and merge what they say.
 
@@ -212,6 +232,9 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind].extend(keys)
             truncated = truncated or cut
             formats.append(kind)
+    if not lists["missing"] and (orphans := _orphan_missing(text)):
+        lists["missing"].extend(orphans)
+        truncated = True
     for m in _OLD_KEY.finditer(text):
         lists[m.group(1).lower()].append(m.group(2))
         formats.append("keyerror")
