@@ -104,6 +104,13 @@ def _adapter(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ("model = AutoModelForCausalLM.from_pretrained(BASE, quantization_config=bnb_config)\n"
                 "# or: dequantize before saving, e.g. merged = model.dequantize()")
         return what, code, []
+    if f.facts["side"] == "resized":
+        what = ("the adapter tensors (lora_A/lora_B or quantization state) have another size than the "
+                "model's: the adapter was saved with another configuration (LoRA rank r, target "
+                "modules, block size); build the adapter with the checkpoint's configuration")
+        code = ("from peft import PeftModel\n"
+                "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)  # reads its own r from adapter_config.json")
+        return what, code, []
     if f.facts["side"] == "unexpected":
         what = ("the checkpoint holds adapter weights (LoRA lora_A/lora_B, base_layer) that the plain "
                 "model has no slots for; merge the adapter into the base model or load it with PEFT")
@@ -137,8 +144,10 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    fused, split = "/".join(f.facts["fused"]), "/".join(f.facts["split"])
+    # With one side only in the text, the fused name is not known: qkv is the usual one.
+    fused, split = "/".join(f.facts["fused"]) or "likely qkv", "/".join(f.facts["split"])
     side = f.facts["fused_side"]
+    suffix = "_proj" if any(n.endswith("_proj") for n in f.facts["split"]) else ""
     what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection ({fused}) "
             f"where the {'checkpoint' if side == 'model' else 'model'} has separate ones ({split}); "
             "the rows of the fused weight are the separate weights stacked")
@@ -152,7 +161,7 @@ def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ("for k in [k for k in sd if '.qkv.' in k]:\n"
                 "    p, leaf = k.rsplit('.qkv.', 1)\n"
                 "    for n, t in zip('qkv', sd.pop(k).chunk(3, dim=0)):\n"
-                "        sd[f'{p}.{n}_proj.{leaf}'] = t")
+                f"        sd[f'{{p}}.{{n}}{suffix}.{{leaf}}'] = t")
     return what, code + "\nmodel.load_state_dict(sd)", []
 
 
@@ -171,12 +180,18 @@ def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    what = (f"{f.facts['count']} 2-D weights have their shapes swapped: one side stores them as "
-            "nn.Linear (out, in), the other as GPT-2's Conv1D (in, out)")
     keys = f.facts["keys"]
     pattern = "|".join(sorted({_re(k.rsplit(".", 2)[-2]) for k in keys}))
+    if f.facts.get("swapped", True):
+        what = (f"{f.facts['count']} 2-D weights have their shapes swapped: one side stores them as "
+                "nn.Linear (out, in), the other as GPT-2's Conv1D (in, out)")
+        move = "sd[k].t().contiguous()"
+    else:
+        what = (f"{f.facts['count']} weights hold the same elements with their axes in another order "
+                "(a kernel layout of another library version); permute them (check the axis order)")
+        move = f"sd[k].permute{tuple(f.facts['permutation'])}.contiguous()"
     code = (f'for k in [k for k in sd if re.search(r"\\.({pattern})\\.weight$", k)]:\n'
-            "    sd[k] = sd[k].t().contiguous()\nmodel.load_state_dict(sd)")
+            f"    sd[k] = {move}\nmodel.load_state_dict(sd)")
     return what, code, []
 
 

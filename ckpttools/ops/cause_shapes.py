@@ -18,10 +18,14 @@ _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|ab
 
 
 def _real(ev: Evidence) -> list[ShapeMismatch]:
-    """Mismatches between two real tensors (not empty placeholders, not transposes)."""
+    """Mismatches between two real tensors of other sizes.
+
+    Not empty or one-element placeholders in the checkpoint (partitioned saves), not the same
+    elements in another layout (transposed, permuted or reshaped tensors).
+    """
     return [m for m in ev.mismatched
-            if numel(m.checkpoint_shape) > 1 and numel(m.model_shape) > 1
-            and not (len(m.model_shape) == 2 and m.checkpoint_shape == m.model_shape[::-1])]
+            if numel(m.checkpoint_shape) > 1 and numel(m.model_shape) > 0
+            and numel(m.checkpoint_shape) != numel(m.model_shape)]
 
 
 def _only_dim0(m: ShapeMismatch) -> bool:

@@ -58,7 +58,10 @@ def _structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
     pairs = _rename_pairs(ev.missing, ev.unexpected)
-    if pairs and len(pairs) >= max(1, 0.6 * min(len(ev.missing), len(ev.unexpected))):
+    # A rename maps one key to one key; several missing keys onto one unexpected key is a
+    # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
+    one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
+    if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(len(ev.missing), len(ev.unexpected))):
         subs = Counter((segments(u)[i], segments(m)[i]) for m, u, i in pairs)
         return Finding("renamed_keys", 0.86, frozenset(k for m, u, _ in pairs for k in (m, u)),
                        {"renames": [list(s) for s, _ in subs.most_common(4)], "count": len(pairs),

@@ -31,6 +31,9 @@ TRAINING_KEYS = frozenset({
 _CONTAINER = re.compile(r"^(state_dict|model_state_dict|model|net|network|module|params|weights"
                         r"|\w*net\w*_state_dict|\w*model\w*_state_dict|\w+_state_dict)$")
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler|ema|lr_")
+# Training bookkeeping by name shape, for the many spellings (iterations, opt_g, epoch_idx, best_miou).
+_TRAINING_NAME = re.compile(r"^(epoch|iter|step|global_step|best|lr|opt|optim|sched|scaler|loss"
+                            r"|train|val|amp|seed|rng)(_?[a-z0-9]+)*$")
 _BUFFER = re.compile(
     r"(^|[._])(num_batches_tracked|position_ids|token_type_ids|inv_freq|masked_bias|attn\.bias"
     r"|relative_position_index|attn_mask|attention_mask|causal_mask|_float_tensor|freqs_cis"
@@ -40,9 +43,12 @@ _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_
 _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
-    r"|input_scale|nested_absmax|nested_quant_map)(\.|$)")
+    r"|input_scale|nested_absmax|nested_quant_map|zero_point|\w*quantizer\w*|\w*fake_quant\w*)(\.|$)")
+_FULL_COPY = re.compile(r"\.base_layer\.|modules_to_save")
 _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|shadow"
-                  r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)")
+                  r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)"
+                  # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*
+                  r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
                    r"|embed_out|generator)\.(weight|bias)$")
 _HEAD = re.compile(r"(^|[._])(head|heads|fc|classifier|cls|logits|class\w*|score|lm_head|output"
@@ -150,20 +156,25 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     heads = _heads(ev.unexpected)
     if not heads or len(heads) > 16 or set(heads) <= {"state", "param_groups"}:
         return None
-    known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)]
+    known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
+             or ("." not in h and _TRAINING_NAME.match(h))]
     if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
         return None
     # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested
     # dict by its top-level key, and a training checkpoint also carries plain entries (epoch).
     dotless = [k for k in ev.unexpected if "." not in k and k in known]
     plain = [h for h in known if not _CONTAINER.match(h)]
+    # The weights may sit under a name no list knows ("weight", "G"): the one other dotless key.
+    others = [h for h in heads if h not in known and heads[h] == 1 and h in ev.unexpected]
     if not dotless and not plain and ev.used_key is None:
         return None
     containers = [h for h in heads if _CONTAINER.match(h) and not _NOT_WEIGHTS.search(h)]
     container = next((c for c in ("state_dict", "model_state_dict", "model", "net", "module")
                       if c in containers), containers[0] if containers else None)
+    if container is None and len(others) == 1 and plain:
+        container = others[0]
     conf = 0.93 if container else 0.82
-    explained = {k for k in ev.unexpected if _segments(k)[0] in known}
+    explained = {k for k in ev.unexpected if _segments(k)[0] in known or k == container}
     return Finding("wrapped_checkpoint", conf, frozenset(explained) | frozenset(ev.missing),
                    {"container": container, "top_keys": sorted(heads)})
 
@@ -190,12 +201,17 @@ def version_buffers(ev: Evidence) -> Finding | None:
 
 def adapter_or_quantization(ev: Evidence) -> Finding | None:
     """LoRA/adapter keys or quantization state on one side only."""
-    keys = ev.missing + ev.unexpected
+    # Low-rank or quantization tensors of another size (LoRA rank, block size) count too; not
+    # base_layer/modules_to_save copies, whose size follows the base model.
+    resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
+    keys = ev.missing + ev.unexpected + resized
     hits = [k for k in keys if _ADAPTER.search(k)]
     if not hits or len(hits) < 0.3 * len(keys):
         return None
-    quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale", k) for k in hits)
-    side = "unexpected" if all(k in ev.unexpected for k in hits) else "missing"
+    quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale|zero_point", k) for k in hits)
+    side = ("unexpected" if all(k in ev.unexpected for k in hits) else
+            "missing" if any(k in ev.missing for k in hits) else
+            "resized" if all(k in resized for k in hits) else "unexpected")
     return Finding("adapter_or_quantization", 0.5 + 0.45 * len(hits) / len(keys), frozenset(hits),
                    {"examples": hits[:3], "count": len(hits), "quantized": quant, "side": side})
 
@@ -249,6 +265,8 @@ def fused_projection(ev: Evidence) -> Finding | None:
                 out.setdefault(hit[0], set()).add(hit[1])
         return out
     miss, unexp = names(ev.missing), names(ev.unexpected)
+    if one_sided := _split_only(ev):
+        return one_sided
     for parent in set(miss) & set(unexp):
         a, b = miss[parent], unexp[parent]
         fused_a = any(n in _FUSED or n.startswith("in_proj") for n in a)
@@ -259,6 +277,24 @@ def fused_projection(ev: Evidence) -> Finding | None:
                            {"fused_side": "model" if fused_a else "checkpoint", "parent": parent,
                             "split": sorted((a | b) & _SPLIT),
                             "fused": sorted((a | b) - _SPLIT)})
+    return None
+
+
+def _split_only(ev: Evidence) -> Finding | None:
+    """Only separate q/k/v weights and biases missing (or unexpected), the other side absent or cut.
+
+    The checkpoint then holds them some other way, and a fused ``qkv`` is by far the usual one.
+    """
+    for side, keys, other in (("model", ev.missing, ev.unexpected),
+                              ("checkpoint", ev.unexpected, ev.missing)):
+        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _SPLIT
+                and _segments(k)[-1] in ("weight", "bias") and _segments(k)[-2] == h[1]]
+        split = {_split_parent(k)[1] for k in hits}  # type: ignore[index]
+        if keys and len(hits) == len(keys) and len(split) >= 3 and not (other and not ev.truncated):
+            return Finding("fused_projection", 0.75, frozenset(hits),
+                           {"fused_side": "checkpoint" if side == "model" else "model",
+                            "parent": _split_parent(hits[0])[0],  # type: ignore[index]
+                            "split": sorted(split), "fused": []})
     return None
 
 
@@ -283,14 +319,26 @@ def partitioned_checkpoint(ev: Evidence) -> Finding | None:
 
 
 def transposed_weights(ev: Evidence) -> Finding | None:
-    """2-D weights whose shapes are swapped (GPT-2 ``Conv1D`` vs ``nn.Linear``)."""
-    hits = _mismatch_rule(ev, lambda m: len(m.model_shape) == 2 and m.model_shape != m.checkpoint_shape
-                          and m.checkpoint_shape == m.model_shape[::-1], 0.5)
+    """Weights whose axes are swapped (GPT-2 ``Conv1D`` vs ``nn.Linear``) or permuted (kernel layouts)."""
+    hits = _mismatch_rule(ev, lambda m: len(m.model_shape) >= 2 and m.model_shape != m.checkpoint_shape
+                          and sorted(m.checkpoint_shape) == sorted(m.model_shape), 0.5)
     if not hits:
         return None
-    return Finding("transposed_weights", 0.92, frozenset(m.key for m in hits),
-                   {"examples": [m.key for m in hits[:3]], "count": len(hits),
-                    "keys": [m.key for m in hits]})
+    swapped = all(len(m.model_shape) == 2 for m in hits)
+    return Finding("transposed_weights", 0.92 if swapped else 0.85, frozenset(m.key for m in hits),
+                   {"examples": [m.key for m in hits[:3]], "count": len(hits), "swapped": swapped,
+                    "permutation": _axis_order(hits[0]), "keys": [m.key for m in hits]})
+
+
+def _axis_order(m: ShapeMismatch) -> list[int]:
+    """Checkpoint axes in the model's order, keeping equal-sized axes in their original order."""
+    free = list(range(len(m.checkpoint_shape)))
+    order = []
+    for size in m.model_shape:
+        i = next(i for i in free if m.checkpoint_shape[i] == size)
+        free.remove(i)
+        order.append(i)
+    return order
 
 
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
