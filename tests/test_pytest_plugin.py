@@ -22,16 +22,17 @@ def test_assert_checkpoint_ok_passes_and_fails(tmp_path: Path) -> None:
 
 
 def test_plugin_fixture_and_option(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    # the plugin comes from the installed pytest11 entry point, as it does for users
     path = tmp_path / "w.pth"
     torch.save(tiny_net().state_dict(), path)
     pytester.makepyfile(f"""
         def test_ckpt(assert_checkpoint_ok):
             assert_checkpoint_ok({str(path)!r})
     """)
-    result = pytester.runpytest_inprocess("-p", "ckpttools.pytest_plugin", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     bad = tmp_path / "x.pth"
     bad.write_bytes(b"not a checkpoint")
-    result = pytester.runpytest_inprocess("-p", "ckpttools.pytest_plugin", "-p", "no:cacheprovider",
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider",
                                           "--ckpttools-audit", str(bad))
     result.assert_outcomes(passed=1, failed=1)
