@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import click
 
 from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, warn_trusted
@@ -50,7 +53,8 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted)
     result = run(recipe, checkpoint, next_checkpoint, steps=steps, resume_at=resume_at, atol=atol,
-                 drift_atol=drift_atol, via=via, trust=trusted, fresh_process=not in_process)
+                 drift_atol=drift_atol, via=via, trust=trusted, fresh_process=not in_process,
+                 on_progress=_progress())
     click.echo(render_resume(result, output_format))
     ctx.exit(0 if result.ok else 1)
 
@@ -68,3 +72,10 @@ def _check_mode(checkpoint: str | None, next_checkpoint: str | None, steps: int 
         raise click.UsageError("--via works with --steps/--resume-at only")
     if steps is not None and resume_at is not None and resume_at >= steps:
         raise click.BadParameter(f"{resume_at} is not below --steps {steps}", param_hint="--resume-at")
+
+
+def _progress() -> Callable[[str], None] | None:
+    """Phase lines on stderr, only when a person is watching it."""
+    if not sys.stderr.isatty():
+        return None
+    return lambda line: click.echo(f"verify-resume: {line}", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -130,6 +131,8 @@ def _import(spec: str) -> ModuleType:
             sys.modules[name] = module  # dataclasses and pickling look the module up by name
             module_spec.loader.exec_module(module)
             return module
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())  # as ``python -m`` would: a recipe module beside the user's files
         return importlib.import_module(spec)
     except SpecError:
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 from ckpttools.errors import CorruptCheckpointError, SpecError, UnsupportedError
@@ -94,7 +95,8 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
                   next_checkpoint: str | None = None, *, steps: int | None = None,
                   resume_at: int | None = None, atol: float = 0.0, drift_atol: float = 0.0,
                   via: str | None = None, trust: bool = False, fresh_process: bool = True,
-                  workdir: str | None = None, seed: int = DEFAULT_SEED) -> ResumeResult:
+                  workdir: str | None = None, seed: int = DEFAULT_SEED,
+                  on_progress: Callable[[str], None] | None = None) -> ResumeResult:
     """Check that resuming from a checkpoint reproduces training, and attribute any difference.
 
     Args:
@@ -111,6 +113,7 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
         fresh_process: resume in a new Python process (run mode), as a restarted job would.
         workdir: where the run mode writes its temporary checkpoint.
         seed: seed for fresh objects and for RNG state a checkpoint lacks.
+        on_progress: called with a short line as each phase starts.
 
     Returns:
         The result; ``ok`` is False when the resume diverged.
@@ -125,16 +128,17 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
         'identical'
     """
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    say = on_progress or (lambda _: None)
     if checkpoint is not None and next_checkpoint is not None:
         if steps is not None or resume_at is not None or via is not None:
             raise SpecError("verify-resume: give either CKPT NEXT or --steps/--resume-at, not both")
-        return _verify_checkpoints(rec, checkpoint, next_checkpoint, atol, drift_atol, trust, seed)
+        return _verify_checkpoints(rec, checkpoint, next_checkpoint, atol, drift_atol, trust, seed, say)
     if steps is None or resume_at is None or checkpoint is not None:
         raise SpecError("verify-resume: give CKPT and NEXT, or --steps N and --resume-at K")
     if not 0 <= resume_at < steps:
         raise SpecError(f"verify-resume: --resume-at {resume_at} must be at least 0 and below --steps {steps}")
     return _verify_run(rec, steps, resume_at, atol=atol, drift_atol=drift_atol, via=via, trust=trust,
-                       fresh_process=fresh_process, workdir=workdir, seed=seed)
+                       fresh_process=fresh_process, workdir=workdir, seed=seed, say=say)
 
 
 def _normalise(state: dict[str, Any], where: str) -> dict[str, Any]:
@@ -146,7 +150,7 @@ def _normalise(state: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_atol: float,
-                        trust: bool, seed: int) -> ResumeResult:
+                        trust: bool, seed: int, say: Callable[[str], None]) -> ResumeResult:
     state = read_checkpoint(recipe, ckpt, trust=trust)
     expected = read_checkpoint(recipe, nxt, trust=trust)
     start, end = checkpoint_step(state, ckpt), checkpoint_step(expected, nxt)
@@ -154,6 +158,7 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
         raise SpecError(f"{nxt}: its step {end} is not after {ckpt}'s step {start}; pass the later checkpoint second")
     if not isinstance(expected.get(MODEL), dict):
         raise CorruptCheckpointError(f"{nxt}: checkpoint has no '{MODEL}' (the model state); nothing to compare")
+    say(f"resuming {ckpt} at step {start}, running to step {end}")
     trace = resume_in_process(recipe, state, ckpt, end, seed=seed)
     expected_cmp = _normalise(expected, nxt)
     resumed_cmp = {k: v for k, v in (trace.final or {}).items() if k in expected_cmp}
@@ -162,16 +167,17 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
     reference = {end - 1: float(logged)} if isinstance(logged, (int, float)) or hasattr(logged, "item") else {}
     losses = compare_losses(reference, trace.losses, start, atol, drift_atol)
     ctx = Context(recipe, ckpt, state, None, trace, reference, None, final, end,
-                  missing_pieces(recipe, state), False, seed)
+                  missing_pieces(recipe, state), False, seed, say)
     return _finish(ctx, "checkpoints", ckpt, nxt, start, atol, drift_atol, losses, (), final)
 
 
 def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drift_atol: float,
                 via: str | None, trust: bool, fresh_process: bool, workdir: str | None,
-                seed: int) -> ResumeResult:
+                seed: int, say: Callable[[str], None]) -> ResumeResult:
     with ExitStack() as stack:
         process = stack.enter_context(FreshProcess(recipe, workdir)) if fresh_process else None
         place = TempPlace(stack, workdir)
+        say(f"uninterrupted run: {steps} steps, saving after step {resume_at}")
         reference = run_uninterrupted(recipe, steps, resume_at, place, seed)
         tmp = str(place.dir)
         path = str(Path(tmp) / "resume.pt")
@@ -179,6 +185,7 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
             path = _via(path, via, tmp, trust)
         state = read_checkpoint(recipe, path, trust=trust)
         if process is not None:
+            say(f"resuming at step {resume_at} in a fresh process")
             resumed = process.resume(path, steps, trust=trust, seed=seed, outdir=tmp)
         else:
             resumed = resume_in_process(recipe, state, path, steps, seed=seed)
@@ -187,8 +194,7 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
     first = compare_states(reference.first, resumed.first or {}, atol) if reference.first else ()
     final = compare_states(reference.final or {}, resumed.final or {}, atol if steps == resume_at + 1 else drift_atol)
     ctx = Context(recipe, "checkpoint at step " + str(resume_at), state, lambda: state_at(recipe, resume_at, seed),
-                  resumed,
-                  ref_losses, reference.final, final, steps, missing_pieces(recipe, state), False, seed)
+                  resumed, ref_losses, reference.final, final, steps, missing_pieces(recipe, state), False, seed, say)
     result = _finish(ctx, "run", "(temporary) resume.pt", None, resume_at, atol, drift_atol, losses, first, final)
     return _replace(result, via=via, fresh_process=fresh_process)
 
@@ -227,6 +233,8 @@ def _finish(ctx: Context, mode: Literal["checkpoints", "run"], ckpt: str, nxt: s
             final: tuple[TensorDiff, ...]) -> ResumeResult:
     status, step = _classify(losses, first, final, start, ctx.end)
     ctx.diverged = status == "diverged"
+    if ctx.diverged or ctx.missing:
+        ctx.say("attribution: rerunning the resume with each piece of state changed")
     attributions, hints = attribute(ctx)
     verdict = _verdict(status, step, start, ctx.end, atol, drift_atol, first or final, attributions, hints)
     return ResumeResult(mode, ctx.recipe.name, ckpt, nxt, start, ctx.end, atol, drift_atol, status, step, verdict,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttools.ops.recipe import DEFAULT_SEED, OPTIMIZER, PIECES, SCALER, SCHEDULER, Recipe
+from ckpttools.ops.recipe import DEFAULT_SEED, OPTIMIZER, PIECES, SCALER, SCHEDULER, Recipe, _call
 from ckpttools.ops.resume_compare import TensorDiff, max_loss_change, states_equal
 from ckpttools.ops.resume_run import RunTrace, resume_in_process
 
@@ -67,6 +67,7 @@ class Context:
     missing: tuple[str, ...]
     diverged: bool
     seed: int = DEFAULT_SEED
+    say: Callable[[str], None] = lambda _: None  # noqa: E731 - progress lines
     _full: dict[str, Any] | None = field(default=None, repr=False)
 
     def full_state(self) -> dict[str, Any] | None:
@@ -205,7 +206,7 @@ def _uses(ctx: Context, piece: str) -> str:
 def _dropout_modules(ctx: Context) -> list[str]:
     from torch import nn
 
-    model = ctx.recipe.fn("build_model")()  # type: ignore[misc]
+    model = _call(ctx.recipe, "build_model")
     kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
     return [name or type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds)]
 

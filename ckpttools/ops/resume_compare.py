@@ -104,7 +104,7 @@ def compare_leaf(key: str, a: Any, b: Any, atol: float) -> TensorDiff:
             return TensorDiff(key, "mismatch", None, f"{type(a).__name__} vs {type(b).__name__}")
         return _compare_tensors(key, a, b, atol)
     if _is_number(a) and _is_number(b):
-        return _compare_numbers(key, float(a), float(b), atol)
+        return _compare_numbers(key, a, b, atol)
     if a == b:
         return TensorDiff(key, "identical", None, _short(a))
     return TensorDiff(key, "differs", None, f"{_short(a)} vs {_short(b)}")
@@ -131,7 +131,7 @@ def _compare_tensors(key: str, a: Any, b: Any, atol: float) -> TensorDiff:
 def _compare_numbers(key: str, a: float, b: float, atol: float) -> TensorDiff:
     if a == b or (math.isnan(a) and math.isnan(b)):
         return TensorDiff(key, "identical", 0.0, _short(a))
-    worst = abs(a - b)
+    worst = abs(float(a) - float(b))
     return TensorDiff(key, "close" if worst <= atol else "differs", worst, f"{_short(a)} vs {_short(b)}")
 
 
