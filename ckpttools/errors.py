@@ -54,5 +54,9 @@ class InvalidArgumentError(CkptError):
     """An option's value is malformed (a regular expression, a size, a dtype name)."""
 
 
+class NoLoadErrorFound(CkptError):
+    """The text given to ``diagnose`` holds no ``load_state_dict`` error."""
+
+
 class SpecError(CkptError):
     """A model spec, recipe or rules file cannot be used."""

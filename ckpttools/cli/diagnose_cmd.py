@@ -50,7 +50,8 @@ def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model
     Exit codes: 0 a cause was found, 1 no known cause fits, 2 no load_state_dict error
     in the input (or the input could not be read).
     """
-    from ckpttools.ops.diagnose import NO_ERROR_MESSAGE, NoLoadErrorFound, diagnose_text
+    from ckpttools.errors import NoLoadErrorFound
+    from ckpttools.ops.diagnose import NO_ERROR_MESSAGE, diagnose_text
     from ckpttools.render.diagnose import render_diagnosis
 
     if checkpoint and file:

@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 NO_ERROR_MESSAGE = "no load_state_dict error found in the input"
 
 
-class NoLoadErrorFound(CkptError):
-    """The input text holds no ``load_state_dict`` error to diagnose (exit code 2)."""
-
-
 @dataclass(frozen=True)
 class DiagnoseResult:
     """The ranked causes of a ``load_state_dict`` failure.

@@ -12,7 +12,7 @@ from ckpttools.errors import CkptError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
-from ckpttools.ops.state_dict import find_state_dict
+from ckpttools.ops.state_dict import find_prefix
 from ckpttools.ops.tensor_stats import TensorStats, compute_stats
 
 
@@ -173,22 +173,12 @@ def inspect_checkpoint(
         tensors=tensors,
         objects=_select(tuple(e for e in entries if isinstance(e, ObjectEntry)), prefix, pattern),
         layout=layout,
-        default_state_dict=_default_state_dict(reader, layout),
+        default_state_dict=find_prefix(tree)[0] if layout else None,
         globals=pickle_globals,
         metadata=reader.metadata(),
         stats=stats,
         weights_only_hint=_hint(pickle_globals),
     )
-
-
-def _default_state_dict(reader: CheckpointReader, layout: tuple[StateDictInfo, ...]) -> str | None:
-    """The state_dict ``diff``, ``diagnose`` and ``remap`` use when no ``--key`` is given."""
-    if not layout:
-        return None
-    try:
-        return find_state_dict(reader).prefix
-    except CkptError:
-        return None
 
 
 def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:

@@ -132,7 +132,7 @@ def _subtree(tree: Any, prefix: str) -> Any:
         return get_path(_unflatten_top(tree), prefix)
 
 
-def _find_prefix(tree: Any) -> tuple[str, list[str]]:
+def find_prefix(tree: Any) -> tuple[str, list[str]]:
     """The dotted path of the most likely state_dict, and the other candidates."""
     prefix: list[str] = []
     others: list[str] = []
@@ -199,7 +199,7 @@ def find_state_dict(reader: CheckpointReader, key: str | None = None) -> StateDi
             raise KeyNotFoundError(f"{reader.path}: '{key}' holds no tensors; "
                             "give --key the path of the model's state_dict")
         return _view(reader, node, key, "key")
-    prefix, others = _find_prefix(tree)
+    prefix, others = find_prefix(tree)
     node = _subtree(tree, prefix)
     return _view(reader, node, prefix, "found" if prefix else "top-level", tuple(others))
 
