@@ -156,7 +156,8 @@ def compare_losses(reference: dict[int, float], resumed: dict[int, float], first
             rows.append(LossRow(step, None, res, None, "resumed-only"))
         else:
             tol = atol if step == first_step else drift_atol
-            diff = 0.0 if ref == res else abs(ref - res) if math.isfinite(ref - res) else math.inf
+            same = ref == res or (math.isnan(ref) and math.isnan(res))
+            diff = 0.0 if same else abs(ref - res) if math.isfinite(ref - res) else math.inf
             status = "identical" if diff == 0.0 else "close" if diff <= tol else "differs"
             rows.append(LossRow(step, ref, res, diff, status))  # type: ignore[arg-type]
     return tuple(rows)
