@@ -8,6 +8,7 @@ reference checkpoint), so CI can compare without importing user code.
 from __future__ import annotations
 
 import importlib
+import math
 import importlib.util
 import json
 import os
@@ -36,10 +37,7 @@ class ModelKey:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

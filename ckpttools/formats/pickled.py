@@ -50,6 +50,8 @@ def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder)
 class PickledReader(CheckpointReader):
     """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
 
+    _little: bool  # the storages are little-endian; set by each reader from the file
+
     _walk_result: WalkResult
     torch_mmap = True  # whether the torch.load fallback may map the file
 
@@ -67,6 +69,10 @@ class PickledReader(CheckpointReader):
                 entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
         self._entries = tuple(entries)
         self._full: Any = None
+
+    def _direct(self, ph: TensorPlaceholder) -> bool:
+        """Whether the tensor's bytes can be used as stored (a plain little-endian storage)."""
+        return ph.layout == "strided" and ph.storage_key is not None and self._little
 
     @abstractmethod
     def _location(self, ph: TensorPlaceholder) -> str:

@@ -99,9 +99,6 @@ class TorchLegacyReader(PickledReader):
             self._spans = spans
         return self._spans
 
-    def _direct(self, ph: TensorPlaceholder) -> bool:
-        return ph.layout == "strided" and ph.storage_key is not None and self._little
-
     def raw_source(self, key: str) -> RawSource | None:
         ph = self.placeholder(key)
         if not self._direct(ph) or not ph.is_contiguous:

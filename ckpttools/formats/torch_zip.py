@@ -137,9 +137,6 @@ class TorchZipReader(PickledReader):
                                          "the file; the file is truncated")
         return record, start
 
-    def _direct(self, ph: TensorPlaceholder) -> bool:
-        return ph.layout == "strided" and ph.storage_key is not None and self._little
-
     def raw_source(self, key: str) -> RawSource | None:
         ph = self.placeholder(key)
         if not self._direct(ph) or not ph.is_contiguous:
