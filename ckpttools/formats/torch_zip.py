@@ -146,6 +146,17 @@ class TorchZipReader(PickledReader):
             return None
         return RawSource(self.path, start + ph.storage_offset * ITEMSIZE[ph.dtype], ph.nbytes)
 
+    def storage_source(self, key: str) -> RawSource | None:
+        """The byte range of the whole storage tensor ``key`` views (its ``data/<n>`` record),
+        or None when that record is not stored little-endian and uncompressed."""
+        ph = self.placeholder(key)
+        if not self._direct(ph):
+            return None
+        record, start = self._record(ph)
+        if record.method != zipfile.ZIP_STORED:
+            return None
+        return RawSource(self.path, start, record.file_size)
+
     def load(self, key: str) -> torch.Tensor:
         ph = self.placeholder(key)
         if not self._direct(ph):
