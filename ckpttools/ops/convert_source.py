@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,26 +93,11 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
 
 def find_manifest(reader: CheckpointReader) -> Manifest | None:
     """The ckpttools manifest stored in a checkpoint ckpttools wrote, if any."""
-    text = reader.metadata().get(MANIFEST_KEY)
-    if text is None and os.path.isdir(reader.path):
-        text = _index_manifest(reader.path)
+    text = reader.metadata().get(MANIFEST_KEY)  # a sharded set's index metadata holds it
     if text is None and reader.format is Format.DCP:
         found = [e.value for e in reader.object_entries() if e.key == MANIFEST_KEY]
         text = found[0] if found and isinstance(found[0], str) else None
     return Manifest.from_json(str(text), reader.path) if isinstance(text, str) else None
-
-
-def _index_manifest(folder: str) -> str | None:
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".index.json"):
-            try:
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    value = json.load(f).get("metadata", {}).get(MANIFEST_KEY)
-            except (OSError, ValueError, AttributeError):
-                continue
-            if isinstance(value, str):
-                return value
-    return None
 
 
 def source_from_manifest(reader: CheckpointReader, manifest: Manifest) -> Source:
@@ -124,43 +108,22 @@ def source_from_manifest(reader: CheckpointReader, manifest: Manifest) -> Source
     return Source(manifest.root, tensors)
 
 
-def _record_spans(path: str) -> dict[str, tuple[int, int]]:
-    """Data offset and size of every ``data/<key>`` record of a torch zip, read from the
-    central directory and local headers (no pickle, no torch)."""
-    spans: dict[str, tuple[int, int]] = {}
-    with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
-        for info in zf.infolist():
-            if "/data/" not in f"/{info.filename}" or info.filename.endswith(".pkl"):
-                continue
-            f.seek(info.header_offset + 26)
-            name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2),
-                                                                                    "little")
-            spans[info.filename] = (info.header_offset + 30 + name_len + extra_len,
-                                    info.file_size)
-    return spans
+# formats whose entries' ``location`` names the storage a tensor views (sharing survives);
+# elsewhere it names a file or chunk, so each tensor is its own storage
+_SHARED_STORAGES = (Format.TORCH_ZIP, Format.TORCH_LEGACY)
 
 
-def _tensor_layout(reader: CheckpointReader, entry: TensorEntry, raw: RawSource | None,
-                   spans: dict[str, tuple[int, int]]) -> TensorLayout:
-    hook = getattr(reader, "tensor_layout", None)
-    if callable(hook):
-        found = hook(entry.key)
-        if isinstance(found, TensorLayout):
-            return found
-    storage = entry.location or entry.key
-    span = spans.get(entry.location)
-    placeholder = getattr(reader, "placeholder", None)
-    if callable(placeholder) and span is not None:
-        ph = placeholder(entry.key)  # the pickle's view of the storage: no torch needed
+def _tensor_layout(reader: CheckpointReader, entry: TensorEntry,
+                   raw: RawSource | None) -> TensorLayout:
+    storage = entry.location if reader.format in _SHARED_STORAGES and entry.location \
+        else entry.key
+    storage_source = getattr(reader, "storage_source", None)
+    whole = storage_source(entry.key) if callable(storage_source) else None
+    if whole is not None:
+        ph = reader.placeholder(entry.key)  # type: ignore[attr-defined]  # the pickle's view
         return TensorLayout(entry.dtype, tuple(ph.shape), tuple(ph.stride), storage,
-                            int(ph.storage_offset), span[1])
-    if raw is not None and span is not None and span[0] <= raw.offset:
-        start = raw.offset - span[0]
-        item = dtype_size(entry.dtype)
-        if start % item == 0:
-            return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape),
-                                storage, start // item, span[1])
-    if raw is not None and not spans:
+                            int(ph.storage_offset), whole.length)
+    if raw is not None and reader.format not in _SHARED_STORAGES:
         return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape), storage,
                             0, entry.nbytes)
     return layout_of(reader.load(entry.key), storage)
@@ -169,15 +132,14 @@ def _tensor_layout(reader: CheckpointReader, entry: TensorEntry, raw: RawSource 
 def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
     """A source over a lazy reader: the reader's tree, its keys as tensor names.
 
-    Storage sharing is taken from each entry's ``location`` (the zip record for torch files);
-    layouts come from the zip's records when the reader hands out raw ranges, else from one
-    lazily loaded tensor at a time.
+    Storage sharing is taken from each entry's ``location`` (the storage record for torch
+    files); layouts come from the pickle's placeholders and the zip reader's storage ranges,
+    from the header for other raw sources, else from one lazily loaded tensor at a time.
     """
     manifest = find_manifest(reader)
     if manifest is not None:
         return source_from_manifest(reader, manifest)
     entries = {e.key: e for e in reader.tensor_entries()}
-    spans = _record_spans(reader.path) if reader.format is Format.TORCH_ZIP else {}
     tensors: dict[str, SourceTensor] = {}
 
     def name_of(value: Any, path: str) -> str | None:
@@ -188,7 +150,7 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
             raise CkptError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
                             "the checkpoint is inconsistent")
         raw = reader.raw_source(entry.key)
-        tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw, spans),
+        tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw),
                                           raw, lambda k=entry.key: reader.load(k))
         return entry.key
 
@@ -271,9 +233,7 @@ def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterat
     try:
         reader = open_checkpoint(path, trust=trust, format=fmt)
     except UnsupportedError:
-        if fmt in (Format.SAFETENSORS, Format.SAFETENSORS_SHARDED):
-            yield source_from_safetensors(path)
-        elif fmt is Format.DCP:
+        if fmt is Format.DCP:
             yield source_from_dcp(path, drop=drop)
         elif fmt in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
             yield source_from_object(_load_object(path, fmt, trust), drop=drop)
@@ -282,52 +242,6 @@ def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterat
         return
     with reader:
         yield source_from_reader(reader, drop=drop)
-
-
-def _safetensors_files(path: str) -> tuple[list[str], str | None]:
-    if not os.path.isdir(path):
-        return [path], None
-    names = [n for n in sorted(os.listdir(path)) if n.endswith(".safetensors.index.json")]
-    with open(os.path.join(path, names[0]), encoding="utf-8") as f:
-        index = json.load(f)
-    files = list(dict.fromkeys(index.get("weight_map", {}).values()))
-    return [os.path.join(path, n) for n in files], _index_manifest(path)
-
-
-def source_from_safetensors(path: str) -> Source:
-    """A source over a safetensors file or sharded folder, read from the headers (no torch
-    until a tensor is loaded); used while no lazy safetensors reader is registered."""
-    from ckpttools.formats.safetensors_writer import TORCH_DTYPES
-
-    files, text = _safetensors_files(path)
-    tensors: dict[str, SourceTensor] = {}
-    for file in files:
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        text = text or header.get("__metadata__", {}).get(MANIFEST_KEY)
-        for name, e in header.items():
-            if name == "__metadata__":
-                continue
-            dtype, shape = TORCH_DTYPES[e["dtype"]], tuple(e["shape"])
-            b, end = e["data_offsets"]
-            layout = TensorLayout(dtype, shape, contiguous_stride(shape), name, 0, end - b)
-            tensors[name] = SourceTensor(name, layout, RawSource(file, 8 + n + b, end - b),
-                                         lambda fl=file, k=name: _st_load(fl, k))
-    if text is not None:
-        manifest = Manifest.from_json(text, path)
-        tensors = {k: SourceTensor(k, lay, tensors[k].raw, tensors[k].load)
-                   for k, lay in manifest.tensors.items()}
-        return Source(manifest.root, tensors)
-    root = {"t": "dict", "v": [[{"t": "str", "v": k}, {"t": "tensor", "v": k}] for k in tensors]}
-    return Source(root, tensors)
-
-
-def _st_load(file: str, key: str) -> Any:
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as f:
-        return f.get_tensor(key)
 
 
 def _dcp_bytes(path: str, metadata: Any, fqn: str) -> Any:

@@ -246,3 +246,30 @@ def test_verified_conversions_between_pth_and_safetensors_need_no_torch(tmp_path
     assert out.stdout.strip() == "False"
     back = torch.load(tmp_path / "b.pth", weights_only=True)
     assert back["epoch"] == 3 and torch.equal(back["w"], torch.load(src)["w"])
+
+
+def test_plain_safetensors_tensors_keep_their_own_storages(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64),
+             "c": torch.empty(0)}
+    save_file(state, str(tmp_path / "x.safetensors"))
+    assert convert_checkpoint(str(tmp_path / "x.safetensors"), str(tmp_path / "y.pth")).ok
+    back = torch.load(tmp_path / "y.pth", weights_only=True)
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_large_storages_round_trip_through_the_kernel_copy(tmp_path: Path) -> None:
+    from ckpttools.formats.bytecopy import CHUNK
+
+    big = torch.randn(CHUNK // 4 * 2 + 5)  # spans three copy chunks
+    state = {"big": big, "half": big[: big.numel() // 2], "mid": torch.randn(70_000)}
+    torch.save(state, tmp_path / "a.pth")
+    assert convert_checkpoint(str(tmp_path / "a.pth"), str(tmp_path / "a.safetensors")).ok
+    assert convert_checkpoint(str(tmp_path / "a.safetensors"), str(tmp_path / "b.pth")).ok
+    with zipfile.ZipFile(tmp_path / "b.pth") as zf:
+        assert zf.testzip() is None
+    back = torch.load(tmp_path / "b.pth", weights_only=True, mmap=True)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    assert back["half"].untyped_storage().data_ptr() == back["big"].untyped_storage().data_ptr()
