@@ -183,6 +183,21 @@ def ranges_equal(files: SourceFiles, a: RawSource, b: RawSource) -> bool:
     return True
 
 
+def read_into(files: SourceFiles, src: RawSource, dest: memoryview) -> None:
+    """Read all of ``src`` into ``dest`` (``len(dest) == src.length``).
+
+    Raises:
+        CorruptCheckpointError: the source file ends before the range does.
+    """
+    done = 0
+    while done < src.length:
+        got = os.preadv(files.fd(src.path), [dest[done:done + CHUNK]], src.offset + done)
+        if got <= 0:
+            raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data; "
+                                         "the file is truncated")
+        done += got
+
+
 def bytes_of_range(files: SourceFiles, src: RawSource) -> bytes:
     """All bytes of a (small) range."""
     return os.pread(files.fd(src.path), src.length, src.offset)
