@@ -170,14 +170,21 @@ def write_data(files: SourceFiles, data: TensorData, out_fd: int, *, crc: bool =
 
 
 def ranges_equal(files: SourceFiles, a: RawSource, b: RawSource) -> bool:
-    """Whether two byte ranges hold the same bytes (read in chunks, nothing mapped)."""
+    """Whether two byte ranges hold the same bytes (read in chunks into two reused buffers,
+    nothing mapped: fresh buffers per chunk would page-fault their way through every byte)."""
     if a.length != b.length:
         return False
     fa, fb = files.fd(a.path), files.fd(b.path)
+    size = min(CHUNK, max(a.length, 1))
+    bufs = (bytearray(size), bytearray(size))
     done = 0
     while done < a.length:
-        n = min(CHUNK, a.length - done)
-        if os.pread(fa, n, a.offset + done) != os.pread(fb, n, b.offset + done):
+        n = min(size, a.length - done)
+        if n < size:  # the last, short chunk: compare equal-length buffers
+            bufs = (bytearray(n), bytearray(n))
+        got_a = os.preadv(fa, [bufs[0]], a.offset + done)
+        got_b = os.preadv(fb, [bufs[1]], b.offset + done)
+        if got_a != n or got_b != n or bufs[0] != bufs[1]:
             return False
         done += n
     return True
@@ -196,8 +203,3 @@ def read_into(files: SourceFiles, src: RawSource, dest: memoryview) -> None:
             raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data; "
                                          "the file is truncated")
         done += got
-
-
-def bytes_of_range(files: SourceFiles, src: RawSource) -> bytes:
-    """All bytes of a (small) range."""
-    return os.pread(files.fd(src.path), src.length, src.offset)

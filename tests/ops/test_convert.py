@@ -273,3 +273,23 @@ def test_large_storages_round_trip_through_the_kernel_copy(tmp_path: Path) -> No
     back = torch.load(tmp_path / "b.pth", weights_only=True, mmap=True)
     assert all(torch.equal(back[k], v) for k, v in state.items())
     assert back["half"].untyped_storage().data_ptr() == back["big"].untyped_storage().data_ptr()
+
+
+def test_ranges_equal_compares_every_chunk(tmp_path: Path) -> None:
+    from ckpttools.entries import RawSource
+    from ckpttools.formats.bytecopy import CHUNK, SourceFiles, ranges_equal
+
+    n = 2 * CHUNK + 11
+    data = bytes(range(256)) * (n // 256 + 1)
+    (tmp_path / "a").write_bytes(b"--" + data[:n])
+    (tmp_path / "b").write_bytes(data[:n - 1] + b"\x00")  # differs in the last, short chunk
+    files = SourceFiles()
+    try:
+        a = RawSource(str(tmp_path / "a"), 2, n)
+        assert ranges_equal(files, a, RawSource(str(tmp_path / "a"), 2, n))
+        assert not ranges_equal(files, a, RawSource(str(tmp_path / "b"), 0, n))
+        assert ranges_equal(files, RawSource(str(tmp_path / "a"), 2, n - 1),
+                            RawSource(str(tmp_path / "b"), 0, n - 1))
+        assert not ranges_equal(files, a, RawSource(str(tmp_path / "a"), 3, n))  # runs past
+    finally:
+        files.close()
