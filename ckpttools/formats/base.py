@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, RawSource, TensorEntry
 
+# the safetensors ``__metadata__`` key (or DCP bytes entry) holding a converted checkpoint's
+# structure; defined here so that every reader can look for it
+MANIFEST_KEY = "ckpttools.manifest"
+
 if TYPE_CHECKING:
     import torch
 
@@ -85,6 +89,25 @@ class CheckpointReader(ABC):
     def metadata(self) -> dict[str, str]:
         """Format-level string metadata (safetensors ``__metadata__``); empty by default."""
         return {}
+
+    def manifest(self) -> str | None:
+        """The manifest ckpttools stores beside the tensors of a checkpoint it converted (the
+        non-tensor structure, see ``ckpttools.formats.manifest``), or None."""
+        return self.metadata().get(MANIFEST_KEY)
+
+    def _manifest_view(self, raw: tuple[Entry, ...]) -> tuple[Any, tuple[Entry, ...]] | None:
+        """``(tree, entries)`` from the manifest, for readers of formats ckpttools writes;
+        ``raw`` are the entries as stored. Computed once."""
+        if not hasattr(self, "_manifest_cache"):
+            text = self.manifest()
+            view = None
+            if text is not None:
+                from ckpttools.formats.manifest import manifest_view
+
+                view = manifest_view(text, self.path,
+                                     (e for e in raw if isinstance(e, TensorEntry)))
+            self._manifest_cache = view
+        return self._manifest_cache
 
     def pickle_globals(self) -> tuple[GlobalRef, ...]:
         """Every global the checkpoint's pickles reference; empty for pickle-free formats."""

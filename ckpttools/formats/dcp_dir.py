@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.base import MANIFEST_KEY, CheckpointReader, Format
 from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
 from ckpttools.formats.pickle_walk import WalkResult, walk_pickle
 from ckpttools.formats.pickled import tensor_from_bytes, type_name
@@ -87,7 +87,18 @@ class DcpReader(CheckpointReader):
                                          "the checkpoint is damaged")
         return info
 
+    def manifest(self) -> str | None:
+        """ckpttools keeps a converted checkpoint's manifest as a bytes entry."""
+        if self._items.get(MANIFEST_KEY, {}).get("bytes"):
+            value = self._value(MANIFEST_KEY)
+            return value if isinstance(value, str) else None
+        return None
+
     def entries(self) -> tuple[Entry, ...]:
+        view = self._manifest_view(self._raw_entries())
+        return view[1] if view else self._raw_entries()
+
+    def _raw_entries(self) -> tuple[Entry, ...]:
         if self._entries is None:
             out: list[Entry] = []
             for fqn, item in self._items.items():
@@ -112,6 +123,9 @@ class DcpReader(CheckpointReader):
         return self._values[fqn]
 
     def tree(self) -> Any:
+        view = self._manifest_view(self._raw_entries())
+        if view:
+            return view[0]
         root: dict[Any, Any] = {}
         for fqn, item in self._items.items():
             path = self._planner.get(fqn) or (fqn,)

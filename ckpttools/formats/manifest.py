@@ -45,14 +45,15 @@ from __future__ import annotations
 import base64
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttools.entries import ObjectPlaceholder
+from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CkptError, CorruptCheckpointError
+from ckpttools.formats.base import MANIFEST_KEY
+from ckpttools.keypaths import iter_leaves
 
-MANIFEST_KEY = "ckpttools.manifest"
 MANIFEST_FORMAT = "ckpttools.manifest"
 MANIFEST_VERSION = 1
 
@@ -356,6 +357,62 @@ def decode_tree(node: Node, tensor: Callable[[str], Any]) -> Any:
         arr = np.frombuffer(base64.b64decode(node["v"]), dtype=np.dtype(node["dtype"]))
         return arr.reshape(node["shape"]).copy() if t == "ndarray" else arr[0]
     raise CorruptCheckpointError(f"{MANIFEST_KEY}: unknown node type {t!r}")
+
+
+def manifest_view(text: str, where: str,
+                  tensors: Iterable[TensorEntry]) -> tuple[Any, tuple[Entry, ...]]:
+    """The tree and entries of the checkpoint a ckpttools-written file stands for.
+
+    Readers of safetensors and DCP output use it so that every command sees a converted
+    training checkpoint as the original: nested, with its epoch, loss and hyperparameters.
+    Nothing is imported: tensors become ``TensorRef``, numpy values placeholders.
+
+    Args:
+        text: the stored manifest JSON.
+        where: the file, for error messages.
+        tensors: the file's tensor entries, named as stored.
+
+    Raises:
+        CorruptCheckpointError: the manifest is unreadable or names a tensor the file lacks.
+    """
+    from ckpttools.formats.pickled import type_name
+    from ckpttools.formats.pickle_stand import to_json
+
+    manifest = Manifest.from_json(text, where)
+    by_name = {t.key: t for t in tensors}
+    tree = _metadata_tree(manifest.root)
+    entries: list[Entry] = []
+    for key, leaf in iter_leaves(tree):
+        if isinstance(leaf, TensorRef):
+            if leaf.key not in by_name:
+                raise CorruptCheckpointError(f"{where}: {MANIFEST_KEY} names tensor {leaf.key!r} "
+                                             "the file lacks; the file was changed after writing")
+            entries.append(by_name[leaf.key])
+        else:
+            entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
+    return tree, tuple(entries)
+
+
+def _metadata_tree(node: Node) -> Any:
+    """``decode_tree`` without torch or numpy: placeholders for what would need them."""
+    from ckpttools.formats.pickle_stand import TorchDtype
+
+    t = node["t"]
+    if t == "tensor":
+        return TensorRef(node["v"])
+    if t in ("list", "tuple"):
+        items = [_metadata_tree(child) for child in node["v"]]
+        return items if t == "list" else tuple(items)
+    if t in ("dict", "odict"):
+        return {_metadata_tree(k): _metadata_tree(v) for k, v in node["v"]}
+    if t in ("ndarray", "npscalar"):
+        name = "numpy.ndarray" if t == "ndarray" else "numpy.generic"
+        return ObjectPlaceholder(name, state={"dtype": node["dtype"], "shape": node.get("shape", [])})
+    if t == "dtype":
+        return TorchDtype(node["v"])
+    if t in ("device", "size"):
+        return node["v"] if t == "device" else tuple(node["v"])
+    return decode_tree(node, TensorRef)
 
 
 def _torch_attr(kind: str, value: Any) -> Any:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, RawSource, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import MANIFEST_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -170,30 +169,27 @@ class SafetensorsReader(CheckpointReader):
         self._data_start = 8 + n
         self._metadata = _parse_metadata(self.path, header.get("__metadata__"))
         self._tensors = {t.name: t for t in parse_tensors(self.path, header, size - 8 - n)}
-        self._entries: tuple[Entry, ...] | None = None
+        self._tensor_entries: tuple[TensorEntry, ...] | None = None
         self._handle: Any = None
 
-    def entries(self) -> tuple[Entry, ...]:
-        if self._entries is None:
+    def tensor_entries(self) -> tuple[TensorEntry, ...]:
+        if self._tensor_entries is None:
             where = os.path.basename(self.path)
-            self._entries = tuple(
+            self._tensor_entries = tuple(
                 TensorEntry(t.name, DTYPES[t.dtype][0], t.shape, t.end - t.begin, where)
                 for t in self._tensors.values())
-        return self._entries
+        return self._tensor_entries
 
-    def tensor_entries(self) -> tuple[TensorEntry, ...]:
-        return self.entries()  # type: ignore[return-value]  # only tensors here
+    def entries(self) -> tuple[Entry, ...]:
+        view = self._manifest_view(self.tensor_entries())
+        return view[1] if view else self.tensor_entries()
+
+    def tree(self) -> Any:
+        view = self._manifest_view(self.tensor_entries())
+        return view[0] if view else super().tree()
 
     def metadata(self) -> dict[str, str]:
         return dict(self._metadata)
-
-    def manifest(self) -> str | None:
-        """The raw ckpttools manifest text stored in ``__metadata__``, if ckpttools wrote one.
-
-        It records the non-tensor structure of the checkpoint this file was converted from;
-        ``ckpttools.formats.manifest`` decodes it.
-        """
-        return self._metadata.get(MANIFEST_KEY)
 
     def raw_source(self, key: str) -> RawSource | None:
         t = self._tensors[key]

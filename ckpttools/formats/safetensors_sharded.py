@@ -111,13 +111,21 @@ class _ShardedReader(CheckpointReader):
         """The shard files the index names, sorted."""
         return tuple(sorted(self._shards))
 
-    def entries(self) -> tuple[Entry, ...]:
+    def _raw_entries(self) -> tuple[Entry, ...]:
         if self._entries is None:
             out: list[Entry] = []
             for name in self.shard_files():
                 out.extend(self._shard_entries(name))
             self._entries = tuple(out)
         return self._entries
+
+    def entries(self) -> tuple[Entry, ...]:
+        view = self._manifest_view(self._raw_entries())
+        return view[1] if view else self._raw_entries()
+
+    def tree(self) -> Any:
+        view = self._manifest_view(self._raw_entries())
+        return view[0] if view else super().tree()
 
     def _shard_entries(self, name: str) -> list[Entry]:
         entries = self.shard(name).entries()

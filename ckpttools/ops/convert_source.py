@@ -93,11 +93,8 @@ def _unique(name: str, taken: dict[str, Any]) -> str:
 
 def find_manifest(reader: CheckpointReader) -> Manifest | None:
     """The ckpttools manifest stored in a checkpoint ckpttools wrote, if any."""
-    text = reader.metadata().get(MANIFEST_KEY)  # a sharded set's index metadata holds it
-    if text is None and reader.format is Format.DCP:
-        found = [e.value for e in reader.object_entries() if e.key == MANIFEST_KEY]
-        text = found[0] if found and isinstance(found[0], str) else None
-    return Manifest.from_json(str(text), reader.path) if isinstance(text, str) else None
+    text = reader.manifest()
+    return Manifest.from_json(text, reader.path) if text is not None else None
 
 
 def source_from_manifest(reader: CheckpointReader, manifest: Manifest) -> Source:
