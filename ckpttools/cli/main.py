@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
@@ -14,12 +15,26 @@ from ckpttools.errors import EXIT_ERROR, CkptError
 
 
 def _debug_requested(ctx: click.Context) -> bool:
-    return bool((ctx.obj or {}).get("debug")) or os.environ.get("CKPTTOOLS_DEBUG") == "1"
+    # ctx.params holds --debug as soon as the group's options are parsed, before its callback
+    return bool(ctx.params.get("debug")) or os.environ.get("CKPTTOOLS_DEBUG") == "1"
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
-    click.echo(f"warning: {message}", err=True)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _warning_printer(debug: bool) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ``warning: ...`` lines on stderr.
+
+    Only ckpttools' own degradations are the user's business; torch's import-time notices
+    ("Failed to initialize NumPy") are not, unless ``--debug`` asks for everything.
+    """
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if debug or os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            click.echo(f"warning: {message}", err=True)
+
+    return show
 
 
 class CkptGroup(click.Group):
@@ -30,7 +45,7 @@ class CkptGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _warning_printer(_debug_requested(ctx))
             try:
                 return super().invoke(ctx)
             except (click.ClickException, click.exceptions.Exit, click.Abort):

@@ -47,6 +47,10 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "tab
     leading spaces of cells (for trees)."""
     if not rows:
         return ""
+    # a column with nothing in any row (a repeat count where nothing repeats) says nothing
+    keep = [i for i in range(len(headers)) if any(str(r[i]) != "" for r in rows)]
+    rows = [[r[i] for i in keep] for r in rows]
+    headers = [headers[i] for i in keep]
     return tabulate(rows, headers=list(headers), tablefmt=TABLE_FORMATS.get(fmt, "simple"),
                     disable_numparse=True, preserve_whitespace=keep_indent)
 
