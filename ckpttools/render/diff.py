@@ -82,7 +82,9 @@ def _summary(result: DiffResult, fmt: str) -> str:
 
 
 def _fixes(result: DiffResult, fmt: str) -> str:
-    lines = [heading("Fixes", fmt)]
+    title = "Fixes, in the order to apply them ('after' counts the fixes so far)" \
+        if len(result.fixes) > 1 else "Fix"
+    lines = [heading(title, fmt)]
     for n, fix in enumerate(result.fixes, start=1):
         lines += ["", f"{n}. {fix.summary}", f"   after: {fix.after}"
                   + ("" if fix.strict else " (load with strict=False)")]
