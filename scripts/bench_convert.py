@@ -2,7 +2,8 @@
 
 Each command runs in a child process (``benchlib.measure``: best wall time of the runs, that
 child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
-``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync``. Sources are
+``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
+(an fsync of that one file: a bare ``sync`` would also wait for other processes' writes). Sources are
 kept in ``bench-data/`` and reused; outputs are removed after each size.
 Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
 """
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +47,14 @@ def _make(path: str, nbytes: int) -> None:
 
 def _convert(src: str, dst: str, *extra: str, verify: bool = False, repeat: int = 2) -> Measure:
     args = [src, dst, "--force", *extra] + ([] if verify else ["--no-verify"])
-    os.sync()
+    _settle()
     return measure([PY, "-c", CONVERT, *args], repeat)
+
+
+def _settle() -> None:
+    """Flush dirty pages and give the disk a moment (freed blocks are discarded behind)."""
+    os.sync()
+    time.sleep(2)
 
 
 def _interleaved(src: str, out: str, st: str, back: str,
@@ -57,12 +65,12 @@ def _interleaved(src: str, out: str, st: str, back: str,
     best: list[Measure | None] = [None, None, None]
     for _ in range(rounds):
         for i, (cmd, dest) in enumerate(
-                ((["sh", "-c", f"cp {src} {out}/copy && sync"], f"{out}/copy"),
+                ((["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
                  ([PY, "-c", CONVERT, src, st, "--no-verify"], st),
                  ([PY, "-c", CONVERT, st, back, "--no-verify"], back))):
             if os.path.exists(dest):
                 os.unlink(dest)
-            os.sync()
+            _settle()
             m = measure(cmd, 1)
             old = best[i]
             best[i] = m if old is None or m.wall < old.wall else Measure(old.wall, max(
