@@ -3,7 +3,8 @@
 Each command runs in a child process (``benchlib.measure``: best wall time of the runs, that
 child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
 ``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
-(an fsync of that one file: a bare ``sync`` would also wait for other processes' writes). Sources are
+(an fsync of that one file: a bare ``sync`` would also wait for other processes' writes).
+Sources are
 kept in ``bench-data/`` and reused; outputs are removed after each size.
 Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
 """
@@ -40,7 +41,8 @@ def _make(path: str, nbytes: int) -> None:
     if os.path.exists(path):
         return
     code = ("import os, sys, torch; n=int(sys.argv[2])//4//64; "
-            "torch.save({f'layer.{i}.weight': torch.randn(n) for i in range(64)}, sys.argv[1]+'.tmp');"
+            "torch.save({f'layer.{i}.weight': torch.randn(n) for i in range(64)}, "
+            "sys.argv[1] + '.tmp'); "
             "os.replace(sys.argv[1]+'.tmp', sys.argv[1])")
     subprocess.run([PY, "-c", code, path, str(nbytes)], check=True)
 

@@ -1,8 +1,9 @@
 """Moving tensor bytes between files without holding a checkpoint in memory.
 
 Bytes go by ``os.copy_file_range`` (a kernel copy, never in this process's memory); when a
-CRC is needed (zip records) a worker thread reads the same range into one reused buffer. Pages of the source
-are never mapped, so the resident set stays at the buffer size whatever the file size.
+CRC is needed (zip records) a worker thread reads the same range into one reused buffer. Pages
+of the source are never mapped, so the resident set stays at the buffer size whatever the file
+size.
 """
 
 from __future__ import annotations
