@@ -4,8 +4,7 @@ Each command runs in a child process (``benchlib.measure``: best wall time of th
 child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
 ``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
 (an fsync of that one file: a bare ``sync`` would also wait for other processes' writes).
-Sources are
-kept in ``bench-data/`` and reused; outputs are removed after each size.
+Sources are kept in ``bench-data/`` and reused; outputs are removed after each size.
 Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
 """
 
