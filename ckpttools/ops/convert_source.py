@@ -1,14 +1,12 @@
 """What ``convert`` reads: a checkpoint as an encoded structure plus one handle per tensor.
 
 A source comes from a reader (metadata only; bytes by ``raw_source`` or one ``load`` at a
-time), from a ckpttools manifest stored in the file (exact structure and sharing), or from an
-object loaded with ``torch.load(mmap=True)`` when no lazy reader handles the format yet.
+time), or from a ckpttools manifest stored in the file (exact structure and sharing).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CkptError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import (MANIFEST_KEY, Manifest, Node, TensorLayout, TreeEncoder,
+from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, TreeEncoder,
                                         contiguous_stride, dtype_size)
 
 if TYPE_CHECKING:
@@ -59,36 +57,6 @@ def layout_of(t: torch.Tensor, storage_id: str) -> TensorLayout:
     """The layout of a real tensor, its storage named ``storage_id``."""
     return TensorLayout(str(t.dtype).removeprefix("torch."), tuple(t.shape), tuple(t.stride()),
                         storage_id, t.storage_offset(), t.untyped_storage().nbytes())
-
-
-def source_from_object(obj: Any, *, drop: bool = False) -> Source:
-    """A source over an object already in memory (tensors may be mmap-backed)."""
-    import torch
-
-    tensors: dict[str, SourceTensor] = {}
-    storage_ids: dict[int, str] = {}
-
-    def name_of(value: Any, path: str) -> str | None:
-        if not isinstance(value, torch.Tensor):
-            return None
-        name = _unique(path or "tensor", tensors)
-        ptr = value.untyped_storage()._cdata
-        sid = storage_ids.setdefault(ptr, str(len(storage_ids)))
-        tensors[name] = SourceTensor(name, layout_of(value, sid), None, lambda v=value: v)
-        return name
-
-    encoder = TreeEncoder(name_of, drop=drop)
-    root = encoder.encode(obj) or {"t": "none"}
-    return Source(root, tensors, tuple(encoder.dropped))
-
-
-def _unique(name: str, taken: dict[str, Any]) -> str:
-    if name not in taken:
-        return name
-    i = 1
-    while f"{name}~{i}" in taken:
-        i += 1
-    return f"{name}~{i}"
 
 
 def find_manifest(reader: CheckpointReader) -> Manifest | None:
@@ -199,23 +167,6 @@ def _subnode(node: Node, parts: list[str]) -> Node | None:
     return None
 
 
-def _load_object(path: str, fmt: Format, trust: bool) -> Any:
-    """``torch.load`` fallback while no lazy reader handles ``fmt`` (tensors stay mmap'd)."""
-    import pickle
-
-    import torch
-
-    from ckpttools.errors import UnsafeCheckpointError
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust,
-                          mmap=fmt is Format.TORCH_ZIP)
-    except pickle.UnpicklingError as e:
-        first = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        raise UnsafeCheckpointError(f"{path}: pickle needs more than tensors ({first[:80]}); "
-                                    "rerun with --trust if you trust the file") from e
-
-
 @contextmanager
 def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterator[Source]:
     """Open ``path`` as a conversion source; the reader stays open inside the block.
@@ -223,82 +174,7 @@ def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterat
     Raises:
         CkptError: the checkpoint cannot be read.
     """
-    from ckpttools.errors import UnsupportedError
-    from ckpttools.formats.registry import detect_format, open_checkpoint
+    from ckpttools.formats.registry import open_checkpoint
 
-    fmt = detect_format(path)
-    try:
-        reader = open_checkpoint(path, trust=trust, format=fmt)
-    except UnsupportedError:
-        if fmt is Format.DCP:
-            yield source_from_dcp(path, drop=drop)
-        elif fmt in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
-            yield source_from_object(_load_object(path, fmt, trust), drop=drop)
-        else:
-            raise
-        return
-    with reader:
+    with open_checkpoint(path, trust=trust) as reader:
         yield source_from_reader(reader, drop=drop)
-
-
-def _dcp_bytes(path: str, metadata: Any, fqn: str) -> Any:
-    """A DCP bytes entry, unpickled with ``weights_only=True`` (never executes code)."""
-    import io
-
-    import torch
-
-    info = next(v for k, v in metadata.storage_data.items() if k.fqn == fqn)
-    with open(os.path.join(path, info.relative_path), "rb") as f:
-        f.seek(info.offset)
-        data = f.read(info.length)
-    try:
-        return torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means the value needs real pickle
-        return _Unloadable(f"{type(e).__name__}")
-
-
-@dataclass(frozen=True)
-class _Unloadable:
-    reason: str
-
-
-def _dcp_load(path: str, name: str, shape: tuple[int, ...], dtype: str) -> Any:
-    import warnings
-
-    import torch
-    import torch.distributed.checkpoint as dcp
-
-    target = {name: torch.empty(shape, dtype=getattr(torch, dtype))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # single-process load
-        dcp.load(target, storage_reader=dcp.FileSystemReader(path), no_dist=True)
-    return target[name]
-
-
-def source_from_dcp(path: str, *, drop: bool = False) -> Source:
-    """A source over a DCP directory, one tensor loaded at a time; used while no lazy DCP
-    reader is registered. Bytes entries are read with ``weights_only=True``."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    metadata = dcp.FileSystemReader(path).read_metadata()
-    tensors: dict[str, SourceTensor] = {}
-    tree: dict[str, Any] = {}
-    for fqn, md in metadata.state_dict_metadata.items():
-        if isinstance(md, TensorStorageMetadata):
-            dtype, shape = str(md.properties.dtype).removeprefix("torch."), tuple(md.size)
-            layout = TensorLayout(dtype, shape, contiguous_stride(shape), fqn, 0,
-                                  _numel(shape) * dtype_size(dtype))
-            tensors[fqn] = SourceTensor(fqn, layout, None,
-                                        lambda f=fqn, s=shape, d=dtype: _dcp_load(path, f, s, d))
-            tree[fqn] = TensorRef(fqn)
-        else:
-            tree[fqn] = _dcp_bytes(path, metadata, fqn)
-    text = tree.pop(MANIFEST_KEY, None)
-    if isinstance(text, str):
-        manifest = Manifest.from_json(text, path)
-        return Source(manifest.root, {k: SourceTensor(k, lay, None, tensors[k].load)
-                                      for k, lay in manifest.tensors.items()})
-    encoder = TreeEncoder(lambda v, p: v.key if isinstance(v, TensorRef) else None, drop=drop)
-    root = encoder.encode(tree) or {"t": "none"}
-    return Source(root, tensors, tuple(encoder.dropped))
