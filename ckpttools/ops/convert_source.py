@@ -59,6 +59,15 @@ def layout_of(t: torch.Tensor, storage_id: str) -> TensorLayout:
                         storage_id, t.storage_offset(), t.untyped_storage().nbytes())
 
 
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 1
+    while f"{name}~{i}" in taken:
+        i += 1
+    return f"{name}~{i}"
+
+
 def find_manifest(reader: CheckpointReader) -> Manifest | None:
     """The ckpttools manifest stored in a checkpoint ckpttools wrote, if any."""
     text = reader.manifest()
