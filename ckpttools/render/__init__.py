@@ -23,8 +23,11 @@ def to_json(data: Any) -> str:
         return _encode(_json_safe(data), "")
 
 
+_COMPACT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
 def _compact(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return _COMPACT.encode(value)
 
 
 def _encode(value: Any, indent: str) -> str:
