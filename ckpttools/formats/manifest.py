@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
-from ckpttools.errors import CkptError, CorruptCheckpointError
+from ckpttools.errors import CkptError, CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import MANIFEST_KEY
 from ckpttools.keypaths import iter_leaves
 
@@ -145,7 +145,7 @@ def dtype_size(dtype: str) -> int:
     try:
         return _DTYPE_SIZES[dtype]
     except KeyError as e:
-        raise CkptError(f"dtype {dtype}: not supported by ckpttools convert") from e
+        raise UnsupportedError(f"dtype {dtype}: not supported by ckpttools convert") from e
 
 
 def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:

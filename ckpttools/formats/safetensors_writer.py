@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ckpttools.entries import RawSource
-from ckpttools.errors import CkptError
+from ckpttools.errors import OutputError, UnsupportedError
 from ckpttools.formats.bytecopy import Progress, SourceFiles, TensorData, _no_progress, write_data
 
 ST_DTYPES = {
@@ -38,7 +38,7 @@ def header_bytes(tensors: Sequence[TensorData], metadata: dict[str, str]) -> byt
     offset = 0
     for t in tensors:
         if t.dtype not in ST_DTYPES:
-            raise CkptError(f"{t.name}: dtype {t.dtype} has no safetensors encoding; "
+            raise UnsupportedError(f"{t.name}: dtype {t.dtype} has no safetensors encoding; "
                             "convert to pth or cast it first")
         header[t.name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
                           "data_offsets": [offset, offset + t.nbytes]}
@@ -76,7 +76,7 @@ def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[s
             placed[t.name] = RawSource(path, pos, t.nbytes)
             pos += t.nbytes
         if os.lseek(fd, 0, os.SEEK_CUR) != pos:
-            raise CkptError(f"{path}: wrote {os.lseek(fd, 0, os.SEEK_CUR)} bytes, expected {pos}")
+            raise OutputError(f"{path}: wrote {os.lseek(fd, 0, os.SEEK_CUR)} bytes, expected {pos}")
     finally:
         os.close(fd)
         if own:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.errors import CkptError, SpecError
+from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
 from ckpttools.ops.audit_checks import CheckResult, check_completeness, check_model, check_policy
 from ckpttools.ops.audit_config import AuditConfig
 from ckpttools.ops.scan import ScanResult, expand_paths, scan_checkpoint
@@ -115,7 +115,7 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
     try:
         fmt = detect_format(path)
         if fmt is Format.TORCH_ZIP and (problem := _zip_records_complete(path)):
-            raise CkptError(f"{path}: {problem}")
+            raise CorruptCheckpointError(f"{path}: {problem}")
         reader = open_checkpoint(path, format=fmt)
         n = len(reader.entries())
     except CkptError as e:

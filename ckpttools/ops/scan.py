@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ckpttools.errors import CheckpointNotFoundError, CkptError
+from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
 from ckpttools.formats import zip_records as zr
 from ckpttools.ops.scan_opcodes import PickleScan, scan_opcodes
 
@@ -273,7 +273,7 @@ def _scan_safetensors(path: str) -> FileScan:
         meta = header.get("__metadata__")
         if meta is not None and not (isinstance(meta, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
-            raise CkptError(f"{path}: __metadata__ must map strings to strings")
+            raise CorruptCheckpointError(f"{path}: __metadata__ must map strings to strings")
     except CkptError as e:
         return FileScan(path, "safetensors", error=str(e))
     return FileScan(path, "safetensors", notes=(f"header valid: {len(tensors)} tensors, "
