@@ -70,6 +70,15 @@ class PickledReader(CheckpointReader):
         self._entries = tuple(entries)
         self._full: Any = None
 
+    def _close_map(self) -> None:
+        """Close the file map that loaded tensors view, if any."""
+        if getattr(self, "_map", None) is not None:
+            try:
+                self._map.close()  # type: ignore[union-attr]
+            except BufferError:
+                pass  # tensors still view the map; it closes when they are freed
+            self._map = None
+
     def _direct(self, ph: TensorPlaceholder) -> bool:
         """Whether the tensor's bytes can be used as stored (a plain little-endian storage)."""
         return ph.layout == "strided" and ph.storage_key is not None and self._little

@@ -171,12 +171,7 @@ class TorchZipReader(PickledReader):
         return tensor_from_bytes(self._map, start, record.file_size, ph)
 
     def close(self) -> None:
-        if getattr(self, "_map", None) is not None:
-            try:
-                self._map.close()  # type: ignore[union-attr]
-            except BufferError:
-                pass  # tensors still view the map; it closes when they are freed
-            self._map = None
+        self._close_map()
         f = getattr(self, "_file", None)
         if f is not None:
             f.close()
