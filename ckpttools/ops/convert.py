@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckpttools.errors import CkptError
+from ckpttools.errors import InvalidArgumentError, OutputError
 from ckpttools.formats.atomic import atomic_output, check_destination
 from ckpttools.formats.bytecopy import Progress, TensorData, _no_progress
-from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, TensorLayout, dtype_size
+from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, dtype_size
 from ckpttools.ops.convert_source import Source, SourceTensor
 
 TARGETS = ("pth", "safetensors", "dcp")
@@ -85,9 +85,9 @@ def parse_size(text: str) -> int:
     try:
         value = int(float(num) * units[s[len(num):]])
     except (ValueError, KeyError) as e:
-        raise CkptError(f"{text}: not a size; write it like 2GB or 500MB") from e
+        raise InvalidArgumentError(f"{text}: not a size; write it like 2GB or 500MB") from e
     if value <= 0:
-        raise CkptError(f"{text}: the shard size must be positive")
+        raise InvalidArgumentError(f"{text}: the shard size must be positive")
     return value
 
 
@@ -99,12 +99,12 @@ def target_for(dest: str, to: str | None, sharded: bool) -> str:
     """
     target = to or _EXTENSIONS.get(os.path.splitext(dest)[1].lower())
     if target is None:
-        raise CkptError(f"{dest}: cannot tell the output format from the name; "
+        raise InvalidArgumentError(f"{dest}: cannot tell the output format from the name; "
                         "pass --to pth|safetensors|dcp")
     if target not in TARGETS:
-        raise CkptError(f"{target}: unknown output format; use pth, safetensors or dcp")
+        raise InvalidArgumentError(f"{target}: unknown output format; use pth, safetensors or dcp")
     if sharded and target != "safetensors":
-        raise CkptError(f"{dest}: --max-shard-size needs --to safetensors")
+        raise InvalidArgumentError(f"{dest}: --max-shard-size needs --to safetensors")
     return target
 
 
@@ -160,7 +160,7 @@ def _check_space(dest: str, need: int) -> None:
     if free < need + (16 << 20):
         from ckpttools.render import human_bytes
 
-        raise CkptError(f"{dest}: not enough free disk space ({human_bytes(free)} free, "
+        raise OutputError(f"{dest}: not enough free disk space ({human_bytes(free)} free, "
                         f"{human_bytes(need)} needed); free space or write elsewhere")
 
 
@@ -255,7 +255,7 @@ def convert_checkpoint(src: str, dest: str, *, to: str | None = None, key: str |
     if isinstance(max_shard_size, str):
         max_shard_size = parse_size(max_shard_size)
     if dtype is not None and dtype not in CAST_NAMES:
-        raise CkptError(f"{dtype}: unknown dtype; use bf16, fp16 or fp32")
+        raise InvalidArgumentError(f"{dtype}: unknown dtype; use bf16, fp16 or fp32")
     with open_source(src, trust=trust, drop=drop_unrepresentable) as source:
         if key:
             source = select_key(source, key)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
-from ckpttools.errors import CkptError
+from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, TreeEncoder,
                                         contiguous_stride, dtype_size)
@@ -121,7 +121,7 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
             return None
         entry = entries.get(value.key)
         if entry is None:
-            raise CkptError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
+            raise CorruptCheckpointError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
                             "the checkpoint is inconsistent")
         raw = reader.raw_source(entry.key)
         tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw),
@@ -141,7 +141,7 @@ def select_key(source: Source, key: str) -> Source:
     """
     node = _subnode(source.root, key.split("."))
     if node is None:
-        raise CkptError(f"{key}: no such key in the checkpoint; run ckpttools inspect to list keys")
+        raise KeyNotFoundError(f"{key}: no such key in the checkpoint; run ckpttools inspect to list keys")
     from ckpttools.formats.manifest import iter_nodes
 
     prefix = key + "."
