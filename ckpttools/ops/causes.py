@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from ckpttools.ops.cause_shapes import another_depth, architecture_variant, head_size_mismatch
 from ckpttools.ops.cause_structure import model_code_changed, renamed_keys, residual, wrong_model
@@ -51,14 +50,6 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
                   r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
                    r"|embed_out|generator)\.(weight|bias)$")
-_HEAD = re.compile(r"(^|[._])(head|heads|fc|classifier|cls|logits|class\w*|score|lm_head|output"
-                   r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
-                   r"|embeddings|decoder)([._]|$)")
-_VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
-_POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|absolute_pos"
-                  r"|relative_position_bias_table|position_embeddings|rel_pos")
-_STEM = re.compile(r"(^|\.)(conv1|stem|patch_embed|conv_in|conv_first|features\.0|input_conv"
-                   r"|embeddings\.patch_embeddings)[._]")
 _SPLIT = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv",
           "to_q", "to_k", "to_v", "q_lin", "k_lin", "v_lin", "gate_proj", "up_proj", "w1", "w3"}
 _FUSED = {"qkv", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "wqkv", "to_qkv", "in_proj",
