@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.errors import CkptError
 from ckpttools.ops.cause_fixes import Cause, describe
 from ckpttools.ops.causes import rank_findings
 from ckpttools.ops.error_text import ParsedError, ShapeMismatch, parse_error_text

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
-from ckpttools.errors import CkptError, KeyNotFoundError
+from ckpttools.errors import KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout

@@ -23,6 +23,16 @@ def to_json(data: Any) -> str:
         return _encode(_json_safe(data), "")
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 _COMPACT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 

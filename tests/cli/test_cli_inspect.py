@@ -99,3 +99,15 @@ def test_python_m_and_version() -> None:
     proc = subprocess.run([sys.executable, "-m", "ckpttools", "--version"], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0 and "ckpttools, version" in proc.stdout
+
+
+def test_json_with_nan_and_inf_values(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "nan.pth"
+    torch.save({"w": torch.tensor([1.0, float("nan")]), "loss": float("nan"),
+                "best": float("inf")}, path)
+    result = runner.invoke(cli, ["inspect", str(path), "--format", "json", "--stats"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # strict JSON: no bare NaN tokens
+    values = {o["key"]: o["value"] for o in data["objects"]}
+    assert values == {"loss": "nan", "best": "inf"}
+    assert data["stats"][0]["nan"] == 1
