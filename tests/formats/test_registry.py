@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from ckpttools.errors import UnknownFormatError, UnsupportedError
 from ckpttools.formats.base import Format
