@@ -22,12 +22,14 @@ from ckpttools.ops.recipe import (
 )
 from ckpttools.ops.resume_attribution import LABELS, Attribution, Context, attribute
 from ckpttools.ops.resume_compare import LossRow, TensorDiff, compare_losses, compare_states, worst
+from ckpttools.ops.resume_fresh import FreshProcess, FreshResume
 from ckpttools.ops.resume_run import (
-    FreshProcess, RunTrace, TempPlace, resume_in_process, run_uninterrupted, state_at,
+    RunTrace, TempPlace, persist_state, resume_in_process, run_uninterrupted, save_state, state_at,
 )
 
 Status = Literal["identical", "within_tolerance", "diverged"]
 COMPARED_KEYS = (STEP, MODEL, *PIECES.values())
+REFERENCE_FIRST, REFERENCE_FINAL = "reference_first.pt", "reference_final.pt"
 
 
 @dataclass(frozen=True)
@@ -174,29 +176,43 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
 def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drift_atol: float,
                 via: str | None, trust: bool, fresh_process: bool, workdir: str | None,
                 seed: int, say: Callable[[str], None]) -> ResumeResult:
+    final_atol = atol if steps == resume_at + 1 else drift_atol
     with ExitStack() as stack:
-        process = stack.enter_context(FreshProcess(recipe, workdir)) if fresh_process else None
+        process = stack.enter_context(FreshProcess(recipe, workdir, seed)) if fresh_process else None
         place = TempPlace(stack, workdir)
+        # The fresh process compares with files; in this process a copy is kept instead.
+        keep = (lambda live: save_state(live, place.file(REFERENCE_FIRST))) if process is not None else None
         say(f"uninterrupted run: {steps} steps, saving after step {resume_at}")
-        reference = run_uninterrupted(recipe, steps, resume_at, place, seed)
-        tmp = str(place.dir)
-        path = str(Path(tmp) / "resume.pt")
+        reference = run_uninterrupted(recipe, steps, resume_at, place, seed, keep_first=keep)
+        path = place.file("resume.pt")
         if via is not None:
-            path = _via(path, via, tmp, trust)
+            path = _via(path, via, str(place.dir), trust)
         state = read_checkpoint(recipe, path, trust=trust)
         if process is not None:
             say(f"resuming at step {resume_at} in a fresh process")
-            resumed = process.resume(path, steps, trust=trust, seed=seed, outdir=tmp)
+            fresh = _resume_fresh(process, place, reference, path, steps, atol, final_atol, trust)
+            resumed, first, final = fresh.trace, fresh.first_diffs, fresh.final_diffs
         else:
             resumed = resume_in_process(recipe, state, path, steps, seed=seed)
+            first = compare_states(reference.first, resumed.first or {}, atol) if reference.first else ()
+            final = compare_states(reference.final or {}, resumed.final or {}, final_atol)
     ref_losses = reference.losses
     losses = compare_losses(ref_losses, resumed.losses, resume_at, atol, drift_atol)
-    first = compare_states(reference.first, resumed.first or {}, atol) if reference.first else ()
-    final = compare_states(reference.final or {}, resumed.final or {}, atol if steps == resume_at + 1 else drift_atol)
     ctx = Context(recipe, "checkpoint at step " + str(resume_at), state, lambda: state_at(recipe, resume_at, seed),
                   resumed, ref_losses, reference.final, final, steps, missing_pieces(recipe, state), False, seed, say)
     result = _finish(ctx, "run", "(temporary) resume.pt", None, resume_at, atol, drift_atol, losses, first, final)
     return _replace(result, via=via, fresh_process=fresh_process)
+
+
+def _resume_fresh(process: FreshProcess, place: TempPlace, reference: RunTrace, path: str, steps: int,
+                  first_atol: float, final_atol: float, trust: bool) -> FreshResume:
+    """Resume in ``process`` and let it compare with the reference's states, written beside the checkpoint."""
+    first_ref = place.file(REFERENCE_FIRST)
+    process.start(path, steps, first_ref=first_ref if Path(first_ref).exists() else None, first_atol=first_atol,
+                  final_atol=final_atol, trust=trust, outdir=str(place.dir))
+    # Written while the process resumes; reading it back releases the live model and optimizer.
+    reference.final = persist_state(reference.final or {}, place.file(REFERENCE_FINAL), trust=trust)
+    return process.finish(place.file(REFERENCE_FINAL), reference.losses, trust=trust)
 
 
 def _via(path: str, via: str, tmp: str, trust: bool) -> str:
