@@ -180,17 +180,18 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
     with ExitStack() as stack:
         process = stack.enter_context(FreshProcess(recipe, workdir, seed)) if fresh_process else None
         place = TempPlace(stack, workdir)
-        # The fresh process compares with files; in this process a copy is kept instead.
-        keep = (lambda live: save_state(live, place.file(REFERENCE_FIRST))) if process is not None else None
+        hand = _Handover(process, place, steps, atol, final_atol, trust) if process is not None else None
         say(f"uninterrupted run: {steps} steps, saving after step {resume_at}")
-        reference = run_uninterrupted(recipe, steps, resume_at, place, seed, keep_first=keep)
+        # With --via the fresh process waits for the converted file; else it resumes from the saved one at once.
+        reference = run_uninterrupted(recipe, steps, resume_at, place, seed, keep_first=hand and hand.first,
+                                      on_saved=hand.start if hand is not None and via is None else None)
         path = place.file("resume.pt")
         if via is not None:
             path = _via(path, via, str(place.dir), trust)
         state = read_checkpoint(recipe, path, trust=trust)
-        if process is not None:
-            say(f"resuming at step {resume_at} in a fresh process")
-            fresh = _resume_fresh(process, place, reference, path, steps, atol, final_atol, trust)
+        if hand is not None:
+            say(f"resumed at step {resume_at} in a fresh process; waiting for it")
+            fresh = hand.finish(path, reference)
             resumed, first, final = fresh.trace, fresh.first_diffs, fresh.final_diffs
         else:
             resumed = resume_in_process(recipe, state, path, steps, seed=seed)
@@ -204,15 +205,44 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
     return _replace(result, via=via, fresh_process=fresh_process)
 
 
-def _resume_fresh(process: FreshProcess, place: TempPlace, reference: RunTrace, path: str, steps: int,
-                  first_atol: float, final_atol: float, trust: bool) -> FreshResume:
-    """Resume in ``process`` and let it compare with the reference's states, written beside the checkpoint."""
-    first_ref = place.file(REFERENCE_FIRST)
-    process.start(path, steps, first_ref=first_ref if Path(first_ref).exists() else None, first_atol=first_atol,
-                  final_atol=final_atol, trust=trust, outdir=str(place.dir))
-    # Written while the process resumes; reading it back releases the live model and optimizer.
-    reference.final = persist_state(reference.final or {}, place.file(REFERENCE_FINAL), trust=trust)
-    return process.finish(place.file(REFERENCE_FINAL), reference.losses, trust=trust)
+class _Handover:
+    """Feeds the fresh process: the checkpoint once written, then the reference's states as files.
+
+    The fresh process compares with them itself, so this process keeps no copy of the state after
+    the first resumed step, and the final state it writes releases the live model and optimizer.
+    """
+
+    def __init__(self, process: FreshProcess, place: TempPlace, steps: int, first_atol: float,
+                 final_atol: float, trust: bool) -> None:
+        self.process, self.place, self.steps, self.trust = process, place, steps, trust
+        self.atols = first_atol, final_atol
+        self.started, self.first_ref, self.first_sent = False, None, False
+
+    def start(self, checkpoint: str) -> None:
+        self.process.start(checkpoint, self.steps, first_atol=self.atols[0], final_atol=self.atols[1],
+                           trust=self.trust, outdir=str(self.place.dir))
+        self.started = True
+        if self.first_ref is not None:
+            self._send_first()
+
+    def first(self, live: dict[str, Any]) -> None:
+        self.first_ref = self.place.file(REFERENCE_FIRST)
+        save_state(live, self.first_ref)
+        if self.started:
+            self._send_first()
+
+    def _send_first(self) -> None:
+        self.process.send_first(self.first_ref)
+        self.first_sent = True
+
+    def finish(self, checkpoint: str, reference: RunTrace) -> FreshResume:
+        if not self.started:
+            self.start(checkpoint)
+        if not self.first_sent:
+            self._send_first()  # None: one resumed step, nothing to compare before the final state
+        final_ref = self.place.file(REFERENCE_FINAL)
+        reference.final = persist_state(reference.final or {}, final_ref, trust=self.trust)
+        return self.process.finish(final_ref, reference.losses, trust=self.trust)
 
 
 def _via(path: str, via: str, tmp: str, trust: bool) -> str:

@@ -9,7 +9,9 @@ or a piece of state is missing). It shares no state with this process: everythin
 comes from the recipe and the files.
 
 Messages on its stdin, one JSON line each: the recipe (at start), the request (checkpoint, run
-length, first-step reference), then the final reference with the uninterrupted run's losses.
+length; it can come as soon as the checkpoint is written), the reference's state after the first
+resumed step, then its final state with the uninterrupted run's losses. The process reads each
+reference when it needs it, so it resumes while the uninterrupted run continues.
 """
 
 from __future__ import annotations
@@ -76,23 +78,26 @@ class FreshProcess:
         except BrokenPipeError:
             pass  # the process failed early; finish() reports why
 
-    def start(self, checkpoint: str, end: int, *, first_ref: str | None, first_atol: float, final_atol: float,
+    def start(self, checkpoint: str, end: int, *, first_atol: float, final_atol: float,
               trust: bool = False, outdir: str | None = None) -> None:
-        """Resume from ``checkpoint`` to step ``end``; compare after the first step with ``first_ref``.
+        """Resume from ``checkpoint`` to step ``end`` (it may start while the reference still trains).
 
         Args:
-            checkpoint: the checkpoint file.
+            checkpoint: the checkpoint file, completely written.
             end: completed steps at the end.
-            first_ref: the reference's state after the first resumed step (a torch.save file), if observed.
-            first_atol: tolerance for that comparison.
-            final_atol: tolerance for the final comparison.
+            first_atol: tolerance after the first resumed step.
+            final_atol: tolerance for the final state.
             trust: full unpickling instead of ``weights_only``.
             outdir: where the process writes its final state when it writes one.
         """
         self._send({"checkpoint": str(Path(checkpoint).resolve()), "end": end, "trust": trust,
-                    "first_ref": first_ref, "first_atol": first_atol, "final_atol": final_atol,
+                    "first_atol": first_atol, "final_atol": final_atol,
                     "state_out": str(Path(outdir or self.tmp) / "resumed_final.pt"), "out": str(self.out),
                     "error": str(Path(self.tmp) / "error.json")})
+
+    def send_first(self, first_ref: str | None) -> None:
+        """The reference's state after the first resumed step (a torch.save file), or None: not observed."""
+        self._send({"first_ref": first_ref})
 
     def finish(self, final_ref: str, losses: dict[int, float], *, trust: bool = False) -> FreshResume:
         """Hand over the reference's final state and losses; wait for the comparison.
@@ -184,16 +189,18 @@ def _resume(recipe: Recipe, objs: TrainObjects, request: dict[str, Any], seed: i
     apply_state(recipe, objs, state, where, seed=seed, copy=False)
     start = checkpoint_step(state, where)
     del state  # the optimizer keeps what it needs
-    first_ref = _torch_load(request["first_ref"], trust) if request["first_ref"] else None
     first: list[TensorDiff] = []
+    pending = [True]  # the first reference is still to be read
 
-    def compare_first(live: dict[str, Any]) -> None:
-        if first_ref is not None:  # compared live: no copy of the state after the first step
-            first.extend(compare_states(first_ref, live, request["first_atol"]))
+    def compare_first(live: dict[str, Any] | None) -> None:
+        pending.clear()
+        ref = json.loads(sys.stdin.readline())["first_ref"]
+        if ref is not None:  # compared live: no copy of the state after the first step
+            first.extend(compare_states(_torch_load(ref, trust), live or {}, request["first_atol"]))
 
     trace = run_steps(recipe, objs, start, request["end"], keep_first=compare_first)
-    if first_ref is not None and not first:
-        first.extend(compare_states(first_ref, {}, request["first_atol"]))
+    if pending:
+        compare_first(None)
     reference = json.loads(sys.stdin.readline())
     final = compare_states(_torch_load(reference["final_ref"], trust), trace.final or {}, request["final_atol"])
     ref_losses = {int(k): v for k, v in reference["losses"].items()}

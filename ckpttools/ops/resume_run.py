@@ -34,7 +34,8 @@ class RunTrace:
 
 def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
               save_at: int | None = None, save_path: SavePath | None = None,
-              loss: float | None = None, keep_first: KeepFirst | None = None) -> RunTrace:
+              loss: float | None = None, keep_first: KeepFirst | None = None,
+              on_saved: Callable[[str], None] | None = None) -> RunTrace:
     """Run steps ``start .. end-1``; capture the state after the first resumed step and the last.
 
     With ``save_at``, write the state before step ``save_at`` to ``save_path`` (or the path it
@@ -42,13 +43,17 @@ def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
     the first resumed step is then ``save_at``. The final state holds the live tensors: ``objs``
     must not train further. With ``keep_first``, the state after the first resumed step is
     handed to it live (to write or compare at once) instead of being copied into the trace.
+    ``on_saved`` is called with the checkpoint's path once it is written.
     """
     trace = RunTrace()
     first = start if save_at is None else save_at
     for i in range(start, end):
         if i == save_at and save_path is not None:
             state = capture_state(objs, i, loss, copy=False)
-            write_checkpoint(recipe, save_path(state) if callable(save_path) else save_path, state)
+            path = save_path(state) if callable(save_path) else save_path
+            write_checkpoint(recipe, path, state)
+            if on_saved is not None:
+                on_saved(path)
         loss = run_step(recipe, objs, i)
         trace.losses[i] = loss
         if i == first and end > first + 1:  # with one step, the final state is the first one
@@ -61,11 +66,13 @@ def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
 
 
 def run_uninterrupted(recipe: Recipe, steps: int, resume_at: int, save_path: SavePath | None,
-                      seed: int = DEFAULT_SEED, keep_first: KeepFirst | None = None) -> RunTrace:
+                      seed: int = DEFAULT_SEED, keep_first: KeepFirst | None = None,
+                      on_saved: Callable[[str], None] | None = None) -> RunTrace:
     """The reference run: fresh objects from ``seed``, steps ``0 .. steps-1``, saving at ``resume_at``."""
     seed_all(seed)
     objs = build_objects(recipe)
-    return run_steps(recipe, objs, 0, steps, save_at=resume_at, save_path=save_path, keep_first=keep_first)
+    return run_steps(recipe, objs, 0, steps, save_at=resume_at, save_path=save_path, keep_first=keep_first,
+                     on_saved=on_saved)
 
 
 def persist_state(state: dict[str, Any], path: str, *, trust: bool = False) -> dict[str, Any]:
