@@ -95,6 +95,36 @@ def verify_safetensors(path: str, source: Source, *, sharded: bool) -> list[str]
     return problems
 
 
+def verify_dcp(path: str, source: Source) -> list[str]:
+    """Compare a DCP directory with ``source``: the manifest, then each tensor's dtype and
+    shape as ``.metadata`` records them and its bytes (byte ranges of both sides when they have
+    them, so no torch; else one loaded tensor at a time)."""
+    from ckpttools.formats.dcp_ranges import DcpRangeReader
+    from ckpttools.ops.convert import output_manifest
+
+    problems: list[str] = []
+    files = SourceFiles()
+    try:
+        with DcpRangeReader(path) as reader:
+            text = reader.manifest()
+            if text is None or Manifest.from_json(text).to_json() != \
+                    output_manifest(source).to_json():
+                problems.append(f"{MANIFEST_KEY}: structure differs from the source")
+            for name, t in source.tensors.items():
+                meta = reader.tensor_meta(name)
+                if meta is None:
+                    problems.append(f"{name}: missing from the output")
+                elif meta != (t.layout.dtype, t.layout.shape):
+                    problems.append(f"{name}: dtype or shape differs")
+                elif not _same_bytes(t, reader, name, files):
+                    problems.append(f"{name}: bytes differ from the source")
+                if len(problems) >= MAX_REPORTED:
+                    break
+    finally:
+        files.close()
+    return problems
+
+
 def canonical(root: Node, names: list[str]) -> str:
     """The tree as JSON with tensor names replaced by their order of appearance."""
     order = {n: i for i, n in enumerate(names)}
@@ -173,6 +203,4 @@ def verify_output(path: str, target: str, source: Source, *, sharded: bool = Fal
         return verify_safetensors(path, source, sharded=sharded)
     if target == "pth":
         return verify_pth(path, source)
-    from ckpttools.formats.dcp_writer import verify_dcp
-
     return verify_dcp(path, source)
