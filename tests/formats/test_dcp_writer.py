@@ -113,19 +113,22 @@ def test_metadata_pickle_equals_torch_metadata() -> None:
     assert [k.index for k in got.storage_data] == [None, 0, 0]
 
 
-def test_pth_to_dcp_with_verification_needs_no_torch(tmp_path: Path) -> None:
+def test_pth_to_dcp_and_back_with_verification_need_no_torch(tmp_path: Path) -> None:
     src = tmp_path / "a.pth"
     state = {"w": torch.randn(64, 32), "b": torch.zeros(3, dtype=torch.bfloat16), "epoch": 3}
     torch.save(state, src)
     code = ("import sys; from ckpttools.ops.convert import convert_checkpoint\n"
-            "assert convert_checkpoint(sys.argv[1], sys.argv[2], to='dcp').ok\n"
+            "a, b, c = sys.argv[1:]\n"
+            "assert convert_checkpoint(a, b, to='dcp').ok and convert_checkpoint(b, c).ok\n"
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "a.dcp")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "a.dcp"),
+                          str(tmp_path / "b.pth")], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     target = {"w": torch.empty(64, 32), "b": torch.empty(3, dtype=torch.bfloat16)}
     _dcp_load(tmp_path / "a.dcp", target)
     assert torch.equal(target["w"], state["w"]) and torch.equal(target["b"], state["b"])
+    back = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert back["epoch"] == 3 and torch.equal(back["w"], state["w"])
 
 
 def test_adam_checkpoint_round_trips_through_dcp(tmp_path: Path) -> None:
@@ -159,6 +162,16 @@ def test_verification_finds_a_changed_byte_in_dcp(tmp_path: Path) -> None:
             f.seek(where.offset + 5)
             f.write(bytes([b[0] ^ 0xFF]))
         assert verify_output(str(out), "dcp", source) == ["w: bytes differ from the source"]
+
+
+def test_torch_written_dcp_converts_to_pth(make_checkpoint: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    state = {"m": {"w": torch.randn(3, 4), "n": torch.arange(5)}, "epoch": 4}
+    back = tmp_path / "b.pth"
+    assert convert_checkpoint(str(make_checkpoint("dcp", state)), str(back)).ok
+    got = torch.load(back, weights_only=True)
+    assert got["epoch"] == 4 and torch.equal(got["m"]["w"], state["m"]["w"])
+    assert torch.equal(got["m"]["n"], state["m"]["n"])
 
 
 def test_range_reader_on_a_torch_written_dcp(make_checkpoint: Callable[..., Path]) -> None:
