@@ -33,8 +33,9 @@ class _ItemZip(_ZipOut):
     """A ``torch.save`` archive embedded at ``base`` of the data file: its own offsets count
     from its first byte, as ``torch.load`` of the item's byte range sees them."""
 
-    def __init__(self, fd: int, path: str, pool: Executor, base: int) -> None:
-        super().__init__(fd, path, pool)
+    def __init__(self, fd: int, path: str, pool: Executor, base: int, *,
+                 zip64: bool = False) -> None:
+        super().__init__(fd, path, pool, zip64=zip64)
         self.base = base
 
     def end(self, entry: _Entry, crc: int) -> None:
@@ -61,10 +62,10 @@ def _write_storage(zf: _ItemZip, files: SourceFiles, data: TensorData,
 
 
 def _write_item(fd: int, path: str, pool: Executor, files: SourceFiles, data_pkl: bytes,
-                tensor: TensorData | None, on_progress: Progress) -> tuple[int, int]:
+                tensor: TensorData | None, on_progress: Progress, zip64: bool) -> tuple[int, int]:
     """Append one ``torch.save`` archive (records in torch's order); returns its range."""
     base = os.lseek(fd, 0, os.SEEK_CUR)
-    zf = _ItemZip(fd, path, pool, base)
+    zf = _ItemZip(fd, path, pool, base, zip64=zip64)
     zf.record("data.pkl", data_pkl)
     zf.record(".format_version", b"1")
     zf.record(".storage_alignment", b"64")
@@ -87,10 +88,17 @@ def _tensor_pickle(t: TensorData) -> bytes:
 
 
 def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
-              on_progress: Progress = _no_progress) -> None:
+              on_progress: Progress = _no_progress, zip64: bool = False) -> None:
     """Write ``tensors`` and the manifest as a DCP checkpoint into ``folder`` (which exists).
 
     No fsync: ``atomic_output`` syncs the folder before renaming it into place.
+
+    Args:
+        folder: the (temporary) checkpoint folder.
+        tensors: written in order, each as one whole chunk under its name.
+        manifest: the ckpttools manifest JSON, saved as a bytes item.
+        on_progress: called with the number of bytes written.
+        zip64: use zip64 fields in every item, not only past 4 GiB (for tests).
     """
     path = os.path.join(folder, DATA_FILE)
     items: list[DcpItem] = []
@@ -98,10 +106,11 @@ def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
     try:
-        at = _write_item(fd, path, pool, files, pickle_tree(manifest), None, on_progress)
+        at = _write_item(fd, path, pool, files, pickle_tree(manifest), None, on_progress,
+                         zip64)
         items.append(DcpItem(MANIFEST_KEY, None, (), DATA_FILE, *at))
         for t in tensors:
-            at = _write_item(fd, path, pool, files, _tensor_pickle(t), t, on_progress)
+            at = _write_item(fd, path, pool, files, _tensor_pickle(t), t, on_progress, zip64)
             items.append(DcpItem(t.name, t.dtype, t.shape, DATA_FILE, *at))
     finally:
         pool.shutdown()

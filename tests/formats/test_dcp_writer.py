@@ -187,3 +187,41 @@ def test_range_reader_on_a_torch_written_dcp(make_checkpoint: Callable[..., Path
             assert f.read(where.length) == bytes(_bits(state["m"]["w"]).tolist())
         empty = reader.raw_source("m.e")
         assert empty is not None and empty.length == 0
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_items_with_raw_and_loaded_tensors_and_zip64(tmp_path: Path, zip64: bool) -> None:
+    from ckpttools.formats.bytecopy import TensorData
+    from ckpttools.formats.dcp_writer import write_dcp
+    from ckpttools.formats.torch_zip import TorchZipReader
+
+    big, small = torch.randn(300_000), torch.arange(6, dtype=torch.int16).reshape(2, 3)
+    torch.save({"big": big}, tmp_path / "s.pth")
+    with TorchZipReader(tmp_path / "s.pth") as src:
+        raw = src.raw_source("big")
+    data = [TensorData("a.big", "float32", (300_000,), big.numel() * 4, raw=raw),
+            TensorData("a.small", "int16", (2, 3), 12, load=lambda: small.T.contiguous().T)]
+    out = tmp_path / "o"
+    out.mkdir()
+    write_dcp(str(out), data, '{"v": 1}', zip64=zip64)
+    target = {"a": {"big": torch.empty(300_000), "small": torch.empty(2, 3, dtype=torch.int16)},
+              MANIFEST_KEY: ""}
+    _dcp_load(out, target)
+    assert torch.equal(target["a"]["big"], big) and torch.equal(target["a"]["small"], small)
+    assert target[MANIFEST_KEY] == '{"v": 1}'
+    with DcpRangeReader(out) as reader:
+        assert reader.manifest() == '{"v": 1}'
+        assert torch.equal(reader.load("a.small"), small)
+        where = reader.raw_source("a.big")
+        assert where is not None and where.length == big.numel() * 4
+
+
+def test_cast_to_dcp_writes_loaded_tensors(tmp_path: Path) -> None:
+    src, out = tmp_path / "a.pth", tmp_path / "a.dcp"
+    state = {"w": torch.randn(4, 4), "n": torch.arange(3)}
+    torch.save(state, src)
+    result = convert_checkpoint(str(src), str(out), to="dcp", dtype="bf16")
+    assert result.ok and result.cast == ("w",)
+    target = {"w": torch.empty(4, 4, dtype=torch.bfloat16), "n": torch.empty(3, dtype=torch.int64)}
+    _dcp_load(out, target)
+    assert torch.equal(target["w"], state["w"].bfloat16()) and torch.equal(target["n"], state["n"])
