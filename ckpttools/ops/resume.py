@@ -21,15 +21,16 @@ from ckpttools.ops.recipe import (
     read_checkpoint,
 )
 from ckpttools.ops.resume_attribution import LABELS, Attribution, Context, attribute
-from ckpttools.ops.resume_compare import LossRow, TensorDiff, compare_losses, compare_states, worst
-from ckpttools.ops.resume_fresh import FreshProcess, FreshResume
+from ckpttools.ops.resume_compare import (
+    Fingerprint, LossRow, TensorDiff, compare_losses, compare_states, fingerprint, worst,
+)
+from ckpttools.ops.resume_fresh import FreshProcess, FreshResume, Worker
 from ckpttools.ops.resume_run import (
-    RunTrace, TempPlace, persist_state, resume_in_process, run_uninterrupted, save_state, state_at,
+    FirstStepCheck, RunTrace, TempPlace, resume_in_process, run_uninterrupted, state_at,
 )
 
 Status = Literal["identical", "within_tolerance", "diverged"]
 COMPARED_KEYS = (STEP, MODEL, *PIECES.values())
-REFERENCE_FIRST, REFERENCE_FINAL = "reference_first.pt", "reference_final.pt"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
                   resume_at: int | None = None, atol: float = 0.0, drift_atol: float = 0.0,
                   via: str | None = None, trust: bool = False, fresh_process: bool = True,
                   workdir: str | None = None, seed: int = DEFAULT_SEED,
-                  on_progress: Callable[[str], None] | None = None) -> ResumeResult:
+                  on_progress: Callable[[str], None] | None = None, worker: Worker | None = None) -> ResumeResult:
     """Check that resuming from a checkpoint reproduces training, and attribute any difference.
 
     Args:
@@ -116,6 +117,8 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
         workdir: where the run mode writes its temporary checkpoint.
         seed: seed for fresh objects and for RNG state a checkpoint lacks.
         on_progress: called with a short line as each phase starts.
+        worker: the fresh process, started early by ``resume_fresh.prefork`` (else a new Python
+            is started); it is closed when the run is done.
 
     Returns:
         The result; ``ok`` is False when the resume diverged.
@@ -140,7 +143,7 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
     if not 0 <= resume_at < steps:
         raise SpecError(f"verify-resume: --resume-at {resume_at} must be at least 0 and below --steps {steps}")
     return _verify_run(rec, steps, resume_at, atol=atol, drift_atol=drift_atol, via=via, trust=trust,
-                       fresh_process=fresh_process, workdir=workdir, seed=seed, say=say)
+                       fresh_process=fresh_process, workdir=workdir, seed=seed, say=say, worker=worker)
 
 
 def _normalise(state: dict[str, Any], where: str) -> dict[str, Any]:
@@ -175,15 +178,20 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
 
 def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drift_atol: float,
                 via: str | None, trust: bool, fresh_process: bool, workdir: str | None,
-                seed: int, say: Callable[[str], None]) -> ResumeResult:
+                seed: int, say: Callable[[str], None], worker: Worker | None) -> ResumeResult:
     final_atol = atol if steps == resume_at + 1 else drift_atol
     with ExitStack() as stack:
-        process = stack.enter_context(FreshProcess(recipe, workdir, seed)) if fresh_process else None
+        if worker is not None:
+            stack.callback(worker.close)
+        process = stack.enter_context(FreshProcess(recipe, workdir, seed, worker)) if fresh_process else None
         place = TempPlace(stack, workdir)
-        hand = _Handover(process, place, steps, atol, final_atol, trust) if process is not None else None
+        hand = _Handover(process, place, steps, trust) if process is not None else None
+        reference_first: list[Fingerprint] = []
         say(f"uninterrupted run: {steps} steps, saving after step {resume_at}")
         # With --via the fresh process waits for the converted file; else it resumes from the saved one at once.
-        reference = run_uninterrupted(recipe, steps, resume_at, place, seed, keep_first=hand and hand.first,
+        reference = run_uninterrupted(recipe, steps, resume_at, place, seed,
+                                      keep_first=hand.first if hand is not None else
+                                      lambda live: reference_first.append(fingerprint(live)),
                                       on_saved=hand.start if hand is not None and via is None else None)
         path = place.file("resume.pt")
         if via is not None:
@@ -192,10 +200,20 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
         if hand is not None:
             say(f"resumed at step {resume_at} in a fresh process; waiting for it")
             fresh = hand.finish(path, reference)
-            resumed, first, final = fresh.trace, fresh.first_diffs, fresh.final_diffs
+            resumed, first_rows, first_state = fresh.trace, fresh.first_diffs, fresh.first_state
+            final = fresh.final_diffs
         else:
-            resumed = resume_in_process(recipe, state, path, steps, seed=seed)
-            first = compare_states(reference.first, resumed.first or {}, atol) if reference.first else ()
+            import copy
+
+            # A second read: training changes the optimizer's tensors in place, and attribution reuses ``state``.
+            check = FirstStepCheck(lambda: reference_first[0] if reference_first else None, copy.deepcopy)
+            resumed = resume_in_process(recipe, read_checkpoint(recipe, path, trust=trust), path, steps, seed=seed,
+                                        copy=False, keep_first=check)
+            first_rows, first_state, final = check.rows, check.kept, None
+        first = first_rows
+        if first_state is not None:  # it differs: the reference's state again, to compare values
+            first = compare_states(state_at(recipe, resume_at + 1, seed), first_state, atol)
+        if final is None:
             final = compare_states(reference.final or {}, resumed.final or {}, final_atol)
     ref_losses = reference.losses
     losses = compare_losses(ref_losses, resumed.losses, resume_at, atol, drift_atol)
@@ -206,33 +224,29 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
 
 
 class _Handover:
-    """Feeds the fresh process: the checkpoint once written, then the reference's states as files.
+    """Feeds the fresh process: the checkpoint once written, then the reference's fingerprints.
 
-    The fresh process compares with them itself, so this process keeps no copy of the state after
-    the first resumed step, and the final state it writes releases the live model and optimizer.
+    The fresh process checks its state against them itself, so no tensor moves between the
+    processes unless it differs.
     """
 
-    def __init__(self, process: FreshProcess, place: TempPlace, steps: int, first_atol: float,
-                 final_atol: float, trust: bool) -> None:
+    def __init__(self, process: FreshProcess, place: TempPlace, steps: int, trust: bool) -> None:
         self.process, self.place, self.steps, self.trust = process, place, steps, trust
-        self.atols = first_atol, final_atol
-        self.started, self.first_ref, self.first_sent = False, None, False
+        self.started, self.first_print, self.first_sent = False, None, False
 
     def start(self, checkpoint: str) -> None:
-        self.process.start(checkpoint, self.steps, first_atol=self.atols[0], final_atol=self.atols[1],
-                           trust=self.trust, outdir=str(self.place.dir))
+        self.process.start(checkpoint, self.steps, trust=self.trust, outdir=str(self.place.dir))
         self.started = True
-        if self.first_ref is not None:
+        if self.first_print is not None:
             self._send_first()
 
     def first(self, live: dict[str, Any]) -> None:
-        self.first_ref = self.place.file(REFERENCE_FIRST)
-        save_state(live, self.first_ref)
+        self.first_print = fingerprint(live)
         if self.started:
             self._send_first()
 
     def _send_first(self) -> None:
-        self.process.send_first(self.first_ref)
+        self.process.send_first(self.first_print)
         self.first_sent = True
 
     def finish(self, checkpoint: str, reference: RunTrace) -> FreshResume:
@@ -240,9 +254,7 @@ class _Handover:
             self.start(checkpoint)
         if not self.first_sent:
             self._send_first()  # None: one resumed step, nothing to compare before the final state
-        final_ref = self.place.file(REFERENCE_FINAL)
-        reference.final = persist_state(reference.final or {}, final_ref, trust=self.trust)
-        return self.process.finish(final_ref, reference.losses, trust=self.trust)
+        return self.process.finish(fingerprint(reference.final or {}), reference.losses, trust=self.trust)
 
 
 def _via(path: str, via: str, tmp: str, trust: bool) -> str:

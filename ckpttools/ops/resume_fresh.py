@@ -1,30 +1,40 @@
-"""Resuming in a fresh Python process for ``verify-resume``, as a restarted job would.
+"""Resuming in a fresh process for ``verify-resume``, as a restarted job would.
 
-The process (``python -c`` running ``worker_main``) starts at once: it imports torch and the
-recipe and builds the recipe's objects while this process trains the uninterrupted run. It then
-reads the checkpoint file, resumes, and compares its state with the uninterrupted run's, which
-this process wrote to files beside the checkpoint. Only the comparison comes back (one JSON
-file); the resumed final state is written too when attribution may need it (something differs
-or a piece of state is missing). It shares no state with this process: everything it knows
-comes from the recipe and the files.
+The process starts before the uninterrupted run and holds no recipe state: it imports the recipe
+and builds the recipe's objects itself while this process trains, then reads the checkpoint
+file, resumes, and checks its state against the uninterrupted run's fingerprints (per-leaf
+CRC-32s, see ``resume_compare``). Only the result comes back (one JSON file): the losses and,
+where a fingerprint differs or the checkpoint lacks a piece of state, the file where it wrote the
+state concerned, so that the values are compared here. An identical resume moves no tensors.
+
+On Linux the process is forked from this one by ``prefork``, right after importing torch and
+torch._dynamo and before anything else runs, which saves the new interpreter's seconds of
+imports. Forking a process whose OpenMP threads have started hangs the child at its first
+parallel op (GNU libgomp), so ``prefork`` does it only while torch is not yet imported; else the
+process is a new Python (``python -c``).
 
 Messages on its stdin, one JSON line each: the recipe (at start), the request (checkpoint, run
-length; it can come as soon as the checkpoint is written), the reference's state after the first
-resumed step, then its final state with the uninterrupted run's losses. The process reads each
-reference when it needs it, so it resumes while the uninterrupted run continues.
+length; it comes as soon as the checkpoint is written), the reference's fingerprint after the
+first resumed step, then its final fingerprint with the uninterrupted run's losses. The process
+reads each when it needs it, so it resumes while the uninterrupted run continues.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ckpttools import errors
 from ckpttools.errors import CkptError, SpecError
@@ -32,10 +42,114 @@ from ckpttools.ops.recipe import (
     DEFAULT_SEED, Recipe, TrainObjects, _torch_load, apply_state, build_objects, checkpoint_step,
     load_recipe, missing_pieces, read_checkpoint, seed_all,
 )
-from ckpttools.ops.resume_compare import TensorDiff, compare_states
-from ckpttools.ops.resume_run import RunTrace, run_steps, save_state
+from ckpttools.ops.resume_compare import Fingerprint, TensorDiff
+from ckpttools.ops.resume_run import FirstStepCheck, RunTrace, run_steps, save_state, state_matches
 
 _WORKER = "import sys; from ckpttools.ops.resume_fresh import worker_main; sys.exit(worker_main())"
+
+
+class _Forked:
+    """The part of ``subprocess.Popen`` that ``FreshProcess`` uses, for a forked process."""
+
+    def __init__(self, pid: int, stdin: IO[str]) -> None:
+        self.pid, self.stdin, self.returncode = pid, stdin, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
+@dataclass
+class Worker:
+    """A started process that waits for its recipe: its folder (log, result) and the process."""
+
+    tmp: str
+    log: IO[str]
+    proc: subprocess.Popen[str] | _Forked
+
+    def close(self) -> None:
+        """Stop the process if it still runs and remove its folder (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefork(workdir: str | None = None) -> Worker | None:
+    """Fork the fresh process now, if this process can be forked safely.
+
+    Call it first thing, before any torch op: it imports torch and torch._dynamo (which building an
+    optimizer imports) and forks at once. Unless the environment sets ``OMP_WAIT_POLICY``, it is
+    set to ``PASSIVE`` first. Returns None where fork is unavailable or torch is
+    already imported (its OpenMP threads may have started); ``FreshProcess`` then starts a new
+    Python instead.
+    """
+    if sys.platform != "linux" or "torch" in sys.modules:
+        return None
+    # Both processes train at once: OpenMP threads that spin while idle would take the other's
+    # cores (read when torch loads libgomp; it changes no result, only how idle threads wait).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    importlib.import_module("torch._dynamo")  # with torch: imported once, here, for both processes
+
+    tmp = tempfile.mkdtemp(prefix="ckpttools-resume-", dir=workdir)
+    log = open(Path(tmp) / "output.txt", "w")  # noqa: SIM115 - closed by Worker.close
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # else the child writes this process's pending output again
+    read, write = os.pipe()
+    gc.freeze()  # the child's collections then leave the shared objects' pages uncopied
+    pid = os.fork()
+    if pid == 0:  # the fresh process: never returns
+        code = 2
+        try:
+            os.close(write)
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with os.fdopen(read) as stdin:
+                code = worker_main(stdin)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+    gc.unfreeze()
+    os.close(read)
+    return Worker(tmp, log, _Forked(pid, os.fdopen(write, "w")))
+
+
+def _spawn(workdir: str | None) -> Worker:
+    """Start the fresh process as a new Python."""
+    tmp = tempfile.mkdtemp(prefix="ckpttools-resume-", dir=workdir)
+    log = open(Path(tmp) / "output.txt", "w")  # noqa: SIM115 - closed by Worker.close
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                            text=True)
+    return Worker(tmp, log, proc)
 
 
 @dataclass(frozen=True)
@@ -44,29 +158,31 @@ class FreshResume:
 
     Attributes:
         trace: its losses, and its final state when it wrote one (else None).
-        first_diffs: the state after the first resumed step against the reference's (empty: not observed).
-        final_diffs: the final state against the reference's.
+        first_diffs: the identical rows after the first resumed step (empty: not observed, or it differed).
+        first_state: its state after the first resumed step when that differed from the reference's.
+        final_diffs: the identical rows of the final state, or None: it differed, compare ``trace.final``.
     """
 
     trace: RunTrace
     first_diffs: tuple[TensorDiff, ...]
-    final_diffs: tuple[TensorDiff, ...]
+    first_state: dict[str, Any] | None
+    final_diffs: tuple[TensorDiff, ...] | None
 
 
 class FreshProcess:
-    """A new Python process that resumes from a checkpoint file (see the module docstring).
+    """A fresh process that resumes from a checkpoint file (see the module docstring).
 
-    Use ``start`` once the checkpoint is written, then ``finish`` with the reference's final state.
+    Use ``start`` once the checkpoint is written, ``send_first`` with the reference's fingerprint
+    after the first resumed step, then ``finish`` with its final fingerprint.
     """
 
-    def __init__(self, recipe: Recipe, workdir: str | None = None, seed: int = DEFAULT_SEED) -> None:
+    def __init__(self, recipe: Recipe, workdir: str | None = None, seed: int = DEFAULT_SEED,
+                 worker: Worker | None = None) -> None:
         if not recipe.spec:
             raise SpecError("recipe: a fresh-process resume needs a recipe spec (path or module), not an object")
         self.spec = str(Path(recipe.spec).resolve()) if Path(recipe.spec).is_file() else recipe.spec
-        self.tmp = tempfile.mkdtemp(prefix="ckpttools-resume-", dir=workdir)
-        self.log = open(Path(self.tmp) / "output.txt", "w")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=self.log,
-                                     stderr=self.log, text=True)
+        self.worker = worker or _spawn(workdir)
+        self.tmp, self.proc = self.worker.tmp, self.worker.proc
         self.out = Path(self.tmp) / "result.json"
         self._send({"recipe": self.spec, "sys_path": [p for p in sys.path if p], "seed": seed})
 
@@ -78,53 +194,48 @@ class FreshProcess:
         except BrokenPipeError:
             pass  # the process failed early; finish() reports why
 
-    def start(self, checkpoint: str, end: int, *, first_atol: float, final_atol: float,
-              trust: bool = False, outdir: str | None = None) -> None:
+    def start(self, checkpoint: str, end: int, *, trust: bool = False, outdir: str | None = None) -> None:
         """Resume from ``checkpoint`` to step ``end`` (it may start while the reference still trains).
 
         Args:
             checkpoint: the checkpoint file, completely written.
             end: completed steps at the end.
-            first_atol: tolerance after the first resumed step.
-            final_atol: tolerance for the final state.
             trust: full unpickling instead of ``weights_only``.
-            outdir: where the process writes its final state when it writes one.
+            outdir: where the process writes the states it writes.
         """
         self._send({"checkpoint": str(Path(checkpoint).resolve()), "end": end, "trust": trust,
-                    "first_atol": first_atol, "final_atol": final_atol,
-                    "state_out": str(Path(outdir or self.tmp) / "resumed_final.pt"), "out": str(self.out),
+                    "outdir": str(outdir or self.tmp), "out": str(self.out),
                     "error": str(Path(self.tmp) / "error.json")})
 
-    def send_first(self, first_ref: str | None) -> None:
-        """The reference's state after the first resumed step (a torch.save file), or None: not observed."""
-        self._send({"first_ref": first_ref})
+    def send_first(self, first: Fingerprint | None) -> None:
+        """The reference's fingerprint after the first resumed step, or None: not observed."""
+        self._send({"first": first})
 
-    def finish(self, final_ref: str, losses: dict[int, float], *, trust: bool = False) -> FreshResume:
-        """Hand over the reference's final state and losses; wait for the comparison.
+    def finish(self, final: Fingerprint, losses: dict[int, float], *, trust: bool = False) -> FreshResume:
+        """Hand over the reference's final fingerprint and losses; wait for the result.
 
         Raises:
-            CkptError: the same error the resume raised in the new process.
+            CkptError: the same error the resume raised in the fresh process.
         """
-        self._send({"final_ref": final_ref, "losses": {str(k): v for k, v in losses.items()}})
+        self._send({"final": final, "losses": {str(k): v for k, v in losses.items()}})
         assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
         if self.proc.wait() != 0:
             raise _worker_error(self.spec, Path(self.tmp) / "error.json", self.proc.returncode,
                                 Path(self.tmp) / "output.txt")
         data = json.loads(self.out.read_text())
-        final = _torch_load(data["state"], trust) if data["state"] else None
+        final = _torch_load(data["final_state"], trust) if data["final_state"] else None
+        first = _torch_load(data["first_state"], trust) if data["first_state"] else None
         trace = RunTrace(losses={int(k): float(v) for k, v in data["losses"].items()}, final=final)
-        return FreshResume(trace, _diffs(data["first_diffs"]), _diffs(data["final_diffs"]))
+        final_rows = None if data["final_diffs"] is None else _diffs(data["final_diffs"])
+        return FreshResume(trace, _diffs(data["first_diffs"]), first, final_rows)
 
     def close(self) -> None:
         """Stop the process if it still runs and remove its files."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.worker.close()
 
     def __enter__(self) -> FreshProcess:
         return self
@@ -148,9 +259,10 @@ def _worker_error(spec: str, error_file: Path, code: int, log: Path) -> CkptErro
     return SpecError(f"{spec}: the resumed run's process failed (exit {code}): {(lines or ['no output'])[-1]}")
 
 
-def worker_main() -> int:
-    """Entry point of the fresh process: JSON lines on stdin (see the module docstring)."""
-    hello = json.loads(sys.stdin.readline())
+def worker_main(stdin: IO[str] | None = None) -> int:
+    """Entry point of the fresh process: JSON lines on ``stdin`` (see the module docstring)."""
+    stdin = stdin or sys.stdin
+    hello = json.loads(stdin.readline())
     for entry in reversed(hello["sys_path"]):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -163,14 +275,14 @@ def worker_main() -> int:
         objs = build_objects(recipe)
     except Exception as e:
         early = e
-    line = sys.stdin.readline()
+    line = stdin.readline()
     if not line:
         return 3  # the parent went away
     request = json.loads(line)
     try:
         if early is not None or recipe is None or objs is None:
             raise early or SpecError(f"{hello['recipe']}: recipe did not load")
-        _resume(recipe, objs, request, hello["seed"])
+        _resume(recipe, objs, request, hello["seed"], stdin)
     except CkptError as e:
         Path(request["error"]).write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
         return 2
@@ -181,37 +293,33 @@ def worker_main() -> int:
     return 0
 
 
-def _resume(recipe: Recipe, objs: TrainObjects, request: dict[str, Any], seed: int) -> None:
-    """Resume into the prebuilt ``objs``, compare with the reference files, write the result."""
-    where, trust = request["checkpoint"], request["trust"]
-    state = read_checkpoint(recipe, where, trust=trust, lazy=False)
+def _resume(recipe: Recipe, objs: TrainObjects, request: dict[str, Any], seed: int, stdin: IO[str]) -> None:
+    """Resume into the prebuilt ``objs``, check against the reference's fingerprints, write the result."""
+    where, trust, outdir = request["checkpoint"], request["trust"], Path(request["outdir"])
+    state = read_checkpoint(recipe, where, trust=trust)
     missing = missing_pieces(recipe, state)
     apply_state(recipe, objs, state, where, seed=seed, copy=False)
     start = checkpoint_step(state, where)
     del state  # the optimizer keeps what it needs
-    first: list[TensorDiff] = []
-    pending = [True]  # the first reference is still to be read
 
-    def compare_first(live: dict[str, Any] | None) -> None:
-        pending.clear()
-        ref = json.loads(sys.stdin.readline())["first_ref"]
-        if ref is not None:  # compared live: no copy of the state after the first step
-            first.extend(compare_states(_torch_load(ref, trust), live or {}, request["first_atol"]))
+    def write(name: str, state: dict[str, Any]) -> str:
+        save_state(state, str(outdir / name))
+        return str(outdir / name)
 
-    trace = run_steps(recipe, objs, start, request["end"], keep_first=compare_first)
-    if pending:
-        compare_first(None)
-    reference = json.loads(sys.stdin.readline())
-    final = compare_states(_torch_load(reference["final_ref"], trust), trace.final or {}, request["final_atol"])
+    first = FirstStepCheck(lambda: json.loads(stdin.readline())["first"], lambda live: write("resumed_first.pt", live))
+    trace = run_steps(recipe, objs, start, request["end"], keep_first=first)
+    if not first.observed:
+        stdin.readline()  # the parent's "not observed"
+    reference = json.loads(stdin.readline())
+    final_rows = state_matches(reference["final"], trace.final or {})
     ref_losses = {int(k): v for k, v in reference["losses"].items()}
-    same = all(d.status == "identical" for d in (*first, *final)) and _same_losses(ref_losses, trace.losses)
-    state_path = None
-    if missing or not same:  # attribution compares with this run's final state
-        state_path = request["state_out"]
-        save_state(trace.final or {}, state_path)
+    same = final_rows is not None and first.kept is None and _same_losses(ref_losses, trace.losses)
+    final_path = write("resumed_final.pt", trace.final or {}) if missing or not same else None
     Path(request["out"]).write_text(json.dumps({
-        "losses": {str(k): v for k, v in trace.losses.items()}, "state": state_path,
-        "first_diffs": [d.to_dict() for d in first], "final_diffs": [d.to_dict() for d in final]}))
+        "losses": {str(k): v for k, v in trace.losses.items()},
+        "first_diffs": [d.to_dict() for d in first.rows], "first_state": first.kept,
+        "final_diffs": None if final_rows is None else [d.to_dict() for d in final_rows],
+        "final_state": final_path}))
 
 
 def _same_losses(reference: dict[int, float], resumed: dict[int, float]) -> bool:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ckpttools.ops.recipe import (
-    DEFAULT_SEED, Recipe, TrainObjects, _torch_load, apply_state, build_objects, capture_state,
-    checkpoint_step, run_step, seed_all, write_checkpoint,
+    DEFAULT_SEED, Recipe, TrainObjects, apply_state, build_objects, capture_state, checkpoint_step, run_step,
+    seed_all, write_checkpoint,
 )
+from ckpttools.ops.resume_compare import Fingerprint, TensorDiff, fingerprint, match_fingerprints
 
 SavePath = str | Callable[[dict[str, Any]], str]
 KeepFirst = Callable[[dict[str, Any]], None]
@@ -75,14 +76,36 @@ def run_uninterrupted(recipe: Recipe, steps: int, resume_at: int, save_path: Sav
                      on_saved=on_saved)
 
 
-def persist_state(state: dict[str, Any], path: str, *, trust: bool = False) -> dict[str, Any]:
-    """Write ``state`` with torch.save and return it read back memory-mapped.
+class FirstStepCheck:
+    """A ``keep_first`` that checks the resumed state after the first step against the reference's fingerprint.
 
-    The copy lives in the file (memory-backed in ``/dev/shm``), where a fresh process can read it
-    too; the returned tensors page in from it.
+    ``reference`` is called once, when that state exists, and returns the fingerprint (None: not
+    observed). When the state matches, ``rows`` holds the identical rows and nothing is copied;
+    else ``kept`` holds what ``keep`` made of the live state (a copy, or the file it wrote), to
+    compare values with.
     """
-    save_state(state, path)
-    return _torch_load(path, trust)
+
+    def __init__(self, reference: Callable[[], Fingerprint | None], keep: Callable[[dict[str, Any]], Any]) -> None:
+        self.reference, self.keep = reference, keep
+        self.observed = False
+        self.rows: tuple[TensorDiff, ...] = ()
+        self.kept: Any = None
+
+    def __call__(self, live: dict[str, Any]) -> None:
+        self.observed = True
+        expected = self.reference()
+        if expected is None:
+            return
+        rows = state_matches(expected, live)
+        if rows is None:
+            self.kept = self.keep(live)
+        else:
+            self.rows = rows
+
+
+def state_matches(expected: Fingerprint, state: dict[str, Any]) -> tuple[TensorDiff, ...] | None:
+    """The identical rows when ``state`` has the fingerprint ``expected``, else None."""
+    return match_fingerprints(expected, fingerprint(state))
 
 
 def save_state(state: dict[str, Any], path: str) -> None:
@@ -110,21 +133,21 @@ def state_at(recipe: Recipe, step: int, seed: int = DEFAULT_SEED) -> dict[str, A
 
 def resume_in_process(recipe: Recipe, state: dict[str, Any], where: str, end: int,
                       reset: frozenset[str] = frozenset(), seed: int = DEFAULT_SEED, *,
-                      copy: bool = True) -> RunTrace:
+                      copy: bool = True, keep_first: KeepFirst | None = None) -> RunTrace:
     """Build fresh objects, load ``state`` (pieces in ``reset`` stay fresh), run to ``end``.
 
-    Without ``copy``, training may change ``state``'s tensors in place.
+    Without ``copy``, training may change ``state``'s tensors in place. ``keep_first`` as in ``run_steps``.
     """
     seed_all(seed)
     objs = build_objects(recipe)
     apply_state(recipe, objs, state, where, reset, seed, copy=copy)
-    return run_steps(recipe, objs, checkpoint_step(state, where), end)
+    return run_steps(recipe, objs, checkpoint_step(state, where), end, keep_first=keep_first)
 
 
 class TempPlace:
     """Picks the folder for the run's checkpoint once its size is known.
 
-    A memory-backed ``/dev/shm`` when it has room for the checkpoint and the reference states (the
+    A memory-backed ``/dev/shm`` when it has room for the checkpoint and the resumed states (the
     checkpoint is still a real file, written and read by torch), else ``workdir`` or the
     system's temporary folder. Used as ``save_path``; the folder lives as long as ``stack``.
     """
@@ -136,7 +159,7 @@ class TempPlace:
         base = self.workdir
         if base is None:
             shm = Path("/dev/shm")
-            need = 4 * state_nbytes(state) + 2**26
+            need = 3 * state_nbytes(state) + 2**26
             if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > need:
                 base = str(shm)
         self.dir = self.stack.enter_context(tempfile.TemporaryDirectory(prefix="ckpttools-verify-", dir=base))
