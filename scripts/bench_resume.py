@@ -2,11 +2,11 @@
 
 For each size (the model's parameter bytes), a recipe trains an MLP (Adam, batches of 256) for
 6 steps with a resume at 3. The baseline is the recipe's raw compute that verify-resume has to
-repeat: build the objects and run 6 steps, then build again and run steps 3..5 (no state
-capture, no checkpoint, no comparison). verify-resume is timed with the resume in a fresh
-process (the default) and in this process (``--in-process``). For scale, the cost a fresh
-process cannot avoid is printed too: a new Python importing torch and building an optimizer
-(which imports torch._dynamo on first use).
+repeat, run as a script in a new Python: import torch, build the objects and run 6 steps, then
+build again and run steps 3..5 (no state capture, no checkpoint, no comparison). Against it, the
+``ckpttools verify-resume`` command as a user runs it: with the resume in a fresh process (the
+default) and with ``--in-process``. Wall and CPU time of each whole process tree; best of
+``REPEAT``, interleaved.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import parse_size  # noqa: E402
 
-STEPS, RESUME_AT, LAYERS, BATCH, REPEAT = 6, 3, 4, 256, 2
+STEPS, RESUME_AT, LAYERS, BATCH, REPEAT = 6, 3, 4, 256, 3
 
 RECIPE = '''
 import torch
@@ -49,63 +48,56 @@ def loss(model, batch):
 '''
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children (less sensitive to other load than wall time)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+RAW = """
+import sys
+from ckpttools.ops.recipe import build_objects, load_recipe, run_step, seed_all
+recipe = load_recipe(sys.argv[1])
+for first in (0, {resume_at}):
+    seed_all(0)
+    objs = build_objects(recipe)
+    for i in range(first, {steps}):
+        run_step(recipe, objs, i)
+""".format(resume_at=RESUME_AT, steps=STEPS)
 
 
-def _raw(recipe_path: str) -> tuple[float, float]:
-    """The recipe's own compute for both runs, no checkpointing or comparison."""
-    from ckpttools.ops.recipe import build_objects, load_recipe, run_step, seed_all
-
-    recipe = load_recipe(recipe_path)
-    start, cpu = time.perf_counter(), _cpu()
-    for first in (0, RESUME_AT):
-        seed_all(0)
-        objs = build_objects(recipe)
-        for i in range(first, STEPS):
-            run_step(recipe, objs, i)
-    return time.perf_counter() - start, _cpu() - cpu
-
-
-def _fresh_python() -> tuple[float, float]:
-    """A new Python that imports torch and builds an optimizer: the floor of any fresh-process resume."""
-    start, cpu = time.perf_counter(), _cpu()
-    subprocess.run([sys.executable, "-c", "import torch; torch.optim.Adam([torch.zeros(1)])"], check=True)
-    return time.perf_counter() - start, _cpu() - cpu
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of ``cmd`` and every process it waited for (CPU is less sensitive to other load)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-300:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
-def _verify(recipe_path: str, fresh_process: bool) -> tuple[float, float]:
-    from ckpttools.ops.resume import verify_resume
-
-    start, cpu = time.perf_counter(), _cpu()
-    result = verify_resume(recipe_path, steps=STEPS, resume_at=RESUME_AT, fresh_process=fresh_process)
-    assert result.status == "identical", result.verdict
-    return time.perf_counter() - start, _cpu() - cpu
+def _verify(recipe: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "ckpttools", "verify-resume", "--recipe", recipe,
+            "--steps", str(STEPS), "--resume-at", str(RESUME_AT), *flags]
 
 
 def run(sizes: list[str]) -> None:
-    floor = min(_fresh_python() for _ in range(REPEAT))
-    print(f"  a fresh Python importing torch and building an optimizer: {floor[0]:.2f}s wall / {floor[1]:.2f}s cpu",
-          flush=True)
     for size in sizes:
         width = max(8, int((parse_size(size) / 4 / LAYERS) ** 0.5))
         with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
-            recipe = Path(tmp) / "recipe.py"
-            recipe.write_text(RECIPE.format(width=width, layers=LAYERS, batch=BATCH))
-            _raw(str(recipe))  # warm-up: first-call costs belong to neither side
-            raws, fresh_runs, inproc_runs = [], [], []
-            for _ in range(REPEAT):  # interleaved, best of REPEAT: other load on the machine hits all sides
-                raws.append(_raw(str(recipe)))
-                fresh_runs.append(_verify(str(recipe), True))
-                inproc_runs.append(_verify(str(recipe), False))
-            raw, fresh, inproc = min(raws), min(fresh_runs), min(inproc_runs)
+            recipe = str(Path(tmp) / "recipe.py")
+            Path(recipe).write_text(RECIPE.format(width=width, layers=LAYERS, batch=BATCH))
+            sides = {"raw compute": [sys.executable, "-c", RAW, recipe], "fresh process": _verify(recipe),
+                     "--in-process": _verify(recipe, "--in-process")}
+            _timed(sides["fresh process"])  # warm-up: the page cache holds torch for every side
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+            for _ in range(REPEAT):  # interleaved: other load on the machine hits all sides
+                for name, cmd in sides.items():
+                    runs[name].append(_timed(cmd))
+        raw_wall, raw_cpu = (min(w for w, _ in runs["raw compute"]), min(c for _, c in runs["raw compute"]))
         print(f"  MLP {LAYERS}x{width}x{width} ({size}, Adam, {STEPS} steps, resume at {RESUME_AT}): "
-              f"raw compute {raw[0]:.2f}s wall / {raw[1]:.2f}s cpu", flush=True)
-        for label, (wall, cpu) in (("fresh process", fresh), ("in process", inproc)):
-            print(f"    verify-resume, {label:13s} {wall:6.2f}s wall (overhead {wall / raw[0] - 1:+5.0%}), "
-                  f"{cpu:6.2f}s cpu (overhead {cpu / raw[1] - 1:+5.0%})", flush=True)
+              f"raw compute in a new Python {raw_wall:.2f}s wall / {raw_cpu:.2f}s cpu", flush=True)
+        for name in ("fresh process", "--in-process"):
+            wall, cpu = min(w for w, _ in runs[name]), min(c for _, c in runs[name])
+            print(f"    verify-resume, {name:13s} {wall:6.2f}s wall (overhead {wall / raw_wall - 1:+5.0%}), "
+                  f"{cpu:6.2f}s cpu (overhead {cpu / raw_cpu - 1:+5.0%})", flush=True)
 
 
 if __name__ == "__main__":
