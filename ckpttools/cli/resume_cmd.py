@@ -25,7 +25,7 @@ from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, war
 @click.option("--drift-atol", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Tolerance for the steps after the first.")
 @click.option("--in-process", is_flag=True,
-              help="Resume in this process instead of a fresh one (faster; misses state kept outside the checkpoint).")
+              help="Resume in this process instead of a fresh one (misses state kept outside the checkpoint).")
 @trust_opt
 @output_format_opt()
 @click.pass_context
