@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 
@@ -57,9 +58,10 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     from ckpttools.ops.resume import verify_resume as run
     from ckpttools.render.resume import render_resume
 
-    result = run(recipe, checkpoint, next_checkpoint, steps=steps, resume_at=resume_at, atol=atol,
-                 drift_atol=drift_atol, via=via, trust=trusted, fresh_process=not in_process,
-                 on_progress=_progress(), worker=worker)
+    with worker or contextlib.nullcontext():  # closed here too when the run fails before using it
+        result = run(recipe, checkpoint, next_checkpoint, steps=steps, resume_at=resume_at, atol=atol,
+                     drift_atol=drift_atol, via=via, trust=trusted, fresh_process=not in_process,
+                     on_progress=_progress(), worker=worker)
     click.echo(render_resume(result, output_format))
     ctx.exit(0 if result.ok else 1)
 

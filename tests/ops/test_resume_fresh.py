@@ -7,6 +7,7 @@ real command in a new Python (``python -m ckpttools``), as users do.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ from ckpttools.ops.resume_fresh import prefork
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir is not None else None
     return subprocess.run([sys.executable, "-m", "ckpttools", "verify-resume", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
 
 
 def _variant(tmp_path: Path, example: str, body: str) -> str:
@@ -79,9 +81,13 @@ def test_forked_resume_without_rng_state_compares_values(tmp_path: Path) -> None
 def test_forked_resume_reports_a_missing_recipe_function(tmp_path: Path) -> None:
     recipe = tmp_path / "broken.py"
     recipe.write_text("def build_model():\n    pass\n")
-    result = _cli("--recipe", str(recipe), "--steps", "2", "--resume-at", "1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = _cli("--recipe", str(recipe), "--steps", "2", "--resume-at", "1", tmpdir=scratch)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "build_optimizer" in result.stderr
+    # the forked process is stopped and its folder removed (torch._dynamo keeps its own cache folder)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("ckpttools")] == []
 
 
 def _state() -> dict:
