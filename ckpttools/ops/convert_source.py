@@ -183,15 +183,7 @@ def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterat
     Raises:
         CkptError: the checkpoint cannot be read.
     """
-    from ckpttools.formats.registry import detect_format, open_checkpoint
+    from ckpttools.formats.registry import open_checkpoint
 
-    fmt = detect_format(path)
-    if fmt is Format.DCP:
-        # the DCP reader that also gives tensors' byte ranges, so they are copied, not loaded
-        from ckpttools.formats.dcp_ranges import DcpRangeReader
-
-        opened: CheckpointReader = DcpRangeReader(path, trust=trust)
-    else:
-        opened = open_checkpoint(path, trust=trust, format=fmt)
-    with opened as reader:
+    with open_checkpoint(path, trust=trust) as reader:
         yield source_from_reader(reader, drop=drop)

@@ -99,13 +99,13 @@ def verify_dcp(path: str, source: Source) -> list[str]:
     """Compare a DCP directory with ``source``: the manifest, then each tensor's dtype and
     shape as ``.metadata`` records them and its bytes (byte ranges of both sides when they have
     them, so no torch; else one loaded tensor at a time)."""
-    from ckpttools.formats.dcp_ranges import DcpRangeReader
+    from ckpttools.formats.dcp_dir import DcpReader
     from ckpttools.ops.convert import output_manifest
 
     problems: list[str] = []
     files = SourceFiles()
     try:
-        with DcpRangeReader(path) as reader:
+        with DcpReader(path) as reader:
             text = reader.manifest()
             if text is None or Manifest.from_json(text).to_json() != \
                     output_manifest(source).to_json():

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
 from ckpttools.formats.dcp_metadata_writer import DcpItem, dcp_metadata  # noqa: E402
-from ckpttools.formats.dcp_ranges import DcpRangeReader  # noqa: E402
+from ckpttools.formats.dcp_dir import DcpReader  # noqa: E402
 from ckpttools.formats.manifest import MANIFEST_KEY  # noqa: E402
 from ckpttools.ops.convert import convert_checkpoint  # noqa: E402
 
@@ -153,7 +153,7 @@ def test_verification_finds_a_changed_byte_in_dcp(tmp_path: Path) -> None:
     with open_source(str(src)) as source:
         write_output(str(out), "dcp", source, max_shard_size=None, on_progress=lambda n: None)
         assert verify_output(str(out), "dcp", source) == []
-        with DcpRangeReader(out) as reader:
+        with DcpReader(out) as reader:
             where = reader.raw_source("w")
         assert where is not None and where.length == 256
         with open(where.path, "r+b") as f:
@@ -177,7 +177,7 @@ def test_torch_written_dcp_converts_to_pth(make_checkpoint: Callable[..., Path],
 def test_range_reader_on_a_torch_written_dcp(make_checkpoint: Callable[..., Path]) -> None:
     state = {"m": {"w": torch.randn(3, 4), "e": torch.empty(0)}, "epoch": 4}
     ckpt = make_checkpoint("dcp", state)
-    with DcpRangeReader(ckpt) as reader:
+    with DcpReader(ckpt) as reader:
         assert reader.raw_source("epoch") is None and reader.tensor_meta("epoch") is None
         assert reader.tensor_meta("m.w") == ("float32", (3, 4))
         where = reader.raw_source("m.w")
@@ -209,7 +209,7 @@ def test_items_with_raw_and_loaded_tensors_and_zip64(tmp_path: Path, zip64: bool
     _dcp_load(out, target)
     assert torch.equal(target["a"]["big"], big) and torch.equal(target["a"]["small"], small)
     assert target[MANIFEST_KEY] == '{"v": 1}'
-    with DcpRangeReader(out) as reader:
+    with DcpReader(out) as reader:
         assert reader.manifest() == '{"v": 1}'
         assert torch.equal(reader.load("a.small"), small)
         where = reader.raw_source("a.big")
