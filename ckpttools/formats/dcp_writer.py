@@ -14,68 +14,24 @@ structure and sharing survive. A tensor's bytes go by kernel copy from the sourc
 from __future__ import annotations
 
 import os
-import random
-import struct
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
-from ckpttools.formats.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
-                                       copy_raw_crc, write_tensor)
+from ckpttools.formats.bytecopy import Progress, SourceFiles, TensorData, _no_progress
 from ckpttools.formats.dcp_metadata_writer import DcpItem, dcp_metadata
 from ckpttools.formats.manifest import MANIFEST_KEY, contiguous_stride
-from ckpttools.formats.torch_zip_writer import TensorSlot, _Entry, _ZipOut, pickle_tree
+from ckpttools.formats.torch_zip_writer import TensorSlot, ZipArchiveWriter, pickle_tree, write_records
 
 DATA_FILE = "__0_0.distcp"  # FileSystemWriter's name for rank 0's first file
 METADATA_FILE = ".metadata"
 
 
-class _ItemZip(_ZipOut):
-    """A ``torch.save`` archive embedded at ``base`` of the data file: its own offsets count
-    from its first byte, as ``torch.load`` of the item's byte range sees them."""
-
-    def __init__(self, fd: int, path: str, pool: Executor, base: int, *,
-                 zip64: bool = False) -> None:
-        super().__init__(fd, path, pool, zip64=zip64)
-        self.base = base
-
-    def end(self, entry: _Entry, crc: int) -> None:
-        entry.crc = crc
-        os.pwrite(self.fd, struct.pack("<L", crc), self.base + entry.offset + 14)
-
-
-def _write_storage(zf: _ItemZip, files: SourceFiles, data: TensorData,
-                   on_progress: Progress) -> None:
-    entry = zf.begin("data/0", data.nbytes)
-    if data.raw is not None:
-        if data.raw.length != data.nbytes:
-            raise ValueError(f"{data.name}: raw range of {data.raw.length} bytes for a "
-                             f"{data.nbytes}-byte tensor")
-        crc = copy_raw_crc(files, data.raw, zf.fd, zf.pool, on_progress=on_progress)
-    elif data.load is not None:
-        crc = write_tensor(data.load(), zf.fd, crc=True, on_progress=on_progress)
-    else:
-        raise ValueError(f"{data.name}: no source for the tensor's bytes")
-    zf.pos += data.nbytes
-    if os.lseek(zf.fd, 0, os.SEEK_CUR) != zf.base + zf.pos:
-        raise ValueError(f"{data.name}: tensor bytes written differ from its size")
-    zf.end(entry, crc)
-
-
 def _write_item(fd: int, path: str, pool: Executor, files: SourceFiles, data_pkl: bytes,
                 tensor: TensorData | None, on_progress: Progress, zip64: bool) -> tuple[int, int]:
-    """Append one ``torch.save`` archive (records in torch's order); returns its range."""
+    """Append one ``torch.save`` archive (its storage, if any, is ``data/0``); returns its range."""
     base = os.lseek(fd, 0, os.SEEK_CUR)
-    zf = _ItemZip(fd, path, pool, base, zip64=zip64)
-    zf.record("data.pkl", data_pkl)
-    zf.record(".format_version", b"1")
-    zf.record(".storage_alignment", b"64")
-    zf.record("byteorder", b"little")
-    if tensor is not None:
-        _write_storage(zf, files, tensor, on_progress)
-    zf.record("version", b"3\n")
-    zf.record(".data/serialization_id",
-              "".join(random.choice("0123456789") for _ in range(40)).encode())
-    zf.finish()
+    zf = ZipArchiveWriter(fd, path, pool, base=base, zip64=zip64)
+    write_records(zf, files, data_pkl, [("0", tensor)] if tensor is not None else [], on_progress)
     return base, zf.pos
 
 

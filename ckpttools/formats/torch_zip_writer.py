@@ -134,30 +134,32 @@ _DOS_DATE = (2020 - 1980) << 9 | 1 << 5 | 1  # fixed timestamp: the output depen
 
 
 @dataclass
-class _Entry:
+class ZipEntry:
     name: bytes
     offset: int
     size: int
     crc: int = 0
 
 
-class _ZipOut:
-    """A stored-only zip written straight to a file descriptor.
+class ZipArchiveWriter:
+    """A stored-only zip written straight to a file descriptor, starting at byte ``base`` of it.
 
     Each record's local header is written with its size, data follows 64-byte aligned (an "FB"
     padding extra field, as torch writes), and the CRC-32 is patched into the header once the
     data is in. Zip64 fields are used for sizes and offsets past 4 GiB (``zip64`` forces them).
+    Offsets inside the archive (``pos``, entries) count from ``base``, as a reader of the
+    archive's own byte range sees them (a DCP item inside a ``.distcp`` file).
     """
 
-    def __init__(self, fd: int, path: str, pool: Executor, *, zip64: bool = False) -> None:
-        self.fd, self.path, self.pool, self.pos, self.force64 = fd, path, pool, 0, zip64
-        self.entries: list[_Entry] = []
+    def __init__(self, fd: int, path: str, pool: Executor, *, base: int = 0, zip64: bool = False) -> None:
+        self.fd, self.path, self.pool, self.base, self.pos, self.force64 = fd, path, pool, base, 0, zip64
+        self.entries: list[ZipEntry] = []
 
     def _big(self, size: int) -> bool:
         return self.force64 or size >= _LIMIT
 
-    def begin(self, name: str, size: int) -> _Entry:
-        entry = _Entry(f"{ARCHIVE}/{name}".encode(), self.pos, size)
+    def begin(self, name: str, size: int) -> ZipEntry:
+        entry = ZipEntry(f"{ARCHIVE}/{name}".encode(), self.pos, size)
         zip64 = b""
         if self._big(size):
             zip64 = struct.pack("<HHQQ", 1, 16, size, size)
@@ -171,9 +173,9 @@ class _ZipOut:
         self.entries.append(entry)
         return entry
 
-    def end(self, entry: _Entry, crc: int) -> None:
+    def end(self, entry: ZipEntry, crc: int) -> None:
         entry.crc = crc
-        os.pwrite(self.fd, struct.pack("<L", crc), entry.offset + 14)
+        os.pwrite(self.fd, struct.pack("<L", crc), self.base + entry.offset + 14)
 
     def write(self, data: bytes | memoryview) -> None:
         write_all(self.fd, memoryview(data))
@@ -183,7 +185,7 @@ class _ZipOut:
         self.end(self.begin(name, len(data)), zlib.crc32(data))
         self.write(data)
 
-    def _central(self, e: _Entry) -> bytes:
+    def _central(self, e: ZipEntry) -> bytes:
         values = [v for v in (e.size, e.size) if self._big(e.size)]
         if self.force64 or e.offset >= _LIMIT:
             values.append(e.offset)
@@ -210,9 +212,36 @@ class _ZipOut:
         self.write(_EOCD.pack(b"PK\x05\x06", 0, 0, count, count, size, start, 0))
 
 
-def _write_storage(zf: _ZipOut, files: SourceFiles, data: TensorData,
+def write_records(zf: ZipArchiveWriter, files: SourceFiles, data_pkl: bytes,
+                  storages: Sequence[tuple[str, TensorData]], on_progress: Progress) -> dict[str, RawSource]:
+    """Write a ``torch.save`` archive's records in torch's order and finish it.
+
+    Args:
+        zf: the archive, empty so far.
+        files: open source files for the storages' byte ranges.
+        data_pkl: the pickled object tree.
+        storages: (storage key, its bytes), written in order as ``data/<key>``.
+        on_progress: called with the number of bytes written.
+
+    Returns:
+        Where each storage's bytes landed in the file, by key.
+    """
+    placed: dict[str, RawSource] = {}
+    zf.record("data.pkl", data_pkl)
+    zf.record(".format_version", b"1")
+    zf.record(".storage_alignment", str(ALIGNMENT).encode())
+    zf.record("byteorder", b"little")
+    for key, data in storages:
+        placed[key] = _write_storage(zf, files, key, data, on_progress)
+    zf.record("version", b"3\n")
+    zf.record(".data/serialization_id", "".join(random.choice("0123456789") for _ in range(40)).encode())
+    zf.finish()
+    return placed
+
+
+def _write_storage(zf: ZipArchiveWriter, files: SourceFiles, key: str, data: TensorData,
                    on_progress: Progress) -> RawSource:
-    entry = zf.begin(f"data/{data.name}", data.nbytes)
+    entry = zf.begin(f"data/{key}", data.nbytes)
     start = zf.pos
     if data.raw is not None:
         if data.raw.length != data.nbytes:
@@ -226,10 +255,10 @@ def _write_storage(zf: _ZipOut, files: SourceFiles, data: TensorData,
     else:
         raise ValueError(f"{data.name}: no source for the storage's bytes")
     zf.pos += data.nbytes
-    if os.lseek(zf.fd, 0, os.SEEK_CUR) != zf.pos:
+    if os.lseek(zf.fd, 0, os.SEEK_CUR) != zf.base + zf.pos:
         raise ValueError(f"{data.name}: storage bytes written differ from its size")
     zf.end(entry, crc)
-    return RawSource(zf.path, start, data.nbytes)
+    return RawSource(zf.path, zf.base + start, data.nbytes)
 
 
 def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
@@ -250,23 +279,12 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
     """
     data_pkl = pickle_tree(obj)
     files = SourceFiles()
-    placed: dict[str, RawSource] = {}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
     try:
-        zf = _ZipOut(fd, path, pool, zip64=zip64)
-        zf.record("data.pkl", data_pkl)
-        zf.record(".format_version", b"1")
-        zf.record(".storage_alignment", str(ALIGNMENT).encode())
-        zf.record("byteorder", b"little")
-        for data in storages:
-            placed[data.name] = _write_storage(zf, files, data, on_progress)
-        zf.record("version", b"3\n")
-        serial = "".join(random.choice("0123456789") for _ in range(40))
-        zf.record(".data/serialization_id", serial.encode())
-        zf.finish()
+        zf = ZipArchiveWriter(fd, path, pool, zip64=zip64)
+        return write_records(zf, files, data_pkl, [(data.name, data) for data in storages], on_progress)
     finally:
         pool.shutdown()
         os.close(fd)
         files.close()
-    return placed
