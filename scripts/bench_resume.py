@@ -1,12 +1,13 @@
 """resume: verify-resume's own cost beyond the recipe's compute, measured in the same run.
 
 For each size (the model's parameter bytes), a recipe trains an MLP (Adam, batches of 256) for
-6 steps with a resume at 3. The baseline is the recipe's raw compute that verify-resume has to
-repeat, run as a script in a new Python: import torch, build the objects and run 6 steps, then
-build again and run steps 3..5 (no state capture, no checkpoint, no comparison). Against it, the
-``ckpttools verify-resume`` command as a user runs it: with the resume in a fresh process (the
-default) and with ``--in-process``. Wall and CPU time of each whole process tree; best of
-``REPEAT``, interleaved.
+6 steps with a resume at 3. Run mode: the baseline is the recipe's raw compute that verify-resume
+has to repeat, run as a script in a new Python: import torch, build the objects and run 6 steps,
+then build again and run steps 3..5 (no state capture, no checkpoint, no comparison). Against it,
+the ``ckpttools verify-resume`` command as a user runs it: with the resume in a fresh process (the
+default) and with ``--in-process``. CKPT NEXT mode: the baseline is a plain resume (load the
+checkpoint saved at 3 into fresh objects, run steps 3..5); against it, ``verify-resume CKPT NEXT``.
+Wall and CPU time of each whole process tree; best of ``REPEAT``, interleaved.
 """
 
 from __future__ import annotations
@@ -59,6 +60,31 @@ for first in (0, {resume_at}):
         run_step(recipe, objs, i)
 """.format(resume_at=RESUME_AT, steps=STEPS)
 
+# The CKPT NEXT mode: its raw compute is a plain resume (load CKPT into fresh objects, run to NEXT's step).
+SAVE_PAIR = """
+import sys
+from ckpttools.ops.recipe import build_objects, capture_state, load_recipe, run_step, seed_all, write_checkpoint
+recipe = load_recipe(sys.argv[1])
+seed_all(0)
+objs = build_objects(recipe)
+loss = None
+for i in range({steps}):
+    if i == {resume_at}:
+        write_checkpoint(recipe, sys.argv[2], capture_state(objs, i, loss, copy=False))
+    loss = run_step(recipe, objs, i)
+write_checkpoint(recipe, sys.argv[3], capture_state(objs, {steps}, loss, copy=False))
+""".format(resume_at=RESUME_AT, steps=STEPS)
+RAW_RESUME = """
+import sys
+from ckpttools.ops.recipe import apply_state, build_objects, load_recipe, read_checkpoint, run_step, seed_all
+recipe = load_recipe(sys.argv[1])
+seed_all(0)
+objs = build_objects(recipe)
+apply_state(recipe, objs, read_checkpoint(recipe, sys.argv[2]), sys.argv[2], copy=False)
+for i in range({resume_at}, {steps}):
+    run_step(recipe, objs, i)
+""".format(resume_at=RESUME_AT, steps=STEPS)
+
 
 def _timed(cmd: list[str]) -> tuple[float, float]:
     """Wall and CPU seconds of ``cmd`` and every process it waited for (CPU is less sensitive to other load)."""
@@ -73,9 +99,9 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def _verify(recipe: str, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "ckpttools", "verify-resume", "--recipe", recipe,
-            "--steps", str(STEPS), "--resume-at", str(RESUME_AT), *flags]
+def _verify(recipe: str, *args: str) -> list[str]:
+    run_mode = ["--steps", str(STEPS), "--resume-at", str(RESUME_AT)] if not args or args[0].startswith("-") else []
+    return [sys.executable, "-m", "ckpttools", "verify-resume", "--recipe", recipe, *run_mode, *args]
 
 
 def run(sizes: list[str]) -> None:
@@ -84,20 +110,26 @@ def run(sizes: list[str]) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
             recipe = str(Path(tmp) / "recipe.py")
             Path(recipe).write_text(RECIPE.format(width=width, layers=LAYERS, batch=BATCH))
+            ckpt, nxt = str(Path(tmp) / "ckpt.pt"), str(Path(tmp) / "next.pt")
+            subprocess.run([sys.executable, "-c", SAVE_PAIR, recipe, ckpt, nxt], check=True)
             sides = {"raw compute": [sys.executable, "-c", RAW, recipe], "fresh process": _verify(recipe),
-                     "--in-process": _verify(recipe, "--in-process")}
+                     "--in-process": _verify(recipe, "--in-process"),
+                     "raw resume": [sys.executable, "-c", RAW_RESUME, recipe, ckpt],
+                     "CKPT NEXT": _verify(recipe, ckpt, nxt)}
             _timed(sides["fresh process"])  # warm-up: the page cache holds torch for every side
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
             for _ in range(REPEAT):  # interleaved: other load on the machine hits all sides
                 for name, cmd in sides.items():
                     runs[name].append(_timed(cmd))
-        raw_wall, raw_cpu = (min(w for w, _ in runs["raw compute"]), min(c for _, c in runs["raw compute"]))
-        print(f"  MLP {LAYERS}x{width}x{width} ({size}, Adam, {STEPS} steps, resume at {RESUME_AT}): "
-              f"raw compute in a new Python {raw_wall:.2f}s wall / {raw_cpu:.2f}s cpu", flush=True)
-        for name in ("fresh process", "--in-process"):
-            wall, cpu = min(w for w, _ in runs[name]), min(c for _, c in runs[name])
-            print(f"    verify-resume, {name:13s} {wall:6.2f}s wall (overhead {wall / raw_wall - 1:+5.0%}), "
-                  f"{cpu:6.2f}s cpu (overhead {cpu / raw_cpu - 1:+5.0%})", flush=True)
+        best = {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
+        print(f"  MLP {LAYERS}x{width}x{width} ({size}, Adam, {STEPS} steps, resume at {RESUME_AT})", flush=True)
+        for raw, modes in (("raw compute", ("fresh process", "--in-process")), ("raw resume", ("CKPT NEXT",))):
+            raw_wall, raw_cpu = best[raw]
+            print(f"    {raw} in a new Python {raw_wall:6.2f}s wall / {raw_cpu:6.2f}s cpu", flush=True)
+            for name in modes:
+                wall, cpu = best[name]
+                print(f"      verify-resume, {name:13s} {wall:6.2f}s wall (overhead {wall / raw_wall - 1:+5.0%}), "
+                      f"{cpu:6.2f}s cpu (overhead {cpu / raw_cpu - 1:+5.0%})", flush=True)
 
 
 if __name__ == "__main__":
