@@ -18,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "convert_checkpoint": "ckpttools.ops.convert",
+    "convert_checkpoint": "ckpttools.ops.convert.conversion",
     "open_checkpoint": "ckpttools.formats.registry",
     "detect_format": "ckpttools.formats.registry",
     "Format": "ckpttools.formats.base",
@@ -28,17 +28,17 @@ _API = {
     "GlobalRef": "ckpttools.entries",
     "CkptError": "ckpttools.errors",
     "inspect_checkpoint": "ckpttools.ops.inspect",
-    "diagnose_text": "ckpttools.ops.diagnose",
-    "diagnose_checkpoint": "ckpttools.ops.diagnose",
-    "verify_resume": "ckpttools.ops.resume",
-    "load_recipe": "ckpttools.ops.recipe",
-    "diff_against_model": "ckpttools.ops.diff",
-    "diff_checkpoints": "ckpttools.ops.diff_pair",
-    "remap_checkpoint": "ckpttools.ops.remap",
-    "build_model": "ckpttools.model_spec",
+    "diagnose_text": "ckpttools.ops.diagnose.diagnosis",
+    "diagnose_checkpoint": "ckpttools.ops.diagnose.diagnosis",
+    "verify_resume": "ckpttools.api",
+    "load_recipe": "ckpttools.ops.resume.recipe",
+    "diff_against_model": "ckpttools.ops.model_diff",
+    "diff_checkpoints": "ckpttools.ops.diff.pair",
+    "remap_checkpoint": "ckpttools.ops.diff.remap",
+    "build_model": "ckpttools.ops.model_spec",
     "find_state_dict": "ckpttools.ops.state_dict",
-    "scan_checkpoint": "ckpttools.ops.scan",
-    "audit_checkpoints": "ckpttools.ops.audit",
+    "scan_checkpoint": "ckpttools.ops.audit.scan",
+    "audit_checkpoints": "ckpttools.ops.audit.audit",
 }
 
 __all__ = ["__version__", *_API]

@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from ckpttools.ops.audit import AuditResult, audit_checkpoints
-from ckpttools.ops.audit_config import AuditConfig, normalize_dtype, parse_size
+from ckpttools.ops.audit.audit import AuditResult, audit_checkpoints
+from ckpttools.ops.audit.config import AuditConfig, normalize_dtype, parse_size
 
 
 def assert_checkpoint_ok(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,

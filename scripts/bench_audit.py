@@ -11,7 +11,7 @@ PLAIN_READ = ("import sys\nf = open(sys.argv[1], 'rb', buffering=0); b = bytearr
               "while f.readinto(b): pass")
 TORCH_IMPORT = "import torch"
 FINITE = ("import sys\nfrom ckpttools.formats.registry import open_checkpoint\n"
-          "from ckpttools.ops.audit_finite import check_finite\n"
+          "from ckpttools.ops.audit.finite import check_finite\n"
           "with open_checkpoint(sys.argv[1]) as r:\n    assert check_finite(r).status == 'PASS'")
 
 

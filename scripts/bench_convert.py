@@ -31,7 +31,7 @@ LOAD_ALL = ("import sys, torch; from safetensors.torch import save_file; "
 
 
 def _size(text: str) -> int:
-    from ckpttools.ops.convert import parse_size
+    from ckpttools.ops.convert.conversion import parse_size
 
     return parse_size(text.replace("MB", "MiB").replace("GB", "GiB"))
 

@@ -51,7 +51,7 @@ def loss(model, batch):
 
 RAW = """
 import sys
-from ckpttools.ops.recipe import build_objects, load_recipe, run_step, seed_all
+from ckpttools.ops.resume.recipe import build_objects, load_recipe, run_step, seed_all
 recipe = load_recipe(sys.argv[1])
 for first in (0, {resume_at}):
     seed_all(0)
@@ -63,7 +63,7 @@ for first in (0, {resume_at}):
 # The CKPT NEXT mode: its raw compute is a plain resume (load CKPT into fresh objects, run to NEXT's step).
 SAVE_PAIR = """
 import sys
-from ckpttools.ops.recipe import build_objects, capture_state, load_recipe, run_step, seed_all, write_checkpoint
+from ckpttools.ops.resume.recipe import build_objects, capture_state, load_recipe, run_step, seed_all, write_checkpoint
 recipe = load_recipe(sys.argv[1])
 seed_all(0)
 objs = build_objects(recipe)
@@ -76,7 +76,7 @@ write_checkpoint(recipe, sys.argv[3], capture_state(objs, {steps}, loss, copy=Fa
 """.format(resume_at=RESUME_AT, steps=STEPS)
 RAW_RESUME = """
 import sys
-from ckpttools.ops.recipe import apply_state, build_objects, load_recipe, read_checkpoint, run_step, seed_all
+from ckpttools.ops.resume.recipe import apply_state, build_objects, load_recipe, read_checkpoint, run_step, seed_all
 recipe = load_recipe(sys.argv[1])
 seed_all(0)
 objs = build_objects(recipe)

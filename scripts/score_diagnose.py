@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.ops.test_diagnose_corpus import corpus_cases, generated_cases, real_cases, top_label  # noqa: E402
+from tests.ops.diagnose.test_corpus import corpus_cases, generated_cases, real_cases, top_label  # noqa: E402
 
 
 def _score(name: str, cases: list[tuple[str, str, str]]) -> None:

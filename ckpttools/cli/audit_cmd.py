@@ -45,8 +45,8 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
       ckpttools audit 'runs/**/*.safetensors' --dtype bf16 --max-size 2GB --format junit
     """
     from ckpttools.cli._progress import byte_progress
-    from ckpttools.ops.audit import audit_checkpoints
-    from ckpttools.ops.audit_config import load_config
+    from ckpttools.ops.audit.audit import audit_checkpoints
+    from ckpttools.ops.audit.config import load_config
     from ckpttools.render.audit import render_audit
 
     config, source = load_config(config_dir)

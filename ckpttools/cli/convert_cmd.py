@@ -42,7 +42,7 @@ def convert(ctx: click.Context, src: str, dst: str, to: str | None, key: str | N
       ckpttools convert model.pth out/ --to safetensors --max-shard-size 2GB
       ckpttools convert ckpt.pth model.safetensors --key model_state_dict --dtype bf16
     """
-    from ckpttools.ops.convert import convert_checkpoint
+    from ckpttools.ops.convert.conversion import convert_checkpoint
     from ckpttools.render.convert import render_convert
 
     trust = is_trusted(ctx, trust)

@@ -21,8 +21,8 @@ def _read_text(file: str | None) -> str:
 def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | None,
                 trust: bool) -> object:
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.model_spec import load_model_signature, parse_model_args
-    from ckpttools.ops.diagnose import diagnose_checkpoint
+    from ckpttools.ops.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.diagnose.diagnosis import diagnose_checkpoint
 
     signature = load_model_signature(spec, parse_model_args(args))
     with open_checkpoint(checkpoint, trust=trust) as reader:
@@ -51,7 +51,7 @@ def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model
     in the input (or the input could not be read).
     """
     from ckpttools.errors import NoLoadErrorFound
-    from ckpttools.ops.diagnose import NO_ERROR_MESSAGE, diagnose_text
+    from ckpttools.ops.diagnose.diagnosis import NO_ERROR_MESSAGE, diagnose_text
     from ckpttools.render.diagnose import render_diagnosis
 
     if checkpoint and file:

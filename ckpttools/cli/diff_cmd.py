@@ -17,7 +17,7 @@ from ckpttools.cli._options import (
 )
 
 if TYPE_CHECKING:
-    from ckpttools.ops.diff import DiffResult
+    from ckpttools.ops.model_diff import DiffResult
 
 
 @click.command()
@@ -69,8 +69,8 @@ def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | Non
 def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
                 rules_out: str | None, fmt: str, trust: bool) -> bool:
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.model_spec import load_model_signature, parse_model_args
-    from ckpttools.ops.diff import diff_against_model
+    from ckpttools.ops.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.model_diff import diff_against_model
     from ckpttools.render.diff import render_diff
 
     signature = load_model_signature(spec, parse_model_args(args))
@@ -83,7 +83,7 @@ def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
 
 
 def _write_rules(result: DiffResult, dest: str) -> None:
-    from ckpttools.formats.atomic import atomic_output
+    from ckpttools.formats.writers.atomic import atomic_output
     from ckpttools.ops.keymatch import format_rules
 
     rules = next((f.rules for f in reversed(result.fixes) if f.rules), ())
@@ -102,7 +102,7 @@ def _write_rules(result: DiffResult, dest: str) -> None:
 def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool) -> bool:
     from ckpttools.cli._progress import byte_progress
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.ops.diff_pair import diff_checkpoints
+    from ckpttools.ops.diff.pair import diff_checkpoints
     from ckpttools.render.diff import render_checkpoint_diff
 
     with open_checkpoint(path, trust=trust) as a, open_checkpoint(other, trust=trust) as b:

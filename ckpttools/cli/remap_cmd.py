@@ -49,7 +49,7 @@ def remap(ctx: click.Context, src: str, dst: str, strip_prefix: str | None,
       ckpttools remap old.pth new.pth --rules rules.txt --drop '^head\\.' --dry-run
     """
     from ckpttools.cli._progress import byte_progress
-    from ckpttools.ops.remap import build_rules, remap_checkpoint
+    from ckpttools.ops.diff.remap import build_rules, remap_checkpoint
     from ckpttools.render.remap import render_remap
 
     trust = is_trusted(ctx, trust)

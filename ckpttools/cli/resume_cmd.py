@@ -47,7 +47,7 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
       ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
     """
-    from ckpttools.ops.resume_fresh import prefork
+    from ckpttools.ops.resume.fresh import prefork
 
     _check_mode(checkpoint, next_checkpoint, steps, resume_at, via)
     trusted = is_trusted(ctx, trust)
@@ -55,12 +55,14 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     # Before the recipe or any torch op runs here: the fresh process is this one, forked.
     worker = prefork() if steps is not None and not in_process else None
 
-    from ckpttools.ops.resume import verify_resume as run
+    from ckpttools.ops.convert.conversion import convert_checkpoint
+    from ckpttools.ops.resume.verify import verify_resume as run
     from ckpttools.render.resume import render_resume
 
     with worker or contextlib.nullcontext():  # closed here too when the run fails before using it
         result = run(recipe, checkpoint, next_checkpoint, steps=steps, resume_at=resume_at, atol=atol,
-                     drift_atol=drift_atol, via=via, trust=trusted, fresh_process=not in_process,
+                     drift_atol=drift_atol, via=via, converter=convert_checkpoint if via else None,
+                     trust=trusted, fresh_process=not in_process,
                      on_progress=_progress(), worker=worker)
     click.echo(render_resume(result, output_format))
     ctx.exit(0 if result.ok else 1)

@@ -24,7 +24,7 @@ def scan(paths: tuple[str, ...], output_format: str) -> None:
       ckpttools scan model.pth
       ckpttools scan checkpoints/ 'downloads/**/*.bin' --format json
     """
-    from ckpttools.ops.scan import scan_checkpoint
+    from ckpttools.ops.audit.scan import scan_checkpoint
     from ckpttools.render.scan import render_scan
 
     result = scan_checkpoint(paths)

@@ -10,10 +10,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, RawSource, TensorEntry
 
-# the safetensors ``__metadata__`` key (or DCP bytes entry) holding a converted checkpoint's
-# structure; defined here so that every reader can look for it
-MANIFEST_KEY = "ckpttools.manifest"
-
 if TYPE_CHECKING:
     import torch
 
@@ -93,6 +89,8 @@ class CheckpointReader(ABC):
     def manifest(self) -> str | None:
         """The manifest ckpttools stores beside the tensors of a checkpoint it converted (the
         non-tensor structure, see ``ckpttools.formats.manifest``), or None."""
+        from ckpttools.formats.manifest import MANIFEST_KEY
+
         return self.metadata().get(MANIFEST_KEY)
 
     def _manifest_view(self, raw: tuple[Entry, ...]) -> tuple[Any, tuple[Entry, ...]] | None:

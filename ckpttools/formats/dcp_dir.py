@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.base import MANIFEST_KEY, CheckpointReader, Format
-from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
-from ckpttools.formats.pickle_walk import WalkResult, walk_pickle
-from ckpttools.formats.pickled import tensor_from_bytes, type_name
+from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.manifest import MANIFEST_KEY
+from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, TorchDtype, to_json
+from ckpttools.formats.pickle.walk import WalkResult, walk_pickle
+from ckpttools.formats.pickle.reader import tensor_from_bytes
+from ckpttools.formats.pickle.stand_ins import type_name
 from ckpttools.formats.torch_zip import find_data_pickle
 
 if TYPE_CHECKING:

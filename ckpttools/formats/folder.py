@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, GlobalRef, ObjectPlaceholder, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import UnknownFormatError
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.single_file import FILE_FORMATS, open_file
 
 if TYPE_CHECKING:
     import torch
 
 EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl")
-# single-file formats a folder member may have; sharded sets and DCP are folders of their own
-MEMBER_FORMATS = (Format.TORCH_ZIP, Format.TORCH_LEGACY, Format.SAFETENSORS)
 
 
 def checkpoint_files(path: str) -> list[str]:
@@ -33,15 +32,13 @@ def checkpoint_files(path: str) -> list[str]:
     names) and its bytes sniff as a single-file checkpoint format; empty or unreadable files
     are skipped.
     """
-    from ckpttools.formats.registry import FORMATS  # late: the registry imports this module
-
     out = []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
         if not name.endswith(EXTENSIONS) or not os.path.isfile(full):
             continue
         try:
-            if any(FORMATS[f].sniff(full) for f in MEMBER_FORMATS):
+            if any(spec.sniff(full) for spec in FILE_FORMATS.values()):
                 out.append(name)
         except OSError:
             continue
@@ -90,9 +87,7 @@ class FolderReader(CheckpointReader):
     def member(self, name: str) -> CheckpointReader:
         """The open reader of member file ``name``."""
         if name not in self._open:
-            from ckpttools.formats.registry import open_checkpoint
-
-            self._open[name] = open_checkpoint(os.path.join(self.path, name), trust=self.trust)
+            self._open[name] = open_file(os.path.join(self.path, name), trust=self.trust)
         return self._open[name]
 
     def split_key(self, key: str) -> tuple[str, str]:

@@ -51,9 +51,10 @@ from typing import Any
 
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CkptError, CorruptCheckpointError, UnsupportedError
-from ckpttools.formats.base import MANIFEST_KEY
 from ckpttools.keypaths import iter_leaves
 
+# the safetensors ``__metadata__`` key (or DCP bytes entry) holding a converted checkpoint's structure
+MANIFEST_KEY = "ckpttools.manifest"
 MANIFEST_FORMAT = "ckpttools.manifest"
 MANIFEST_VERSION = 1
 
@@ -375,8 +376,8 @@ def manifest_view(text: str, where: str,
     Raises:
         CorruptCheckpointError: the manifest is unreadable or names a tensor the file lacks.
     """
-    from ckpttools.formats.pickled import type_name
-    from ckpttools.formats.pickle_stand import to_json
+    from ckpttools.formats.pickle.stand_ins import type_name
+    from ckpttools.formats.pickle.stand_ins import to_json
 
     manifest = Manifest.from_json(text, where)
     by_name = {t.key: t for t in tensors}
@@ -395,7 +396,7 @@ def manifest_view(text: str, where: str,
 
 def _metadata_tree(node: Node) -> Any:
     """``decode_tree`` without torch or numpy: placeholders for what would need them."""
-    from ckpttools.formats.pickle_stand import TorchDtype
+    from ckpttools.formats.pickle.stand_ins import TorchDtype
 
     t = node["t"]
     if t == "tensor":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ckpttools.entries import Entry, GlobalRef, RawSource, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnknownFormatError
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.single_file import open_file
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +190,4 @@ class ShardedTorchReader(_ShardedReader):
     shard_suffixes = (".bin", ".pt", ".pth")
 
     def _open_shard(self, path: str) -> CheckpointReader:
-        # late import: the registry imports this module
-        from ckpttools.formats.registry import open_checkpoint
-
-        return open_checkpoint(path, trust=self.trust)
+        return open_file(path, trust=self.trust)

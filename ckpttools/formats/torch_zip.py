@@ -19,9 +19,9 @@ from ckpttools.entries import GlobalRef, RawSource
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats import zip_records as zr
 from ckpttools.formats.base import Format
-from ckpttools.formats.pickle_stand import ITEMSIZE, TensorPlaceholder
-from ckpttools.formats.pickle_walk import WalkResult, walk_pickle
-from ckpttools.formats.pickled import PickledReader, tensor_from_bytes
+from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder
+from ckpttools.formats.pickle.walk import WalkResult, walk_pickle
+from ckpttools.formats.pickle.reader import PickledReader, tensor_from_bytes
 
 if TYPE_CHECKING:
     import torch

@@ -183,7 +183,7 @@ def inspect_checkpoint(
 
 def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:
     try:
-        from ckpttools.formats.pickle_walk import safe_globals_hint
+        from ckpttools.formats.pickle.walk import safe_globals_hint
     except ImportError:  # pickle-free formats need no hint
         return None
     return safe_globals_hint(pickle_globals)

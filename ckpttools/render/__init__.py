@@ -68,24 +68,6 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], fmt: str = "tab
                     disable_numparse=True, preserve_whitespace=keep_indent)
 
 
-def human_bytes(n: int) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_count(n: int) -> str:
-    """``124439808`` -> ``124.4M``."""
-    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
-
-
 def shape_text(shape: Sequence[int]) -> str:
     """``(768, 768)`` -> ``[768, 768]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ckpttools.ops.audit import AuditResult
+from ckpttools.ops.audit.audit import AuditResult
 from ckpttools.render import table, to_json
 
 

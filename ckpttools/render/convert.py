@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ckpttools.ops.convert import ConvertResult
-from ckpttools.render import human_bytes, to_json
+from ckpttools.ops.convert.conversion import ConvertResult
+from ckpttools.render import to_json
+from ckpttools.units import human_bytes
 
 
 def render_convert(result: ConvertResult, fmt: str) -> str:

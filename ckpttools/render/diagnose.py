@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from ckpttools.ops.cause_fixes import Cause
-from ckpttools.ops.diagnose import DiagnoseResult
+from ckpttools.ops.diagnose.fixes import Cause
+from ckpttools.ops.diagnose.diagnosis import DiagnoseResult
 from ckpttools.render import heading, to_json
 
 

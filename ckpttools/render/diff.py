@@ -6,9 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ckpttools.keypaths import compress_keys
-from ckpttools.ops.diff import DiffResult
-from ckpttools.ops.diff_pair import CheckpointDiffResult
-from ckpttools.render import heading, human_count, shape_text, table, to_json
+from ckpttools.ops.model_diff import DiffResult
+from ckpttools.ops.diff.pair import CheckpointDiffResult
+from ckpttools.render import heading, shape_text, table, to_json
+from ckpttools.units import human_count
 
 # Tables longer than this are cut in table/markdown output (JSON always lists everything).
 MAX_ROWS = 40

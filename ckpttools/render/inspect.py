@@ -8,7 +8,8 @@ from typing import Any
 from ckpttools.entries import TensorEntry
 from ckpttools.keypaths import compress_keys
 from ckpttools.ops.inspect import InspectResult
-from ckpttools.render import heading, human_bytes, human_count, shape_text, table, to_json
+from ckpttools.render import heading, shape_text, table, to_json
+from ckpttools.units import human_bytes, human_count
 
 VALUE_WIDTH = 60
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ckpttools.keypaths import compress_keys
-from ckpttools.ops.remap import RemapResult
+from ckpttools.ops.diff.remap import RemapResult
 from ckpttools.render import heading, table, to_json
 
 MAX_ROWS = 60

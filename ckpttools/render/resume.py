@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from ckpttools.ops.resume import ResumeResult
-from ckpttools.ops.resume_attribution import LABELS
-from ckpttools.ops.resume_compare import LossRow, TensorDiff
+from ckpttools.ops.resume.verify import ResumeResult
+from ckpttools.ops.resume.attribution import LABELS
+from ckpttools.ops.resume.compare import LossRow, TensorDiff
 from ckpttools.render import heading, table, to_json
 
 PLOT_WIDTH = 24

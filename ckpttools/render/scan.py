@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ckpttools.ops.scan import FileScan, ScanResult
+from ckpttools.ops.audit.scan import FileScan, ScanResult
 from ckpttools.render import table, to_json
 
 _MARK = {"safe": "safe", "unknown": "UNKNOWN", "unsafe": "UNSAFE", "error": "ERROR"}

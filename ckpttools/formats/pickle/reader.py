@@ -1,0 +1,129 @@
+"""What the torch pickle readers (zip, legacy) share: entries and tree from a walked pickle,
+tensors built from mapped storage bytes, and the guarded ``torch.load`` fallback."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, TensorEntry
+from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, to_json, type_name
+from ckpttools.formats.pickle.walk import WalkResult
+from ckpttools.keypaths import get_path, split_tensors
+
+if TYPE_CHECKING:
+    import torch
+
+
+def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order."""
+    return split_tensors(tree, lambda node: type(node) is TensorPlaceholder)
+
+
+def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder) -> torch.Tensor:
+    """View ``ph`` over the storage bytes ``buf[offset:offset + length]`` (no copy)."""
+    import torch
+
+    dtype = getattr(torch, ph.dtype)
+    if ph.numel == 0:
+        return torch.empty_strided(ph.shape, ph.stride, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read-only buffers (bytes) warn; they are never written
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=length, offset=offset)
+    return raw.view(dtype).as_strided(ph.shape, ph.stride, ph.storage_offset)
+
+
+class PickledReader(CheckpointReader):
+    """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
+
+    _little: bool  # the storages are little-endian; set by each reader from the file
+
+    _walk_result: WalkResult
+    torch_mmap = True  # whether the torch.load fallback may map the file
+
+    def _init_tree(self, walk: WalkResult) -> None:
+        self._walk_result = walk
+        self._tree, leaves = flatten_tree(walk.tree)
+        self._tensors: dict[str, TensorPlaceholder] = {}
+        entries: list[Entry] = []
+        for key, leaf in leaves:
+            if isinstance(leaf, TensorPlaceholder):
+                self._tensors[key] = leaf
+                entries.append(TensorEntry(key, leaf.dtype, leaf.shape, leaf.nbytes,
+                                           self._location(leaf), leaf.device))
+            else:
+                entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
+        self._entries = tuple(entries)
+        self._full: Any = None
+
+    def _close_map(self) -> None:
+        """Close the file map that loaded tensors view, if any."""
+        if getattr(self, "_map", None) is not None:
+            try:
+                self._map.close()  # type: ignore[union-attr]
+            except BufferError:
+                pass  # tensors still view the map; it closes when they are freed
+            self._map = None
+
+    def _direct(self, ph: TensorPlaceholder) -> bool:
+        """Whether the tensor's bytes can be used as stored (a plain little-endian storage)."""
+        return ph.layout == "strided" and ph.storage_key is not None and self._little
+
+    @abstractmethod
+    def _location(self, ph: TensorPlaceholder) -> str:
+        """Where the placeholder's bytes live, for ``TensorEntry.location``."""
+
+    def entries(self) -> tuple[Entry, ...]:
+        return self._entries
+
+    def tree(self) -> Any:
+        return self._tree
+
+    def pickle_globals(self) -> tuple[GlobalRef, ...]:
+        return self._walk_result.globals
+
+    def placeholder(self, key: str) -> TensorPlaceholder:
+        """The pickle's record of the tensor under ``key``.
+
+        Raises:
+            KeyError: no tensor has that key.
+        """
+        return self._tensors[key]
+
+    def _check_span(self, ph: TensorPlaceholder, have: int, where: str) -> None:
+        need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+        if need > have:
+            raise CorruptCheckpointError(
+                f"{self.path}: record {where} holds {have} bytes but a tensor needs {need}; "
+                "the file is truncated or damaged")
+
+    def _load_full(self, key: str) -> torch.Tensor:
+        """Fallback for tensors the direct path cannot build: unpickle with torch, once."""
+        import torch
+
+        if self._full is None:
+            with warnings.catch_warnings():
+                # NOTE(torch>=2.0): torch.load warns about its own TypedStorage use
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+                self._full = self._torch_load(torch)
+        value = get_path(self._full, key)
+        if not isinstance(value, torch.Tensor):
+            raise KeyError(key)
+        return value
+
+    def _torch_load(self, torch: Any) -> Any:
+        mmap = self.torch_mmap
+        if self.trust:
+            return torch.load(self.path, map_location="cpu", weights_only=False, mmap=mmap)
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as e:
+            names = ", ".join(g.qualname for g in self.pickle_globals() if g.safety != "safe")
+            raise UnsafeCheckpointError(
+                f"{os.path.basename(self.path)}: pickle needs non-tensor globals ({names or '?'}); "
+                "rerun with --trust if you trust the file") from e

@@ -1,0 +1,135 @@
+"""Recognising checkpoint formats from their bytes (an extension is never trusted), without a reader."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError
+from ckpttools.formats import zip_records
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# records torch.save writes: <folder>/data.pkl (or any pickle), <folder>/data/<n>, version, byteorder
+_TORCH_RECORD = re.compile(r".*\.pkl$|[^/]*/(data/\d+|version|\.data/version|byteorder)$")
+# torch.serialization writes this number, pickled with protocol 2, at the start of a legacy file.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def read_head(path: str, n: int = 64) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def zip_names(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            return list(zip_records.read_directory(f, zip_records.file_size(f)))
+    except (zip_records.ZipError, OSError, ValueError):
+        return []
+
+
+def is_torch_zip(path: str) -> bool:
+    if os.path.isdir(path) or not read_head(path, 4) in ZIP_MAGIC:
+        return False
+    names = zip_names(path)
+    # an unreadable zip that starts like one is still reported as a (corrupt) torch zip, and so
+    # is one with torch.save's records but no pickle: the reader says what is missing
+    return not names or any(_TORCH_RECORD.match(n) for n in names) and not is_torchscript(names)
+
+
+def is_torchscript(names: list[str]) -> bool:
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def is_legacy(path: str) -> bool:
+    return not os.path.isdir(path) and read_head(path, len(LEGACY_MAGIC)) == LEGACY_MAGIC
+
+
+def is_safetensors(path: str) -> bool:
+    if os.path.isdir(path):
+        return False
+    head = read_head(path, 9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    # a header longer than the file is still safetensors, and corrupt: the reader says so
+    return head[8:9] == b"{" and n >= 2
+
+
+def index_names(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return sorted(n for n in os.listdir(path) if n.endswith(".index.json"))
+    return [os.path.basename(path)] if path.endswith(".index.json") else []
+
+
+def index_points_to(path: str, suffix: str) -> bool:
+    for name in index_names(path):
+        full = os.path.join(path, name) if os.path.isdir(path) else path
+        try:
+            with open(full, encoding="utf-8") as f:
+                files = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            files = set()
+        if files and all(str(f).endswith(suffix) for f in files):
+            return True
+        # a damaged index is still recognised by its name; the reader says what is wrong
+        if not files and name.endswith(suffix + ".index.json"):
+            return True
+    return False
+
+
+def is_safetensors_sharded(path: str) -> bool:
+    return index_points_to(path, ".safetensors")
+
+
+def is_torch_sharded(path: str) -> bool:
+    return index_points_to(path, ".bin") or index_points_to(path, ".pt")
+
+
+def is_dcp(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
+
+
+def foreign_kind(path: str) -> str | None:
+    """Name a file that is a model or array file of another kind, not a PyTorch checkpoint."""
+    head = read_head(path, 64)
+    if head[:4] in ZIP_MAGIC:
+        names = zip_names(path)
+        if is_torchscript(names):
+            return "a TorchScript archive (torch.jit.save); load it with torch.jit.load"
+        if names and all(n.endswith(".npy") for n in names):
+            return "a numpy .npz archive; load it with numpy.load"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy array; load it with numpy.load"
+    if head.startswith(b"GGUF"):
+        return "a GGUF model file (llama.cpp); use the gguf package to read it"
+    if head[:1] == b"\x08" and b"\x12" in head[1:4] and (b"pytorch" in head or b"onnx" in head
+                                                        or path.endswith(".onnx")):
+        return "an ONNX model; load it with onnx.load"
+    return None
+
+
+def check_readable(path: str) -> None:
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if not os.access(path, os.R_OK):
+        raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CorruptCheckpointError(f"{path}: empty file; it holds no checkpoint")
+
+
+@contextmanager
+def read_errors(path: str) -> Iterator[None]:
+    """Turn an OS error while sniffing ``path`` into the one-line unreadable-checkpoint error."""
+    try:
+        yield
+    except PermissionError as e:
+        raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions") from e
+    except OSError as e:
+        if isinstance(e, CheckpointNotFoundError):
+            raise
+        raise UnreadableCheckpointError(f"{path}: cannot read: {os.strerror(e.errno or errno.EIO)}") from e

@@ -1,0 +1,267 @@
+"""``audit PATH...``: gate checkpoints in CI. A row per check per file, PASS/WARN/FAIL with a
+one-line reason: integrity, safety, finite, and on request model, completeness, policy and
+reproducibility.
+
+One process for every file; torch is imported once, and only by a check that reads tensor
+data (finite) or builds a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
+from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
+from ckpttools.ops.audit.config import AuditConfig
+from ckpttools.ops.audit.scan import ScanResult, expand_paths, scan_checkpoint
+
+if TYPE_CHECKING:
+    from ckpttools.formats.base import CheckpointReader
+    from ckpttools.ops.model_spec import ModelSignature
+
+CHECKS = ("integrity", "safety", "finite", "model", "completeness", "policy", "reproducibility")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Every check of every file.
+
+    Attributes:
+        checks: one row per file and check, files in the order given, checks in ``CHECKS`` order.
+        config_file: the pyproject.toml / setup.cfg the settings came from, if any.
+        manifest_written: the manifest path when this run wrote it (it did not exist).
+    """
+
+    checks: tuple[CheckResult, ...]
+    config_file: str | None = None
+    manifest_written: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed (WARN passes)."""
+        return not any(c.status == "FAIL" for c in self.checks)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.path for c in self.checks))
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "counts": self.counts(), "files": list(self.files),
+                "config_file": self.config_file, "manifest_written": self.manifest_written,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(path) for n in ns)
+
+
+def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
+    unsafe = sorted({g.qualname for f in scan.files for p in f.pickles for g in p.globals
+                     if g.safety == "unsafe"})
+    findings = [x.message for f in scan.files for p in f.pickles for x in p.findings
+                if x.safety == "unsafe"]
+    unknown = sorted({g.qualname for f in scan.files for p in f.pickles for g in p.globals
+                      if g.safety == "unknown"})
+    errors = [f"{f.path}: {f.error}" for f in scan.files if f.safety == "error"]
+    pickles = sum(len(f.pickles) for f in scan.files)
+    if unsafe or findings:
+        what = ", ".join(unsafe) or findings[0]
+        return CheckResult(path, "safety", "FAIL", f"pickle can run code: {what}",
+                           tuple(unsafe + findings))
+    if errors:
+        return CheckResult(path, "safety", "FAIL", f"pickle could not be read: {errors[0]}",
+                           tuple(errors))
+    if unknown:
+        return CheckResult(path, "safety", "WARN" if allow_unknown else "FAIL",
+                           f"loading needs --trust for {', '.join(unknown[:4])}"
+                           + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""),
+                           tuple(unknown))
+    if not pickles:
+        return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
+    return CheckResult(path, "safety", "PASS", f"{pickles} pickles, only globals torch "
+                       "weights_only allows")
+
+
+def _zip_records_complete(path: str) -> str | None:
+    """Every record's local header is intact and its data lies inside the file."""
+    from ckpttools.formats import zip_records as zr
+
+    with open(path, "rb") as f:
+        size = zr.file_size(f)
+        try:
+            for rec in zr.read_directory(f, size).values():
+                if zr.data_offset(f, rec) + rec.compress_size > size:
+                    return f"record {rec.name} runs past the end of the file (truncated)"
+        except (zr.ZipError, ValueError) as e:
+            return str(e)
+    return None
+
+
+def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
+    from ckpttools.formats.base import Format
+    from ckpttools.formats.registry import detect_format, open_checkpoint
+
+    try:
+        fmt = detect_format(path)
+        if fmt is Format.TORCH_ZIP and (problem := _zip_records_complete(path)):
+            raise CorruptCheckpointError(f"{path}: {problem}")
+        reader = open_checkpoint(path, format=fmt)
+        n = len(reader.entries())
+    except CkptError as e:
+        return CheckResult(path, "integrity", "FAIL", str(e).removeprefix(f"{path}: ")), None
+    if path.endswith(".safetensors") and fmt is not Format.SAFETENSORS:
+        reader.close()
+        return CheckResult(path, "integrity", "FAIL", f"named .safetensors but holds {fmt.value} "
+                           "(a pickle); do not trust the extension"), None
+    if path.endswith(PICKLE_SUFFIXES) and fmt is Format.SAFETENSORS:
+        return CheckResult(path, "integrity", "WARN", f"safetensors file named "
+                           f"{os.path.splitext(path)[1]}; {n} entries read"), reader
+    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {n} entries read"), reader
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 << 20)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _hashes(path: str) -> dict[str, str]:
+    if os.path.isfile(path):
+        return {path: sha256_file(path)}
+    return {os.path.join(r, n): sha256_file(os.path.join(r, n))
+            for r, _, ns in sorted(os.walk(path)) for n in sorted(ns)}
+
+
+def _reproducibility(path: str, digests: dict[str, str], known: dict[str, str] | None) -> CheckResult:
+    if known is None:
+        return CheckResult(path, "reproducibility", "PASS", f"sha256 recorded for {len(digests)} files")
+    bad = [f"{p}: sha256 {d[:12]} differs from the manifest's {known[p][:12]}"
+           for p, d in digests.items() if p in known and known[p] != d]
+    absent = [f"{p}: not in the manifest" for p in digests if p not in known]
+    if bad or absent:
+        return CheckResult(path, "reproducibility", "FAIL", (bad + absent)[0], tuple(bad + absent))
+    return CheckResult(path, "reproducibility", "PASS", f"sha256 matches the manifest ({len(digests)} files)")
+
+
+def _load_manifest(manifest: str) -> dict[str, str] | None:
+    if not os.path.exists(manifest):
+        return None
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            files = json.load(f).get("files", {})
+        return {os.path.normpath(k): str(v) for k, v in files.items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise SpecError(f"{manifest}: not a ckpttools manifest ({e}); remove it to rewrite it") from e
+
+
+def _write_manifest(manifest: str, digests: dict[str, str]) -> None:
+    from ckpttools.formats.writers.atomic import atomic_output
+
+    with atomic_output(manifest) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"algorithm": "sha256", "files": dict(sorted(digests.items()))}, f, indent=2)
+        f.write("\n")
+
+
+def _signature(config: AuditConfig, model: Any) -> ModelSignature | None:
+    if model is not None:
+        from ckpttools.ops.model_spec import ModelSignature, signature_of_model
+
+        return model if isinstance(model, ModelSignature) else signature_of_model(model)
+    if config.model is None:
+        return None
+    from ckpttools.ops.model_spec import load_model_signature, parse_model_args
+
+    return load_model_signature(config.model, parse_model_args(config.model_args))
+
+
+def _skip(path: str, checks: Iterable[str]) -> list[CheckResult]:
+    return [CheckResult(path, c, "SKIP", "not run: the file failed its integrity check")
+            for c in checks]
+
+
+def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model_name: str,
+               on_progress: Callable[[int], None] | None) -> list[CheckResult]:
+    from ckpttools.ops.audit.finite import check_finite
+
+    integrity, reader = _integrity(path)
+    rows = [integrity, _safety(path, scan_checkpoint(path), config.allow_unknown)]
+    later = ["finite"] + (["model"] if sig else []) + (["completeness"] if config.require else [])
+    later += ["policy"] if config.dtype or config.max_size is not None else []
+    if reader is None:
+        return rows + _skip(path, later)
+    with reader:
+        rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
+                                 on_progress=on_progress))
+        if sig is not None:
+            rows.append(check_model(reader, sig, config.key, model_name))
+        if config.require:
+            rows.append(check_completeness(reader, config.require, sig))
+        if "policy" in later:
+            rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
+    return rows
+
+
+def audit_checkpoints(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+                      config: AuditConfig | None = None, *, model: Any = None,
+                      config_file: str | None = None,
+                      on_progress: Callable[[int], None] | None = None) -> AuditResult:
+    """Audit checkpoints: integrity, safety, finiteness, and what ``config`` asks for.
+
+    Args:
+        paths: files, folders (searched recursively; a DCP or sharded folder is one
+            checkpoint) or globs.
+        config: settings (``AuditConfig``); ``load_config`` reads them from pyproject/setup.cfg.
+        model: an ``nn.Module`` or ``ModelSignature`` for the model check (overrides
+            ``config.model``).
+        config_file: where ``config`` came from, for the report.
+        on_progress: called with bytes of tensor data checked.
+
+    Returns:
+        One ``CheckResult`` per file and check; ``ok`` is false when any check failed.
+
+    Raises:
+        CheckpointNotFoundError: a path matches nothing.
+        SpecError: the model spec or the manifest cannot be used.
+
+    Example:
+        >>> result = ckpttools.audit_checkpoints(["ckpt/"], AuditConfig(require=("optimizer",)))
+        >>> [(c.check, c.status) for c in result.checks][:3]
+        [('integrity', 'PASS'), ('safety', 'PASS'), ('finite', 'PASS')]
+    """
+    config = config or AuditConfig()
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = [os.path.normpath(p) for p in expand_paths(paths, folders_whole=True)]
+    sig = _signature(config, model)
+    known = _load_manifest(config.manifest) if config.manifest else None
+    rows: list[CheckResult] = []
+    digests: dict[str, str] = {}
+    for path in files:
+        rows += _audit_one(path, config, sig, config.model or "", on_progress)
+        if config.manifest:
+            mine = {os.path.normpath(p): d for p, d in _hashes(path).items()}
+            digests.update(mine)
+            rows.append(_reproducibility(path, mine, known))
+    written = None
+    if config.manifest and known is None:
+        _write_manifest(config.manifest, digests)
+        written = config.manifest
+    order = {c: i for i, c in enumerate(CHECKS)}
+    rows.sort(key=lambda c: (files.index(c.path), order[c.check]))
+    return AuditResult(tuple(rows), config_file, written)

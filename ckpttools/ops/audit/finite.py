@@ -1,0 +1,121 @@
+"""The audit's NaN/Inf check: one ``torch.aminmax`` pass per tensor (NaN propagates to both
+ends, Inf shows as an end), counting NaN and Inf only in tensors that fail it.
+
+Tensors whose bytes are one contiguous range of the file are read into two reused buffers, the
+next chunk read on a helper thread while the current one is checked (both release the GIL), so
+memory stays at the buffers' size whatever the file size; an mmap would leave every page it
+touched resident. Other tensors come from ``reader.load`` one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, TYPE_CHECKING, Any
+
+from ckpttools.ops.audit.checks import CheckResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from ckpttools.formats.base import CheckpointReader
+
+CHUNK_BYTES = 32 << 20
+CHECKED_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "complex64",
+                            "complex128", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                            "float8_e5m2fnuz"})
+
+
+def _counts(t: torch.Tensor) -> tuple[int, int]:
+    """(NaN, Inf) counts of a chunk, or (0, 0) after the fast min/max pass says it is finite."""
+    import torch
+
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype.itemsize == 1:  # float8: no aminmax kernel
+        t = t.float()
+    if t.numel() == 0:
+        return 0, 0
+    lo, hi = torch.aminmax(t.reshape(-1))
+    if math.isfinite(float(lo)) and math.isfinite(float(hi)):
+        return 0, 0
+    return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+
+
+def _raw_chunks(f: IO[bytes], offset: int, length: int, itemsize: int,
+                pool: ThreadPoolExecutor, bufs: list[bytearray]) -> Iterator[memoryview]:
+    """The range in chunks, each read ahead on ``pool`` into alternating buffers."""
+    step = max(itemsize, CHUNK_BYTES - CHUNK_BYTES % itemsize)
+    spans = [(offset + i, min(step, length - i)) for i in range(0, length, step)]
+
+    def read(i: int) -> memoryview:
+        at, n = spans[i]
+        view = memoryview(bufs[i % 2])[:n]
+        f.seek(at)
+        got = f.readinto(view)
+        if got != n:
+            raise EOFError(f"file ends {n - (got or 0)} bytes early")
+        return view
+
+    pending = pool.submit(read, 0) if spans else None
+    for i in range(len(spans)):
+        assert pending is not None
+        view = pending.result()
+        pending = pool.submit(read, i + 1) if i + 1 < len(spans) else None
+        yield view
+
+
+def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int, dtype: Any,
+               pool: ThreadPoolExecutor, bufs: list[bytearray]) -> tuple[int, int]:
+    import torch
+
+    if path not in files:
+        files[path] = open(path, "rb", buffering=0)
+    nan = inf = 0
+    for view in _raw_chunks(files[path], offset, length, dtype.itemsize, pool, bufs):
+        a, b = _counts(torch.frombuffer(view, dtype=dtype))
+        nan, inf = nan + a, inf + b
+    return nan, inf
+
+
+def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
+                 on_progress: Callable[[int], None] | None = None) -> CheckResult:
+    """Count NaN/Inf in every floating tensor, streaming one chunk at a time.
+
+    Args:
+        reader: an open checkpoint.
+        allow_nonfinite: report non-finite tensors as WARN instead of FAIL.
+        on_progress: called with the bytes of each tensor checked.
+    """
+    import torch
+
+    bad: list[str] = []
+    count = 0
+    files: dict[str, IO[bytes]] = {}
+    bufs = [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            for e in reader.tensor_entries():
+                if e.dtype not in CHECKED_DTYPES:
+                    continue
+                count += 1
+                dtype = getattr(torch, e.dtype)
+                src = reader.raw_source(e.key) if sys.byteorder == "little" else None
+                if src is not None:
+                    nan, inf = _check_raw(src.path, files, src.offset, src.length, dtype, pool, bufs)
+                else:
+                    nan, inf = _counts(reader.load(e.key))
+                if nan or inf:
+                    bad.append(f"{e.key}: {nan} NaN, {inf} Inf of {e.numel}")
+                if on_progress is not None:
+                    on_progress(e.nbytes)
+    finally:
+        for f in files.values():
+            f.close()
+    if not bad:
+        return CheckResult(reader.path, "finite", "PASS", f"{count} floating tensors, all finite")
+    status = "WARN" if allow_nonfinite else "FAIL"
+    return CheckResult(reader.path, "finite", status,
+                       f"{len(bad)} of {count} tensors hold NaN/Inf (first: {bad[0]})", tuple(bad))

@@ -1,0 +1,210 @@
+"""What ``convert`` reads: a checkpoint as an encoded structure plus one handle per tensor.
+
+A source comes from a reader (metadata only; bytes by ``raw_source`` or one ``load`` at a
+time), or from a ckpttools manifest stored in the file (exact structure and sharing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.entries import RawSource, TensorEntry, TensorRef
+from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
+from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, TreeEncoder,
+                                        contiguous_stride, dtype_size)
+from ckpttools.formats.writers.bytecopy import TensorData
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One tensor of the source: its layout, and its bytes by range (no torch) or by loading."""
+
+    name: str
+    layout: TensorLayout
+    raw: RawSource | None
+    load: Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The source checkpoint, ready to write: encoded tree and tensors by stored name."""
+
+    root: Node
+    tensors: dict[str, SourceTensor]
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_numel(t.layout.shape) * dtype_size(t.layout.dtype)
+                   for t in self.tensors.values())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def layout_of(t: torch.Tensor, storage_id: str) -> TensorLayout:
+    """The layout of a real tensor, its storage named ``storage_id``."""
+    return TensorLayout(str(t.dtype).removeprefix("torch."), tuple(t.shape), tuple(t.stride()),
+                        storage_id, t.storage_offset(), t.untyped_storage().nbytes())
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 1
+    while f"{name}~{i}" in taken:
+        i += 1
+    return f"{name}~{i}"
+
+
+def find_manifest(reader: CheckpointReader) -> Manifest | None:
+    """The ckpttools manifest stored in a checkpoint ckpttools wrote, if any."""
+    text = reader.manifest()
+    return Manifest.from_json(text, reader.path) if text is not None else None
+
+
+def source_from_manifest(reader: CheckpointReader, manifest: Manifest) -> Source:
+    """A source whose structure and sharing come from a stored manifest."""
+    tensors = {name: SourceTensor(name, layout, reader.raw_source(name),
+                                  lambda n=name: reader.load(n))
+               for name, layout in manifest.tensors.items()}
+    return Source(manifest.root, tensors)
+
+
+# formats whose entries' ``location`` names the storage a tensor views (sharing survives);
+# elsewhere it names a file or chunk, so each tensor is its own storage
+_SHARED_STORAGES = (Format.TORCH_ZIP, Format.TORCH_LEGACY)
+
+
+def _tensor_layout(reader: CheckpointReader, entry: TensorEntry,
+                   raw: RawSource | None) -> TensorLayout:
+    storage = entry.location if reader.format in _SHARED_STORAGES and entry.location \
+        else entry.key
+    storage_source = getattr(reader, "storage_source", None)
+    whole = storage_source(entry.key) if callable(storage_source) else None
+    if whole is not None:
+        ph = reader.placeholder(entry.key)  # type: ignore[attr-defined]  # the pickle's view
+        return TensorLayout(entry.dtype, tuple(ph.shape), tuple(ph.stride), storage,
+                            int(ph.storage_offset), whole.length)
+    if raw is not None and reader.format not in _SHARED_STORAGES:
+        return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape), storage,
+                            0, entry.nbytes)
+    return layout_of(reader.load(entry.key), storage)
+
+
+def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
+    """A source over a lazy reader: the reader's tree, its keys as tensor names.
+
+    Storage sharing is taken from each entry's ``location`` (the storage record for torch
+    files); layouts come from the pickle's placeholders and the zip reader's storage ranges,
+    from the header for other raw sources, else from one lazily loaded tensor at a time.
+    """
+    manifest = find_manifest(reader)
+    if manifest is not None:
+        return source_from_manifest(reader, manifest)
+    entries = {e.key: e for e in reader.tensor_entries()}
+    tensors: dict[str, SourceTensor] = {}
+
+    def name_of(value: Any, path: str) -> str | None:
+        if not isinstance(value, TensorRef):
+            return None
+        entry = entries.get(value.key)
+        if entry is None:
+            raise CorruptCheckpointError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
+                            "the checkpoint is inconsistent")
+        raw = reader.raw_source(entry.key)
+        tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw),
+                                          raw, lambda k=entry.key: reader.load(k))
+        return entry.key
+
+    encoder = TreeEncoder(name_of, drop=drop)
+    root = encoder.encode(reader.tree()) or {"t": "none"}
+    return Source(root, tensors, tuple(encoder.dropped))
+
+
+def select_key(source: Source, key: str) -> Source:
+    """The part of ``source`` under dotted ``key``; tensor names lose the ``key.`` prefix.
+
+    Raises:
+        CkptError: nothing lives at ``key``.
+    """
+    node = _subnode(source.root, key.split("."))
+    if node is None:
+        raise KeyNotFoundError(f"{key}: no such key in the checkpoint; run ckpttools inspect to list keys")
+    from ckpttools.formats.manifest import iter_nodes
+
+    prefix = key + "."
+    renamed: dict[str, SourceTensor] = {}
+    for n in iter_nodes(node):
+        if n["t"] == "tensor":
+            old = n["v"]
+            new = _unique(old[len(prefix):] if old.startswith(prefix) else old, renamed)
+            renamed[new] = SourceTensor(new, *_rest(source.tensors[old]))
+            n["v"] = new
+    return Source(node, renamed, source.dropped)
+
+
+def _rest(t: SourceTensor) -> tuple[TensorLayout, RawSource | None, Callable[[], Any]]:
+    return t.layout, t.raw, t.load
+
+
+def _subnode(node: Node, parts: list[str]) -> Node | None:
+    if not parts:
+        return json.loads(json.dumps(node))  # a copy: select_key renames tensors in place
+    if node["t"] in ("dict", "odict"):
+        for n in range(len(parts), 0, -1):  # dict keys may contain dots: longest match first
+            head = ".".join(parts[:n])
+            for k, v in node["v"]:
+                if "v" in k and str(k["v"]) == head:
+                    found = _subnode(v, parts[n:])
+                    if found is not None:
+                        return found
+    elif node["t"] in ("list", "tuple") and parts[0].isdigit():
+        if int(parts[0]) < len(node["v"]):
+            return _subnode(node["v"][int(parts[0])], parts[1:])
+    return None
+
+
+@contextmanager
+def open_source(path: str, *, trust: bool = False, drop: bool = False) -> Iterator[Source]:
+    """Open ``path`` as a conversion source; the reader stays open inside the block.
+
+    Raises:
+        CkptError: the checkpoint cannot be read.
+    """
+    from ckpttools.formats.registry import open_checkpoint
+
+    with open_checkpoint(path, trust=trust) as reader:
+        yield source_from_reader(reader, drop=drop)
+
+
+def tensor_data(t: SourceTensor) -> TensorData:
+    """What the writers need for one tensor: its own contiguous bytes."""
+    lay = t.layout
+    nbytes = _numel(lay.shape) * dtype_size(lay.dtype)
+    raw = t.raw if t.raw is not None and t.raw.length == nbytes else None
+    return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def output_manifest(source: Source) -> Manifest:
+    """The manifest describing ``source`` as written."""
+    return Manifest(source.root, {n: t.layout for n, t in source.tensors.items()})

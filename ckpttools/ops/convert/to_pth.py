@@ -1,0 +1,66 @@
+"""Writing a conversion source as a ``.pth`` (torch zip), restoring storage sharing.
+
+Tensors that shared a storage in the original (by the manifest's storage ids) become views of
+one storage again, at their original offsets and strides. A storage one tensor covers exactly
+is copied from that tensor's byte range without torch; others are assembled in memory, one
+storage at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpttools.formats.writers.bytecopy import Progress, TensorData, _no_progress
+from ckpttools.formats.manifest import decode_tree, dtype_size
+from ckpttools.formats.writers.torch_zip import TensorSlot, write_torch_zip
+from ckpttools.ops.convert.source import Source, SourceTensor
+
+
+def _assemble(members: list[SourceTensor], nbytes: int) -> Any:
+    """One storage's bytes rebuilt from the tensors that view it (unviewed bytes are zero)."""
+    import torch
+
+    dtype = getattr(torch, members[0].layout.dtype)
+    buf = torch.zeros(nbytes, dtype=torch.uint8)
+    typed = buf.view(dtype) if nbytes else torch.empty(0, dtype=dtype)
+    for m in members:
+        lay = m.layout
+        if any(d == 0 for d in lay.shape):
+            continue
+        typed.as_strided(lay.shape, lay.stride, lay.offset).copy_(m.load())
+    return buf
+
+
+def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData]]:
+    """Slots for every tensor and one ``TensorData`` per storage, in first-use order."""
+    groups: dict[str, list[SourceTensor]] = {}
+    for t in source.tensors.values():
+        groups.setdefault(t.layout.storage, []).append(t)
+    slots: dict[str, TensorSlot] = {}
+    storages: list[TensorData] = []
+    for key, (sid, members) in enumerate(groups.items()):
+        first = members[0].layout
+        nbytes = first.storage_nbytes
+        whole = next((m for m in members if m.layout.is_whole_storage and m.raw is not None
+                      and m.raw.length == nbytes), None)
+        if whole is not None:
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw)
+        elif len(members) == 1 and members[0].layout.is_whole_storage:
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, load=members[0].load)
+        else:
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes,
+                              load=lambda m=members, n=nbytes: _assemble(m, n))
+        storages.append(data)
+        numel = nbytes // dtype_size(first.dtype)
+        for m in members:
+            lay = m.layout
+            slots[m.name] = TensorSlot(str(key), lay.dtype, numel, lay.offset, lay.shape,
+                                       lay.stride)
+    return slots, storages
+
+
+def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress) -> None:
+    """Write ``source`` at ``path`` as ``torch.save`` would have written the original."""
+    slots, storages = storage_plan(source)
+    obj = decode_tree(source.root, slots.__getitem__)
+    write_torch_zip(path, obj, storages, on_progress=on_progress)

@@ -1,0 +1,367 @@
+"""Cause rules for ``load_state_dict`` failures: recognise, score and rank.
+
+Every rule reads one :class:`Evidence` (built from an error text or from a checkpoint and a
+model) and returns a :class:`Finding` with a confidence in 0..1, the keys it explains and the
+facts the explanation and the fix need. Specific rules run first; the catch-all rules
+(model code changed, wrong model, another depth) only look at the keys nobody explained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from ckpttools.ops.diagnose.shapes import another_depth, architecture_variant, head_size_mismatch
+from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
+from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
+
+_WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
+                    "FullyShardedDataParallel")
+TRAINING_KEYS = frozenset({
+    "epoch", "epochs", "step", "steps", "global_step", "iteration", "iter", "iters", "optimizer",
+    "optimizer_state_dict", "optimizers", "scheduler", "lr_scheduler", "lr_schedulers",
+    "scheduler_state_dict", "args", "config", "cfg", "hparams", "hyper_parameters", "best_acc",
+    "best_acc1", "best_prec1", "best_loss", "best_score", "previous_best", "arch", "amp",
+    "scaler", "grad_scaler", "meta", "callbacks", "loops", "pytorch-lightning_version",
+    "state_dict", "model_state_dict", "model", "net", "network", "params", "weights", "module",
+    "ema", "model_ema", "state_dict_ema", "train_loss", "val_loss", "loss", "rng_state"})
+_CONTAINER = re.compile(r"^(state_dict|model_state_dict|model|net|network|module|params|weights"
+                        r"|\w*net\w*_state_dict|\w*model\w*_state_dict|\w+_state_dict)$")
+_NOT_WEIGHTS = re.compile(r"optim|sched|scaler|ema|lr_")
+# Training bookkeeping by name shape, for the many spellings (iterations, opt_g, epoch_idx, best_miou).
+_TRAINING_NAME = re.compile(r"^(epoch|iter|step|global_step|best|lr|opt|optim|sched|scaler|loss"
+                            r"|train|val|amp|seed|rng)(_?[a-z0-9]+)*$")
+_BUFFER = re.compile(
+    r"(^|[._])(num_batches_tracked|position_ids|token_type_ids|inv_freq|masked_bias|attn\.bias"
+    r"|relative_position_index|attn_mask|attention_mask|causal_mask|_float_tensor|freqs_cis"
+    r"|cos_cached|sin_cached|rotary_emb\.inv_freq)$")
+_PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
+                         r"|in_proj_weight|in_proj_bias|lora_[AB])s?$")
+_ADAPTER = re.compile(
+    r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
+    r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
+    r"|input_scale|nested_absmax|nested_quant_map|zero_point|\w*quantizer\w*|\w*fake_quant\w*)(\.|$)")
+_FULL_COPY = re.compile(r"\.base_layer\.|modules_to_save")
+_EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|shadow"
+                  r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)"
+                  # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*
+                  r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
+_TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
+                   r"|embed_out|generator)\.(weight|bias)$")
+_SPLIT = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv",
+          "to_q", "to_k", "to_v", "q_lin", "k_lin", "v_lin", "gate_proj", "up_proj", "w1", "w3"}
+_FUSED = {"qkv", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "wqkv", "to_qkv", "in_proj",
+          "qkv_linear", "gate_up_proj", "w13", "kv", "kv_proj"}
+_LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
+
+
+def _strip_wrappers(key: str) -> str:
+    return ".".join(s for s in _segments(key) if s not in WRAPPER_SEGMENTS)
+
+
+def _prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool, list[str]]:
+    """Which prefix (or inner wrapper segment) turns ``extra`` keys into ``base`` keys."""
+    base_set, counts, hits = set(base), Counter[tuple[str, bool]](), {}
+    for key in extra:
+        parts = _segments(key)
+        for n in (1, 2, 3):
+            if len(parts) > n and ".".join(parts[n:]) in base_set:
+                found = (".".join(parts[:n]) + ".", False)
+                break
+        else:
+            inner = [s for s in parts if s in WRAPPER_SEGMENTS]
+            if not inner or _strip_wrappers(key) not in base_set:
+                continue
+            found = (inner[0] + ".", True)
+        counts[found] += 1
+        hits.setdefault(found, []).append(key)
+    if not counts:
+        return "", False, []
+    (prefix, infix), _ = counts.most_common(1)[0]
+    return prefix, infix, hits[(prefix, infix)]
+
+
+def _wrapper_only(keys: tuple[str, ...], anywhere: bool) -> str | None:
+    """The wrapper segment every key carries (first segment, or anywhere), if one does."""
+    if not keys:
+        return None
+    firsts = {(next((s for s in _segments(k) if s in WRAPPER_SEGMENTS), None) if anywhere
+               else _segments(k)[0]) for k in keys}
+    if len(firsts) == 1 and (seg := firsts.pop()) in WRAPPER_SEGMENTS:
+        return seg
+    return None
+
+
+def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
+    extra, base = (ev.unexpected, ev.missing) if label == "prefix_added" else (ev.missing, ev.unexpected)
+    prefix, infix, hits = _prefix_matches(extra, base)
+    if hits and len(hits) >= 0.5 * min(len(extra), len(base)):
+        conf = min(0.97, 0.6 + 0.37 * len(hits) / len(extra))
+        stripped = {k[len(prefix):] if not infix else _strip_wrappers(k) for k in hits}
+        return Finding(label, conf, frozenset(hits) | stripped,
+                       {"prefix": prefix, "infix": infix, "examples": hits[:3], "count": len(hits)})
+    wrapped_model = (ev.class_name or "") in _WRAPPER_CLASSES
+    if base or (label == "prefix_added" and wrapped_model):
+        return None
+    seg = _wrapper_only(extra, anywhere=label == "prefix_missing")
+    if seg is None:
+        return None
+    infix = label == "prefix_missing" and not all(k.startswith(seg + ".") for k in extra)
+    return Finding(label, 0.72, frozenset(extra),
+                   {"prefix": seg + ".", "infix": infix, "examples": list(extra[:3]),
+                    "count": len(extra)})
+
+
+def prefix_added(ev: Evidence) -> Finding | None:
+    """Checkpoint keys carry a wrapper prefix the model does not (``module.``, ``_orig_mod.``)."""
+    return _prefix_rule(ev, "prefix_added")
+
+
+def prefix_missing(ev: Evidence) -> Finding | None:
+    """The model's keys carry a prefix the checkpoint lacks (model wrapped before loading)."""
+    return _prefix_rule(ev, "prefix_missing")
+
+
+def _heads(keys: Iterable[str]) -> Counter[str]:
+    return Counter(_segments(k)[0] for k in keys)
+
+
+def optimizer_state_passed(ev: Evidence) -> Finding | None:
+    """An optimizer's ``state_dict`` (``state``, ``param_groups``) was given to the model."""
+    heads = _heads(ev.unexpected)
+    if "param_groups" in heads and set(heads) <= {"state", "param_groups"}:
+        return Finding("optimizer_state_passed", 0.95, frozenset(ev.unexpected),
+                       {"examples": sorted(heads)})
+    return None
+
+
+def wrapped_checkpoint(ev: Evidence) -> Finding | None:
+    """A whole training checkpoint (``epoch``, ``optimizer``, ``state_dict``) was passed."""
+    if ev.source == "files" and ev.used_key:
+        # The model's weights were found under a key: passing the whole file fails to load.
+        conf = 0.9 if ev.is_empty else 0.5
+        return Finding("wrapped_checkpoint", conf, frozenset(),
+                       {"container": ev.used_key, "top_keys": [ev.used_key.split(".")[0]]})
+    heads = _heads(ev.unexpected)
+    if not heads or len(heads) > 16 or set(heads) <= {"state", "param_groups"}:
+        return None
+    known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
+             or ("." not in h and _TRAINING_NAME.match(h))]
+    if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
+        return None
+    # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested
+    # dict by its top-level key, and a training checkpoint also carries plain entries (epoch).
+    dotless = [k for k in ev.unexpected if "." not in k and k in known]
+    plain = [h for h in known if not _CONTAINER.match(h)]
+    # The weights may sit under a name no list knows ("weight", "G"): the one other dotless key.
+    others = [h for h in heads if h not in known and heads[h] == 1 and h in ev.unexpected]
+    if not dotless and not plain and ev.used_key is None:
+        return None
+    containers = [h for h in heads if _CONTAINER.match(h) and not _NOT_WEIGHTS.search(h)]
+    container = next((c for c in ("state_dict", "model_state_dict", "model", "net", "module")
+                      if c in containers), containers[0] if containers else None)
+    if container is None and len(others) == 1 and plain:
+        container = others[0]
+    conf = 0.93 if container else 0.82
+    explained = {k for k in ev.unexpected if _segments(k)[0] in known or k == container}
+    return Finding("wrapped_checkpoint", conf, frozenset(explained) | frozenset(ev.missing),
+                   {"container": container, "top_keys": sorted(heads)})
+
+
+def version_buffers(ev: Evidence) -> Finding | None:
+    """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
+    keys = ev.missing + ev.unexpected
+    buffers = [k for k in keys if _BUFFER.search(k)]
+    side = "unexpected" if not ev.missing else "missing" if not ev.unexpected else "both"
+    if buffers:
+        share = len(buffers) / len(keys)
+        conf = 0.95 if share == 1 and not ev.mismatched else 0.9 * share
+        return Finding("version_buffers", conf, frozenset(buffers),
+                       {"examples": buffers[:3], "count": len(buffers), "side": side,
+                        "leaves": sorted({k.rsplit(".", 1)[-1] for k in buffers})})
+    one_sided = not (ev.missing and ev.unexpected) and not ev.mismatched
+    if (one_sided and 0 < len(keys) <= 4 and all("." in k for k in keys)
+            and not any(_PARAM_LEAF.search(k) for k in keys)):
+        return Finding("version_buffers", 0.6, frozenset(keys),
+                       {"examples": list(keys[:3]), "count": len(keys), "side": side,
+                        "leaves": sorted({k.rsplit(".", 1)[-1] for k in keys})})
+    return None
+
+
+def adapter_or_quantization(ev: Evidence) -> Finding | None:
+    """LoRA/adapter keys or quantization state on one side only."""
+    # Low-rank or quantization tensors of another size (LoRA rank, block size) count too; not
+    # base_layer/modules_to_save copies, whose size follows the base model.
+    resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
+    keys = ev.missing + ev.unexpected + resized
+    hits = [k for k in keys if _ADAPTER.search(k)]
+    if not hits or len(hits) < 0.3 * len(keys):
+        return None
+    quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale|zero_point", k) for k in hits)
+    side = ("unexpected" if all(k in ev.unexpected for k in hits) else
+            "missing" if any(k in ev.missing for k in hits) else
+            "resized" if all(k in resized for k in hits) else "unexpected")
+    return Finding("adapter_or_quantization", 0.5 + 0.45 * len(hits) / len(keys), frozenset(hits),
+                   {"examples": hits[:3], "count": len(hits), "quantized": quant, "side": side})
+
+
+def ema_weights(ev: Evidence) -> Finding | None:
+    """The checkpoint holds an EMA/teacher copy next to (or instead of) the weights."""
+    for side, keys in (("unexpected", ev.unexpected), ("missing", ev.missing)):
+        hits = [k for k in keys if _EMA.match(k)]
+        if hits and len(hits) >= 0.5 * len(keys):
+            prefix = re.match(r"^[A-Za-z_]*?(ema|teacher|shadow|averaged_model|swa_model|encoder)"
+                              r"[._]?", hits[0])
+            # An EMA prefix that maps onto the other side's keys is more than a prefix.
+            other = set(ev.missing if side == "unexpected" else ev.unexpected)
+            maps = sum(1 for k in hits if _EMA.sub("", k) in other)
+            conf = 0.98 if other and maps >= 0.5 * len(other) else 0.88
+            return Finding("ema_weights", conf, frozenset(hits) | other,
+                           {"examples": hits[:3], "count": len(hits), "side": side,
+                            "prefix": prefix.group(0) if prefix else hits[0].split(".")[0] + "."})
+    return None
+
+
+def tied_weights(ev: Evidence) -> Finding | None:
+    """An output head tied to the embedding is missing from (or extra in) the checkpoint."""
+    for side, keys in (("missing", ev.missing), ("unexpected", ev.unexpected)):
+        if keys and len(keys) <= 3 and all(_TIED.search(k) for k in keys):
+            conf = 0.88 if side == "missing" else 0.7
+            shape = ev.model_shapes.get(keys[0]) if side == "missing" else None
+            if shape and shape in ev.checkpoint_shapes.values():
+                conf = 0.95
+            return Finding("tied_weights", conf, frozenset(keys),
+                           {"examples": list(keys), "side": side})
+    return None
+
+
+def _split_parent(key: str) -> tuple[str, str] | None:
+    parts = _segments(key)
+    for i in range(len(parts) - 1, -1, -1):
+        name = parts[i]
+        if name in _SPLIT or name in _FUSED or name.startswith("in_proj"):
+            parent = re.sub(r"\.\d+(?=\.|$)", ".#", ".".join(parts[:i]))
+            return parent.rsplit(".", 1)[-1] if parent else "", name
+    return None
+
+
+def fused_projection(ev: Evidence) -> Finding | None:
+    """One fused ``qkv`` projection on one side, separate ``q``/``k``/``v`` on the other."""
+    def names(keys: Iterable[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for k in keys:
+            if (hit := _split_parent(k)) is not None:
+                out.setdefault(hit[0], set()).add(hit[1])
+        return out
+    miss, unexp = names(ev.missing), names(ev.unexpected)
+    if one_sided := _split_only(ev):
+        return one_sided
+    for parent in set(miss) & set(unexp):
+        a, b = miss[parent], unexp[parent]
+        fused_a = any(n in _FUSED or n.startswith("in_proj") for n in a)
+        fused_b = any(n in _FUSED or n.startswith("in_proj") for n in b)
+        if fused_a != fused_b and (a | b) & _SPLIT:
+            explained = {k for k in ev.missing + ev.unexpected if _split_parent(k)}
+            return Finding("fused_projection", 0.9, frozenset(explained),
+                           {"fused_side": "model" if fused_a else "checkpoint", "parent": parent,
+                            "split": sorted((a | b) & _SPLIT),
+                            "fused": sorted((a | b) - _SPLIT)})
+    return None
+
+
+def _split_only(ev: Evidence) -> Finding | None:
+    """Only separate q/k/v weights and biases missing (or unexpected), the other side absent or cut.
+
+    The checkpoint then holds them some other way, and a fused ``qkv`` is by far the usual one.
+    """
+    for side, keys, other in (("model", ev.missing, ev.unexpected),
+                              ("checkpoint", ev.unexpected, ev.missing)):
+        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _SPLIT
+                and _segments(k)[-1] in ("weight", "bias") and _segments(k)[-2] == h[1]]
+        split = {_split_parent(k)[1] for k in hits}  # type: ignore[index]
+        if keys and len(hits) == len(keys) and len(split) >= 3 and not (other and not ev.truncated):
+            return Finding("fused_projection", 0.75, frozenset(hits),
+                           {"fused_side": "checkpoint" if side == "model" else "model",
+                            "parent": _split_parent(hits[0])[0],  # type: ignore[index]
+                            "split": sorted(split), "fused": []})
+    return None
+
+
+def _mismatch_rule(ev: Evidence, pred: Callable[[ShapeMismatch], bool], share: float) -> list[ShapeMismatch]:
+    hits = [m for m in ev.mismatched if pred(m)]
+    return hits if ev.mismatched and len(hits) >= share * len(ev.mismatched) else []
+
+
+def partitioned_checkpoint(ev: Evidence) -> Finding | None:
+    """Empty or placeholder tensors saved from ZeRO-3/FSDP-partitioned parameters."""
+    empty = _mismatch_rule(ev, lambda m: 0 in (_numel(m.checkpoint_shape), _numel(m.model_shape)), 0.5)
+    if empty:
+        side = "checkpoint" if _numel(empty[0].checkpoint_shape) == 0 else "model"
+        return Finding("partitioned_checkpoint", 0.95, frozenset(m.key for m in empty),
+                       {"examples": [m.key for m in empty[:3]], "count": len(empty), "side": side})
+    ones = _mismatch_rule(ev, lambda m: m.checkpoint_shape == (1,) and _numel(m.model_shape) > 1, 0.8)
+    if len(ones) >= 3:
+        return Finding("partitioned_checkpoint", 0.85, frozenset(m.key for m in ones),
+                       {"examples": [m.key for m in ones[:3]], "count": len(ones),
+                        "side": "checkpoint", "placeholder": True})
+    return None
+
+
+def transposed_weights(ev: Evidence) -> Finding | None:
+    """Weights whose axes are swapped (GPT-2 ``Conv1D`` vs ``nn.Linear``) or permuted (kernel layouts)."""
+    hits = _mismatch_rule(ev, lambda m: len(m.model_shape) >= 2 and m.model_shape != m.checkpoint_shape
+                          and sorted(m.checkpoint_shape) == sorted(m.model_shape), 0.5)
+    if not hits:
+        return None
+    swapped = all(len(m.model_shape) == 2 for m in hits)
+    return Finding("transposed_weights", 0.92 if swapped else 0.85, frozenset(m.key for m in hits),
+                   {"examples": [m.key for m in hits[:3]], "count": len(hits), "swapped": swapped,
+                    "permutation": _axis_order(hits[0]), "keys": [m.key for m in hits]})
+
+
+def _axis_order(m: ShapeMismatch) -> list[int]:
+    """Checkpoint axes in the model's order, keeping equal-sized axes in their original order."""
+    free = list(range(len(m.checkpoint_shape)))
+    order = []
+    for size in m.model_shape:
+        i = next(i for i in free if m.checkpoint_shape[i] == size)
+        free.remove(i)
+        order.append(i)
+    return order
+
+
+SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
+    optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
+    adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
+    transposed_weights, head_size_mismatch, architecture_variant, renamed_keys)
+FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
+    another_depth, model_code_changed, wrong_model)
+
+LABELS = ("prefix_added", "prefix_missing", "wrapped_checkpoint", "optimizer_state_passed",
+          "head_size_mismatch", "architecture_variant", "renamed_keys", "version_buffers",
+          "tied_weights", "adapter_or_quantization", "transposed_weights", "fused_projection",
+          "partitioned_checkpoint", "ema_weights", "model_code_changed", "wrong_model")
+
+
+def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
+    """Run every rule on ``ev`` and return the findings, most likely first.
+
+    Args:
+        ev: the evidence from an error text or from files.
+        min_confidence: findings below this are dropped.
+
+    Returns:
+        Findings sorted by confidence (ties keep the rule order), without duplicate labels.
+    """
+    findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
+    rest = residual(ev, findings)
+    findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
+    best: dict[str, Finding] = {}
+    for f in findings:
+        if f.confidence >= min_confidence and (f.label not in best or
+                                               f.confidence > best[f.label].confidence):
+            best[f.label] = f
+    order = {label: i for i, label in enumerate(f.label for f in findings)}
+    return sorted(best.values(), key=lambda f: (-round(f.confidence, 3), order[f.label]))

@@ -1,0 +1,131 @@
+"""``diagnose``: why ``load_state_dict`` failed and how to fix it, from the error text or the files.
+
+Both inputs become one :class:`~ckpttools.ops.diagnose.evidence.Evidence`; the same cause rules rank the
+causes and the same renderer shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ckpttools.ops.diagnose.fixes import Cause, describe
+from ckpttools.ops.diagnose.causes import rank_findings
+from ckpttools.ops.diagnose.error_text import ParsedError, ShapeMismatch, parse_error_text
+from ckpttools.ops.diagnose.evidence import Evidence
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ckpttools.formats.base import CheckpointReader
+    from ckpttools.ops.model_spec import ModelSignature
+    from ckpttools.ops.model_diff import DiffResult
+
+NO_ERROR_MESSAGE = "no load_state_dict error found in the input"
+
+
+@dataclass(frozen=True)
+class DiagnoseResult:
+    """The ranked causes of a ``load_state_dict`` failure.
+
+    Attributes:
+        source: ``text`` (an error text) or ``files`` (a checkpoint and a model).
+        found: the input shows a failure (a parsed error, or a strict load that would fail).
+        causes: best first; empty when nothing recognisable explains the failure.
+        evidence: what the causes were inferred from.
+        note: which part of the checkpoint was used (files), or ``None``.
+    """
+
+    source: str
+    found: bool
+    causes: tuple[Cause, ...]
+    evidence: Evidence
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A cause was found (exit code 0); false means no cause fits (exit code 1)."""
+        return bool(self.causes) or (self.source == "files" and not self.found)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form: ``causes`` sorted best first (schema in the README)."""
+        ev = self.evidence
+        return {
+            "source": self.source, "found": self.found, "ok": self.ok,
+            "class_name": ev.class_name, "note": self.note,
+            "counts": {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                       "mismatched": len(ev.mismatched), "matched": ev.matched},
+            "truncated": ev.truncated,
+            "missing": list(ev.missing), "unexpected": list(ev.unexpected),
+            "mismatched": [m.to_dict() for m in ev.mismatched],
+            "causes": [c.to_dict() for c in self.causes],
+        }
+
+
+def diagnose_evidence(ev: Evidence, *, found: bool = True, note: str | None = None) -> DiagnoseResult:
+    """Rank and explain the causes behind one evidence structure."""
+    causes = tuple(describe(f, ev) for f in rank_findings(ev)) if found else ()
+    return DiagnoseResult(ev.source, found, causes, ev, note)
+
+
+def evidence_from_text(parsed: ParsedError) -> Evidence:
+    """The evidence an error text gives (no shapes of missing/unexpected keys, no match count)."""
+    return Evidence(missing=parsed.missing, unexpected=parsed.unexpected,
+                    mismatched=parsed.mismatched, class_name=parsed.class_name,
+                    truncated=parsed.truncated, source="text")
+
+
+def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:
+    """The evidence a ``diff`` of a checkpoint against a model gives (complete key sets)."""
+    return Evidence(
+        missing=diff.missing, unexpected=diff.unexpected,
+        mismatched=tuple(ShapeMismatch(k, tuple(c), tuple(m)) for k, c, m in diff.mismatched),
+        class_name=None, truncated=False, source="files", matched=len(diff.comparison.matched),
+        model_shapes={k: tuple(diff.model_keys[k]) for k in diff.missing},
+        checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
+        checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
+        used_key=diff.state_dict or None)
+
+
+def diagnose_text(text: str) -> DiagnoseResult:
+    """Diagnose a pasted ``load_state_dict`` error (traceback, log, notebook output).
+
+    Args:
+        text: text holding the error somewhere.
+
+    Returns:
+        The ranked causes; ``found`` is false when the text holds no such error.
+
+    Example:
+        >>> r = ckpttools.diagnose_text('Unexpected key(s) in state_dict: "module.fc.weight".')
+        >>> r.causes[0].label
+        'prefix_added'
+    """
+    parsed = parse_error_text(text)
+    return diagnose_evidence(evidence_from_text(parsed), found=parsed.found)
+
+
+def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
+                        model: nn.Module | ModelSignature, *, key: str | None = None,
+                        model_name: str = "") -> DiagnoseResult:
+    """Diagnose why a checkpoint does not load into a model, from the real key sets and shapes.
+
+    Args:
+        source: an open checkpoint or an in-memory state_dict / training checkpoint.
+        model: an ``nn.Module`` (meta device is fine) or a ``ModelSignature``.
+        key: dotted path of the state_dict inside the checkpoint; found by name when omitted.
+        model_name: the model spec, for the report and the suggested commands.
+
+    Returns:
+        The ranked causes; ``found`` is false when a strict load would succeed.
+
+    Raises:
+        CkptError: the checkpoint cannot be read or ``key`` is not in it.
+    """
+    from ckpttools.ops.model_diff import diff_against_model
+
+    diff = diff_against_model(source, model, key=key, model_name=model_name)
+    ev = evidence_from_diff(diff, model_name or None)
+    found = not diff.ok or bool(diff.state_dict and key is None)
+    return diagnose_evidence(ev, found=found, note=diff.state_dict_note)

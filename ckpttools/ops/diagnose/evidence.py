@@ -1,0 +1,62 @@
+"""The evidence every cause rule reads, built from an error text or from files, and findings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttools.ops.diagnose.error_text import ShapeMismatch
+
+WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod", "_forward_module", "_fsdp_wrapped_module",
+                              "_checkpoint_wrapped_module"})
+
+
+def segments(key: str) -> list[str]:
+    """``a.b.0.w`` -> ``["a", "b", "0", "w"]``."""
+    return key.split(".")
+
+
+def numel(shape: Iterable[int]) -> int:
+    """Number of elements of a tensor of ``shape``."""
+    return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One evidence structure for both inputs: an error text, or a checkpoint and a model.
+
+    ``model_shapes``/``checkpoint_shapes`` hold shapes of the missing/unexpected keys when
+    the files are at hand; ``matched`` counts keys that load fine (``None`` from text).
+    """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[ShapeMismatch, ...] = ()
+    class_name: str | None = None
+    truncated: bool = False
+    source: str = "text"
+    matched: int | None = None
+    model_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    checkpoint_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    checkpoint_path: str | None = None
+    model_spec: str | None = None
+    used_key: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """No missing, unexpected or mismatched key at all."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A recognised cause before it is put into words: label, confidence, facts."""
+
+    label: str
+    confidence: float
+    explains: frozenset[str] = frozenset()
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+

@@ -1,0 +1,238 @@
+"""Putting findings into words: what happened, the evidence, the fix as code and as a command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttools.ops.diagnose.shape_fixes import (
+    architecture_text, code_changed_text, head_text, renamed_text, wrong_model_text)
+from ckpttools.ops.diagnose.evidence import Evidence, Finding
+
+_LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One explained cause: label, confidence, plain words, evidence and the fix."""
+
+    label: str
+    confidence: float
+    summary: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    fix_code: str = ""
+    fix_command: str | None = None
+    confirm_command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (stable schema, see the README)."""
+        return {"label": self.label, "confidence": round(self.confidence, 2),
+                "summary": self.summary, "evidence": dict(self.evidence),
+                "fix": {"code": self.fix_code, "command": self.fix_command,
+                        "confirm": self.confirm_command}}
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def _re(text: str) -> str:
+    return re.escape(text).replace("\\_", "_")
+
+
+def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    p, infix = f.facts["prefix"], f.facts["infix"]
+    inner = p.rstrip(".")
+    if f.label == "prefix_added":
+        what = (f"the checkpoint was saved from a wrapped model: its keys carry '{p}' "
+                f"({'inside the key' if infix else 'in front'}) that the model's keys do not")
+        code = (f'sd = {{k.replace(".{inner}.", "."): v for k, v in sd.items()}}' if infix else
+                f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items()}}')
+        args = ["--rename", _q(rf"\.{_re(inner)}\.=.")] if infix else ["--strip-prefix", _q(p)]
+    else:
+        what = (f"the model was wrapped (e.g. DataParallel/DDP/torch.compile) before loading, so it "
+                f"expects '{p}' in its keys that the checkpoint does not have")
+        code = ("# load into the inner module before wrapping, e.g. model.module.load_state_dict(sd)\n"
+                + (f'sd = {{"{p}" + k: v for k, v in sd.items()}}' if not infix else
+                   "model = getattr(model, \"module\", model)"))
+        args = ["--add-prefix", _q(p)] if not infix else []
+    return what, code + "\nmodel.load_state_dict(sd)", args
+
+
+def _wrapped(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    c = f.facts.get("container") or "state_dict"
+    what = (f"a whole training checkpoint (top-level keys: {', '.join(f.facts['top_keys'][:6])}) "
+            f"was passed to load_state_dict; the model's weights are one entry of it ('{c}')")
+    code = (f'ckpt = torch.load("{{ckpt}}", map_location="cpu", weights_only=True)\n'
+            f'model.load_state_dict(ckpt["{c}"])')
+    return what, code, ["@convert", "--key", _q(c)]
+
+
+def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    what = ("an optimizer's state_dict ('state', 'param_groups') was loaded into the model; "
+            "load the model's file (or the model entry of the checkpoint) instead")
+    code = ('model.load_state_dict(torch.load("MODEL_WEIGHTS.pth", weights_only=True))\n'
+            'optimizer.load_state_dict(torch.load("{ckpt}", weights_only=True))')
+    return what, code, []
+
+
+def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    leaves = f.facts["leaves"]
+    names = ", ".join(leaves[:4])
+    side = f.facts["side"]
+    what = (f"buffers ({names}) that one library version saves and another does not "
+            f"({'in the checkpoint only' if side == 'unexpected' else 'expected by the model only' if side == 'missing' else 'on both sides'}); "
+            "they hold no learned weights")
+    pattern = r"(^|\.)(" + "|".join(_re(n) for n in leaves) + r")$"
+    if side == "unexpected":
+        code = (f'sd = {{k: v for k, v in sd.items() if not re.search(r"{pattern}", k)}}\n'
+                "model.load_state_dict(sd)")
+        return what, code, ["--drop", _q(pattern)]
+    code = ("result = model.load_state_dict(sd, strict=False)\n"
+            f'assert all(re.search(r"{pattern}", k) for k in result.missing_keys + result.unexpected_keys)')
+    return what, code, []
+
+
+def _adapter(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    if f.facts["quantized"]:
+        what = ("the checkpoint holds quantized weights (bitsandbytes/GPTQ state such as absmax, "
+                "quant_map, qweight); build the model with the same quantization config, or save "
+                "dequantized weights")
+        code = ("model = AutoModelForCausalLM.from_pretrained(BASE, quantization_config=bnb_config)\n"
+                "# or: dequantize before saving, e.g. merged = model.dequantize()")
+        return what, code, []
+    if f.facts["side"] == "resized":
+        what = ("the adapter tensors (lora_A/lora_B or quantization state) have another size than the "
+                "model's: the adapter was saved with another configuration (LoRA rank r, target "
+                "modules, block size); build the adapter with the checkpoint's configuration")
+        code = ("from peft import PeftModel\n"
+                "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)  # reads its own r from adapter_config.json")
+        return what, code, []
+    if f.facts["side"] == "unexpected":
+        what = ("the checkpoint holds adapter weights (LoRA lora_A/lora_B, base_layer) that the plain "
+                "model has no slots for; merge the adapter into the base model or load it with PEFT")
+        code = ("from peft import PeftModel\n"
+                "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR).merge_and_unload()")
+        return what, code, ["--drop", _q(r"lora_|\.base_layer\.")]
+    what = ("the model has adapter layers (LoRA) that the base checkpoint does not hold; load the base "
+            "weights before adding the adapter, or load non-strictly so only the adapter stays new")
+    code = ("result = model.load_state_dict(sd, strict=False)\n"
+            'assert all("lora_" in k for k in result.missing_keys)')
+    return what, code, []
+
+
+def _ema(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    p = f.facts["prefix"]
+    what = (f"the checkpoint carries an EMA/teacher copy of the weights (keys starting '{p}') next "
+            "to the model's; use one copy, under the model's names")
+    code = (f'ema = {{k.removeprefix("{p}"): v for k, v in sd.items() if k.startswith("{p}")}}\n'
+            "model.load_state_dict(ema)  # or drop them to use the raw weights")
+    return what, code, ["--drop", _q("^" + _re(p))]
+
+
+def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    keys = ", ".join(f.facts["examples"])
+    what = (f"{keys} is tied to the input embedding, so the checkpoint does not store it separately"
+            if f.facts["side"] == "missing" else
+            f"the checkpoint stores {keys}, which this model ties to the input embedding")
+    code = ("result = model.load_state_dict(sd, strict=False)\n"
+            "model.tie_weights()  # or: model.lm_head.weight = model.get_input_embeddings().weight")
+    return what, code, []
+
+
+def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    # With one side only in the text, the fused name is not known: qkv is the usual one.
+    fused, split = "/".join(f.facts["fused"]) or "likely qkv", "/".join(f.facts["split"])
+    side = f.facts["fused_side"]
+    suffix = "_proj" if any(n.endswith("_proj") for n in f.facts["split"]) else ""
+    what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection ({fused}) "
+            f"where the {'checkpoint' if side == 'model' else 'model'} has separate ones ({split}); "
+            "the rows of the fused weight are the separate weights stacked")
+    if side == "model":
+        code = ("for p in {k.rsplit('.q_proj.', 1)[0] for k in sd if '.q_proj.' in k}:\n"
+                "    for leaf in ('weight', 'bias'):\n"
+                "        parts = [sd.pop(f'{p}.{n}_proj.{leaf}', None) for n in 'qkv']\n"
+                "        if parts[0] is not None:\n"
+                "            sd[f'{p}.qkv.{leaf}'] = torch.cat(parts, dim=0)")
+    else:
+        code = ("for k in [k for k in sd if '.qkv.' in k]:\n"
+                "    p, leaf = k.rsplit('.qkv.', 1)\n"
+                "    for n, t in zip('qkv', sd.pop(k).chunk(3, dim=0)):\n"
+                f"        sd[f'{{p}}.{{n}}{suffix}.{{leaf}}'] = t")
+    return what, code + "\nmodel.load_state_dict(sd)", []
+
+
+def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    on_model = f.facts["side"] == "model"
+    what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
+            "before partitioning, or through the engine" if on_model else
+            "the checkpoint was saved from partitioned parameters (DeepSpeed ZeRO-3/FSDP): it holds "
+            "empty or placeholder tensors; ignoring the size mismatch would load garbage")
+    code = ("# DeepSpeed: gather the full weights from the ZeRO checkpoint directory\n"
+            "from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint\n"
+            "sd = get_fp32_state_dict_from_zero_checkpoint(CHECKPOINT_DIR)\n"
+            "# FSDP: save with get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))\n"
+            "model.load_state_dict(sd)")
+    return what, code, []
+
+
+def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    keys = f.facts["keys"]
+    pattern = "|".join(sorted({_re(k.rsplit(".", 2)[-2]) for k in keys}))
+    if f.facts.get("swapped", True):
+        what = (f"{f.facts['count']} 2-D weights have their shapes swapped: one side stores them as "
+                "nn.Linear (out, in), the other as GPT-2's Conv1D (in, out)")
+        move = "sd[k].t().contiguous()"
+    else:
+        what = (f"{f.facts['count']} weights hold the same elements with their axes in another order "
+                "(a kernel layout of another library version); permute them (check the axis order)")
+        move = f"sd[k].permute{tuple(f.facts['permutation'])}.contiguous()"
+    code = (f'for k in [k for k in sd if re.search(r"\\.({pattern})\\.weight$", k)]:\n'
+            f"    sd[k] = {move}\nmodel.load_state_dict(sd)")
+    return what, code, []
+
+
+
+_WRITERS: dict[str, Callable[[Finding, Evidence], tuple[str, str, list[str]]]] = {
+    "prefix_added": _prefix, "prefix_missing": _prefix, "wrapped_checkpoint": _wrapped,
+    "optimizer_state_passed": _optimizer, "version_buffers": _buffers,
+    "adapter_or_quantization": _adapter, "ema_weights": _ema, "tied_weights": _tied,
+    "fused_projection": _fused, "partitioned_checkpoint": _partitioned,
+    "transposed_weights": _transposed, "head_size_mismatch": head_text,
+    "architecture_variant": architecture_text, "renamed_keys": renamed_text,
+    "model_code_changed": code_changed_text, "wrong_model": wrong_model_text,
+}
+
+
+def _evidence(f: Finding, ev: Evidence) -> dict[str, Any]:
+    counts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+              "mismatched": len(ev.mismatched)}
+    if ev.matched is not None:
+        counts["matched"] = ev.matched
+    facts = {k: v for k, v in f.facts.items() if k not in ("keys",)}
+    examples = sorted(f.explains)[:5]
+    return {"counts": counts, "explained": len(f.explains), "examples": examples,
+            "truncated": ev.truncated, "facts": facts}
+
+
+def describe(f: Finding, ev: Evidence) -> Cause:
+    """Turn a finding into a :class:`Cause` with plain words, evidence and the fix."""
+    what, code, args = _WRITERS[f.label](f, ev)
+    ckpt = ev.checkpoint_path or "CKPT"
+    code = "import re, torch\n" + ("" if "sd = torch.load" in code or "ckpt = torch.load" in code
+                                   or "sd" not in code else _LOAD) + code
+    command = None
+    if ev.source == "files" and args:
+        if args[0] == "@convert":
+            command = f"ckpttools convert {_q(ckpt)} model_weights.pth " + " ".join(args[1:])
+        else:
+            key = f" --key {_q(ev.used_key)}" if ev.used_key else ""
+            command = f"ckpttools remap {_q(ckpt)} fixed.pth {' '.join(args)}{key}"
+    confirm = None
+    if ev.source == "text":
+        confirm = "ckpttools diagnose --checkpoint CKPT --model SPEC  # or: ckpttools diff CKPT --model SPEC"
+    return Cause(f.label, f.confidence, what, _evidence(f, ev), code.replace("{ckpt}", ckpt),
+                 command, confirm)

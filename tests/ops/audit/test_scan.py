@@ -1,0 +1,141 @@
+"""scan on a generated malicious corpus, clean checkpoints of every format, and damaged files."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ckpttools.formats.pickle.safety import classify_global
+from ckpttools.ops.audit.scan import scan_checkpoint, scan_file
+from ckpttools.ops.audit.opcodes import scan_opcodes
+from tests.malicious_corpus import Case, build_corpus
+
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Case], Path]]:
+    root = tmp_path_factory.mktemp("malicious")
+    canary = root / "CANARY"
+    yield build_corpus(root / "files", canary), canary
+    assert not canary.exists(), "a pickle from the corpus was executed"
+
+
+def _unsafe_texts(path: Path) -> list[str]:
+    f = scan_file(str(path))
+    return ([g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"]
+            + [x.message for p in f.pickles for x in p.findings if x.safety == "unsafe"])
+
+
+def test_every_corpus_file_is_flagged_with_its_global(corpus: tuple[list[Case], Path]) -> None:
+    cases, canary = corpus
+    assert len(cases) > 80
+    missed = [c.name for c in cases if not any(c.expect in t for t in _unsafe_texts(c.path))]
+    assert missed == []
+    result = scan_checkpoint([c.path for c in cases])
+    assert not result.ok and result.exit_code == 1
+    assert all(f.safety == "unsafe" for f in result.files)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "torch-legacy", "safetensors", "dcp",
+                                 "safetensors-sharded", "torch-sharded"])
+def test_clean_checkpoints_are_safe(fmt: str, make_checkpoint: Callable[..., Path],
+                                    tiny_model: object) -> None:
+    path = make_checkpoint(fmt, tiny_model.state_dict())  # type: ignore[attr-defined]
+    result = scan_checkpoint(path)
+    assert result.ok and result.exit_code == 0, result.to_dict()
+    assert all(f.safety == "safe" for f in result.files)
+    names = {g.qualname for f in result.files for p in f.pickles for g in p.globals}
+    if fmt in ("torch-zip", "torch-legacy", "torch-sharded"):
+        assert "torch._utils._rebuild_tensor_v2" in names
+
+
+def test_training_checkpoint_with_namespace_is_unknown(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"w": torch.zeros(1), "args": argparse.Namespace(lr=0.1)}, path)
+    (f,) = scan_checkpoint(path).files
+    assert f.safety == "unknown"
+    assert scan_checkpoint(path).exit_code == 0
+
+
+@pytest.mark.parametrize(("module", "name", "safety"), [
+    ("torch._utils", "_rebuild_tensor_v2", "safe"), ("torch", "BFloat16Storage", "safe"),
+    ("collections", "OrderedDict", "safe"), ("_codecs", "encode", "safe"),
+    ("torch.cuda", "FloatTensor", "safe"), ("argparse", "Namespace", "unknown"),
+    ("mypkg.config", "TrainConfig", "unknown"), ("mypkg.io", "Config", "unknown"),
+    ("os", "system", "unsafe"), ("nt", "system", "unsafe"), ("__builtin__", "eval", "unsafe"), ("builtins", "getattr", "unsafe"),
+    ("builtins", "__import__", "unsafe"), ("builtins", "compile", "unsafe"), ("importlib", "import_module", "unsafe"),
+    ("pkgutil", "resolve_name", "unsafe"), ("marshal", "loads", "unsafe"), ("shutil", "rmtree", "unsafe"),
+    ("socket", "socket", "unsafe"), ("ctypes", "CDLL", "unsafe"), ("code", "InteractiveInterpreter.runcode", "unsafe"),
+    ("asyncio.unix_events", "_UnixSubprocessTransport", "unsafe"), ("bdb", "Bdb.run", "unsafe"), ("pdb", "run", "unsafe"),
+    ("timeit", "timeit", "unsafe"), ("cProfile", "run", "unsafe"), ("idlelib.run", "Executive.runcode", "unsafe"),
+    ("distutils.file_util", "write_file", "unsafe"), ("pip._internal", "main", "unsafe"), ("_io", "FileIO", "unsafe"),
+    ("torch.utils.collect_env", "run", "unsafe"), ("torch._C", "_jit_pass", "unsafe"), ("torch", "load", "unsafe"),
+    ("torch.jit.unsupported_tensor_ops", "execWrapper", "unsafe"), ("numpy", "__builtins__", "unsafe"),
+    ("tempfile", "_os", "unsafe"), ("pathlib", "os.system", "unsafe"), ("_interpreters", "run_string", "unsafe"),
+    ("Subprocess", "Popen", "unsafe"), ("picklescan.scanner", "scan_pickle_bytes", "unsafe"), ("", "system", "unsafe"),
+    ("multiprocessing.util", "spawnv_passfds", "unsafe"), ("mailcap", "findmatch", "unsafe"), ("copyreg", "add_extension", "unsafe"),
+])
+def test_classify_global(module: str, name: str, safety: str) -> None:
+    got, reason = classify_global(module, name)
+    assert got == safety, reason
+    assert (reason == "") == (safety == "safe")
+
+
+def test_walk_keeps_globals_read_before_an_error() -> None:
+    data = pickle.dumps({"a": 1}, protocol=2)[:-2] + b"cposix\nsystem\n\xfe"
+    scan = scan_opcodes(io.BytesIO(data), "p")
+    assert scan.error and "posix.system" in [g.qualname for g in scan.globals]
+    assert scan.safety == "unsafe"
+
+
+def test_truncated_file_reports_what_it_read(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5])
+    (f,) = scan_checkpoint(path).files
+    assert f.error and f.readable and f.safety == "safe"
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not a pickle\n" * 3, b"\xff\xfe\x00"])
+def test_unreadable_files_exit_2(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.bin"
+    path.write_bytes(content)
+    result = scan_checkpoint(path)
+    assert result.files[0].safety == "error" and result.exit_code == 2
+
+
+def test_corrupt_zip_directory_still_scanned(tmp_path: Path, canary: Path) -> None:
+    import torch
+
+    from tests.malicious_corpus import Payload
+
+    path = tmp_path / "broken.pth"
+    torch.save({"w": torch.zeros(1), "x": Payload(print, str(canary))}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rfind(b"PK\x01\x02") - 1])  # drop the central directory
+    (f,) = scan_checkpoint(path).files
+    assert "builtins.print" in [g.qualname for p in f.pickles for g in p.globals]
+    assert f.safety == "unsafe"
+
+
+def test_bad_safetensors_header_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes((20).to_bytes(8, "little") + b'{"w": {"dtype": "F3')
+    result = scan_checkpoint(path)
+    assert result.exit_code == 2 and result.files[0].kind == "safetensors"
+
+
+def test_folder_and_glob(tmp_path: Path, make_checkpoint: Callable[..., Path],
+                         tiny_model: object) -> None:
+    make_checkpoint("torch-zip", tiny_model.state_dict(), "a")  # type: ignore[attr-defined]
+    make_checkpoint("safetensors", tiny_model.state_dict(), "b")  # type: ignore[attr-defined]
+    assert len(scan_checkpoint(tmp_path).files) == 2
+    assert len(scan_checkpoint(str(tmp_path / "*" / "*.pth")).files) == 1
