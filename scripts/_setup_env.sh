@@ -1,6 +1,8 @@
 # Sourced by scripts/demo and scripts/test: make sure a Python environment with ckpttools exists.
 # Creates .venv when no virtual environment is active, installs the pinned CPU torch when torch is
 # missing (an open range would pull a multi-GB CUDA build), then ckpttools itself.
+#   --with-tests        also the test extras
+#   --with-frameworks   also the framework libraries (transformers, accelerate, Lightning, DeepSpeed)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_PIN="torch==2.13.0"
@@ -21,8 +23,19 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   echo "installing $TORCH_PIN (CPU)" >&2
   pip_quiet "$TORCH_PIN"
 fi
+# Every later install keeps the torch that is there: a framework's open range would replace it.
+CONSTRAINTS="$(mktemp "${TMPDIR:-/tmp}/ckpttools-constraints.XXXXXX")"
+python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$CONSTRAINTS"
+extras=()
+for arg in "$@"; do
+  case "$arg" in
+    --with-tests) extras+=(test) ;;
+    --with-frameworks) extras+=(frameworks) ;;
+  esac
+done
+spec="$ROOT"
+[ ${#extras[@]} -gt 0 ] && spec="$ROOT[$(IFS=,; echo "${extras[*]}")]"
 # Always (re)install the project: cheap when everything is there, and it picks up new dependencies.
-extras=""
-[ "${1:-}" = "--with-tests" ] && extras="[test]"
-echo "installing ckpttools$extras" >&2
-pip_quiet -e "$ROOT$extras"
+echo "installing ckpttools${spec#"$ROOT"}" >&2
+pip_quiet -c "$CONSTRAINTS" -e "$spec"
+rm -f "$CONSTRAINTS"
