@@ -17,7 +17,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   source "$ROOT/.venv/bin/activate"
 fi
 
-pip_quiet() { python -m pip install --disable-pip-version-check -q "$@"; }
+# pip's own noise about this machine's package mirrors is dropped; its errors still show
+pip_quiet() {
+  python -m pip install --disable-pip-version-check -q "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 if ! python -c "import torch" >/dev/null 2>&1; then
   echo "installing $TORCH_PIN (CPU)" >&2
