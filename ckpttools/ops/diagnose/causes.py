@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from ckpttools.ops.diagnose.shapes import another_depth, architecture_variant, head_size_mismatch
 from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
@@ -32,11 +34,17 @@ _CONTAINER = re.compile(r"^(state_dict|model_state_dict|model|net|network|module
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler|ema|lr_")
 # Training bookkeeping by name shape, for the many spellings (iterations, opt_g, epoch_idx, best_miou).
 _TRAINING_NAME = re.compile(r"^(epoch|iter|step|global_step|best|lr|opt|optim|sched|scaler|loss"
-                            r"|train|val|amp|seed|rng)(_?[a-z0-9]+)*$")
+                            r"|train|val|amp|seed|rng|acc|accuracy|prec|top|miou|metric|score)"
+                            r"(_?[a-z0-9]+)*$", re.I)
+# Optimizer entries of a GAN or multi-optimizer training file: optimG, optim_D, opt_g, optimizer_G.
+_OPTIMIZER_NAME = re.compile(r"^(optim|optimizer|opt)_?[A-Za-z0-9]*$")
 _BUFFER = re.compile(
     r"(^|[._])(num_batches_tracked|position_ids|token_type_ids|inv_freq|masked_bias|attn\.bias"
     r"|relative_position_index|attn_mask|attention_mask|causal_mask|_float_tensor|freqs_cis"
-    r"|cos_cached|sin_cached|rotary_emb\.inv_freq)$")
+    r"|cos_cached|sin_cached|rotary_emb\.inv_freq"
+    # spectral norm's power-iteration state, saved as weight_orig/weight_u/weight_v since
+    # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
+    r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
                          r"|in_proj_weight|in_proj_bias|lora_[AB])s?$")
 _ADAPTER = re.compile(
@@ -49,7 +57,7 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
                   # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*
                   r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
-                   r"|embed_out|generator)\.(weight|bias)$")
+                   r"|embed_out|generator|output|decoder)\.(weight|bias)$")
 _SPLIT = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv",
           "to_q", "to_k", "to_v", "q_lin", "k_lin", "v_lin", "gate_proj", "up_proj", "w1", "w3"}
 _FUSED = {"qkv", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "wqkv", "to_qkv", "in_proj",
@@ -134,6 +142,11 @@ def optimizer_state_passed(ev: Evidence) -> Finding | None:
     if "param_groups" in heads and set(heads) <= {"state", "param_groups"}:
         return Finding("optimizer_state_passed", 0.95, frozenset(ev.unexpected),
                        {"examples": sorted(heads)})
+    # Only optimizer entries at the top level (optimG, optimD): a file of optimizers alone.
+    if heads and all("." not in k for k in ev.unexpected) and all(
+            _OPTIMIZER_NAME.match(h) for h in heads):
+        return Finding("optimizer_state_passed", 0.85, frozenset(ev.unexpected),
+                       {"examples": sorted(heads)})
     return None
 
 
@@ -182,9 +195,10 @@ def version_buffers(ev: Evidence) -> Finding | None:
                        {"examples": buffers[:3], "count": len(buffers), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in buffers})})
     one_sided = not (ev.missing and ev.unexpected) and not ev.mismatched
-    if (one_sided and 0 < len(keys) <= 4 and all("." in k for k in keys)
+    # Keys with no parameter leaf on one side only are buffers (noises.noise_3, attn.mask).
+    if (one_sided and keys and all("." in k for k in keys)
             and not any(_PARAM_LEAF.search(k) for k in keys)):
-        return Finding("version_buffers", 0.6, frozenset(keys),
+        return Finding("version_buffers", 0.6 if len(keys) <= 4 else 0.7, frozenset(keys),
                        {"examples": list(keys[:3]), "count": len(keys), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in keys})})
     return None
@@ -342,7 +356,8 @@ FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
 LABELS = ("prefix_added", "prefix_missing", "wrapped_checkpoint", "optimizer_state_passed",
           "head_size_mismatch", "architecture_variant", "renamed_keys", "version_buffers",
           "tied_weights", "adapter_or_quantization", "transposed_weights", "fused_projection",
-          "partitioned_checkpoint", "ema_weights", "model_code_changed", "wrong_model")
+          "partitioned_checkpoint", "ema_weights", "model_code_changed", "wrong_model",
+          "new_task_head", "profiler_buffers")
 
 
 def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
@@ -356,7 +371,9 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    rest = residual(ev, findings)
+    partial = partial_findings(ev)
+    rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
+    findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
     best: dict[str, Finding] = {}
     for f in findings:

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from ckpttools.ops.model_spec import ModelSignature
     from ckpttools.ops.model_diff import DiffResult
 
-NO_ERROR_MESSAGE = "no load_state_dict error found in the input"
+NO_ERROR_MESSAGE = ("no load_state_dict error found in the input; expected a load error or report "
+                    "such as 'Missing key(s) in state_dict: ...', 'size mismatch for ...' or "
+                    "'KeyError: ...'")
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,10 @@ def diagnose_evidence(ev: Evidence, *, found: bool = True, note: str | None = No
 
 def evidence_from_text(parsed: ParsedError) -> Evidence:
     """The evidence an error text gives (no shapes of missing/unexpected keys, no match count)."""
-    return Evidence(missing=parsed.missing, unexpected=parsed.unexpected,
+    return Evidence(missing=parsed.missing + parsed.lookups, unexpected=parsed.unexpected,
                     mismatched=parsed.mismatched, class_name=parsed.class_name,
-                    truncated=parsed.truncated, source="text")
+                    truncated=parsed.truncated, source="text", lookups=parsed.lookups,
+                    report=parsed.report)
 
 
 def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:
