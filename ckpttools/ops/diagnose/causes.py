@@ -13,7 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.shapes import another_depth, architecture_variant, head_size_mismatch
+from ckpttools.ops.diagnose.shapes import (
+    another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
 from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
@@ -349,7 +350,7 @@ def _axis_order(m: ShapeMismatch) -> list[int]:
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
-    transposed_weights, head_size_mismatch, architecture_variant, renamed_keys)
+    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

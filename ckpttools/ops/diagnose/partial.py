@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.structure import _rename_pairs, _structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
 _HEAD_MODULE = re.compile(
@@ -25,6 +26,11 @@ _PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relation
 _PROFILER = re.compile(r"(^|\.)(total_ops|total_params|__flops__|__params__)$")
 _CONTAINER_LOOKUP = re.compile(r"^(model|state_dict|model_state_dict|net|network|params|weights"
                                r"|module|ema|g_ema|generator|netG|netD|model_ema|state|\w+_state_dict)$")
+# Where a model's state_dict starts: a top-level parameter (it precedes every submodule's keys)
+# or a first layer by the usual names, with every layer index at 0.
+_FIRST_LAYER = re.compile(r"(^|\.)(conv1|conv_first|conv0|stem|embed\w*|\w*embeddings?|patch_embed"
+                          r"|cls_token|pos_embed|input\w*|first\w*|inc|init\w*|layer0|features"
+                          r"|module_list|model|backbone|encoder|body|net|blocks|layers)(\.|$)")
 _WRAPPER_CLASSES = frozenset({"DataParallel", "DistributedDataParallel", "OptimizedModule",
                               "FullyShardedDataParallel"})
 
@@ -66,6 +72,9 @@ def new_task_head(ev: Evidence) -> Finding | None:
     if any(k.endswith(".weight") for k in ev.missing) and not any(
             k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
         return None  # one bias-free output weight: a tied head, not a new one
+    if ev.unexpected and (_structure_pairs(ev.missing, ev.unexpected)
+                          or _rename_pairs(ev.missing, ev.unexpected)):
+        return None  # the head's keys moved or were renamed: the same head under other names
     pretrain = ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)
     if ev.report:
         conf = 0.93 if not ev.unexpected or pretrain else 0.6
@@ -94,6 +103,8 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
         return []
     if (ev.class_name or "") in _WRAPPER_CLASSES or _is_head(ev.missing):
         return []
+    if not _starts_model(ev.missing[0]):
+        return []  # the list starts inside the model: some submodules are new, not all
     keys = frozenset(ev.missing)
     facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
     return [Finding("prefix_added", 0.5, keys, {**facts, "prefix": "module.", "infix": False,
@@ -103,6 +114,16 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
                                                 "examples_missing": list(ev.missing[:3]),
                                                 "examples_unexpected": []})]
+
+
+def _starts_model(key: str) -> bool:
+    parts = segments(key)
+    if len(parts) == 1:
+        return True
+    if any(p.isdigit() and p != "0" for p in parts) or any(
+            re.search(r"[A-Za-z_][2-9]$", p) for p in parts[:-1]):
+        return False
+    return bool(_FIRST_LAYER.search(".".join(parts[:-1])))
 
 
 def container_lookup(ev: Evidence) -> list[Finding]:
