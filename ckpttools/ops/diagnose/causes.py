@@ -47,7 +47,9 @@ _BUFFER = re.compile(
     # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
     r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
-                         r"|in_proj_weight|in_proj_bias|lora_[AB])s?$")
+                         r"|in_proj_weight|in_proj_bias|lora_[AB]"
+                         r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
+_SPECTRAL = re.compile(r"\.weight_(orig|u|v)$")
 _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
@@ -188,6 +190,10 @@ def version_buffers(ev: Evidence) -> Finding | None:
     """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
     keys = ev.missing + ev.unexpected
     buffers = [k for k in keys if _BUFFER.search(k)]
+    if spectral := {k.rsplit(".", 1)[0] for k in keys if _SPECTRAL.search(k)}:
+        # spectral_norm saves weight_orig/u/v where the plain layer has weight: the same layer
+        # with or without its power-iteration state, not a rename.
+        buffers += [k for k in keys if k.rsplit(".", 1)[0] in spectral and k not in buffers]
     side = "unexpected" if not ev.missing else "missing" if not ev.unexpected else "both"
     if buffers:
         share = len(buffers) / len(keys)
@@ -242,8 +248,13 @@ def ema_weights(ev: Evidence) -> Finding | None:
 def tied_weights(ev: Evidence) -> Finding | None:
     """An output head tied to the embedding is missing from (or extra in) the checkpoint."""
     for side, keys in (("missing", ev.missing), ("unexpected", ev.unexpected)):
+        other = ev.unexpected if side == "missing" else ev.missing
+        if other and renamed_keys(replace(ev, missing=keys, unexpected=other, mismatched=())):
+            continue  # the head is there under another name
         if keys and len(keys) <= 3 and all(_TIED.search(k) for k in keys):
-            conf = 0.88 if side == "missing" else 0.7
+            # From text alone the same lone output weight may be a renamed or re-parametrised
+            # head: below the decision threshold until shapes (files) confirm the tie.
+            conf = 0.78 if side == "missing" else 0.7
             shape = ev.model_shapes.get(keys[0]) if side == "missing" else None
             if shape and shape in ev.checkpoint_shapes.values():
                 conf = 0.95
@@ -361,7 +372,19 @@ LABELS = ("prefix_added", "prefix_missing", "wrapped_checkpoint", "optimizer_sta
           "new_task_head", "profiler_buffers")
 
 
-def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
+# Rules that read a relation between the two key lists: a cut list shows only part of it.
+_RELATIONAL = frozenset({"model_code_changed", "renamed_keys", "wrong_model", "architecture_variant",
+                         "fused_projection", "new_task_head"})
+
+
+def _calibrated(f: Finding, ev: Evidence) -> Finding:
+    """Below the decision threshold (0.8) when a cut list hides half of the relation a rule reads."""
+    if ev.truncated and f.label in _RELATIONAL and f.confidence >= 0.8:
+        return replace(f, confidence=0.75)
+    return f
+
+
+def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     """Run every rule on ``ev`` and return the findings, most likely first.
 
     Args:
@@ -377,7 +400,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
     findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
     best: dict[str, Finding] = {}
-    for f in findings:
+    for f in map(lambda f: _calibrated(f, ev), findings):
         if f.confidence >= min_confidence and (f.label not in best or
                                                f.confidence > best[f.label].confidence):
             best[f.label] = f

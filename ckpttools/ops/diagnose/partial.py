@@ -67,7 +67,14 @@ def new_task_head(ev: Evidence) -> Finding | None:
     From PyTorch it shows as only the head's keys missing, next to nothing or to a pretraining
     head in the checkpoint.
     """
-    if ev.mismatched or not ev.missing or ev.lookups or not _is_head(ev.missing):
+    if ev.mismatched or not ev.missing or ev.lookups:
+        return None
+    # One top-level layer with weight and bias, nothing else missing: the last layer by shape of
+    # the evidence even when its name is not a usual head name (proj, out, linear).
+    lone_layer = (not ev.unexpected and not ev.truncated and len(_modules(ev.missing)) == 1
+                  and "." not in next(iter(_modules(ev.missing)))
+                  and {k.rsplit(".", 1)[-1] for k in ev.missing} == {"weight", "bias"})
+    if not (_is_head(ev.missing) or lone_layer):
         return None
     if any(k.endswith(".weight") for k in ev.missing) and not any(
             k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
@@ -79,7 +86,7 @@ def new_task_head(ev: Evidence) -> Finding | None:
     if ev.report:
         conf = 0.93 if not ev.unexpected or pretrain else 0.6
     elif not ev.unexpected:
-        conf = 0.6 if ev.truncated else 0.75
+        conf = 0.6 if ev.truncated or not _is_head(ev.missing) else 0.75
     elif pretrain:
         conf = 0.8
     else:
@@ -111,6 +118,7 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
                                                  "guessed": True}),
             Finding("wrapped_checkpoint", 0.3, keys, {**facts, "container": None,
                                                        "top_keys": ["state_dict", "epoch", "..."]}),
+            Finding("optimizer_state_passed", 0.1, keys, {"examples": ["state", "param_groups"]}),
             Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
                                                 "examples_missing": list(ev.missing[:3]),
                                                 "examples_unexpected": []})]

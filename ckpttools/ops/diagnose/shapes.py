@@ -121,6 +121,8 @@ def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
     for key in keys:
         parts = segments(key)
         i = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        if i is None and (rnn := re.search(r"_l(\d+)(_reverse)?$", parts[-1])):
+            parts, i = parts[:-1] + [rnn.group(1)], len(parts) - 1  # nn.LSTM: weight_ih_l2
         if i is None:
             return None
         groups.add(".".join(parts[:i]))
@@ -156,6 +158,8 @@ def _shape_variant(ev: Evidence) -> Finding | None:
                         "model_channels": mm[0].model_shape[1]})
     if _count_change(ev):
         return None  # that is a head of another size
+    if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
+        return None  # another kind of layer at this path (indices moved), not another width
     ratio, consistent = _width(mm)
     return Finding("architecture_variant", 0.8 + (0.05 if consistent else 0.0), keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],

@@ -13,22 +13,40 @@ _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_va
 _LEAVES = {"weight", "bias"}
 
 
+def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for k in keys:
+        mod, _, leaf = k.rpartition(".")
+        out.setdefault(mod, set()).add(leaf)
+    return out
+
+
 def _rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str, int]]:
-    """(missing, unexpected, position) pairs that differ in one non-numeric segment only."""
+    """(missing, unexpected, position) pairs that differ in one non-numeric segment only.
+
+    A renamed module keeps its tensors: its leaf names (weight, bias, running_mean ...) must be the
+    same on both sides, else it is another layer type at a similar path (another model).
+    """
+    missing, unexpected = list(missing), list(unexpected)
+    leaves_m, leaves_u = _leaves(missing), _leaves(unexpected)
     by_sig: dict[str, str] = {}
     for u in unexpected:
         p = segments(u)
         for i, s in enumerate(p):
             if not s.isdigit():
                 by_sig.setdefault(".".join(p[:i] + ["\0"] + p[i + 1:]), u)
-    pairs = []
+    pairs, used, names = [], set(), {}
     for m in missing:
         p = segments(m)
         for i, s in enumerate(p):
             u = by_sig.get(".".join(p[:i] + ["\0"] + p[i + 1:])) if not s.isdigit() else None
-            if u is not None and not {s, segments(u)[i]} <= _LEAVES:
-                pairs.append((m, u, i))
-                break
+            if (u is None or u in used or {s, segments(u)[i]} <= _LEAVES or i == len(p) - 1
+                    or leaves_m[m.rpartition(".")[0]] != leaves_u[u.rpartition(".")[0]]
+                    or names.setdefault(segments(u)[i], s) != s):
+                continue  # a rename maps one name to one name, each key once
+            pairs.append((m, u, i))
+            used.add(u)
+            break
     return pairs
 
 
@@ -61,7 +79,8 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
     one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
-    if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(len(ev.missing), len(ev.unexpected))):
+    sides = (len(ev.missing), len(ev.unexpected))
+    if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(sides), 0.3 * max(sides)):
         subs = Counter((segments(u)[i], segments(m)[i]) for m, u, i in pairs)
         return Finding("renamed_keys", 0.86, frozenset(k for m, u, _ in pairs for k in (m, u)),
                        {"renames": [list(s) for s, _ in subs.most_common(4)], "count": len(pairs),
