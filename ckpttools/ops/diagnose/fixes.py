@@ -60,6 +60,8 @@ def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 + (f'sd = {{"{p}" + k: v for k, v in sd.items()}}' if not infix else
                    "model = getattr(model, \"module\", model)"))
         args = ["--add-prefix", _q(p)] if not infix else []
+    if f.facts.get("guessed"):
+        what = "most likely (the text shows the model's keys only) " + what
     return what, code + "\nmodel.load_state_dict(sd)", args
 
 
