@@ -39,6 +39,13 @@ def _generated(misses: bool) -> None:
     cut = [Case(c.name, c.label, c.text, decidable=False) for c in cases if not c.decidable]
     _print("generated (whole, traceback, log, json, strict=False)", score(decidable), misses)
     _print("generated with the deciding side cut (truncated, one side)", score(cut), misses)
+    try:
+        from tests.ops.diagnose.gen_transformers import generate_transformers
+    except ImportError:
+        return
+    hf = generate_transformers()
+    _print("generated from transformers (tiny configs, all presentations)",
+           score(Case(c.name, c.label, c.text, decidable=c.decidable) for c in hf), misses)
 
 
 def main() -> None:

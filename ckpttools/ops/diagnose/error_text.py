@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
-    detectron2_lists, headless_keys, keyerror_lookups, mlx_lists, other_mismatches, prose_keys)
+    detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
+    prose_keys)
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -60,12 +61,13 @@ _HEADER_ONLY = re.compile(
 # A load report (transformers, pytorch_pretrained_bert): the model loaded and says what it did.
 _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
-                     r"|not\s+used\s+in\s+\w+:")
+                     r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
 _CLASS_NAMES = (
     re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
     re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
     re.compile(r"when\s+initializing\s+([A-Za-z_]\w*)"),
     re.compile(r"Weights\s+of\s+([A-Za-z_]\w*)\s+not\s+initialized"),
+    re.compile(r"([A-Za-z_]\w*)\s+LOAD\s+REPORT"),
 )
 _TRUNCATION = re.compile(r"^\s*(?:\.\.\.|\[\s*\.\.\.\s*\]|\[\.\.\.\s*trimmed|\.\.\.\s*trimmed)")
 
@@ -113,9 +115,12 @@ class ParsedError:
 def normalize_text(text: str) -> str:
     """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text):
+    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
+    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
         # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
-        text = text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n").replace("\\t", "\t")
+        text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")
+                .replace("\\t", "\t").replace("\\u001b", "\x1b"))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours (transformers, detectron2)
     return _LINE_PREFIX.sub("", text)
 
 
@@ -236,11 +241,13 @@ def parse_error_text(text: str) -> ParsedError:
     """
     text = normalize_text(text)
     lists, truncated, formats = _torch_lists(text)
-    for extra in (detectron2_lists(text), mlx_lists(text)):
+    report_lists, report_mismatched = load_report(text)
+    for extra in (detectron2_lists(text), mlx_lists(text), report_lists):
         for kind, keys in extra.items():
             lists[kind] += keys
             formats += [kind] if keys else []
-    mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in other_mismatches(text)]
+    mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in
+                                           other_mismatches(text) + report_mismatched]
     lookups = [k for k in keyerror_lookups(text) if k not in lists["missing"] + lists["unexpected"]]
     if not (formats or mismatched or lookups):
         if keys := headless_keys(text):

@@ -25,6 +25,9 @@ _D2_HEADERS = (
 )
 _D2_SKIP = re.compile(r"Skip loading parameter '(" + _KEY + r")' to the model due to incompatible "
                       r"shapes: \(([\d,\s]*)\) in the checkpoint but \(([\d,\s]*)\) in the model")
+# transformers >= 5: a LOAD REPORT table, one key per row with its status
+_HF_ROW = re.compile(r"^(?:[^|\n]*\s)?(" + _KEY + r")\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\s*\|([^\n]*)$", re.M)
+_HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 # PyTorch <= 0.3: one message per parameter, model shape first
 _OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(" + _KEY + r")[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
@@ -77,6 +80,19 @@ def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
     found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
               for m in _OLD_COPY.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]
+
+
+def load_report(text: str) -> tuple[dict[str, list[str]], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Rows of transformers' LOAD REPORT table: missing, unexpected and mismatched keys."""
+    lists: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    mismatched = []
+    for m in _HF_ROW.finditer(_ANSI.sub("", text)):
+        if m.group(2) == "MISMATCH":
+            if shapes := _HF_SHAPES.search(m.group(3)):
+                mismatched.append((m.group(1), _shape(shapes.group(1)), _shape(shapes.group(2))))
+        else:
+            lists[m.group(2).lower()].append(m.group(1))
+    return lists, mismatched
 
 
 def mlx_lists(text: str) -> dict[str, list[str]]:
