@@ -18,6 +18,7 @@ from ckpttools.ops.diagnose.shapes import (
 from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
+from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
@@ -61,10 +62,6 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
                   r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
                    r"|embed_out|generator|output|decoder)\.(weight|bias)$")
-_SPLIT = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv",
-          "to_q", "to_k", "to_v", "q_lin", "k_lin", "v_lin", "gate_proj", "up_proj", "w1", "w3"}
-_FUSED = {"qkv", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "wqkv", "to_qkv", "in_proj",
-          "qkv_linear", "gate_up_proj", "w13", "kv", "kv_proj"}
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 
 
@@ -120,7 +117,8 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     if seg is None:
         return None
     infix = label == "prefix_missing" and not all(k.startswith(seg + ".") for k in extra)
-    return Finding(label, 0.72, frozenset(extra),
+    # Every shown key carries the wrapper: the other list was cut, the relation is still plain.
+    return Finding(label, 0.82 if len(extra) >= 3 else 0.72, frozenset(extra),
                    {"prefix": seg + ".", "infix": infix, "examples": list(extra[:3]),
                     "count": len(extra)})
 
@@ -263,58 +261,6 @@ def tied_weights(ev: Evidence) -> Finding | None:
     return None
 
 
-def _split_parent(key: str) -> tuple[str, str] | None:
-    parts = _segments(key)
-    for i in range(len(parts) - 1, -1, -1):
-        name = parts[i]
-        if name in _SPLIT or name in _FUSED or name.startswith("in_proj"):
-            parent = re.sub(r"\.\d+(?=\.|$)", ".#", ".".join(parts[:i]))
-            return parent.rsplit(".", 1)[-1] if parent else "", name
-    return None
-
-
-def fused_projection(ev: Evidence) -> Finding | None:
-    """One fused ``qkv`` projection on one side, separate ``q``/``k``/``v`` on the other."""
-    def names(keys: Iterable[str]) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for k in keys:
-            if (hit := _split_parent(k)) is not None:
-                out.setdefault(hit[0], set()).add(hit[1])
-        return out
-    miss, unexp = names(ev.missing), names(ev.unexpected)
-    if one_sided := _split_only(ev):
-        return one_sided
-    for parent in set(miss) & set(unexp):
-        a, b = miss[parent], unexp[parent]
-        fused_a = any(n in _FUSED or n.startswith("in_proj") for n in a)
-        fused_b = any(n in _FUSED or n.startswith("in_proj") for n in b)
-        if fused_a != fused_b and (a | b) & _SPLIT:
-            explained = {k for k in ev.missing + ev.unexpected if _split_parent(k)}
-            return Finding("fused_projection", 0.9, frozenset(explained),
-                           {"fused_side": "model" if fused_a else "checkpoint", "parent": parent,
-                            "split": sorted((a | b) & _SPLIT),
-                            "fused": sorted((a | b) - _SPLIT)})
-    return None
-
-
-def _split_only(ev: Evidence) -> Finding | None:
-    """Only separate q/k/v weights and biases missing (or unexpected), the other side absent or cut.
-
-    The checkpoint then holds them some other way, and a fused ``qkv`` is by far the usual one.
-    """
-    for side, keys, other in (("model", ev.missing, ev.unexpected),
-                              ("checkpoint", ev.unexpected, ev.missing)):
-        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _SPLIT
-                and _segments(k)[-1] in ("weight", "bias") and _segments(k)[-2] == h[1]]
-        split = {_split_parent(k)[1] for k in hits}  # type: ignore[index]
-        if keys and len(hits) == len(keys) and len(split) >= 3 and not (other and not ev.truncated):
-            return Finding("fused_projection", 0.75, frozenset(hits),
-                           {"fused_side": "checkpoint" if side == "model" else "model",
-                            "parent": _split_parent(hits[0])[0],  # type: ignore[index]
-                            "split": sorted(split), "fused": []})
-    return None
-
-
 def _mismatch_rule(ev: Evidence, pred: Callable[[ShapeMismatch], bool], share: float) -> list[ShapeMismatch]:
     hits = [m for m in ev.mismatched if pred(m)]
     return hits if ev.mismatched and len(hits) >= share * len(ev.mismatched) else []
@@ -379,7 +325,8 @@ _RELATIONAL = frozenset({"model_code_changed", "renamed_keys", "wrong_model", "a
 
 def _calibrated(f: Finding, ev: Evidence) -> Finding:
     """Below the decision threshold (0.8) when a cut list hides half of the relation a rule reads."""
-    if ev.truncated and f.label in _RELATIONAL and f.confidence >= 0.8:
+    from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
+    if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
     return f
 
