@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,6 +28,9 @@ def _print(name: str, s: Score, misses: bool) -> None:
           f"{s.confident_precision:.1%}; abstention rate {s.abstention_rate:.1%}")
     for label, (ok, n) in s.per_label.items():
         print(f"  {label:24} {ok}/{n}")
+    confusion = Counter((a.case.label, a.label) for a in s.misses)
+    for (want, got), n in sorted(confusion.items(), key=lambda t: (-t[1], t[0][0])):
+        print(f"  confused: {want} -> {got}: {n}")
     for a in s.misses if misses else []:
         print(f"  miss {a.case.name}: want {a.case.label}, got {a.label} ({a.confidence:.2f})")
 
