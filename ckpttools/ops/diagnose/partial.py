@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
-from ckpttools.ops.diagnose.structure import _rename_pairs, _structure_pairs
+from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
 _HEAD_MODULE = re.compile(
@@ -79,8 +79,8 @@ def new_task_head(ev: Evidence) -> Finding | None:
     if any(k.endswith(".weight") for k in ev.missing) and not any(
             k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
         return None  # one bias-free output weight: a tied head, not a new one
-    if ev.unexpected and (_structure_pairs(ev.missing, ev.unexpected)
-                          or _rename_pairs(ev.missing, ev.unexpected)):
+    if ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
+                          or rename_pairs(ev.missing, ev.unexpected)):
         return None  # the head's keys moved or were renamed: the same head under other names
     pretrain = ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)
     if ev.report:

@@ -21,7 +21,7 @@ def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
     return out
 
 
-def _rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str, int]]:
+def rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str, int]]:
     """(missing, unexpected, position) pairs that differ in one non-numeric segment only.
 
     A renamed module keeps its tensors: its leaf names (weight, bias, running_mean ...) must be the
@@ -50,7 +50,7 @@ def _rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tup
     return pairs
 
 
-def _structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
+def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs that differ by one inserted/removed segment or by layer numbers only."""
     miss, unexp = list(missing), list(unexpected)
     u_set, m_set = set(unexp), set(miss)
@@ -75,7 +75,7 @@ def _structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[
 
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
-    pairs = _rename_pairs(ev.missing, ev.unexpected)
+    pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
     one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
@@ -123,7 +123,7 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     keys = ev.missing + ev.unexpected
     if not keys:
         return None
-    pairs = _structure_pairs(ev.missing, ev.unexpected)
+    pairs = structure_pairs(ev.missing, ev.unexpected)
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):
