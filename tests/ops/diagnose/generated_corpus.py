@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -61,45 +62,54 @@ def _shift(sd: dict[str, Any]) -> dict[str, Any]:
             for k, v in sd.items()}
 
 
+def _conv1d(arch: Arch) -> Pair | None:
+    m = arch.make
+    return (m(), _sd(to_conv1d(m()))) if arch.name in ("mlp", "convnet", "encoder") else None
+
+
+def _norm_inserted(arch: Arch) -> Pair | None:
+    if not arch.has_norm_arg:
+        return None
+    return arch.make(), _sd(arch.make(norm=False))  # the norm layers came after the checkpoint
+
+
+def _tied(arch: Arch) -> Pair | None:
+    if arch.name != "tinylm":
+        return None
+    return arch.make(), {k: v for k, v in _sd(arch.make()).items() if k != "output.weight"}
+
+
+def _fused(arch: Arch) -> Pair | None:
+    return (arch.make(fused=True), _sd(arch.make())) if arch.name == "tinylm" else None
+
+
+def _position_ids(arch: Arch) -> Pair | None:
+    # transformers 4.31 made position_ids non-persistent: older files carry it, newer ones not
+    old = arch.make()
+    first = next(mod for mod in old.modules() if isinstance(mod, (nn.Embedding, nn.Linear, nn.Conv2d)))
+    first.register_buffer("position_ids", torch.arange(8)[None])
+    return arch.make(), _sd(old)
+
+
+def _backbone_only(arch: Arch) -> Pair | None:
+    if arch.name == "tinylm":
+        return None  # a headless decoder reads exactly as a tied output: see tied_output
+    return arch.make(), {k: v for k, v in _sd(arch.make()).items() if not k.startswith(arch.head + ".")}
+
+
+def _spectral(arch: Arch) -> Pair | None:
+    src = arch.make()
+    nn.utils.spectral_norm(dict(src.named_modules())[arch.head])
+    return arch.make(), _sd(src)
+
+
 def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
     """name -> (label, make (model, state)) for one architecture; ``None`` when it does not apply."""
     m = arch.make
     count = {"num_classes": 7, "vocab": 48}[arch.count]
     other = next(a for a in ARCHS if a.name != arch.name and a.name != "tinylm")
-
-    def conv1d() -> Pair | None:
-        return (m(), _sd(to_conv1d(m()))) if arch.name in ("mlp", "convnet", "encoder") else None
-
-    def shift() -> Pair | None:
-        if not arch.has_norm_arg:
-            return None
-        return m(), _sd(m(norm=False))  # the norm layers were added after the checkpoint
-
-    def tied() -> Pair | None:
-        return (m(), {k: v for k, v in _sd(m()).items() if k != "output.weight"}) \
-            if arch.name == "tinylm" else None
-
-    def fused() -> Pair | None:
-        return (m(fused=True), _sd(m())) if arch.name == "tinylm" else None
-
-    def buffers() -> Pair | None:
-        # transformers 4.31 made position_ids non-persistent: older files carry it, newer ones not
-        old = m()
-        first = next(mod for mod in old.modules() if isinstance(mod, (nn.Embedding, nn.Linear, nn.Conv2d)))
-        first.register_buffer("position_ids", torch.arange(8)[None])
-        return m(), _sd(old)
-
-    def backbone_only() -> Pair | None:
-        if arch.name == "tinylm":
-            return None  # a headless decoder reads exactly as a tied output: see tied_output
-        return m(), {k: v for k, v in _sd(m()).items() if not k.startswith(arch.head + ".")}
-
-    def spectral() -> Pair | None:
-        src = m()
-        target = dict(src.named_modules())[arch.head]
-        nn.utils.spectral_norm(target)
-        return m(), _sd(src)
-
+    conv1d, shift, tied, fused = (partial(f, arch) for f in (_conv1d, _norm_inserted, _tied, _fused))
+    buffers, backbone_only, spectral = (partial(f, arch) for f in (_position_ids, _backbone_only, _spectral))
     return {
         "dataparallel_checkpoint": ("prefix_added", lambda: (m(), _sd(nn.DataParallel(m())))),
         "compiled_checkpoint": ("prefix_added", lambda: (m(), _sd(torch.compile(m())))),
