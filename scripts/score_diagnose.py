@@ -1,50 +1,73 @@
-"""Print diagnose's top-1 score per cause on real corpora and on generated cases.
+"""Score ``diagnose`` from text: development, generated and frozen held-out corpora.
+
+For each set: top-1 overall and per label, precision among answers with confidence >= 0.8
+(calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                      # real corpus and generated cases
-    python scripts/score_diagnose.py --corpus tests/data/diagnose/heldout   # one folder only
+    python scripts/score_diagnose.py                    # development, generated, frozen
+    python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen/
+    python scripts/score_diagnose.py --corpus DIR       # one folder of case files
+    python scripts/score_diagnose.py --misses           # also list what each set got wrong
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.ops.diagnose.test_corpus import corpus_cases, generated_cases, real_cases, top_label  # noqa: E402
+from tests.ops.diagnose.scoring import FROZEN, Case, Score, corpus, development, score  # noqa: E402
 
 
-def _score(name: str, cases: list[tuple[str, str, str]]) -> None:
-    per: dict[str, list[bool]] = defaultdict(list)
-    misses = []
-    for case, label, text in cases:
-        got = top_label(text)
-        per[label].append(got == label)
-        if got != label:
-            misses.append(f"  {case}: want {label}, got {got}")
-    total = sum(sum(v) for v in per.values())
-    print(f"{name}: top-1 {total}/{len(cases)} = {total / len(cases):.1%}")
-    for label in sorted(per):
-        ok = per[label]
-        print(f"  {label:24} {sum(ok)}/{len(ok)}")
-    print("\n".join(misses) if misses else "  (no misses)")
+def _print(name: str, s: Score, misses: bool) -> None:
+    right = sum(a.right for a in s.answers)
+    print(f"{name}: top-1 {right}/{len(s.answers)} = {s.top1:.1%}; precision at confidence >= 0.8 "
+          f"{s.confident_precision:.1%}; abstention rate {s.abstention_rate:.1%}")
+    for label, (ok, n) in s.per_label.items():
+        print(f"  {label:24} {ok}/{n}")
+    confusion = Counter((a.case.label, a.label) for a in s.misses)
+    for (want, got), n in sorted(confusion.items(), key=lambda t: (-t[1], t[0][0])):
+        print(f"  confused: {want} -> {got}: {n}")
+    for a in s.misses if misses else []:
+        print(f"  miss {a.case.name}: want {a.case.label}, got {a.label} ({a.confidence:.2f})")
+
+
+def _generated(misses: bool) -> None:
+    from tests.ops.diagnose.generated_corpus import generate
+
+    cases = generate()
+    decidable = [Case(c.name, c.label, c.text) for c in cases if c.decidable]
+    cut = [Case(c.name, c.label, c.text, decidable=False) for c in cases if not c.decidable]
+    _print("generated (whole, traceback, log, json, strict=False)", score(decidable), misses)
+    _print("generated with the deciding side cut (truncated, one side)", score(cut), misses)
+    try:
+        from tests.ops.diagnose.gen_transformers import generate_transformers
+    except ImportError:
+        return
+    hf = generate_transformers()
+    _print("generated from transformers (tiny configs, all presentations)",
+           score(Case(c.name, c.label, c.text, decidable=c.decidable) for c in hf), misses)
 
 
 def main() -> None:
-    """Score the folders asked for, or the real corpus and the generated cases."""
+    """Score the sets asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", action="append", type=Path, default=[],
                         help="folder of case files to score (repeatable)")
+    parser.add_argument("--skip-frozen", action="store_true", help="do not score frozen/")
+    parser.add_argument("--misses", action="store_true", help="list the misses")
     args = parser.parse_args()
     if args.corpus:
         for folder in args.corpus:
-            _score(str(folder), corpus_cases(folder))
+            _print(str(folder), score(corpus(folder)), args.misses)
         return
-    _score("real corpus", real_cases())
-    _score("generated", [(n, label, build()) for n, label, build in generated_cases()])
+    _print("development (real/ + heldout/)", score(development()), args.misses)
+    _generated(args.misses)
+    if not args.skip_frozen:
+        _print("frozen held-out (never tuned on)", score(corpus(FROZEN)), args.misses)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from ckpttools.ops.diagnose.fixes import Cause
-from ckpttools.ops.diagnose.diagnosis import DiagnoseResult
+from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, DiagnoseResult
 from ckpttools.render import heading, to_json
 
 
@@ -38,6 +38,12 @@ def _cause(i: int, c: Cause, fmt: str) -> list[str]:
     return lines + [""]
 
 
+def _undecided(result: DiagnoseResult) -> str:
+    candidates = ", ".join(f"{c.label} {c.confidence:.2f}" for c in result.causes[:4])
+    return (f"the text alone cannot decide (candidates: {candidates}); "
+            f"this decides from the files: {DECIDE_COMMAND}")
+
+
 def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
     """The diagnosis as ``table`` (plain text), ``markdown`` or ``json``."""
     if fmt == "json":
@@ -49,6 +55,8 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines.append("the checkpoint loads strictly into the model; nothing to diagnose")
     elif not result.causes:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
+    elif not result.decided and result.source == "text":
+        lines += [_undecided(result), ""]
     for i, cause in enumerate(result.causes, start=1):
         lines += _cause(i, cause, fmt)
     return "\n".join(lines).rstrip() + "\n"

@@ -73,3 +73,26 @@ def test_checkpoint_needs_model(runner: CliRunner, tmp_path: Path) -> None:
 def test_help_has_example(runner: CliRunner) -> None:
     r = runner.invoke(cli, ["diagnose", "--help"])
     assert r.exit_code == 0 and "ckpttools diagnose error.log" in r.stdout
+
+
+def test_one_sided_text_abstains_with_candidates_and_the_deciding_command(runner) -> None:  # type: ignore[no-untyped-def]
+    from ckpttools.cli.main import cli
+
+    text = ('Error(s) in loading state_dict for Net:\n\tMissing key(s) in state_dict: "conv1.weight", '
+            '"conv1.bias", "bn1.weight", "layer1.0.conv1.weight", "fc.weight", ...\n')
+    r = runner.invoke(cli, ["diagnose", "-"], input=text)
+    assert r.exit_code == 0
+    assert "the text alone cannot decide (candidates: prefix_added" in r.stdout
+    assert "ckpttools diagnose --checkpoint CKPT --model SPEC" in r.stdout
+    j = runner.invoke(cli, ["diagnose", "-", "--format", "json"], input=text)
+    data = json.loads(j.stdout)
+    assert data["decided"] is False and data["decide_with"].startswith("ckpttools diagnose --checkpoint")
+    assert [c["label"] for c in data["causes"]][:2] == ["prefix_added", "wrapped_checkpoint"]
+
+
+def test_no_error_exits_2_saying_what_it_expected(runner) -> None:  # type: ignore[no-untyped-def]
+    from ckpttools.cli.main import cli
+
+    r = runner.invoke(cli, ["diagnose", "-"], input="training finished, 3 epochs\n")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "expected a load error" in r.stderr

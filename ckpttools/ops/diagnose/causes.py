@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from ckpttools.ops.diagnose.shapes import another_depth, architecture_variant, head_size_mismatch
+from ckpttools.ops.diagnose.shapes import (
+    another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
 from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.partial import partial_findings
+from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
@@ -32,13 +36,21 @@ _CONTAINER = re.compile(r"^(state_dict|model_state_dict|model|net|network|module
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler|ema|lr_")
 # Training bookkeeping by name shape, for the many spellings (iterations, opt_g, epoch_idx, best_miou).
 _TRAINING_NAME = re.compile(r"^(epoch|iter|step|global_step|best|lr|opt|optim|sched|scaler|loss"
-                            r"|train|val|amp|seed|rng)(_?[a-z0-9]+)*$")
+                            r"|train|val|amp|seed|rng|acc|accuracy|prec|top|miou|metric|score)"
+                            r"(_?[a-z0-9]+)*$", re.I)
+# Optimizer entries of a GAN or multi-optimizer training file: optimG, optim_D, opt_g, optimizer_G.
+_OPTIMIZER_NAME = re.compile(r"^(optim|optimizer|opt)_?[A-Za-z0-9]*$")
 _BUFFER = re.compile(
     r"(^|[._])(num_batches_tracked|position_ids|token_type_ids|inv_freq|masked_bias|attn\.bias"
     r"|relative_position_index|attn_mask|attention_mask|causal_mask|_float_tensor|freqs_cis"
-    r"|cos_cached|sin_cached|rotary_emb\.inv_freq)$")
+    r"|cos_cached|sin_cached|rotary_emb\.inv_freq"
+    # spectral norm's power-iteration state, saved as weight_orig/weight_u/weight_v since
+    # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
+    r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
-                         r"|in_proj_weight|in_proj_bias|lora_[AB])s?$")
+                         r"|in_proj_weight|in_proj_bias|lora_[AB]"
+                         r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
+_SPECTRAL = re.compile(r"\.weight_(orig|u|v)$")
 _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
@@ -49,11 +61,7 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
                   # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*
                   r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
-                   r"|embed_out|generator)\.(weight|bias)$")
-_SPLIT = {"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "wq", "wk", "wv",
-          "to_q", "to_k", "to_v", "q_lin", "k_lin", "v_lin", "gate_proj", "up_proj", "w1", "w3"}
-_FUSED = {"qkv", "qkv_proj", "c_attn", "query_key_value", "Wqkv", "wqkv", "to_qkv", "in_proj",
-          "qkv_linear", "gate_up_proj", "w13", "kv", "kv_proj"}
+                   r"|embed_out|generator|output|decoder)\.(weight|bias)$")
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 
 
@@ -109,7 +117,8 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     if seg is None:
         return None
     infix = label == "prefix_missing" and not all(k.startswith(seg + ".") for k in extra)
-    return Finding(label, 0.72, frozenset(extra),
+    # Every shown key carries the wrapper: the other list was cut, the relation is still plain.
+    return Finding(label, 0.82 if len(extra) >= 3 else 0.72, frozenset(extra),
                    {"prefix": seg + ".", "infix": infix, "examples": list(extra[:3]),
                     "count": len(extra)})
 
@@ -133,6 +142,11 @@ def optimizer_state_passed(ev: Evidence) -> Finding | None:
     heads = _heads(ev.unexpected)
     if "param_groups" in heads and set(heads) <= {"state", "param_groups"}:
         return Finding("optimizer_state_passed", 0.95, frozenset(ev.unexpected),
+                       {"examples": sorted(heads)})
+    # Only optimizer entries at the top level (optimG, optimD): a file of optimizers alone.
+    if heads and all("." not in k for k in ev.unexpected) and all(
+            _OPTIMIZER_NAME.match(h) for h in heads):
+        return Finding("optimizer_state_passed", 0.85, frozenset(ev.unexpected),
                        {"examples": sorted(heads)})
     return None
 
@@ -174,6 +188,10 @@ def version_buffers(ev: Evidence) -> Finding | None:
     """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
     keys = ev.missing + ev.unexpected
     buffers = [k for k in keys if _BUFFER.search(k)]
+    if spectral := {k.rsplit(".", 1)[0] for k in keys if _SPECTRAL.search(k)}:
+        # spectral_norm saves weight_orig/u/v where the plain layer has weight: the same layer
+        # with or without its power-iteration state, not a rename.
+        buffers += [k for k in keys if k.rsplit(".", 1)[0] in spectral and k not in buffers]
     side = "unexpected" if not ev.missing else "missing" if not ev.unexpected else "both"
     if buffers:
         share = len(buffers) / len(keys)
@@ -182,9 +200,10 @@ def version_buffers(ev: Evidence) -> Finding | None:
                        {"examples": buffers[:3], "count": len(buffers), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in buffers})})
     one_sided = not (ev.missing and ev.unexpected) and not ev.mismatched
-    if (one_sided and 0 < len(keys) <= 4 and all("." in k for k in keys)
+    # Keys with no parameter leaf on one side only are buffers (noises.noise_3, attn.mask).
+    if (one_sided and keys and all("." in k for k in keys)
             and not any(_PARAM_LEAF.search(k) for k in keys)):
-        return Finding("version_buffers", 0.6, frozenset(keys),
+        return Finding("version_buffers", 0.6 if len(keys) <= 4 else 0.7, frozenset(keys),
                        {"examples": list(keys[:3]), "count": len(keys), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in keys})})
     return None
@@ -227,65 +246,18 @@ def ema_weights(ev: Evidence) -> Finding | None:
 def tied_weights(ev: Evidence) -> Finding | None:
     """An output head tied to the embedding is missing from (or extra in) the checkpoint."""
     for side, keys in (("missing", ev.missing), ("unexpected", ev.unexpected)):
+        other = ev.unexpected if side == "missing" else ev.missing
+        if other and renamed_keys(replace(ev, missing=keys, unexpected=other, mismatched=())):
+            continue  # the head is there under another name
         if keys and len(keys) <= 3 and all(_TIED.search(k) for k in keys):
-            conf = 0.88 if side == "missing" else 0.7
+            # From text alone the same lone output weight may be a renamed or re-parametrised
+            # head: below the decision threshold until shapes (files) confirm the tie.
+            conf = 0.78 if side == "missing" else 0.7
             shape = ev.model_shapes.get(keys[0]) if side == "missing" else None
             if shape and shape in ev.checkpoint_shapes.values():
                 conf = 0.95
             return Finding("tied_weights", conf, frozenset(keys),
                            {"examples": list(keys), "side": side})
-    return None
-
-
-def _split_parent(key: str) -> tuple[str, str] | None:
-    parts = _segments(key)
-    for i in range(len(parts) - 1, -1, -1):
-        name = parts[i]
-        if name in _SPLIT or name in _FUSED or name.startswith("in_proj"):
-            parent = re.sub(r"\.\d+(?=\.|$)", ".#", ".".join(parts[:i]))
-            return parent.rsplit(".", 1)[-1] if parent else "", name
-    return None
-
-
-def fused_projection(ev: Evidence) -> Finding | None:
-    """One fused ``qkv`` projection on one side, separate ``q``/``k``/``v`` on the other."""
-    def names(keys: Iterable[str]) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for k in keys:
-            if (hit := _split_parent(k)) is not None:
-                out.setdefault(hit[0], set()).add(hit[1])
-        return out
-    miss, unexp = names(ev.missing), names(ev.unexpected)
-    if one_sided := _split_only(ev):
-        return one_sided
-    for parent in set(miss) & set(unexp):
-        a, b = miss[parent], unexp[parent]
-        fused_a = any(n in _FUSED or n.startswith("in_proj") for n in a)
-        fused_b = any(n in _FUSED or n.startswith("in_proj") for n in b)
-        if fused_a != fused_b and (a | b) & _SPLIT:
-            explained = {k for k in ev.missing + ev.unexpected if _split_parent(k)}
-            return Finding("fused_projection", 0.9, frozenset(explained),
-                           {"fused_side": "model" if fused_a else "checkpoint", "parent": parent,
-                            "split": sorted((a | b) & _SPLIT),
-                            "fused": sorted((a | b) - _SPLIT)})
-    return None
-
-
-def _split_only(ev: Evidence) -> Finding | None:
-    """Only separate q/k/v weights and biases missing (or unexpected), the other side absent or cut.
-
-    The checkpoint then holds them some other way, and a fused ``qkv`` is by far the usual one.
-    """
-    for side, keys, other in (("model", ev.missing, ev.unexpected),
-                              ("checkpoint", ev.unexpected, ev.missing)):
-        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _SPLIT
-                and _segments(k)[-1] in ("weight", "bias") and _segments(k)[-2] == h[1]]
-        split = {_split_parent(k)[1] for k in hits}  # type: ignore[index]
-        if keys and len(hits) == len(keys) and len(split) >= 3 and not (other and not ev.truncated):
-            return Finding("fused_projection", 0.75, frozenset(hits),
-                           {"fused_side": "checkpoint" if side == "model" else "model",
-                            "parent": _split_parent(hits[0])[0],  # type: ignore[index]
-                            "split": sorted(split), "fused": []})
     return None
 
 
@@ -335,17 +307,31 @@ def _axis_order(m: ShapeMismatch) -> list[int]:
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
-    transposed_weights, head_size_mismatch, architecture_variant, renamed_keys)
+    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 
 LABELS = ("prefix_added", "prefix_missing", "wrapped_checkpoint", "optimizer_state_passed",
           "head_size_mismatch", "architecture_variant", "renamed_keys", "version_buffers",
           "tied_weights", "adapter_or_quantization", "transposed_weights", "fused_projection",
-          "partitioned_checkpoint", "ema_weights", "model_code_changed", "wrong_model")
+          "partitioned_checkpoint", "ema_weights", "model_code_changed", "wrong_model",
+          "new_task_head", "profiler_buffers")
 
 
-def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
+# Rules that read a relation between the two key lists: a cut list shows only part of it.
+_RELATIONAL = frozenset({"model_code_changed", "renamed_keys", "wrong_model", "architecture_variant",
+                         "fused_projection", "new_task_head"})
+
+
+def _calibrated(f: Finding, ev: Evidence) -> Finding:
+    """Below the decision threshold (0.8) when a cut list hides half of the relation a rule reads."""
+    from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
+    if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
+        return replace(f, confidence=0.75)
+    return f
+
+
+def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     """Run every rule on ``ev`` and return the findings, most likely first.
 
     Args:
@@ -356,10 +342,12 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.3) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    rest = residual(ev, findings)
+    partial = partial_findings(ev)
+    rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
+    findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
     best: dict[str, Finding] = {}
-    for f in findings:
+    for f in map(lambda f: _calibrated(f, ev), findings):
         if f.confidence >= min_confidence and (f.label not in best or
                                                f.confidence > best[f.label].confidence):
             best[f.label] = f

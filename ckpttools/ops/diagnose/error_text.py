@@ -12,6 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttools.ops.diagnose.loader_formats import (
+    detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
+    prose_keys)
+
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
 # Line prefixes that wrap pasted text: markdown quotes, torchrun rank tags.
@@ -54,10 +58,16 @@ _OLD_KEY = re.compile(r"(unexpected|missing)\s+key\s+[\"'](" + _KEY_CHARS + r"+)
 _HEADER_ONLY = re.compile(
     r"Error\(s\)\s+in\s+loading\s+state_dict|do\s+not\s+match\s+exactly|newly\s+initialized"
     r"|were\s+not\s+used\s+when\s+initializing|_IncompatibleKeys")
+# A load report (transformers, pytorch_pretrained_bert): the model loaded and says what it did.
+_REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
+                     r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
+                     r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
 _CLASS_NAMES = (
     re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
     re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
     re.compile(r"when\s+initializing\s+([A-Za-z_]\w*)"),
+    re.compile(r"Weights\s+of\s+([A-Za-z_]\w*)\s+not\s+initialized"),
+    re.compile(r"([A-Za-z_]\w*)\s+LOAD\s+REPORT"),
 )
 _TRUNCATION = re.compile(r"^\s*(?:\.\.\.|\[\s*\.\.\.\s*\]|\[\.\.\.\s*trimmed|\.\.\.\s*trimmed)")
 
@@ -91,20 +101,26 @@ class ParsedError:
     truncated: bool = False
     found: bool = False
     formats: tuple[str, ...] = field(default=())
+    lookups: tuple[str, ...] = ()
+    report: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
         return {"missing": list(self.missing), "unexpected": list(self.unexpected),
                 "mismatched": [m.to_dict() for m in self.mismatched],
-                "class_name": self.class_name, "truncated": self.truncated, "found": self.found}
+                "class_name": self.class_name, "truncated": self.truncated, "found": self.found,
+                "lookups": list(self.lookups), "report": self.report}
 
 
 def normalize_text(text: str) -> str:
     """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text):
+    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
+    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
         # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
-        text = text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n").replace("\\t", "\t")
+        text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")
+                .replace("\\t", "\t").replace("\\u001b", "\x1b"))
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours (transformers, detectron2)
     return _LINE_PREFIX.sub("", text)
 
 
@@ -224,6 +240,33 @@ def parse_error_text(text: str) -> ParsedError:
         ('fc.weight',)
     """
     text = normalize_text(text)
+    lists, truncated, formats = _torch_lists(text)
+    report_lists, report_mismatched = load_report(text)
+    for extra in (detectron2_lists(text), mlx_lists(text), report_lists):
+        for kind, keys in extra.items():
+            lists[kind] += keys
+            formats += [kind] if keys else []
+    mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in
+                                           other_mismatches(text) + report_mismatched]
+    lookups = [k for k in keyerror_lookups(text) if k not in lists["missing"] + lists["unexpected"]]
+    if not (formats or mismatched or lookups):
+        if keys := headless_keys(text):
+            lists["missing"], truncated, formats = keys, True, ["headless"]
+        else:
+            lists = {k: v for k, v in prose_keys(text).items()}
+            formats = ["prose"] if any(lists.values()) else []
+    tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
+                     r"[^\n])*$", text.rstrip())
+    truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
+    found = bool(formats or mismatched or lookups or _HEADER_ONLY.search(text))
+    return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
+                       mismatched=_unique(mismatched), class_name=_class_name(text),
+                       truncated=truncated, found=found, formats=_unique(formats),
+                       lookups=_unique(lookups), report=bool(_REPORT.search(text)))
+
+
+def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:
+    """Key lists under PyTorch's, transformers', timm's and mmengine's headers."""
     lists: dict[str, list[str]] = {"missing": [], "unexpected": []}
     truncated, formats = False, []
     for kind, pattern in _LIST_HEADERS:
@@ -238,11 +281,4 @@ def parse_error_text(text: str) -> ParsedError:
     for m in _OLD_KEY.finditer(text):
         lists[m.group(1).lower()].append(m.group(2))
         formats.append("keyerror")
-    mismatched = _find_mismatches(text)
-    tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
-                     r"[^\n])*$", text.rstrip())
-    truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
-    found = bool(formats or mismatched or _HEADER_ONLY.search(text))
-    return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
-                       mismatched=_unique(mismatched), class_name=_class_name(text),
-                       truncated=truncated, found=found, formats=_unique(formats))
+    return lists, truncated, formats

@@ -43,6 +43,13 @@ class Evidence:
     checkpoint_path: str | None = None
     model_spec: str | None = None
     used_key: str | None = None
+    lookups: tuple[str, ...] = ()
+    report: bool = False
+
+    @property
+    def one_sided(self) -> bool:
+        """Only one kind of key shows (or keys of unknown side): the other side may be cut."""
+        return (not self.mismatched and not (self.missing and self.unexpected)) or bool(self.lookups)
 
     @property
     def is_empty(self) -> bool:

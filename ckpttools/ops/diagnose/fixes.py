@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.diagnose.shape_fixes import (
-    architecture_text, code_changed_text, head_text, renamed_text, wrong_model_text)
+    architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
+    wrong_model_text)
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
@@ -59,6 +60,8 @@ def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 + (f'sd = {{"{p}" + k: v for k, v in sd.items()}}' if not infix else
                    "model = getattr(model, \"module\", model)"))
         args = ["--add-prefix", _q(p)] if not infix else []
+    if f.facts.get("guessed"):
+        what = "most likely (the text shows the model's keys only) " + what
     return what, code + "\nmodel.load_state_dict(sd)", args
 
 
@@ -204,6 +207,7 @@ _WRITERS: dict[str, Callable[[Finding, Evidence], tuple[str, str, list[str]]]] =
     "transposed_weights": _transposed, "head_size_mismatch": head_text,
     "architecture_variant": architecture_text, "renamed_keys": renamed_text,
     "model_code_changed": code_changed_text, "wrong_model": wrong_model_text,
+    "new_task_head": new_head_text, "profiler_buffers": profiler_text,
 }
 
 

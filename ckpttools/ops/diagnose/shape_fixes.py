@@ -101,3 +101,27 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                else "the missing and unexpected keys have almost no module names in common"))
     code = "# pick the checkpoint made for this model class/config (check the file and the model spec)"
     return what, code, []
+
+
+def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
+    keys = ", ".join(f.facts["examples"])
+    what = (f"the model has a task head ({keys}) that the checkpoint never had (a backbone or "
+            "pretraining checkpoint); this is expected when fine-tuning: train the head"
+            + ("; transformers reports it and loads the rest" if f.facts["report"] else
+               "; load the rest non-strictly, or use the library's pretrained loader, which adapts the head"))
+    code = ("result = model.load_state_dict(sd, strict=False)\n"
+            "assert not result.unexpected_keys or print(result.unexpected_keys)  # pretraining heads, unused\n"
+            "# then train the new head; with transformers a head of another size needs\n"
+            "# from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)")
+    return what, code, []
+
+
+def profiler_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    """Counters a FLOP profiler registered on the model."""
+    where = "the model" if f.facts["side"] == "missing" else "the checkpoint"
+    what = (f"a FLOP profiler (thop/ptflops) registered counters such as total_ops/total_params on "
+            f"{where}; they are not weights: profile a copy of the model, or drop them")
+    code = ('sd = {k: v for k, v in sd.items() if not re.search(r"(total_ops|total_params)$", k)}\n'
+            "model.load_state_dict(sd, strict=False)  # or: profile copy.deepcopy(model)")
+    return what, code, ["--drop", shlex.quote(r"(^|\.)(total_ops|total_params)$")]

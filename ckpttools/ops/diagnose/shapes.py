@@ -13,6 +13,8 @@ _HEAD = re.compile(r"(^|[._])(head|heads|fc|classifier|cls|logits|class\w*|score
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
                    r"|embeddings|decoder|_proposal_\w+|bbox_pred|cls_score)([._]|$)")
 _VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
+_LEVELS = re.compile(r"level_embed|scale_embed|num_levels|stage_embed")
+_NORM = re.compile(r"(running_mean|running_var|(norm|bn|ln|gn)\w*\.(weight|bias))$")
 _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|absolute_pos"
                   r"|relative_position_bias_table|position_embeddings|rel_pos")
 
@@ -33,19 +35,83 @@ def _only_dim0(m: ShapeMismatch) -> bool:
     return len(c) == len(s) and len(c) >= 1 and c[0] != s[0] and c[1:] == s[1:]
 
 
+def _one_axis(m: ShapeMismatch) -> int | None:
+    """The only axis on which the two shapes differ, if exactly one does."""
+    c, s = m.checkpoint_shape, m.model_shape
+    diff = [i for i, (a, b) in enumerate(zip(c, s)) if a != b] if len(c) == len(s) else []
+    return diff[0] if len(diff) == 1 else None
+
+
+def _count_axis(m: ShapeMismatch) -> bool:
+    """The one differing axis holds a count (rows: classes, vocabulary, tokens), not features.
+
+    Features sit on the last axis (embeddings, tokens) and on a weight's input axis (axis 1 of
+    Linear and Conv weights); a change there is another width, not another number of classes.
+    """
+    axis, n = _one_axis(m), len(m.model_shape)
+    if axis is None:
+        return False
+    return n == 1 or (axis < n - 1 and not (axis == 1 and m.key.endswith("weight")))
+
+
+def _shard_factor(mm: list[ShapeMismatch]) -> int | None:
+    """The factor k when every model tensor is the checkpoint's cut into k pieces on one axis."""
+    factors = set()
+    for m in mm:
+        axis = _one_axis(m)
+        if axis is None or m.checkpoint_shape[axis] % m.model_shape[axis]:
+            return None
+        factors.add(m.checkpoint_shape[axis] // m.model_shape[axis])
+    k = factors.pop() if len(factors) == 1 else 0
+    return k if k in (2, 4, 8, 16, 32, 64) else None
+
+
+def _count_change(ev: Evidence) -> list[ShapeMismatch]:
+    """A few tensors that differ on one axis only: a count (classes, tokens, vocabulary) changed.
+
+    Not 1-D norm statistics alone (those are a width change inside a head), not grids or levels
+    (another input size or number of feature levels).
+    """
+    mm = _real(ev)
+    if not mm or len(mm) != len(ev.mismatched) or len(mm) > 6:
+        return []
+    if not all(_count_axis(m) for m in mm) or any(_POS.search(m.key) or _LEVELS.search(m.key)
+                                                     for m in mm):
+        return []
+    if all(len(m.model_shape) == 1 for m in mm) and any(_NORM.search(m.key) for m in mm):
+        return []
+    return mm
+
+
 def head_size_mismatch(ev: Evidence) -> Finding | None:
     """A classifier or vocabulary head of another size (only the output dimension differs)."""
-    mm = _real(ev)
-    if not mm or len(mm) != len(ev.mismatched) or len(mm) > 6 or not all(map(_only_dim0, mm)):
+    mm = _count_change(ev)
+    if not mm:
         return None
     headish = [m for m in mm if _HEAD.search(m.key)]
     vocab = any(_VOCAB.search(m.key) for m in mm)
-    sizes = (mm[0].checkpoint_shape[0], mm[0].model_shape[0])
+    axis = _one_axis(mm[0]) or 0
+    sizes = (mm[0].checkpoint_shape[axis], mm[0].model_shape[axis])
     padded = vocab and any(n % 64 == 0 for n in sizes) and abs(sizes[0] - sizes[1]) < 1024
-    conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) else 0.0)
+    # A weight and its bias changing together on the output axis is a classifier's signature.
+    pair = any(len(m.model_shape) >= 2 for m in mm) and any(len(m.model_shape) == 1 for m in mm)
+    conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
+    if not headish and _shard_factor(mm) is not None:
+        conf = 0.5  # the model's tensors are the checkpoint's cut in k: sharding competes
     return Finding("head_size_mismatch", conf, frozenset(m.key for m in mm),
                    {"keys": [m.key for m in mm], "checkpoint_size": sizes[0], "model_size": sizes[1],
                     "vocab": vocab, "padded": padded})
+
+
+def sharded_tensors(ev: Evidence) -> Finding | None:
+    """The model holds 1/k of every checkpoint tensor on one axis: a tensor-parallel shard."""
+    mm = _real(ev)
+    k = _shard_factor(mm) if mm and len(mm) == len(ev.mismatched) else None
+    if k is None or any(_HEAD.search(m.key) for m in mm):
+        return None
+    return Finding("partitioned_checkpoint", 0.6, frozenset(m.key for m in mm),
+                   {"examples": [m.key for m in mm[:3]], "count": len(mm), "side": "model",
+                    "factor": k})
 
 
 def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
@@ -55,6 +121,8 @@ def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
     for key in keys:
         parts = segments(key)
         i = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        if i is None and (rnn := re.search(r"_l(\d+)(_reverse)?$", parts[-1])):
+            parts, i = parts[:-1] + [rnn.group(1)], len(parts) - 1  # nn.LSTM: weight_ih_l2
         if i is None:
             return None
         groups.add(".".join(parts[:i]))
@@ -80,15 +148,18 @@ def _shape_variant(ev: Evidence) -> Finding | None:
         return Finding("architecture_variant", 0.86, keys,
                        {"kind": "pos_grid", "keys": [m.key for m in mm],
                         "checkpoint_shape": mm[0].checkpoint_shape, "model_shape": mm[0].model_shape})
-    stem = [m for m in mm if len(m.model_shape) >= 3 and len(m.checkpoint_shape) == len(m.model_shape)
+    stem = [m for m in mm if len(m.model_shape) >= 3 and m.key.endswith("weight")
+            and len(m.checkpoint_shape) == len(m.model_shape)
             and m.model_shape[0] == m.checkpoint_shape[0] and m.model_shape[2:] == m.checkpoint_shape[2:]]
     if stem and len(stem) == len(mm) <= 2:
         return Finding("architecture_variant", 0.86, keys,
                        {"kind": "in_chans", "keys": [m.key for m in mm],
                         "checkpoint_channels": mm[0].checkpoint_shape[1],
                         "model_channels": mm[0].model_shape[1]})
-    if len(mm) <= 6 and all(map(_only_dim0, mm)):
+    if _count_change(ev):
         return None  # that is a head of another size
+    if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
+        return None  # another kind of layer at this path (indices moved), not another width
     ratio, consistent = _width(mm)
     return Finding("architecture_variant", 0.8 + (0.05 if consistent else 0.0), keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],

@@ -13,26 +13,44 @@ _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_va
 _LEAVES = {"weight", "bias"}
 
 
-def _rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str, int]]:
-    """(missing, unexpected, position) pairs that differ in one non-numeric segment only."""
+def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for k in keys:
+        mod, _, leaf = k.rpartition(".")
+        out.setdefault(mod, set()).add(leaf)
+    return out
+
+
+def rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str, int]]:
+    """(missing, unexpected, position) pairs that differ in one non-numeric segment only.
+
+    A renamed module keeps its tensors: its leaf names (weight, bias, running_mean ...) must be the
+    same on both sides, else it is another layer type at a similar path (another model).
+    """
+    missing, unexpected = list(missing), list(unexpected)
+    leaves_m, leaves_u = _leaves(missing), _leaves(unexpected)
     by_sig: dict[str, str] = {}
     for u in unexpected:
         p = segments(u)
         for i, s in enumerate(p):
             if not s.isdigit():
                 by_sig.setdefault(".".join(p[:i] + ["\0"] + p[i + 1:]), u)
-    pairs = []
+    pairs, used, names = [], set(), {}
     for m in missing:
         p = segments(m)
         for i, s in enumerate(p):
             u = by_sig.get(".".join(p[:i] + ["\0"] + p[i + 1:])) if not s.isdigit() else None
-            if u is not None and not {s, segments(u)[i]} <= _LEAVES:
-                pairs.append((m, u, i))
-                break
+            if (u is None or u in used or {s, segments(u)[i]} <= _LEAVES or i == len(p) - 1
+                    or leaves_m[m.rpartition(".")[0]] != leaves_u[u.rpartition(".")[0]]
+                    or names.setdefault(segments(u)[i], s) != s):
+                continue  # a rename maps one name to one name, each key once
+            pairs.append((m, u, i))
+            used.add(u)
+            break
     return pairs
 
 
-def _structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
+def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs that differ by one inserted/removed segment or by layer numbers only."""
     miss, unexp = list(missing), list(unexpected)
     u_set, m_set = set(unexp), set(miss)
@@ -57,11 +75,12 @@ def _structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[
 
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
-    pairs = _rename_pairs(ev.missing, ev.unexpected)
+    pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
     one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
-    if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(len(ev.missing), len(ev.unexpected))):
+    sides = (len(ev.missing), len(ev.unexpected))
+    if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(sides), 0.3 * max(sides)):
         subs = Counter((segments(u)[i], segments(m)[i]) for m, u, i in pairs)
         return Finding("renamed_keys", 0.86, frozenset(k for m, u, _ in pairs for k in (m, u)),
                        {"renames": [list(s) for s, _ in subs.most_common(4)], "count": len(pairs),
@@ -104,7 +123,7 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     keys = ev.missing + ev.unexpected
     if not keys:
         return None
-    pairs = _structure_pairs(ev.missing, ev.unexpected)
+    pairs = structure_pairs(ev.missing, ev.unexpected)
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):

@@ -74,3 +74,41 @@ def test_wrapped_key_lines_and_quote_prefixes() -> None:
 
 def test_no_error_in_text() -> None:
     assert not parse_error_text("epoch 3: loss 0.12\nall good").found
+
+
+@pytest.mark.parametrize("text,missing,unexpected,mismatched", [
+    # detectron2 / fvcore checkpointer warnings, brace groups per module
+    ("WARNING [01/02 10:00:00 fvcore.common.checkpoint]: Some model parameters or buffers are not "
+     "found in the checkpoint:\nroi_heads.box_predictor.{bias, weight}\nproposal_generator.conv.weight\n\n",
+     ("roi_heads.box_predictor.bias", "roi_heads.box_predictor.weight", "proposal_generator.conv.weight"),
+     (), ()),
+    ("The checkpoint state_dict contains keys that are not used by the model:\n  pixel_mean\n  pixel_std\n",
+     (), ("pixel_mean", "pixel_std"), ()),
+    ("Skip loading parameter 'roi_heads.box_predictor.cls_score.weight' to the model due to incompatible "
+     "shapes: (81, 1024) in the checkpoint but (11, 1024) in the model! You might want to double check",
+     (), (), (("roi_heads.box_predictor.cls_score.weight", (81, 1024), (11, 1024)),)),
+    # PyTorch <= 0.3 names the model's shape first
+    ("While copying the parameter named fc.weight, whose dimensions in the model are "
+     "torch.Size([10, 512]) and whose dimensions in the checkpoint are torch.Size([1000, 512]).",
+     (), (), (("fc.weight", (1000, 512), (10, 512)),)),
+    ("ValueError: Received 1 parameters not in model: \nlm_head.weight.", (), ("lm_head.weight",), ()),
+    # the middle of a key list, pasted without its header
+    ('ers.0.attn.v_proj.weight", "layers.1.attn.q_proj.weight", "layers.1.attn.k_proj.weight", '
+     '"layers.1.attn.v_proj.weight", "lay',
+     ("layers.1.attn.q_proj.weight", "layers.1.attn.k_proj.weight", "layers.1.attn.v_proj.weight"), (), ()),
+    ("When I load the checkpoint, the keys `encoder.norm.weight` and `encoder.norm.bias` are missing.",
+     ("encoder.norm.weight", "encoder.norm.bias"), (), ()),
+])
+def test_other_loaders_and_prose(text: str, missing: tuple[str, ...], unexpected: tuple[str, ...],
+                                 mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]) -> None:
+    r = parse_error_text(text)
+    assert r.found
+    assert r.missing == missing and r.unexpected == unexpected
+    assert tuple((m.key, m.checkpoint_shape, m.model_shape) for m in r.mismatched) == mismatched
+
+
+def test_keyerror_lookup_has_no_side_and_a_log_without_keys_is_not_an_error() -> None:
+    r = parse_error_text("    state_dict[new_key] = state_dict.pop(old_key)\nKeyError: 'bert.embeddings.LayerNorm.gamma'")
+    assert r.found and r.lookups == ("bert.embeddings.LayerNorm.gamma",) and not r.missing
+    plain = parse_error_text("epoch 3: loss 0.12, saved checkpoint to model.encoder.pt\nall done")
+    assert not plain.found

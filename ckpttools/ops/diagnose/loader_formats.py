@@ -1,0 +1,138 @@
+"""Key lists in the formats of loaders other than ``nn.Module.load_state_dict`` and in prose.
+
+detectron2/fvcore print key lists one per line with brace groups (``fpn.{bias, weight}``), mlx prints
+``Received N parameters not in model: ...``, PyTorch <= 0.3 named one shape mismatch per message,
+hand-written loaders fail with a bare ``KeyError: 'key'``, and people paste the middle of a key
+list without its header or name keys in a sentence. Each finder returns what it read and leaves
+the decision to the cause rules.
+"""
+
+from __future__ import annotations
+
+import re
+
+_KEY = r"[A-Za-z_][\w.\-/:#$@+]*"
+_DOTTED = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+)+$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SIZE = r"torch\.Size\(\[([\d,\s]*)\]\)"
+
+# detectron2 / fvcore checkpointer
+_D2_HEADERS = (
+    ("missing", re.compile(r"(?:Some model parameters or buffers are not found in the checkpoint"
+                           r"|Some model parameters are not in the checkpoint):\s*\n")),
+    ("unexpected", re.compile(r"The checkpoint(?: state_dict)? contains keys that are not used by "
+                              r"the model:\s*\n")),
+)
+_D2_SKIP = re.compile(r"Skip loading parameter '(" + _KEY + r")' to the model due to incompatible "
+                      r"shapes: \(([\d,\s]*)\) in the checkpoint but \(([\d,\s]*)\) in the model")
+# transformers >= 5: a LOAD REPORT table, one key per row with its status
+_HF_ROW = re.compile(r"^(?:[^|\n]*\s)?(" + _KEY + r")\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\s*\|([^\n]*)$", re.M)
+_HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
+# PyTorch <= 0.3: one message per parameter, model shape first
+_OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(" + _KEY + r")[\"']?,\s+"
+                       r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
+                       r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
+# mlx / mlx-lm load_weights
+_MLX = (
+    ("unexpected", re.compile(r"Received\s+\d+\s+parameters?\s+not\s+in\s+model:\s*")),
+    ("missing", re.compile(r"Missing\s+\d+\s+parameters?:\s*")),
+)
+# A hand-written loader looking a key up: KeyError: 'layer.weight'
+_KEYERROR = re.compile(r"KeyError:\s*['\"](" + _KEY + r")['\"]\s*(?:$|\n|\s+in\s)", re.M)
+_QUOTED_KEY = re.compile(r"[\"'`](" + _KEY + r")[\"'`]")
+_MISSING_WORDS = re.compile(r"missing|not\s+found|not\s+in\s+the\s+checkpoint|newly\s+initiali[sz]ed"
+                            r"|absent|lacks?|doesn'?t\s+have|does\s+not\s+have", re.I)
+_UNEXPECTED_WORDS = re.compile(r"unexpected|not\s+used|extra|unused|not\s+in\s+(?:the\s+)?model"
+                               r"|ignored", re.I)
+_LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained", re.I)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in re.findall(r"\d+", text))
+
+
+def _expand(line: str) -> list[str]:
+    """``a.{bias, weight}`` -> ``a.bias``, ``a.weight`` (detectron2 groups keys by module)."""
+    m = re.match(r"^(\S*?)\{([^}]*)\}(\S*)$", line)
+    if not m:
+        return [line]
+    return [f"{m.group(1)}{leaf.strip()}{m.group(3)}" for leaf in m.group(2).split(",") if leaf.strip()]
+
+
+def detectron2_lists(text: str) -> dict[str, list[str]]:
+    """Keys listed one per line under detectron2/fvcore's checkpointer warnings."""
+    text = _ANSI.sub("", text)
+    out: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    for kind, header in _D2_HEADERS:
+        for m in header.finditer(text):
+            for line in text[m.end():].split("\n"):
+                line = re.sub(r"^\s*(?:\[\d\d/\d\d [\d:]+ [\w.]+\]:?\s*)?", "", line).strip()
+                if not line or not re.match(r"^[\w.{}\-, ]+$", line) or " " in line.replace(", ", ","):
+                    break
+                out[kind].extend(_expand(line.replace(", ", ",").replace(",", ", ")))
+    return out
+
+
+def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(key, checkpoint shape, model shape) from detectron2's skip warnings and PyTorch <= 0.3."""
+    found = [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
+             for m in _D2_SKIP.finditer(text)]
+    found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
+              for m in _OLD_COPY.finditer(text)]
+    return [(k, c, s) for _, k, c, s in sorted(found)]
+
+
+def load_report(text: str) -> tuple[dict[str, list[str]], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Rows of transformers' LOAD REPORT table: missing, unexpected and mismatched keys."""
+    lists: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    mismatched = []
+    for m in _HF_ROW.finditer(_ANSI.sub("", text)):
+        if m.group(2) == "MISMATCH":
+            if shapes := _HF_SHAPES.search(m.group(3)):
+                mismatched.append((m.group(1), _shape(shapes.group(1)), _shape(shapes.group(2))))
+        else:
+            lists[m.group(2).lower()].append(m.group(1))
+    return lists, mismatched
+
+
+def mlx_lists(text: str) -> dict[str, list[str]]:
+    """Keys after mlx's ``Received N parameters not in model:`` and ``Missing N parameters:``."""
+    out: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    for kind, header in _MLX:
+        for m in header.finditer(text):
+            line = text[m.end():].split("\n", 1)[0]
+            out[kind] += [k.strip(" .'\"") for k in line.split(",") if k.strip(" .'\"")]
+    return out
+
+
+def keyerror_lookups(text: str) -> list[str]:
+    """Keys a loader looked up and did not find (``KeyError: 'x'``), side unknown."""
+    return [m.group(1) for m in _KEYERROR.finditer(text)]
+
+
+def headless_keys(text: str) -> list[str]:
+    """A run of quoted dotted keys pasted without its header (the middle of a key list)."""
+    keys = [m.group(1) for m in _QUOTED_KEY.finditer(text) if _DOTTED.match(m.group(1))]
+    separators = len(re.findall(r"[\"']\s*,\s*[\"']", text))
+    return keys if len(keys) >= 3 and separators >= 0.6 * len(keys) else []
+
+
+def prose_keys(text: str) -> dict[str, list[str]]:
+    """Dotted keys named in sentences, sided by the words of their sentence.
+
+    A key counts only in a sentence that says missing/unexpected (or a synonym) in a text that
+    talks about loading weights, so ordinary logs that mention module paths stay unrecognised.
+    """
+    out: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    if not _LOAD_WORDS.search(text):
+        return out
+    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n\s*\n", text):
+        keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+        if not keys:
+            continue
+        miss, unexp = _MISSING_WORDS.search(sentence), _UNEXPECTED_WORDS.search(sentence)
+        if miss and not unexp:
+            out["missing"] += keys
+        elif unexp and not miss:
+            out["unexpected"] += keys
+    return out

@@ -1,0 +1,167 @@
+"""Cause rules for partial evidence: one key list only, a load report, a key a loader looked up.
+
+When a text shows one side only, the key-set relation that would decide (a prefix, a rename) cannot
+be computed. These rules read what is left (which modules the keys span, the class named in the
+message, what the keys are called by library convention) and return candidates whose confidences
+say how often that evidence alone points to each cause.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
+
+# Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
+_HEAD_MODULE = re.compile(
+    r"(^|\.)(head|heads|fc|classifier|cls|cls_head|logits|last_linear|score|qa_outputs|pooler"
+    r"|lm_head|decode_head|auxiliary_head|cls_score|bbox_pred|fc_cls|fc_reg|output_layer"
+    r"|classif\w*|pre_logits|projector|proj_head)(\.|$)")
+# Heads a pretraining checkpoint carries that a task model drops (BERT MLM/NSP, pooler, ...).
+_PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"
+                            r"|pre_logits|head|heads|fc|classifier|projector|vocab_\w+|generator"
+                            r"|discriminator_predictions|lm_loss)(\.|$)")
+_PROFILER = re.compile(r"(^|\.)(total_ops|total_params|__flops__|__params__)$")
+_CONTAINER_LOOKUP = re.compile(r"^(model|state_dict|model_state_dict|net|network|params|weights"
+                               r"|module|ema|g_ema|generator|netG|netD|model_ema|state|\w+_state_dict)$")
+# Where a model's state_dict starts: a top-level parameter (it precedes every submodule's keys)
+# or a first layer by the usual names, with every layer index at 0.
+_FIRST_LAYER = re.compile(r"(^|\.)(conv1|conv_first|conv0|stem|embed\w*|\w*embeddings?|patch_embed"
+                          r"|cls_token|pos_embed|input\w*|first\w*|inc|init\w*|layer0|features"
+                          r"|module_list|model|backbone|encoder|body|net|blocks|layers)(\.|$)")
+_WRAPPER_CLASSES = frozenset({"DataParallel", "DistributedDataParallel", "OptimizedModule",
+                              "FullyShardedDataParallel"})
+
+
+def _modules(keys: Iterable[str]) -> set[str]:
+    return {k.rsplit(".", 1)[0] if "." in k else "" for k in keys}
+
+
+def _tops(keys: Iterable[str]) -> set[str]:
+    return {next((s for s in segments(k) if s not in WRAPPER_SEGMENTS), k) for k in keys}
+
+
+def profiler_buffers(ev: Evidence) -> Finding | None:
+    """Counters a FLOP profiler (thop, ptflops) registered on the model: ``total_ops``, ``total_params``."""
+    keys = ev.missing + ev.unexpected
+    hits = [k for k in keys if _PROFILER.search(k)]
+    if not hits or len(hits) < 0.5 * len(keys):
+        return None
+    side = "missing" if hits[0] in ev.missing else "unexpected"
+    return Finding("profiler_buffers", 0.93, frozenset(hits),
+                   {"examples": hits[:3], "count": len(hits), "side": side})
+
+
+def _is_head(keys: tuple[str, ...]) -> bool:
+    mods = _modules(keys)
+    return bool(keys) and len(mods) <= 6 and len(_tops(keys)) <= 2 and all(
+        _HEAD_MODULE.search(k) for k in keys)
+
+
+def new_task_head(ev: Evidence) -> Finding | None:
+    """The model has a task head the checkpoint never had (a backbone or pretraining checkpoint).
+
+    transformers reports this on every fine-tuning start ("newly initialized"); it is expected.
+    From PyTorch it shows as only the head's keys missing, next to nothing or to a pretraining
+    head in the checkpoint.
+    """
+    if ev.mismatched or not ev.missing or ev.lookups:
+        return None
+    # One top-level layer with weight and bias, nothing else missing: the last layer by shape of
+    # the evidence even when its name is not a usual head name (proj, out, linear).
+    lone_layer = (not ev.unexpected and not ev.truncated and len(_modules(ev.missing)) == 1
+                  and "." not in next(iter(_modules(ev.missing)))
+                  and {k.rsplit(".", 1)[-1] for k in ev.missing} == {"weight", "bias"})
+    if not (_is_head(ev.missing) or lone_layer):
+        return None
+    if any(k.endswith(".weight") for k in ev.missing) and not any(
+            k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
+        return None  # one bias-free output weight: a tied head, not a new one
+    if ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
+                          or rename_pairs(ev.missing, ev.unexpected)):
+        return None  # the head's keys moved or were renamed: the same head under other names
+    pretrain = ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)
+    if ev.report:
+        conf = 0.93 if not ev.unexpected or pretrain else 0.6
+    elif not ev.unexpected:
+        conf = 0.6 if ev.truncated or not _is_head(ev.missing) else 0.75
+    elif pretrain:
+        conf = 0.8
+    else:
+        return None
+    return Finding("new_task_head", conf, frozenset(ev.missing + ev.unexpected),
+                   {"examples": list(ev.missing[:3]), "count": len(ev.missing),
+                    "dropped": list(ev.unexpected[:3]), "report": ev.report,
+                    "class_name": ev.class_name})
+
+
+def whole_model_missing(ev: Evidence) -> list[Finding]:
+    """Only a missing list that spans the whole model: the checkpoint's own keys are not shown.
+
+    Then every key of the model failed to match. In public threads that is most often a wrapper
+    prefix on the checkpoint's keys, then a training checkpoint passed whole, then another model;
+    the text cannot tell these apart, so all three come back as candidates.
+    """
+    if ev.unexpected or ev.mismatched or ev.lookups or ev.report or len(ev.missing) < 4:
+        return []
+    if len(_tops(ev.missing)) < 2 and not ev.truncated:
+        return []
+    if (ev.class_name or "") in _WRAPPER_CLASSES or _is_head(ev.missing):
+        return []
+    if not _starts_model(ev.missing[0]):
+        return []  # the list starts inside the model: some submodules are new, not all
+    keys = frozenset(ev.missing)
+    facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
+    return [Finding("prefix_added", 0.5, keys, {**facts, "prefix": "module.", "infix": False,
+                                                 "guessed": True}),
+            Finding("wrapped_checkpoint", 0.3, keys, {**facts, "container": None,
+                                                       "top_keys": ["state_dict", "epoch", "..."]}),
+            Finding("optimizer_state_passed", 0.1, keys, {"examples": ["state", "param_groups"]}),
+            Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
+                                                "examples_missing": list(ev.missing[:3]),
+                                                "examples_unexpected": []})]
+
+
+def _starts_model(key: str) -> bool:
+    parts = segments(key)
+    if len(parts) == 1:
+        return True
+    if any(p.isdigit() and p != "0" for p in parts) or any(
+            re.search(r"[A-Za-z_][2-9]$", p) for p in parts[:-1]):
+        return False
+    return bool(_FIRST_LAYER.search(".".join(parts[:-1])))
+
+
+def container_lookup(ev: Evidence) -> list[Finding]:
+    """A loader looked up a container entry (``KeyError: 'model'``) the file does not have.
+
+    The code expects a training checkpoint of its own kind; the file is something else (a plain
+    state_dict, or a checkpoint of another code base).
+    """
+    names = [k for k in ev.lookups if _CONTAINER_LOOKUP.match(k)]
+    if not names or len(names) < len(ev.lookups):
+        return []
+    facts = {"missing": 0, "unexpected": 0, "examples_missing": [], "examples_unexpected": [],
+             "lookup": names[0]}
+    return [Finding("wrong_model", 0.6, frozenset(names), facts),
+            Finding("wrapped_checkpoint", 0.3, frozenset(names),
+                    {"container": names[0], "top_keys": [names[0]]})]
+
+
+def key_lookup(ev: Evidence) -> list[Finding]:
+    """A loader looked up one parameter key and failed: the layouts of code and file differ."""
+    if not ev.lookups or ev.unexpected or ev.mismatched or container_lookup(ev):
+        return []
+    keys = frozenset(ev.missing)
+    facts = {"missing": len(ev.missing), "unexpected": 0, "examples_missing": list(ev.missing[:3]),
+             "examples_unexpected": []}
+    return [Finding("model_code_changed", 0.45, keys, facts),
+            Finding("wrong_model", 0.35, keys, facts)]
+
+
+def partial_findings(ev: Evidence) -> list[Finding]:
+    """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
+    out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
+    return out + whole_model_missing(ev) + container_lookup(ev) + key_lookup(ev)

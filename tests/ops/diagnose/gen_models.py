@@ -1,0 +1,166 @@
+"""Small real architectures for the generated diagnose corpus, and the modules causes add.
+
+Each architecture is built from keyword arguments that the causes change (classes or vocabulary,
+depth, width, fused attention), so another configuration is a real other model, not edited keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ConvNet(nn.Module):
+    """torchvision-style: stem conv + BatchNorm, Sequential stages, ``fc`` classifier."""
+
+    def __init__(self, num_classes: int = 10, depth: int = 2, width: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Conv2d(width, width, 3, padding=1)]
+            layers += [nn.BatchNorm2d(width)] if norm else []
+            layers += [nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+
+class Mlp(nn.Module):
+    """A tabular classifier: ``encoder`` Sequential with LayerNorm, ``classifier`` head."""
+
+    def __init__(self, num_classes: int = 4, depth: int = 3, width: int = 12, norm: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(6, width)]
+        for _ in range(depth - 1):
+            layers += ([nn.LayerNorm(width)] if norm else []) + [nn.GELU(), nn.Linear(width, width)]
+        self.encoder = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, fused: bool) -> None:
+        super().__init__()
+        if fused:
+            self.wqkv = nn.Linear(d, 3 * d, bias=False)
+        else:
+            self.wq, self.wk, self.wv = (nn.Linear(d, d, bias=False) for _ in range(3))
+        self.wo = nn.Linear(d, d, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, fused: bool) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(d)
+        self.attention = Attention(d, fused)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.feed_forward = nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d))
+
+
+class TinyLM(nn.Module):
+    """torchtune/llama-style decoder: ``tok_embeddings``, ``layers``, ``output`` tied to the embedding."""
+
+    def __init__(self, vocab: int = 32, depth: int = 2, width: int = 8, fused: bool = False) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(vocab, width)
+        self.layers = nn.ModuleList([Block(width, fused) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.output = nn.Linear(width, vocab, bias=False)
+        self.output.weight = self.tok_embeddings.weight
+
+
+class Encoder(nn.Module):
+    """torch building blocks: ``nn.TransformerEncoder`` (fused ``in_proj``), a pooled ``head``."""
+
+    def __init__(self, num_classes: int = 3, depth: int = 2, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, width)
+        layer = nn.TransformerEncoderLayer(width, 2, dim_feedforward=2 * width, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes)
+
+
+class Tagger(nn.Module):
+    """A recurrent tagger: embedding, ``nn.LSTM``, ``proj`` output layer."""
+
+    def __init__(self, num_classes: int = 6, depth: int = 2, width: int = 8) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(20, width)
+        self.rnn = nn.LSTM(width, width, num_layers=depth)
+        self.proj = nn.Linear(width, num_classes)
+
+
+class LoraLinear(nn.Module):
+    """PEFT's layout: the frozen ``base_layer`` and the low-rank ``lora_A``/``lora_B`` per adapter."""
+
+    def __init__(self, base: nn.Linear, r: int = 2) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(base.in_features, r, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(r, base.out_features, bias=False)})
+
+
+def add_lora(model: nn.Module) -> nn.Module:
+    """Wrap every ``nn.Linear`` inside the model's blocks in a LoRA layer (not the head)."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and name and type(module) is not TinyLM:
+                setattr(module, child_name, LoraLinear(child))
+    return model
+
+
+def add_profiler_buffers(model: nn.Module) -> nn.Module:
+    """What thop's ``profile`` leaves on a model: ``total_ops``/``total_params`` on every module."""
+    for module in model.modules():
+        module.register_buffer("total_ops", torch.zeros(1, dtype=torch.float64))
+        module.register_buffer("total_params", torch.zeros(1, dtype=torch.float64))
+    return model
+
+
+class Conv1D(nn.Module):
+    """GPT-2's ``Conv1D``: an ``nn.Linear`` whose weight is stored (in, out)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().t().clone())
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone())
+
+
+def to_conv1d(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` with GPT-2's transposed ``Conv1D``."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child.in_features != child.out_features:
+                setattr(module, child_name, Conv1D(child))
+    return model
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture and the arguments causes change: ``count`` (classes/vocabulary), depth, width."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    count: str
+    head: str
+    has_norm_arg: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def make(self, seed: int = 0, **overrides: Any) -> nn.Module:
+        """The model with the default configuration, changed by ``overrides``."""
+        torch.manual_seed(seed)
+        return self.build(**{**self.kwargs, **overrides})
+
+
+ARCHS = (
+    Arch("convnet", ConvNet, "num_classes", "fc", has_norm_arg=True),
+    Arch("mlp", Mlp, "num_classes", "classifier", has_norm_arg=True),
+    Arch("tinylm", TinyLM, "vocab", "output"),
+    Arch("encoder", Encoder, "num_classes", "head"),
+    Arch("tagger", Tagger, "num_classes", "proj"),
+)

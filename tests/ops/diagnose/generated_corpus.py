@@ -1,0 +1,200 @@
+"""The generated diagnose corpus: real models, each cause applied for real, the real load error.
+
+For every architecture in :mod:`gen_models` and every cause, a checkpoint and a model are made by
+the transformation that causes it (wrap in DataParallel, torch.compile, add a head, change depth or
+width, rename an attribute, insert a norm layer, save a backbone only, wrap in a training dict, add
+LoRA, drop ``num_batches_tracked``, tie weights, profile with thop, ...). The installed torch's
+``load_state_dict`` makes the text, which is then presented as people paste it: whole, inside a
+traceback or a log, JSON-escaped, truncated after a few keys, or with one side cut. The corpus is
+deterministic: same torch, same texts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from tests.ops.diagnose.gen_models import ARCHS, Arch, add_lora, add_profiler_buffers, to_conv1d
+
+Pair = tuple[nn.Module, Any]  # (the model loaded into, what was passed to load_state_dict)
+
+
+@dataclass(frozen=True)
+class GeneratedCase:
+    """One generated text: ``decidable`` is false when the presentation cut the deciding evidence."""
+
+    name: str
+    label: str
+    text: str
+    decidable: bool = True
+
+
+def _sd(model: nn.Module) -> dict[str, Any]:
+    return dict(model.state_dict())
+
+
+def _rename(sd: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    return {re.sub(rf"(^|\.){old}(?=\.)", rf"\g<1>{new}", k): v for k, v in sd.items()}
+
+
+def _trained_optimizer(model: nn.Module) -> dict[str, Any]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    return opt.state_dict()
+
+
+def _first_module(arch: Arch, model: nn.Module) -> str:
+    return next(k for k in _sd(model)).split(".")[0]
+
+
+def _shift(sd: dict[str, Any]) -> dict[str, Any]:
+    """Keys as an older model code wrote them, before a layer was inserted into a Sequential."""
+    return {re.sub(r"\.(\d+)\.(?=[a-z_]+$)", lambda m: f".{int(m.group(1)) + 1}.", k): v
+            for k, v in sd.items()}
+
+
+def _conv1d(arch: Arch) -> Pair | None:
+    m = arch.make
+    return (m(), _sd(to_conv1d(m()))) if arch.name in ("mlp", "convnet", "encoder") else None
+
+
+def _norm_inserted(arch: Arch) -> Pair | None:
+    if not arch.has_norm_arg:
+        return None
+    return arch.make(), _sd(arch.make(norm=False))  # the norm layers came after the checkpoint
+
+
+def _tied(arch: Arch) -> Pair | None:
+    if arch.name != "tinylm":
+        return None
+    return arch.make(), {k: v for k, v in _sd(arch.make()).items() if k != "output.weight"}
+
+
+def _fused(arch: Arch) -> Pair | None:
+    return (arch.make(fused=True), _sd(arch.make())) if arch.name == "tinylm" else None
+
+
+def _position_ids(arch: Arch) -> Pair | None:
+    # transformers 4.31 made position_ids non-persistent: older files carry it, newer ones not
+    old = arch.make()
+    first = next(mod for mod in old.modules() if isinstance(mod, (nn.Embedding, nn.Linear, nn.Conv2d)))
+    first.register_buffer("position_ids", torch.arange(8)[None])
+    return arch.make(), _sd(old)
+
+
+def _backbone_only(arch: Arch) -> Pair | None:
+    if arch.name == "tinylm":
+        return None  # a headless decoder reads exactly as a tied output: see tied_output
+    return arch.make(), {k: v for k, v in _sd(arch.make()).items() if not k.startswith(arch.head + ".")}
+
+
+def _spectral(arch: Arch) -> Pair | None:
+    src = arch.make()
+    nn.utils.spectral_norm(dict(src.named_modules())[arch.head])
+    return arch.make(), _sd(src)
+
+
+def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
+    """name -> (label, make (model, state)) for one architecture; ``None`` when it does not apply."""
+    m = arch.make
+    count = {"num_classes": 7, "vocab": 48}[arch.count]
+    other = next(a for a in ARCHS if a.name != arch.name and a.name != "tinylm")
+    conv1d, shift, tied, fused = (partial(f, arch) for f in (_conv1d, _norm_inserted, _tied, _fused))
+    buffers, backbone_only, spectral = (partial(f, arch) for f in (_position_ids, _backbone_only, _spectral))
+    return {
+        "dataparallel_checkpoint": ("prefix_added", lambda: (m(), _sd(nn.DataParallel(m())))),
+        "compiled_checkpoint": ("prefix_added", lambda: (m(), _sd(torch.compile(m())))),
+        "load_into_dataparallel": ("prefix_missing", lambda: (nn.DataParallel(m()), _sd(m()))),
+        "load_into_compiled": ("prefix_missing", lambda: (torch.compile(m()), _sd(m()))),
+        "training_dict": ("wrapped_checkpoint", lambda: (m(), {
+            "epoch": 7, "state_dict": _sd(m()), "optimizer": _trained_optimizer(m()), "best_acc1": 0.5})),
+        "training_dict_model": ("wrapped_checkpoint", lambda: (m(), {
+            "model": _sd(m()), "iteration": 900, "scheduler": {"last_epoch": 3}})),
+        "optimizer_file": ("optimizer_state_passed", lambda: (m(), _trained_optimizer(m()))),
+        "other_count": ("head_size_mismatch", lambda: (m(**{arch.count: count}), _sd(m()))),
+        "deeper_model": ("architecture_variant", lambda: (m(depth=4), _sd(m()))),
+        "shallower_model": ("architecture_variant", lambda: (m(depth=1), _sd(m(depth=3)))),
+        "wider_model": ("architecture_variant", lambda: (m(width=16), _sd(m()))),
+        "renamed_attribute": ("renamed_keys", lambda: (m(), _rename(_sd(m()), arch.head, "last_layer"))),
+        "renamed_first": ("renamed_keys",
+                          lambda: (m(), _rename(_sd(m()), _first_module(arch, m()), "input_layer"))),
+        "norm_inserted": ("model_code_changed", shift),
+        "position_ids_buffer": ("version_buffers", buffers),
+        "spectral_norm_head": ("version_buffers", spectral),
+        "tied_output": ("tied_weights", tied),
+        "lora_checkpoint": ("adapter_or_quantization", lambda: (m(), _sd(add_lora(m())))),
+        "ema_copy": ("ema_weights", lambda: (m(), {**_sd(m()), **{f"model_ema.{k}": v for k, v in _sd(m()).items()}})),
+        "fused_qkv": ("fused_projection", fused),
+        "conv1d_weights": ("transposed_weights", conv1d),
+        "zero3_placeholders": ("partitioned_checkpoint", lambda: (m(), {k: torch.empty(0) for k in _sd(m())})),
+        "other_model": ("wrong_model", lambda: (m(), _sd(other.make()))),
+        "backbone_only": ("new_task_head", backbone_only),
+        "thop_profiled": ("profiler_buffers", lambda: (add_profiler_buffers(m()), _sd(m()))),
+    }
+
+
+def _raise(model: nn.Module, state: Any, strict: bool = True) -> str:
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        return f"RuntimeError: {e}"
+    return repr(result)
+
+
+_TRACE = ('Traceback (most recent call last):\n  File "train.py", line 88, in <module>\n'
+          '    model.load_state_dict(checkpoint)\n  File "/opt/conda/lib/python3.11/site-packages/torch/'
+          'nn/modules/module.py", line 2593, in load_state_dict\n    raise RuntimeError(\n')
+
+
+def _cut_keys(text: str, n: int) -> str:
+    """The text up to the n-th quoted key of its first list, then ``...`` (a shortened paste)."""
+    quotes = [m.end() for m in re.finditer(r'"[^"\n]+",', text)]
+    return text[:quotes[n - 1]] + " ..." if len(quotes) > n else text
+
+
+def _one_side(text: str) -> str:
+    """Only the first key list or mismatch line: the rest of the message was not pasted."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    return "\n".join(lines[:2])
+
+
+def presentations(text: str) -> Iterator[tuple[str, str, bool]]:
+    """(name, text, decidable): the ways a pasted error differs from what torch printed."""
+    yield "whole", text, True
+    yield "traceback", _TRACE + text, True
+    yield "log", "\n".join(f"[rank0]: 2026-01-0{i % 9 + 1} 12:00:0{i % 10} {line}"
+                           for i, line in enumerate(("INFO loading checkpoint\n" + text).split("\n"))), True
+    yield "json", json.dumps({"ename": "RuntimeError", "evalue": text.removeprefix("RuntimeError: "),
+                              "traceback": ["---", text]}), True
+    if text.count('",') > 6:
+        yield "truncated", _cut_keys(text, 6), False
+    if "Missing key(s)" in text and "Unexpected key(s)" in text:
+        yield "one_side", _one_side(text), False
+
+
+def generate(archs: tuple[Arch, ...] = ARCHS) -> list[GeneratedCase]:
+    """Every case for ``archs``: cause x architecture x presentation, deterministic."""
+    cases = []
+    for arch in archs:
+        for cause, (label, make) in _causes(arch).items():
+            pair = make()
+            if pair is None:
+                continue
+            text = _raise(*pair)
+            if text.startswith("<All keys matched"):
+                continue
+            for how, shown, decidable in presentations(text):
+                cases.append(GeneratedCase(f"{arch.name}-{cause}-{how}", label, shown, decidable))
+            if "size mismatch" not in text:
+                repr_text = _raise(*pair, strict=False)
+                cases.append(GeneratedCase(f"{arch.name}-{cause}-incompatible_keys", label, repr_text))
+    return cases
