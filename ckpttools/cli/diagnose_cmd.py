@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ckpttools.cli._options import is_trusted, key_opt, model_opts, output_format_opt, trust_opt, warn_trusted
+from ckpttools.cli._options import common_options, is_trusted, key_opt, model_opts, warn_trusted
 
 
 def _read_text(file: str | None) -> str:
@@ -34,8 +34,7 @@ def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | No
 @click.option("--checkpoint", metavar="PATH", help="Diagnose from the checkpoint and --model instead.")
 @model_opts
 @key_opt()
-@trust_opt
-@output_format_opt()
+@common_options()
 @click.pass_context
 def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model_spec: str | None,
              model_args: tuple[str, ...], key: str | None, trust: bool, output_format: str) -> None:

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 import click
 
 from ckpttools.cli._options import (
+    common_options,
     checkpoint_arg,
     is_trusted,
     key_opt,
     model_opts,
-    output_format_opt,
-    trust_opt,
     warn_trusted,
 )
 
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
               help="Absolute tolerance for values (PATH OTHER).")
 @click.option("--rtol", type=float, default=0.0, show_default=True,
               help="Relative tolerance for values (PATH OTHER).")
-@output_format_opt()
-@trust_opt
+@common_options()
 @click.pass_context
 def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | None,
          model_args: tuple[str, ...], key: str | None, rules_out: str | None, atol: float,

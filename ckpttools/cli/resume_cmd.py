@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, warn_trusted
+from ckpttools.cli._options import common_options, is_trusted, warn_trusted
 
 
 @click.command("verify-resume")
@@ -27,8 +27,7 @@ from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, war
               help="Tolerance for the steps after the first.")
 @click.option("--in-process", is_flag=True,
               help="Resume in this process instead of a fresh one (misses state kept outside the checkpoint).")
-@trust_opt
-@output_format_opt()
+@common_options()
 @click.pass_context
 def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_checkpoint: str | None,
                   steps: int | None, resume_at: int | None, via: str | None, atol: float, drift_atol: float,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import output_format_opt
+from ckpttools.cli._options import CI_FORMATS, common_options, warn
+
+STATIC_TRUST = "Accepted everywhere; scan reads pickles statically and never runs them."
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@output_format_opt(("text", "table", "json"))
-def scan(paths: tuple[str, ...], output_format: str) -> None:
+@common_options(CI_FORMATS, trust_help=STATIC_TRUST)
+def scan(paths: tuple[str, ...], output_format: str, trust: bool) -> None:
     """Scan the pickles of checkpoints for code, statically (nothing is loaded or run).
 
     PATHS are files, folders (searched recursively) or globs: torch zip (every pickle in it),
@@ -32,6 +34,5 @@ def scan(paths: tuple[str, ...], output_format: str) -> None:
     for f in result.files:
         if f.safety == "unsafe":
             names = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
-            click.echo(f"error: {f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); "
-                       "do not load it", err=True)
+            warn(f"{f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); do not load it")
     click.get_current_context().exit(result.exit_code)

@@ -94,7 +94,7 @@ def test_could_not_run_exit_2(runner: CliRunner, make_checkpoint: Callable[..., 
         r = runner.invoke(cli, args)
         assert r.exit_code == 2, (args, r.output)
         assert r.stdout == "" and "Traceback" not in r.stderr
-        assert r.stderr.strip().splitlines()[-1].startswith("Error: ")
+        assert r.stderr.strip().splitlines()[-1].startswith("ckpttools: error: ")
 
 
 def test_help_has_an_example(runner: CliRunner) -> None:

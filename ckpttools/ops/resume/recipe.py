@@ -7,11 +7,8 @@ and reads and writes checkpoints. It imports torch only inside functions.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import random
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ckpttools.ops.spec_import import import_target
 from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, SpecError, UnsafeCheckpointError
 
 REQUIRED = ("build_model", "build_optimizer", "batch")
@@ -118,28 +116,8 @@ def load_recipe(spec: str | ModuleType | object) -> Recipe:
 
 
 def _import(spec: str) -> ModuleType:
-    path = Path(spec)
-    try:
-        if spec.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise SpecError(f"{spec}: recipe file not found; pass path/to/recipe.py or package.module")
-            name = f"_ckpttools_recipe_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise SpecError(f"{spec}: cannot load as a python file; pass a .py file or package.module")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module  # dataclasses and pickling look the module up by name
-            module_spec.loader.exec_module(module)
-            return module
-        if os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())  # as ``python -m`` would: a recipe module beside the user's files
-        return importlib.import_module(spec)
-    except SpecError:
-        raise
-    except ModuleNotFoundError as e:
-        raise SpecError(f"{spec}: cannot import recipe ({e}); pass path/to/recipe.py or package.module") from e
-    except Exception as e:
-        raise SpecError(f"{spec}: recipe failed to import: {type(e).__name__}: {e}") from e
+    # a recipe is a whole module: package.module or path/to/recipe.py, imported as model specs are
+    return import_target(spec, spec, "recipe")
 
 
 def _call(recipe: Recipe, name: str, *args: Any) -> Any:
