@@ -51,6 +51,11 @@ def note(message: str) -> None:
         click.echo(message, err=True)
 
 
+def error(message: str) -> None:
+    """An error line on stderr for a job that goes on (one unreadable file among several)."""
+    click.echo(f"ckpttools: error: {' '.join(message.split())}", err=True)
+
+
 class FormatChoice(click.Choice):
     """``click.Choice`` over report formats that also takes the old spellings (``text``)."""
 

@@ -8,6 +8,7 @@ included); a finding is exit 1; clean is exit 0; warnings go to stderr as ``warn
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import click
 
 from ckpttools import __version__
 from ckpttools.cli._options import global_options, is_debug, is_quiet
+from ckpttools import errors
 from ckpttools.errors import EXIT_ERROR, CkptError
 
 PROG = "ckpttools"
@@ -49,6 +51,30 @@ def _warning_printer(ctx: click.Context) -> Callable[..., None]:
 def one_line(text: str) -> str:
     """Collapse a message onto one line (library messages sometimes quote multi-line text)."""
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+# What to do, for library messages that say only what is wrong (most specific class first).
+NEXT_STEP: tuple[tuple[type[CkptError], str], ...] = (
+    (errors.CheckpointNotFoundError, "check the path"),
+    (errors.UnreadableCheckpointError, "check the file's permissions"),
+    (errors.UnknownFormatError, "pass a PyTorch checkpoint (torch.save, safetensors, sharded, DCP)"),
+    (errors.CorruptCheckpointError, "the file is damaged; save or download it again"),
+    (errors.UnsafeCheckpointError, "rerun with --trust only if you trust the file"),
+    (errors.UnsupportedError, "see the command's --help for what it supports"),
+    (errors.OutputError, "choose another destination or pass --force"),
+    (errors.InvalidArgumentError, "fix the option's value"),
+    (errors.KeyNotFoundError, "list the keys with ckpttools inspect"),
+    (errors.SpecError, "fix the spec, see the command's --help"),
+    (CkptError, "rerun with --debug for details"),
+)
+
+
+def with_next_step(e: CkptError) -> str:
+    """The error's message, with what to do appended when the message does not say."""
+    message = one_line(str(e))
+    if ";" in message:
+        return message
+    return message + "; " + next(hint for cls, hint in NEXT_STEP if isinstance(e, cls))
 
 
 class ErrorLine(click.ClickException):
@@ -92,6 +118,10 @@ def usage_line(e: click.UsageError) -> str:
         return f"{(name or 'value').strip(chr(39))}: {message}; {hint}"
     subject = e.ctx.info_name if e.ctx is not None else PROG
     message = e.message.rstrip(".")
+    unknown = re.match(r"No such command '([^']*)'\.?(.*)", message, re.S)
+    if unknown:
+        near = one_line(unknown.group(2)).rstrip("?").lower()
+        return f"{unknown.group(1)}: no such command{f' ({near}?)' if near else ''}; {hint}"
     return f"{subject}: {message}" + ("" if ";" in message else f"; {hint}")
 
 
@@ -142,7 +172,7 @@ class CkptGroup(click.Group):
             except CkptError as e:
                 if _debug_requested(ctx):
                     raise
-                raise ErrorLine(str(e), e.exit_code) from e
+                raise ErrorLine(with_next_step(e), e.exit_code) from e
             except KeyboardInterrupt:
                 raise click.Abort() from None
             except Exception as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import CI_FORMATS, common_options, warn
+from ckpttools.cli._options import CI_FORMATS, common_options, error, warn
 
 STATIC_TRUST = "Accepted everywhere; scan reads pickles statically and never runs them."
 
@@ -29,10 +29,23 @@ def scan(paths: tuple[str, ...], output_format: str, trust: bool) -> None:
     from ckpttools.ops.audit.scan import scan_checkpoint
     from ckpttools.render.scan import render_scan
 
+    from ckpttools.errors import UnknownFormatError
+
     result = scan_checkpoint(paths)
+    unreadable = [f for f in result.files if f.safety == "error"]
+    if unreadable and len(unreadable) == len(result.files):  # nothing to report: errors only
+        for f in unreadable[:-1]:
+            error(_unreadable(f.path, f.error))
+        raise UnknownFormatError(_unreadable(unreadable[-1].path, unreadable[-1].error))
     click.echo(render_scan(result, output_format))
+    for f in unreadable:
+        error(_unreadable(f.path, f.error))
     for f in result.files:
         if f.safety == "unsafe":
             names = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
             warn(f"{f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); do not load it")
     click.get_current_context().exit(result.exit_code)
+
+
+def _unreadable(path: str, problem: str) -> str:
+    return f"{path}: {problem or 'cannot be read'}; pass a checkpoint (torch.save, safetensors, DCP .metadata)"

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
+from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError,
+                              UnsupportedError)
 from ckpttools.formats import zip_records as zr
 from ckpttools.ops.audit.opcodes import PickleScan, scan_opcodes
 
@@ -126,7 +127,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
         folders_whole: keep folders that are one checkpoint (DCP, sharded) as one path.
 
     Raises:
-        CheckpointNotFoundError: a path does not exist and matches nothing as a glob.
+        CheckpointNotFoundError: a path does not exist, a glob matches nothing, or a folder
+            holds no checkpoint (a gate that passes on nothing would pass anything).
+        UnsupportedError: a path is neither a file nor a folder (a FIFO, a device).
     """
     out: list[str] = []
     for raw in paths:
@@ -134,11 +137,18 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
         if os.path.isfile(path):
             out.append(path)
         elif os.path.isdir(path):
-            out.extend(_folder_files(path, folders_whole))
+            found = _folder_files(path, folders_whole)
+            if not found:
+                raise CheckpointNotFoundError(f"{path}: no checkpoint files in this folder; pass a folder "
+                                              "that holds .pt/.pth/.bin/.ckpt/.safetensors files")
+            out.extend(found)
+        elif os.path.exists(path):
+            raise UnsupportedError(f"{path}: not a regular file or folder; save the checkpoint to a file")
         else:
             matches = sorted(glob.glob(path, recursive=True))
             if not matches:
-                raise CheckpointNotFoundError(f"{path}: no such file or directory")
+                what = "no file matches this pattern" if glob.has_magic(path) else "no such file or directory"
+                raise CheckpointNotFoundError(f"{path}: {what}; check the path")
             out.extend(expand_paths(matches, folders_whole=folders_whole))
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]

@@ -7,7 +7,6 @@ and reads and writes checkpoints. It imports torch only inside functions.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, SpecError,
+                              UnsafeCheckpointError, UnsupportedError)
+from ckpttools.formats.sniff import check_readable
 from ckpttools.ops.spec_import import import_target
-from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, SpecError, UnsafeCheckpointError
 
 REQUIRED = ("build_model", "build_optimizer", "batch")
 OPTIONAL = ("build_scheduler", "build_scaler", "save_checkpoint", "load_checkpoint")
@@ -311,10 +312,14 @@ def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False, lazy: boo
         CheckpointNotFoundError, UnsafeCheckpointError, CorruptCheckpointError, SpecError.
     """
     if not Path(path).exists():
-        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+        raise CheckpointNotFoundError(f"{path}: no such file or directory; check the path")
     if recipe.fn("load_checkpoint") is not None:
         state = _call(recipe, "load_checkpoint", path)
     else:
+        check_readable(path)  # missing, empty, a FIFO: one line naming the file, before torch
+        if Path(path).is_dir():
+            raise UnsupportedError(f"{path}: a folder; pass the torch.save file, or give the recipe a "
+                                   "load_checkpoint(path) that reads the folder")
         state = _torch_load(path, trust, lazy)
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"{path}: checkpoint is a {type(state).__name__}, not a dict of state; "
@@ -334,12 +339,34 @@ def _torch_load(path: str, trust: bool, lazy: bool = True) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         with _numpy_rng_globals():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:120]
-        raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it ({first}); "
-                                    "rerun with --trust if you trust the file") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CorruptCheckpointError(f"{path}: torch.load failed: {str(e).splitlines()[0][:120]}") from e
+    except Exception as e:
+        _explain_failed_load(path, e)
+        if isinstance(e, pickle.UnpicklingError):
+            raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it "
+                                        f"({_first_sentence(e)}); rerun with --trust if you trust "
+                                        "the file") from e
+        raise CorruptCheckpointError(f"{path}: torch.load failed ({_first_sentence(e)}); "
+                                     "check that the file is a complete torch.save file") from e
+
+
+def _explain_failed_load(path: str, cause: Exception) -> None:
+    """When torch.load fails, ckpttools' own reader names what is wrong with the file (not a
+    checkpoint, truncated, ...) in one line; it raises that error, else returns."""
+    from ckpttools.errors import CkptError
+    from ckpttools.formats.registry import open_checkpoint
+
+    try:
+        with open_checkpoint(path) as reader:
+            reader.entries()
+    except CkptError as e:
+        raise type(e)(str(e)) from cause
+
+
+def _first_sentence(e: Exception) -> str:
+    """torch's messages run to several lines and sentences; the first says what happened."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    first = text.split(". ")[0]
+    return first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
 
 
 def write_checkpoint(recipe: Recipe, path: str, state: dict[str, Any]) -> None:

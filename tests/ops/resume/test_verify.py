@@ -236,7 +236,7 @@ def test_fresh_process_error_comes_back_as_one_line(tmp_path: Path) -> None:
     recipe.write_text(
         f"import pathlib, sys\nexec(pathlib.Path({example('tutorial_linear')!r}).read_text())\n"
         "if sys.argv[0] == '-c':\n    raise RuntimeError('needs a GPU')\n")
-    with pytest.raises(SpecError, match="failed: RuntimeError: needs a GPU"):
+    with pytest.raises(SpecError, match="recipe failed to import: RuntimeError: needs a GPU"):
         verify_resume(str(recipe), steps=3, resume_at=1)
 
 
