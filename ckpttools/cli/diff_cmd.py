@@ -12,6 +12,8 @@ from ckpttools.cli._options import (
     is_trusted,
     key_opt,
     model_opts,
+    note,
+    warn,
     warn_trusted,
 )
 
@@ -83,18 +85,19 @@ def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
 def _write_rules(result: DiffResult, dest: str) -> None:
     from ckpttools.formats.writers.atomic import atomic_output
     from ckpttools.ops.keymatch import format_rules
+    from ckpttools.units import plural
 
     rules = next((f.rules for f in reversed(result.fixes) if f.rules), ())
     if not rules:
-        click.echo(f"warning: no rename rules to suggest; {dest} not written", err=True)
+        warn(f"no rename rules to suggest; {dest} not written")
         return
     mapping = result.mapping
-    note = (f"{len(mapping.pairs)} keys mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
+    summary = (f"{len(mapping.pairs)} keys mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
             f"and {len(mapping.unmatched_model)} model keys unmatched" if mapping else "")
-    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{note}")
+    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{summary}")
     with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    click.echo(f"wrote {len(rules)} rules to {dest}", err=True)
+    note(f"wrote {plural(len(rules), 'rule')} to {dest}")
 
 
 def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool) -> bool:

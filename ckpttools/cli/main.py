@@ -138,6 +138,28 @@ def error_line(e: click.ClickException) -> str:
     return f"{PROG}: error: {one_line(body)}"
 
 
+_NB_HYPHEN = "\u2011"
+
+
+class CkptFormatter(click.HelpFormatter):
+    """Help text wrapped at spaces only: an option named in prose (``--no-verify``) stays whole."""
+
+    def write_text(self, text: str) -> None:
+        super().write_text(text.replace("-", _NB_HYPHEN))
+
+    def write_dl(self, rows: Sequence[tuple[str, str]], col_max: int = 30, col_spacing: int = 2) -> None:
+        super().write_dl([(a, b.replace("-", _NB_HYPHEN)) for a, b in rows], col_max, col_spacing)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NB_HYPHEN, "-")
+
+
+class CkptContext(click.Context):
+    """A context whose help formatter keeps options whole."""
+
+    formatter_class = CkptFormatter
+
+
 class CkptGroup(click.Group):
     """The group: commands in workflow order, and the error boundary.
 
@@ -145,6 +167,8 @@ class CkptGroup(click.Group):
     ``CliRunner`` sees what users see; ``main`` prints every error, click's usage errors
     included, as that one line.
     """
+
+    context_class = CkptContext
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         known = [name for name in WORKFLOW if name in self.commands]
@@ -224,6 +248,7 @@ def _register() -> None:
 
     for command in (inspect_cmd.inspect, diff_cmd.diff, diagnose_cmd.diagnose, remap_cmd.remap,
                     convert_cmd.convert, resume_cmd.verify_resume, audit_cmd.audit, scan_cmd.scan):
+        command.context_class = CkptContext
         cli.add_command(command)
 
 

@@ -25,6 +25,7 @@ from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpo
                               UnsupportedError)
 from ckpttools.formats import zip_records as zr
 from ckpttools.ops.audit.opcodes import PickleScan, scan_opcodes
+from ckpttools.units import plural
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -286,7 +287,7 @@ def _scan_safetensors(path: str) -> FileScan:
             raise CorruptCheckpointError(f"{path}: __metadata__ must map strings to strings")
     except CkptError as e:
         return FileScan(path, "safetensors", error=str(e))
-    return FileScan(path, "safetensors", notes=(f"header valid: {len(tensors)} tensors, "
+    return FileScan(path, "safetensors", notes=(f"header valid: {plural(len(tensors), 'tensor')}, "
                                                 "no executable content",))
 
 

@@ -19,6 +19,7 @@ from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, S
                               UnsafeCheckpointError, UnsupportedError)
 from ckpttools.formats.sniff import check_readable
 from ckpttools.ops.spec_import import import_target
+from ckpttools.units import with_article
 
 REQUIRED = ("build_model", "build_optimizer", "batch")
 OPTIONAL = ("build_scheduler", "build_scaler", "save_checkpoint", "load_checkpoint")
@@ -322,7 +323,7 @@ def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False, lazy: boo
                                    "load_checkpoint(path) that reads the folder")
         state = _torch_load(path, trust, lazy)
     if not isinstance(state, dict):
-        raise CorruptCheckpointError(f"{path}: checkpoint is a {type(state).__name__}, not a dict of state; "
+        raise CorruptCheckpointError(f"{path}: checkpoint is {with_article(type(state).__name__)}, not a dict of state; "
                                      "save a dict with model_state_dict, optimizer_state_dict, step")
     return state
 
