@@ -77,6 +77,8 @@ def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
     with open_checkpoint(path, trust=trust) as reader:
         result = diff_against_model(reader, signature, key=key, model_name=spec)
     click.echo(render_diff(result, fmt))
+    for message in result.warnings:
+        warn(message)
     if rules_out:
         _write_rules(result, rules_out)
     return result.ok
