@@ -1,9 +1,9 @@
 """Importing user code named on the command line, the same way for models and recipes.
 
-``package.module`` is imported with the working folder on ``sys.path`` (as ``python -m`` would
-have it), so ``--model mypkg.models:Net`` works from the folder that holds ``mypkg/``;
-``path/to/file.py`` is imported from the file, with its folder on ``sys.path`` so that it can
-import its neighbours (as ``python path/to/file.py`` would).
+Both forms are imported with the working folder on ``sys.path`` (as ``python -m`` would have it),
+so ``--model mypkg.models:Net`` works from the folder that holds ``mypkg/``, and so does
+``--model mypkg/models.py:Net`` when that file imports ``mypkg.parts``. A file's own folder is on
+``sys.path`` too, so that it can import its neighbours (as ``python path/to/file.py`` would).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def import_target(target: str, spec: str, what: str) -> ModuleType:
     Raises:
         SpecError: the file is missing, the module cannot be found, or importing it raised.
     """
+    _on_path(os.getcwd())
     if is_file_target(target):
         return _import_file(target, spec, what)
-    _on_path(os.getcwd())
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
@@ -57,7 +57,7 @@ def import_target(target: str, spec: str, what: str) -> ModuleType:
 
 def _import_file(target: str, spec: str, what: str) -> ModuleType:
     if not os.path.isfile(target):
-        raise SpecError(f"{spec}: {what} file not found ({target}); pass an existing path/to/file.py")
+        raise SpecError(f"{spec}: {what} file not found: no such file {target}; pass an existing path/to/file.py")
     path = os.path.abspath(target)
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"_ckpttools_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
