@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from ckpttools.cli._options import common_options, is_trusted, warn_trusted
+from ckpttools.cli._options import common_options, is_quiet, is_trusted, warn_trusted
 
 
 @click.command("verify-resume")
@@ -104,6 +104,6 @@ def _check_mode(checkpoint: str | None, next_checkpoint: str | None, steps: int 
 
 def _progress() -> Callable[[str], None] | None:
     """Phase lines on stderr, only when a person is watching it."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or is_quiet():
         return None
     return lambda line: click.echo(f"verify-resume: {line}", err=True)
