@@ -12,6 +12,9 @@ DIR gets (every file written by the real libraries, deterministic from seed 0):
 - ``recipe.py``: the tutorial's linear regression as a verify-resume recipe;
 - ``ckpt_epoch3.pt``, ``ckpt_epoch4.pt``: that recipe's training saved after epochs 3 and 4;
 - ``checkpoints/``: a folder to audit in CI: ``last.pth`` and ``model.safetensors``.
+
+Run again on the same DIR, it starts afresh (removing what the README's commands wrote there); it
+refuses a DIR that holds anything else.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
+MARKER = ".ckpttools-examples"
 
 
 def _module(path: Path) -> ModuleType:
@@ -64,9 +68,19 @@ def write_load_error(net: nn.Module, ddp: Path, out: Path) -> None:
         raise AssertionError("the DataParallel state_dict loaded into the bare model")
 
 
+def fresh_folder(out: Path) -> None:
+    """An empty ``out``; a folder this script wrote before is emptied, any other is refused."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            sys.exit(f"{out}: folder is not empty and was not written by this script; pass a new folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by examples/make_examples.py; rerunning it empties this folder\n")
+
+
 def main(dest: str) -> None:
     out = Path(dest)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh_folder(out)
     shutil.copyfile(HERE / "tutorial_checkpoint.py", out / "model.py")
     shutil.copyfile(HERE / "tutorial_linear.py", out / "recipe.py")
     tutorial = _module(HERE / "tutorial_checkpoint.py")
