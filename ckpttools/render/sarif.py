@@ -13,7 +13,6 @@ from typing import Any
 from ckpttools.render import to_json
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFO_URI = "https://github.com/ckpttools/ckpttools"
 LEVELS = ("error", "warning", "note")
 
 
@@ -42,7 +41,7 @@ def sarif_log(findings: Iterable[Finding], rules: dict[str, str], version: str) 
         "message": {"text": f.message},
         "locations": [{"physicalLocation": {"artifactLocation": {"uri": _uri(f.path)}}}],
     } for f in findings]
-    driver = {"name": "ckpttools", "version": version, "informationUri": INFO_URI,
+    driver = {"name": "ckpttools", "version": version,
               "rules": [{"id": r, "name": r.replace("/", "-"), "shortDescription": {"text": rules[r]}}
                         for r in ids]}
     return {"$schema": SCHEMA, "version": "2.1.0",
