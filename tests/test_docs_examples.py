@@ -8,6 +8,8 @@
   a line (times, absolute paths). A trailing ``# exit N`` says the command exits with N (else 0).
 - ```yaml blocks: pre-commit hooks (``repo: local``) run their ``entry`` on the example files;
   a GitHub Actions step's ``ckpttools`` lines run in ``demo/``.
+- a ``$ command`` transcript in a plain, text or shell block must be a console block instead (usage
+  synopses without ``$`` are fine anywhere).
 - ```toml / ```ini blocks holding a ckpttools section are read by the settings loader.
 
 A block that cannot run here (installs, stdin pipes) carries ``<!-- not run: REASON -->`` on
@@ -120,6 +122,9 @@ class Session:
 
     def run(self, argv: list[str], where: str) -> tuple[str, int]:
         redirect = None
+        if any(token in ("|", "<", "&&", ";") for token in argv):
+            raise AssertionError(f"{where}: pipes and command lists cannot run in the tests; "
+                                 "split the command, or mark the block <!-- not run: REASON -->")
         if ">" in argv:
             argv, redirect = argv[: argv.index(">")], argv[argv.index(">") + 1]
         if argv[0] == "cd":
@@ -190,9 +195,10 @@ def test_every_block_runs_or_says_why_not(doc: Path) -> None:
                 assert command.argv[0] in ("ckpttools", "python", "python3", "cd"), \
                     f"{block.where}: '{command.argv[0]}' cannot run here; mark the block " \
                     "<!-- not run: REASON -->"
-        if block.lang in ("", "text", "sh", "bash", "shell") and "ckpttools " in block.body:
-            assert block.not_run, (f"{block.where}: a ckpttools example outside a console block; "
-                                   "write it as ```console with $ and its output, or mark it "
+        transcript = any(row.startswith("$ ") for row in block.body.splitlines())
+        if block.lang in ("", "text", "sh", "bash", "shell") and transcript:
+            assert block.not_run, (f"{block.where}: a '$ command' transcript outside a console block; "
+                                   "write it as ```console with its output, or mark it "
                                    "<!-- not run: REASON -->")
 
 
@@ -245,3 +251,15 @@ def test_placeholders() -> None:
     assert matches(["a", "..."], "a\n")
     assert not matches(["a", "z"], "a\nx\nz\n")
     assert not matches(["a <...> c"], "a b\nc\n")
+
+
+def test_a_block_that_cannot_run_must_say_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = tmp_path / "new.md"
+    doc.write_text("```console\n$ pip install x\n```\n\n<!-- not run: installs packages -->\n"
+                   "```console\n$ pip install y\n```\n\n```console\n$ ckpttools --version | cat\n```\n")
+    found = blocks(doc)
+    assert [b.not_run for b in found] == [None, "installs packages", None]
+    session = Session(tmp_path, monkeypatch)
+    for block in (found[0], found[2]):
+        with pytest.raises(AssertionError, match="mark the block <!-- not run: REASON -->"):
+            session.run(commands(block)[0].argv, "new.md")
