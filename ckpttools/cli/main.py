@@ -105,7 +105,8 @@ def usage_line(e: click.UsageError) -> str:
         near = f" (did you mean {', '.join(sorted(e.possibilities))}?)" if e.possibilities else ""
         return f"{e.option_name}: no such option{near}; {hint}"
     if isinstance(e, click.BadOptionUsage):
-        return f"{e.option_name}: {e.message.rstrip('.')}; {hint}"
+        message = re.sub(r"^Option '[^']*' ", "", e.message.rstrip("."))
+        return f"{e.option_name}: {message.replace('requires an argument', 'needs a value')}; {hint}"
     if isinstance(e, click.MissingParameter):
         name = _param_name(e.param) or "argument"
         kind = "option" if isinstance(e.param, click.Option) else "argument"
