@@ -303,3 +303,16 @@ def test_top_level_help_lists_commands_in_workflow_order_in_full(runner: CliRunn
 def test_debug_shows_the_traceback(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["inspect", str(tmp_path / "absent.pth"), "--debug"])
     assert result.exit_code != 0 and result.exception is not None
+
+
+@pytest.mark.parametrize("command", WORKFLOW)
+def test_help_has_examples_and_goes_to_stdout(runner: CliRunner, command: str) -> None:
+    result = runner.invoke(cli, [command, "--help"])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "Examples:" in result.stdout and f"ckpttools {command} " in result.stdout
+    assert "--format" in result.stdout and "--trust" in result.stdout and "--quiet" in result.stdout
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("ckpttools, version ")
