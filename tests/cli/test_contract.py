@@ -316,3 +316,23 @@ def test_help_has_examples_and_goes_to_stdout(runner: CliRunner, command: str) -
 def test_version(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("ckpttools, version ")
+
+
+def test_a_multi_line_message_from_user_code_is_one_line(runner: CliRunner, tmp_path: Path,
+                                                         good: Path) -> None:
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text("def build_model():\n    raise ValueError('first line\\nsecond line')\n"
+                      "def build_optimizer(model): pass\ndef batch(i): pass\ndef loss(m, b): pass\n")
+    result = runner.invoke(cli, ["verify-resume", "--recipe", str(recipe), "--steps", "2", "--resume-at", "1",
+                                 "--in-process"])
+    line = assert_one_error_line(result, names="recipe.py")
+    assert "first line second line" in line
+
+
+def test_audit_config_file_from_another_folder(runner: CliRunner, tmp_path: Path, good: Path) -> None:
+    settings = tmp_path / "ci" / "setup.cfg"
+    settings.parent.mkdir()
+    settings.write_text("[tool:ckpttools]  ; CI policy\nrequire = optimizer\n")
+    result = runner.invoke(cli, ["audit", str(good), "--config", str(settings)])
+    assert result.exit_code == 1 and "completeness  FAIL" in result.stdout
+    assert f"settings from {os.path.relpath(settings)}" in result.stderr
