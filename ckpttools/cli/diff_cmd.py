@@ -94,7 +94,7 @@ def _write_rules(result: DiffResult, dest: str) -> None:
         warn(f"no rename rules to suggest; {dest} not written")
         return
     mapping = result.mapping
-    summary = (f"{len(mapping.pairs)} keys mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
+    summary = (f"{plural(len(mapping.pairs), 'key')} mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
             f"and {len(mapping.unmatched_model)} model keys unmatched" if mapping else "")
     text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{summary}")
     with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:

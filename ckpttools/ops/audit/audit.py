@@ -127,8 +127,8 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
                            "(a pickle); do not trust the extension"), None
     if path.endswith(PICKLE_SUFFIXES) and fmt is Format.SAFETENSORS:
         return CheckResult(path, "integrity", "WARN", f"safetensors file named "
-                           f"{os.path.splitext(path)[1]}; {n} entries read"), reader
-    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {n} entries read"), reader
+                           f"{os.path.splitext(path)[1]}; {plural(n, 'entry', 'entries')} read"), reader
+    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {plural(n, 'entry', 'entries')} read"), reader
 
 
 def sha256_file(path: str) -> str:
