@@ -81,35 +81,40 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def compress_keys(items: Iterable[tuple[str, Any]]) -> list[tuple[str, Any, int]]:
-    """Fold keys that differ only in layer numbers and share a value (shape, dtype ...).
+    """Fold the keys of repeated layers: layers of one structure that differ only in their number.
 
-    ``[("layer.0.w", s), ("layer.1.w", s)]`` becomes ``[("layer.{0..1}.w", s, 2)]``. The first
-    numeric path component that varies is folded; order follows first appearance.
+    ``layer.0.w``, ``layer.0.b``, ``layer.1.w``, ``layer.1.b`` become ``layer.{0..1}.w`` and
+    ``layer.{0..1}.b`` (count 2) when both layers hold the same keys with the same values
+    (shape, dtype ...). A layer is the key up to its first number; layers whose key sets or
+    values differ (a conv and a BatchNorm in one ``nn.Sequential``) are never folded together.
+    Rows keep the order of the keys, a folded row at the place of its first layer's key.
     """
-    groups: dict[tuple[str, Any], list[tuple[int, str]]] = {}
-    order: list[tuple[str, Any]] = []
+    items = list(items)
+    layers: dict[tuple[str, int], list[tuple[str, Any]]] = {}
     for key, value in items:
         match = _NUMBER.search(key)
-        if match is None:
-            group = (key, value)
-            groups.setdefault(group, []).append((-1, key))
-            if len(groups[group]) == 1:
-                order.append(group)
-            continue
-        pattern = key[: match.start()] + "{}" + key[match.end():]
-        group = (pattern, value)
-        if group not in groups:
-            groups[group] = []
-            order.append(group)
-        groups[group].append((int(match.group()), key))
+        if match is not None:
+            layers.setdefault((key[: match.start()], int(match.group())), []).append(
+                (key[match.end():], value))
+    # layers of one stem with the same (suffix, value) sequence repeat one structure
+    repeats: dict[tuple[str, tuple[tuple[str, Any], ...]], list[int]] = {}
+    for (stem, number), members in layers.items():
+        repeats.setdefault((stem, tuple(members)), []).append(number)
+    folded: dict[tuple[str, int], tuple[int, str]] = {}  # layer -> (first number, ranges)
+    for (stem, _), numbers in repeats.items():
+        if len(numbers) > 1:
+            for n in numbers:
+                folded[(stem, n)] = (numbers[0], _ranges(numbers))
     out: list[tuple[str, Any, int]] = []
-    for pattern, value in order:
-        members = groups[(pattern, value)]
-        if len(members) == 1 or members[0][0] < 0:
-            out.extend((k, value, 1) for _, k in members)
-        else:
-            out.append((pattern.replace("{}", "{" + _ranges([n for n, _ in members]) + "}"), value,
-                        len(members)))
+    counts = {(stem, n): len(nums) for (stem, _), nums in repeats.items() for n in nums}
+    for key, value in items:
+        match = _NUMBER.search(key)
+        layer = (key[: match.start()], int(match.group())) if match else None
+        if layer is None or layer not in folded:
+            out.append((key, value, 1))
+        elif folded[layer][0] == layer[1]:  # the first layer of the repeat stands for all
+            out.append((f"{layer[0]}{{{folded[layer][1]}}}{key[match.end():]}", value,  # type: ignore[union-attr]
+                        counts[layer]))
     return out
 
 

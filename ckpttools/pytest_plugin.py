@@ -19,7 +19,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ckpttools")
     group.addoption("--ckpttools-audit", action="append", default=[], metavar="PATH",
                     help="Audit these checkpoints (files, folders, globs) before the tests run; "
-                         "a failed check fails the session.")
+                         "a failed check fails the session. Settings come from [tool.ckpttools] "
+                         "as for 'ckpttools audit'.")
+    group.addoption("--ckpttools-config", default=None, metavar="PATH",
+                    help="Where the audit settings are read (as 'ckpttools audit --config'; "
+                         "default: the folder pytest was started from).")
 
 
 @pytest.fixture
@@ -34,18 +38,26 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                                   items: list[pytest.Item]) -> None:
     paths = config.getoption("ckpttools_audit")
     if paths:
-        items.insert(0, _AuditItem.from_parent(session, name="ckpttools-audit", paths=paths))
+        settings = config.getoption("ckpttools_config") or str(config.invocation_params.dir)
+        items.insert(0, _AuditItem.from_parent(session, name="ckpttools-audit", paths=paths,
+                                               settings=settings))
 
 
 class _AuditItem(pytest.Item):
-    def __init__(self, *, paths: list[str], **kwargs: Any) -> None:
+    """The audit as one test; it reads settings with the loader ``ckpttools audit`` uses."""
+
+    def __init__(self, *, paths: list[str], settings: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.paths = paths
+        self.settings = settings
 
     def runtest(self) -> None:
-        from ckpttools.testing import assert_checkpoint_ok
+        from ckpttools.ops.audit.audit import audit_checkpoints
+        from ckpttools.ops.audit.config import load_settings
+        from ckpttools.testing import check_audit
 
-        assert_checkpoint_ok(self.paths)
+        config, source = load_settings(self.settings)
+        check_audit(audit_checkpoints(self.paths, config, config_file=source))
 
     def reportinfo(self) -> tuple[str, int, str]:
         return "ckpttools-audit", 0, f"ckpttools audit {' '.join(self.paths)}"

@@ -19,3 +19,19 @@ def human_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(n)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``plural(1, "tensor")`` -> ``1 tensor``; ``plural(2, "tensor")`` -> ``2 tensors``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+# words starting with a vowel letter but a consonant sound ("a uint8", "a unique key")
+_CONSONANT_SOUND = ("uint", "uni", "use", "usu", "utf", "one")
+
+
+def with_article(word: str) -> str:
+    """``argparse.Namespace`` -> ``an argparse.Namespace``; ``dict`` -> ``a dict``."""
+    lowered = word.lower()
+    vowel = lowered[:1] in ("a", "e", "i", "o", "u") and not lowered.startswith(_CONSONANT_SOUND)
+    return f"{'an' if vowel else 'a'} {word}"

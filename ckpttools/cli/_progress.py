@@ -16,7 +16,9 @@ DELAY_SECONDS = 0.5
 @contextmanager
 def byte_progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(nbytes)`` callback; draws a bar once the job has run ``DELAY_SECONDS``."""
-    if not sys.stderr.isatty() or total <= 0:
+    from ckpttools.cli._options import is_quiet
+
+    if not sys.stderr.isatty() or total <= 0 or is_quiet():
         yield lambda n: None
         return
     start = time.monotonic()

@@ -7,7 +7,9 @@ import os
 
 import click
 
-from ckpttools.cli._options import model_opts, output_format_opt
+from ckpttools.cli._options import CI_FORMATS, common_options, model_opts, note
+
+STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never runs them."
 
 
 @click.command()
@@ -23,19 +25,20 @@ from ckpttools.cli._options import model_opts, output_format_opt
 @click.option("--allow-nonfinite", is_flag=True, default=None, help="NaN/Inf is a WARN, not a FAIL.")
 @click.option("--strict-unknown", is_flag=True, default=None,
               help="Third-party classes in a pickle FAIL the safety check (default WARN).")
-@click.option("--config", "config_dir", default=".", show_default=True, metavar="DIR",
-              help="Folder whose pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools] is read.")
-@output_format_opt(("text", "json", "junit", "github"))
+@click.option("--config", "config_path", default=None, metavar="PATH",
+              help="pyproject.toml, setup.cfg, or a folder holding one (default: the working folder).")
+@common_options(CI_FORMATS, trust_help=STATIC_TRUST)
 def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...],
           key: str | None, require: tuple[str, ...], dtype: str | None, max_size: str | None,
           manifest: str | None, allow_nonfinite: bool | None, strict_unknown: bool | None,
-          config_dir: str, output_format: str) -> None:
+          config_path: str | None, output_format: str, trust: bool) -> None:
     """Audit checkpoints for CI: a PASS/WARN/FAIL row per check per file.
 
     PATHS are files, folders (searched recursively; a DCP or sharded folder is one checkpoint)
     or globs. Always checked: integrity, safety (pickle scan), finite (NaN/Inf). On request:
     model (--model), completeness (--require), policy (--dtype, --max-size), reproducibility
-    (--manifest). Defaults come from pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools].
+    (--manifest). Defaults come from pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools]
+    (or [tool:ckpttools]); the pytest plugin reads the same settings.
     Exit 0 all pass, 1 any FAIL, 2 could not run.
 
     \b
@@ -46,16 +49,16 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
     """
     from ckpttools.cli._progress import byte_progress
     from ckpttools.ops.audit.audit import audit_checkpoints
-    from ckpttools.ops.audit.config import load_config
+    from ckpttools.ops.audit.config import load_settings
     from ckpttools.render.audit import render_audit
 
-    config, source = load_config(config_dir)
+    config, source = load_settings(config_path)
     config = config.merged(model=model_spec, model_args=model_args, key=key, require=require,
                            dtype=dtype, max_size=max_size, manifest=manifest,
                            allow_nonfinite=allow_nonfinite,
                            allow_unknown=None if strict_unknown is None else not strict_unknown)
-    if source and output_format == "text":
-        click.echo(f"settings from {os.path.relpath(source)}", err=True)
+    if source:
+        note(f"settings from {os.path.relpath(source)}")
     with byte_progress(1, "auditing") as advance:
         result = audit_checkpoints(paths, config, config_file=source, on_progress=advance)
     click.echo(render_audit(result, output_format))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import checkpoint_arg, is_trusted, key_opt, trust_opt, warn_trusted
+from ckpttools.cli._options import checkpoint_arg, common_options, is_trusted, key_opt, warn_trusted
 from ckpttools.cli._progress import byte_progress
 
 
@@ -22,9 +22,7 @@ from ckpttools.cli._progress import byte_progress
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--drop-unrepresentable", is_flag=True,
               help="Leave out values that need pickle (class instances) instead of failing.")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Report format.")
-@trust_opt
+@common_options()
 @click.pass_context
 def convert(ctx: click.Context, src: str, dst: str, to: str | None, key: str | None,
             dtype: str | None, max_shard_size: str | None, no_verify: bool, force: bool,

@@ -6,7 +6,11 @@ import sys
 
 import click
 
-from ckpttools.cli._options import is_trusted, key_opt, model_opts, output_format_opt, trust_opt, warn_trusted
+from ckpttools.cli._options import common_options, is_trusted, key_opt, model_opts, warn_trusted
+
+
+# The first bytes of files that are checkpoints, not error texts: zip, pickle, safetensors header.
+_BINARY_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def _read_text(file: str | None) -> str:
@@ -14,8 +18,14 @@ def _read_text(file: str | None) -> str:
         if file is None and sys.stdin.isatty():
             raise click.UsageError("give FILE, - (stdin) or --checkpoint PATH --model SPEC")
         return sys.stdin.read()
-    with open(file, encoding="utf-8", errors="replace") as f:
-        return f.read()
+    with open(file, "rb") as f:
+        data = f.read()
+    if data.startswith(_BINARY_STARTS) or b"\x00" in data[:4096]:
+        from ckpttools.errors import UnsupportedError
+
+        raise UnsupportedError(f"{file}: a checkpoint, not the text of an error; diagnose it with "
+                               f"ckpttools diagnose --checkpoint {file} --model SPEC")
+    return data.decode("utf-8", errors="replace")
 
 
 def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | None,
@@ -34,8 +44,7 @@ def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | No
 @click.option("--checkpoint", metavar="PATH", help="Diagnose from the checkpoint and --model instead.")
 @model_opts
 @key_opt()
-@trust_opt
-@output_format_opt()
+@common_options()
 @click.pass_context
 def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model_spec: str | None,
              model_args: tuple[str, ...], key: str | None, trust: bool, output_format: str) -> None:
@@ -65,6 +74,8 @@ def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model
     else:
         result = diagnose_text(_read_text(file))
         if not result.found:
-            raise NoLoadErrorFound(NO_ERROR_MESSAGE)
+            source = "stdin" if file in (None, "-") else file
+            raise NoLoadErrorFound(f"{source}: {NO_ERROR_MESSAGE}; give the whole output that ends in "
+                                   "'Error(s) in loading state_dict', or use --checkpoint PATH --model SPEC")
     click.echo(render_diagnosis(result, output_format), nl=False)  # type: ignore[arg-type]
     ctx.exit(0 if result.ok else 1)  # type: ignore[attr-defined]

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 import click
 
 from ckpttools.cli._options import (
+    common_options,
     checkpoint_arg,
     is_trusted,
     key_opt,
     model_opts,
-    output_format_opt,
-    trust_opt,
+    note,
+    warn,
     warn_trusted,
 )
 
@@ -31,8 +32,7 @@ if TYPE_CHECKING:
               help="Absolute tolerance for values (PATH OTHER).")
 @click.option("--rtol", type=float, default=0.0, show_default=True,
               help="Relative tolerance for values (PATH OTHER).")
-@output_format_opt()
-@trust_opt
+@common_options()
 @click.pass_context
 def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | None,
          model_args: tuple[str, ...], key: str | None, rules_out: str | None, atol: float,
@@ -77,6 +77,8 @@ def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
     with open_checkpoint(path, trust=trust) as reader:
         result = diff_against_model(reader, signature, key=key, model_name=spec)
     click.echo(render_diff(result, fmt))
+    for message in result.warnings:
+        warn(message)
     if rules_out:
         _write_rules(result, rules_out)
     return result.ok
@@ -85,18 +87,19 @@ def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
 def _write_rules(result: DiffResult, dest: str) -> None:
     from ckpttools.formats.writers.atomic import atomic_output
     from ckpttools.ops.keymatch import format_rules
+    from ckpttools.units import plural
 
     rules = next((f.rules for f in reversed(result.fixes) if f.rules), ())
     if not rules:
-        click.echo(f"warning: no rename rules to suggest; {dest} not written", err=True)
+        warn(f"no rename rules to suggest; {dest} not written")
         return
     mapping = result.mapping
-    note = (f"{len(mapping.pairs)} keys mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
+    summary = (f"{plural(len(mapping.pairs), 'key')} mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
             f"and {len(mapping.unmatched_model)} model keys unmatched" if mapping else "")
-    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{note}")
+    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{summary}")
     with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    click.echo(f"wrote {len(rules)} rules to {dest}", err=True)
+    note(f"wrote {plural(len(rules), 'rule')} to {dest}")
 
 
 def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool) -> bool:

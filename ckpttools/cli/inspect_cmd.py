@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import (checkpoint_arg, is_trusted, key_opt, output_format_opt,
-                                    trust_opt, warn_trusted)
+from ckpttools.cli._options import (checkpoint_arg, common_options, is_trusted, key_opt,
+                                    warn, warn_trusted)
 from ckpttools.cli._progress import byte_progress
 
 
@@ -17,8 +17,7 @@ from ckpttools.cli._progress import byte_progress
 @click.option("--expand", is_flag=True, help="List repeated layers one by one.")
 @click.option("--stats", "with_stats", is_flag=True,
               help="Min/max/mean/std and NaN/Inf counts per tensor (reads tensor data).")
-@output_format_opt()
-@trust_opt
+@common_options()
 @click.pass_context
 def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None, tree: bool,
             expand: bool, with_stats: bool, output_format: str, trust: bool) -> None:
@@ -46,5 +45,5 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
                                         on_progress=advance)
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
     for g in result.unsafe_globals:
-        click.echo(f"warning: {path}: unsafe global {g.qualname} in {g.pickle or 'the pickle'}", err=True)
+        warn(f"{path}: unsafe global {g.qualname} in {g.pickle or 'the pickle'}")
     ctx.exit(0 if result.ok else 1)

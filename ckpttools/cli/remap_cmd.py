@@ -5,11 +5,10 @@ from __future__ import annotations
 import click
 
 from ckpttools.cli._options import (
+    common_options,
     checkpoint_arg,
     is_trusted,
     key_opt,
-    output_format_opt,
-    trust_opt,
     warn_trusted,
 )
 
@@ -28,8 +27,7 @@ from ckpttools.cli._options import (
 @key_opt("Dotted path of the state_dict in a nested checkpoint (the rest is kept).")
 @click.option("--dry-run", is_flag=True, help="Print the old -> new table; write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
-@output_format_opt()
-@trust_opt
+@common_options()
 @click.pass_context
 def remap(ctx: click.Context, src: str, dst: str, strip_prefix: str | None,
           add_prefix: str | None, renames: tuple[str, ...], rules_file: str | None,

@@ -8,14 +8,15 @@ from collections.abc import Callable
 
 import click
 
-from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, warn_trusted
+from ckpttools.cli._options import common_options, is_quiet, is_trusted, warn_trusted
 
 
 @click.command("verify-resume")
 @click.option("--recipe", "recipe", required=True, metavar="SPEC",
               help="Training recipe: path/to/recipe.py or package.module.")
-@click.argument("checkpoint", required=False, type=click.Path(dir_okay=True, path_type=str))
-@click.argument("next_checkpoint", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.argument("checkpoint", required=False, metavar="[CKPT", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("next_checkpoint", required=False, metavar="NEXT]",
+                type=click.Path(dir_okay=True, path_type=str))
 @click.option("--steps", type=click.IntRange(min=1), metavar="N", help="Run length (run mode).")
 @click.option("--resume-at", type=click.IntRange(min=0), metavar="K",
               help="Save after K steps, resume from that file in a fresh process (run mode).")
@@ -27,8 +28,7 @@ from ckpttools.cli._options import is_trusted, output_format_opt, trust_opt, war
               help="Tolerance for the steps after the first.")
 @click.option("--in-process", is_flag=True,
               help="Resume in this process instead of a fresh one (misses state kept outside the checkpoint).")
-@trust_opt
-@output_format_opt()
+@common_options()
 @click.pass_context
 def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_checkpoint: str | None,
                   steps: int | None, resume_at: int | None, via: str | None, atol: float, drift_atol: float,
@@ -43,8 +43,27 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     recipe or checkpoint.
 
     \b
+    The recipe (path/to/recipe.py, or package.module importable from here) defines:
+      build_model()                      the nn.Module                      required
+      build_optimizer(model)             the optimizer                      required
+      batch(i)                           the batch of step i, from 0        required
+      loss(model, batch)                 the loss; the default step is zero_grad, loss,
+                                         backward, optimizer.step, scheduler.step
+      train_step(model, optimizer, scheduler, batch)
+                                         a whole step returning the loss, instead of
+                                         loss() (AMP, clipping, accumulation)
+      build_scheduler(optimizer)         an LR scheduler                    optional
+      build_scaler()                     a torch.amp.GradScaler             optional
+      save_checkpoint(path, state)       your file layout                   optional
+      load_checkpoint(path) -> state     your file layout                   optional
+    state is a dict: step, model_state_dict, optimizer_state_dict, scheduler_state_dict,
+    scaler_state_dict, rng_state {torch, numpy, python}, loss. A checkpoint with step = n
+    has run batches 0..n-1; the resume runs batch(n) next.
+
+    \b
     Examples:
       ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24
+      ckpttools verify-resume --recipe examples/tutorial_linear.py ckpt_epoch3.pt ckpt_epoch4.pt
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
     """
     from ckpttools.ops.resume.fresh import prefork
@@ -85,6 +104,6 @@ def _check_mode(checkpoint: str | None, next_checkpoint: str | None, steps: int 
 
 def _progress() -> Callable[[str], None] | None:
     """Phase lines on stderr, only when a person is watching it."""
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or is_quiet():
         return None
     return lambda line: click.echo(f"verify-resume: {line}", err=True)

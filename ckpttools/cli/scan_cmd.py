@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import output_format_opt
+from ckpttools.cli._options import CI_FORMATS, common_options, error, warn
+
+STATIC_TRUST = "Accepted everywhere; scan reads pickles statically and never runs them."
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@output_format_opt(("text", "table", "json"))
-def scan(paths: tuple[str, ...], output_format: str) -> None:
+@common_options(CI_FORMATS, trust_help=STATIC_TRUST)
+def scan(paths: tuple[str, ...], output_format: str, trust: bool) -> None:
     """Scan the pickles of checkpoints for code, statically (nothing is loaded or run).
 
     PATHS are files, folders (searched recursively) or globs: torch zip (every pickle in it),
@@ -27,11 +29,23 @@ def scan(paths: tuple[str, ...], output_format: str) -> None:
     from ckpttools.ops.audit.scan import scan_checkpoint
     from ckpttools.render.scan import render_scan
 
+    from ckpttools.errors import UnknownFormatError
+
     result = scan_checkpoint(paths)
+    unreadable = [f for f in result.files if f.safety == "error"]
+    if unreadable and len(unreadable) == len(result.files):  # nothing to report: errors only
+        for f in unreadable[:-1]:
+            error(_unreadable(f.path, f.error))
+        raise UnknownFormatError(_unreadable(unreadable[-1].path, unreadable[-1].error))
     click.echo(render_scan(result, output_format))
+    for f in unreadable:
+        error(_unreadable(f.path, f.error))
     for f in result.files:
         if f.safety == "unsafe":
             names = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
-            click.echo(f"error: {f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); "
-                       "do not load it", err=True)
+            warn(f"{f.path}: unsafe pickle content ({', '.join(names) or 'dynamic'}); do not load it")
     click.get_current_context().exit(result.exit_code)
+
+
+def _unreadable(path: str, problem: str) -> str:
+    return f"{path}: {problem or 'cannot be read'}; pass a checkpoint (torch.save, safetensors, DCP .metadata)"

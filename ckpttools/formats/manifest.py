@@ -52,6 +52,7 @@ from typing import Any
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CkptError, CorruptCheckpointError, UnsupportedError
 from ckpttools.keypaths import iter_leaves
+from ckpttools.units import with_article
 
 # the safetensors ``__metadata__`` key (or DCP bytes entry) holding a converted checkpoint's structure
 MANIFEST_KEY = "ckpttools.manifest"
@@ -216,7 +217,7 @@ def placeholder_node(ph: ObjectPlaceholder, path: str) -> Node:
         dtype = _np_dtype(ph.args[0])
         if dtype is not None:
             return {"t": "npscalar", "dtype": dtype, "v": base64.b64encode(ph.args[1]).decode()}
-    raise UnrepresentableError(f"{path or '<root>'}: a {ph.class_name} cannot be stored without "
+    raise UnrepresentableError(f"{path or '<root>'}: {with_article(ph.class_name)} cannot be stored without "
                                "pickle; pass --drop-unrepresentable to leave it out")
 
 
@@ -294,7 +295,7 @@ class TreeEncoder:
             if type(value).__name__ == "TorchDtype":  # a reader's stand-in for torch.<dtype>
                 return {"t": "dtype", "v": str(getattr(value, "name"))}
             raise UnrepresentableError(
-                f"{path or '<root>'}: a {_type_name(value)} cannot be stored without pickle; "
+                f"{path or '<root>'}: {with_article(_type_name(value))} cannot be stored without pickle; "
                 "pass --drop-unrepresentable to leave it out")
         except UnrepresentableError:
             if not self.drop:
@@ -305,7 +306,7 @@ class TreeEncoder:
     def _mapping(self, value: dict[Any, Any], path: str) -> Node:
         if type(value) not in (dict, OrderedDict):
             if not self.drop:
-                raise UnrepresentableError(f"{path or '<root>'}: a {_type_name(value)} cannot be "
+                raise UnrepresentableError(f"{path or '<root>'}: {with_article(_type_name(value))} cannot be "
                                            "stored; pass --drop-unrepresentable to leave it out")
         pairs = []
         for k, v in value.items():

@@ -9,7 +9,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError
+from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError,
+                              UnsupportedError)
 from ckpttools.formats import zip_records
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -116,6 +117,9 @@ def foreign_kind(path: str) -> str | None:
 def check_readable(path: str) -> None:
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        # a FIFO or device would block or never end; checkpoints need seekable files
+        raise UnsupportedError(f"{path}: not a regular file or folder; save the checkpoint to a file")
     if not os.access(path, os.R_OK):
         raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions")
     if os.path.isfile(path) and os.path.getsize(path) == 0:

@@ -22,6 +22,7 @@ from ckpttools.ops.state_dict import (
     find_state_dict,
     state_dict_candidates,
 )
+from ckpttools.units import plural
 
 if TYPE_CHECKING:
     from torch import nn
@@ -95,10 +96,10 @@ class DiffResult:
     def verdict(self) -> str:
         c = self.comparison
         if self.ok:
-            return f"strict load would succeed: {len(c.matched)} keys match"
+            return f"strict load would succeed: {plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''}"
         parts = [f"{len(c.missing)} missing", f"{len(c.unexpected)} unexpected",
                  f"{len(c.shape_mismatches)} shape mismatches"]
-        return f"strict load would fail: {', '.join(parts)} ({len(c.matched)} keys match)"
+        return f"strict load would fail: {', '.join(parts)} ({plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''})"
 
     def to_dict(self) -> dict[str, Any]:
         c = self.comparison

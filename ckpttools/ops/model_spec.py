@@ -7,18 +7,16 @@ reference checkpoint), so CI can compare without importing user code.
 
 from __future__ import annotations
 
-import importlib
 import math
-import importlib.util
 import json
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ckpttools.errors import SpecError
+from ckpttools.ops.spec_import import import_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,25 +84,7 @@ def _load_attr(spec: str) -> Any:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise SpecError(f"{spec}: model spec must be package.module:attr or path/file.py:attr")
-    if target.endswith(".py") or os.sep in target or "/" in target:
-        if not os.path.isfile(target):
-            raise SpecError(f"{spec}: no such file {target}")
-        name = "_ckpttools_spec_" + os.path.splitext(os.path.basename(target))[0]
-        module_spec = importlib.util.spec_from_file_location(name, target)
-        if module_spec is None or module_spec.loader is None:
-            raise SpecError(f"{spec}: cannot import {target}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses and pickling look their module up here
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(name, None)
-            raise SpecError(f"{spec}: importing {target} failed: {type(e).__name__}: {e}") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as e:
-            raise SpecError(f"{spec}: cannot import {target}: {type(e).__name__}: {e}") from e
+    module = import_target(target, spec, "model spec")
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

@@ -1,27 +1,41 @@
-"""Rendering an ``AuditResult``: a text table, JSON, JUnit XML or GitHub workflow commands."""
+"""Rendering an ``AuditResult``: a table (plain or markdown), JSON, JUnit XML, GitHub workflow
+commands or SARIF."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
 from ckpttools.ops.audit.audit import AuditResult
-from ckpttools.render import table, to_json
+from ckpttools.render import heading, table, to_json
+from ckpttools.render.sarif import Finding, render_sarif
 
 
 def _summary(result: AuditResult) -> str:
     counts = result.counts()
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     verdict = "audit passed" if result.ok else "audit FAILED"
-    return f"{verdict}: {len(result.files)} files, {', '.join(parts) or 'no checks'}"
+    files = len(result.files)
+    return f"{verdict}: {files} file{'s' if files != 1 else ''}, {', '.join(parts) or 'no checks'}"
 
 
-def render_text(result: AuditResult) -> str:
+CHECKS = {
+    "integrity": "the file opens in its format and its records are complete",
+    "safety": "the pickles name no global that can run code",
+    "finite": "no NaN or Inf in floating tensors",
+    "model": "the state_dict loads into the model with strict=True",
+    "completeness": "what a resume needs is present",
+    "policy": "dtype and size policy",
+    "reproducibility": "sha256 matches the manifest",
+}
+
+
+def render_text(result: AuditResult, fmt: str = "table") -> str:
     """One row per file and check, then details of every WARN/FAIL and a summary line."""
     rows = [(c.path, c.check, c.status, c.reason) for c in result.checks]
-    lines = [table(rows, ("file", "check", "status", "reason"))] if rows else []
+    lines = [table(rows, ("file", "check", "status", "reason"), fmt)] if rows else []
     for c in result.checks:
         if c.status in ("WARN", "FAIL") and len(c.details) > 1:
-            lines.append(f"{c.path} {c.check}:")
+            lines.append(heading(f"{c.path} {c.check}:", fmt))
             lines += [f"  {d}" for d in c.details[:20]]
             if len(c.details) > 20:
                 lines.append(f"  ... {len(c.details) - 20} more")
@@ -77,12 +91,24 @@ def render_github(result: AuditResult) -> str:
     return "\n".join(lines)
 
 
+def render_audit_sarif(result: AuditResult) -> str:
+    """SARIF 2.1.0: a result per FAIL (error) and WARN (warning), a rule per check."""
+    level = {"FAIL": "error", "WARN": "warning"}
+    findings = [Finding(c.check, level[c.status], c.path, c.reason)
+                for c in result.checks if c.status in level]
+    rules = {**{c.check: f"the {c.check} check" for c in result.checks}, **CHECKS}
+    return render_sarif(findings, rules)
+
+
 def render_audit(result: AuditResult, fmt: str) -> str:
-    """The report for stdout in ``text``, ``json``, ``junit`` or ``github``."""
+    """The report for stdout in ``table``, ``markdown``, ``json``, ``junit``, ``github`` or
+    ``sarif``."""
     if fmt == "json":
         return to_json(result.to_dict())
     if fmt == "junit":
         return render_junit(result)
     if fmt == "github":
         return render_github(result)
-    return render_text(result)
+    if fmt == "sarif":
+        return render_audit_sarif(result)
+    return render_text(result, fmt)

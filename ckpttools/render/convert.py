@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ckpttools.ops.convert.conversion import ConvertResult
 from ckpttools.render import to_json
-from ckpttools.units import human_bytes
+from ckpttools.units import human_bytes, plural
 
 
 def render_convert(result: ConvertResult, fmt: str) -> str:
@@ -12,13 +12,13 @@ def render_convert(result: ConvertResult, fmt: str) -> str:
     if fmt == "json":
         return to_json(result.to_dict())
     lines = [f"{result.source} -> {result.destination} ({result.target}): "
-             f"{result.tensors} tensors, {human_bytes(result.nbytes)}"]
+             f"{plural(result.tensors, 'tensor')}, {human_bytes(result.nbytes)}"]
     if result.cast:
-        lines.append(f"cast {len(result.cast)} floating tensors to {result.dtype}")
+        lines.append(f"cast {plural(len(result.cast), 'floating tensor')} to {result.dtype}")
     if result.dropped:
-        lines.append(f"dropped {len(result.dropped)} values: {', '.join(result.dropped[:5])}")
+        lines.append(f"dropped {plural(len(result.dropped), 'value')}: {', '.join(result.dropped[:5])}")
     if len(result.files) > 1:
-        lines.append(f"wrote {len(result.files)} files")
+        lines.append(f"wrote {plural(len(result.files), 'file')}")
     if not result.verified:
         lines.append("not verified (--no-verify)")
     elif result.ok:

@@ -7,6 +7,7 @@ import textwrap
 from ckpttools.ops.diagnose.fixes import Cause
 from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, DiagnoseResult
 from ckpttools.render import heading, to_json
+from ckpttools.units import plural
 
 
 def _header(result: DiagnoseResult) -> str:
@@ -26,7 +27,7 @@ def _cause(i: int, c: Cause, fmt: str) -> list[str]:
     examples = ", ".join(ev.get("examples", [])[:3])
     lines = [heading(f"{i}. {c.label} (confidence {c.confidence:.2f})", fmt), "",
              "what happened: " + c.summary,
-             f"evidence: {ev.get('explained', 0)} keys explained" + (f", e.g. {examples}" if examples else "")]
+             f"evidence: {plural(ev.get('explained', 0), 'key')} explained" + (f", e.g. {examples}" if examples else "")]
     if fmt == "markdown":
         lines += ["", "fix:", "", "```python", c.fix_code, "```"]
         lines += [f"\ncommand: `{c.fix_command}`"] if c.fix_command else []

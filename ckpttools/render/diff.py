@@ -78,7 +78,7 @@ def _summary(result: DiffResult, fmt: str) -> str:
     if result.non_persistent:
         lines.append(f"non-persistent buffers (not saved, never missing): "
                      f"{len(result.non_persistent)}")
-    lines += [f"warning: {w}" for w in result.warnings]
+    # warnings go to stderr (the CLI prints them); the JSON keeps them in "warnings"
     return "\n".join(lines)
 
 

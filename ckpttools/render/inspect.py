@@ -9,7 +9,7 @@ from ckpttools.entries import TensorEntry
 from ckpttools.keypaths import compress_keys
 from ckpttools.ops.inspect import InspectResult
 from ckpttools.render import heading, shape_text, table, to_json
-from ckpttools.units import human_bytes, human_count
+from ckpttools.units import human_bytes, human_count, plural
 
 VALUE_WIDTH = 60
 
@@ -77,7 +77,7 @@ def _tensors(tensors: tuple[TensorEntry, ...], fmt: str, expand: bool) -> str:
         rows = [[t.key, t.dtype, shape_text(t.shape), t.numel, human_bytes(t.nbytes)] for t in tensors]
         return heading("Tensors", fmt) + "\n" + table(rows, ["key", "dtype", "shape", "numel", "size"], fmt)
     groups = compress_keys((t.key, (t.dtype, t.shape, t.numel, t.nbytes)) for t in tensors)
-    rows = [[key, dtype, shape_text(shape), numel, human_bytes(nbytes * count),
+    rows = [[key, dtype, shape_text(shape), numel, human_bytes(nbytes),  # both per item
              f"x{count}" if count > 1 else ""]
             for key, (dtype, shape, numel, nbytes), count in groups]
     headers = ["key", "dtype", "shape", "numel", "size", "count"]
@@ -136,7 +136,7 @@ def _totals(result: InspectResult, fmt: str) -> str:
     params = sum(t.numel for t in result.tensors)
     size = sum(t.nbytes for t in result.tensors)
     by_dtype = ", ".join(f"{d} {human_bytes(n)}" for d, n in result.bytes_by_dtype.items())
-    return (f"{len(result.tensors)} tensors, {human_count(params)} elements ({params}), "
+    return (f"{plural(len(result.tensors), 'tensor')}, {human_count(params)} elements ({params}), "
             f"{human_bytes(size)}" + (f": {by_dtype}" if by_dtype else ""))
 
 

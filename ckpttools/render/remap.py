@@ -7,6 +7,7 @@ import re
 from ckpttools.keypaths import compress_keys
 from ckpttools.ops.diff.remap import RemapResult
 from ckpttools.render import heading, table, to_json
+from ckpttools.units import plural
 
 MAX_ROWS = 60
 
@@ -18,7 +19,7 @@ def render_remap(result: RemapResult, fmt: str) -> str:
     where = f" (state_dict under '{result.state_dict}')" if result.state_dict else ""
     action = "wrote" if result.written else "dry run, would write"
     lines = [heading(f"{action} {result.dst} ({result.output_format}){where}", fmt), "",
-             f"{len(result.renamed)} keys kept, {len(result.changed)} renamed, "
+             f"{plural(len(result.renamed), 'key')} kept, {len(result.changed)} renamed, "
              f"{len(result.dropped)} dropped"]
     parts = ["\n".join(lines)]
     rows = []

@@ -9,6 +9,7 @@ from ckpttools.ops.resume.verify import ResumeResult
 from ckpttools.ops.resume.attribution import LABELS
 from ckpttools.ops.resume.compare import LossRow, TensorDiff
 from ckpttools.render import heading, table, to_json
+from ckpttools.units import plural
 
 PLOT_WIDTH = 24
 MAX_STATE_ROWS = 40
@@ -31,7 +32,7 @@ def _header(result: ResumeResult, fmt: str) -> str:
     else:
         where = "a fresh process" if result.fresh_process else "this process"
         via = f", sent through {result.via}" if result.via else ""
-        lines.append(f"run: {result.end_step} steps, saved after step {result.resume_step}{via}, "
+        lines.append(f"run: {plural(result.end_step, 'step')}, saved after step {result.resume_step}{via}, "
                      f"resumed in {where}")
     lines.append(f"tolerance: first resumed step {_tol(result.atol)}, later steps {_tol(result.drift_atol)}")
     if result.missing:

@@ -29,7 +29,7 @@ def test_convert_text_and_json(runner: CliRunner, ckpt: Path, tmp_path: Path) ->
     out = tmp_path / "m.safetensors"
     res = runner.invoke(cli, ["convert", str(ckpt), str(out)])
     assert res.exit_code == 0, res.output
-    assert "1 tensors" in res.stdout and "verified" in res.stdout and res.stderr == ""
+    assert "1 tensor," in res.stdout and "verified" in res.stdout and res.stderr == ""
     res = runner.invoke(cli, ["convert", str(out), str(tmp_path / "b.pth"), "--format", "json",
                               "--dtype", "fp16"])
     assert res.exit_code == 0

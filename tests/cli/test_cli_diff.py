@@ -55,7 +55,7 @@ def test_suggest_rules_then_remap_rules(runner: CliRunner, make_checkpoint: Call
     path = make_checkpoint("torch-zip", state)
     rules = tmp_path / "rules.txt"
     r = runner.invoke(cli, ["diff", str(path), "--model", SPEC, "--suggest-rules", str(rules)])
-    assert r.exit_code == 1 and "wrote 1 rules" in r.stderr
+    assert r.exit_code == 1 and "wrote 1 rule to" in r.stderr
     assert rules.read_text().splitlines()[-1] == r"^layers\.=blocks."
     out = tmp_path / "fixed.pth"
     r = runner.invoke(cli, ["remap", str(path), str(out), "--rules", str(rules)])
@@ -94,7 +94,7 @@ def test_could_not_run_exit_2(runner: CliRunner, make_checkpoint: Callable[..., 
         r = runner.invoke(cli, args)
         assert r.exit_code == 2, (args, r.output)
         assert r.stdout == "" and "Traceback" not in r.stderr
-        assert r.stderr.strip().splitlines()[-1].startswith("Error: ")
+        assert r.stderr.strip().splitlines()[-1].startswith("ckpttools: error: ")
 
 
 def test_help_has_an_example(runner: CliRunner) -> None:

@@ -105,7 +105,7 @@ def test_missing_function_exits_2(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"Error: {recipe}: recipe has no build_optimizer(model); define it (see ckpttools verify-resume --help)"]
+        f"ckpttools: error: {recipe}: recipe has no build_optimizer(model); define it (see ckpttools verify-resume --help)"]
 
 
 def test_checkpoint_without_model_state_exits_2(runner: CliRunner, tmp_path: Path) -> None:

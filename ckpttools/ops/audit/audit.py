@@ -19,6 +19,7 @@ from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
 from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
 from ckpttools.ops.audit.config import AuditConfig
 from ckpttools.ops.audit.scan import ScanResult, expand_paths, scan_checkpoint
+from ckpttools.units import plural
 
 if TYPE_CHECKING:
     from ckpttools.formats.base import CheckpointReader
@@ -89,7 +90,7 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                            tuple(unknown))
     if not pickles:
         return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
-    return CheckResult(path, "safety", "PASS", f"{pickles} pickles, only globals torch "
+    return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only globals torch "
                        "weights_only allows")
 
 
@@ -126,8 +127,8 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
                            "(a pickle); do not trust the extension"), None
     if path.endswith(PICKLE_SUFFIXES) and fmt is Format.SAFETENSORS:
         return CheckResult(path, "integrity", "WARN", f"safetensors file named "
-                           f"{os.path.splitext(path)[1]}; {n} entries read"), reader
-    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {n} entries read"), reader
+                           f"{os.path.splitext(path)[1]}; {plural(n, 'entry', 'entries')} read"), reader
+    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {plural(n, 'entry', 'entries')} read"), reader
 
 
 def sha256_file(path: str) -> str:
@@ -150,13 +151,13 @@ def _hashes(path: str) -> dict[str, str]:
 
 def _reproducibility(path: str, digests: dict[str, str], known: dict[str, str] | None) -> CheckResult:
     if known is None:
-        return CheckResult(path, "reproducibility", "PASS", f"sha256 recorded for {len(digests)} files")
+        return CheckResult(path, "reproducibility", "PASS", f"sha256 recorded for {plural(len(digests), 'file')}")
     bad = [f"{p}: sha256 {d[:12]} differs from the manifest's {known[p][:12]}"
            for p, d in digests.items() if p in known and known[p] != d]
     absent = [f"{p}: not in the manifest" for p in digests if p not in known]
     if bad or absent:
         return CheckResult(path, "reproducibility", "FAIL", (bad + absent)[0], tuple(bad + absent))
-    return CheckResult(path, "reproducibility", "PASS", f"sha256 matches the manifest ({len(digests)} files)")
+    return CheckResult(path, "reproducibility", "PASS", f"sha256 matches the manifest ({plural(len(digests), 'file')})")
 
 
 def _load_manifest(manifest: str) -> dict[str, str] | None:

@@ -63,7 +63,7 @@ class AuditConfig:
         given = {k: v for k, v in overrides.items() if v not in (None, (), [])}
         if "require" in given:
             given["require"] = tuple(dict.fromkeys((*self.require, *given["require"])))
-        return replace(self, **{k: _coerce(k, v, "option") for k, v in given.items()})
+        return replace(self, **{k: _coerce(k, v, "--" + k.replace("_", "-")) for k, v in given.items()})
 
 
 def parse_size(text: str | int, where: str = "--max-size") -> int:
@@ -81,61 +81,125 @@ def parse_size(text: str | int, where: str = "--max-size") -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
-def normalize_dtype(name: str) -> str:
-    """``bf16`` -> ``bfloat16``; ``torch.float16`` -> ``float16``."""
-    name = name.strip().lower().removeprefix("torch.")
-    return DTYPE_ALIASES.get(name, name)
+FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64", "float8_e4m3fn", "float8_e5m2",
+                "float8_e4m3fnuz", "float8_e5m2fnuz")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def normalize_dtype(name: str, where: str = "--dtype") -> str:
+    """``bf16`` -> ``bfloat16``; ``torch.float16`` -> ``float16``.
+
+    Raises:
+        SpecError: the name is not a floating dtype (the policy check is about floating tensors).
+    """
+    canonical = name.strip().lower().removeprefix("torch.")
+    canonical = DTYPE_ALIASES.get(canonical, canonical)
+    if canonical not in FLOAT_DTYPES:
+        raise SpecError(f"{where}: {name!r} is not a floating dtype; use bf16, fp16, fp32, fp64 "
+                        "or a torch name such as float8_e4m3fn")
+    return canonical
+
+
+def setting_names() -> tuple[str, ...]:
+    """The settings a ckpttools section may hold, spelled as in the documentation (dashes)."""
+    return tuple(sorted(f.name.replace("_", "-") for f in fields(AuditConfig)))
+
+
+def _flag(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise SpecError(f"{where}: {value!r} is not true or false; write true or false")
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    names = {f.name for f in fields(AuditConfig)}
-    if name not in names:
-        raise SpecError(f"{where}: unknown ckpttools setting {name!r}; known: {', '.join(sorted(names))}")
+    if name not in {f.name for f in fields(AuditConfig)}:
+        raise SpecError(f"{where}: unknown setting {name.replace('_', '-')!r}; valid settings: "
+                        f"{', '.join(setting_names())}")
     if name in ("require", "model_args"):
         items = value if isinstance(value, (list, tuple)) else re.split(r"[,\s]+", str(value))
         return tuple(str(v) for v in items if str(v))
     if name == "max_size":
-        return parse_size(value, f"{where}: max-size")
+        return parse_size(value, where)
     if name == "dtype":
-        return normalize_dtype(str(value))
+        return normalize_dtype(str(value), where)
     if name in ("allow_nonfinite", "allow_unknown"):
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
+        return _flag(value, where)
     return str(value)
 
 
 def _from_mapping(data: dict[str, Any], where: str) -> AuditConfig:
-    values = {k.replace("-", "_"): v for k, v in data.items()}
-    return AuditConfig(**{k: _coerce(k, v, where) for k, v in values.items()})
+    values = {str(k).strip().replace("-", "_"): v for k, v in data.items()}
+    return AuditConfig(**{k: _coerce(k, v, f"{where}: {k.replace('_', '-')}")
+                          for k, v in values.items()})
+
+
+SETUP_CFG_SECTIONS = ("ckpttools", "tool:ckpttools")
+
+
+def _read_pyproject(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            section = tomllib.load(f).get("tool", {}).get("ckpttools")
+    except (tomllib.TOMLDecodeError, OSError) as e:
+        raise SpecError(f"{path}: cannot read ({e}); fix the file") from e
+    if section is not None and not isinstance(section, dict):
+        raise SpecError(f"{path}: [tool.ckpttools] must be a table; write it as a [tool.ckpttools] section")
+    return section
+
+
+def _read_setup_cfg(path: str) -> dict[str, Any] | None:
+    # inline comments, as in "[ckpttools]  # or [tool:ckpttools]" or "dtype = bf16  ; release policy"
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read ({' '.join(str(e).split())}); fix the file") from e
+    for name in SETUP_CFG_SECTIONS:
+        if parser.has_section(name):
+            return dict(parser.items(name))
+    return None
+
+
+def _read_file(path: str) -> dict[str, Any] | None:
+    return _read_pyproject(path) if path.endswith(".toml") else _read_setup_cfg(path)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> tuple[AuditConfig, str | None]:
+    """The one settings loader, for the CLI and the pytest plugin alike.
+
+    Args:
+        path: ``None`` for the working folder; a folder (its ``pyproject.toml``
+            ``[tool.ckpttools]`` wins over its ``setup.cfg`` ``[ckpttools]`` or
+            ``[tool:ckpttools]``); or one such file, which must then hold the section.
+
+    Returns:
+        The settings (defaults when no section exists) and the file they came from, if any.
+
+    Raises:
+        SpecError: the path is missing, a file cannot be parsed, or a setting is unknown or
+            malformed (the message lists the valid settings).
+    """
+    target = os.fspath(path) if path is not None else "."
+    if not os.path.exists(target):
+        raise SpecError(f"{target}: no such file or folder; pass --config a pyproject.toml, "
+                        "a setup.cfg or a folder holding one")
+    if os.path.isdir(target):
+        for name in ("pyproject.toml", "setup.cfg"):
+            candidate = os.path.join(target, name)
+            section = _read_file(candidate) if os.path.isfile(candidate) else None
+            if section is not None:
+                return _from_mapping(section, candidate), candidate
+        return AuditConfig(), None
+    section = _read_file(target)
+    if section is None:
+        raise SpecError(f"{target}: no [tool.ckpttools], [ckpttools] or [tool:ckpttools] section; "
+                        "add one or pass the folder")
+    return _from_mapping(section, target), target
 
 
 def load_config(directory: str | os.PathLike[str] = ".") -> tuple[AuditConfig, str | None]:
-    """Read the ckpttools section from ``pyproject.toml`` or ``setup.cfg`` in ``directory``.
-
-    Returns:
-        The config (defaults when no section exists) and the file it came from, if any.
-
-    Raises:
-        SpecError: the file cannot be parsed or a setting is unknown or malformed.
-    """
-    pyproject = os.path.join(directory, "pyproject.toml")
-    if os.path.isfile(pyproject):
-        try:
-            with open(pyproject, "rb") as f:
-                section = tomllib.load(f).get("tool", {}).get("ckpttools")
-        except (tomllib.TOMLDecodeError, OSError) as e:
-            raise SpecError(f"{pyproject}: cannot read ({e}); fix the file") from e
-        if isinstance(section, dict):
-            return _from_mapping(section, pyproject), pyproject
-    setup_cfg = os.path.join(directory, "setup.cfg")
-    if os.path.isfile(setup_cfg):
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(setup_cfg, encoding="utf-8")
-        except (configparser.Error, OSError) as e:
-            raise SpecError(f"{setup_cfg}: cannot read ({e}); fix the file") from e
-        for name in ("ckpttools", "tool:ckpttools"):
-            if parser.has_section(name):
-                return _from_mapping(dict(parser.items(name)), setup_cfg), setup_cfg
-    return AuditConfig(), None
+    """``load_settings`` for a folder (kept for callers of earlier releases)."""
+    return load_settings(directory)

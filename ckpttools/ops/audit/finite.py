@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
 from ckpttools.ops.audit.checks import CheckResult
+from ckpttools.units import plural
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +116,7 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
         for f in files.values():
             f.close()
     if not bad:
-        return CheckResult(reader.path, "finite", "PASS", f"{count} floating tensors, all finite")
+        return CheckResult(reader.path, "finite", "PASS", f"{plural(count, 'floating tensor')}, all finite")
     status = "WARN" if allow_nonfinite else "FAIL"
     return CheckResult(reader.path, "finite", status,
                        f"{len(bad)} of {count} tensors hold NaN/Inf (first: {bad[0]})", tuple(bad))

@@ -21,9 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
+from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError,
+                              UnsupportedError)
 from ckpttools.formats import zip_records as zr
 from ckpttools.ops.audit.opcodes import PickleScan, scan_opcodes
+from ckpttools.units import plural
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -126,7 +128,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
         folders_whole: keep folders that are one checkpoint (DCP, sharded) as one path.
 
     Raises:
-        CheckpointNotFoundError: a path does not exist and matches nothing as a glob.
+        CheckpointNotFoundError: a path does not exist, a glob matches nothing, or a folder
+            holds no checkpoint (a gate that passes on nothing would pass anything).
+        UnsupportedError: a path is neither a file nor a folder (a FIFO, a device).
     """
     out: list[str] = []
     for raw in paths:
@@ -134,11 +138,18 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
         if os.path.isfile(path):
             out.append(path)
         elif os.path.isdir(path):
-            out.extend(_folder_files(path, folders_whole))
+            found = _folder_files(path, folders_whole)
+            if not found:
+                raise CheckpointNotFoundError(f"{path}: no checkpoint files in this folder; pass a folder "
+                                              "that holds .pt/.pth/.bin/.ckpt/.safetensors files")
+            out.extend(found)
+        elif os.path.exists(path):
+            raise UnsupportedError(f"{path}: not a regular file or folder; save the checkpoint to a file")
         else:
             matches = sorted(glob.glob(path, recursive=True))
             if not matches:
-                raise CheckpointNotFoundError(f"{path}: no such file or directory")
+                what = "no file matches this pattern" if glob.has_magic(path) else "no such file or directory"
+                raise CheckpointNotFoundError(f"{path}: {what}; check the path")
             out.extend(expand_paths(matches, folders_whole=folders_whole))
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
@@ -276,7 +287,7 @@ def _scan_safetensors(path: str) -> FileScan:
             raise CorruptCheckpointError(f"{path}: __metadata__ must map strings to strings")
     except CkptError as e:
         return FileScan(path, "safetensors", error=str(e))
-    return FileScan(path, "safetensors", notes=(f"header valid: {len(tensors)} tensors, "
+    return FileScan(path, "safetensors", notes=(f"header valid: {plural(len(tensors), 'tensor')}, "
                                                 "no executable content",))
 
 

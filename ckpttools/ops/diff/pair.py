@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.units import plural
 
 if TYPE_CHECKING:
     import torch
@@ -107,8 +108,8 @@ class CheckpointDiffResult:
     def verdict(self) -> str:
         if self.ok:
             equal = sum(t.bitwise_equal for t in self.tensors)
-            return (f"checkpoints match: {len(self.tensors)} tensors ({equal} bitwise equal), "
-                    f"{len(self.objects)} values")
+            return (f"checkpoints match: {plural(len(self.tensors), 'tensor')} ({equal} bitwise equal), "
+                    f"{plural(len(self.objects), 'value')}")
         parts = [f"{len(self.only_a)} only in A", f"{len(self.only_b)} only in B",
                  f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",
                  f"{len(self.value_differences)} value", f"{len(self.object_differences)} "

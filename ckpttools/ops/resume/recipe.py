@@ -7,11 +7,7 @@ and reads and writes checkpoints. It imports torch only inside functions.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 import random
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, SpecError, UnsafeCheckpointError
+from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, SpecError,
+                              UnsafeCheckpointError, UnsupportedError)
+from ckpttools.formats.sniff import check_readable
+from ckpttools.ops.spec_import import import_target
+from ckpttools.units import with_article
 
 REQUIRED = ("build_model", "build_optimizer", "batch")
 OPTIONAL = ("build_scheduler", "build_scaler", "save_checkpoint", "load_checkpoint")
@@ -118,28 +118,8 @@ def load_recipe(spec: str | ModuleType | object) -> Recipe:
 
 
 def _import(spec: str) -> ModuleType:
-    path = Path(spec)
-    try:
-        if spec.endswith(".py") or path.is_file():
-            if not path.is_file():
-                raise SpecError(f"{spec}: recipe file not found; pass path/to/recipe.py or package.module")
-            name = f"_ckpttools_recipe_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            if module_spec is None or module_spec.loader is None:
-                raise SpecError(f"{spec}: cannot load as a python file; pass a .py file or package.module")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module  # dataclasses and pickling look the module up by name
-            module_spec.loader.exec_module(module)
-            return module
-        if os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())  # as ``python -m`` would: a recipe module beside the user's files
-        return importlib.import_module(spec)
-    except SpecError:
-        raise
-    except ModuleNotFoundError as e:
-        raise SpecError(f"{spec}: cannot import recipe ({e}); pass path/to/recipe.py or package.module") from e
-    except Exception as e:
-        raise SpecError(f"{spec}: recipe failed to import: {type(e).__name__}: {e}") from e
+    # a recipe is a whole module: package.module or path/to/recipe.py, imported as model specs are
+    return import_target(spec, spec, "recipe")
 
 
 def _call(recipe: Recipe, name: str, *args: Any) -> Any:
@@ -333,13 +313,17 @@ def read_checkpoint(recipe: Recipe, path: str, *, trust: bool = False, lazy: boo
         CheckpointNotFoundError, UnsafeCheckpointError, CorruptCheckpointError, SpecError.
     """
     if not Path(path).exists():
-        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+        raise CheckpointNotFoundError(f"{path}: no such file or directory; check the path")
     if recipe.fn("load_checkpoint") is not None:
         state = _call(recipe, "load_checkpoint", path)
     else:
+        check_readable(path)  # missing, empty, a FIFO: one line naming the file, before torch
+        if Path(path).is_dir():
+            raise UnsupportedError(f"{path}: a folder; pass the torch.save file, or give the recipe a "
+                                   "load_checkpoint(path) that reads the folder")
         state = _torch_load(path, trust, lazy)
     if not isinstance(state, dict):
-        raise CorruptCheckpointError(f"{path}: checkpoint is a {type(state).__name__}, not a dict of state; "
+        raise CorruptCheckpointError(f"{path}: checkpoint is {with_article(type(state).__name__)}, not a dict of state; "
                                      "save a dict with model_state_dict, optimizer_state_dict, step")
     return state
 
@@ -356,12 +340,34 @@ def _torch_load(path: str, trust: bool, lazy: bool = True) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
         with _numpy_rng_globals():
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:120]
-        raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it ({first}); "
-                                    "rerun with --trust if you trust the file") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CorruptCheckpointError(f"{path}: torch.load failed: {str(e).splitlines()[0][:120]}") from e
+    except Exception as e:
+        _explain_failed_load(path, e)
+        if isinstance(e, pickle.UnpicklingError):
+            raise UnsafeCheckpointError(f"{path}: torch.load(weights_only=True) refused it "
+                                        f"({_first_sentence(e)}); rerun with --trust if you trust "
+                                        "the file") from e
+        raise CorruptCheckpointError(f"{path}: torch.load failed ({_first_sentence(e)}); "
+                                     "check that the file is a complete torch.save file") from e
+
+
+def _explain_failed_load(path: str, cause: Exception) -> None:
+    """When torch.load fails, ckpttools' own reader names what is wrong with the file (not a
+    checkpoint, truncated, ...) in one line; it raises that error, else returns."""
+    from ckpttools.errors import CkptError
+    from ckpttools.formats.registry import open_checkpoint
+
+    try:
+        with open_checkpoint(path) as reader:
+            reader.entries()
+    except CkptError as e:
+        raise type(e)(str(e)) from cause
+
+
+def _first_sentence(e: Exception) -> str:
+    """torch's messages run to several lines and sentences; the first says what happened."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    first = text.split(". ")[0]
+    return first if len(first) <= 160 else first[:160].rsplit(" ", 1)[0] + " ..."
 
 
 def write_checkpoint(recipe: Recipe, path: str, state: dict[str, Any]) -> None:
