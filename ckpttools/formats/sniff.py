@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -69,6 +70,7 @@ def index_names(path: str) -> list[str]:
 def index_points_to(path: str, suffix: str) -> bool:
     for name in index_names(path):
         full = os.path.join(path, name) if os.path.isdir(path) else path
+        check_regular(full)
         try:
             with open(full, encoding="utf-8") as f:
                 files = set(json.load(f)["weight_map"].values())
@@ -113,7 +115,38 @@ def foreign_kind(path: str) -> str | None:
     return None
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(path: str) -> str | None:
+    """What ``path`` is when it is (or links to) a FIFO, socket or device: opening or reading
+    one can block forever or never end, so every command refuses it before opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def check_regular(path: str) -> None:
+    """Raise the one-line error for a FIFO, socket or device (before anything opens it)."""
+    special = special_file_kind(path)
+    if special:
+        raise UnreadableCheckpointError(f"{path}: {special}, not a regular file; pass the "
+                                        "checkpoint file itself")
+
+
+def check_folder_members(path: str) -> None:
+    """Refuse a folder holding a FIFO, socket or device among its entries: a loader of the
+    folder (a sharded set, a trainer layout) would open it and block."""
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            check_regular(os.path.join(path, name))
+
+
 def check_readable(path: str) -> None:
+    check_regular(path)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if not os.access(path, os.R_OK):

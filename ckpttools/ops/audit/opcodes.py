@@ -15,9 +15,10 @@ from __future__ import annotations
 import copyreg
 import pickletools
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from ckpttools.entries import GlobalRef
+from ckpttools.formats.pickle.genops import OpcodeError, iter_ops
 from ckpttools.formats.pickle.safety import classify_global, normalize_global
 
 _STRINGS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
@@ -145,7 +146,7 @@ class _Walk:
             self.flag(pos, f"{how} at offset {pos} calls {what}, not a named global "
                            "(a getattr/attrgetter-style chain)")
 
-    def step(self, name: str, arg: Any, pos: int, op: pickletools.OpcodeInfo) -> None:
+    def step(self, name: str, arg: Any, pos: int) -> None:
         handler = _HANDLERS.get(name)
         if handler is not None:
             handler(self, arg, pos)
@@ -160,7 +161,7 @@ class _Walk:
         elif name in _EXTS:
             self._ext(arg, pos)
         else:
-            self._generic(op)
+            self._generic(pickletools.code2op[_CODES[name]])
 
     def _generic(self, op: pickletools.OpcodeInfo) -> None:
         before = op.stack_before
@@ -262,33 +263,31 @@ _HANDLERS = {
 }
 
 
-def scan_opcodes(f: IO[bytes], name: str, offset: int = 0) -> PickleScan:
-    """Walk one pickle from ``offset`` of the binary file ``f`` up to its STOP.
+_CODES = {op.name: op.code for op in pickletools.opcodes}
+
+
+def scan_opcodes(data: Any, name: str, offset: int = 0) -> PickleScan:
+    """Walk one pickle from ``offset`` of ``data`` up to its STOP.
 
     Args:
-        f: a seekable binary file (an open checkpoint or a ``BytesIO`` of a zip record).
+        data: ``bytes`` or an ``mmap`` of the file or record.
         name: how to name the pickle in the report.
         offset: where the pickle starts.
 
     Returns:
-        The globals and findings; ``error`` says why the walk stopped early, if it did.
+        The globals and findings; ``error`` says why the walk stopped early, if it did (it
+        stops exactly where CPython's unpickler would raise).
     """
-    f.seek(offset)
     w = _Walk(name)
     count, end, error = 0, offset, ""
     try:
-        for op, arg, pos in pickletools.genops(f):
-            end = (pos or 0) + 1
-            w.step(op.name, arg, pos or 0, op)
+        for op, arg, pos in iter_ops(data, offset):
+            end = pos + 1
+            w.step(op, arg, pos)
             count += 1
-            if op.name == "STOP":
-                break
-        else:
-            error = "no STOP opcode"
-        end = f.tell()
-    except _Stop as e:
-        error = f"at offset {end - 1}, {e}"
-    except Exception as e:  # genops raises ValueError, struct.error, UnicodeDecodeError...
-        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (_Stop, OpcodeError) as e:
+        error = f"at offset {end - 1 if count else offset}, {e}"
+    except RecursionError:  # never expected: the walk is iterative
+        error = "pickle nests too deeply"
     return PickleScan(name, offset, end, w.protocol, count, tuple(w.globals.values()),
                       tuple(w.findings), error)
