@@ -22,13 +22,17 @@ from ckpttools.cli._options import model_opts, output_format_opt
               help="sha256 per file: written when FILE is absent, checked when it exists.")
 @click.option("--allow-nonfinite", is_flag=True, default=None, help="NaN/Inf is a WARN, not a FAIL.")
 @click.option("--strict-unknown", is_flag=True, default=None,
-              help="Third-party classes in a pickle FAIL the safety check (default WARN).")
+              help="Globals not proven safe FAIL the safety check (the default; kept for old "
+                   "scripts). Set allow-unknown = true in the settings to make them WARN.")
+@click.option("--allow", "allow", multiple=True, metavar="GLOBAL",
+              help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
 @click.option("--config", "config_dir", default=".", show_default=True, metavar="DIR",
               help="Folder whose pyproject.toml [tool.ckpttools] or setup.cfg [ckpttools] is read.")
 @output_format_opt(("text", "json", "junit", "github"))
 def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...],
           key: str | None, require: tuple[str, ...], dtype: str | None, max_size: str | None,
           manifest: str | None, allow_nonfinite: bool | None, strict_unknown: bool | None,
+          allow: tuple[str, ...],
           config_dir: str, output_format: str) -> None:
     """Audit checkpoints for CI: a PASS/WARN/FAIL row per check per file.
 
@@ -53,7 +57,8 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
     config = config.merged(model=model_spec, model_args=model_args, key=key, require=require,
                            dtype=dtype, max_size=max_size, manifest=manifest,
                            allow_nonfinite=allow_nonfinite,
-                           allow_unknown=None if strict_unknown is None else not strict_unknown)
+                           allow_unknown=None if strict_unknown is None else not strict_unknown,
+                           allow_globals=(*config.allow_globals, *allow) or None)
     if source and output_format == "text":
         click.echo(f"settings from {os.path.relpath(source)}", err=True)
     with byte_progress(1, "auditing") as advance:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ckpttools.cli._options import (checkpoint_arg, is_trusted, key_opt, output_format_opt,
                                     trust_opt, warn_trusted)
 from ckpttools.cli._progress import byte_progress
+from ckpttools.ops.audit.scan import VERDICTS
 
 
 @click.command()
@@ -17,15 +20,18 @@ from ckpttools.cli._progress import byte_progress
 @click.option("--expand", is_flag=True, help="List repeated layers one by one.")
 @click.option("--stats", "with_stats", is_flag=True,
               help="Min/max/mean/std and NaN/Inf counts per tensor (reads tensor data).")
+@click.option("--allow", "allow", multiple=True, metavar="GLOBAL",
+              help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
 @output_format_opt()
 @trust_opt
 @click.pass_context
 def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None, tree: bool,
-            expand: bool, with_stats: bool, output_format: str, trust: bool) -> None:
+            expand: bool, with_stats: bool, allow: tuple[str, ...], output_format: str,
+            trust: bool) -> None:
     """Show what a checkpoint is and what it holds, without running its pickle.
 
     PATH is a file or folder of any supported format (found from the bytes).
-    Exit 0 clean, 1 unsafe content found, 2 unreadable.
+    Exit 0 clean, 1 a pickle runs code or is not proven safe (as scan), 2 unreadable.
 
     \b
     Examples:
@@ -37,14 +43,23 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
     from ckpttools.ops.inspect import inspect_checkpoint
     from ckpttools.render.inspect import render_inspect
 
+    from ckpttools.ops.audit.config import load_config
+    from ckpttools.ops.audit.scan import scan_checkpoint
+
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
+    allow = (*load_config(".")[0].allow_globals, *allow)
+    # the scan's verdict covers every pickle a loader could run, not only the one listed
+    scan = scan_checkpoint(path, allow=allow) if os.path.exists(path) else None
     with open_checkpoint(path, trust=trust) as reader:
         total = sum(t.nbytes for t in reader.tensor_entries()) if with_stats else 0
         with byte_progress(total, "reading tensors") as advance:
             result = inspect_checkpoint(reader, key=key, pattern=pattern, with_stats=with_stats,
-                                        on_progress=advance)
+                                        on_progress=advance, allow=allow)
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
-    for g in result.unsafe_globals:
-        click.echo(f"warning: {path}: unsafe global {g.qualname} in {g.pickle or 'the pickle'}", err=True)
-    ctx.exit(0 if result.ok else 1)
+    code = scan.exit_code if scan is not None else 0
+    for f in scan.files if scan is not None else ():
+        if f.safety != "safe":
+            names = ", ".join(f.unknown_globals) or f.error or "see ckpttools scan"
+            click.echo(f"warning: {f.path}: {VERDICTS[f.safety].lower()} ({names})", err=True)
+    ctx.exit(1 if not result.ok or code == 1 else code)

@@ -249,13 +249,14 @@ def max_tuple_depth(data: Any, pos: int = 0) -> int:
     Raises:
         OpcodeError: the pickle is malformed.
     """
-    if sum(bytes(data).count(op) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
+    raw = data if isinstance(data, bytes) else bytes(data)
+    if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
         return 0
     stack: list[int] = []
     marks: list[int] = []
     memo: dict[int, int] = {}
     deepest = 0
-    for name, arg, _ in iter_ops(data, pos):
+    for name, arg, _ in iter_ops(raw, pos):
         deepest = max(deepest, _tuple_step(name, arg, stack, marks, memo))
     return deepest
 

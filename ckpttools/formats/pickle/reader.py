@@ -38,6 +38,13 @@ def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder)
     return raw.view(dtype).as_strided(ph.shape, ph.stride, ph.storage_offset)
 
 
+def _shown(leaf: Any) -> Any:
+    """A leaf's JSON value; an int too long for ``str()`` (> 4300 digits) is summarised."""
+    if type(leaf) is int and leaf.bit_length() > 14_000:
+        return f"<int of {leaf.bit_length()} bits>"
+    return to_json(leaf)
+
+
 class PickledReader(CheckpointReader):
     """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
 
@@ -57,7 +64,7 @@ class PickledReader(CheckpointReader):
                 entries.append(TensorEntry(key, leaf.dtype, leaf.shape, leaf.nbytes,
                                            self._location(leaf), leaf.device))
             else:
-                entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
+                entries.append(ObjectEntry(key, type_name(leaf), _shown(leaf)))
         self._entries = tuple(entries)
         self._full: Any = None
 

@@ -249,6 +249,16 @@ def classify_global(module: str, name: str) -> tuple[Safety, str]:
                        "loading runs its code")
 
 
+def is_torch_default(module: str, name: str) -> bool:
+    """Whether ``torch.load(weights_only=True)`` allows ``module.name`` without
+    ``add_safe_globals`` (numpy records and ``argparse.Namespace`` are safe here, not there)."""
+    module, name = normalize_global(module, name)
+    reason = ALLOWED.get(f"{module}.{name}")
+    if reason is not None:
+        return "torch weights_only default" in reason
+    return module in _TORCH_TYPE_MODULES and _allowed(module, name)
+
+
 def is_allowed_by_user(qualname: str, allow: frozenset[str] | set[str] | tuple[str, ...]) -> bool:
     """Whether a user's ``allow-globals`` entry names ``qualname`` (exactly, or ``pkg.*``)."""
     return qualname in allow or any(

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
+from ckpttools.formats.pickle.genops import max_tuple_depth
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
+from ckpttools.formats.pickle.walk import MAX_TUPLE_DEPTH
 from ckpttools.ops.audit.opcodes import Finding, PickleScan, scan_opcodes
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -118,6 +120,10 @@ def scan_pickles(data: Any, label: str) -> Found:
         found.pickles.append(scan)
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
+            break
+        if max_tuple_depth(data[scan.offset:scan.end]) > MAX_TUPLE_DEPTH:
+            found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep; "
+                                "unpickling it crashes the interpreter")
             break
         if i == 0 and _is_legacy_magic(data, scan):
             found.kind = "torch-legacy"
@@ -214,8 +220,11 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     for rec in entries:
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
                      budget, depth, found)
-    if main is None and found.kind == "zip" and not found.pickles and not found.errors:
-        found.notes.append("zip archive without any pickle")
+    if entries and all(r.name.endswith(".npy") for r in entries):
+        found.kind = "npz"
+    elif main is None and not found.errors:
+        found.errors.append(f"{label}: zip archive without <folder>/data.pkl; torch.load "
+                            "cannot read it")
     return found
 
 
