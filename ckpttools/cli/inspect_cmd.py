@@ -59,7 +59,11 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
     code = scan.exit_code if scan is not None else 0
     for f in scan.files if scan is not None else ():
-        if f.safety != "safe":
+        unsafe = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
+        if unsafe:
+            click.echo(f"warning: {f.path}: unsafe global {', '.join(unsafe)}; it runs code on "
+                       "load", err=True)
+        elif f.safety != "safe":
             names = ", ".join(f.unknown_globals) or f.error or "see ckpttools scan"
             click.echo(f"warning: {f.path}: {VERDICTS[f.safety].lower()} ({names})", err=True)
     ctx.exit(1 if not result.ok or code == 1 else code)

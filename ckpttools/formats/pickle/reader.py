@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.pickle.safety import is_torch_default
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, to_json, type_name
 from ckpttools.formats.pickle.walk import WalkResult
 from ckpttools.keypaths import get_path, split_tensors
@@ -67,6 +68,23 @@ class PickledReader(CheckpointReader):
                 entries.append(ObjectEntry(key, type_name(leaf), _shown(leaf)))
         self._entries = tuple(entries)
         self._full: Any = None
+        self._check_views()
+
+    def _check_views(self) -> None:
+        """Refuse what ``torch.load`` refuses: negative sizes, strides or offsets, and views
+        that reach past their storage (``setStorage ... out of bounds``)."""
+        storages = self._walk_result.storages
+        for key, ph in self._tensors.items():
+            if min((*ph.shape, *ph.stride, ph.storage_offset), default=0) < 0:
+                raise CorruptCheckpointError(
+                    f"{self.path}: tensor {key} has a negative size, stride or offset; "
+                    "torch.load refuses it, the file is damaged")
+            info = storages.get(ph.storage_key) if ph.storage_key is not None else None
+            need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1) if ph.numel else 0
+            if info is not None and need > info.nbytes:
+                raise CorruptCheckpointError(
+                    f"{self.path}: tensor {key} reaches byte {need} of a {info.nbytes}-byte "
+                    "storage; torch.load refuses it, the file is damaged")
 
     def _close_map(self) -> None:
         """Close the file map that loaded tensors view, if any."""
@@ -130,7 +148,8 @@ class PickledReader(CheckpointReader):
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
-            names = ", ".join(g.qualname for g in self.pickle_globals() if g.safety != "safe")
+            names = ", ".join(dict.fromkeys(g.qualname for g in self.pickle_globals()
+                                            if not is_torch_default(g.module, g.name)))
             raise UnsafeCheckpointError(
                 f"{os.path.basename(self.path)}: pickle needs non-tensor globals ({names or '?'}); "
                 "rerun with --trust if you trust the file") from e

@@ -34,7 +34,7 @@ LEGACY_PICKLES = ("magic number", "protocol version", "sys_info", "data", "stora
 MAX_NESTING = 4  # archives and compressed streams inside each other
 MAX_INFLATE = 1 << 30  # decompressed bytes per stream, and at most this many times the input
 _COMPRESSED: dict[bytes, tuple[str, Callable[..., Any]]] = {
-    b"\x1f\x8b": ("gzip", gzip.GzipFile), b"BZh": ("bz2", bz2.BZ2File),
+    b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f)), b"BZh": ("bz2", bz2.BZ2File),
     b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile), b"\x5d\x00\x00": ("lzma", lzma.LZMAFile),
 }
 AMBIGUOUS = "ambiguous archive: tools read different data"
@@ -185,6 +185,17 @@ class _MapFile(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
 
 def _torch_pickle(entries: list[zr.ZipRecord]) -> str | None:
     """The record torch.load unpickles: ``<prefix>/data.pkl``, the prefix being the folder of
@@ -262,7 +273,8 @@ def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:
         f.seek(pos)
         head = f.read(30)
         if head[:4] != b"PK\x03\x04":
-            break
+            pos = _next_local(f, pos + 1, size)  # past a directory: a stacked archive
+            continue
         _, _, flags, method, _, _, crc, csize, usize, nlen, elen = struct.unpack("<4s5H3L2H", head)
         name = f.read(nlen).decode("utf-8", "replace")
         start = pos + 30 + nlen + elen
@@ -274,6 +286,17 @@ def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:
         out.append(zr.ZipRecord(name, pos, csize, usize, 0, method, flags))
         pos = start + csize + (16 if flags & 0x08 else 0)
     return out
+
+
+def _next_local(f: io.IOBase, pos: int, size: int) -> int:
+    while pos < size:
+        f.seek(pos)
+        block = f.read(1 << 20)
+        at = block.find(b"PK\x03\x04")
+        if at >= 0:
+            return pos + at
+        pos += max(1, len(block) - 3)
+    return size
 
 
 # ---- tar, compressed, numpy ----------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,7 +54,7 @@ def test_clean_checkpoints_are_safe(fmt: str, make_checkpoint: Callable[..., Pat
         assert "torch._utils._rebuild_tensor_v2" in names
 
 
-def test_training_checkpoint_with_namespace_is_unknown(tmp_path: Path) -> None:
+def test_training_checkpoint_with_namespace_is_safe(tmp_path: Path) -> None:
     import argparse
 
     import torch
@@ -62,14 +62,40 @@ def test_training_checkpoint_with_namespace_is_unknown(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save({"w": torch.zeros(1), "args": argparse.Namespace(lr=0.1)}, path)
     (f,) = scan_checkpoint(path).files
-    assert f.safety == "unknown"
-    assert scan_checkpoint(path).exit_code == 0
+    assert f.safety == "safe" and scan_checkpoint(path).exit_code == 0
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 0.1
+
+
+def test_unknown_class_fails_closed_until_allowed(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"w": torch.zeros(1), "cfg": TrainConfig()}, path)
+    result = scan_checkpoint(path)
+    (f,) = result.files
+    name = f"{__name__}.TrainConfig"
+    assert f.safety == "unknown" and result.exit_code == 1 and f.unknown_globals == (name,)
+    assert f.hint is not None and f"add_safe_globals([{name}])" in f.hint
+    assert scan_checkpoint(path, allow=[name]).exit_code == 0
+    assert scan_checkpoint(path, allow=["tests.*"]).exit_code == 0
 
 
 @pytest.mark.parametrize(("module", "name", "safety"), [
     ("torch._utils", "_rebuild_tensor_v2", "safe"), ("torch", "BFloat16Storage", "safe"),
     ("collections", "OrderedDict", "safe"), ("_codecs", "encode", "safe"),
-    ("torch.cuda", "FloatTensor", "safe"), ("argparse", "Namespace", "unknown"),
+    ("torch.cuda", "FloatTensor", "safe"), ("argparse", "Namespace", "safe"),
+    ("numpy._core.multiarray", "_reconstruct", "safe"), ("pathlib", "PosixPath", "safe"),
+    ("datetime", "datetime", "safe"), ("builtins", "slice", "safe"),
+    ("typing", "_eval_type", "unsafe"), ("dataclasses", "_create_fn", "unsafe"),
+    ("numpy", "savetxt", "unsafe"), ("numpy", "memmap", "unsafe"), ("codecs", "open", "unsafe"),
+    ("sqlite3", "connect", "unsafe"), ("torch", "from_file", "unsafe"),
+    ("torch.serialization", "_open_file", "unsafe"), ("networkx", "write_adjlist", "unsafe"),
+    ("test.support.script_helper", "assert_python_ok", "unsafe"),
+    ("collections", "OrderedDict.fromkeys", "unsafe"), ("numpy", "load", "unsafe"),
     ("mypkg.config", "TrainConfig", "unknown"), ("mypkg.io", "Config", "unknown"),
     ("os", "system", "unsafe"), ("nt", "system", "unsafe"), ("__builtin__", "eval", "unsafe"), ("builtins", "getattr", "unsafe"),
     ("builtins", "__import__", "unsafe"), ("builtins", "compile", "unsafe"), ("importlib", "import_module", "unsafe"),
@@ -92,16 +118,17 @@ def test_classify_global(module: str, name: str, safety: str) -> None:
 
 def test_walk_keeps_globals_read_before_an_error() -> None:
     data = pickle.dumps({"a": 1}, protocol=2)[:-2] + b"cposix\nsystem\n\xfe"
-    scan = scan_opcodes(io.BytesIO(data), "p")
+    scan = scan_opcodes(data, "p")
     assert scan.error and "posix.system" in [g.qualname for g in scan.globals]
     assert scan.safety == "unsafe"
 
 
-def test_truncated_file_reports_what_it_read(tmp_path: Path) -> None:
+def test_truncated_file_cannot_be_judged(tmp_path: Path) -> None:
     path = tmp_path / "cut.pkl"
     path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5])
-    (f,) = scan_checkpoint(path).files
-    assert f.error and f.readable and f.safety == "safe"
+    result = scan_checkpoint(path)
+    (f,) = result.files
+    assert f.error and f.safety == "error" and result.exit_code == 2
 
 
 @pytest.mark.parametrize("content", [b"", b"hello world, not a pickle\n" * 3, b"\xff\xfe\x00"])
