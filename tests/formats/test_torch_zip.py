@@ -154,7 +154,6 @@ def test_records_torch_validates(tmp_path: Path, record: str, value: bytes, matc
 def test_views_torch_refuses(tmp_path: Path, how: str) -> None:
     src = tmp_path / "ok.pt"
     torch.save({"w": torch.arange(4.0)}, src)
-    old = pickle.dumps((4,), protocol=2)[2:-1]  # the size tuple as torch pickles it
     new = {"past-storage": (8,), "negative-size": (-4,), "huge-stride": (4,)}[how]
     bad = tmp_path / "bad.pt"
 
@@ -167,7 +166,6 @@ def test_views_torch_refuses(tmp_path: Path, how: str) -> None:
         return name, data
 
     _rewrite(src, bad, change)
-    assert old
     with pytest.raises(Exception):
         torch.load(bad, weights_only=True)
     with pytest.raises(CorruptCheckpointError):

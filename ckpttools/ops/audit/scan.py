@@ -193,7 +193,7 @@ def _scan_safetensors(path: str, data: Any) -> FileScan | None:
         found = scan_blob(data, "pickle")
         if found.pickles and found.pickles[0].opcodes > 1:
             return None
-        return FileScan(path, "safetensors", error=str(e))
+        return FileScan(path, "safetensors", error=str(e).removeprefix(f"{path}: "))
     return FileScan(path, "safetensors", notes=(f"header valid: {len(tensors)} tensors, "
                                                 "no executable content",))
 
@@ -212,7 +212,7 @@ def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
     if special:
         return FileScan(path, "special", error=f"{special}, not a regular file; refused "
                                                "without opening it")
-    label = os.path.basename(path) if os.path.basename(path) == ".metadata" else "pickle"
+    label = os.path.basename(path)
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
