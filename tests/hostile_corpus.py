@@ -312,3 +312,5 @@ class TorchOracle:
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         self._proc.wait(timeout=60)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()

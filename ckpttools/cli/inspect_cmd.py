@@ -9,7 +9,8 @@ import click
 from ckpttools.cli._options import (checkpoint_arg, is_trusted, key_opt, output_format_opt,
                                     trust_opt, warn_trusted)
 from ckpttools.cli._progress import byte_progress
-from ckpttools.ops.audit.scan import VERDICTS
+from ckpttools.errors import CkptError
+from ckpttools.ops.audit.scan import VERDICTS, ScanResult
 
 
 @click.command()
@@ -40,25 +41,38 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
       ckpttools inspect model.safetensors --filter '*.weight' --stats --format json
     """
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.ops.inspect import inspect_checkpoint
-    from ckpttools.render.inspect import render_inspect
-
     from ckpttools.ops.audit.config import load_config
     from ckpttools.ops.audit.scan import scan_checkpoint
+    from ckpttools.ops.inspect import inspect_checkpoint
+    from ckpttools.render.inspect import render_inspect
 
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
     allow = (*load_config(".")[0].allow_globals, *allow)
     # the scan's verdict covers every pickle a loader could run, not only the one listed
     scan = scan_checkpoint(path, allow=allow) if os.path.exists(path) else None
-    with open_checkpoint(path, trust=trust) as reader:
+    try:
+        reader = open_checkpoint(path, trust=trust)
+    except CkptError:
+        if scan is None or scan.exit_code != 1:
+            raise
+        _warn(scan)  # a pickle that runs code is a finding even in a file inspect cannot list
+        ctx.exit(1)
+    with reader:
         total = sum(t.nbytes for t in reader.tensor_entries()) if with_stats else 0
         with byte_progress(total, "reading tensors") as advance:
             result = inspect_checkpoint(reader, key=key, pattern=pattern, with_stats=with_stats,
                                         on_progress=advance, allow=allow)
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
     code = scan.exit_code if scan is not None else 0
-    for f in scan.files if scan is not None else ():
+    if scan is not None:
+        _warn(scan)
+    ctx.exit(1 if not result.ok or code == 1 else code)
+
+
+def _warn(scan: ScanResult) -> None:
+    """One warning line per file the scan did not find safe."""
+    for f in scan.files:
         unsafe = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
         if unsafe:
             click.echo(f"warning: {f.path}: unsafe global {', '.join(unsafe)}; it runs code on "
@@ -66,4 +80,3 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
         elif f.safety != "safe":
             names = ", ".join(f.unknown_globals) or f.error or "see ckpttools scan"
             click.echo(f"warning: {f.path}: {VERDICTS[f.safety].lower()} ({names})", err=True)
-    ctx.exit(1 if not result.ok or code == 1 else code)

@@ -15,6 +15,7 @@ import codecs
 import math
 import pickletools
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,7 +138,9 @@ def _text_arg(name: str, line: bytes) -> Any:
     if len(body) < 2 or body[0] != body[-1] or body[:1] not in (b"'", b'"'):
         raise OpcodeError("the STRING opcode argument must be quoted")
     try:
-        raw = codecs.escape_decode(body[1:-1])[0]
+        with warnings.catch_warnings():  # "invalid escape sequence" warns, it does not stop
+            warnings.simplefilter("ignore")
+            raw = codecs.escape_decode(body[1:-1])[0]
     except ValueError as e:
         raise OpcodeError(f"bad STRING argument: {e}") from e
     return raw.decode("utf-8", "surrogateescape")
