@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
+import pickle
 import os
 import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError
 from ckpttools.formats import zip_records
@@ -46,8 +49,26 @@ def is_torchscript(names: list[str]) -> bool:
     return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError("the magic number names no global")
+
+
 def is_legacy(path: str) -> bool:
-    return not os.path.isdir(path) and read_head(path, len(LEGACY_MAGIC)) == LEGACY_MAGIC
+    """A legacy torch file starts with its magic number pickled with the save's protocol
+    (any of 0-5; torch.load reads them all)."""
+    if os.path.isdir(path):
+        return False
+    head = read_head(path, 64)
+    if head.startswith(LEGACY_MAGIC):
+        return True
+    try:
+        return _NoGlobals(io.BytesIO(head)).load() == LEGACY_MAGIC_NUMBER
+    except Exception:  # not a pickle, or not this one: any error means "not legacy"
+        return False
 
 
 def is_safetensors(path: str) -> bool:

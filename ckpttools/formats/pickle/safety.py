@@ -73,6 +73,8 @@ ALLOWED: dict[str, str] = {
     # numpy arrays, scalars and RNG states (object arrays hold values pickled inline)
     **{f"{m}.{n}": "numpy array/scalar reconstruction from bytes" for m in (
         "numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")},
+    **{f"{m}._frombuffer": "an array from a protocol-5 buffer" for m in (
+        "numpy.core.numeric", "numpy._core.numeric")},
     "numpy.ndarray": "the array class; state is shape, dtype and bytes",
     "numpy.dtype": "a dtype from its name",
     "numpy.random._pickle.__randomstate_ctor": "a RandomState from a bit generator name",

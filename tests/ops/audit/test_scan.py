@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ckpttools.formats.pickle.safety import classify_global
+from ckpttools.formats.registry import open_checkpoint
 from ckpttools.ops.audit.scan import scan_checkpoint, scan_file
 from ckpttools.ops.audit.opcodes import scan_opcodes
 from tests.malicious_corpus import Case, build_corpus
@@ -166,3 +167,73 @@ def test_folder_and_glob(tmp_path: Path, make_checkpoint: Callable[..., Path],
     make_checkpoint("safetensors", tiny_model.state_dict(), "b")  # type: ignore[attr-defined]
     assert len(scan_checkpoint(tmp_path).files) == 2
     assert len(scan_checkpoint(str(tmp_path / "*" / "*.pth")).files) == 1
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("layout", ["zip", "legacy", "zip-no-crc"])
+def test_benign_torch_files_of_every_protocol_are_safe(tmp_path: Path, protocol: int,
+                                                       layout: str) -> None:
+    import numpy as np
+    import torch
+
+    state = {"w": torch.randn(3, 2), "step": 7, "rng": torch.get_rng_state(),
+             "np_rng": np.random.get_state(), "np_gen": np.random.default_rng(0),
+             "np_legacy": np.random.RandomState(0), "arr": np.arange(3.0), "s": np.float32(1)}
+    path = tmp_path / f"{layout}-p{protocol}.pt"
+    if layout == "zip-no-crc":
+        torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, path, pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=layout != "legacy")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    result = scan_checkpoint(path)
+    assert result.exit_code == 0, result.to_dict()
+    with open_checkpoint(path) as reader:  # inspect reads what torch reads
+        assert reader.entries()
+
+
+def test_ambiguous_archive_is_dangerous(tmp_path: Path) -> None:
+    import warnings
+    import zipfile
+
+    import torch
+
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.zeros(1)}, src)
+    dup = tmp_path / "dup.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dup, "w") as zout, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        zout.writestr("ok/data.pkl", pickle.dumps({"w": 1}))
+    (f,) = scan_checkpoint(dup).files
+    assert f.safety == "unsafe"
+    assert any("ambiguous archive" in x.message for p in f.pickles for x in p.findings)
+
+
+def test_fifo_is_refused_without_opening(tmp_path: Path) -> None:
+    import os
+
+    from ckpttools.errors import UnreadableCheckpointError
+    from ckpttools.formats.registry import open_checkpoint as open_any
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    result = scan_checkpoint(tmp_path)
+    assert result.exit_code == 2 and "FIFO" in result.files[0].error
+    for target in (fifo, tmp_path):
+        with pytest.raises(UnreadableCheckpointError, match="FIFO"):
+            open_any(target)
+
+
+@pytest.mark.parametrize(("data", "verdict"), [
+    (b"\x80\x02}N" + b"\x85" * 200_000 + b"K\x01s.", "error"),  # a key that crashes hashing
+    (b"\x80\x02" + b"}(K\x01" * 600 + b"N" + b"s" * 600 + b".", "safe"),  # 600-deep dicts
+    (pickle.dumps(10 ** 5000, 2), "safe"),  # > 4300 digits
+])
+def test_hostile_structure_is_bounded(tmp_path: Path, data: bytes, verdict: str) -> None:
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    assert scan_checkpoint(path).files[0].safety == verdict
