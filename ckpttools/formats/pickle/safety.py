@@ -83,6 +83,8 @@ ALLOWED: dict[str, str] = {
     **{f"numpy.random.{n}": "a bit generator; state is numbers" for n in (
         "_mt19937.MT19937", "_pcg64.PCG64", "_pcg64.PCG64DXSM", "_philox.Philox",
         "_sfc64.SFC64", "bit_generator.SeedSequence", "bit_generator.__pyx_unpickle_SeedSequence")},
+    "_io.BytesIO": "an in-memory buffer (DCP bytes items); opens no file",
+    "io.BytesIO": "an in-memory buffer (DCP bytes items); opens no file",
     # torch.distributed.checkpoint .metadata records
     "torch.distributed.checkpoint.filesystem._StorageInfo": "a DCP byte range record",
 }

@@ -20,7 +20,7 @@ from typing import Any
 from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_allowed_by_user
 from ckpttools.formats.sniff import special_file_kind
-from ckpttools.ops.audit.containers import scan_blob
+from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".safetensors",
@@ -226,8 +226,41 @@ def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
                 found = scan_blob(data, label)
     except OSError as e:
         return FileScan(path, "pickle", error=f"cannot read: {e.strerror or e}")
+    if label == ".metadata" and not any(p.safety == "unsafe" for p in found.pickles):
+        _scan_dcp_items(os.path.dirname(path) or ".", found)
     pickles = tuple(_with_allow(p, allow) for p in found.pickles)
     return FileScan(path, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
+
+
+def _scan_dcp_items(folder: str, found: Found) -> None:
+    """Every item of a DCP checkpoint: its loader ``torch.load``s each bytes item
+    (``weights_only=False``), so each byte range is scanned as a blob of its own."""
+    from ckpttools.formats.dcp_dir import DcpReader
+
+    try:
+        reader = DcpReader(folder)
+    except CkptError as e:
+        found.errors.append(str(e))
+        return
+    with reader:
+        for fqn, name, offset, length in reader.storage_ranges():
+            special = special_file_kind(name)
+            if special:
+                found.errors.append(f"{name}: {special}, not a regular file; refused")
+                continue
+            try:
+                with open(name, "rb") as f:
+                    f.seek(offset)
+                    blob = f.read(length)
+            except OSError as e:
+                found.errors.append(f"{name}: cannot read ({e.strerror or e})")
+                continue
+            if len(blob) < length:
+                found.errors.append(f"{name}: item {fqn} is cut short")
+                continue
+            item = scan_blob(blob, f"{os.path.basename(name)}@{offset} ({fqn})", 1)
+            found.pickles += item.pickles
+            found.errors += item.errors
 
 
 def scan_checkpoint(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,

@@ -237,3 +237,28 @@ def test_hostile_structure_is_bounded(tmp_path: Path, data: bytes, verdict: str)
     path = tmp_path / "x.pkl"
     path.write_bytes(data)
     assert scan_checkpoint(path).files[0].safety == verdict
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dcp_bytes_items_are_scanned(tmp_path: Path, canary: Path) -> None:
+    """The DCP loader hands each bytes item to torch.load(weights_only=False)."""
+    import io
+    import os
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from tests.malicious_corpus import Payload
+
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.zeros(3), "extra": io.BytesIO(b"x" * 4096)}, checkpoint_id=folder)
+    assert scan_checkpoint(folder).exit_code == 0
+    data_file = next(folder.glob("*.distcp"))
+    blob = bytearray(data_file.read_bytes())
+    evil = pickle.dumps(Payload(os.system, f"touch {canary}"), protocol=2)
+    start = blob.find(b"PK\x03\x04")  # the first item, "extra" (bytes items are written first)
+    blob[start:start + len(evil)] = evil
+    data_file.write_bytes(bytes(blob))
+    (f,) = scan_checkpoint(folder).files
+    names = {g.qualname for p in f.pickles for g in p.globals}
+    assert f.safety == "unsafe" and names & {"os.system", "posix.system"}
