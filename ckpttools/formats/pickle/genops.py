@@ -147,7 +147,7 @@ def _text_arg(name: str, line: bytes) -> Any:
 
 
 def _readline(data: Any, pos: int, n: int) -> tuple[bytes, int]:
-    end = data.find(b"\n", pos)
+    end = data.find(b"\n", pos, n)
     if end < 0:
         raise OpcodeError("pickle data was truncated (no newline)")
     return bytes(data[pos:end + 1]), end + 1

@@ -144,22 +144,21 @@ def scan_pickles(data: Any, label: str) -> Found:
 # ---- zip archives --------------------------------------------------------------------------
 
 
-def _record_data(data: Any, rec: zr.ZipRecord, budget: int) -> bytes:
-    """A record's bytes (inflated when compressed, up to ``budget``)."""
-    f = _view(data)
-    start = zr.data_offset(f, rec)  # type: ignore[arg-type]
-    raw = data[start:start + rec.compress_size]
-    if len(raw) < rec.compress_size:
+def _record_span(data: Any, rec: zr.ZipRecord, budget: int) -> tuple[Any, int, int]:
+    """``(buffer, start, end)`` of a record's bytes: a range of ``data`` when stored (no copy),
+    else its inflated bytes (up to ``budget``)."""
+    start = zr.data_offset(_view(data), rec)  # type: ignore[arg-type]
+    if start + rec.compress_size > len(data):
         raise zr.ZipError(f"record {rec.name} is cut short (truncated)")
     if rec.method == 0:
-        return bytes(raw)
+        return data, start, start + rec.compress_size
     if rec.method != 8:
         raise zr.ZipError(f"record {rec.name} uses compression method {rec.method}")
     d = zlib.decompressobj(-15)
-    out = d.decompress(bytes(raw), budget)
+    out = d.decompress(bytes(data[start:start + rec.compress_size]), budget)
     if d.unconsumed_tail:
         raise zr.ZipError(f"record {rec.name} inflates to more than {budget} bytes")
-    return out
+    return out, 0, len(out)
 
 
 def _view(data: Any) -> io.BytesIO:
@@ -224,9 +223,11 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     if main is not None:
         found.kind = "torch-zip"
     if any(r.name.endswith("constants.pkl") for r in entries):
+        # its records are read by TorchScript's own unpickler, not Python's: the code is the risk
         found.kind = "torchscript"
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "
                             "torch.jit.load, which runs its code", "unknown")
+        return found
     budget = min(MAX_INFLATE, max(64 << 20, 100 * size))
     for rec in entries:
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
@@ -242,27 +243,25 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
 def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget: int,
                  depth: int, found: Found) -> None:
     try:
-        blob = _record_data(data, rec, budget)
+        buf, start, end = _record_span(data, rec, budget)
     except (zr.ZipError, zlib.error, struct.error) as e:
         found.errors.append(f"{name}: {e}")
         return
-    if is_main:
-        inner = scan_pickles(blob, name)
-        found.pickles += inner.pickles[:1]
-        found.errors += inner.errors[:1] if inner.pickles and inner.pickles[0].error else []
-        return
-    head = blob[:6]
-    if head[:4] in ZIP_MAGIC or head.startswith(tuple(_COMPRESSED)) or head == b"\x93NUMPY":
-        inner = scan_blob(blob, name, depth + 1)
+    head = bytes(buf[start:start + 6])
+    if not is_main and (head[:4] in ZIP_MAGIC or head.startswith(tuple(_COMPRESSED))
+                        or head == b"\x93NUMPY"):
+        inner = scan_blob(bytes(buf[start:end]), name, depth + 1)
         if head[:4] in ZIP_MAGIC and inner.pickles and inner.kind != "zip":
             _flag(found, name, f"{AMBIGUOUS} (a {inner.kind} archive nested in a record)")
         found.add(inner)
         return
-    scan = scan_opcodes(blob, name)
-    if scan.globals or scan.findings or (not scan.error and scan.opcodes > 1):
-        found.pickles.append(scan)  # a record whose bytes parse as a pickle: a loader may read it
+    scan = scan_opcodes(buf, name, start, end)
+    if is_main or scan.globals or scan.findings or (not scan.error and scan.opcodes > 1):
+        found.pickles.append(scan)  # torch's pickle, or a record a loader may unpickle
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
+        elif max_tuple_depth(buf[start:scan.end]) > MAX_TUPLE_DEPTH:
+            found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep")
 
 
 def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:

@@ -266,22 +266,24 @@ _HANDLERS = {
 _CODES = {op.name: op.code for op in pickletools.opcodes}
 
 
-def scan_opcodes(data: Any, name: str, offset: int = 0) -> PickleScan:
+def scan_opcodes(data: Any, name: str, offset: int = 0, end: int | None = None) -> PickleScan:
     """Walk one pickle from ``offset`` of ``data`` up to its STOP.
 
     Args:
         data: ``bytes`` or an ``mmap`` of the file or record.
         name: how to name the pickle in the report.
         offset: where the pickle starts.
+        end: where its bytes end (default: the end of ``data``).
 
     Returns:
         The globals and findings; ``error`` says why the walk stopped early, if it did (it
         stops exactly where CPython's unpickler would raise).
     """
     w = _Walk(name)
+    limit = end
     count, end, error = 0, offset, ""
     try:
-        for op, arg, pos in iter_ops(data, offset):
+        for op, arg, pos in iter_ops(data, offset, limit):
             end = pos + 1
             w.step(op, arg, pos)
             count += 1
