@@ -274,3 +274,32 @@ def test_tensor_entry_fields(ckpt: Path) -> None:
         entry = next(e for e in reader.tensor_entries() if e.key == "scalar")
     assert entry == TensorEntry("scalar", "float32", (), 4, entry.location, "cpu")
     assert entry.location.endswith(f"/data/{reader.placeholder('scalar').storage_key}")
+
+
+def test_shared_references_are_not_expanded(tmp_path: Path) -> None:
+    """A DAG of shared lists doubles per level: 2**40 values from a 2 KB file."""
+    node: list[object] = [1]
+    for _ in range(40):
+        node = [node, node]
+    path = tmp_path / "dag.pt"
+    torch.save({"w": torch.zeros(1), "dag": node}, path)
+    with pytest.raises(CorruptCheckpointError, match="shared references"):
+        open_checkpoint(path)
+
+
+def test_deep_nesting_and_big_integers_are_read(tmp_path: Path) -> None:
+    import sys
+
+    nested: dict[str, object] = {"w": torch.zeros(1)}
+    for _ in range(600):
+        nested = {"x": nested}
+    path = tmp_path / "deep.pt"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # torch.save itself recurses per level
+    try:
+        torch.save({"deep": nested, "big": 10 ** 5000}, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    with open_checkpoint(path) as reader:
+        assert len(reader.tensor_entries()) == 1
+        assert any("int of" in str(e.value) for e in reader.entries() if e.key == "big")

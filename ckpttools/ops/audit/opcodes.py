@@ -5,9 +5,10 @@ A small symbolic stack follows the pickle machine closely enough to resolve ``ST
 operands through the memo (``PUT``/``BINPUT``/``MEMOIZE``/``GET``, mixed in any order) and to
 see calls whose target is not a named global. Where scanners that track only "the last two
 strings" were bypassed (mmaitre314/picklescan#14, #22, #52; protectai/modelscan#85, #330, #331),
-anything the walk cannot resolve is reported as unsafe rather than skipped. An error (an
-unknown opcode, a truncation) ends the walk but keeps what was read before it: the unpickler
-would already have run those opcodes (trailofbits/fickling#139).
+anything the walk cannot resolve is reported as unsafe rather than skipped. Opcodes and their
+arguments come from ``formats.pickle.genops``, which reads them exactly as CPython's unpickler
+does, so the walk stops exactly where a real load stops. An error ends the walk but keeps what was
+read before it: the unpickler would already have run those opcodes (trailofbits/fickling#139).
 """
 
 from __future__ import annotations
