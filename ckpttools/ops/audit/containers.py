@@ -256,8 +256,10 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
         found.add(inner)
         return
     scan = scan_opcodes(buf, name, start, end)
-    if is_main or scan.globals or scan.findings or (not scan.error and scan.opcodes > 1):
-        found.pickles.append(scan)  # torch's pickle, or a record a loader may unpickle
+    # torch's pickle, a .pkl record, or any record that is a whole pickle (a renamed one); the
+    # bytes of a tensor record often start like opcodes, but never run to a STOP
+    if is_main or rec.name.lower().endswith(".pkl") or (not scan.error and scan.opcodes > 1):
+        found.pickles.append(scan)
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
         elif max_tuple_depth(buf[start:scan.end]) > MAX_TUPLE_DEPTH:

@@ -262,3 +262,13 @@ def test_dcp_bytes_items_are_scanned(tmp_path: Path, canary: Path) -> None:
     (f,) = scan_checkpoint(folder).files
     names = {g.qualname for p in f.pickles for g in p.globals}
     assert f.safety == "unsafe" and names & {"os.system", "posix.system"}
+
+
+def test_tensor_bytes_that_look_like_opcodes_are_not_a_pickle(tmp_path: Path) -> None:
+    """A storage record starting with EXT4 or GLOBAL bytes is tensor data, not a pickle."""
+    import torch
+
+    raw = bytearray(b"\x84\x01\x02\x03cos\nsystem\n" + bytes(48))
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.frombuffer(raw, dtype=torch.uint8).clone()}, path)
+    assert scan_checkpoint(path).exit_code == 0
