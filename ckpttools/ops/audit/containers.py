@@ -228,10 +228,17 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "
                             "torch.jit.load, which runs its code", "unknown")
         return found
-    budget = min(MAX_INFLATE, max(64 << 20, 100 * size))
+    inflate = min(MAX_INFLATE, max(64 << 20, 100 * size))
+    # records tile the file once; overlapping ones (already dangerous) would make it quadratic
+    span_budget, inflate_budget = size, inflate
     for rec in entries:
+        span_budget -= rec.compress_size
+        inflate_budget -= rec.file_size if rec.method else 0
+        if span_budget < 0 or inflate_budget < 0:
+            found.errors.append(f"{label}: records overlap or inflate too much to scan them all")
+            break
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
-                     budget, depth, found)
+                     inflate, depth, found)
     if entries and all(r.name.endswith(".npy") for r in entries):
         found.kind = "npz"
     elif main is None and not found.errors:
