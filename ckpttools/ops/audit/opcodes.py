@@ -162,19 +162,17 @@ class _Walk:
         elif name in _EXTS:
             self._ext(arg, pos)
         else:
-            self._generic(pickletools.code2op[_CODES[name]])
+            self._generic(*_EFFECTS[name])
 
-    def _generic(self, op: pickletools.OpcodeInfo) -> None:
-        before = op.stack_before
-        if pickletools.markobject in before:
+    def _generic(self, marked: bool, pops: int, pushes: tuple[Any, ...]) -> None:
+        if marked:
             self.pop_mark()
-            for _ in range(before.index(pickletools.markobject)):
-                self.pop()
-        else:
-            for _ in before:
-                self.pop()
-        for item in op.stack_after:
-            self.stack.append(_MARK if item is pickletools.markobject else _OTHER)
+        stack = self.stack
+        if pops > len(stack):
+            raise _Stop("stack underflow: the unpickler stops here")
+        if pops:
+            del stack[-pops:]
+        stack.extend(pushes)
 
     def _ext(self, code: int, pos: int) -> None:
         key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
@@ -264,7 +262,16 @@ _HANDLERS = {
 }
 
 
-_CODES = {op.name: op.code for op in pickletools.opcodes}
+def _effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[Any, ...]]:
+    """``(pops a mark, values popped below it or in all, values pushed)`` of a plain opcode."""
+    before = op.stack_before
+    marked = pickletools.markobject in before
+    pops = before.index(pickletools.markobject) if marked else len(before)
+    return marked, pops, tuple(_MARK if item is pickletools.markobject else _OTHER
+                               for item in op.stack_after)
+
+
+_EFFECTS = {op.name: _effect(op) for op in pickletools.opcodes}
 
 
 def scan_opcodes(data: Any, name: str, offset: int = 0, end: int | None = None) -> PickleScan:
