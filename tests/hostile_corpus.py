@@ -257,11 +257,17 @@ for line in sys.stdin:
     path, weights_only, timeout = line.rstrip("\n").split("\t")
     pid = os.fork()
     if pid == 0:  # the throwaway process: one torch.load, then exit
+        code = 0
         try:
             torch.load(path, weights_only=weights_only == "1", map_location="cpu")
-            os._exit(0)
         except BaseException:
-            os._exit(1)
+            code = 1
+        try:  # a payload may have spawned processes: they finish before the verdict
+            while True:
+                os.wait()
+        except ChildProcessError:
+            pass
+        os._exit(code)
     deadline = time.monotonic() + float(timeout)
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
