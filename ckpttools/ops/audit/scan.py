@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
-from ckpttools.formats.pickle.safety import add_safe_globals_line, is_allowed_by_user
+from ckpttools.formats.pickle.safety import (add_safe_globals_line, is_allowed_by_user,
+                                             is_torch_default)
 from ckpttools.formats.sniff import special_file_kind
 from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
@@ -68,9 +69,11 @@ class FileScan:
     @property
     def hint(self) -> str | None:
         """How to load or allow the file when its only obstacles are unknown globals."""
-        names = self.unknown_globals
-        if self.safety != "unknown" or not names:
+        if self.safety != "unknown" or not self.unknown_globals:
             return None
+        # torch.load(weights_only=True) also needs the allowlisted records torch does not know
+        names = sorted({g.qualname for p in self.pickles for g in p.globals
+                        if not is_torch_default(g.module, g.name)})
         return add_safe_globals_line(names)
 
     def to_dict(self) -> dict[str, Any]:
