@@ -1,27 +1,27 @@
 """Hostile and malformed files beyond ``malicious_corpus``: the families of ckpttools#14.
 
 Every payload only creates ``canary`` (a file path); a run under ``torch.load`` executes the file
-exactly when the canary appears. Sources of each family:
+exactly when the canary appears. Where each family comes from:
 
-- ``gadget-*``: callables outside the classic denylists that run code or write files, from the
-  2024-2026 scanner advisories: JFrog "PyTorch pickle scanner bypasses" (2025; ``typing``,
-  ``dataclasses``, ``numpy`` I/O), picklescan GHSA-9w88-8rmg-7g2p / GHSA-f745-w6jp-hpxw /
-  GHSA-m273-6v24-x4m4 (``torch.distributed`` subprocess handler, ``torch_save_to_dcp``,
-  ``test.support.script_helper``), modelscan#330 (``codecs``/``gzip``/``bz2``/``lzma`` open),
-  fickling#228 and GHSA-q77w-mwjj-7mqx (``sqlite3``, ``mailbox``, ``wave``, ``networkx``), and
-  Sonatype's 2025 picklescan report (``torch.serialization._open_file``, ``torch.from_file``).
-- ``zip-*``: readers that disagree on an archive's records, the class of picklescan
-  GHSA-w8jq-xcqf-f792 and GHSA-7wx9-6375-f5wh (duplicate names, stacked archives, local/central
-  header mismatches), and JFrog's 2025 "zip parsing differentials" write-up (case-insensitive
-  ``DATA.PKL``, the archive prefix of the first entry).
-- ``legacy-*``: the legacy tar and five-pickle layouts torch still reads
-  (torch/serialization.py ``_legacy_load``): a payload in ``storages``, in ``sys_info``.
-- ``parse-*``: argument forms where ``pickletools`` and the C unpickler disagree (``INT``
-  through ``strtol(s, 0)``, ``LONG`` through ``int(s, 0)``, non-ASCII protocol-0 ``STRING``),
-  fickling#139 and picklescan#52; and 10,001 pickles back to back (modelscan#219).
-- ``container-*``: loaders that open more than a torch zip: gzip-compressed pickles (joblib,
-  pandas ``read_pickle``), ``.npy``/``.npz`` object arrays (``numpy.load(allow_pickle=True)``,
-  CVE-2019-6446), a pickle whose first bytes read as a safetensors header (picklescan#144).
+- ``gadget-*``: callables outside classic denylists that run code or write files, the class of
+  picklescan's 2025-2026 advisories (fixes in mmaitre314/picklescan#47, #49, #53 and #65, e.g.
+  GHSA-vvpj-8cmc-gx39, GHSA-7wx9-6375-f5wh; the JFrog write-up GHSA-gx77-x2pv-48v7; the argument
+  that any denylist stays bypassable in mmaitre314/picklescan#66; trailofbits/fickling#190). The
+  individual callables are the ones ckpttools#14 lists.
+- ``zip-*``: archives that readers resolve differently: picklescan GHSA-w8jq-xcqf-f792 and
+  GHSA-7q5r-7gvp-wc82 (zip structure that crashes a scanner but not torch, protectai/modelscan#263),
+  duplicate member names (google/saferpickle#42, promptfoo/modelaudit#1408), non-standard record
+  names (picklescan GHSA-769v-p64c-89pr); the case-insensitive ``DATA.PKL`` lookup is miniz's.
+- ``legacy-*``: the layouts torch/serialization.py ``_legacy_load`` still unpickles: the tar's
+  ``storages`` member and the ``sys_info`` pickle of the five-pickle layout.
+- ``parse-*``: arguments ``pickletools`` reads differently from the C unpickler (``INT`` through
+  ``strtol(s, 0)``, ``LONG`` through ``int(s, 0)``, non-ASCII ``STRING``, ``FLOAT`` up to a NUL), the
+  class of picklescan GHSA-9gvj-pp9x-gcfr ("pickle parsing logic flaw", mmaitre314/picklescan#46)
+  and trailofbits/fickling#139; many pickles back to back (mmaitre314/picklescan#9).
+- ``container-*``: other loaders' containers: gzip/bz2/xz pickles (joblib, ``pandas.read_pickle``),
+  ``.npy``/``.npz`` object arrays (``numpy.load(allow_pickle=True)``, CVE-2019-6446), pickles in zip
+  entries detected by content (promptfoo/modelaudit#624), and a pickle whose first bytes read as a
+  safetensors header (ckpttools#14).
 - ``bad-*``: truncated and corrupt files that torch refuses; they must exit 2, never "safe".
 """
 
