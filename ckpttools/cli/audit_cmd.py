@@ -24,14 +24,17 @@ STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never ru
               help="sha256 per file: written when FILE is absent, checked when it exists.")
 @click.option("--allow-nonfinite", is_flag=True, default=None, help="NaN/Inf is a WARN, not a FAIL.")
 @click.option("--strict-unknown", is_flag=True, default=None,
-              help="Third-party classes in a pickle FAIL the safety check (default WARN).")
+              help="Globals not proven safe FAIL the safety check (the default; kept for old "
+                   "scripts). Set allow-unknown = true in the settings to make them WARN.")
+@click.option("--allow", "allow", multiple=True, metavar="GLOBAL",
+              help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
 @click.option("--config", "config_path", default=None, metavar="PATH",
               help="pyproject.toml, setup.cfg, or a folder holding one (default: the working folder).")
 @common_options(CI_FORMATS, trust_help=STATIC_TRUST)
 def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...],
           key: str | None, require: tuple[str, ...], dtype: str | None, max_size: str | None,
           manifest: str | None, allow_nonfinite: bool | None, strict_unknown: bool | None,
-          config_path: str | None, output_format: str, trust: bool) -> None:
+          allow: tuple[str, ...], config_path: str | None, output_format: str, trust: bool) -> None:
     """Audit checkpoints for CI: a PASS/WARN/FAIL row per check per file.
 
     PATHS are files, folders (searched recursively; a DCP or sharded folder is one checkpoint)
@@ -56,7 +59,8 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
     config = config.merged(model=model_spec, model_args=model_args, key=key, require=require,
                            dtype=dtype, max_size=max_size, manifest=manifest,
                            allow_nonfinite=allow_nonfinite,
-                           allow_unknown=None if strict_unknown is None else not strict_unknown)
+                           allow_unknown=None if strict_unknown is None else not strict_unknown,
+                           allow_globals=(*config.allow_globals, *allow) or None)
     if source:
         note(f"settings from {os.path.relpath(source)}")
     with byte_progress(1, "auditing") as advance:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from ckpttools.cli._options import (checkpoint_arg, common_options, is_trusted, key_opt,
                                     warn, warn_trusted)
 from ckpttools.cli._progress import byte_progress
+from ckpttools.errors import CkptError
+from ckpttools.ops.audit.scan import VERDICTS, ScanResult
 
 
 @click.command()
@@ -17,14 +22,17 @@ from ckpttools.cli._progress import byte_progress
 @click.option("--expand", is_flag=True, help="List repeated layers one by one.")
 @click.option("--stats", "with_stats", is_flag=True,
               help="Min/max/mean/std and NaN/Inf counts per tensor (reads tensor data).")
+@click.option("--allow", "allow", multiple=True, metavar="GLOBAL",
+              help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
 @common_options()
 @click.pass_context
 def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None, tree: bool,
-            expand: bool, with_stats: bool, output_format: str, trust: bool) -> None:
+            expand: bool, with_stats: bool, allow: tuple[str, ...], output_format: str,
+            trust: bool) -> None:
     """Show what a checkpoint is and what it holds, without running its pickle.
 
     PATH is a file or folder of any supported format (found from the bytes).
-    Exit 0 clean, 1 unsafe content found, 2 unreadable.
+    Exit 0 clean, 1 a pickle runs code or is not proven safe (as scan), 2 unreadable.
 
     \b
     Examples:
@@ -33,17 +41,44 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
       ckpttools inspect model.safetensors --filter '*.weight' --stats --format json
     """
     from ckpttools.formats.registry import open_checkpoint
+    from ckpttools.ops.audit.config import load_settings
+    from ckpttools.ops.audit.scan import scan_checkpoint
     from ckpttools.ops.inspect import inspect_checkpoint
     from ckpttools.render.inspect import render_inspect
 
+    # NOTE: key trees nest as deep as the checkpoint (600-deep dicts are legitimate); the tree
+    # walks are Python-to-Python calls, which need no C stack on CPython 3.11+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
-    with open_checkpoint(path, trust=trust) as reader:
+    allow = (*load_settings()[0].allow_globals, *allow)
+    # the scan's verdict covers every pickle a loader could run, not only the one listed
+    scan = scan_checkpoint(path, allow=allow) if os.path.exists(path) else None
+    try:
+        reader = open_checkpoint(path, trust=trust)
+    except CkptError:
+        if scan is None or not any(f.safety == "unsafe" for f in scan.files):
+            raise
+        _warn(scan)  # a pickle that runs code is a finding even in a file inspect cannot list
+        ctx.exit(1)
+    with reader:
         total = sum(t.nbytes for t in reader.tensor_entries()) if with_stats else 0
         with byte_progress(total, "reading tensors") as advance:
             result = inspect_checkpoint(reader, key=key, pattern=pattern, with_stats=with_stats,
-                                        on_progress=advance)
+                                        on_progress=advance, allow=allow)
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
-    for g in result.unsafe_globals:
-        warn(f"{path}: unsafe global {g.qualname} in {g.pickle or 'the pickle'}")
-    ctx.exit(0 if result.ok else 1)
+    code = scan.exit_code if scan is not None else 0
+    if scan is not None:
+        _warn(scan)
+    ctx.exit(1 if not result.ok or code == 1 else code)
+
+
+def _warn(scan: ScanResult) -> None:
+    """One warning line per file the scan did not find safe."""
+    for f in scan.files:
+        unsafe = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
+        if unsafe:
+            warn(f"{f.path}: unsafe global {', '.join(unsafe)}; it runs code on load")
+        elif f.safety != "safe":
+            names = ", ".join(f.unknown_globals) or f.error or "see ckpttools scan"
+            warn(f"{f.path}: {VERDICTS[f.safety].lower()} ({names})")

@@ -84,6 +84,12 @@ class DcpReader(CheckpointReader):
                 _state(info, "_StorageInfo")
         self._planner = meta.get("planner_data") or {}
 
+    def storage_ranges(self) -> list[tuple[str, str, int, int]]:
+        """``(fqn, data file, offset, length)`` of every item: what the DCP loader hands to
+        ``torch.load`` (bytes items) or reads as a ``torch.save`` blob (tensors)."""
+        return [(fqn, os.path.join(self.path, str(info["relative_path"])), int(info["offset"]),
+                 int(info["length"])) for (fqn, _), info in self._storage.items()]
+
     # ---- metadata ------------------------------------------------------------------------
 
     def _chunk_info(self, fqn: str, offsets: tuple[int, ...] | None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from ckpttools.errors import UnknownFormatError
 from ckpttools.formats import dcp_dir, folder, safetensors_sharded
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.single_file import FILE_FORMATS, FormatSpec, unknown_format
-from ckpttools.formats.sniff import check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
+from ckpttools.formats.sniff import check_folder_members, check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
 
 
 def _is_folder(path: str) -> bool:
@@ -37,6 +37,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     """
     path = os.fspath(path)
     check_readable(path)
+    check_folder_members(path)
     with read_errors(path):
         for fmt, spec in FORMATS.items():
             if spec.sniff(path):

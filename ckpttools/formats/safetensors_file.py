@@ -71,7 +71,10 @@ def read_header(path: str) -> tuple[int, dict[str, Any], int]:
                                          f"limit of {MAX_HEADER_SIZE} bytes; the file is damaged")
         raw = f.read(n)
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise CorruptCheckpointError(f"{path}: header names {e.args[0]!r} twice; readers "
+                                     "disagree on which entry counts, the file is damaged") from e
     except (UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{path}: header is not valid JSON ({_first_line(e)}); "
                                      "the file is damaged") from e
@@ -79,6 +82,19 @@ def read_header(path: str) -> tuple[int, dict[str, Any], int]:
         raise CorruptCheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an "
                                      "object; the file is damaged")
     return n, header, size
+
+
+class _DuplicateKey(Exception):
+    """A JSON object names one key twice (``json`` keeps the last, serde refuses)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _first_line(e: Exception) -> str:

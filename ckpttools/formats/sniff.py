@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
+import pickle
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError,
                               UnsupportedError)
@@ -46,8 +50,26 @@ def is_torchscript(names: list[str]) -> bool:
     return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError("the magic number names no global")
+
+
 def is_legacy(path: str) -> bool:
-    return not os.path.isdir(path) and read_head(path, len(LEGACY_MAGIC)) == LEGACY_MAGIC
+    """A legacy torch file starts with its magic number pickled with the save's protocol
+    (any of 0-5; torch.load reads them all)."""
+    if os.path.isdir(path):
+        return False
+    head = read_head(path, 64)
+    if head.startswith(LEGACY_MAGIC):
+        return True
+    try:
+        return _NoGlobals(io.BytesIO(head)).load() == LEGACY_MAGIC_NUMBER
+    except Exception:  # not a pickle, or not this one: any error means "not legacy"
+        return False
 
 
 def is_safetensors(path: str) -> bool:
@@ -70,6 +92,7 @@ def index_names(path: str) -> list[str]:
 def index_points_to(path: str, suffix: str) -> bool:
     for name in index_names(path):
         full = os.path.join(path, name) if os.path.isdir(path) else path
+        check_regular(full)
         try:
             with open(full, encoding="utf-8") as f:
                 files = set(json.load(f)["weight_map"].values())
@@ -114,7 +137,38 @@ def foreign_kind(path: str) -> str | None:
     return None
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(path: str) -> str | None:
+    """What ``path`` is when it is (or links to) a FIFO, socket or device: opening or reading
+    one can block forever or never end, so every command refuses it before opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
+def check_regular(path: str) -> None:
+    """Raise the one-line error for a FIFO, socket or device (before anything opens it)."""
+    special = special_file_kind(path)
+    if special:
+        raise UnreadableCheckpointError(f"{path}: {special}, not a regular file; pass the "
+                                        "checkpoint file itself")
+
+
+def check_folder_members(path: str) -> None:
+    """Refuse a folder holding a FIFO, socket or device among its entries: a loader of the
+    folder (a sharded set, a trainer layout) would open it and block."""
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            check_regular(os.path.join(path, name))
+
+
 def check_readable(path: str) -> None:
+    check_regular(path)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
     if not (os.path.isfile(path) or os.path.isdir(path)):

@@ -27,13 +27,13 @@ if TYPE_CHECKING:
     import torch
 
 def find_data_pickle(names: list[str]) -> str | None:
-    """The archive's main pickle: ``<folder>/data.pkl`` (any folder name), else the only
-    top-level ``.pkl`` (a renamed pickle)."""
-    pickles = [n for n in names if n.endswith(".pkl")]
-    main = sorted((n for n in pickles if posixpath.basename(n) == "data.pkl"), key=len)
-    if main:
-        return main[0]
-    return sorted(pickles, key=len)[0] if pickles else None
+    """The record ``torch.load`` unpickles, found as torch's reader finds it: the archive's
+    folder is that of the first central directory entry, and ``<folder>/data.pkl`` is matched
+    case-insensitively (miniz's lookup). None when torch would find none."""
+    if not names or "/" not in names[0]:
+        return None
+    want = names[0].split("/", 1)[0].lower() + "/data.pkl"
+    return next((n for n in names if n.lower() == want), None)
 
 
 class TorchZipReader(PickledReader):
@@ -70,9 +70,26 @@ class TorchZipReader(PickledReader):
         self._pkl = pkl
         self.prefix = pkl[: -len(posixpath.basename(pkl))]
         order = self._records.get(self.prefix + "byteorder")
+        if order is not None and self._read(order.name) not in (b"little", b"big"):
+            raise CorruptCheckpointError(f"{self.path}: byteorder record is not 'little' or "
+                                         "'big'; torch.load refuses it, the file is damaged")
         self._little = order is None or self._read(order.name) != b"big"
+        self._check_version()
         self._init_tree(self._walk(pkl))
         self._check_records()
+
+    def _check_version(self) -> None:
+        """torch reads ``.data/version`` (else ``version``) as an integer from 1 to 10
+        (caffe2/serialize/versions.h) and refuses the file otherwise."""
+        record = self._records.get(self.prefix + ".data/version") or self._records.get(
+            self.prefix + "version")
+        if record is None:
+            raise CorruptCheckpointError(f"{self.path}: no version record; torch.load refuses "
+                                         "it, the file is damaged or not a torch.save file")
+        text = self._read(record.name).strip()
+        if not (text.isdigit() and 1 <= int(text) <= 10):
+            raise CorruptCheckpointError(f"{self.path}: version record {text[:20]!r} is not a "
+                                         "format version torch reads; the file is damaged")
 
     # ---- metadata ------------------------------------------------------------------------
 

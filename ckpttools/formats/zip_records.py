@@ -33,10 +33,24 @@ class ZipRecord(NamedTuple):
     file_size: int
     crc: int
     method: int
+    flags: int = 0
 
 
 def read_directory(f: BinaryIO, size: int) -> dict[str, ZipRecord]:
-    """Parse the central directory of an archive of ``size`` bytes.
+    """Parse the central directory of an archive of ``size`` bytes. Of two records with one
+    name the first is kept (``archive_problems`` reports the duplicate).
+
+    Raises:
+        ZipError: no end-of-directory record, or the directory is cut or damaged.
+    """
+    records: dict[str, ZipRecord] = {}
+    for rec in read_entries(f, size)[0]:
+        records.setdefault(rec.name, rec)
+    return records
+
+
+def read_entries(f: BinaryIO, size: int) -> tuple[list[ZipRecord], tuple[int, int, int]]:
+    """Every central directory entry in order, and ``(eocd offset, cd offset, cd size)``.
 
     Raises:
         ZipError: no end-of-directory record, or the directory is cut or damaged.
@@ -48,6 +62,7 @@ def read_directory(f: BinaryIO, size: int) -> dict[str, ZipRecord]:
     if at < 0 or at + _EOCD.size > len(tail):
         raise ZipError("no end of central directory (truncated)")
     _, _, _, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    eocd = size - tail_len + at
     if 0xFFFFFFFF in (cd_size, cd_offset) or count == 0xFFFF:
         loc = at - _EOCD64_LOCATOR.size
         if loc < 0 or tail[loc:loc + 4] != b"PK\x06\x07":
@@ -58,14 +73,15 @@ def read_directory(f: BinaryIO, size: int) -> dict[str, ZipRecord]:
             raise ZipError("zip64 end of directory missing")
         fields = _EOCD64.unpack(rec)
         count, cd_size, cd_offset = fields[7], fields[8], fields[9]
+        eocd = _EOCD64_LOCATOR.unpack_from(tail, loc)[2]
     if cd_offset + cd_size > size:
         raise ZipError("central directory runs past the end (truncated)")
     f.seek(cd_offset)
-    return _parse_central(f.read(cd_size), count)
+    return _parse_central(f.read(cd_size), count), (eocd, cd_offset, cd_size)
 
 
-def _parse_central(data: bytes, count: int) -> dict[str, ZipRecord]:
-    records: dict[str, ZipRecord] = {}
+def _parse_central(data: bytes, count: int) -> list[ZipRecord]:
+    records: list[ZipRecord] = []
     pos = 0
     unpack = _CENTRAL.unpack_from
     new = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
@@ -80,8 +96,10 @@ def _parse_central(data: bytes, count: int) -> dict[str, ZipRecord]:
         if 0xFFFFFFFF in (csize, usize, offset):
             usize, csize, offset = _zip64_sizes(data[start + nlen:start + nlen + elen],
                                                 usize, csize, offset)
-        records[name] = new(ZipRecord, (name, offset, csize, usize, crc, method))
+        records.append(new(ZipRecord, (name, offset, csize, usize, crc, method, flags)))
         pos = start + nlen + elen + clen
+    if pos != len(data):
+        raise ZipError("the central directory holds more than its end record counts (damaged)")
     return records
 
 
@@ -128,9 +146,71 @@ def read_record(path: str, f: BinaryIO, record: ZipRecord) -> bytes:
     data = f.read(record.file_size)
     if len(data) < record.file_size:
         raise ZipError(f"record {record.name} is cut short (truncated)")
-    if zlib.crc32(data) != record.crc:
+    # NOTE: torch.serialization.set_crc32_options(False) writes 0; torch never checks CRCs
+    if record.crc and zlib.crc32(data) != record.crc:
         raise ZipError(f"record {record.name} fails its CRC check (damaged)")
     return data
+
+
+def archive_problems(f: BinaryIO, size: int) -> list[str]:
+    """Where zip readers could disagree on what the archive holds.
+
+    torch (miniz) finds a record case-insensitively, Python's ``zipfile`` keeps the last of two
+    names and shifts offsets past prepended data, other tools walk local headers. The archive is
+    unambiguous only when each name is unique, the records tile the file from offset 0 to the
+    central directory with nothing between or overlapping, each local header agrees with its
+    central entry, and only one end record is present.
+
+    Raises:
+        ZipError: the central directory cannot be read at all.
+    """
+    entries, (eocd, cd_offset, cd_size) = read_entries(f, size)
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for rec in entries:
+        other = seen.setdefault(rec.name.lower(), rec.name)
+        if other is not rec.name:
+            problems.append(f"two records named {rec.name!r}" + (
+                "" if other == rec.name else f" and {other!r} (torch ignores case)"))
+    pos = 0
+    for rec in sorted(entries, key=lambda r: r.header_offset):
+        if rec.header_offset != pos:
+            what = "overlaps the one before" if rec.header_offset < pos else "has bytes before it"
+            problems.append(f"record {rec.name!r} at {rec.header_offset} {what}")
+        pos = _record_end(f, rec, problems)
+    if pos != cd_offset or cd_offset + cd_size > eocd:
+        problems.append(f"bytes between the records and the central directory ({pos}..{cd_offset})")
+    f.seek(max(0, size - 65536 - _EOCD.size))
+    if f.read().count(b"PK\x05\x06") > 1:
+        problems.append("more than one end-of-directory record")
+    return problems
+
+
+def _record_end(f: BinaryIO, rec: ZipRecord, problems: list[str]) -> int:
+    """Check ``rec``'s local header against its central entry; return where its bytes end."""
+    f.seek(rec.header_offset)
+    header = f.read(_LOCAL.size)
+    if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
+        problems.append(f"record {rec.name!r} has no local header")
+        return rec.header_offset
+    _, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack(header)
+    name = f.read(nlen).decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    deferred = flags & 0x08 and (crc, csize, usize) == (0, 0, 0)
+    if 0xFFFFFFFF in (csize, usize) or deferred:
+        csize, usize, crc = rec.compress_size, rec.file_size, rec.crc
+    if (name, method, crc, csize, usize) != (rec.name, rec.method, rec.crc, rec.compress_size,
+                                             rec.file_size):
+        problems.append(f"record {rec.name!r}: local header and central directory differ")
+    end = rec.header_offset + _LOCAL.size + nlen + elen + rec.compress_size
+    if flags & 0x08:  # a data descriptor follows: optional signature, CRC, two sizes (4 or 8)
+        f.seek(end)
+        desc = f.read(4)
+        end += 4 if desc == b"PK\x07\x08" else 0
+        f.seek(end + 4)
+        sizes = f.read(16)
+        wide = int.from_bytes(sizes[:8], "little") == rec.compress_size and len(sizes) == 16
+        end += 4 + (16 if wide and rec.compress_size >= 0xFFFFFFFF else 8)
+    return end
 
 
 def file_size(f: BinaryIO) -> int:

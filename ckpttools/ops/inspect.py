@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
@@ -58,8 +58,9 @@ class InspectResult:
 
     @property
     def ok(self) -> bool:
-        """False when the pickle references code that loading would run."""
-        return not self.unsafe_globals
+        """True only when every global is proven safe: one that runs code or is off the
+        allowlist fails closed (docs/safety.md)."""
+        return not self.unsafe_globals and not self.unknown_globals
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -128,6 +129,7 @@ def inspect_checkpoint(
     pattern: str | None = None,
     with_stats: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    allow: tuple[str, ...] | frozenset[str] = (),
 ) -> InspectResult:
     """Describe a checkpoint from its metadata; tensor data is read only for ``with_stats``.
 
@@ -137,6 +139,8 @@ def inspect_checkpoint(
         pattern: a glob (``*.weight``) that shown keys must match.
         with_stats: compute min/max/mean/std and NaN/Inf counts, one tensor at a time.
         on_progress: called with the byte count of each tensor as its statistics are done.
+        allow: globals the user treats as safe (``mypkg.Config`` or ``mypkg.*``); they lift
+            ``unknown`` globals only.
 
     Returns:
         An ``InspectResult``.
@@ -164,7 +168,7 @@ def inspect_checkpoint(
     if with_stats:
         full_keys = [f"{prefix}.{t.key}" if prefix and t.key else prefix or t.key for t in tensors]
         stats = compute_stats(reader, full_keys, on_progress=on_progress, shown_keys=[t.key for t in tensors])
-    pickle_globals = reader.pickle_globals()
+    pickle_globals = _allowed(reader.pickle_globals(), frozenset(allow))
     return InspectResult(
         path=reader.path,
         format=reader.format.value,
@@ -179,6 +183,14 @@ def inspect_checkpoint(
         stats=stats,
         weights_only_hint=_hint(pickle_globals),
     )
+
+
+def _allowed(refs: tuple[GlobalRef, ...], allow: frozenset[str]) -> tuple[GlobalRef, ...]:
+    from ckpttools.formats.pickle.safety import is_allowed_by_user
+
+    return tuple(replace(g, safety="safe", reason="allowed by --allow / allow-globals")
+                 if g.safety == "unknown" and is_allowed_by_user(g.qualname, allow) else g
+                 for g in refs)
 
 
 def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ckpttools.ops.audit.scan import FileScan, ScanResult
+from ckpttools.ops.audit.scan import VERDICTS, FileScan, ScanResult
 from ckpttools.render import table, to_json
 from ckpttools.render.sarif import Finding, render_sarif
 
-_MARK = {"safe": "safe", "unknown": "UNKNOWN", "unsafe": "UNSAFE", "error": "ERROR"}
+_SAFETY = {"safe": "safe", "unknown": "not proven safe", "unsafe": "RUNS CODE",
+           "error": "error"}
 
 
 def _file_lines(f: FileScan, fmt: str, verbose: bool) -> list[str]:
-    lines = [f"{f.path}: {_MARK[f.safety]} ({f.kind})"]
+    lines = [f"{f.path}: {VERDICTS[f.safety]} ({f.kind})"]
     if f.error:
         lines.append(f"  error: {f.error}")
     lines += [f"  note: {n}" for n in f.notes]
@@ -21,18 +22,24 @@ def _file_lines(f: FileScan, fmt: str, verbose: bool) -> list[str]:
     for p in f.pickles:
         for g in p.globals:
             if verbose or g.safety != "safe" or fmt == "table":
-                rows.append((p.name, g.safety, g.qualname, g.reason))
-        rows += [(p.name, x.safety, "-", x.message) for x in p.findings]
+                rows.append((p.name, _SAFETY[g.safety], g.qualname, g.reason))
+        rows += [(p.name, _SAFETY[x.safety], "-", x.message) for x in p.findings]
         if p.error:
             rows.append((p.name, "error", "-", f"stopped at byte {p.end}: {p.error}"))
     if rows:
         body = table(rows, ("pickle", "safety", "global", "reason"), fmt)
         lines += ["  " + line for line in body.splitlines()]
+    if f.hint:
+        names = f.unknown_globals
+        lines.append(f"  to load it with torch.load(weights_only=True) once you trust these "
+                     f"classes: {f.hint}")
+        lines.append(f"  to accept them here: --allow {' --allow '.join(names)}, or "
+                     f"allow-globals = {list(names)!r} in [tool.ckpttools]".replace("'", '"'))
     return lines
 
 
 RULES = {"unsafe": "a global or construct that can run code when the pickle is loaded",
-         "unknown": "a third-party class: loading needs its code and --trust",
+         "unknown": "a global off the reviewed allowlist: not proven safe (allow it with --allow)",
          "error": "the file could not be read"}
 
 
@@ -45,8 +52,8 @@ def findings(result: ScanResult) -> list[Finding]:
         for p in f.pickles:
             for g in p.globals:
                 if g.safety in ("unsafe", "unknown"):
-                    level = "error" if g.safety == "unsafe" else "warning"
-                    out.append(Finding(g.safety, level, f.path, f"{p.name}: {g.qualname}: {g.reason}"))
+                    # not proven safe fails the gate as well: unknown fails closed
+                    out.append(Finding(g.safety, "error", f.path, f"{p.name}: {g.qualname}: {g.reason}"))
             out += [Finding("unsafe", "error", f.path, f"{p.name}: {x.message}")
                     for x in p.findings if x.safety == "unsafe"]
     return out
@@ -75,8 +82,8 @@ def render_junit(result: ScanResult) -> str:
 
 
 def render_github(result: ScanResult) -> str:
-    """GitHub Actions workflow commands: ``::error`` per unsafe finding, ``::warning`` per
-    unknown class, and a ``::notice`` summary."""
+    """GitHub Actions workflow commands: ``::error`` per dangerous or not proven safe finding,
+    and a ``::notice`` summary."""
     lines = [f"::{x.level} file={_escape(x.path, True)},title=ckpttools scan {x.rule}::{_escape(x.message)}"
              for x in findings(result)]
     lines.append(f"::notice title=ckpttools scan::{_escape(_counts(result))}")
@@ -90,7 +97,8 @@ def _escape(text: str, prop: bool = False) -> str:
 
 def _counts(result: ScanResult) -> str:
     counts = result.to_dict()["counts"]
-    return ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no files"
+    names = {"safe": "safe", "unknown": "not proven safe", "unsafe": "dangerous", "error": "cannot judge"}
+    return ", ".join(f"{n} {names[k]}" for k, n in counts.items() if n) or "no files"
 
 
 def render_scan(result: ScanResult, fmt: str, *, verbose: bool = True) -> str:

@@ -61,7 +61,7 @@ def test_scan_names_the_global(runner: CliRunner, corpus: tuple[list[Case], Path
     case = next(c for c in cases if c.name == "subprocess_popen-zip")
     result = runner.invoke(cli, ["scan", str(case.path)])
     assert result.exit_code == 1
-    assert "subprocess.Popen" in result.stdout and "UNSAFE" in result.stdout
+    assert "subprocess.Popen" in result.stdout and "DANGEROUS" in result.stdout
     assert "do not load it" in result.stderr
 
 

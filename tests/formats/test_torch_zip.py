@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 import warnings
+import pickle
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -116,14 +117,59 @@ def test_tree_shares_views_and_records_parameters(ckpt: Path) -> None:
             assert torch.frombuffer(bytearray(f.read(src.length)), dtype=torch.float32)[5] == 5
 
 
-def test_archive_folder_name_and_renamed_pickle(tmp_path: Path) -> None:
+def test_records_are_found_as_torch_finds_them(tmp_path: Path) -> None:
+    """The folder of the first entry, ``data.pkl`` matched case-insensitively (miniz); a
+    renamed pickle is refused, as torch.load refuses it."""
     torch.save({"w": torch.ones(2)}, tmp_path / "weird-name.bin")
     src = tmp_path / "weird-name.bin"
-    renamed = tmp_path / "renamed.pt"
-    _rewrite(src, renamed, lambda n, d: (n.replace("data.pkl", "main.pkl"), d))
-    for path in (src, renamed):
+    upper = tmp_path / "upper.pt"
+    _rewrite(src, upper, lambda n, d: (n.replace("data.pkl", "DATA.PKL"), d))
+    for path in (src, upper):
+        assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
         with open_checkpoint(path) as reader:
             assert torch.equal(reader.load("w"), torch.ones(2))
+    renamed = tmp_path / "renamed.pt"
+    _rewrite(src, renamed, lambda n, d: (n.replace("data.pkl", "main.pkl"), d))
+    with pytest.raises(RuntimeError):
+        torch.load(renamed, weights_only=True)
+    with pytest.raises(CorruptCheckpointError, match="without data.pkl"):
+        open_checkpoint(renamed)
+
+
+@pytest.mark.parametrize(("record", "value", "match"), [
+    ("byteorder", b"middle", "byteorder"), ("version", b"99", "version"),
+    ("version", b"x", "version")])
+def test_records_torch_validates(tmp_path: Path, record: str, value: bytes, match: str) -> None:
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.ones(2)}, src)
+    bad = tmp_path / "bad.pt"
+    _rewrite(src, bad, lambda n, d: (n, value if n.endswith("/" + record) else d))
+    with pytest.raises(Exception):
+        torch.load(bad, weights_only=True)
+    with pytest.raises(CorruptCheckpointError, match=match):
+        open_checkpoint(bad)
+
+
+@pytest.mark.parametrize("how", ["past-storage", "negative-size", "huge-stride"])
+def test_views_torch_refuses(tmp_path: Path, how: str) -> None:
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.arange(4.0)}, src)
+    new = {"past-storage": (8,), "negative-size": (-4,), "huge-stride": (4,)}[how]
+    bad = tmp_path / "bad.pt"
+
+    def change(name: str, data: bytes) -> tuple[str, bytes]:
+        if not name.endswith("data.pkl"):
+            return name, data
+        data = data.replace(b"K\x04\x85", pickle.dumps(new, 2)[2:-1], 1)
+        if how == "huge-stride":
+            data = data.replace(b"K\x01\x85", b"J\x00\x00\x00\x10\x85", 1)
+        return name, data
+
+    _rewrite(src, bad, change)
+    with pytest.raises(Exception):
+        torch.load(bad, weights_only=True)
+    with pytest.raises(CorruptCheckpointError):
+        open_checkpoint(bad)
 
 
 def _rewrite(src: Path, dest: Path, change: Callable[[str, bytes], tuple[str, bytes] | None]
@@ -228,3 +274,32 @@ def test_tensor_entry_fields(ckpt: Path) -> None:
         entry = next(e for e in reader.tensor_entries() if e.key == "scalar")
     assert entry == TensorEntry("scalar", "float32", (), 4, entry.location, "cpu")
     assert entry.location.endswith(f"/data/{reader.placeholder('scalar').storage_key}")
+
+
+def test_shared_references_are_not_expanded(tmp_path: Path) -> None:
+    """A DAG of shared lists doubles per level: 2**40 values from a 2 KB file."""
+    node: list[object] = [1]
+    for _ in range(40):
+        node = [node, node]
+    path = tmp_path / "dag.pt"
+    torch.save({"w": torch.zeros(1), "dag": node}, path)
+    with pytest.raises(CorruptCheckpointError, match="shared references"):
+        open_checkpoint(path)
+
+
+def test_deep_nesting_and_big_integers_are_read(tmp_path: Path) -> None:
+    import sys
+
+    nested: dict[str, object] = {"w": torch.zeros(1)}
+    for _ in range(600):
+        nested = {"x": nested}
+    path = tmp_path / "deep.pt"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # torch.save itself recurses per level
+    try:
+        torch.save({"deep": nested, "big": 10 ** 5000}, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    with open_checkpoint(path) as reader:
+        assert len(reader.tensor_entries()) == 1
+        assert any("int of" in str(e.value) for e in reader.entries() if e.key == "big")

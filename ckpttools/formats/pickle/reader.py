@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import warnings
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, GlobalRef, ObjectEntry, TensorEntry
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.pickle.safety import is_torch_default
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, to_json, type_name
 from ckpttools.formats.pickle.walk import WalkResult
 from ckpttools.keypaths import get_path, split_tensors
@@ -38,6 +40,49 @@ def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder)
     return raw.view(dtype).as_strided(ph.shape, ph.stride, ph.storage_offset)
 
 
+MAX_EXPANDED = 20_000_000  # values after expanding shared references (a DAG can double per level)
+
+
+def _children(node: Any) -> tuple[Any, ...] | None:
+    if isinstance(node, dict):
+        return (*node.keys(), *node.values())
+    if isinstance(node, (list, tuple, set, frozenset)):
+        return tuple(node)
+    if isinstance(node, ObjectPlaceholder):
+        return (*node.args, node.state, *node.items)
+    return None
+
+
+def expanded_size(root: Any, limit: int) -> int:
+    """How many values ``root`` has once shared references are expanded (as a recursive walk
+    of the tree would visit them), counted in time linear in the distinct nodes; stops
+    counting past ``limit``."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = _children(node)
+        key = id(node)
+        if kids is None or (not done and (key in sizes or key in active)):
+            continue
+        if not done:
+            active.add(key)
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids)
+            continue
+        active.discard(key)
+        sizes[key] = min(limit + 1, 1 + sum(sizes.get(id(k), 1) for k in kids))
+    return sizes.get(id(root), 1)
+
+
+def _shown(leaf: Any) -> Any:
+    """A leaf's JSON value; an int too long for ``str()`` (> 4300 digits) is summarised."""
+    if type(leaf) is int and leaf.bit_length() > 14_000:
+        return f"<int of {leaf.bit_length()} bits>"
+    return to_json(leaf)
+
+
 class PickledReader(CheckpointReader):
     """Entries, tree and globals for a reader whose structure comes from one walked pickle."""
 
@@ -47,8 +92,18 @@ class PickledReader(CheckpointReader):
     torch_mmap = True  # whether the torch.load fallback may map the file
 
     def _init_tree(self, walk: WalkResult) -> None:
+        size = expanded_size(walk.tree, MAX_EXPANDED)
+        if size > MAX_EXPANDED:
+            raise CorruptCheckpointError(
+                f"{self.path}: shared references in the pickle expand to more than "
+                f"{MAX_EXPANDED} values; a checkpoint never needs that, the file is hostile")
         self._walk_result = walk
-        self._tree, leaves = flatten_tree(walk.tree)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 10_000))  # 600-deep dicts are legitimate
+        try:
+            self._tree, leaves = flatten_tree(walk.tree)
+        finally:
+            sys.setrecursionlimit(limit)
         self._tensors: dict[str, TensorPlaceholder] = {}
         entries: list[Entry] = []
         for key, leaf in leaves:
@@ -57,9 +112,26 @@ class PickledReader(CheckpointReader):
                 entries.append(TensorEntry(key, leaf.dtype, leaf.shape, leaf.nbytes,
                                            self._location(leaf), leaf.device))
             else:
-                entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
+                entries.append(ObjectEntry(key, type_name(leaf), _shown(leaf)))
         self._entries = tuple(entries)
         self._full: Any = None
+        self._check_views()
+
+    def _check_views(self) -> None:
+        """Refuse what ``torch.load`` refuses: negative sizes, strides or offsets, and views
+        that reach past their storage (``setStorage ... out of bounds``)."""
+        storages = self._walk_result.storages
+        for key, ph in self._tensors.items():
+            if min((*ph.shape, *ph.stride, ph.storage_offset), default=0) < 0:
+                raise CorruptCheckpointError(
+                    f"{self.path}: tensor {key} has a negative size, stride or offset; "
+                    "torch.load refuses it, the file is damaged")
+            info = storages.get(ph.storage_key) if ph.storage_key is not None else None
+            need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1) if ph.numel else 0
+            if info is not None and need > info.nbytes:
+                raise CorruptCheckpointError(
+                    f"{self.path}: tensor {key} reaches byte {need} of a {info.nbytes}-byte "
+                    "storage; torch.load refuses it, the file is damaged")
 
     def _close_map(self) -> None:
         """Close the file map that loaded tensors view, if any."""
@@ -123,7 +195,8 @@ class PickledReader(CheckpointReader):
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
-            names = ", ".join(g.qualname for g in self.pickle_globals() if g.safety != "safe")
+            names = ", ".join(dict.fromkeys(g.qualname for g in self.pickle_globals()
+                                            if not is_torch_default(g.module, g.name)))
             raise UnsafeCheckpointError(
                 f"{os.path.basename(self.path)}: pickle needs non-tensor globals ({names or '?'}); "
                 "rerun with --trust if you trust the file") from e

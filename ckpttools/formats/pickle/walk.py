@@ -18,6 +18,8 @@ import io
 import pickle
 import pickletools
 import re
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -25,6 +27,8 @@ from typing import Any, BinaryIO
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
+from ckpttools.formats.pickle.genops import OpcodeError, max_tuple_depth
+from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
 
 __all__ = [
@@ -203,6 +207,14 @@ def walk_pickle(
         end = scan_pickle(data, offset)
     except (ValueError, IndexError) as e:
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
+    try:
+        depth = max_tuple_depth(data[offset:end])
+    except OpcodeError as e:
+        raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
+    if depth > MAX_TUPLE_DEPTH:
+        # hashing a tuple recurses in C with no limit: a key this deep crashes any loader
+        raise CorruptCheckpointError(f"{label}: tuples nest {depth} deep; unpickling it "
+                                     "would crash the interpreter")
     ctx = st.WalkContext(name)
     unpickler = _Unpickler(io.BufferedReader(io.BytesIO(data[offset:end])), name,
                            ctx.resolve_global)
@@ -210,8 +222,7 @@ def walk_pickle(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the walk builds many small containers and no cycles worth collecting
     try:
-        raw = unpickler.load()
-        tree = st.finalize(raw)
+        tree = _on_deep_stack(lambda: st.finalize(unpickler.load()))
     except RecursionError as e:
         raise CorruptCheckpointError(f"{label}: pickle nests too deeply to read") from e
     except MemoryError as e:
@@ -223,6 +234,38 @@ def walk_pickle(
         if gc_was_enabled:
             gc.enable()
     return WalkResult(tree, tuple(ctx.globals.values()), dict(ctx.storages), end)
+
+
+MAX_TUPLE_DEPTH = 50_000
+_DEEP_STACK = 512 << 20  # bytes of stack for the walk's thread: legitimate nesting runs deep
+_DEEP_RECURSION = 40_000
+
+
+def _on_deep_stack(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a thread with a large stack and recursion limit, so that structures
+    nested a few thousand deep (600-deep dicts are legitimate) are read, and deeper ones end
+    in ``RecursionError`` rather than a crash."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+
+    old_limit = sys.getrecursionlimit()
+    old_size = threading.stack_size(_DEEP_STACK)
+    sys.setrecursionlimit(max(old_limit, _DEEP_RECURSION))
+    try:
+        thread = threading.Thread(target=run, name="ckpttools-walk")
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(old_size)
+        sys.setrecursionlimit(old_limit)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 # ---- torch.load(weights_only=True) hints ---------------------------------------------------
@@ -240,13 +283,9 @@ def safe_globals_hint(globals_: tuple[GlobalRef, ...] | list[GlobalRef]) -> str 
         return None
     names: list[str] = []
     for g in globals_:
-        if g.safety == "unknown" and g.qualname not in names:
+        if not is_torch_default(g.module, g.name) and g.qualname not in names:
             names.append(g.qualname)
-    if not names:
-        return None
-    imports = sorted({n.rsplit(".", 1)[0] for n in names})
-    return (f"import {', '.join(imports)}; import torch; "
-            f"torch.serialization.add_safe_globals([{', '.join(names)}])")
+    return add_safe_globals_line(names) if names else None
 
 
 def placeholder_json(value: Any) -> Any:

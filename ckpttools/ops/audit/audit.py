@@ -85,8 +85,9 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                            tuple(errors))
     if unknown:
         return CheckResult(path, "safety", "WARN" if allow_unknown else "FAIL",
-                           f"loading needs --trust for {', '.join(unknown[:4])}"
-                           + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""),
+                           f"not proven safe: {', '.join(unknown[:4])}"
+                           + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+                           + "; allow them with allow-globals or --allow if you trust them",
                            tuple(unknown))
     if not pickles:
         return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
@@ -201,7 +202,8 @@ def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model
     from ckpttools.ops.audit.finite import check_finite
 
     integrity, reader = _integrity(path)
-    rows = [integrity, _safety(path, scan_checkpoint(path), config.allow_unknown)]
+    scan = scan_checkpoint(path, allow=config.allow_globals)
+    rows = [integrity, _safety(path, scan, config.allow_unknown)]
     later = ["finite"] + (["model"] if sig else []) + (["completeness"] if config.require else [])
     later += ["policy"] if config.dtype or config.max_size is not None else []
     if reader is None:

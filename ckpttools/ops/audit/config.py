@@ -45,7 +45,9 @@ class AuditConfig:
         max_size: largest allowed checkpoint size in bytes.
         manifest: JSON file of sha256 per file: written when absent, checked when present.
         allow_nonfinite: report NaN/Inf as WARN rather than FAIL.
-        allow_unknown: report third-party classes in the pickle as WARN (true) or FAIL.
+        allow_unknown: report globals not proven safe as WARN (true) or FAIL (default).
+        allow_globals: globals treated as safe (``mypkg.Config`` or ``mypkg.*``); see
+            docs/safety.md.
     """
 
     model: str | None = None
@@ -56,7 +58,8 @@ class AuditConfig:
     max_size: int | None = None
     manifest: str | None = None
     allow_nonfinite: bool = False
-    allow_unknown: bool = True
+    allow_unknown: bool = False
+    allow_globals: tuple[str, ...] = ()
 
     def merged(self, **overrides: Any) -> AuditConfig:
         """This config with every override that is not None (or empty) applied."""
@@ -118,7 +121,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if name not in {f.name for f in fields(AuditConfig)}:
         raise SpecError(f"{where}: unknown setting {name.replace('_', '-')!r}; valid settings: "
                         f"{', '.join(setting_names())}")
-    if name in ("require", "model_args"):
+    if name in ("require", "model_args", "allow_globals"):
         items = value if isinstance(value, (list, tuple)) else re.split(r"[,\s]+", str(value))
         return tuple(str(v) for v in items if str(v))
     if name == "max_size":

@@ -5,9 +5,10 @@ A small symbolic stack follows the pickle machine closely enough to resolve ``ST
 operands through the memo (``PUT``/``BINPUT``/``MEMOIZE``/``GET``, mixed in any order) and to
 see calls whose target is not a named global. Where scanners that track only "the last two
 strings" were bypassed (mmaitre314/picklescan#14, #22, #52; protectai/modelscan#85, #330, #331),
-anything the walk cannot resolve is reported as unsafe rather than skipped. An error (an
-unknown opcode, a truncation) ends the walk but keeps what was read before it: the unpickler
-would already have run those opcodes (trailofbits/fickling#139).
+anything the walk cannot resolve is reported as unsafe rather than skipped. Opcodes and their
+arguments come from ``formats.pickle.genops``, which reads them exactly as CPython's unpickler
+does, so the walk stops exactly where a real load stops. An error ends the walk but keeps what was
+read before it: the unpickler would already have run those opcodes (trailofbits/fickling#139).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import copyreg
 import pickletools
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from ckpttools.entries import GlobalRef
+from ckpttools.formats.pickle.genops import OpcodeError, iter_ops
 from ckpttools.formats.pickle.safety import classify_global, normalize_global
 
 _STRINGS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
@@ -145,7 +147,7 @@ class _Walk:
             self.flag(pos, f"{how} at offset {pos} calls {what}, not a named global "
                            "(a getattr/attrgetter-style chain)")
 
-    def step(self, name: str, arg: Any, pos: int, op: pickletools.OpcodeInfo) -> None:
+    def step(self, name: str, arg: Any, pos: int) -> None:
         handler = _HANDLERS.get(name)
         if handler is not None:
             handler(self, arg, pos)
@@ -160,19 +162,17 @@ class _Walk:
         elif name in _EXTS:
             self._ext(arg, pos)
         else:
-            self._generic(op)
+            self._generic(*_EFFECTS[name])
 
-    def _generic(self, op: pickletools.OpcodeInfo) -> None:
-        before = op.stack_before
-        if pickletools.markobject in before:
+    def _generic(self, marked: bool, pops: int, pushes: tuple[Any, ...]) -> None:
+        if marked:
             self.pop_mark()
-            for _ in range(before.index(pickletools.markobject)):
-                self.pop()
-        else:
-            for _ in before:
-                self.pop()
-        for item in op.stack_after:
-            self.stack.append(_MARK if item is pickletools.markobject else _OTHER)
+        stack = self.stack
+        if pops > len(stack):
+            raise _Stop("stack underflow: the unpickler stops here")
+        if pops:
+            del stack[-pops:]
+        stack.extend(pushes)
 
     def _ext(self, code: int, pos: int) -> None:
         key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
@@ -262,33 +262,42 @@ _HANDLERS = {
 }
 
 
-def scan_opcodes(f: IO[bytes], name: str, offset: int = 0) -> PickleScan:
-    """Walk one pickle from ``offset`` of the binary file ``f`` up to its STOP.
+def _effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[Any, ...]]:
+    """``(pops a mark, values popped below it or in all, values pushed)`` of a plain opcode."""
+    before = op.stack_before
+    marked = pickletools.markobject in before
+    pops = before.index(pickletools.markobject) if marked else len(before)
+    return marked, pops, tuple(_MARK if item is pickletools.markobject else _OTHER
+                               for item in op.stack_after)
+
+
+_EFFECTS = {op.name: _effect(op) for op in pickletools.opcodes}
+
+
+def scan_opcodes(data: Any, name: str, offset: int = 0, end: int | None = None) -> PickleScan:
+    """Walk one pickle from ``offset`` of ``data`` up to its STOP.
 
     Args:
-        f: a seekable binary file (an open checkpoint or a ``BytesIO`` of a zip record).
+        data: ``bytes`` or an ``mmap`` of the file or record.
         name: how to name the pickle in the report.
         offset: where the pickle starts.
+        end: where its bytes end (default: the end of ``data``).
 
     Returns:
-        The globals and findings; ``error`` says why the walk stopped early, if it did.
+        The globals and findings; ``error`` says why the walk stopped early, if it did (it
+        stops exactly where CPython's unpickler would raise).
     """
-    f.seek(offset)
     w = _Walk(name)
+    limit = end
     count, end, error = 0, offset, ""
     try:
-        for op, arg, pos in pickletools.genops(f):
-            end = (pos or 0) + 1
-            w.step(op.name, arg, pos or 0, op)
+        for op, arg, pos in iter_ops(data, offset, limit):
+            end = pos + 1
+            w.step(op, arg, pos)
             count += 1
-            if op.name == "STOP":
-                break
-        else:
-            error = "no STOP opcode"
-        end = f.tell()
-    except _Stop as e:
-        error = f"at offset {end - 1}, {e}"
-    except Exception as e:  # genops raises ValueError, struct.error, UnicodeDecodeError...
-        error = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (_Stop, OpcodeError) as e:
+        error = f"at offset {end - 1 if count else offset}, {e}"
+    except RecursionError:  # never expected: the walk is iterative
+        error = "pickle nests too deeply"
     return PickleScan(name, offset, end, w.protocol, count, tuple(w.globals.values()),
                       tuple(w.findings), error)

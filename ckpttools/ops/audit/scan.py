@@ -1,39 +1,37 @@
-"""``scan PATH...``: list every global each pickle in a checkpoint would import, classified,
-without executing anything.
+"""``scan PATH...``: every global each pickle in a checkpoint would import, classified, without
+executing anything; the verdict fails closed.
 
-Every pickle is found from the bytes, not the name: every ``.pkl`` record of a torch zip and any
-other record that parses as a pickle (a renamed ``data.pkl``), the five pickles of a legacy
-file, each pickle of a bare pickle file back to back, a DCP ``.metadata``. A zip whose central
-directory is broken is read by its local headers, as a lenient loader would
-(mmaitre314/picklescan GHSA-w8jq-xcqf-f792). Safetensors headers are validated: they are JSON
-and cannot carry code.
+Every pickle is found from the bytes, not the name (``containers``): what torch.load would
+unpickle on any of its paths and every other record or stream that parses as a pickle. A file
+is ``safe`` only when every global is on the allowlist and everything was read; ``unsafe``
+(runs code: a known gadget, a computed call, an ambiguous archive) and ``unknown`` (a global
+not proven safe) exit 1; a file that cannot be read or parsed exits 2 (it cannot be judged).
 """
 
 from __future__ import annotations
 
 import glob
-import io
+import mmap
 import os
-import struct
-import zipfile
-import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import IO, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError,
                               UnsupportedError)
-from ckpttools.formats import zip_records as zr
-from ckpttools.ops.audit.opcodes import PickleScan, scan_opcodes
+from ckpttools.formats.pickle.safety import (add_safe_globals_line, is_allowed_by_user,
+                                             is_torch_default)
+from ckpttools.formats.sniff import check_regular, special_file_kind
+from ckpttools.ops.audit.containers import Found, scan_blob
+from ckpttools.ops.audit.opcodes import PickleScan
 from ckpttools.units import plural
 
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-LEGACY_PICKLES = ("magic number", "protocol version", "sys_info", "data", "storage keys")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".safetensors",
-                       ".joblib", ".tar", ".pth.tar", ".model", ".dat", ".data", ".metadata")
-MAX_SIDE_RECORD = 64 << 20  # non-.pkl zip records larger than this are tensor data
-MAX_PICKLES = 10_000
+                       ".joblib", ".tar", ".pth.tar", ".model", ".dat", ".data", ".metadata",
+                       ".npy", ".npz", ".gz", ".bz2", ".xz", ".lzma")
+# the verdicts, worst first, and how the report names them
+VERDICTS = {"unsafe": "DANGEROUS (runs code)", "error": "CANNOT JUDGE (unreadable)",
+            "unknown": "NOT PROVEN SAFE", "safe": "safe"}
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,10 @@ class FileScan:
 
     Attributes:
         path: the file as given or found.
-        kind: ``torch-zip``, ``torch-legacy``, ``pickle``, ``safetensors``.
-        pickles: one report per pickle found.
-        notes: what else was seen (trailing bytes, records that failed their CRC).
+        kind: ``torch-zip``, ``torch-legacy``, ``torch-legacy-tar``, ``pickle``, ``safetensors``,
+            ``npy``, ``gzip+pickle``, ...
+        pickles: one report per pickle found (and per ambiguity of an archive).
+        notes: what else was seen (trailing bytes after a pickle).
         error: why part or all of the file could not be read (empty when all was read).
     """
 
@@ -55,24 +54,34 @@ class FileScan:
     error: str = ""
 
     @property
-    def readable(self) -> bool:
-        """Whether anything at all could be read."""
-        return any(p.opcodes for p in self.pickles) or (self.kind == "safetensors"
-                                                        and not self.error)
-
-    @property
     def safety(self) -> str:
-        """``unsafe`` > ``error`` (nothing read) > ``unknown`` > ``safe``."""
+        """``unsafe`` > ``error`` (not all could be read) > ``unknown`` > ``safe``."""
         levels = {p.safety for p in self.pickles}
         if "unsafe" in levels:
             return "unsafe"
-        if self.error and not self.readable:
+        if self.error:
             return "error"
         return "unknown" if "unknown" in levels else "safe"
 
+    @property
+    def unknown_globals(self) -> tuple[str, ...]:
+        return tuple(sorted({g.qualname for p in self.pickles for g in p.globals
+                             if g.safety == "unknown"}))
+
+    @property
+    def hint(self) -> str | None:
+        """How to load or allow the file when its only obstacles are unknown globals."""
+        if self.safety != "unknown" or not self.unknown_globals:
+            return None
+        # torch.load(weights_only=True) also needs the allowlisted records torch does not know
+        names = sorted({g.qualname for p in self.pickles for g in p.globals
+                        if not is_torch_default(g.module, g.name)})
+        return add_safe_globals_line(names)
+
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "safety": self.safety,
-                "error": self.error or None, "notes": list(self.notes),
+                "verdict": VERDICTS[self.safety], "error": self.error or None,
+                "notes": list(self.notes), "weights_only_hint": self.hint,
                 "pickles": [p.to_dict() for p in self.pickles]}
 
 
@@ -80,26 +89,27 @@ class FileScan:
 class ScanResult:
     """The scan of every file given.
 
-    ``ok`` is false when any pickle references an unsafe global or construct.
+    ``ok`` is true only when every file is ``safe``.
     """
 
     files: tuple[FileScan, ...]
 
     @property
     def ok(self) -> bool:
-        return not any(f.safety == "unsafe" for f in self.files)
+        return all(f.safety == "safe" for f in self.files)
 
     @property
     def exit_code(self) -> int:
-        """1 anything unsafe (even in a malformed file); 2 a file could not be read; else 0."""
-        if not self.ok:
+        """1 anything unsafe or not proven safe; 2 a file could not be judged; else 0."""
+        if any(f.safety in ("unsafe", "unknown") for f in self.files):
             return 1
         return 2 if any(f.safety == "error" for f in self.files) else 0
 
     def to_dict(self) -> dict[str, Any]:
         counts = {s: sum(f.safety == s for f in self.files)
                   for s in ("safe", "unknown", "unsafe", "error")}
-        return {"ok": self.ok, "counts": counts, "files": [f.to_dict() for f in self.files]}
+        return {"ok": self.ok, "exit_code": self.exit_code, "counts": counts,
+                "files": [f.to_dict() for f in self.files]}
 
 
 # ---- paths ---------------------------------------------------------------------------------
@@ -108,9 +118,9 @@ class ScanResult:
 def _is_checkpoint_file(path: str) -> bool:
     name = os.path.basename(path)
     if name.endswith(".distcp"):
-        return False  # DCP data files hold raw tensor bytes; the folder's .metadata is scanned
-    if name.endswith(CHECKPOINT_SUFFIXES):
-        return True
+        return False  # DCP data files: the folder's .metadata is scanned
+    if name.endswith(CHECKPOINT_SUFFIXES) or special_file_kind(path):
+        return True  # a FIFO among checkpoints is reported (and refused), never opened
     try:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -135,6 +145,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
     out: list[str] = []
     for raw in paths:
         path = os.fspath(raw)
+        check_regular(path)  # a FIFO, socket or device would block: refused before anything opens it
         if os.path.isfile(path):
             out.append(path)
         elif os.path.isdir(path):
@@ -147,7 +158,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
             raise UnsupportedError(f"{path}: not a regular file or folder; save the checkpoint to a file")
         else:
             matches = sorted(glob.glob(path, recursive=True))
-            if not matches:
+            if not matches or matches == [path]:  # a dangling link matches itself
                 what = "no file matches this pattern" if glob.has_magic(path) else "no such file or directory"
                 raise CheckpointNotFoundError(f"{path}: {what}; check the path")
             out.extend(expand_paths(matches, folders_whole=folders_whole))
@@ -168,114 +179,22 @@ def _folder_files(folder: str, folders_whole: bool) -> list[str]:
     return found
 
 
-# ---- containers ----------------------------------------------------------------------------
+# ---- files -------------------------------------------------------------------------------
 
 
-def _scan_pickles_back_to_back(f: IO[bytes], size: int, label: str,
-                               names: tuple[str, ...] = ()) -> tuple[list[PickleScan], list[str]]:
-    """Walk pickles one after another from offset 0; ``names`` caps and labels them."""
-    pickles: list[PickleScan] = []
-    notes: list[str] = []
-    pos = 0
-    while pos < size and len(pickles) < (len(names) or MAX_PICKLES):
-        i = len(pickles)
-        name = f"{label} ({names[i]})" if names else (label if i == 0 else f"{label} #{i + 1}")
-        scan = scan_opcodes(f, name, pos)
-        if i and not names and scan.error and not scan.globals and scan.opcodes <= 1:
-            notes.append(f"{size - pos} bytes after pickle {i} are not a pickle")
-            break
-        pickles.append(scan)
-        if scan.error:
-            break
-        pos = scan.end
-    return pickles, notes
+def _with_allow(scan: PickleScan, allow: frozenset[str]) -> PickleScan:
+    """``unknown`` globals the user allowed (``--allow``, ``allow-globals``) count as safe."""
+    if not allow or not any(g.safety == "unknown" for g in scan.globals):
+        return scan
+    refs = tuple(replace(g, safety="safe", reason="allowed by --allow / allow-globals")
+                 if g.safety == "unknown" and is_allowed_by_user(g.qualname, allow) else g
+                 for g in scan.globals)
+    return replace(scan, globals=refs)
 
 
-def _record_bytes(path: str, f: IO[bytes], rec: zr.ZipRecord) -> tuple[bytes, str]:
-    """A record's bytes even when its CRC fails (the loader may not check), with a note."""
-    if rec.method != zipfile.ZIP_STORED:
-        return zr.read_record(path, f, rec), ""
-    f.seek(zr.data_offset(f, rec))
-    data = f.read(rec.file_size)
-    if len(data) < rec.file_size:
-        return data, f"record {rec.name} is cut short"
-    return data, "" if zlib.crc32(data) == rec.crc else f"record {rec.name} fails its CRC check"
-
-
-def _next_header(f: IO[bytes], start: int, size: int) -> int:
-    """Offset of the next local header or central directory after ``start`` (or ``size``)."""
-    pos = start
-    while pos < size:
-        f.seek(pos)
-        block = f.read(1 << 20)
-        hits = [i for i in (block.find(b"PK\x03\x04"), block.find(b"PK\x01\x02")) if i >= 0]
-        if hits:
-            return pos + min(hits)
-        pos += max(1, len(block) - 3)
-    return size
-
-
-def _local_records(f: IO[bytes], size: int) -> dict[str, zr.ZipRecord]:
-    """Records found by walking local headers from the start, for a broken central directory.
-    Sizes written only in a trailing data descriptor (torch's writer does this) are found by
-    looking for the next header."""
-    records: dict[str, zr.ZipRecord] = {}
-    pos = 0
-    while pos + 30 <= size:
-        f.seek(pos)
-        head = f.read(30)
-        if head[:4] != b"PK\x03\x04":
-            break
-        _, _, flags, method, _, _, crc, csize, usize, nlen, elen = struct.unpack("<4s5H3L2H", head)
-        name = f.read(nlen).decode("utf-8", "replace")
-        start = pos + 30 + nlen + elen
-        if csize == 0 and flags & 0x08 and method == zipfile.ZIP_STORED:
-            end = _next_header(f, start, size)
-            csize = usize = max(0, end - start - 16)  # minus the 16-byte data descriptor
-            crc = zlib.crc32(f.read(0))  # unknown: the CRC note flags it
-        records[name] = zr.ZipRecord(name, pos, csize, usize, crc, method)
-        pos = start + csize + (16 if flags & 0x08 else 0)
-    return records
-
-
-def _is_storage(name: str) -> bool:
-    return "/data/" in f"/{name}" and not name.endswith(".pkl")
-
-
-def _scan_zip(path: str, f: IO[bytes], size: int) -> FileScan:
-    notes: list[str] = []
-    error = ""
-    try:
-        records = zr.read_directory(f, size)
-    except (zr.ZipError, struct.error, UnicodeDecodeError) as e:
-        records = _local_records(f, size)
-        notes.append(f"central directory unreadable ({e}); read {len(records)} local headers")
-        if not records:
-            error = f"not a readable zip archive ({e})"
-    pickles: list[PickleScan] = []
-    for rec in sorted(records.values(), key=lambda r: r.header_offset):
-        is_pkl = rec.name.endswith(".pkl")
-        if _is_storage(rec.name) or (not is_pkl and rec.file_size > MAX_SIDE_RECORD):
-            continue
-        try:
-            data, problem = _record_bytes(path, f, rec)
-        except (zr.ZipError, OSError, struct.error) as e:
-            if is_pkl:
-                pickles.append(PickleScan(rec.name, 0, 0, 0, 0, (), (), str(e)))
-                error = f"record {rec.name} could not be read ({e})"
-            continue
-        scan = scan_opcodes(io.BytesIO(data), rec.name)
-        if not is_pkl and not scan.globals and not scan.findings:
-            continue  # a plain side record (version, byteorder) or not a pickle
-        pickles.append(scan)
-        if problem:
-            notes.append(problem)
-    if not pickles and not error:
-        error = "zip archive without any pickle"
-    return FileScan(path, "torch-zip", tuple(pickles), tuple(notes), error)
-
-
-def _scan_safetensors(path: str) -> FileScan:
+def _scan_safetensors(path: str, data: Any) -> FileScan | None:
+    """A safetensors header validated as safetensors does; None when the bytes are not one
+    (then they are scanned as a pickle: a pickle can start like a header)."""
     from ckpttools.formats import safetensors_file as sf
 
     try:
@@ -286,49 +205,87 @@ def _scan_safetensors(path: str) -> FileScan:
                 isinstance(k, str) and isinstance(v, str) for k, v in meta.items())):
             raise CorruptCheckpointError(f"{path}: __metadata__ must map strings to strings")
     except CkptError as e:
-        return FileScan(path, "safetensors", error=str(e))
+        found = scan_blob(data, "pickle")
+        if found.pickles and found.pickles[0].opcodes > 1:
+            return None
+        return FileScan(path, "safetensors", error=str(e).removeprefix(f"{path}: "))
     return FileScan(path, "safetensors", notes=(f"header valid: {plural(len(tensors), 'tensor')}, "
                                                 "no executable content",))
 
 
-def scan_file(path: str) -> FileScan:
-    """Scan one file.
+def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
+    """Scan one file: every pickle any loader could unpickle from it, by content.
+
+    Args:
+        path: the file.
+        allow: globals the user allows (exact names or ``pkg.*``); unknown ones only.
 
     Raises:
         CheckpointNotFoundError: the path does not exist.
     """
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"{path}: no such file or directory")
+    special = special_file_kind(path)  # never open a FIFO, socket or device: it can block
+    if special:
+        return FileScan(path, "special", error=f"{special}, not a regular file; refused "
+                                               "without opening it")
+    label = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(16)
-            if not head:
+            if os.fstat(f.fileno()).st_size == 0:
                 return FileScan(path, "pickle", error="empty file")
-            if head[:4] in ZIP_MAGIC:
-                return _scan_zip(path, f, size)
-            if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little"):
-                return _scan_safetensors(path)
-            legacy = head.startswith(LEGACY_MAGIC[:len(head)]) and len(head) >= len(LEGACY_MAGIC)
-            kind = "torch-legacy" if legacy else "pickle"
-            label = os.path.basename(path) if os.path.basename(path) == ".metadata" else "pickle"
-            pickles, notes = _scan_pickles_back_to_back(
-                f, size, label, LEGACY_PICKLES if legacy else ())
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                result = None
+                if len(data) >= 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") >= 2:
+                    result = _scan_safetensors(path, data)
+                if result is not None:
+                    return result
+                found = scan_blob(data, label)
     except OSError as e:
         return FileScan(path, "pickle", error=f"cannot read: {e.strerror or e}")
-    error = ""
-    if pickles and pickles[-1].error:
-        error = f"{pickles[-1].name}: {pickles[-1].error}"
-        if not any(p.opcodes > 1 for p in pickles):
-            error = f"not a pickle or a checkpoint format ckpttools knows ({pickles[-1].error})"
-    return FileScan(path, kind, tuple(pickles), tuple(notes), error)
+    if label == ".metadata" and not any(p.safety == "unsafe" for p in found.pickles):
+        _scan_dcp_items(os.path.dirname(path) or ".", found)
+    pickles = tuple(_with_allow(p, allow) for p in found.pickles)
+    return FileScan(path, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
 
 
-def scan_checkpoint(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> ScanResult:
+def _scan_dcp_items(folder: str, found: Found) -> None:
+    """Every item of a DCP checkpoint: its loader ``torch.load``s each bytes item
+    (``weights_only=False``), so each byte range is scanned as a blob of its own."""
+    from ckpttools.formats.dcp_dir import DcpReader
+
+    try:
+        reader = DcpReader(folder)
+    except CkptError as e:
+        found.errors.append(str(e))
+        return
+    with reader:
+        for fqn, name, offset, length in reader.storage_ranges():
+            special = special_file_kind(name)
+            if special:
+                found.errors.append(f"{name}: {special}, not a regular file; refused")
+                continue
+            try:
+                with open(name, "rb") as f:
+                    f.seek(offset)
+                    blob = f.read(length)
+            except OSError as e:
+                found.errors.append(f"{name}: cannot read ({e.strerror or e})")
+                continue
+            if len(blob) < length:
+                found.errors.append(f"{name}: item {fqn} is cut short")
+                continue
+            item = scan_blob(blob, f"{os.path.basename(name)}@{offset} ({fqn})", 1)
+            found.pickles += item.pickles
+            found.errors += item.errors
+
+
+def scan_checkpoint(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *,
+                    allow: Iterable[str] = ()) -> ScanResult:
     """Statically scan checkpoint files for code in their pickles; nothing is executed.
 
     Args:
         paths: a file, a folder (scanned recursively), a glob, or several of these.
+        allow: globals to treat as safe (``mypkg.Config`` or ``mypkg.*``); lifts ``unknown``
+            globals only, never a known code-execution gadget.
 
     Returns:
         One ``FileScan`` per file, each with every pickle's globals classified.
@@ -343,4 +300,5 @@ def scan_checkpoint(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[s
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return ScanResult(tuple(scan_file(p) for p in expand_paths(paths)))
+    allowed = frozenset(allow)
+    return ScanResult(tuple(scan_file(p, allowed) for p in expand_paths(paths)))

@@ -146,7 +146,7 @@ def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
     from ckpttools.errors import SpecError
 
     (tmp_path / "pyproject.toml").write_text('[tool.ckpttools]\nmax_sise = "2GB"\n')
-    with pytest.raises(SpecError, match="unknown setting .max-sise.; valid settings: allow-nonfinite, allow-unknown, dtype"):
+    with pytest.raises(SpecError, match="unknown setting .max-sise.; valid settings: allow-globals, allow-nonfinite, allow-unknown, dtype"):
         load_config(tmp_path)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ckpttools.formats.pickle.safety import classify_global
+from ckpttools.formats.registry import open_checkpoint
 from ckpttools.ops.audit.scan import scan_checkpoint, scan_file
 from ckpttools.ops.audit.opcodes import scan_opcodes
 from tests.malicious_corpus import Case, build_corpus
@@ -54,7 +55,7 @@ def test_clean_checkpoints_are_safe(fmt: str, make_checkpoint: Callable[..., Pat
         assert "torch._utils._rebuild_tensor_v2" in names
 
 
-def test_training_checkpoint_with_namespace_is_unknown(tmp_path: Path) -> None:
+def test_training_checkpoint_with_namespace_is_safe(tmp_path: Path) -> None:
     import argparse
 
     import torch
@@ -62,14 +63,40 @@ def test_training_checkpoint_with_namespace_is_unknown(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save({"w": torch.zeros(1), "args": argparse.Namespace(lr=0.1)}, path)
     (f,) = scan_checkpoint(path).files
-    assert f.safety == "unknown"
-    assert scan_checkpoint(path).exit_code == 0
+    assert f.safety == "safe" and scan_checkpoint(path).exit_code == 0
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 0.1
+
+
+def test_unknown_class_fails_closed_until_allowed(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "ckpt.pth"
+    torch.save({"w": torch.zeros(1), "cfg": TrainConfig()}, path)
+    result = scan_checkpoint(path)
+    (f,) = result.files
+    name = f"{__name__}.TrainConfig"
+    assert f.safety == "unknown" and result.exit_code == 1 and f.unknown_globals == (name,)
+    assert f.hint is not None and f"add_safe_globals([{name}])" in f.hint
+    assert scan_checkpoint(path, allow=[name]).exit_code == 0
+    assert scan_checkpoint(path, allow=["tests.*"]).exit_code == 0
 
 
 @pytest.mark.parametrize(("module", "name", "safety"), [
     ("torch._utils", "_rebuild_tensor_v2", "safe"), ("torch", "BFloat16Storage", "safe"),
     ("collections", "OrderedDict", "safe"), ("_codecs", "encode", "safe"),
-    ("torch.cuda", "FloatTensor", "safe"), ("argparse", "Namespace", "unknown"),
+    ("torch.cuda", "FloatTensor", "safe"), ("argparse", "Namespace", "safe"),
+    ("numpy._core.multiarray", "_reconstruct", "safe"), ("pathlib", "PosixPath", "safe"),
+    ("datetime", "datetime", "safe"), ("builtins", "slice", "safe"),
+    ("typing", "_eval_type", "unsafe"), ("dataclasses", "_create_fn", "unsafe"),
+    ("numpy", "savetxt", "unsafe"), ("numpy", "memmap", "unsafe"), ("codecs", "open", "unsafe"),
+    ("sqlite3", "connect", "unsafe"), ("torch", "from_file", "unsafe"),
+    ("torch.serialization", "_open_file", "unsafe"), ("networkx", "write_adjlist", "unsafe"),
+    ("test.support.script_helper", "assert_python_ok", "unsafe"),
+    ("collections", "OrderedDict.fromkeys", "unsafe"), ("numpy", "load", "unsafe"),
     ("mypkg.config", "TrainConfig", "unknown"), ("mypkg.io", "Config", "unknown"),
     ("os", "system", "unsafe"), ("nt", "system", "unsafe"), ("__builtin__", "eval", "unsafe"), ("builtins", "getattr", "unsafe"),
     ("builtins", "__import__", "unsafe"), ("builtins", "compile", "unsafe"), ("importlib", "import_module", "unsafe"),
@@ -92,16 +119,17 @@ def test_classify_global(module: str, name: str, safety: str) -> None:
 
 def test_walk_keeps_globals_read_before_an_error() -> None:
     data = pickle.dumps({"a": 1}, protocol=2)[:-2] + b"cposix\nsystem\n\xfe"
-    scan = scan_opcodes(io.BytesIO(data), "p")
+    scan = scan_opcodes(data, "p")
     assert scan.error and "posix.system" in [g.qualname for g in scan.globals]
     assert scan.safety == "unsafe"
 
 
-def test_truncated_file_reports_what_it_read(tmp_path: Path) -> None:
+def test_truncated_file_cannot_be_judged(tmp_path: Path) -> None:
     path = tmp_path / "cut.pkl"
     path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-5])
-    (f,) = scan_checkpoint(path).files
-    assert f.error and f.readable and f.safety == "safe"
+    result = scan_checkpoint(path)
+    (f,) = result.files
+    assert f.error and f.safety == "error" and result.exit_code == 2
 
 
 @pytest.mark.parametrize("content", [b"", b"hello world, not a pickle\n" * 3, b"\xff\xfe\x00"])
@@ -139,3 +167,108 @@ def test_folder_and_glob(tmp_path: Path, make_checkpoint: Callable[..., Path],
     make_checkpoint("safetensors", tiny_model.state_dict(), "b")  # type: ignore[attr-defined]
     assert len(scan_checkpoint(tmp_path).files) == 2
     assert len(scan_checkpoint(str(tmp_path / "*" / "*.pth")).files) == 1
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("layout", ["zip", "legacy", "zip-no-crc"])
+def test_benign_torch_files_of_every_protocol_are_safe(tmp_path: Path, protocol: int,
+                                                       layout: str) -> None:
+    import numpy as np
+    import torch
+
+    state = {"w": torch.randn(3, 2), "step": 7, "rng": torch.get_rng_state(),
+             "np_rng": np.random.get_state(), "np_gen": np.random.default_rng(0),
+             "np_legacy": np.random.RandomState(0), "arr": np.arange(3.0), "s": np.float32(1)}
+    path = tmp_path / f"{layout}-p{protocol}.pt"
+    if layout == "zip-no-crc":
+        torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, path, pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=layout != "legacy")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    result = scan_checkpoint(path)
+    assert result.exit_code == 0, result.to_dict()
+    with open_checkpoint(path) as reader:  # inspect reads what torch reads
+        assert reader.entries()
+
+
+def test_ambiguous_archive_is_dangerous(tmp_path: Path) -> None:
+    import warnings
+    import zipfile
+
+    import torch
+
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.zeros(1)}, src)
+    dup = tmp_path / "dup.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dup, "w") as zout, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        zout.writestr("ok/data.pkl", pickle.dumps({"w": 1}))
+    (f,) = scan_checkpoint(dup).files
+    assert f.safety == "unsafe"
+    assert any("ambiguous archive" in x.message for p in f.pickles for x in p.findings)
+
+
+def test_fifo_is_refused_without_opening(tmp_path: Path) -> None:
+    import os
+
+    from ckpttools.errors import UnreadableCheckpointError
+    from ckpttools.formats.registry import open_checkpoint as open_any
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    result = scan_checkpoint(tmp_path)
+    assert result.exit_code == 2 and "FIFO" in result.files[0].error
+    for target in (fifo, tmp_path):
+        with pytest.raises(UnreadableCheckpointError, match="FIFO"):
+            open_any(target)
+
+
+@pytest.mark.parametrize(("data", "verdict"), [
+    (b"\x80\x02}N" + b"\x85" * 200_000 + b"K\x01s.", "error"),  # a key that crashes hashing
+    (b"\x80\x02" + b"}(K\x01" * 600 + b"N" + b"s" * 600 + b".", "safe"),  # 600-deep dicts
+    (pickle.dumps(10 ** 5000, 2), "safe"),  # > 4300 digits
+])
+def test_hostile_structure_is_bounded(tmp_path: Path, data: bytes, verdict: str) -> None:
+    path = tmp_path / "x.pkl"
+    path.write_bytes(data)
+    assert scan_checkpoint(path).files[0].safety == verdict
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dcp_bytes_items_are_scanned(tmp_path: Path, canary: Path) -> None:
+    """The DCP loader hands each bytes item to torch.load(weights_only=False)."""
+    import io
+    import os
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from tests.malicious_corpus import Payload
+
+    folder = tmp_path / "dcp"
+    dcp.save({"w": torch.zeros(3), "extra": io.BytesIO(b"x" * 4096)}, checkpoint_id=folder)
+    assert scan_checkpoint(folder).exit_code == 0
+    data_file = next(folder.glob("*.distcp"))
+    blob = bytearray(data_file.read_bytes())
+    evil = pickle.dumps(Payload(os.system, f"touch {canary}"), protocol=2)
+    start = blob.find(b"PK\x03\x04")  # the first item, "extra" (bytes items are written first)
+    blob[start:start + len(evil)] = evil
+    data_file.write_bytes(bytes(blob))
+    (f,) = scan_checkpoint(folder).files
+    names = {g.qualname for p in f.pickles for g in p.globals}
+    assert f.safety == "unsafe" and names & {"os.system", "posix.system"}
+
+
+def test_tensor_bytes_that_look_like_opcodes_are_not_a_pickle(tmp_path: Path) -> None:
+    """A storage record starting with EXT4 or GLOBAL bytes is tensor data, not a pickle."""
+    import torch
+
+    raw = bytearray(b"\x84\x01\x02\x03cos\nsystem\n" + bytes(48))
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.frombuffer(raw, dtype=torch.uint8).clone()}, path)
+    assert scan_checkpoint(path).exit_code == 0

@@ -1,0 +1,300 @@
+"""The opcodes of one pickle, with each argument read exactly as CPython's C unpickler
+(``Modules/_pickle.c``) reads it.
+
+``pickletools.genops`` parses some text arguments differently from the unpickler that runs the
+file: ``INT`` goes through C ``strtol(s, &end, 0)`` (hex, octal, a trailing NUL) and then
+``int(s, 0)``, ``LONG`` through ``int(s, 0)``, ``FLOAT`` stops at a NUL, a protocol-0 ``STRING``
+may hold any bytes. A scanner that stops where the unpickler goes on misses what follows, so
+this reader stops only where the C unpickler raises. Where unpicklers differ among themselves
+(the ``encoding`` of ``STRING``, ``PERSID`` with no ``persistent_load``), it goes on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import pickletools
+import re
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["NAMES", "OpcodeError", "iter_ops", "max_tuple_depth"]
+
+HIGHEST_PROTOCOL = 5
+NAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
+_FIXED = {"BININT": (4, True), "BININT1": (1, False), "BININT2": (2, False),
+          "BINGET": (1, False), "LONG_BINGET": (4, False), "BINPUT": (1, False),
+          "LONG_BINPUT": (4, False), "EXT1": (1, False), "EXT2": (2, False),
+          "EXT4": (4, True), "PROTO": (1, False), "FRAME": (8, False)}
+# counted arguments: (bytes of the count, signed count, decode)
+_COUNTED = {"LONG1": (1, False, "long"), "LONG4": (4, True, "long"),
+            "BINSTRING": (4, True, ""), "SHORT_BINSTRING": (1, False, ""),
+            "BINBYTES": (4, False, ""), "SHORT_BINBYTES": (1, False, ""),
+            "BINBYTES8": (8, False, ""), "BYTEARRAY8": (8, False, ""),
+            "BINUNICODE": (4, False, "utf8"), "SHORT_BINUNICODE": (1, False, "utf8"),
+            "BINUNICODE8": (8, False, "utf8")}
+_TEXT = frozenset({"INT", "LONG", "STRING", "UNICODE", "FLOAT", "GET", "PUT", "PERSID"})
+_FLOAT = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)",
+                    re.IGNORECASE)
+_SPACE = b" \t\n\v\f\r"
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class OpcodeError(ValueError):
+    """Where the C unpickler raises: nothing after this opcode runs."""
+
+
+def _cut_nul(line: bytes) -> bytes:
+    at = line.find(b"\0")
+    return line if at < 0 else line[:at]
+
+
+def _strtol(s: bytes) -> tuple[int, int, bool]:
+    """C ``strtol(s, &end, 0)``: ``(value, end index, overflowed)``."""
+    i, n = 0, len(s)
+    while i < n and s[i] in _SPACE:
+        i += 1
+    neg = i < n and s[i] == 45
+    if i < n and s[i] in b"+-":
+        i += 1
+    base, digits = 10, b"0123456789"
+    if i < n and s[i] == 48:
+        if i + 2 < n and s[i + 1] in b"xX" and s[i + 2] in b"0123456789abcdefABCDEF":
+            base, digits, i = 16, b"0123456789abcdefABCDEF", i + 2
+        else:
+            base, digits = 8, b"01234567"
+    start = i
+    while i < n and s[i] in digits:
+        i += 1
+    if i == start:
+        return 0, 0, False
+    value = int(s[start:i], base) * (-1 if neg else 1)
+    return value, i, not _LONG_MIN <= value <= _LONG_MAX
+
+
+def _check_int(line: bytes) -> None:
+    """``load_int``: strtol, and ``int(s, 0)`` when strtol did not take the whole line."""
+    s = _cut_nul(line)
+    _, end, overflow = _strtol(s)
+    if not overflow and (end >= len(s) or s[end] == 10):
+        return
+    try:
+        int(s, 0)
+    except ValueError as e:
+        raise OpcodeError("could not convert string to int") from e
+
+
+def _check_long(line: bytes) -> None:
+    if len(line) >= 2 and line[-2:-1] == b"L":
+        line = line[:-2]
+    try:
+        int(_cut_nul(line), 0)
+    except ValueError as e:
+        raise OpcodeError(f"invalid LONG argument: {e}") from e
+
+
+def _check_float(line: bytes) -> None:
+    """``load_float``: ``PyOS_string_to_double`` then a newline or NUL; overflow raises."""
+    m = _FLOAT.match(line)
+    rest = line[m.end():m.end() + 1] if m else line[:1]
+    if m is None or rest not in (b"\n", b"\0"):
+        raise OpcodeError("could not convert string to float")
+    if math.isinf(float(m.group())) and b"n" not in m.group().lower():
+        raise OpcodeError("float overflow")
+
+
+def _memo_index(line: bytes, name: str) -> int:
+    try:
+        idx = int(_cut_nul(line), 10)
+    except ValueError as e:
+        raise OpcodeError(f"bad {name} argument") from e
+    if name == "PUT" and idx < 0:
+        raise OpcodeError("negative PUT argument")
+    return idx
+
+
+def _text_arg(name: str, line: bytes) -> Any:
+    """The value of a newline-terminated argument (``line`` includes the newline)."""
+    if len(line) < 2 and name not in ("UNICODE", "PERSID"):
+        raise OpcodeError("pickle data was truncated")  # bad_readline
+    if name == "INT":
+        return _check_int(line)
+    if name == "LONG":
+        return _check_long(line)
+    if name == "FLOAT":
+        return _check_float(line)
+    if name in ("GET", "PUT"):
+        return _memo_index(line, name)
+    body = line[:-1]
+    if name == "UNICODE":
+        try:
+            return str(body, "raw-unicode-escape")
+        except UnicodeDecodeError as e:
+            raise OpcodeError(f"bad UNICODE argument: {e.reason}") from e
+    if name == "PERSID":
+        return body.decode("latin-1")
+    # STRING: quoted, escape-decoded; its text encoding depends on the unpickler (go on)
+    if len(body) < 2 or body[0] != body[-1] or body[:1] not in (b"'", b'"'):
+        raise OpcodeError("the STRING opcode argument must be quoted")
+    try:
+        with warnings.catch_warnings():  # "invalid escape sequence" warns, it does not stop
+            warnings.simplefilter("ignore")
+            raw = codecs.escape_decode(body[1:-1])[0]
+    except ValueError as e:
+        raise OpcodeError(f"bad STRING argument: {e}") from e
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _readline(data: Any, pos: int, n: int) -> tuple[bytes, int]:
+    end = data.find(b"\n", pos, n)
+    if end < 0:
+        raise OpcodeError("pickle data was truncated (no newline)")
+    return bytes(data[pos:end + 1]), end + 1
+
+
+def _name_pair(data: Any, pos: int, n: int) -> tuple[str, int]:
+    """GLOBAL/INST: two lines, each UTF-8 (strict, as ``load_global`` decodes them)."""
+    parts = []
+    for _ in range(2):
+        line, pos = _readline(data, pos, n)
+        if len(line) < 2:
+            raise OpcodeError("pickle data was truncated")
+        try:
+            parts.append(line[:-1].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise OpcodeError("GLOBAL/INST names must be UTF-8") from e
+    return f"{parts[0]} {parts[1]}", pos
+
+
+def _counted(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
+    width, signed, decode = _COUNTED[name]
+    if pos + width > n:
+        raise OpcodeError("pickle data was truncated")
+    size = int.from_bytes(data[pos:pos + width], "little", signed=signed)
+    if size < 0:
+        raise OpcodeError(f"{name} has a negative byte count")
+    pos += width
+    if pos + size > n:
+        raise OpcodeError("pickle data was truncated")
+    raw = data[pos:pos + size]
+    if decode == "long":
+        return int.from_bytes(raw, "little", signed=True), pos + size
+    if decode == "utf8":
+        try:
+            return str(raw, "utf-8", "surrogatepass"), pos + size
+        except UnicodeDecodeError as e:
+            raise OpcodeError(f"{name} is not UTF-8") from e
+    return size, pos + size  # bytes values are never needed, only skipped
+
+
+def _arg(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
+    if name in _FIXED:
+        width, signed = _FIXED[name]
+        if pos + width > n:
+            raise OpcodeError("pickle data was truncated")
+        value = int.from_bytes(data[pos:pos + width], "little", signed=signed)
+        if name == "PROTO" and value > HIGHEST_PROTOCOL:
+            raise OpcodeError(f"unsupported pickle protocol: {value}")
+        if name == "FRAME" and pos + width + value > n:
+            raise OpcodeError("pickle data was truncated (frame)")
+        if name.startswith("EXT") and value <= 0:
+            raise OpcodeError("EXT specifies code <= 0")
+        return value, pos + width
+    if name == "BINFLOAT":
+        if pos + 8 > n:
+            raise OpcodeError("pickle data was truncated")
+        return None, pos + 8
+    if name in _COUNTED:
+        return _counted(data, name, pos, n)
+    if name in ("GLOBAL", "INST"):
+        return _name_pair(data, pos, n)
+    if name in _TEXT:
+        line, end = _readline(data, pos, n)
+        return _text_arg(name, line), end
+    return None, pos
+
+
+def iter_ops(data: Any, pos: int = 0, end: int | None = None) -> Iterator[tuple[str, Any, int]]:
+    """Yield ``(opcode name, argument, offset)`` up to and including STOP.
+
+    Args:
+        data: ``bytes``, ``memoryview`` or ``mmap`` holding the pickle.
+        pos: where the pickle starts.
+        end: where the data ends (default: its length).
+
+    Raises:
+        OpcodeError: where the C unpickler would raise (unknown opcode, truncation, bad argument).
+    """
+    n = len(data) if end is None else end
+    while True:
+        if pos >= n:
+            raise OpcodeError("pickle data was truncated (no STOP opcode)")
+        name = NAMES.get(data[pos])
+        if name is None:
+            raise OpcodeError(f"invalid load key, {bytes([data[pos]])!r}")
+        arg, nxt = _arg(data, name, pos + 1, n)
+        yield name, arg, pos
+        if name == "STOP":
+            return
+        pos = nxt
+
+
+_TUPLE_OPS = (b"t", b"\x85", b"\x86", b"\x87")
+CHEAP_TUPLE_LIMIT = 50_000  # below this many tuple opcodes, no tuple can nest deep enough to crash
+
+
+def max_tuple_depth(data: Any, pos: int = 0) -> int:
+    """How deep tuples nest in a pickle (hashing a tuple recurses in C without a limit, so a
+    key nested ~10**6 deep crashes the interpreter). Cheap unless the pickle has more than
+    ``CHEAP_TUPLE_LIMIT`` tuple opcodes.
+
+    Raises:
+        OpcodeError: the pickle is malformed.
+    """
+    raw = data if isinstance(data, bytes) else bytes(data)
+    if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
+        return 0
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[int, int] = {}
+    deepest = 0
+    for name, arg, _ in iter_ops(raw, pos):
+        deepest = max(deepest, _tuple_step(name, arg, stack, marks, memo))
+    return deepest
+
+
+def _tuple_step(name: str, arg: Any, stack: list[int], marks: list[int],
+                memo: dict[int, int]) -> int:
+    """One opcode on a stack of tuple depths (0 for anything that is not a tuple)."""
+    if name == "MARK":
+        marks.append(len(stack))
+        return 0
+    if name in ("TUPLE1", "TUPLE2", "TUPLE3", "TUPLE"):
+        k = int(name[-1]) if name != "TUPLE" else len(stack) - (marks.pop() if marks else 0)
+        items = stack[len(stack) - k:] if k else []
+        del stack[len(stack) - k:]
+        stack.append(1 + max(items, default=0))
+        return stack[-1]
+    if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        memo[arg] = stack[-1] if stack else 0
+    elif name == "MEMOIZE":
+        memo[len(memo)] = stack[-1] if stack else 0
+    elif name in ("GET", "BINGET", "LONG_BINGET"):
+        stack.append(memo.get(arg, 0))
+    elif name == "DUP":
+        stack.append(stack[-1] if stack else 0)
+    else:
+        op = pickletools.code2op[_CODE[name]]
+        before = op.stack_before
+        if pickletools.markobject in before:
+            del stack[marks.pop() if marks else 0:]
+            before = before[:before.index(pickletools.markobject)]
+        del stack[max(0, len(stack) - len(before)):]
+        stack.extend(0 for item in op.stack_after if item is not pickletools.markobject)
+        if pickletools.markobject in op.stack_after:
+            marks.append(len(stack))
+    return 0
+
+
+_CODE = {name: chr(code) for code, name in NAMES.items()}
