@@ -149,13 +149,14 @@ def source_of(reader: CheckpointReader, view: StateDictView) -> Source:
     tree = reader.tree()
     top = {str(k) for k in tree} if isinstance(tree, dict) else set()
     origin = "lightning" if "pytorch-lightning_version" in top else ""
-    if reader.format == Format.FOLDER and view.prefix:
+    fmt = getattr(reader, "format", None)  # an in-memory state_dict has none
+    if fmt == Format.FOLDER and view.prefix:
         name, inner = reader.split_key(view.prefix)  # type: ignore[attr-defined]
         fmt = "safetensors" if name.endswith(".safetensors") else "torch"
         return Source(reader.path, os.path.join(reader.path, name), inner, fmt, origin)
-    if reader.format == Format.SAFETENSORS:
+    if fmt == Format.SAFETENSORS:
         return Source(reader.path, reader.path, "", "safetensors", origin)
-    if reader.format == Format.SAFETENSORS_SHARDED:
+    if fmt == Format.SAFETENSORS_SHARDED:
         folder = reader.path if os.path.isdir(reader.path) else os.path.dirname(reader.path)
         return Source(reader.path, folder, "", "safetensors-sharded", origin)
     return Source(reader.path, reader.path, view.prefix, "torch", origin)

@@ -7,6 +7,7 @@ import textwrap
 from ckpttools.ops.diagnose.fixes import Cause
 from ckpttools.ops.diagnose.diagnosis import DiagnoseResult
 from ckpttools.render import heading, to_json
+from ckpttools.render.plan import render_plan
 
 
 def _header(result: DiagnoseResult) -> str:
@@ -49,6 +50,8 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines.append("the checkpoint loads strictly into the model; nothing to diagnose")
     elif not result.causes:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
+    if result.plan is not None and (result.plan.steps or result.plan.source.key) and result.found:
+        lines += [render_plan(result.plan, fmt), ""]
     for i, cause in enumerate(result.causes, start=1):
         lines += _cause(i, cause, fmt)
     return "\n".join(lines).rstrip() + "\n"

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ckpttools.keypaths import compress_keys
-from ckpttools.ops.fix_plan import FixPlan
 from ckpttools.ops.model_diff import DiffResult
 from ckpttools.ops.diff.pair import CheckpointDiffResult
 from ckpttools.render import heading, shape_text, table, to_json
+from ckpttools.render.plan import render_plan
 from ckpttools.units import human_count
 
 # Tables longer than this are cut in table/markdown output (JSON always lists everything).
@@ -82,27 +82,6 @@ def _summary(result: DiffResult, fmt: str) -> str:
         lines.append(f"non-persistent buffers (not saved, never missing): "
                      f"{len(result.non_persistent)}")
     lines += [f"warning: {w}" for w in result.warnings]
-    return "\n".join(lines)
-
-
-def render_plan(plan: FixPlan, fmt: str) -> str:
-    """A fix plan: its steps with the checked counts after each, the snippet, the command and
-    the framework's own way (shared by ``diff`` and ``diagnose --checkpoint``)."""
-    verdict = ("loads with strict=True" if plan.strict else
-               f"loads with strict=False, {len(plan.left)} model keys keep their initialisation")
-    lines = [heading(f"Fix plan (checked against the model: {plan.after.text}; {verdict})", fmt), ""]
-    for n, step in enumerate(plan.steps, start=1):
-        after = step.after.text if step.after else ""
-        lines += [f"{n}. {step.summary}", f"   after: {after}"]
-    code = "```" if fmt == "markdown" else ""
-    lines += ["", "python:"] + ([code + "python"] if code else []) + \
-        [("" if code else "    ") + line for line in plan.python.splitlines()] + ([code] if code else [])
-    if plan.command:
-        lines += ["", f"remap:  {plan.command}"]
-    if plan.command_note:
-        lines.append(f"note:   {plan.command_note}")
-    for a in plan.advice:
-        lines += ["", f"{a['framework']}: {a['summary']}", f"    {a['code']}"]
     return "\n".join(lines)
 
 
