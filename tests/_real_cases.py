@@ -67,9 +67,9 @@ def _bert(dest: Path, name: str) -> Case:
                        "cls5": "bert_cls"}[target]
     args = ("num_labels=5",) if target == "cls5" else ()
     table = {
-        "mlm-to-bare": (("strip-prefix", "drop"), False, ("pooler.dense.weight", "pooler.dense.bias")),
-        "cls-to-bare": (("strip-prefix", "drop"), True, ()),
-        "bare-to-mlm": (("add-prefix", "drop"), False, (
+        "mlm-to-bare": (("drop", "strip-prefix"), False, ("pooler.dense.weight", "pooler.dense.bias")),
+        "cls-to-bare": (("drop", "strip-prefix"), True, ()),
+        "bare-to-mlm": (("drop", "add-prefix", "tie"), False, (
             "cls.predictions.bias", "cls.predictions.transform.dense.weight",
             "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
             "cls.predictions.transform.LayerNorm.bias")),
@@ -94,7 +94,7 @@ def _lightning(dest: Path) -> Case:
     trainer.fit(lit, torch.utils.data.DataLoader(data, batch_size=4))
     path = dest / "lit.ckpt"
     trainer.save_checkpoint(str(path))
-    return Case(path, TINY, (), ("strip-prefix", "drop"), True, key="state_dict",
+    return Case(path, TINY, (), ("drop", "strip-prefix"), True, key="state_dict",
                 framework="lightning", needs="lightning")
 
 

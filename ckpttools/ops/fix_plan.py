@@ -321,5 +321,5 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
     alias = {k for g in sig.ties for k in g[1:]}
     left = tuple(k.key for k in sig.keys if k.key not in filled and k.key not in alias)
     plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
-                   len(cmp.matched), len(sig.keys), left, allow_tied, traits)
+                   len(filled), len(sig.keys), left, allow_tied, traits)
     return render_plan(plan)

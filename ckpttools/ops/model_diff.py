@@ -169,8 +169,8 @@ def _best_view(reader: CheckpointReader, views: list[StateDictView], sig: ModelS
     for view in views:
         table = {e.key: (e.shape, e.dtype) for e in view.entries}
         plan = find_plan(source_of(reader, view), table, sig, traits, allow_tied=allow_tied)
-        if best is None or (plan.filled, -plan.after.unexpected) > \
-                (best[1].filled, -best[1].after.unexpected):
+        if best is None or (plan.filled, -plan.after.unexpected, -len(plan.steps)) > \
+                (best[1].filled, -best[1].after.unexpected, -len(best[1].steps)):
             best = (view, plan)
     if best is None:
         raise ValueError("no state_dict candidates")  # find_state_dict always gives one

@@ -139,7 +139,8 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     diff = diff_against_model(source, model, key=key, model_name=model_name,
                               allow_tied=allow_tied)
     ev = evidence_from_diff(diff, model_name or None)
-    found = not diff.ok or bool(diff.state_dict and key is None)
+    nested = diff.plan is not None and bool(diff.plan.source.key)  # a folder's file is not
+    found = not diff.ok or (nested and key is None)
     result = diagnose_evidence(ev, found=found, note=diff.state_dict_note)
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
