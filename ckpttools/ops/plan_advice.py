@@ -57,10 +57,12 @@ def _timm(plan: FixPlan) -> list[Advice]:
     resample = any(s.kind == "resample-pos-embed" for s in plan.steps)
     if not (resample or _resized(plan)) or not t.architecture:
         return []
+    # the model's own head and input size: create_model drops a head of another size and
+    # resamples the position embedding to the grid of img_size
     args = [f"pretrained_cfg_overlay=dict(file={plan.source.file!r})"]
-    if _resized(plan) and t.num_classes is not None:
+    if t.num_classes is not None:
         args.append(f"num_classes={t.num_classes}")
-    if resample and t.img_size:
+    if t.img_size:
         args.append(f"img_size={t.img_size[0] if len(set(t.img_size)) == 1 else t.img_size}")
     return [{"summary": "timm's create_model loads the file itself: it resamples the position "
                         "embedding and leaves a resized head initialised",
