@@ -8,7 +8,7 @@ key/shape/dtype table and compared with the model's signature; the counts a step
 counts that comparison produced, and a step that changes nothing is left out.
 
 The same plan object gives the Python snippet, the ``ckpttools remap`` command and the JSON
-``plan`` (:mod:`ckpttools.ops.plan_text`).
+``plan`` (:func:`ckpttools.ops.plan_text.render_plan` fills them in).
 """
 
 from __future__ import annotations
@@ -306,10 +306,9 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
         allow_tied: absent tied aliases are fine (``--allow-tied``).
 
     Returns:
-        The plan with its renderings; no steps when the state_dict loads as it is.
+        The plan, without its renderings (``plan_text.render_plan`` adds them); no steps when
+        the state_dict loads as it is.
     """
-    from ckpttools.ops.plan_text import render_plan
-
     before = compare_keys(table, sig)
     if Counts.of(before).loads_strictly(allow_tied):
         steps: list[Step] = []
@@ -322,4 +321,4 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
     left = tuple(k.key for k in sig.keys if k.key not in filled and k.key not in alias)
     plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
                    len(filled), len(sig.keys), left, allow_tied, traits)
-    return render_plan(plan)
+    return plan

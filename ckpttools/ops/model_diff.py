@@ -18,6 +18,7 @@ from ckpttools.ops.comparison import Comparison, Shape, compare_keys
 from ckpttools.ops.fix_plan import Counts, FixPlan, Source, find_plan
 from ckpttools.ops.frameworks import ModelTraits, detect_traits
 from ckpttools.ops.model_spec import ModelSignature, signature_of_model
+from ckpttools.ops.plan_text import render_plan
 from ckpttools.ops.state_dict import StateDictView, as_reader, find_state_dict, state_dict_candidates
 
 if TYPE_CHECKING:
@@ -168,7 +169,8 @@ def _best_view(reader: CheckpointReader, views: list[StateDictView], sig: ModelS
     best: tuple[StateDictView, FixPlan] | None = None
     for view in views:
         table = {e.key: (e.shape, e.dtype) for e in view.entries}
-        plan = find_plan(source_of(reader, view), table, sig, traits, allow_tied=allow_tied)
+        plan = render_plan(find_plan(source_of(reader, view), table, sig, traits,
+                                     allow_tied=allow_tied))
         if best is None or (plan.filled, -plan.after.unexpected, -len(plan.steps)) > \
                 (best[1].filled, -best[1].after.unexpected, -len(best[1].steps)):
             best = (view, plan)
