@@ -264,18 +264,19 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
                         "initialisation)"), (extra, "the model does not have")):
         if keys:
             pattern = drop_pattern(keys, list(table))
-            steps.append(Step("drop", (pattern,), f"drop {len(keys)} keys {what}: {pattern}"))
+            noun = "key" if len(keys) == 1 else "keys"
+            steps.append(Step("drop", (pattern,), f"drop {len(keys)} {noun} {what}: {pattern}"))
     steps += renames
     model = sig.by_key()
     nbt = tuple(k for k in cmp.missing if k.rpartition(".")[2] == NBT and model[k].kind == "buffer")
     if nbt:
         steps.append(Step("num-batches-tracked", nbt, (
-            f"add the {len(nbt)} BatchNorm num_batches_tracked counters the checkpoint lacks "
+            f"add the BatchNorm num_batches_tracked counters the checkpoint lacks ({len(nbt)}) "
             "(saved before torch 0.4.1, or trimmed); they count batches, no weights")))
     if cmp.tied:
         a, o = cmp.tied[0]
         steps.append(Step("tie", tuple(f"{a}={o}" for a, o in cmp.tied), (
-            f"add the {len(cmp.tied)} tied aliases the checkpoint leaves out ({a} is {o}); "
+            f"add the tied aliases the checkpoint leaves out ({len(cmp.tied)}: {a} is {o} ...); "
             "from_pretrained re-ties them itself")))
     return steps + resample
 

@@ -17,6 +17,8 @@ def _header(result: DiagnoseResult) -> str:
               f"{len(ev.mismatched)} shape mismatches")
     if ev.matched is not None:
         counts += f", {ev.matched} matching"
+    if result.plan is not None and result.plan.before.tied:
+        counts += f", {result.plan.before.tied} tied aliases absent"
     extra = "; lists cut short, counts are lower bounds" if ev.truncated else ""
     model = f" for {ev.class_name}" if ev.class_name else ""
     return f"diagnosis from the {where}{model}: {counts}{extra}"
