@@ -25,26 +25,6 @@ from ckpttools.ops.model_spec import ModelSignature
 Shape = tuple[int, ...]
 Rule = tuple[str, str]  # (regex, replacement)
 
-# A prefix counts as systematic when it is on this share of keys (a stray unprefixed buffer happens).
-PREFIX_SHARE = 0.9
-
-
-def common_prefixes(keys: Iterable[str], share: float = PREFIX_SHARE,
-                    depth: int = 3) -> list[str]:
-    """Dotted prefixes (``module.``, ``module._orig_mod.``) found on at least ``share`` of keys,
-    shortest first."""
-    keys = list(keys)
-    if not keys:
-        return []
-    counts: Counter[str] = Counter()
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, min(depth, len(parts) - 1) + 1):
-            counts[".".join(parts[:n]) + "."] += 1
-    need = max(1, int(share * len(keys) + 0.999999))
-    return sorted((p for p, c in counts.items() if c >= need), key=len)
-
-
 def parse_rule(text: str) -> Rule:
     """``'^encoder\\.(\\d+)=blocks.\\1'`` -> ``('^encoder\\.(\\d+)', 'blocks.\\1')``.
 

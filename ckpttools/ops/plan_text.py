@@ -68,7 +68,9 @@ def python_snippet(plan: FixPlan) -> str:
 def output_path(source: Source) -> str:
     """Where the remap command writes: next to the file, ``-fixed`` added."""
     base, ext = os.path.splitext(os.path.basename(os.path.normpath(source.file)))
-    ext = ".safetensors" if source.fmt.startswith("safetensors") else (ext or ".pth")
+    # a nested source is written as its state_dict alone: a plain .pth, not another .ckpt
+    ext = ".safetensors" if source.fmt.startswith("safetensors") else \
+        (".pth" if source.key or not ext else ext)
     return os.path.join(os.path.dirname(os.path.normpath(source.file)), f"{base}-fixed{ext}")
 
 

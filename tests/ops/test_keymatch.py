@@ -10,7 +10,6 @@ from ckpttools.errors import SpecError
 from ckpttools.ops.model_spec import ModelKey, ModelSignature
 from ckpttools.ops.keymatch import (
     apply_rules,
-    common_prefixes,
     format_rules,
     rename_table,
     search_moves,
@@ -18,12 +17,6 @@ from ckpttools.ops.keymatch import (
     prefix_rules,
     read_rules,
 )
-
-
-def test_common_prefixes_tolerate_a_stray_key() -> None:
-    keys = [f"module.layer.{i}.weight" for i in range(19)] + ["num_batches"]
-    assert common_prefixes(keys) == ["module.", "module.layer."]
-    assert common_prefixes(["a.x", "b.y"]) == []
 
 
 def test_parse_rule_splits_on_first_unescaped_equals() -> None:
