@@ -29,14 +29,15 @@ def _read_text(file: str | None) -> str:
 
 
 def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | None,
-                trust: bool) -> object:
+                trust: bool, allow_tied: bool) -> object:
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.ops.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.model_spec import load_model, parse_model_args
     from ckpttools.ops.diagnose.diagnosis import diagnose_checkpoint
 
-    signature = load_model_signature(spec, parse_model_args(args))
+    model = load_model(spec, parse_model_args(args))
     with open_checkpoint(checkpoint, trust=trust) as reader:
-        return diagnose_checkpoint(reader, signature, key=key, model_name=spec)
+        return diagnose_checkpoint(reader, model, key=key, model_name=spec,
+                                   allow_tied=allow_tied)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,10 +45,13 @@ def _from_files(checkpoint: str, spec: str, args: tuple[str, ...], key: str | No
 @click.option("--checkpoint", metavar="PATH", help="Diagnose from the checkpoint and --model instead.")
 @model_opts
 @key_opt()
+@click.option("--allow-tied", is_flag=True,
+              help="With --checkpoint: accept tied aliases the checkpoint leaves out.")
 @common_options()
 @click.pass_context
 def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model_spec: str | None,
-             model_args: tuple[str, ...], key: str | None, trust: bool, output_format: str) -> None:
+             model_args: tuple[str, ...], key: str | None, allow_tied: bool, trust: bool,
+             output_format: str) -> None:
     """Explain why load_state_dict failed, rank the causes and give the fix.
 
     \b
@@ -70,7 +74,7 @@ def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted and bool(checkpoint))
     if checkpoint:
-        result = _from_files(checkpoint, model_spec or "", model_args, key, trusted)
+        result = _from_files(checkpoint, model_spec or "", model_args, key, trusted, allow_tied)
     else:
         result = diagnose_text(_read_text(file))
         if not result.found:

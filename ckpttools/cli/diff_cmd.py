@@ -32,19 +32,24 @@ if TYPE_CHECKING:
               help="Absolute tolerance for values (PATH OTHER).")
 @click.option("--rtol", type=float, default=0.0, show_default=True,
               help="Relative tolerance for values (PATH OTHER).")
+@click.option("--allow-tied", is_flag=True,
+              help="Accept tied aliases the checkpoint leaves out (from_pretrained re-ties them).")
 @common_options()
 @click.pass_context
 def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | None,
          model_args: tuple[str, ...], key: str | None, rules_out: str | None, atol: float,
-         rtol: float, output_format: str, trust: bool) -> None:
+         rtol: float, allow_tied: bool, output_format: str, trust: bool) -> None:
     """Will PATH load into a model? Or: how does PATH differ from OTHER?
 
     With --model, compare the checkpoint's state_dict with what the model's load_state_dict
     expects (the model is built on the meta device; no weights are read), name systematic
-    differences (a 'module.' prefix, a nested state_dict, renamed layers) and print the fix.
+    differences (a 'module.' prefix, a nested state_dict, renamed layers) and print one fix
+    plan, checked against the model before it is shown, as Python and as a remap command.
     --model also takes a JSON signature (ckpttools inspect REF --format json > ref.json).
     With OTHER, compare two checkpoints of any formats key by key and value by value.
-    Exit 0 when it would load / they match, 1 when not, 2 when the diff could not run.
+    Exit 0 when load_state_dict(strict=True) would succeed on the state_dict as found / they
+    match, 1 when not (absent tied aliases too, unless --allow-tied), 2 when the diff could
+    not run.
 
     \b
     Examples:
@@ -58,24 +63,26 @@ def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | Non
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
     if model_spec is not None:
-        ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust)
-    elif model_args or rules_out or key:
-        raise click.UsageError("-a, --key and --suggest-rules go with --model")
+        ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust,
+                         allow_tied)
+    elif model_args or rules_out or key or allow_tied:
+        raise click.UsageError("-a, --key, --allow-tied and --suggest-rules go with --model")
     else:
         ok = _diff_pair(path, str(other), atol, rtol, output_format, trust)
     ctx.exit(0 if ok else 1)
 
 
 def _diff_model(path: str, spec: str, args: tuple[str, ...], key: str | None,
-                rules_out: str | None, fmt: str, trust: bool) -> bool:
+                rules_out: str | None, fmt: str, trust: bool, allow_tied: bool) -> bool:
     from ckpttools.formats.registry import open_checkpoint
-    from ckpttools.ops.model_spec import load_model_signature, parse_model_args
+    from ckpttools.ops.model_spec import load_model, parse_model_args
     from ckpttools.ops.model_diff import diff_against_model
     from ckpttools.render.diff import render_diff
 
-    signature = load_model_signature(spec, parse_model_args(args))
+    model = load_model(spec, parse_model_args(args))
     with open_checkpoint(path, trust=trust) as reader:
-        result = diff_against_model(reader, signature, key=key, model_name=spec)
+        result = diff_against_model(reader, model, key=key, model_name=spec,
+                                    allow_tied=allow_tied)
     click.echo(render_diff(result, fmt))
     for message in result.warnings:
         warn(message)
@@ -89,14 +96,15 @@ def _write_rules(result: DiffResult, dest: str) -> None:
     from ckpttools.ops.keymatch import format_rules
     from ckpttools.units import plural
 
-    rules = next((f.rules for f in reversed(result.fixes) if f.rules), ())
-    if not rules:
+    plan = result.plan
+    rules = plan.rules if plan else ()
+    if not plan or not rules:
         warn(f"no rename rules to suggest; {dest} not written")
         return
-    mapping = result.mapping
-    summary = (f"{plural(len(mapping.pairs), 'key')} mapped, {len(mapping.unmatched_checkpoint)} checkpoint "
-            f"and {len(mapping.unmatched_model)} model keys unmatched" if mapping else "")
-    text = format_rules(rules, f"ckpttools remap {result.checkpoint} OUT --rules {dest}\n{summary}")
+    drops = " ".join(f"--drop '{p}'" for s in plan.steps if s.kind == "drop" for p in s.args)
+    key = f" --key {plan.source.key}" if plan.source.key else ""
+    text = format_rules(rules, f"ckpttools remap {plan.source.file} OUT{key} --rules {dest} "
+                               f"{drops}\nafter: {plan.after.text}")
     with atomic_output(dest) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     note(f"wrote {plural(len(rules), 'rule')} to {dest}")

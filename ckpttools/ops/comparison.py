@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ckpttools.ops.model_spec import ModelSignature
 
 Shape = tuple[int, ...]
+Table = dict[str, tuple[Shape, str]]  # checkpoint key -> (shape, dtype)
 
 
 @dataclass(frozen=True)

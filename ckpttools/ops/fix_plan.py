@@ -1,200 +1,227 @@
-"""Naming systematic differences between a checkpoint and a model, and the fix for each.
+"""One fix plan for a checkpoint that does not load into a model, proven before it is shown.
 
-Fixes build on each other: a prefix first, then inferred rename rules, then what is left
-(missing ``num_batches_tracked``, shape mismatches, extra or absent keys). Each fix carries the
-result after it and the ones before it, a one-line Python fix, and the ``ckpttools remap``
-command that writes a fixed checkpoint.
+The plan is found by the key-matching search (:mod:`ckpttools.ops.keymatch`), then completed
+with what the search does not rename: drops of whole subtrees the model lacks or holds in
+another shape, missing ``num_batches_tracked`` counters, absent tied aliases and (for timm) a
+position embedding resampled to the model's grid. Every step is applied to the checkpoint's
+key/shape/dtype table and compared with the model's signature; the counts a step shows are the
+counts that comparison produced, and a step that changes nothing is left out.
+
+The same plan object gives the Python snippet, the ``ckpttools remap`` command and the JSON
+``plan`` (:func:`ckpttools.ops.plan_text.render_plan` fills them in).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-import shlex
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ckpttools.ops.keymatch import (
-    KeyMapping,
-    Rule,
-    apply_rules,
-    common_prefixes,
-    infer_mapping,
-    prefix_rules,
-)
-from ckpttools.ops.comparison import Comparison
-from ckpttools.ops.state_dict import StateDictView
+from ckpttools.ops.comparison import Comparison, Table, compare_keys
+from ckpttools.ops.frameworks import ModelTraits
+from ckpttools.ops.keymatch import Move, Rule, apply_rules, search_moves
+from ckpttools.ops.model_spec import ModelSignature
 
-if TYPE_CHECKING:
-    from ckpttools.ops.model_spec import ModelSignature
-
-Shape = tuple[int, ...]
-KNOWN_PREFIXES = {
-    "module.": "nn.DataParallel / DistributedDataParallel",
-    "_orig_mod.": "torch.compile",
-    "module._orig_mod.": "DistributedDataParallel around torch.compile",
-    "_orig_mod.module.": "torch.compile around DistributedDataParallel",
-    "model.": "a Lightning-style wrapper",
-    "_fsdp_wrapped_module.": "FSDP",
-}
+NBT = "num_batches_tracked"
+# steps the remap command cannot express (the snippet and from_pretrained/create_model can)
+SNIPPET_ONLY = ("tie", "resample-pos-embed")
 
 
 @dataclass(frozen=True)
-class Fix:
-    """A named systematic difference and how to remove it.
+class Counts:
+    """A comparison in numbers; ``tied`` counts aliases absent from the checkpoint."""
 
-    Attributes:
-        kind: ``nested``, ``strip-prefix``, ``add-prefix``, ``replace-prefix``, ``rename-rules``,
-            ``num-batches-tracked``, ``drop-mismatched``, ``drop-unexpected`` or ``partial-load``.
-        summary: what was found, in one sentence.
-        missing / unexpected / mismatched: counts after applying this fix and those before it.
-        python: a one-line Python fix.
-        command: the ``ckpttools remap`` command writing a fixed checkpoint ("" when none can).
-        rules: rename rules (``regex, replacement``) the fix amounts to.
-        strict: whether ``strict=True`` loading works after the fix.
-    """
-
-    kind: str
-    summary: str
+    matched: int
     missing: int
     unexpected: int
     mismatched: int
-    python: str
-    command: str = ""
-    rules: tuple[Rule, ...] = ()
-    strict: bool = True
+    tied: int
+
+    @classmethod
+    def of(cls, cmp: Comparison) -> Counts:
+        return cls(len(cmp.matched), len(cmp.missing), len(cmp.unexpected),
+                   len(cmp.shape_mismatches), len(cmp.tied))
+
+    def loads_strictly(self, allow_tied: bool = False) -> bool:
+        """``load_state_dict(strict=True)`` succeeds (absent tied aliases fail it too)."""
+        return not (self.missing or self.unexpected or self.mismatched
+                    or (self.tied and not allow_tied))
 
     @property
-    def after(self) -> str:
-        text = f"{self.missing} missing, {self.unexpected} unexpected"
-        return text + (f", {self.mismatched} shape mismatches" if self.mismatched else "")
+    def text(self) -> str:
+        text = f"{self.missing} missing, {self.unexpected} unexpected, {self.mismatched} shape mismatches"
+        return text + (f", {self.tied} tied aliases absent" if self.tied else "")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "summary": self.summary, "after": self.after,
-                "missing": self.missing, "unexpected": self.unexpected,
-                "mismatched": self.mismatched, "python": self.python, "command": self.command,
-                "rules": [f"{p}={r}" for p, r in self.rules], "strict": self.strict}
+    def to_dict(self) -> dict[str, int]:
+        return {"matched": self.matched, "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": self.mismatched, "tied_absent": self.tied}
 
 
-@dataclass
-class _Plan:
-    """The fix steps accumulated so far."""
+@dataclass(frozen=True)
+class Source:
+    """How to load the state_dict: the file (inside a folder, the member), the nested key and
+    the format (``safetensors``, ``safetensors-sharded`` or ``torch``)."""
 
     path: str
-    prefix: str
-    strip: str | None = None
-    add: str | None = None
-    renames: tuple[Rule, ...] = ()
-    drops: tuple[str, ...] = ()
-    python_steps: tuple[str, ...] = ()
+    file: str
+    key: str = ""
+    fmt: str = "torch"
+    origin: str = ""  # "lightning" when the checkpoint carries pytorch-lightning_version
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "file": self.file, "key": self.key or None, "format": self.fmt,
+                "origin": self.origin or None}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a plan.
+
+    Attributes:
+        kind: ``drop``, ``strip-prefix``, ``add-prefix``, ``rename``, ``num-batches-tracked``,
+            ``tie`` or ``resample-pos-embed``.
+        args: drop patterns; the prefix; ``REGEX=REPL`` rules; counter keys; ``alias=owner``;
+            ``key=h,w,prefix_tokens``.
+        summary: one sentence.
+        after: counts after this step and the ones before it, from the check.
+    """
+
+    kind: str
+    args: tuple[str, ...]
+    summary: str = ""
+    after: Counts | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "args": list(self.args), "summary": self.summary,
+                "after": self.after.to_dict() if self.after else None}
+
+
+@dataclass(frozen=True)
+class FixPlan:
+    """The plan, its proof and its renderings.
+
+    Attributes:
+        source: where the state_dict comes from.
+        steps: in the order to apply them.
+        before / after: counts before any step and after all of them (from the check).
+        filled / total: model keys filled with a tensor of the right shape, and all of them.
+        left: model keys left at their initialisation.
+        allow_tied: absent tied aliases count as loadable (``--allow-tied``).
+        traits: the model's framework facts.
+        python / command / command_note / advice: the renderings (``plan_text``).
+    """
+
+    source: Source
+    steps: tuple[Step, ...]
+    before: Counts
+    after: Counts
+    filled: int
+    total: int
+    left: tuple[str, ...] = ()
+    allow_tied: bool = False
+    traits: ModelTraits = field(default_factory=ModelTraits)
+    python: str = ""
+    command: str = ""
+    command_note: str = ""
+    advice: tuple[dict[str, str], ...] = ()
 
     @property
-    def rules(self) -> list[Rule]:
-        return [*prefix_rules(self.strip, self.add), *self.renames]
+    def strict(self) -> bool:
+        """The plan makes ``load_state_dict(strict=True)`` succeed."""
+        return self.after.loads_strictly(self.allow_tied or any(s.kind == "tie" for s in self.steps))
 
-    def command(self) -> str:
-        base, ext = os.path.splitext(os.path.basename(os.path.normpath(self.path)))
-        out = os.path.join(os.path.dirname(self.path), f"{base}-fixed{ext or '.pth'}")
-        args = ["ckpttools", "remap", self.path, out]
-        if self.prefix:
-            args += ["--key", self.prefix]
-        if self.strip:
-            args += ["--strip-prefix", self.strip]
-        if self.add:
-            args += ["--add-prefix", self.add]
-        for p, r in self.renames:
-            args += ["--rename", f"{p.replace('=', chr(92) + '=')}={r}"]
-        for d in self.drops:
-            args += ["--drop", d]
-        return shlex.join(args)
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The plan's renames as ``(regex, replacement)`` rules (for ``--suggest-rules``)."""
+        return rules_of(self.steps)
 
-    def python(self, strict: bool = True) -> str:
-        if self.path.endswith(".safetensors"):
-            load = f"sd = safetensors.torch.load_file({self.path!r})"
-        else:
-            load = f"sd = torch.load({self.path!r}, weights_only=True)"
-        load += "".join(f"[{p!r}]" for p in self.prefix.split(".") if p)
-        tail = "model.load_state_dict(sd)" if strict else "model.load_state_dict(sd, strict=False)"
-        body = [load, *self.python_steps, tail]
-        imports = [m for m in ("re", "functools") if any(f"{m}." in s for s in self.python_steps)]
-        return "; ".join(([f"import {', '.join(imports)}"] if imports else []) + body)
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source.to_dict(), "steps": [s.to_dict() for s in self.steps],
+                "before": self.before.to_dict(), "after": self.after.to_dict(),
+                "strict": self.strict, "filled": self.filled, "total": self.total,
+                "left_initialised": list(self.left), "python": self.python,
+                "command": self.command or None, "command_note": self.command_note or None,
+                "advice": list(self.advice), "model": self.traits.to_dict()}
 
 
-def _renamed(ckpt: Mapping[str, tuple[Shape, str]], rules: Sequence[Rule],
-             drops: Sequence[str] = ()) -> dict[str, tuple[Shape, str]]:
-    return {apply_rules(k, rules): v for k, v in ckpt.items()
-            if not any(re.search(d, k) for d in drops)}
+def rules_of(steps: Sequence[Step]) -> tuple[Rule, ...]:
+    """The rename rules of ``steps`` in order: strip, add, then ``rename`` rules."""
+    rules: list[Rule] = []
+    for s in steps:
+        if s.kind == "strip-prefix":
+            rules.append(("^" + re.escape(s.args[0]), ""))
+        elif s.kind == "add-prefix":
+            rules.append(("^", s.args[0].replace("\\", "\\\\")))
+        elif s.kind == "rename":
+            rules += [_split(r) for r in s.args]
+    return tuple(rules)
 
 
-def _prefix_fix(plan: _Plan, ckpt: Mapping[str, tuple[Shape, str]], sig: ModelSignature,
-                cmp: Comparison, compare: Callable[..., Comparison]) -> tuple[Fix, Comparison] | None:
-    model_keys = [k.key for k in sig.keys]
-    strips: list[str | None] = [None, *common_prefixes(ckpt)]
-    adds: list[str | None] = [None, *common_prefixes(model_keys)]
-    best: tuple[int, int, str | None, str | None, Comparison] | None = None
-    for s in strips:
-        for a in adds:
-            if (s is None and a is None) or s == a:
-                continue
-            got = compare(_renamed(ckpt, prefix_rules(s, a)), sig)
-            score = (got.problems, (s is not None) + (a is not None))
-            if best is None or score < best[:2]:
-                best = (*score, s, a, got)
-    if best is None or best[0] >= cmp.problems:
-        return None
-    _, _, plan.strip, plan.add, got = best
-    steps = []
-    if plan.strip:
-        steps.append(f"sd = {{k.removeprefix({plan.strip!r}): v for k, v in sd.items()}}")
-    if plan.add:
-        steps.append(f"sd = {{{plan.add!r} + k: v for k, v in sd.items()}}")
-    plan.python_steps += tuple(steps)
-    if plan.strip and plan.add:
-        kind, summary = "replace-prefix", (f"checkpoint keys start with '{plan.strip}' where the "
-                                           f"model's start with '{plan.add}'")
-    elif plan.strip:
-        origin = KNOWN_PREFIXES.get(plan.strip, "a wrapper module")
-        kind, summary = "strip-prefix", (f"checkpoint keys carry the prefix '{plan.strip}' "
-                                         f"(saved from {origin}); strip it")
-    else:
-        kind, summary = "add-prefix", (f"model keys start with '{plan.add}' and the "
-                                       "checkpoint's do not; add it")
-    return _fix(kind, summary, plan, got), got
+def _split(rule: str) -> Rule:
+    pattern, _, repl = rule.partition("=")  # patterns we write never hold a bare '='
+    return pattern, repl
 
 
-def _fix(kind: str, summary: str, plan: _Plan, got: Comparison, *, command: bool = True,
-         strict: bool = True) -> Fix:
-    return Fix(kind, summary, len(got.missing), len(got.unexpected), len(got.shape_mismatches),
-               plan.python(strict), plan.command() if command else "", tuple(plan.rules), strict)
-
-
-def _rules_fix(plan: _Plan, ckpt: Mapping[str, tuple[Shape, str]], sig: ModelSignature,
-               cmp: Comparison, compare: Callable[..., Comparison],
-               renamed: Mapping[str, tuple[Shape, str]]) -> tuple[Fix, Comparison, KeyMapping] | None:
+def apply_steps(table: Table, steps: Sequence[Step], sig: ModelSignature) -> Table:
+    """The checkpoint table after ``steps``: what ``load_state_dict`` would receive."""
+    drops = [re.compile(p) for s in steps if s.kind == "drop" for p in s.args]
+    rules = rules_of(steps)
+    out: Table = {}
+    for key, value in table.items():
+        if not any(d.search(key) for d in drops):
+            out[apply_rules(key, rules)] = value
     model = sig.by_key()
-    mapping = infer_mapping({k: tuple(renamed[k][0]) for k in cmp.unexpected},
-                            {k: model[k].shape for k in cmp.missing})
-    if not mapping.rules:
-        return None
-    got = compare(_renamed(ckpt, [*plan.rules, *mapping.rules]), sig)
-    if got.problems >= cmp.problems:
-        return None
-    plan.renames = mapping.rules
-    plan.python_steps += (
-        f"sd = {{functools.reduce(lambda k, r: re.sub(r[0], r[1], k), {list(mapping.rules)!r}, k)"
-        ": v for k, v in sd.items()}",)
-    summary = (f"no prefix explains the difference; {len(mapping.rules)} inferred rename rules "
-               f"map {len(mapping.pairs)} keys, {len(mapping.unmatched_checkpoint)} checkpoint "
-               f"and {len(mapping.unmatched_model)} model keys stay unmatched")
-    return _fix("rename-rules", summary, plan, got), got, mapping
+    for s in steps:
+        if s.kind == "num-batches-tracked":
+            out.update({k: (model[k].shape, model[k].dtype) for k in s.args})
+        elif s.kind == "tie":
+            out.update({a: out[o] for a, o in (t.split("=") for t in s.args) if o in out})
+        elif s.kind == "resample-pos-embed":
+            key = s.args[0].split("=")[0]
+            if key in out:
+                out[key] = (model[key].shape, out[key][1])
+    return out
+
+
+WRAPPERS = {"module.": "DataParallel / DistributedDataParallel", "_orig_mod.": "torch.compile",
+            "module._orig_mod.": "DistributedDataParallel around torch.compile",
+            "_orig_mod.module.": "torch.compile around DistributedDataParallel"}
+
+
+def _move_summary(m: Move) -> str:
+    if m.kind == "prefix":
+        origin = f" (saved from {WRAPPERS[m.old]})" if m.old in WRAPPERS else ""
+        if not m.new:
+            return f"strip '{m.old}' from the keys that carry it{origin}"
+        if not m.old:
+            return f"add '{m.new}' in front of the keys"
+        return f"replace '{m.old}' by '{m.new}' at the start of the keys that carry it"
+    if m.kind == "index-shift":
+        return f"shift {len(m.rules)} layer indices of a Sequential (a layer added or removed)"
+    return (f"rename {len(m.rules)} modules whose leaves have the same names, shapes and dtypes "
+            "in the model")
+
+
+def _moves_to_steps(moves: Sequence[Move]) -> list[Step]:
+    steps: list[Step] = []
+    for m in moves:
+        kinds = [s.kind for s in steps]
+        summary = _move_summary(m)
+        if m.kind == "prefix" and m.old and not m.new and not kinds:
+            steps.append(Step("strip-prefix", (m.old,), summary))
+        elif m.kind == "prefix" and m.new and not m.old and kinds in ([], ["strip-prefix"]):
+            steps.append(Step("add-prefix", (m.new,), summary))
+        else:
+            steps.append(Step("rename", tuple(f"{p}={r}" for p, r in m.rules), summary))
+    return steps
 
 
 def drop_pattern(keys: Sequence[str], all_keys: Sequence[str]) -> str:
-    """A regex matching ``keys`` and no other of ``all_keys``, by shortest shared module prefix:
-    ``["head.weight", "head.bias"]`` -> ``^(?:head)(?:\\.|$)``."""
-    keep = [k for k in all_keys if k not in set(keys)]
+    """A regex matching ``keys`` and no other of ``all_keys``, by the shortest module prefix
+    holding only those keys: ``["cls.a.weight", "cls.b"]`` -> ``^(?:cls)(?:\\.|$)``."""
+    chosen = set(keys)
+    keep = [k for k in all_keys if k not in chosen]
     heads: list[str] = []
     for key in keys:
         parts = key.split(".")
@@ -202,91 +229,97 @@ def drop_pattern(keys: Sequence[str], all_keys: Sequence[str]) -> str:
             head = ".".join(parts[:n])
             if not any(k == head or k.startswith(head + ".") for k in keep):
                 break
-        if head not in heads and not any(head == h or head.startswith(h + ".") for h in heads):
-            heads.append(head)
+        if not any(head == h or head.startswith(h + ".") for h in heads):
+            heads = [h for h in heads if not h.startswith(head + ".")] + [head]
     return "^(?:" + "|".join(re.escape(h) for h in heads) + r")(?:\.|$)"
 
 
-def _source_keys(ckpt: Mapping[str, Any], rules: Sequence[Rule], new_keys: set[str]) -> list[str]:
-    return [k for k in ckpt if apply_rules(k, rules) in new_keys]
+def _resample_steps(cmp: Comparison, traits: ModelTraits) -> list[Step]:
+    """timm's absolute position embedding of another grid: resample it, keep what it learned."""
+    if traits.framework != "timm" or not traits.grid:
+        return []
+    out = []
+    for m in cmp.shape_mismatches:
+        c, t = m.checkpoint_shape, m.model_shape
+        if m.key.rpartition(".")[2] == "pos_embed" and len(c) == len(t) == 3 and c[2] == t[2]:
+            grid = ",".join(str(g) for g in traits.grid)
+            out.append(Step("resample-pos-embed", (f"{m.key}={grid},{traits.prefix_tokens}",), (
+                f"resample {m.key} {list(c)} to the model's {'x'.join(map(str, traits.grid))} grid "
+                f"{list(t)} (timm's resample_abs_pos_embed), keeping what it learned")))
+    return out
 
 
-def _leftover_fixes(plan: _Plan, ckpt: Mapping[str, tuple[Shape, str]], sig: ModelSignature,
-                    cmp: Comparison, compare: Callable[..., Comparison]) -> list[Fix]:
-    fixes: list[Fix] = []
-    nbt = [k for k in cmp.missing if k.endswith("num_batches_tracked")]
+def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
+                traits: ModelTraits) -> list[Step]:
+    """Drops, counters, ties and resampling for what the renames leave."""
+    rules = rules_of(renames)
+    cmp = compare_keys(apply_steps(table, renames, sig), sig)
+    resample = _resample_steps(cmp, traits)
+    resampled = {s.args[0].split("=")[0] for s in resample}
+    original = {apply_rules(k, rules): k for k in table}
+    steps: list[Step] = []
+    mism = [original[m.key] for m in cmp.shape_mismatches if m.key not in resampled]
+    extra = [original[k] for k in cmp.unexpected]
+    for keys, what in ((mism, "the model holds in another shape (they keep the model's "
+                        "initialisation)"), (extra, "the model does not have")):
+        if keys:
+            pattern = drop_pattern(keys, list(table))
+            noun = "key" if len(keys) == 1 else "keys"
+            steps.append(Step("drop", (pattern,), f"drop {len(keys)} {noun} {what}: {pattern}"))
+    steps += renames
+    model = sig.by_key()
+    nbt = tuple(k for k in cmp.missing if k.rpartition(".")[2] == NBT and model[k].kind == "buffer")
     if nbt:
-        plan.python_steps += ("sd.update({k: v for k, v in model.state_dict().items() "
-                              "if k.endswith('num_batches_tracked') and k not in sd})",)
-        after = compare({**_renamed(ckpt, plan.rules, plan.drops),
-                         **{k: (sig.by_key()[k].shape, "int64") for k in nbt}}, sig)
-        fixes.append(_fix("num-batches-tracked", (
-            f"{len(nbt)} BatchNorm num_batches_tracked counters are missing (a checkpoint from "
-            "before torch 0.4.1, or trimmed); they only count batches: take the model's own, or "
-            "rewrite the file with remap, whose plain state_dict lets BatchNorm fill them with 0"),
-            plan, after))
-        cmp = after
-    mism = {m.key for m in cmp.shape_mismatches}
-    extra = set(cmp.unexpected)
-    for kind, keys, what in (("drop-mismatched", mism, "have other shapes in the model (a "
-                              "changed head or resized layer); drop them so they keep their "
-                              "initialisation"),
-                             ("drop-unexpected", extra, "are not in the model; drop them")):
-        if not keys:
+        steps.append(Step("num-batches-tracked", nbt, (
+            f"add the BatchNorm num_batches_tracked counters the checkpoint lacks ({len(nbt)}) "
+            "(saved before torch 0.4.1, or trimmed); they count batches, no weights")))
+    if cmp.tied:
+        a, o = cmp.tied[0]
+        steps.append(Step("tie", tuple(f"{a}={o}" for a, o in cmp.tied), (
+            f"add the tied aliases the checkpoint leaves out ({len(cmp.tied)}: {a} is {o} ...); "
+            "from_pretrained re-ties them itself")))
+    return steps + resample
+
+
+def _prove(table: Table, steps: Sequence[Step], sig: ModelSignature
+           ) -> tuple[list[Step], Comparison]:
+    """Each step checked in order; a step that changes nothing is left out."""
+    kept: list[Step] = []
+    cmp = compare_keys(table, sig)
+    for step in steps:
+        got = compare_keys(apply_steps(table, [*kept, step], sig), sig)
+        if Counts.of(got) == Counts.of(cmp) and got.matched == cmp.matched:
             continue
-        sources = _source_keys(ckpt, plan.rules, keys)
-        plan.drops += (drop_pattern(sources, list(ckpt)),)
-        plan.python_steps += (f"sd = {{k: v for k, v in sd.items() if not re.search("
-                              f"{plan.drops[-1]!r}, k)}}",)
-        cmp = compare(_renamed(ckpt, plan.rules, plan.drops), sig)
-        fixes.append(_fix(kind, f"{len(keys)} checkpoint keys {what}", plan, cmp,
-                          strict=not cmp.missing))
-    rest = [k for k in cmp.missing if not k.endswith("num_batches_tracked")]
-    if rest and not cmp.unexpected and not cmp.shape_mismatches and all(f.strict for f in fixes):
-        fixes.append(_fix("partial-load", (
-            f"the model has {len(rest)} keys the checkpoint lacks (extra layers or a new head); "
-            "only strict=False loads it, and those keep their initialisation"),
-            plan, cmp, command=bool(plan.drops or plan.rules), strict=False))
-    return fixes
+        kept.append(replace(step, after=Counts.of(got)))
+        cmp = got
+    return kept, cmp
 
 
-def propose_fixes(path: str, view: StateDictView, ckpt: Mapping[str, tuple[Shape, str]],
-                  sig: ModelSignature, cmp: Comparison,
-                  compare: Callable[..., Comparison]) -> tuple[list[Fix], KeyMapping | None]:
-    """Name the systematic differences between ``ckpt`` and ``sig``, with a fix for each.
+def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTraits,
+              *, allow_tied: bool = False) -> FixPlan:
+    """The simplest plan that fills the most model keys, checked step by step.
 
     Args:
-        path: the checkpoint path (for the printed commands).
-        view: where the state_dict was found.
-        ckpt: the state_dict's ``key -> (shape, dtype)``.
-        sig: the model's signature.
-        cmp: ``compare(ckpt, sig)``.
-        compare: the comparison function (``diff.compare_keys``).
+        source: where the state_dict comes from (for the renderings).
+        table: the state_dict's ``key -> (shape, dtype)``.
+        sig: the model's signature (built on the meta device).
+        traits: the model's framework facts (timm's grid, transformers' prefix ...).
+        allow_tied: absent tied aliases are fine (``--allow-tied``).
 
     Returns:
-        The fixes in the order to apply them, and the inferred mapping if one was needed.
+        The plan, without its renderings (``plan_text.render_plan`` adds them); no steps when
+        the state_dict loads as it is.
     """
-    plan = _Plan(path, view.prefix)
-    fixes: list[Fix] = []
-    if view.nested:
-        nested = _fix("nested", f"the state_dict is nested under '{view.prefix}' (a training "
-                      "checkpoint); index it before loading, or extract it", plan, cmp,
-                      command=False)
-        base = os.path.splitext(os.path.normpath(path))[0]
-        extract = shlex.join(["ckpttools", "remap", path, f"{base}-state_dict.safetensors",
-                              "--key", view.prefix])
-        fixes.append(dataclasses.replace(nested, command=extract))
-    if cmp.problems == 0:
-        return fixes, None
-    found = _prefix_fix(plan, ckpt, sig, cmp, compare)
-    if found:
-        fixes.append(found[0])
-        cmp = found[1]
-    mapping = None
-    if cmp.missing and cmp.unexpected:
-        inferred = _rules_fix(plan, ckpt, sig, cmp, compare, _renamed(ckpt, plan.rules))
-        if inferred:
-            fixes.append(inferred[0])
-            cmp, mapping = inferred[1], inferred[2]
-    fixes += _leftover_fixes(plan, ckpt, sig, cmp, compare)
-    return fixes, mapping
+    before = compare_keys(table, sig)
+    if Counts.of(before).loads_strictly(allow_tied):
+        steps: list[Step] = []
+        cmp = before
+    else:
+        renames = _moves_to_steps(search_moves(table, sig))
+        steps, cmp = _prove(table, _tail_steps(table, renames, sig, traits), sig)
+    filled = {*cmp.matched, *(a for a, _ in cmp.tied)}
+    alias = {k for g in sig.ties for k in g[1:]}
+    left = tuple(k.key for k in sig.keys if k.key not in filled and k.key not in alias)
+    plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
+                   len(filled), len(sig.keys), left, allow_tied, traits)
+    return plan

@@ -1,39 +1,29 @@
-"""Key-mapping between a checkpoint and a model: common prefixes, rename rules
-(``REGEX=REPLACEMENT``, applied in order with ``re.sub``), rules files, and inferring a mapping
-from suffixes, shape signatures and order within modules when no prefix explains a difference.
+"""Key matching between a checkpoint and a model: rename rules (``REGEX=REPLACEMENT``, applied
+in order with ``re.sub``), rules files, and the search for the mapping that fills the most model
+keys with a tensor of the right shape.
+
+The search tries structural candidates only: replace one key prefix by another on the keys that
+carry it (any depth: ``module.``, ``_orig_mod.``, ``bert.``, nested combinations), shift the
+indices of a ``Sequential``, and rename whole modules whose leaves (``weight``, ``bias``, ...)
+have equal names, shapes and dtypes. A leaf name is never changed. A candidate is kept only when
+it fills more model keys; the simplest plan reaching the best score wins, because candidates are
+tried from the simplest kind up and each must strictly improve the score.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ckpttools.errors import SpecError
+from ckpttools.ops.comparison import Comparison, Table, compare_keys
+from ckpttools.ops.model_spec import ModelSignature
 
 Shape = tuple[int, ...]
 Rule = tuple[str, str]  # (regex, replacement)
-
-# A prefix counts as systematic when it is on this share of keys (a stray unprefixed buffer happens).
-PREFIX_SHARE = 0.9
-
-
-def common_prefixes(keys: Iterable[str], share: float = PREFIX_SHARE,
-                    depth: int = 3) -> list[str]:
-    """Dotted prefixes (``module.``, ``module._orig_mod.``) found on at least ``share`` of keys,
-    shortest first."""
-    keys = list(keys)
-    if not keys:
-        return []
-    counts: Counter[str] = Counter()
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, min(depth, len(parts) - 1) + 1):
-            counts[".".join(parts[:n]) + "."] += 1
-    need = max(1, int(share * len(keys) + 0.999999))
-    return sorted((p for p, c in counts.items() if c >= need), key=len)
-
 
 def parse_rule(text: str) -> Rule:
     """``'^encoder\\.(\\d+)=blocks.\\1'`` -> ``('^encoder\\.(\\d+)', 'blocks.\\1')``.
@@ -100,153 +90,237 @@ def prefix_rules(strip: str | None = None, add: str | None = None) -> list[Rule]
     return rules
 
 
-@dataclass(frozen=True)
-class KeyMapping:
-    """An inferred mapping from checkpoint keys to model keys.
-
-    Attributes:
-        rules: ``(regex, replacement)`` rules that produce the mapping.
-        pairs: ``(checkpoint key, model key)`` pairs the rules map.
-        unmatched_checkpoint: checkpoint keys still without a model key.
-        unmatched_model: model keys still without a checkpoint key.
-    """
-
-    rules: tuple[Rule, ...]
-    pairs: tuple[tuple[str, str], ...]
-    unmatched_checkpoint: tuple[str, ...]
-    unmatched_model: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "rules": [f"{p}={r}" for p, r in self.rules],
-            "mapped": len(self.pairs),
-            "pairs": [list(p) for p in self.pairs],
-            "unmatched_checkpoint": list(self.unmatched_checkpoint),
-            "unmatched_model": list(self.unmatched_model),
-        }
+def escape_repl(text: str) -> str:
+    """``text`` as a literal ``re.sub`` replacement."""
+    return text.replace("\\", "\\\\")
 
 
-def _modules(keys: Mapping[str, Shape]) -> dict[str, list[tuple[str, Shape]]]:
-    """Keys grouped by module path, in order: ``{"enc.0.attn": [("weight", (8, 8)), ...]}``."""
-    out: dict[str, list[tuple[str, Shape]]] = {}
-    for key, shape in keys.items():
-        module, _, leaf = key.rpartition(".")
-        out.setdefault(module, []).append((leaf, shape))
+def prefix_rule(old: str, new: str) -> Rule:
+    """The rule replacing prefix ``old`` (``""``: every key) by ``new`` on the keys that carry it."""
+    return "^" + re.escape(old), escape_repl(new)
+
+
+def rename_table(table: Table, rules: Sequence[Rule]) -> Table | None:
+    """``table`` with ``rules`` applied to every key; ``None`` when two keys collide."""
+    out: Table = {}
+    for key, value in table.items():
+        new = apply_rules(key, rules)
+        if new in out:
+            return None
+        out[new] = value
     return out
 
 
-def _suffix_overlap(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(reversed(a.split(".")), reversed(b.split("."))):
-        if x != y:
+def _score(table: Table, sig: ModelSignature) -> tuple[int, int]:
+    cmp = compare_keys(table, sig)
+    return len(cmp.matched) + len(cmp.tied), -len(cmp.unexpected)
+
+
+def _loose(table: Table, cmp: Comparison) -> tuple[list[str], set[str]]:
+    """Checkpoint keys not loaded, and model keys not filled (missing or of another shape)."""
+    bad = {m.key for m in cmp.shape_mismatches}
+    return [k for k in table if k not in cmp.matched], set(cmp.missing) | bad
+
+
+def prefix_candidates(table: Table, sig: ModelSignature, cmp: Comparison,
+                      limit: int = 12) -> list[tuple[str, str]]:
+    """Prefix replacements voted for by loose keys: a checkpoint key ``A + s`` and a model key
+    ``B + s`` of the same shape, ``s`` the longest shared tail, vote for ``A -> B``."""
+    model = sig.by_key()
+    ckpt_keys, free = _loose(table, cmp)
+    by_tail: dict[str, list[str]] = defaultdict(list)
+    for m in free:
+        parts = m.split(".")
+        for i in range(len(parts)):
+            by_tail[".".join(parts[i:])].append(m)
+    votes: Counter[tuple[str, str]] = Counter()
+    for k in ckpt_keys:
+        parts, shape = k.split("."), tuple(table[k][0])
+        for i in range(len(parts)):
+            tail = ".".join(parts[i:])
+            hits = [m for m in by_tail.get(tail, ()) if model[m].shape == shape]
+            if not hits:
+                continue
+            # a one-part tail (``weight``) decides nothing unless it is unique
+            if len(hits) <= (1 if i == len(parts) - 1 else 4):
+                for m in hits:
+                    votes[(k[: len(k) - len(tail)], m[: len(m) - len(tail)])] += 1
             break
-        n += 1
-    return n
+    return [(a, b) for (a, b), _ in votes.most_common(limit) if a != b]
 
 
-def _match_modules(ckpt: dict[str, list[tuple[str, Shape]]],
-                   model: dict[str, list[tuple[str, Shape]]]) -> list[tuple[str, str]]:
-    """Pair checkpoint modules with model modules of the same shape signature: by order when a
-    signature occurs equally often on both sides, else by the longest common path suffix."""
-    def sig(items: list[tuple[str, Shape]]) -> tuple[Shape, ...]:
-        return tuple(s for _, s in items)
-
-    by_sig_c: dict[tuple[Shape, ...], list[str]] = {}
-    by_sig_m: dict[tuple[Shape, ...], list[str]] = {}
-    for m, items in ckpt.items():
-        by_sig_c.setdefault(sig(items), []).append(m)
-    for m, items in model.items():
-        by_sig_m.setdefault(sig(items), []).append(m)
-    pairs: list[tuple[str, str]] = []
-    for s, targets in by_sig_m.items():
-        sources = by_sig_c.get(s, [])
-        if len(sources) == len(targets):
-            pairs += zip(sources, targets)
+def _improve(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Rule]]
+             ) -> tuple[Table, int] | None:
+    """The candidate (a list of rules) that improves the score most: the renamed table and
+    the candidate's index."""
+    base = _score(table, sig)
+    best: tuple[Table, int] | None = None
+    best_score = base
+    for n, rules in enumerate(candidates):
+        got = rename_table(table, rules)
+        if got is None:
             continue
-        for t in targets:
-            scored = sorted(((_suffix_overlap(c, t), c) for c in sources), reverse=True)
-            if scored and scored[0][0] > 0 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
-                pairs.append((scored[0][1], t))
-                sources = [c for c in sources if c != scored[0][1]]
-    return pairs
+        score = _score(got, sig)
+        # more keys filled wins; equal fills are no reason to rename anything
+        if score[0] > base[0] and score > best_score:
+            best, best_score = (got, n), score
+    return best
 
 
-_DIGITS = re.compile(r"^\d+$")
+def _indexed(keys: Mapping[str, tuple[tuple[int, ...], str]]
+             ) -> dict[str, dict[int, frozenset[tuple[str, tuple[int, ...]]]]]:
+    """``{container: {index: {(rest, shape)}}}`` for every numeric key component."""
+    out: dict[str, dict[int, set[tuple[str, tuple[int, ...]]]]] = defaultdict(lambda: defaultdict(set))
+    for key, (shape, _) in keys.items():
+        parts = key.split(".")
+        for p, part in enumerate(parts[:-1]):
+            if part.isdigit():
+                out[".".join(parts[:p])][int(part)].add((".".join(parts[p + 1:]), tuple(shape)))
+    return {c: {i: frozenset(s) for i, s in d.items()} for c, d in out.items()}
 
 
-def _rule_for(src: str, dst: str) -> Rule:
-    """A rule turning ``src`` into ``dst``, with the differing leading part only, and layer
-    numbers that appear on both sides generalised to ``(\\d+)``."""
-    a, b = src.split("."), dst.split(".")
-    common = _suffix_overlap(src, dst)
-    keep = min(common, len(a) - 1, len(b) - 1)
-    head_a, head_b = a[: len(a) - keep], b[: len(b) - keep]
-    nums_a = [p for p in head_a if _DIGITS.match(p)]
-    nums_b = [p for p in head_b if _DIGITS.match(p)]
-    general = bool(nums_a) and nums_a == nums_b
-    pat_parts, rep_parts, group = [], [], 0
-    for p in head_a:
-        if general and _DIGITS.match(p):
-            group += 1
-            pat_parts.append(r"(\d+)")
-        else:
-            pat_parts.append(re.escape(p))
-    group = 0
-    for p in head_b:
-        if general and _DIGITS.match(p):
-            group += 1
-            rep_parts.append(f"\\{group}")
-        else:
-            rep_parts.append(p.replace("\\", "\\\\"))
-    end = r"\." if keep else "$"
-    return "^" + r"\.".join(pat_parts) + end, ".".join(rep_parts) + ("." if keep else "")
+def index_shift_candidates(table: Table, sig: ModelSignature) -> list[list[Rule]]:
+    """Per ``Sequential`` container: checkpoint indices aligned in order with model indices of
+    the same contents (a layer added or removed), as ``^c\\.i\\.`` -> ``c.j.`` rules."""
+    ckpt = _indexed(table)
+    model = _indexed({k.key: (k.shape, k.dtype) for k in sig.keys})
+    out = []
+    for container, c_items in ckpt.items():
+        m_items = model.get(container)
+        if not m_items or c_items == m_items:
+            continue
+        pairs, pos, m_order = [], 0, sorted(m_items)
+        for i in sorted(c_items):
+            j = next((n for n in range(pos, len(m_order)) if m_items[m_order[n]] == c_items[i]),
+                     None)
+            if j is not None:
+                pairs.append((i, m_order[j]))
+                pos = j + 1
+        moves = [(i, j) for i, j in pairs if i != j]
+        if not moves:
+            continue
+        # apply in an order where no rule's output is a later rule's input
+        moves.sort(key=lambda m: m[0], reverse=moves[0][1] > moves[0][0])
+        head = re.escape(container) + r"\." if container else ""
+        pre = container + "." if container else ""
+        out.append([(f"^{head}{i}\\.", escape_repl(f"{pre}{j}.")) for i, j in moves])
+    return out
 
 
-def _key_pairs(ckpt: Mapping[str, Shape], model: Mapping[str, Shape]) -> list[tuple[str, str]]:
-    cm, mm = _modules(ckpt), _modules(model)
+def _modules(table: Mapping[str, tuple[tuple[int, ...], str]], keys: Iterable[str]
+             ) -> dict[str, frozenset[tuple[str, tuple[int, ...], str]]]:
+    out: dict[str, set[tuple[str, tuple[int, ...], str]]] = defaultdict(set)
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        if module:
+            out[module].add((leaf, tuple(table[key][0]), table[key][1]))
+    return {m: frozenset(s) for m, s in out.items()}
+
+
+def module_rename_candidates(table: Table, sig: ModelSignature, cmp: Comparison) -> list[Rule]:
+    """Whole-module renames: a loose checkpoint module and a loose model module whose leaves
+    have the same names, shapes and dtypes, paired when that signature is unique on both sides
+    or occurs equally often (then in order)."""
+    model = {k.key: (k.shape, k.dtype) for k in sig.keys}
+    ckpt_keys, free = _loose(table, cmp)
+    cm = _modules(table, ckpt_keys)
+    mm = _modules(model, [k for k in model if k in free])
+    by_c: dict[frozenset[Any], list[str]] = defaultdict(list)
+    by_m: dict[frozenset[Any], list[str]] = defaultdict(list)
+    for name, s in cm.items():
+        by_c[s].append(name)
+    for name, s in mm.items():
+        by_m[s].append(name)
     pairs: list[tuple[str, str]] = []
-    for c_mod, m_mod in _match_modules(cm, mm):
-        # same shape signature: leaves pair up by position (``gamma`` -> ``weight`` included)
-        for (c_leaf, _), (m_leaf, _) in zip(cm[c_mod], mm[m_mod]):
-            pairs.append((f"{c_mod}.{c_leaf}".lstrip("."), f"{m_mod}.{m_leaf}".lstrip(".")))
-    return pairs
+    for s, sources in by_c.items():
+        targets = by_m.get(s, [])
+        if len(sources) == len(targets):
+            pairs += [(a, b) for a, b in zip(sources, targets) if a != b]
+    return [(f"^{re.escape(a)}\\.", escape_repl(f"{b}."))
+            for a, b in _whole_parents(pairs, set(cm), set(mm))]
 
 
-def infer_mapping(ckpt: Mapping[str, Shape], model: Mapping[str, Shape]) -> KeyMapping:
-    """Infer rename rules from unexpected checkpoint keys to missing model keys.
+# Share of the keys a prefix replacement moves that must land on a model key of their shape:
+# a whole subtree moves (``bert.``), not a stray module that happens to fit (``cls.*.dense``).
+LANDING_SHARE = 0.75
+
+
+def _lands(table: Table, sig: ModelSignature, old: str, new: str) -> bool:
+    """Most keys under ``old`` land on a model key of their shape, and most loose model keys
+    under ``new`` get filled: whole subtrees correspond."""
+    model = sig.by_key()
+    moved = [k for k in table if k.startswith(old)]
+    filled = {new + k[len(old):] for k in moved
+              if (t := model.get(new + k[len(old):])) is not None and t.shape == tuple(table[k][0])}
+    loose = {k for k in compare_keys(table, sig).missing if k.startswith(new)} | filled
+    return bool(moved) and len(filled) >= LANDING_SHARE * len(moved) and \
+        len(filled) >= LANDING_SHARE * len(loose)
+
+
+def _whole_parents(pairs: list[tuple[str, str]], loose_c: set[str], loose_m: set[str]
+                   ) -> list[tuple[str, str]]:
+    """Module renames whose loose siblings are all renamed too, on both sides: a parent moves
+    as a whole, or (at the top level) a module on its own."""
+    sources, targets = {a for a, _ in pairs}, {b for _, b in pairs}
+
+    def whole(module: str, loose: set[str], renamed: set[str]) -> bool:
+        parent = module.rpartition(".")[0]
+        return not parent or {m for m in loose if m.rpartition(".")[0] == parent} <= renamed
+
+    return [(a, b) for a, b in pairs if whole(a, loose_c, sources) and whole(b, loose_m, targets)]
+
+
+@dataclass(frozen=True)
+class Move:
+    """One accepted candidate: a prefix replacement (``old`` -> ``new``) or other rules."""
+
+    kind: str  # prefix | index-shift | module-rename
+    rules: tuple[Rule, ...]
+    old: str = ""
+    new: str = ""
+
+
+def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Move]:
+    """The moves that fill the most model keys with a tensor of the right shape.
+
+    Prefix replacements are tried first (greedily, several rounds for nested combinations),
+    then index shifts, then whole-module renames; each must fill more keys than before.
 
     Args:
-        ckpt: checkpoint keys the model does not have, with shapes, in file order.
-        model: model keys the checkpoint does not have, with shapes, in model order.
+        table: the checkpoint's ``key -> (shape, dtype)``.
+        sig: the model's signature.
+        rounds: prefix rounds.
 
     Returns:
-        The rules and what they map; a rule that would send a key anywhere but its pair, or
-        collide, is left out.
+        The moves, in the order to apply their rules (``apply_rules``).
     """
-    rules: list[Rule] = []
-    for src, dst in _key_pairs(ckpt, model):
-        rule = _rule_for(src, dst)
-        if rule not in rules and apply_rules(src, [*rules, rule]) == dst:
-            rules.append(rule)
-    rules = _verified(rules, ckpt, model)
-    mapped = {k: apply_rules(k, rules) for k in ckpt}
-    pairs = tuple((k, v) for k, v in mapped.items() if v in model and model[v] == ckpt[k])
-    done_c = {k for k, _ in pairs}
-    done_m = {v for _, v in pairs}
-    return KeyMapping(tuple(rules), pairs, tuple(k for k in ckpt if k not in done_c),
-                      tuple(k for k in model if k not in done_m))
-
-
-def _verified(rules: list[Rule], ckpt: Mapping[str, Shape],
-              model: Mapping[str, Shape]) -> list[Rule]:
-    """Drop rules that send keys to wrong shapes or make two keys collide."""
-    for _ in range(len(rules)):
-        mapped = {k: apply_rules(k, rules) for k in ckpt}
-        counts = Counter(mapped.values())
-        bad = {k for k, v in mapped.items()
-               if v != k and (counts[v] > 1 or (v in model and model[v] != ckpt[k]))}
-        if not bad:
+    moves: list[Move] = []
+    for _ in range(rounds):
+        pairs = prefix_candidates(table, sig, compare_keys(table, sig))
+        pairs = [(a, b) for a, b in pairs if _lands(table, sig, a, b)]
+        found = _improve(table, sig, [[prefix_rule(a, b)] for a, b in pairs])
+        if found is None:
             break
-        culprits = {r for r in rules for k in bad if re.search(r[0], k)}
-        rules = [r for r in rules if r not in culprits]
-    return rules
+        table, n = found
+        moves.append(Move("prefix", (prefix_rule(*pairs[n]),), *pairs[n]))
+    for candidate in index_shift_candidates(table, sig):
+        found = _improve(table, sig, [candidate])
+        if found:
+            table = found[0]
+            moves.append(Move("index-shift", tuple(candidate)))
+    renames = module_rename_candidates(table, sig, compare_keys(table, sig))
+    if renames and _improve(table, sig, [renames]):
+        moves.append(Move("module-rename", tuple(_needed(sig, table, renames))))
+    return moves
+
+
+def _needed(sig: ModelSignature, table: Table, renames: list[Rule]) -> list[Rule]:
+    """The renames each of which fills a key (a rename that fills nothing is never shown)."""
+    keep = list(renames)
+    for rule in renames:
+        trial = [r for r in keep if r != rule]
+        with_it, without = rename_table(table, keep), rename_table(table, trial)
+        if with_it is not None and without is not None and \
+                _score(without, sig)[0] >= _score(with_it, sig)[0]:
+            keep = trial
+    return keep

@@ -1,27 +1,25 @@
-"""``diff PATH --model SPEC``: will this checkpoint load into this model, and if not, why.
+"""``diff PATH --model SPEC``: will this checkpoint load into this model, and if not, the fix.
 
 The comparison reads checkpoint metadata only and the model's signature (built on the meta
-device), so it costs no tensor memory on either side. Systematic differences (a prefix, a
-nested state_dict, renamed modules) are named with the fix that removes them.
+device), so it costs no tensor memory on either side. The fix is one plan
+(:mod:`ckpttools.ops.fix_plan`) proven against the model before it is shown; ``diagnose
+--checkpoint`` uses the same plan.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.ops.comparison import Comparison, Shape, compare_keys
+from ckpttools.ops.fix_plan import Counts, FixPlan, Source, find_plan
+from ckpttools.ops.frameworks import ModelTraits, detect_traits
 from ckpttools.ops.model_spec import ModelSignature, signature_of_model
-from ckpttools.ops.fix_plan import Fix, propose_fixes
-from ckpttools.ops.comparison import Comparison, DtypeDifference, Shape, ShapeMismatch, compare_keys
-from ckpttools.ops.keymatch import KeyMapping
-from ckpttools.ops.state_dict import (
-    StateDictView,
-    as_reader,
-    find_state_dict,
-    state_dict_candidates,
-)
+from ckpttools.ops.plan_text import render_plan
+from ckpttools.ops.state_dict import StateDictView, as_reader, find_state_dict, state_dict_candidates
 from ckpttools.units import plural
 
 if TYPE_CHECKING:
@@ -29,6 +27,8 @@ if TYPE_CHECKING:
 
 # Below this share of the model's parameters, a strict=False load is all but a fresh model.
 COVERAGE_WARNING = 0.5
+TIED_NOTE = ("the checkpoint leaves out tied aliases, so load_state_dict(strict=True) fails; "
+             "from_pretrained re-ties them (--allow-tied accepts them)")
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class DiffResult:
         non_persistent: the model's non-persistent buffers (never missing).
         loaded_params / total_params: parameter elements a ``strict=False`` load would fill,
             and the model's total (tied parameters counted once).
-        fixes: named systematic differences, each with its result, Python line and command.
-        mapping: the inferred key mapping, when prefixes did not explain the difference.
+        plan: the fix plan, proven against the model (no steps when nothing needs fixing).
+        allow_tied: absent tied aliases count as loadable (``--allow-tied``).
     """
 
     checkpoint: str
@@ -64,9 +64,14 @@ class DiffResult:
     non_persistent: tuple[str, ...] = ()
     loaded_params: int = 0
     total_params: int = 0
-    fixes: tuple[Fix, ...] = ()
-    mapping: KeyMapping | None = None
+    plan: FixPlan | None = None
+    allow_tied: bool = False
     warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def fixes(self) -> tuple[FixPlan, ...]:
+        """The plan, as a one-item tuple when it has steps (empty otherwise)."""
+        return (self.plan,) if self.plan is not None and self.plan.steps else ()
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -84,8 +89,9 @@ class DiffResult:
 
     @property
     def ok(self) -> bool:
-        """Whether ``model.load_state_dict(state_dict, strict=True)`` would succeed."""
-        return self.comparison.problems == 0
+        """Whether ``model.load_state_dict(state_dict, strict=True)`` would succeed on the
+        state_dict as found (absent tied aliases fail it unless ``allow_tied``)."""
+        return Counts.of(self.comparison).loads_strictly(self.allow_tied)
 
     @property
     def coverage(self) -> float:
@@ -96,10 +102,10 @@ class DiffResult:
     def verdict(self) -> str:
         c = self.comparison
         if self.ok:
-            return f"strict load would succeed: {plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''}"
-        parts = [f"{len(c.missing)} missing", f"{len(c.unexpected)} unexpected",
-                 f"{len(c.shape_mismatches)} shape mismatches"]
-        return f"strict load would fail: {', '.join(parts)} ({plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''})"
+            tied = f", {plural(len(c.tied), 'tied alias', 'tied aliases')} absent (allowed)" if c.tied else ""
+            return f"strict load would succeed: {plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''}{tied}"
+        return (f"strict load would fail: {Counts.of(c).text} "
+                f"({plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''})")
 
     def to_dict(self) -> dict[str, Any]:
         c = self.comparison
@@ -124,48 +130,75 @@ class DiffResult:
                                    "model_dtype": d.model_dtype} for d in c.dtype_differences],
             "tied": [{"key": a, "loaded_through": b} for a, b in c.tied],
             "non_persistent_buffers": list(self.non_persistent),
-            "fixes": [f.to_dict() for f in self.fixes],
-            "mapping": self.mapping.to_dict() if self.mapping else None,
+            "plan": self.plan.to_dict() if self.plan else None,
             "warnings": list(self.warnings),
         }
 
 
 def _coverage(cmp: Comparison, sig: ModelSignature) -> tuple[int, int]:
-    loaded = set(cmp.matched) | {a for a, _ in cmp.tied}
+    """Parameter elements a ``strict=False`` load fills, and the total; a shape mismatch makes
+    that load raise, so it fills nothing."""
     alias = {k for g in sig.ties for k in g[1:]}
     params = [k for k in sig.keys if k.kind == "parameter" and k.key not in alias]
-    return sum(k.numel for k in params if k.key in loaded), sum(k.numel for k in params)
+    total = sum(k.numel for k in params)
+    if cmp.shape_mismatches:
+        return 0, total
+    loaded = set(cmp.matched) | {a for a, _ in cmp.tied}
+    return sum(k.numel for k in params if k.key in loaded), total
 
 
-def _pick_view(views: list[StateDictView], sig: ModelSignature) -> StateDictView:
-    """The candidate state_dict that matches the model best (the found one on ties)."""
-    def score(v: StateDictView) -> int:
-        ckpt = {e.key: (e.shape, e.dtype) for e in v.entries}
-        return len(compare_keys(ckpt, sig).matched)
+def source_of(reader: CheckpointReader, view: StateDictView) -> Source:
+    """How a snippet loads ``view``: the file (a folder's member), the key inside, the format."""
+    tree = reader.tree()
+    top = {str(k) for k in tree} if isinstance(tree, dict) else set()
+    origin = "lightning" if "pytorch-lightning_version" in top else ""
+    fmt = getattr(reader, "format", None)  # an in-memory state_dict has none
+    if fmt == Format.FOLDER and view.prefix:
+        name, inner = reader.split_key(view.prefix)  # type: ignore[attr-defined]
+        fmt = "safetensors" if name.endswith(".safetensors") else "torch"
+        return Source(reader.path, os.path.join(reader.path, name), inner, fmt, origin)
+    if fmt == Format.SAFETENSORS:
+        return Source(reader.path, reader.path, "", "safetensors", origin)
+    if fmt == Format.SAFETENSORS_SHARDED:
+        folder = reader.path if os.path.isdir(reader.path) else os.path.dirname(reader.path)
+        return Source(reader.path, folder, "", "safetensors-sharded", origin)
+    return Source(reader.path, reader.path, view.prefix, "torch", origin)
 
-    best = views[0]
-    for v in views[1:]:
-        if score(v) > score(best):
-            best = v
+
+def _best_view(reader: CheckpointReader, views: list[StateDictView], sig: ModelSignature,
+               traits: ModelTraits, allow_tied: bool) -> tuple[StateDictView, FixPlan]:
+    """The candidate state_dict whose plan fills the most model keys (the found one on ties)."""
+    best: tuple[StateDictView, FixPlan] | None = None
+    for view in views:
+        table = {e.key: (e.shape, e.dtype) for e in view.entries}
+        plan = render_plan(find_plan(source_of(reader, view), table, sig, traits,
+                                     allow_tied=allow_tied))
+        if best is None or (plan.filled, -plan.after.unexpected, -len(plan.steps)) > \
+                (best[1].filled, -best[1].after.unexpected, -len(best[1].steps)):
+            best = (view, plan)
+    if best is None:
+        raise ValueError("no state_dict candidates")  # find_state_dict always gives one
     return best
 
 
 def diff_against_model(source: CheckpointReader | Mapping[str, Any],
                        model: nn.Module | ModelSignature, *, key: str | None = None,
-                       model_name: str = "") -> DiffResult:
+                       model_name: str = "", allow_tied: bool = False) -> DiffResult:
     """Compare a checkpoint's state_dict with what a model's ``load_state_dict`` expects.
 
     Args:
         source: an open checkpoint, or an in-memory state_dict / training checkpoint dict.
-        model: an ``nn.Module`` (ideally on the meta device) or a ``ModelSignature``.
+        model: an ``nn.Module`` (ideally on the meta device) or a ``ModelSignature``; a module
+            also gives framework-native advice.
         key: dotted path of the state_dict; found by name when omitted.
-        model_name: how to name the model in the report.
+        model_name: the model spec, for the report.
+        allow_tied: absent tied aliases count as loadable.
 
     Returns:
-        The comparison, verdict, coverage and named fixes; no tensor data is read.
+        The comparison and the fix plan; no tensor data is read.
 
     Raises:
-        CkptError: ``key`` is not in the checkpoint.
+        CkptError: the checkpoint cannot be read, or ``key`` is not in the checkpoint.
 
     Example:
         >>> with ckpttools.open_checkpoint("model.pth") as ckpt:
@@ -174,17 +207,21 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
         'strict load would fail: 0 missing, 2 unexpected, 0 shape mismatches (120 keys match)'
     """
     reader = as_reader(source)
-    sig = model if isinstance(model, ModelSignature) else signature_of_model(model, model_name)
+    if isinstance(model, ModelSignature):
+        sig, traits = model, ModelTraits()
+    else:
+        sig, traits = signature_of_model(model, model_name), detect_traits(model)
     views = [find_state_dict(reader, key)] if key is not None else state_dict_candidates(reader)
-    view = _pick_view(views, sig)
+    view, plan = _best_view(reader, views, sig, traits, allow_tied)
     ckpt = {e.key: (e.shape, e.dtype) for e in view.entries}
     cmp = compare_keys(ckpt, sig)
     loaded, total = _coverage(cmp, sig)
-    fixes, mapping = propose_fixes(reader.path, view, ckpt, sig, cmp, compare_keys)
     warns = []
     if total and loaded / total < COVERAGE_WARNING and cmp.problems:
         warns.append(f"strict=False would load only {100 * loaded / total:.0f}% of the model's "
                      "parameters; the rest keep their initialisation")
+    if cmp.tied and not allow_tied:
+        warns.append(TIED_NOTE)
     return DiffResult(
         checkpoint=reader.path, model=model_name or sig.name, state_dict=view.prefix,
         state_dict_note=view.describe(),
@@ -194,4 +231,4 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
         model_dtypes={k.key: k.dtype for k in sig.keys},
         model_kinds={k.key: k.kind for k in sig.keys}, comparison=cmp,
         non_persistent=sig.non_persistent, loaded_params=loaded, total_params=total,
-        fixes=tuple(fixes), mapping=mapping, warnings=tuple(warns))
+        plan=plan, allow_tied=allow_tied, warnings=tuple(warns))

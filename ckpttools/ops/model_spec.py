@@ -224,3 +224,15 @@ def load_model_signature(spec: str, kwargs: Mapping[str, Any] | None = None) -> 
     if spec.endswith(".json") and ":" not in os.path.basename(spec):
         return signature_from_json(spec)
     return signature_of_model(build_model(spec, kwargs), spec)
+
+
+def load_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module | ModelSignature:
+    """The model for a ``--model`` value: a JSON signature file, or the module a spec builds on
+    the meta device (its classes tell which framework's advice applies).
+
+    Raises:
+        SpecError: see ``build_model`` and ``signature_from_json``.
+    """
+    if spec.endswith(".json") and ":" not in os.path.basename(spec):
+        return signature_from_json(spec)
+    return build_model(spec, kwargs)

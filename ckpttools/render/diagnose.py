@@ -7,6 +7,7 @@ import textwrap
 from ckpttools.ops.diagnose.fixes import Cause
 from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, DiagnoseResult
 from ckpttools.render import heading, to_json
+from ckpttools.render.plan import render_plan
 from ckpttools.units import plural
 
 
@@ -17,18 +18,22 @@ def _header(result: DiagnoseResult) -> str:
               f"{len(ev.mismatched)} shape mismatches")
     if ev.matched is not None:
         counts += f", {ev.matched} matching"
+    if result.plan is not None and result.plan.before.tied:
+        counts += f", {result.plan.before.tied} tied aliases absent"
     extra = "; lists cut short, counts are lower bounds" if ev.truncated else ""
     model = f" for {ev.class_name}" if ev.class_name else ""
     return f"diagnosis from the {where}{model}: {counts}{extra}"
 
 
-def _cause(i: int, c: Cause, fmt: str) -> list[str]:
+def _cause(i: int, c: Cause, fmt: str, same_as_plan: bool = False) -> list[str]:
     ev = c.evidence
     examples = ", ".join(ev.get("examples", [])[:3])
     lines = [heading(f"{i}. {c.label} (confidence {c.confidence:.2f})", fmt), "",
              "what happened: " + c.summary,
              f"evidence: {plural(ev.get('explained', 0), 'key')} explained" + (f", e.g. {examples}" if examples else "")]
-    if fmt == "markdown":
+    if same_as_plan:
+        lines.append("fix: the fix plan above")
+    elif fmt == "markdown":
         lines += ["", "fix:", "", "```python", c.fix_code, "```"]
         lines += [f"\ncommand: `{c.fix_command}`"] if c.fix_command else []
         lines += [f"\nconfirm: `{c.confirm_command}`"] if c.confirm_command else []
@@ -58,6 +63,9 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
     elif not result.decided and result.source == "text":
         lines += [_undecided(result), ""]
+    if result.plan is not None and (result.plan.steps or result.plan.source.key) and result.found:
+        lines += [render_plan(result.plan, fmt), ""]
+    plan_code = result.plan.python if result.plan is not None else None
     for i, cause in enumerate(result.causes, start=1):
-        lines += _cause(i, cause, fmt)
+        lines += _cause(i, cause, fmt, same_as_plan=cause.fix_code == plan_code)
     return "\n".join(lines).rstrip() + "\n"

@@ -9,6 +9,7 @@ from ckpttools.keypaths import compress_keys
 from ckpttools.ops.model_diff import DiffResult
 from ckpttools.ops.diff.pair import CheckpointDiffResult
 from ckpttools.render import heading, shape_text, table, to_json
+from ckpttools.render.plan import render_plan
 from ckpttools.units import human_count
 
 # Tables longer than this are cut in table/markdown output (JSON always lists everything).
@@ -40,8 +41,8 @@ def render_diff(result: DiffResult, fmt: str) -> str:
         return to_json(result.to_dict())
     c = result.comparison
     parts = [_summary(result, fmt)]
-    if result.fixes:
-        parts.append(_fixes(result, fmt))
+    if result.plan is not None and (result.plan.steps or result.plan.source.key):
+        parts.append(render_plan(result.plan, fmt))
     kinds = result.model_kinds
     parts += [
         _section("Missing (in the model, not the checkpoint)", fmt,
@@ -56,12 +57,9 @@ def render_diff(result: DiffResult, fmt: str) -> str:
         _section("Dtype differences (cast on load)", fmt,
                  [(d.key, (d.checkpoint_dtype, d.model_dtype)) for d in c.dtype_differences],
                  ["key", "checkpoint", "model", "n"]),
-        _section("Tied aliases (loaded through the tied parameter)", fmt,
+        _section("Tied aliases absent (strict=True needs them; from_pretrained re-ties them)", fmt,
                  [(a, (b,)) for a, b in c.tied], ["key", "loaded through", "n"]),
     ]
-    if result.mapping and result.mapping.pairs:
-        parts.append(_section("Inferred mapping", fmt, list(result.mapping.pairs),
-                              ["checkpoint key", "model key", "n"]))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -72,27 +70,18 @@ def _summary(result: DiffResult, fmt: str) -> str:
              f"model:      {result.model}",
              f"matched {len(c.matched)}, missing {len(c.missing)}, unexpected "
              f"{len(c.unexpected)}, shape mismatches {len(c.shape_mismatches)}, dtype "
-             f"differences {len(c.dtype_differences)}, tied aliases {len(c.tied)}",
-             f"strict=False would load {100 * result.coverage:.0f}% of the model's parameters "
-             f"({human_count(result.loaded_params)} of {human_count(result.total_params)})"]
+             f"differences {len(c.dtype_differences)}, tied aliases absent {len(c.tied)}"]
+    if c.shape_mismatches:
+        lines.append(f"strict=False would raise too: {len(c.shape_mismatches)} shape mismatches "
+                     "fail any load_state_dict")
+    else:
+        lines.append(f"strict=False would load {100 * result.coverage:.0f}% of the model's "
+                     f"parameters ({human_count(result.loaded_params)} of "
+                     f"{human_count(result.total_params)})")
     if result.non_persistent:
         lines.append(f"non-persistent buffers (not saved, never missing): "
                      f"{len(result.non_persistent)}")
     # warnings go to stderr (the CLI prints them); the JSON keeps them in "warnings"
-    return "\n".join(lines)
-
-
-def _fixes(result: DiffResult, fmt: str) -> str:
-    title = "Fixes, in the order to apply them ('after' counts the fixes so far)" \
-        if len(result.fixes) > 1 else "Fix"
-    lines = [heading(title, fmt)]
-    for n, fix in enumerate(result.fixes, start=1):
-        lines += ["", f"{n}. {fix.summary}", f"   after: {fix.after}"
-                  + ("" if fix.strict else " (load with strict=False)")]
-        code = "`" if fmt == "markdown" else ""
-        lines.append(f"   python: {code}{fix.python}{code}")
-        if fix.command:
-            lines.append(f"   remap:  {code}{fix.command}{code}")
     return "\n".join(lines)
 
 

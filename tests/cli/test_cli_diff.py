@@ -43,7 +43,8 @@ def test_json_and_markdown(runner: CliRunner, make_checkpoint: Callable[..., Pat
     assert data["counts"]["shape_mismatches"] == 2
     assert data["shape_mismatches"][0] == {"key": "head.weight", "checkpoint_shape": [10, 8],
                                            "model_shape": [4, 8]}
-    assert data["fixes"][0]["kind"] == "drop-mismatched"
+    assert data["plan"]["steps"][0]["kind"] == "drop"
+    assert data["plan"]["after"]["mismatched"] == 0 and data["plan"]["strict"] is False
     md = runner.invoke(cli, ["diff", str(path), "--model", SPEC, "-a", "num_classes=4",
                              "--format", "markdown"])
     assert "## Shape mismatches (2)" in md.stdout and "| head.weight |" in md.stdout

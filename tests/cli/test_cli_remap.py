@@ -74,5 +74,5 @@ def test_nested_to_safetensors_warns(runner: CliRunner, make_checkpoint: Callabl
     src = make_checkpoint("torch-zip", {"model": tiny_net().state_dict(), "epoch": 2})
     r = runner.invoke(cli, ["remap", str(src), str(tmp_path / "w.safetensors")])
     assert r.exit_code == 0
-    assert "warning: model.pth: safetensors holds the state_dict only" in r.stderr
+    assert "warning: model.pth: safetensors holds the state_dict alone" in r.stderr
     assert "state_dict under 'model'" in r.stdout

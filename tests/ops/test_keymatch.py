@@ -7,21 +7,16 @@ from pathlib import Path
 import pytest
 
 from ckpttools.errors import SpecError
+from ckpttools.ops.model_spec import ModelKey, ModelSignature
 from ckpttools.ops.keymatch import (
     apply_rules,
-    common_prefixes,
     format_rules,
-    infer_mapping,
+    rename_table,
+    search_moves,
     parse_rule,
     prefix_rules,
     read_rules,
 )
-
-
-def test_common_prefixes_tolerate_a_stray_key() -> None:
-    keys = [f"module.layer.{i}.weight" for i in range(19)] + ["num_batches"]
-    assert common_prefixes(keys) == ["module.", "module.layer."]
-    assert common_prefixes(["a.x", "b.y"]) == []
 
 
 def test_parse_rule_splits_on_first_unescaped_equals() -> None:
@@ -52,28 +47,51 @@ def test_prefix_rules_leave_other_keys_alone() -> None:
     assert apply_rules("module_x.w", prefix_rules("module.")) == "module_x.w"
 
 
-def test_infer_mapping_by_module_order_and_leaf_position() -> None:
-    ckpt = {}
-    model = {}
+def _sig(keys: dict[str, tuple[int, ...]]) -> ModelSignature:
+    return ModelSignature("m", tuple(ModelKey(k, s, "float32", "parameter") for k, s in keys.items()))
+
+
+def _table(keys: dict[str, tuple[int, ...]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (s, "float32") for k, s in keys.items()}
+
+
+def _apply(ckpt: dict[str, tuple[int, ...]], model: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    rules = [r for m in search_moves(_table(ckpt), _sig(model)) for r in m.rules]
+    return {k: apply_rules(k, rules) for k in ckpt}
+
+
+def test_module_renames_keep_leaf_names() -> None:
+    ckpt, model = {}, {}
     for i in range(3):
         ckpt |= {f"encoder.layers.{i}.attn.q.weight": (8, 8), f"encoder.layers.{i}.attn.q.bias": (8,),
                  f"encoder.layers.{i}.ln.gamma": (8,), f"encoder.layers.{i}.ln.beta": (8,)}
         model |= {f"blocks.{i}.attention.query.weight": (8, 8),
                   f"blocks.{i}.attention.query.bias": (8,),
                   f"blocks.{i}.norm.weight": (8,), f"blocks.{i}.norm.bias": (8,)}
-    ckpt["fc.weight"], model["head.weight"] = (10, 8), (10, 8)
-    ckpt["extra.weight"] = (3, 3)
-    mapping = infer_mapping(ckpt, model)
-    assert len(mapping.pairs) == 13
-    assert mapping.unmatched_checkpoint == ("extra.weight",) and mapping.unmatched_model == ()
-    # one rule per module kind, generalised over layer numbers
-    assert (r"^encoder\.layers\.(\d+)\.attn\.q\.", r"blocks.\1.attention.query.") in mapping.rules
-    assert len(mapping.rules) == 4
-    assert all(apply_rules(c, mapping.rules) == m for c, m in mapping.pairs)
+    mapped = _apply(ckpt, model)
+    # gamma/beta never become weight/bias: a rename does not change a leaf name
+    assert all(v.rpartition(".")[2] == k.rpartition(".")[2] for k, v in mapped.items())
+    assert mapped["encoder.layers.1.attn.q.weight"] == "blocks.1.attention.query.weight"
 
 
-def test_infer_mapping_refuses_ambiguous_shapes() -> None:
+def test_prefix_on_a_subset_at_depth() -> None:
+    ckpt = {"model.enc.0.weight": (4, 4), "model.enc.0.bias": (4,), "model.head.weight": (2, 4),
+            "target_scale": (1,)}
+    model = {"enc.0.weight": (4, 4), "enc.0.bias": (4,), "head.weight": (2, 4)}
+    moves = search_moves(_table(ckpt), _sig(model))
+    assert [(m.kind, m.old, m.new) for m in moves] == [("prefix", "model.", "")]
+
+
+def test_index_shift_in_a_sequential() -> None:
+    ckpt = {"layers.0.weight": (4, 3), "layers.2.weight": (5, 4), "layers.4.weight": (2, 5)}
+    model = {"layers.0.weight": (4, 3), "layers.1.weight": (5, 4), "layers.2.weight": (2, 5)}
+    assert _apply(ckpt, model) == {"layers.0.weight": "layers.0.weight",
+                                   "layers.2.weight": "layers.1.weight",
+                                   "layers.4.weight": "layers.2.weight"}
+
+
+def test_ambiguous_shapes_are_not_guessed() -> None:
     ckpt = {"a.weight": (4, 4), "b.weight": (4, 4), "c.weight": (4, 4)}
     model = {"x.weight": (4, 4), "y.weight": (4, 4)}
-    mapping = infer_mapping(ckpt, model)
-    assert mapping.pairs == ()  # counts differ and no suffix decides: nothing is guessed
+    assert search_moves(_table(ckpt), _sig(model)) == []
+    assert rename_table(_table(ckpt), [("^[ab]", "z")]) is None  # a collision is refused

@@ -52,6 +52,11 @@ def load_state(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     return obj
 
 
+def run_snippet(code: str, model: nn.Module) -> None:
+    """Execute a printed Python snippet as pasted, with only ``model`` defined."""
+    exec(compile(code, "<snippet>", "exec"), {"model": model})
+
+
 def test_dataparallel_prefix(make_checkpoint: Callable[..., Path]) -> None:
     model = tiny_net()
     path = make_checkpoint("torch-zip", nn.DataParallel(model).state_dict())
@@ -59,21 +64,13 @@ def test_dataparallel_prefix(make_checkpoint: Callable[..., Path]) -> None:
     assert not result.ok
     assert len(result.missing) == len(result.unexpected) == 13
     assert result.coverage == 0.0 and result.warnings
-    fix = result.fixes[0]
-    assert (fix.kind, fix.after) == ("strip-prefix", "0 missing, 0 unexpected")
-    assert "'module.'" in fix.summary and "DataParallel" in fix.summary
-    assert "--strip-prefix module." in fix.command
-    TinyNet().load_state_dict(load_state(apply_printed(fix.command)), strict=True)
-
-
-def test_torch_compile_prefix(make_checkpoint: Callable[..., Path]) -> None:
-    compiled = torch.compile(tiny_net(), backend="eager")  # never run: no compilation happens
-    path = make_checkpoint("torch-zip", compiled.state_dict())
-    result = diff_file(path, meta_model())
-    fix = result.fixes[0]
-    assert fix.kind == "strip-prefix" and "torch.compile" in fix.summary
-    assert fix.command.endswith("--strip-prefix _orig_mod.")
-    TinyNet().load_state_dict(load_state(apply_printed(fix.command)))
+    plan = result.plan
+    assert [s.kind for s in plan.steps] == ["strip-prefix"] and plan.strict
+    assert plan.steps[0].after.text == "0 missing, 0 unexpected, 0 shape mismatches"
+    assert "'module.'" in plan.steps[0].summary and "DataParallel" in plan.steps[0].summary
+    assert "--strip-prefix module." in plan.command
+    TinyNet().load_state_dict(load_state(apply_printed(plan.command)), strict=True)
+    run_snippet(plan.python, TinyNet())
 
 
 def test_lightning_nested_with_model_prefix(make_checkpoint: Callable[..., Path]) -> None:
@@ -84,13 +81,13 @@ def test_lightning_nested_with_model_prefix(make_checkpoint: Callable[..., Path]
     path = make_checkpoint("torch-zip", ckpt)
     result = diff_file(path, meta_model())
     assert result.state_dict == "state_dict"
-    assert [f.kind for f in result.fixes] == ["nested", "strip-prefix"]
-    fix = result.fixes[-1]
-    assert "--key state_dict --strip-prefix model." in fix.command
-    assert fix.after == "0 missing, 0 unexpected"
-    out = apply_printed(fix.command)
-    TinyNet().load_state_dict(load_state(out, "state_dict"))
-    assert torch.load(out, weights_only=True)["epoch"] == 4  # the rest of the checkpoint is kept
+    plan = result.plan
+    assert [s.kind for s in plan.steps] == ["strip-prefix"]
+    assert "--key state_dict --strip-prefix model." in plan.command
+    assert "['state_dict']" in plan.python
+    out = apply_printed(plan.command)
+    TinyNet().load_state_dict(torch.load(out, weights_only=True))  # the state_dict alone
+    run_snippet(plan.python, TinyNet())
 
 
 def test_nested_training_checkpoint(make_checkpoint: Callable[..., Path]) -> None:
@@ -102,11 +99,10 @@ def test_nested_training_checkpoint(make_checkpoint: Callable[..., Path]) -> Non
                                          "optimizer": opt.state_dict(), "epoch": 3})
     result = diff_file(path, meta_model())
     assert result.ok and result.state_dict == "model"
-    assert result.fixes[0].kind == "nested"
-    assert "['model']" in result.fixes[0].python
-    out = apply_printed(result.fixes[0].command)
-    assert out.suffix == ".safetensors"
+    assert result.plan.steps == () and "['model']" in result.plan.python
+    out = apply_printed(result.plan.command)
     TinyNet().load_state_dict(load_state(out))
+    run_snippet(result.plan.python, TinyNet())
 
 
 def test_changed_classifier_head(make_checkpoint: Callable[..., Path]) -> None:
@@ -115,12 +111,14 @@ def test_changed_classifier_head(make_checkpoint: Callable[..., Path]) -> None:
     assert [m[0] for m in result.mismatched] == ["head.weight", "head.bias"]
     assert result.mismatched[0][1:] == ((10, 8), (5, 8))
     assert not result.missing and not result.unexpected
-    assert 0.8 < result.coverage < 1.0
-    fix = result.fixes[0]
-    assert fix.kind == "drop-mismatched" and not fix.strict
-    state = load_state(apply_printed(fix.command))
+    assert result.coverage == 0.0  # strict=False raises on a shape mismatch too
+    plan = result.plan
+    assert [s.kind for s in plan.steps] == ["drop"] and not plan.strict
+    assert plan.left == ("head.weight", "head.bias")
+    state = load_state(apply_printed(plan.command))
     missing, unexpected = TinyNet(num_classes=5).load_state_dict(state, strict=False)
     assert (sorted(missing), unexpected) == (["head.bias", "head.weight"], [])
+    run_snippet(plan.python, TinyNet(num_classes=5))
 
 
 def test_deeper_model(make_checkpoint: Callable[..., Path]) -> None:
@@ -129,35 +127,24 @@ def test_deeper_model(make_checkpoint: Callable[..., Path]) -> None:
     assert result.missing == ("blocks.2.0.weight", "blocks.2.0.bias",
                               "blocks.3.0.weight", "blocks.3.0.bias")
     assert not result.unexpected and not result.mismatched
-    assert [f.kind for f in result.fixes] == ["partial-load"]
-    assert "strict=False" in result.fixes[0].python
+    # nothing to rename or drop: no step is shown, the snippet loads with strict=False
+    assert result.plan.steps == () and not result.plan.strict
+    assert "strict=False" in result.plan.python
+    run_snippet(result.plan.python, TinyNet(depth=4))
     loaded, total = result.loaded_params, result.total_params
     assert loaded == sum(p.numel() for p in tiny_net().parameters()) and total > loaded
 
 
-def test_batchnorm_missing_num_batches_tracked(make_checkpoint: Callable[..., Path]) -> None:
-    state = tiny_net().state_dict()
-    del state["bn.num_batches_tracked"]
-    path = make_checkpoint("torch-zip", state)
-    with pytest.raises(RuntimeError, match="num_batches_tracked"):
-        TinyNet().load_state_dict(torch.load(path, weights_only=True))
-    result = diff_file(path, meta_model())
-    assert result.missing == ("bn.num_batches_tracked",)
-    fix = result.fixes[0]
-    assert fix.kind == "num-batches-tracked" and fix.after == "0 missing, 0 unexpected"
-    TinyNet().load_state_dict(load_state(apply_printed(fix.command)), strict=True)
-
-
-def test_renamed_modules_infer_rules(make_checkpoint: Callable[..., Path]) -> None:
+def test_renamed_modules_keep_leaf_names(make_checkpoint: Callable[..., Path]) -> None:
     state = {k.replace("blocks.", "layers.").replace("head.", "fc.").replace("bn.", "norm."): v
              for k, v in tiny_net().state_dict().items()}
     path = make_checkpoint("torch-zip", state)
     result = diff_file(path, meta_model())
-    assert result.mapping is not None and len(result.mapping.pairs) == 11
-    assert not result.mapping.unmatched_model and not result.mapping.unmatched_checkpoint
-    fix = result.fixes[-1]
-    assert fix.kind == "rename-rules" and fix.after == "0 missing, 0 unexpected"
-    TinyNet().load_state_dict(load_state(apply_printed(fix.command)))
+    plan = result.plan
+    assert plan.strict and plan.after.text == "0 missing, 0 unexpected, 0 shape mismatches"
+    assert {s.kind for s in plan.steps} == {"rename"}
+    TinyNet().load_state_dict(load_state(apply_printed(plan.command)))
+    run_snippet(plan.python, TinyNet())
 
 
 class TiedLM(nn.Module):
@@ -169,20 +156,25 @@ class TiedLM(nn.Module):
         self.register_buffer("mask", torch.ones(4, 4), persistent=False)
 
 
-def test_tied_alias_and_non_persistent_buffer_are_not_missing() -> None:
+def test_absent_tied_alias_fails_strict_unless_allowed() -> None:
     state = {"embed.weight": torch.zeros(16, 8)}
+    with pytest.raises(RuntimeError, match="lm_head.weight"):
+        TiedLM().load_state_dict(state)
     result = diff_against_model(state, TiedLM())
-    assert result.ok and not result.missing
+    assert not result.ok and not result.missing
     assert result.comparison.tied == (("lm_head.weight", "embed.weight"),)
+    assert any("re-ties" in w for w in result.warnings)
     assert result.non_persistent == ("mask",)
     assert result.coverage == 1.0
+    assert [s.kind for s in result.plan.steps] == ["tie"]
+    assert diff_against_model(state, TiedLM(), allow_tied=True).ok
 
 
 def test_checkpoint_carrying_a_non_persistent_buffer_is_unexpected() -> None:
-    result = diff_against_model({"embed.weight": torch.zeros(16, 8), "mask": torch.ones(4, 4)},
-                                TiedLM())
+    result = diff_against_model({"embed.weight": torch.zeros(16, 8), "lm_head.weight": torch.zeros(16, 8),
+                                 "mask": torch.ones(4, 4)}, TiedLM())
     assert result.unexpected == ("mask",)
-    assert result.fixes[0].kind == "drop-unexpected"
+    assert [s.kind for s in result.plan.steps] == ["drop"] and result.plan.strict
 
 
 def test_dtype_difference_does_not_fail(make_checkpoint: Callable[..., Path]) -> None:
@@ -200,7 +192,8 @@ def test_json_signature_as_model(make_checkpoint: Callable[..., Path], tmp_path:
     sig_path.write_text(json.dumps({"path": str(ref), "tensors": tensors}))
     path = make_checkpoint("torch-zip", nn.DataParallel(tiny_net()).state_dict())
     result = diff_file(path, load_model_signature(str(sig_path)))
-    assert result.fixes[0].kind == "strip-prefix" and result.fixes[0].after.startswith("0 missing")
+    assert result.plan.steps[0].kind == "strip-prefix" and result.plan.strict
+    assert result.plan.advice == ()  # a signature has no framework to advise on
 
 
 def test_json_result_is_stable_and_complete(make_checkpoint: Callable[..., Path]) -> None:

@@ -6,6 +6,7 @@ causes and the same renderer shows them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from ckpttools.ops.diagnose.evidence import Evidence
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ckpttools.ops.fix_plan import FixPlan
 
     from ckpttools.formats.base import CheckpointReader
     from ckpttools.ops.model_spec import ModelSignature
@@ -40,6 +43,8 @@ class DiagnoseResult:
         causes: best first; empty when nothing recognisable explains the failure.
         evidence: what the causes were inferred from.
         note: which part of the checkpoint was used (files), or ``None``.
+        plan: the fix plan ``diff --model`` shows for the same files (files only); every
+            cause's fix is this plan.
     """
 
     source: str
@@ -47,6 +52,7 @@ class DiagnoseResult:
     causes: tuple[Cause, ...]
     evidence: Evidence
     note: str | None = None
+    plan: FixPlan | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,6 +77,7 @@ class DiagnoseResult:
             "missing": list(ev.missing), "unexpected": list(ev.unexpected),
             "mismatched": [m.to_dict() for m in ev.mismatched],
             "causes": [c.to_dict() for c in self.causes],
+            "plan": self.plan.to_dict() if self.plan else None,
         }
 
 
@@ -120,24 +127,36 @@ def diagnose_text(text: str) -> DiagnoseResult:
 
 def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
                         model: nn.Module | ModelSignature, *, key: str | None = None,
-                        model_name: str = "") -> DiagnoseResult:
+                        model_name: str = "", allow_tied: bool = False) -> DiagnoseResult:
     """Diagnose why a checkpoint does not load into a model, from the real key sets and shapes.
+
+    The fix of every cause is the plan ``diff --model`` shows for the same files (one engine),
+    proven against the model before it is shown.
 
     Args:
         source: an open checkpoint or an in-memory state_dict / training checkpoint.
         model: an ``nn.Module`` (meta device is fine) or a ``ModelSignature``.
         key: dotted path of the state_dict inside the checkpoint; found by name when omitted.
         model_name: the model spec, for the report and the suggested commands.
+        allow_tied: absent tied aliases count as loadable.
 
     Returns:
-        The ranked causes; ``found`` is false when a strict load would succeed.
+        The ranked causes and the plan; ``found`` is false when a strict load would succeed.
 
     Raises:
         CkptError: the checkpoint cannot be read or ``key`` is not in it.
     """
     from ckpttools.ops.model_diff import diff_against_model
 
-    diff = diff_against_model(source, model, key=key, model_name=model_name)
+    diff = diff_against_model(source, model, key=key, model_name=model_name,
+                              allow_tied=allow_tied)
     ev = evidence_from_diff(diff, model_name or None)
-    found = not diff.ok or bool(diff.state_dict and key is None)
-    return diagnose_evidence(ev, found=found, note=diff.state_dict_note)
+    nested = diff.plan is not None and bool(diff.plan.source.key)  # a folder's file is not
+    found = not diff.ok or (nested and key is None)
+    result = diagnose_evidence(ev, found=found, note=diff.state_dict_note)
+    plan = diff.plan
+    if plan is None or not (plan.steps or plan.source.key):
+        return dataclasses.replace(result, plan=plan)
+    causes = tuple(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
+                   for c in result.causes)
+    return dataclasses.replace(result, causes=causes, plan=plan)

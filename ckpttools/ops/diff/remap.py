@@ -1,7 +1,8 @@
 """``remap SRC DST``: rename, strip, add and drop state_dict keys, writing a new checkpoint.
 
-The rest of a nested checkpoint (optimizer state, epoch ...) is kept as it was when DST is a
-torch file; a safetensors DST holds the (renamed) state_dict alone. Tensors are read one at a
+From a nested checkpoint, DST holds the (renamed) state_dict alone, what
+``model.load_state_dict(torch.load(DST))`` needs; with ``keep_wrapper`` a torch DST keeps the
+rest of the checkpoint (optimizer state, epoch ...) around it. Tensors are read one at a
 time through the reader; the output is written atomically and never over SRC.
 """
 
@@ -150,9 +151,13 @@ def _replace_at(tree: Any, prefix: str, value: dict[str, Any]) -> Any:
 
 
 def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
-               pairs: list[tuple[str, str]], trust: bool) -> None:
+               pairs: list[tuple[str, str]], trust: bool, keep_wrapper: bool) -> None:
     import torch
 
+    if not keep_wrapper or not view.prefix:
+        # a plain dict: no _metadata, so BatchNorm fills absent num_batches_tracked with 0
+        torch.save({n: reader.load(view.source_key(o)) for o, n in pairs}, tmp)
+        return
     if trust:
         # the user vouches for the file: keep every object exactly as torch restores it
         whole = torch.load(reader.path, map_location="cpu", weights_only=False)
@@ -166,7 +171,7 @@ def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
 
 def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
                      drops: Sequence[str] = (), key: str | None = None, dry_run: bool = False,
-                     force: bool = False, trust: bool = False,
+                     force: bool = False, trust: bool = False, keep_wrapper: bool = False,
                      on_progress: Callable[[int], None] = lambda n: None) -> RemapResult:
     """Rename and drop state_dict keys of ``src`` and write the result to ``dst``.
 
@@ -179,6 +184,8 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
         dry_run: plan only; nothing is written.
         force: overwrite ``dst`` if it exists.
         trust: allow full unpickling, for nested checkpoints holding arbitrary objects.
+        keep_wrapper: a torch ``dst`` keeps the rest of a nested checkpoint around the
+            state_dict (by default it holds the state_dict alone).
         on_progress: called with byte counts while writing safetensors.
 
     Returns:
@@ -196,20 +203,28 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
     with open_checkpoint(src, trust=trust) as reader:
         view = find_state_dict(reader, key)
         pairs, dropped = plan_keys([e.key for e in view.entries], rules, drops, src)
-        notes = _left_out(reader, view, fmt)
+        notes = _left_out(reader, view, fmt, keep_wrapper)
         if not dry_run:
             with atomic_output(dst) as tmp:
                 if fmt == "safetensors":
                     _write_safetensors(tmp, reader, view, pairs, on_progress)
                 else:
-                    _write_pth(tmp, reader, view, pairs, trust)
+                    _write_pth(tmp, reader, view, pairs, trust, keep_wrapper)
     return RemapResult(src, dst, view.prefix, tuple(pairs), tuple(dropped), fmt, not dry_run,
                        notes)
 
 
-def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str) -> tuple[str, ...]:
+def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str,
+              keep_wrapper: bool) -> tuple[str, ...]:
     outside = len(reader.entries()) - len(view.entries)
-    if fmt != "safetensors" or outside <= 0:
+    if outside <= 0 or not view.prefix:
         return ()
-    return (f"{os.path.basename(reader.path)}: safetensors holds the state_dict only; "
-            f"{outside} other entries are not in the output (write .pth to keep them)",)
+    if fmt == "safetensors":
+        return (f"{os.path.basename(reader.path)}: safetensors holds the state_dict alone; "
+                f"{outside} other entries are not in the output (write .pth with --keep-wrapper "
+                "to keep them)",)
+    if keep_wrapper:
+        return ()
+    return (f"{os.path.basename(reader.path)}: wrote the state_dict under '{view.prefix}' alone, "
+            f"what load_state_dict(torch.load(out)) needs; {outside} other entries are left out "
+            "(--keep-wrapper keeps them)",)

@@ -41,8 +41,14 @@ def test_nested_pth_keeps_the_rest(make_checkpoint: Callable[..., Path], tmp_pat
                                         "optimizer": opt.state_dict(), "epoch": 7})
     before = src.read_bytes()
     dst = tmp_path / "out.ckpt"
-    result = remap_checkpoint(str(src), str(dst), rules=build_rules(strip_prefix="model."))
+    alone = remap_checkpoint(str(src), str(tmp_path / "alone.ckpt"),
+                             rules=build_rules(strip_prefix="model."))
+    assert alone.notes and "alone" in alone.notes[0] and "--keep-wrapper" in alone.notes[0]
+    TinyNet().load_state_dict(torch.load(tmp_path / "alone.ckpt", weights_only=True))
+    result = remap_checkpoint(str(src), str(dst), rules=build_rules(strip_prefix="model."),
+                              keep_wrapper=True)
     assert result.state_dict == "state_dict" and len(result.changed) == 13 and result.written
+    assert not result.notes
     out = torch.load(dst, weights_only=True)
     assert out["epoch"] == 7 and out["optimizer"]["param_groups"][0]["lr"] == 0.5
     fresh = TinyNet()
@@ -103,8 +109,9 @@ def test_objects_need_trust(make_checkpoint: Callable[..., Path], tmp_path: Path
                                         "args": argparse.Namespace(lr=0.1),
                                         "evil": malicious_state(canary)})
     with pytest.raises(UnsafeCheckpointError, match="--trust"):
-        remap_checkpoint(str(src), str(tmp_path / "o.pth"))
+        remap_checkpoint(str(src), str(tmp_path / "o.pth"), keep_wrapper=True)
     assert not (tmp_path / "o.pth").exists()
+    remap_checkpoint(str(src), str(tmp_path / "alone.pth"))  # the state_dict alone: no trust
     # the state_dict alone needs no trust
     remap_checkpoint(str(src), str(tmp_path / "o.safetensors"))
 
@@ -113,6 +120,7 @@ def test_objects_kept_with_trust(make_checkpoint: Callable[..., Path], tmp_path:
     src = make_checkpoint("torch-zip", {"model": tiny_net().state_dict(),
                                         "args": argparse.Namespace(lr=0.1)})
     dst = tmp_path / "o.pth"
-    remap_checkpoint(str(src), str(dst), rules=build_rules(add_prefix="net."), trust=True)
+    remap_checkpoint(str(src), str(dst), rules=build_rules(add_prefix="net."), trust=True,
+                     keep_wrapper=True)
     out = torch.load(dst, weights_only=False)
     assert out["args"].lr == 0.1 and "net.head.weight" in out["model"]
