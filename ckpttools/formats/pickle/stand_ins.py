@@ -8,6 +8,7 @@ themselves, and everything else maps to a recording class (``_Stand``).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,10 +147,29 @@ def _stand_type(qualname: str) -> type[_Stand]:
 
 
 class _ODict(dict):  # type: ignore[type-arg]
-    """OrderedDict/defaultdict stand-in: a dict that accepts BUILD state (``_metadata``)."""
+    """defaultdict / ``builtins.dict`` stand-in: a dict that accepts (and drops) BUILD state."""
 
     def __setstate__(self, state: Any) -> None:
         pass
+
+
+class _OrderedDictStand(dict):  # type: ignore[type-arg]
+    """``collections.OrderedDict`` stand-in that keeps its BUILD state (a ``state_dict()``'s
+    ``_metadata``), so ``finalize`` can return the ``OrderedDict`` torch.load would."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.build_state = state  # type: ignore[attr-defined]  # instances have a __dict__
+
+
+def ordered_dict_of(pairs: list[tuple[Any, Any]], state: Any) -> Any:
+    """The ``OrderedDict`` ``torch.load(weights_only=True)`` rebuilds: the pairs in order and,
+    when the BUILD state is a dict, its entries as instance attributes (torch's unpickler does
+    ``inst.__dict__.update(state)`` for an OrderedDict; other state it rejects, so it is dropped).
+    """
+    out: OrderedDict[Any, Any] = OrderedDict(pairs)
+    if isinstance(state, dict):
+        out.__dict__.update(state)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +305,7 @@ _KNOWN: dict[str, Any] = {
     "torch.device": _device,
     "torch.Size": _size,
     "torch.serialization._get_layout": str,
-    "collections.OrderedDict": _ODict,
+    "collections.OrderedDict": _OrderedDictStand,
     "collections.defaultdict": _defaultdict,
     "copyreg._reconstructor": _reconstructor,
     "copyreg.__newobj__": _newobj,
@@ -360,7 +380,8 @@ def finalize(node: Any, _seen: dict[int, Any] | None = None) -> Any:
     if isinstance(node, dict):
         pairs = [(finalize(k, seen), finalize(v, seen)) for k, v in node.items()]
         try:
-            out: Any = dict(pairs)
+            out: Any = dict(pairs) if kind is not _OrderedDictStand else ordered_dict_of(
+                pairs, finalize(getattr(node, "build_state", None), seen))
         except TypeError:  # keys that are not plain values (DCP's MetadataIndex records)
             out = ObjectPlaceholder("dict", items=tuple(pairs))
     elif kind is list:
