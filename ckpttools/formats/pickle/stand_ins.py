@@ -74,6 +74,7 @@ class TensorPlaceholder:
     device: str
     requires_grad: bool = False
     layout: str = "strided"
+    parameter: bool = False  # rebuilt by torch._utils._rebuild_parameter (an nn.Parameter)
 
     @property
     def numel(self) -> int:
@@ -234,7 +235,8 @@ def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False
 def _rebuild_parameter(data: Any, requires_grad: Any = True, *_: Any) -> Any:
     if isinstance(data, TensorPlaceholder):
         return TensorPlaceholder(data.storage_key, data.dtype, data.storage_offset, data.shape,
-                                 data.stride, data.device, bool(requires_grad), data.layout)
+                                 data.stride, data.device, requires_grad is True, data.layout,
+                                 parameter=True)
     return data
 
 

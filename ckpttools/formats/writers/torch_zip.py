@@ -53,6 +53,8 @@ class TensorSlot:
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    requires_grad: bool = False
+    parameter: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,14 @@ class _TorchPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is not TensorSlot:
             return NotImplemented
+        if obj.parameter:
+            # as nn.Parameter.__reduce_ex__: the data (requires_grad False), then the flag
+            data = TensorSlot(obj.key, obj.dtype, obj.numel, obj.offset, obj.shape, obj.stride)
+            return (self._global("torch._utils", "_rebuild_parameter"),
+                    (data, obj.requires_grad, OrderedDict()))
         sid = self._storages.setdefault(obj.key, _StorageId(obj.key, obj.dtype, obj.numel))
-        args: tuple[Any, ...] = (sid, obj.offset, tuple(obj.shape), tuple(obj.stride), False,
-                                 OrderedDict())
+        args: tuple[Any, ...] = (sid, obj.offset, tuple(obj.shape), tuple(obj.stride),
+                                 obj.requires_grad, OrderedDict())
         if obj.dtype in LEGACY_STORAGE:
             return (self._global("torch._utils", "_rebuild_tensor_v2"), args)
         return (self._global("torch._utils", "_rebuild_tensor_v3"),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ckpttools.formats.writers.bytecopy import Progress, TensorData, _no_progress
-from ckpttools.formats.manifest import decode_tree, dtype_size
+from ckpttools.formats.manifest import dtype_size
+from ckpttools.formats.manifest_tree import decode_tree
 from ckpttools.formats.writers.torch_zip import TensorSlot, write_torch_zip
 from ckpttools.ops.convert.source import Source, SourceTensor
 
@@ -55,7 +56,7 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
         for m in members:
             lay = m.layout
             slots[m.name] = TensorSlot(str(key), lay.dtype, numel, lay.offset, lay.shape,
-                                       lay.stride)
+                                       lay.stride, lay.requires_grad, lay.parameter)
     return slots, storages
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from ckpttools.entries import RawSource, TensorRef
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.writers.bytecopy import SourceFiles, ranges_equal
-from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, Node, TreeEncoder, iter_nodes
+from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, Node, iter_nodes
+from ckpttools.formats.manifest_tree import TreeEncoder
 from ckpttools.ops.convert.source import Source, SourceTensor, output_manifest, tensor_data
 
 MAX_REPORTED = 20
