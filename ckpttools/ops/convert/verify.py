@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckpttools.entries import TensorRef
 from ckpttools.formats.base import CheckpointReader
-from ckpttools.formats.manifest import Manifest, Node, TensorLayout
-from ckpttools.formats.manifest_tree import TreeEncoder
+from ckpttools.formats.manifest import Node, TensorLayout
 from ckpttools.formats.writers.bytecopy import SourceFiles, ranges_equal
-from ckpttools.ops.convert.graph import GraphComparison
+from ckpttools.ops.object_graph import GraphComparison, manifest_graph, pickled_graph
 from ckpttools.ops.convert.source import Source, SourceTensor, tensor_data
 
 MAX_REPORTED = 20
@@ -43,31 +41,6 @@ def _same_bytes(t: SourceTensor, reader: CheckpointReader, key: str, files: Sour
     return same_bits(reader.load(key), t.load().contiguous())
 
 
-def encode_tree(tree: Any) -> tuple[Node, list[str]]:
-    """Encode a reader's tree; tensors are named by their reader keys, listed in order."""
-    keys: list[str] = []
-
-    def name_of(value: Any, path: str) -> str | None:
-        if isinstance(value, TensorRef):
-            keys.append(value.key)
-            return value.key
-        return None
-
-    return TreeEncoder(name_of).encode(tree) or {"t": "none"}, keys
-
-
-def _pth_graph(reader: Any) -> tuple[Node, dict[str, TensorLayout]]:
-    """The graph of a ``.pth`` as its pickle describes it (storages by record key)."""
-    root, keys = encode_tree(reader.tree())
-    layouts = {}
-    for key in keys:
-        ph = reader.placeholder(key)
-        layouts[key] = TensorLayout(ph.dtype, tuple(ph.shape), tuple(ph.stride),
-                                    str(ph.storage_key), ph.storage_offset, 0,
-                                    ph.requires_grad, ph.parameter)
-    return root, layouts
-
-
 def _stored_problem(reader: CheckpointReader, name: str, layout: TensorLayout) -> str | None:
     """A tensor of safetensors/DCP output must be stored contiguously as its layout says."""
     meta = getattr(reader, "tensor_meta", None)
@@ -85,14 +58,6 @@ def _stored_problem(reader: CheckpointReader, name: str, layout: TensorLayout) -
     return None
 
 
-def _manifest_graph(reader: CheckpointReader) -> tuple[Node, dict[str, TensorLayout]] | None:
-    text = reader.manifest()
-    if text is None:
-        return None
-    manifest = Manifest.from_json(text, reader.path)
-    return manifest.root, manifest.tensors
-
-
 def compare_graphs(source: Source, root: Node, layouts: dict[str, TensorLayout]
                    ) -> tuple[str | None, list[tuple[str, str, str]]]:
     """The first structural difference between ``source`` and an output's graph, and the
@@ -103,7 +68,7 @@ def compare_graphs(source: Source, root: Node, layouts: dict[str, TensorLayout]
 
 def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
                     files: SourceFiles) -> list[str]:
-    graph = _pth_graph(reader) if pickled else _manifest_graph(reader)
+    graph = pickled_graph(reader) if pickled else manifest_graph(reader)
     if graph is None:
         return [f"{reader.path}: the output has no ckpttools manifest"]
     difference, pairs = compare_graphs(source, *graph)
