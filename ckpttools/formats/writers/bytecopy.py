@@ -170,6 +170,30 @@ def write_data(files: SourceFiles, data: TensorData, out_fd: int, *, crc: bool =
     return write_tensor(data.load(), out_fd, crc=crc, on_progress=on_progress)
 
 
+def write_data_crc(files: SourceFiles, data: TensorData, out_fd: int, pool: Executor, *,
+                   on_progress: Progress = _no_progress) -> int:
+    """Append one tensor's bytes and return their CRC-32: a kernel copy with the CRC read on
+    ``pool`` from the page cache for a raw range, else computed on the tensor as written."""
+    if data.raw is not None:
+        return copy_raw_crc(files, data.raw, out_fd, pool, on_progress=on_progress)
+    if data.load is None:
+        raise ValueError(f"{data.name}: no source for the tensor's bytes")
+    return write_tensor(data.load(), out_fd, crc=True, on_progress=on_progress)
+
+
+def crc_of_range(files: SourceFiles, src: RawSource) -> int:
+    """CRC-32 of a byte range, read in chunks into one reused buffer (nothing mapped).
+
+    Raises:
+        CorruptCheckpointError: the file ends before the range does.
+    """
+    fd = files.fd(src.path)
+    if os.fstat(fd).st_size < src.offset + src.length:
+        raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data; "
+                                     "the file is truncated")
+    return _crc_of_range(fd, src)
+
+
 def ranges_equal(files: SourceFiles, a: RawSource, b: RawSource) -> bool:
     """Whether two byte ranges hold the same bytes (read in chunks into two reused buffers,
     nothing mapped: fresh buffers per chunk would page-fault their way through every byte)."""

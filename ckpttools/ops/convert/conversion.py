@@ -156,31 +156,41 @@ def _check_space(dest: str, need: int) -> None:
 
 
 def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int | None,
-                 on_progress: Progress) -> tuple[str, ...]:
-    """Write ``source`` in ``target`` format at ``tmp``; returns the files written."""
+                 on_progress: Progress, crcs: dict[str, int] | None = None) -> tuple[str, ...]:
+    """Write ``source`` in ``target`` format at ``tmp``; returns the files written.
+
+    ``crcs``, when given, gets the CRC-32 of every tensor (storage, for pth) copied from a
+    source byte range, computed while copying; verification compares the output with them.
+    """
     manifest = output_manifest(source).to_json()
     data = [tensor_data(t) for t in source.tensors.values()]
+    written: dict[str, int] | None = {} if crcs is not None else None
+    if target == "pth":
+        from ckpttools.ops.convert.to_pth import write_pth
+
+        write_pth(tmp, source, on_progress=on_progress, crcs=crcs)
+        return (os.path.basename(tmp),)
     if target == "safetensors" and max_shard_size is None:
         from ckpttools.formats.writers.safetensors_file import write_safetensors
 
         write_safetensors(tmp, data, {"format": "pt", MANIFEST_KEY: manifest},
-                          on_progress=on_progress)
-        return (os.path.basename(tmp),)
-    if target == "safetensors":
+                          on_progress=on_progress, crcs=written)
+        files: tuple[str, ...] = (os.path.basename(tmp),)
+    elif target == "safetensors":
         from ckpttools.formats.writers.safetensors_file import write_sharded
 
         write_sharded(tmp, data, {"format": "pt"}, max_shard_size or 0,
-                      index_metadata={MANIFEST_KEY: manifest}, on_progress=on_progress)
-        return tuple(sorted(os.listdir(tmp)))
-    if target == "pth":
-        from ckpttools.ops.convert.to_pth import write_pth
+                      index_metadata={MANIFEST_KEY: manifest}, on_progress=on_progress,
+                      crcs=written)
+        files = tuple(sorted(os.listdir(tmp)))
+    else:
+        from ckpttools.formats.writers.dcp import write_dcp
 
-        write_pth(tmp, source, on_progress=on_progress)
-        return (os.path.basename(tmp),)
-    from ckpttools.formats.writers.dcp import write_dcp
-
-    write_dcp(tmp, data, manifest, on_progress=on_progress)
-    return tuple(sorted(os.listdir(tmp)))
+        write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written)
+        files = tuple(sorted(os.listdir(tmp)))
+    if crcs is not None and written is not None:
+        crcs.update((d.name, written[d.name]) for d in data if d.raw is not None)
+    return files
 
 
 def convert_source(source: Source, src: str, dest: str, *, to: str | None = None,
@@ -202,13 +212,14 @@ def convert_source(source: Source, src: str, dest: str, *, to: str | None = None
                            CAST_NAMES.get(dtype or ""), cast, source.dropped, verify)
     try:
         with atomic_output(dest, directory=directory) as tmp:
+            crcs: dict[str, int] = {}
             files = write_output(tmp, target, source, max_shard_size=max_shard_size,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, crcs=crcs if verify else None)
             copied = tuple(add_files(tmp)) if add_files and directory else ()
             if verify:
                 from ckpttools.ops.convert.verify import verify_output
 
-                problems = verify_output(tmp, target, source, sharded=directory)
+                problems = verify_output(tmp, target, source, sharded=directory, crcs=crcs)
                 if problems:
                     raise _VerificationFailed(problems)
     except _VerificationFailed as e:

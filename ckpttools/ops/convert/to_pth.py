@@ -60,8 +60,16 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
     return slots, storages
 
 
-def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress) -> None:
-    """Write ``source`` at ``path`` as ``torch.save`` would have written the original."""
+def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress,
+              crcs: dict[str, int] | None = None) -> None:
+    """Write ``source`` at ``path`` as ``torch.save`` would have written the original.
+
+    ``crcs``, when given, gets the CRC-32 of each storage copied whole from a source byte range
+    (by storage record key), as computed while copying.
+    """
     slots, storages = storage_plan(source)
     obj = decode_tree(source.root, slots.__getitem__)
-    write_torch_zip(path, obj, storages, on_progress=on_progress)
+    written: dict[str, int] = {}
+    write_torch_zip(path, obj, storages, on_progress=on_progress, crcs=written)
+    if crcs is not None:
+        crcs.update((d.name, written[d.name]) for d in storages if d.raw is not None)

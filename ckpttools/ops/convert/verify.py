@@ -15,7 +15,7 @@ from typing import Any
 
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.manifest import Node, TensorLayout
-from ckpttools.formats.writers.bytecopy import SourceFiles, ranges_equal
+from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range, ranges_equal
 from ckpttools.ops.object_graph import GraphComparison, manifest_graph, pickled_graph
 from ckpttools.ops.convert.source import Source, SourceTensor, tensor_data
 
@@ -41,19 +41,29 @@ def _same_bytes(t: SourceTensor, reader: CheckpointReader, key: str, files: Sour
     return same_bits(reader.load(key), t.load().contiguous())
 
 
-def _stored_problem(reader: CheckpointReader, name: str, layout: TensorLayout) -> str | None:
+def _stored_shapes(reader: CheckpointReader) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each stored tensor's dtype and shape as the file records them (not the manifest)."""
+    if hasattr(reader, "tensor_meta"):  # DCP: .metadata, since entries follow the manifest
+        return _DcpShapes(reader)  # type: ignore[return-value]
+    return {e.key: (e.dtype, tuple(e.shape)) for e in reader.tensor_entries()}
+
+
+class _DcpShapes:
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def get(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        found = self.reader.tensor_meta(name)
+        return None if found is None else (found[0], tuple(found[1]))
+
+
+def _stored_problem(stored: Any, name: str, layout: TensorLayout) -> str | None:
     """A tensor of safetensors/DCP output must be stored contiguously as its layout says."""
-    meta = getattr(reader, "tensor_meta", None)
-    if callable(meta):
-        found = meta(name)
-        stored = None if found is None else (found[0], tuple(found[1]))
-    else:
-        entry = next((e for e in reader.tensor_entries() if e.key == name), None)
-        stored = None if entry is None else (entry.dtype, tuple(entry.shape))
-    if stored is None:
+    found = stored.get(name)
+    if found is None:
         return f"{name}: missing from the output"
-    if stored != (layout.dtype, layout.shape):
-        return f"{name}: stored as {stored[0]} {list(stored[1])}, the manifest says " \
+    if found != (layout.dtype, layout.shape):
+        return f"{name}: stored as {found[0]} {list(found[1])}, the manifest says " \
                f"{layout.dtype} {list(layout.shape)}"
     return None
 
@@ -66,8 +76,33 @@ def compare_graphs(source: Source, root: Node, layouts: dict[str, TensorLayout]
     return comparison.first_difference(source.root, root), comparison.pairs
 
 
+class _Bytes:
+    """Tensor bytes of the output against the source. Where the writer recorded the CRC-32 of
+    a byte range it copied, the output's range is read back once (from the page cache the
+    write filled) and its CRC compared: one pass at memory speed instead of a second read of
+    both files. Elsewhere (casts, assembled storages) both sides are compared in full."""
+
+    def __init__(self, reader: Any, files: SourceFiles, crcs: dict[str, int] | None,
+                 pickled: bool) -> None:
+        self.reader, self.files, self.crcs, self.pickled = reader, files, crcs or {}, pickled
+        self.checked: dict[str, bool] = {}
+
+    def same(self, t: SourceTensor, name: str) -> bool:
+        key, where = name, None
+        if self.pickled and self.crcs:
+            key = str(self.reader.placeholder(name).storage_key)
+            where = self.reader.storage_source(name) if key in self.crcs else None
+        elif key in self.crcs:
+            where = self.reader.raw_source(name)
+        if where is None:
+            return _same_bytes(t, self.reader, name, self.files)
+        if key not in self.checked:
+            self.checked[key] = crc_of_range(self.files, where) == self.crcs[key]
+        return self.checked[key]
+
+
 def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
-                    files: SourceFiles) -> list[str]:
+                    files: SourceFiles, crcs: dict[str, int] | None = None) -> list[str]:
     graph = pickled_graph(reader) if pickled else manifest_graph(reader)
     if graph is None:
         return [f"{reader.path}: the output has no ckpttools manifest"]
@@ -75,9 +110,12 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
     if difference is not None:
         return [difference]
     problems: list[str] = []
+    check = _Bytes(reader, files, crcs, pickled)
+    stored = None if pickled else _stored_shapes(reader)
     for path, src_name, out_name in pairs:
-        problem = None if pickled else _stored_problem(reader, out_name, graph[1][out_name])
-        if problem is None and not _same_bytes(source.tensors[src_name], reader, out_name, files):
+        problem = None if stored is None else _stored_problem(stored, out_name,
+                                                              graph[1][out_name])
+        if problem is None and not check.same(source.tensors[src_name], out_name):
             problem = f"{path}: tensor bytes differ from the source"
         if problem is not None:
             problems.append(problem)
@@ -86,9 +124,15 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
     return problems
 
 
-def verify_output(path: str, target: str, source: Source, *, sharded: bool = False) -> list[str]:
+def verify_output(path: str, target: str, source: Source, *, sharded: bool = False,
+                  crcs: dict[str, int] | None = None) -> list[str]:
     """Re-open a conversion's output at ``path`` and list how it differs from ``source``
-    (empty when it is the same object graph with the same tensor bits)."""
+    (empty when it is the same object graph with the same tensor bits).
+
+    Args:
+        crcs: CRC-32s the writer computed of the source bytes it copied (``write_output``);
+            those tensors are checked by a CRC of the output's bytes, the rest in full.
+    """
     reader: CheckpointReader
     if target == "pth":
         from ckpttools.formats.torch_zip import TorchZipReader
@@ -109,7 +153,8 @@ def verify_output(path: str, target: str, source: Source, *, sharded: bool = Fal
     files = SourceFiles()
     try:
         with reader:
-            return _compare_reader(reader, source, pickled=target == "pth", files=files)
+            return _compare_reader(reader, source, pickled=target == "pth", files=files,
+                                   crcs=crcs)
     finally:
         files.close()
 

@@ -104,3 +104,29 @@ def test_cli_exits_1_names_the_path_and_removes_the_output(
     assert result.exit_code == 1
     assert "model._metadata['1']['version']: 2 in the source, 3 in the output" in result.stdout
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["src.pth"]
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_crc_check_finds_a_changed_byte(src: Path, tmp_path: Path, target: str) -> None:
+    from ckpttools.formats.registry import open_checkpoint
+
+    fmt, shard = TARGETS[target]
+    out = tmp_path / f"out.{target}"
+    if fmt == "dcp" or shard:
+        out.mkdir()
+    crcs: dict[str, int] = {}
+    with open_source(str(src)) as source:
+        conversion.write_output(str(out), fmt, source, max_shard_size=shard,
+                                on_progress=lambda n: None, crcs=crcs)
+        assert crcs  # every tensor of a .pth source is copied as a byte range
+        assert verify_output(str(out), fmt, source, sharded=shard is not None, crcs=crcs) == []
+        with open_checkpoint(out) as reader:
+            where = reader.raw_source("model.1.running_var")
+        assert where is not None
+        with open(where.path, "r+b") as f:
+            f.seek(where.offset + 1)
+            byte = f.read(1)
+            f.seek(where.offset + 1)
+            f.write(bytes([byte[0] ^ 0x10]))
+        problems = verify_output(str(out), fmt, source, sharded=shard is not None, crcs=crcs)
+        assert problems == ["model.1.running_var: tensor bytes differ from the source"]
