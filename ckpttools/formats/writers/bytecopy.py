@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -18,6 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import RawSource
 from ckpttools.errors import CorruptCheckpointError
+
+try:  # ISA-L's CRC-32 (same polynomial and values as zlib's) runs 2-10x faster with PCLMUL
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover  # a platform without an isal wheel
+    from zlib import crc32
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +88,7 @@ def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = Fal
         else:
             view = memoryview(buf)[:n]
             got = os.preadv(in_fd, [view], offset)
-            value = zlib.crc32(view[:got], value)
+            value = crc32(view[:got], value)
             write_all(out_fd, view[:got])
         if got <= 0:
             raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data "
@@ -112,7 +116,7 @@ def _crc_of_range(fd: int, src: RawSource) -> int:
         got = os.preadv(fd, [view], offset)
         if got <= 0:
             break  # the copy in the calling thread reports the truncation
-        value = zlib.crc32(view[:got], value)
+        value = crc32(view[:got], value)
         offset += got
         left -= got
     return value
@@ -154,7 +158,7 @@ def write_tensor(t: torch.Tensor, out_fd: int, *, crc: bool = False,
     for start in range(0, len(view), CHUNK):
         part = view[start:start + CHUNK]
         if crc:
-            value = zlib.crc32(part, value)
+            value = crc32(part, value)
         write_all(out_fd, part)
         on_progress(len(part))
     return value
