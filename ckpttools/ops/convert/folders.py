@@ -16,6 +16,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 
+from ckpttools.errors import CkptError
 from ckpttools.formats.base import Format
 
 # weight file names of transformers, diffusers and accelerate (model_1 ... for extra models)
@@ -59,7 +60,7 @@ def plan_source(path: str, key: str | None) -> FolderPlan:
                  and not n.endswith(".index.json") and n not in checkpoint_files(path))
     try:
         fmt = detect_format(path)
-    except Exception:  # noqa: BLE001  # opening the folder below reports what is wrong
+    except CkptError:  # opening the folder below reports what is wrong
         return FolderPlan(path, key)
     if fmt is not Format.FOLDER:  # sharded set or DCP: already one checkpoint
         return FolderPlan(path, key, side_files=side if fmt is not Format.DCP else ())

@@ -17,6 +17,7 @@ def assert_identical(a: Any, b: Any) -> None:
 class _Walk:
     def __init__(self) -> None:
         self.storages: dict[int, int] = {}
+        self.back: dict[int, int] = {}
 
     def same(self, a: Any, b: Any, path: str) -> None:
         assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
@@ -43,5 +44,6 @@ class _Walk:
             assert torch.equal(a.detach().contiguous().reshape(-1).view(torch.uint8),
                                b.detach().contiguous().reshape(-1).view(torch.uint8)), path
         pa, pb = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
-        if a.untyped_storage().nbytes():
+        if a.untyped_storage().nbytes():  # storages pair one to one
             assert self.storages.setdefault(pa, pb) == pb, f"{path}: storage sharing"
+            assert self.back.setdefault(pb, pa) == pa, f"{path}: storage sharing"
