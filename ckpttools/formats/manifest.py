@@ -166,7 +166,8 @@ def dtype_size(dtype: str) -> int:
     try:
         return _DTYPE_SIZES[dtype]
     except KeyError as e:
-        raise UnsupportedError(f"dtype {dtype}: not supported by ckpttools convert") from e
+        raise UnsupportedError(f"dtype {dtype}: not supported by ckpttools convert (quantized "
+                               "tensors have no lossless encoding here); keep the .pth") from e
 
 
 def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -90,3 +90,19 @@ def test_manifest_v1_file_still_reads(tmp_path: Path, asset: Any) -> None:
     assert back["meta"] == (None, [1, 2], {0: "x", "0": "y"}) and back["epoch"] == 2
     assert back["model"]["tied"].untyped_storage().data_ptr() == \
         back["model"]["fc.weight"].untyped_storage().data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:.*quantiz.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
+def test_quantized_state_dict_is_refused_not_changed(tmp_path: Path) -> None:
+    from ckpttools.errors import UnsupportedError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                       dtype=torch.qint8)
+    src = tmp_path / "q.pth"
+    torch.save(quantized.state_dict(), src)
+    for out in ("q.safetensors", "q2.pth"):
+        with pytest.raises(UnsupportedError, match="dtype qint8: .*keep the .pth"):
+            convert_checkpoint(str(src), str(tmp_path / out))
+        assert not (tmp_path / out).exists()
