@@ -49,6 +49,7 @@ class TensorData:
     nbytes: int
     raw: RawSource | None = None
     load: Callable[[], Any] | None = None
+    crc: int | None = None  # the CRC-32 the source records for ``raw`` (a torch zip record)
 
 
 class SourceFiles:
@@ -176,8 +177,12 @@ def write_data(files: SourceFiles, data: TensorData, out_fd: int, *, crc: bool =
 
 def write_data_crc(files: SourceFiles, data: TensorData, out_fd: int, pool: Executor, *,
                    on_progress: Progress = _no_progress) -> int:
-    """Append one tensor's bytes and return their CRC-32: a kernel copy with the CRC read on
-    ``pool`` from the page cache for a raw range, else computed on the tensor as written."""
+    """Append one tensor's bytes and return their CRC-32: the source's recorded CRC with a
+    plain kernel copy when it has one, a kernel copy with the CRC read on ``pool`` from the page
+    cache for another raw range, else computed on the tensor as written."""
+    if data.raw is not None and data.crc is not None:
+        copy_raw(files, data.raw, out_fd, on_progress=on_progress)
+        return data.crc
     if data.raw is not None:
         return copy_raw_crc(files, data.raw, out_fd, pool, on_progress=on_progress)
     if data.load is None:

@@ -62,8 +62,9 @@ def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[s
         metadata: ``__metadata__`` (string values).
         files: open source files to reuse.
         on_progress: called with the number of bytes written.
-        crcs: when given, filled with the CRC-32 of each tensor's bytes as copied (a worker
-            thread reads them from the page cache while the kernel copies), for verification.
+        crcs: when given, filled with the CRC-32 of each tensor's bytes as copied (the source's
+            recorded CRC, else read by a worker thread from the page cache while the kernel
+            copies), for verification.
 
     Returns:
         Where each tensor's bytes landed in ``path``.

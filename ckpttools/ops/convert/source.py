@@ -32,6 +32,7 @@ class SourceTensor:
     layout: TensorLayout
     raw: RawSource | None
     load: Callable[[], torch.Tensor]
+    crc: int | None = None  # the CRC-32 the source file records for exactly ``raw``'s bytes
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,16 @@ class _ShardLayouts:
         return replace(lay, storage=f"{shard_name}/{lay.storage}")
 
 
+def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> int | None:
+    """The CRC-32 a torch zip records for ``key``'s storage, when ``raw`` is that whole storage
+    (a tensor owning its storage, as in every ``state_dict()`` without views)."""
+    storage_crc = getattr(reader, "storage_crc", None)
+    if raw is None or not callable(storage_crc):
+        return None
+    whole = reader.storage_source(key)  # type: ignore[attr-defined]  # zip readers have it
+    return storage_crc(key) if whole == raw else None
+
+
 def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
     """A source over a lazy reader: the reader's tree, its keys as tensor names.
 
@@ -151,7 +162,8 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
         raw = reader.raw_source(entry.key)
         layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw)
         tensors[entry.key] = SourceTensor(entry.key, layout, raw,
-                                          lambda k=entry.key: reader.load(k))
+                                          lambda k=entry.key: reader.load(k),
+                                          recorded_crc(reader, entry.key, raw))
         return entry.key
 
     encoder = TreeEncoder(name_of, drop=drop)
@@ -176,13 +188,9 @@ def select_key(source: Source, key: str) -> Source:
         if n["t"] == "tensor":
             old = n["v"]
             new = _unique(old[len(prefix):] if old.startswith(prefix) else old, renamed)
-            renamed[new] = SourceTensor(new, *_rest(source.tensors[old]))
+            renamed[new] = replace(source.tensors[old], name=new)
             n["v"] = new
     return Source(node, renamed, source.dropped)
-
-
-def _rest(t: SourceTensor) -> tuple[TensorLayout, RawSource | None, Callable[[], Any]]:
-    return t.layout, t.raw, t.load
 
 
 def _subnode(node: Node, parts: list[str]) -> Node | None:
@@ -220,7 +228,8 @@ def tensor_data(t: SourceTensor) -> TensorData:
     lay = t.layout
     nbytes = _numel(lay.shape) * dtype_size(lay.dtype)
     raw = t.raw if t.raw is not None and t.raw.length == nbytes else None
-    return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load)
+    return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load,
+                      crc=t.crc if raw is not None else None)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -77,28 +77,35 @@ def compare_graphs(source: Source, root: Node, layouts: dict[str, TensorLayout]
 
 
 class _Bytes:
-    """Tensor bytes of the output against the source. Where the writer recorded the CRC-32 of
-    a byte range it copied, the output's range is read back once (from the page cache the
-    write filled) and its CRC compared: one pass at memory speed instead of a second read of
-    both files. Elsewhere (casts, assembled storages) both sides are compared in full."""
+    """Tensor bytes of the output against the source. Where the CRC-32 of a copied byte range
+    is known (computed while copying, or recorded by the source's zip), the output's range is
+    read back once (from the page cache the write filled) and its CRC compared: one pass at
+    memory speed instead of a second read of both files. Elsewhere (casts, assembled storages)
+    and after a CRC mismatch, both sides are compared in full."""
 
     def __init__(self, reader: Any, files: SourceFiles, crcs: dict[str, int] | None,
                  pickled: bool) -> None:
         self.reader, self.files, self.crcs, self.pickled = reader, files, crcs or {}, pickled
         self.checked: dict[str, bool] = {}
 
-    def same(self, t: SourceTensor, name: str) -> bool:
+    def problem(self, t: SourceTensor, name: str) -> str | None:
+        """None when the output's bytes of ``name`` are the source's, else what differs."""
         key, where = name, None
         if self.pickled and self.crcs:
             key = str(self.reader.placeholder(name).storage_key)
             where = self.reader.storage_source(name) if key in self.crcs else None
         elif key in self.crcs:
             where = self.reader.raw_source(name)
-        if where is None:
-            return _same_bytes(t, self.reader, name, self.files)
-        if key not in self.checked:
-            self.checked[key] = crc_of_range(self.files, where) == self.crcs[key]
-        return self.checked[key]
+        if where is not None:
+            if key not in self.checked:
+                self.checked[key] = crc_of_range(self.files, where) == self.crcs[key]
+            if self.checked[key]:
+                return None
+        if not _same_bytes(t, self.reader, name, self.files):
+            return "tensor bytes differ from the source"
+        if where is not None:  # equal bytes, yet not the CRC the source records for them
+            return "the source's bytes fail the CRC-32 its zip records; the source is damaged"
+        return None
 
 
 def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
@@ -115,8 +122,9 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
     for path, src_name, out_name in pairs:
         problem = None if stored is None else _stored_problem(stored, out_name,
                                                               graph[1][out_name])
-        if problem is None and not check.same(source.tensors[src_name], out_name):
-            problem = f"{path}: tensor bytes differ from the source"
+        if problem is None:
+            found = check.problem(source.tensors[src_name], out_name)
+            problem = f"{path}: {found}" if found else None
         if problem is not None:
             problems.append(problem)
         if len(problems) >= MAX_REPORTED:

@@ -130,3 +130,20 @@ def test_crc_check_finds_a_changed_byte(src: Path, tmp_path: Path, target: str) 
             f.write(bytes([byte[0] ^ 0x10]))
         problems = verify_output(str(out), fmt, source, sharded=shard is not None, crcs=crcs)
         assert problems == ["model.1.running_var: tensor bytes differ from the source"]
+
+
+def test_damaged_source_is_told_apart_from_a_bad_copy(src: Path, tmp_path: Path) -> None:
+    from ckpttools.formats.registry import open_checkpoint
+
+    with open_checkpoint(src) as reader:
+        where = reader.raw_source("model.1.running_var")
+    assert where is not None
+    with open(src, "r+b") as f:  # change a byte of the storage, not its recorded CRC-32
+        f.seek(where.offset)
+        byte = f.read(1)
+        f.seek(where.offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    result = conversion.convert_checkpoint(str(src), str(tmp_path / "out.safetensors"))
+    assert not result.ok and not (tmp_path / "out.safetensors").exists()
+    assert result.mismatches == ("model.1.running_var: the source's bytes fail the CRC-32 its "
+                                 "zip records; the source is damaged",)
