@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
@@ -75,6 +75,7 @@ class TensorPlaceholder:
     requires_grad: bool = False
     layout: str = "strided"
     parameter: bool = False  # rebuilt by torch._utils._rebuild_parameter (an nn.Parameter)
+    has_attributes: bool = False  # Python attributes or a subclass (_rebuild_from_type_v2)
 
     @property
     def numel(self) -> int:
@@ -243,7 +244,16 @@ def _rebuild_parameter(data: Any, requires_grad: Any = True, *_: Any) -> Any:
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     if not callable(func) or not isinstance(args, tuple):
         raise _Bad("bad _rebuild_from_type_v2 arguments")
-    return func(*args)  # func is always one of this module's stand-ins
+    out = func(*args)  # func is always one of this module's stand-ins
+    return with_attributes_flag(out, state)
+
+
+def with_attributes_flag(value: Any, state: Any) -> Any:
+    """Mark a tensor rebuilt with state (Python attributes torch.load sets on it), so that a
+    consumer that cannot keep them (``convert``) can refuse instead of dropping them."""
+    if type(value) is TensorPlaceholder and state:
+        return replace(value, has_attributes=True)
+    return value
 
 
 def _device(kind: Any, index: Any = None) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import (Manifest, Node, TensorLayout,
+from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, UnrepresentableError,
                                         contiguous_stride, dtype_size)
 from ckpttools.formats.manifest_tree import TreeEncoder
 from ckpttools.formats.writers.bytecopy import TensorData
@@ -128,6 +128,13 @@ class _ShardLayouts:
         return replace(lay, storage=f"{shard_name}/{lay.storage}")
 
 
+def _refuse_attributes(reader: CheckpointReader, key: str) -> None:
+    placeholder = getattr(reader, "placeholder", None)
+    if callable(placeholder) and getattr(placeholder(key), "has_attributes", False):
+        raise UnrepresentableError(f"{key}: a tensor with Python attributes (or a tensor "
+                                   "subclass) cannot be converted losslessly; keep the .pth")
+
+
 def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> int | None:
     """The CRC-32 a torch zip records for ``key``'s storage, when ``raw`` is that whole storage
     (a tensor owning its storage, as in every ``state_dict()`` without views)."""
@@ -159,6 +166,7 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
         if entry is None:
             raise CorruptCheckpointError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
                             "the checkpoint is inconsistent")
+        _refuse_attributes(reader, entry.key)
         raw = reader.raw_source(entry.key)
         layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw)
         tensors[entry.key] = SourceTensor(entry.key, layout, raw,

@@ -106,3 +106,16 @@ def test_quantized_state_dict_is_refused_not_changed(tmp_path: Path) -> None:
         with pytest.raises(UnsupportedError, match="dtype qint8: .*keep the .pth"):
             convert_checkpoint(str(src), str(tmp_path / out))
         assert not (tmp_path / out).exists()
+
+
+def test_tensor_attributes_are_refused_not_dropped(tmp_path: Path) -> None:
+    from ckpttools.errors import CkptError
+
+    t = torch.ones(2)
+    t.note = "calibrated"  # type: ignore[attr-defined]  # torch.load(weights_only) restores it
+    src = tmp_path / "a.pth"
+    torch.save({"w": t}, src)
+    assert torch.load(src, weights_only=True)["w"].note == "calibrated"
+    with pytest.raises(CkptError, match=r"^w: a tensor with Python attributes"):
+        convert_checkpoint(str(src), str(tmp_path / "a.safetensors"))
+    assert not (tmp_path / "a.safetensors").exists()
