@@ -4,6 +4,7 @@ repeated layers the way people read them (``layer.{0..11}.attn.weight``)."""
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,7 +27,8 @@ def split_tensors(tree: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, lis
             leaves.append((prefix, node))
             return TensorRef(prefix)
         if isinstance(node, dict) and node:
-            return {k: walk(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in node.items()}
+            return same_mapping(node, [(k, walk(v, f"{prefix}.{k}" if prefix else str(k)))
+                                       for k, v in node.items()])
         if isinstance(node, (list, tuple)) and any(
                 is_tensor(v) or isinstance(v, (dict, list, tuple)) for v in node):
             out = [walk(v, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(node)]
@@ -35,6 +37,16 @@ def split_tensors(tree: Any, is_tensor: Callable[[Any], bool]) -> tuple[Any, lis
         return node
 
     return walk(tree, ""), leaves
+
+
+def same_mapping(node: dict[Any, Any], pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping of ``pairs`` of the same kind as ``node``: an ``OrderedDict`` stays one and keeps
+    its instance attributes (a ``state_dict()``'s ``_metadata``); anything else becomes a dict."""
+    if type(node) is OrderedDict:
+        out: dict[Any, Any] = OrderedDict(pairs)
+        out.__dict__.update(vars(node))
+        return out
+    return dict(pairs)
 
 
 def iter_leaves(tree: Any) -> Iterator[tuple[str, Any]]:

@@ -2,7 +2,8 @@
 
 Each command runs in a child process (``benchlib.measure``: best wall time of the runs, that
 child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
-``verify``; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
+``verify``; ``cp`` and the single-file conversions with and without verification are
+interleaved round by round, so their ratios come from the same disk conditions; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
 (an fsync of that one file: a bare ``sync`` would also wait for other processes' writes).
 Sources are kept in ``bench-data/`` and reused; outputs are removed after each size.
 Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
@@ -59,16 +60,19 @@ def _settle() -> None:
 
 
 def _interleaved(src: str, out: str, st: str, back: str,
-                 rounds: int = 3) -> tuple[Measure, Measure, Measure]:
-    """``cp`` + ``sync`` and both conversions, alternated over ``rounds`` (the disk's speed
-    drifts on shared machines; measuring them in blocks would compare different disks).
-    Each is the best round; outputs are removed before each run, so none overwrites a file."""
-    best: list[Measure | None] = [None, None, None]
+                 rounds: int = 3) -> list[Measure]:
+    """``cp`` + ``sync`` and the conversions with and without verification, alternated over
+    ``rounds`` (the disk's speed drifts on shared machines; measuring them in blocks would
+    compare different disks). Each is the best round; outputs are removed before each run, so
+    none overwrites a file. Order: cp, pth->st, st->pth, pth->st verify, st->pth verify."""
+    runs = ((["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
+            ([PY, "-c", CONVERT, src, st, "--no-verify"], st),
+            ([PY, "-c", CONVERT, st, back, "--no-verify"], back),
+            ([PY, "-c", CONVERT, src, st], st),
+            ([PY, "-c", CONVERT, st, back], back))
+    best: list[Measure | None] = [None] * len(runs)
     for _ in range(rounds):
-        for i, (cmd, dest) in enumerate(
-                ((["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
-                 ([PY, "-c", CONVERT, src, st, "--no-verify"], st),
-                 ([PY, "-c", CONVERT, st, back, "--no-verify"], back))):
+        for i, (cmd, dest) in enumerate(runs):
             if os.path.exists(dest):
                 os.unlink(dest)
             _settle()
@@ -76,8 +80,7 @@ def _interleaved(src: str, out: str, st: str, back: str,
             old = best[i]
             best[i] = m if old is None or m.wall < old.wall else Measure(old.wall, max(
                 old.rss_mb, m.rss_mb))
-        os.unlink(back)
-    return best[0], best[1], best[2]  # type: ignore[return-value]
+    return [m for m in best if m is not None]
 
 
 def _line(label: str, m: Measure, cp: Measure, naive: Measure | None = None) -> str:
@@ -97,12 +100,12 @@ def run(sizes: list[str]) -> None:
         st, back, shards, dcp = (str(out / n) for n in ("a.safetensors", "b.pth", "shards", "dcp"))
         try:
             naive = measure([PY, "-c", LOAD_ALL, src, str(out / "naive.safetensors")], 1)
-            cp, to_st, to_pth = _interleaved(src, str(out), st, back)
+            cp, to_st, to_pth, to_st_v, to_pth_v = _interleaved(src, str(out), st, back)
             print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}", flush=True)
             print(_line("torch.load+save_file", naive, cp), flush=True)
             rows = [("pth -> safetensors", to_st), ("safetensors -> pth", to_pth),
-                    ("pth -> safetensors, verify", _convert(src, st, verify=True, repeat=1)),
-                    ("safetensors -> pth, verify", _convert(st, back, verify=True, repeat=1)),
+                    ("pth -> safetensors, verify", to_st_v),
+                    ("safetensors -> pth, verify", to_pth_v),
                     ("pth -> sharded 1GB, verify", _convert(src, shards, "--to", "safetensors",
                                                            "--max-shard-size", "1GB",
                                                            verify=True, repeat=1)),

@@ -100,7 +100,7 @@ class CheckpointReader(ABC):
             text = self.manifest()
             view = None
             if text is not None:
-                from ckpttools.formats.manifest import manifest_view
+                from ckpttools.formats.manifest_tree import manifest_view
 
                 view = manifest_view(text, self.path,
                                      (e for e in raw if isinstance(e, TensorEntry)))

@@ -3,14 +3,16 @@
 safetensors holds only named tensors and a ``str -> str`` metadata map. To convert a full
 training checkpoint losslessly, ckpttools stores everything else in ``__metadata__`` under the
 key ``"ckpttools.manifest"`` (DCP output keeps the same JSON as a bytes entry of that name).
-The JSON document is::
+The JSON document (version 2) is::
 
-    {"format": "ckpttools.manifest", "version": 1,
+    {"format": "ckpttools.manifest", "version": 2,
      "root": NODE,
      "tensors": {NAME: {"dtype": "float32", "shape": [2, 3], "stride": [3, 1],
-                        "storage": "0", "offset": 0, "storage_nbytes": 24}}}
+                        "storage": "0", "offset": 0, "storage_nbytes": 24,
+                        "requires_grad": true, "parameter": true}}}
 
-``root`` is a typed tree; every NODE is an object with a type tag ``"t"``:
+``requires_grad`` and ``parameter`` (an ``nn.Parameter``) appear only when true. ``root`` is a
+typed tree; every NODE is an object with a type tag ``"t"``:
 
 ============  ==========================================================================
 ``t``         value
@@ -22,8 +24,12 @@ complex       ``"v"``: ``[repr(real), repr(imag)]``
 str           ``"v"``: the string
 bytes         ``"v"``: base64
 list, tuple   ``"v"``: list of NODEs
+set           ``"v"``: list of NODEs, sorted by their JSON text (version 2)
 dict, odict   ``"v"``: list of ``[KEY_NODE, VALUE_NODE]`` pairs in order; keys keep their type
-              (int ``0`` and str ``"0"`` differ), ``odict`` is ``collections.OrderedDict``
+              (int ``0`` and str ``"0"`` differ), ``odict`` is ``collections.OrderedDict``;
+              ``"a"`` (version 2, optional): ``[[NAME, VALUE_NODE], ...]``, the instance
+              attributes torch.load restores on an OrderedDict (a ``state_dict()``'s
+              ``_metadata``)
 tensor        ``"v"``: the name of the tensor in the file (a key of ``"tensors"``)
 ndarray       ``"dtype"`` (numpy ``dtype.str``, e.g. ``"<u4"``), ``"shape"``, ``"v"``: base64 of
               the C-order bytes
@@ -38,26 +44,24 @@ size          ``"v"``: ``torch.Size`` as a list of ints
 in elements and ``"stride"`` the strides. In the file every tensor is stored contiguously
 under its own name; a ``.pth`` written back from the manifest restores the sharing. Bytes of
 a storage that no saved tensor views are not kept (they read back as zeros).
+
+Version 1 (ckpttools before #13) had no ``set`` nodes, no ``"a"`` attributes and no tensor
+flags; it reads unchanged as version 2 without them.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import CkptError, CorruptCheckpointError, UnsupportedError
-from ckpttools.keypaths import iter_leaves
-from ckpttools.units import with_article
 
 # the safetensors ``__metadata__`` key (or DCP bytes entry) holding a converted checkpoint's structure
 MANIFEST_KEY = "ckpttools.manifest"
 MANIFEST_FORMAT = "ckpttools.manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 Node = dict[str, Any]
 
@@ -76,11 +80,26 @@ class TensorLayout:
     storage: str
     offset: int
     storage_nbytes: int
+    requires_grad: bool = False
+    parameter: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "shape": list(self.shape), "stride": list(self.stride),
-                "storage": self.storage, "offset": self.offset,
-                "storage_nbytes": self.storage_nbytes}
+        out: dict[str, Any] = {"dtype": self.dtype, "shape": list(self.shape),
+                               "stride": list(self.stride), "storage": self.storage,
+                               "offset": self.offset, "storage_nbytes": self.storage_nbytes}
+        if self.requires_grad:
+            out["requires_grad"] = True
+        if self.parameter:
+            out["parameter"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, v: dict[str, Any]) -> TensorLayout:
+        """The layout recorded by ``to_dict`` (flags absent in version 1 read as false)."""
+        return cls(str(v["dtype"]), tuple(int(d) for d in v["shape"]),
+                   tuple(int(d) for d in v["stride"]), str(v["storage"]), int(v["offset"]),
+                   int(v["storage_nbytes"]), v.get("requires_grad") is True,
+                   v.get("parameter") is True)
 
     @property
     def is_whole_storage(self) -> bool:
@@ -114,12 +133,12 @@ class Manifest:
         """
         try:
             doc = json.loads(text)
-            if doc.get("format") != MANIFEST_FORMAT or int(doc["version"]) > MANIFEST_VERSION:
-                raise ValueError("not a ckpttools manifest of a known version")
-            tensors = {k: TensorLayout(v["dtype"], tuple(v["shape"]), tuple(v["stride"]),
-                                       str(v["storage"]), int(v["offset"]),
-                                       int(v["storage_nbytes"]))
-                       for k, v in doc["tensors"].items()}
+            if doc.get("format") != MANIFEST_FORMAT:
+                raise ValueError("not a ckpttools manifest")
+            if doc["version"] not in READABLE_VERSIONS:
+                raise ValueError(f"manifest version {doc['version']} is newer than this "
+                                 f"ckpttools reads (up to {MANIFEST_VERSION}); upgrade ckpttools")
+            tensors = {k: TensorLayout.from_dict(v) for k, v in doc["tensors"].items()}
             return cls(doc["root"], tensors)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CorruptCheckpointError(f"{where}: bad {MANIFEST_KEY}: {e}; "
@@ -147,7 +166,8 @@ def dtype_size(dtype: str) -> int:
     try:
         return _DTYPE_SIZES[dtype]
     except KeyError as e:
-        raise UnsupportedError(f"dtype {dtype}: not supported by ckpttools convert") from e
+        raise UnsupportedError(f"dtype {dtype}: not supported by ckpttools convert (quantized "
+                               "tensors have no lossless encoding here); keep the .pth") from e
 
 
 def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -163,279 +183,12 @@ def iter_nodes(node: Node) -> Any:
     """Every node of an encoded tree, depth first."""
     yield node
     t = node["t"]
-    if t in ("list", "tuple"):
+    if t in ("list", "tuple", "set"):
         for child in node["v"]:
             yield from iter_nodes(child)
     elif t in ("dict", "odict"):
         for k, v in node["v"]:
             yield from iter_nodes(k)
             yield from iter_nodes(v)
-
-
-def _is_numpy(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "numpy"
-
-
-def _numpy_node(value: Any, path: str) -> Node:
-    import numpy as np
-
-    if isinstance(value, np.ndarray) and value.dtype.kind not in "OV":
-        data = np.ascontiguousarray(value).tobytes()
-        return {"t": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
-                "v": base64.b64encode(data).decode()}
-    if isinstance(value, np.generic) and value.dtype.kind not in "OV":
-        return {"t": "npscalar", "dtype": value.dtype.str,
-                "v": base64.b64encode(value.tobytes()).decode()}
-    raise UnrepresentableError(f"{path or '<root>'}: numpy value of type {type(value).__name__} "
-                               "cannot be stored; pass --drop-unrepresentable to leave it out")
-
-
-def _np_dtype(ph: Any) -> str | None:
-    """numpy ``dtype.str`` of a recorded ``numpy.dtype('f4', ...)`` placeholder."""
-    if not isinstance(ph, ObjectPlaceholder) or ph.class_name != "numpy.dtype" or not ph.args:
-        return None
-    code = str(ph.args[0])
-    order = ph.state[1] if isinstance(ph.state, tuple) and len(ph.state) > 1 else "|"
-    order = "<" if order == "=" else order
-    return (order if code[0] not in "bB?" and order in "<>|" else "|") + code
-
-
-def placeholder_node(ph: ObjectPlaceholder, path: str) -> Node:
-    """Encode a numpy array or scalar a restricted reader recorded without executing numpy.
-
-    Raises:
-        UnrepresentableError: any other class.
-    """
-    if ph.class_name.endswith("multiarray._reconstruct") and isinstance(ph.state, tuple) \
-            and len(ph.state) == 5 and ph.state[3] is False and isinstance(ph.state[4], bytes):
-        dtype = _np_dtype(ph.state[2])
-        if dtype is not None:
-            return {"t": "ndarray", "dtype": dtype, "shape": [int(d) for d in ph.state[1]],
-                    "v": base64.b64encode(ph.state[4]).decode()}
-    if ph.class_name.endswith("multiarray.scalar") and len(ph.args) == 2 \
-            and isinstance(ph.args[1], bytes):
-        dtype = _np_dtype(ph.args[0])
-        if dtype is not None:
-            return {"t": "npscalar", "dtype": dtype, "v": base64.b64encode(ph.args[1]).decode()}
-    raise UnrepresentableError(f"{path or '<root>'}: {with_article(ph.class_name)} cannot be stored without "
-                               "pickle; pass --drop-unrepresentable to leave it out")
-
-
-def _scalar_node(value: Any) -> Node | None:
-    if value is None:
-        return {"t": "none"}
-    if isinstance(value, bool):
-        return {"t": "bool", "v": value}
-    if isinstance(value, int) and type(value) is int:
-        return {"t": "int", "v": value}
-    if type(value) is float:
-        return {"t": "float", "v": repr(value)}
-    if type(value) is complex:
-        return {"t": "complex", "v": [repr(value.real), repr(value.imag)]}
-    if type(value) is str:
-        return {"t": "str", "v": value}
-    if type(value) in (bytes, bytearray):
-        return {"t": "bytes", "v": base64.b64encode(bytes(value)).decode()}
-    return None
-
-
-def _torch_node(value: Any) -> Node | None:
-    if type(value).__module__ != "torch":
-        return None
-    name = type(value).__name__
-    if name == "dtype":
-        return {"t": "dtype", "v": str(value).removeprefix("torch.")}
-    if name == "device":
-        return {"t": "device", "v": str(value)}
-    if name == "Size":
-        return {"t": "size", "v": [int(d) for d in value]}
-    return None
-
-
-TensorNamer = Callable[[Any, str], "str | None"]
-
-
-@dataclass
-class TreeEncoder:
-    """Encodes a checkpoint tree (real objects, or a reader's tree with ``TensorRef`` leaves).
-
-    Args:
-        tensor_name: returns the stored tensor name for a tensor leaf at a dotted path, or
-            None when the value is not a tensor.
-        drop: leave out values that cannot be represented instead of raising.
-    """
-
-    tensor_name: TensorNamer
-    drop: bool = False
-    dropped: list[str] = field(default_factory=list)
-
-    def encode(self, value: Any, path: str = "") -> Node | None:
-        """Encode ``value``; None when it was dropped.
-
-        Raises:
-            UnrepresentableError: a value has no encoding and ``drop`` is false.
-        """
-        name = self.tensor_name(value, path)
-        if name is not None:
-            return {"t": "tensor", "v": name}
-        node = _scalar_node(value) or _torch_node(value)
-        if node is not None:
-            return node
-        if isinstance(value, dict):
-            return self._mapping(value, path)
-        if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-            items = [self.encode(v, _join(path, str(i))) or {"t": "none"}
-                     for i, v in enumerate(value)]
-            return {"t": type(value).__name__, "v": items}
-        try:
-            if _is_numpy(value):
-                return _numpy_node(value, path)
-            if isinstance(value, ObjectPlaceholder):
-                return placeholder_node(value, path)
-            if type(value).__name__ == "TorchDtype":  # a reader's stand-in for torch.<dtype>
-                return {"t": "dtype", "v": str(getattr(value, "name"))}
-            raise UnrepresentableError(
-                f"{path or '<root>'}: {with_article(_type_name(value))} cannot be stored without pickle; "
-                "pass --drop-unrepresentable to leave it out")
-        except UnrepresentableError:
-            if not self.drop:
-                raise
-            self.dropped.append(path or "<root>")
-            return None
-
-    def _mapping(self, value: dict[Any, Any], path: str) -> Node:
-        if type(value) not in (dict, OrderedDict):
-            if not self.drop:
-                raise UnrepresentableError(f"{path or '<root>'}: {with_article(_type_name(value))} cannot be "
-                                           "stored; pass --drop-unrepresentable to leave it out")
-        pairs = []
-        for k, v in value.items():
-            key_node = _scalar_node(k) or _torch_node(k)
-            if key_node is None:
-                raise UnrepresentableError(f"{path or '<root>'}: dict key of type "
-                                           f"{type(k).__name__} cannot be stored")
-            child = self.encode(v, _join(path, str(k)))
-            if child is not None:
-                pairs.append([key_node, child])
-        return {"t": "odict" if type(value) is OrderedDict else "dict", "v": pairs}
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, ObjectPlaceholder):
-        return value.class_name
-    t = type(value)
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def decode_tree(node: Node, tensor: Callable[[str], Any]) -> Any:
-    """Rebuild the Python object an encoded tree stands for.
-
-    Args:
-        node: the encoded tree (``Manifest.root``).
-        tensor: returns the value for a tensor leaf, given its stored name.
-
-    Raises:
-        CorruptCheckpointError: an unknown node type.
-    """
-    t = node["t"]
-    simple = _DECODERS.get(t)
-    if simple is not None:
-        return simple(node)
-    if t == "tensor":
-        return tensor(node["v"])
-    if t in ("list", "tuple"):
-        items = [decode_tree(child, tensor) for child in node["v"]]
-        return items if t == "list" else tuple(items)
-    if t in ("dict", "odict"):
-        pairs = [(decode_tree(k, tensor), decode_tree(v, tensor)) for k, v in node["v"]]
-        return dict(pairs) if t == "dict" else OrderedDict(pairs)
-    if t in ("ndarray", "npscalar"):
-        import numpy as np
-
-        arr = np.frombuffer(base64.b64decode(node["v"]), dtype=np.dtype(node["dtype"]))
-        return arr.reshape(node["shape"]).copy() if t == "ndarray" else arr[0]
-    raise CorruptCheckpointError(f"{MANIFEST_KEY}: unknown node type {t!r}")
-
-
-def manifest_view(text: str, where: str,
-                  tensors: Iterable[TensorEntry]) -> tuple[Any, tuple[Entry, ...]]:
-    """The tree and entries of the checkpoint a ckpttools-written file stands for.
-
-    Readers of safetensors and DCP output use it so that every command sees a converted
-    training checkpoint as the original: nested, with its epoch, loss and hyperparameters.
-    Nothing is imported: tensors become ``TensorRef``, numpy values placeholders.
-
-    Args:
-        text: the stored manifest JSON.
-        where: the file, for error messages.
-        tensors: the file's tensor entries, named as stored.
-
-    Raises:
-        CorruptCheckpointError: the manifest is unreadable or names a tensor the file lacks.
-    """
-    from ckpttools.formats.pickle.stand_ins import type_name
-    from ckpttools.formats.pickle.stand_ins import to_json
-
-    manifest = Manifest.from_json(text, where)
-    by_name = {t.key: t for t in tensors}
-    tree = _metadata_tree(manifest.root)
-    entries: list[Entry] = []
-    for key, leaf in iter_leaves(tree):
-        if isinstance(leaf, TensorRef):
-            if leaf.key not in by_name:
-                raise CorruptCheckpointError(f"{where}: {MANIFEST_KEY} names tensor {leaf.key!r} "
-                                             "the file lacks; the file was changed after writing")
-            entries.append(by_name[leaf.key])
-        else:
-            entries.append(ObjectEntry(key, type_name(leaf), to_json(leaf)))
-    return tree, tuple(entries)
-
-
-def _metadata_tree(node: Node) -> Any:
-    """``decode_tree`` without torch or numpy: placeholders for what would need them."""
-    from ckpttools.formats.pickle.stand_ins import TorchDtype
-
-    t = node["t"]
-    if t == "tensor":
-        return TensorRef(node["v"])
-    if t in ("list", "tuple"):
-        items = [_metadata_tree(child) for child in node["v"]]
-        return items if t == "list" else tuple(items)
-    if t in ("dict", "odict"):
-        return {_metadata_tree(k): _metadata_tree(v) for k, v in node["v"]}
-    if t in ("ndarray", "npscalar"):
-        name = "numpy.ndarray" if t == "ndarray" else "numpy.generic"
-        return ObjectPlaceholder(name, state={"dtype": node["dtype"], "shape": node.get("shape", [])})
-    if t == "dtype":
-        return TorchDtype(node["v"])
-    if t in ("device", "size"):
-        return node["v"] if t == "device" else tuple(node["v"])
-    return decode_tree(node, TensorRef)
-
-
-def _torch_attr(kind: str, value: Any) -> Any:
-    import torch
-
-    if kind == "dtype":
-        return getattr(torch, value)
-    if kind == "device":
-        return torch.device(value)
-    return torch.Size(value)
-
-
-_DECODERS: dict[str, Callable[[Node], Any]] = {
-    "none": lambda n: None,
-    "bool": lambda n: bool(n["v"]),
-    "int": lambda n: int(n["v"]),
-    "float": lambda n: float(n["v"]),
-    "complex": lambda n: complex(float(n["v"][0]), float(n["v"][1])),
-    "str": lambda n: str(n["v"]),
-    "bytes": lambda n: base64.b64decode(n["v"]),
-    "dtype": lambda n: _torch_attr("dtype", n["v"]),
-    "device": lambda n: _torch_attr("device", n["v"]),
-    "size": lambda n: _torch_attr("size", n["v"]),
-}
+        for _, v in node.get("a", ()):
+            yield from iter_nodes(v)

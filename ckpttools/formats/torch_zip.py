@@ -174,6 +174,15 @@ class TorchZipReader(PickledReader):
             return None
         return RawSource(self.path, start, record.file_size)
 
+    def storage_crc(self, key: str) -> int | None:
+        """The CRC-32 the central directory records for the storage tensor ``key`` views, when
+        that record is stored uncompressed (the CRC of the bytes ``storage_source`` names)."""
+        ph = self.placeholder(key)
+        if not self._direct(ph):
+            return None
+        record, _ = self._record(ph)
+        return record.crc if record.method == zipfile.ZIP_STORED else None
+
     def load(self, key: str) -> torch.Tensor:
         ph = self.placeholder(key)
         if not self._direct(ph):

@@ -13,6 +13,13 @@ def render_convert(result: ConvertResult, fmt: str) -> str:
         return to_json(result.to_dict())
     lines = [f"{result.source} -> {result.destination} ({result.target}): "
              f"{plural(result.tensors, 'tensor')}, {human_bytes(result.nbytes)}"]
+    if result.member:
+        lines.append(f"converted {result.member}, the model weights of the folder")
+    if result.others:
+        lines.append(f"other checkpoint files, not converted: {', '.join(result.others)}; "
+                     f"convert one with --key {result.others[0]}")
+    if result.copied:
+        lines.append(f"copied beside the weights: {', '.join(result.copied)}")
     if result.cast:
         lines.append(f"cast {plural(len(result.cast), 'floating tensor')} to {result.dtype}")
     if result.dropped:
@@ -22,7 +29,8 @@ def render_convert(result: ConvertResult, fmt: str) -> str:
     if not result.verified:
         lines.append("not verified (--no-verify)")
     elif result.ok:
-        lines.append("verified: every tensor bit for bit, structure equal")
+        lines.append("verified: object graph equal (types, key order, _metadata, attributes, "
+                     "storage sharing), every tensor bit for bit")
     else:
         lines.append("verification FAILED; output removed:")
         lines += [f"  {m}" for m in result.mismatches]

@@ -100,6 +100,8 @@ def render_checkpoint_diff(result: CheckpointDiffResult, fmt: str) -> str:
               for t in result.tensors if not t.bitwise_equal or t.dtype_a != t.dtype_b]
     parts = [
         "\n".join(head),
+        _section("Structure differences", fmt, [(d, ()) for d in result.structure],
+                 ["path", "n"]),
         _section("Only in A", fmt, [(k, ()) for k in result.only_a], ["key", "n"]),
         _section("Only in B", fmt, [(k, ()) for k in result.only_b], ["key", "n"]),
         _section("Shape differences", fmt, [(k, (shape_text(a), shape_text(b)))

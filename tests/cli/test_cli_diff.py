@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,9 @@ def test_two_checkpoints(runner: CliRunner, make_checkpoint: Callable[..., Path]
     pb = make_checkpoint("torch-legacy", a, name="b")
     r = runner.invoke(cli, ["diff", str(pa), str(pb)])
     assert r.exit_code == 0 and r.stdout.startswith("OK checkpoints match")
-    pc = make_checkpoint("torch-zip", {**a, "head.bias": a["head.bias"] + 1}, name="c")
+    c = copy.copy(a)  # keeps the OrderedDict and its _metadata: only a value differs
+    c["head.bias"] = a["head.bias"] + 1
+    pc = make_checkpoint("torch-zip", c, name="c")
     r = runner.invoke(cli, ["diff", str(pa), str(pc), "--format", "json"])
     assert r.exit_code == 1
     data = json.loads(r.stdout)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ckpttools.entries import ObjectPlaceholder
-from ckpttools.formats.manifest import (Manifest, TensorLayout, TreeEncoder, UnrepresentableError,
-                                        decode_tree, placeholder_node)
+from ckpttools.formats.manifest import Manifest, TensorLayout, UnrepresentableError
+from ckpttools.formats.manifest_tree import TreeEncoder, decode_tree, placeholder_node
 
 
 def _no_tensors(value: Any, path: str) -> str | None:

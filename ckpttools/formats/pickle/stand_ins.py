@@ -8,7 +8,8 @@ themselves, and everything else maps to a recording class (``_Stand``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
@@ -73,6 +74,8 @@ class TensorPlaceholder:
     device: str
     requires_grad: bool = False
     layout: str = "strided"
+    parameter: bool = False  # rebuilt by torch._utils._rebuild_parameter (an nn.Parameter)
+    has_attributes: bool = False  # Python attributes or a subclass (_rebuild_from_type_v2)
 
     @property
     def numel(self) -> int:
@@ -146,10 +149,29 @@ def _stand_type(qualname: str) -> type[_Stand]:
 
 
 class _ODict(dict):  # type: ignore[type-arg]
-    """OrderedDict/defaultdict stand-in: a dict that accepts BUILD state (``_metadata``)."""
+    """defaultdict / ``builtins.dict`` stand-in: a dict that accepts (and drops) BUILD state."""
 
     def __setstate__(self, state: Any) -> None:
         pass
+
+
+class _OrderedDictStand(dict):  # type: ignore[type-arg]
+    """``collections.OrderedDict`` stand-in that keeps its BUILD state (a ``state_dict()``'s
+    ``_metadata``), so ``finalize`` can return the ``OrderedDict`` torch.load would."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.build_state = state  # type: ignore[attr-defined]  # instances have a __dict__
+
+
+def ordered_dict_of(pairs: list[tuple[Any, Any]], state: Any) -> Any:
+    """The ``OrderedDict`` ``torch.load(weights_only=True)`` rebuilds: the pairs in order and,
+    when the BUILD state is a dict, its entries as instance attributes (torch's unpickler does
+    ``inst.__dict__.update(state)`` for an OrderedDict; other state it rejects, so it is dropped).
+    """
+    out: OrderedDict[Any, Any] = OrderedDict(pairs)
+    if isinstance(state, dict):
+        out.__dict__.update(state)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +236,24 @@ def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False
 def _rebuild_parameter(data: Any, requires_grad: Any = True, *_: Any) -> Any:
     if isinstance(data, TensorPlaceholder):
         return TensorPlaceholder(data.storage_key, data.dtype, data.storage_offset, data.shape,
-                                 data.stride, data.device, bool(requires_grad), data.layout)
+                                 data.stride, data.device, requires_grad is True, data.layout,
+                                 parameter=True)
     return data
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     if not callable(func) or not isinstance(args, tuple):
         raise _Bad("bad _rebuild_from_type_v2 arguments")
-    return func(*args)  # func is always one of this module's stand-ins
+    out = func(*args)  # func is always one of this module's stand-ins
+    return with_attributes_flag(out, state)
+
+
+def with_attributes_flag(value: Any, state: Any) -> Any:
+    """Mark a tensor rebuilt with state (Python attributes torch.load sets on it), so that a
+    consumer that cannot keep them (``convert``) can refuse instead of dropping them."""
+    if type(value) is TensorPlaceholder and state:
+        return replace(value, has_attributes=True)
+    return value
 
 
 def _device(kind: Any, index: Any = None) -> str:
@@ -285,7 +317,7 @@ _KNOWN: dict[str, Any] = {
     "torch.device": _device,
     "torch.Size": _size,
     "torch.serialization._get_layout": str,
-    "collections.OrderedDict": _ODict,
+    "collections.OrderedDict": _OrderedDictStand,
     "collections.defaultdict": _defaultdict,
     "copyreg._reconstructor": _reconstructor,
     "copyreg.__newobj__": _newobj,
@@ -360,7 +392,8 @@ def finalize(node: Any, _seen: dict[int, Any] | None = None) -> Any:
     if isinstance(node, dict):
         pairs = [(finalize(k, seen), finalize(v, seen)) for k, v in node.items()]
         try:
-            out: Any = dict(pairs)
+            out: Any = dict(pairs) if kind is not _OrderedDictStand else ordered_dict_of(
+                pairs, finalize(getattr(node, "build_state", None), seen))
         except TypeError:  # keys that are not plain values (DCP's MetadataIndex records)
             out = ObjectPlaceholder("dict", items=tuple(pairs))
     elif kind is list:

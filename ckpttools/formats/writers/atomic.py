@@ -26,6 +26,14 @@ def check_destination(src: str, dest: str, *, force: bool) -> None:
         raise OutputError(f"{dest}: already exists; pass --force to overwrite it")
 
 
+def default_mode(directory: bool) -> int:
+    """The mode ``open``/``mkdir`` would give a new file or folder under the user's umask
+    (mkstemp and mkdtemp use 0600/0700, which would hide a shared checkpoint from the team)."""
+    mask = os.umask(0)
+    os.umask(mask)  # reading the umask means setting it; put it back at once
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def fsync_path(path: str) -> None:
     """fsync a file, or every file in a folder and the folder itself."""
     if os.path.isdir(path):
@@ -55,6 +63,7 @@ def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
         os.close(fd)
     try:
+        os.chmod(tmp, default_mode(directory))
         yield tmp
         fsync_path(tmp)
         if directory and os.path.isdir(dest):

@@ -27,11 +27,16 @@ METADATA_FILE = ".metadata"
 
 
 def _write_item(fd: int, path: str, pool: Executor, files: SourceFiles, data_pkl: bytes,
-                tensor: TensorData | None, on_progress: Progress, zip64: bool) -> tuple[int, int]:
+                tensor: TensorData | None, on_progress: Progress, zip64: bool,
+                crcs: dict[str, int] | None = None) -> tuple[int, int]:
     """Append one ``torch.save`` archive (its storage, if any, is ``data/0``); returns its range."""
     base = os.lseek(fd, 0, os.SEEK_CUR)
     zf = ZipArchiveWriter(fd, path, pool, base=base, zip64=zip64)
-    write_records(zf, files, data_pkl, [("0", tensor)] if tensor is not None else [], on_progress)
+    item_crcs: dict[str, int] = {}
+    write_records(zf, files, data_pkl, [("0", tensor)] if tensor is not None else [], on_progress,
+                  item_crcs)
+    if crcs is not None and tensor is not None:
+        crcs[tensor.name] = item_crcs["0"]
     return base, zf.pos
 
 
@@ -44,7 +49,8 @@ def _tensor_pickle(t: TensorData) -> bytes:
 
 
 def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
-              on_progress: Progress = _no_progress, zip64: bool = False) -> None:
+              on_progress: Progress = _no_progress, zip64: bool = False,
+              crcs: dict[str, int] | None = None) -> None:
     """Write ``tensors`` and the manifest as a DCP checkpoint into ``folder`` (which exists).
 
     No fsync: ``atomic_output`` syncs the folder before renaming it into place.
@@ -55,6 +61,7 @@ def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
         manifest: the ckpttools manifest JSON, saved as a bytes item.
         on_progress: called with the number of bytes written.
         zip64: use zip64 fields in every item, not only past 4 GiB (for tests).
+        crcs: when given, filled with each tensor's CRC-32 by name (as computed while copying).
     """
     path = os.path.join(folder, DATA_FILE)
     items: list[DcpItem] = []
@@ -66,7 +73,8 @@ def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
                          zip64)
         items.append(DcpItem(MANIFEST_KEY, None, (), DATA_FILE, *at))
         for t in tensors:
-            at = _write_item(fd, path, pool, files, _tensor_pickle(t), t, on_progress, zip64)
+            at = _write_item(fd, path, pool, files, _tensor_pickle(t), t, on_progress, zip64,
+                             crcs)
             items.append(DcpItem(t.name, t.dtype, t.shape, DATA_FILE, *at))
     finally:
         pool.shutdown()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ckpttools.entries import RawSource
 from ckpttools.errors import OutputError, UnsupportedError
-from ckpttools.formats.writers.bytecopy import Progress, SourceFiles, TensorData, _no_progress, write_data
+from ckpttools.formats.writers.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
+                                                write_data, write_data_crc)
 
 ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -50,7 +52,8 @@ def header_bytes(tensors: Sequence[TensorData], metadata: dict[str, str]) -> byt
 
 def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[str, str],
                       *, files: SourceFiles | None = None,
-                      on_progress: Progress = _no_progress) -> dict[str, RawSource]:
+                      on_progress: Progress = _no_progress,
+                      crcs: dict[str, int] | None = None) -> dict[str, RawSource]:
     """Write one safetensors file at ``path`` (no fsync; the caller's atomic_output does it).
 
     Args:
@@ -59,6 +62,9 @@ def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[s
         metadata: ``__metadata__`` (string values).
         files: open source files to reuse.
         on_progress: called with the number of bytes written.
+        crcs: when given, filled with the CRC-32 of each tensor's bytes as copied (the source's
+            recorded CRC, else read by a worker thread from the page cache while the kernel
+            copies), for verification.
 
     Returns:
         Where each tensor's bytes landed in ``path``.
@@ -68,16 +74,22 @@ def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[s
     head = header_bytes(tensors, metadata)
     placed: dict[str, RawSource] = {}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crcs is not None else None
     try:
         os.write(fd, head)
         pos = len(head)
         for t in tensors:
-            write_data(files, t, fd, on_progress=on_progress)
+            if crcs is not None and pool is not None:
+                crcs[t.name] = write_data_crc(files, t, fd, pool, on_progress=on_progress)
+            else:
+                write_data(files, t, fd, on_progress=on_progress)
             placed[t.name] = RawSource(path, pos, t.nbytes)
             pos += t.nbytes
         if os.lseek(fd, 0, os.SEEK_CUR) != pos:
             raise OutputError(f"{path}: wrote {os.lseek(fd, 0, os.SEEK_CUR)} bytes, expected {pos}")
     finally:
+        if pool is not None:
+            pool.shutdown()
         os.close(fd)
         if own:
             files.close()
@@ -113,12 +125,13 @@ def plan_shards(tensors: Sequence[TensorData], max_shard_size: int,
 
 def write_sharded(folder: str, tensors: Sequence[TensorData], metadata: dict[str, str],
                   max_shard_size: int, *, index_metadata: dict[str, str] | None = None,
-                  on_progress: Progress = _no_progress) -> dict[str, RawSource]:
+                  on_progress: Progress = _no_progress,
+                  crcs: dict[str, int] | None = None) -> dict[str, RawSource]:
     """Write a sharded set and its ``model.safetensors.index.json`` into ``folder``.
 
     The index has ``metadata.total_size`` and ``weight_map`` as transformers and huggingface_hub
     read it; ``metadata`` goes into every shard's ``__metadata__``, ``index_metadata`` into the
-    index's ``metadata`` next to ``total_size``.
+    index's ``metadata`` next to ``total_size``. ``crcs`` as for ``write_safetensors``.
 
     Returns:
         Where each tensor's bytes landed.
@@ -130,7 +143,8 @@ def write_sharded(folder: str, tensors: Sequence[TensorData], metadata: dict[str
     try:
         for name, shard in zip(plan.names, plan.shards):
             placed.update(write_safetensors(os.path.join(folder, name), shard, metadata,
-                                            files=files, on_progress=on_progress))
+                                            files=files, on_progress=on_progress,
+                                            crcs=crcs))
             weight_map.update({t.name: name for t in shard})
     finally:
         files.close()

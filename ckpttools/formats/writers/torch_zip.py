@@ -53,6 +53,8 @@ class TensorSlot:
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    requires_grad: bool = False
+    parameter: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,14 @@ class _TorchPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is not TensorSlot:
             return NotImplemented
+        if obj.parameter:
+            # as nn.Parameter.__reduce_ex__: the data (requires_grad False), then the flag
+            data = TensorSlot(obj.key, obj.dtype, obj.numel, obj.offset, obj.shape, obj.stride)
+            return (self._global("torch._utils", "_rebuild_parameter"),
+                    (data, obj.requires_grad, OrderedDict()))
         sid = self._storages.setdefault(obj.key, _StorageId(obj.key, obj.dtype, obj.numel))
-        args: tuple[Any, ...] = (sid, obj.offset, tuple(obj.shape), tuple(obj.stride), False,
-                                 OrderedDict())
+        args: tuple[Any, ...] = (sid, obj.offset, tuple(obj.shape), tuple(obj.stride),
+                                 obj.requires_grad, OrderedDict())
         if obj.dtype in LEGACY_STORAGE:
             return (self._global("torch._utils", "_rebuild_tensor_v2"), args)
         return (self._global("torch._utils", "_rebuild_tensor_v3"),
@@ -213,7 +220,8 @@ class ZipArchiveWriter:
 
 
 def write_records(zf: ZipArchiveWriter, files: SourceFiles, data_pkl: bytes,
-                  storages: Sequence[tuple[str, TensorData]], on_progress: Progress) -> dict[str, RawSource]:
+                  storages: Sequence[tuple[str, TensorData]], on_progress: Progress,
+                  crcs: dict[str, int] | None = None) -> dict[str, RawSource]:
     """Write a ``torch.save`` archive's records in torch's order and finish it.
 
     Args:
@@ -222,6 +230,7 @@ def write_records(zf: ZipArchiveWriter, files: SourceFiles, data_pkl: bytes,
         data_pkl: the pickled object tree.
         storages: (storage key, its bytes), written in order as ``data/<key>``.
         on_progress: called with the number of bytes written.
+        crcs: when given, filled with each storage's CRC-32 by key (as computed while copying).
 
     Returns:
         Where each storage's bytes landed in the file, by key.
@@ -233,6 +242,8 @@ def write_records(zf: ZipArchiveWriter, files: SourceFiles, data_pkl: bytes,
     zf.record("byteorder", b"little")
     for key, data in storages:
         placed[key] = _write_storage(zf, files, key, data, on_progress)
+        if crcs is not None:
+            crcs[key] = zf.entries[-1].crc
     zf.record("version", b"3\n")
     zf.record(".data/serialization_id", "".join(random.choice("0123456789") for _ in range(40)).encode())
     zf.finish()
@@ -262,8 +273,8 @@ def _write_storage(zf: ZipArchiveWriter, files: SourceFiles, key: str, data: Ten
 
 
 def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
-                    on_progress: Progress = _no_progress,
-                    zip64: bool = False) -> dict[str, RawSource]:
+                    on_progress: Progress = _no_progress, zip64: bool = False,
+                    crcs: dict[str, int] | None = None) -> dict[str, RawSource]:
     """Write ``obj`` as ``torch.save`` would, at ``path`` (no fsync; atomic_output does it).
 
     Args:
@@ -273,6 +284,7 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
             whole storage), written in order.
         on_progress: called with the number of bytes written.
         zip64: use zip64 fields for every record, not only past 4 GiB (for tests).
+        crcs: when given, filled with each storage's CRC-32 by key.
 
     Returns:
         Where each storage's bytes landed in ``path``, by key.
@@ -283,7 +295,8 @@ def write_torch_zip(path: str, obj: Any, storages: Sequence[TensorData], *,
     pool = ThreadPoolExecutor(1, thread_name_prefix="crc32")
     try:
         zf = ZipArchiveWriter(fd, path, pool, zip64=zip64)
-        return write_records(zf, files, data_pkl, [(data.name, data) for data in storages], on_progress)
+        return write_records(zf, files, data_pkl, [(data.name, data) for data in storages],
+                             on_progress, crcs)
     finally:
         pool.shutdown()
         os.close(fd)

@@ -40,7 +40,11 @@ class ConvertResult:
         cast: keys of tensors cast to ``dtype``.
         dropped: keys of values left out (``--drop-unrepresentable``).
         verified: whether the output was re-read and compared.
-        mismatches: what verification found different (empty when ok).
+        mismatches: what verification found different (empty when ok); the first names the
+            path where the object graphs differ.
+        member: the file of a model folder that was converted (its model weights).
+        others: the folder's other checkpoint files (``--key <name>`` converts one).
+        copied: non-checkpoint files copied into a folder output (``config.json`` ...).
     """
 
     source: str
@@ -54,6 +58,9 @@ class ConvertResult:
     dropped: tuple[str, ...] = ()
     verified: bool = False
     mismatches: tuple[str, ...] = field(default=())
+    member: str | None = None
+    others: tuple[str, ...] = ()
+    copied: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -63,7 +70,9 @@ class ConvertResult:
         return {"source": self.source, "destination": self.destination, "target": self.target,
                 "files": list(self.files), "tensors": self.tensors, "bytes": self.nbytes,
                 "dtype": self.dtype, "cast": list(self.cast), "dropped": list(self.dropped),
-                "verified": self.verified, "mismatches": list(self.mismatches), "ok": self.ok}
+                "verified": self.verified, "mismatches": list(self.mismatches),
+                "member": self.member, "others": list(self.others), "copied": list(self.copied),
+                "ok": self.ok}
 
 
 class _VerificationFailed(Exception):
@@ -98,6 +107,8 @@ def target_for(dest: str, to: str | None, sharded: bool) -> str:
         CkptError: the format cannot be told, or sharding was asked for a single-file format.
     """
     target = to or _EXTENSIONS.get(os.path.splitext(dest)[1].lower())
+    if target is None and sharded:  # only safetensors shards: a folder name needs no --to
+        target = "safetensors"
     if target is None:
         raise InvalidArgumentError(f"{dest}: cannot tell the output format from the name; "
                         "pass --to pth|safetensors|dcp")
@@ -145,38 +156,53 @@ def _check_space(dest: str, need: int) -> None:
 
 
 def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int | None,
-                 on_progress: Progress) -> tuple[str, ...]:
-    """Write ``source`` in ``target`` format at ``tmp``; returns the files written."""
+                 on_progress: Progress, crcs: dict[str, int] | None = None) -> tuple[str, ...]:
+    """Write ``source`` in ``target`` format at ``tmp``; returns the files written.
+
+    ``crcs``, when given, gets the CRC-32 of every tensor (storage, for pth) copied from a
+    source byte range, computed while copying; verification compares the output with them.
+    """
     manifest = output_manifest(source).to_json()
     data = [tensor_data(t) for t in source.tensors.values()]
+    written: dict[str, int] | None = {} if crcs is not None else None
+    if target == "pth":
+        from ckpttools.ops.convert.to_pth import write_pth
+
+        write_pth(tmp, source, on_progress=on_progress, crcs=crcs)
+        return (os.path.basename(tmp),)
     if target == "safetensors" and max_shard_size is None:
         from ckpttools.formats.writers.safetensors_file import write_safetensors
 
         write_safetensors(tmp, data, {"format": "pt", MANIFEST_KEY: manifest},
-                          on_progress=on_progress)
-        return (os.path.basename(tmp),)
-    if target == "safetensors":
+                          on_progress=on_progress, crcs=written)
+        files: tuple[str, ...] = (os.path.basename(tmp),)
+    elif target == "safetensors":
         from ckpttools.formats.writers.safetensors_file import write_sharded
 
         write_sharded(tmp, data, {"format": "pt"}, max_shard_size or 0,
-                      index_metadata={MANIFEST_KEY: manifest}, on_progress=on_progress)
-        return tuple(sorted(os.listdir(tmp)))
-    if target == "pth":
-        from ckpttools.ops.convert.to_pth import write_pth
+                      index_metadata={MANIFEST_KEY: manifest}, on_progress=on_progress,
+                      crcs=written)
+        files = tuple(sorted(os.listdir(tmp)))
+    else:
+        from ckpttools.formats.writers.dcp import write_dcp
 
-        write_pth(tmp, source, on_progress=on_progress)
-        return (os.path.basename(tmp),)
-    from ckpttools.formats.writers.dcp import write_dcp
-
-    write_dcp(tmp, data, manifest, on_progress=on_progress)
-    return tuple(sorted(os.listdir(tmp)))
+        write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written)
+        files = tuple(sorted(os.listdir(tmp)))
+    if crcs is not None and written is not None:
+        crcs.update((d.name, written[d.name]) for d in data if d.raw is not None)
+    return files
 
 
 def convert_source(source: Source, src: str, dest: str, *, to: str | None = None,
                    dtype: str | None = None, max_shard_size: int | None = None,
                    verify: bool = True, force: bool = False,
-                   on_progress: Progress = _no_progress) -> ConvertResult:
-    """Write an opened ``Source`` to ``dest`` atomically, verified unless ``verify`` is false."""
+                   on_progress: Progress = _no_progress,
+                   add_files: Callable[[str], list[str]] | None = None) -> ConvertResult:
+    """Write an opened ``Source`` to ``dest`` atomically, verified unless ``verify`` is false.
+
+    ``add_files`` is called with the temporary output folder (folder outputs only) to copy
+    files beside the tensors; it returns their names.
+    """
     target = target_for(dest, to, max_shard_size is not None)
     directory = target == "dcp" or max_shard_size is not None
     check_destination(src, dest, force=force)
@@ -186,17 +212,20 @@ def convert_source(source: Source, src: str, dest: str, *, to: str | None = None
                            CAST_NAMES.get(dtype or ""), cast, source.dropped, verify)
     try:
         with atomic_output(dest, directory=directory) as tmp:
+            crcs: dict[str, int] = {}
             files = write_output(tmp, target, source, max_shard_size=max_shard_size,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, crcs=crcs if verify else None)
+            copied = tuple(add_files(tmp)) if add_files and directory else ()
             if verify:
                 from ckpttools.ops.convert.verify import verify_output
 
-                problems = verify_output(tmp, target, source, sharded=directory)
+                problems = verify_output(tmp, target, source, sharded=directory, crcs=crcs)
                 if problems:
                     raise _VerificationFailed(problems)
     except _VerificationFailed as e:
         return replace(result, mismatches=tuple(e.mismatches))
-    return replace(result, files=files if directory else (os.path.basename(dest),))
+    return replace(result, files=tuple(sorted(files + copied)) if directory
+                   else (os.path.basename(dest),), copied=copied)
 
 
 def convert_checkpoint(src: str, dest: str, *, to: str | None = None, key: str | None = None,
@@ -230,15 +259,22 @@ def convert_checkpoint(src: str, dest: str, *, to: str | None = None, key: str |
         >>> convert_checkpoint("ckpt.pth", "ckpt.safetensors").tensors
         12
     """
+    from ckpttools.ops.convert.folders import copy_side_files, plan_source, warn_stale_config
     from ckpttools.ops.convert.source import open_source, select_key
 
     if isinstance(max_shard_size, str):
         max_shard_size = parse_size(max_shard_size)
     if dtype is not None and dtype not in CAST_NAMES:
         raise InvalidArgumentError(f"{dtype}: unknown dtype; use bf16, fp16 or fp32")
-    with open_source(src, trust=trust, drop=drop_unrepresentable) as source:
-        if key:
-            source = select_key(source, key)
-        return convert_source(source, src, dest, to=to, dtype=dtype,
-                              max_shard_size=max_shard_size, verify=verify, force=force,
-                              on_progress=on_progress)
+    plan = plan_source(src, key)
+    cast = CAST_NAMES[dtype] if dtype else None
+    if target_for(dest, to, max_shard_size is not None) != "dcp" and max_shard_size is None:
+        warn_stale_config(src, plan, cast)
+    with open_source(plan.open_path, trust=trust, drop=drop_unrepresentable) as source:
+        if plan.key:
+            source = select_key(source, plan.key)
+        result = convert_source(source, src, dest, to=to, dtype=dtype,
+                                max_shard_size=max_shard_size, verify=verify, force=force,
+                                on_progress=on_progress,
+                                add_files=lambda out: copy_side_files(src, out, plan, cast))
+    return replace(result, member=plan.member, others=plan.others)

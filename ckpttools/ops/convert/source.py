@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, TreeEncoder,
+from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, UnrepresentableError,
                                         contiguous_stride, dtype_size)
+from ckpttools.formats.manifest_tree import TreeEncoder
 from ckpttools.formats.writers.bytecopy import TensorData
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class SourceTensor:
     layout: TensorLayout
     raw: RawSource | None
     load: Callable[[], torch.Tensor]
+    crc: int | None = None  # the CRC-32 the source file records for exactly ``raw``'s bytes
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def layout_of(t: torch.Tensor, storage_id: str) -> TensorLayout:
     """The layout of a real tensor, its storage named ``storage_id``."""
+    import torch
+
     return TensorLayout(str(t.dtype).removeprefix("torch."), tuple(t.shape), tuple(t.stride()),
-                        storage_id, t.storage_offset(), t.untyped_storage().nbytes())
+                        storage_id, t.storage_offset(), t.untyped_storage().nbytes(),
+                        bool(t.requires_grad), isinstance(t, torch.nn.Parameter))
 
 
 def _unique(name: str, taken: dict[str, Any]) -> str:
@@ -97,11 +102,47 @@ def _tensor_layout(reader: CheckpointReader, entry: TensorEntry,
     if whole is not None:
         ph = reader.placeholder(entry.key)  # type: ignore[attr-defined]  # the pickle's view
         return TensorLayout(entry.dtype, tuple(ph.shape), tuple(ph.stride), storage,
-                            int(ph.storage_offset), whole.length)
+                            int(ph.storage_offset), whole.length, ph.requires_grad, ph.parameter)
     if raw is not None and reader.format not in _SHARED_STORAGES:
         return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape), storage,
                             0, entry.nbytes)
     return layout_of(reader.load(entry.key), storage)
+
+
+class _ShardLayouts:
+    """Layouts of a sharded ``torch.save`` set, taken from each shard's own pickle: storage ids
+    are qualified by the shard file, so tensors that shared a storage inside one shard (a tied
+    embedding) still share it, and equal record names of different shards stay apart."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.entries: dict[str, dict[str, TensorEntry]] = {}
+
+    def layout(self, entry: TensorEntry) -> TensorLayout:
+        shard_name = entry.location
+        shard = self.reader.shard(shard_name)
+        if shard_name not in self.entries:
+            self.entries[shard_name] = {e.key: e for e in shard.tensor_entries()}
+        inner = self.entries[shard_name][entry.key]
+        lay = _tensor_layout(shard, inner, shard.raw_source(inner.key))
+        return replace(lay, storage=f"{shard_name}/{lay.storage}")
+
+
+def _refuse_attributes(reader: CheckpointReader, key: str) -> None:
+    placeholder = getattr(reader, "placeholder", None)
+    if callable(placeholder) and getattr(placeholder(key), "has_attributes", False):
+        raise UnrepresentableError(f"{key}: a tensor with Python attributes (or a tensor "
+                                   "subclass) cannot be converted losslessly; keep the .pth")
+
+
+def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> int | None:
+    """The CRC-32 a torch zip records for ``key``'s storage, when ``raw`` is that whole storage
+    (a tensor owning its storage, as in every ``state_dict()`` without views)."""
+    storage_crc = getattr(reader, "storage_crc", None)
+    if raw is None or not callable(storage_crc):
+        return None
+    whole = reader.storage_source(key)  # type: ignore[attr-defined]  # zip readers have it
+    return storage_crc(key) if whole == raw else None
 
 
 def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
@@ -116,6 +157,7 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
         return source_from_manifest(reader, manifest)
     entries = {e.key: e for e in reader.tensor_entries()}
     tensors: dict[str, SourceTensor] = {}
+    shards = _ShardLayouts(reader) if reader.format is Format.TORCH_SHARDED else None
 
     def name_of(value: Any, path: str) -> str | None:
         if not isinstance(value, TensorRef):
@@ -124,9 +166,12 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
         if entry is None:
             raise CorruptCheckpointError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
                             "the checkpoint is inconsistent")
+        _refuse_attributes(reader, entry.key)
         raw = reader.raw_source(entry.key)
-        tensors[entry.key] = SourceTensor(entry.key, _tensor_layout(reader, entry, raw),
-                                          raw, lambda k=entry.key: reader.load(k))
+        layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw)
+        tensors[entry.key] = SourceTensor(entry.key, layout, raw,
+                                          lambda k=entry.key: reader.load(k),
+                                          recorded_crc(reader, entry.key, raw))
         return entry.key
 
     encoder = TreeEncoder(name_of, drop=drop)
@@ -151,13 +196,9 @@ def select_key(source: Source, key: str) -> Source:
         if n["t"] == "tensor":
             old = n["v"]
             new = _unique(old[len(prefix):] if old.startswith(prefix) else old, renamed)
-            renamed[new] = SourceTensor(new, *_rest(source.tensors[old]))
+            renamed[new] = replace(source.tensors[old], name=new)
             n["v"] = new
     return Source(node, renamed, source.dropped)
-
-
-def _rest(t: SourceTensor) -> tuple[TensorLayout, RawSource | None, Callable[[], Any]]:
-    return t.layout, t.raw, t.load
 
 
 def _subnode(node: Node, parts: list[str]) -> Node | None:
@@ -195,7 +236,8 @@ def tensor_data(t: SourceTensor) -> TensorData:
     lay = t.layout
     nbytes = _numel(lay.shape) * dtype_size(lay.dtype)
     raw = t.raw if t.raw is not None and t.raw.length == nbytes else None
-    return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load)
+    return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load,
+                      crc=t.crc if raw is not None else None)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

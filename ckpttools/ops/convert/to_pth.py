@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ckpttools.formats.writers.bytecopy import Progress, TensorData, _no_progress
-from ckpttools.formats.manifest import decode_tree, dtype_size
+from ckpttools.formats.manifest import dtype_size
+from ckpttools.formats.manifest_tree import decode_tree
 from ckpttools.formats.writers.torch_zip import TensorSlot, write_torch_zip
 from ckpttools.ops.convert.source import Source, SourceTensor
 
@@ -55,12 +56,20 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
         for m in members:
             lay = m.layout
             slots[m.name] = TensorSlot(str(key), lay.dtype, numel, lay.offset, lay.shape,
-                                       lay.stride)
+                                       lay.stride, lay.requires_grad, lay.parameter)
     return slots, storages
 
 
-def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress) -> None:
-    """Write ``source`` at ``path`` as ``torch.save`` would have written the original."""
+def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress,
+              crcs: dict[str, int] | None = None) -> None:
+    """Write ``source`` at ``path`` as ``torch.save`` would have written the original.
+
+    ``crcs``, when given, gets the CRC-32 of each storage copied whole from a source byte range
+    (by storage record key), as computed while copying.
+    """
     slots, storages = storage_plan(source)
     obj = decode_tree(source.root, slots.__getitem__)
-    write_torch_zip(path, obj, storages, on_progress=on_progress)
+    written: dict[str, int] = {}
+    write_torch_zip(path, obj, storages, on_progress=on_progress, crcs=written)
+    if crcs is not None:
+        crcs.update((d.name, written[d.name]) for d in storages if d.raw is not None)

@@ -1,21 +1,23 @@
 """Re-reading a conversion's output and comparing it with its source.
 
-Tensors are compared bit for bit (after the requested cast): byte ranges chunk by chunk when
-both sides have them, else one loaded tensor at a time. Structure is compared as encoded
-manifest trees, so int vs str keys, tuple vs list and numpy values count.
+The output is read back through the restricted readers (no pickle execution, no torch for the
+structure): a ``.pth`` by walking its ``data.pkl``, safetensors and DCP by the manifest they
+store. Its object graph is compared with the source's node by node (``graph.py``): container
+types, key order, attributes such as ``_metadata``, scalars, tensor dtype, shape, stride,
+offset and storage sharing. The first difference is reported with its path
+(``model._metadata['1']['version']``). Tensor bytes are then compared bit for bit: by byte
+ranges chunk by chunk when both sides have them, else one loaded tensor at a time.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-from ckpttools.entries import RawSource, TensorRef
 from ckpttools.formats.base import CheckpointReader
-from ckpttools.formats.writers.bytecopy import SourceFiles, ranges_equal
-from ckpttools.formats.manifest import MANIFEST_KEY, Manifest, Node, TreeEncoder, iter_nodes
-from ckpttools.ops.convert.source import Source, SourceTensor, output_manifest, tensor_data
+from ckpttools.formats.manifest import Node, TensorLayout
+from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range, ranges_equal
+from ckpttools.ops.object_graph import GraphComparison, manifest_graph, pickled_graph
+from ckpttools.ops.convert.source import Source, SourceTensor, tensor_data
 
 MAX_REPORTED = 20
 
@@ -30,163 +32,99 @@ def same_bits(a: Any, b: Any) -> bool:
                        b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def _own_bytes(t: SourceTensor) -> RawSource | None:
-
-    return tensor_data(t).raw
-
-
 def _same_bytes(t: SourceTensor, reader: CheckpointReader, key: str, files: SourceFiles) -> bool:
     """Compare one written tensor with its source: by byte ranges read in chunks when both have
     them (no torch, nothing mapped), else as loaded tensors (views, casts)."""
-    raw, out = _own_bytes(t), reader.raw_source(key)
+    raw, out = tensor_data(t).raw, reader.raw_source(key)
     if raw is not None and out is not None:
         return ranges_equal(files, raw, out)
     return same_bits(reader.load(key), t.load().contiguous())
 
 
-def _check_file(path: str, names: list[str], source: Source, files: SourceFiles) -> list[str]:
-    from ckpttools.formats.safetensors_file import SafetensorsReader
-
-    problems: list[str] = []
-    # the reader checks the header as strictly as the safetensors library does
-    with SafetensorsReader(path) as reader:
-        entries = {e.key: e for e in reader.tensor_entries()}
-        for name in names:
-            t, entry = source.tensors[name], entries.get(name)
-            if entry is None:
-                problems.append(f"{name}: missing from {os.path.basename(path)}")
-            elif entry.dtype != t.layout.dtype or tuple(entry.shape) != t.layout.shape:
-                problems.append(f"{name}: dtype or shape differs")
-            elif not _same_bytes(t, reader, name, files):
-                problems.append(f"{name}: bytes differ from the source")
-    return problems
+def _stored_shapes(reader: CheckpointReader) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each stored tensor's dtype and shape as the file records them (not the manifest)."""
+    if hasattr(reader, "tensor_meta"):  # DCP: .metadata, since entries follow the manifest
+        return _DcpShapes(reader)  # type: ignore[return-value]
+    return {e.key: (e.dtype, tuple(e.shape)) for e in reader.tensor_entries()}
 
 
-def verify_safetensors(path: str, source: Source, *, sharded: bool) -> list[str]:
-    """Compare a safetensors file or sharded folder with ``source``."""
+class _DcpShapes:
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
 
-    if sharded:
-        from ckpttools.formats.writers.safetensors_file import INDEX_NAME
-
-        with open(os.path.join(path, INDEX_NAME), encoding="utf-8") as f:
-            index = json.load(f)
-        text = index["metadata"].get(MANIFEST_KEY)
-        by_file: dict[str, list[str]] = {}
-        for name, file in index["weight_map"].items():
-            by_file.setdefault(os.path.join(path, file), []).append(name)
-    else:
-        from ckpttools.formats.safetensors_file import read_header
-
-        text = read_header(path)[1].get("__metadata__", {}).get(MANIFEST_KEY)
-        by_file = {path: list(source.tensors)}
-    problems = []
-    if text is None or Manifest.from_json(text).to_json() != output_manifest(source).to_json():
-        problems.append(f"{MANIFEST_KEY}: structure differs from the source")
-    missing = set(source.tensors) - {n for names in by_file.values() for n in names}
-    problems += [f"{n}: missing from the output" for n in sorted(missing)]
-    files = SourceFiles()
-    try:
-        for file, names in by_file.items():
-            problems += _check_file(file, names, source, files)
-    finally:
-        files.close()
-    return problems
+    def get(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        found = self.reader.tensor_meta(name)
+        return None if found is None else (found[0], tuple(found[1]))
 
 
-def verify_dcp(path: str, source: Source) -> list[str]:
-    """Compare a DCP directory with ``source``: the manifest, then each tensor's dtype and
-    shape as ``.metadata`` records them and its bytes (byte ranges of both sides when they have
-    them, so no torch; else one loaded tensor at a time)."""
-    from ckpttools.formats.dcp_dir import DcpReader
-
-    problems: list[str] = []
-    files = SourceFiles()
-    try:
-        with DcpReader(path) as reader:
-            text = reader.manifest()
-            if text is None or Manifest.from_json(text).to_json() != \
-                    output_manifest(source).to_json():
-                problems.append(f"{MANIFEST_KEY}: structure differs from the source")
-            for name, t in source.tensors.items():
-                meta = reader.tensor_meta(name)
-                if meta is None:
-                    problems.append(f"{name}: missing from the output")
-                elif meta != (t.layout.dtype, t.layout.shape):
-                    problems.append(f"{name}: dtype or shape differs")
-                elif not _same_bytes(t, reader, name, files):
-                    problems.append(f"{name}: bytes differ from the source")
-                if len(problems) >= MAX_REPORTED:
-                    break
-    finally:
-        files.close()
-    return problems
-
-
-def canonical(root: Node, names: list[str]) -> str:
-    """The tree as JSON with tensor names replaced by their order of appearance."""
-    order = {n: i for i, n in enumerate(names)}
-    copy = json.loads(json.dumps(root))
-    for node in iter_nodes(copy):
-        if node["t"] == "tensor":
-            node["v"] = order.get(node["v"], node["v"])
-    return json.dumps(copy, sort_keys=True)
-
-
-def _tensor_keys(tree: Any) -> tuple[Node, list[str]]:
-    """Encode a reader's tree; the keys of its tensors in order of appearance."""
-    keys: list[str] = []
-
-    def name_of(value: Any, path: str) -> str | None:
-        if isinstance(value, TensorRef):
-            keys.append(value.key)
-            return str(len(keys) - 1)
-        return None
-
-    return TreeEncoder(name_of).encode(tree) or {"t": "none"}, keys
-
-
-def _layout_problem(name: str, ph: Any, t: SourceTensor, storages: dict[str, str]) -> str | None:
-    lay = t.layout
-    if (ph.dtype, tuple(ph.shape)) != (lay.dtype, lay.shape):
-        return f"{name}: dtype or shape differs"
-    paired = storages.setdefault(lay.storage, ph.storage_key)
-    if (tuple(ph.stride) != lay.stride or ph.storage_offset != lay.offset
-            or paired != ph.storage_key):
-        return f"{name}: storage sharing or layout differs"
+def _stored_problem(stored: Any, name: str, layout: TensorLayout) -> str | None:
+    """A tensor of safetensors/DCP output must be stored contiguously as its layout says."""
+    found = stored.get(name)
+    if found is None:
+        return f"{name}: missing from the output"
+    if found != (layout.dtype, layout.shape):
+        return f"{name}: stored as {found[0]} {list(found[1])}, the manifest says " \
+               f"{layout.dtype} {list(layout.shape)}"
     return None
 
 
-def verify_pth(path: str, source: Source) -> list[str]:
-    """Re-read the written ``.pth`` with the restricted zip reader (no torch, no pickle
-    execution) and compare structure, storage sharing, layouts and bytes with ``source``."""
-    from ckpttools.formats.torch_zip import TorchZipReader
-
-    files = SourceFiles()
-    try:
-        with TorchZipReader(path) as reader:
-            root, keys = _tensor_keys(reader.tree())
-            expected = [n["v"] for n in iter_nodes(source.root) if n["t"] == "tensor"]
-            if canonical(root, [str(i) for i in range(len(keys))]) != \
-                    canonical(source.root, expected):
-                return ["structure differs from the source"]
-            return _compare_pth(reader, keys, expected, source, files)
-    finally:
-        files.close()
+def compare_graphs(source: Source, root: Node, layouts: dict[str, TensorLayout]
+                   ) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """The first structural difference between ``source`` and an output's graph, and the
+    (path, source tensor, output tensor) pairs met on the way."""
+    comparison = GraphComparison({n: t.layout for n, t in source.tensors.items()}, layouts)
+    return comparison.first_difference(source.root, root), comparison.pairs
 
 
-def _compare_pth(reader: Any, keys: list[str], expected: list[str], source: Source,
-                 files: SourceFiles) -> list[str]:
+class _Bytes:
+    """Tensor bytes of the output against the source. Where the CRC-32 of a copied byte range
+    is known (computed while copying, or recorded by the source's zip), the output's range is
+    read back once (from the page cache the write filled) and its CRC compared: one pass at
+    memory speed instead of a second read of both files. Elsewhere (casts, assembled storages)
+    and after a CRC mismatch, both sides are compared in full."""
+
+    def __init__(self, reader: Any, files: SourceFiles, crcs: dict[str, int] | None,
+                 pickled: bool) -> None:
+        self.reader, self.files, self.crcs, self.pickled = reader, files, crcs or {}, pickled
+        self.checked: dict[str, bool] = {}
+
+    def problem(self, t: SourceTensor, name: str) -> str | None:
+        """None when the output's bytes of ``name`` are the source's, else what differs."""
+        key, where = name, None
+        if self.pickled and self.crcs:
+            key = str(self.reader.placeholder(name).storage_key)
+            where = self.reader.storage_source(name) if key in self.crcs else None
+        elif key in self.crcs:
+            where = self.reader.raw_source(name)
+        if where is not None:
+            if key not in self.checked:
+                self.checked[key] = crc_of_range(self.files, where) == self.crcs[key]
+            if self.checked[key]:
+                return None
+        if not _same_bytes(t, self.reader, name, self.files):
+            return "tensor bytes differ from the source"
+        if where is not None:  # equal bytes, yet not the CRC the source records for them
+            return "the source's bytes fail the CRC-32 its zip records; the source is damaged"
+        return None
+
+
+def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
+                    files: SourceFiles, crcs: dict[str, int] | None = None) -> list[str]:
+    graph = pickled_graph(reader) if pickled else manifest_graph(reader)
+    if graph is None:
+        return [f"{reader.path}: the output has no ckpttools manifest"]
+    difference, pairs = compare_graphs(source, *graph)
+    if difference is not None:
+        return [difference]
     problems: list[str] = []
-    storages: dict[str, str] = {}
-    paired: dict[str, str] = {}
-    for name, key in zip(expected, keys):
-        t, ph = source.tensors[name], reader.placeholder(key)
-        problem = _layout_problem(name, ph, t, storages)
-        if problem is None and paired.setdefault(ph.storage_key, t.layout.storage) != \
-                t.layout.storage:
-            problem = f"{name}: storage sharing or layout differs"
-        if problem is None and not _same_bytes(t, reader, key, files):
-            problem = f"{name}: bytes differ from the source"
+    check = _Bytes(reader, files, crcs, pickled)
+    stored = None if pickled else _stored_shapes(reader)
+    for path, src_name, out_name in pairs:
+        problem = None if stored is None else _stored_problem(stored, out_name,
+                                                              graph[1][out_name])
+        if problem is None:
+            found = check.problem(source.tensors[src_name], out_name)
+            problem = f"{path}: {found}" if found else None
         if problem is not None:
             problems.append(problem)
         if len(problems) >= MAX_REPORTED:
@@ -194,10 +132,37 @@ def _compare_pth(reader: Any, keys: list[str], expected: list[str], source: Sour
     return problems
 
 
-def verify_output(path: str, target: str, source: Source, *, sharded: bool = False) -> list[str]:
-    """Re-open a conversion's output at ``path`` and list how it differs from ``source``."""
-    if target == "safetensors":
-        return verify_safetensors(path, source, sharded=sharded)
+def verify_output(path: str, target: str, source: Source, *, sharded: bool = False,
+                  crcs: dict[str, int] | None = None) -> list[str]:
+    """Re-open a conversion's output at ``path`` and list how it differs from ``source``
+    (empty when it is the same object graph with the same tensor bits).
+
+    Args:
+        crcs: CRC-32s the writer computed of the source bytes it copied (``write_output``);
+            those tensors are checked by a CRC of the output's bytes, the rest in full.
+    """
+    reader: CheckpointReader
     if target == "pth":
-        return verify_pth(path, source)
-    return verify_dcp(path, source)
+        from ckpttools.formats.torch_zip import TorchZipReader
+
+        reader = TorchZipReader(path)
+    elif target == "dcp":
+        from ckpttools.formats.dcp_dir import DcpReader
+
+        reader = DcpReader(path)
+    elif sharded:
+        from ckpttools.formats.safetensors_sharded import ShardedSafetensorsReader
+
+        reader = ShardedSafetensorsReader(path)
+    else:
+        from ckpttools.formats.safetensors_file import SafetensorsReader
+
+        reader = SafetensorsReader(path)
+    files = SourceFiles()
+    try:
+        with reader:
+            return _compare_reader(reader, source, pickled=target == "pth", files=files,
+                                   crcs=crcs)
+    finally:
+        files.close()
+

@@ -71,6 +71,9 @@ class CheckpointDiffResult:
         tensors: value comparisons for keys with equal shapes, in A's order.
         objects: non-tensor entries on both sides.
         atol / rtol: the tolerances of ``allclose``.
+        structure: the first difference of the object graphs (container type, key order,
+            attributes such as ``_metadata``), as ``"<path>: ... in A, ... in B"``; empty when
+            equal or not comparable (see ``note``).
     """
 
     path_a: str
@@ -84,6 +87,7 @@ class CheckpointDiffResult:
     atol: float
     rtol: float
     note: str = ""
+    structure: tuple[str, ...] = ()
 
     @property
     def dtype_differences(self) -> tuple[TensorComparison, ...]:
@@ -102,7 +106,7 @@ class CheckpointDiffResult:
         """Same keys, shapes, dtypes and values within tolerance, same non-tensor values."""
         return not (self.only_a or self.only_b or self.shape_differences or self.kind_differences
                     or self.dtype_differences or self.value_differences
-                    or self.object_differences)
+                    or self.object_differences or self.structure)
 
     @property
     def verdict(self) -> str:
@@ -114,12 +118,15 @@ class CheckpointDiffResult:
                  f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",
                  f"{len(self.value_differences)} value", f"{len(self.object_differences)} "
                  "non-tensor differences"]
+        if self.structure:
+            parts.append("structure differs")
         return "checkpoints differ: " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok, "verdict": self.verdict, "a": self.path_a, "b": self.path_b,
             "atol": self.atol, "rtol": self.rtol, "note": self.note,
+            "structure_differences": list(self.structure),
             "only_a": list(self.only_a), "only_b": list(self.only_b),
             "shape_differences": [{"key": k, "shape_a": list(a), "shape_b": list(b)}
                                   for k, a, b in self.shape_differences],
@@ -274,9 +281,31 @@ def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 
             objects.append(ObjectComparison(key, x.value, y.value))
         else:
             kinds.append(key)
+    structure, why_not = compare_structure(a, b) if not note else ((), "")
+    note = "; ".join(n for n in (note, why_not) if n)
     return CheckpointDiffResult(
         a.path, b.path, tuple(k for k in ea if k not in eb), tuple(k for k in eb if k not in ea),
-        tuple(shapes), tuple(kinds), tuple(tensors), tuple(objects), atol, rtol, note)
+        tuple(shapes), tuple(kinds), tuple(tensors), tuple(objects), atol, rtol, note,
+        structure)
+
+
+def compare_structure(a: CheckpointReader, b: CheckpointReader) -> tuple[tuple[str, ...], str]:
+    """The first difference of the two object graphs' structure (container types, key order,
+    attributes such as ``_metadata``), and a note when it cannot be compared."""
+    from ckpttools.errors import CkptError
+    from ckpttools.ops.object_graph import GraphComparison, reader_graph
+
+    try:
+        ga, gb = reader_graph(a), reader_graph(b)
+    except CkptError:  # a value the graph cannot encode (a class instance): keys still compared
+        return (), "structure not compared: a value needs pickle to be described"
+    if ga is None or gb is None:
+        side = "A" if ga is None else "B"
+        return (), (f"structure not compared: {side} ({(a if ga is None else b).format.value}) "
+                    "keeps no container types or _metadata")
+    found = GraphComparison(ga[1], gb[1], ("in A", "in B"), structure_only=True) \
+        .first_difference(ga[0], gb[0])
+    return ((found,) if found else ()), ""
 
 
 def _align_state_dicts(a: CheckpointReader, b: CheckpointReader, ea: dict[str, Entry],

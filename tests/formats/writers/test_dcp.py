@@ -161,7 +161,7 @@ def test_verification_finds_a_changed_byte_in_dcp(tmp_path: Path) -> None:
             b = f.read(1)
             f.seek(where.offset + 5)
             f.write(bytes([b[0] ^ 0xFF]))
-        assert verify_output(str(out), "dcp", source) == ["w: bytes differ from the source"]
+        assert verify_output(str(out), "dcp", source) == ["w: tensor bytes differ from the source"]
 
 
 def test_torch_written_dcp_converts_to_pth(make_checkpoint: Callable[..., Path],

@@ -67,7 +67,7 @@ def test_failed_verification_removes_output(ckpt: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import ckpttools.ops.convert.verify as vo
 
-    monkeypatch.setattr(vo, "verify_safetensors", lambda *a, **k: ["w: bytes differ"])
+    monkeypatch.setattr(vo, "verify_output", lambda *a, **k: ["w: bytes differ"])
     out = tmp_path / "m.safetensors"
     result = convert_checkpoint(str(ckpt), str(out))
     assert not result.ok and result.mismatches == ("w: bytes differ",)
@@ -226,7 +226,7 @@ def test_verification_finds_a_changed_byte(ckpt: Path, tmp_path: Path, target: s
         assert where is not None
         _flip_byte(out, where.offset + 5)
         assert verify_output(str(out), target, source) == \
-            ["model_state_dict.w: bytes differ from the source"]
+            ["model_state_dict.w: tensor bytes differ from the source"]
         assert output_manifest(source).tensors
 
 

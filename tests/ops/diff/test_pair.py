@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,53 @@ def test_training_checkpoint_against_extracted_weights(make_checkpoint: Callable
     result = run(pa, pb)
     assert result.ok and "compared the state_dicts (A: 'model'" in result.note
     assert result.tensors[0].key == "stem.weight"
+
+
+def _versioned() -> "OrderedDict[str, torch.Tensor]":
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3)).state_dict()
+
+
+def _lost_type(sd: Any) -> Any:
+    return dict(sd)
+
+
+def _lost_version(sd: Any) -> Any:
+    out = OrderedDict(sd)
+    out._metadata = OrderedDict((k, dict(v)) for k, v in sd._metadata.items())  # type: ignore[attr-defined]
+    out._metadata["1"]["version"] = 1  # type: ignore[attr-defined]
+    return out
+
+
+def _reordered(sd: Any) -> Any:
+    keys = list(sd)
+    out = OrderedDict((k, sd[k]) for k in [keys[1], keys[0], *keys[2:]])
+    out._metadata = sd._metadata  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_lost_type, "<root>: OrderedDict in A, dict in B"),
+    (_lost_version, "_metadata['1']['version']: 2 in A, 1 in B"),
+    (_reordered, "<root>: key order differs at position 0: '0.weight' in A, '0.bias' in B"),
+])
+def test_structure_differences_are_named(tmp_path: Path, change: Callable[[Any], Any],
+                                         message: str) -> None:
+    sd = _versioned()
+    torch.save(sd, tmp_path / "a.pth")
+    torch.save(change(sd), tmp_path / "b.pth")
+    result = run(tmp_path / "a.pth", tmp_path / "b.pth")
+    assert not result.ok and result.structure == (message,)
+    assert "structure differs" in result.verdict
+    assert result.to_dict()["structure_differences"] == [message]
+
+
+def test_plain_safetensors_is_not_a_structure_difference(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = _versioned()
+    torch.save(sd, tmp_path / "a.pth")
+    save_file(dict(sd), str(tmp_path / "b.safetensors"))
+    result = run(tmp_path / "a.pth", tmp_path / "b.safetensors")
+    assert result.ok and result.structure == ()
+    assert "structure not compared: B (safetensors)" in result.note
