@@ -50,8 +50,7 @@ def step_folder(path: str) -> str | None:
 
 
 def _has_states(folder: str) -> bool:
-    return os.path.isdir(folder) and any(
-        (m := _FILE.fullmatch(n)) and m["what"] == "optim" for n in os.listdir(folder))
+    return os.path.isdir(folder) and any(_FILE.fullmatch(n) for n in os.listdir(folder))
 
 
 def is_deepspeed(path: str) -> bool:
@@ -98,7 +97,7 @@ class DeepSpeedReader(CheckpointReader):
         super().__init__(path, trust=trust)
         folder = step_folder(self.path)
         if folder is None:
-            raise CorruptCheckpointError(f"{self.path}: no ZeRO optimizer states found; "
+            raise CorruptCheckpointError(f"{self.path}: no ZeRO states found; "
                                          "give the global_stepN folder or its parent")
         self.folder = folder
         self._files = self._state_files(folder)
@@ -122,8 +121,9 @@ class DeepSpeedReader(CheckpointReader):
                 raise UnsupportedError(f"{folder}: tensor-parallel ZeRO checkpoints (mp_rank_"
                                        f"{m['mp']}) are not supported; consolidate with DeepSpeed")
             found[m["what"]].append((int(m["rank"] or 0), os.path.join(folder, name)))
-        if not found["model"]:
-            raise CorruptCheckpointError(f"{folder}: no *_model_states.pt; the checkpoint is "
+        if not found["model"] or not found["optim"]:
+            what = "*_model_states.pt" if not found["model"] else "*_optim_states.pt (the fp32 weights)"
+            raise CorruptCheckpointError(f"{folder}: no {what}; the ZeRO checkpoint is "
                                          "incomplete")
         return {k: [p for _, p in sorted(v)] for k, v in found.items()}
 

@@ -144,18 +144,26 @@ def deepspeed_zero(output_dir: Path, stage: int) -> Path:
     return output_dir
 
 
+WRITERS = {
+    "hf": lambda d: hf_trainer_run(d),
+    "accelerate": lambda d: accelerate_state(d),
+    "lightning": lambda d: lightning_fit(d),
+    "zero2": lambda d: deepspeed_zero(d, 2),
+    "zero3": lambda d: deepspeed_zero(d, 3),
+}
+
+
 def main(argv: list[str]) -> None:
+    """``python -m tests.frameworks.writers DIR NAME...``: write each named layout to DIR/NAME."""
+    from tests.frameworks import dist_writers
+
     root = Path(argv[0])
-    which = argv[1:] or ["hf", "accelerate", "lightning"]
-    for name in which:
-        if name == "hf":
-            hf_trainer_run(root / "hf")
-        elif name == "accelerate":
-            accelerate_state(root / "accelerate")
-        elif name == "lightning":
-            lightning_fit(root / "lightning")
-        elif name.startswith("zero"):
-            deepspeed_zero(root / name, int(name[4:]))
+    writers: dict[str, Any] = dict(WRITERS)
+    writers.update({"zero2x2": lambda d: dist_writers.deepspeed_zero_2ranks(d, 2),
+                    "zero3x2": lambda d: dist_writers.deepspeed_zero_2ranks(d, 3),
+                    "dcp2": dist_writers.fsdp_dcp_2ranks})
+    for name in argv[1:]:
+        writers[name](root / name)
 
 
 if __name__ == "__main__":
