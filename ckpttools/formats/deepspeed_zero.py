@@ -328,6 +328,27 @@ class DeepSpeedReader(CheckpointReader):
         return {"zero_stage": str(self.stage), "world_size": str(self.world_size),
                 "tag": os.path.basename(self.folder)}
 
+    def partition_problems(self) -> list[str]:
+        """Each rank's Adam moments against its fp32 partitions: one line per misfit."""
+        name = "fp32_flat_groups" if self.stage == 3 else "single_partition_of_fp32_groups"
+        inner = "optimizer_state_dict" if self.stage == 3 else "base_optimizer_state"
+        problems = []
+        for rank, (path, osd) in enumerate(zip(self._files["optim"], self._optims)):
+            numel = {e.key: e.numel for e in self._member(path).tensor_entries()}
+            parts = [numel.get(r.key) for r in osd.get(name) or [] if isinstance(r, TensorRef)]
+            state = (osd.get(inner) or {}).get("state") or {}
+            pads = osd.get("group_paddings") or []
+            for g, moments in state.items():
+                for what, ref in (moments or {}).items():
+                    size = numel.get(ref.key) if isinstance(ref, TensorRef) else None
+                    # the moments may keep the group's alignment padding the partition drops
+                    pad = int(pads[g]) if isinstance(g, int) and g < len(pads) else 0
+                    if size and size > 1 and isinstance(g, int) and g < len(parts) \
+                            and size not in (parts[g], (parts[g] or 0) + pad):
+                        problems.append(f"rank {rank} group {g}: {what} holds {size} elements, "
+                                        f"its fp32 partition {parts[g]}")
+        return problems
+
     def deepspeed_layout(self) -> TrainerLayout:
         """The trainer layout: step, every rank's states, what a resume would lack."""
         from ckpttools.formats.trainer import zero_layout

@@ -31,6 +31,20 @@ RESUME_NEEDS = {
     DEEPSPEED: ("model", "optimizer", "scheduler"),
     DCP: ("model",),
 }
+# where each kind lives, to name what is missing ("rng: missing (no rng_state.pth)")
+EXPECTED = {
+    HF_TRAINER: {"model": "model.safetensors", "optimizer": "optimizer.pt",
+                 "scheduler": "scheduler.pt", "scaler": "scaler.pt", "rng": "rng_state.pth",
+                 "trainer_state": "trainer_state.json"},
+    ACCELERATE: {"model": "model.safetensors", "optimizer": "optimizer.bin",
+                 "scheduler": "scheduler.bin", "scaler": "scaler.pt",
+                 "rng": "random_states_0.pkl"},
+    LIGHTNING: {"model": "state_dict", "optimizer": "optimizer_states", "scheduler": "lr_schedulers",
+                "loops": "loops", "rng": "Lightning saves no RNG state in a .ckpt"},
+    DEEPSPEED: {"optimizer": "zero_pp_rank_*_optim_states.pt", "scheduler": "lr_scheduler",
+                "rng": "DeepSpeed saves no RNG state"},
+    DCP: {},
+}
 # file name patterns of HF Trainer and accelerate pieces -> kind; the rank is group "rank"
 _FILE_KINDS = (
     (r"(model|pytorch_model)(_\d+)?(-\d+-of-\d+)?\.(safetensors|bin)", "model"),
@@ -136,6 +150,18 @@ def file_kind(name: str) -> tuple[str, int | None] | None:
             rank = m.groupdict().get("rank")
             return kind, int(rank) if rank is not None else (0 if kind == "rng" else None)
     return None
+
+
+def is_trainer_folder(path: str) -> bool:
+    """A folder a trainer wrote as one checkpoint (HF Trainer, accelerate, DeepSpeed ZeRO)."""
+    from ckpttools.formats.deepspeed_zero import is_deepspeed
+
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return ("trainer_state.json" in names or any(re.fullmatch(r"random_states_\d+\.pkl", n)
+                                                 for n in names) or is_deepspeed(path))
 
 
 def describe_trainer(reader: CheckpointReader) -> TrainerLayout | None:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from ckpttools.errors import CheckpointNotFoundError, CkptError, CorruptCheckpointError
 from ckpttools.formats import zip_records as zr
+from ckpttools.formats.trainer import is_trainer_folder
 from ckpttools.ops.audit.opcodes import PickleScan, scan_opcodes
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -148,7 +149,8 @@ def _folder_files(folder: str, folders_whole: bool) -> list[str]:
     found: list[str] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        if folders_whole and (".metadata" in files or any(n.endswith(".index.json") for n in files)):
+        if folders_whole and (".metadata" in files or any(n.endswith(".index.json") for n in files)
+                              or is_trainer_folder(root)):
             found.append(root)
             dirs.clear()
             continue
