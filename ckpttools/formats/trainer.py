@@ -160,8 +160,13 @@ def is_trainer_folder(path: str) -> bool:
         names = os.listdir(path)
     except OSError:
         return False
-    return ("trainer_state.json" in names or any(re.fullmatch(r"random_states_\d+\.pkl", n)
-                                                 for n in names) or is_deepspeed(path))
+    return "trainer_state.json" in names or _is_accelerate(set(names)) or is_deepspeed(path)
+
+
+def _is_accelerate(names: set[str]) -> bool:
+    """accelerate's save_state: RNG files per process, or its optimizer.bin beside the model."""
+    return any(re.fullmatch(r"random_states_\d+\.pkl", n) for n in names) or (
+        "optimizer.bin" in names and any(file_kind(n) == ("model", None) for n in names))
 
 
 def describe_trainer(reader: CheckpointReader) -> TrainerLayout | None:
@@ -182,8 +187,7 @@ def describe_trainer(reader: CheckpointReader) -> TrainerLayout | None:
             return reader.deepspeed_layout()  # type: ignore[no-any-return]
         if "trainer_state.json" in names:
             return _hf_trainer(reader, names)
-        if any(re.fullmatch(r"random_states_\d+\.pkl", n) for n in names) or (
-                "optimizer.bin" in names and any(file_kind(n) == ("model", None) for n in names)):
+        if _is_accelerate(names):
             return _accelerate(reader, names)
         return None
     tree = reader.tree()
