@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,39 +22,14 @@ from ckpttools.entries import Entry, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.single_file import open_file
+from ckpttools.formats.trainer import (DEEPSPEED, Piece, TrainerLayout, is_deepspeed, missing_for,
+                                       step_folder)
+from ckpttools.formats.trainer import DS_FILE as _FILE
 
 if TYPE_CHECKING:
     import torch
 
-    from ckpttools.formats.trainer import TrainerLayout
-
-_FILE = re.compile(r"(zero_pp_rank_(?P<rank>\d+)_)?mp_rank_(?P<mp>\d+)_(?P<what>model|optim)_states\.pt")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-
-
-def step_folder(path: str) -> str | None:
-    """The ``global_stepN`` folder a ZeRO checkpoint path means (itself, or ``latest``'s tag)."""
-    if not os.path.isdir(path):
-        return None
-    latest = os.path.join(path, "latest")
-    if os.path.isfile(latest):
-        try:
-            with open(latest, encoding="utf-8") as f:
-                tag = f.read().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        inner = os.path.join(path, tag)
-        return inner if tag and _has_states(inner) else None
-    return path if _has_states(path) else None
-
-
-def _has_states(folder: str) -> bool:
-    return os.path.isdir(folder) and any(_FILE.fullmatch(n) for n in os.listdir(folder))
-
-
-def is_deepspeed(path: str) -> bool:
-    """A ZeRO checkpoint: ``latest`` + tag folder, or a folder of ZeRO optimizer states."""
-    return step_folder(path) is not None
 
 
 @dataclass(frozen=True)
@@ -351,8 +325,6 @@ class DeepSpeedReader(CheckpointReader):
 
     def deepspeed_layout(self) -> TrainerLayout:
         """The trainer layout: step, every rank's states, what a resume would lack."""
-        from ckpttools.formats.trainer import zero_layout
-
         return zero_layout(self)
 
     def state_files(self) -> dict[str, list[str]]:
@@ -367,3 +339,31 @@ class DeepSpeedReader(CheckpointReader):
         for reader in self._members.values():
             reader.close()
         self._members.clear()
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def zero_layout(reader: DeepSpeedReader) -> TrainerLayout:
+    """The layout of a ``DeepSpeedReader``'s checkpoint: every rank's states, step, scheduler."""
+    model = reader.model_states()
+    files = reader.state_files()
+    pieces = []
+    for path in files["model"]:
+        m = _FILE.fullmatch(os.path.basename(path))
+        pieces.append(Piece(os.path.basename(path), "model", "",
+                            int(m["rank"]) if m and m["rank"] else None))
+    for path in files["optim"]:
+        m = _FILE.fullmatch(os.path.basename(path))
+        pieces.append(Piece(os.path.basename(path), "optimizer", "",
+                            int(m["rank"] or 0) if m else None))
+    if isinstance(model.get("lr_scheduler"), dict):
+        pieces.append(Piece(f"{os.path.basename(files['model'][0])}:lr_scheduler", "scheduler"))
+    if model.get("data_sampler") is not None:
+        pieces.append(Piece(f"{os.path.basename(files['model'][0])}:data_sampler", "dataloader"))
+    notes = (f"ZeRO stage {reader.stage}, {reader.world_size} ranks; weights are the fp32 "
+             "master copy reassembled from the partitions",
+             "DeepSpeed saves no RNG state; a resume re-seeds")
+    return TrainerLayout(DEEPSPEED, reader.path, _int(model.get("global_steps")), None, None, None,
+                         tuple(pieces), missing_for(DEEPSPEED, pieces), reader.world_size, notes)

@@ -59,7 +59,7 @@ _FILE_KINDS = (
     (r"training_args\.bin", "training_args"),
     (r"(generation_)?config\.json", "config"),
 )
-_DS_FILE = re.compile(r"(zero_pp_rank_(?P<rank>\d+)_)?mp_rank_(?P<mp>\d+)_(?P<what>model|optim)_states\.pt")
+DS_FILE = re.compile(r"(zero_pp_rank_(?P<rank>\d+)_)?mp_rank_(?P<mp>\d+)_(?P<what>model|optim)_states\.pt")
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,34 @@ class TrainerLayout:
                 "notes": list(self.notes)}
 
 
-def _missing(framework: str, pieces: list[Piece], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+def missing_for(framework: str, pieces: list[Piece], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     have = {p.kind for p in pieces}
     return tuple(k for k in RESUME_NEEDS[framework] + extra if k not in have)
+
+
+def step_folder(path: str) -> str | None:
+    """The ``global_stepN`` folder a ZeRO checkpoint path means (itself, or ``latest``'s tag)."""
+    if not os.path.isdir(path):
+        return None
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):
+        try:
+            with open(latest, encoding="utf-8") as f:
+                tag = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        inner = os.path.join(path, tag)
+        return inner if tag and _has_states(inner) else None
+    return path if _has_states(path) else None
+
+
+def _has_states(folder: str) -> bool:
+    return os.path.isdir(folder) and any(DS_FILE.fullmatch(n) for n in os.listdir(folder))
+
+
+def is_deepspeed(path: str) -> bool:
+    """A ZeRO checkpoint: ``latest`` + tag folder, or a folder of ZeRO optimizer states."""
+    return step_folder(path) is not None
 
 
 def file_kind(name: str) -> tuple[str, int | None] | None:
@@ -154,8 +179,6 @@ def file_kind(name: str) -> tuple[str, int | None] | None:
 
 def is_trainer_folder(path: str) -> bool:
     """A folder a trainer wrote as one checkpoint (HF Trainer, accelerate, DeepSpeed ZeRO)."""
-    from ckpttools.formats.deepspeed_zero import is_deepspeed
-
     try:
         names = os.listdir(path)
     except OSError:
@@ -221,7 +244,7 @@ def _hf_trainer(reader: CheckpointReader, names: set[str]) -> TrainerLayout:
                          float(epoch) if isinstance(epoch, (int, float)) else None,
                          float(best) if isinstance(best, (int, float)) else None,
                          state.get("best_model_checkpoint"), tuple(pieces),
-                         _missing(HF_TRAINER, pieces), ranks, tuple(notes))
+                         missing_for(HF_TRAINER, pieces), ranks, tuple(notes))
 
 
 def _accelerate(reader: CheckpointReader, names: set[str]) -> TrainerLayout:
@@ -238,7 +261,7 @@ def _accelerate(reader: CheckpointReader, names: set[str]) -> TrainerLayout:
                 break
     ranks = len([p for p in pieces if p.kind == "rng"]) or 1
     return TrainerLayout(ACCELERATE, reader.path, step, None, None, None, tuple(pieces),
-                         _missing(ACCELERATE, pieces), ranks, tuple(notes))
+                         missing_for(ACCELERATE, pieces), ranks, tuple(notes))
 
 
 def _lightning(reader: CheckpointReader, tree: dict[Any, Any]) -> TrainerLayout:
@@ -257,7 +280,7 @@ def _lightning(reader: CheckpointReader, tree: dict[Any, Any]) -> TrainerLayout:
     epoch = tree.get("epoch")
     return TrainerLayout(LIGHTNING, reader.path, _int(tree.get("global_step")),
                          float(epoch) if isinstance(epoch, int) else None, best, best_path,
-                         tuple(pieces), _missing(LIGHTNING, pieces, extra), 1, tuple(notes))
+                         tuple(pieces), missing_for(LIGHTNING, pieces, extra), 1, tuple(notes))
 
 
 def _lightning_best(reader: CheckpointReader, callbacks: Any) -> tuple[float | None, str | None,
@@ -288,32 +311,8 @@ def _dcp(reader: CheckpointReader, names: set[str]) -> TrainerLayout:
     if not pieces:  # a bare model state_dict saved with DCP
         pieces.append(Piece("(root)", "model", ""))
     return TrainerLayout(DCP, reader.path, _int(tree.get("step")) if isinstance(tree, dict) else None,
-                         None, None, None, tuple(pieces), _missing(DCP, pieces), ranks,
+                         None, None, None, tuple(pieces), missing_for(DCP, pieces), ranks,
                          (f"{ranks} .distcp files (ranks)",))
-
-
-def zero_layout(reader: Any) -> TrainerLayout:
-    """The layout of a ``DeepSpeedReader``'s checkpoint: every rank's states, step, scheduler."""
-    model = reader.model_states()
-    files = reader.state_files()
-    pieces = []
-    for path in files["model"]:
-        m = _DS_FILE.fullmatch(os.path.basename(path))
-        pieces.append(Piece(os.path.basename(path), "model", "",
-                            int(m["rank"]) if m and m["rank"] else None))
-    for path in files["optim"]:
-        m = _DS_FILE.fullmatch(os.path.basename(path))
-        pieces.append(Piece(os.path.basename(path), "optimizer", "",
-                            int(m["rank"] or 0) if m else None))
-    if isinstance(model.get("lr_scheduler"), dict):
-        pieces.append(Piece(f"{os.path.basename(files['model'][0])}:lr_scheduler", "scheduler"))
-    if model.get("data_sampler") is not None:
-        pieces.append(Piece(f"{os.path.basename(files['model'][0])}:data_sampler", "dataloader"))
-    notes = (f"ZeRO stage {reader.stage}, {reader.world_size} ranks; weights are the fp32 "
-             "master copy reassembled from the partitions",
-             "DeepSpeed saves no RNG state; a resume re-seeds")
-    return TrainerLayout(DEEPSPEED, reader.path, _int(model.get("global_steps")), None, None, None,
-                         tuple(pieces), _missing(DEEPSPEED, pieces), reader.world_size, notes)
 
 
 def read_scalar(reader: CheckpointReader, key: str) -> float | None:
