@@ -73,11 +73,11 @@ def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictI
     A checkpoint that is itself a flat state_dict gives one entry with key "". Otherwise each
     top-level subtree that holds tensors is one entry, classified by its name and shape.
     """
-    if is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
-        return (_info("", "model", tensors),) if tensors else ()
     whole = structure_kind(tree)
     if whole is not None:  # optimizer.pt, rng_state.pth on their own
         return (_info("", whole, tensors),) if tensors else ()  # type: ignore[arg-type]
+    if is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
+        return (_info("", "model", tensors),) if tensors else ()
     infos = []
     for name, node in _subtrees(tree):
         prefix = name + "."
