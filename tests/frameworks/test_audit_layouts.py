@@ -94,7 +94,7 @@ def test_lightning_bookkeeping_is_not_a_finding(layouts: Layouts, runner: CliRun
 def test_lightning_require_passes_and_rng_is_explained(layouts: Layouts,
                                                        runner: CliRunner) -> None:
     path = str(layouts("lightning") / "last.ckpt")
-    spec = f"{REPO}/tests/frameworks/lightning_module.py:TinyModule"
+    spec = f"{REPO}/examples/lightning_recipe.py:TinyModule"
     code, checks = audit(runner, path, "--require", "optimizer", "--require", "scheduler",
                          "--model", spec)
     assert code == 0, checks

@@ -24,44 +24,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def example(name: str) -> Any:
+    """The module ``examples/<name>.py`` (the verify-resume recipes write the fixtures)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_gpt2() -> Any:
-    """A 2-layer GPT-2 of width 16 built from its config (tied ``lm_head``)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=HIDDEN, n_layer=2, n_head=2)
-    return GPT2LMHeadModel(config)
-
-
-def token_dataset(n: int = 32, length: int = 8) -> list[dict[str, Any]]:
-    """``n`` seeded sequences of token ids, labels equal to the inputs."""
-    import torch
-
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 64, (n, length), generator=g)
-    return [{"input_ids": row, "labels": row.clone()} for row in ids]
-
-
-def training_args(output_dir: Path, **overrides: Any) -> Any:
-    """``TrainingArguments`` for a CPU run of a few steps that saves every 2 steps."""
-    from transformers import TrainingArguments
-
-    kw: dict[str, Any] = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=4, save_steps=2,
-        save_strategy="steps", logging_steps=1, learning_rate=1e-3, warmup_steps=1, seed=0,
-        report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
-    kw.update(overrides)
-    return TrainingArguments(**kw)
+    """The example recipe's 2-layer GPT-2 of width 16 (a model spec for ``--model``)."""
+    return example("hf_trainer_recipe").tiny_gpt2()
 
 
 def hf_trainer_run(output_dir: Path) -> Path:
-    """Run ``transformers.Trainer`` for 4 steps, saving ``checkpoint-2`` and ``checkpoint-4``."""
-    from transformers import Trainer
-
-    trainer = Trainer(model=tiny_gpt2(), args=training_args(output_dir),
-                      train_dataset=token_dataset())
-    trainer.train()
+    """``examples/hf_trainer_recipe.py``: 4 steps, ``checkpoint-2`` and ``checkpoint-4``."""
+    example("hf_trainer_recipe").build_trainer(str(output_dir)).train()
     return output_dir
 
 
@@ -93,22 +76,10 @@ def accelerate_state(output_dir: Path) -> Path:
 
 
 def lightning_fit(output_dir: Path) -> Path:
-    """``lightning.Trainer.fit`` for 2 epochs with ``ModelCheckpoint`` on a validation loss."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from tests.frameworks.lightning_module import TinyData, TinyModule
-
-    L.seed_everything(0, verbose=False)
-    ckpt = ModelCheckpoint(dirpath=str(output_dir), monitor="val_loss", save_top_k=2,
-                           save_last=True, filename="epoch{epoch}-step{step}",
-                           auto_insert_metric_name=False)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, callbacks=[ckpt],
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(output_dir))
-    trainer.fit(TinyModule(), datamodule=TinyData())
-    del torch
+    """``examples/lightning_recipe.py``: 2 epochs with ``ModelCheckpoint`` on ``val_loss``."""
+    recipe = example("lightning_recipe")
+    recipe.build_trainer(str(output_dir)).fit(recipe.build_module(),
+                                              datamodule=recipe.build_datamodule())
     return output_dir
 
 
