@@ -137,8 +137,8 @@ def verify_trainer_resume(recipe: str, checkpoint: str, next_checkpoint: str, *,
         if failure is not None:
             if not start.missing:
                 raise SpecError(f"{recipe}: resuming from {checkpoint} failed: {failure}")
-            return _replace(base, verdict=f"{_lacks(start)}; {start.framework} could not resume "
-                                          f"from it: {failure}")
+            return _replace(base, verdict=f"{_lacks(start.framework, start.missing)}; "
+                                          f"{start.framework} could not resume from it: {failure}")
         resumed = os.path.join(out, os.path.basename(os.path.normpath(next_checkpoint)))
         if not os.path.exists(resumed):
             raise SpecError(f"{recipe}: the resumed run wrote no {os.path.basename(resumed)} in "
@@ -154,8 +154,9 @@ def _replace(result: TrainerResumeResult, **changes: Any) -> TrainerResumeResult
     return replace(result, **changes)
 
 
-def _lacks(layout: TrainerLayout) -> str:
-    names = [f"{k} ({EXPECTED.get(layout.framework, {}).get(k, k)})" for k in layout.missing]
+def _lacks(framework: str, missing: tuple[str, ...]) -> str:
+    """``CKPT lacks rng (rng_state.pth)``: each missing kind with where it would be."""
+    names = [f"{k} ({EXPECTED.get(framework, {}).get(k, k)})" for k in missing]
     return f"CKPT lacks {', '.join(names)}"
 
 
@@ -171,14 +172,10 @@ def _judge(result: TrainerResumeResult) -> TrainerResumeResult:
             f"path: NEXT (step {result.end_step}) reproduced {how}"))
     parts = [f"{p.name} ({p.kind}: {p.differing} of {p.leaves} differ, first {p.first})" for p in bad]
     first = f"; first loss that differs at step {loss_bad[0].step}" if loss_bad else ""
-    cause = f"{_lacks_text(result)}; " if result.missing else ""
+    cause = (f"{_lacks(result.framework, result.missing)}, so the resumed run started without "
+             "it; ") if result.missing else ""
     return _replace(result, status="diverged", verdict=(
         f"{cause}the resumed run differs from NEXT in {'; '.join(parts) or 'its losses'}{first}"))
-
-
-def _lacks_text(result: TrainerResumeResult) -> str:
-    names = [f"{k} ({EXPECTED.get(result.framework, {}).get(k, k)})" for k in result.missing]
-    return f"CKPT lacks {', '.join(names)}, so the resumed run started without it"
 
 
 def _run_worker(recipe: str, framework: str, checkpoint: str, out: str, tmp: str) -> str | None:
