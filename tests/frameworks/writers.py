@@ -119,6 +119,7 @@ WRITERS = {
     "hf": lambda d: hf_trainer_run(d),
     "accelerate": lambda d: accelerate_state(d),
     "lightning": lambda d: lightning_fit(d),
+    "zero1": lambda d: deepspeed_zero(d, 1),
     "zero2": lambda d: deepspeed_zero(d, 2),
     "zero3": lambda d: deepspeed_zero(d, 3),
 }
