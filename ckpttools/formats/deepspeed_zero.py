@@ -76,11 +76,25 @@ class DeepSpeedReader(CheckpointReader):
         self.folder = folder
         self._files = self._state_files(folder)
         self._members: dict[str, CheckpointReader] = {}
-        self._model = self._member(self._files["model"][0]).tree()
-        self._optims = [self._member(f).tree().get("optimizer_state_dict") or {}
-                        for f in self._files["optim"]]
         self._plan: dict[str, tuple[str, Any]] = {}
-        self._entries = self._build()
+        try:
+            self._model = self._member(self._files["model"][0]).tree()
+            self._optims = [self._member(f).tree().get("optimizer_state_dict") or {}
+                            for f in self._files["optim"]]
+            self._check_ranks()
+            self._entries = self._build()
+        except BaseException:
+            self.close()  # the member files opened so far
+            raise
+
+    def _check_ranks(self) -> None:
+        """Every rank's optimizer states are there (a save cut short leaves some out)."""
+        count = self._optims[0].get("partition_count") if self._optims else None
+        count = max(count) if isinstance(count, list) and count else count
+        if isinstance(count, int) and count != len(self._optims):
+            raise CorruptCheckpointError(
+                f"{self.folder}: ZeRO states of {count} ranks expected (partition_count), "
+                f"{len(self._optims)} *_optim_states.pt found; the checkpoint is incomplete")
 
     # ---- files ---------------------------------------------------------------------------
 

@@ -105,3 +105,15 @@ def test_missing_rank_file_is_one_line_error(layouts: Layouts, copy_of: Callable
     result = runner.invoke(cli, ["inspect", str(folder)])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+@pytest.mark.dist
+def test_a_missing_rank_is_named(layouts: Layouts, copy_of: Callable[[Path], Path],
+                                 runner: CliRunner, tmp_path: Path) -> None:
+    folder = copy_of(layouts("zero2x2"))
+    next(folder.glob("global_step*/zero_pp_rank_1_*optim_states.pt")).unlink()
+    result = runner.invoke(cli, ["convert", str(folder), str(tmp_path / "out.safetensors")])
+    assert result.exit_code == 2
+    assert "ZeRO states of 2 ranks expected (partition_count), 1 *_optim_states.pt found" \
+        in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
