@@ -7,6 +7,7 @@ import os
 from ckpttools.errors import UnknownFormatError
 from ckpttools.formats import dcp_dir, deepspeed_zero, folder, safetensors_sharded
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.trainer import trainer_children
 from ckpttools.formats.single_file import FILE_FORMATS, FormatSpec, unknown_format
 from ckpttools.formats.sniff import check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
 
@@ -42,6 +43,9 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         for fmt, spec in FORMATS.items():
             if spec.sniff(path):
                 return fmt
+        if os.path.isdir(path) and (children := trainer_children(path)):
+            raise UnknownFormatError(f"{path}: a folder of trainer checkpoints ({', '.join(children)}); "
+                                     f"give one of them, e.g. {os.path.join(path, children[-1])}")
         if os.path.isdir(path):
             raise UnknownFormatError(f"{path}: a directory with no checkpoint in it "
                                      "(looked for DCP .metadata, *.index.json and checkpoint files)")

@@ -186,6 +186,17 @@ def is_trainer_folder(path: str) -> bool:
     return "trainer_state.json" in names or _is_accelerate(set(names)) or is_deepspeed(path)
 
 
+def trainer_children(path: str) -> list[str]:
+    """Sub-folders of ``path`` that are trainer checkpoints (an HF ``output_dir``'s
+    ``checkpoint-N``), in step order."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    found = [n for n in names if is_trainer_folder(os.path.join(path, n))]
+    return sorted(found, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+
 def _is_accelerate(names: set[str]) -> bool:
     """accelerate's save_state: RNG files per process, or its optimizer.bin beside the model."""
     return any(re.fullmatch(r"random_states_\d+\.pkl", n) for n in names) or (

@@ -131,3 +131,11 @@ def test_lightning_callbacks_are_bookkeeping_not_a_model(runner: CliRunner,
     kinds = {s["key"]: s["kind"] for s in report["state_dicts"]}
     assert kinds["callbacks"] == "callbacks" and kinds["state_dict"] == "model"
     assert report["default_state_dict"] == "state_dict"
+
+
+def test_output_dir_names_its_checkpoints(runner: CliRunner, layouts: Layouts) -> None:
+    out = layouts("hf")
+    result = runner.invoke(cli, ["inspect", str(out)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "checkpoint-2, checkpoint-4" in result.stderr
+    assert str(out / "checkpoint-4") in result.stderr
