@@ -22,8 +22,7 @@ from ckpttools.entries import Entry, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.single_file import open_file
-from ckpttools.formats.trainer import (DEEPSPEED, Piece, TrainerLayout, is_deepspeed, missing_for,
-                                       step_folder)
+from ckpttools.formats.trainer import DEEPSPEED, Piece, TrainerLayout, missing_for, step_folder
 from ckpttools.formats.trainer import DS_FILE as _FILE
 
 if TYPE_CHECKING:

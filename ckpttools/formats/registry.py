@@ -7,7 +7,7 @@ import os
 from ckpttools.errors import UnknownFormatError
 from ckpttools.formats import dcp_dir, deepspeed_zero, folder, safetensors_sharded
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.trainer import trainer_children
+from ckpttools.formats.trainer import is_deepspeed, trainer_children
 from ckpttools.formats.single_file import FILE_FORMATS, FormatSpec, unknown_format
 from ckpttools.formats.sniff import check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
 
@@ -19,7 +19,7 @@ def _is_folder(path: str) -> bool:
 # Tried in this order; the first match wins. Index files and DCP before the generic folder.
 FORMATS: dict[Format, FormatSpec] = {
     Format.DCP: FormatSpec(is_dcp, dcp_dir.DcpReader),
-    Format.DEEPSPEED: FormatSpec(deepspeed_zero.is_deepspeed, deepspeed_zero.DeepSpeedReader),
+    Format.DEEPSPEED: FormatSpec(is_deepspeed, deepspeed_zero.DeepSpeedReader),
     Format.SAFETENSORS_SHARDED: FormatSpec(
         is_safetensors_sharded, safetensors_sharded.ShardedSafetensorsReader
     ),
