@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-AREAS = ("inspect", "formats", "pickle", "diff", "convert", "resume", "audit")
+AREAS = ("inspect", "formats", "pickle", "diff", "convert", "resume", "audit", "trainers")
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     the one that matters. Exit 0 identical or within tolerance, 1 diverged, 2 unusable
     recipe or checkpoint.
 
+    A recipe that defines build_trainer(output_dir) (a transformers.Trainer, or a Lightning
+    Trainer with build_module() and build_datamodule()) is resumed from CKPT through the
+    framework's own path in a fresh process; the checkpoint it writes under NEXT's name is
+    compared with NEXT piece by piece.
+
     \b
     The recipe (path/to/recipe.py, or package.module importable from here) defines:
       build_model()                      the nn.Module                      required
@@ -64,13 +69,17 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     Examples:
       ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24
       ckpttools verify-resume --recipe examples/tutorial_linear.py ckpt_epoch3.pt ckpt_epoch4.pt
+      ckpttools verify-resume --recipe examples/hf_trainer_recipe.py out/checkpoint-2 out/checkpoint-4
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
     """
     from ckpttools.ops.resume.fresh import prefork
+    from ckpttools.ops.resume.trainers import is_trainer_recipe
 
     _check_mode(checkpoint, next_checkpoint, steps, resume_at, via)
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted)
+    if checkpoint is not None and next_checkpoint is not None and is_trainer_recipe(recipe):
+        ctx.exit(_trainer_mode(recipe, checkpoint, next_checkpoint, atol, output_format))
     # Before the recipe or any torch op runs here: the fresh process is this one, forked.
     worker = prefork() if steps is not None and not in_process else None
 
@@ -85,6 +94,17 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
                      on_progress=_progress(), worker=worker)
     click.echo(render_resume(result, output_format))
     ctx.exit(0 if result.ok else 1)
+
+
+def _trainer_mode(recipe: str, checkpoint: str, next_checkpoint: str, atol: float,
+                  output_format: str) -> int:
+    """A ``build_trainer`` recipe: resume through the framework's own path (HF, Lightning)."""
+    from ckpttools.ops.resume.trainers import verify_trainer_resume
+    from ckpttools.render.resume_trainer import render_trainer_resume
+
+    result = verify_trainer_resume(recipe, checkpoint, next_checkpoint, atol=atol)
+    click.echo(render_trainer_resume(result, output_format))
+    return 0 if result.ok else 1
 
 
 def _check_mode(checkpoint: str | None, next_checkpoint: str | None, steps: int | None,

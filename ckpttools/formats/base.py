@@ -23,6 +23,7 @@ class Format(str, enum.Enum):
     SAFETENSORS_SHARDED = "safetensors-sharded"
     TORCH_SHARDED = "torch-sharded"
     DCP = "dcp"
+    DEEPSPEED = "deepspeed-zero"
     FOLDER = "folder"
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from ckpttools.errors import UnknownFormatError
-from ckpttools.formats import dcp_dir, folder, safetensors_sharded
+from ckpttools.formats import dcp_dir, deepspeed_zero, folder, safetensors_sharded
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.trainer import is_deepspeed, trainer_children
 from ckpttools.formats.single_file import FILE_FORMATS, FormatSpec, unknown_format
 from ckpttools.formats.sniff import check_folder_members, check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
 
@@ -18,6 +19,7 @@ def _is_folder(path: str) -> bool:
 # Tried in this order; the first match wins. Index files and DCP before the generic folder.
 FORMATS: dict[Format, FormatSpec] = {
     Format.DCP: FormatSpec(is_dcp, dcp_dir.DcpReader),
+    Format.DEEPSPEED: FormatSpec(is_deepspeed, deepspeed_zero.DeepSpeedReader),
     Format.SAFETENSORS_SHARDED: FormatSpec(
         is_safetensors_sharded, safetensors_sharded.ShardedSafetensorsReader
     ),
@@ -42,10 +44,15 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         for fmt, spec in FORMATS.items():
             if spec.sniff(path):
                 return fmt
+        if os.path.isdir(path) and (children := trainer_children(path)):
+            raise UnknownFormatError(f"{path}: a folder of trainer checkpoints ({', '.join(children)}); "
+                                     f"give one of them, e.g. {os.path.join(path, children[-1])}")
         if os.path.isdir(path):
             raise UnknownFormatError(f"{path}: a directory with no checkpoint in it "
                                      "(looked for DCP .metadata, *.index.json and checkpoint files)")
-        raise unknown_format(path, ", ".join(f.value for f in FORMATS if f is not Format.FOLDER))
+        # a file can only be one of the single-file formats or a sharded set's index
+        folders = (Format.FOLDER, Format.DCP, Format.DEEPSPEED)
+        raise unknown_format(path, ", ".join(f.value for f in FORMATS if f not in folders))
 
 
 def open_checkpoint(

@@ -10,9 +10,10 @@ from typing import Any
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
 from ckpttools.errors import KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.trainer import TrainerLayout, describe_trainer
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
-from ckpttools.ops.state_dict import find_prefix
+from ckpttools.ops.state_dict import default_state_dict_key
 from ckpttools.ops.tensor_stats import TensorStats, compute_stats
 
 
@@ -33,6 +34,7 @@ class InspectResult:
         metadata: format-level string metadata.
         stats: per-tensor statistics, when asked for.
         weights_only_hint: the ``add_safe_globals`` line ``torch.load(weights_only=True)`` needs.
+        trainer: the trainer layout (framework, step, epoch, pieces), when a trainer wrote it.
     """
 
     path: str
@@ -47,6 +49,7 @@ class InspectResult:
     metadata: dict[str, str] = field(default_factory=dict)
     stats: tuple[TensorStats, ...] | None = None
     weights_only_hint: str | None = None
+    trainer: TrainerLayout | None = None
 
     @property
     def unsafe_globals(self) -> tuple[GlobalRef, ...]:
@@ -77,6 +80,7 @@ class InspectResult:
         return {
             "path": self.path,
             "format": self.format,
+            "trainer": None if self.trainer is None else self.trainer.to_dict(),
             "lazy": self.is_lazy,
             "key": self.key,
             "devices": list(self.devices),
@@ -177,11 +181,12 @@ def inspect_checkpoint(
         tensors=tensors,
         objects=_select(tuple(e for e in entries if isinstance(e, ObjectEntry)), prefix, pattern),
         layout=layout,
-        default_state_dict=find_prefix(tree)[0] if layout else None,
+        default_state_dict=default_state_dict_key(reader) if layout else None,
         globals=pickle_globals,
         metadata=reader.metadata(),
         stats=stats,
         weights_only_hint=_hint(pickle_globals),
+        trainer=describe_trainer(reader),
     )
 
 

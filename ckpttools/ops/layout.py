@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ckpttools.entries import TensorEntry
+from ckpttools.formats.kinds import structure_kind, subtree_kind
+from ckpttools.formats.trainer import file_kind
 from ckpttools.ops.state_dict import is_flat_state_dict
 
-Kind = Literal["model", "optimizer", "scheduler", "scaler", "ema", "rng", "tensors"]
+Kind = Literal["model", "optimizer", "scheduler", "scaler", "ema", "rng", "tensors", "dataloader",
+               "loops", "callbacks", "config", "custom", "training_args", "trainer_state"]
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,13 @@ class StateDictInfo:
 
 
 def _kind(name: str, node: Any) -> Kind:
+    by_file = file_kind(name)
+    if by_file is not None:  # a trainer folder's file: optimizer.pt, random_states_0.pkl
+        return structure_kind(node) or by_file[0]  # type: ignore[return-value]
+    kind = subtree_kind(name, node)
+    if kind is not None:
+        return kind  # type: ignore[return-value]
     lowered = name.lower()
-    if isinstance(node, dict) and {"state", "param_groups"} <= {str(k) for k in node}:
-        return "optimizer"
-    if "optim" in lowered:
-        return "optimizer"
-    if "sched" in lowered:
-        return "scheduler"
-    if "scaler" in lowered:
-        return "scaler"
-    if "rng" in lowered or "random" in lowered:
-        return "rng"
     if "ema" in lowered.split("_") or lowered.startswith("ema") or "teacher" in lowered:
         return "ema"
     return "model" if is_flat_state_dict(node) or isinstance(node, dict) else "tensors"
@@ -74,6 +73,9 @@ def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictI
     A checkpoint that is itself a flat state_dict gives one entry with key "". Otherwise each
     top-level subtree that holds tensors is one entry, classified by its name and shape.
     """
+    whole = structure_kind(tree)
+    if whole is not None:  # optimizer.pt, rng_state.pth on their own
+        return (_info("", whole, tensors),) if tensors else ()  # type: ignore[arg-type]
     if is_flat_state_dict(tree) or not isinstance(tree, (dict, list, tuple)):
         return (_info("", "model", tensors),) if tensors else ()
     infos = []
@@ -81,8 +83,13 @@ def find_layout(tree: Any, tensors: tuple[TensorEntry, ...]) -> tuple[StateDictI
         prefix = name + "."
         members = tuple(t for t in tensors if t.key.startswith(prefix) or t.key == name)
         if members:
-            infos.append(_info(name, _kind(name.split(".")[0], node), members))
+            infos.append(_info(name, _kind(_first(name), node), members))
     return tuple(infos)
+
+
+def _first(name: str) -> str:
+    """The subtree's own name: a folder member keeps its file name (``optimizer.pt``)."""
+    return name if file_kind(name) is not None else name.split(".")[0]
 
 
 def _info(key: str, kind: Kind, members: tuple[TensorEntry, ...]) -> StateDictInfo:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ckpttools.entries import Entry, ObjectEntry, ObjectPlaceholder, TensorEntry, TensorRef
 from ckpttools.errors import KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.kinds import structure_kind, subtree_kind
 from ckpttools.keypaths import get_path, iter_leaves, split_tensors
 
 if TYPE_CHECKING:
@@ -94,8 +95,11 @@ def _candidates(tree: dict[Any, Any]) -> list[str]:
     if found:
         return found
     # no known name: the one subtree with tensors that is not training state
+    # nor a subtree whose keys or name say it is an optimizer, scheduler, RNG... (a folder's
+    # optimizer.pt next to model.safetensors)
     rest = [str(k) for k, v in tree.items()
-            if str(k) not in NON_MODEL_KEYS and isinstance(v, dict) and _tensor_count(v) > 0]
+            if str(k) not in NON_MODEL_KEYS and isinstance(v, dict) and _tensor_count(v) > 0
+            and subtree_kind(str(k), v) is None]
     return rest if len(rest) == 1 else []
 
 
@@ -137,6 +141,8 @@ def find_prefix(tree: Any) -> tuple[str, list[str]]:
     prefix: list[str] = []
     others: list[str] = []
     node = _unflatten_top(tree)
+    if structure_kind(node) is not None:  # an optimizer / scheduler / RNG state on its own
+        return "", []
     for _ in range(3):  # {"state_dict": {"model": {...}}} happens; deeper does not
         if not isinstance(node, dict) or is_flat_state_dict(node):
             break
@@ -199,9 +205,39 @@ def find_state_dict(reader: CheckpointReader, key: str | None = None) -> StateDi
             raise KeyNotFoundError(f"{reader.path}: '{key}' holds no tensors; "
                             "give --key the path of the model's state_dict")
         return _view(reader, node, key, "key")
+    not_model = structure_kind(_unflatten_top(tree))
+    if not_model is not None:
+        raise KeyNotFoundError(f"{reader.path}: holds {_KIND_TEXT[not_model]}, not model "
+                               "weights; give the model's weights file (or --key)")
+    trainer_key = _trainer_model_key(reader)
+    if trainer_key is not None:
+        return _view(reader, _subtree(tree, trainer_key), trainer_key, "found")
     prefix, others = find_prefix(tree)
     node = _subtree(tree, prefix)
     return _view(reader, node, prefix, "found" if prefix else "top-level", tuple(others))
+
+
+_KIND_TEXT = {"optimizer": "an optimizer state (state + param_groups)",
+              "scheduler": "an LR scheduler state", "scaler": "a grad scaler state",
+              "rng": "RNG states"}
+
+
+def _trainer_model_key(reader: CheckpointReader) -> str | None:
+    """The model piece of a trainer layout (``model.safetensors`` of an HF Trainer folder)."""
+    from ckpttools.formats.trainer import describe_trainer
+
+    layout = describe_trainer(reader)
+    return layout.model_key if layout is not None else None
+
+
+def default_state_dict_key(reader: CheckpointReader) -> str | None:
+    """The key of the state_dict commands pick without ``--key``; None when the checkpoint holds
+    no model weights (an optimizer state alone) or no tensors."""
+    try:
+        view = find_state_dict(reader)
+    except KeyNotFoundError:
+        return None
+    return view.prefix if view.entries else None
 
 
 def state_dict_candidates(reader: CheckpointReader) -> list[StateDictView]:

@@ -23,6 +23,8 @@ def render_inspect(result: InspectResult, fmt: str, *, tree: bool = False,
     if fmt == "json":
         return to_json(result.to_dict())
     parts = [_header(result, fmt)]
+    if result.trainer is not None:
+        parts.append(_trainer(result, fmt))
     if result.layout and not result.key:
         parts.append(_layout(result, fmt))
     if result.objects:
@@ -50,6 +52,27 @@ def _header(result: InspectResult, fmt: str) -> str:
         if len(value) <= VALUE_WIDTH:
             lines.append(f"metadata {name}: {value}")
     return "\n".join(lines)
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+def _trainer(result: InspectResult, fmt: str) -> str:
+    """Framework, step, epoch, best metric, then every piece and what a resume lacks."""
+    t = result.trainer
+    assert t is not None
+    lines = [f"framework: {t.framework}" + (f" ({t.ranks} ranks)" if t.ranks > 1 else ""),
+             f"step: {'-' if t.step is None else t.step}   epoch: {_number(t.epoch)}   "
+             f"best metric: {_number(t.best_metric)}"]
+    if t.best_checkpoint:
+        lines.append(f"best checkpoint: {t.best_checkpoint}")
+    lines += [f"note: {n}" for n in t.notes]
+    lines.append("resume: " + ("every piece present" if t.ok
+                               else "missing " + ", ".join(t.missing)))
+    rows = [[p.name, p.kind, "-" if p.rank is None else p.rank] for p in t.pieces]
+    return (heading("Trainer checkpoint", fmt) + "\n" + "\n".join(lines) + "\n\n"
+            + table(rows, ["piece", "kind", "rank"], fmt))
 
 
 def _layout(result: InspectResult, fmt: str) -> str:

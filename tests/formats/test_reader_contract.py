@@ -22,7 +22,9 @@ from ckpttools.formats.registry import detect_format, open_checkpoint
 from ckpttools.keypaths import iter_leaves
 from tests.conftest import write_checkpoint
 
-FORMATS = list(Format)
+# a DeepSpeed ZeRO checkpoint holds only what ZeRO writes (fp32 parameters, buffers), not this
+# contract's dtypes; tests/frameworks/test_deepspeed.py checks its reader on real ZeRO runs
+FORMATS = [f for f in Format if f is not Format.DEEPSPEED]
 IDS = [f.value for f in FORMATS]
 
 

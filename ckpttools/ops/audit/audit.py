@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
 from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
+from ckpttools.formats.trainer import describe_trainer
 from ckpttools.ops.audit.config import AuditConfig
+from ckpttools.ops.audit.layout_checks import bookkeeping_keys, check_layout_completeness
 from ckpttools.ops.audit.scan import ScanResult, expand_paths, scan_checkpoint
 from ckpttools.units import plural
 
@@ -209,11 +211,15 @@ def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model
     if reader is None:
         return rows + _skip(path, later)
     with reader:
+        layout = describe_trainer(reader)
         rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
-                                 on_progress=on_progress))
+                                 on_progress=on_progress, only=config.key,
+                                 exclude=bookkeeping_keys(layout)))
         if sig is not None:
             rows.append(check_model(reader, sig, config.key, model_name))
-        if config.require:
+        if config.require and layout is not None:
+            rows.append(check_layout_completeness(reader, layout, config.require, sig))
+        elif config.require:
             rows.append(check_completeness(reader, config.require, sig))
         if "policy" in later:
             rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
@@ -227,8 +233,8 @@ def audit_checkpoints(paths: str | os.PathLike[str] | Iterable[str | os.PathLike
     """Audit checkpoints: integrity, safety, finiteness, and what ``config`` asks for.
 
     Args:
-        paths: files, folders (searched recursively; a DCP or sharded folder is one
-            checkpoint) or globs.
+        paths: files, folders (searched recursively; a DCP, sharded or trainer folder such as
+            an HF Trainer ``checkpoint-N`` or a DeepSpeed ZeRO folder is one checkpoint) or globs.
         config: settings (``AuditConfig``); ``load_config`` reads them from pyproject/setup.cfg.
         model: an ``nn.Module`` or ``ModelSignature`` for the model check (overrides
             ``config.model``).

@@ -81,14 +81,25 @@ def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int,
     return nan, inf
 
 
+def _checked(key: str, only: str | None, exclude: tuple[str, ...]) -> bool:
+    def under(prefix: str) -> bool:
+        return key == prefix or key.startswith(prefix + ".")
+
+    return (only is None or under(only)) and not any(under(p) for p in exclude)
+
+
 def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
-                 on_progress: Callable[[int], None] | None = None) -> CheckResult:
+                 on_progress: Callable[[int], None] | None = None, only: str | None = None,
+                 exclude: tuple[str, ...] = ()) -> CheckResult:
     """Count NaN/Inf in every floating tensor, streaming one chunk at a time.
 
     Args:
         reader: an open checkpoint.
         allow_nonfinite: report non-finite tensors as WARN instead of FAIL.
         on_progress: called with the bytes of each tensor checked.
+        only: check only the tensors under this dotted key (``--key``).
+        exclude: keys of trainer bookkeeping (Lightning ``callbacks``) whose values, such as
+            ``kth_value = inf``, are not tensor findings.
     """
     import torch
 
@@ -99,7 +110,7 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     try:
         with ThreadPoolExecutor(1) as pool:
             for e in reader.tensor_entries():
-                if e.dtype not in CHECKED_DTYPES:
+                if e.dtype not in CHECKED_DTYPES or not _checked(e.key, only, exclude):
                     continue
                 count += 1
                 dtype = getattr(torch, e.dtype)
@@ -115,8 +126,10 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     finally:
         for f in files.values():
             f.close()
+    skipped = f"; not checked: {', '.join(exclude)} (trainer bookkeeping)" if exclude else ""
     if not bad:
-        return CheckResult(reader.path, "finite", "PASS", f"{plural(count, 'floating tensor')}, all finite")
+        return CheckResult(reader.path, "finite", "PASS",
+                           f"{plural(count, 'floating tensor')}, all finite{skipped}")
     status = "WARN" if allow_nonfinite else "FAIL"
     return CheckResult(reader.path, "finite", status,
                        f"{len(bad)} of {count} tensors hold NaN/Inf (first: {bad[0]})", tuple(bad))

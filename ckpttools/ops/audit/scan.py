@@ -25,6 +25,7 @@ from ckpttools.formats.sniff import check_regular, special_file_kind
 from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
 from ckpttools.units import plural
+from ckpttools.formats.trainer import is_trainer_folder
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".safetensors",
                        ".joblib", ".tar", ".pth.tar", ".model", ".dat", ".data", ".metadata",
@@ -170,7 +171,8 @@ def _folder_files(folder: str, folders_whole: bool) -> list[str]:
     found: list[str] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        if folders_whole and (".metadata" in files or any(n.endswith(".index.json") for n in files)):
+        if folders_whole and (".metadata" in files or any(n.endswith(".index.json") for n in files)
+                              or is_trainer_folder(root)):
             found.append(root)
             dirs.clear()
             continue

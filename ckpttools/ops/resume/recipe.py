@@ -129,7 +129,9 @@ def _call(recipe: Recipe, name: str, *args: Any) -> Any:
     except SpecError:
         raise
     except Exception as e:
-        raise SpecError(f"{recipe.name}: {name}() raised {type(e).__name__}: {e}") from e
+        # the whole message on one line: the cause is often on a later line
+        raise SpecError(f"{recipe.name}: {name}() raised {type(e).__name__}: "
+                        f"{' '.join(str(e).split())}") from e
 
 
 def seed_all(seed: int = DEFAULT_SEED) -> None:

@@ -1,0 +1,86 @@
+"""verify-resume through the frameworks' own resume path, on runs written by the example recipes:
+HF Trainer (``trainer.train(resume_from_checkpoint=...)``) and Lightning
+(``trainer.fit(..., ckpt_path=...)``); a removed piece is named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ckpttools.cli.main import cli
+
+pytestmark = pytest.mark.frameworks
+Layouts = Callable[[str], Path]
+REPO = Path(__file__).resolve().parents[2]
+HF = str(REPO / "examples" / "hf_trainer_recipe.py")
+LIGHTNING = str(REPO / "examples" / "lightning_recipe.py")
+
+
+def verify(runner: CliRunner, recipe: str, ckpt: Path, nxt: Path) -> tuple[int, dict]:
+    result = runner.invoke(cli, ["verify-resume", "--recipe", recipe, str(ckpt), str(nxt),
+                                 "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_hf_trainer_resume_reproduces_next_bitwise(layouts: Layouts, runner: CliRunner) -> None:
+    out = layouts("hf")
+    code, report = verify(runner, HF, out / "checkpoint-2", out / "checkpoint-4")
+    assert code == 0 and report["status"] == "identical", report["verdict"]
+    assert (report["framework"], report["resume_step"], report["end_step"]) == ("hf-trainer", 2, 4)
+    kinds = {p["kind"] for p in report["pieces"]}
+    assert {"model", "optimizer", "scheduler", "rng"} <= kinds
+    assert [r["step"] for r in report["losses"]] == [3, 4]
+    assert all(r["status"] == "identical" for r in report["losses"])
+
+
+def test_hf_trainer_without_rng_state_names_it(layouts: Layouts, runner: CliRunner,
+                                               tmp_path: Path) -> None:
+    out = layouts("hf")
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(out / "checkpoint-2", ckpt)
+    (ckpt / "rng_state.pth").unlink()
+    code, report = verify(runner, HF, ckpt, out / "checkpoint-4")
+    assert code == 1 and report["status"] == "diverged"
+    assert report["missing"] == ["rng"]
+    assert report["verdict"].startswith("CKPT lacks rng (rng_state.pth)")
+    assert any(p["kind"] == "rng" and p["differing"] for p in report["pieces"])
+
+
+def test_lightning_resume_reproduces_next_bitwise(layouts: Layouts, runner: CliRunner) -> None:
+    out = layouts("lightning")
+    code, report = verify(runner, LIGHTNING, out / "epoch0-step4.ckpt", out / "epoch1-step8.ckpt")
+    assert code == 0 and report["status"] == "identical", report["verdict"]
+    assert report["framework"] == "lightning" and "callbacks" in report["skipped"]
+
+
+def test_lightning_without_optimizer_states_names_them(layouts: Layouts, runner: CliRunner,
+                                                       tmp_path: Path) -> None:
+    out = layouts("lightning")
+    saved = torch.load(out / "epoch0-step4.ckpt", weights_only=False)
+    saved["optimizer_states"] = []
+    ckpt = tmp_path / "epoch0-step4.ckpt"
+    torch.save(saved, ckpt)
+    code, report = verify(runner, LIGHTNING, ckpt, out / "epoch1-step8.ckpt")
+    assert code == 1 and report["missing"] == ["optimizer"]
+    assert report["verdict"].startswith("CKPT lacks optimizer (optimizer_states)")
+
+
+def test_recipe_error_shows_the_whole_message(layouts: Layouts, runner: CliRunner,
+                                              tmp_path: Path) -> None:
+    recipe = tmp_path / "broken_recipe.py"
+    recipe.write_text("def build_trainer(output_dir):\n"
+                      "    raise ValueError('could not build the trainer:\\n"
+                      "the cause is on this second line')\n")
+    out = layouts("hf")
+    result = runner.invoke(cli, ["verify-resume", "--recipe", str(recipe),
+                                 str(out / "checkpoint-2"), str(out / "checkpoint-4")])
+    assert result.exit_code == 2
+    assert "the cause is on this second line" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
