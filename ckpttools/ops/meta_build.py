@@ -75,9 +75,9 @@ def _parameters_on_meta() -> Iterator[None]:
         if param is not None and not param.is_meta:
             attrs = dict(param.__dict__)
             data = param.detach().to("meta")
-            if type(param) is nn.Parameter:
-                moved = nn.Parameter(data, requires_grad=param.requires_grad)
-            else:  # a Parameter subclass takes its attributes as arguments, as in accelerate
+            try:
+                moved = type(param)(data, requires_grad=param.requires_grad)
+            except TypeError:  # a Parameter subclass that wants its attributes, as accelerate has it
                 moved = type(param)(data, **{**attrs, "requires_grad": param.requires_grad})
             moved.__dict__.update(attrs)
             module._parameters[name] = moved

@@ -137,3 +137,21 @@ def test_writes_on_real_tensors_still_happen_inside_the_build() -> None:
         table.add_(2)  # a CPU tensor: its values are real and kept
         table.normal_()
     assert table.device.type == "cpu" and table.tolist() != [2.0, 2.0, 2.0]
+
+
+class TaggedParameter(nn.Parameter):
+    """A Parameter subclass that carries an attribute, as sharding libraries' parameters do."""
+
+
+def test_parameter_subclasses_and_their_attributes_survive() -> None:
+    class Sharded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            weight = TaggedParameter(torch.empty(8, 4), requires_grad=False)
+            weight.shard_dim = 0
+            self.weight = weight
+
+    with meta_build():
+        model = Sharded()
+    assert type(model.weight) is TaggedParameter and model.weight.is_meta
+    assert model.weight.shard_dim == 0 and model.weight.requires_grad is False
