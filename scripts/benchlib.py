@@ -24,7 +24,8 @@ t = time.perf_counter()
 proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 rc = proc.returncode
 wall = time.perf_counter() - t
-print(json.dumps({"wall": wall, "rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "rc": rc,
+use = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"wall": wall, "rss_kb": use.ru_maxrss, "cpu": use.ru_utime + use.ru_stime, "rc": rc,
                   "err": proc.stderr.decode(errors="replace")[-300:]}))
 """
 
@@ -33,6 +34,7 @@ print(json.dumps({"wall": wall, "rss_kb": resource.getrusage(resource.RUSAGE_CHI
 class Measure:
     wall: float
     rss_mb: float
+    cpu: float = 0.0  # user + system seconds of the child: steadier than wall on a busy machine
 
     def __str__(self) -> str:
         return f"{self.wall:7.3f} s {self.rss_mb:7.1f} MB"
@@ -52,8 +54,9 @@ def measure(cmd: list[str], repeat: int = 3, ok_codes: tuple[int, ...] = (0,)) -
         r = json.loads(out)
         if r["rc"] not in ok_codes:
             raise RuntimeError(f"{cmd} exited {r['rc']}: {r.get('err', '')}")
-        m = Measure(r["wall"], r["rss_kb"] / 1024)
-        best = m if best is None or m.wall < best.wall else Measure(best.wall, max(best.rss_mb, m.rss_mb))
+        m = Measure(r["wall"], r["rss_kb"] / 1024, r["cpu"])
+        best = m if best is None or m.wall < best.wall else Measure(best.wall, max(best.rss_mb, m.rss_mb),
+                                                                    best.cpu)
     assert best is not None
     return best
 

@@ -32,7 +32,7 @@ def read_head(path: str, n: int = 64) -> bytes:
 def zip_names(path: str) -> list[str]:
     try:
         with open(path, "rb") as f:
-            return list(zip_records.read_directory(f, zip_records.file_size(f)))
+            return list(zip_records.cached_directory(f))
     except (zip_records.ZipError, OSError, ValueError):
         return []
 

@@ -50,7 +50,7 @@ class TorchZipReader(PickledReader):
         self._file: BinaryIO = open(self.path, "rb")
         try:
             self._size = zr.file_size(self._file)
-            self._records = zr.read_directory(self._file, self._size)
+            self._records = zr.cached_directory(self._file)  # detection read it already
         except (zr.ZipError, struct.error, UnicodeDecodeError, OSError) as e:
             self.close()
             raise CorruptCheckpointError(

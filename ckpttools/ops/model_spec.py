@@ -115,7 +115,8 @@ def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *,
         spec: ``package.module:attr`` or ``path/to/file.py:attr``; ``attr`` is an ``nn.Module``
             class or a callable returning one.
         kwargs: keyword arguments for ``attr``.
-        meta: build on the meta device; when that fails the model is built on CPU with a warning.
+        meta: build on the meta device with the weight initialisers skipped (``meta_build``);
+            when that fails the model is built on CPU, initialisers and all, with a warning.
 
     Returns:
         The model.
@@ -126,13 +127,13 @@ def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *,
     Example:
         >>> model = build_model("torchvision.models:resnet18", {"num_classes": 10})
     """
-    import torch
+    from ckpttools.ops.meta_build import meta_build
 
     factory = _load_attr(spec)
     kwargs = dict(kwargs or {})
     if meta:
         try:
-            with torch.device("meta"):
+            with meta_build():
                 return _call(factory, spec, kwargs)
         except SpecError:
             raise

@@ -34,9 +34,17 @@ def _json_safe(value: Any) -> Any:
 
 
 _COMPACT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
+try:  # one C encoder for every record: JSONEncoder.encode builds a new one per call
+    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring as _quote
+except ImportError:  # an interpreter without the C accelerator
+    _c_make_encoder = None
+_RECORD = (_c_make_encoder(None, _COMPACT.default, _quote, None, ": ", ", ", True, False, False)
+           if _c_make_encoder is not None else None)
 
 
 def _compact(value: Any) -> str:
+    if _RECORD is not None and type(value) is dict:
+        return "".join(_RECORD(value, 0))
     return _COMPACT.encode(value)
 
 

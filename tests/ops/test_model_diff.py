@@ -222,7 +222,8 @@ def test_build_model_falls_back_to_cpu(tmp_path: Path) -> None:
     spec_file.write_text(
         "import torch\nfrom torch import nn\n\n"
         "def build(width=4):\n"
-        "    scale = torch.ones(1).item()  # reads data: impossible on the meta device\n"
+        "    probe = nn.Linear(1, 1)\n"
+        "    scale = probe.weight.abs().item() * 0 + 1  # reads a parameter: impossible on meta\n"
         "    return nn.Linear(width, int(2 * scale))\n")
     with pytest.warns(UserWarning, match="building it on CPU"):
         model = build_model(f"{spec_file}:build", {"width": 3})
