@@ -17,12 +17,17 @@ from ckpttools.cli.main import cli
 
 pytestmark = pytest.mark.frameworks
 Layouts = Callable[[str], Path]
+# An HF Trainer folder's training_args.bin pickles TrainingArguments and its enums: not on the
+# allowlist, so the safety check fails closed until the user allows them (tested below).
+HF_ALLOW = ["--allow", "transformers.*", "--allow", "accelerate.*", "--allow", "deepspeed.*"]
 RESUME = ["--require", "optimizer", "--require", "scheduler", "--require", "rng"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def audit(runner: CliRunner, *args: str) -> tuple[int, list[dict[str, Any]]]:
-    result = runner.invoke(cli, ["audit", *args, "--format", "json"])
+    allow = [] if "--no-allow" in args else HF_ALLOW
+    args = tuple(a for a in args if a != "--no-allow")
+    result = runner.invoke(cli, ["audit", *args, *allow, "--format", "json"])
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)["checks"]
 
@@ -40,6 +45,14 @@ def test_complete_folder_passes_as_one_checkpoint(name: str, layouts: Layouts,
     assert {c["path"] for c in checks} == {str(folder)}  # one checkpoint, not one row per file
     assert row(checks, "completeness")["status"] == "PASS"
     assert any("shapes match the model weights" in d for d in row(checks, "completeness")["details"])
+
+
+def test_hf_training_args_are_not_proven_safe_until_allowed(layouts: Layouts,
+                                                            runner: CliRunner) -> None:
+    code, checks = audit(runner, str(layouts("hf") / "checkpoint-4"), "--no-allow")
+    assert code == 1
+    safety = row(checks, "safety")
+    assert safety["status"] == "FAIL" and "transformers.training_args.TrainingArguments" in safety["details"]
 
 
 def test_hf_output_dir_audits_each_checkpoint_whole(layouts: Layouts, runner: CliRunner) -> None:

@@ -254,7 +254,7 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
     except (zr.ZipError, zlib.error, struct.error) as e:
         found.errors.append(f"{name}: {e}")
         return
-    head = bytes(buf[start:start + 6])
+    head = bytes(buf[start:min(start + 6, end)])  # an empty record must not show the next one's header
     if not is_main and (head[:4] in ZIP_MAGIC or head.startswith(tuple(_COMPRESSED))
                         or head == b"\x93NUMPY"):
         inner = scan_blob(bytes(buf[start:end]), name, depth + 1)

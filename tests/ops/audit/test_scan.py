@@ -272,3 +272,16 @@ def test_tensor_bytes_that_look_like_opcodes_are_not_a_pickle(tmp_path: Path) ->
     path = tmp_path / "w.pt"
     torch.save({"w": torch.frombuffer(raw, dtype=torch.uint8).clone()}, path)
     assert scan_checkpoint(path).exit_code == 0
+
+
+def test_empty_tensor_records_are_not_read_into_the_next_record(tmp_path: Path) -> None:
+    # ZeRO-3 model states hold empty placeholder tensors: a zero-length record is directly
+    # followed by the next record's local header, which must not be taken for its content
+    import torch
+
+    from ckpttools.ops.audit.scan import scan_checkpoint
+
+    path = tmp_path / "model_states.pt"
+    torch.save({"a": torch.empty(0), "b": torch.empty(0), "c": torch.ones(2)}, path)
+    result = scan_checkpoint([str(path)])
+    assert [f.safety for f in result.files] == ["safe"], result.files[0].error
