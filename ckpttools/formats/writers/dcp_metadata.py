@@ -37,7 +37,9 @@ class DcpItem:
 
 
 @dataclass(frozen=True)
-class _Global:
+class PickleGlobal:
+    """A global named in a pickle written by hand (``module.name``), never imported."""
+
     module: str
     name: str
 
@@ -49,7 +51,7 @@ class _Global:
 class _Call:
     """Pickles as ``func(*args)`` (``REDUCE``)."""
 
-    func: _Global
+    func: PickleGlobal
     args: tuple[Any, ...]
 
 
@@ -58,7 +60,7 @@ class _Object:
     """Pickles as ``cls.__new__(cls)`` then ``BUILD`` with ``state`` (what pickle does for a
     plain class instance); ``state`` None means no ``BUILD``."""
 
-    cls: _Global
+    cls: PickleGlobal
     state: Any
 
 
@@ -70,7 +72,7 @@ class _MetadataPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
             return (obj.func, obj.args)
         return NotImplemented
 
-    def _save_global(self, obj: _Global) -> None:
+    def _save_global(self, obj: PickleGlobal) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
         self.memoize(obj)
 
@@ -83,18 +85,18 @@ class _MetadataPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
             self.save(obj.state)
             self.write(pickle.BUILD)
 
-    dispatch[_Global] = _save_global
+    dispatch[PickleGlobal] = _save_global
     dispatch[_Object] = _save_object
 
 
 class _Names:
-    """One ``_Global`` per name, so the pickler memoizes each global once."""
+    """One ``PickleGlobal`` per name, so the pickler memoizes each global once."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], _Global] = {}
+        self._cache: dict[tuple[str, str], PickleGlobal] = {}
 
-    def __call__(self, module: str, name: str) -> _Global:
-        return self._cache.setdefault((module, name), _Global(module, name))
+    def __call__(self, module: str, name: str) -> PickleGlobal:
+        return self._cache.setdefault((module, name), PickleGlobal(module, name))
 
     def size(self, values: Sequence[int]) -> _Call:
         return _Call(self("torch", "Size"), (tuple(values),))

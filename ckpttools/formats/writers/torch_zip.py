@@ -29,6 +29,7 @@ from typing import Any
 from ckpttools.entries import RawSource
 from ckpttools.formats.writers.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
                                        copy_raw_crc, write_all, write_tensor)
+from ckpttools.formats.writers.dcp_metadata import PickleGlobal
 
 ALIGNMENT = 64
 ARCHIVE = "archive"
@@ -58,15 +59,6 @@ class TensorSlot:
 
 
 @dataclass(frozen=True)
-class _Global:
-    module: str
-    name: str
-
-    def __call__(self, *args: Any) -> Any:  # save_reduce wants a callable; never called
-        raise TypeError(f"{self.module}.{self.name} is a pickle reference only")
-
-
-@dataclass(frozen=True)
 class _StorageId:
     key: str
     dtype: str
@@ -80,11 +72,11 @@ class _TorchPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=2)
-        self._globals: dict[tuple[str, str], _Global] = {}
+        self._globals: dict[tuple[str, str], PickleGlobal] = {}
         self._storages: dict[str, _StorageId] = {}
 
-    def _global(self, module: str, name: str) -> _Global:
-        return self._globals.setdefault((module, name), _Global(module, name))
+    def _global(self, module: str, name: str) -> PickleGlobal:
+        return self._globals.setdefault((module, name), PickleGlobal(module, name))
 
     def persistent_id(self, obj: Any) -> Any:
         if type(obj) is not _StorageId:
@@ -111,11 +103,11 @@ class _TorchPickler(pickle._Pickler):  # type: ignore[name-defined, misc]
         return (self._global("torch._utils", "_rebuild_tensor_v3"),
                 (*args, self._global("torch", obj.dtype)))
 
-    def _save_raw_global(self, obj: _Global) -> None:
+    def _save_raw_global(self, obj: PickleGlobal) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
         self.memoize(obj)
 
-    dispatch[_Global] = _save_raw_global
+    dispatch[PickleGlobal] = _save_raw_global
 
 
 def _itemsize(dtype: str) -> int:
