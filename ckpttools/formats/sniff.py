@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
-import pickle
 import os
 import re
 import stat
@@ -16,6 +14,7 @@ from typing import Any
 from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError,
                               UnsupportedError)
 from ckpttools.formats import zip_records
+from ckpttools.formats.pickle.genops import single_integer
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # records torch.save writes: <folder>/data.pkl (or any pickle), <folder>/data/<n>, version, byteorder
@@ -53,9 +52,10 @@ def is_torchscript(names: list[str]) -> bool:
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
-class _NoGlobals(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError("the magic number names no global")
+def is_legacy_magic(data: Any) -> bool:
+    """Whether ``data`` starts with torch's legacy magic number, pickled with any protocol (0-5),
+    read from the opcodes as CPython's unpickler reads them (nothing is unpickled)."""
+    return single_integer(data) == LEGACY_MAGIC_NUMBER
 
 
 def is_legacy(path: str) -> bool:
@@ -64,12 +64,7 @@ def is_legacy(path: str) -> bool:
     if os.path.isdir(path):
         return False
     head = read_head(path, 64)
-    if head.startswith(LEGACY_MAGIC):
-        return True
-    try:
-        return _NoGlobals(io.BytesIO(head)).load() == LEGACY_MAGIC_NUMBER
-    except Exception:  # not a pickle, or not this one: any error means "not legacy"
-        return False
+    return head.startswith(LEGACY_MAGIC) or is_legacy_magic(head)
 
 
 def is_safetensors(path: str) -> bool:

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAMES", "OpcodeError", "iter_ops", "max_tuple_depth"]
+__all__ = ["NAMES", "OpcodeError", "iter_ops", "max_tuple_depth", "single_integer"]
 
 HIGHEST_PROTOCOL = 5
 NAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
@@ -73,23 +73,24 @@ def _strtol(s: bytes) -> tuple[int, int, bool]:
     return value, i, not _LONG_MIN <= value <= _LONG_MAX
 
 
-def _check_int(line: bytes) -> None:
+def _int_value(line: bytes) -> int:
     """``load_int``: strtol, and ``int(s, 0)`` when strtol did not take the whole line."""
     s = _cut_nul(line)
-    _, end, overflow = _strtol(s)
+    value, end, overflow = _strtol(s)
     if not overflow and (end >= len(s) or s[end] == 10):
-        return
+        return value
     try:
-        int(s, 0)
+        return int(s, 0)
     except ValueError as e:
         raise OpcodeError("could not convert string to int") from e
 
 
-def _check_long(line: bytes) -> None:
+def _long_value(line: bytes) -> int:
+    """``load_long``: ``int(s, 0)`` of the line without its ``L``."""
     if len(line) >= 2 and line[-2:-1] == b"L":
         line = line[:-2]
     try:
-        int(_cut_nul(line), 0)
+        return int(_cut_nul(line), 0)
     except ValueError as e:
         raise OpcodeError(f"invalid LONG argument: {e}") from e
 
@@ -119,9 +120,9 @@ def _text_arg(name: str, line: bytes) -> Any:
     if len(line) < 2 and name not in ("UNICODE", "PERSID"):
         raise OpcodeError("pickle data was truncated")  # bad_readline
     if name == "INT":
-        return _check_int(line)
+        return _int_value(line)
     if name == "LONG":
-        return _check_long(line)
+        return _long_value(line)
     if name == "FLOAT":
         return _check_float(line)
     if name in ("GET", "PUT"):
@@ -238,6 +239,26 @@ def iter_ops(data: Any, pos: int = 0, end: int | None = None) -> Iterator[tuple[
         if name == "STOP":
             return
         pos = nxt
+
+
+# opcodes that push an integer (with its value as the argument), and those that only frame a pickle
+_INTEGER_OPS = frozenset({"INT", "LONG", "LONG1", "LONG4", "BININT", "BININT1", "BININT2"})
+_FRAMING_OPS = frozenset({"PROTO", "FRAME", "STOP"})
+
+
+def single_integer(data: Any, pos: int = 0, end: int | None = None) -> int | None:
+    """The integer a pickle consisting of one integer opcode holds (what ``pickle.load`` returns
+    for it), read from the opcodes without unpickling; None for any other pickle or bad data.
+
+    torch's legacy format starts with its magic number pickled this way, in any protocol.
+    """
+    try:
+        ops = [(name, arg) for name, arg, _ in iter_ops(data, pos, end) if name not in _FRAMING_OPS]
+    except OpcodeError:
+        return None
+    if len(ops) != 1 or ops[0][0] not in _INTEGER_OPS:
+        return None
+    return int(ops[0][1])
 
 
 _TUPLE_OPS = (b"t", b"\x85", b"\x86", b"\x87")

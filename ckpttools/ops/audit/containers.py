@@ -14,7 +14,6 @@ import bz2
 import gzip
 import io
 import lzma
-import pickle
 import struct
 import tarfile
 import zlib
@@ -24,12 +23,12 @@ from typing import Any
 
 from ckpttools.formats import zip_records as zr
 from ckpttools.formats.pickle.genops import max_tuple_depth
+from ckpttools.formats.sniff import is_legacy_magic
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
 from ckpttools.formats.pickle.walk import MAX_TUPLE_DEPTH
 from ckpttools.ops.audit.opcodes import Finding, PickleScan, scan_opcodes
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PICKLES = ("magic number", "protocol version", "sys_info", "data", "storage keys")
 MAX_NESTING = 4  # archives and compressed streams inside each other
 MAX_INFLATE = 1 << 30  # decompressed bytes per stream, and at most this many times the input
@@ -91,16 +90,7 @@ def _is_legacy_magic(data: Any, scan: PickleScan) -> bool:
     """Whether the first pickle is torch's legacy magic number (any protocol)."""
     if scan.error or scan.globals or scan.end - scan.offset > 64:
         return False
-
-    class _NoGlobals(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            raise pickle.UnpicklingError("no globals")
-
-    try:
-        return _NoGlobals(io.BytesIO(bytes(data[scan.offset:scan.end]))).load() == \
-            LEGACY_MAGIC_NUMBER
-    except Exception:  # any malformed small pickle: not the magic number
-        return False
+    return is_legacy_magic(bytes(data[scan.offset:scan.end]))
 
 
 def scan_pickles(data: Any, label: str) -> Found:
