@@ -1,0 +1,65 @@
+"""The ``add_safe_globals`` line that ``scan`` and ``inspect`` print runs as printed: after it,
+``torch.load(weights_only=True)`` loads the checkpoint (checked in a fresh Python)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ckpttools.formats.registry import open_checkpoint
+from ckpttools.ops.audit.scan import scan_checkpoint
+from ckpttools.ops.inspect import inspect_checkpoint
+
+CONFIG_MODULE = """
+import dataclasses
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 0.1
+    name: str = "run"
+"""
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, text=True,
+                          capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    (tmp_path / "trainmod.py").write_text(CONFIG_MODULE)
+    done = _python("""
+        import argparse, torch, trainmod
+        torch.save({"w": torch.ones(2), "cfg": trainmod.TrainConfig(),
+                    "args": argparse.Namespace(lr=0.1)}, "ckpt.pt")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "ckpt.pt"
+
+
+def _loads_after(hint: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return _python(f"{hint}\nprint(sorted(torch.load({str(path)!r}, weights_only=True)))", path.parent)
+
+
+def test_without_the_hint_torch_refuses(checkpoint: Path) -> None:
+    assert _loads_after("import torch", checkpoint).returncode != 0
+
+
+def test_scan_hint_makes_weights_only_load_work(checkpoint: Path) -> None:
+    scanned = scan_checkpoint([str(checkpoint)]).files[0]
+    assert scanned.safety == "unknown" and scanned.hint
+    done = _loads_after(scanned.hint, checkpoint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['args', 'cfg', 'w']"
+
+
+def test_inspect_hint_makes_weights_only_load_work(checkpoint: Path) -> None:
+    with open_checkpoint(checkpoint) as reader:
+        hint = inspect_checkpoint(reader).to_dict()["weights_only_hint"]
+    done = _loads_after(hint, checkpoint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['args', 'cfg', 'w']"

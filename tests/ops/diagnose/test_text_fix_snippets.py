@@ -1,0 +1,84 @@
+"""The fix snippet ``diagnose`` prints for a pasted error runs as printed: each case saves a real
+checkpoint, takes the real ``load_state_dict`` error, diagnoses the text, puts the checkpoint's path
+where the snippet says ``CKPT`` (the text cannot name the file) and runs the snippet with only
+``model`` defined; the model then holds the checkpoint's tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import diagnose_text
+
+
+class Net(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 8)
+        self.head = nn.Linear(8, classes)
+
+
+def _seeded(**kwargs: Any) -> Net:
+    torch.manual_seed(0)
+    return Net(**kwargs)
+
+
+def _error(model: nn.Module, state: Any) -> str:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        return f"Traceback (most recent call last):\n  ...\nRuntimeError: {e}"
+    raise AssertionError("the state loaded; the case builds no error")
+
+
+def _prefix_added(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = nn.DataParallel(_seeded()).state_dict()
+    torch.save(sd, path)
+    return Net(), {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _prefix_missing(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = _seeded().state_dict()
+    torch.save(sd, path)
+    return nn.DataParallel(Net()), {f"module.{k}": v for k, v in sd.items()}
+
+
+def _wrapped(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = _seeded().state_dict()
+    torch.save({"epoch": 3, "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return Net(), dict(sd)
+
+
+def _new_head(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = _seeded(classes=10).state_dict()
+    torch.save(sd, path)
+    return Net(classes=4), {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+
+CASES: dict[str, Callable[[Path], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
+    "prefix_added": _prefix_added, "prefix_missing": _prefix_missing,
+    "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head,
+}
+
+
+@pytest.mark.parametrize("label", list(CASES))
+def test_text_fix_snippet_runs_as_printed(tmp_path: Path, label: str) -> None:
+    path = tmp_path / "ckpt.pth"
+    model, expected = CASES[label](path)
+    saved = torch.load(path, weights_only=True)
+    result = diagnose_text(_error(model, saved))
+    top = result.causes[0]
+    assert top.label == label
+    assert "CKPT" in top.fix_code, top.fix_code  # the text cannot name the file; CKPT stands for it
+    code = top.fix_code.replace("CKPT", str(path))
+    scope: dict[str, Any] = {"model": model}
+    exec(compile(code, f"<diagnose fix for {label}>", "exec"), scope)
+    loaded = scope["model"].state_dict()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
