@@ -276,6 +276,18 @@ def max_tuple_depth(data: Any, pos: int = 0) -> int:
     raw = data if isinstance(data, bytes) else bytes(data)
     if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
         return 0
+    # the scan and then the reader ask about the same pickle (inspect does both): walk it once;
+    # keyed by the bytes themselves, as a checksum could be made to collide
+    if _LAST_DEPTH.get((pos, raw)) is None:
+        _LAST_DEPTH.clear()
+        _LAST_DEPTH[(pos, raw)] = _tuple_depth(raw, pos)
+    return _LAST_DEPTH[(pos, raw)]
+
+
+_LAST_DEPTH: dict[tuple[int, bytes], int] = {}
+
+
+def _tuple_depth(raw: bytes, pos: int) -> int:
     stack: list[int] = []
     marks: list[int] = []
     memo: dict[int, int] = {}
