@@ -235,7 +235,7 @@ def audit_checkpoints(paths: str | os.PathLike[str] | Iterable[str | os.PathLike
     Args:
         paths: files, folders (searched recursively; a DCP, sharded or trainer folder such as
             an HF Trainer ``checkpoint-N`` or a DeepSpeed ZeRO folder is one checkpoint) or globs.
-        config: settings (``AuditConfig``); ``load_config`` reads them from pyproject/setup.cfg.
+        config: settings (``AuditConfig``); ``load_settings`` reads them from pyproject/setup.cfg.
         model: an ``nn.Module`` or ``ModelSignature`` for the model check (overrides
             ``config.model``).
         config_file: where ``config`` came from, for the report.

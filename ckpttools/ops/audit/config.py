@@ -201,8 +201,3 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> tuple[AuditConf
         raise SpecError(f"{target}: no [tool.ckpttools], [ckpttools] or [tool:ckpttools] section; "
                         "add one or pass the folder")
     return _from_mapping(section, target), target
-
-
-def load_config(directory: str | os.PathLike[str] = ".") -> tuple[AuditConfig, str | None]:
-    """``load_settings`` for a folder (kept for callers of earlier releases)."""
-    return load_settings(directory)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ckpttools.ops.audit.audit import AuditResult, audit_checkpoints
-from ckpttools.ops.audit.config import AuditConfig, load_config, parse_size
+from ckpttools.ops.audit.config import AuditConfig, load_settings, parse_size
 from tests._models import tiny_net
 
 MODEL = str(Path(__file__).parents[2] / "_models.py") + ":TinyNet"
@@ -136,7 +136,7 @@ def test_settings_files(where: str, tmp_path: Path) -> None:
         section = "ckpttools" if where == "setup.cfg" else "tool:ckpttools"
         (tmp_path / "setup.cfg").write_text(
             f"[{section}]\nrequire = optimizer\ndtype = bf16\nmax-size = 2GB\n")
-    config, source = load_config(tmp_path)
+    config, source = load_settings(tmp_path)
     assert source is not None
     assert config == AuditConfig(require=("optimizer",), dtype="bfloat16", max_size=2 * 10**9)
     assert config.merged(require=("epoch",), dtype=None).require == ("optimizer", "epoch")
@@ -147,7 +147,7 @@ def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
 
     (tmp_path / "pyproject.toml").write_text('[tool.ckpttools]\nmax_sise = "2GB"\n')
     with pytest.raises(SpecError, match="unknown setting .max-sise.; valid settings: allow-globals, allow-nonfinite, allow-unknown, dtype"):
-        load_config(tmp_path)
+        load_settings(tmp_path)
 
 
 def test_folders_and_dcp_are_one_checkpoint_each(tmp_path: Path,

@@ -6,15 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from tests.ops.diagnose.generated_corpus import GeneratedCase, presentations
-
-
-def _strict(model: nn.Module, state: dict[str, Any]) -> str:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        return f"RuntimeError: {e}"
-    return ""
+from tests.ops.diagnose.generated_corpus import GeneratedCase, load_error, presentations
 
 
 def _texts() -> dict[str, tuple[str, str]]:
@@ -28,13 +20,13 @@ def _texts() -> dict[str, tuple[str, str]]:
     r18 = dict(make("resnet18").state_dict())
     vit = dict(make("vit_tiny_patch16_224").state_dict())
     return {
-        "resnet18-num_classes": ("head_size_mismatch", _strict(make("resnet18", num_classes=10), r18)),
-        "resnet18-into-resnet34": ("architecture_variant", _strict(make("resnet34"), r18)),
-        "resnet18-dataparallel": ("prefix_added", _strict(make("resnet18"), dict(nn.DataParallel(make("resnet18")).state_dict()))),
-        "resnet18-in_chans": ("architecture_variant", _strict(make("resnet18", in_chans=1), r18)),
-        "resnet18-headless": ("new_task_head", _strict(make("resnet18"), dict(make("resnet18", num_classes=0).state_dict()))),
-        "vit-img_size": ("architecture_variant", _strict(make("vit_tiny_patch16_224", img_size=384), vit)),
-        "vit-into-resnet": ("wrong_model", _strict(make("resnet18"), vit)),
+        "resnet18-num_classes": ("head_size_mismatch", load_error(make("resnet18", num_classes=10), r18)),
+        "resnet18-into-resnet34": ("architecture_variant", load_error(make("resnet34"), r18)),
+        "resnet18-dataparallel": ("prefix_added", load_error(make("resnet18"), dict(nn.DataParallel(make("resnet18")).state_dict()))),
+        "resnet18-in_chans": ("architecture_variant", load_error(make("resnet18", in_chans=1), r18)),
+        "resnet18-headless": ("new_task_head", load_error(make("resnet18"), dict(make("resnet18", num_classes=0).state_dict()))),
+        "vit-img_size": ("architecture_variant", load_error(make("vit_tiny_patch16_224", img_size=384), vit)),
+        "vit-into-resnet": ("wrong_model", load_error(make("resnet18"), vit)),
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tests.ops.diagnose.generated_corpus import GeneratedCase, presentations
+from tests.ops.diagnose.generated_corpus import GeneratedCase, load_error, presentations
 
 _BERT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
              intermediate_size=32, max_position_embeddings=32)
@@ -40,14 +40,6 @@ def _report(load: Callable[[], Any]) -> str:
     return buf.getvalue()
 
 
-def _strict(model: nn.Module, state: dict[str, Any]) -> str:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        return f"RuntimeError: {e}"
-    return ""
-
-
 def _texts() -> dict[str, tuple[str, str]]:
     from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
                               GPT2Config, GPT2LMHeadModel, GPT2Model)
@@ -63,12 +55,12 @@ def _texts() -> dict[str, tuple[str, str]]:
         out["bert-num_labels"] = ("head_size_mismatch", _report(
             lambda: BertForSequenceClassification.from_pretrained(cls3, num_labels=5)))
     sd = dict(BertModel(bert).state_dict())
-    out["bert-dataparallel"] = ("prefix_added", _strict(BertModel(bert), {f"module.{k}": v for k, v in sd.items()}))
-    out["bert-deeper"] = ("architecture_variant", _strict(BertModel(BertConfig(**{**_BERT, "num_hidden_layers": 4})), sd))
-    out["bert-into-gpt2"] = ("wrong_model", _strict(GPT2Model(gpt2), sd))
+    out["bert-dataparallel"] = ("prefix_added", load_error(BertModel(bert), {f"module.{k}": v for k, v in sd.items()}))
+    out["bert-deeper"] = ("architecture_variant", load_error(BertModel(BertConfig(**{**_BERT, "num_hidden_layers": 4})), sd))
+    out["bert-into-gpt2"] = ("wrong_model", load_error(GPT2Model(gpt2), sd))
     lm = {k: v for k, v in GPT2LMHeadModel(gpt2).state_dict().items() if k != "lm_head.weight"}
-    out["gpt2-tied_lm_head"] = ("tied_weights", _strict(GPT2LMHeadModel(gpt2), lm))
-    out["bert-training_dict"] = ("wrapped_checkpoint", _strict(BertModel(bert), {"model": sd, "epoch": 2}))
+    out["gpt2-tied_lm_head"] = ("tied_weights", load_error(GPT2LMHeadModel(gpt2), lm))
+    out["bert-training_dict"] = ("wrapped_checkpoint", load_error(BertModel(bert), {"model": sd, "epoch": 2}))
     return out
 
 

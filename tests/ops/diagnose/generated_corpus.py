@@ -142,6 +142,15 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
     }
 
 
+def load_error(model: nn.Module, state: Any) -> str:
+    """The error a strict ``load_state_dict`` raises, as printed; empty when it loads."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        return f"RuntimeError: {e}"
+    return ""
+
+
 def _raise(model: nn.Module, state: Any, strict: bool = True) -> str:
     try:
         result = model.load_state_dict(state, strict=strict)
