@@ -15,7 +15,9 @@ from dataclasses import replace
 
 from ckpttools.ops.diagnose.shapes import (
     another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
-from ckpttools.ops.diagnose.structure import model_code_changed, renamed_keys, residual, wrong_model
+from ckpttools.ops.diagnose.structure import (
+    model_code_changed, part_checkpoint, part_of_model, prefix_matches, renamed_keys, residual,
+    strip_wrappers, wrong_model)
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
@@ -54,7 +56,11 @@ _SPECTRAL = re.compile(r"\.weight_(orig|u|v)$")
 _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
-    r"|input_scale|nested_absmax|nested_quant_map|zero_point|\w*quantizer\w*|\w*fake_quant\w*)(\.|$)")
+    r"|input_scale|nested_absmax|nested_quant_map|zero_point|_packed_params|\w*quantizer\w*"
+    r"|\w*fake_quant\w*)(\.|$)")
+# torch.ao dynamic/static quantization: a quantized layer saves scale, zero_point and
+# _packed_params (its weight and bias packed) in place of weight and bias.
+_QUANT_LAYER = re.compile(r"^(.*?)\.(zero_point|_packed_params)(\.|$)")
 _FULL_COPY = re.compile(r"\.base_layer\.|modules_to_save")
 _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|shadow"
                   r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)"
@@ -63,32 +69,6 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
                    r"|embed_out|generator|output|decoder)\.(weight|bias)$")
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
-
-
-def _strip_wrappers(key: str) -> str:
-    return ".".join(s for s in _segments(key) if s not in WRAPPER_SEGMENTS)
-
-
-def _prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool, list[str]]:
-    """Which prefix (or inner wrapper segment) turns ``extra`` keys into ``base`` keys."""
-    base_set, counts, hits = set(base), Counter[tuple[str, bool]](), {}
-    for key in extra:
-        parts = _segments(key)
-        for n in (1, 2, 3):
-            if len(parts) > n and ".".join(parts[n:]) in base_set:
-                found = (".".join(parts[:n]) + ".", False)
-                break
-        else:
-            inner = [s for s in parts if s in WRAPPER_SEGMENTS]
-            if not inner or _strip_wrappers(key) not in base_set:
-                continue
-            found = (inner[0] + ".", True)
-        counts[found] += 1
-        hits.setdefault(found, []).append(key)
-    if not counts:
-        return "", False, []
-    (prefix, infix), _ = counts.most_common(1)[0]
-    return prefix, infix, hits[(prefix, infix)]
 
 
 def _wrapper_only(keys: tuple[str, ...], anywhere: bool) -> str | None:
@@ -104,10 +84,12 @@ def _wrapper_only(keys: tuple[str, ...], anywhere: bool) -> str | None:
 
 def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     extra, base = (ev.unexpected, ev.missing) if label == "prefix_added" else (ev.missing, ev.unexpected)
-    prefix, infix, hits = _prefix_matches(extra, base)
+    prefix, infix, hits = prefix_matches(extra, base)
+    if label == "prefix_missing" and hits and part_of_model(prefix, hits, ev.missing):
+        return None  # the checkpoint is one part of the model (a backbone): part_checkpoint speaks
     if hits and len(hits) >= 0.5 * min(len(extra), len(base)):
         conf = min(0.97, 0.6 + 0.37 * len(hits) / len(extra))
-        stripped = {k[len(prefix):] if not infix else _strip_wrappers(k) for k in hits}
+        stripped = {k[len(prefix):] if not infix else strip_wrappers(k) for k in hits}
         return Finding(label, conf, frozenset(hits) | stripped,
                        {"prefix": prefix, "infix": infix, "examples": hits[:3], "count": len(hits)})
     wrapped_model = (ev.class_name or "") in _WRAPPER_CLASSES
@@ -216,6 +198,9 @@ def adapter_or_quantization(ev: Evidence) -> Finding | None:
     resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
     keys = ev.missing + ev.unexpected + resized
     hits = [k for k in keys if _ADAPTER.search(k)]
+    # The float weight/bias and scale of a quantized layer belong to the same change.
+    layers = {m.group(1) for k in hits if (m := _QUANT_LAYER.match(k))}
+    hits += [k for k in keys if k not in hits and k.rpartition(".")[0] in layers]
     if not hits or len(hits) < 0.3 * len(keys):
         return None
     quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale|zero_point", k) for k in hits)
@@ -307,7 +292,8 @@ def _axis_order(m: ShapeMismatch) -> list[int]:
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
-    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys)
+    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys,
+    part_checkpoint)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

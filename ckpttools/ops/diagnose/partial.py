@@ -67,8 +67,10 @@ def new_task_head(ev: Evidence) -> Finding | None:
     From PyTorch it shows as only the head's keys missing, next to nothing or to a pretraining
     head in the checkpoint.
     """
-    if ev.mismatched or not ev.missing or ev.lookups:
+    if ev.mismatched or ev.lookups:
         return None
+    if not ev.missing:
+        return _unused_pretraining_head(ev)
     # One top-level layer with weight and bias, nothing else missing: the last layer by shape of
     # the evidence even when its name is not a usual head name (proj, out, linear).
     lone_layer = (not ev.unexpected and not ev.truncated and len(_modules(ev.missing)) == 1
@@ -95,6 +97,19 @@ def new_task_head(ev: Evidence) -> Finding | None:
                    {"examples": list(ev.missing[:3]), "count": len(ev.missing),
                     "dropped": list(ev.unexpected[:3]), "report": ev.report,
                     "class_name": ev.class_name})
+
+
+def _unused_pretraining_head(ev: Evidence) -> Finding | None:
+    """A load report that only lists the checkpoint's pretraining head as not used.
+
+    transformers prints it when a pretraining checkpoint (MLM/NSP heads, a pooler) is loaded into
+    a model without those heads (``AutoModel``, a task model): expected, nothing to fix.
+    """
+    if not (ev.report and ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)):
+        return None
+    return Finding("new_task_head", 0.9, frozenset(ev.unexpected),
+                   {"examples": [], "count": 0, "dropped": list(ev.unexpected[:3]),
+                    "report": True, "class_name": ev.class_name})
 
 
 def whole_model_missing(ev: Evidence) -> list[Finding]:

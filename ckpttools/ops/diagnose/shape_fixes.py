@@ -95,6 +95,15 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Another model altogether."""
+    if part := f.facts.get("part"):
+        where = part.rstrip(".")
+        what = (f"the checkpoint holds one part of the model only (the weights of `{where}`, e.g. a "
+                f"pretrained backbone), not a checkpoint of this model: "
+                f"{', '.join(f.facts['not_in_file'])} are not in it; load it into that part, or pass "
+                "the whole model's checkpoint")
+        code = (f"missing, unexpected = model.{where}.load_state_dict(sd, strict=False)\n"
+                "print(unexpected)  # e.g. the backbone's own classifier, unused by this model")
+        return what, code, []
     matched = f.facts.get("matched")
     what = ("the checkpoint belongs to another model: "
             + (f"only {matched} of {f.facts['model_keys']} model keys are in it" if matched is not None
@@ -106,6 +115,11 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
     keys = ", ".join(f.facts["examples"])
+    if not keys:
+        what = (f"the checkpoint's pretraining head ({', '.join(f.facts['dropped'])}) is not used by "
+                f"{f.facts.get('class_name') or 'this model'}, which has no such head; this is "
+                "expected and the rest loaded: nothing to fix")
+        return what, "# nothing to change: the report lists weights this model does not use", []
     what = (f"the model has a task head ({keys}) that the checkpoint never had (a backbone or "
             "pretraining checkpoint); this is expected when fine-tuning: train the head"
             + ("; transformers reports it and loads the rest" if f.facts["report"] else

@@ -136,6 +136,64 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     return Finding("model_code_changed", 0.55, frozenset(keys), facts)
 
 
+def strip_wrappers(key: str) -> str:
+    return ".".join(s for s in segments(key) if s not in WRAPPER_SEGMENTS)
+
+
+def prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool, list[str]]:
+    """Which prefix (or inner wrapper segment) turns ``extra`` keys into ``base`` keys."""
+    base_set, counts, hits = set(base), Counter[tuple[str, bool]](), {}
+    for key in extra:
+        parts = segments(key)
+        for n in (1, 2, 3):
+            if len(parts) > n and ".".join(parts[n:]) in base_set:
+                found = (".".join(parts[:n]) + ".", False)
+                break
+        else:
+            inner = [s for s in parts if s in WRAPPER_SEGMENTS]
+            if not inner or strip_wrappers(key) not in base_set:
+                continue
+            found = (inner[0] + ".", True)
+        counts[found] += 1
+        hits.setdefault(found, []).append(key)
+    if not counts:
+        return "", False, []
+    (prefix, infix), _ = counts.most_common(1)[0]
+    return prefix, infix, hits[(prefix, infix)]
+
+
+def _top(key: str) -> str:
+    return next((s for s in segments(key) if s not in WRAPPER_SEGMENTS), key)
+
+
+def part_of_model(prefix: str, hits: Iterable[str], missing: Iterable[str]) -> bool:
+    """The model keys under ``prefix`` are one submodule of several: the file holds that part only.
+
+    A wrapper prefix (``module.``, ``_orig_mod.``) covers every key of the model; a named one
+    (``backbone.``, ``module.vgg.``) that leaves other top-level modules missing (neck, heads)
+    means the checkpoint is a backbone's, passed where the whole model's was expected.
+    """
+    part = [s for s in segments(prefix.rstrip(".")) if s not in WRAPPER_SEGMENTS]
+    hit_set = set(hits)
+    others = {_top(k) for k in missing if k not in hit_set} - {part[0] if part else ""}
+    return bool(part) and len(others) >= 1 and sum(k not in hit_set for k in missing) >= 2
+
+
+def part_checkpoint(ev: Evidence) -> Finding | None:
+    """A backbone's (or another part's) checkpoint loaded into the whole model (a detector)."""
+    prefix, infix, hits = prefix_matches(ev.missing, ev.unexpected)
+    if infix or not hits or not part_of_model(prefix, hits, ev.missing):
+        return None
+    if len(hits) < 0.5 * len(ev.unexpected):
+        return None  # most checkpoint keys do not map under the part: not this part's file
+    rest = [k for k in ev.missing if k not in set(hits)]
+    return Finding("wrong_model", 0.85, frozenset(ev.missing + ev.unexpected),
+                   {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                    "examples_missing": list(ev.missing[:3]),
+                    "examples_unexpected": list(ev.unexpected[:3]), "part": prefix,
+                    "not_in_file": sorted({_top(k) for k in rest})[:4]})
+
+
 def wrong_model(ev: Evidence) -> Finding | None:
     """A checkpoint of another model altogether: little overlap between the key sets."""
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
