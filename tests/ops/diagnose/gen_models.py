@@ -121,6 +121,23 @@ def add_profiler_buffers(model: nn.Module) -> nn.Module:
     return model
 
 
+class Detector(nn.Module):
+    """A detector around a classification network: its ``backbone`` (without the classifier),
+    a ``neck`` and a ``bbox_head``, as mmdet/detectron2-style models name them."""
+
+    def __init__(self, backbone: nn.Module, classifier: str) -> None:
+        super().__init__()
+        delattr(backbone, classifier)
+        self.backbone = backbone
+        self.neck = nn.Linear(8, 8)
+        self.bbox_head = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def dynamic_quantized(model: nn.Module) -> nn.Module:
+    """``torch.ao.quantization.quantize_dynamic`` on the model's Linear layers (int8 weights)."""
+    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
 class Conv1D(nn.Module):
     """GPT-2's ``Conv1D``: an ``nn.Linear`` whose weight is stored (in, out)."""
 

@@ -3,10 +3,11 @@
 For every architecture in :mod:`gen_models` and every cause, a checkpoint and a model are made by
 the transformation that causes it (wrap in DataParallel, torch.compile, add a head, change depth or
 width, rename an attribute, insert a norm layer, save a backbone only, wrap in a training dict, add
-LoRA, drop ``num_batches_tracked``, tie weights, profile with thop, ...). The installed torch's
-``load_state_dict`` makes the text, which is then presented as people paste it: whole, inside a
-traceback or a log, JSON-escaped, truncated after a few keys, or with one side cut. The corpus is
-deterministic: same torch, same texts.
+LoRA or dynamic quantization, drop ``num_batches_tracked``, tie weights, profile with thop, put a
+backbone's weights into a detector, ...). The installed torch's ``load_state_dict`` makes the text,
+which is then presented as people paste it: whole, inside a traceback or a log, JSON-escaped,
+truncated after a few keys, or with one side cut; and as PyTorch <= 0.3, mmcv and detectron2 print
+the same failure (:mod:`gen_presentations`). The corpus is deterministic: same torch, same texts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tests.ops.diagnose.gen_models import ARCHS, Arch, add_lora, add_profiler_buffers, to_conv1d
+from tests.ops.diagnose.gen_models import (
+    ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, to_conv1d)
+from tests.ops.diagnose.gen_presentations import other_loaders
 
 Pair = tuple[nn.Module, Any]  # (the model loaded into, what was passed to load_state_dict)
 
@@ -139,6 +142,8 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "other_model": ("wrong_model", lambda: (m(), _sd(other.make()))),
         "backbone_only": ("new_task_head", backbone_only),
         "thop_profiled": ("profiler_buffers", lambda: (add_profiler_buffers(m()), _sd(m()))),
+        "backbone_into_detector": ("wrong_model", lambda: (Detector(m(), arch.head), _sd(m()))),
+        "dynamic_quantized": ("adapter_or_quantization", lambda: (m(), _sd(dynamic_quantized(m())))),
     }
 
 
@@ -201,7 +206,7 @@ def generate(archs: tuple[Arch, ...] = ARCHS) -> list[GeneratedCase]:
             text = _raise(*pair)
             if text.startswith("<All keys matched"):
                 continue
-            for how, shown, decidable in presentations(text):
+            for how, shown, decidable in [*presentations(text), *other_loaders(*pair)]:
                 cases.append(GeneratedCase(f"{arch.name}-{cause}-{how}", label, shown, decidable))
             if "size mismatch" not in text:
                 repr_text = _raise(*pair, strict=False)

@@ -1,0 +1,89 @@
+"""The same load failure as other loaders print it: PyTorch <= 0.3, mmcv/mmengine, detectron2/fvcore.
+
+Each function takes the real model and the real state passed to it, computes the key lists the
+way that loader does (missing, unexpected, shapes that differ) and formats them with that
+loader's own message strings. They complement :func:`generated_corpus.presentations`, which
+varies how PyTorch's current message was pasted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+
+def _lists(model: nn.Module, state: Any) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+                  if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
+
+
+def _size(shape: tuple) -> str:
+    return f"torch.Size([{', '.join(map(str, shape))}])"
+
+
+def pytorch03(missing: list[str], unexpected: list[str], mismatched: list) -> str:
+    """``Module.load_state_dict`` of PyTorch <= 0.3: it stops at the first problem it meets."""
+    if unexpected:
+        return "KeyError: " + str(KeyError('unexpected key "%s" in state_dict' % unexpected[0]))
+    if mismatched:
+        key, ckpt, model = mismatched[0]
+        return (f"RuntimeError: While copying the parameter named {key}, whose dimensions in the "
+                f"model are {_size(model)} and whose dimensions in the checkpoint are {_size(ckpt)}.")
+    return "KeyError: " + str(KeyError('missing keys in state_dict: "%s"' % set(missing)))
+
+
+def mmcv(missing: list[str], unexpected: list[str], mismatched: list) -> str:
+    """mmcv/mmengine ``load_state_dict``: torch's size lines, then its own key lists."""
+    msgs = [f"size mismatch for {k}: copying a param with shape {_size(c)} from checkpoint, the "
+            f"shape in current model is {_size(m)}." for k, c, m in mismatched]
+    if unexpected:
+        msgs.append(f"unexpected key in source state_dict: {', '.join(unexpected)}\n")
+    missing = [k for k in missing if "num_batches_tracked" not in k]  # mmcv ignores these
+    if missing:
+        msgs.append(f"missing keys in source state_dict: {', '.join(missing)}\n")
+    return "\n".join(["The model and loaded state dict do not match exactly\n"] + msgs) if msgs else ""
+
+
+def _grouped(keys: list[str]) -> list[str]:
+    """fvcore's ``_group_checkpoint_keys``: ``prefix.{bias, weight}`` per module."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        head, _, leaf = k.rpartition(".")
+        groups.setdefault(head, []).append(leaf)
+    return [f"{h}.{{{', '.join(sorted(v))}}}" if len(v) > 1 else f"{h}.{v[0]}" if h else v[0]
+            for h, v in groups.items()]
+
+
+def detectron2(missing: list[str], unexpected: list[str], mismatched: list) -> str:
+    """fvcore's ``Checkpointer``: skipped shapes, then missing and unused keys, grouped by module."""
+    if unexpected and all(k.startswith("module.") for k in unexpected) and not mismatched:
+        return ""  # fvcore strips a leading "module." itself: this checkpoint would load
+    lines = [f"Skip loading parameter '{k}' to the model due to incompatible shapes: {c} in the "
+             f"checkpoint but {m} in the model! You might want to double check if this is expected."
+             for k, c, m in mismatched]
+    missing = missing + [k for k, _, _ in mismatched]  # skipped tensors stay uninitialised
+    if missing:
+        lines += ["Some model parameters or buffers are not found in the checkpoint:"] + _grouped(missing)
+    if unexpected:
+        lines += ["The checkpoint state_dict contains keys that are not used by the model:"]
+        lines += [f"  {g}" for g in _grouped(unexpected)]
+    return "\n".join(lines)
+
+
+def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool]]:
+    """(name, text, decidable) for each loader format that can show this failure."""
+    if not isinstance(state, dict) or any(isinstance(v, dict) for v in state.values()):
+        return  # these loaders read flat state_dicts; a training dict fails before any key list
+    lists = _lists(model, state)
+    if not any(lists):
+        return
+    yield "pytorch03", pytorch03(*lists), False  # one key or one shape: the relation is not shown
+    for name, fmt in (("mmcv", mmcv), ("detectron2", detectron2)):
+        if text := fmt(*lists):
+            yield name, text, True
