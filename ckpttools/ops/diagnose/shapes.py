@@ -19,6 +19,25 @@ _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|ab
                   r"|relative_position_bias_table|position_embeddings|rel_pos")
 
 
+# The first layer of a network by the usual names: its rows are the model's width, never a count.
+_INPUT_LAYER = re.compile(r"^(module\.)?(conv1|conv_first|conv0|conv_in|stem|stem\.conv\w*|embed"
+                          r"|patch_embed(\.proj)?|input\w*|inc|first\w*"
+                          r"|(encoder|features|layers|body|net|model|backbone)\.0)$")
+
+
+def _input_layer(m: ShapeMismatch, mm: list[ShapeMismatch]) -> bool:
+    """``m`` belongs to the layer that reads the input (image channels, or a first-layer name).
+
+    A convolution over 1-4 channels with a spatial kernel reads the image: its output channels
+    are the network's width, whatever the module is called (EDSR calls its stem ``head``).
+    """
+    module = m.key.rpartition(".")[0]
+    weights = [w for w in mm if w.key.rpartition(".")[0] == module and len(w.model_shape) == 4]
+    reads_image = any(w.model_shape[1] <= 4 and w.model_shape[2] * w.model_shape[3] > 1
+                      and w.model_shape[1] == w.checkpoint_shape[1] for w in weights)
+    return reads_image or bool(_INPUT_LAYER.match(module))
+
+
 def _real(ev: Evidence) -> list[ShapeMismatch]:
     """Mismatches between two real tensors of other sizes.
 
@@ -80,6 +99,8 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
         return []
     if all(len(m.model_shape) == 1 for m in mm) and any(_NORM.search(m.key) for m in mm):
         return []
+    if all(_input_layer(m, mm) for m in mm):
+        return []  # the input layer's rows: another width
     return mm
 
 

@@ -193,6 +193,8 @@ def presentations(text: str) -> Iterator[tuple[str, str, bool]]:
         yield "truncated", _cut_keys(text, 6), False
     if "Missing key(s)" in text and "Unexpected key(s)" in text:
         yield "one_side", _one_side(text), False
+    if text.count("size mismatch for") > 2:
+        yield "first_mismatches", _one_side(text).rstrip() + "\n" + text.split("\n")[2], False
 
 
 def generate(archs: tuple[Arch, ...] = ARCHS) -> list[GeneratedCase]:

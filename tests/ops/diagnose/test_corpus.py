@@ -16,6 +16,12 @@ import pytest
 from tests.ops.diagnose.scoring import (
     FROZEN, HELDOUT, REAL, Case, corpus, development, read_case, score, source_key)
 
+# The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning"),
+]
+
 TARGET_TOP1 = 0.9
 TARGET_PRECISION = 0.95  # among answers with confidence >= 0.8
 # frozen/ was scored once, after the last rule change (docs/diagnose.md): 33/46 right (29/46
