@@ -87,3 +87,30 @@ def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool
     for name, fmt in (("mmcv", mmcv), ("detectron2", detectron2)):
         if text := fmt(*lists):
             yield name, text, True
+
+
+def transformers4_report(cls: str, path: str, missing: list[str], unexpected: list[str],
+                         mismatched: list) -> str:
+    """transformers 4.x ``from_pretrained`` warnings (``_load_pretrained_model``), as logged."""
+    out = []
+    if unexpected:
+        out.append(
+            f"Some weights of the model checkpoint at {path} were not used when initializing {cls}: "
+            f"{unexpected}\n- This IS expected if you are initializing {cls} from the checkpoint of a "
+            "model trained on another task or with another architecture (e.g. initializing a "
+            "BertForSequenceClassification model from a BertForPreTraining model).\n- This IS NOT "
+            f"expected if you are initializing {cls} from the checkpoint of a model that you expect "
+            "to be exactly identical (initializing a BertForSequenceClassification model from a "
+            "BertForSequenceClassification model).")
+    if missing:
+        out.append(f"Some weights of {cls} were not initialized from the model checkpoint at {path} "
+                   f"and are newly initialized: {missing}\nYou should probably TRAIN this model on a "
+                   "down-stream task to be able to use it for predictions and inference.")
+    if mismatched:
+        lines = "\n".join(f"- {k}: found shape {_size(c)} in the checkpoint and {_size(m)} in the "
+                          "model instantiated" for k, c, m in mismatched)
+        out.append(f"Some weights of {cls} were not initialized from the model checkpoint at {path} "
+                   f"and are newly initialized because the shapes did not match:\n{lines}\nYou should "
+                   "probably TRAIN this model on a down-stream task to be able to use it for "
+                   "predictions and inference.")
+    return "\n".join(out)

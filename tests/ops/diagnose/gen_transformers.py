@@ -1,8 +1,9 @@
 """Generated diagnose cases from transformers models built from tiny configs (no download).
 
-The texts are what transformers itself prints: its LOAD REPORT (newly initialised heads, size
-mismatches) from ``from_pretrained`` on a real ``save_pretrained`` folder, and PyTorch's error when
-a transformers model's state_dict is loaded wrapped, untied or into another model.
+The texts are what transformers itself prints: its LOAD REPORT (newly initialised heads, unused
+pretraining heads, size mismatches) from ``from_pretrained`` on a real ``save_pretrained`` folder,
+the same loads in transformers 4.x wording (its warning strings over the real key lists), and
+PyTorch's error when a transformers model's state_dict is loaded wrapped, untied or into another model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tests.ops.diagnose.gen_presentations import transformers4_report
 from tests.ops.diagnose.generated_corpus import GeneratedCase, load_error, presentations
 
 _BERT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -40,8 +42,42 @@ def _report(load: Callable[[], Any]) -> str:
     return buf.getvalue()
 
 
+def _v4_lists(source: nn.Module, target: nn.Module) -> tuple[list[str], list[str], list]:
+    """What transformers 4.x compares in ``from_pretrained``: the base-model prefix is matched
+    first (a task checkpoint loads into the bare model and the other way round)."""
+    src, own = dict(source.state_dict()), dict(target.state_dict())
+    prefix = target.base_model_prefix + "."
+    if not any(k.startswith(prefix) for k in own) and any(k.startswith(prefix) for k in src):
+        src = {k.removeprefix(prefix): v for k, v in src.items()}
+    elif any(k.startswith(prefix) for k in own) and not any(k.startswith(prefix) for k in src):
+        src = {(k if k.split(".")[0] in {j.split(".")[0] for j in own} else prefix + k): v
+               for k, v in src.items()}
+    ignore = ("position_ids",)
+    missing = [k for k in own if k not in src and not k.endswith(ignore)]
+    unexpected = [k for k in src if k not in own and not k.endswith(ignore)]
+    mismatched = [(k, tuple(src[k].shape), tuple(v.shape)) for k, v in own.items()
+                  if k in src and src[k].shape != v.shape]
+    return missing, unexpected, mismatched
+
+
+def _v4_reports(bert: Any) -> dict[str, tuple[str, str]]:
+    """transformers 4.x wording of the loads whose 5.x LOAD REPORT ``_texts`` records."""
+    from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
+
+    pre, cls3 = BertForPreTraining(bert), BertForSequenceClassification(type(bert)(**_BERT, num_labels=3))
+    cases = {"bert4-pretraining_to_classifier": ("new_task_head", pre, BertForSequenceClassification(bert)),
+             "bert4-pretraining_to_bare": ("new_task_head", pre, BertModel(bert)),
+             "bert4-classifier_to_bare": ("new_task_head", cls3, BertModel(bert)),
+             "bert4-num_labels": ("head_size_mismatch", cls3,
+                                  BertForSequenceClassification(type(bert)(**_BERT, num_labels=5)))}
+    return {name: (label, transformers4_report(type(target).__name__, "./checkpoint-500",
+                                               *_v4_lists(source, target)))
+            for name, (label, source, target) in cases.items()}
+
+
 def _texts() -> dict[str, tuple[str, str]]:
-    from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
+    from transformers import (BertConfig, BertForMaskedLM, BertForPreTraining,
+                              BertForSequenceClassification, BertModel,
                               GPT2Config, GPT2LMHeadModel, GPT2Model)
 
     torch.manual_seed(0)
@@ -61,7 +97,12 @@ def _texts() -> dict[str, tuple[str, str]]:
     lm = {k: v for k, v in GPT2LMHeadModel(gpt2).state_dict().items() if k != "lm_head.weight"}
     out["gpt2-tied_lm_head"] = ("tied_weights", load_error(GPT2LMHeadModel(gpt2), lm))
     out["bert-training_dict"] = ("wrapped_checkpoint", load_error(BertModel(bert), {"model": sd, "epoch": 2}))
-    return out
+    with tempfile.TemporaryDirectory() as pre, tempfile.TemporaryDirectory() as cls2:
+        BertForPreTraining(bert).save_pretrained(pre)
+        out["bert-pretraining_to_bare"] = ("new_task_head", _report(lambda: BertModel.from_pretrained(pre)))
+        BertForSequenceClassification(bert).save_pretrained(cls2)
+        out["bert-classifier_to_bare"] = ("new_task_head", _report(lambda: BertModel.from_pretrained(cls2)))
+    return {**out, **_v4_reports(bert)}
 
 
 def generate_transformers() -> list[GeneratedCase]:
