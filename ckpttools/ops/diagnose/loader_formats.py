@@ -23,8 +23,13 @@ _D2_HEADERS = (
     ("unexpected", re.compile(r"The checkpoint(?: state_dict)? contains keys that are not used by "
                               r"the model:\s*\n")),
 )
-_D2_SKIP = re.compile(r"Skip loading parameter '(" + _KEY + r")' to the model due to incompatible "
-                      r"shapes: \(([\d,\s]*)\) in the checkpoint but \(([\d,\s]*)\) in the model")
+# fvcore says "Skip loading parameter" since 2020 and said "Unable to load" before.
+_D2_SKIP = re.compile(r"(?:Skip loading parameter|Unable to load) '(" + _KEY + r")' to the model due "
+                      r"to incompatible shapes: \(([\d,\s]*)\) in the checkpoint but \(([\d,\s]*)\) "
+                      r"in the model")
+# detectron2's Caffe2/Detectron weight conversion (c2_model_loading)
+_D2_C2 = re.compile(r"Shape of (" + _KEY + r") in checkpoint is " + _SIZE + r", while shape "
+                    r"of \S+ in model is " + _SIZE)
 # transformers >= 5: a LOAD REPORT table, one key per row with its status
 _HF_ROW = re.compile(r"^(?:[^|\n]*\s)?(" + _KEY + r")\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\s*\|([^\n]*)$", re.M)
 _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
@@ -74,11 +79,13 @@ def detectron2_lists(text: str) -> dict[str, list[str]]:
 
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-    """(key, checkpoint shape, model shape) from detectron2's skip warnings and PyTorch <= 0.3."""
+    """(key, checkpoint shape, model shape) from detectron2's skip/shape warnings and PyTorch <= 0.3."""
     found = [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
              for m in _D2_SKIP.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
               for m in _OLD_COPY.finditer(text)]
+    found += [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
+              for m in _D2_C2.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]
 
 

@@ -60,11 +60,16 @@ def _grouped(keys: list[str]) -> list[str]:
             for h, v in groups.items()]
 
 
-def detectron2(missing: list[str], unexpected: list[str], mismatched: list) -> str:
-    """fvcore's ``Checkpointer``: skipped shapes, then missing and unused keys, grouped by module."""
+def detectron2(missing: list[str], unexpected: list[str], mismatched: list, old: bool = False) -> str:
+    """fvcore's ``Checkpointer``: skipped shapes, then missing and unused keys, grouped by module.
+
+    ``old``: the wording of fvcore before 2020 ("Unable to load ... in the model!").
+    """
     if unexpected and all(k.startswith("module.") for k in unexpected) and not mismatched:
         return ""  # fvcore strips a leading "module." itself: this checkpoint would load
-    lines = [f"Skip loading parameter '{k}' to the model due to incompatible shapes: {c} in the "
+    lines = [f"Unable to load '{k}' to the model due to incompatible shapes: {c} in the checkpoint "
+             f"but {m} in the model!" if old else
+             f"Skip loading parameter '{k}' to the model due to incompatible shapes: {c} in the "
              f"checkpoint but {m} in the model! You might want to double check if this is expected."
              for k, c, m in mismatched]
     missing = missing + [k for k, _, _ in mismatched]  # skipped tensors stay uninitialised
@@ -84,8 +89,9 @@ def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool
     if not any(lists):
         return
     yield "pytorch03", pytorch03(*lists), False  # one key or one shape: the relation is not shown
-    for name, fmt in (("mmcv", mmcv), ("detectron2", detectron2)):
-        if text := fmt(*lists):
+    for name, text in (("mmcv", mmcv(*lists)), ("detectron2", detectron2(*lists)),
+                       ("detectron2_2019", detectron2(*lists, old=True) if lists[2] else "")):
+        if text:
             yield name, text, True
 
 
