@@ -87,6 +87,14 @@ def test_no_error_in_text() -> None:
     ("Skip loading parameter 'roi_heads.box_predictor.cls_score.weight' to the model due to incompatible "
      "shapes: (81, 1024) in the checkpoint but (11, 1024) in the model! You might want to double check",
      (), (), (("roi_heads.box_predictor.cls_score.weight", (81, 1024), (11, 1024)),)),
+    # fvcore before 2020, and detectron2's Caffe2 weight conversion
+    ("Unable to load 'roi_heads.box_predictor.cls_score.bias' to the model due to incompatible shapes: "
+     "(81,) in the checkpoint but (18,) in the model!",
+     (), (), (("roi_heads.box_predictor.cls_score.bias", (81,), (18,)),)),
+    ("WARNING [09/30 17:22:31 d2.checkpoint.c2_model_loading]: Shape of roi_heads.box_predictor.bbox_pred"
+     ".bias in checkpoint is torch.Size([8]), while shape of roi_heads.box_predictor.bbox_pred.bias in "
+     "model is torch.Size([320]).",
+     (), (), (("roi_heads.box_predictor.bbox_pred.bias", (8,), (320,)),)),
     # PyTorch <= 0.3 names the model's shape first
     ("While copying the parameter named fc.weight, whose dimensions in the model are "
      "torch.Size([10, 512]) and whose dimensions in the checkpoint are torch.Size([1000, 512]).",

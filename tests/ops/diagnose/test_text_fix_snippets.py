@@ -61,9 +61,24 @@ def _new_head(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return Net(classes=4), {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
+class Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = Net()
+        del self.backbone.head
+        self.neck = nn.Linear(8, 8)
+        self.bbox_head = nn.Linear(8, 4)
+
+
+def _backbone_file(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = _seeded().state_dict()  # a classification network's file, passed to the detector
+    torch.save(sd, path)
+    return Detector(), {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("head.")}
+
+
 CASES: dict[str, Callable[[Path], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "prefix_added": _prefix_added, "prefix_missing": _prefix_missing,
-    "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head,
+    "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head, "wrong_model": _backbone_file,
 }
 
 
