@@ -314,6 +314,11 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
     if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
+    # A named prefix (backbone., model.) seen on part of the keys: the whole model's file with a
+    # prefix, or one part's file (a backbone) in a bigger model; the hidden keys decide.
+    named = [s for s in str(f.facts.get("prefix", "")).split(".") if s and s not in WRAPPER_SEGMENTS]
+    if ev.truncated and f.label in ("prefix_added", "prefix_missing") and named and f.confidence >= 0.8:
+        return replace(f, confidence=0.75)
     return f
 
 

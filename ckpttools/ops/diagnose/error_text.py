@@ -14,7 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    prose_keys)
+    prose_keys, prose_mismatches)
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -254,7 +254,9 @@ def parse_error_text(text: str) -> ParsedError:
             lists["missing"], truncated, formats = keys, True, ["headless"]
         else:
             lists = {k: v for k, v in prose_keys(text).items()}
-            formats = ["prose"] if any(lists.values()) else []
+            mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text)]
+            formats = ["prose"] if any(lists.values()) or mismatched else []
+            truncated = bool(formats)  # a sentence names example keys, not the whole lists
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))

@@ -50,6 +50,10 @@ _MISSING_WORDS = re.compile(r"missing|not\s+found|not\s+in\s+the\s+checkpoint|ne
 _UNEXPECTED_WORDS = re.compile(r"unexpected|not\s+used|extra|unused|not\s+in\s+(?:the\s+)?model"
                                r"|ignored", re.I)
 _LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained", re.I)
+_CKPT_WORDS = frozenset({"checkpoint", "pretrained", "saved", "file", "ckpt", "weights"})
+_MODEL_WORDS = frozenset({"model", "current", "network", "net"})
+_PROSE_SIDE = re.compile(r"\b(checkpoint|pretrained|saved|file|ckpt|weights|model|current|network|net)\b",
+                         re.I)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -142,4 +146,56 @@ def prose_keys(text: str) -> dict[str, list[str]]:
             out["missing"] += keys
         elif unexp and not miss:
             out["unexpected"] += keys
+        elif miss and unexp:  # "missing keys like `a` and unexpected ones like `b`"
+            for kind, key in _sided(sentence):
+                out[kind].append(key)
+    return out
+
+
+def _sided(sentence: str) -> list[tuple[str, str]]:
+    """Each dotted key with its side word: the one before it when the sentence names the side
+    first ("missing keys like `a`"), the one after it when the keys lead ("`a` is missing")."""
+    words = sorted([(m.start(), "missing") for m in _MISSING_WORDS.finditer(sentence)]
+                   + [(m.start(), "unexpected") for m in _UNEXPECTED_WORDS.finditer(sentence)])
+    keys = [m for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+    side_first = words[0][0] < keys[0].start()
+    out = []
+    for m in keys:
+        before = [kind for pos, kind in words if pos < m.start()]
+        after = [kind for pos, kind in words if pos > m.end()]
+        near = (before[-1:] or after[:1]) if side_first else (after[:1] or before[-1:])
+        out.append((near[0], m.group(1)))
+    return out
+
+
+def _side_distance(sentence: str, sizes: list[re.Match[str]], i: int, words: frozenset[str]) -> int:
+    """How far size ``i`` is from the nearest of ``words``, not reaching past the other size."""
+    lo = sizes[0].end() if i == 1 else 0
+    hi = sizes[1].start() if i == 0 else len(sentence)
+    here = sizes[i]
+    found = [min(abs(w.end() - here.start()), abs(w.start() - here.end()))
+             for w in _PROSE_SIDE.finditer(sentence, lo, hi) if w.group(1).lower() in words]
+    return min(found, default=10_000)
+
+
+def prose_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """A size mismatch told in a sentence: a key, then the checkpoint's and the model's sizes.
+
+    "size mismatch for fc.weight: the checkpoint has torch.Size([1000, 512]) and my model
+    torch.Size([10, 512])": each size is the checkpoint's or the model's by the word before it.
+    """
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n", text):
+        if "copying a param" in sentence or len(sizes := list(re.finditer(_SIZE, sentence))) != 2:
+            continue
+        key = re.search(r"(?:mismatch(?:es)?\s+(?:for|in|of)|for|of)\s+[\"'`]?(" + _KEY + r")", sentence)
+        if key is None or not _DOTTED.match(key.group(1).rstrip(":.,")):
+            continue
+        # The reading that puts each side's word nearest to its size (sentences say it both ways).
+        d = [[_side_distance(sentence, sizes, i, w) for w in (_CKPT_WORDS, _MODEL_WORDS)] for i in range(2)]
+        ckpt_first, model_first = d[0][0] + d[1][1], d[0][1] + d[1][0]
+        if min(ckpt_first, model_first) >= 10_000 or ckpt_first == model_first:
+            continue
+        ckpt, model = sizes if ckpt_first < model_first else sizes[::-1]
+        out.append((key.group(1).rstrip(":.,"), _shape(ckpt.group(1)), _shape(model.group(1))))
     return out

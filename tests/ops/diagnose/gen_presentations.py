@@ -1,4 +1,5 @@
-"""The same load failure as other loaders print it: PyTorch <= 0.3, mmcv/mmengine, detectron2/fvcore.
+"""The same load failure as other loaders print it (PyTorch <= 0.3, mmcv/mmengine, detectron2/fvcore,
+transformers 4.x) or as a reporter tells it in a sentence.
 
 Each function takes the real model and the real state passed to it, computes the key lists the
 way that loader does (missing, unexpected, shapes that differ) and formats them with that
@@ -81,6 +82,26 @@ def detectron2(missing: list[str], unexpected: list[str], mismatched: list, old:
     return "\n".join(lines)
 
 
+def prose(missing: list[str], unexpected: list[str], mismatched: list, keys_first: bool = False) -> str:
+    """The failure told in a sentence with two example keys per side, as people write it."""
+    m, u = ", ".join(f"`{k}`" for k in missing[:2]), ", ".join(f"`{k}`" for k in unexpected[:2])
+    out = []
+    if missing and unexpected:
+        out.append(f"When I load the checkpoint, keys like {m} are missing and keys like {u} are "
+                   "unexpected." if keys_first else
+                   f"When I load the checkpoint I get missing keys like {m} and unexpected keys like {u}.")
+    elif missing or unexpected:
+        out.append(f"Loading the weights says these keys are {'missing' if missing else 'unexpected'}: "
+                   f"{m or u}.")
+    if mismatched:
+        k, c, s = mismatched[0]
+        out.append(f"It also says size mismatch for {k}: my model has {_size(s)} but the checkpoint "
+                   f"has {_size(c)}." if keys_first else
+                   f"It also says size mismatch for {k}: the checkpoint has {_size(c)} and the model "
+                   f"{_size(s)}.")
+    return " ".join(out)
+
+
 def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool]]:
     """(name, text, decidable) for each loader format that can show this failure."""
     if not isinstance(state, dict) or any(isinstance(v, dict) for v in state.values()):
@@ -89,6 +110,8 @@ def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool
     if not any(lists):
         return
     yield "pytorch03", pytorch03(*lists), False  # one key or one shape: the relation is not shown
+    yield "prose", prose(*lists), False  # two keys per side: examples, not the relation
+    yield "prose_keys_first", prose(*lists, keys_first=True), False
     for name, text in (("mmcv", mmcv(*lists)), ("detectron2", detectron2(*lists)),
                        ("detectron2_2019", detectron2(*lists, old=True) if lists[2] else "")):
         if text:
