@@ -106,6 +106,16 @@ def test_no_error_in_text() -> None:
      ("layers.1.attn.q_proj.weight", "layers.1.attn.k_proj.weight", "layers.1.attn.v_proj.weight"), (), ()),
     ("When I load the checkpoint, the keys `encoder.norm.weight` and `encoder.norm.bias` are missing.",
      ("encoder.norm.weight", "encoder.norm.bias"), (), ()),
+    # both sides in one sentence, side named first or keys first
+    ("When I load the checkpoint I get missing keys like `conv1.weight`, `bn1.bias` and unexpected keys "
+     "like `module.conv1.weight`.", ("conv1.weight", "bn1.bias"), ("module.conv1.weight",), ()),
+    ("Loading the weights, `conv1.weight` is missing and `module.conv1.weight`, `module.bn1.bias` are "
+     "unexpected.", ("conv1.weight",), ("module.conv1.weight", "module.bn1.bias"), ()),
+    # a size mismatch in words, either order
+    ("It says size mismatch for fc.weight: the checkpoint has torch.Size([1000, 512]) and my model "
+     "torch.Size([10, 512])", (), (), (("fc.weight", (1000, 512), (10, 512)),)),
+    ("size mismatch for `fc.weight`: torch.Size([10, 512]) in the model but torch.Size([1000, 512]) in "
+     "the checkpoint", (), (), (("fc.weight", (1000, 512), (10, 512)),)),
 ])
 def test_other_loaders_and_prose(text: str, missing: tuple[str, ...], unexpected: tuple[str, ...],
                                  mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]) -> None:
