@@ -136,7 +136,10 @@ def sharded_tensors(ev: Evidence) -> Finding | None:
 
 
 def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
-    """``blocks.{4..7}.*`` -> ``("blocks", 4, 7)``: keys all in layers from N >= 1 on."""
+    """``blocks.{4..7}.*`` -> ``("blocks", 4, 7)``: keys all in layers from N >= 1 on.
+
+    Over several stages (``layer1.2``, ``layer3.5``) the group reads ``layer{1..4}``.
+    """
     groups: set[str] = set()
     numbers: list[int] = []
     for key in keys:
@@ -148,8 +151,16 @@ def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
             return None
         groups.add(".".join(parts[:i]))
         numbers.append(int(parts[i]))
-    if not numbers or len(groups) > 2 or min(numbers) < 1:
+    # Stages of one network (layer1..layer4, stages.0.blocks..stages.3.blocks) count as one
+    # group: a deeper variant adds blocks to every stage (resnet18 -> resnet34).
+    kinds = {re.sub(r"\d+", "#", g) for g in groups}
+    if not numbers or len(kinds) > 2 or min(numbers) < 1:
         return None
+    if len(groups) > 2:
+        stage = re.compile(re.escape(min(kinds)).replace("\\#", r"(\d+)"))
+        ids = sorted(int(m.group(1)) for g in groups if (m := stage.fullmatch(g)))
+        name = min(kinds).replace("#", f"{{{ids[0]}..{ids[-1]}}}", 1) if ids else sorted(groups)[0]
+        return name, min(numbers), max(numbers)
     return sorted(groups)[0], min(numbers), max(numbers)
 
 

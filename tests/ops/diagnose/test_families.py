@@ -79,3 +79,18 @@ def test_pytorch03_first_key_only_is_a_candidate_not_a_verdict() -> None:
     assert text.startswith("KeyError: 'unexpected key \"module.")
     causes = diagnose_text(text).causes
     assert causes[0].label == "prefix_added" and causes[0].confidence < 0.8  # one key shown
+
+
+class Staged(nn.Module):
+    """ResNet-style stages ``layer1..layer3`` of ``depth`` blocks each."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        for i in (1, 2, 3):
+            self.add_module(f"layer{i}", nn.Sequential(*[nn.Linear(4, 4) for _ in range(depth)]))
+
+
+def test_another_depth_in_every_stage() -> None:
+    cause = diagnose_text(load_error(Staged(3), Staged(2).state_dict())).causes[0]
+    assert (cause.label, cause.evidence["facts"]["kind"]) == ("architecture_variant", "depth")
+    assert "layer{1..3}.2" in cause.summary

@@ -24,9 +24,8 @@ def test_timm_cases_are_never_confidently_wrong() -> None:
     assert every.confident_precision >= 0.95
 
 
-# Found after the frozen set was scored, so no rule was changed for it (docs/diagnose.md): another
-# depth across four stages (resnet18 -> resnet34: layer1.2, layer2.2, ...) is read as a code change.
-@pytest.mark.xfail(strict=True, reason="another depth over more than two stages is not recognised yet")
+# Another depth across four stages (resnet18 -> resnet34: layer1.2, layer2.2, ...) is read as one
+# deeper variant since #16 (it was a strict xfail before).
 def test_timm_cases_top1() -> None:
     decidable, _ = _scores()
     assert decidable.top1 >= 0.9, [(a.case.name, a.label) for a in decidable.misses]
