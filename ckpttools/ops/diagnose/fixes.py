@@ -169,6 +169,15 @@ def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    if k := f.facts.get("factor"):
+        holder = "the model" if f.facts["side"] == "model" else "the checkpoint"
+        what = (f"{holder} holds 1/{k} of each tensor on one axis: a tensor-parallel shard (one rank's "
+                f"file, or a model built for {k}-way parallelism); merge the {k} ranks' shards on that "
+                f"axis, or load with the parallel size the file was saved with")
+        code = ("# merge the ranks' files: for each key, torch.cat([sd_rank0[k], sd_rank1[k], ...], dim=AXIS)\n"
+                "# (the axis that differs in the message; replicated tensors such as norms are equal)\n"
+                "model.load_state_dict(merged_sd)")
+        return what, code, []
     on_model = f.facts["side"] == "model"
     what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
             "before partitioning, or through the engine" if on_model else

@@ -73,16 +73,28 @@ def _count_axis(m: ShapeMismatch) -> bool:
     return n == 1 or (axis < n - 1 and not (axis == 1 and m.key.endswith("weight")))
 
 
-def _shard_factor(mm: list[ShapeMismatch]) -> int | None:
-    """The factor k when every model tensor is the checkpoint's cut into k pieces on one axis."""
+def _shard_factor(mm: list[ShapeMismatch]) -> tuple[int, str] | None:
+    """``(k, side)`` when every tensor differs on one axis by the same factor k; ``side`` (model
+    or checkpoint) holds the 1/k piece."""
     factors = set()
     for m in mm:
         axis = _one_axis(m)
-        if axis is None or m.checkpoint_shape[axis] % m.model_shape[axis]:
+        if axis is None:
             return None
-        factors.add(m.checkpoint_shape[axis] // m.model_shape[axis])
-    k = factors.pop() if len(factors) == 1 else 0
-    return k if k in (2, 4, 8, 16, 32, 64) else None
+        c, s = m.checkpoint_shape[axis], m.model_shape[axis]
+        if min(c, s) == 0 or max(c, s) % min(c, s):
+            return None
+        factors.add((max(c, s) // min(c, s), "model" if s < c else "checkpoint"))
+    k, side = factors.pop() if len(factors) == 1 else (0, "")
+    return (k, side) if k in (2, 4, 8, 16, 32, 64) else None
+
+
+def _tensor_parallel(mm: list[ShapeMismatch]) -> bool:
+    """Megatron-style tensor parallelism: matrices cut on their output axis (column-parallel) and
+    others on their input axis (row-parallel), all by the same factor. A width change cuts inner
+    matrices on both axes, a new head or fewer key/value heads on one axis only."""
+    axes = {_one_axis(m) for m in mm if len(m.model_shape) == 2}
+    return _shard_factor(mm) is not None and {0, 1} <= axes
 
 
 def _count_change(ev: Evidence) -> list[ShapeMismatch]:
@@ -117,7 +129,7 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     # A weight and its bias changing together on the output axis is a classifier's signature.
     pair = any(len(m.model_shape) >= 2 for m in mm) and any(len(m.model_shape) == 1 for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
-    if not headish and _shard_factor(mm) is not None:
+    if not headish and (_shard_factor(mm) or (0, ""))[1] == "model":
         conf = 0.5  # the model's tensors are the checkpoint's cut in k: sharding competes
     return Finding("head_size_mismatch", conf, frozenset(m.key for m in mm),
                    {"keys": [m.key for m in mm], "checkpoint_size": sizes[0], "model_size": sizes[1],
@@ -125,14 +137,18 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
 
 
 def sharded_tensors(ev: Evidence) -> Finding | None:
-    """The model holds 1/k of every checkpoint tensor on one axis: a tensor-parallel shard."""
+    """One side holds 1/k of every other-side tensor on one axis: a tensor-parallel shard."""
     mm = _real(ev)
-    k = _shard_factor(mm) if mm and len(mm) == len(ev.mismatched) else None
-    if k is None or any(_HEAD.search(m.key) for m in mm):
+    shard = _shard_factor(mm) if mm and len(mm) == len(ev.mismatched) else None
+    if shard is None:
         return None
-    return Finding("partitioned_checkpoint", 0.6, frozenset(m.key for m in mm),
-                   {"examples": [m.key for m in mm[:3]], "count": len(mm), "side": "model",
-                    "factor": k})
+    tp, (k, side) = _tensor_parallel(mm), shard
+    if not tp and (side != "model" or any(_HEAD.search(m.key) for m in mm)):
+        return None  # a head with k times (or 1/k) the classes reads the same
+
+    return Finding("partitioned_checkpoint", 0.82 if tp else 0.6, frozenset(m.key for m in mm),
+                   {"examples": [m.key for m in mm[:3]], "count": len(mm), "side": side,
+                    "factor": k, "tensor_parallel": tp})
 
 
 def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
@@ -193,6 +209,10 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
         return None  # another kind of layer at this path (indices moved), not another width
     ratio, consistent = _width(mm)
+    # A tensor-parallel pattern, or the input layer alone (its rows): a shard reads the same.
+    if _tensor_parallel(mm) or all(_input_layer(m, mm) for m in mm):
+        return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
+                       "examples": [m.key for m in mm[:3]], "ratio": ratio, "consistent": False})
     return Finding("architecture_variant", 0.8 + (0.05 if consistent else 0.0), keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
                     "ratio": ratio, "consistent": consistent})

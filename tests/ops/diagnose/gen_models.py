@@ -143,6 +143,22 @@ def dynamic_quantized(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+def tensor_parallel_shard(model: nn.Module, ways: int = 2) -> dict[str, torch.Tensor]:
+    """Rank 0's file of Megatron-style tensor parallelism: Linear layers alternate between
+    column-parallel (weight and bias cut on the output axis) and row-parallel (weight cut on the
+    input axis, bias replicated); everything else is replicated."""
+    out = dict(model.state_dict())
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for i, (name, layer) in enumerate(linears):
+        axis = i % 2
+        if layer.weight.shape[axis] % ways:
+            continue
+        out[f"{name}.weight"] = layer.weight.detach().chunk(ways, axis)[0].clone()
+        if layer.bias is not None and axis == 0:
+            out[f"{name}.bias"] = layer.bias.detach().chunk(ways)[0].clone()
+    return out
+
+
 class Conv1D(nn.Module):
     """GPT-2's ``Conv1D``: an ``nn.Linear`` whose weight is stored (in, out)."""
 

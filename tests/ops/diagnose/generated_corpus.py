@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from tests.ops.diagnose.gen_models import (
-    ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, to_conv1d)
+    ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, tensor_parallel_shard,
+    to_conv1d)
 from tests.ops.diagnose.gen_presentations import other_loaders
 
 Pair = tuple[nn.Module, Any]  # (the model loaded into, what was passed to load_state_dict)
@@ -106,6 +107,13 @@ def _spectral(arch: Arch) -> Pair | None:
     return arch.make(), _sd(src)
 
 
+def _tensor_parallel(arch: Arch) -> Pair | None:
+    # only where several Linear layers are cut: a lone classifier cut in two reads as fewer classes
+    if arch.name not in ("mlp", "tinylm", "encoder"):
+        return None
+    return arch.make(), tensor_parallel_shard(arch.make())
+
+
 def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
     """name -> (label, make (model, state)) for one architecture; ``None`` when it does not apply."""
     m = arch.make
@@ -144,6 +152,7 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "thop_profiled": ("profiler_buffers", lambda: (add_profiler_buffers(m()), _sd(m()))),
         "backbone_into_detector": ("wrong_model", lambda: (Detector(m(), arch.head), _sd(m()))),
         "dynamic_quantized": ("adapter_or_quantization", lambda: (m(), _sd(dynamic_quantized(m())))),
+        "tensor_parallel_rank0": ("partitioned_checkpoint", partial(_tensor_parallel, arch)),
     }
 
 

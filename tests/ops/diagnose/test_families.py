@@ -94,3 +94,25 @@ def test_another_depth_in_every_stage() -> None:
     cause = diagnose_text(load_error(Staged(3), Staged(2).state_dict())).causes[0]
     assert (cause.label, cause.evidence["facts"]["kind"]) == ("architecture_variant", "depth")
     assert "layer{1..3}.2" in cause.summary
+
+
+@pytest.mark.parametrize("name", ["mlp", "tinylm", "encoder"])
+def test_tensor_parallel_rank_file(name: str) -> None:
+    from tests.ops.diagnose.gen_models import tensor_parallel_shard
+
+    arch = _ARCH[name]
+    cause = diagnose_text(load_error(arch.make(), tensor_parallel_shard(arch.make()))).causes[0]
+    assert (cause.label, cause.evidence["facts"]["factor"]) == ("partitioned_checkpoint", 2)
+    assert cause.confidence >= 0.8 and "tensor-parallel" in cause.summary
+
+
+def test_fewer_key_value_heads_is_not_a_shard() -> None:
+    # only k/v projections cut on their output axis (grouped-query attention): one axis, no shard
+    class Attn(nn.Module):
+        def __init__(self, kv: int) -> None:
+            super().__init__()
+            self.q_proj, self.o_proj = nn.Linear(16, 16), nn.Linear(16, 16)
+            self.k_proj, self.v_proj = nn.Linear(16, kv), nn.Linear(16, kv)
+
+    causes = diagnose_text(load_error(Attn(16), Attn(4).state_dict())).causes
+    assert causes[0].label != "partitioned_checkpoint" or causes[0].confidence < 0.8
