@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA = Path(__file__).parents[2] / "data" / "diagnose"
-REAL, HELDOUT, FROZEN = DATA / "real", DATA / "heldout", DATA / "frozen"
+REAL, HELDOUT, FROZEN, FROZEN2 = DATA / "real", DATA / "heldout", DATA / "frozen", DATA / "frozen2"
 DECIDED = 0.8
 
 
