@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ckpttools.entries import GlobalRef, RawSource
 from ckpttools.errors import CorruptCheckpointError
+from ckpttools.formats import fileio
 from ckpttools.formats import zip_records as zr
 from ckpttools.formats.base import Format
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder
@@ -47,7 +48,7 @@ class TorchZipReader(PickledReader):
         self._map: mmap.mmap | None = None
         self._offsets: dict[str, int] = {}
         self._all_globals: tuple[GlobalRef, ...] | None = None
-        self._file: BinaryIO = open(self.path, "rb")
+        self._file: BinaryIO = fileio.open_binary(self.path)
         try:
             self._size = zr.file_size(self._file)
             self._records = zr.cached_directory(self._file)  # detection read it already
@@ -191,6 +192,9 @@ class TorchZipReader(PickledReader):
         self._check_span(ph, record.file_size, record.name)
         if record.method != zipfile.ZIP_STORED:
             return tensor_from_bytes(self._read(record.name), 0, record.file_size, ph).clone()
+        if fileio.is_remote_file(self._file):
+            self._file.seek(start)  # a URL: the record's bytes by one ranged request
+            return tensor_from_bytes(bytearray(self._file.read(record.file_size)), 0, record.file_size, ph)
         if self._map is None:
             # a private copy-on-write map: tensors are writable, the file never changes
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)

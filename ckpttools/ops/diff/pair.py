@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckpttools.formats import fileio
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.units import plural
@@ -185,7 +186,7 @@ class _Stats:
 def _raw_chunks(a: RawSource, b: RawSource, dtype_a: str, dtype_b: str
                 ) -> Iterator[tuple[bytes, bytes]]:
     step = CHUNK_BYTES - CHUNK_BYTES % math.lcm(ITEMSIZE[dtype_a], 16)
-    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+    with fileio.open_binary(a.path) as fa, fileio.open_binary(b.path) as fb:
         fa.seek(a.offset)
         fb.seek(b.offset)
         done = 0
