@@ -468,6 +468,8 @@ class RemoteBytes:
     """A read-only ``bytes``-like view of a URL (``len``, indexing, slicing, bounded ``find``)
     for code written against an mmap: only the blocks it touches are fetched."""
 
+    remote = True  # scanners read pickles only, not a block per record
+
     def __init__(self, url: str) -> None:
         self._blob = blob(url)
         self._size = self._blob.size
