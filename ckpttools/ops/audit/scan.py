@@ -147,6 +147,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
     out: list[str] = []
     for raw in paths:
         path = os.fspath(raw)
+        if path.endswith(".index.json") and not folders_whole:
+            out.extend(_index_shards(path))
+            continue
         if fileio.is_url(path):
             out.extend(_url_files(path, folders_whole))
             continue
@@ -169,6 +172,17 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
             out.extend(expand_paths(matches, folders_whole=folders_whole))
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def _index_shards(index: str) -> list[str]:
+    """The shard files a sharded set's index names: those are what a loader unpickles."""
+    from ckpttools.formats.safetensors_sharded import read_index
+
+    check_readable(index)
+    folder = fileio.dirname(index)
+    names = sorted(set(read_index(index)[0].values()))
+    # a name reaching outside the index's folder is the reader's error to report, not a file to read
+    return [fileio.join(folder, n) for n in names if not (os.path.isabs(n) or ".." in n.split("/"))]
 
 
 def _url_files(url: str, folders_whole: bool) -> list[str]:
