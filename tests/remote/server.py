@@ -123,7 +123,7 @@ class FileServer(ThreadingHTTPServer):
         self.behaviour = Behaviour()
         self.log = Log()
         self.lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base(self) -> str:
