@@ -3,7 +3,8 @@
 ``http(s)://`` goes through fsspec's ``HTTPFileSystem`` session (aiohttp), ``hf://ORG/REPO[@REV]/PATH``
 is resolved with ``huggingface_hub`` (``HF_ENDPOINT``, the token from ``HF_TOKEN`` or the login,
 the local cache for a commit revision) to its ``/resolve/`` URL, and ``s3://BUCKET/KEY`` goes
-through ``s3fs`` (endpoint and credentials from the usual AWS settings).
+through ``s3fs`` (endpoint and credentials from the usual AWS settings); ``remote_sources.py``
+holds those.
 
 A URL opens as ``RemoteFile``: reads are served from aligned blocks fetched by one ranged GET per
 contiguous run of missing blocks (plus one block read ahead), so listing a torch zip is its head,
@@ -13,266 +14,24 @@ ranges concurrently for commands that need values.
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import io
 import os
 import posixpath
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError,
-                              UnsupportedError)
+from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckpttools.formats import remote_sources as src
+from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, cached_path, parse_hf
+
+__all__ = ["COUNTERS", "SETTINGS", "RemoteBytes", "RemoteFile", "cached_path", "clear", "fetch_ranges",
+           "open_url", "parse_hf", "prefetch"]
 
 BLOCK = 128 * 1024
 DIRECT = 4 * 2**20  # reads at least this long (tensor data) are fetched as they are, uncached
 CACHE_LIMIT = 64 * 2**20  # block cache per file
-PARALLEL = 4  # ranges in flight at once
-INSTALL = "pip install 'ckpttools[remote]'"
-_HF_URL = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass
-class Settings:
-    """Process-wide settings the CLI sets from its options."""
-
-    timeout: float = 60.0
-
-
-@dataclass
-class Counters:
-    """Requests sent and body bytes received since the last ``reset``."""
-
-    requests: int = 0
-    bytes: int = 0
-
-    def reset(self) -> None:
-        self.requests = self.bytes = 0
-
-
-SETTINGS = Settings()
-COUNTERS = Counters()
-
-
-def _require(url: str, *modules: str) -> list[Any]:
-    try:
-        return [importlib.import_module(m) for m in modules]
-    except ImportError as e:
-        raise UnsupportedError(f"{url}: reading URLs needs the remote extra ({e.name} is missing); "
-                               f"{INSTALL}") from e
-
-
-# ---- where a URL's bytes come from ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HfFile:
-    """A file of a Hugging Face repository."""
-
-    repo: str
-    revision: str
-    filename: str
-
-
-def parse_hf(url: str) -> HfFile:
-    """Split ``hf://ORG/REPO[@REV]/PATH``.
-
-    Raises:
-        UnsupportedError: the URL does not have that shape.
-    """
-    m = _HF_URL.fullmatch(url)
-    if m is None:
-        raise UnsupportedError(f"{url}: not an hf:// URL of the form hf://ORG/REPO[@REVISION]/PATH; "
-                               "name the file, e.g. hf://org/model/model.safetensors")
-    return HfFile(m["repo"], m["rev"] or "main", m["file"])
-
-
-def cached_path(url: str) -> str | None:
-    """The local copy of an ``hf://`` file in the Hugging Face cache, when its revision is a
-    commit hash (a branch may have moved since) or ``HF_HUB_OFFLINE`` is set; else None."""
-    if not url.startswith("hf://"):
-        return None
-    ref = parse_hf(url)
-    if not (_COMMIT.fullmatch(ref.revision) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true")):
-        return None
-    (hub,) = _require(url, "huggingface_hub")
-    found = hub.try_to_load_from_cache(ref.repo, ref.filename, revision=ref.revision,
-                                       cache_dir=os.environ.get("HF_HUB_CACHE") or None)
-    return found if isinstance(found, str) and os.path.isfile(found) else None
-
-
-def _http_target(url: str) -> tuple[str, dict[str, str]]:
-    """The HTTP URL and headers that fetch ``url`` (hf:// resolved as huggingface_hub does)."""
-    if not url.startswith("hf://"):
-        token = os.environ.get("CKPTTOOLS_HTTP_TOKEN")
-        return url, ({"Authorization": f"Bearer {token}"} if token else {})
-    ref = parse_hf(url)
-    (hub,) = _require(url, "huggingface_hub")
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    http = hub.hf_hub_url(ref.repo, ref.filename, revision=ref.revision, endpoint=endpoint)
-    token = hub.get_token()
-    return http, ({"Authorization": f"Bearer {token}"} if token else {})
-
-
-def _auth_hint(url: str) -> str:
-    if url.startswith("hf://"):
-        return "set HF_TOKEN or run `hf auth login` with a token that can read the repository"
-    if url.startswith("s3://"):
-        return "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for the bucket"
-    return "set CKPTTOOLS_HTTP_TOKEN (sent as a Bearer token) or put user:password in the URL"
-
-
-def _status_error(url: str, status: int) -> Exception | None:
-    if status == 404:
-        return CheckpointNotFoundError(f"{url}: not found (HTTP 404); check the URL, repository and revision")
-    if status in (401, 403):
-        return UnreadableCheckpointError(f"{url}: access denied (HTTP {status}); {_auth_hint(url)}")
-    if status >= 400:
-        return UnreadableCheckpointError(f"{url}: the server answered HTTP {status}; retry later "
-                                         "or check the URL")
-    return None
-
-
-def _timeout_error(url: str) -> Exception:
-    return UnreadableCheckpointError(f"{url}: no answer within {SETTINGS.timeout:g} s; check the "
-                                     "server or raise --timeout")
-
-
-def _truncated(url: str, got: int | None = None, want: int | None = None) -> Exception:
-    where = f" after {got} of {want} bytes" if got is not None else " early"
-    return UnreadableCheckpointError(f"{url}: the response ended{where} (truncated transfer); "
-                                     "retry, or check the server")
-
-
-def _no_range(url: str) -> Exception:
-    return UnsupportedError(f"{url}: the server ignores Range requests (it sent the whole file); "
-                            "download the file and pass the local path")
-
-
-class _Http:
-    """Ranged GETs over fsspec's HTTP session (aiohttp), several in flight."""
-
-    def __init__(self, url: str) -> None:
-        fsspec_http, aiohttp = _require(url, "fsspec.implementations.http", "aiohttp")
-        self.url = url
-        self.http, self.headers = _http_target(url)
-        t = SETTINGS.timeout
-        self._aiohttp = aiohttp
-        self._fs = fsspec_http.HTTPFileSystem(
-            client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)})
-        self.size = -1
-
-    async def _get(self, start: int, end: int, probe: bool = False) -> bytes:
-        session = await self._fs.set_session()
-        headers = {**self.headers, "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        COUNTERS.requests += 1
-        async with session.get(self.http, headers=headers) as r:
-            err = _status_error(self.url, r.status)
-            if err is not None:
-                raise err
-            if probe:
-                self.size = _total_size(r)
-                end = min(end, self.size)
-            if r.status != 206 and (start > 0 or end < self.size):
-                raise _no_range(self.url)
-            data = await r.content.read(end - start) if r.status != 206 else await r.read()
-            COUNTERS.bytes += len(data)
-        if len(data) != end - start:
-            raise _truncated(self.url, len(data), end - start)
-        return data
-
-    def run(self, coro: Any) -> Any:
-        from fsspec.asyn import sync
-
-        try:
-            return sync(self._fs.loop, lambda: coro)
-        except (asyncio.TimeoutError, TimeoutError) as e:
-            raise _timeout_error(self.url) from e
-        except self._aiohttp.ClientPayloadError as e:
-            raise _truncated(self.url) from e
-        except self._aiohttp.ClientError as e:
-            raise UnreadableCheckpointError(f"{self.url}: cannot fetch ({e}); check the URL and "
-                                            "the network") from e
-
-    def probe(self, n: int) -> bytes:
-        """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""
-        return self.run(self._get(0, n, probe=True))
-
-    def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        async def many() -> list[bytes]:
-            gate = asyncio.Semaphore(PARALLEL)
-
-            async def one(start: int, end: int) -> bytes:
-                async with gate:
-                    return await self._get(start, end)
-
-            return list(await asyncio.gather(*(one(s, e) for s, e in ranges)))
-
-        return self.run(many())
-
-
-def _total_size(r: Any) -> int:
-    content_range = r.headers.get("Content-Range", "")
-    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-        return int(content_range.rsplit("/", 1)[1])
-    return int(r.headers.get("Content-Length", 0))
-
-
-class _S3:
-    """Ranges through s3fs (``cat_ranges`` runs them concurrently)."""
-
-    def __init__(self, url: str) -> None:
-        (s3fs,) = _require(url, "s3fs")
-        self.url = url
-        self.fs = _s3fs(s3fs)
-        self.path = url[len("s3://"):]
-        self.size = -1
-
-    def _map(self, e: Exception) -> Exception:
-        if isinstance(e, FileNotFoundError):
-            return CheckpointNotFoundError(f"{self.url}: no such object; check the bucket and key")
-        if isinstance(e, PermissionError):
-            return UnreadableCheckpointError(f"{self.url}: access denied; {_auth_hint(self.url)}")
-        if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-            return _timeout_error(self.url)
-        return UnreadableCheckpointError(f"{self.url}: cannot read ({e}); check the URL and credentials")
-
-    def probe(self, n: int) -> bytes:
-        try:
-            COUNTERS.requests += 1
-            self.size = int(self.fs.info(self.path)["size"])
-        except Exception as e:  # s3fs raises many kinds (botocore, aiohttp, OSError)
-            raise self._map(e) from e
-        return self.fetch([(0, min(n, self.size))])[0] if self.size else b""
-
-    def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        try:
-            COUNTERS.requests += len(ranges)
-            out = self.fs.cat_ranges([self.path] * len(ranges), [s for s, _ in ranges],
-                                     [e for _, e in ranges], on_error="raise")
-        except Exception as e:
-            raise self._map(e) from e
-        for (s, e), data in zip(ranges, out):
-            COUNTERS.bytes += len(data)
-            if len(data) != e - s:
-                raise _truncated(self.url, len(data), e - s)
-        return list(out)
-
-
-_S3_FS: dict[float, Any] = {}
-
-
-def _s3fs(s3fs: Any) -> Any:
-    t = SETTINGS.timeout
-    if t not in _S3_FS:
-        _S3_FS[t] = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
-                                      config_kwargs={"connect_timeout": t, "read_timeout": t,
-                                                     "retries": {"max_attempts": 1}})
-    return _S3_FS[t]
+PARALLEL = src.PARALLEL
 
 
 # ---- one remote file: size, blocks, reads --------------------------------------------------
@@ -283,7 +42,7 @@ class _Blob:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.source: Any = _S3(url) if url.startswith("s3://") else _Http(url)
+        self.source: Any = src.S3(url) if url.startswith("s3://") else src.Http(url)
         head = self.source.probe(2 * BLOCK)
         self.size: int = self.source.size
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
@@ -350,7 +109,7 @@ def _try_open(url: str) -> _Blob | None:
 def clear() -> None:
     """Forget every remote file's size and blocks (a test serving new bytes at an old URL)."""
     _BLOBS.clear()
-    _S3_FS.clear()
+    src.S3_FS.clear()
 
 
 class RemoteFile(io.RawIOBase):
@@ -426,18 +185,18 @@ def fetch_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
 def isdir(url: str) -> bool:
     if not url.startswith("s3://"):
         return False
-    (s3fs,) = _require(url, "s3fs")
+    (s3fs,) = src.require(url, "s3fs")
     try:
-        return bool(_s3fs(s3fs).isdir(url[5:]))
+        return bool(src.s3_filesystem(s3fs).isdir(url[5:]))
     except Exception as e:
-        raise _S3(url)._map(e) from e
+        raise src.S3(url).error(e) from e
 
 
 def listdir(url: str) -> list[str]:
     if not isdir(url):
         return []
-    (s3fs,) = _require(url, "s3fs")
-    return sorted(posixpath.basename(p.rstrip("/")) for p in _s3fs(s3fs).ls(url[5:], detail=False))
+    (s3fs,) = src.require(url, "s3fs")
+    return sorted(posixpath.basename(p.rstrip("/")) for p in src.s3_filesystem(s3fs).ls(url[5:], detail=False))
 
 
 def exists(url: str) -> bool:
