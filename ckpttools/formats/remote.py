@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = ["COUNTERS", "SETTINGS", "RemoteBytes", "RemoteFile", "cached_path", "
 BLOCK = 128 * 1024
 DIRECT = 4 * 2**20  # reads at least this long (tensor data) are fetched as they are, uncached
 CACHE_LIMIT = 64 * 2**20  # block cache per file
+PAGE = 4096  # a small read (a zip local header) with no cached block near it fetches 2 pages
 PARALLEL = src.PARALLEL
 
 
@@ -43,12 +45,33 @@ class _Blob:
     def __init__(self, url: str) -> None:
         self.url = url
         self.source: Any = src.S3(url) if url.startswith("s3://") else src.Http(url)
-        head = self.source.probe(2 * BLOCK)
+        try:
+            head = self.source.probe(2 * BLOCK)
+        except src.NoRangeError:
+            if not SETTINGS.whole_file_ok:
+                raise
+            warnings.warn(f"{url}: the server ignores Range requests; reading the whole file once",
+                          stacklevel=2)
+            self.source = src.Spill(url, self.source)
+            head = self.source.probe(2 * BLOCK)
         self.size: int = self.source.size
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
+        self.pages: OrderedDict[int, bytes] = OrderedDict()  # small reads far from any block
         for i in range(0, len(head), BLOCK):
             if len(head[i:i + BLOCK]) == BLOCK or i + BLOCK >= self.size:
                 self.blocks[i // BLOCK] = head[i:i + BLOCK]
+
+    def _page(self, start: int, end: int) -> bytes:
+        lo = start - start % PAGE
+        if lo not in self.pages or end > lo + len(self.pages[lo]):
+            self.pages[lo] = self.source.fetch([(lo, min(self.size, lo + 2 * PAGE))])[0]
+            while len(self.pages) > 4096:
+                self.pages.popitem(last=False)
+        return self.pages[lo][start - lo:end - lo]
+
+    def close(self) -> None:
+        """Drop a downloaded copy (a server without Range support); the rest is memory."""
+        getattr(self.source, "close", lambda: None)()
 
     def read(self, start: int, end: int) -> bytes:
         end = min(end, self.size)
@@ -58,6 +81,8 @@ class _Blob:
             return self.source.fetch([(start, end)])[0]
         first, last = start // BLOCK, (end - 1) // BLOCK
         missing = [b for b in range(first, last + 1) if b not in self.blocks]
+        if missing and end - start <= PAGE:  # a lone header: a page, not two blocks
+            return self._page(start, end)
         if missing:
             lo = missing[0] * BLOCK
             hi = min((missing[-1] + 2) * BLOCK, self.size)  # one block read ahead
@@ -80,7 +105,7 @@ def blob(url: str) -> _Blob:
     if url not in _BLOBS:
         _BLOBS[url] = _Blob(url)
         while len(_BLOBS) > 64:
-            _BLOBS.popitem(last=False)
+            _BLOBS.popitem(last=False)[1].close()
     _BLOBS.move_to_end(url)
     return _BLOBS[url]
 
@@ -108,6 +133,8 @@ def _try_open(url: str) -> _Blob | None:
 
 def clear() -> None:
     """Forget every remote file's size and blocks (a test serving new bytes at an old URL)."""
+    for b in _BLOBS.values():
+        b.close()
     _BLOBS.clear()
     src.S3_FS.clear()
 

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckpttools.errors import CheckpointNotFoundError, UnreadableCheckpointError, UnsupportedError
 
@@ -30,6 +30,9 @@ class Settings:
     """Process-wide settings the CLI sets from its options."""
 
     timeout: float = 60.0
+    # a command that reads the whole file anyway (convert) may stream it from a server
+    # without Range support into a temporary file instead of refusing
+    whole_file_ok: bool = False
 
 
 @dataclass
@@ -137,8 +140,12 @@ def _truncated(url: str, got: int | None = None, want: int | None = None) -> Exc
                                      "retry, or check the server")
 
 
+class NoRangeError(UnsupportedError):
+    """The server answers a ranged request with the whole file."""
+
+
 def _no_range(url: str) -> Exception:
-    return UnsupportedError(f"{url}: the server ignores Range requests (it sent the whole file); "
+    return NoRangeError(f"{url}: the server ignores Range requests (it sent the whole file); "
                             "download the file and pass the local path")
 
 
@@ -190,6 +197,28 @@ class Http:
     def probe(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""
         return self.run(self._get(0, n, probe=True))
+
+    def download(self, out: BinaryIO) -> int:
+        """Stream the whole file into ``out`` with one GET (a server without Range support)."""
+
+        async def whole() -> int:
+            session = await self._fs.set_session()
+            COUNTERS.requests += 1
+            async with session.get(self.http, headers={**self.headers, "Accept-Encoding": "identity"}) as r:
+                err = _status_error(self.url, r.status)
+                if err is not None:
+                    raise err
+                want = int(r.headers.get("Content-Length", -1))
+                got = 0
+                async for piece in r.content.iter_chunked(1 << 20):
+                    out.write(piece)
+                    got += len(piece)
+                    COUNTERS.bytes += len(piece)
+            if want >= 0 and got != want:
+                raise _truncated(self.url, got, want)
+            return got
+
+        return self.run(whole())
 
     def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         async def many() -> list[bytes]:
@@ -250,6 +279,33 @@ class S3:
             if len(data) != e - s:
                 raise _truncated(self.url, len(data), e - s)
         return list(out)
+
+
+class Spill:
+    """A whole file downloaded into a temporary file, served by ranges from there."""
+
+    def __init__(self, url: str, source: Http) -> None:
+        import tempfile
+        import threading
+
+        self.url = url
+        self._file = tempfile.TemporaryFile()  # gone when closed or when the process ends
+        self.size = source.download(self._file)
+        self._lock = threading.Lock()
+
+    def probe(self, n: int) -> bytes:
+        return self.fetch([(0, min(n, self.size))])[0]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        out = []
+        with self._lock:
+            for start, end in ranges:
+                self._file.seek(start)
+                out.append(self._file.read(end - start))
+        return out
 
 
 S3_FS: dict[float, Any] = {}

@@ -144,6 +144,8 @@ class TorchZipReader(PickledReader):
         if record is None:
             raise CorruptCheckpointError(f"{self.path}: record {name} is missing; "
                                          "the file is truncated or damaged")
+        if name not in self._offsets and fileio.is_remote_file(self._file):
+            self._fetch_offsets()
         if name not in self._offsets:
             try:
                 self._offsets[name] = zr.data_offset(self._file, record)
@@ -154,6 +156,21 @@ class TorchZipReader(PickledReader):
             raise CorruptCheckpointError(f"{self.path}: record {name} runs past the end of "
                                          "the file; the file is truncated")
         return record, start
+
+    def _fetch_offsets(self) -> None:
+        """Over a URL, every stored record's local header at once (a request each would be
+        one round trip per tensor); a damaged one is left to ``data_offset`` to report."""
+        from ckpttools.formats import remote
+
+        todo = [r for n, r in self._records.items() if n not in self._offsets
+                and r.method == zipfile.ZIP_STORED]
+        heads = remote.fetch_ranges(self.path, [(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
+                                                for r in todo])
+        for record, head in zip(todo, heads):
+            try:
+                self._offsets[record.name] = zr.offset_after(record, head)
+            except zr.ZipError:
+                pass
 
     def raw_source(self, key: str) -> RawSource | None:
         ph = self.placeholder(key)

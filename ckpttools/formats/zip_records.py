@@ -142,10 +142,17 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     return usize, csize, offset
 
 
+LOCAL_HEADER_SIZE = _LOCAL.size
+
+
 def data_offset(f: BinaryIO, record: ZipRecord) -> int:
     """Absolute offset of a record's bytes, after its local header."""
     f.seek(record.header_offset)
-    header = f.read(_LOCAL.size)
+    return offset_after(record, f.read(_LOCAL.size))
+
+
+def offset_after(record: ZipRecord, header: bytes) -> int:
+    """``data_offset`` from the record's local header bytes, already read."""
     if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
         raise ZipError(f"record {record.name} has a bad local header")
     name_len, extra_len = _LOCAL.unpack(header)[9:11]

@@ -27,6 +27,7 @@ def _fresh_remote(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     timeout = remote.SETTINGS.timeout
     yield
     remote.SETTINGS.timeout = timeout
+    remote.SETTINGS.whole_file_ok = False
     remote.clear()
 
 

@@ -180,6 +180,23 @@ def test_server_without_range_support(runner: CliRunner, served: FileServer, pth
     assert served.log.bytes < (served.root / "model.pth").stat().st_size  # it stopped reading
 
 
+@pytest.mark.filterwarnings("always:.*ignores Range requests:UserWarning")
+def test_convert_streams_from_a_server_without_range(runner: CliRunner, served: FileServer, pth: str,
+                                                      tmp_path: Path) -> None:
+    """convert needs every byte anyway: the file is read once, whole, with a warning."""
+    from safetensors.torch import load_file
+
+    served.behaviour.no_range = True
+    out = tmp_path / "out.safetensors"
+    code, stdout, err = _run(runner, "convert", pth, str(out))
+    assert code == 0, err
+    assert "ignores Range requests; reading the whole file once" in err
+    assert len(served.log.requests) == 2  # the refused ranged probe, then one whole GET
+    want = torch.load(served.root / "model.pth", weights_only=True)["model"]
+    got = load_file(out)
+    assert all(torch.equal(got.get(k, got.get(f"model.{k}")), v) for k, v in want.items())
+
+
 def test_timeout_option(runner: CliRunner, served: FileServer, st: str) -> None:
     served.behaviour.stall = 1.5
     code, _, err = _run(runner, "inspect", "--timeout", "0.3", st)
