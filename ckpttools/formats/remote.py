@@ -19,7 +19,7 @@ import os
 import posixpath
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError
@@ -204,6 +204,19 @@ def fetch_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     if all(s // BLOCK in b.blocks and (e - 1) // BLOCK in b.blocks for s, e in ranges):
         return [b.read(s, e) for s, e in ranges]  # already here (a small file, a header block)
     return b.source.fetch(list(ranges))
+
+
+def stream_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+    """``ranges`` of ``url`` in order, fetched ahead (``PARALLEL`` in flight) as they are used."""
+    if cached_path(url):
+        yield from fetch_ranges(url, ranges)
+        return
+    source = blob(url).source
+    if hasattr(source, "stream"):
+        yield from source.stream(ranges)
+        return
+    for k in range(0, len(ranges), PARALLEL):
+        yield from source.fetch(ranges[k:k + PARALLEL])
 
 
 # ---- folders (s3 only: an HTTP server has no listing) --------------------------------------

@@ -13,7 +13,8 @@ import asyncio
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -184,8 +185,14 @@ class Http:
     def run(self, coro: Any) -> Any:
         from fsspec.asyn import sync
 
-        try:
+        with self.errors():
             return sync(self._fs.loop, lambda: coro)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """aiohttp's and asyncio's errors as the one-line errors."""
+        try:
+            yield
         except (asyncio.TimeoutError, TimeoutError) as e:
             raise _timeout_error(self.url) from e
         except self._aiohttp.ClientPayloadError as e:
@@ -197,6 +204,33 @@ class Http:
     def probe(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""
         return self.run(self._get(0, n, probe=True))
+
+    def stream(self, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
+        """The ranges in order, ``PARALLEL`` always in flight (a window, not batches: the
+        next ranges arrive while the caller writes this one)."""
+        import collections
+        import concurrent.futures
+
+        loop = self._fs.loop
+        todo = iter(ranges)
+        window: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+
+        def submit() -> None:
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append(asyncio.run_coroutine_threadsafe(self._get(*nxt), loop))
+
+        for _ in range(PARALLEL):
+            submit()
+        try:
+            while window:
+                with self.errors():
+                    data = window.popleft().result(timeout=None)
+                submit()
+                yield data
+        finally:
+            for f in window:
+                f.cancel()
 
     def download(self, out: BinaryIO) -> int:
         """Stream the whole file into ``out`` with one GET (a server without Range support)."""

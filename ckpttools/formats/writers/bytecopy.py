@@ -110,8 +110,7 @@ def url_chunks(src: RawSource) -> Iterator[bytes]:
 
     spans = [(src.offset + i, src.offset + min(src.length, i + URL_CHUNK))
              for i in range(0, src.length, URL_CHUNK)]
-    for k in range(0, len(spans), remote.PARALLEL):
-        yield from remote.fetch_ranges(src.path, spans[k:k + remote.PARALLEL])
+    yield from remote.stream_ranges(src.path, spans)
 
 
 def _copy_url(src: RawSource, out_fd: int, on_progress: Progress) -> int:
