@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -57,6 +58,7 @@ class _Blob:
         self.size: int = self.source.size
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.pages: OrderedDict[int, bytes] = OrderedDict()  # small reads far from any block
+        self._lock = threading.Lock()
         for i in range(0, len(head), BLOCK):
             if len(head[i:i + BLOCK]) == BLOCK or i + BLOCK >= self.size:
                 self.blocks[i // BLOCK] = head[i:i + BLOCK]
@@ -74,11 +76,17 @@ class _Blob:
         getattr(self.source, "close", lambda: None)()
 
     def read(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end``: from the cache, by one request for what is missing, or (long
+        reads) fetched directly."""
         end = min(end, self.size)
         if end <= start:
             return b""
         if end - start >= DIRECT:
             return self.source.fetch([(start, end)])[0]
+        with self._lock:  # a reader's read-ahead thread may share the file
+            return self._cached(start, end)
+
+    def _cached(self, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
         missing = [b for b in range(first, last + 1) if b not in self.blocks]
         if missing and end - start <= PAGE:  # a lone header: a page, not two blocks
