@@ -144,6 +144,7 @@ def clear() -> None:
     for b in _BLOBS.values():
         b.close()
     _BLOBS.clear()
+    src.clear_commits()
     src.S3_FS.clear()
 
 

@@ -85,17 +85,36 @@ def parse_hf(url: str) -> HfFile:
 
 
 def cached_path(url: str) -> str | None:
-    """The local copy of an ``hf://`` file in the Hugging Face cache, when its revision is a
-    commit hash (a branch may have moved since) or ``HF_HUB_OFFLINE`` is set; else None."""
+    """The local copy of an ``hf://`` file in the Hugging Face cache at the same revision, else
+    None. A commit hash is looked up as it is; a branch or tag resolves to the commit the cache
+    recorded for it, which is used when the server still names that commit (one ``HEAD``, as
+    ``hf_hub_download`` asks) or ``HF_HUB_OFFLINE`` is set."""
     if not url.startswith("hf://"):
         return None
     ref = parse_hf(url)
-    if not (_COMMIT.fullmatch(ref.revision) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true")):
-        return None
     (hub,) = require(url, "huggingface_hub")
     found = hub.try_to_load_from_cache(ref.repo, ref.filename, revision=ref.revision,
                                        cache_dir=os.environ.get("HF_HUB_CACHE") or None)
-    return found if isinstance(found, str) and os.path.isfile(found) else None
+    if not (isinstance(found, str) and os.path.isfile(found)):
+        return None
+    if _COMMIT.fullmatch(ref.revision) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true"):
+        return found
+    commit = found.replace(os.sep, "/").split("/snapshots/", 1)[-1].split("/", 1)[0]
+    return found if server_commit(url) == commit else None
+
+
+_SERVER_COMMITS: dict[str, str | None] = {}
+
+
+def clear_commits() -> None:
+    _SERVER_COMMITS.clear()
+
+
+def server_commit(url: str) -> str | None:
+    """The commit the Hub names for an ``hf://`` file now (its ``X-Repo-Commit``), asked once."""
+    if url not in _SERVER_COMMITS:
+        _SERVER_COMMITS[url] = Http(url).commit()
+    return _SERVER_COMMITS[url]
 
 
 def _http_target(url: str) -> tuple[str, dict[str, str]]:
@@ -200,6 +219,20 @@ class Http:
         except self._aiohttp.ClientError as e:
             raise UnreadableCheckpointError(f"{self.url}: cannot fetch ({e}); check the URL and "
                                             "the network") from e
+
+    def commit(self) -> str | None:
+        """The ``X-Repo-Commit`` a ``HEAD`` of the file answers (before any redirect)."""
+
+        async def head() -> str | None:
+            session = await self._fs.set_session()
+            COUNTERS.requests += 1
+            async with session.head(self.http, headers=self.headers, allow_redirects=False) as r:
+                err = _status_error(self.url, r.status)
+                if err is not None:
+                    raise err
+                return r.headers.get("X-Repo-Commit")
+
+        return self.run(head())
 
     def probe(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""

@@ -28,6 +28,7 @@ class Behaviour:
     truncate: bool = False  # send half the promised body, then close
     stall: float = 0.0  # seconds to wait before answering
     token: str | None = None  # 401 unless ``Authorization: Bearer <token>``
+    commit: str = "f" * 40  # the X-Repo-Commit a /resolve/ path answers with
 
 
 @dataclass
@@ -87,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
         if ranged:
             start, end = int(m[1]), min(size, int(m[2]) + 1 if m[2] else size)
         self.send_response(206 if ranged else 200)
+        if _RESOLVE.fullmatch(self.path.split("?", 1)[0]):
+            self.send_header("X-Repo-Commit", how.commit)
         self.send_header("Content-Length", str(end - start))
         self.send_header("Accept-Ranges", "none" if how.no_range else "bytes")
         if ranged:

@@ -93,6 +93,36 @@ def test_cache_hit_reads_no_network(runner: CliRunner, hub: FileServer, tmp_path
     assert r.exit_code == 2 and "HTTP 404" in r.stderr
 
 
+def test_branch_in_the_cache_is_checked_with_one_head(runner: CliRunner, hub: FileServer) -> None:
+    """``@main`` resolves through the cache's refs/main to a commit; the server is asked which
+    commit main names now (one HEAD, no body) and the cached copy is read when they agree."""
+    from safetensors.torch import save_file
+
+    repo = Path(__import__("os").environ["HF_HUB_CACHE"]) / "models--org--tiny"
+    snap = repo / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    save_file(_state(), snap / "model.safetensors")
+    state = _state()
+    state["extra.weight"] = torch.zeros(3)
+    save_file(state, _repo(hub) / "model.safetensors")  # what main holds on the server now
+    url = "hf://org/tiny/model.safetensors"
+    hub.behaviour.commit = COMMIT
+    r = runner.invoke(cli, ["inspect", url])
+    assert r.exit_code == 0, r.stderr
+    assert "8 tensors" in r.stdout
+    assert [m for m, _, _ in hub.log.requests] == ["HEAD"] and hub.log.bytes == 0
+    from ckpttools.formats import remote
+
+    remote.clear()
+    hub.log.reset()
+    hub.behaviour.commit = "a" * 40  # main has moved on: the cache is stale, read the server
+    r = runner.invoke(cli, ["inspect", url])
+    assert r.exit_code == 0, r.stderr
+    assert "9 tensors" in r.stdout
+
+
 def test_bad_hf_url(runner: CliRunner, hub: FileServer) -> None:
     r = runner.invoke(cli, ["inspect", "hf://just-a-name"])
     assert r.exit_code == 2
