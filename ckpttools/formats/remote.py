@@ -218,7 +218,8 @@ def fetch_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
 def stream_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
     """``ranges`` of ``url`` in order, fetched ahead (``PARALLEL`` in flight) as they are used."""
     if cached_path(url):
-        yield from fetch_ranges(url, ranges)
+        for r in ranges:  # one at a time: the caller holds one range, not the whole list
+            yield from fetch_ranges(url, [r])
         return
     source = blob(url).source
     if hasattr(source, "stream"):

@@ -209,3 +209,17 @@ def test_truncated_response(runner: CliRunner, served: FileServer, st: str) -> N
     code, _, err = _run(runner, "inspect", st)
     assert code == 2
     assert "truncated transfer" in err and err.count("\n") == 1
+
+
+def test_diagnose_checkpoint_and_remap_take_a_url(runner: CliRunner, served: FileServer, tmp_path: Path) -> None:
+    from tests._models import tiny_net
+
+    torch.save({"model": tiny_net().state_dict()}, served.root / "net.pth")
+    url = served.url("net.pth")
+    code, out, err = _run(runner, "diagnose", "--checkpoint", url, "--model", SPEC)
+    assert code == 0, err
+    assert "13 matching" in out
+    dest = tmp_path / "out.pth"
+    code, out, err = _run(runner, "remap", url, str(dest), "--add-prefix", "net.")
+    assert code == 0, err
+    assert sorted(torch.load(dest, weights_only=True)) == sorted(f"net.{k}" for k in tiny_net().state_dict())
