@@ -97,8 +97,23 @@ def _format_resolver(choices: tuple[str, ...]) -> Callable[[click.Context, click
     return resolve
 
 
+def _set_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        from ckpttools.formats import remote  # only now: local runs never load it
+
+        remote.SETTINGS.timeout = value
+
+
+def timeout_opt(f: F) -> F:
+    """``--timeout SECONDS`` for URLs (http(s)://, hf://, s3://)."""
+    return click.option("--timeout", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",
+                        expose_value=False, callback=_set_timeout,
+                        help="Seconds to wait for a server when PATH is a URL (default 60).")(f)
+
+
 def global_options(f: F) -> F:
     """The group's copies of the global options: values land in ``ctx.obj`` for the command."""
+    f = timeout_opt(f)
     f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_flag_to_root("quiet"),
                      help="Print only the report and errors: no warnings, notes or progress.")(f)
     f = click.option("--debug", is_flag=True, expose_value=False, callback=_flag_to_root("debug"),
@@ -122,6 +137,7 @@ def common_options(formats: tuple[str, ...] = OUTPUT_FORMATS,
     and ``--quiet`` on a command; each also works before the command name."""
 
     def decorate(f: F) -> F:
+        f = timeout_opt(f)
         f = click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
                          callback=_flag_to_root("quiet"),
                          help="Print only the report and errors.")(f)

@@ -6,6 +6,7 @@ import click
 
 from ckpttools.cli._options import checkpoint_arg, common_options, is_trusted, key_opt, warn_trusted
 from ckpttools.cli._progress import byte_progress
+from ckpttools.formats import fileio
 
 
 @click.command()
@@ -45,6 +46,10 @@ def convert(ctx: click.Context, src: str, dst: str, to: str | None, key: str | N
 
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
+    if fileio.is_url(src):
+        from ckpttools.formats import remote
+
+        remote.SETTINGS.whole_file_ok = True  # convert reads every byte: a server without Range will do
     with byte_progress(_size(src), "converting") as advance:
         result = convert_checkpoint(src, dst, to=to, key=key, dtype=dtype,
                                     max_shard_size=max_shard_size, verify=not no_verify,
@@ -58,6 +63,8 @@ def convert(ctx: click.Context, src: str, dst: str, to: str | None, key: str | N
 def _size(path: str) -> int:
     import os
 
+    if fileio.is_url(path):  # the progress bar in bytes for a download too
+        return 0 if fileio.isdir(path) else fileio.getsize(path)
     if os.path.isdir(path):
         return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
     return os.path.getsize(path) if os.path.exists(path) else 0

@@ -11,6 +11,7 @@ from ckpttools.cli._options import (checkpoint_arg, common_options, is_trusted, 
                                     warn, warn_trusted)
 from ckpttools.cli._progress import byte_progress
 from ckpttools.errors import CkptError
+from ckpttools.formats import fileio
 from ckpttools.ops.audit.scan import VERDICTS, ScanResult
 
 
@@ -53,7 +54,7 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
     warn_trusted(trust)
     allow = (*load_settings()[0].allow_globals, *allow)
     # the scan's verdict covers every pickle a loader could run, not only the one listed
-    scan = scan_checkpoint(path, allow=allow) if os.path.exists(path) else None
+    scan = scan_checkpoint(path, allow=allow) if fileio.exists(path) else None
     try:
         reader = open_checkpoint(path, trust=trust)
     except CkptError:

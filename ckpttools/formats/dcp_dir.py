@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
+from ckpttools.formats import fileio
 from ckpttools.formats import zip_records as zr
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.manifest import MANIFEST_KEY
@@ -48,9 +49,9 @@ class DcpReader(CheckpointReader):
 
     def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
-        meta_path = os.path.join(self.path, ".metadata")
+        meta_path = fileio.join(self.path, ".metadata")
         try:
-            with open(meta_path, "rb") as f:
+            with fileio.open_binary(meta_path) as f:
                 self._meta_walk = walk_pickle(f.read(), name=".metadata")
             self._parse(self._meta_walk.tree)
         except CorruptCheckpointError as e:
@@ -87,7 +88,7 @@ class DcpReader(CheckpointReader):
     def storage_ranges(self) -> list[tuple[str, str, int, int]]:
         """``(fqn, data file, offset, length)`` of every item: what the DCP loader hands to
         ``torch.load`` (bytes items) or reads as a ``torch.save`` blob (tensors)."""
-        return [(fqn, os.path.join(self.path, str(info["relative_path"])), int(info["offset"]),
+        return [(fqn, fileio.join(self.path, str(info["relative_path"])), int(info["offset"]),
                  int(info["length"])) for (fqn, _), info in self._storage.items()]
 
     # ---- metadata ------------------------------------------------------------------------
@@ -153,13 +154,13 @@ class DcpReader(CheckpointReader):
     # ---- tensor data ---------------------------------------------------------------------
 
     def _read_range(self, info: dict[str, Any]) -> bytearray:
-        name = os.path.join(self.path, str(info["relative_path"]))
+        name = fileio.join(self.path, str(info["relative_path"]))
         if info.get("transform_descriptors"):
             raise UnsupportedError(f"{name}: transformed (compressed) DCP items are not supported")
         offset, length = int(info["offset"]), int(info["length"])
         buf = bytearray(length)
         try:
-            with open(name, "rb") as f:
+            with fileio.open_binary(name) as f:
                 f.seek(offset)
                 got = f.readinto(buf)
         except FileNotFoundError as e:
@@ -220,10 +221,10 @@ class DcpReader(CheckpointReader):
         info = self._chunk_info(key, tuple(chunk["offsets"]))
         if info.get("transform_descriptors"):
             return None
-        name = os.path.join(self.path, str(info["relative_path"]))
+        name = fileio.join(self.path, str(info["relative_path"]))
         base, length = int(info["offset"]), int(info["length"])
         try:
-            with open(name, "rb") as f:
+            with fileio.open_binary(name) as f:
                 found = _storage_range(_Slice(f, base, length), length, item)
         except FileNotFoundError as e:
             raise CorruptCheckpointError(f"{name}: missing; the checkpoint is incomplete") from e

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import Entry, RawSource, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
+from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader, Format
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ def read_header(path: str) -> tuple[int, dict[str, Any], int]:
     Raises:
         CorruptCheckpointError: the length prefix or the JSON is unusable.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    with fileio.open_binary(path) as f:
+        size = fileio.file_size(f)
         prefix = f.read(8)
         if len(prefix) < 8:
             raise CorruptCheckpointError(f"{path}: {size} bytes is too short for a safetensors "
@@ -215,11 +216,14 @@ class SafetensorsReader(CheckpointReader):
         t = self._tensors[key]  # KeyError for an unknown key, as the interface says
         if t.dtype in ("F8_E4M3FNUZ", "F8_E5M2FNUZ"):
             return self._load_direct(t)  # safetensors itself does not know these
+        local = fileio.local_path(self.path)
+        if local is None:
+            return self._load_direct(t)  # a URL: the tensor's bytes by one ranged request
         from safetensors import SafetensorError, safe_open
 
         try:
             if self._handle is None:
-                self._handle = safe_open(self.path, framework="pt", device="cpu")
+                self._handle = safe_open(local, framework="pt", device="cpu")
             return self._handle.get_tensor(key)
         except SafetensorError as e:
             raise CorruptCheckpointError(f"{self.path}: safetensors cannot load {key!r} "
@@ -231,7 +235,7 @@ class SafetensorsReader(CheckpointReader):
         dtype = getattr(torch, DTYPES[t.dtype][0])
         if t.end == t.begin:
             return torch.empty(t.shape, dtype=dtype)
-        with open(self.path, "rb") as f:
+        with fileio.open_binary(self.path) as f:
             f.seek(self._data_start + t.begin)
             data = bytearray(f.read(t.end - t.begin))
         return torch.frombuffer(data, dtype=torch.uint8).view(dtype).reshape(t.shape)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ckpttools.entries import Entry, GlobalRef, RawSource, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnknownFormatError
+from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.single_file import open_file
 
@@ -26,17 +27,17 @@ if TYPE_CHECKING:
 def find_index(folder: str, suffixes: tuple[str, ...]) -> str | None:
     """The ``*.index.json`` in ``folder`` that indexes shards ending in one of ``suffixes``:
     by name first (``model.safetensors.index.json``), else by its weight_map; None if none."""
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".index.json"))
+    names = sorted(n for n in fileio.listdir(folder) if n.endswith(".index.json"))
     for name in names:
         if any(name.endswith(s + ".index.json") for s in suffixes):
-            return os.path.join(folder, name)
+            return fileio.join(folder, name)
     for name in names:
         try:
-            files = set(read_index(os.path.join(folder, name))[0].values())
+            files = set(read_index(fileio.join(folder, name))[0].values())
         except (CorruptCheckpointError, OSError):
             continue
         if files and all(f.endswith(suffixes) for f in files):
-            return os.path.join(folder, name)
+            return fileio.join(folder, name)
     return None
 
 
@@ -50,7 +51,7 @@ def read_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
         CorruptCheckpointError: not JSON, or no ``weight_map`` of strings to strings.
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with fileio.open_text(path) as f:
             index = json.load(f)
     except (UnicodeDecodeError, ValueError) as e:
         raise CorruptCheckpointError(f"{path}: index is not valid JSON ({str(e).splitlines()[0]}); "
@@ -72,7 +73,7 @@ class _ShardedReader(CheckpointReader):
     def __init__(self, path: str | os.PathLike[str], *, trust: bool = False) -> None:
         super().__init__(path, trust=trust)
         index = self.path
-        if os.path.isdir(self.path):
+        if fileio.isdir(self.path):
             found = find_index(self.path, self.shard_suffixes)
             if found is None:
                 raise UnknownFormatError(f"{self.path}: no *{self.shard_suffixes[0]}.index.json "
@@ -80,21 +81,27 @@ class _ShardedReader(CheckpointReader):
             index = found
         self.index_path = index
         self._weight_map, self._index_meta = read_index(index)
-        self._folder = os.path.dirname(os.path.abspath(index))
+        self._folder = fileio.dirname(index)
         self._shards: dict[str, list[str]] = {}  # shard file -> its keys, in index order
         for key, shard in self._weight_map.items():
             self._shards.setdefault(shard, []).append(key)
+        if fileio.is_url(index):
+            from ckpttools.formats import remote
+
+            # every shard's head (its safetensors header) at once, not one after another
+            remote.prefetch([fileio.normjoin(self._folder, s) for s in self._shards])
         for shard in self._shards:
             self._check_shard(shard)
         self._open: dict[str, CheckpointReader] = {}
         self._entries: tuple[Entry, ...] | None = None
 
     def _check_shard(self, shard: str) -> None:
-        full = os.path.normpath(os.path.join(self._folder, shard))
-        if os.path.isabs(shard) or not full.startswith(self._folder + os.sep):
+        full = fileio.normjoin(self._folder, shard)
+        sep = "/" if fileio.is_url(full) else os.sep
+        if os.path.isabs(shard) or not full.startswith(self._folder + sep):
             raise CorruptCheckpointError(f"{self.index_path}: shard {shard!r} lies outside the "
                                          "index's folder; shards must sit beside the index")
-        if not os.path.isfile(full):
+        if not fileio.isfile(full):
             raise CorruptCheckpointError(f"{self.index_path}: shard {shard} is missing; copy "
                                          "every file the index names into its folder")
 
@@ -105,7 +112,7 @@ class _ShardedReader(CheckpointReader):
     def shard(self, name: str) -> CheckpointReader:
         """The open reader of shard file ``name`` (as the index spells it)."""
         if name not in self._open:
-            self._open[name] = self._open_shard(os.path.join(self._folder, name))
+            self._open[name] = self._open_shard(fileio.join(self._folder, name))
         return self._open[name]
 
     def shard_files(self) -> tuple[str, ...]:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, UnreadableCheckpointError,
+from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError, UnreadableCheckpointError,
                               UnsupportedError)
-from ckpttools.formats import zip_records
+from ckpttools.formats import fileio, zip_records
 from ckpttools.formats.pickle.genops import single_integer
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -24,20 +24,20 @@ LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def read_head(path: str, n: int = 64) -> bytes:
-    with open(path, "rb") as f:
+    with fileio.open_binary(path) as f:
         return f.read(n)
 
 
 def zip_names(path: str) -> list[str]:
     try:
-        with open(path, "rb") as f:
+        with fileio.open_binary(path) as f:
             return list(zip_records.cached_directory(f))
     except (zip_records.ZipError, OSError, ValueError):
         return []
 
 
 def is_torch_zip(path: str) -> bool:
-    if os.path.isdir(path) or not read_head(path, 4) in ZIP_MAGIC:
+    if fileio.isdir(path) or not read_head(path, 4) in ZIP_MAGIC:
         return False
     names = zip_names(path)
     # an unreadable zip that starts like one is still reported as a (corrupt) torch zip, and so
@@ -61,14 +61,14 @@ def is_legacy_magic(data: Any) -> bool:
 def is_legacy(path: str) -> bool:
     """A legacy torch file starts with its magic number pickled with the save's protocol
     (any of 0-5; torch.load reads them all)."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         return False
     head = read_head(path, 64)
     return head.startswith(LEGACY_MAGIC) or is_legacy_magic(head)
 
 
 def is_safetensors(path: str) -> bool:
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         return False
     head = read_head(path, 9)
     if len(head) < 9:
@@ -79,17 +79,17 @@ def is_safetensors(path: str) -> bool:
 
 
 def index_names(path: str) -> list[str]:
-    if os.path.isdir(path):
-        return sorted(n for n in os.listdir(path) if n.endswith(".index.json"))
+    if fileio.isdir(path):
+        return sorted(n for n in fileio.listdir(path) if n.endswith(".index.json"))
     return [os.path.basename(path)] if path.endswith(".index.json") else []
 
 
 def index_points_to(path: str, suffix: str) -> bool:
     for name in index_names(path):
-        full = os.path.join(path, name) if os.path.isdir(path) else path
+        full = fileio.join(path, name) if fileio.isdir(path) else path
         check_regular(full)
         try:
-            with open(full, encoding="utf-8") as f:
+            with fileio.open_text(full) as f:
                 files = set(json.load(f)["weight_map"].values())
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             files = set()
@@ -110,7 +110,7 @@ def is_torch_sharded(path: str) -> bool:
 
 
 def is_dcp(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
+    return fileio.isdir(path) and fileio.isfile(fileio.join(path, ".metadata"))
 
 
 def foreign_kind(path: str) -> str | None:
@@ -163,6 +163,10 @@ def check_folder_members(path: str) -> None:
 
 
 def check_readable(path: str) -> None:
+    if fileio.is_url(path):
+        from ckpttools.formats import remote
+
+        return remote.check_readable(path)
     check_regular(path)
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or directory")
@@ -180,6 +184,8 @@ def read_errors(path: str) -> Iterator[None]:
     """Turn an OS error while sniffing ``path`` into the one-line unreadable-checkpoint error."""
     try:
         yield
+    except CkptError:
+        raise  # already one line (a URL's 404, 401/403 or timeout)
     except PermissionError as e:
         raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions") from e
     except OSError as e:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import RawSource
 from ckpttools.errors import CorruptCheckpointError
+from ckpttools.formats import fileio
 from ckpttools.formats.base import Format
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder
 from ckpttools.formats.pickle.walk import WalkResult, walk_pickle
@@ -37,11 +38,16 @@ class TorchLegacyReader(PickledReader):
         super().__init__(path, trust=trust)
         self._map: mmap.mmap | None = None
         self._spans: dict[str, tuple[int, int]] | None = None
-        with open(self.path, "rb") as f:
-            # a private copy-on-write map: loaded tensors are writable, the file never changes
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        data: Any
+        with fileio.open_binary(self.path) as f:
+            if fileio.is_remote_file(f):
+                # the legacy layout interleaves pickles and storages: it is read whole
+                data = self._map = bytearray(f.read())  # type: ignore[assignment]
+            else:
+                # a private copy-on-write map: loaded tensors are writable, the file never changes
+                data = self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         try:
-            self._read_pickles(self._map)
+            self._read_pickles(data)
         except BaseException:
             self.close()
             raise

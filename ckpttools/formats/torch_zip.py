@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ckpttools.entries import GlobalRef, RawSource
 from ckpttools.errors import CorruptCheckpointError
+from ckpttools.formats import fileio
 from ckpttools.formats import zip_records as zr
 from ckpttools.formats.base import Format
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder
@@ -47,7 +48,7 @@ class TorchZipReader(PickledReader):
         self._map: mmap.mmap | None = None
         self._offsets: dict[str, int] = {}
         self._all_globals: tuple[GlobalRef, ...] | None = None
-        self._file: BinaryIO = open(self.path, "rb")
+        self._file: BinaryIO = fileio.open_binary(self.path)
         try:
             self._size = zr.file_size(self._file)
             self._records = zr.cached_directory(self._file)  # detection read it already
@@ -143,6 +144,8 @@ class TorchZipReader(PickledReader):
         if record is None:
             raise CorruptCheckpointError(f"{self.path}: record {name} is missing; "
                                          "the file is truncated or damaged")
+        if name not in self._offsets and fileio.is_remote_file(self._file):
+            self._fetch_offsets()
         if name not in self._offsets:
             try:
                 self._offsets[name] = zr.data_offset(self._file, record)
@@ -153,6 +156,21 @@ class TorchZipReader(PickledReader):
             raise CorruptCheckpointError(f"{self.path}: record {name} runs past the end of "
                                          "the file; the file is truncated")
         return record, start
+
+    def _fetch_offsets(self) -> None:
+        """Over a URL, every stored record's local header at once (a request each would be
+        one round trip per tensor); a damaged one is left to ``data_offset`` to report."""
+        from ckpttools.formats import remote
+
+        todo = [r for n, r in self._records.items() if n not in self._offsets
+                and r.method == zipfile.ZIP_STORED]
+        heads = remote.fetch_ranges(self.path, [(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
+                                                for r in todo])
+        for record, head in zip(todo, heads):
+            try:
+                self._offsets[record.name] = zr.offset_after(record, head)
+            except zr.ZipError:
+                pass
 
     def raw_source(self, key: str) -> RawSource | None:
         ph = self.placeholder(key)
@@ -191,6 +209,9 @@ class TorchZipReader(PickledReader):
         self._check_span(ph, record.file_size, record.name)
         if record.method != zipfile.ZIP_STORED:
             return tensor_from_bytes(self._read(record.name), 0, record.file_size, ph).clone()
+        if fileio.is_remote_file(self._file):
+            self._file.seek(start)  # a URL: the record's bytes by one ranged request
+            return tensor_from_bytes(bytearray(self._file.read(record.file_size)), 0, record.file_size, ph)
         if self._map is None:
             # a private copy-on-write map: tensors are writable, the file never changes
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)

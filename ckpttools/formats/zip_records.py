@@ -7,13 +7,14 @@ than offsets. Compressed records (an archive re-zipped by hand) are read through
 
 from __future__ import annotations
 
-import os
 import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import BinaryIO, NamedTuple
+
+from ckpttools.formats import fileio
 
 _EOCD = struct.Struct("<4s4H2LH")
 _EOCD64_LOCATOR = struct.Struct("<4sLQL")
@@ -92,11 +93,10 @@ def cached_directory(f: BinaryIO) -> Mapping[str, ZipRecord]:
     The file is recognised by device, inode, size and modification time, so a file replaced
     or rewritten in between is read again. The mapping is read-only, as it is shared.
     """
-    st = os.fstat(f.fileno())
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = fileio.file_key(f)
     records = _LAST.get(key)
     if records is None:
-        records = MappingProxyType(read_directory(f, st.st_size))
+        records = MappingProxyType(read_directory(f, fileio.file_size(f)))
         _LAST.clear()
         _LAST[key] = records
     return records
@@ -142,10 +142,17 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     return usize, csize, offset
 
 
+LOCAL_HEADER_SIZE = _LOCAL.size
+
+
 def data_offset(f: BinaryIO, record: ZipRecord) -> int:
     """Absolute offset of a record's bytes, after its local header."""
     f.seek(record.header_offset)
-    header = f.read(_LOCAL.size)
+    return offset_after(record, f.read(_LOCAL.size))
+
+
+def offset_after(record: ZipRecord, header: bytes) -> int:
+    """``data_offset`` from the record's local header bytes, already read."""
     if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
         raise ZipError(f"record {record.name} has a bad local header")
     name_len, extra_len = _LOCAL.unpack(header)[9:11]
@@ -160,7 +167,7 @@ def read_record(path: str, f: BinaryIO, record: ZipRecord) -> bytes:
     """
     if record.method != zipfile.ZIP_STORED:
         try:
-            with zipfile.ZipFile(path) as zf:
+            with zipfile.ZipFile(f) as zf:
                 return zf.read(record.name)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
             raise ZipError(f"record {record.name}: {e}") from e
@@ -236,4 +243,4 @@ def _record_end(f: BinaryIO, rec: ZipRecord, problems: list[str]) -> int:
 
 
 def file_size(f: BinaryIO) -> int:
-    return os.fstat(f.fileno()).st_size
+    return fileio.file_size(f)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.pickle.safety import is_torch_default
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, to_json, type_name
@@ -137,7 +138,7 @@ class PickledReader(CheckpointReader):
         """Close the file map that loaded tensors view, if any."""
         if getattr(self, "_map", None) is not None:
             try:
-                self._map.close()  # type: ignore[union-attr]
+                getattr(self._map, "close", lambda: None)()  # a URL's bytes are a bytearray
             except BufferError:
                 pass  # tensors still view the map; it closes when they are freed
             self._map = None
@@ -189,11 +190,14 @@ class PickledReader(CheckpointReader):
         return value
 
     def _torch_load(self, torch: Any) -> Any:
-        mmap = self.torch_mmap
+        source: Any = fileio.local_path(self.path)
+        mmap = self.torch_mmap and source is not None
+        if source is None:  # a URL: torch reads the file object by ranges, no map
+            source = fileio.open_binary(self.path)
         if self.trust:
-            return torch.load(self.path, map_location="cpu", weights_only=False, mmap=mmap)
+            return torch.load(source, map_location="cpu", weights_only=False, mmap=mmap)
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             names = ", ".join(dict.fromkeys(g.qualname for g in self.pickle_globals()
                                             if not is_torch_default(g.module, g.name)))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
+from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
 from ckpttools.formats.trainer import describe_trainer
 from ckpttools.ops.audit.config import AuditConfig
@@ -64,6 +65,9 @@ class AuditResult:
 
 
 def _size(path: str) -> int:
+    if fileio.is_url(path):
+        return fileio.getsize(path) if not fileio.isdir(path) else sum(
+            fileio.getsize(fileio.join(path, n)) for n in fileio.listdir(path))
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(path) for n in ns)
@@ -101,7 +105,7 @@ def _zip_records_complete(path: str) -> str | None:
     """Every record's local header is intact and its data lies inside the file."""
     from ckpttools.formats import zip_records as zr
 
-    with open(path, "rb") as f:
+    with fileio.open_binary(path) as f:
         size = zr.file_size(f)
         try:
             for rec in zr.read_directory(f, size).values():
@@ -137,7 +141,7 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
 def sha256_file(path: str) -> str:
     """Hex sha256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
+    with fileio.open_binary(path) as f:
         buf = bytearray(4 << 20)
         view = memoryview(buf)
         while n := f.readinto(buf):
@@ -145,7 +149,15 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def _norm(path: str) -> str:
+    return path if fileio.is_url(path) else os.path.normpath(path)
+
+
 def _hashes(path: str) -> dict[str, str]:
+    if fileio.is_url(path):
+        names = fileio.listdir(path) if fileio.isdir(path) else None
+        return ({path: sha256_file(path)} if names is None
+                else {fileio.join(path, n): sha256_file(fileio.join(path, n)) for n in names})
     if os.path.isfile(path):
         return {path: sha256_file(path)}
     return {os.path.join(r, n): sha256_file(os.path.join(r, n))
@@ -256,7 +268,7 @@ def audit_checkpoints(paths: str | os.PathLike[str] | Iterable[str | os.PathLike
     config = config or AuditConfig()
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files = [os.path.normpath(p) for p in expand_paths(paths, folders_whole=True)]
+    files = [_norm(p) for p in expand_paths(paths, folders_whole=True)]
     sig = _signature(config, model)
     known = _load_manifest(config.manifest) if config.manifest else None
     rows: list[CheckResult] = []
@@ -264,7 +276,7 @@ def audit_checkpoints(paths: str | os.PathLike[str] | Iterable[str | os.PathLike
     for path in files:
         rows += _audit_one(path, config, sig, config.model or "", on_progress)
         if config.manifest:
-            mine = {os.path.normpath(p): d for p, d in _hashes(path).items()}
+            mine = {_norm(p): d for p, d in _hashes(path).items()}
             digests.update(mine)
             rows.append(_reproducibility(path, mine, known))
     written = None

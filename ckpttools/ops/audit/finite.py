@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
+from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult
 from ckpttools.units import plural
 
@@ -73,7 +74,7 @@ def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int,
     import torch
 
     if path not in files:
-        files[path] = open(path, "rb", buffering=0)
+        files[path] = fileio.open_binary(path)
     nan = inf = 0
     for view in _raw_chunks(files[path], offset, length, dtype.itemsize, pool, bufs):
         a, b = _counts(torch.frombuffer(view, dtype=dtype))

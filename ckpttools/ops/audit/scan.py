@@ -21,7 +21,8 @@ from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpo
                               UnsupportedError)
 from ckpttools.formats.pickle.safety import (add_safe_globals_line, is_allowed_by_user,
                                              is_torch_default)
-from ckpttools.formats.sniff import check_regular, special_file_kind
+from ckpttools.formats import fileio
+from ckpttools.formats.sniff import check_readable, check_regular, special_file_kind
 from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
 from ckpttools.units import plural
@@ -146,6 +147,12 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
     out: list[str] = []
     for raw in paths:
         path = os.fspath(raw)
+        if path.endswith(".index.json") and not folders_whole:
+            out.extend(_index_shards(path))
+            continue
+        if fileio.is_url(path):
+            out.extend(_url_files(path, folders_whole))
+            continue
         check_regular(path)  # a FIFO, socket or device would block: refused before anything opens it
         if os.path.isfile(path):
             out.append(path)
@@ -165,6 +172,29 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
             out.extend(expand_paths(matches, folders_whole=folders_whole))
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def _index_shards(index: str) -> list[str]:
+    """The shard files a sharded set's index names: those are what a loader unpickles."""
+    from ckpttools.formats.safetensors_sharded import read_index
+
+    check_readable(index)
+    folder = fileio.dirname(index)
+    names = sorted(set(read_index(index)[0].values()))
+    # a name reaching outside the index's folder is the reader's error to report, not a file to read
+    return [fileio.join(folder, n) for n in names if not (os.path.isabs(n) or ".." in n.split("/"))]
+
+
+def _url_files(url: str, folders_whole: bool) -> list[str]:
+    """A URL names one file, or (s3://) a folder: a DCP folder is its ``.metadata``."""
+    check_readable(url)  # 404, 401/403, timeout: the one-line error
+    if not fileio.isdir(url):
+        return [url]
+    names = fileio.listdir(url)
+    if folders_whole or ".metadata" not in names:
+        return [url] if folders_whole else [fileio.join(url, n) for n in names
+                                             if n.endswith(CHECKPOINT_SUFFIXES)]
+    return [fileio.join(url, ".metadata")]
 
 
 def _folder_files(folder: str, folders_whole: bool) -> list[str]:
@@ -230,8 +260,11 @@ def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
         return FileScan(path, "special", error=f"{special}, not a regular file; refused "
                                                "without opening it")
     label = os.path.basename(path)
+    if fileio.is_url(path) and fileio.local_path(path) is None:
+        return _scan_url(path, label, allow)
+    path_or_cache = fileio.local_path(path) or path
     try:
-        with open(path, "rb") as f:
+        with open(path_or_cache, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 return FileScan(path, "pickle", error="empty file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -247,6 +280,26 @@ def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
         _scan_dcp_items(os.path.dirname(path) or ".", found)
     pickles = tuple(_with_allow(p, allow) for p in found.pickles)
     return FileScan(path, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
+
+
+def _scan_url(url: str, label: str, allow: frozenset[str]) -> FileScan:
+    """``scan_file`` over a URL: the same checks on a lazy view, so only the blocks the scan
+    touches (headers, pickles, the first bytes of each record) cross the network."""
+    from ckpttools.formats import remote
+
+    data = remote.RemoteBytes(url)
+    if len(data) == 0:
+        return FileScan(url, "pickle", error="empty file")
+    result = None
+    if len(data) >= 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") >= 2:
+        result = _scan_safetensors(url, data)
+    if result is not None:
+        return result
+    found = scan_blob(data, label)
+    if label == ".metadata" and not any(p.safety == "unsafe" for p in found.pickles):
+        _scan_dcp_items(fileio.dirname(url), found)
+    pickles = tuple(_with_allow(p, allow) for p in found.pickles)
+    return FileScan(url, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
 
 
 def _scan_dcp_items(folder: str, found: Found) -> None:
@@ -266,7 +319,7 @@ def _scan_dcp_items(folder: str, found: Found) -> None:
                 found.errors.append(f"{name}: {special}, not a regular file; refused")
                 continue
             try:
-                with open(name, "rb") as f:
+                with fileio.open_binary(name) as f:
                     f.seek(offset)
                     blob = f.read(length)
             except OSError as e:

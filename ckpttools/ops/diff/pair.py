@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckpttools.formats import fileio
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.units import plural
@@ -185,14 +186,22 @@ class _Stats:
 def _raw_chunks(a: RawSource, b: RawSource, dtype_a: str, dtype_b: str
                 ) -> Iterator[tuple[bytes, bytes]]:
     step = CHUNK_BYTES - CHUNK_BYTES % math.lcm(ITEMSIZE[dtype_a], 16)
-    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-        fa.seek(a.offset)
-        fb.seek(b.offset)
-        done = 0
-        while done < a.length:
-            n = min(step, a.length - done)
-            yield fa.read(n), fb.read(n)
-            done += n
+    spans = [(done, min(step, a.length - done)) for done in range(0, a.length, step)]
+    yield from zip(_chunks(a, spans), _chunks(b, spans))
+
+
+def _chunks(src: RawSource, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+    """``src``'s bytes at ``spans`` (relative offset, length): read in turn from a local file,
+    several in flight from a URL."""
+    if fileio.is_url(src.path):
+        from ckpttools.formats import remote
+
+        yield from remote.stream_ranges(src.path, [(src.offset + s, src.offset + s + n) for s, n in spans])
+        return
+    with fileio.open_binary(src.path) as f:
+        f.seek(src.offset)
+        for _, n in spans:
+            yield f.read(n)
 
 
 def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: float,
