@@ -72,7 +72,7 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
       ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24
       ckpttools verify-resume --recipe examples/tutorial_linear.py ckpt_epoch3.pt ckpt_epoch4.pt
       ckpttools verify-resume --recipe examples/hf_trainer_recipe.py out/checkpoint-2 out/checkpoint-4
-      ckpttools verify-resume --recipe examples/lightning_recipe.py --steps 6 --resume-at 3
+      ckpttools verify-resume --recipe examples/lightning_recipe.py --steps 6 --resume-at 4
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
     """
     from ckpttools.ops.resume.fresh import prefork
