@@ -45,7 +45,9 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     A recipe that defines build_trainer(output_dir) (a transformers.Trainer, or a Lightning
     Trainer with build_module() and build_datamodule()) is resumed from CKPT through the
     framework's own path in a fresh process; the checkpoint it writes under NEXT's name is
-    compared with NEXT piece by piece.
+    compared with NEXT piece by piece. With --steps N --resume-at K, the trainer first runs
+    N steps saving at K and N, then resumes from K and saves at N (--via and --in-process do
+    not apply).
 
     \b
     The recipe (path/to/recipe.py, or package.module importable from here) defines:
@@ -70,16 +72,18 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
       ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24
       ckpttools verify-resume --recipe examples/tutorial_linear.py ckpt_epoch3.pt ckpt_epoch4.pt
       ckpttools verify-resume --recipe examples/hf_trainer_recipe.py out/checkpoint-2 out/checkpoint-4
+      ckpttools verify-resume --recipe examples/lightning_recipe.py --steps 6 --resume-at 4
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
     """
     from ckpttools.ops.resume.fresh import prefork
-    from ckpttools.ops.resume.trainers import is_trainer_recipe
 
     _check_mode(checkpoint, next_checkpoint, steps, resume_at, via)
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted)
-    if checkpoint is not None and next_checkpoint is not None and is_trainer_recipe(recipe):
-        ctx.exit(_trainer_mode(recipe, checkpoint, next_checkpoint, atol, output_format))
+    if _is_trainer(recipe, checkpoint):
+        _check_trainer_options(via, in_process)
+        ctx.exit(_trainer_mode(recipe, checkpoint, next_checkpoint, steps, resume_at, atol,
+                               drift_atol, output_format))
     # Before the recipe or any torch op runs here: the fresh process is this one, forked.
     worker = prefork() if steps is not None and not in_process else None
 
@@ -96,13 +100,46 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     ctx.exit(0 if result.ok else 1)
 
 
-def _trainer_mode(recipe: str, checkpoint: str, next_checkpoint: str, atol: float,
+def _is_trainer(recipe: str, checkpoint: str | None) -> bool:
+    """A ``build_trainer`` recipe? The run mode reads the recipe's source without importing
+    it, so that its fresh process can still be forked before torch loads."""
+    if checkpoint is None:
+        from ckpttools.ops.resume.trainer_run import declares_build_trainer
+
+        return declares_build_trainer(recipe)
+    from ckpttools.ops.resume.trainers import is_trainer_recipe
+
+    return is_trainer_recipe(recipe)
+
+
+def _check_trainer_options(via: str | None, in_process: bool) -> None:
+    """Options of the loop recipes that have no meaning when the framework resumes itself."""
+    if via is not None:
+        raise click.BadParameter("a build_trainer recipe resumes from the files the framework "
+                                 "writes; drop --via, or convert CKPT yourself and give CKPT "
+                                 "NEXT", param_hint="--via")
+    if in_process:
+        raise click.BadParameter("a build_trainer recipe always resumes in a fresh process "
+                                 "(the framework's own resume path); drop --in-process",
+                                 param_hint="--in-process")
+
+
+def _trainer_mode(recipe: str, checkpoint: str | None, next_checkpoint: str | None,
+                  steps: int | None, resume_at: int | None, atol: float, drift_atol: float,
                   output_format: str) -> int:
     """A ``build_trainer`` recipe: resume through the framework's own path (HF, Lightning)."""
-    from ckpttools.ops.resume.trainers import verify_trainer_resume
     from ckpttools.render.resume_trainer import render_trainer_resume
 
-    result = verify_trainer_resume(recipe, checkpoint, next_checkpoint, atol=atol)
+    if checkpoint is not None and next_checkpoint is not None:
+        from ckpttools.ops.resume.trainers import verify_trainer_resume
+
+        result = verify_trainer_resume(recipe, checkpoint, next_checkpoint, atol=atol,
+                                       drift_atol=drift_atol)
+    else:
+        from ckpttools.ops.resume.trainer_run import verify_trainer_run
+
+        result = verify_trainer_run(recipe, steps or 0, resume_at or 0, atol=atol,  # both given
+                                    drift_atol=drift_atol)
     click.echo(render_trainer_resume(result, output_format))
     return 0 if result.ok else 1
 

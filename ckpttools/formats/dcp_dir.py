@@ -8,12 +8,16 @@ and its placeholders are interpreted: ``state_dict_metadata`` (flattened key ->
 blob at ``offset``/``length`` of a ``.distcp`` file; ``load`` reads only those byte ranges.
 For a tensor stored as one chunk whose pickle is a contiguous view of its whole storage
 (what ``FileSystemWriter`` and ckpttools write), ``raw_source`` gives the storage record's bytes
-as a ``RawSource``, so that they are copied or compared in chunks instead of loaded.
+as a ``RawSource``, so that they are copied or compared in chunks instead of loaded. A tensor
+saved by several ranks (FSDP, tensor parallel: several chunks) has ``raw_pieces``: the byte
+ranges of every chunk's storage, in the whole tensor's row-major order, so a conversion copies
+each into its place of the output and ``load`` reads them into one buffer.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import posixpath
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,6 +32,7 @@ from ckpttools.formats.pickle.stand_ins import ITEMSIZE, TensorPlaceholder, Torc
 from ckpttools.formats.pickle.walk import WalkResult, walk_pickle
 from ckpttools.formats.pickle.reader import tensor_from_bytes
 from ckpttools.formats.pickle.stand_ins import type_name
+from ckpttools.formats.ranges import read_pieces, tile_pieces
 from ckpttools.formats.torch_zip import find_data_pickle
 
 if TYPE_CHECKING:
@@ -189,6 +194,13 @@ class DcpReader(CheckpointReader):
         item = self._items.get(key)
         if item is None or item.get("bytes"):
             raise KeyError(key)
+        pieces = self.raw_pieces(key) if len(item["chunks"]) > 1 else None
+        if pieces is not None:  # straight into one buffer, no chunk held beside the tensor
+            numel = math.prod(item["size"])
+            buf = read_pieces(pieces, numel * ITEMSIZE.get(item["dtype"], 1))
+            dtype = getattr(torch, item["dtype"])
+            return (torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+                    ).reshape(item["size"])
         chunks = [(c, self._chunk(key, c)) for c in item["chunks"]]
         if len(chunks) == 1 and tuple(chunks[0][1].shape) == item["size"]:
             return chunks[0][1]
@@ -207,7 +219,7 @@ class DcpReader(CheckpointReader):
 
     def raw_source(self, key: str) -> RawSource | None:
         """The bytes of tensor ``key`` in its ``.distcp`` file, when stored as one whole,
-        untransformed, contiguous chunk; else None (``load`` it).
+        untransformed, contiguous chunk; else None (``raw_pieces`` or ``load``).
 
         Raises:
             CorruptCheckpointError: the item's archive is damaged or cut short.
@@ -218,6 +230,31 @@ class DcpReader(CheckpointReader):
         chunk = item["chunks"][0]
         if tuple(chunk["sizes"]) != item["size"] or any(chunk["offsets"]):
             return None
+        return self._chunk_bytes(key, chunk, item["dtype"])
+
+    def raw_pieces(self, key: str) -> tuple[RawSource, ...] | None:
+        """The byte ranges of the ``.distcp`` files whose concatenation is tensor ``key``, when
+        it is stored in several chunks, each a plain contiguous tensor that together tile it
+        (what FSDP and tensor-parallel saves write); else None (``raw_source`` or ``load``).
+
+        Raises:
+            CorruptCheckpointError: an item's archive is damaged or cut short.
+        """
+        item = self._items.get(key)
+        if item is None or item.get("bytes") or len(item["chunks"]) < 2:
+            return None
+        chunks = []
+        for chunk in item["chunks"]:
+            sizes = tuple(chunk["sizes"])
+            found = self._chunk_bytes(key, chunk, item["dtype"]) if math.prod(sizes) else \
+                RawSource("", 0, 0)
+            if found is None:
+                return None
+            chunks.append((tuple(chunk["offsets"]), sizes, found))
+        return tile_pieces(tuple(item["size"]), ITEMSIZE.get(item["dtype"], 1), chunks)
+
+    def _chunk_bytes(self, key: str, chunk: dict[str, Any], dtype: str) -> RawSource | None:
+        """Where one chunk's tensor bytes lie, if its pickle is a plain contiguous tensor."""
         info = self._chunk_info(key, tuple(chunk["offsets"]))
         if info.get("transform_descriptors"):
             return None
@@ -225,7 +262,8 @@ class DcpReader(CheckpointReader):
         base, length = int(info["offset"]), int(info["length"])
         try:
             with fileio.open_binary(name) as f:
-                found = _storage_range(_Slice(f, base, length), length, item)
+                found = _storage_range(_Slice(f, base, length), length, dtype,
+                                       tuple(chunk["sizes"]))
         except FileNotFoundError as e:
             raise CorruptCheckpointError(f"{name}: missing; the checkpoint is incomplete") from e
         except (zr.ZipError, CorruptCheckpointError, UnicodeDecodeError, ValueError) as e:
@@ -266,7 +304,8 @@ class _Slice:
         return data
 
 
-def _storage_range(view: _Slice, length: int, item: dict[str, Any]) -> tuple[int, int] | None:
+def _storage_range(view: _Slice, length: int, dtype: str,
+                   shape: tuple[int, ...]) -> tuple[int, int] | None:
     """Offset (in the item) and length of the tensor's bytes, if it is a plain view."""
     records = zr.read_directory(view, length)  # type: ignore[arg-type]
     pkl = find_data_pickle(list(records))
@@ -275,7 +314,7 @@ def _storage_range(view: _Slice, length: int, item: dict[str, Any]) -> tuple[int
     ph = walk_pickle(zr.read_record("", view, records[pkl]), name=pkl).tree  # type: ignore[arg-type]
     if not isinstance(ph, TensorPlaceholder) or ph.storage_key is None:
         raise zr.ZipError("the item does not hold a tensor")
-    if (ph.dtype, tuple(ph.shape)) != (item["dtype"], item["size"]) or ph.storage_offset \
+    if (ph.dtype, tuple(ph.shape)) != (dtype, shape) or ph.storage_offset \
             or not ph.is_contiguous:
         return None
     prefix = pkl[: len(pkl) - len(posixpath.basename(pkl))]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats.base import CheckpointReader, Format
+from ckpttools.formats.ranges import read_pieces
 from ckpttools.formats.single_file import open_file
 from ckpttools.formats.trainer import DEEPSPEED, Piece, TrainerLayout, missing_for, step_folder
 from ckpttools.formats.trainer import DS_FILE as _FILE
@@ -188,7 +189,7 @@ class DeepSpeedReader(CheckpointReader):
                 continue
             dtype = "float32" if entry.dtype in ITEMSIZE else entry.dtype
             nbytes = entry.numel * 4 if dtype != entry.dtype else entry.nbytes
-            self._plan[name] = ("buffer", (path, ref.key))  # type: ignore[union-attr]
+            self._plan[name] = ("buffer", (path, ref.key, dtype == entry.dtype))  # type: ignore[union-attr]
             out.append(TensorEntry(name, dtype, entry.shape, nbytes, os.path.basename(path)))
         return out
 
@@ -260,8 +261,7 @@ class DeepSpeedReader(CheckpointReader):
             KeyError: no parameter has that name, or it is a buffer (stored whole).
         """
         how, args = self._plan[key]
-        entry = next(e for e in self._entries if e.key == key)
-        assert isinstance(entry, TensorEntry)
+        entry = self._entry(key)
         if how == "flat":
             flat, offset = args
             return flat.ranges(offset, entry.numel, 4)
@@ -284,32 +284,40 @@ class DeepSpeedReader(CheckpointReader):
             raise KeyError(key)
         how, args = self._plan[key]
         if how == "buffer":
-            path, inner = args
+            path, inner, _ = args
             t = self._member(path).load(inner)
             return t.float() if t.is_floating_point() else t
-        entry = next(e for e in self._entries if e.key == key)
-        assert isinstance(entry, TensorEntry)
-        buf = bytearray(entry.nbytes)
-        view, pos = memoryview(buf), 0
-        for path, offset, length in self.ranges(key):
-            with open(path, "rb") as f:
-                f.seek(offset)
-                if f.readinto(view[pos:pos + length]) != length:
-                    raise CorruptCheckpointError(f"{path}: cut short; the file is truncated")
-            pos += length
+        entry = self._entry(key)
+        buf = read_pieces([RawSource(*r) for r in self.ranges(key)], entry.nbytes)
         if not buf:
             return torch.empty(entry.shape, dtype=torch.float32)
         return torch.frombuffer(buf, dtype=torch.float32).reshape(entry.shape)
 
+    def _entry(self, key: str) -> TensorEntry:
+        if not hasattr(self, "_by_key"):
+            self._by_key = {e.key: e for e in self._entries if isinstance(e, TensorEntry)}
+        return self._by_key[key]
+
     def raw_source(self, key: str) -> RawSource | None:
-        """The byte range of a parameter that lies whole in one rank's partition."""
+        """The byte range of a parameter that lies whole in one rank's partition, or of a
+        buffer stored as it is returned (fp32, or not floating)."""
+        if key in self._plan and self._plan[key][0] == "buffer":
+            path, inner, as_stored = self._plan[key][1]
+            return self._member(path).raw_source(inner) if as_stored else None
+        found = self._param_ranges(key)
+        return RawSource(*found[0]) if found is not None and len(found) == 1 else None
+
+    def raw_pieces(self, key: str) -> tuple[RawSource, ...] | None:
+        """The byte ranges, in order, of a parameter split over several ranks' partitions
+        (every ZeRO-3 parameter): copied into place one after another, never loaded."""
+        found = self._param_ranges(key)
+        return tuple(RawSource(*r) for r in found) if found is not None and len(found) > 1 \
+            else None
+
+    def _param_ranges(self, key: str) -> list[tuple[str, int, int]] | None:
         if key not in self._plan or self._plan[key][0] == "buffer":
             return None
-        found = self.ranges(key)
-        if len(found) != 1:
-            return None
-        path, offset, length = found[0]
-        return RawSource(path, offset, length)
+        return self.ranges(key)
 
     def metadata(self) -> dict[str, str]:
         return {"zero_stage": str(self.stage), "world_size": str(self.world_size),

@@ -126,6 +126,9 @@ def foreign_kind(path: str) -> str | None:
         return "a numpy .npy array; load it with numpy.load"
     if head.startswith(b"GGUF"):
         return "a GGUF model file (llama.cpp); use the gguf package to read it"
+    if os.path.basename(path) == "trainer_state.json" and head.lstrip()[:1] == b"{":
+        return ("HF Trainer's step and log record; inspect the checkpoint-N folder that holds it "
+                "for step, epoch and pieces")
     if head[:1] == b"\x08" and b"\x12" in head[1:4] and (b"pytorch" in head or b"onnx" in head
                                                         or path.endswith(".onnx")):
         return "an ONNX model; load it with onnx.load"

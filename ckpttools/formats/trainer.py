@@ -43,7 +43,9 @@ EXPECTED = {
                 "loops": "loops", "rng": "Lightning saves no RNG state in a .ckpt"},
     DEEPSPEED: {"optimizer": "zero_pp_rank_*_optim_states.pt", "scheduler": "lr_scheduler",
                 "rng": "DeepSpeed saves no RNG state"},
-    DCP: {},
+    # dcp.save stores the dict it is given: name what that dict lacked, not a file
+    DCP: {k: f"no {k} state among the top-level keys dcp.save was given"
+          for k in ("optimizer", "scheduler", "rng", "scaler", "dataloader")},
 }
 # file name patterns of HF Trainer and accelerate pieces -> kind; the rank is group "rank"
 _FILE_KINDS = (

@@ -15,9 +15,12 @@ def render_trainer_resume(result: TrainerResumeResult, fmt: str) -> str:
         return to_json(result.to_dict())
     word = "OK" if result.ok else "CANNOT RESUME" if result.status == "cannot_resume" else "DIVERGED"
     lines = [heading(f"{word}: {result.verdict}", fmt), f"recipe: {result.recipe} ({result.framework})",
-             f"checkpoints: {result.checkpoint} (step {result.resume_step}) -> "
-             f"{result.next_checkpoint} (step {result.end_step})",
-             f"tolerance: {'bitwise' if result.atol == 0 else f'atol {result.atol}'}"]
+             (f"run: {result.run_steps} steps uninterrupted, resumed from the checkpoint "
+              f"{result.framework} wrote at step {result.resume_step}" if result.run_steps else
+              f"checkpoints: {result.checkpoint} (step {result.resume_step}) -> "
+              f"{result.next_checkpoint} (step {result.end_step})"),
+             f"tolerance: {'bitwise' if result.atol == 0 else f'atol {result.atol}'}"
+             + (f", later steps drift-atol {result.drift_atol}" if result.drift_atol else "")]
     if result.skipped:
         lines.append(f"not compared (paths and settings): {', '.join(result.skipped)}")
     parts = ["\n".join(lines)]

@@ -90,3 +90,30 @@ def fsdp_dcp_2ranks(output_dir: Path) -> Path:
     every tensor in 2 chunks, one ``.distcp`` file per rank."""
     run_ranks(_fsdp_rank, 2, str(output_dir))
     return output_dir
+
+
+def _tp_rank(rank: int, output_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    g = torch.Generator().manual_seed(30)  # the same full tensors on both ranks
+    placements = {"col": ((7, 6), 1, torch.float32), "rows_odd": ((5, 4), 0, torch.float32),
+                  "cube": ((3, 5, 4), 1, torch.float32), "last": ((4, 5), -1, torch.float64),
+                  "half": ((6, 3), 1, torch.bfloat16), "tiny": ((1, 3), 0, torch.float32)}
+    state = {name: distribute_tensor(torch.randn(shape, generator=g).to(dtype), mesh, [Shard(dim)])
+             for name, (shape, dim, dtype) in placements.items()}
+    dcp.save({"tp": state, "step": 5}, checkpoint_id=output_dir)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def tensor_parallel_dcp_2ranks(output_dir: Path) -> Path:
+    """DTensors sharded on dim 0, 1, the last dim and a 3-D middle dim over 2 CPU ranks (gloo),
+    saved with ``dcp.save``: chunks that interleave row by row in the whole tensor."""
+    run_ranks(_tp_rank, 2, str(output_dir))
+    return output_dir

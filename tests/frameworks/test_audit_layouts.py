@@ -150,3 +150,12 @@ def test_dcp_optimizer_matched_by_name(layouts: Layouts, runner: CliRunner) -> N
     assert code == 0, checks
     assert "by name" in row(checks, "completeness")["reason"] + " ".join(
         row(checks, "completeness")["details"])
+
+
+@pytest.mark.dist
+def test_dcp_without_optimizer_names_it(layouts: Layouts, runner: CliRunner) -> None:
+    # DTensors saved with dcp.save and no optimizer state: the missing piece is named
+    code, checks = audit(runner, str(layouts("dcp_tp2")), "--require", "optimizer")
+    assert code == 1
+    assert row(checks, "completeness")["reason"] == \
+        "optimizer: missing (no optimizer state among the top-level keys dcp.save was given)"

@@ -84,3 +84,60 @@ def test_recipe_error_shows_the_whole_message(layouts: Layouts, runner: CliRunne
     assert result.exit_code == 2
     assert "the cause is on this second line" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# ---- run mode: --steps N --resume-at K, the trainer writes both checkpoints itself ------------
+
+def verify_run(runner: CliRunner, recipe: str, *args: str) -> tuple[int, dict]:
+    result = runner.invoke(cli, ["verify-resume", "--recipe", recipe, *args, "--format", "json"])
+    assert result.exit_code in (0, 1), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_hf_trainer_run_mode_resumes_through_trainer(runner: CliRunner) -> None:
+    code, report = verify_run(runner, HF, "--steps", "4", "--resume-at", "1")
+    assert code == 0 and report["status"] == "identical", report["verdict"]
+    assert (report["mode"], report["resume_step"], report["end_step"]) == ("trainer-run", 1, 4)
+    assert {"model", "optimizer", "scheduler", "rng"} <= {p["kind"] for p in report["pieces"]}
+    assert [r["step"] for r in report["losses"]] == [2, 3, 4]  # the recipe's max_steps is 4 too
+    assert all(r["status"] == "identical" for r in report["losses"])
+
+
+def test_lightning_run_mode_resumes_at_an_epoch_end(runner: CliRunner) -> None:
+    # 4 batches per epoch: step 4 ends epoch 0 (saved after its validation, as ModelCheckpoint)
+    code, report = verify_run(runner, LIGHTNING, "--steps", "6", "--resume-at", "4")
+    assert code == 0 and report["status"] == "identical", report["verdict"]
+    assert (report["framework"], report["resume_step"], report["end_step"]) == ("lightning", 4, 6)
+    assert {"model", "optimizer", "scheduler", "loops"} <= {p["kind"] for p in report["pieces"]}
+
+
+def test_lightning_run_mode_inside_an_epoch_says_why(runner: CliRunner) -> None:
+    code, report = verify_run(runner, LIGHTNING, "--steps", "5", "--resume-at", "2")
+    assert code == 1 and report["status"] == "diverged"
+    assert "step 2 is inside an epoch" in report["verdict"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--steps", "4", "--resume-at", "0"], "--resume-at 0: a trainer writes no checkpoint"),
+    (["--steps", "4", "--resume-at", "2", "--via", "safetensors"], "--via"),
+    (["--steps", "4", "--resume-at", "2", "--in-process"], "--in-process"),
+], ids=["resume-at-0", "via", "in-process"])
+def test_run_mode_options_that_do_not_apply_say_why(runner: CliRunner, args: list[str],
+                                                    fragment: str) -> None:
+    result = runner.invoke(cli, ["verify-resume", "--recipe", HF, *args])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_run_mode_recipe_error_shows_the_whole_message(runner: CliRunner, tmp_path: Path) -> None:
+    recipe = tmp_path / "broken_recipe.py"
+    recipe.write_text("def build_trainer(output_dir):\n"
+                      "    raise ValueError('could not build the trainer:\\n"
+                      "the cause is on this second line')\n")
+    result = runner.invoke(cli, ["verify-resume", "--recipe", str(recipe), "--steps", "3",
+                                 "--resume-at", "1"])
+    assert result.exit_code == 2
+    assert "the uninterrupted run failed" in result.stderr
+    assert "the cause is on this second line" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -143,3 +143,30 @@ def test_output_dir_names_its_checkpoints(runner: CliRunner, layouts: Layouts) -
     assert result.exit_code == 2 and result.stdout == ""
     assert "checkpoint-2, checkpoint-4" in result.stderr
     assert str(out / "checkpoint-4") in result.stderr
+
+
+@pytest.mark.parametrize(("name", "framework"), [
+    ("hf", "hf-trainer"), ("accelerate", "accelerate"), ("lightning", "lightning"),
+    ("zero2", "deepspeed"), pytest.param("zero3x2", "deepspeed", marks=pytest.mark.dist),
+    pytest.param("dcp2", "dcp", marks=pytest.mark.dist)])
+def test_inspect_text_and_json_agree_on_framework_step_and_pieces(
+        name: str, framework: str, runner: CliRunner, layouts: Layouts) -> None:
+    path = {"hf": hf_checkpoint(layouts), "lightning": layouts("lightning") / "last.ckpt"}.get(
+        name, layouts(name))
+    trainer = inspect_json(runner, path)["trainer"]
+    assert trainer["framework"] == framework and isinstance(trainer["step"], int)
+    assert trainer["pieces"] and trainer["missing"] == []
+    result = runner.invoke(cli, ["inspect", str(path), *FRAMEWORK_ALLOW])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert f"framework: {framework}" in text and f"step: {trainer['step']}" in text
+    assert "resume: every piece present" in text
+    for piece in trainer["pieces"]:  # every piece in the table with its kind
+        assert any(piece["name"] in line and piece["kind"] in line for line in text.splitlines())
+
+
+def test_trainer_state_alone_points_at_its_folder(runner: CliRunner, layouts: Layouts) -> None:
+    result = runner.invoke(cli, ["inspect", str(hf_checkpoint(layouts) / "trainer_state.json")])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "inspect the checkpoint-N folder that holds it" in lines[0]

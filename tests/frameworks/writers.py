@@ -133,7 +133,8 @@ def main(argv: list[str]) -> None:
     writers: dict[str, Any] = dict(WRITERS)
     writers.update({"zero2x2": lambda d: dist_writers.deepspeed_zero_2ranks(d, 2),
                     "zero3x2": lambda d: dist_writers.deepspeed_zero_2ranks(d, 3),
-                    "dcp2": dist_writers.fsdp_dcp_2ranks})
+                    "dcp2": dist_writers.fsdp_dcp_2ranks,
+                    "dcp_tp2": dist_writers.tensor_parallel_dcp_2ranks})
     for name in argv[1:]:
         writers[name](root / name)
 

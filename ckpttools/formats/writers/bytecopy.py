@@ -41,8 +41,9 @@ def _no_progress(n: int) -> None:
 class TensorData:
     """One tensor to write: its stored name, dtype, shape and where its bytes come from.
 
-    Exactly one of ``raw`` (a byte range of a file, copied without torch) and ``load`` (returns
-    a CPU tensor of ``dtype``/``shape``; made contiguous by the writer) is used: ``raw`` when set.
+    Exactly one of ``raw`` (a byte range of a file, copied without torch), ``pieces`` (byte
+    ranges of several files, a tensor saved in chunks) and ``load`` (returns a CPU tensor of
+    ``dtype``/``shape``; made contiguous by the writer) is used, in that order.
     """
 
     name: str
@@ -52,6 +53,7 @@ class TensorData:
     raw: RawSource | None = None
     load: Callable[[], Any] | None = None
     crc: int | None = None  # the CRC-32 the source records for ``raw`` (a torch zip record)
+    pieces: tuple[RawSource, ...] = ()  # else byte ranges that, end to end, are the tensor
 
 
 class SourceFiles:
@@ -189,11 +191,52 @@ def write_tensor(t: torch.Tensor, out_fd: int, *, crc: bool = False,
     return value
 
 
+def copy_pieces(files: SourceFiles, pieces: tuple[RawSource, ...], out_fd: int, *,
+                crc: bool = True, on_progress: Progress = _no_progress) -> int:
+    """Append the byte ranges ``pieces`` one after another (a tensor assembled in place from
+    its chunks): by kernel copy, or through one reused buffer when their CRC-32 is asked for.
+
+    Returns:
+        The CRC-32 of all their bytes when ``crc`` is true, else 0.
+
+    Raises:
+        CorruptCheckpointError: a source file ends before its range does.
+    """
+    if not crc:
+        for piece in pieces:
+            copy_raw(files, piece, out_fd, on_progress=on_progress)
+        return 0
+    value = 0
+    buf = bytearray(min(CHUNK, max((p.length for p in pieces), default=1) or 1))
+    for piece in pieces:
+        if fileio.is_url(piece.path):
+            for chunk in url_chunks(piece):
+                value = crc32(chunk, value)
+                write_all(out_fd, memoryview(chunk))
+                on_progress(len(chunk))
+            continue
+        offset, left = piece.offset, piece.length
+        while left > 0:
+            view = memoryview(buf)[:min(CHUNK, left)]
+            got = os.preadv(files.fd(piece.path), [view], offset)
+            if got <= 0:
+                raise CorruptCheckpointError(f"{piece.path}: file ends inside a tensor's data "
+                                             f"(offset {offset}); the file is truncated")
+            value = crc32(view[:got], value)
+            write_all(out_fd, view[:got])
+            offset += got
+            left -= got
+            on_progress(got)
+    return value
+
+
 def write_data(files: SourceFiles, data: TensorData, out_fd: int, *, crc: bool = False,
                on_progress: Progress = _no_progress) -> int:
-    """Append one tensor's bytes from its raw range or its loader."""
+    """Append one tensor's bytes from its raw range, its pieces or its loader."""
     if data.raw is not None:
         return copy_raw(files, data.raw, out_fd, crc=crc, on_progress=on_progress)
+    if data.pieces:
+        return copy_pieces(files, data.pieces, out_fd, crc=crc, on_progress=on_progress)
     if data.load is None:
         raise ValueError(f"{data.name}: no source for the tensor's bytes")
     return write_tensor(data.load(), out_fd, crc=crc, on_progress=on_progress)
@@ -209,6 +252,8 @@ def write_data_crc(files: SourceFiles, data: TensorData, out_fd: int, pool: Exec
         return data.crc
     if data.raw is not None:
         return copy_raw_crc(files, data.raw, out_fd, pool, on_progress=on_progress)
+    if data.pieces:
+        return copy_pieces(files, data.pieces, out_fd, on_progress=on_progress)
     if data.load is None:
         raise ValueError(f"{data.name}: no source for the tensor's bytes")
     return write_tensor(data.load(), out_fd, crc=True, on_progress=on_progress)

@@ -189,7 +189,7 @@ def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int |
         write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written)
         files = tuple(sorted(os.listdir(tmp)))
     if crcs is not None and written is not None:
-        crcs.update((d.name, written[d.name]) for d in data if d.raw is not None)
+        crcs.update((d.name, written[d.name]) for d in data if d.raw is not None or d.pieces)
     return files
 
 

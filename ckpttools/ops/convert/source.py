@@ -33,6 +33,7 @@ class SourceTensor:
     raw: RawSource | None
     load: Callable[[], torch.Tensor]
     crc: int | None = None  # the CRC-32 the source file records for exactly ``raw``'s bytes
+    pieces: tuple[RawSource, ...] = ()  # else byte ranges that, end to end, are the tensor
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ _SHARED_STORAGES = (Format.TORCH_ZIP, Format.TORCH_LEGACY)
 
 
 def _tensor_layout(reader: CheckpointReader, entry: TensorEntry,
-                   raw: RawSource | None) -> TensorLayout:
+                   raw: RawSource | None, pieces: tuple[RawSource, ...] = ()) -> TensorLayout:
     storage = entry.location if reader.format in _SHARED_STORAGES and entry.location \
         else entry.key
     storage_source = getattr(reader, "storage_source", None)
@@ -103,7 +104,7 @@ def _tensor_layout(reader: CheckpointReader, entry: TensorEntry,
         ph = reader.placeholder(entry.key)  # type: ignore[attr-defined]  # the pickle's view
         return TensorLayout(entry.dtype, tuple(ph.shape), tuple(ph.stride), storage,
                             int(ph.storage_offset), whole.length, ph.requires_grad, ph.parameter)
-    if raw is not None and reader.format not in _SHARED_STORAGES:
+    if (raw is not None or pieces) and reader.format not in _SHARED_STORAGES:
         return TensorLayout(entry.dtype, entry.shape, contiguous_stride(entry.shape), storage,
                             0, entry.nbytes)
     return layout_of(reader.load(entry.key), storage)
@@ -133,6 +134,13 @@ def _refuse_attributes(reader: CheckpointReader, key: str) -> None:
     if callable(placeholder) and getattr(placeholder(key), "has_attributes", False):
         raise UnrepresentableError(f"{key}: a tensor with Python attributes (or a tensor "
                                    "subclass) cannot be converted losslessly; keep the .pth")
+
+
+def raw_pieces(reader: CheckpointReader, key: str) -> tuple[RawSource, ...]:
+    """The byte ranges that assemble ``key`` from its chunks (multi-rank DCP, ZeRO-3), if the
+    reader has them; empty otherwise."""
+    found = getattr(reader, "raw_pieces", None)
+    return (found(key) or ()) if callable(found) else ()
 
 
 def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> int | None:
@@ -168,10 +176,11 @@ def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sourc
                             "the checkpoint is inconsistent")
         _refuse_attributes(reader, entry.key)
         raw = reader.raw_source(entry.key)
-        layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw)
+        pieces = raw_pieces(reader, entry.key) if raw is None else ()
+        layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw, pieces)
         tensors[entry.key] = SourceTensor(entry.key, layout, raw,
                                           lambda k=entry.key: reader.load(k),
-                                          recorded_crc(reader, entry.key, raw))
+                                          recorded_crc(reader, entry.key, raw), pieces)
         return entry.key
 
     encoder = TreeEncoder(name_of, drop=drop)
@@ -236,8 +245,9 @@ def tensor_data(t: SourceTensor) -> TensorData:
     lay = t.layout
     nbytes = _numel(lay.shape) * dtype_size(lay.dtype)
     raw = t.raw if t.raw is not None and t.raw.length == nbytes else None
+    pieces = t.pieces if raw is None and sum(p.length for p in t.pieces) == nbytes else ()
     return TensorData(t.name, lay.dtype, lay.shape, nbytes, raw=raw, load=t.load,
-                      crc=t.crc if raw is not None else None)
+                      crc=t.crc if raw is not None else None, pieces=pieces)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

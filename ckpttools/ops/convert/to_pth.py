@@ -44,8 +44,12 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
         nbytes = first.storage_nbytes
         whole = next((m for m in members if m.layout.is_whole_storage and m.raw is not None
                       and m.raw.length == nbytes), None)
+        pieced = next((m for m in members if m.layout.is_whole_storage and m.raw is None
+                       and sum(p.length for p in m.pieces) == nbytes > 0), None)
         if whole is not None:
             data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw)
+        elif pieced is not None:
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, pieces=pieced.pieces)
         elif len(members) == 1 and members[0].layout.is_whole_storage:
             data = TensorData(str(key), first.dtype, (nbytes,), nbytes, load=members[0].load)
         else:
@@ -72,4 +76,4 @@ def write_pth(path: str, source: Source, *, on_progress: Progress = _no_progress
     written: dict[str, int] = {}
     write_torch_zip(path, obj, storages, on_progress=on_progress, crcs=written)
     if crcs is not None:
-        crcs.update((d.name, written[d.name]) for d in storages if d.raw is not None)
+        crcs.update((d.name, written[d.name]) for d in storages if d.raw is not None or d.pieces)

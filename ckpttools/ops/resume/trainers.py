@@ -63,6 +63,8 @@ class TrainerResumeResult:
         diffs: the leaves that differ (at most 200).
         losses: per-step logged losses after CKPT, NEXT against the resumed run (HF Trainer).
         skipped: pieces not compared (paths and settings, not state).
+        drift_atol: tolerance after the first resumed step (NEXT's state when it is later).
+        run_steps: ``--steps`` in the run mode, where the run wrote CKPT and NEXT itself.
     """
 
     framework: str
@@ -79,15 +81,19 @@ class TrainerResumeResult:
     diffs: tuple[TensorDiff, ...] = ()
     losses: tuple[LossRow, ...] = ()
     skipped: tuple[str, ...] = ()
+    drift_atol: float = 0.0
+    run_steps: int | None = None  # --steps of the run mode (checkpoints written by the run)
 
     @property
     def ok(self) -> bool:
         return self.status in ("identical", "within_tolerance")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": "trainer", "framework": self.framework, "recipe": self.recipe,
+        return {"mode": "trainer-run" if self.run_steps else "trainer",
+                "framework": self.framework, "recipe": self.recipe,
                 "checkpoint": self.checkpoint, "next_checkpoint": self.next_checkpoint,
                 "resume_step": self.resume_step, "end_step": self.end_step, "atol": self.atol,
+                "drift_atol": self.drift_atol,
                 "ok": self.ok, "status": self.status, "verdict": self.verdict,
                 "pieces": [p.to_dict() for p in self.pieces], "missing": list(self.missing),
                 "diffs": [d.to_dict() for d in self.diffs],
@@ -101,7 +107,7 @@ def is_trainer_recipe(spec: str) -> bool:
     return callable(getattr(_import(spec), "build_trainer", None))
 
 
-def _layout(path: str, what: str) -> TrainerLayout:
+def trainer_layout(path: str, what: str) -> TrainerLayout:
     with open_checkpoint(path) as reader:
         layout = describe_trainer(reader)
     if layout is None or layout.framework not in (HF_TRAINER, LIGHTNING):
@@ -111,14 +117,16 @@ def _layout(path: str, what: str) -> TrainerLayout:
 
 
 def verify_trainer_resume(recipe: str, checkpoint: str, next_checkpoint: str, *,
-                          atol: float = 0.0, workdir: str | None = None) -> TrainerResumeResult:
+                          atol: float = 0.0, drift_atol: float = 0.0,
+                          workdir: str | None = None) -> TrainerResumeResult:
     """Resume from CKPT through the framework's own path and compare with NEXT.
 
     Args:
         recipe: ``path/recipe.py`` or ``package.module`` defining ``build_trainer(output_dir)``.
         checkpoint: CKPT, an HF ``checkpoint-K`` folder or a Lightning ``.ckpt``.
         next_checkpoint: NEXT, a later checkpoint of the same run.
-        atol: tolerance per tensor (0: bitwise).
+        atol: tolerance per tensor (0: bitwise) for the first resumed step.
+        drift_atol: tolerance for later steps (NEXT's state when it is more than one step on).
         workdir: where the resumed run writes (a temporary folder, removed after).
 
     Returns:
@@ -128,24 +136,33 @@ def verify_trainer_resume(recipe: str, checkpoint: str, next_checkpoint: str, *,
         SpecError: the recipe fails (the whole message is shown), or the checkpoints are not
             a trainer's.
     """
-    start, end = _layout(checkpoint, "CKPT"), _layout(next_checkpoint, "NEXT")
+    start, end = trainer_layout(checkpoint, "CKPT"), trainer_layout(next_checkpoint, "NEXT")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="ckpttools-resume-") as tmp:
         out = os.path.join(tmp, "run")
         failure = _run_worker(recipe, start.framework, checkpoint, out, tmp)
         base = TrainerResumeResult(start.framework, recipe, checkpoint, next_checkpoint,
-                                   start.step, end.step, atol, "cannot_resume", "", missing=start.missing)
+                                   start.step, end.step, atol, "cannot_resume", "",
+                                   missing=start.missing, drift_atol=drift_atol)
         if failure is not None:
             if not start.missing:
                 raise SpecError(f"{recipe}: resuming from {checkpoint} failed: {failure}")
-            return _replace(base, verdict=f"{_lacks(start.framework, start.missing)}; "
+            return _replace(base, verdict=f"{lacks(start.framework, start.missing)}; "
                                           f"{start.framework} could not resume from it: {failure}")
         resumed = os.path.join(out, os.path.basename(os.path.normpath(next_checkpoint)))
         if not os.path.exists(resumed):
             raise SpecError(f"{recipe}: the resumed run wrote no {os.path.basename(resumed)} in "
                             "output_dir; build_trainer(output_dir) must save checkpoints there")
-        pieces, diffs, skipped = compare_layouts(next_checkpoint, resumed, atol)
-        losses = _losses(next_checkpoint, resumed, start.step or 0, atol)
-    return _judge(_replace(base, pieces=pieces, diffs=diffs[:200], losses=losses, skipped=skipped))
+        return judged_comparison(base, next_checkpoint, resumed)
+
+
+def judged_comparison(base: TrainerResumeResult, expected: str, resumed: str) -> TrainerResumeResult:
+    """``base`` with NEXT (``expected``) compared against the resumed run's, and judged."""
+    start, end = base.resume_step or 0, base.end_step or 0
+    tol = base.atol if end <= start + 1 else max(base.atol, base.drift_atol)
+    pieces, diffs, skipped = compare_layouts(expected, resumed, tol)
+    losses = _losses(expected, resumed, start, base.atol, max(base.atol, base.drift_atol))
+    return _judge(_replace(base, pieces=pieces, diffs=diffs[:200], losses=losses,
+                           skipped=skipped))
 
 
 def _replace(result: TrainerResumeResult, **changes: Any) -> TrainerResumeResult:
@@ -154,10 +171,15 @@ def _replace(result: TrainerResumeResult, **changes: Any) -> TrainerResumeResult
     return replace(result, **changes)
 
 
-def _lacks(framework: str, missing: tuple[str, ...]) -> str:
+def lacks(framework: str, missing: tuple[str, ...]) -> str:
     """``CKPT lacks rng (rng_state.pth)``: each missing kind with where it would be."""
     names = [f"{k} ({EXPECTED.get(framework, {}).get(k, k)})" for k in missing]
     return f"CKPT lacks {', '.join(names)}"
+
+
+def _next(result: TrainerResumeResult) -> str:
+    return f"the run's step {result.end_step}" if result.run_steps else \
+        f"NEXT (step {result.end_step})"
 
 
 def _judge(result: TrainerResumeResult) -> TrainerResumeResult:
@@ -166,16 +188,16 @@ def _judge(result: TrainerResumeResult) -> TrainerResumeResult:
     if not bad and not loss_bad:
         close = any(d.status == "close" for d in result.diffs)
         status: Status = "within_tolerance" if close else "identical"
-        how = f"within atol {result.atol}" if close else "bitwise"
+        how = f"within atol {max(result.atol, result.drift_atol)}" if close else "bitwise"
         return _replace(result, status=status, verdict=(
             f"resumed from step {result.resume_step} through {result.framework}'s own resume "
-            f"path: NEXT (step {result.end_step}) reproduced {how}"))
+            f"path: {_next(result)} reproduced {how}"))
     parts = [f"{p.name} ({p.kind}: {p.differing} of {p.leaves} differ, first {p.first})" for p in bad]
     first = f"; first loss that differs at step {loss_bad[0].step}" if loss_bad else ""
-    cause = (f"{_lacks(result.framework, result.missing)}, so the resumed run started without "
+    cause = (f"{lacks(result.framework, result.missing)}, so the resumed run started without "
              "it; ") if result.missing else ""
     return _replace(result, status="diverged", verdict=(
-        f"{cause}the resumed run differs from NEXT in {'; '.join(parts) or 'its losses'}{first}"))
+        f"{cause}the resumed run differs from {_next(result)} in {'; '.join(parts) or 'its losses'}{first}"))
 
 
 def _run_worker(recipe: str, framework: str, checkpoint: str, out: str, tmp: str) -> str | None:
@@ -238,8 +260,10 @@ def _compare(a: Any, b: Any, entry: Any, other: Any, atol: float) -> TensorDiff:
     return compare_leaf(entry.key, entry.value, getattr(other, "value", None), atol)
 
 
-def _losses(expected: str, resumed: str, start: int, atol: float) -> tuple[LossRow, ...]:
-    """HF Trainer's logged losses after ``start``: NEXT's ``trainer_state.json`` against the run's."""
+def _losses(expected: str, resumed: str, start: int, atol: float,
+            drift_atol: float) -> tuple[LossRow, ...]:
+    """HF Trainer's logged losses after ``start``: NEXT's ``trainer_state.json`` against the
+    run's; the first resumed step is held to ``atol``, later ones to ``drift_atol``."""
     def read(folder: str) -> dict[int, float]:
         path = os.path.join(folder, "trainer_state.json")
         if not os.path.isfile(path):
@@ -254,7 +278,8 @@ def _losses(expected: str, resumed: str, start: int, atol: float) -> tuple[LossR
     for step in sorted(s for s in ref if s > start):
         r, g = ref[step], got.get(step)
         diff = None if g is None else abs(r - g)
+        tol = atol if step == start + 1 else drift_atol
         status = ("resumed-only" if g is None else "identical" if diff == 0
-                  else "close" if diff is not None and diff <= atol else "differs")
+                  else "close" if diff is not None and diff <= tol else "differs")
         rows.append(LossRow(step, r, g, diff, status))  # type: ignore[arg-type]
     return tuple(rows)
