@@ -45,7 +45,8 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
         whole = next((m for m in members if m.layout.is_whole_storage and m.raw is not None
                       and m.raw.length == nbytes), None)
         if whole is not None:
-            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw)
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw,
+                              crc=whole.crc)
         elif len(members) == 1 and members[0].layout.is_whole_storage:
             data = TensorData(str(key), first.dtype, (nbytes,), nbytes, load=members[0].load)
         else:
