@@ -44,7 +44,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's ``sync_file_range`` (Linux; ``os`` does not wrap it), or None elsewhere."""
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
         return None
     fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     fn.restype = ctypes.c_int
@@ -61,8 +61,13 @@ def write_behind(fd: int, n: int) -> None:
     (not Linux) or refused (not a regular file): the final fsync writes everything anyway.
     """
     fn = _sync_file_range()
-    if fn is not None and n > 0:
-        fn(fd, os.lseek(fd, 0, os.SEEK_CUR) - n, n, SYNC_FILE_RANGE_WRITE)
+    if fn is None or n <= 0:
+        return
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # not seekable (a pipe): nothing to hand to a disk
+        return
+    fn(fd, end - n, n, SYNC_FILE_RANGE_WRITE)
 
 
 @dataclass(frozen=True)
