@@ -54,11 +54,11 @@ def _settle() -> None:
     time.sleep(2)
 
 
-def _interleaved(src: str, out: str, rounds: int = 3) -> list[tuple[str, Measure]]:
+def _interleaved(src: str, out: str, rounds: int = 5) -> list[tuple[str, Measure]]:
     """``cp`` + ``sync`` and every conversion, alternated over ``rounds`` (the disk's speed
     drifts on shared machines; measuring them in blocks would compare different disks). Each
-    is the best round (its peak RSS the largest); outputs are removed before each run, so none
-    overwrites a file. The first row is ``cp``."""
+    is the best of ``rounds`` (its peak RSS the largest); outputs are removed before each run,
+    so none overwrites a file. The first row is ``cp``."""
     st, back, shards, dcp = (os.path.join(out, n) for n in ("a.safetensors", "b.pth", "shards",
                                                             "dcp"))
     runs = (("cp+sync", ["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
@@ -80,13 +80,16 @@ def _interleaved(src: str, out: str, rounds: int = 3) -> list[tuple[str, Measure
             m = measure(cmd, 1)
             old = best[i]
             best[i] = m if old is None or m.wall < old.wall else Measure(old.wall, max(
-                old.rss_mb, m.rss_mb))
+                old.rss_mb, m.rss_mb), old.cpu)
     return [(label, m) for (label, _, _), m in zip(runs, best) if m is not None]
 
 
 def _line(label: str, m: Measure, cp: Measure, naive: Measure | None = None) -> str:
+    """Wall time, peak RSS and the ratio to cp+sync; then CPU seconds and their ratio, which
+    a busy machine disturbs less than wall time."""
     tail = f" | {m.wall / naive.wall:5.2f}x torch.load+save_file" if naive else ""
-    return f"  {label:<34} {m} | {m.wall / cp.wall:5.2f}x cp+sync{tail}"
+    cpu = f" | cpu {m.cpu:6.2f} s {m.cpu / cp.cpu:5.2f}x" if cp.cpu else ""
+    return f"  {label:<34} {m} | {m.wall / cp.wall:5.2f}x cp+sync{cpu}{tail}"
 
 
 def run(sizes: list[str]) -> None:
@@ -102,7 +105,8 @@ def run(sizes: list[str]) -> None:
             naive = measure([PY, "-c", LOAD_ALL, src, str(out / "naive.safetensors")], 1)
             os.unlink(out / "naive.safetensors")  # 4 GB less for the page cache to hold
             (_, cp), *rows = _interleaved(src, str(out))
-            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}", flush=True)
+            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}, cpu {cp.cpu:.2f} s, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
             print(_line("torch.load+save_file", naive, cp), flush=True)
             for label, m in rows:
                 print(_line(label, m, cp, naive), flush=True)
