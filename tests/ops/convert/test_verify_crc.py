@@ -124,3 +124,24 @@ def test_a_wrong_crc_is_not_taken_on_trust(src: Path, tmp_path: Path,
     assert compared_in_full == ["model.big"]
     assert problems == ["model.big: the source's bytes fail the CRC-32 its zip records; "
                         "the source is damaged"]
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_a_source_failing_its_own_crc_is_named_damaged(src: Path, tmp_path: Path,
+                                                       target: str) -> None:
+    """The writers reuse the CRC-32 the source's zip records instead of computing one; a
+    source whose bytes no longer match that record is told apart from a bad copy."""
+    with open_checkpoint(src) as reader:
+        where = reader.raw_source("model.big")
+    assert where is not None
+    with open(src, "r+b") as f:  # change a byte of the storage, not its recorded CRC-32
+        f.seek(where.offset + 5)
+        byte = f.read(1)
+        f.seek(where.offset + 5)
+        f.write(bytes([byte[0] ^ 0x01]))
+    to, shard = TARGETS[target]
+    out = _out(tmp_path, target)
+    result = conversion.convert_checkpoint(str(src), str(out), to=to, max_shard_size=shard)
+    assert result.mismatches == ("model.big: the source's bytes fail the CRC-32 its zip "
+                                 "records; the source is damaged",)
+    assert not out.exists()
