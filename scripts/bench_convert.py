@@ -105,8 +105,8 @@ def run(sizes: list[str]) -> None:
             naive = measure([PY, "-c", LOAD_ALL, src, str(out / "naive.safetensors")], 1)
             os.unlink(out / "naive.safetensors")  # 4 GB less for the page cache to hold
             (_, cp), *rows = _interleaved(src, str(out))
-            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}, cpu {cp.cpu:.2f} s, "
-                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}, "
+                  f"cpu {cp.cpu:.2f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
             print(_line("torch.load+save_file", naive, cp), flush=True)
             for label, m in rows:
                 print(_line(label, m, cp, naive), flush=True)
