@@ -2,9 +2,10 @@
 
 Each command runs in a child process (``benchlib.measure``: best wall time of the runs, that
 child's peak RSS). Conversion times exclude verification (``--no-verify``) unless the label says
-``verify``; ``cp`` and the single-file conversions with and without verification are
-interleaved round by round, so their ratios come from the same disk conditions; every ckpttools output is fsynced, so ``cp`` is followed by ``sync`` of the copy
-(an fsync of that one file: a bare ``sync`` would also wait for other processes' writes).
+``verify``; ``cp`` and every conversion are interleaved round by round, so their ratios come
+from the same disk conditions; every ckpttools output is fsynced, so ``cp`` is followed by
+``sync`` of the copy (an fsync of that one file: a bare ``sync`` would also wait for other
+processes' writes).
 Sources are kept in ``bench-data/`` and reused; outputs are removed after each size.
 Usage: ``python scripts/bench.py convert --sizes 1GB,4GB``.
 """
@@ -47,45 +48,48 @@ def _make(path: str, nbytes: int) -> None:
     subprocess.run([PY, "-c", code, path, str(nbytes)], check=True)
 
 
-def _convert(src: str, dst: str, *extra: str, verify: bool = False, repeat: int = 2) -> Measure:
-    args = [src, dst, "--force", *extra] + ([] if verify else ["--no-verify"])
-    _settle()
-    return measure([PY, "-c", CONVERT, *args], repeat)
-
-
 def _settle() -> None:
     """Flush dirty pages and give the disk a moment (freed blocks are discarded behind)."""
     os.sync()
     time.sleep(2)
 
 
-def _interleaved(src: str, out: str, st: str, back: str,
-                 rounds: int = 3) -> list[Measure]:
-    """``cp`` + ``sync`` and the conversions with and without verification, alternated over
-    ``rounds`` (the disk's speed drifts on shared machines; measuring them in blocks would
-    compare different disks). Each is the best round; outputs are removed before each run, so
-    none overwrites a file. Order: cp, pth->st, st->pth, pth->st verify, st->pth verify."""
-    runs = ((["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
-            ([PY, "-c", CONVERT, src, st, "--no-verify"], st),
-            ([PY, "-c", CONVERT, st, back, "--no-verify"], back),
-            ([PY, "-c", CONVERT, src, st], st),
-            ([PY, "-c", CONVERT, st, back], back))
+def _interleaved(src: str, out: str, rounds: int = 5) -> list[tuple[str, Measure]]:
+    """``cp`` + ``sync`` and every conversion, alternated over ``rounds`` (the disk's speed
+    drifts on shared machines; measuring them in blocks would compare different disks). Each
+    is the best of ``rounds`` (its peak RSS the largest); outputs are removed before each run,
+    so none overwrites a file. The first row is ``cp``."""
+    st, back, shards, dcp = (os.path.join(out, n) for n in ("a.safetensors", "b.pth", "shards",
+                                                            "dcp"))
+    runs = (("cp+sync", ["sh", "-c", f"cp {src} {out}/copy && sync {out}/copy"], f"{out}/copy"),
+            ("pth -> safetensors", [PY, "-c", CONVERT, src, st, "--no-verify"], st),
+            ("safetensors -> pth", [PY, "-c", CONVERT, st, back, "--no-verify"], back),
+            ("pth -> safetensors, verify", [PY, "-c", CONVERT, src, st], st),
+            ("safetensors -> pth, verify", [PY, "-c", CONVERT, st, back], back),
+            ("pth -> sharded 1GB, verify", [PY, "-c", CONVERT, src, shards, "--to",
+                                            "safetensors", "--max-shard-size", "1GB"], shards),
+            ("pth -> dcp, verify", [PY, "-c", CONVERT, src, dcp, "--to", "dcp"], dcp))
     best: list[Measure | None] = [None] * len(runs)
     for _ in range(rounds):
-        for i, (cmd, dest) in enumerate(runs):
-            if os.path.exists(dest):
+        for i, (_, cmd, dest) in enumerate(runs):
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            elif os.path.exists(dest):
                 os.unlink(dest)
             _settle()
             m = measure(cmd, 1)
             old = best[i]
             best[i] = m if old is None or m.wall < old.wall else Measure(old.wall, max(
-                old.rss_mb, m.rss_mb))
-    return [m for m in best if m is not None]
+                old.rss_mb, m.rss_mb), old.cpu)
+    return [(label, m) for (label, _, _), m in zip(runs, best) if m is not None]
 
 
 def _line(label: str, m: Measure, cp: Measure, naive: Measure | None = None) -> str:
+    """Wall time, peak RSS and the ratio to cp+sync; then CPU seconds and their ratio, which
+    a busy machine disturbs less than wall time."""
     tail = f" | {m.wall / naive.wall:5.2f}x torch.load+save_file" if naive else ""
-    return f"  {label:<34} {m} | {m.wall / cp.wall:5.2f}x cp+sync{tail}"
+    cpu = f" | cpu {m.cpu:6.2f} s {m.cpu / cp.cpu:5.2f}x" if cp.cpu else ""
+    return f"  {label:<34} {m} | {m.wall / cp.wall:5.2f}x cp+sync{cpu}{tail}"
 
 
 def run(sizes: list[str]) -> None:
@@ -97,20 +101,13 @@ def run(sizes: list[str]) -> None:
         out = DATA / f"convert-{text}-out"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
-        st, back, shards, dcp = (str(out / n) for n in ("a.safetensors", "b.pth", "shards", "dcp"))
         try:
             naive = measure([PY, "-c", LOAD_ALL, src, str(out / "naive.safetensors")], 1)
-            cp, to_st, to_pth, to_st_v, to_pth_v = _interleaved(src, str(out), st, back)
-            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}", flush=True)
+            os.unlink(out / "naive.safetensors")  # 4 GB less for the page cache to hold
+            (_, cp), *rows = _interleaved(src, str(out))
+            print(f"{text} ({os.path.getsize(src) / 1e9:.2f} GB): cp+sync {cp}, "
+                  f"cpu {cp.cpu:.2f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
             print(_line("torch.load+save_file", naive, cp), flush=True)
-            rows = [("pth -> safetensors", to_st), ("safetensors -> pth", to_pth),
-                    ("pth -> safetensors, verify", to_st_v),
-                    ("safetensors -> pth, verify", to_pth_v),
-                    ("pth -> sharded 1GB, verify", _convert(src, shards, "--to", "safetensors",
-                                                           "--max-shard-size", "1GB",
-                                                           verify=True, repeat=1)),
-                    ("pth -> dcp, verify", _convert(src, dcp, "--to", "dcp", verify=True,
-                                                    repeat=1))]
             for label, m in rows:
                 print(_line(label, m, cp, naive), flush=True)
         finally:

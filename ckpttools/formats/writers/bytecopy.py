@@ -3,12 +3,14 @@
 Bytes go by ``os.copy_file_range`` (a kernel copy, never in this process's memory); when a
 CRC is needed (zip records) a worker thread reads the same range into one reused buffer. Pages
 of the source are never mapped, so the resident set stays at the buffer size whatever the file
-size.
+size. Every chunk written is handed to the disk at once (``write_behind``), so the disk writes
+while the copy goes on and the final fsync has little left to wait for.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -29,12 +31,45 @@ if TYPE_CHECKING:
 
 CHUNK = 8 << 20
 URL_CHUNK = 2 << 20  # several such ranges in flight beat one large one (measured: 3x)
+READ_CHUNK = 1 << 20  # CRC reads: a buffer that stays in the CPU cache between read and CRC
 SMALL = 256 << 10
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
 Progress = Callable[[int], None]
 
 
 def _no_progress(n: int) -> None:
     pass
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux; ``os`` does not wrap it), or None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):  # TypeError: CDLL(None) on Windows
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+def write_behind(fd: int, n: int) -> None:
+    """Start writing to disk the ``n`` bytes just written before ``fd``'s position, without
+    waiting for them.
+
+    ``cp`` + fsync leaves the whole file to the fsync; handing each chunk to the disk as it is
+    written overlaps the disk with the copy. The pages stay in the page cache (clean), so
+    verification still reads the output back from memory. A no-op where the call is missing
+    (not Linux) or refused (not a regular file): the final fsync writes everything anyway.
+    """
+    fn = _sync_file_range()
+    if fn is None or n <= 0:
+        return
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # not seekable (a pipe): nothing to hand to a disk
+        return
+    fn(fd, end - n, n, SYNC_FILE_RANGE_WRITE)
 
 
 @dataclass(frozen=True)
@@ -100,6 +135,7 @@ def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = Fal
         if got <= 0:
             raise CorruptCheckpointError(f"{src.path}: file ends inside a tensor's data "
                                          f"(offset {offset}); the file is truncated")
+        write_behind(out_fd, got)
         offset += got
         left -= got
         on_progress(got)
@@ -122,6 +158,7 @@ def _copy_url(src: RawSource, out_fd: int, on_progress: Progress) -> int:
     for chunk in url_chunks(src):
         value = crc32(chunk, value)
         write_all(out_fd, memoryview(chunk))
+        write_behind(out_fd, len(chunk))
         on_progress(len(chunk))
     return value
 
@@ -136,10 +173,10 @@ def write_all(fd: int, data: memoryview) -> None:
 def _crc_of_range(fd: int, src: RawSource) -> int:
     """CRC-32 of a byte range, read through one reused buffer (runs in a worker thread:
     ``os.preadv`` and ``zlib.crc32`` release the GIL on large buffers)."""
-    buf = bytearray(min(CHUNK, max(src.length, 1)))
+    buf = bytearray(min(READ_CHUNK, max(src.length, 1)))
     offset, left, value = src.offset, src.length, 0
     while left > 0:
-        view = memoryview(buf)[:min(CHUNK, left)]
+        view = memoryview(buf)[:min(READ_CHUNK, left)]
         got = os.preadv(fd, [view], offset)
         if got <= 0:
             break  # the copy in the calling thread reports the truncation
@@ -187,6 +224,7 @@ def write_tensor(t: torch.Tensor, out_fd: int, *, crc: bool = False,
         if crc:
             value = crc32(part, value)
         write_all(out_fd, part)
+        write_behind(out_fd, len(part))
         on_progress(len(part))
     return value
 
@@ -224,6 +262,7 @@ def copy_pieces(files: SourceFiles, pieces: tuple[RawSource, ...], out_fd: int, 
                                              f"(offset {offset}); the file is truncated")
             value = crc32(view[:got], value)
             write_all(out_fd, view[:got])
+            write_behind(out_fd, got)
             offset += got
             left -= got
             on_progress(got)

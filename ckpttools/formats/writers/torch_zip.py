@@ -28,7 +28,8 @@ from typing import Any
 
 from ckpttools.entries import RawSource
 from ckpttools.formats.writers.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
-                                       copy_pieces, copy_raw_crc, write_all, write_tensor)
+                                                 copy_pieces, copy_raw, copy_raw_crc, write_all,
+                                                 write_tensor)
 from ckpttools.formats.writers.dcp_metadata import PickleGlobal
 
 ALIGNMENT = 64
@@ -250,7 +251,11 @@ def _write_storage(zf: ZipArchiveWriter, files: SourceFiles, key: str, data: Ten
         if data.raw.length != data.nbytes:
             raise ValueError(f"{data.name}: raw range of {data.raw.length} bytes for a "
                              f"{data.nbytes}-byte storage")
-        crc = copy_raw_crc(files, data.raw, zf.fd, zf.pool, on_progress=on_progress)
+        if data.crc is not None:  # the source's zip records it: a plain kernel copy
+            copy_raw(files, data.raw, zf.fd, on_progress=on_progress)
+            crc = data.crc
+        else:
+            crc = copy_raw_crc(files, data.raw, zf.fd, zf.pool, on_progress=on_progress)
     elif data.pieces:
         crc = copy_pieces(files, data.pieces, zf.fd, on_progress=on_progress)
     elif data.load is not None:

@@ -47,7 +47,8 @@ def storage_plan(source: Source) -> tuple[dict[str, TensorSlot], list[TensorData
         pieced = next((m for m in members if m.layout.is_whole_storage and m.raw is None
                        and sum(p.length for p in m.pieces) == nbytes > 0), None)
         if whole is not None:
-            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw)
+            data = TensorData(str(key), first.dtype, (nbytes,), nbytes, raw=whole.raw,
+                              crc=whole.crc)
         elif pieced is not None:
             data = TensorData(str(key), first.dtype, (nbytes,), nbytes, pieces=pieced.pieces)
         elif len(members) == 1 and members[0].layout.is_whole_storage:

@@ -11,15 +11,18 @@ ranges chunk by chunk when both sides have them, else one loaded tensor at a tim
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ckpttools.entries import RawSource
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.manifest import Node, TensorLayout
-from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range, ranges_equal
+from ckpttools.formats.writers.bytecopy import SMALL, SourceFiles, crc_of_range, ranges_equal
 from ckpttools.ops.object_graph import GraphComparison, manifest_graph, pickled_graph
 from ckpttools.ops.convert.source import Source, SourceTensor, tensor_data
 
 MAX_REPORTED = 20
+READERS = 2  # threads reading the output back for its CRC-32s
 
 
 def same_bits(a: Any, b: Any) -> bool:
@@ -81,24 +84,47 @@ class _Bytes:
     is known (computed while copying, or recorded by the source's zip), the output's range is
     read back once (from the page cache the write filled) and its CRC compared: one pass at
     memory speed instead of a second read of both files. Elsewhere (casts, assembled storages)
-    and after a CRC mismatch, both sides are compared in full."""
+    and after a CRC mismatch, both sides are compared in full.
+
+    The read-backs run on two worker threads, started in file order before the comparison
+    walks the tensors (``preadv`` and the CRC release the GIL), so two ranges are read at once.
+    """
 
     def __init__(self, reader: Any, files: SourceFiles, crcs: dict[str, int] | None,
                  pickled: bool) -> None:
         self.reader, self.files, self.crcs, self.pickled = reader, files, crcs or {}, pickled
         self.checked: dict[str, bool] = {}
+        self.pending: dict[str, Future[int]] = {}
+        self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="verify-crc32")
+
+    def _where(self, name: str) -> tuple[str, RawSource | None]:
+        """The CRC key of ``name``'s bytes (its storage, in a .pth) and their range in the
+        output, when a CRC is known for them."""
+        if self.pickled and self.crcs:
+            key = str(self.reader.placeholder(name).storage_key)
+            return key, self.reader.storage_source(name) if key in self.crcs else None
+        return name, self.reader.raw_source(name) if name in self.crcs else None
+
+    def start(self, names: list[str]) -> None:
+        """Start reading back the output's CRC-checked ranges of ``names`` (the larger ones)."""
+        for name in names:
+            key, where = self._where(name)
+            # a small range costs less to read inline than to hand to a thread
+            if where is not None and where.length > SMALL and key not in self.pending:
+                self.files.fd(where.path)  # opened here: the fd cache is not thread-safe
+                self.pending[key] = self.pool.submit(crc_of_range, self.files, where)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
 
     def problem(self, t: SourceTensor, name: str) -> str | None:
         """None when the output's bytes of ``name`` are the source's, else what differs."""
-        key, where = name, None
-        if self.pickled and self.crcs:
-            key = str(self.reader.placeholder(name).storage_key)
-            where = self.reader.storage_source(name) if key in self.crcs else None
-        elif key in self.crcs:
-            where = self.reader.raw_source(name)
+        key, where = self._where(name)
         if where is not None:
             if key not in self.checked:
-                self.checked[key] = crc_of_range(self.files, where) == self.crcs[key]
+                future = self.pending.get(key)
+                crc = future.result() if future else crc_of_range(self.files, where)
+                self.checked[key] = crc == self.crcs[key]
             if self.checked[key]:
                 return None
         if not _same_bytes(t, self.reader, name, self.files):
@@ -116,12 +142,24 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
     difference, pairs = compare_graphs(source, *graph)
     if difference is not None:
         return [difference]
-    problems: list[str] = []
-    check = _Bytes(reader, files, crcs, pickled)
     stored = None if pickled else _stored_shapes(reader)
+    shape_problems = {out: _stored_problem(stored, out, graph[1][out])
+                      for _, _, out in pairs} if stored is not None else {}
+    check = _Bytes(reader, files, crcs, pickled)
+    try:
+        check.start([out for _, _, out in pairs if shape_problems.get(out) is None])
+        return _compare_tensors(check, source, pairs, shape_problems)
+    finally:
+        check.close()
+
+
+def _compare_tensors(check: _Bytes, source: Source, pairs: list[tuple[str, str, str]],
+                     shape_problems: dict[str, str | None]) -> list[str]:
+    """What differs, tensor by tensor in order (a stored shape, else the bytes), up to
+    MAX_REPORTED problems."""
+    problems: list[str] = []
     for path, src_name, out_name in pairs:
-        problem = None if stored is None else _stored_problem(stored, out_name,
-                                                              graph[1][out_name])
+        problem = shape_problems.get(out_name)
         if problem is None:
             found = check.problem(source.tensors[src_name], out_name)
             problem = f"{path}: {found}" if found else None
