@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
-from ckpttools.formats.pickle.genops import OpcodeError, max_tuple_depth
+from ckpttools.formats.pickle.genops import OpcodeError
+from ckpttools.formats.pickle.opwalk import max_tuple_depth
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.pickle.genops import max_tuple_depth
+from ckpttools.formats.pickle.opwalk import remember_depth
 from ckpttools.formats.sniff import is_legacy_magic
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
 from ckpttools.formats.pickle.walk import MAX_TUPLE_DEPTH
@@ -111,7 +111,7 @@ def scan_pickles(data: Any, label: str) -> Found:
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
             break
-        if max_tuple_depth(data[scan.offset:scan.end]) > MAX_TUPLE_DEPTH:
+        if scan.tuple_depth > MAX_TUPLE_DEPTH:
             found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep; "
                                 "unpickling it crashes the interpreter")
             break
@@ -259,8 +259,10 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
         found.pickles.append(scan)
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
-        elif max_tuple_depth(buf[start:scan.end]) > MAX_TUPLE_DEPTH:
+        elif scan.tuple_depth > MAX_TUPLE_DEPTH:
             found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep")
+        elif is_main:  # the reader asks the same of the same bytes next (inspect, audit)
+            remember_depth(bytes(buf[start:scan.end]), scan.tuple_depth)
 
 
 def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:

@@ -1,0 +1,432 @@
+"""One static walk of a pickle's opcodes: every global it would import, every call it would make,
+and how deep its tuples nest, without importing or calling anything.
+
+A small symbolic stack follows the pickle machine closely enough to resolve ``STACK_GLOBAL``
+operands through the memo (``PUT``/``BINPUT``/``MEMOIZE``/``GET``, mixed in any order) and to
+see calls whose target is not a named global. Where scanners that track only "the last two
+strings" were bypassed (mmaitre314/picklescan#14, #22, #52; protectai/modelscan#85, #330, #331),
+anything the walk cannot resolve is reported as unsafe rather than skipped. Arguments that can
+be read more than one way go through ``genops``, which reads them exactly as CPython's unpickler
+does, so the walk stops exactly where a real load stops; an error ends the walk but keeps what
+was read before it (the unpickler would already have run those opcodes, trailofbits/fickling#139).
+
+Tuples are tracked by nesting depth on the same stack (hashing a tuple recurses in C without a
+limit), so one pass answers both the safety and the crash question. The walk is one loop over
+integer opcode codes with table lookups: a checkpoint's pickle holds about 30 opcodes per
+tensor, and a call per opcode would cost more than the opcode.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import pickletools
+from dataclasses import dataclass
+from typing import Any
+
+from ckpttools.entries import GlobalRef
+from ckpttools.formats.pickle.genops import NAMES, OpcodeError, read_arg
+from ckpttools.formats.pickle.safety import classify_global, normalize_global
+
+__all__ = ["CHEAP_TUPLE_LIMIT", "OpWalk", "max_tuple_depth", "remember_depth", "walk_ops"]
+
+
+@dataclass(frozen=True)
+class OpWalk:
+    """What one walk found.
+
+    Attributes:
+        end: just past STOP, or just past the last opcode read when the walk stopped early.
+        opcodes: opcodes read.
+        protocol: the PROTO opcode's value (0 when absent).
+        globals: every global, in order of first reference, classified.
+        findings: ``(safety, offset, message)`` of dynamic imports, computed calls and the like.
+        error: why the walk stopped early (empty when it reached STOP).
+        malformed: the stop was a malformed opcode or argument (not a stack or memo error).
+        tuple_depth: how deep tuples nest in what was read.
+    """
+
+    end: int
+    opcodes: int
+    protocol: int
+    globals: tuple[GlobalRef, ...]
+    findings: tuple[tuple[str, int, str], ...]
+    error: str
+    malformed: bool
+    tuple_depth: int
+
+
+class _Global:
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+
+class _Computed:
+    """A value made by a call or an opcode the walk does not model."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+class _Stop(ValueError):
+    """Where the real unpickler would raise; nothing after it runs."""
+
+
+# Stack values: str (a string operand), _Global, _Computed, _MARK, or an int for a tuple (its
+# nesting depth); nothing else on the stack is ever an int.
+_MARK = object()
+_OTHER = _Computed("a value")
+
+
+class _State:
+    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stack: list[Any] = []
+        self.memo: dict[int, Any] = {}
+        self.globals: dict[tuple[str, str], GlobalRef] = {}
+        self.findings: list[tuple[str, int, str]] = []
+        self.protocol = 0
+
+    def pop(self) -> Any:
+        if not self.stack:
+            raise _Stop("stack underflow: the unpickler stops here")
+        return self.stack.pop()
+
+    def pop_mark(self) -> list[Any]:
+        stack = self.stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is _MARK:
+                items = stack[i + 1:]
+                del stack[i:]
+                return items
+        del stack[:]
+        raise _Stop("no MARK on the stack: the unpickler stops here")
+
+    def add_global(self, module: str, name: str) -> _Global:
+        module, name = normalize_global(module, name)
+        if (module, name) not in self.globals:
+            safety, reason = classify_global(module, name)
+            self.globals[(module, name)] = GlobalRef(module, name, safety, self.name, reason)
+        return _Global(f"{module}.{name}")
+
+    def flag(self, pos: int, message: str, safety: str = "unsafe") -> None:
+        self.findings.append((safety, pos, message))
+
+    def call(self, callee: Any, pos: int, how: str) -> None:
+        if not isinstance(callee, _Global):
+            what = callee.what if isinstance(callee, _Computed) else (
+                "a value" if type(callee) is int else type(callee).__name__)
+            self.flag(pos, f"{how} at offset {pos} calls {what}, not a named global "
+                           "(a getattr/attrgetter-style chain)")
+
+
+def _global(w: _State, arg: str, pos: int) -> None:
+    module, _, name = arg.partition(" ")
+    w.stack.append(w.add_global(module, name))
+
+
+def _stack_global(w: _State, arg: Any, pos: int) -> None:
+    name, module = w.pop(), w.pop()
+    if isinstance(module, str) and isinstance(name, str):
+        w.stack.append(w.add_global(module, name))
+        return
+    shown = [v if isinstance(v, str) else "?" for v in (module, name)]
+    w.flag(pos, f"STACK_GLOBAL at offset {pos} imports a name computed at load time "
+                f"({shown[0]}.{shown[1]}); a dynamic global")
+    w.stack.append(_Computed(f"the dynamic global at offset {pos}"))
+
+
+def _inst(w: _State, arg: str, pos: int) -> None:
+    module, _, name = arg.partition(" ")
+    w.pop_mark()
+    w.add_global(module, name)
+    w.stack.append(_Computed(f"the {module}.{name} object"))
+
+
+def _obj(w: _State, arg: Any, pos: int) -> None:
+    items = w.pop_mark()
+    w.call(items[0] if items else _OTHER, pos, "OBJ")
+    w.stack.append(_Computed(f"the object made at offset {pos}"))
+
+
+def _reduce(w: _State, arg: Any, pos: int) -> None:
+    w.pop()
+    callee = w.pop()
+    w.call(callee, pos, "REDUCE")
+    name = callee.qualname if isinstance(callee, _Global) else "a computed value"
+    w.stack.append(_Computed(f"the result of calling {name}"))
+
+
+def _newobj(w: _State, arg: Any, pos: int) -> None:
+    w.pop()
+    w.call(w.pop(), pos, "NEWOBJ")
+    w.stack.append(_Computed(f"the object made at offset {pos}"))
+
+
+def _newobj_ex(w: _State, arg: Any, pos: int) -> None:
+    w.pop()
+    _newobj(w, arg, pos)
+
+
+def _build(w: _State, arg: Any, pos: int) -> None:
+    w.pop()
+    target = w.stack[-1] if w.stack else _OTHER
+    if isinstance(target, _Global):
+        # modelscan#85: BUILD on a function or module sets its attributes, which a later
+        # dotted global or STACK_GLOBAL then reads back
+        w.flag(pos, f"BUILD at offset {pos} sets attributes on {target.qualname} itself")
+
+
+def _dup(w: _State, arg: Any, pos: int) -> None:
+    w.stack.append(w.stack[-1] if w.stack else _OTHER)
+
+
+def _memoize(w: _State, arg: Any, pos: int) -> None:
+    w.memo[len(w.memo)] = w.stack[-1] if w.stack else _OTHER
+
+
+def _proto(w: _State, arg: int, pos: int) -> None:
+    w.protocol = arg
+
+
+def _ext(w: _State, code: int, pos: int) -> None:
+    key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
+    where = f"extension code {code} at offset {pos}"
+    if key is None:
+        w.flag(pos, f"{where}: a global taken from the loader's copyreg extension "
+                    "registry, not named in the file")
+        w.stack.append(_Computed(f"the global of {where}"))
+    else:
+        w.flag(pos, f"{where} names {key[0]}.{key[1]} through the copyreg registry")
+        w.stack.append(w.add_global(*key))
+
+
+_HANDLERS = {
+    "GLOBAL": _global, "STACK_GLOBAL": _stack_global, "INST": _inst, "OBJ": _obj,
+    "REDUCE": _reduce, "NEWOBJ": _newobj, "NEWOBJ_EX": _newobj_ex, "BUILD": _build,
+    "DUP": _dup, "MEMOIZE": _memoize, "PROTO": _proto, "EXT1": _ext, "EXT2": _ext, "EXT4": _ext,
+}
+
+# ---- per-code tables ---------------------------------------------------------------------------
+
+_SLOW, _INVALID = -1, -2  # argument read by genops._arg; not an opcode
+# fixed-width arguments that need no check beyond their length (genops reads them the same way)
+_PLAIN_WIDTH = {"BININT": 4, "BININT1": 1, "BININT2": 2, "BINGET": 1, "LONG_BINGET": 4,
+                "BINPUT": 1, "LONG_BINPUT": 4, "BINFLOAT": 8}
+_K_EFFECT, _K_PUSH, _K_STRING, _K_PUT, _K_GET, _K_TUPLE, _K_TUPLE_N, _K_HANDLER, _K_STOP = range(9)
+_STRINGS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
+                      "BINSTRING", "SHORT_BINSTRING"})
+
+
+def _effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[Any, ...]]:
+    """``(pops a mark, values popped below it or in all, values pushed)`` of a plain opcode."""
+    before = op.stack_before
+    marked = pickletools.markobject in before
+    pops = before.index(pickletools.markobject) if marked else len(before)
+    return marked, pops, tuple(_MARK if item is pickletools.markobject else _OTHER
+                               for item in op.stack_after)
+
+
+def _kind(name: str, effect: tuple[bool, int, tuple[Any, ...]]) -> int:
+    if name == "STOP":
+        return _K_STOP
+    if name in _HANDLERS:
+        return _K_HANDLER
+    if name in _STRINGS:
+        return _K_STRING
+    if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        return _K_PUT
+    if name in ("GET", "BINGET", "LONG_BINGET"):
+        return _K_GET
+    if name == "TUPLE":
+        return _K_TUPLE
+    if name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+        return _K_TUPLE_N
+    marked, pops, pushes = effect
+    return _K_PUSH if not marked and not pops and len(pushes) == 1 else _K_EFFECT
+
+
+_WIDTH = [_INVALID] * 256
+_KIND = [_K_EFFECT] * 256
+_EFFECT: list[Any] = [None] * 256
+_PUSHED: list[Any] = [None] * 256
+_TUPLE_N = [0] * 256
+for _code, _name in NAMES.items():
+    _op = pickletools.code2op[chr(_code)]
+    _WIDTH[_code] = 0 if _op.arg is None else _PLAIN_WIDTH.get(_name, _SLOW)
+    _EFFECT[_code] = _effect(_op)
+    _KIND[_code] = _kind(_name, _EFFECT[_code])
+    _PUSHED[_code] = _EFFECT[_code][2][0] if _EFFECT[_code][2] else None
+    _TUPLE_N[_code] = int(_name[-1]) if _name in ("TUPLE1", "TUPLE2", "TUPLE3") else 0
+_HANDLER_AT = [_HANDLERS.get(NAMES.get(c, "")) for c in range(256)]
+
+
+def _depth_of(items: list[Any]) -> int:
+    depth = 1
+    for v in items:
+        if type(v) is int and v >= depth:
+            depth = v + 1
+    return depth
+
+
+_PROBE_OPS = 256  # tensor bytes read as opcodes fail within a few; a pickle runs longer
+_COPY_LIMIT = 256 << 20  # a pickle this size is walked from a copy (bytes index 2x faster than mmap)
+
+
+class _Probed(Exception):
+    """The probe on a mapped file read ``_PROBE_OPS`` opcodes: walk a copy instead."""
+
+
+def walk_ops(data: Any, name: str, offset: int = 0, end: int | None = None) -> OpWalk:
+    """Walk one pickle from ``offset`` of ``data`` up to its STOP.
+
+    Args:
+        data: ``bytes``, ``memoryview`` or an ``mmap`` of the file or record.
+        name: how to name the pickle in ``GlobalRef.pickle``.
+        offset: where the pickle starts.
+        end: where its bytes end (default: the end of ``data``).
+
+    Returns:
+        Globals, findings, tuple depth; ``error`` says why the walk stopped early, if it did
+        (exactly where CPython's unpickler would raise). Offsets are those of ``data``.
+    """
+    n = len(data) if end is None else end
+    if type(data) is bytes or n - offset > _COPY_LIMIT:
+        return _walk(data, name, offset, n, 0, None)
+    try:
+        return _walk(data, name, offset, n, 0, _PROBE_OPS)
+    except _Probed:
+        return _walk(bytes(data[offset:n]), name, 0, n - offset, offset, None)
+
+
+def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | None) -> OpWalk:
+    """The walk of ``data[offset:n]``, reporting offsets plus ``base``."""
+    w = _State(name)
+    count, last, deepest, error, malformed = 0, offset, 0, "", False
+    try:
+        deepest, count, last = _loop(w, data, offset, n, base, budget)
+    except _Stop as e:
+        count, last, deepest, error = *e.args[1:], str(e.args[0])
+    except OpcodeError as e:
+        count, last, deepest, error, malformed = *e.args[1:], str(e.args[0]), True
+    except RecursionError:  # never expected: the walk is iterative
+        error = "pickle nests too deeply"
+    if error:
+        error = f"at offset {base + (last - 1 if count else offset)}, {error}"
+    return OpWalk(base + last, count, w.protocol, tuple(w.globals.values()), tuple(w.findings),
+                  error, malformed, deepest)
+
+
+def _loop(w: _State, data: Any, pos: int, n: int, base: int,
+          budget: int | None) -> tuple[int, int, int]:
+    """The walk proper: ``(tuple depth, opcodes, end)``. Raises ``_Stop``/``OpcodeError`` with
+    ``(message, opcodes, end, depth)`` as arguments, so the caller keeps what was read."""
+    stack, memo = w.stack, w.memo
+    width_at, kind_at, pushed_at = _WIDTH, _KIND, _PUSHED
+    count = deepest = 0
+    last = pos
+    try:
+        while True:
+            if pos >= n:
+                raise OpcodeError("pickle data was truncated (no STOP opcode)")
+            if count == budget:
+                raise _Probed()
+            c = data[pos]
+            k = width_at[c]
+            if k >= 0:
+                nxt = pos + 1 + k
+                if nxt > n:
+                    raise OpcodeError("pickle data was truncated")
+                arg: Any = None
+            elif k == _SLOW:
+                arg, nxt = read_arg(data, NAMES[c], pos + 1, n)
+            else:
+                raise OpcodeError(f"invalid load key, {bytes([c])!r}")
+            last = pos + 1
+            kind = kind_at[c]
+            if kind == _K_PUSH:
+                stack.append(pushed_at[c])
+            elif kind == _K_PUT or kind == _K_GET:
+                if k == 1:
+                    arg = data[pos + 1]
+                elif k == 4:
+                    arg = int.from_bytes(data[pos + 1:nxt], "little")
+                if kind == _K_PUT:
+                    memo[arg] = stack[-1] if stack else _OTHER
+                elif arg in memo:
+                    stack.append(memo[arg])
+                else:
+                    raise _Stop(f"memo index {arg} was never stored: the unpickler stops here")
+            elif kind == _K_STRING:
+                stack.append(arg)
+            elif kind == _K_TUPLE_N:
+                t = _TUPLE_N[c]
+                if t > len(stack):
+                    raise _Stop("stack underflow: the unpickler stops here")
+                d = _depth_of(stack[-t:])
+                del stack[-t:]
+                stack.append(d)
+                deepest = d if d > deepest else deepest
+            elif kind == _K_TUPLE:
+                d = _depth_of(w.pop_mark())
+                stack.append(d)
+                deepest = d if d > deepest else deepest
+            elif kind == _K_HANDLER:
+                _HANDLER_AT[c](w, arg, base + pos)
+            elif kind == _K_STOP:
+                if not stack:
+                    raise _Stop("stack underflow: the unpickler stops here")
+                return deepest, count + 1, last
+            else:
+                marked, pops, pushes = _EFFECT[c]
+                if marked:
+                    w.pop_mark()
+                if pops > len(stack):
+                    raise _Stop("stack underflow: the unpickler stops here")
+                if pops:
+                    del stack[-pops:]
+                stack.extend(pushes)
+            count += 1
+            pos = nxt
+    except (_Stop, OpcodeError) as e:
+        raise type(e)(e.args[0], count, last, deepest) from None
+
+
+# ---- tuple depth alone (the reader's question) ---------------------------------------------------
+
+_TUPLE_OPS = (b"t", b"\x85", b"\x86", b"\x87")
+CHEAP_TUPLE_LIMIT = 50_000  # below this many tuple opcodes, no tuple can nest deep enough to crash
+_LAST_DEPTH: dict[tuple[int, bytes], int] = {}
+
+
+def max_tuple_depth(data: Any, pos: int = 0) -> int:
+    """How deep tuples nest in a pickle (hashing a tuple recurses in C without a limit, so a
+    key nested ~10**6 deep crashes the interpreter). Cheap unless the pickle has more than
+    ``CHEAP_TUPLE_LIMIT`` tuple opcodes.
+
+    Raises:
+        OpcodeError: the pickle is malformed.
+    """
+    raw = data if isinstance(data, bytes) else bytes(data)
+    if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
+        return 0
+    # the scan and then the reader ask about the same pickle (inspect does both): walk it once;
+    # keyed by the bytes themselves, as a checksum could be made to collide
+    if _LAST_DEPTH.get((pos, raw)) is None:
+        walk = walk_ops(raw, "", pos)
+        if walk.malformed:
+            raise OpcodeError(walk.error)
+        remember_depth(raw, walk.tuple_depth, pos)
+    return _LAST_DEPTH[(pos, raw)]
+
+
+def remember_depth(raw: bytes, depth: int, pos: int = 0) -> None:
+    """Record the tuple depth a walk found for a whole pickle ``raw[pos:]``, so that the next
+    ``max_tuple_depth`` of the same bytes does not walk them again."""
+    _LAST_DEPTH.clear()
+    _LAST_DEPTH[(pos, raw)] = depth
