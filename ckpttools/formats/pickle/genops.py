@@ -112,6 +112,8 @@ def _memo_index(line: bytes, name: str) -> int:
         raise OpcodeError(f"bad {name} argument") from e
     if name == "PUT" and idx < 0:
         raise OpcodeError("negative PUT argument")
+    if not _LONG_MIN <= idx <= _LONG_MAX:  # PyLong_AsSsize_t overflows: the unpickler stops
+        raise OpcodeError(f"{name} argument out of range")
     return idx
 
 

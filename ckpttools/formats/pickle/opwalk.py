@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copyreg
 import pickletools
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ from ckpttools.entries import GlobalRef
 from ckpttools.formats.pickle.genops import NAMES, OpcodeError, read_arg
 from ckpttools.formats.pickle.safety import classify_global, normalize_global
 
-__all__ = ["CHEAP_TUPLE_LIMIT", "OpWalk", "max_tuple_depth", "remember_depth", "walk_ops"]
+__all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "max_tuple_depth", "pickle_hazard",
+           "remember_walk", "walk_ops"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class OpWalk:
         error: why the walk stopped early (empty when it reached STOP).
         malformed: the stop was a malformed opcode or argument (not a stack or memo error).
         tuple_depth: how deep tuples nest in what was read.
+        hostile: why building what was read takes time quadratic in its size (colliding keys).
     """
 
     end: int
@@ -53,6 +56,7 @@ class OpWalk:
     error: str
     malformed: bool
     tuple_depth: int
+    hostile: str = ""
 
 
 class _Global:
@@ -75,14 +79,29 @@ class _Stop(ValueError):
     """Where the real unpickler would raise; nothing after it runs."""
 
 
-# Stack values: str (a string operand), _Global, _Computed, _MARK, or an int for a tuple (its
-# nesting depth); nothing else on the stack is ever an int.
+class _Tup:
+    """A tuple, by how deep tuples nest in it."""
+
+    __slots__ = ("depth",)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+
+# Stack values: str (a string operand), int and float (their values: dict keys are hashed),
+# _Global, _Tup, _Computed (a fresh one per dict, so keys are counted per dict), _MARK.
 _MARK = object()
 _OTHER = _Computed("a value")
+# Keys with one hash make building a dict quadratic in their number (CPython probes every
+# earlier key of that hash); int, float and tuple hashes are not randomised, so a file can
+# choose them. No checkpoint has this many keys of one hash in one dict or set.
+EQUAL_HASH_LIMIT = 1_000
+OPAQUE_KEY_LIMIT = 10_000  # keys whose hash the walk does not know (tuples, None, ...)
+_OPAQUE = object()
 
 
 class _State:
-    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol")
+    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -91,6 +110,8 @@ class _State:
         self.globals: dict[tuple[str, str], GlobalRef] = {}
         self.findings: list[tuple[str, int, str]] = []
         self.protocol = 0
+        self.keys: dict[int, tuple[Any, dict[Any, int]]] = {}  # id(dict) -> (dict, hash counts)
+        self.hostile = ""
 
     def pop(self) -> Any:
         if not self.stack:
@@ -120,9 +141,67 @@ class _State:
     def call(self, callee: Any, pos: int, how: str) -> None:
         if not isinstance(callee, _Global):
             what = callee.what if isinstance(callee, _Computed) else (
-                "a value" if type(callee) is int else type(callee).__name__)
+                "str" if type(callee) is str else "a value")
             self.flag(pos, f"{how} at offset {pos} calls {what}, not a named global "
                            "(a getattr/attrgetter-style chain)")
+
+
+def _count_keys(w: _State, target: Any, keys: list[Any], pos: int) -> None:
+    """Count the keys a dict or set gets by hash; flag the first that passes a limit."""
+    if w.hostile:
+        return
+    _, counts = w.keys.setdefault(id(target), (target, {}))
+    for key in keys:
+        if type(key) is str:
+            continue  # str hashes are randomised per process
+        h = hash(key) if type(key) in (int, float) else _OPAQUE
+        seen = counts[h] = counts.get(h, 0) + 1
+        if seen > (OPAQUE_KEY_LIMIT if h is _OPAQUE else EQUAL_HASH_LIMIT):
+            what = ("keys whose hashes the walk cannot tell apart" if h is _OPAQUE
+                    else "keys with one hash")
+            w.hostile = (f"a dict or set built at offset {pos} gets more than {seen - 1} {what}: "
+                         "building it takes time quadratic in their number (a hash-collision "
+                         "attack on the loader)")
+            w.flag(pos, w.hostile)
+            return
+
+
+def _setitem(w: _State, arg: Any, pos: int) -> None:
+    w.pop()
+    key = w.pop()
+    if not w.stack:
+        raise _Stop("stack underflow: the unpickler stops here")
+    _count_keys(w, w.stack[-1], [key], pos)
+
+
+def _setitems(w: _State, arg: Any, pos: int) -> None:
+    items = w.pop_mark()
+    if not w.stack:
+        raise _Stop("stack underflow: the unpickler stops here")
+    _count_keys(w, w.stack[-1], items[::2], pos)
+
+
+def _additems(w: _State, arg: Any, pos: int) -> None:
+    items = w.pop_mark()
+    if not w.stack:
+        raise _Stop("stack underflow: the unpickler stops here")
+    _count_keys(w, w.stack[-1], items, pos)
+
+
+def _dict(w: _State, arg: Any, pos: int) -> None:
+    made = _Computed("a dict")
+    _count_keys(w, made, w.pop_mark()[::2], pos)
+    w.stack.append(made)
+
+
+def _frozenset(w: _State, arg: Any, pos: int) -> None:
+    made = _Computed("a frozenset")
+    _count_keys(w, made, w.pop_mark(), pos)
+    w.stack.append(made)
+
+
+def _empty(w: _State, arg: Any, pos: int) -> None:
+    w.stack.append(_Computed("a dict or set"))
 
 
 def _global(w: _State, arg: str, pos: int) -> None:
@@ -210,6 +289,8 @@ _HANDLERS = {
     "GLOBAL": _global, "STACK_GLOBAL": _stack_global, "INST": _inst, "OBJ": _obj,
     "REDUCE": _reduce, "NEWOBJ": _newobj, "NEWOBJ_EX": _newobj_ex, "BUILD": _build,
     "DUP": _dup, "MEMOIZE": _memoize, "PROTO": _proto, "EXT1": _ext, "EXT2": _ext, "EXT4": _ext,
+    "SETITEM": _setitem, "SETITEMS": _setitems, "ADDITEMS": _additems, "DICT": _dict,
+    "FROZENSET": _frozenset, "EMPTY_DICT": _empty, "EMPTY_SET": _empty,
 }
 
 # ---- per-code tables ---------------------------------------------------------------------------
@@ -218,7 +299,9 @@ _SLOW, _INVALID = -1, -2  # argument read by genops._arg; not an opcode
 # fixed-width arguments that need no check beyond their length (genops reads them the same way)
 _PLAIN_WIDTH = {"BININT": 4, "BININT1": 1, "BININT2": 2, "BINGET": 1, "LONG_BINGET": 4,
                 "BINPUT": 1, "LONG_BINPUT": 4, "BINFLOAT": 8}
-_K_EFFECT, _K_PUSH, _K_STRING, _K_PUT, _K_GET, _K_TUPLE, _K_TUPLE_N, _K_HANDLER, _K_STOP = range(9)
+(_K_EFFECT, _K_PUSH, _K_STRING, _K_PUT, _K_GET, _K_TUPLE, _K_TUPLE_N, _K_HANDLER, _K_STOP,
+ _K_VALUE) = range(10)
+_VALUES = frozenset({"INT", "LONG", "LONG1", "LONG4", "BININT", "BININT1", "BININT2", "BINFLOAT"})
 _STRINGS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING",
                       "BINSTRING", "SHORT_BINSTRING"})
 
@@ -239,6 +322,8 @@ def _kind(name: str, effect: tuple[bool, int, tuple[Any, ...]]) -> int:
         return _K_HANDLER
     if name in _STRINGS:
         return _K_STRING
+    if name in _VALUES:
+        return _K_VALUE
     if name in ("PUT", "BINPUT", "LONG_BINPUT"):
         return _K_PUT
     if name in ("GET", "BINGET", "LONG_BINGET"):
@@ -269,9 +354,26 @@ _HANDLER_AT = [_HANDLERS.get(NAMES.get(c, "")) for c in range(256)]
 def _depth_of(items: list[Any]) -> int:
     depth = 1
     for v in items:
-        if type(v) is int and v >= depth:
-            depth = v + 1
+        if type(v) is _Tup and v.depth >= depth:
+            depth = v.depth + 1
     return depth
+
+
+_BINFLOAT = ord("G")
+_DOUBLE = struct.Struct(">d")
+
+
+def _value(data: Any, c: int, pos: int, k: int, arg: Any) -> Any:
+    """The number an integer or float opcode pushes (keys are hashed by value)."""
+    if k == 1:
+        return data[pos + 1]
+    if k == 2:
+        return int.from_bytes(data[pos + 1:pos + 3], "little")
+    if k == 4:
+        return int.from_bytes(data[pos + 1:pos + 5], "little", signed=True)
+    if c == _BINFLOAT:
+        return _DOUBLE.unpack(data[pos + 1:pos + 9])[0]
+    return _OTHER if arg is None else arg  # INT, LONG, LONG1, LONG4: read by genops
 
 
 _PROBE_OPS = 256  # tensor bytes read as opcodes fail within a few; a pickle runs longer
@@ -319,7 +421,7 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
     if error:
         error = f"at offset {base + (last - 1 if count else offset)}, {error}"
     return OpWalk(base + last, count, w.protocol, tuple(w.globals.values()), tuple(w.findings),
-                  error, malformed, deepest)
+                  error, malformed, deepest, w.hostile)
 
 
 def _loop(w: _State, data: Any, pos: int, n: int, base: int,
@@ -364,17 +466,19 @@ def _loop(w: _State, data: Any, pos: int, n: int, base: int,
                     raise _Stop(f"memo index {arg} was never stored: the unpickler stops here")
             elif kind == _K_STRING:
                 stack.append(arg)
+            elif kind == _K_VALUE:
+                stack.append(_value(data, c, pos, k, arg))
             elif kind == _K_TUPLE_N:
                 t = _TUPLE_N[c]
                 if t > len(stack):
                     raise _Stop("stack underflow: the unpickler stops here")
                 d = _depth_of(stack[-t:])
                 del stack[-t:]
-                stack.append(d)
+                stack.append(_Tup(d))
                 deepest = d if d > deepest else deepest
             elif kind == _K_TUPLE:
                 d = _depth_of(w.pop_mark())
-                stack.append(d)
+                stack.append(_Tup(d))
                 deepest = d if d > deepest else deepest
             elif kind == _K_HANDLER:
                 _HANDLER_AT[c](w, arg, base + pos)
@@ -397,11 +501,13 @@ def _loop(w: _State, data: Any, pos: int, n: int, base: int,
         raise type(e)(e.args[0], count, last, deepest) from None
 
 
-# ---- tuple depth alone (the reader's question) ---------------------------------------------------
+# ---- the reader's questions: tuple depth, colliding keys --------------------------------------
 
 _TUPLE_OPS = (b"t", b"\x85", b"\x86", b"\x87")
 CHEAP_TUPLE_LIMIT = 50_000  # below this many tuple opcodes, no tuple can nest deep enough to crash
-_LAST_DEPTH: dict[tuple[int, bytes], int] = {}
+MAX_TUPLE_DEPTH = 50_000  # hashing a tuple recurses in C with no limit: deeper crashes loaders
+_CHEAP_BYTES = 2 * EQUAL_HASH_LIMIT  # a pickle this short cannot pass any limit
+_LAST: dict[tuple[int, bytes], tuple[int, str]] = {}
 
 
 def max_tuple_depth(data: Any, pos: int = 0) -> int:
@@ -415,18 +521,39 @@ def max_tuple_depth(data: Any, pos: int = 0) -> int:
     raw = data if isinstance(data, bytes) else bytes(data)
     if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
         return 0
+    return _summary(raw, pos)[0]
+
+
+def pickle_hazard(data: Any, pos: int = 0) -> str:
+    """Why unpickling the pickle in ``data`` would crash the interpreter (tuples nested past
+    ``MAX_TUPLE_DEPTH``) or take time quadratic in its size (many keys of one hash in one dict);
+    empty when neither.
+
+    Raises:
+        OpcodeError: the pickle is malformed.
+    """
+    raw = data if isinstance(data, bytes) else bytes(data)
+    if len(raw) - pos < _CHEAP_BYTES:
+        return ""
+    depth, hostile = _summary(raw, pos)
+    if depth > MAX_TUPLE_DEPTH:
+        return f"tuples nest {depth} deep; unpickling it would crash the interpreter"
+    return hostile
+
+
+def _summary(raw: bytes, pos: int) -> tuple[int, str]:
     # the scan and then the reader ask about the same pickle (inspect does both): walk it once;
     # keyed by the bytes themselves, as a checksum could be made to collide
-    if _LAST_DEPTH.get((pos, raw)) is None:
+    if (pos, raw) not in _LAST:
         walk = walk_ops(raw, "", pos)
         if walk.malformed:
             raise OpcodeError(walk.error)
-        remember_depth(raw, walk.tuple_depth, pos)
-    return _LAST_DEPTH[(pos, raw)]
+        remember_walk(raw, walk.tuple_depth, walk.hostile, pos)
+    return _LAST[(pos, raw)]
 
 
-def remember_depth(raw: bytes, depth: int, pos: int = 0) -> None:
-    """Record the tuple depth a walk found for a whole pickle ``raw[pos:]``, so that the next
-    ``max_tuple_depth`` of the same bytes does not walk them again."""
-    _LAST_DEPTH.clear()
-    _LAST_DEPTH[(pos, raw)] = depth
+def remember_walk(raw: bytes, tuple_depth: int, hostile: str, pos: int = 0) -> None:
+    """Record what a walk of the whole pickle ``raw[pos:]`` found, so that the next question
+    about the same bytes does not walk them again."""
+    _LAST.clear()
+    _LAST[(pos, raw)] = (tuple_depth, hostile)

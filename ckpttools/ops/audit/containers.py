@@ -22,10 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.pickle.opwalk import remember_depth
+from ckpttools.formats.pickle.opwalk import MAX_TUPLE_DEPTH, remember_walk
 from ckpttools.formats.sniff import is_legacy_magic
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
-from ckpttools.formats.pickle.walk import MAX_TUPLE_DEPTH
 from ckpttools.ops.audit.opcodes import Finding, PickleScan, scan_opcodes
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -262,7 +261,7 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
         elif scan.tuple_depth > MAX_TUPLE_DEPTH:
             found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep")
         elif is_main:  # the reader asks the same of the same bytes next (inspect, audit)
-            remember_depth(bytes(buf[start:scan.end]), scan.tuple_depth)
+            remember_walk(bytes(buf[start:scan.end]), scan.tuple_depth, scan.hostile)
 
 
 def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:

@@ -37,6 +37,7 @@ class PickleScan:
         findings: dynamic imports, computed calls and other unsafe constructs.
         error: why the walk stopped early (empty when it reached STOP).
         tuple_depth: how deep tuples nest in it (a key nested too deep crashes any loader).
+        hostile: why building it takes quadratic time (colliding keys; also a finding).
     """
 
     name: str
@@ -48,6 +49,7 @@ class PickleScan:
     findings: tuple[Finding, ...] = ()
     error: str = ""
     tuple_depth: int = 0
+    hostile: str = ""
 
     @property
     def safety(self) -> str:
@@ -82,4 +84,5 @@ def scan_opcodes(data: Any, name: str, offset: int = 0, end: int | None = None) 
     """
     w = walk_ops(data, name, offset, end)
     return PickleScan(name, offset, w.end, w.protocol, w.opcodes, w.globals,
-                      tuple(Finding(*f) for f in w.findings), w.error, w.tuple_depth)
+                      tuple(Finding(*f) for f in w.findings), w.error, w.tuple_depth,
+                      w.hostile)

@@ -21,7 +21,7 @@ from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpo
                               UnsupportedError)
 from ckpttools.formats.pickle.safety import (add_safe_globals_line, is_allowed_by_user,
                                              is_torch_default)
-from ckpttools.formats.sniff import check_regular, special_file_kind
+from ckpttools.formats.sniff import check_not_dcp_shard, check_regular, special_file_kind
 from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
 from ckpttools.units import plural
@@ -148,6 +148,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
         path = os.fspath(raw)
         check_regular(path)  # a FIFO, socket or device would block: refused before anything opens it
         if os.path.isfile(path):
+            check_not_dcp_shard(path)  # its folder is the checkpoint; the message names it
             out.append(path)
         elif os.path.isdir(path):
             found = _folder_files(path, folders_whole)
