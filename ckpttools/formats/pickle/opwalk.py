@@ -11,14 +11,14 @@ does, so the walk stops exactly where a real load stops; an error ends the walk 
 was read before it (the unpickler would already have run those opcodes, trailofbits/fickling#139).
 
 Tuples are tracked by nesting depth on the same stack (hashing a tuple recurses in C without a
-limit), so one pass answers both the safety and the crash question. The walk is one loop over
+limit) and container keys by hash (distinct keys of one hash make hashing quadratic), so one
+pass answers the safety, the crash and the time question (``opstate`` holds the machine). The walk is one loop over
 integer opcode codes with table lookups: a checkpoint's pickle holds about 30 opcodes per
 tensor, and a call per opcode would cost more than the opcode.
 """
 
 from __future__ import annotations
 
-import copyreg
 import pickletools
 import struct
 from dataclasses import dataclass
@@ -26,7 +26,8 @@ from typing import Any
 
 from ckpttools.entries import GlobalRef
 from ckpttools.formats.pickle.genops import NAMES, OpcodeError, read_arg
-from ckpttools.formats.pickle.safety import classify_global, normalize_global
+from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
+                                              Stop, Tup, count_keys)
 
 __all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "max_tuple_depth", "pickle_hazard",
            "remember_walk", "walk_ops"]
@@ -59,240 +60,6 @@ class OpWalk:
     hostile: str = ""
 
 
-class _Global:
-    __slots__ = ("qualname",)
-
-    def __init__(self, qualname: str) -> None:
-        self.qualname = qualname
-
-
-class _Computed:
-    """A value made by a call or an opcode the walk does not model."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-
-class _Stop(ValueError):
-    """Where the real unpickler would raise; nothing after it runs."""
-
-
-class _Tup:
-    """A tuple, by how deep tuples nest in it."""
-
-    __slots__ = ("depth",)
-
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-
-
-# Stack values: str (a string operand), int and float (their values: dict keys are hashed),
-# _Global, _Tup, _Computed (a fresh one per dict, so keys are counted per dict), _MARK.
-_MARK = object()
-_OTHER = _Computed("a value")
-# Keys with one hash make building a dict quadratic in their number (CPython probes every
-# earlier key of that hash); int, float and tuple hashes are not randomised, so a file can
-# choose them. No checkpoint has this many keys of one hash in one dict or set.
-EQUAL_HASH_LIMIT = 1_000
-OPAQUE_KEY_LIMIT = 10_000  # keys whose hash the walk does not know (tuples, None, ...)
-_OPAQUE = object()
-
-
-class _State:
-    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.stack: list[Any] = []
-        self.memo: dict[int, Any] = {}
-        self.globals: dict[tuple[str, str], GlobalRef] = {}
-        self.findings: list[tuple[str, int, str]] = []
-        self.protocol = 0
-        self.keys: dict[int, tuple[Any, dict[Any, int]]] = {}  # id(dict) -> (dict, hash counts)
-        self.hostile = ""
-
-    def pop(self) -> Any:
-        if not self.stack:
-            raise _Stop("stack underflow: the unpickler stops here")
-        return self.stack.pop()
-
-    def pop_mark(self) -> list[Any]:
-        stack = self.stack
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is _MARK:
-                items = stack[i + 1:]
-                del stack[i:]
-                return items
-        del stack[:]
-        raise _Stop("no MARK on the stack: the unpickler stops here")
-
-    def add_global(self, module: str, name: str) -> _Global:
-        module, name = normalize_global(module, name)
-        if (module, name) not in self.globals:
-            safety, reason = classify_global(module, name)
-            self.globals[(module, name)] = GlobalRef(module, name, safety, self.name, reason)
-        return _Global(f"{module}.{name}")
-
-    def flag(self, pos: int, message: str, safety: str = "unsafe") -> None:
-        self.findings.append((safety, pos, message))
-
-    def call(self, callee: Any, pos: int, how: str) -> None:
-        if not isinstance(callee, _Global):
-            what = callee.what if isinstance(callee, _Computed) else (
-                "str" if type(callee) is str else "a value")
-            self.flag(pos, f"{how} at offset {pos} calls {what}, not a named global "
-                           "(a getattr/attrgetter-style chain)")
-
-
-def _count_keys(w: _State, target: Any, keys: list[Any], pos: int) -> None:
-    """Count the keys a dict or set gets by hash; flag the first that passes a limit."""
-    if w.hostile:
-        return
-    _, counts = w.keys.setdefault(id(target), (target, {}))
-    for key in keys:
-        if type(key) is str:
-            continue  # str hashes are randomised per process
-        h = hash(key) if type(key) in (int, float) else _OPAQUE
-        seen = counts[h] = counts.get(h, 0) + 1
-        if seen > (OPAQUE_KEY_LIMIT if h is _OPAQUE else EQUAL_HASH_LIMIT):
-            what = ("keys whose hashes the walk cannot tell apart" if h is _OPAQUE
-                    else "keys with one hash")
-            w.hostile = (f"a dict or set built at offset {pos} gets more than {seen - 1} {what}: "
-                         "building it takes time quadratic in their number (a hash-collision "
-                         "attack on the loader)")
-            w.flag(pos, w.hostile)
-            return
-
-
-def _setitem(w: _State, arg: Any, pos: int) -> None:
-    w.pop()
-    key = w.pop()
-    if not w.stack:
-        raise _Stop("stack underflow: the unpickler stops here")
-    _count_keys(w, w.stack[-1], [key], pos)
-
-
-def _setitems(w: _State, arg: Any, pos: int) -> None:
-    items = w.pop_mark()
-    if not w.stack:
-        raise _Stop("stack underflow: the unpickler stops here")
-    _count_keys(w, w.stack[-1], items[::2], pos)
-
-
-def _additems(w: _State, arg: Any, pos: int) -> None:
-    items = w.pop_mark()
-    if not w.stack:
-        raise _Stop("stack underflow: the unpickler stops here")
-    _count_keys(w, w.stack[-1], items, pos)
-
-
-def _dict(w: _State, arg: Any, pos: int) -> None:
-    made = _Computed("a dict")
-    _count_keys(w, made, w.pop_mark()[::2], pos)
-    w.stack.append(made)
-
-
-def _frozenset(w: _State, arg: Any, pos: int) -> None:
-    made = _Computed("a frozenset")
-    _count_keys(w, made, w.pop_mark(), pos)
-    w.stack.append(made)
-
-
-def _empty(w: _State, arg: Any, pos: int) -> None:
-    w.stack.append(_Computed("a dict or set"))
-
-
-def _global(w: _State, arg: str, pos: int) -> None:
-    module, _, name = arg.partition(" ")
-    w.stack.append(w.add_global(module, name))
-
-
-def _stack_global(w: _State, arg: Any, pos: int) -> None:
-    name, module = w.pop(), w.pop()
-    if isinstance(module, str) and isinstance(name, str):
-        w.stack.append(w.add_global(module, name))
-        return
-    shown = [v if isinstance(v, str) else "?" for v in (module, name)]
-    w.flag(pos, f"STACK_GLOBAL at offset {pos} imports a name computed at load time "
-                f"({shown[0]}.{shown[1]}); a dynamic global")
-    w.stack.append(_Computed(f"the dynamic global at offset {pos}"))
-
-
-def _inst(w: _State, arg: str, pos: int) -> None:
-    module, _, name = arg.partition(" ")
-    w.pop_mark()
-    w.add_global(module, name)
-    w.stack.append(_Computed(f"the {module}.{name} object"))
-
-
-def _obj(w: _State, arg: Any, pos: int) -> None:
-    items = w.pop_mark()
-    w.call(items[0] if items else _OTHER, pos, "OBJ")
-    w.stack.append(_Computed(f"the object made at offset {pos}"))
-
-
-def _reduce(w: _State, arg: Any, pos: int) -> None:
-    w.pop()
-    callee = w.pop()
-    w.call(callee, pos, "REDUCE")
-    name = callee.qualname if isinstance(callee, _Global) else "a computed value"
-    w.stack.append(_Computed(f"the result of calling {name}"))
-
-
-def _newobj(w: _State, arg: Any, pos: int) -> None:
-    w.pop()
-    w.call(w.pop(), pos, "NEWOBJ")
-    w.stack.append(_Computed(f"the object made at offset {pos}"))
-
-
-def _newobj_ex(w: _State, arg: Any, pos: int) -> None:
-    w.pop()
-    _newobj(w, arg, pos)
-
-
-def _build(w: _State, arg: Any, pos: int) -> None:
-    w.pop()
-    target = w.stack[-1] if w.stack else _OTHER
-    if isinstance(target, _Global):
-        # modelscan#85: BUILD on a function or module sets its attributes, which a later
-        # dotted global or STACK_GLOBAL then reads back
-        w.flag(pos, f"BUILD at offset {pos} sets attributes on {target.qualname} itself")
-
-
-def _dup(w: _State, arg: Any, pos: int) -> None:
-    w.stack.append(w.stack[-1] if w.stack else _OTHER)
-
-
-def _memoize(w: _State, arg: Any, pos: int) -> None:
-    w.memo[len(w.memo)] = w.stack[-1] if w.stack else _OTHER
-
-
-def _proto(w: _State, arg: int, pos: int) -> None:
-    w.protocol = arg
-
-
-def _ext(w: _State, code: int, pos: int) -> None:
-    key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
-    where = f"extension code {code} at offset {pos}"
-    if key is None:
-        w.flag(pos, f"{where}: a global taken from the loader's copyreg extension "
-                    "registry, not named in the file")
-        w.stack.append(_Computed(f"the global of {where}"))
-    else:
-        w.flag(pos, f"{where} names {key[0]}.{key[1]} through the copyreg registry")
-        w.stack.append(w.add_global(*key))
-
-
-_HANDLERS = {
-    "GLOBAL": _global, "STACK_GLOBAL": _stack_global, "INST": _inst, "OBJ": _obj,
-    "REDUCE": _reduce, "NEWOBJ": _newobj, "NEWOBJ_EX": _newobj_ex, "BUILD": _build,
-    "DUP": _dup, "MEMOIZE": _memoize, "PROTO": _proto, "EXT1": _ext, "EXT2": _ext, "EXT4": _ext,
-    "SETITEM": _setitem, "SETITEMS": _setitems, "ADDITEMS": _additems, "DICT": _dict,
-    "FROZENSET": _frozenset, "EMPTY_DICT": _empty, "EMPTY_SET": _empty,
-}
-
 # ---- per-code tables ---------------------------------------------------------------------------
 
 _SLOW, _INVALID = -1, -2  # argument read by genops._arg; not an opcode
@@ -311,14 +78,14 @@ def _effect(op: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[Any, ...]]:
     before = op.stack_before
     marked = pickletools.markobject in before
     pops = before.index(pickletools.markobject) if marked else len(before)
-    return marked, pops, tuple(_MARK if item is pickletools.markobject else _OTHER
+    return marked, pops, tuple(MARK if item is pickletools.markobject else OTHER
                                for item in op.stack_after)
 
 
 def _kind(name: str, effect: tuple[bool, int, tuple[Any, ...]]) -> int:
     if name == "STOP":
         return _K_STOP
-    if name in _HANDLERS:
+    if name in HANDLERS:
         return _K_HANDLER
     if name in _STRINGS:
         return _K_STRING
@@ -348,13 +115,13 @@ for _code, _name in NAMES.items():
     _KIND[_code] = _kind(_name, _EFFECT[_code])
     _PUSHED[_code] = _EFFECT[_code][2][0] if _EFFECT[_code][2] else None
     _TUPLE_N[_code] = int(_name[-1]) if _name in ("TUPLE1", "TUPLE2", "TUPLE3") else 0
-_HANDLER_AT = [_HANDLERS.get(NAMES.get(c, "")) for c in range(256)]
+_HANDLER_AT = [HANDLERS.get(NAMES.get(c, "")) for c in range(256)]
 
 
 def _depth_of(items: list[Any]) -> int:
     depth = 1
     for v in items:
-        if type(v) is _Tup and v.depth >= depth:
+        if type(v) is Tup and v.depth >= depth:
             depth = v.depth + 1
     return depth
 
@@ -373,7 +140,7 @@ def _value(data: Any, c: int, pos: int, k: int, arg: Any) -> Any:
         return int.from_bytes(data[pos + 1:pos + 5], "little", signed=True)
     if c == _BINFLOAT:
         return _DOUBLE.unpack(data[pos + 1:pos + 9])[0]
-    return _OTHER if arg is None else arg  # INT, LONG, LONG1, LONG4: read by genops
+    return OTHER if arg is None else arg  # INT, LONG, LONG1, LONG4: read by genops
 
 
 _PROBE_OPS = 256  # tensor bytes read as opcodes fail within a few; a pickle runs longer
@@ -408,11 +175,11 @@ def walk_ops(data: Any, name: str, offset: int = 0, end: int | None = None) -> O
 
 def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | None) -> OpWalk:
     """The walk of ``data[offset:n]``, reporting offsets plus ``base``."""
-    w = _State(name)
+    w = State(name)
     count, last, deepest, error, malformed = 0, offset, 0, "", False
     try:
         deepest, count, last = _loop(w, data, offset, n, base, budget)
-    except _Stop as e:
+    except Stop as e:
         count, last, deepest, error = *e.args[1:], str(e.args[0])
     except OpcodeError as e:
         count, last, deepest, error, malformed = *e.args[1:], str(e.args[0]), True
@@ -424,9 +191,9 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
                   error, malformed, deepest, w.hostile)
 
 
-def _loop(w: _State, data: Any, pos: int, n: int, base: int,
+def _loop(w: State, data: Any, pos: int, n: int, base: int,
           budget: int | None) -> tuple[int, int, int]:
-    """The walk proper: ``(tuple depth, opcodes, end)``. Raises ``_Stop``/``OpcodeError`` with
+    """The walk proper: ``(tuple depth, opcodes, end)``. Raises ``Stop``/``OpcodeError`` with
     ``(message, opcodes, end, depth)`` as arguments, so the caller keeps what was read."""
     stack, memo = w.stack, w.memo
     width_at, kind_at, pushed_at = _WIDTH, _KIND, _PUSHED
@@ -459,11 +226,11 @@ def _loop(w: _State, data: Any, pos: int, n: int, base: int,
                 elif k == 4:
                     arg = int.from_bytes(data[pos + 1:nxt], "little")
                 if kind == _K_PUT:
-                    memo[arg] = stack[-1] if stack else _OTHER
+                    memo[arg] = stack[-1] if stack else OTHER
                 elif arg in memo:
                     stack.append(memo[arg])
                 else:
-                    raise _Stop(f"memo index {arg} was never stored: the unpickler stops here")
+                    raise Stop(f"memo index {arg} was never stored: the unpickler stops here")
             elif kind == _K_STRING:
                 stack.append(arg)
             elif kind == _K_VALUE:
@@ -471,33 +238,37 @@ def _loop(w: _State, data: Any, pos: int, n: int, base: int,
             elif kind == _K_TUPLE_N:
                 t = _TUPLE_N[c]
                 if t > len(stack):
-                    raise _Stop("stack underflow: the unpickler stops here")
-                d = _depth_of(stack[-t:])
+                    raise Stop("stack underflow: the unpickler stops here")
+                items = stack[-t:]
                 del stack[-t:]
-                stack.append(_Tup(d))
+                d = _depth_of(items)
+                stack.append(Tup(d, items[0]))
                 deepest = d if d > deepest else deepest
             elif kind == _K_TUPLE:
-                d = _depth_of(w.pop_mark())
-                stack.append(_Tup(d))
+                items = w.pop_mark()
+                d = _depth_of(items)
+                if len(items) > EQUAL_HASH_LIMIT:  # set(tuple_of_keys) hashes them
+                    count_keys(w, items, items, base + pos, keys=False)
+                stack.append(Tup(d, items[0] if items else None))
                 deepest = d if d > deepest else deepest
             elif kind == _K_HANDLER:
                 _HANDLER_AT[c](w, arg, base + pos)
             elif kind == _K_STOP:
                 if not stack:
-                    raise _Stop("stack underflow: the unpickler stops here")
+                    raise Stop("stack underflow: the unpickler stops here")
                 return deepest, count + 1, last
             else:
                 marked, pops, pushes = _EFFECT[c]
                 if marked:
                     w.pop_mark()
                 if pops > len(stack):
-                    raise _Stop("stack underflow: the unpickler stops here")
+                    raise Stop("stack underflow: the unpickler stops here")
                 if pops:
                     del stack[-pops:]
                 stack.extend(pushes)
             count += 1
             pos = nxt
-    except (_Stop, OpcodeError) as e:
+    except (Stop, OpcodeError) as e:
         raise type(e)(e.args[0], count, last, deepest) from None
 
 
