@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.ops.tensor_stats import one_thread
 from ckpttools.units import plural
 
 if TYPE_CHECKING:
@@ -265,11 +266,12 @@ def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEn
                         on_progress: Callable[[int], None] = lambda n: None) -> TensorComparison:
     """Compare one tensor of ``ra`` with one of ``rb`` (same shape), streaming its bytes."""
     sa, sb = ra.raw_source(ea.key), rb.raw_source(eb.key)
-    if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE
-            and sa.length == sb.length == ea.nbytes):
-        stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
-    else:
-        stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
+    with one_thread():
+        if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE
+                and sa.length == sb.length == ea.nbytes):
+            stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
+        else:
+            stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
     return TensorComparison(name or ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
                             stats.max_rel, stats.close)
 
