@@ -180,15 +180,15 @@ def _counted(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
     pos += width
     if pos + size > n:
         raise OpcodeError("pickle data was truncated")
+    if not decode:
+        return size, pos + size  # bytes values are never needed, only skipped (not copied)
     raw = data[pos:pos + size]
     if decode == "long":
         return int.from_bytes(raw, "little", signed=True), pos + size
-    if decode == "utf8":
-        try:
-            return str(raw, "utf-8", "surrogatepass"), pos + size
-        except UnicodeDecodeError as e:
-            raise OpcodeError(f"{name} is not UTF-8") from e
-    return size, pos + size  # bytes values are never needed, only skipped
+    try:
+        return str(raw, "utf-8", "surrogatepass"), pos + size
+    except UnicodeDecodeError as e:
+        raise OpcodeError(f"{name} is not UTF-8") from e
 
 
 def read_arg(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
