@@ -29,8 +29,8 @@ from ckpttools.formats.pickle.genops import NAMES, OpcodeError, read_arg
 from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
                                               Stop, Tup, count_keys)
 
-__all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "max_tuple_depth", "pickle_hazard",
-           "remember_walk", "walk_ops"]
+__all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "fails_early", "max_tuple_depth",
+           "pickle_hazard", "remember_walk", "walk_ops"]
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,8 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 raise OpcodeError(f"invalid load key, {bytes([c])!r}")
             last = pos + 1
             kind = kind_at[c]
-            if kind == _K_PUSH:
-                stack.append(pushed_at[c])
-            elif kind == _K_PUT or kind == _K_GET:
+            # most frequent first: a torch pickle memoizes every value and fetches many
+            if kind == _K_PUT or kind == _K_GET:
                 if k == 1:
                     arg = data[pos + 1]
                 elif k == 4:
@@ -231,10 +230,12 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                     stack.append(memo[arg])
                 else:
                     raise Stop(f"memo index {arg} was never stored: the unpickler stops here")
+            elif kind == _K_VALUE:
+                stack.append(data[pos + 1] if k == 1 else _value(data, c, pos, k, arg))
+            elif kind == _K_PUSH:
+                stack.append(pushed_at[c])
             elif kind == _K_STRING:
                 stack.append(arg)
-            elif kind == _K_VALUE:
-                stack.append(_value(data, c, pos, k, arg))
             elif kind == _K_TUPLE_N:
                 t = _TUPLE_N[c]
                 if t > len(stack):
@@ -270,6 +271,35 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
             pos = nxt
     except (Stop, OpcodeError) as e:
         raise type(e)(e.args[0], count, last, deepest) from None
+
+
+def fails_early(data: Any, pos: int, end: int, ops: int = 8) -> bool:
+    """Whether reading opcodes from ``pos`` fails within ``ops`` opcodes, before any STOP (an
+    invalid opcode or a truncated argument): then ``walk_ops`` stops there too, so the bytes
+    are no pickle. Tensor records fail this way within a few opcodes, at a fraction of a walk.
+    """
+    for _ in range(ops):
+        if pos >= end:
+            return True
+        c = data[pos]
+        k = _WIDTH[c]
+        if k == _INVALID:
+            return True
+        if c == _STOP_CODE:
+            return False
+        if k >= 0:
+            pos += 1 + k
+            if pos > end:
+                return True
+            continue
+        try:
+            pos = read_arg(data, NAMES[c], pos + 1, end)[1]
+        except OpcodeError:
+            return True
+    return False
+
+
+_STOP_CODE = ord(".")
 
 
 # ---- the reader's questions: tuple depth, colliding keys --------------------------------------

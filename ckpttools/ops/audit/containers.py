@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.pickle.opwalk import MAX_TUPLE_DEPTH, remember_walk
+from ckpttools.formats.pickle.opwalk import MAX_TUPLE_DEPTH, fails_early, remember_walk
 from ckpttools.formats.sniff import is_legacy_magic
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
 from ckpttools.ops.audit.opcodes import Finding, PickleScan, scan_opcodes
@@ -251,6 +251,8 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
             _flag(found, name, f"{AMBIGUOUS} (a {inner.kind} archive nested in a record)")
         found.add(inner)
         return
+    if not (is_main or rec.name.lower().endswith(".pkl")) and fails_early(buf, start, end):
+        return  # tensor bytes: not a pickle within a few opcodes (the walk would stop there too)
     scan = scan_opcodes(buf, name, start, end)
     # torch's pickle, a .pkl record, or any record that is a whole pickle (a renamed one); the
     # bytes of a tensor record often start like opcodes, but never run to a STOP
