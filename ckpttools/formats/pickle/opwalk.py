@@ -155,7 +155,7 @@ def walk_ops(data: Any, name: str, offset: int = 0, end: int | None = None) -> O
     """Walk one pickle from ``offset`` of ``data`` up to its STOP.
 
     Args:
-        data: ``bytes``, ``memoryview`` or an ``mmap`` of the file or record.
+        data: ``bytes`` or an ``mmap`` of the file or record (anything with ``find``).
         name: how to name the pickle in ``GlobalRef.pickle``.
         offset: where the pickle starts.
         end: where its bytes end (default: the end of ``data``).
