@@ -78,8 +78,11 @@ def _warn(scan: ScanResult) -> None:
     """One warning line per file the scan did not find safe."""
     for f in scan.files:
         unsafe = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
+        found = [x.message for p in f.pickles for x in p.findings if x.safety == "unsafe"]
         if unsafe:
             warn(f"{f.path}: unsafe global {', '.join(unsafe)}; it runs code on load")
+        elif found:
+            warn(f"{f.path}: {VERDICTS[f.safety].lower()}: {found[0]}")
         elif f.safety != "safe":
             names = ", ".join(f.unknown_globals) or f.error or "see ckpttools scan"
             warn(f"{f.path}: {VERDICTS[f.safety].lower()} ({names})")

@@ -58,8 +58,9 @@ def scan(paths: tuple[str, ...], allow: tuple[str, ...], config_path: str | None
     for f in result.files:
         if f.safety == "unsafe":
             names = sorted({g.qualname for p in f.pickles for g in p.globals if g.safety == "unsafe"})
-            warn(f"{f.path}: pickle can run code ({', '.join(names) or 'an ambiguous archive'}); "
-                 "do not load it")
+            found = [x.message for p in f.pickles for x in p.findings if x.safety == "unsafe"]
+            warn(f"{f.path}: pickle can run code or is hostile "
+                 f"({', '.join(names) or (found or ['an ambiguous archive'])[0]}); do not load it")
         elif f.safety == "unknown":
             warn(f"{f.path}: not proven safe ({', '.join(f.unknown_globals)}); allow them with "
                  "--allow if you trust them")

@@ -77,7 +77,10 @@ class CheckpointReader(ABC):
         ``ObjectPlaceholder`` for objects the reader does not execute."""
         from ckpttools.entries import TensorRef
 
-        return {e.key: TensorRef(e.key) for e in self.tensor_entries()}
+        # built once per reader: inspect and the state_dict search each ask for it
+        if getattr(self, "_flat_tree", None) is None:
+            self._flat_tree = {e.key: TensorRef(e.key) for e in self.tensor_entries()}
+        return self._flat_tree
 
     def raw_source(self, key: str) -> RawSource | None:
         """The byte range holding ``key``'s data, when it is one contiguous range; else None."""

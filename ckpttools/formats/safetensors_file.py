@@ -71,6 +71,8 @@ def read_header(path: str) -> tuple[int, dict[str, Any], int]:
             raise CorruptCheckpointError(f"{path}: header length {n} exceeds the safetensors "
                                          f"limit of {MAX_HEADER_SIZE} bytes; the file is damaged")
         raw = f.read(n)
+    if _LAST_HEADER.get(raw) is not None:  # scan, then the reader: one decode of the same bytes
+        return n, _LAST_HEADER[raw], size
     try:
         header = json.loads(raw, object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
@@ -82,7 +84,14 @@ def read_header(path: str) -> tuple[int, dict[str, Any], int]:
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an "
                                      "object; the file is damaged")
+    _LAST_HEADER.clear()
+    _LAST_HEADER[raw] = header
     return n, header, size
+
+
+# the last header decoded and its parsed tensors, keyed by the header's bytes (never mutated)
+_LAST_HEADER: dict[bytes, dict[str, Any]] = {}
+_LAST_TENSORS: list[Any] = []  # [(path, header, data_size), tensors]
 
 
 class _DuplicateKey(Exception):
@@ -140,6 +149,15 @@ def parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Te
     Raises:
         CorruptCheckpointError: a bad entry, an overlap, a hole, or bytes missing or left over.
     """
+    last = _LAST_TENSORS[0] if _LAST_TENSORS else None
+    if last is not None and last[1] is header and (last[0], last[2]) == (path, data_size):
+        return list(_LAST_TENSORS[1])  # scan validated this header a moment ago
+    tensors = _parse_tensors(path, header, data_size)
+    _LAST_TENSORS[:] = [(path, header, data_size), tuple(tensors)]
+    return tensors
+
+
+def _parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Tensor]:
     tensors = [_parse_entry(path, name, info) for name, info in header.items()
                if name != "__metadata__"]
     tensors.sort(key=lambda t: (t.begin, t.end))

@@ -180,6 +180,25 @@ def check_readable(path: str) -> None:
         raise UnreadableCheckpointError(f"{path}: permission denied; check the file's permissions")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise CorruptCheckpointError(f"{path}: empty file; it holds no checkpoint")
+    check_not_dcp_shard(path)
+
+
+def check_not_dcp_shard(path: str) -> None:
+    """Refuse one data file of a DCP folder given on its own: its bytes mean nothing without
+    the folder's ``.metadata`` (which names every item, its shard and its byte range).
+
+    Raises:
+        UnsupportedError: ``path`` is a ``.distcp`` file; the message names its folder.
+    """
+    if not (path.endswith(".distcp") and os.path.isfile(path)):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    shown = os.path.dirname(path) or "."
+    if os.path.isfile(os.path.join(folder, ".metadata")):
+        raise UnsupportedError(f"{path}: one data file of the torch.distributed.checkpoint (DCP) "
+                               f"folder {shown}, not a checkpoint on its own; pass the folder: {shown}")
+    raise UnsupportedError(f"{path}: a torch.distributed.checkpoint (DCP) data file, and its folder "
+                           f"{shown} has no .metadata; copy the whole DCP folder and pass it")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAMES", "OpcodeError", "iter_ops", "max_tuple_depth", "single_integer"]
+__all__ = ["NAMES", "OpcodeError", "iter_ops", "read_arg", "single_integer"]
 
 HIGHEST_PROTOCOL = 5
 NAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
@@ -112,6 +112,8 @@ def _memo_index(line: bytes, name: str) -> int:
         raise OpcodeError(f"bad {name} argument") from e
     if name == "PUT" and idx < 0:
         raise OpcodeError("negative PUT argument")
+    if not _LONG_MIN <= idx <= _LONG_MAX:  # PyLong_AsSsize_t overflows: the unpickler stops
+        raise OpcodeError(f"{name} argument out of range")
     return idx
 
 
@@ -178,18 +180,19 @@ def _counted(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
     pos += width
     if pos + size > n:
         raise OpcodeError("pickle data was truncated")
+    if not decode:
+        return size, pos + size  # bytes values are never needed, only skipped (not copied)
     raw = data[pos:pos + size]
     if decode == "long":
         return int.from_bytes(raw, "little", signed=True), pos + size
-    if decode == "utf8":
-        try:
-            return str(raw, "utf-8", "surrogatepass"), pos + size
-        except UnicodeDecodeError as e:
-            raise OpcodeError(f"{name} is not UTF-8") from e
-    return size, pos + size  # bytes values are never needed, only skipped
+    try:
+        return str(raw, "utf-8", "surrogatepass"), pos + size
+    except UnicodeDecodeError as e:
+        raise OpcodeError(f"{name} is not UTF-8") from e
 
 
-def _arg(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
+def read_arg(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
+    """Read the argument of opcode ``name`` at ``pos``: ``(value, offset after it)``."""
     if name in _FIXED:
         width, signed = _FIXED[name]
         if pos + width > n:
@@ -234,7 +237,7 @@ def iter_ops(data: Any, pos: int = 0, end: int | None = None) -> Iterator[tuple[
         name = NAMES.get(data[pos])
         if name is None:
             raise OpcodeError(f"invalid load key, {bytes([data[pos]])!r}")
-        arg, nxt = _arg(data, name, pos + 1, n)
+        arg, nxt = read_arg(data, name, pos + 1, n)
         yield name, arg, pos
         if name == "STOP":
             return
@@ -259,75 +262,3 @@ def single_integer(data: Any, pos: int = 0, end: int | None = None) -> int | Non
     if len(ops) != 1 or ops[0][0] not in _INTEGER_OPS:
         return None
     return int(ops[0][1])
-
-
-_TUPLE_OPS = (b"t", b"\x85", b"\x86", b"\x87")
-CHEAP_TUPLE_LIMIT = 50_000  # below this many tuple opcodes, no tuple can nest deep enough to crash
-
-
-def max_tuple_depth(data: Any, pos: int = 0) -> int:
-    """How deep tuples nest in a pickle (hashing a tuple recurses in C without a limit, so a
-    key nested ~10**6 deep crashes the interpreter). Cheap unless the pickle has more than
-    ``CHEAP_TUPLE_LIMIT`` tuple opcodes.
-
-    Raises:
-        OpcodeError: the pickle is malformed.
-    """
-    raw = data if isinstance(data, bytes) else bytes(data)
-    if sum(raw.count(op, pos) for op in _TUPLE_OPS) < CHEAP_TUPLE_LIMIT:
-        return 0
-    # the scan and then the reader ask about the same pickle (inspect does both): walk it once;
-    # keyed by the bytes themselves, as a checksum could be made to collide
-    if _LAST_DEPTH.get((pos, raw)) is None:
-        _LAST_DEPTH.clear()
-        _LAST_DEPTH[(pos, raw)] = _tuple_depth(raw, pos)
-    return _LAST_DEPTH[(pos, raw)]
-
-
-_LAST_DEPTH: dict[tuple[int, bytes], int] = {}
-
-
-def _tuple_depth(raw: bytes, pos: int) -> int:
-    stack: list[int] = []
-    marks: list[int] = []
-    memo: dict[int, int] = {}
-    deepest = 0
-    for name, arg, _ in iter_ops(raw, pos):
-        deepest = max(deepest, _tuple_step(name, arg, stack, marks, memo))
-    return deepest
-
-
-def _tuple_step(name: str, arg: Any, stack: list[int], marks: list[int],
-                memo: dict[int, int]) -> int:
-    """One opcode on a stack of tuple depths (0 for anything that is not a tuple)."""
-    if name == "MARK":
-        marks.append(len(stack))
-        return 0
-    if name in ("TUPLE1", "TUPLE2", "TUPLE3", "TUPLE"):
-        k = int(name[-1]) if name != "TUPLE" else len(stack) - (marks.pop() if marks else 0)
-        items = stack[len(stack) - k:] if k else []
-        del stack[len(stack) - k:]
-        stack.append(1 + max(items, default=0))
-        return stack[-1]
-    if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-        memo[arg] = stack[-1] if stack else 0
-    elif name == "MEMOIZE":
-        memo[len(memo)] = stack[-1] if stack else 0
-    elif name in ("GET", "BINGET", "LONG_BINGET"):
-        stack.append(memo.get(arg, 0))
-    elif name == "DUP":
-        stack.append(stack[-1] if stack else 0)
-    else:
-        op = pickletools.code2op[_CODE[name]]
-        before = op.stack_before
-        if pickletools.markobject in before:
-            del stack[marks.pop() if marks else 0:]
-            before = before[:before.index(pickletools.markobject)]
-        del stack[max(0, len(stack) - len(before)):]
-        stack.extend(0 for item in op.stack_after if item is not pickletools.markobject)
-        if pickletools.markobject in op.stack_after:
-            marks.append(len(stack))
-    return 0
-
-
-_CODE = {name: chr(code) for code, name in NAMES.items()}

@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
-from ckpttools.formats.pickle.genops import OpcodeError, max_tuple_depth
+from ckpttools.formats.pickle.genops import OpcodeError
+from ckpttools.formats.pickle.opwalk import pickle_hazard
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
 
@@ -208,13 +209,11 @@ def walk_pickle(
     except (ValueError, IndexError) as e:
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
     try:
-        depth = max_tuple_depth(data[offset:end])
+        hazard = pickle_hazard(data[offset:end])
     except OpcodeError as e:
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
-    if depth > MAX_TUPLE_DEPTH:
-        # hashing a tuple recurses in C with no limit: a key this deep crashes any loader
-        raise CorruptCheckpointError(f"{label}: tuples nest {depth} deep; unpickling it "
-                                     "would crash the interpreter")
+    if hazard:
+        raise CorruptCheckpointError(f"{label}: {hazard}; refused")
     ctx = st.WalkContext(name)
     unpickler = _Unpickler(io.BufferedReader(io.BytesIO(data[offset:end])), name,
                            ctx.resolve_global)
@@ -236,7 +235,6 @@ def walk_pickle(
     return WalkResult(tree, tuple(ctx.globals.values()), dict(ctx.storages), end)
 
 
-MAX_TUPLE_DEPTH = 50_000
 _DEEP_STACK = 512 << 20  # bytes of stack for the walk's thread: legitimate nesting runs deep
 _DEEP_RECURSION = 40_000
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
-from ckpttools.formats.pickle.genops import max_tuple_depth
+from ckpttools.formats.pickle.opwalk import MAX_TUPLE_DEPTH, fails_early, remember_walk
 from ckpttools.formats.sniff import is_legacy_magic
 from ckpttools.formats.pickle.stand_ins import ITEMSIZE, STORAGE_DTYPES
-from ckpttools.formats.pickle.walk import MAX_TUPLE_DEPTH
 from ckpttools.ops.audit.opcodes import Finding, PickleScan, scan_opcodes
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -111,7 +110,7 @@ def scan_pickles(data: Any, label: str) -> Found:
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
             break
-        if max_tuple_depth(data[scan.offset:scan.end]) > MAX_TUPLE_DEPTH:
+        if scan.tuple_depth > MAX_TUPLE_DEPTH:
             found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep; "
                                 "unpickling it crashes the interpreter")
             break
@@ -260,6 +259,8 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
             _flag(found, name, f"{AMBIGUOUS} (a {inner.kind} archive nested in a record)")
         found.add(inner)
         return
+    if not (is_main or rec.name.lower().endswith(".pkl")) and fails_early(buf, start, end):
+        return  # tensor bytes: not a pickle within a few opcodes (the walk would stop there too)
     scan = scan_opcodes(buf, name, start, end)
     # torch's pickle, a .pkl record, or any record that is a whole pickle (a renamed one); the
     # bytes of a tensor record often start like opcodes, but never run to a STOP
@@ -267,8 +268,10 @@ def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget:
         found.pickles.append(scan)
         if scan.error:
             found.errors.append(f"{name}: {scan.error}")
-        elif max_tuple_depth(buf[start:scan.end]) > MAX_TUPLE_DEPTH:
+        elif scan.tuple_depth > MAX_TUPLE_DEPTH:
             found.errors.append(f"{name}: tuples nest more than {MAX_TUPLE_DEPTH} deep")
+        elif is_main:  # the reader asks the same of the same bytes next (inspect, audit)
+            remember_walk(bytes(buf[start:scan.end]), scan.tuple_depth, scan.hostile)
 
 
 def _local_entries(f: io.IOBase, size: int) -> list[zr.ZipRecord]:

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult
+from ckpttools.ops.tensor_stats import one_thread
 from ckpttools.units import plural
 
 if TYPE_CHECKING:
@@ -109,7 +110,8 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     files: dict[str, IO[bytes]] = {}
     bufs = [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
     try:
-        with ThreadPoolExecutor(1) as pool:
+        # the reads run on the pool's thread, the checks on this one: one torch thread each
+        with ThreadPoolExecutor(1) as pool, one_thread():
             for e in reader.tensor_entries():
                 if e.dtype not in CHECKED_DTYPES or not _checked(e.key, only, exclude):
                     continue

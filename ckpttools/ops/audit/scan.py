@@ -22,7 +22,8 @@ from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpo
 from ckpttools.formats.pickle.safety import (add_safe_globals_line, is_allowed_by_user,
                                              is_torch_default)
 from ckpttools.formats import fileio
-from ckpttools.formats.sniff import check_readable, check_regular, special_file_kind
+from ckpttools.formats.sniff import (check_not_dcp_shard, check_readable, check_regular,
+                                     special_file_kind)
 from ckpttools.ops.audit.containers import Found, scan_blob
 from ckpttools.ops.audit.opcodes import PickleScan
 from ckpttools.units import plural
@@ -155,6 +156,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *,
             continue
         check_regular(path)  # a FIFO, socket or device would block: refused before anything opens it
         if os.path.isfile(path):
+            check_not_dcp_shard(path)  # its folder is the checkpoint; the message names it
             out.append(path)
         elif os.path.isdir(path):
             found = _folder_files(path, folders_whole)

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.formats import fileio
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
+from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.ops.tensor_stats import one_thread
 from ckpttools.units import plural
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 # Bytes per side per step; float64 temporaries make the working set ~20x this.
 CHUNK_BYTES = 2 << 20
+# Elements per side per step when reading raw bytes into reused buffers: larger steps mean
+# fewer thread barriers per byte; float64 work copies make ~3 x 8 bytes per element at most.
+RAW_CHUNK_ITEMS = 2 << 20
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
             "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
             "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "uint32": 4, "uint64": 8}
@@ -145,16 +149,25 @@ class _Stats:
     max_rel: float = 0.0
     close: bool = True
 
-    def add(self, a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> None:
+    def add(self, a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
+            owned: bool = False) -> None:
+        """Fold one chunk pair into the statistics.
+
+        Args:
+            owned: ``a`` and ``b`` are scratch buffers the caller rewrites next; they are
+                overwritten here (fewer passes and no temporaries).
+        """
         import torch
 
         if a.dtype.is_complex or b.dtype.is_complex:
             a, b = (torch.view_as_real(t.to(torch.complex128)) for t in (a, b))
+            owned = True
         # float32 holds every float16/bfloat16/float32 difference well enough to rank it
         low = {torch.float32, torch.float16, torch.bfloat16}
         work = torch.float32 if a.dtype in low and b.dtype in low else torch.float64
         x, y = a.to(work), b.to(work)
-        diff = (x - y).abs_()
+        owned = owned or (x is not a and y is not b)
+        diff = torch.sub(x, y).abs_()
         if diff.numel() == 0:
             return
         top = float(diff.max())
@@ -162,11 +175,17 @@ class _Stats:
             self._add_nonfinite(x, y, atol, rtol)
             return
         self.max_abs = max(self.max_abs, top)
-        ya = y.abs()
-        scale = torch.maximum(x.abs(), ya).clamp_min_(torch.finfo(work).tiny)
-        self.max_rel = max(self.max_rel, float((diff / scale).max()))
-        # torch.isclose's rule, |x - y| <= atol + rtol * |y|, without its extra passes
-        self.close = self.close and bool((diff <= ya.mul_(rtol).add_(atol)).all())
+        if top == 0:
+            return  # equal values (0.0 and -0.0): nothing relative, close at any tolerance
+        ya = y.abs_() if owned else y.abs()
+        scale = torch.maximum(x.abs_() if owned else x.abs(), ya, out=None if not owned else x)
+        scale.clamp_min_(torch.finfo(work).tiny)
+        self.max_rel = max(self.max_rel, float(torch.div(diff, scale, out=scale).max()))
+        if atol == 0 and rtol == 0:
+            self.close = False  # some value differs
+        elif self.close:
+            # torch.isclose's rule, |x - y| <= atol + rtol * |y|, without its extra passes
+            self.close = bool((diff <= ya.mul_(rtol).add_(atol)).all())
 
     def _add_nonfinite(self, x: torch.Tensor, y: torch.Tensor, atol: float, rtol: float) -> None:
         import torch
@@ -183,40 +202,58 @@ class _Stats:
                                                        equal_nan=True).all())
 
 
-def _raw_chunks(a: RawSource, b: RawSource, dtype_a: str, dtype_b: str
-                ) -> Iterator[tuple[bytes, bytes]]:
-    step = CHUNK_BYTES - CHUNK_BYTES % math.lcm(ITEMSIZE[dtype_a], 16)
-    spans = [(done, min(step, a.length - done)) for done in range(0, a.length, step)]
-    yield from zip(_chunks(a, spans), _chunks(b, spans))
+def _read_into(f: Any, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise EOFError(f"{f.name}: file ends inside a tensor")
+        got += n
 
 
-def _chunks(src: RawSource, spans: list[tuple[int, int]]) -> Iterator[bytes]:
-    """``src``'s bytes at ``spans`` (relative offset, length): read in turn from a local file,
-    several in flight from a URL."""
+def _fill(src: RawSource, view: memoryview, size: int) -> Iterator[int]:
+    """Fill ``view`` with ``src``'s bytes ``size`` at a time, yielding each chunk's length: read
+    in turn from a local file, several ranges in flight from a URL."""
+    spans = [(start, min(size, src.length - start)) for start in range(0, src.length, size or 1)]
     if fileio.is_url(src.path):
         from ckpttools.formats import remote
 
-        yield from remote.stream_ranges(src.path, [(src.offset + s, src.offset + s + n) for s, n in spans])
+        ranges = [(src.offset + start, src.offset + start + n) for start, n in spans]
+        for (_, n), data in zip(spans, remote.stream_ranges(src.path, ranges)):
+            if len(data) != n:
+                raise EOFError(f"{src.path}: the server sent {len(data)} of {n} bytes")
+            view[:n] = data
+            yield n
         return
-    with fileio.open_binary(src.path) as f:
+    with open(src.path, "rb", buffering=0) as f:
         f.seek(src.offset)
         for _, n in spans:
-            yield f.read(n)
+            _read_into(f, view[:n])
+            yield n
 
 
 def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: float,
                  advance: Callable[[int], None]) -> _Stats:
+    """Both tensors' bytes read into two reused buffers, compared chunk by chunk (no
+    allocation per chunk: fresh pages cost more than the comparison)."""
     import torch
 
     stats = _Stats()
     tdtype = getattr(torch, dtype)
-    for ca, cb in _raw_chunks(a, b, dtype, dtype):
-        advance(2 * len(ca))
-        if ca == cb:
+    item = ITEMSIZE[dtype]
+    size = min(a.length, RAW_CHUNK_ITEMS * item)
+    size -= size % item
+    bufs = bytearray(size), bytearray(size)
+    views = memoryview(bufs[0]), memoryview(bufs[1])
+    for n, _ in zip(_fill(a, views[0], size), _fill(b, views[1], size)):
+        advance(2 * n)
+        if (bufs[0] == bufs[1]) if n == size else torch.equal(
+                *(torch.frombuffer(buf, dtype=torch.uint8, count=n) for buf in bufs)):
             continue
         stats.bitwise = False
-        stats.add(torch.frombuffer(bytearray(ca), dtype=tdtype),
-                  torch.frombuffer(bytearray(cb), dtype=tdtype), atol, rtol)
+        stats.add(torch.frombuffer(bufs[0], dtype=tdtype, count=n // item),
+                  torch.frombuffer(bufs[1], dtype=tdtype, count=n // item), atol, rtol,
+                  owned=True)
     return stats
 
 
@@ -243,11 +280,12 @@ def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEn
                         on_progress: Callable[[int], None] = lambda n: None) -> TensorComparison:
     """Compare one tensor of ``ra`` with one of ``rb`` (same shape), streaming its bytes."""
     sa, sb = ra.raw_source(ea.key), rb.raw_source(eb.key)
-    if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE
-            and sa.length == sb.length == ea.nbytes):
-        stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
-    else:
-        stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
+    with one_thread():
+        if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE
+                and sa.length == sb.length == ea.nbytes):
+            stats = _compare_raw(sa, sb, ea.dtype, atol, rtol, on_progress)
+        else:
+            stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
     return TensorComparison(name or ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
                             stats.max_rel, stats.close)
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckpttools.formats.pickle.genops import OpcodeError, iter_ops, max_tuple_depth
+from ckpttools.formats.pickle.genops import OpcodeError, iter_ops
+from ckpttools.formats.pickle.opwalk import max_tuple_depth
 from ckpttools.ops.audit.opcodes import scan_opcodes
 
 MARKER = b"cmarker\nfn\n)R."  # GLOBAL marker.fn, EMPTY_TUPLE, REDUCE, STOP
