@@ -15,6 +15,7 @@ from typing import Any
 
 from ckpttools.ops.resume.compare import flatten_state
 from ckpttools.ops.resume.recipe import MODEL, OPTIMIZER, SCALER, SCHEDULER
+from ckpttools.units import human_bytes
 
 DRIFT_PIECES = {MODEL: "model", OPTIMIZER: "optimizer", SCHEDULER: "scheduler", SCALER: "scaler"}
 # Copies of the reference's state kept for the drift curve; a longer or larger run goes without it.
@@ -58,7 +59,7 @@ class DriftRecorder:
         if size * (self.steps - self.after) > BUDGET_BYTES:
             self.reference.clear()
             self.note = (f"no per-step drift: {self.steps - self.after} copies of "
-                         f"{size >> 20} MB of state exceed {BUDGET_BYTES >> 20} MB")
+                         f"{human_bytes(size)} of state exceed {human_bytes(BUDGET_BYTES)}")
             return
         self.reference[step] = copy.deepcopy(pieces)
 
