@@ -64,15 +64,18 @@ def command_line() -> str:
     """The command as typed (``ckpttools diff a.pt b.pt --plot x.png``), for the HTML page."""
     ctx = click.get_current_context()
     argv = sys.argv[1:]
-    if os.path.basename(sys.argv[0]) in ("ckpttools", "__main__.py") and argv:
+    entry = os.path.normpath(sys.argv[0])
+    if argv and (os.path.basename(entry) == "ckpttools"
+                 or entry.endswith(os.path.join("ckpttools", "__main__.py"))):
         return "ckpttools " + shlex.join(argv)
-    # called from Python (CliRunner, the API): rebuild it from the parsed options
+    # called from Python (CliRunner, the API): rebuild it from the parsed values, arguments first
+    params = sorted(ctx.command.params, key=lambda p: not isinstance(p, click.Argument))
     words = [ctx.info_name or ""]
-    for name, value in ctx.params.items():
-        param = next((p for p in ctx.command.params if p.name == name), None)
-        if value in (None, False, ()) or param is None or value == param.default:
+    for param in params:
+        value = ctx.params.get(param.name or "")
+        if value in (None, False, ()) or value == param.default or (param.name, value) == ("output_format", "table"):
             continue
-        flag = "" if isinstance(param, click.Argument) else param.opts[0]
+        flag = [] if isinstance(param, click.Argument) else [param.opts[0]]
         for v in value if isinstance(value, tuple) else (value,):
-            words += ([flag] if flag else []) + ([] if v is True else [str(v)])
+            words += flag + ([] if v is True else [str(v)])
     return "ckpttools " + shlex.join(words)
