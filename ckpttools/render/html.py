@@ -27,6 +27,7 @@ code,pre{font:12px/1.4 ui-monospace,monospace;background:#f6f8fa;padding:.2em .4
 table{border-collapse:collapse;font-size:13px;margin:.3em 0}
 th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f6f8fa;cursor:pointer;user-select:none} th:hover{background:#eaeef2}
+th::after{content:" \2195";color:#8c959f;font-weight:normal}
 tr.FAIL td,tr.unsafe td{background:#ffebe9} tr.WARN td,tr.unknown td{background:#fff8c5}
 figure{margin:1em 0} figure svg{max-width:100%;height:auto}
 """

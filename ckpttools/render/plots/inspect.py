@@ -58,10 +58,11 @@ def _ranges(ax: Any, stats: list[Any]) -> None:
         ax.scatter(bad, [stats[i].max for i in bad], marker="x", color=COLOURS[5], s=30,
                    zorder=4, label="has NaN/Inf")
     top = max(max(abs(s.min), abs(s.max)) for s in stats) or 1.0
-    ax.set_yscale("symlog", linthresh=max(top * 1e-3, 1e-12))
+    ax.set_yscale("symlog", linthresh=max(top * 1e-3, 1e-12), linscale=2)
+    ax.tick_params(axis="y", labelsize=7)
     ax.axhline(0, color="#999999", lw=0.5)
     every = max(1, len(stats) // 40)
     ax.set_xticks(list(xs)[::every], [short_key(s.key, 28) for s in stats][::every],
                   rotation=90, fontsize=6)
     ax.set_title("value ranges per tensor (--stats, finite values)", fontsize=9, loc="left")
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
