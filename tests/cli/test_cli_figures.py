@@ -85,12 +85,12 @@ def test_without_matplotlib_exit_2_with_the_install_line(pair: tuple[Path, Path]
 def test_verify_resume_plot_of_a_diverging_run(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "resume.svg"
     recipe = variant(tmp_path, "tutorial_mlp", "optimizer")
-    result = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "30",
-                                 "--resume-at", "24", "--in-process", "--plot", str(out)])
-    assert result.exit_code == 1 and result.stdout.startswith("DIVERGED at step 24")
+    result = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "8",
+                                 "--resume-at", "4", "--in-process", "--plot", str(out)])
+    assert result.exit_code == 1 and result.stdout.startswith("DIVERGED at step 4")
     svg_root(out)
-    data = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "30", "--resume-at",
-                               "24", "--in-process", "--format", "json"])
+    data = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "8", "--resume-at",
+                               "4", "--in-process", "--format", "json"])
     assert json.loads(data.stdout)["drift"] == []  # recorded only for the figure
 
 

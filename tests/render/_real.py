@@ -4,6 +4,7 @@ layers (real optimizer steps), written by torch.save and safetensors."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -47,15 +48,20 @@ def fine_tune(model: nn.Module, prefixes: tuple[str, ...], steps: int = 5, lr: f
     return tuned
 
 
+@functools.lru_cache(maxsize=1)
+def _states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    # trained once per test session; every caller gets its own copies
+    torch.manual_seed(0)
+    base = TinyLM()
+    tuned = fine_tune(base, TRAINED)
+    return base.state_dict(), {k: v.detach().contiguous() for k, v in tuned.state_dict().items()}
+
+
 def tuned_pair(folder: Path) -> tuple[Path, Path, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``base.pt`` (torch.save) and ``tuned.safetensors`` (fine-tuned copy): paths and states."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    base = TinyLM()
-    tuned = fine_tune(base, TRAINED)
-    a = base.state_dict()
-    b = {k: v.detach().contiguous() for k, v in tuned.state_dict().items()}
+    a, b = ({k: v.clone() for k, v in state.items()} for state in _states())
     torch.save(a, folder / "base.pt")
     save_file(b, str(folder / "tuned.safetensors"))
     return folder / "base.pt", folder / "tuned.safetensors", a, b

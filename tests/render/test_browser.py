@@ -44,7 +44,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a, b, _, _ = tuned_pair(folder)
     recipe = variant(folder, "tutorial_mlp", "optimizer")
     runs = [["diff", str(a), str(b), "--plot", "diff.{ext}"],
-            ["verify-resume", "--recipe", recipe, "--steps", "28", "--resume-at", "24", "--in-process",
+            ["verify-resume", "--recipe", recipe, "--steps", "7", "--resume-at", "4", "--in-process",
              "--plot", "resume.{ext}"],
             ["inspect", str(a), "--stats", "--plot", "inspect.{ext}"]]
     runner = CliRunner()

@@ -58,9 +58,9 @@ def test_layer_change_chart(tmp_path: Path) -> None:
 
 
 def test_resume_figure_of_a_diverging_run(tmp_path: Path) -> None:
-    result = verify_resume(variant(tmp_path, "tutorial_mlp", "optimizer"), steps=30, resume_at=24,
+    result = verify_resume(variant(tmp_path, "tutorial_mlp", "optimizer"), steps=8, resume_at=4,
                            fresh_process=False, drift=True)
-    assert result.diverged_step == 24 and result.drift
+    assert result.diverged_step == 4 and result.drift
     check_both(tmp_path, "resume", lambda fmt: plot_resume(result, fmt))
 
 
