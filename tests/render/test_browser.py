@@ -71,14 +71,26 @@ def test_figures_decode_with_their_size(outputs: Path) -> None:
     assert sorted(widths) == list(range(len(names))) and min(widths.values()) >= 600, dom[:500]
 
 
-@pytest.mark.parametrize("name", ["inspect.html", "audit.html", "scan.html"])
-def test_pages_render_and_sort(outputs: Path, name: str) -> None:
+def column(html: str, title: str, col: int) -> list[str]:
+    """The cells of column ``col`` of the table under heading ``title``, as the page has them."""
+    body = html.split(f"<h2>{title}</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body.split("<tbody>", 1)[1], re.S)
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[col] for row in rows]
+
+
+@pytest.mark.parametrize("name, title, col, numeric", [
+    ("inspect.html", "Tensors", 3, True),  # numel: numbers sort as numbers
+    ("audit.html", "Checks", 1, False),
+    ("scan.html", "Files", 0, False),
+])
+def test_pages_render_and_sort(outputs: Path, name: str, title: str, col: int, numeric: bool) -> None:
     html = (outputs / name).read_text()
-    # click the last table's first header twice (descending): the script must reorder the rows
-    probe = ("<script>var t = document.querySelectorAll('table.sortable'); t = t[t.length - 1];"
-             "var th = t.tHead.rows[0].cells[0]; th.click(); th.click();"
+    # click the column's header once (ascending): the inline script must reorder the rows
+    probe = ("<script>var h = Array.from(document.querySelectorAll('h2')).find(function (e) {"
+             f"return e.textContent === {title!r}; }}); var t = h.nextElementSibling;"
+             f"t.tHead.rows[0].cells[{col}].click();"
              "document.body.dataset.rows = t.tBodies[0].rows.length;"
-             "document.body.dataset.first = t.tBodies[0].rows[0].cells[0].textContent;"
+             f"document.body.dataset.first = t.tBodies[0].rows[0].cells[{col}].textContent;"
              "document.body.dataset.svg = document.querySelectorAll('svg').length;</script>")
     page = outputs / f"probe-{name}"
     page.write_text(html.replace("</body>", probe + "</body>"))
@@ -88,9 +100,10 @@ def test_pages_render_and_sort(outputs: Path, name: str) -> None:
     first = re.search(r'data-first="([^"]*)"', dom)
     count = re.search(r'data-rows="(\d+)"', dom)
     assert first and count, dom[-800:]
-    cells = re.findall(r"<tr[^>]*><td[^>]*>([^<]*)</td>", html.split("<table")[-1])
-    assert int(count.group(1)) == len(cells) and first.group(1) == max(cells)
-    if name != "scan.html":  # one row there; elsewhere the order must have changed
-        assert cells[0] != max(cells)
+    cells = column(html, title, col)
+    smallest = min(cells, key=float) if numeric else min(cells)
+    assert int(count.group(1)) == len(cells) and first.group(1) == smallest
+    if len(cells) > 1:  # the sort moved a row up
+        assert cells[0] != smallest
     if name == "inspect.html":
         assert re.search(r'data-svg="[1-9]', dom)
