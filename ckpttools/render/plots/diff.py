@@ -9,6 +9,7 @@ from ckpttools.ops.diff.pair import CheckpointDiffResult
 from ckpttools.render.plots import COLOURS, figure_bytes, new_figure, short_key
 
 TOP_LABELS = 5
+MAX_BANDS = 400  # beyond this many modules the bands would be hairlines: labels only
 # A span of changes wider than this many decades is drawn on a log scale.
 LOG_DECADES = 2.0
 
@@ -32,11 +33,17 @@ def change_rows(result: CheckpointDiffResult) -> list[tuple[str, float | None, s
     extra = [(k, None, "shape") for k, _, _ in result.shape_differences]
     extra += [(k, None, "only A") for k in result.only_a]
     extra += [(k, None, "only B") for k in result.only_b]
+    pending: dict[str, list[tuple[str, float | None, str]]] = {}
     for row in extra:
+        pending.setdefault(_block(row[0]), []).append(row)
+    last = {_block(k): i for i, (k, _, _) in enumerate(rows)}
+    out: list[tuple[str, float | None, str]] = []
+    for i, row in enumerate(rows):
+        out.append(row)
         block = _block(row[0])
-        at = max((i for i, r in enumerate(rows) if _block(r[0]) == block), default=len(rows) - 1)
-        rows.insert(at + 1, row)
-    return rows
+        if last[block] == i:
+            out += pending.pop(block, [])
+    return out + [row for group in pending.values() for row in group]
 
 
 def plot_diff(result: CheckpointDiffResult, fmt: str) -> bytes:
@@ -57,7 +64,8 @@ def plot_diff(result: CheckpointDiffResult, fmt: str) -> bytes:
     if len(rows) <= 300:
         ax.bar(xs, [h - floor for h in heights], width=0.8, color=colours, bottom=floor)
     else:
-        ax.vlines(xs, floor, heights, colors=colours, linewidth=0.8)
+        # thousands of lines as SVG paths make megabytes: drawn as one embedded image instead
+        ax.vlines(xs, floor, heights, colors=colours, linewidth=0.8, rasterized=len(rows) > 2000)
     if log:
         ax.set_yscale("log")
     _mark_one_sided(ax, rows, top * (5 if log else 1.2))
@@ -85,7 +93,7 @@ def _shade_blocks(ax: Any, keys: list[str]) -> None:
     every = max(1, math.ceil(len(spans) / 40))
     ticks, labels = [], []
     for n, (block, lo, hi) in enumerate(spans):
-        if n % 2:
+        if n % 2 and len(spans) <= MAX_BANDS:
             ax.axvspan(lo - 0.5, hi + 0.5, color="#eeeeee", zorder=0, linewidth=0)
         if n % every == 0:
             ticks.append((lo + hi) / 2)
@@ -115,11 +123,12 @@ def _mark_one_sided(ax: Any, rows: list[tuple[str, float | None, str]], y: float
 def _label_top(ax: Any, rows: list[tuple[str, float | None, str]], heights: list[float]) -> None:
     ranked = sorted((i for i, (_, v, m) in enumerate(rows) if m == "" and v),
                     key=lambda i: -heights[i])[:TOP_LABELS]
-    for i in ranked:
+    for rank, i in enumerate(ranked):
         value = rows[i][1] or 0.0
         size = f"{value:.2g}" if math.isfinite(value) else "A is all zeros"
         text = f"{short_key(rows[i][0], 36)}\n{size}"
-        ax.annotate(text, (i, heights[i]), xytext=(4, 4), textcoords="offset points",
+        # staggered, so that neighbours of equal height do not cover each other
+        ax.annotate(text, (i, heights[i]), xytext=(4, 4 - 22 * (rank % 2)), textcoords="offset points",
                     fontsize=7, rotation=0, ha="left", va="bottom",
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#999999", "lw": 0.5})
 
