@@ -47,9 +47,9 @@ def run(sizes: list[str]) -> None:
         tuned = checkpoint(f"plot-tuned-{size}", lambda: _tuned(first), "pth")
         for label, b in (("values differ everywhere", other), ("fine-tuned copy, 4 blocks changed", tuned)):
             with tempfile.TemporaryDirectory() as tmp:
-                plain = measure(ckpttools_cmd("diff", str(first), str(b)), repeat=3, ok_codes=(1,))
+                plain = measure(ckpttools_cmd("diff", str(first), str(b)), repeat=5, ok_codes=(1,))
                 plotted = measure(ckpttools_cmd("diff", str(first), str(b), "--plot",
-                                                str(Path(tmp) / "changes.png")), repeat=3, ok_codes=(1,))
+                                                str(Path(tmp) / "changes.png")), repeat=5, ok_codes=(1,))
             print(f"diff A B --plot, two {size} checkpoints ({label})")
             print(f"  ckpttools diff A B                {plain}")
             print(f"  ckpttools diff A B --plot x.png   {plotted}")

@@ -35,10 +35,11 @@ def check_plot(path: str | None) -> str | None:
     """The figure format for ``--plot`` (``png``/``svg``), checked before the work starts."""
     if path is None:
         return None
-    from ckpttools.render.plots import figure_format, require_matplotlib
+    from ckpttools.render.plots import figure_format, require_matplotlib, warm_up
 
     fmt = figure_format(path)
     require_matplotlib("--plot")
+    warm_up()
     return fmt
 
 

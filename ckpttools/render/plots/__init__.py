@@ -41,11 +41,33 @@ def require_matplotlib(option: str = "--plot") -> None:
     Raises:
         UnsupportedError: matplotlib cannot be imported.
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as e:
-        raise UnsupportedError(f"{option}: figures need matplotlib, which is not installed; "
-                               f"{INSTALL}") from e
+    import importlib.util
+
+    # found, not imported: the import itself overlaps with the work (``warm_up``)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UnsupportedError(f"{option}: figures need matplotlib, which is not installed; {INSTALL}")
+
+
+def warm_up() -> None:
+    """Import matplotlib in a background thread while the command does its work.
+
+    The import takes about half a second of pure Python; ``diff A B`` spends its time reading and
+    in torch kernels that release the GIL, so on a second core the two overlap. Nothing matplotlib
+    imports imports torch, so the two threads' imports cannot wait on each other in a circle.
+    """
+    import threading
+
+    def load() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # noqa: BLE001 - the import in new_figure raises it again, in order
+            pass
+
+    threading.Thread(target=load, name="ckpttools-matplotlib", daemon=True).start()
 
 
 def new_figure(width: float, height: float, rows: int = 1, **grid: Any) -> tuple[Figure, Any]:
