@@ -9,6 +9,7 @@ command that produced the page; below, the text report's content as tables.
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,10 +85,17 @@ def _table(t: Table) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, tuple):  # (shown text, sort value)
-        return f'<td data-v="{value[1]}">{html.escape(str(value[0]))}</td>'
+        return f'<td data-v="{_sort_key(value[1])}">{html.escape(str(value[0]))}</td>'
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f'<td data-v="{value}">{html.escape(str(value))}</td>'
+        return f'<td data-v="{_sort_key(value)}">{html.escape(str(value))}</td>'
     return f"<td>{html.escape(str(value))}</td>"
+
+
+def _sort_key(number: float) -> str:
+    # what JavaScript's parseFloat reads: "inf" would be NaN, which sorts nowhere
+    if math.isnan(number):
+        return "-Infinity"
+    return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(number, repr(number))
 
 
 def inline_svg(svg: str | bytes) -> str:
