@@ -7,6 +7,7 @@ import os
 
 import click
 
+from ckpttools.cli._figures import command_line, html_opt, write_file
 from ckpttools.cli._options import CI_FORMATS, common_options, model_opts, note
 
 STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never runs them."
@@ -30,11 +31,13 @@ STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never ru
               help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
 @click.option("--config", "config_path", default=None, metavar="PATH",
               help="pyproject.toml, setup.cfg, or a folder holding one (default: the working folder).")
+@html_opt
 @common_options(CI_FORMATS, trust_help=STATIC_TRUST)
 def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...],
           key: str | None, require: tuple[str, ...], dtype: str | None, max_size: str | None,
           manifest: str | None, allow_nonfinite: bool | None, strict_unknown: bool | None,
-          allow: tuple[str, ...], config_path: str | None, output_format: str, trust: bool) -> None:
+          allow: tuple[str, ...], config_path: str | None, html: str | None, output_format: str,
+          trust: bool) -> None:
     """Audit checkpoints for CI: a PASS/WARN/FAIL row per check per file.
 
     PATHS are files, folders (searched recursively; a DCP or sharded folder is one checkpoint)
@@ -49,6 +52,7 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
       ckpttools audit checkpoints/
       ckpttools audit ckpt.pth --model mypkg.models:Net --require optimizer --require epoch
       ckpttools audit 'runs/**/*.safetensors' --dtype bf16 --max-size 2GB --format junit
+      ckpttools audit checkpoints/ --format junit --html audit.html > audit.xml
     """
     from ckpttools.cli._progress import byte_progress
     from ckpttools.ops.audit.audit import audit_checkpoints
@@ -65,5 +69,9 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
         note(f"settings from {os.path.relpath(source)}")
     with byte_progress(1, "auditing") as advance:
         result = audit_checkpoints(paths, config, config_file=source, on_progress=advance)
-    click.echo(render_audit(result, output_format))
+    click.echo(render_audit(result, output_format, report=html))
+    if html is not None:
+        from ckpttools.render.html import audit_html
+
+        write_file(html, audit_html(result, command_line()), "the HTML report")
     click.get_current_context().exit(0 if result.ok else 1)

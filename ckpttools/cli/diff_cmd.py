@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ckpttools.cli._figures import check_plot, plot_opt, write_file
 from ckpttools.cli._options import (
     common_options,
     checkpoint_arg,
@@ -34,11 +35,12 @@ if TYPE_CHECKING:
               help="Relative tolerance for values (PATH OTHER).")
 @click.option("--allow-tied", is_flag=True,
               help="Accept tied aliases the checkpoint leaves out (from_pretrained re-ties them).")
+@plot_opt
 @common_options()
 @click.pass_context
 def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | None,
          model_args: tuple[str, ...], key: str | None, rules_out: str | None, atol: float,
-         rtol: float, allow_tied: bool, output_format: str, trust: bool) -> None:
+         rtol: float, allow_tied: bool, plot: str | None, output_format: str, trust: bool) -> None:
     """Will PATH load into a model? Or: how does PATH differ from OTHER?
 
     With --model, compare the checkpoint's state_dict with what the model's load_state_dict
@@ -57,18 +59,22 @@ def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | Non
       ckpttools diff last.ckpt --model train.py:build_model --suggest-rules rules.txt
       ckpttools diff model.pth --model ref.json --format json
       ckpttools diff model.pth model.safetensors --atol 1e-6
+      ckpttools diff base.safetensors tuned.safetensors --plot changes.png
     """
     if (other is None) == (model_spec is None):
         raise click.UsageError("give either OTHER or --model SPEC")
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
+    if model_spec is not None and plot is not None:
+        raise click.UsageError("--plot goes with OTHER (diff A B)")
+    plot_fmt = check_plot(plot)
     if model_spec is not None:
         ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust,
                          allow_tied)
     elif model_args or rules_out or key or allow_tied:
         raise click.UsageError("-a, --key, --allow-tied and --suggest-rules go with --model")
     else:
-        ok = _diff_pair(path, str(other), atol, rtol, output_format, trust)
+        ok = _diff_pair(path, str(other), atol, rtol, output_format, trust, plot, plot_fmt)
     ctx.exit(0 if ok else 1)
 
 
@@ -110,7 +116,8 @@ def _write_rules(result: DiffResult, dest: str) -> None:
     note(f"wrote {plural(len(rules), 'rule')} to {dest}")
 
 
-def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool) -> bool:
+def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust: bool,
+               plot: str | None = None, plot_fmt: str | None = None) -> bool:
     from ckpttools.cli._progress import byte_progress
     from ckpttools.formats.registry import open_checkpoint
     from ckpttools.ops.diff.pair import diff_checkpoints
@@ -121,4 +128,8 @@ def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust:
         with byte_progress(total, "comparing") as advance:
             result = diff_checkpoints(a, b, atol=atol, rtol=rtol, on_progress=advance)
     click.echo(render_checkpoint_diff(result, fmt))
+    if plot is not None and plot_fmt is not None:
+        from ckpttools.render.plots.diff import plot_diff
+
+        write_file(plot, plot_diff(result, plot_fmt), "the layer-change chart")
     return result.ok

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ckpttools.cli._options import (checkpoint_arg, common_options, is_trusted, key_opt,
                                     warn, warn_trusted)
+from ckpttools.cli._figures import check_html, check_plot, command_line, html_opt, plot_opt, write_file
 from ckpttools.cli._progress import byte_progress
 from ckpttools.errors import CkptError
 from ckpttools.formats import fileio
 from ckpttools.ops.audit.scan import VERDICTS, ScanResult
+
+if TYPE_CHECKING:
+    from ckpttools.ops.inspect import InspectResult
 
 
 @click.command()
@@ -25,11 +30,13 @@ from ckpttools.ops.audit.scan import VERDICTS, ScanResult
               help="Min/max/mean/std and NaN/Inf counts per tensor (reads tensor data).")
 @click.option("--allow", "allow", multiple=True, metavar="GLOBAL",
               help="Treat GLOBAL (module.Name or module.*) as safe; repeatable.")
+@plot_opt
+@html_opt
 @common_options()
 @click.pass_context
 def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None, tree: bool,
-            expand: bool, with_stats: bool, allow: tuple[str, ...], output_format: str,
-            trust: bool) -> None:
+            expand: bool, with_stats: bool, allow: tuple[str, ...], plot: str | None,
+            html: str | None, output_format: str, trust: bool) -> None:
     """Show what a checkpoint is and what it holds, without running its pickle.
 
     PATH is a file or folder of any supported format (found from the bytes).
@@ -40,6 +47,7 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
       ckpttools inspect model.pth
       ckpttools inspect ckpt.pth --key model_state_dict --tree
       ckpttools inspect model.safetensors --filter '*.weight' --stats --format json
+      ckpttools inspect model.safetensors --stats --plot model.png --html model.html
     """
     from ckpttools.formats.registry import open_checkpoint
     from ckpttools.ops.audit.config import load_settings
@@ -50,6 +58,8 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
     # NOTE: key trees nest as deep as the checkpoint (600-deep dicts are legitimate); the tree
     # walks are Python-to-Python calls, which need no C stack on CPython 3.11+
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    plot_fmt = check_plot(plot)
+    check_html(html, figures=True)
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
     allow = (*load_settings()[0].allow_globals, *allow)
@@ -68,10 +78,25 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
             result = inspect_checkpoint(reader, key=key, pattern=pattern, with_stats=with_stats,
                                         on_progress=advance, allow=allow)
     click.echo(render_inspect(result, output_format, tree=tree, expand=expand))
+    _figures(result, plot, plot_fmt, html)
     code = scan.exit_code if scan is not None else 0
     if scan is not None:
         _warn(scan)
     ctx.exit(1 if not result.ok or code == 1 else code)
+
+
+def _figures(result: InspectResult, plot: str | None, plot_fmt: str | None, html: str | None) -> None:
+    if plot is None and html is None:
+        return
+    from ckpttools.render.plots.inspect import plot_inspect
+
+    if plot is not None and plot_fmt is not None:
+        write_file(plot, plot_inspect(result, plot_fmt), "the inspect figure")
+    if html is not None:
+        from ckpttools.render.html import inspect_html
+
+        write_file(html, inspect_html(result, command_line(), plot_inspect(result, "svg")),
+                   "the HTML report")
 
 
 def _warn(scan: ScanResult) -> None:

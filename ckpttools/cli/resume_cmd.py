@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import click
 
+from ckpttools.cli._figures import check_plot, plot_opt, write_file
 from ckpttools.cli._options import common_options, is_quiet, is_trusted, warn_trusted
 
 
@@ -28,11 +29,12 @@ from ckpttools.cli._options import common_options, is_quiet, is_trusted, warn_tr
               help="Tolerance for the steps after the first.")
 @click.option("--in-process", is_flag=True,
               help="Resume in this process instead of a fresh one (misses state kept outside the checkpoint).")
+@plot_opt
 @common_options()
 @click.pass_context
 def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_checkpoint: str | None,
                   steps: int | None, resume_at: int | None, via: str | None, atol: float, drift_atol: float,
-                  in_process: bool, trust: bool, output_format: str) -> None:
+                  in_process: bool, plot: str | None, trust: bool, output_format: str) -> None:
     """Check that resuming from a checkpoint reproduces the uninterrupted run.
 
     Two modes: CKPT NEXT loads CKPT into fresh objects, trains to NEXT's step and compares
@@ -74,14 +76,18 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
       ckpttools verify-resume --recipe examples/hf_trainer_recipe.py out/checkpoint-2 out/checkpoint-4
       ckpttools verify-resume --recipe examples/lightning_recipe.py --steps 6 --resume-at 4
       ckpttools verify-resume --recipe mypkg.recipe ckpt_3.pt ckpt_4.pt --format json
+      ckpttools verify-resume --recipe examples/tutorial_mlp.py --steps 40 --resume-at 24 --plot resume.svg
     """
     from ckpttools.ops.resume.fresh import prefork
 
     _check_mode(checkpoint, next_checkpoint, steps, resume_at, via)
+    plot_fmt = check_plot(plot)
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted)
     if _is_trainer(recipe, checkpoint):
         _check_trainer_options(via, in_process)
+        if plot is not None:
+            raise click.UsageError("--plot works with the recipe functions, not a build_trainer recipe")
         ctx.exit(_trainer_mode(recipe, checkpoint, next_checkpoint, steps, resume_at, atol,
                                drift_atol, output_format))
     # Before the recipe or any torch op runs here: the fresh process is this one, forked.
@@ -95,8 +101,12 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
         result = run(recipe, checkpoint, next_checkpoint, steps=steps, resume_at=resume_at, atol=atol,
                      drift_atol=drift_atol, via=via, converter=convert_checkpoint if via else None,
                      trust=trusted, fresh_process=not in_process,
-                     on_progress=_progress(), worker=worker)
+                     on_progress=_progress(), worker=worker, drift=plot is not None)
     click.echo(render_resume(result, output_format))
+    if plot is not None and plot_fmt is not None:
+        from ckpttools.render.plots.resume import plot_resume
+
+        write_file(plot, plot_resume(result, plot_fmt), "the resume figure")
     ctx.exit(0 if result.ok else 1)
 
 

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ckpttools.cli._figures import command_line, html_opt, write_file
 from ckpttools.cli._options import CI_FORMATS, common_options, error, warn
 
 STATIC_TRUST = "Accepted everywhere; scan reads pickles statically and never runs them."
@@ -20,9 +21,10 @@ ALLOW_HELP = ("Treat GLOBAL (module.Name, or module.* for a package) as safe; re
 @click.option("--config", "config_path", default=None, metavar="PATH",
               help="pyproject.toml, setup.cfg, or a folder holding one, whose allow-globals is read "
                    "(default: the working folder).")
+@html_opt
 @common_options(CI_FORMATS, trust_help=STATIC_TRUST)
 def scan(paths: tuple[str, ...], allow: tuple[str, ...], config_path: str | None,
-         output_format: str, trust: bool) -> None:
+         html: str | None, output_format: str, trust: bool) -> None:
     """Scan the pickles of checkpoints for code, statically (nothing is loaded or run).
 
     PATHS are files, folders (searched recursively) or globs: every pickle torch.load could
@@ -38,6 +40,7 @@ def scan(paths: tuple[str, ...], allow: tuple[str, ...], config_path: str | None
       ckpttools scan model.pth
       ckpttools scan ckpt.pth --allow mypkg.config.TrainConfig
       ckpttools scan checkpoints/ 'downloads/**/*.bin' --format json
+      ckpttools scan checkpoints/ --format sarif --html scan.html > scan.sarif
     """
     from ckpttools.ops.audit.config import load_settings
     from ckpttools.ops.audit.scan import scan_checkpoint
@@ -52,7 +55,11 @@ def scan(paths: tuple[str, ...], allow: tuple[str, ...], config_path: str | None
         for f in unreadable[:-1]:
             error(_unreadable(f.path, f.error))
         raise UnknownFormatError(_unreadable(unreadable[-1].path, unreadable[-1].error))
-    click.echo(render_scan(result, output_format))
+    click.echo(render_scan(result, output_format, report=html))
+    if html is not None:
+        from ckpttools.render.html import scan_html
+
+        write_file(html, scan_html(result, command_line()), "the HTML report")
     for f in unreadable:
         error(_unreadable(f.path, f.error))
     for f in result.files:

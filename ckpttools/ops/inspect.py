@@ -13,6 +13,7 @@ from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.trainer import TrainerLayout, describe_trainer
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
+from ckpttools.ops.module_sizes import ModuleSize, module_sizes
 from ckpttools.ops.state_dict import default_state_dict_key
 from ckpttools.ops.tensor_stats import TensorStats, compute_stats
 
@@ -75,6 +76,11 @@ class InspectResult:
         for t in self.tensors:
             out[t.dtype] = out.get(t.dtype, 0) + t.nbytes
         return dict(sorted(out.items()))
+
+    @property
+    def module_sizes(self) -> tuple[ModuleSize, ...]:
+        """Parameters and bytes per top-level module, in file order (``module_sizes``)."""
+        return module_sizes(self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -7,10 +7,11 @@ import xml.etree.ElementTree as ET
 
 from ckpttools.ops.audit.audit import AuditResult
 from ckpttools.render import heading, table, to_json
-from ckpttools.render.sarif import Finding, render_sarif
+from ckpttools.render.sarif import Finding, junit_report_link, render_sarif
 
 
-def _summary(result: AuditResult) -> str:
+def summary_line(result: AuditResult) -> str:
+    """``audit passed: 2 files, 6 PASS`` (or ``audit FAILED: ...``)."""
     counts = result.counts()
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     verdict = "audit passed" if result.ok else "audit FAILED"
@@ -41,11 +42,11 @@ def render_text(result: AuditResult, fmt: str = "table") -> str:
                 lines.append(f"  ... {len(c.details) - 20} more")
     if result.manifest_written:
         lines.append(f"wrote manifest {result.manifest_written}")
-    lines.append(_summary(result))
+    lines.append(summary_line(result))
     return "\n".join(lines)
 
 
-def render_junit(result: AuditResult) -> str:
+def render_junit(result: AuditResult, report: str | None = None) -> str:
     """JUnit XML: a testsuite per file, a testcase per check (FAIL -> failure, SKIP -> skipped;
     WARN passes with the reason in system-out)."""
     counts = result.counts()
@@ -56,6 +57,7 @@ def render_junit(result: AuditResult) -> str:
         suite = ET.SubElement(root, "testsuite", name=path, tests=str(len(rows)), errors="0",
                               failures=str(sum(c.status == "FAIL" for c in rows)),
                               skipped=str(sum(c.status == "SKIP" for c in rows)))
+        junit_report_link(suite, report)
         for c in rows:
             case = ET.SubElement(suite, "testcase", classname=f"ckpttools.audit.{c.check}",
                                  name=f"{c.check}: {path}", file=path)
@@ -87,28 +89,28 @@ def render_github(result: AuditResult) -> str:
         if level:
             props = f"file={_escape_property(c.path)},title={_escape_property('ckpttools ' + c.check)}"
             lines.append(f"::{level} {props}::{_escape_data(c.reason)}")
-    lines.append(f"::notice title=ckpttools audit::{_escape_data(_summary(result))}")
+    lines.append(f"::notice title=ckpttools audit::{_escape_data(summary_line(result))}")
     return "\n".join(lines)
 
 
-def render_audit_sarif(result: AuditResult) -> str:
+def render_audit_sarif(result: AuditResult, report: str | None = None) -> str:
     """SARIF 2.1.0: a result per FAIL (error) and WARN (warning), a rule per check."""
     level = {"FAIL": "error", "WARN": "warning"}
     findings = [Finding(c.check, level[c.status], c.path, c.reason)
                 for c in result.checks if c.status in level]
     rules = {**{c.check: f"the {c.check} check" for c in result.checks}, **CHECKS}
-    return render_sarif(findings, rules)
+    return render_sarif(findings, rules, report)
 
 
-def render_audit(result: AuditResult, fmt: str) -> str:
+def render_audit(result: AuditResult, fmt: str, report: str | None = None) -> str:
     """The report for stdout in ``table``, ``markdown``, ``json``, ``junit``, ``github`` or
-    ``sarif``."""
+    ``sarif``; JUnit and SARIF link ``report`` (the ``--html`` page) when given."""
     if fmt == "json":
         return to_json(result.to_dict())
     if fmt == "junit":
-        return render_junit(result)
+        return render_junit(result, report)
     if fmt == "github":
         return render_github(result)
     if fmt == "sarif":
-        return render_audit_sarif(result)
+        return render_audit_sarif(result, report)
     return render_text(result, fmt)

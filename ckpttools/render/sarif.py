@@ -26,13 +26,15 @@ class Finding:
     message: str
 
 
-def sarif_log(findings: Iterable[Finding], rules: dict[str, str], version: str) -> dict[str, Any]:
+def sarif_log(findings: Iterable[Finding], rules: dict[str, str], version: str,
+              report: str | None = None) -> dict[str, Any]:
     """A SARIF 2.1.0 log with one run.
 
     Args:
         findings: the results.
         rules: rule id -> one-line description, for every rule a finding may name.
         version: the tool's version.
+        report: the HTML report written beside it (``--html``), linked from the run's properties.
     """
     findings = list(findings)
     ids = sorted(rules)
@@ -44,8 +46,10 @@ def sarif_log(findings: Iterable[Finding], rules: dict[str, str], version: str) 
     driver = {"name": "ckpttools", "version": version,
               "rules": [{"id": r, "name": r.replace("/", "-"), "shortDescription": {"text": rules[r]}}
                         for r in ids]}
-    return {"$schema": SCHEMA, "version": "2.1.0",
-            "runs": [{"tool": {"driver": driver}, "results": results}]}
+    run: dict[str, Any] = {"tool": {"driver": driver}, "results": results}
+    if report:
+        run["properties"] = {"htmlReport": _uri(report)}
+    return {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
 
 
 def _uri(path: str) -> str:
@@ -53,8 +57,18 @@ def _uri(path: str) -> str:
     return path.replace("\\", "/").removeprefix("./")
 
 
-def render_sarif(findings: Iterable[Finding], rules: dict[str, str]) -> str:
+def render_sarif(findings: Iterable[Finding], rules: dict[str, str], report: str | None = None) -> str:
     """The SARIF log as JSON text."""
     from ckpttools import __version__
 
-    return to_json(sarif_log(findings, rules, __version__))
+    return to_json(sarif_log(findings, rules, __version__, report))
+
+
+def junit_report_link(suite: Any, report: str | None) -> None:
+    """``<properties><property name="html_report" .../>`` first in a JUnit ``testsuite``."""
+    if report:
+        import xml.etree.ElementTree as ET
+
+        props = ET.Element("properties")
+        ET.SubElement(props, "property", name="html_report", value=report)
+        suite.insert(0, props)

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 from ckpttools.ops.audit.scan import VERDICTS, FileScan, ScanResult
 from ckpttools.render import table, to_json
-from ckpttools.render.sarif import Finding, render_sarif
+from ckpttools.render.sarif import Finding, junit_report_link, render_sarif
 
 _SAFETY = {"safe": "safe", "unknown": "not proven safe", "unsafe": "RUNS CODE",
            "error": "error"}
@@ -59,7 +59,7 @@ def findings(result: ScanResult) -> list[Finding]:
     return out
 
 
-def render_junit(result: ScanResult) -> str:
+def render_junit(result: ScanResult, report: str | None = None) -> str:
     """JUnit XML: a testcase per file; unsafe content is a failure, an unreadable file an error."""
     by_file: dict[str, list[Finding]] = {f.path: [] for f in result.files}
     for x in findings(result):
@@ -68,6 +68,7 @@ def render_junit(result: ScanResult) -> str:
     errors = sum(any(x.rule == "error" for x in v) for v in by_file.values())
     suite = ET.Element("testsuite", name="ckpttools scan", tests=str(len(by_file)),
                        failures=str(failures), errors=str(errors), skipped="0")
+    junit_report_link(suite, report)
     for path, found in by_file.items():
         case = ET.SubElement(suite, "testcase", classname="ckpttools.scan", name=path, file=path)
         bad = [x for x in found if x.level == "error"]
@@ -101,17 +102,17 @@ def _counts(result: ScanResult) -> str:
     return ", ".join(f"{n} {names[k]}" for k, n in counts.items() if n) or "no files"
 
 
-def render_scan(result: ScanResult, fmt: str, *, verbose: bool = True) -> str:
+def render_scan(result: ScanResult, fmt: str, *, verbose: bool = True, report: str | None = None) -> str:
     """The report for stdout: ``table``, ``markdown``, ``json`` (the ``to_dict()`` document),
-    ``junit``, ``github`` or ``sarif``."""
+    ``junit``, ``github`` or ``sarif``; JUnit and SARIF link ``report`` (``--html``) when given."""
     if fmt == "json":
         return to_json(result.to_dict())
     if fmt == "junit":
-        return render_junit(result)
+        return render_junit(result, report)
     if fmt == "github":
         return render_github(result)
     if fmt == "sarif":
-        return render_sarif(findings(result), RULES)
+        return render_sarif(findings(result), RULES, report)
     lines: list[str] = []
     for f in result.files:
         lines += _file_lines(f, "markdown" if fmt == "markdown" else "table", verbose)

@@ -44,11 +44,13 @@ class TensorComparison:
     max_abs_diff: float
     max_rel_diff: float
     allclose: bool
+    rel_l2_change: float = 0.0  # ||B - A|| / ||A||; inf when A is all zeros and B is not
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "dtype_a": self.dtype_a, "dtype_b": self.dtype_b,
                 "bitwise_equal": self.bitwise_equal, "max_abs_diff": self.max_abs_diff,
-                "max_rel_diff": self.max_rel_diff, "allclose": self.allclose}
+                "max_rel_diff": self.max_rel_diff, "allclose": self.allclose,
+                "rel_l2_change": self.rel_l2_change}
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,18 @@ class _Stats:
     max_abs: float = 0.0
     max_rel: float = 0.0
     close: bool = True
+    sq_diff: float = 0.0  # sum of (B - A)^2, for the relative L2 change
+    sq_a: float = 0.0  # sum of A^2, over every chunk (equal chunks count toward ||A|| too)
+
+    @property
+    def rel_l2(self) -> float:
+        if self.sq_diff == 0.0:
+            return 0.0
+        return math.sqrt(self.sq_diff / self.sq_a) if self.sq_a > 0 else math.inf
+
+    def add_equal(self, a: torch.Tensor) -> None:
+        """A chunk equal on both sides: it adds nothing to the change, only to ``||A||``."""
+        self.sq_a += _sum_squares(a)
 
     def add(self, a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float,
             owned: bool = False) -> None:
@@ -174,6 +188,9 @@ class _Stats:
         if not math.isfinite(top):
             self._add_nonfinite(x, y, atol, rtol)
             return
+        flat_diff, flat_x = diff.reshape(-1), x.reshape(-1)
+        self.sq_diff += float(torch.dot(flat_diff, flat_diff))
+        self.sq_a += float(torch.dot(flat_x, flat_x))
         self.max_abs = max(self.max_abs, top)
         if top == 0:
             return  # equal values (0.0 and -0.0): nothing relative, close at any tolerance
@@ -195,11 +212,23 @@ class _Stats:
         diff = torch.where(same, 0.0, (x - y).abs())
         diff = torch.where(torch.isnan(diff), math.inf, diff)  # NaN on one side only
         self.max_abs = max(self.max_abs, float(diff.max()))
+        self.sq_diff = math.inf
         scale = torch.maximum(x.abs(), y.abs())
         rel = torch.where(scale > 0, diff / scale, torch.where(diff > 0, math.inf, 0.0))
         self.max_rel = max(self.max_rel, float(torch.nan_to_num(rel, nan=math.inf).max()))
         self.close = self.close and bool(torch.isclose(x, y, rtol=rtol, atol=atol,
                                                        equal_nan=True).all())
+
+
+def _sum_squares(t: torch.Tensor) -> float:
+    import torch
+
+    if t.dtype.is_complex:
+        t = torch.view_as_real(t.to(torch.complex128))
+    x = t.reshape(-1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32 if x.is_floating_point() else torch.float64)
+    return float(torch.dot(x, x))
 
 
 def _read_into(f: Any, view: memoryview) -> None:
@@ -249,6 +278,7 @@ def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: floa
         advance(2 * n)
         if (bufs[0] == bufs[1]) if n == size else torch.equal(
                 *(torch.frombuffer(buf, dtype=torch.uint8, count=n) for buf in bufs)):
+            stats.add_equal(torch.frombuffer(bufs[0], dtype=tdtype, count=n // item))
             continue
         stats.bitwise = False
         stats.add(torch.frombuffer(bufs[0], dtype=tdtype, count=n // item),
@@ -269,6 +299,7 @@ def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float
         advance(ca.numel() * ca.element_size() + cb.numel() * cb.element_size())
         if ca.dtype == cb.dtype and torch.equal(ca.contiguous().view(torch.uint8),
                                                 cb.contiguous().view(torch.uint8)):
+            stats.add_equal(ca)
             continue
         stats.bitwise = False
         stats.add(ca, cb, atol, rtol)
@@ -287,7 +318,7 @@ def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEn
         else:
             stats = _compare_loaded(ra.load(ea.key), rb.load(eb.key), atol, rtol, on_progress)
     return TensorComparison(name or ea.key, ea.dtype, eb.dtype, stats.bitwise, stats.max_abs,
-                            stats.max_rel, stats.close)
+                            stats.max_rel, stats.close, stats.rel_l2)
 
 
 def diff_checkpoints(a: CheckpointReader, b: CheckpointReader, *, atol: float = 0.0,

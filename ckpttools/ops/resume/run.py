@@ -22,6 +22,7 @@ from ckpttools.ops.resume.compare import Fingerprint, TensorDiff, fingerprint, m
 
 SavePath = str | Callable[[dict[str, Any]], str]
 KeepFirst = Callable[[dict[str, Any]], None]
+OnStep = Callable[[int, dict[str, Any]], None]  # (completed steps, live state)
 
 
 @dataclass
@@ -36,7 +37,8 @@ class RunTrace:
 def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
               save_at: int | None = None, save_path: SavePath | None = None,
               loss: float | None = None, keep_first: KeepFirst | None = None,
-              on_saved: Callable[[str], None] | None = None) -> RunTrace:
+              on_saved: Callable[[str], None] | None = None,
+              on_step: OnStep | None = None) -> RunTrace:
     """Run steps ``start .. end-1``; capture the state after the first resumed step and the last.
 
     With ``save_at``, write the state before step ``save_at`` to ``save_path`` (or the path it
@@ -44,7 +46,8 @@ def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
     the first resumed step is then ``save_at``. The final state holds the live tensors: ``objs``
     must not train further. With ``keep_first``, the state after the first resumed step is
     handed to it live (to write or compare at once) instead of being copied into the trace.
-    ``on_saved`` is called with the checkpoint's path once it is written.
+    ``on_saved`` is called with the checkpoint's path once it is written; ``on_step`` with the
+    live state after each step (the drift curve).
     """
     trace = RunTrace()
     first = start if save_at is None else save_at
@@ -57,6 +60,8 @@ def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
                 on_saved(path)
         loss = run_step(recipe, objs, i)
         trace.losses[i] = loss
+        if on_step is not None:
+            on_step(i + 1, capture_state(objs, i + 1, loss, copy=False))
         if i == first and end > first + 1:  # with one step, the final state is the first one
             if keep_first is not None:
                 keep_first(capture_state(objs, i + 1, loss, copy=False))
@@ -68,12 +73,13 @@ def run_steps(recipe: Recipe, objs: TrainObjects, start: int, end: int, *,
 
 def run_uninterrupted(recipe: Recipe, steps: int, resume_at: int, save_path: SavePath | None,
                       seed: int = DEFAULT_SEED, keep_first: KeepFirst | None = None,
-                      on_saved: Callable[[str], None] | None = None) -> RunTrace:
+                      on_saved: Callable[[str], None] | None = None,
+                      on_step: OnStep | None = None) -> RunTrace:
     """The reference run: fresh objects from ``seed``, steps ``0 .. steps-1``, saving at ``resume_at``."""
     seed_all(seed)
     objs = build_objects(recipe)
     return run_steps(recipe, objs, 0, steps, save_at=resume_at, save_path=save_path, keep_first=keep_first,
-                     on_saved=on_saved)
+                     on_saved=on_saved, on_step=on_step)
 
 
 class FirstStepCheck:
@@ -133,7 +139,8 @@ def state_at(recipe: Recipe, step: int, seed: int = DEFAULT_SEED) -> dict[str, A
 
 def resume_in_process(recipe: Recipe, state: dict[str, Any], where: str, end: int,
                       reset: frozenset[str] = frozenset(), seed: int = DEFAULT_SEED, *,
-                      copy: bool = True, keep_first: KeepFirst | None = None) -> RunTrace:
+                      copy: bool = True, keep_first: KeepFirst | None = None,
+                      on_step: OnStep | None = None) -> RunTrace:
     """Build fresh objects, load ``state`` (pieces in ``reset`` stay fresh), run to ``end``.
 
     Without ``copy``, training may change ``state``'s tensors in place. ``keep_first`` as in ``run_steps``.
@@ -141,7 +148,8 @@ def resume_in_process(recipe: Recipe, state: dict[str, Any], where: str, end: in
     seed_all(seed)
     objs = build_objects(recipe)
     apply_state(recipe, objs, state, where, reset, seed, copy=copy)
-    return run_steps(recipe, objs, checkpoint_step(state, where), end, keep_first=keep_first)
+    return run_steps(recipe, objs, checkpoint_step(state, where), end, keep_first=keep_first,
+                     on_step=on_step)
 
 
 class TempPlace:

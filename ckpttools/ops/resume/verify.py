@@ -24,6 +24,7 @@ from ckpttools.ops.resume.attribution import LABELS, Attribution, Context, attri
 from ckpttools.ops.resume.compare import (
     Fingerprint, LossRow, TensorDiff, compare_losses, compare_states, fingerprint, worst,
 )
+from ckpttools.ops.resume.drift import DRIFT_PIECES, DriftRecorder, DriftRow, max_abs_difference
 from ckpttools.ops.resume.fresh import FreshProcess, FreshResume, Worker
 from ckpttools.ops.resume.run import (
     FirstStepCheck, RunTrace, TempPlace, resume_in_process, run_uninterrupted, state_at,
@@ -53,6 +54,9 @@ class ResumeResult:
         missing: optional pieces of state the checkpoint lacks (resumed fresh).
         attributions: what each piece of state does to the resume.
         hints: what to set when no piece explains a difference.
+        drift: per step and piece of state, max abs difference of the resumed run from the
+            reference (asked for with ``drift=True``; NEXT's step only, in ``checkpoints`` mode).
+        drift_note: where the drift comes from, or why there is none.
     """
 
     mode: Literal["checkpoints", "run"]
@@ -74,6 +78,8 @@ class ResumeResult:
     hints: tuple[str, ...] = ()
     via: str | None = None
     fresh_process: bool = False
+    drift: tuple[DriftRow, ...] = ()
+    drift_note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,7 @@ class ResumeResult:
             "first_step_diffs": [d.to_dict() for d in self.first_step_diffs],
             "final_diffs": [d.to_dict() for d in self.final_diffs],
             "attributions": [a.to_dict() for a in self.attributions], "hints": list(self.hints),
+            "drift": [d.to_dict() for d in self.drift], "drift_note": self.drift_note,
         }
 
 
@@ -100,7 +107,8 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
                   via: str | None = None, converter: Callable[..., Any] | None = None,
                   trust: bool = False, fresh_process: bool = True,
                   workdir: str | None = None, seed: int = DEFAULT_SEED,
-                  on_progress: Callable[[str], None] | None = None, worker: Worker | None = None) -> ResumeResult:
+                  on_progress: Callable[[str], None] | None = None, worker: Worker | None = None,
+                  drift: bool = False) -> ResumeResult:
     """Check that resuming from a checkpoint reproduces training, and attribute any difference.
 
     Args:
@@ -122,6 +130,8 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
         on_progress: called with a short line as each phase starts.
         worker: the fresh process, started early by ``resume_fresh.prefork`` (else a new Python
             is started); it is closed when the run is done.
+        drift: record each piece of state's max abs difference per step (``ResumeResult.drift``,
+            the figure of ``--plot``); a fresh-process resume is replayed in this process for it.
 
     Returns:
         The result; ``ok`` is False when the resume diverged.
@@ -140,7 +150,7 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
     if checkpoint is not None and next_checkpoint is not None:
         if steps is not None or resume_at is not None or via is not None:
             raise SpecError("verify-resume: give either CKPT NEXT or --steps/--resume-at, not both")
-        return _verify_checkpoints(rec, checkpoint, next_checkpoint, atol, drift_atol, trust, seed, say)
+        return _verify_checkpoints(rec, checkpoint, next_checkpoint, atol, drift_atol, trust, seed, say, drift)
     if steps is None or resume_at is None or checkpoint is not None:
         raise SpecError("verify-resume: give CKPT and NEXT, or --steps N and --resume-at K")
     if not 0 <= resume_at < steps:
@@ -149,7 +159,8 @@ def verify_resume(recipe: str | Recipe | object, checkpoint: str | None = None,
         raise SpecError("verify-resume: via needs a converter (ckpttools.verify_resume passes convert_checkpoint)")
     return _verify_run(rec, steps, resume_at, atol=atol, drift_atol=drift_atol, via=via,
                        converter=converter, trust=trust,
-                       fresh_process=fresh_process, workdir=workdir, seed=seed, say=say, worker=worker)
+                       fresh_process=fresh_process, workdir=workdir, seed=seed, say=say, worker=worker,
+                       recorder=DriftRecorder(resume_at, steps) if drift else None)
 
 
 def _normalise(state: dict[str, Any], where: str) -> dict[str, Any]:
@@ -161,7 +172,7 @@ def _normalise(state: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_atol: float,
-                        trust: bool, seed: int, say: Callable[[str], None]) -> ResumeResult:
+                        trust: bool, seed: int, say: Callable[[str], None], drift: bool = False) -> ResumeResult:
     state = read_checkpoint(recipe, ckpt, trust=trust)
     expected = read_checkpoint(recipe, nxt, trust=trust)
     start, end = checkpoint_step(state, ckpt), checkpoint_step(expected, nxt)
@@ -174,18 +185,23 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
     expected_cmp = _normalise(expected, nxt)
     resumed_cmp = {k: v for k, v in (trace.final or {}).items() if k in expected_cmp}
     final = compare_states(expected_cmp, resumed_cmp, atol if end == start + 1 else drift_atol)
+    # NEXT holds no earlier state: the drift is one point per piece, at NEXT's step
+    rows = tuple(DriftRow(end, piece, max_abs_difference(expected_cmp[key], resumed_cmp[key]))
+                 for key, piece in DRIFT_PIECES.items() if drift and key in expected_cmp and key in resumed_cmp)
     logged = expected.get(LOSS)
     reference = {end - 1: float(logged)} if isinstance(logged, (int, float)) or hasattr(logged, "item") else {}
     losses = compare_losses(reference, trace.losses, start, atol, drift_atol)
     ctx = Context(recipe, ckpt, state, None, trace, reference, None, final, end,
                   missing_pieces(recipe, state), False, seed, say)
-    return _finish(ctx, "checkpoints", ckpt, nxt, start, atol, drift_atol, losses, (), final)
+    result = _finish(ctx, "checkpoints", ckpt, nxt, start, atol, drift_atol, losses, (), final)
+    return _replace(result, drift=rows, drift_note="drift at NEXT's step only") if drift else result
 
 
 def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drift_atol: float,
                 via: str | None, converter: Callable[..., Any] | None, trust: bool,
                 fresh_process: bool, workdir: str | None,
-                seed: int, say: Callable[[str], None], worker: Worker | None) -> ResumeResult:
+                seed: int, say: Callable[[str], None], worker: Worker | None,
+                recorder: DriftRecorder | None = None) -> ResumeResult:
     final_atol = atol if steps == resume_at + 1 else drift_atol
     with ExitStack() as stack:
         if worker is not None:
@@ -199,7 +215,8 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
         reference = run_uninterrupted(recipe, steps, resume_at, place, seed,
                                       keep_first=hand.first if hand is not None else
                                       lambda live: reference_first.append(fingerprint(live)),
-                                      on_saved=hand.start if hand is not None and via is None else None)
+                                      on_saved=hand.start if hand is not None and via is None else None,
+                                      on_step=recorder.keep if recorder is not None else None)
         path = place.file("resume.pt")
         if via is not None:
             assert converter is not None  # checked by verify_resume
@@ -210,13 +227,19 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
             fresh = hand.finish(path, reference)
             resumed, first_rows, first_state = fresh.trace, fresh.first_diffs, fresh.first_state
             final = fresh.final_diffs
+            if recorder is not None and not recorder.note:
+                say("replaying the resume in this process for the per-step drift")
+                resume_in_process(recipe, read_checkpoint(recipe, path, trust=trust), path, steps, seed=seed,
+                                  copy=False, on_step=recorder.compare)
+                recorder.note = "per-step drift from a replay of the resume in this process"
         else:
             import copy
 
             # A second read: training changes the optimizer's tensors in place, and attribution reuses ``state``.
             check = FirstStepCheck(lambda: reference_first[0] if reference_first else None, copy.deepcopy)
             resumed = resume_in_process(recipe, read_checkpoint(recipe, path, trust=trust), path, steps, seed=seed,
-                                        copy=False, keep_first=check)
+                                        copy=False, keep_first=check,
+                                        on_step=recorder.compare if recorder is not None else None)
             first_rows, first_state, final = check.rows, check.kept, None
         first = first_rows
         if first_state is not None:  # it differs: the reference's state again, to compare values
@@ -228,7 +251,11 @@ def _verify_run(recipe: Recipe, steps: int, resume_at: int, *, atol: float, drif
     ctx = Context(recipe, "checkpoint at step " + str(resume_at), state, lambda: state_at(recipe, resume_at, seed),
                   resumed, ref_losses, reference.final, final, steps, missing_pieces(recipe, state), False, seed, say)
     result = _finish(ctx, "run", "(temporary) resume.pt", None, resume_at, atol, drift_atol, losses, first, final)
+    if recorder is not None:
+        return _replace(result, via=via, fresh_process=fresh_process, drift=recorder.result(),
+                        drift_note=recorder.note or "per-step drift from the resumed run")
     return _replace(result, via=via, fresh_process=fresh_process)
+
 
 
 class _Handover:

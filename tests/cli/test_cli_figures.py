@@ -1,0 +1,143 @@
+"""``--plot`` and ``--html`` through the CLI: real checkpoints in, files that are what they say
+out, the report on stdout unchanged, one error line and no file when the job cannot be done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ckpttools.cli.main import cli
+from tests.cli.test_contract import ERROR_LINE
+from tests.malicious_corpus import Payload
+from tests.ops.resume.test_verify import example, variant
+from tests.render._checks import parse_page, png_size, svg_root
+from tests.render._real import tuned_pair
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    path_a, path_b, _, _ = tuned_pair(tmp_path_factory.mktemp("pair"))
+    return path_a, path_b
+
+
+@pytest.mark.parametrize("ext", ["png", "svg"])
+def test_diff_plot_keeps_the_report(runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path,
+                                    ext: str) -> None:
+    a, b = map(str, pair)
+    plain = runner.invoke(cli, ["diff", a, b])
+    out = tmp_path / f"changes.{ext}"
+    result = runner.invoke(cli, ["diff", a, b, "--plot", str(out)])
+    assert result.exit_code == plain.exit_code == 1  # the fine-tune changed values
+    assert result.stdout == plain.stdout
+    assert result.stderr.strip().endswith(f"wrote the layer-change chart to {out}")
+    png_size(out) if ext == "png" else svg_root(out)
+
+
+@pytest.mark.parametrize("name", ["changes.jpg", "changes"])
+def test_plot_extension_is_checked_before_the_work(runner: CliRunner, pair: tuple[Path, Path],
+                                                   tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    result = runner.invoke(cli, ["diff", *map(str, pair), "--plot", str(out)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert ERROR_LINE.match(result.stderr.strip()) and "--plot" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_goes_with_diff_a_b(runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["diff", str(pair[0]), "--model", "tests/render/_real.py:TinyLM",
+                                 "--plot", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "--plot goes with OTHER" in result.stderr
+
+
+def _without_matplotlib(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # matplotlib made unimportable, as in an install without the plot extra
+    code = ("import sys; sys.modules['matplotlib'] = None; from ckpttools.cli.main import cli; "
+            "cli(prog_name='ckpttools')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_without_matplotlib_exit_2_with_the_install_line(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    done = _without_matplotlib(["diff", *map(str, pair), "--plot", "x.png"], tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ("ckpttools: error: --plot: figures need matplotlib, which is not "
+                                   "installed; pip install ckpttools[plot]")
+    done = _without_matplotlib(["inspect", str(pair[0]), "--html", "x.html"], tmp_path)
+    assert done.returncode == 2 and "pip install ckpttools[plot]" in done.stderr
+    # a page without figures needs no matplotlib
+    done = _without_matplotlib(["audit", str(pair[0]), "--html", "a.html"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    parse_page(tmp_path / "a.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html"]
+
+
+def test_verify_resume_plot_of_a_diverging_run(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "resume.svg"
+    recipe = variant(tmp_path, "tutorial_mlp", "optimizer")
+    result = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "8",
+                                 "--resume-at", "4", "--in-process", "--plot", str(out)])
+    assert result.exit_code == 1 and result.stdout.startswith("DIVERGED at step 4")
+    svg_root(out)
+    data = runner.invoke(cli, ["verify-resume", "--recipe", recipe, "--steps", "8", "--resume-at",
+                               "4", "--in-process", "--format", "json"])
+    assert json.loads(data.stdout)["drift"] == []  # recorded only for the figure
+
+
+def test_inspect_plot_and_html(runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    png, page = tmp_path / "m.png", tmp_path / "m.html"
+    result = runner.invoke(cli, ["inspect", str(pair[0]), "--stats", "--plot", str(png),
+                                 "--html", str(page)])
+    assert result.exit_code == 0, result.stderr
+    png_size(png)
+    parsed = parse_page(page)
+    text = " ".join(parsed.text)
+    assert "PASSED" in text, text[:300]
+    assert f"inspect {pair[0]} --stats --plot {png} --html {page}" in text, text[:600]
+    assert "encoder.layers.2.linear1.weight" in text and "svg" in parsed.tags
+    assert parsed.tags.count("table") == 3  # modules, tensors (with the --stats columns), globals
+    assert "mean" in text and "std" in text
+
+
+def _nan_checkpoint(folder: Path) -> Path:
+    state = tuned_pair(folder)[2]
+    state["head.bias"][3] = float("nan")
+    torch.save(state, folder / "nan.pt")
+    return folder / "nan.pt"
+
+
+def test_audit_html_linked_from_junit(runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path) -> None:
+    page = tmp_path / "audit.html"
+    bad = _nan_checkpoint(tmp_path)
+    result = runner.invoke(cli, ["audit", str(pair[0]), str(bad), "--format", "junit", "--html", str(page)])
+    assert result.exit_code == 1
+    suites = ET.fromstring(result.stdout)
+    links = [p.get("value") for p in suites.iter("property") if p.get("name") == "html_report"]
+    assert links == [str(page), str(page)]
+    parsed = parse_page(page)
+    text = " ".join(parsed.text)
+    assert "FINDINGS: audit FAILED: 2 files" in text and "finite" in text
+    assert '<tr class="FAIL">' in page.read_text()
+
+
+def test_scan_html_linked_from_sarif(runner: CliRunner, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    torch.save({"w": torch.ones(2), "x": Payload(os.system, f"touch {canary}")}, tmp_path / "evil.pt")
+    page = tmp_path / "scan.html"
+    result = runner.invoke(cli, ["scan", str(tmp_path / "evil.pt"), "--format", "sarif", "--html", str(page)])
+    assert result.exit_code == 1 and not canary.exists()
+    log = json.loads(result.stdout)
+    assert log["runs"][0]["properties"] == {"htmlReport": str(page).removeprefix("./")}
+    parsed = parse_page(page)
+    text = " ".join(parsed.text)
+    assert "FINDINGS: 1 scanned: 1 dangerous" in text and "os.system" in text.replace("posix.system", "os.system")
