@@ -229,6 +229,17 @@ def stream_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes
         yield from source.fetch(ranges[k:k + PARALLEL])
 
 
+def read_sequential(url: str, start: int, end: int) -> Iterator[bytes | memoryview]:
+    """``[start, end)`` of ``url`` in pieces, for a caller that reads the file front to back
+    (convert): an HTTP source keeps the next ranges in flight across calls."""
+    source = None if cached_path(url) else blob(url).source
+    if source is not None and hasattr(source, "read_ahead"):
+        yield from source.read_ahead(start, end)
+        return
+    step = 2 << 20
+    yield from stream_ranges(url, [(s, min(end, s + step)) for s in range(start, end, step)])
+
+
 # ---- folders (s3 only: an HTTP server has no listing) --------------------------------------
 
 
