@@ -56,3 +56,22 @@ def test_several_ranges_in_flight_keep_their_order(served: FileServer, data: byt
     ranges = [(i, i + 250_000) for i in range(0, 2_500_000, 250_000)]
     assert list(remote.stream_ranges(url, ranges)) == [data[s:e] for s, e in ranges]
     assert remote.fetch_ranges(url, ranges[::-1]) == [data[s:e] for s, e in ranges[::-1]]
+
+
+def test_sequential_reads_keep_ranges_in_flight(served: FileServer, data: bytes,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads in file order come from read-ahead ranges; a jump back restarts the window there
+    and a jump forward skips what lies between instead of fetching it."""
+    from ckpttools.formats import remote_sources
+
+    monkeypatch.setattr(remote_sources, "AHEAD_BLOCK", 64 * 1024)
+    url = served.url("blob.bin")
+    spans = [(0, 10), (10, 200_000), (200_000, 200_001), (150_000, 400_000),
+             (2_900_000, len(data))]
+    served.log.reset()
+    for start, end in spans:
+        got = b"".join(bytes(p) for p in remote.read_sequential(url, start, end))
+        assert got == data[start:end], (start, end)
+    # the first read-ahead window and the one after the back jump, plus the tail: the
+    # 2.5 MB between 400,000 and 2,900,000 were never fetched
+    assert served.log.bytes < 1_200_000
