@@ -67,7 +67,7 @@ def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | Non
     warn_trusted(trust)
     if model_spec is not None and plot is not None:
         raise click.UsageError("--plot goes with OTHER (diff A B)")
-    plot_fmt = check_plot(plot)
+    plot_fmt = check_plot(plot, worker=True)
     if model_spec is not None:
         ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust,
                          allow_tied)
@@ -129,7 +129,9 @@ def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust:
             result = diff_checkpoints(a, b, atol=atol, rtol=rtol, on_progress=advance)
     click.echo(render_checkpoint_diff(result, fmt))
     if plot is not None and plot_fmt is not None:
+        from ckpttools.render.plots import draw_in_worker
         from ckpttools.render.plots.diff import plot_diff
 
-        write_file(plot, plot_diff(result, plot_fmt), "the layer-change chart")
+        data = draw_in_worker("diff", result, plot_fmt) or plot_diff(result, plot_fmt)
+        write_file(plot, data, "the layer-change chart")
     return result.ok

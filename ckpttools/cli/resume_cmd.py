@@ -81,7 +81,7 @@ def verify_resume(ctx: click.Context, recipe: str, checkpoint: str | None, next_
     from ckpttools.ops.resume.fresh import prefork
 
     _check_mode(checkpoint, next_checkpoint, steps, resume_at, via)
-    plot_fmt = check_plot(plot)
+    plot_fmt = check_plot(plot, torch_first=True)
     trusted = is_trusted(ctx, trust)
     warn_trusted(trusted)
     if _is_trainer(recipe, checkpoint):

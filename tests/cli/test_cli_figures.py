@@ -43,6 +43,26 @@ def test_diff_plot_keeps_the_report(runner: CliRunner, pair: tuple[Path, Path], 
     png_size(out) if ext == "png" else svg_root(out)
 
 
+def test_diff_chart_from_the_drawing_process_equals_one_drawn_here(pair: tuple[Path, Path]) -> None:
+    """``diff A B --plot`` has its chart drawn by a second process that imported matplotlib
+    meanwhile: the same bytes as drawing it in this process; a dead worker means None (the
+    command then draws it itself)."""
+    from ckpttools.formats.registry import open_checkpoint
+    from ckpttools.ops.diff.pair import diff_checkpoints
+    from ckpttools.render import plots
+    from ckpttools.render.plots.diff import plot_diff
+
+    with open_checkpoint(str(pair[0])) as ra, open_checkpoint(str(pair[1])) as rb:
+        result = diff_checkpoints(ra, rb)
+    plots.start_worker()
+    drawn = plots.draw_in_worker("diff", result, "svg")
+    assert drawn is not None and drawn == plot_diff(result, "svg")
+    assert plots.draw_in_worker("diff", result, "svg") is None  # one figure per worker
+    plots.start_worker()
+    plots._WORKER.kill()
+    assert plots.draw_in_worker("diff", result, "svg") is None
+
+
 @pytest.mark.parametrize("name", ["changes.jpg", "changes"])
 def test_plot_extension_is_checked_before_the_work(runner: CliRunner, pair: tuple[Path, Path],
                                                    tmp_path: Path, name: str) -> None:

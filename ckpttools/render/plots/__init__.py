@@ -48,17 +48,60 @@ def require_matplotlib(option: str = "--plot") -> None:
         raise UnsupportedError(f"{option}: figures need matplotlib, which is not installed; {INSTALL}")
 
 
-def warm_up() -> None:
+_WORKER: Any = None
+
+
+def start_worker() -> None:
+    """Start ``worker.py`` (matplotlib imported on the other core while the command works)."""
+    import subprocess
+    import sys
+
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = subprocess.Popen([sys.executable, "-m", "ckpttools.render.plots.worker"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+
+
+def draw_in_worker(name: str, *args: Any) -> bytes | None:
+    """The figure ``name`` drawn by the worker, or None when there is none or it failed (the
+    caller then draws it here)."""
+    import pickle
+    import struct
+
+    global _WORKER
+    worker, _WORKER = _WORKER, None
+    if worker is None:
+        return None
+    try:
+        out, _ = worker.communicate(pickle.dumps((name, args)), timeout=120)
+    except Exception:  # noqa: BLE001 - a stuck or dead worker: draw in this process instead
+        worker.kill()
+        return None
+    if worker.returncode != 0 or len(out) < 8:
+        return None
+    (n,) = struct.unpack("<Q", out[:8])
+    return out[8:8 + n] if len(out) == 8 + n else None
+
+
+def warm_up(torch_first: bool = False) -> None:
     """Import matplotlib in a background thread while the command does its work.
 
     The import takes about half a second of pure Python; ``diff A B`` spends its time reading and
     in torch kernels that release the GIL, so on a second core the two overlap. Nothing matplotlib
     imports imports torch, so the two threads' imports cannot wait on each other in a circle.
+
+    Args:
+        torch_first: the command imports torch anyway: the thread waits for that import (or
+            makes it) before its own, as two pure-Python imports side by side only take turns
+            on the GIL and the command's would be slower by as much (measured: 0.5 s at 1 GB).
     """
     import threading
 
     def load() -> None:
         try:
+            if torch_first:
+                import torch  # noqa: F401
             import matplotlib
 
             matplotlib.use("Agg", force=False)
