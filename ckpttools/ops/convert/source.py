@@ -250,13 +250,6 @@ def tensor_data(t: SourceTensor) -> TensorData:
                       crc=t.crc if raw is not None else None, pieces=pieces)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def output_manifest(source: Source) -> Manifest:
     """The manifest describing ``source`` as written."""
     return Manifest(source.root, {n: t.layout for n, t in source.tensors.items()})
