@@ -72,6 +72,8 @@ def test_sequential_reads_keep_ranges_in_flight(served: FileServer, data: bytes,
     for start, end in spans:
         got = b"".join(bytes(p) for p in remote.read_sequential(url, start, end))
         assert got == data[start:end], (start, end)
-    # the first read-ahead window and the one after the back jump, plus the tail: the
-    # 2.5 MB between 400,000 and 2,900,000 were never fetched
-    assert served.log.bytes < 1_200_000
+    # read-ahead windows near the reads (how many of their ranges were sent before a jump
+    # cancelled them depends on timing), never the 2.3 MB between them and the tail
+    starts = [int(r.split("=")[1].split("-")[0]) for _, _, r in served.log.requests]
+    assert not [s for s in starts if 700_000 <= s < 2_800_000], starts
+    assert served.log.bytes < 1_600_000
