@@ -130,8 +130,9 @@ def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust:
     click.echo(render_checkpoint_diff(result, fmt))
     if plot is not None and plot_fmt is not None:
         from ckpttools.render.plots import draw_in_worker
-        from ckpttools.render.plots.diff import plot_diff
+        from ckpttools.render.plots.diff import change_rows, plot_changes
 
-        data = draw_in_worker("diff", result, plot_fmt) or plot_diff(result, plot_fmt)
+        rows, compared = change_rows(result), len(result.tensors)
+        data = draw_in_worker(rows, compared, plot_fmt) or plot_changes(rows, compared, plot_fmt)
         write_file(plot, data, "the layer-change chart")
     return result.ok

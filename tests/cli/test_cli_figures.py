@@ -50,17 +50,18 @@ def test_diff_chart_from_the_drawing_process_equals_one_drawn_here(pair: tuple[P
     from ckpttools.formats.registry import open_checkpoint
     from ckpttools.ops.diff.pair import diff_checkpoints
     from ckpttools.render import plots
-    from ckpttools.render.plots.diff import plot_diff
+    from ckpttools.render.plots.diff import change_rows, plot_diff
 
     with open_checkpoint(str(pair[0])) as ra, open_checkpoint(str(pair[1])) as rb:
         result = diff_checkpoints(ra, rb)
+    rows, compared = change_rows(result), len(result.tensors)
     plots.start_worker()
-    drawn = plots.draw_in_worker("diff", result, "svg")
+    drawn = plots.draw_in_worker(rows, compared, "svg")
     assert drawn is not None and drawn == plot_diff(result, "svg")
-    assert plots.draw_in_worker("diff", result, "svg") is None  # one figure per worker
+    assert plots.draw_in_worker(rows, compared, "svg") is None  # one figure per worker
     plots.start_worker()
     plots._WORKER.kill()
-    assert plots.draw_in_worker("diff", result, "svg") is None
+    assert plots.draw_in_worker(rows, compared, "svg") is None
 
 
 @pytest.mark.parametrize("name", ["changes.jpg", "changes"])

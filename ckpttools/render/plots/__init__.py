@@ -63,18 +63,20 @@ def start_worker() -> None:
                                    stderr=subprocess.DEVNULL)
 
 
-def draw_in_worker(name: str, *args: Any) -> bytes | None:
-    """The figure ``name`` drawn by the worker, or None when there is none or it failed (the
-    caller then draws it here)."""
-    import pickle
+def draw_in_worker(rows: list[tuple[str, float | None, str]], compared: int,
+                   fmt: str) -> bytes | None:
+    """The layer-change chart (``diff.plot_changes``) drawn by the worker, or None when there is
+    none or it failed (the caller then draws it here)."""
+    import json
     import struct
 
     global _WORKER
     worker, _WORKER = _WORKER, None
     if worker is None:
         return None
+    job = json.dumps({"rows": rows, "compared": compared, "format": fmt})  # inf as Infinity
     try:
-        out, _ = worker.communicate(pickle.dumps((name, args)), timeout=120)
+        out, _ = worker.communicate(job.encode(), timeout=120)
     except Exception:  # noqa: BLE001 - a stuck or dead worker: draw in this process instead
         worker.kill()
         return None

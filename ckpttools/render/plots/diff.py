@@ -48,7 +48,11 @@ def change_rows(result: CheckpointDiffResult) -> list[tuple[str, float | None, s
 
 def plot_diff(result: CheckpointDiffResult, fmt: str) -> bytes:
     """The layer-change chart as PNG or SVG bytes."""
-    rows = change_rows(result)
+    return plot_changes(change_rows(result), len(result.tensors), fmt)
+
+
+def plot_changes(rows: list[tuple[str, float | None, str]], compared: int, fmt: str) -> bytes:
+    """The layer-change chart of ``change_rows`` (``compared`` tensor pairs) as PNG or SVG."""
     fig, ax = new_figure(10, 4.2)
     values = [v for _, v, m in rows if v is not None]
     finite = [v for v in values if math.isfinite(v) and v > 0]
@@ -72,7 +76,7 @@ def plot_diff(result: CheckpointDiffResult, fmt: str) -> bytes:
     _label_top(ax, rows, heights)
     changed = sum(1 for v in values if v)
     ax.set_title(f"relative L2 change ||B - A|| / ||A|| per tensor: {changed} of "
-                 f"{len(result.tensors)} changed" + (f", {len(rows) - len(values)} marked" if
+                 f"{compared} changed" + (f", {len(rows) - len(values)} marked" if
                                                      len(rows) > len(values) else ""),
                  fontsize=10)
     ax.set_ylabel("relative change" + (" (log)" if log else ""))
@@ -133,4 +137,4 @@ def _label_top(ax: Any, rows: list[tuple[str, float | None, str]], heights: list
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#999999", "lw": 0.5})
 
 
-__all__ = ["plot_diff", "change_rows"]
+__all__ = ["plot_diff", "plot_changes", "change_rows"]

@@ -3,13 +3,13 @@
 ``diff A B`` spends its time in reads and torch kernels, and matplotlib's import (about 0.5 s of
 pure Python) in a thread of the same process takes turns with it on the GIL: the command is slower
 by about as much. Started at once on the other core, the worker has matplotlib ready when the
-result is; it receives ``(function name, arguments)`` pickled on stdin (ckpttools' own result
-objects, made by the parent: nothing from a checkpoint) and writes the figure's bytes to stdout.
+result is; it receives the chart's rows as JSON on stdin (plain keys and numbers: nothing is
+unpickled) and writes the figure's bytes to stdout.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import struct
 import sys
 
@@ -27,8 +27,9 @@ def main() -> None:
     request = sys.stdin.buffer.read()
     if not request:
         return  # the command ended without a figure (an error, exit 2)
-    name, args = pickle.loads(request)  # noqa: S301 - written by the parent process
-    data = {"diff": diff.plot_diff}[name](*args)
+    job = json.loads(request)
+    rows = [(key, value, mark) for key, value, mark in job["rows"]]
+    data = diff.plot_changes(rows, job["compared"], job["format"])
     sys.stdout.buffer.write(struct.pack("<Q", len(data)) + data)
     sys.stdout.buffer.flush()
 
