@@ -270,18 +270,9 @@ def scan_file(path: str, allow: frozenset[str] = frozenset()) -> FileScan:
             if os.fstat(f.fileno()).st_size == 0:
                 return FileScan(path, "pickle", error="empty file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                result = None
-                if len(data) >= 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") >= 2:
-                    result = _scan_safetensors(path, data)
-                if result is not None:
-                    return result
-                found = scan_blob(data, label)
+                return _scan_bytes(path, data, label, allow, os.path.dirname(path) or ".")
     except OSError as e:
         return FileScan(path, "pickle", error=f"cannot read: {e.strerror or e}")
-    if label == ".metadata" and not any(p.safety == "unsafe" for p in found.pickles):
-        _scan_dcp_items(os.path.dirname(path) or ".", found)
-    pickles = tuple(_with_allow(p, allow) for p in found.pickles)
-    return FileScan(path, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
 
 
 def _scan_url(url: str, label: str, allow: frozenset[str]) -> FileScan:
@@ -292,16 +283,21 @@ def _scan_url(url: str, label: str, allow: frozenset[str]) -> FileScan:
     data = remote.RemoteBytes(url)
     if len(data) == 0:
         return FileScan(url, "pickle", error="empty file")
-    result = None
+    return _scan_bytes(url, data, label, allow, fileio.dirname(url))
+
+
+def _scan_bytes(path: str, data: Any, label: str, allow: frozenset[str], folder: str) -> FileScan:
+    """The scan of a file's bytes (an mmap or a URL's lazy view): a safetensors header, or every
+    pickle in the blob, and for a DCP ``.metadata`` every item of its ``folder``."""
     if len(data) >= 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") >= 2:
-        result = _scan_safetensors(url, data)
-    if result is not None:
-        return result
+        result = _scan_safetensors(path, data)
+        if result is not None:
+            return result
     found = scan_blob(data, label)
     if label == ".metadata" and not any(p.safety == "unsafe" for p in found.pickles):
-        _scan_dcp_items(fileio.dirname(url), found)
+        _scan_dcp_items(folder, found)
     pickles = tuple(_with_allow(p, allow) for p in found.pickles)
-    return FileScan(url, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
+    return FileScan(path, found.kind, pickles, tuple(found.notes), "; ".join(found.errors[:3]))
 
 
 def _scan_dcp_items(folder: str, found: Found) -> None:
