@@ -71,6 +71,19 @@ class _Blob:
                 self.pages.popitem(last=False)
         return self.pages[lo][start - lo:end - lo]
 
+    def prefetch_pages(self, offsets: Sequence[int]) -> None:
+        """Fetch, all at once, the two pages at each offset that no cached block or page holds
+        (a zip's local headers and the first bytes of its records, which the archive checks
+        then read one by one)."""
+        with self._lock:
+            todo = sorted({o - o % PAGE for o in offsets if 0 <= o < self.size
+                           and o // BLOCK not in self.blocks and o - o % PAGE not in self.pages})
+            if not todo:
+                return
+            spans = [(lo, min(self.size, lo + 2 * PAGE)) for lo in todo]
+            for (lo, _), data in zip(spans, self.source.fetch(spans)):
+                self.pages[lo] = data
+
     def close(self) -> None:
         """Drop a downloaded copy (a server without Range support); the rest is memory."""
         getattr(self.source, "close", lambda: None)()
@@ -288,12 +301,16 @@ class RemoteBytes:
     """A read-only ``bytes``-like view of a URL (``len``, indexing, slicing, bounded ``find``)
     for code written against an mmap: only the blocks it touches are fetched."""
 
-    remote = True  # scanners read pickles only, not a block per record
+    remote = True  # scanners prefetch the pages they will read record by record
 
     def __init__(self, url: str) -> None:
         self._blob = blob(url)
         self._size = self._blob.size
-        self._at, self._block = -1, b""
+        self._at, self._block = 0, b""  # the window of the last indexed byte
+
+    def prefetch_pages(self, offsets: Sequence[int]) -> None:
+        """See ``_Blob.prefetch_pages``."""
+        self._blob.prefetch_pages(offsets)
 
     def __len__(self) -> int:
         return self._size
@@ -307,10 +324,13 @@ class RemoteBytes:
             i += self._size
         if not 0 <= i < self._size:
             raise IndexError(i)
-        if i // BLOCK != self._at:
-            self._at = i // BLOCK
-            self._block = self._blob.read(self._at * BLOCK, (self._at + 1) * BLOCK)
-        return self._block[i % BLOCK]
+        if not self._at <= i < self._at + len(self._block):
+            # a cached block, else a page: a few opcodes at each record's start must not fetch
+            # a block (and its read-ahead) per record
+            step = BLOCK if i // BLOCK in self._blob.blocks else PAGE
+            self._at = i - i % step
+            self._block = self._blob.read(self._at, min(self._size, self._at + step))
+        return self._block[i - self._at]
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
         end = self._size if end is None else min(end, self._size)

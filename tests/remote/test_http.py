@@ -58,9 +58,30 @@ def test_inspect_pth_reads_head_tail_and_pickle(runner: CliRunner, served: FileS
     mine = json.loads(out)
     assert (mine["tensors"], mine["objects"], mine["globals"]) == (local["tensors"], local["objects"], local["globals"])
     size = (served.root / "model.pth").stat().st_size
-    assert len(served.log.requests) <= 4
-    assert served.log.bytes <= MB + _pickle_size(served.root / "model.pth")
+    # head, tail and pickle, then the archive checks' pages (each record's local header and
+    # first bytes), fetched at once
+    with open(served.root / "model.pth", "rb") as f:
+        records = len(zip_records.read_directory(f, size))
+    assert len(served.log.requests) <= 4 + 2 * records
+    assert served.log.bytes <= MB + _pickle_size(served.root / "model.pth") + records * 16 * 1024
     assert served.log.bytes < size / 4
+
+
+def test_archive_checks_over_a_url_as_on_disk(runner: CliRunner, served: FileServer,
+                                              tmp_path: Path) -> None:
+    """Archives that zip readers read differently (duplicate or renamed records, stacked or
+    nested archives) are flagged over a URL as they are on disk: never "safe" unchecked."""
+    from tests.hostile_corpus import zip_families
+
+    files = zip_families(served.root, tmp_path / "canary")
+    assert len(files) >= 4
+    for name, path in files.items():
+        local = runner.invoke(cli, ["scan", str(path)])
+        _clear()
+        remote = runner.invoke(cli, ["scan", served.url(path.name)])
+        assert local.exit_code != 0, name
+        assert remote.exit_code == local.exit_code, (name, remote.stdout, remote.stderr)
+        assert not (tmp_path / "canary").exists()
 
 
 def test_inspect_safetensors_reads_the_header_only(runner: CliRunner, served: FileServer, st: str) -> None:

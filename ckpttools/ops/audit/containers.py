@@ -202,8 +202,10 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     remote = getattr(data, "remote", False)
     try:
         entries, _ = zr.read_entries(f, size)  # type: ignore[arg-type]
-        # over a URL the per-record checks would fetch a block per record: pickles only
-        problems = [] if remote else zr.archive_problems(f, size)  # type: ignore[arg-type]
+        if remote:  # the checks read each local header and record start: fetched at once
+            data.prefetch_pages([o for r in entries for o in (
+                r.header_offset, r.header_offset + 30 + len(r.name.encode()) + 64)])
+        problems = zr.archive_problems(f, size)  # type: ignore[arg-type]
     except (zr.ZipError, struct.error, UnicodeDecodeError) as e:
         entries, problems = _local_entries(f, size), []
         found.errors.append(f"{label}: not a readable zip archive ({e})")
@@ -219,12 +221,6 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "
                             "torch.jit.load, which runs its code", "unknown")
         return found
-    if remote:
-        skipped = [r for r in entries if not (r.name == main or r.name.lower().endswith(".pkl"))]
-        entries = [r for r in entries if r not in skipped]
-        if skipped:
-            found.notes.append(f"read over the network: {len(skipped)} data records and the local "
-                               "headers not checked; scan a downloaded copy for the archive checks")
     inflate = min(MAX_INFLATE, max(64 << 20, 100 * size))
     # records tile the file once; overlapping ones (already dangerous) would make it quadratic
     span_budget, inflate_budget = size, inflate
