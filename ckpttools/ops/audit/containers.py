@@ -231,7 +231,7 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
             found.errors.append(f"{label}: records overlap or inflate too much to scan them all")
             break
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
-                     inflate, depth, found)
+                     inflate, depth, found, _is_storage(rec.name, main))
     if entries and all(r.name.endswith(".npy") for r in entries):
         found.kind = "npz"
     elif main is None and not found.errors:
@@ -240,12 +240,22 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     return found
 
 
+def _is_storage(name: str, main: str | None) -> bool:
+    """A tensor storage record of a torch zip (``<prefix>/data/<key>``): torch.load reads its
+    bytes as tensor data and never unpickles or unpacks them."""
+    if main is None or name.lower().endswith(".pkl"):
+        return False
+    return name.startswith(main[:-len("data.pkl")] + "data/")
+
+
 def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget: int,
-                 depth: int, found: Found) -> None:
+                 depth: int, found: Found, storage: bool = False) -> None:
     try:
         buf, start, end = _record_span(data, rec, budget)
     except (zr.ZipError, zlib.error, struct.error) as e:
         found.errors.append(f"{name}: {e}")
+        return
+    if storage:  # random tensor bytes start like a pickle or a gzip stream now and then
         return
     head = bytes(buf[start:min(start + 6, end)])  # an empty record must not show the next one's header
     if not is_main and (head[:4] in ZIP_MAGIC or head.startswith(tuple(_COMPRESSED))

@@ -274,6 +274,24 @@ def test_tensor_bytes_that_look_like_opcodes_are_not_a_pickle(tmp_path: Path) ->
     assert scan_checkpoint(path).exit_code == 0
 
 
+def test_tensor_bytes_that_form_a_whole_pickle_or_a_gzip_header_are_tensor_data(
+        tmp_path: Path) -> None:
+    """Random tensor bytes of 20,000 small tensors held such records (an EXT1 pickle running to
+    STOP, a gzip magic): torch.load never unpickles or unpacks a storage record."""
+    import torch
+
+    ext_pickle = b"\x80\x02\x82\x05." + bytes(59)
+    gzip_head = b"\x1f\x8b\x08\x00" + bytes(60)
+    tensors = {name: torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+               for name, raw in (("ext", ext_pickle), ("gz", gzip_head))}
+    path = tmp_path / "w.pt"
+    torch.save(tensors, path)
+    result = scan_checkpoint(path)
+    assert result.exit_code == 0, result.files[0]
+    assert [p.name for p in result.files[0].pickles] == ["w/data.pkl"] * len(
+        result.files[0].pickles)
+
+
 def test_empty_tensor_records_are_not_read_into_the_next_record(tmp_path: Path) -> None:
     # ZeRO-3 model states hold empty placeholder tensors: a zero-length record is directly
     # followed by the next record's local header, which must not be taken for its content
