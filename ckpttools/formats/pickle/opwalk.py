@@ -191,6 +191,34 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
                   error, malformed, deepest, w.hostile)
 
 
+_FRAME, _NO_FRAME = 0x95, 1 << 62
+
+
+def _cross_frame(w: State, pos: int) -> None:
+    """An opcode whose argument runs past the end of its frame. CPython's C unpickler reading
+    a file (``torch.load`` hands it a ``BytesIO``) drops the frame's remaining bytes and reads
+    the argument from after the frame; reading bytes it does not, and pickle's Python reader
+    refuses: readers disagree on what the pickle holds, so no reading of it can be trusted."""
+    w.hostile = (f"the opcode at offset {pos} reads past the end of its frame: unpicklers "
+                 "disagree on what follows (one reading can hide a global)")
+    w.flag(pos, w.hostile)
+    raise Stop(w.hostile)
+
+
+def _read_framed(w: State, data: Any, c: int, pos: int, n: int, frame_end: int,
+                 base: int) -> tuple[Any, int]:
+    """``read_arg`` within the current frame: an argument cut by the frame's end (a line without
+    its newline, a count past it) is one that readers read differently."""
+    if pos >= frame_end or frame_end >= n:
+        return read_arg(data, NAMES[c], pos + 1, n)
+    try:
+        return read_arg(data, NAMES[c], pos + 1, frame_end)
+    except OpcodeError as e:
+        if "truncated" in str(e):
+            _cross_frame(w, base + pos)
+        raise
+
+
 def _loop(w: State, data: Any, pos: int, n: int, base: int,
           budget: int | None) -> tuple[int, int, int]:
     """The walk proper: ``(tuple depth, opcodes, end)``. Raises ``Stop``/``OpcodeError`` with
@@ -199,6 +227,7 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
     width_at, kind_at, pushed_at = _WIDTH, _KIND, _PUSHED
     count = deepest = 0
     last = pos
+    frame_end = _NO_FRAME
     try:
         while True:
             if pos >= n:
@@ -213,10 +242,14 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                     raise OpcodeError("pickle data was truncated")
                 arg: Any = None
             elif k == _SLOW:
-                arg, nxt = read_arg(data, NAMES[c], pos + 1, n)
+                arg, nxt = _read_framed(w, data, c, pos, n, frame_end, base)
             else:
                 raise OpcodeError(f"invalid load key, {bytes([c])!r}")
             last = pos + 1
+            if nxt > frame_end:
+                if pos < frame_end:
+                    _cross_frame(w, base + pos)
+                frame_end = _NO_FRAME
             kind = kind_at[c]
             # most frequent first: a torch pickle memoizes every value and fetches many
             if kind == _K_PUT or kind == _K_GET:
@@ -259,6 +292,8 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                     raise Stop("stack underflow: the unpickler stops here")
                 return deepest, count + 1, last
             else:
+                if c == _FRAME:
+                    frame_end = nxt + int.from_bytes(data[pos + 1:nxt], "little")
                 marked, pops, pushes = _EFFECT[c]
                 if marked:
                     w.pop_mark()
