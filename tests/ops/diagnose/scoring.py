@@ -14,6 +14,7 @@ from pathlib import Path
 
 DATA = Path(__file__).parents[2] / "data" / "diagnose"
 REAL, HELDOUT, FROZEN, FROZEN2 = DATA / "real", DATA / "heldout", DATA / "frozen", DATA / "frozen2"
+FROZEN3 = DATA / "frozen3"
 DECIDED = 0.8
 
 
