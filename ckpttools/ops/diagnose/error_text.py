@@ -116,7 +116,10 @@ def normalize_text(text: str) -> str:
     """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
     escaped_lines = text.count("\\n") > max(2, text.count("\n"))
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
+    # repr() of a KeyError escapes the single quotes of the set of keys PyTorch <= 0.3 printed
+    repr_quotes = text.count("\\'") >= 4
+    if ('\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines
+            or repr_quotes):
         # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
         text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")
                 .replace("\\t", "\t").replace("\\u001b", "\x1b"))

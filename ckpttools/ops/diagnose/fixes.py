@@ -148,7 +148,8 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     # With one side only in the text, the fused name is not known: qkv is the usual one.
-    fused, split = "/".join(f.facts["fused"]) or "likely qkv", "/".join(f.facts["split"])
+    fused = "/".join(f.facts["fused"]) or "likely qkv"
+    split = "/".join(f.facts["split"]) or "likely q/k/v"
     side = f.facts["fused_side"]
     suffix = "_proj" if any(n.endswith("_proj") for n in f.facts["split"]) else ""
     what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection ({fused}) "

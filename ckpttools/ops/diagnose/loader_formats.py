@@ -128,6 +128,13 @@ def headless_keys(text: str) -> list[str]:
     return keys if len(keys) >= 3 and separators >= 0.6 * len(keys) else []
 
 
+def _is_prose_key(m: re.Match[str]) -> bool:
+    """A dotted key, or a top-level one in code quotes with an underscore (`total_ops`, `pos_embed`):
+    plain words in quotes are not keys."""
+    key = m.group(1)
+    return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_"))
+
+
 def prose_keys(text: str) -> dict[str, list[str]]:
     """Dotted keys named in sentences, sided by the words of their sentence.
 
@@ -138,7 +145,7 @@ def prose_keys(text: str) -> dict[str, list[str]]:
     if not _LOAD_WORDS.search(text):
         return out
     for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n\s*\n", text):
-        keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+        keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
         if not keys:
             continue
         miss, unexp = _MISSING_WORDS.search(sentence), _UNEXPECTED_WORDS.search(sentence)
@@ -157,7 +164,7 @@ def _sided(sentence: str) -> list[tuple[str, str]]:
     first ("missing keys like `a`"), the one after it when the keys lead ("`a` is missing")."""
     words = sorted([(m.start(), "missing") for m in _MISSING_WORDS.finditer(sentence)]
                    + [(m.start(), "unexpected") for m in _UNEXPECTED_WORDS.finditer(sentence)])
-    keys = [m for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+    keys = [m for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
     side_first = words[0][0] < keys[0].start()
     out = []
     for m in keys:

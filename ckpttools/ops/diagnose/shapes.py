@@ -223,12 +223,28 @@ def architecture_variant(ev: Evidence) -> Finding | None:
     return _shape_variant(ev)
 
 
+def inserted_layer_group(keys: Iterable[str]) -> str | None:
+    """The flat ``nn.Sequential`` whose layers from index 1 on are missing, where index 0 is not.
+
+    A deeper model adds blocks after the checkpoint's last one; a flat Sequential (``features.1.
+    running_mean``: the index names a layer, not a block) that misses layer 1 and up while layer
+    0 loads had a layer inserted (a norm after the first conv), which moved every index behind it.
+    """
+    keys = list(keys)
+    depth = _depth(keys)
+    if depth is None or depth[1] != 1:
+        return None
+    group = depth[0]
+    flat = [k for k in keys if re.fullmatch(re.escape(group) + r"\.\d+\.[A-Za-z_]+", k)]
+    return group if keys and len(flat) == len(keys) else None
+
+
 def another_depth(ev: Evidence) -> Finding | None:
     """Another depth: the extra keys all sit in layers N and up (runs on unexplained keys)."""
     for side, keys, other in (("missing", ev.missing, ev.unexpected),
                               ("unexpected", ev.unexpected, ev.missing)):
         depth = _depth(keys) if keys and not other else None
-        if depth is not None:
+        if depth is not None and not (side == "missing" and inserted_layer_group(keys)):
             group, low, high = depth
             return Finding("architecture_variant", 0.78, frozenset(keys),
                            {"kind": "depth", "side": side, "group": group, "first": low,
