@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
 from ckpttools.ops.diagnose.shapes import inserted_layer_group
+from ckpttools.ops.diagnose.structure import prefix_matches
 
 # The part of a composite model that is loaded from another model's file by convention: a
 # detector's or segmenter's backbone, a CLIP-style model's image tower.
@@ -86,3 +87,51 @@ def inserted_layer(ev: Evidence) -> list[Finding]:
                     {"kind": "depth", "side": "missing", "group": group, "first": 1,
                      "last": max(int(segments(k)[-2]) for k in ev.missing), "count": len(keys),
                      "examples": list(ev.missing[:3])})]
+
+
+def part_prefix_cut(ev: Evidence) -> list[Finding]:
+    """Cut lists where the model's keys are the checkpoint's under a part's name (``backbone.``).
+
+    With the lists whole, the other top-level modules (neck, heads) left missing decide between
+    the part's file and a prefix; cut, the part's file is the more common and its fix (load into
+    ``model.backbone``) is right for both.
+    """
+    if not (ev.truncated and ev.missing and ev.unexpected):
+        return []
+    prefix, infix, hits = prefix_matches(ev.missing, ev.unexpected)
+    if infix or not hits or prefix.split(".")[0] not in PART_NAMES:
+        return []
+    return [Finding("wrong_model", 0.6, frozenset(ev.missing + ev.unexpected),
+                    {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                     "examples_missing": list(ev.missing[:3]),
+                     "examples_unexpected": list(ev.unexpected[:3]), "part": prefix,
+                     "not_in_file": ["the rest of the model (not shown)"]})]
+
+
+_TIED_NAMES = frozenset({"lm_head", "output", "output_projection", "embed_out", "generator",
+                         "decoder", "classifier", "head"})
+
+
+def reparametrized_weight(ev: Evidence) -> list[Finding]:
+    """A layer's ``weight`` missing alone, its ``bias`` not: the file stores that weight otherwise.
+
+    ``spectral_norm``/``weight_norm`` save ``weight_orig``/``weight_u``/``weight_v`` (or
+    ``weight_g``/``weight_v``) where the plain layer has ``weight``, and the bias is unchanged;
+    a renamed layer would miss its bias too. An output layer's lone weight is more often tied
+    (tied_weights speaks for it).
+    """
+    if ev.unexpected or not ev.missing or len(ev.missing) > 3 or not _bare(ev):
+        return []
+    if not all(segments(k)[-1] == "weight" and len(segments(k)) >= 2 for k in ev.missing):
+        return []
+    if any(segments(k)[-2] in _TIED_NAMES for k in ev.missing) or ev.truncated:
+        return []
+    if len(ev.missing) > 1 and all(any(p.isdigit() for p in segments(k)) for k in ev.missing):
+        return []  # bias-free layers N and up: another depth reads it (another_depth)
+    keys = frozenset(ev.missing)
+    return [Finding("version_buffers", 0.55, keys,
+                    {"examples": list(ev.missing), "count": len(keys), "side": "missing",
+                     "leaves": ["weight_orig", "weight_u", "weight_v"], "reparametrized": True}),
+            Finding("model_code_changed", 0.35, keys,
+                    {"missing": len(keys), "unexpected": 0, "examples_missing": list(ev.missing),
+                     "examples_unexpected": []})]

@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
-from ckpttools.ops.diagnose.one_sided import first_key_unexpected, inserted_layer, part_missing
+from ckpttools.ops.diagnose.one_sided import (
+    first_key_unexpected, inserted_layer, part_missing, part_prefix_cut, reparametrized_weight)
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -181,5 +182,6 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
     one_key = first_key_unexpected(ev, bool(ev.unexpected) and _starts_model(ev.unexpected[0]))
-    return (out + whole_model_missing(ev) + part_missing(ev) + inserted_layer(ev) + one_key + container_lookup(ev)
-            + key_lookup(ev))
+    one_sided = (part_missing(ev) + part_prefix_cut(ev) + inserted_layer(ev)
+                 + reparametrized_weight(ev) + one_key)
+    return out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)
