@@ -196,7 +196,8 @@ def prose_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
         if "copying a param" in sentence or len(sizes := list(re.finditer(_SIZE, sentence))) != 2:
             continue
         key = re.search(r"(?:mismatch(?:es)?\s+(?:for|in|of)|for|of)\s+[\"'`]?(" + _KEY + r")", sentence)
-        if key is None or not _DOTTED.match(key.group(1).rstrip(":.,")):
+        name = key.group(1).rstrip(":.,") if key else ""
+        if key is None or not (_DOTTED.match(name) or "_" in name.strip("_")):
             continue
         # The reading that puts each side's word nearest to its size (sentences say it both ways).
         d = [[_side_distance(sentence, sizes, i, w) for w in (_CKPT_WORDS, _MODEL_WORDS)] for i in range(2)]

@@ -9,6 +9,8 @@ overturn them, and the keys they cover, so the catch-all rules do not speak over
 
 from __future__ import annotations
 
+import re
+
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
 from ckpttools.ops.diagnose.shapes import inserted_layer_group
 from ckpttools.ops.diagnose.structure import prefix_matches
@@ -30,9 +32,8 @@ def part_missing(ev: Evidence) -> list[Finding]:
     """Only missing keys, led by a model part's name (``backbone.``): that part's file was loaded.
 
     A backbone's checkpoint given to the whole detector misses every model key, the backbone's
-    under ``backbone.`` and the neck's and heads' too; a checkpoint merely without the prefix
-    would differ the same way on the keys shown. The part's file is the more common, and its fix
-    (``model.backbone.load_state_dict``) also covers the other.
+    under ``backbone.`` and the neck's and heads' too; a checkpoint without the prefix, or with
+    a wrapper's, or a training dict, would read the same on the keys shown.
     """
     if ev.unexpected or not ev.missing or not _bare(ev) or (ev.class_name or "") in _WRAPPER_CLASSES:
         return []
@@ -47,7 +48,9 @@ def part_missing(ev: Evidence) -> list[Finding]:
     facts = {"missing": len(ev.missing), "unexpected": 0, "examples_missing": list(ev.missing[:3]),
              "examples_unexpected": [], "part": first + ".",
              "not_in_file": others[:4] or ["the rest of the model (not shown)"]}
-    return [Finding("wrong_model", 0.55, keys, facts),
+    # A wrapper prefix or a training dict on the checkpoint read the same, and are as common in
+    # real threads (whole_model_missing ranks them): a candidate, not the first answer.
+    return [Finding("wrong_model", 0.45, keys, facts),
             Finding("prefix_missing", 0.3, keys, {"prefix": first + ".", "infix": False,
                                                    "examples": under[:3], "count": len(under)})]
 
@@ -56,19 +59,19 @@ def first_key_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
     """One unexpected key and nothing else (PyTorch <= 0.3 stops at the first one it meets).
 
     When that key is where a model's keys start (``conv1.weight``, ``embed.weight``), the model
-    has none of the checkpoint's names: most often the model is wrapped (``module.``) and the file
-    is not, else it is another model; the first key cannot tell which.
+    has none of the checkpoint's names: the model code changed, the model is wrapped (``module.``)
+    and the file is not, or it is another model; the first key cannot tell which.
     """
     if ev.missing or len(ev.unexpected) != 1 or not _bare(ev) or not starts_model:
         return []
     keys = frozenset(ev.unexpected)
     facts = {"missing": 0, "unexpected": 1, "examples_missing": [],
              "examples_unexpected": list(ev.unexpected)}
-    return [Finding("prefix_missing", 0.45, keys, {"prefix": "module.", "infix": False,
-                                                    "examples": list(ev.unexpected), "count": 1,
-                                                    "guessed": True}),
-            Finding("wrong_model", 0.3, keys, facts),
-            Finding("model_code_changed", 0.2, keys, facts)]
+    return [Finding("model_code_changed", 0.45, keys, facts),
+            Finding("prefix_missing", 0.4, keys, {"prefix": "module.", "infix": False,
+                                                   "examples": list(ev.unexpected), "count": 1,
+                                                   "guessed": True}),
+            Finding("wrong_model", 0.3, keys, facts)]
 
 
 def inserted_layer(ev: Evidence) -> list[Finding]:
@@ -135,3 +138,69 @@ def reparametrized_weight(ev: Evidence) -> list[Finding]:
             Finding("model_code_changed", 0.35, keys,
                     {"missing": len(keys), "unexpected": 0, "examples_missing": list(ev.missing),
                      "examples_unexpected": []})]
+
+
+_WRAPPER_PREFIX = {"DataParallel": "module.", "DistributedDataParallel": "module.",
+                   "OptimizedModule": "_orig_mod."}
+
+
+def wrapped_model_unexpected(ev: Evidence) -> list[Finding]:
+    """The message names a wrapper class (``DataParallel``) and the checkpoint's keys lack its prefix.
+
+    Every key of a DataParallel/DDP model starts with ``module.`` (``_orig_mod.`` for a compiled
+    one): checkpoint keys without it cannot load, whatever the cut missing list said.
+    """
+    prefix = _WRAPPER_PREFIX.get(ev.class_name or "")
+    if prefix is None or ev.missing or not ev.unexpected or not _bare(ev):
+        return []
+    if any(k.startswith(prefix) for k in ev.unexpected):
+        return []
+    return [Finding("prefix_missing", 0.85, frozenset(ev.unexpected),
+                    {"prefix": prefix, "infix": False, "examples": list(ev.unexpected[:3]),
+                     "count": len(ev.unexpected), "class_name": ev.class_name})]
+
+
+def whole_model_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
+    """Only unexpected keys, and they span a whole model from its first layer: another model's file.
+
+    The model (not a wrapper, else :func:`wrapped_model_unexpected`) has none of these names;
+    its own keys, all missing, were cut from the text. A named prefix on the model's keys (a
+    backbone inside a bigger model) reads the same, so it stays a candidate.
+    """
+    if ev.missing or len(ev.unexpected) < 4 or not _bare(ev) or not starts_model:
+        return []
+    if (ev.class_name or "") in _WRAPPER_CLASSES or len({segments(k)[0] for k in ev.unexpected}) < 2:
+        return []
+    keys = frozenset(ev.unexpected)
+    facts = {"missing": 0, "unexpected": len(ev.unexpected), "examples_missing": [],
+             "examples_unexpected": list(ev.unexpected[:3])}
+    return [Finding("wrong_model", 0.55, keys, facts),
+            Finding("prefix_missing", 0.3, keys, {"prefix": "module.", "infix": False,
+                                                   "examples": list(ev.unexpected[:3]),
+                                                   "count": len(keys), "guessed": True})]
+
+
+_NORM_MODULE = re.compile(r"(^|[._])(norm\w*|\w*_norm|bn\d*|ln\w*|gn|layernorm|LayerNorm|batchnorm)$", re.I)
+
+
+def legacy_norm_missing(ev: Evidence) -> list[Finding]:
+    """Only the ``weight``/``bias`` of norm layers missing: the file names them ``gamma``/``beta``.
+
+    TF ports and code before PyTorch 1.0 saved LayerNorm/BatchNorm parameters as gamma/beta; the
+    running statistics (when any) keep their names and load, so only weight and bias are missing.
+    """
+    if ev.unexpected or not ev.missing or not _bare(ev):
+        return []
+    mods = {k.rpartition(".")[0] for k in ev.missing}
+    if not all(k.rpartition(".")[2] in ("weight", "bias") for k in ev.missing):
+        return []
+    named = [m for m in mods if _NORM_MODULE.search(m)]
+    # every layer a norm by its name, or an unnamed Sequential layer; most of them named norms
+    if any(not _NORM_MODULE.search(m) and not m.rpartition(".")[2].isdigit() for m in mods):
+        return []
+    if 2 * len(named) < len(mods):
+        return []
+    keys = frozenset(ev.missing)
+    return [Finding("renamed_keys", 0.6, keys,
+                    {"renames": [["gamma", "weight"], ["beta", "bias"]], "count": len(keys),
+                     "legacy": True, "examples": list(ev.missing[:3])})]

@@ -130,7 +130,7 @@ def model_code_changed(ev: Evidence) -> Finding | None:
         return Finding("model_code_changed", 0.8, frozenset(keys),
                        {**facts, "moved": [[u, m] for m, u in pairs[:3]]})
     if ev.missing and ev.unexpected:
-        if _overlap(ev) < 0.3 and (len(keys) >= 6 or ev.truncated):
+        if _overlap(ev) < 0.3 and len(keys) >= 6:
             return None  # little in common: the wrong_model rule speaks
         return Finding("model_code_changed", 0.62, frozenset(keys), facts)
     return Finding("model_code_changed", 0.55, frozenset(keys), facts)
@@ -205,9 +205,6 @@ def wrong_model(ev: Evidence) -> Finding | None:
             return Finding("wrong_model", 0.88 - share, frozenset(ev.missing + ev.unexpected),
                            {**facts, "matched": ev.matched, "model_keys": total})
         return None
-    if ev.missing and ev.unexpected and _overlap(ev) < 0.3:
-        # examples only (a cut list, a sentence): no module in common among those shown
-        if len(ev.missing + ev.unexpected) >= 6 or ev.truncated:
-            conf = 0.7 if len(ev.missing + ev.unexpected) >= 6 and not ev.truncated else 0.6
-            return Finding("wrong_model", conf, frozenset(ev.missing + ev.unexpected), facts)
+    if ev.missing and ev.unexpected and len(ev.missing + ev.unexpected) >= 6 and _overlap(ev) < 0.3:
+        return Finding("wrong_model", 0.7, frozenset(ev.missing + ev.unexpected), facts)
     return None

@@ -95,6 +95,23 @@ class Tagger(nn.Module):
         self.proj = nn.Linear(width, num_classes)
 
 
+class DetrLike(nn.Module):
+    """A multi-scale detector (Deformable-DETR style): a conv ``backbone``, one ``level_embed`` row
+    per feature level, encoder layers, a box head with BatchNorm and a ``class_embed`` classifier."""
+
+    def __init__(self, num_classes: int = 5, depth: int = 2, width: int = 8, num_levels: int = 4,
+                 head_width: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        bn = (lambda n: [nn.BatchNorm2d(n)]) if norm else (lambda n: [])
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), *bn(width), nn.ReLU())
+        self.level_embed = nn.Parameter(torch.zeros(num_levels, width))
+        self.encoder = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])
+        box_norm = [nn.BatchNorm1d(head_width)] if norm else []
+        self.bbox_head = nn.Sequential(nn.Linear(width, head_width), *box_norm, nn.ReLU(),
+                                       nn.Linear(head_width, 4))
+        self.class_embed = nn.Linear(width, num_classes + 1)
+
+
 class LoraLinear(nn.Module):
     """PEFT's layout: the frozen ``base_layer`` and the low-rank ``lora_A``/``lora_B`` per adapter."""
 
@@ -201,4 +218,5 @@ ARCHS = (
     Arch("tinylm", TinyLM, "vocab", "output"),
     Arch("encoder", Encoder, "num_classes", "head"),
     Arch("tagger", Tagger, "num_classes", "proj"),
+    Arch("detr", DetrLike, "num_classes", "class_embed", has_norm_arg=True),
 )
