@@ -42,7 +42,17 @@ def _generated(misses: bool) -> None:
     decidable = [Case(c.name, c.label, c.text) for c in cases if c.decidable]
     cut = [Case(c.name, c.label, c.text, decidable=False) for c in cases if not c.decidable]
     _print("generated (whole, traceback, log, json, strict=False)", score(decidable), misses)
-    _print("generated with the deciding side cut (truncated, one side)", score(cut), misses)
+    cut_score = score(cut)
+    _print("generated with the deciding side cut (truncated, one side)", cut_score, misses)
+    by_how: dict[str, list[int]] = {}
+    for a in cut_score.answers:
+        tally = by_how.setdefault(a.case.name.rsplit("-", 1)[-1], [0, 0, 0, 0])
+        tally[0] += a.right
+        tally[1] += 1
+        tally[2] += a.decided
+        tally[3] += a.decided and a.right
+    for how, (ok, n, decided, decided_ok) in sorted(by_how.items()):
+        print(f"  presentation {how:18} {ok}/{n} right; {decided} decided, {decided_ok} of them right")
     try:
         from tests.ops.diagnose.gen_transformers import generate_transformers
     except ImportError:

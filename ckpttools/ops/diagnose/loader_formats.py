@@ -128,11 +128,19 @@ def headless_keys(text: str) -> list[str]:
     return keys if len(keys) >= 3 and separators >= 0.6 * len(keys) else []
 
 
+# Names people quote in prose that are code, not keys of a state_dict.
+_API_NAMES = frozenset({"load_state_dict", "state_dict", "model_state_dict", "from_pretrained",
+                        "save_pretrained", "map_location", "weights_only", "strict", "torch_load",
+                        "load_checkpoint", "missing_keys", "unexpected_keys", "ignore_mismatched_sizes",
+                        "save_checkpoint", "resume_from_checkpoint", "load_from_checkpoint"})
+
+
 def _is_prose_key(m: re.Match[str]) -> bool:
     """A dotted key, or a top-level one in code quotes with an underscore (`total_ops`, `pos_embed`):
     plain words in quotes are not keys."""
     key = m.group(1)
-    return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_"))
+    return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_")
+                                        and key not in _API_NAMES)
 
 
 def prose_keys(text: str) -> dict[str, list[str]]:

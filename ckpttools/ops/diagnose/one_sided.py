@@ -112,7 +112,7 @@ def part_prefix_cut(ev: Evidence) -> list[Finding]:
 
 
 _TIED_NAMES = frozenset({"lm_head", "output", "output_projection", "embed_out", "generator",
-                         "decoder", "classifier", "head"})
+                         "decoder"})
 
 
 def reparametrized_weight(ev: Evidence) -> list[Finding]:

@@ -106,9 +106,11 @@ def _norm_resized(mm: list[ShapeMismatch]) -> bool:
 
 
 def _hidden_layer(mm: list[ShapeMismatch]) -> bool:
-    """Every tensor is layer 0 of a Sequential (``bbox_head.0.weight``), which feeds the layers
-    after it: its rows are a hidden width more often than an output count."""
-    return all(re.search(r"\.0\.(weight|bias)$", m.key) for m in mm)
+    """Every tensor is layer 0 of a box, mask or regression head's Sequential (``bbox_head.0.weight``):
+    it feeds the layers after it, and such heads do not output one row per class, so its rows are
+    a hidden width. A classifier's ``fc.0`` may be its only layer: not this."""
+    return all(re.search(r"(bbox|box|reg|mask|seg|kpt|keypoint|ctr|centerness)\w*\.0\.(weight|bias)$",
+                         m.key) for m in mm)
 
 
 def _count_change(ev: Evidence) -> list[ShapeMismatch]:

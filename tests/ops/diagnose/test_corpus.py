@@ -34,6 +34,11 @@ FROZEN_RIGHT = 35
 # answers at confidence >= 0.8 right (80.6% before), below the 95% target.
 FROZEN2_RIGHT = 33
 FROZEN2_PRECISION = 0.87
+# Texts whose deciding side is cut: top-1 floors at the measured level (#16 one-sided round: 506/712
+# of the whole generated corpus, 76/102 of the default sample). Not 90%: a missing list alone
+# cannot tell a wrapper prefix from a training dict or another model; those abstain instead.
+CUT_TOP1_FULL = 0.71
+CUT_TOP1_SAMPLE = 0.74
 
 
 def test_development_top1_and_calibration() -> None:
@@ -88,18 +93,19 @@ def _generated(sample: int) -> tuple[list[Case], list[Case]]:
     return decidable[::sample], cut[::sample]
 
 
-def _assert_generated(decidable: list[Case], cut: list[Case]) -> None:
+def _assert_generated(decidable: list[Case], cut: list[Case], cut_top1: float) -> None:
     s = score(decidable)
     low = {label: (ok, n) for label, (ok, n) in s.per_label.items() if ok < TARGET_TOP1 * n}
     assert not low, low
     # Cut texts may be undecidable: they must abstain rather than be confidently wrong.
     assert score(decidable + cut).confident_precision >= TARGET_PRECISION
+    assert score(cut).top1 >= cut_top1
 
 
 def test_generated_sample() -> None:
     decidable, cut = _generated(sample=7)
     assert len(decidable) >= 60 and len(Counter(c.label for c in decidable)) >= 15
-    _assert_generated(decidable, cut)
+    _assert_generated(decidable, cut, CUT_TOP1_SAMPLE)
 
 
 @pytest.mark.slow
@@ -109,4 +115,4 @@ def test_generated_corpus_full() -> None:
     from ckpttools.ops.diagnose.causes import LABELS
 
     assert {c.label for c in decidable} == set(LABELS)
-    _assert_generated(decidable, cut)
+    _assert_generated(decidable, cut, CUT_TOP1_FULL)
