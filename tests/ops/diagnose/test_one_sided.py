@@ -163,3 +163,20 @@ def test_part_name_on_every_missing_key_is_a_candidate() -> None:
     result = diagnose_text(_missing_only(text))
     wrong = next(c for c in result.causes if c.label == "wrong_model")
     assert not result.decided and re.search(r"model\.backbone\.load_state_dict", wrong.fix_code)
+
+
+class LayerScaleBlock(nn.Module):
+    """ConvNeXt/CaiT-style: a learned per-channel ``gamma`` (layer scale) when enabled."""
+
+    def __init__(self, layer_scale: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        if layer_scale:
+            self.gamma = nn.Parameter(torch.ones(8))
+
+
+def test_layer_scale_gamma_is_not_a_decided_gamma_beta_rename() -> None:
+    model = nn.Sequential(*[LayerScaleBlock(False) for _ in range(3)])
+    state = nn.Sequential(*[LayerScaleBlock(True) for _ in range(3)]).state_dict()
+    causes = diagnose_text(load_error(model, state)).causes
+    assert all(c.confidence < 0.8 for c in causes if c.label == "renamed_keys")
