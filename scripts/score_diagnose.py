@@ -26,6 +26,12 @@ def _print(name: str, s: Score, misses: bool) -> None:
     right = sum(a.right for a in s.answers)
     print(f"{name}: top-1 {right}/{len(s.answers)} = {s.top1:.1%}; precision at confidence >= 0.8 "
           f"{s.confident_precision:.1%}; abstention rate {s.abstention_rate:.1%}")
+    bins = [(0.0, 0.5), (0.5, 0.65), (0.65, 0.8), (0.8, 0.9), (0.9, 1.01)]
+    cells = []
+    for lo, hi in bins:
+        inside = [a for a in s.answers if lo <= a.confidence < hi]
+        cells.append(f"[{lo:.2f},{min(hi, 1):.2f}) {sum(a.right for a in inside)}/{len(inside)}")
+    print("  reliability (right/answers by confidence): " + "; ".join(cells))
     for label, (ok, n) in s.per_label.items():
         print(f"  {label:24} {ok}/{n}")
     confusion = Counter((a.case.label, a.label) for a in s.misses)
