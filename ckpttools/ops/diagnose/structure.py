@@ -17,7 +17,9 @@ def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for k in keys:
         mod, _, leaf = k.rpartition(".")
-        out.setdefault(mod, set()).add(leaf)
+        # BatchNorm fills a missing num_batches_tracked itself, so torch reports it on the
+        # checkpoint's side only: a renamed BatchNorm still has the same tensors.
+        out.setdefault(mod, set()).update({leaf} - {"num_batches_tracked"})
     return out
 
 

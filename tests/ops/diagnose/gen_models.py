@@ -112,6 +112,21 @@ class DetrLike(nn.Module):
         self.class_embed = nn.Linear(width, num_classes + 1)
 
 
+class UNet(nn.Module):
+    """A segmentation U-Net: ``inc``, ``downs``/``ups`` stages (conv, norm, transposed conv), a 1x1
+    ``outc`` with one channel per class."""
+
+    def __init__(self, num_classes: int = 2, depth: int = 2, width: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1),
+                                 *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU())
+        self.inc = block(3, width)
+        self.downs = nn.ModuleList([block(width, width) for _ in range(depth)])
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(width, width, 2, stride=2) for _ in range(depth)])
+        self.outc = nn.Conv2d(width, num_classes, 1)
+
+
 class LoraLinear(nn.Module):
     """PEFT's layout: the frozen ``base_layer`` and the low-rank ``lora_A``/``lora_B`` per adapter."""
 
@@ -219,4 +234,5 @@ ARCHS = (
     Arch("encoder", Encoder, "num_classes", "head"),
     Arch("tagger", Tagger, "num_classes", "proj"),
     Arch("detr", DetrLike, "num_classes", "class_embed", has_norm_arg=True),
+    Arch("unet", UNet, "num_classes", "outc", has_norm_arg=True),
 )

@@ -180,3 +180,15 @@ def test_layer_scale_gamma_is_not_a_decided_gamma_beta_rename() -> None:
     state = nn.Sequential(*[LayerScaleBlock(True) for _ in range(3)]).state_dict()
     causes = diagnose_text(load_error(model, state)).causes
     assert all(c.confidence < 0.8 for c in causes if c.label == "renamed_keys")
+
+
+def test_renamed_batchnorm_module_is_a_rename() -> None:
+    # torch fills a missing num_batches_tracked itself: it shows on the checkpoint's side only
+    from tests.ops.diagnose.gen_models import UNet
+    from tests.ops.diagnose.generated_corpus import _rename
+
+    text = load_error(UNet(), _rename(UNet().state_dict(), "inc", "input_layer"))
+    assert "inc.1.num_batches_tracked" not in text and "input_layer.1.num_batches_tracked" in text
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "renamed_keys" and cause.confidence >= 0.8
+    assert ["input_layer", "inc"] in cause.evidence["facts"]["renames"]
