@@ -132,6 +132,15 @@ def _spectral(arch: Arch) -> Pair | None:
     return arch.make(), _sd(src)
 
 
+def _parametrized(arch: Arch) -> Pair | None:
+    """The head saved under ``torch.nn.utils.parametrizations.weight_norm`` (torch >= 2.1 keys
+    ``parametrizations.weight.original0/1``), loaded into the plain model."""
+    src = arch.make()
+    head = dict(src.named_modules())[arch.head]
+    torch.nn.utils.parametrizations.weight_norm(head)
+    return arch.make(), _sd(src)
+
+
 def _tensor_parallel(arch: Arch) -> Pair | None:
     # only where several Linear layers are cut: a lone classifier cut in two reads as fewer classes
     if arch.name not in ("mlp", "tinylm", "encoder"):
@@ -166,6 +175,7 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "norm_inserted": ("model_code_changed", shift),
         "position_ids_buffer": ("version_buffers", buffers),
         "spectral_norm_head": ("version_buffers", spectral),
+        "weight_norm_head": ("version_buffers", partial(_parametrized, arch)),
         "tied_output": ("tied_weights", tied),
         "lora_checkpoint": ("adapter_or_quantization", lambda: (m(), _sd(add_lora(m())))),
         "ema_copy": ("ema_weights", lambda: (m(), {**_sd(m()), **{f"model_ema.{k}": v for k, v in _sd(m()).items()}})),

@@ -192,3 +192,26 @@ def test_renamed_batchnorm_module_is_a_rename() -> None:
     cause = diagnose_text(text).causes[0]
     assert cause.label == "renamed_keys" and cause.confidence >= 0.8
     assert ["input_layer", "inc"] in cause.evidence["facts"]["renames"]
+
+
+def _vocoder(kind: str) -> nn.Module:
+    """HiFi-GAN-style conv stack with weight norm: the old API, the parametrizations one, or none."""
+    import warnings
+
+    net = nn.Sequential(nn.Conv1d(4, 8, 3), nn.LeakyReLU(), nn.Conv1d(8, 1, 3))
+    with warnings.catch_warnings():
+        # NOTE(torch>=2.1): the old weight_norm warns that it is deprecated; the files it wrote exist
+        warnings.simplefilter("ignore", FutureWarning)
+        for layer in (net[0], net[2]):
+            if kind == "old":
+                nn.utils.weight_norm(layer)
+            elif kind == "new":
+                nn.utils.parametrizations.weight_norm(layer)
+    return net
+
+
+@pytest.mark.parametrize("model, ckpt", [("plain", "old"), ("old", "plain"), ("plain", "new"),
+                                         ("old", "new")])
+def test_weight_norm_in_one_file_only_is_a_reparametrization(model: str, ckpt: str) -> None:
+    cause = diagnose_text(load_error(_vocoder(model), _vocoder(ckpt).state_dict())).causes[0]
+    assert cause.label == "version_buffers" and cause.confidence >= 0.8
