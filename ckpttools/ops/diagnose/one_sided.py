@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
 from ckpttools.ops.diagnose.shapes import inserted_layer_group
 from ckpttools.ops.diagnose.structure import prefix_matches
 
@@ -19,6 +19,8 @@ from ckpttools.ops.diagnose.structure import prefix_matches
 # detector's or segmenter's backbone, a CLIP-style model's image tower.
 PART_NAMES = frozenset({"backbone", "body", "trunk", "visual", "vision_model", "vision_tower",
                         "image_encoder", "feature_extractor", "pretrained", "base_net"})
+# What task modules call the network they hold (Lightning's self.model, self.net).
+HOLDER_NAMES = frozenset({"model", "net", "network", "backbone_model", "base_model", "student"})
 _WRAPPER_CLASSES = frozenset({"DataParallel", "DistributedDataParallel", "OptimizedModule",
                               "FullyShardedDataParallel"})
 
@@ -204,3 +206,29 @@ def legacy_norm_missing(ev: Evidence) -> list[Finding]:
     return [Finding("renamed_keys", 0.6, keys,
                     {"renames": [["gamma", "weight"], ["beta", "bias"]], "count": len(keys),
                      "legacy": True, "examples": list(ev.missing[:3])})]
+
+
+def holder_prefix(ev: Evidence) -> list[Finding]:
+    """One key list only, every key under one name that holds a whole network (``model.conv1``,
+    ``model.fc``): a task module (Lightning's ``self.model``, ``self.net``) saved or loaded.
+
+    Unexpected: the checkpoint was saved from the holder (prefix_added); missing: the model is the
+    holder and the file is the bare network's (prefix_missing). Wrapper segments and a part's name
+    have their own rules; another model under that name stays a candidate.
+    """
+    if ev.missing and ev.unexpected or not _bare(ev):
+        return []
+    keys = ev.missing or ev.unexpected
+    firsts = {segments(k)[0] for k in keys}
+    if len(keys) < 3 or len(firsts) != 1 or not all(len(segments(k)) >= 3 for k in keys):
+        return []
+    name, seconds = firsts.pop(), {segments(k)[1] for k in keys}
+    # named submodules under a holder's name, not layers N and up of one stack (another depth)
+    if name not in HOLDER_NAMES or len(seconds) < 2 or any(p.isdigit() for p in seconds):
+        return []
+    label = "prefix_missing" if ev.missing else "prefix_added"
+    facts = {"prefix": name + ".", "infix": False, "examples": list(keys[:3]), "count": len(keys)}
+    other = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+             "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
+    return [Finding(label, 0.6, frozenset(keys), facts),
+            Finding("wrong_model", 0.25, frozenset(keys), other)]

@@ -132,6 +132,14 @@ def _spectral(arch: Arch) -> Pair | None:
     return arch.make(), _sd(src)
 
 
+class _Holder(nn.Module):
+    """A LightningModule-style task module holding the network as ``self.model``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.model = net
+
+
 def _parametrized(arch: Arch) -> Pair | None:
     """The head saved under ``torch.nn.utils.parametrizations.weight_norm`` (torch >= 2.1 keys
     ``parametrizations.weight.original0/1``), loaded into the plain model."""
@@ -176,6 +184,8 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "position_ids_buffer": ("version_buffers", buffers),
         "spectral_norm_head": ("version_buffers", spectral),
         "weight_norm_head": ("version_buffers", partial(_parametrized, arch)),
+        "task_module_checkpoint": ("prefix_added", lambda: (m(), _sd(_Holder(m())))),
+        "load_into_task_module": ("prefix_missing", lambda: (_Holder(m()), _sd(m()))),
         "tied_output": ("tied_weights", tied),
         "lora_checkpoint": ("adapter_or_quantization", lambda: (m(), _sd(add_lora(m())))),
         "ema_copy": ("ema_weights", lambda: (m(), {**_sd(m()), **{f"model_ema.{k}": v for k, v in _sd(m()).items()}})),

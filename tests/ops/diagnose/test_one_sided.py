@@ -215,3 +215,22 @@ def _vocoder(kind: str) -> nn.Module:
 def test_weight_norm_in_one_file_only_is_a_reparametrization(model: str, ckpt: str) -> None:
     cause = diagnose_text(load_error(_vocoder(model), _vocoder(ckpt).state_dict())).causes[0]
     assert cause.label == "version_buffers" and cause.confidence >= 0.8
+
+
+def test_task_module_holder_prefix_with_one_side_shown() -> None:
+    from tests.ops.diagnose.generated_corpus import _Holder
+
+    arch = _ARCH["convnet"]
+    saved = load_error(arch.make(), _Holder(arch.make()).state_dict())  # Lightning-style self.model
+    cause = diagnose_text(_other_side(saved)).causes[0]
+    assert (cause.label, cause.evidence["facts"]["prefix"]) == ("prefix_added", "model.")
+    assert cause.confidence < 0.8
+    loaded = load_error(_Holder(arch.make()), arch.make().state_dict())
+    cause = diagnose_text(_missing_only(loaded)).causes[0]
+    assert (cause.label, cause.evidence["facts"]["prefix"]) == ("prefix_missing", "model.")
+
+
+def test_deeper_stack_under_one_name_is_not_a_holder() -> None:
+    arch = _ARCH["mlp"]
+    cause = diagnose_text(load_error(arch.make(depth=5), arch.make().state_dict())).causes[0]
+    assert cause.label == "architecture_variant"
