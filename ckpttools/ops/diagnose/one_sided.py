@@ -69,6 +69,12 @@ def first_key_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
     keys = frozenset(ev.unexpected)
     facts = {"missing": 0, "unexpected": 1, "examples_missing": [],
              "examples_unexpected": list(ev.unexpected)}
+    holder = segments(ev.unexpected[0])[0]
+    if holder in HOLDER_NAMES and len(segments(ev.unexpected[0])) >= 3:
+        # a task module's name in front of the model's first key (model.conv1.weight)
+        return [Finding("prefix_added", 0.5, keys, {"prefix": holder + ".", "infix": False,
+                                                     "examples": list(ev.unexpected), "count": 1}),
+                Finding("model_code_changed", 0.3, keys, facts)]
     return [Finding("model_code_changed", 0.45, keys, facts),
             Finding("prefix_missing", 0.4, keys, {"prefix": "module.", "infix": False,
                                                    "examples": list(ev.unexpected), "count": 1,

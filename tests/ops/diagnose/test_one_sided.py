@@ -234,3 +234,13 @@ def test_deeper_stack_under_one_name_is_not_a_holder() -> None:
     arch = _ARCH["mlp"]
     cause = diagnose_text(load_error(arch.make(depth=5), arch.make().state_dict())).causes[0]
     assert cause.label == "architecture_variant"
+
+
+def test_pytorch03_one_key_under_a_task_module_name() -> None:
+    from tests.ops.diagnose.generated_corpus import _Holder
+
+    arch = _ARCH["convnet"]
+    text = pytorch03(*_lists(arch.make(), _Holder(arch.make()).state_dict()))
+    assert text.startswith("KeyError: 'unexpected key \"model.conv1.weight\"")
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "prefix_added" and cause.confidence < 0.8
