@@ -70,7 +70,7 @@ def first_key_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
     facts = {"missing": 0, "unexpected": 1, "examples_missing": [],
              "examples_unexpected": list(ev.unexpected)}
     holder = segments(ev.unexpected[0])[0]
-    if holder in HOLDER_NAMES and len(segments(ev.unexpected[0])) >= 3:
+    if holder in HOLDER_NAMES and len(segments(ev.unexpected[0])) >= 2:
         # a task module's name in front of the model's first key (model.conv1.weight)
         return [Finding("prefix_added", 0.5, keys, {"prefix": holder + ".", "infix": False,
                                                      "examples": list(ev.unexpected), "count": 1}),
@@ -197,8 +197,8 @@ def legacy_norm_missing(ev: Evidence) -> list[Finding]:
     TF ports and code before PyTorch 1.0 saved LayerNorm/BatchNorm parameters as gamma/beta; the
     running statistics (when any) keep their names and load, so only weight and bias are missing.
     """
-    if ev.unexpected or not ev.missing or not _bare(ev):
-        return []
+    if ev.unexpected or not ev.missing or not _bare(ev) or ev.truncated:
+        return []  # cut: examples of a norm's weight/bias are in any missing block (another depth)
     mods = {k.rpartition(".")[0] for k in ev.missing}
     if not all(k.rpartition(".")[2] in ("weight", "bias") for k in ev.missing):
         return []
@@ -226,7 +226,7 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
         return []
     keys = ev.missing or ev.unexpected
     firsts = {segments(k)[0] for k in keys}
-    if len(keys) < 3 or len(firsts) != 1 or not all(len(segments(k)) >= 3 for k in keys):
+    if len(keys) < 3 or len(firsts) != 1 or not all(len(segments(k)) >= 2 for k in keys):
         return []
     name, seconds = firsts.pop(), {segments(k)[1] for k in keys}
     # named submodules under a holder's name, not layers N and up of one stack (another depth)

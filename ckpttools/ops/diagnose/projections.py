@@ -73,7 +73,8 @@ def _fused_only(ev: Evidence) -> Finding | None:
     for side, keys, other in (("model", ev.missing, ev.unexpected),
                               ("checkpoint", ev.unexpected, ev.missing)):
         # nn.MultiheadAttention's own in_proj is not a sign: missing whole layers show it too
-        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _FUSED and h[1] != "in_proj"]
+        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _FUSED and h[1] != "in_proj"
+                and _segments(k)[-1] in ("weight", "bias")]
         if keys and len(hits) == len(keys) and not (other and not ev.truncated) and not ev.mismatched:
             name = _split_parent(hits[0])
             return Finding("fused_projection", 0.7, frozenset(hits),

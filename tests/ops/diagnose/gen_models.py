@@ -127,6 +127,31 @@ class UNet(nn.Module):
         self.outc = nn.Conv2d(width, num_classes, 1)
 
 
+class VitBlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+
+class TinyViT(nn.Module):
+    """timm-style ViT: ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks`` with a fused
+    ``attn.qkv``, a final ``norm`` and a ``head``."""
+
+    def __init__(self, num_classes: int = 5, depth: int = 2, width: int = 8, img_size: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, width, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, (img_size // 4) ** 2 + 1, width))
+        self.blocks = nn.Sequential(*[VitBlock(width) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+
 class LoraLinear(nn.Module):
     """PEFT's layout: the frozen ``base_layer`` and the low-rank ``lora_A``/``lora_B`` per adapter."""
 
@@ -235,4 +260,5 @@ ARCHS = (
     Arch("tagger", Tagger, "num_classes", "proj"),
     Arch("detr", DetrLike, "num_classes", "class_embed", has_norm_arg=True),
     Arch("unet", UNet, "num_classes", "outc", has_norm_arg=True),
+    Arch("vit", TinyViT, "num_classes", "head"),
 )

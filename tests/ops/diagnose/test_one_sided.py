@@ -244,3 +244,19 @@ def test_pytorch03_one_key_under_a_task_module_name() -> None:
     assert text.startswith("KeyError: 'unexpected key \"model.conv1.weight\"")
     cause = diagnose_text(text).causes[0]
     assert cause.label == "prefix_added" and cause.confidence < 0.8
+
+
+def test_quantization_scale_of_a_qkv_layer_is_not_a_fused_projection() -> None:
+    from tests.ops.diagnose.gen_models import TinyViT, dynamic_quantized
+
+    text = pytorch03(*_lists(TinyViT(), dynamic_quantized(TinyViT()).state_dict()))
+    assert ".attn.qkv.scale" in text
+    assert diagnose_text(text).causes[0].label != "fused_projection"
+
+
+def test_norm_examples_of_a_deeper_model_in_prose_are_not_gamma_beta() -> None:
+    from tests.ops.diagnose.gen_models import TinyViT
+
+    text = prose(*_lists(TinyViT(depth=3), TinyViT().state_dict()))
+    assert "`blocks.2.norm1.weight`" in text
+    assert diagnose_text(text).causes[0].label == "architecture_variant"
