@@ -27,6 +27,12 @@ def _print(name: str, s: Score, misses: bool) -> None:
     right = sum(a.right for a in s.answers)
     print(f"{name}: top-1 {right}/{len(s.answers)} = {s.top1:.1%}; precision at confidence >= 0.8 "
           f"{s.confident_precision:.1%}; abstention rate {s.abstention_rate:.1%}")
+    bins = [(0.0, 0.5), (0.5, 0.65), (0.65, 0.8), (0.8, 0.9), (0.9, 1.01)]
+    cells = []
+    for lo, hi in bins:
+        inside = [a for a in s.answers if lo <= a.confidence < hi]
+        cells.append(f"[{lo:.2f},{min(hi, 1):.2f}) {sum(a.right for a in inside)}/{len(inside)}")
+    print("  reliability (right/answers by confidence): " + "; ".join(cells))
     for label, (ok, n) in s.per_label.items():
         print(f"  {label:24} {ok}/{n}")
     confusion = Counter((a.case.label, a.label) for a in s.misses)
@@ -43,7 +49,17 @@ def _generated(misses: bool) -> None:
     decidable = [Case(c.name, c.label, c.text) for c in cases if c.decidable]
     cut = [Case(c.name, c.label, c.text, decidable=False) for c in cases if not c.decidable]
     _print("generated (whole, traceback, log, json, strict=False)", score(decidable), misses)
-    _print("generated with the deciding side cut (truncated, one side)", score(cut), misses)
+    cut_score = score(cut)
+    _print("generated with the deciding side cut (truncated, one side)", cut_score, misses)
+    by_how: dict[str, list[int]] = {}
+    for a in cut_score.answers:
+        tally = by_how.setdefault(a.case.name.rsplit("-", 1)[-1], [0, 0, 0, 0])
+        tally[0] += a.right
+        tally[1] += 1
+        tally[2] += a.decided
+        tally[3] += a.decided and a.right
+    for how, (ok, n, decided, decided_ok) in sorted(by_how.items()):
+        print(f"  presentation {how:18} {ok}/{n} right; {decided} decided, {decided_ok} of them right")
     try:
         from tests.ops.diagnose.gen_transformers import generate_transformers
     except ImportError:

@@ -52,7 +52,9 @@ _BUFFER = re.compile(
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
                          r"|in_proj_weight|in_proj_bias|lora_[AB]"
                          r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
-_SPECTRAL = re.compile(r"\.weight_(orig|u|v)$")
+# The layer's module path before a reparametrized weight: spectral_norm (weight_orig/u/v),
+# weight_norm (weight_g/v) and torch.nn.utils.parametrizations (parametrizations.weight.original0/1).
+_SPECTRAL = re.compile(r"\.(weight_(orig|u|v|g)|parametrizations\.weight\.original\d?)$")
 _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
@@ -170,7 +172,7 @@ def version_buffers(ev: Evidence) -> Finding | None:
     """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
     keys = ev.missing + ev.unexpected
     buffers = [k for k in keys if _BUFFER.search(k)]
-    if spectral := {k.rsplit(".", 1)[0] for k in keys if _SPECTRAL.search(k)}:
+    if spectral := {_SPECTRAL.split(k)[0] for k in keys if _SPECTRAL.search(k)}:
         # spectral_norm saves weight_orig/u/v where the plain layer has weight: the same layer
         # with or without its power-iteration state, not a rename.
         buffers += [k for k in keys if k.rsplit(".", 1)[0] in spectral and k not in buffers]

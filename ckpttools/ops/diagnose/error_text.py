@@ -116,6 +116,9 @@ def normalize_text(text: str) -> str:
     """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
     escaped_lines = text.count("\\n") > max(2, text.count("\n"))
+    # repr() of a KeyError escapes the single quotes of the set of keys PyTorch <= 0.3 printed
+    if re.search(r"KeyError:\s*'missing keys in state_dict", text):
+        text = text.replace("\\'", "'")
     if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
         # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
         text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")

@@ -83,6 +83,14 @@ def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    if f.facts.get("reparametrized"):
+        what = (f"only the weight of {', '.join(f.facts['examples'])} is missing, not its bias: the "
+                "checkpoint most likely stores it reparametrized (spectral_norm's weight_orig/"
+                "weight_u/weight_v, weight_norm's weight_g/weight_v); apply the same "
+                "parametrization to the model before loading, or remove it before saving")
+        code = ("torch.nn.utils.spectral_norm(model.LAYER)  # the layer named in the message\n"
+                "model.load_state_dict(sd)")
+        return what, code, []
     leaves = f.facts["leaves"]
     names = ", ".join(leaves[:4])
     side = f.facts["side"]
@@ -148,7 +156,8 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     # With one side only in the text, the fused name is not known: qkv is the usual one.
-    fused, split = "/".join(f.facts["fused"]) or "likely qkv", "/".join(f.facts["split"])
+    fused = "/".join(f.facts["fused"]) or "likely qkv"
+    split = "/".join(f.facts["split"]) or "likely q/k/v"
     side = f.facts["fused_side"]
     suffix = "_proj" if any(n.endswith("_proj") for n in f.facts["split"]) else ""
     what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection ({fused}) "

@@ -128,6 +128,21 @@ def headless_keys(text: str) -> list[str]:
     return keys if len(keys) >= 3 and separators >= 0.6 * len(keys) else []
 
 
+# Names people quote in prose that are code, not keys of a state_dict.
+_API_NAMES = frozenset({"load_state_dict", "state_dict", "model_state_dict", "from_pretrained",
+                        "save_pretrained", "map_location", "weights_only", "strict", "torch_load",
+                        "load_checkpoint", "missing_keys", "unexpected_keys", "ignore_mismatched_sizes",
+                        "save_checkpoint", "resume_from_checkpoint", "load_from_checkpoint"})
+
+
+def _is_prose_key(m: re.Match[str]) -> bool:
+    """A dotted key, or a top-level one in code quotes with an underscore (`total_ops`, `pos_embed`):
+    plain words in quotes are not keys."""
+    key = m.group(1)
+    return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_")
+                                        and key not in _API_NAMES)
+
+
 def prose_keys(text: str) -> dict[str, list[str]]:
     """Dotted keys named in sentences, sided by the words of their sentence.
 
@@ -138,7 +153,7 @@ def prose_keys(text: str) -> dict[str, list[str]]:
     if not _LOAD_WORDS.search(text):
         return out
     for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n\s*\n", text):
-        keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+        keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
         if not keys:
             continue
         miss, unexp = _MISSING_WORDS.search(sentence), _UNEXPECTED_WORDS.search(sentence)
@@ -157,7 +172,7 @@ def _sided(sentence: str) -> list[tuple[str, str]]:
     first ("missing keys like `a`"), the one after it when the keys lead ("`a` is missing")."""
     words = sorted([(m.start(), "missing") for m in _MISSING_WORDS.finditer(sentence)]
                    + [(m.start(), "unexpected") for m in _UNEXPECTED_WORDS.finditer(sentence)])
-    keys = [m for m in _QUOTED_KEY.finditer(sentence) if _DOTTED.match(m.group(1))]
+    keys = [m for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
     side_first = words[0][0] < keys[0].start()
     out = []
     for m in keys:
@@ -189,7 +204,8 @@ def prose_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
         if "copying a param" in sentence or len(sizes := list(re.finditer(_SIZE, sentence))) != 2:
             continue
         key = re.search(r"(?:mismatch(?:es)?\s+(?:for|in|of)|for|of)\s+[\"'`]?(" + _KEY + r")", sentence)
-        if key is None or not _DOTTED.match(key.group(1).rstrip(":.,")):
+        name = key.group(1).rstrip(":.,") if key else ""
+        if key is None or not (_DOTTED.match(name) or "_" in name.strip("_")):
             continue
         # The reading that puts each side's word nearest to its size (sentences say it both ways).
         d = [[_side_distance(sentence, sizes, i, w) for w in (_CKPT_WORDS, _MODEL_WORDS)] for i in range(2)]

@@ -12,6 +12,10 @@ import re
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.one_sided import (
+    first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing, part_missing,
+    part_prefix_cut,
+    reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -179,4 +183,9 @@ def key_lookup(ev: Evidence) -> list[Finding]:
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
-    return out + whole_model_missing(ev) + container_lookup(ev) + key_lookup(ev)
+    starts = bool(ev.unexpected) and _starts_model(ev.unexpected[0])
+    one_sided = (part_missing(ev) + part_prefix_cut(ev) + inserted_layer(ev)
+                 + reparametrized_weight(ev) + legacy_norm_missing(ev) + wrapped_model_unexpected(ev)
+                 + holder_prefix(ev)
+                 + (whole_model_unexpected(ev, starts) or first_key_unexpected(ev, starts)))
+    return out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)

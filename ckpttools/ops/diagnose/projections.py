@@ -31,7 +31,7 @@ def fused_projection(ev: Evidence) -> Finding | None:
                 out.setdefault(hit[0], set()).add(hit[1])
         return out
     miss, unexp = names(ev.missing), names(ev.unexpected)
-    if one_sided := _split_only(ev):
+    if one_sided := _split_only(ev) or _fused_only(ev):
         return one_sided
     for parent in set(miss) & set(unexp):
         a, b = miss[parent], unexp[parent]
@@ -61,4 +61,23 @@ def _split_only(ev: Evidence) -> Finding | None:
                            {"fused_side": "checkpoint" if side == "model" else "model",
                             "parent": _split_parent(hits[0])[0],  # type: ignore[index]
                             "split": sorted(split), "fused": []})
+    return None
+
+
+def _fused_only(ev: Evidence) -> Finding | None:
+    """Only fused ``qkv`` projections missing (or unexpected), the other side absent or cut.
+
+    The name says the layer computes several projections at once; a checkpoint without it most
+    often holds them split. Below the decision threshold: the split side is not shown.
+    """
+    for side, keys, other in (("model", ev.missing, ev.unexpected),
+                              ("checkpoint", ev.unexpected, ev.missing)):
+        # nn.MultiheadAttention's own in_proj is not a sign: missing whole layers show it too
+        hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _FUSED and h[1] != "in_proj"
+                and _segments(k)[-1] in ("weight", "bias")]
+        if keys and len(hits) == len(keys) and not (other and not ev.truncated) and not ev.mismatched:
+            name = _split_parent(hits[0])
+            return Finding("fused_projection", 0.7, frozenset(hits),
+                           {"fused_side": side, "parent": name[0] if name else "",
+                            "split": [], "fused": sorted({_split_parent(k)[1] for k in hits})})  # type: ignore[index]
     return None

@@ -81,7 +81,11 @@ def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Same model class, other submodules."""
     moved = f.facts.get("moved")
-    if moved:
+    if inserted := f.facts.get("inserted"):
+        what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
+                f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "
+                f"{inserted} (a norm or dropout) and moved every index behind it")
+    elif moved:
         what = ("the model code changed since the checkpoint was saved: the same tensors now sit at "
                 "other paths (e.g. " + ", ".join(f"'{a}' -> '{b}'" for a, b in moved[:2]) + ")")
     else:

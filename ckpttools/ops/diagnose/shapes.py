@@ -94,7 +94,23 @@ def _tensor_parallel(mm: list[ShapeMismatch]) -> bool:
     others on their input axis (row-parallel), all by the same factor. A width change cuts inner
     matrices on both axes, a new head or fewer key/value heads on one axis only."""
     axes = {_one_axis(m) for m in mm if len(m.model_shape) == 2}
-    return _shard_factor(mm) is not None and {0, 1} <= axes
+    return _shard_factor(mm) is not None and {0, 1} <= axes and not _norm_resized(mm)
+
+
+def _norm_resized(mm: list[ShapeMismatch]) -> bool:
+    """A norm layer changed size (running stats, or a 1-D weight whose layer has no matrix among
+    the mismatches): the features are wider or narrower. Tensor parallelism replicates norms."""
+    matrices = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
+    return any(len(m.model_shape) == 1 and ("running_" in m.key or m.key.rpartition(".")[0] not in matrices)
+               for m in mm)
+
+
+def _hidden_layer(mm: list[ShapeMismatch]) -> bool:
+    """Every tensor is layer 0 of a box, mask or regression head's Sequential (``bbox_head.0.weight``):
+    it feeds the layers after it, and such heads do not output one row per class, so its rows are
+    a hidden width. A classifier's ``fc.0`` may be its only layer: not this."""
+    return all(re.search(r"(bbox|box|reg|mask|seg|kpt|keypoint|ctr|centerness)\w*\.0\.(weight|bias)$",
+                         m.key) for m in mm)
 
 
 def _count_change(ev: Evidence) -> list[ShapeMismatch]:
@@ -129,6 +145,8 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     # A weight and its bias changing together on the output axis is a classifier's signature.
     pair = any(len(m.model_shape) >= 2 for m in mm) and any(len(m.model_shape) == 1 for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
+    if _hidden_layer(mm):
+        conf = 0.55  # the first layer of a head's Sequential: a width (architecture_variant) competes
     if not headish and (_shard_factor(mm) or (0, ""))[1] == "model":
         conf = 0.5  # the model's tensors are the checkpoint's cut in k: sharding competes
     return Finding("head_size_mismatch", conf, frozenset(m.key for m in mm),
@@ -204,7 +222,10 @@ def _shape_variant(ev: Evidence) -> Finding | None:
                        {"kind": "in_chans", "keys": [m.key for m in mm],
                         "checkpoint_channels": mm[0].checkpoint_shape[1],
                         "model_channels": mm[0].model_shape[1]})
-    if _count_change(ev):
+    if (count := _count_change(ev)) and _hidden_layer(count):
+        return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
+                       "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
+    if count:
         return None  # that is a head of another size
     if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
         return None  # another kind of layer at this path (indices moved), not another width
@@ -223,12 +244,31 @@ def architecture_variant(ev: Evidence) -> Finding | None:
     return _shape_variant(ev)
 
 
+def inserted_layer_group(keys: Iterable[str]) -> str | None:
+    """The flat ``nn.Sequential`` whose layers from index 1 on are missing, where index 0 is not.
+
+    A deeper model adds blocks after the checkpoint's last one; a flat Sequential (``features.1.
+    running_mean``: the index names a layer, not a block) that misses layer 1 and up while layer
+    0 loads had a layer inserted (a norm after the first conv), which moved every index behind it.
+    Several such Sequentials (a backbone and a head) read the same.
+    """
+    lows: dict[str, int] = {}
+    for key in keys:
+        m = re.fullmatch(r"(.+)\.(\d+)\.[A-Za-z_]+", key)
+        if m is None:
+            return None
+        lows[m.group(1)] = min(lows.get(m.group(1), 1 << 30), int(m.group(2)))
+    if not lows or set(lows.values()) != {1}:
+        return None
+    return sorted(lows)[0]
+
+
 def another_depth(ev: Evidence) -> Finding | None:
     """Another depth: the extra keys all sit in layers N and up (runs on unexplained keys)."""
     for side, keys, other in (("missing", ev.missing, ev.unexpected),
                               ("unexpected", ev.unexpected, ev.missing)):
         depth = _depth(keys) if keys and not other else None
-        if depth is not None:
+        if depth is not None and not (side == "missing" and inserted_layer_group(keys)):
             group, low, high = depth
             return Finding("architecture_variant", 0.78, frozenset(keys),
                            {"kind": "depth", "side": side, "group": group, "first": low,

@@ -17,7 +17,9 @@ def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for k in keys:
         mod, _, leaf = k.rpartition(".")
-        out.setdefault(mod, set()).add(leaf)
+        # BatchNorm fills a missing num_batches_tracked itself, so torch reports it on the
+        # checkpoint's side only: a renamed BatchNorm still has the same tensors.
+        out.setdefault(mod, set()).update({leaf} - {"num_batches_tracked"})
     return out
 
 
@@ -87,14 +89,19 @@ def renamed_keys(ev: Evidence) -> Finding | None:
                         "examples": [[u, m] for m, u, _ in pairs[:3]]})
     keys = ev.missing + ev.unexpected
     legacy = [k for k in keys if k.rsplit(".", 1)[-1] in _LEGACY_RENAMES]
+    # A norm's old names come in pairs (gamma with beta) or sit in a norm by name; a lone gamma
+    # elsewhere is usually a parameter of its own (ConvNeXt/CaiT layer scale), not a rename.
+    leaves = _leaves(legacy)
+    normal = [k for k in legacy if {"gamma", "beta"} <= leaves[k.rpartition(".")[0]]
+              or re.search(r"(norm|bn|ln)\w*$", k.rpartition(".")[0], re.I)]
     if legacy and len(legacy) >= 0.5 * len(keys):
         names = sorted({k.rsplit(".", 1)[-1] for k in legacy})
         side = "missing" if legacy[0] in ev.missing else "unexpected"
         renames = [[n, _LEGACY_RENAMES[n]] if side == "unexpected" else [_LEGACY_RENAMES[n], n]
                    for n in names]
-        return Finding("renamed_keys", 0.82, frozenset(legacy),
-                       {"renames": renames, "count": len(legacy), "legacy": True,
-                        "examples": legacy[:3]})
+        return Finding("renamed_keys", 0.82 if len(normal) >= 0.5 * len(legacy) else 0.5,
+                       frozenset(legacy), {"renames": renames, "count": len(legacy), "legacy": True,
+                                           "examples": legacy[:3]})
     return None
 
 

@@ -95,6 +95,63 @@ class Tagger(nn.Module):
         self.proj = nn.Linear(width, num_classes)
 
 
+class DetrLike(nn.Module):
+    """A multi-scale detector (Deformable-DETR style): a conv ``backbone``, one ``level_embed`` row
+    per feature level, encoder layers, a box head with BatchNorm and a ``class_embed`` classifier."""
+
+    def __init__(self, num_classes: int = 5, depth: int = 2, width: int = 8, num_levels: int = 4,
+                 head_width: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        bn = (lambda n: [nn.BatchNorm2d(n)]) if norm else (lambda n: [])
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), *bn(width), nn.ReLU())
+        self.level_embed = nn.Parameter(torch.zeros(num_levels, width))
+        self.encoder = nn.ModuleList([nn.Linear(width, width) for _ in range(depth)])
+        box_norm = [nn.BatchNorm1d(head_width)] if norm else []
+        self.bbox_head = nn.Sequential(nn.Linear(width, head_width), *box_norm, nn.ReLU(),
+                                       nn.Linear(head_width, 4))
+        self.class_embed = nn.Linear(width, num_classes + 1)
+
+
+class UNet(nn.Module):
+    """A segmentation U-Net: ``inc``, ``downs``/``ups`` stages (conv, norm, transposed conv), a 1x1
+    ``outc`` with one channel per class."""
+
+    def __init__(self, num_classes: int = 2, depth: int = 2, width: int = 8, norm: bool = True) -> None:
+        super().__init__()
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1),
+                                 *([nn.BatchNorm2d(cout)] if norm else []), nn.ReLU())
+        self.inc = block(3, width)
+        self.downs = nn.ModuleList([block(width, width) for _ in range(depth)])
+        self.ups = nn.ModuleList([nn.ConvTranspose2d(width, width, 2, stride=2) for _ in range(depth)])
+        self.outc = nn.Conv2d(width, num_classes, 1)
+
+
+class VitBlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+
+class TinyViT(nn.Module):
+    """timm-style ViT: ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks`` with a fused
+    ``attn.qkv``, a final ``norm`` and a ``head``."""
+
+    def __init__(self, num_classes: int = 5, depth: int = 2, width: int = 8, img_size: int = 8) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, width, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, (img_size // 4) ** 2 + 1, width))
+        self.blocks = nn.Sequential(*[VitBlock(width) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+
 class LoraLinear(nn.Module):
     """PEFT's layout: the frozen ``base_layer`` and the low-rank ``lora_A``/``lora_B`` per adapter."""
 
@@ -201,4 +258,7 @@ ARCHS = (
     Arch("tinylm", TinyLM, "vocab", "output"),
     Arch("encoder", Encoder, "num_classes", "head"),
     Arch("tagger", Tagger, "num_classes", "proj"),
+    Arch("detr", DetrLike, "num_classes", "class_embed", has_norm_arg=True),
+    Arch("unet", UNet, "num_classes", "outc", has_norm_arg=True),
+    Arch("vit", TinyViT, "num_classes", "head"),
 )

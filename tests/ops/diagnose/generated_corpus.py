@@ -66,6 +66,31 @@ def _shift(sd: dict[str, Any]) -> dict[str, Any]:
             for k, v in sd.items()}
 
 
+def _index_shift(arch: Arch) -> Pair | None:
+    """The checkpoint's Sequential layers sit one index further (a layer the code since removed)."""
+    sd = _sd(arch.make())
+    shifted = _shift(sd)
+    return (arch.make(), shifted) if shifted.keys() != sd.keys() else None
+
+
+def _legacy_norm_names(arch: Arch) -> Pair | None:
+    """Norm layers saved as ``gamma``/``beta`` (TF ports, pre-1.0 code) where torch says weight/bias."""
+    model = arch.make()
+    norms = {n for n, mod in model.named_modules()
+             if isinstance(mod, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d))}
+    if not norms:
+        return None
+    old = {"weight": "gamma", "bias": "beta"}
+    return model, {(k.rpartition(".")[0] + "." + old[k.rpartition(".")[2]]
+                    if k.rpartition(".")[0] in norms and k.rpartition(".")[2] in old else k): v
+                   for k, v in _sd(model).items()}
+
+
+def _detector_variant(arch: Arch, **change: int) -> Pair | None:
+    """Another number of feature levels or another box-head width: not a classifier of another size."""
+    return (arch.make(**change), _sd(arch.make())) if arch.name == "detr" else None
+
+
 def _conv1d(arch: Arch) -> Pair | None:
     m = arch.make
     return (m(), _sd(to_conv1d(m()))) if arch.name in ("mlp", "convnet", "encoder") else None
@@ -107,6 +132,23 @@ def _spectral(arch: Arch) -> Pair | None:
     return arch.make(), _sd(src)
 
 
+class _Holder(nn.Module):
+    """A LightningModule-style task module holding the network as ``self.model``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.model = net
+
+
+def _parametrized(arch: Arch) -> Pair | None:
+    """The head saved under ``torch.nn.utils.parametrizations.weight_norm`` (torch >= 2.1 keys
+    ``parametrizations.weight.original0/1``), loaded into the plain model."""
+    src = arch.make()
+    head = dict(src.named_modules())[arch.head]
+    torch.nn.utils.parametrizations.weight_norm(head)
+    return arch.make(), _sd(src)
+
+
 def _tensor_parallel(arch: Arch) -> Pair | None:
     # only where several Linear layers are cut: a lone classifier cut in two reads as fewer classes
     if arch.name not in ("mlp", "tinylm", "encoder"):
@@ -141,6 +183,9 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "norm_inserted": ("model_code_changed", shift),
         "position_ids_buffer": ("version_buffers", buffers),
         "spectral_norm_head": ("version_buffers", spectral),
+        "weight_norm_head": ("version_buffers", partial(_parametrized, arch)),
+        "task_module_checkpoint": ("prefix_added", lambda: (m(), _sd(_Holder(m())))),
+        "load_into_task_module": ("prefix_missing", lambda: (_Holder(m()), _sd(m()))),
         "tied_output": ("tied_weights", tied),
         "lora_checkpoint": ("adapter_or_quantization", lambda: (m(), _sd(add_lora(m())))),
         "ema_copy": ("ema_weights", lambda: (m(), {**_sd(m()), **{f"model_ema.{k}": v for k, v in _sd(m()).items()}})),
@@ -153,6 +198,10 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "backbone_into_detector": ("wrong_model", lambda: (Detector(m(), arch.head), _sd(m()))),
         "dynamic_quantized": ("adapter_or_quantization", lambda: (m(), _sd(dynamic_quantized(m())))),
         "tensor_parallel_rank0": ("partitioned_checkpoint", partial(_tensor_parallel, arch)),
+        "index_shift": ("model_code_changed", partial(_index_shift, arch)),
+        "legacy_gamma_beta": ("renamed_keys", partial(_legacy_norm_names, arch)),
+        "other_levels": ("architecture_variant", partial(_detector_variant, arch, num_levels=5)),
+        "box_head_width": ("architecture_variant", partial(_detector_variant, arch, head_width=16)),
     }
 
 
@@ -190,6 +239,12 @@ def _one_side(text: str) -> str:
     return "\n".join(lines[:2])
 
 
+def _other_side(text: str) -> str:
+    """The header and the unexpected keys only: the missing list was cut from the paste."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    return "\n".join([lines[0]] + [ln for ln in lines[1:] if "Unexpected key(s)" in ln][:1])
+
+
 def presentations(text: str) -> Iterator[tuple[str, str, bool]]:
     """(name, text, decidable): the ways a pasted error differs from what torch printed."""
     yield "whole", text, True
@@ -202,6 +257,7 @@ def presentations(text: str) -> Iterator[tuple[str, str, bool]]:
         yield "truncated", _cut_keys(text, 6), False
     if "Missing key(s)" in text and "Unexpected key(s)" in text:
         yield "one_side", _one_side(text), False
+        yield "other_side", _other_side(text), False
     if text.count("size mismatch for") > 2:
         yield "first_mismatches", _one_side(text).rstrip() + "\n" + text.split("\n")[2], False
 

@@ -39,6 +39,12 @@ FROZEN2_PRECISION = 0.87
 # answers at confidence >= 0.8 right (80.0%); its README lists how it was collected.
 FROZEN3_RIGHT = 30
 FROZEN3_PRECISION = 0.8
+# Both unchanged after #16's one-sided round (35/46 at 97.0%, 33/42 at 87.9%, scored once).
+# Texts whose deciding side is cut: top-1 floors at the measured level (#16 one-sided round: 778/1065
+# = 73.1% of the whole generated corpus, 108/153 = 70.6% of the default sample). Not 90%: a missing
+# list alone cannot tell a wrapper prefix from a training dict or another model; those abstain.
+CUT_TOP1_FULL = 0.73
+CUT_TOP1_SAMPLE = 0.70
 
 
 def test_development_top1_and_calibration() -> None:
@@ -103,18 +109,19 @@ def _generated(sample: int) -> tuple[list[Case], list[Case]]:
     return decidable[::sample], cut[::sample]
 
 
-def _assert_generated(decidable: list[Case], cut: list[Case]) -> None:
+def _assert_generated(decidable: list[Case], cut: list[Case], cut_top1: float) -> None:
     s = score(decidable)
     low = {label: (ok, n) for label, (ok, n) in s.per_label.items() if ok < TARGET_TOP1 * n}
     assert not low, low
     # Cut texts may be undecidable: they must abstain rather than be confidently wrong.
     assert score(decidable + cut).confident_precision >= TARGET_PRECISION
+    assert score(cut).top1 >= cut_top1
 
 
 def test_generated_sample() -> None:
     decidable, cut = _generated(sample=7)
     assert len(decidable) >= 60 and len(Counter(c.label for c in decidable)) >= 15
-    _assert_generated(decidable, cut)
+    _assert_generated(decidable, cut, CUT_TOP1_SAMPLE)
 
 
 @pytest.mark.slow
@@ -124,4 +131,4 @@ def test_generated_corpus_full() -> None:
     from ckpttools.ops.diagnose.causes import LABELS
 
     assert {c.label for c in decidable} == set(LABELS)
-    _assert_generated(decidable, cut)
+    _assert_generated(decidable, cut, CUT_TOP1_FULL)
