@@ -37,7 +37,8 @@ FROZEN2_RIGHT = 33
 FROZEN2_PRECISION = 0.87
 # frozen3/ (50 texts from 50 new threads): 30/50 before any rule change of its round, 24 of its 30
 # answers at confidence >= 0.8 right (80.0%); its README lists how it was collected.
-FROZEN3_RIGHT = 30
+# 29/50 after the one-sided round of #16 (not tuned on; one fewer than before it).
+FROZEN3_RIGHT = 29
 FROZEN3_PRECISION = 0.8
 # Both unchanged after #16's one-sided round (35/46 at 97.0%, 33/42 at 87.9%, scored once).
 # Texts whose deciding side is cut: top-1 floors at the measured level (#16 one-sided round: 778/1065
