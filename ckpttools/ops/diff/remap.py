@@ -16,7 +16,7 @@ from typing import Any
 
 from ckpttools.entries import ObjectPlaceholder, TensorRef
 from ckpttools.errors import InvalidArgumentError, OutputError, UnsafeCheckpointError
-from ckpttools.formats.writers.atomic import atomic_output, check_destination
+from ckpttools.formats.writers.atomic import atomic_output, check_destination, write_behind_file
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.registry import open_checkpoint
 from ckpttools.keypaths import get_path
@@ -156,7 +156,7 @@ def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
 
     if not keep_wrapper or not view.prefix:
         # a plain dict: no _metadata, so BatchNorm fills absent num_batches_tracked with 0
-        torch.save({n: reader.load(view.source_key(o)) for o, n in pairs}, tmp)
+        _save(torch, {n: reader.load(view.source_key(o)) for o, n in pairs}, tmp)
         return
     if trust:
         # the user vouches for the file: keep every object exactly as torch restores it
@@ -166,7 +166,14 @@ def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
     else:
         whole = _rebuild(reader.tree(), reader)
         new = {n: reader.load(view.source_key(o)) for o, n in pairs}
-    torch.save(_replace_at(whole, view.prefix, new), tmp)
+    _save(torch, _replace_at(whole, view.prefix, new), tmp)
+
+
+def _save(torch: Any, obj: Any, tmp: str) -> None:
+    """``torch.save`` with each chunk handed to the disk as it is written: the durable fsync
+    that follows then waits for little (as convert's writers do)."""
+    with write_behind_file(tmp) as f:
+        torch.save(obj, f)
 
 
 def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
