@@ -109,7 +109,18 @@ def _unflatten_top(tree: Any) -> Any:
     nested ``tree()`` report it; a flat state_dict is returned as it is."""
     if not isinstance(tree, dict):
         return tree
-    firsts = {str(k).split(".", 1)[0] for k in tree}
+    if _UNFLAT and _UNFLAT[0] is tree:  # asked twice of one reader's tree (20,000 keys)
+        return _UNFLAT[1]
+    grouped = _group_top(tree)
+    _UNFLAT[:] = [tree, grouped]
+    return grouped
+
+
+_UNFLAT: list[Any] = []  # [tree, its grouping]: a reader's tree is never changed after reading
+
+
+def _group_top(tree: dict[Any, Any]) -> Any:
+    firsts = {k.partition(".")[0] for k in map(str, tree)}
     has_model = any(f in STATE_DICT_KEYS for f in firsts)
     has_other = any(f in NON_MODEL_KEYS for f in firsts) or any(
         not isinstance(v, (TensorRef, dict)) for v in tree.values())
