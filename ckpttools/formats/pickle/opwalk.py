@@ -127,6 +127,8 @@ def _depth_of(items: list[Any]) -> int:
 
 
 _BINFLOAT = ord("G")
+_BINUNICODE, _SHORT_BINUNICODE = ord("X"), 0x8C
+_BINPUT, _LONG_BINPUT = ord("q"), ord("r")
 _DOUBLE = struct.Struct(">d")
 
 
@@ -199,11 +201,12 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
     width_at, kind_at, pushed_at = _WIDTH, _KIND, _PUSHED
     count = deepest = 0
     last = pos
+    limit = budget if budget is not None else 1 << 62
     try:
         while True:
             if pos >= n:
                 raise OpcodeError("pickle data was truncated (no STOP opcode)")
-            if count == budget:
+            if count >= limit:
                 raise _Probed()
             c = data[pos]
             k = width_at[c]
@@ -212,6 +215,18 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 if nxt > n:
                     raise OpcodeError("pickle data was truncated")
                 arg: Any = None
+            elif c == _BINUNICODE or c == _SHORT_BINUNICODE:  # two per tensor: no call
+                w4 = 4 if c == _BINUNICODE else 1
+                start = pos + 1 + w4
+                if start > n:
+                    raise OpcodeError("pickle data was truncated")
+                nxt = start + int.from_bytes(data[pos + 1:start], "little")
+                if nxt > n:
+                    raise OpcodeError("pickle data was truncated")
+                try:
+                    arg = str(data[start:nxt], "utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    raise OpcodeError(f"{NAMES[c]} is not UTF-8") from None
             elif k == _SLOW:
                 arg, nxt = read_arg(data, NAMES[c], pos + 1, n)
             else:
@@ -269,6 +284,20 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 stack.extend(pushes)
             count += 1
             pos = nxt
+            # a torch pickle memoizes every value it pushes: the put that follows is done
+            # here, without a turn of the loop (a put at the end of the data is left to it)
+            if pos + 5 <= n:
+                c = data[pos]
+                if c == _BINPUT:
+                    memo[data[pos + 1]] = stack[-1] if stack else OTHER
+                elif c == _LONG_BINPUT:
+                    memo[int.from_bytes(data[pos + 1:pos + 5], "little")] = (
+                        stack[-1] if stack else OTHER)
+                else:
+                    continue
+                last = pos + 1
+                count += 1
+                pos += 2 if c == _BINPUT else 5
     except (Stop, OpcodeError) as e:
         raise type(e)(e.args[0], count, last, deepest) from None
 
