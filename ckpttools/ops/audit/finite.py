@@ -128,7 +128,10 @@ def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int,
     if path not in files:
         files[path] = fileio.open_binary(path)
     if not fileio.is_remote_file(files[path]):
-        return _check_mapped(files[path], offset, length, dtype, pool)
+        try:
+            return _check_mapped(files[path], offset, length, dtype, pool)
+        except OSError:  # a file system that cannot map files: read the range instead
+            pass
     nan = inf = 0
     for view in _raw_chunks(files[path], offset, length, dtype.itemsize, pool, bufs):
         a, b = _counts(torch.frombuffer(view, dtype=dtype))
