@@ -216,8 +216,7 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                     raise OpcodeError("pickle data was truncated")
                 arg: Any = None
             elif c == _BINUNICODE or c == _SHORT_BINUNICODE:  # two per tensor: no call
-                w4 = 4 if c == _BINUNICODE else 1
-                start = pos + 1 + w4
+                start = pos + (5 if c == _BINUNICODE else 2)  # past the 4- or 1-byte count
                 if start > n:
                     raise OpcodeError("pickle data was truncated")
                 nxt = start + int.from_bytes(data[pos + 1:start], "little")
