@@ -26,7 +26,7 @@ def structure_kind(node: Any) -> str | None:
     """The kind a subtree's keys prove, or None when its keys say nothing."""
     if not isinstance(node, dict):
         return None
-    keys = {str(k) for k in node}
+    keys = set(map(str, node))
     if {"state", "param_groups"} <= keys:
         return "optimizer"
     if any(s <= keys for s in _SCHEDULER_KEYS):

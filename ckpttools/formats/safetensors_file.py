@@ -99,11 +99,13 @@ class _DuplicateKey(Exception):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(pairs)  # one C call per object; a name given twice makes it shorter
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
 
 
@@ -122,17 +124,21 @@ def _parse_entry(path: str, name: str, info: Any) -> _Tensor:
                                    "torch cannot hold unpacked")
         raise CorruptCheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; "
                                      "the file is damaged or from a newer safetensors")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r}; "
-                                     "expected a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+    numel = 1
+    if isinstance(shape, list):
+        for d in shape:  # one loop checks and multiplies (no generator per entry)
+            if type(d) is not int or d < 0:
+                shape = None
+                break
+            numel *= d
+    if not isinstance(shape, list):
+        raise CorruptCheckpointError(f"{path}: tensor {name!r} has a bad shape "
+                                     f"{info.get('shape')!r}; expected a list of non-negative "
+                                     "integers")
+    begin, end = offsets if isinstance(offsets, list) and len(offsets) == 2 else (None, None)
+    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
         raise CorruptCheckpointError(f"{path}: tensor {name!r} has bad data_offsets "
                                      f"{offsets!r}; expected [begin, end]")
-    numel = 1
-    for d in shape:
-        numel *= d
-    begin, end = offsets
     if end - begin != numel * DTYPES[dtype][1]:
         raise CorruptCheckpointError(
             f"{path}: tensor {name!r} spans {end - begin} bytes but {dtype} {shape} needs "

@@ -109,7 +109,18 @@ def _unflatten_top(tree: Any) -> Any:
     nested ``tree()`` report it; a flat state_dict is returned as it is."""
     if not isinstance(tree, dict):
         return tree
-    firsts = {str(k).split(".", 1)[0] for k in tree}
+    if _UNFLAT and _UNFLAT[0] is tree:  # asked twice of one reader's tree (20,000 keys)
+        return _UNFLAT[1]
+    grouped = _group_top(tree)
+    _UNFLAT[:] = [tree, grouped]
+    return grouped
+
+
+_UNFLAT: list[Any] = []  # [tree, its grouping]: a reader's tree is never changed after reading
+
+
+def _group_top(tree: dict[Any, Any]) -> Any:
+    firsts = {k.partition(".")[0] for k in map(str, tree)}
     has_model = any(f in STATE_DICT_KEYS for f in firsts)
     has_other = any(f in NON_MODEL_KEYS for f in firsts) or any(
         not isinstance(v, (TensorRef, dict)) for v in tree.values())
@@ -165,7 +176,8 @@ def _view(reader: CheckpointReader, node: Any, prefix: str, how: How,
         if isinstance(leaf, TensorRef):
             entry = by_key.get(leaf.key)
             if isinstance(entry, TensorEntry):
-                tensors.append(dataclasses.replace(entry, key=rel))
+                # a top-level state_dict's keys are already relative: no copy per tensor
+                tensors.append(entry if entry.key == rel else dataclasses.replace(entry, key=rel))
         elif not isinstance(leaf, ObjectPlaceholder):
             full = f"{prefix}.{rel}" if prefix else rel
             obj = by_key.get(full)
@@ -194,6 +206,11 @@ def find_state_dict(reader: CheckpointReader, key: str | None = None) -> StateDi
         >>> view.prefix, len(view.entries)
         ('state_dict', 122)
     """
+    return _view(reader, *_locate(reader, key))
+
+
+def _locate(reader: CheckpointReader, key: str | None) -> tuple[Any, str, How, tuple[str, ...]]:
+    """``find_state_dict``'s choice: ``(subtree, prefix, how, other candidates)``."""
     tree = reader.tree()
     if key is not None:
         try:
@@ -204,17 +221,16 @@ def find_state_dict(reader: CheckpointReader, key: str | None = None) -> StateDi
         if _tensor_count(node) == 0:
             raise KeyNotFoundError(f"{reader.path}: '{key}' holds no tensors; "
                             "give --key the path of the model's state_dict")
-        return _view(reader, node, key, "key")
+        return node, key, "key", ()
     not_model = structure_kind(_unflatten_top(tree))
     if not_model is not None:
         raise KeyNotFoundError(f"{reader.path}: holds {_KIND_TEXT[not_model]}, not model "
                                "weights; give the model's weights file (or --key)")
     trainer_key = _trainer_model_key(reader)
     if trainer_key is not None:
-        return _view(reader, _subtree(tree, trainer_key), trainer_key, "found")
+        return _subtree(tree, trainer_key), trainer_key, "found", ()
     prefix, others = find_prefix(tree)
-    node = _subtree(tree, prefix)
-    return _view(reader, node, prefix, "found" if prefix else "top-level", tuple(others))
+    return _subtree(tree, prefix), prefix, "found" if prefix else "top-level", tuple(others)
 
 
 _KIND_TEXT = {"optimizer": "an optimizer state (state + param_groups)",
@@ -234,10 +250,13 @@ def default_state_dict_key(reader: CheckpointReader) -> str | None:
     """The key of the state_dict commands pick without ``--key``; None when the checkpoint holds
     no model weights (an optimizer state alone) or no tensors."""
     try:
-        view = find_state_dict(reader)
+        node, prefix, _, _ = _locate(reader, None)
     except KeyNotFoundError:
         return None
-    return view.prefix if view.entries else None
+    # what ``find_state_dict(reader).entries`` would hold, without building the entries
+    by_key = {e.key: e for e in reader.entries() if isinstance(e, TensorEntry)}
+    has = any(isinstance(leaf, TensorRef) and leaf.key in by_key for _, leaf in iter_leaves(node))
+    return prefix if has else None
 
 
 def state_dict_candidates(reader: CheckpointReader) -> list[StateDictView]:

@@ -127,6 +127,8 @@ def _depth_of(items: list[Any]) -> int:
 
 
 _BINFLOAT = ord("G")
+_BINUNICODE, _SHORT_BINUNICODE = ord("X"), 0x8C
+_BINPUT, _LONG_BINPUT = ord("q"), ord("r")
 _DOUBLE = struct.Struct(">d")
 
 
@@ -228,11 +230,12 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
     count = deepest = 0
     last = pos
     frame_end = _NO_FRAME
+    limit = budget if budget is not None else 1 << 62
     try:
         while True:
             if pos >= n:
                 raise OpcodeError("pickle data was truncated (no STOP opcode)")
-            if count == budget:
+            if count >= limit:
                 raise _Probed()
             c = data[pos]
             k = width_at[c]
@@ -241,6 +244,19 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 if nxt > n:
                     raise OpcodeError("pickle data was truncated")
                 arg: Any = None
+            elif c == _BINUNICODE or c == _SHORT_BINUNICODE:  # two per tensor: no call
+                start = pos + (5 if c == _BINUNICODE else 2)  # past the 4- or 1-byte count
+                if start > n:
+                    raise OpcodeError("pickle data was truncated")
+                nxt = start + int.from_bytes(data[pos + 1:start], "little")
+                if nxt > n:
+                    raise OpcodeError("pickle data was truncated")
+                if nxt > frame_end and pos < frame_end:
+                    _cross_frame(w, base + pos)
+                try:
+                    arg = str(data[start:nxt], "utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    raise OpcodeError(f"{NAMES[c]} is not UTF-8") from None
             elif k == _SLOW:
                 arg, nxt = _read_framed(w, data, c, pos, n, frame_end, base)
             else:
@@ -304,6 +320,25 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 stack.extend(pushes)
             count += 1
             pos = nxt
+            # a torch pickle memoizes every value it pushes: the put that follows is done
+            # here, without a turn of the loop (a put at the end of the data is left to it)
+            if pos + 5 <= n:
+                c = data[pos]
+                if c == _BINPUT:
+                    nxt = pos + 2
+                elif c == _LONG_BINPUT:
+                    nxt = pos + 5
+                else:
+                    continue
+                if nxt > frame_end:
+                    if pos < frame_end:
+                        _cross_frame(w, base + pos)
+                    frame_end = _NO_FRAME
+                memo[data[pos + 1] if c == _BINPUT else int.from_bytes(data[pos + 1:nxt], "little")] \
+                    = stack[-1] if stack else OTHER
+                last = pos + 1
+                count += 1
+                pos = nxt
     except (Stop, OpcodeError) as e:
         raise type(e)(e.args[0], count, last, deepest) from None
 

@@ -54,26 +54,32 @@ def _children(node: Any) -> tuple[Any, ...] | None:
     return None
 
 
+_CONTAINERS = (dict, list, tuple, set, frozenset, ObjectPlaceholder)  # what has _children
+
+
 def expanded_size(root: Any, limit: int) -> int:
     """How many values ``root`` has once shared references are expanded (as a recursive walk
     of the tree would visit them), counted in time linear in the distinct nodes; stops
     counting past ``limit``."""
     sizes: dict[int, int] = {}
     active: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
+    # (node, None) to visit; (node, (children, inner)) once its inner children are counted
+    stack: list[tuple[Any, Any]] = [(root, None)]
     while stack:
         node, done = stack.pop()
-        kids = _children(node)
         key = id(node)
-        if kids is None or (not done and (key in sizes or key in active)):
-            continue
-        if not done:
+        if done is None:
+            kids = _children(node)
+            if kids is None or key in sizes or key in active:
+                continue
             active.add(key)
-            stack.append((node, True))
-            stack.extend((k, False) for k in kids)
+            inner = [k for k in kids if isinstance(k, _CONTAINERS)]  # leaves count 1 each
+            stack.append((node, (len(kids), inner)))
+            stack.extend((k, None) for k in inner)
             continue
         active.discard(key)
-        sizes[key] = min(limit + 1, 1 + sum(sizes.get(id(k), 1) for k in kids))
+        count, inner = done
+        sizes[key] = min(limit + 1, 1 + count + sum(sizes.get(id(k), 1) - 1 for k in inner))
     return sizes.get(id(root), 1)
 
 

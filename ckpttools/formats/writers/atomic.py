@@ -5,13 +5,16 @@ A crash or an error never leaves a partial destination, and the source is never 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ckpttools.errors import OutputError
+from ckpttools.formats.writers.bytecopy import CHUNK, write_all, write_behind
 
 
 def check_destination(src: str, dest: str, *, force: bool) -> None:
@@ -77,3 +80,41 @@ def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
         elif os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class _WriteBehind(io.RawIOBase):
+    """A file written front to back whose bytes are handed to the disk every ``CHUNK`` as they
+    are written (``write_behind``), so the final fsync has little left to wait for."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pending = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        write_all(self._fd, view)
+        self._pending += len(view)
+        if self._pending >= CHUNK:
+            write_behind(self._fd, self._pending)
+            self._pending = 0
+        return len(view)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if not self.closed:
+            write_behind(self._fd, self._pending)
+            os.close(self._fd)
+        super().close()
+
+
+@contextmanager
+def write_behind_file(path: str) -> Iterator[io.BufferedWriter]:
+    """Open ``path`` for a front-to-back write (``torch.save(obj, f)``) that goes to the disk
+    while it is written; fsync it afterwards (``atomic_output`` does) for durability."""
+    with io.BufferedWriter(_WriteBehind(path), buffer_size=1 << 20) as f:
+        yield f

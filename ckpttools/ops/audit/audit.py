@@ -215,8 +215,9 @@ def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model
                on_progress: Callable[[int], None] | None) -> list[CheckResult]:
     from ckpttools.ops.audit.finite import check_finite
 
-    integrity, reader = _integrity(path)
+    # the scan first: the reader then reuses its walk of the same pickle instead of walking again
     scan = scan_checkpoint(path, allow=config.allow_globals)
+    integrity, reader = _integrity(path)
     rows = [integrity, _safety(path, scan, config.allow_unknown)]
     later = ["finite"] + (["model"] if sig else []) + (["completeness"] if config.require else [])
     later += ["policy"] if config.dtype or config.max_size is not None else []

@@ -1,16 +1,20 @@
 """The audit's NaN/Inf check: one ``torch.aminmax`` pass per tensor (NaN propagates to both
 ends, Inf shows as an end), counting NaN and Inf only in tensors that fail it.
 
-Tensors whose bytes are one contiguous range of the file are read into two reused buffers, the
-next chunk read on a helper thread while the current one is checked (both release the GIL), so
-memory stays at the buffers' size whatever the file size; an mmap would leave every page it
-touched resident. Other tensors come from ``reader.load`` one at a time.
+Tensors whose bytes are one contiguous range of a local file are checked in 32 MB windows of it,
+each mapped on its own (``MAP_POPULATE``: the page cache's pages, no copy) on a helper thread
+while the window before is checked, and unmapped once checked, so memory stays at two windows
+whatever the file size (a map of the whole file would leave every page it touched resident).
+Over a URL the windows are read into two reused buffers instead. Other tensors come from
+``reader.load`` one at a time.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
@@ -70,12 +74,64 @@ def _raw_chunks(f: IO[bytes], offset: int, length: int, itemsize: int,
         yield view
 
 
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: the pages mapped at once, not per fault
+
+
+def _map_window(f: IO[bytes], at: int, n: int) -> tuple[mmap.mmap, int]:
+    """``(map, start of the range in it)`` of the file's bytes ``at .. at + n``."""
+    base = at - at % mmap.ALLOCATIONGRANULARITY
+    try:  # mmap refuses a window past the end of the file (no SIGBUS later)
+        m = mmap.mmap(f.fileno(), n + at - base, flags=mmap.MAP_SHARED | _POPULATE,
+                      prot=mmap.PROT_READ, offset=base)
+    except ValueError as e:
+        raise EOFError(f"file ends inside a tensor's data ({e})") from e
+    return m, at - base
+
+
+def _check_mapped(f: IO[bytes], offset: int, length: int, dtype: Any,
+                  pool: ThreadPoolExecutor) -> tuple[int, int]:
+    """``_check_raw`` of a local file: each window mapped ahead on ``pool`` (the mmap call
+    releases the GIL) while the one before is checked, and unmapped once checked."""
+    import torch
+
+    step = max(dtype.itemsize, CHUNK_BYTES - CHUNK_BYTES % dtype.itemsize)
+    spans = [(offset + i, min(step, length - i)) for i in range(0, length, step)]
+    nan = inf = 0
+    pending = pool.submit(_map_window, f, *spans[0]) if spans else None
+    for i, (_, n) in enumerate(spans):
+        assert pending is not None
+        m, start = pending.result()
+        pending = pool.submit(_map_window, f, *spans[i + 1]) if i + 1 < len(spans) else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only map warns; it is never written
+                t = torch.frombuffer(m, dtype=dtype, count=n // dtype.itemsize, offset=start)
+            a, b = _counts(t)
+            del t  # nothing may view the map when it is closed
+            nan, inf = nan + a, inf + b
+        except BaseException:
+            if pending is not None:  # the window mapped ahead will not be checked
+                pending.cancel() or pending.result()[0].close()
+            raise
+        finally:
+            try:
+                m.close()
+            except BufferError:  # an error left a view of it: it is unmapped when freed
+                pass
+    return nan, inf
+
+
 def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int, dtype: Any,
                pool: ThreadPoolExecutor, bufs: list[bytearray]) -> tuple[int, int]:
     import torch
 
     if path not in files:
         files[path] = fileio.open_binary(path)
+    if not fileio.is_remote_file(files[path]):
+        try:
+            return _check_mapped(files[path], offset, length, dtype, pool)
+        except OSError:  # a file system that cannot map files: read the range instead
+            pass
     nan = inf = 0
     for view in _raw_chunks(files[path], offset, length, dtype.itemsize, pool, bufs):
         a, b = _counts(torch.frombuffer(view, dtype=dtype))

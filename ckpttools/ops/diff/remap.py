@@ -16,7 +16,8 @@ from typing import Any
 
 from ckpttools.entries import ObjectPlaceholder, TensorRef
 from ckpttools.errors import InvalidArgumentError, OutputError, UnsafeCheckpointError
-from ckpttools.formats.writers.atomic import atomic_output, check_destination
+from ckpttools.formats.writers.atomic import atomic_output, check_destination, write_behind_file
+from ckpttools.formats.writers.state_dict_zip import copy_plan, write_renamed
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.formats.registry import open_checkpoint
 from ckpttools.keypaths import get_path
@@ -151,13 +152,20 @@ def _replace_at(tree: Any, prefix: str, value: dict[str, Any]) -> Any:
 
 
 def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
-               pairs: list[tuple[str, str]], trust: bool, keep_wrapper: bool) -> None:
-    import torch
-
+               pairs: list[tuple[str, str]], trust: bool, keep_wrapper: bool,
+               on_progress: Callable[[int], None]) -> None:
     if not keep_wrapper or not view.prefix:
         # a plain dict: no _metadata, so BatchNorm fills absent num_batches_tracked with 0
-        torch.save({n: reader.load(view.source_key(o)) for o, n in pairs}, tmp)
+        plan = copy_plan(reader, [(view.source_key(o), n) for o, n in pairs])
+        if plan is not None:  # storage records copied as they are: no torch, no re-encoding
+            write_renamed(tmp, plan, reader.path, on_progress=on_progress)
+            return
+        import torch
+
+        _save(torch, {n: reader.load(view.source_key(o)) for o, n in pairs}, tmp)
         return
+    import torch
+
     if trust:
         # the user vouches for the file: keep every object exactly as torch restores it
         whole = torch.load(reader.path, map_location="cpu", weights_only=False)
@@ -166,7 +174,14 @@ def _write_pth(tmp: str, reader: CheckpointReader, view: StateDictView,
     else:
         whole = _rebuild(reader.tree(), reader)
         new = {n: reader.load(view.source_key(o)) for o, n in pairs}
-    torch.save(_replace_at(whole, view.prefix, new), tmp)
+    _save(torch, _replace_at(whole, view.prefix, new), tmp)
+
+
+def _save(torch: Any, obj: Any, tmp: str) -> None:
+    """``torch.save`` with each chunk handed to the disk as it is written: the durable fsync
+    that follows then waits for little (as convert's writers do)."""
+    with write_behind_file(tmp) as f:
+        torch.save(obj, f)
 
 
 def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
@@ -186,7 +201,8 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
         trust: allow full unpickling, for nested checkpoints holding arbitrary objects.
         keep_wrapper: a torch ``dst`` keeps the rest of a nested checkpoint around the
             state_dict (by default it holds the state_dict alone).
-        on_progress: called with byte counts while writing safetensors.
+        on_progress: called with byte counts while writing (safetensors, or a torch zip
+            copied by storage record).
 
     Returns:
         The old -> new key table and what was dropped.
@@ -209,7 +225,7 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
                 if fmt == "safetensors":
                     _write_safetensors(tmp, reader, view, pairs, on_progress)
                 else:
-                    _write_pth(tmp, reader, view, pairs, trust, keep_wrapper)
+                    _write_pth(tmp, reader, view, pairs, trust, keep_wrapper, on_progress)
     return RemapResult(src, dst, view.prefix, tuple(pairs), tuple(dropped), fmt, not dry_run,
                        notes)
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckpttools.formats.pickle.genops import OpcodeError, iter_ops
-from ckpttools.formats.pickle.opwalk import max_tuple_depth
+from ckpttools.formats.pickle.opwalk import max_tuple_depth, walk_ops
 from ckpttools.ops.audit.opcodes import scan_opcodes
 
 MARKER = b"cmarker\nfn\n)R."  # GLOBAL marker.fn, EMPTY_TUPLE, REDUCE, STOP
@@ -168,3 +168,36 @@ def test_legacy_magic_is_read_as_the_unpickler_reads_it(blob: bytes) -> None:
     except Exception:
         expected = False
     assert is_legacy_magic(blob) is expected
+
+
+def _ops_before_error(data: bytes) -> int:
+    count = 0
+    try:
+        for _ in iter_ops(data):
+            count += 1
+    except OpcodeError:
+        pass
+    return count
+
+
+@pytest.mark.parametrize("protocol, inline", [(2, {"BINUNICODE", "BINPUT", "LONG_BINPUT"}),
+                                               (4, {"SHORT_BINUNICODE"})])
+def test_the_walk_stops_where_the_opcode_reader_does_at_every_cut(protocol: int,
+                                                                   inline: set[str]) -> None:
+    # strings (BINUNICODE, SHORT_BINUNICODE) and memo puts (BINPUT, and LONG_BINPUT past 256
+    # values) are read inline by the walk; each cut of the stream must stop it where genops stops
+    value = {f"k{i}": [f"v{i}", i] for i in range(90)}
+    data = pickle.dumps(value, protocol=protocol)
+    assert inline <= {name for name, _, _ in iter_ops(data)}
+    for cut in range(len(data) + 1):
+        walk = walk_ops(data[:cut], "p")
+        assert walk.opcodes == _ops_before_error(data[:cut]), cut
+        assert walk.malformed == (cut < len(data)), cut
+
+
+def test_a_string_that_is_not_utf8_stops_the_walk_there() -> None:
+    for op, count in ((b"X", b"\x02\x00\x00\x00"), (b"\x8c", b"\x02")):
+        data = b"\x80\x04" + op + count + b"\xff\xfe" + b"q\x00" + MARKER
+        walk = walk_ops(data, "p")
+        assert walk.malformed and "not UTF-8" in walk.error and walk.opcodes == 1
+        assert not _scanner_reaches_marker(data) and not _cpython_reaches_marker(data)
