@@ -65,9 +65,9 @@ def _cold_chart(pair: tuple[Path, Path], fmt: str) -> bytes:
 @pytest.mark.parametrize("fmt", ["png", "svg"])
 def test_diff_chart_does_not_depend_on_the_warm_up(pair: tuple[Path, Path], tmp_path: Path,
                                                    fmt: str) -> None:
-    """``diff A B --plot`` imports matplotlib in a thread while the pairs are compared and draws
-    a throwaway figure there: the chart it writes has the bytes of one drawn cold, and a chart
-    asked for while the thread still works waits for it (matplotlib is not thread-safe)."""
+    """``diff A B --plot`` imports matplotlib in a thread while the pairs are compared: the chart
+    it writes has the bytes of one drawn by a process that did nothing else, and a chart asked
+    for while the thread still imports waits for it (matplotlib is not thread-safe)."""
     from ckpttools.formats.registry import open_checkpoint
     from ckpttools.ops.diff.pair import diff_checkpoints
     from ckpttools.render import plots

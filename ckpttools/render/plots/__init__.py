@@ -64,10 +64,8 @@ def warm_up(torch_first: bool = False) -> threading.Thread:
     command comes back from a kernel it waits for the importing thread to let go of the GIL: up to
     the switch interval, 5 ms by default, and a chunk of ``diff`` makes a dozen such calls, so the
     command would be slower by about as long as the import took. The interval is 0.1 ms while the
-    thread runs. After the import the thread draws a small throwaway figure, so the fonts, the PNG
-    writer and the layout engine are loaded before the real figure is drawn (the bytes of a figure
-    do not depend on it: tested). Nothing matplotlib imports imports torch, so the two threads'
-    imports cannot wait on each other in a circle.
+    thread runs. Nothing matplotlib imports imports torch, so the two threads' imports cannot wait
+    on each other in a circle.
 
     Args:
         torch_first: the command imports torch anyway: the thread waits for that import (or
@@ -83,12 +81,11 @@ def warm_up(torch_first: bool = False) -> threading.Thread:
         try:
             if torch_first:
                 import torch  # noqa: F401
-            fig, ax = new_figure(1, 1)
-            ax.bar([0], [1])
-            ax.set_xticks([0], ["x"], rotation=90)
-            ax.annotate("x", (0, 1), bbox={"boxstyle": "round"})
-            ax.set_title("x")
-            figure_bytes(fig, "png")
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
         except Exception:  # noqa: BLE001 - the import in new_figure raises it again, in order
             pass
         finally:
