@@ -88,6 +88,23 @@ def test_diff_chart_does_not_depend_on_the_warm_up(pair: tuple[Path, Path], tmp_
     assert not thread.is_alive()
 
 
+def test_diff_plot_starts_the_import_after_the_first_chunk_pair() -> None:
+    """The comparison's memory peaks at its first chunk pair: matplotlib's import starts after
+    it (at the second progress report), once, and every report still reaches the progress bar."""
+    from ckpttools.cli.diff_cmd import _warm_after_first_chunk
+    from ckpttools.render import plots
+
+    seen: list[int] = []
+    step = _warm_after_first_chunk(seen.append)
+    before = len(plots._WARMING)
+    step(8)
+    assert len(plots._WARMING) == before
+    step(8)
+    step(8)
+    assert len(plots._WARMING) == before + 1 and seen == [8, 8, 8]
+    plots._WARMING[-1].join()
+
+
 @pytest.mark.parametrize("name", ["changes.jpg", "changes"])
 def test_plot_extension_is_checked_before_the_work(runner: CliRunner, pair: tuple[Path, Path],
                                                    tmp_path: Path, name: str) -> None:

@@ -61,11 +61,10 @@ def warm_up(torch_first: bool = False) -> threading.Thread:
 
     The import takes about half a second of pure Python; the commands spend their time reading
     and in torch kernels that release the GIL, so on a second core the two overlap. Each time the
-    command comes back from a kernel it waits for the importing thread to let go of the GIL: up to
-    the switch interval, 5 ms by default, and a chunk of ``diff`` makes a dozen such calls, so the
-    command would be slower by about as long as the import took. The interval is 0.1 ms while the
-    thread runs. Nothing matplotlib imports imports torch, so the two threads' imports cannot wait
-    on each other in a circle.
+    command comes back from a read or a kernel it may wait for the importing thread to let go of
+    the GIL, up to the switch interval (5 ms by default), and a chunk of ``diff`` makes a dozen
+    such calls: the interval is 0.1 ms while the thread imports. Nothing matplotlib imports
+    imports torch, so the two threads' imports cannot wait on each other in a circle.
 
     Args:
         torch_first: the command imports torch anyway: the thread waits for that import (or
