@@ -31,19 +31,17 @@ def html_opt(f: F) -> F:
                         help="Also write a self-contained HTML report to FILE.")(f)
 
 
-def check_plot(path: str | None, torch_first: bool = False, worker: bool = False) -> str | None:
+def check_plot(path: str | None, torch_first: bool = False, warm: bool = True) -> str | None:
     """The figure format for ``--plot`` (``png``/``svg``), checked before the work starts;
-    ``torch_first`` for a command that imports torch anyway (see ``warm_up``), ``worker`` for
-    one whose figure ``worker.py`` draws in a second process."""
+    ``torch_first`` for a command that imports torch anyway (see ``warm_up``); ``warm=False``
+    for one that starts ``warm_up`` itself, later in its work."""
     if path is None:
         return None
-    from ckpttools.render.plots import figure_format, require_matplotlib, start_worker, warm_up
+    from ckpttools.render.plots import figure_format, require_matplotlib, warm_up
 
     fmt = figure_format(path)
     require_matplotlib("--plot")
-    if worker:
-        start_worker()
-    else:
+    if warm:
         warm_up(torch_first)
     return fmt
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -67,7 +68,7 @@ def diff(ctx: click.Context, path: str, other: str | None, model_spec: str | Non
     warn_trusted(trust)
     if model_spec is not None and plot is not None:
         raise click.UsageError("--plot goes with OTHER (diff A B)")
-    plot_fmt = check_plot(plot, worker=True)
+    plot_fmt = check_plot(plot, warm=False)
     if model_spec is not None:
         ok = _diff_model(path, model_spec, model_args, key, rules_out, output_format, trust,
                          allow_tied)
@@ -126,13 +127,30 @@ def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust:
     with open_checkpoint(path, trust=trust) as a, open_checkpoint(other, trust=trust) as b:
         total = 2 * sum(e.nbytes for e in a.tensor_entries())
         with byte_progress(total, "comparing") as advance:
-            result = diff_checkpoints(a, b, atol=atol, rtol=rtol, on_progress=advance)
+            step = _warm_after_first_chunk(advance) if plot_fmt else advance
+            result = diff_checkpoints(a, b, atol=atol, rtol=rtol, on_progress=step)
     click.echo(render_checkpoint_diff(result, fmt))
     if plot is not None and plot_fmt is not None:
-        from ckpttools.render.plots import draw_in_worker
-        from ckpttools.render.plots.diff import change_rows, plot_changes
+        from ckpttools.render.plots.diff import plot_diff
 
-        rows, compared = change_rows(result), len(result.tensors)
-        data = draw_in_worker(rows, compared, plot_fmt) or plot_changes(rows, compared, plot_fmt)
-        write_file(plot, data, "the layer-change chart")
+        write_file(plot, plot_diff(result, plot_fmt), "the layer-change chart")
     return result.ok
+
+
+def _warm_after_first_chunk(advance: Callable[[int], None]) -> Callable[[int], None]:
+    """``advance``, which also starts matplotlib's import (``warm_up``) once the first chunk pair
+    has been compared: the comparison's memory peaks there (its buffers, torch's first kernels),
+    so the import's 30 MB come on top of its steady state, not of its peak. Progress is reported
+    before each chunk pair is compared: the second report is the first chunk pair done."""
+    calls = 0
+
+    def step(n: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            from ckpttools.render.plots import warm_up
+
+            warm_up()
+        advance(n)
+
+    return step

@@ -43,25 +43,66 @@ def test_diff_plot_keeps_the_report(runner: CliRunner, pair: tuple[Path, Path], 
     png_size(out) if ext == "png" else svg_root(out)
 
 
-def test_diff_chart_from_the_drawing_process_equals_one_drawn_here(pair: tuple[Path, Path]) -> None:
-    """``diff A B --plot`` has its chart drawn by a second process that imported matplotlib
-    meanwhile: the same bytes as drawing it in this process; a dead worker means None (the
-    command then draws it itself)."""
+_DRAW_COLD = """
+import sys
+from ckpttools.formats.registry import open_checkpoint
+from ckpttools.ops.diff.pair import diff_checkpoints
+from ckpttools.render.plots.diff import plot_diff
+with open_checkpoint(sys.argv[1]) as a, open_checkpoint(sys.argv[2]) as b:
+    result = diff_checkpoints(a, b)
+sys.stdout.buffer.write(plot_diff(result, sys.argv[3]))
+"""
+
+
+def _cold_chart(pair: tuple[Path, Path], fmt: str) -> bytes:
+    """The chart drawn by a fresh process that imports matplotlib only to draw it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _DRAW_COLD, *map(str, pair), fmt], cwd=ROOT,
+                          env=env, capture_output=True, timeout=120, check=True)
+    return done.stdout
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_diff_chart_does_not_depend_on_the_warm_up(pair: tuple[Path, Path], tmp_path: Path,
+                                                   fmt: str) -> None:
+    """``diff A B --plot`` imports matplotlib in a thread while the pairs are compared: the chart
+    it writes has the bytes of one drawn by a process that did nothing else, and a chart asked
+    for while the thread still imports waits for it (matplotlib is not thread-safe)."""
     from ckpttools.formats.registry import open_checkpoint
     from ckpttools.ops.diff.pair import diff_checkpoints
     from ckpttools.render import plots
-    from ckpttools.render.plots.diff import change_rows, plot_diff
+    from ckpttools.render.plots.diff import plot_diff
 
+    cold = _cold_chart(pair, fmt)
+    out = tmp_path / f"changes.{fmt}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "ckpttools", "diff", *map(str, pair), "--plot",
+                           str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert out.read_bytes() == cold
     with open_checkpoint(str(pair[0])) as ra, open_checkpoint(str(pair[1])) as rb:
         result = diff_checkpoints(ra, rb)
-    rows, compared = change_rows(result), len(result.tensors)
-    plots.start_worker()
-    drawn = plots.draw_in_worker(rows, compared, "svg")
-    assert drawn is not None and drawn == plot_diff(result, "svg")
-    assert plots.draw_in_worker(rows, compared, "svg") is None  # one figure per worker
-    plots.start_worker()
-    plots._WORKER.kill()
-    assert plots.draw_in_worker(rows, compared, "svg") is None
+    thread = plots.warm_up()
+    assert plot_diff(result, fmt) == cold
+    assert not thread.is_alive()
+
+
+def test_diff_plot_starts_the_import_after_the_first_chunk_pair() -> None:
+    """The comparison's memory peaks at its first chunk pair: matplotlib's import starts after
+    it (at the second progress report), once, and every report still reaches the progress bar."""
+    from ckpttools.cli.diff_cmd import _warm_after_first_chunk
+    from ckpttools.render import plots
+
+    seen: list[int] = []
+    step = _warm_after_first_chunk(seen.append)
+    before = len(plots._WARMING)
+    step(8)
+    assert len(plots._WARMING) == before
+    step(8)
+    step(8)
+    assert len(plots._WARMING) == before + 1 and seen == [8, 8, 8]
+    plots._WARMING[-1].join()
 
 
 @pytest.mark.parametrize("name", ["changes.jpg", "changes"])

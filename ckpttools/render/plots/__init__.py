@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.errors import InvalidArgumentError, UnsupportedError
@@ -48,59 +50,33 @@ def require_matplotlib(option: str = "--plot") -> None:
         raise UnsupportedError(f"{option}: figures need matplotlib, which is not installed; {INSTALL}")
 
 
-_WORKER: Any = None
+# While matplotlib is imported beside the command's work, the interpreter hands the GIL back to a
+# waiting thread after this long (the default is 5 ms): see ``warm_up``.
+IMPORT_SWITCH_S = 1e-4
+_WARMING: list[threading.Thread] = []
 
 
-def start_worker() -> None:
-    """Start ``worker.py`` (matplotlib imported on the other core while the command works)."""
-    import subprocess
-    import sys
-
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = subprocess.Popen([sys.executable, "-m", "ckpttools.render.plots.worker"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL)
-
-
-def draw_in_worker(rows: list[tuple[str, float | None, str]], compared: int,
-                   fmt: str) -> bytes | None:
-    """The layer-change chart (``diff.plot_changes``) drawn by the worker, or None when there is
-    none or it failed (the caller then draws it here)."""
-    import json
-    import struct
-
-    global _WORKER
-    worker, _WORKER = _WORKER, None
-    if worker is None:
-        return None
-    job = json.dumps({"rows": rows, "compared": compared, "format": fmt})  # inf as Infinity
-    try:
-        out, _ = worker.communicate(job.encode(), timeout=120)
-    except Exception:  # noqa: BLE001 - a stuck or dead worker: draw in this process instead
-        worker.kill()
-        return None
-    if worker.returncode != 0 or len(out) < 8:
-        return None
-    (n,) = struct.unpack("<Q", out[:8])
-    return out[8:8 + n] if len(out) == 8 + n else None
-
-
-def warm_up(torch_first: bool = False) -> None:
+def warm_up(torch_first: bool = False) -> threading.Thread:
     """Import matplotlib in a background thread while the command does its work.
 
-    The import takes about half a second of pure Python; ``diff A B`` spends its time reading and
-    in torch kernels that release the GIL, so on a second core the two overlap. Nothing matplotlib
-    imports imports torch, so the two threads' imports cannot wait on each other in a circle.
+    The import takes about half a second of pure Python; the commands spend their time reading
+    and in torch kernels that release the GIL, so on a second core the two overlap. Each time the
+    command comes back from a read or a kernel it may wait for the importing thread to let go of
+    the GIL, up to the switch interval (5 ms by default), and a chunk of ``diff`` makes a dozen
+    such calls: the interval is 0.1 ms while the thread imports. Nothing matplotlib imports
+    imports torch, so the two threads' imports cannot wait on each other in a circle.
 
     Args:
         torch_first: the command imports torch anyway: the thread waits for that import (or
             makes it) before its own, as two pure-Python imports side by side only take turns
             on the GIL and the command's would be slower by as much (measured: 0.5 s at 1 GB).
-    """
-    import threading
 
+    Returns:
+        The thread (a daemon: ``new_figure`` waits for it, nothing else needs to).
+    """
     def load() -> None:
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(IMPORT_SWITCH_S)
         try:
             if torch_first:
                 import torch  # noqa: F401
@@ -111,13 +87,21 @@ def warm_up(torch_first: bool = False) -> None:
             import matplotlib.figure  # noqa: F401
         except Exception:  # noqa: BLE001 - the import in new_figure raises it again, in order
             pass
+        finally:
+            sys.setswitchinterval(before)
 
-    threading.Thread(target=load, name="ckpttools-matplotlib", daemon=True).start()
+    thread = threading.Thread(target=load, name="ckpttools-matplotlib", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
+    return thread
 
 
 def new_figure(width: float, height: float, rows: int = 1, **grid: Any) -> tuple[Figure, Any]:
     """A figure and its axes (a list when ``rows`` > 1), on the Agg canvas."""
     require_matplotlib()
+    # matplotlib is not thread-safe: a figure is drawn once ``warm_up``'s thread is done
+    while _WARMING and _WARMING[0] is not threading.current_thread():
+        _WARMING.pop(0).join()
     import matplotlib
 
     matplotlib.use("Agg", force=False)
