@@ -324,6 +324,24 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     return f
 
 
+def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> list[Finding]:
+    """Whole modules on one side nobody explains, next to a changed layer shape: the network was
+    modified (new modules and another input or width), not another variant of the same code.
+
+    A variant changes the shapes of the modules both sides have; modules that exist on one side
+    only (``attention.*``, ``conv_reduce.*``) besides a changed shape elsewhere mean other code.
+    """
+    changed = {_segments(m.key)[0] for m in ev.mismatched}
+    new = {_segments(k)[0] for k in rest.missing + rest.unexpected if "." in k} - changed
+    shape = [f for f in findings if f.label == "architecture_variant" and f.confidence >= 0.8
+             and f.facts.get("kind") in ("in_chans", "width")]
+    code = next((f for f in findings if f.label == "model_code_changed"), None)
+    if len(new) < 2 or not shape or code is None:
+        return findings
+    both = replace(code, confidence=0.82, explains=code.explains | shape[0].explains)
+    return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
+
+
 def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     """Run every rule on ``ev`` and return the findings, most likely first.
 
@@ -339,6 +357,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
+    findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in map(lambda f: _calibrated(f, ev), findings):
         if f.confidence >= min_confidence and (f.label not in best or

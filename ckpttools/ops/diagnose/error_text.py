@@ -59,6 +59,10 @@ _HEADER_ONLY = re.compile(
     r"Error\(s\)\s+in\s+loading\s+state_dict|do\s+not\s+match\s+exactly|newly\s+initialized"
     r"|were\s+not\s+used\s+when\s+initializing|_IncompatibleKeys")
 # A load report (transformers, pytorch_pretrained_bert): the model loaded and says what it did.
+# The text names model (tensor) parallelism: Megatron's "model-parallel size", DeepSpeed's
+# mp_rank_00 files, tensor_model_parallel_size, tp_size/tp_rank.
+_PARALLEL = re.compile(r"model[-_ ]parallel|tensor[-_ ]parallel|tensor_model_parallel|mp_rank_\d"
+                       r"|\btp_(size|rank|degree)\b|\bmp_size\b", re.I)
 _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
                      r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
@@ -103,6 +107,7 @@ class ParsedError:
     formats: tuple[str, ...] = field(default=())
     lookups: tuple[str, ...] = ()
     report: bool = False
+    parallel: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -267,7 +272,8 @@ def parse_error_text(text: str) -> ParsedError:
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),
-                       lookups=_unique(lookups), report=bool(_REPORT.search(text)))
+                       lookups=_unique(lookups), report=bool(_REPORT.search(text)),
+                       parallel=bool(_PARALLEL.search(text)))
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

@@ -45,6 +45,7 @@ class Evidence:
     used_key: str | None = None
     lookups: tuple[str, ...] = ()
     report: bool = False
+    parallel: bool = False  # the text names model (tensor) parallelism
 
     @property
     def one_sided(self) -> bool:

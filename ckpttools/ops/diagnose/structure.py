@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
@@ -75,8 +75,49 @@ def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[t
     return list(dict.fromkeys(pairs))
 
 
+def inserted_segment(missing: Iterable[str], unexpected: Iterable[str]
+                     ) -> tuple[str, str, list[str]] | None:
+    """``(name, side, modules)`` when one module name was inserted into every key of one side, one for one.
+
+    ``conv1.weight`` -> ``conv1.lin.weight`` (a layer that now keeps its weight in a submodule):
+    every key pairs with exactly one key of the other side that has the same name added at one
+    inner position, and no key is left over. ``side`` holds the longer keys, ``modules`` are the
+    modules the name goes after. Not a layer index (a moved Sequential layer) and not a first
+    segment (a prefix).
+    """
+    missing, unexpected = list(missing), list(unexpected)
+    if not missing or len(missing) != len(unexpected):
+        return None
+    for side, long, short in (("missing", missing, unexpected), ("unexpected", unexpected, missing)):
+        short_set, names, paired, modules = set(short), set(), set(), set()
+        for key in long:
+            p = segments(key)
+            hits = [(p[i], ".".join(p[:i] + p[i + 1:]), ".".join(p[:i])) for i in range(1, len(p) - 1)
+                    if ".".join(p[:i] + p[i + 1:]) in short_set]
+            if len(hits) != 1 or hits[0][0].isdigit() or hits[0][0] in WRAPPER_SEGMENTS:
+                break
+            names.add(hits[0][0])
+            paired.add(hits[0][1])
+            modules.add(hits[0][2])
+        else:
+            if len(names) == 1 and paired == short_set:
+                return names.pop(), side, sorted(modules)
+    return None
+
+
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
+    # The same name inserted in several modules: a layer class that now keeps its tensors in a
+    # submodule (every instance moved alike). In one module only, the code wrapped that module
+    # (a Linear head that became a Sequential): model_code_changed reads that.
+    if (inserted := inserted_segment(ev.missing, ev.unexpected)) and len(inserted[2]) >= 2:
+        name, side, modules = inserted
+        pairs = list(zip(sorted(ev.missing, key=strip_name(name)), sorted(ev.unexpected, key=strip_name(name))))
+        # checkpoint name -> model name, per module: conv1 -> conv1.lin (or back)
+        renames = [[a, f"{a}.{name}"] if side == "missing" else [f"{a}.{name}", a] for a in modules]
+        return Finding("renamed_keys", 0.85, frozenset(ev.missing + ev.unexpected),
+                       {"renames": renames, "segment": name, "side": side, "count": len(pairs),
+                        "examples": [[u, m] for m, u in pairs[:3]]})
     pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
@@ -103,6 +144,11 @@ def renamed_keys(ev: Evidence) -> Finding | None:
                        frozenset(legacy), {"renames": renames, "count": len(legacy), "legacy": True,
                                            "examples": legacy[:3]})
     return None
+
+
+def strip_name(name: str) -> Callable[[str], str]:
+    """A sort key: the key without the segment ``name``."""
+    return lambda key: ".".join(s for s in segments(key) if s != name)
 
 
 def residual(ev: Evidence, findings: Iterable[Finding]) -> Evidence:
