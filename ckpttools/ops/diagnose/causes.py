@@ -336,9 +336,11 @@ def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> 
     shape = [f for f in findings if f.label == "architecture_variant" and f.confidence >= 0.8
              and f.facts.get("kind") in ("in_chans", "width")]
     code = next((f for f in findings if f.label == "model_code_changed"), None)
-    if len(new) < 2 or not shape or code is None:
+    if not new or not shape or code is None or (len(new) < 2 and not ev.truncated):
         return findings
-    both = replace(code, confidence=0.82, explains=code.explains | shape[0].explains)
+    # One new module shown in a cut text: more may hide behind the cut, neither reading decides.
+    conf = code.confidence if len(new) < 2 else 0.75 if ev.truncated else 0.82
+    both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)
     return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
 
 
