@@ -109,6 +109,11 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
 
 def prefix_added(ev: Evidence) -> Finding | None:
     """Checkpoint keys carry a wrapper prefix the model does not (``module.``, ``_orig_mod.``)."""
+    if ev.named_prefix and ev.is_empty:
+        # A sentence names the wrapper's prefix and no key: the saved keys carrying it is the
+        # usual complaint, but prose does not say which side has it, so it stays a candidate.
+        return Finding("prefix_added", 0.7, frozenset(),
+                       {"prefix": ev.named_prefix, "infix": False, "examples": [], "count": 0})
     return _prefix_rule(ev, "prefix_added")
 
 
@@ -315,6 +320,9 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     """Below the decision threshold (0.8) when a cut list hides half of the relation a rule reads."""
     from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
     if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
+        return replace(f, confidence=0.75)
+    # Input channels seen in a cut text: the modified network's new modules may be cut away.
+    if ev.truncated and f.facts.get("kind") == "in_chans" and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
     # A named prefix (backbone., model.) seen on part of the keys: the whole model's file with a
     # prefix, or one part's file (a backbone) in a bigger model; the hidden keys decide.

@@ -14,7 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    prose_keys, prose_mismatches)
+    prose_keys, prose_mismatches, prose_prefix, title_lists)
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -108,6 +108,7 @@ class ParsedError:
     lookups: tuple[str, ...] = ()
     report: bool = False
     parallel: bool = False
+    named_prefix: str | None = None  # a wrapper prefix a sentence names, when no key is shown
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -249,11 +250,16 @@ def parse_error_text(text: str) -> ParsedError:
     """
     text = normalize_text(text)
     lists, truncated, formats = _torch_lists(text)
+    named_prefix = None
     report_lists, report_mismatched = load_report(text)
-    for extra in (detectron2_lists(text), mlx_lists(text), report_lists):
+    titles = title_lists(text) if not any(lists.values()) else {}
+    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles):
         for kind, keys in extra.items():
             lists[kind] += keys
             formats += [kind] if keys else []
+    truncated = truncated or any(titles.values())  # a title names example keys, not the lists
+    # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
+    truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))
     mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in
                                            other_mismatches(text) + report_mismatched]
     lookups = [k for k in keyerror_lookups(text) if k not in lists["missing"] + lists["unexpected"]]
@@ -264,6 +270,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists = {k: v for k, v in prose_keys(text).items()}
             mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text)]
             formats = ["prose"] if any(lists.values()) or mismatched else []
+            named_prefix = None if formats else prose_prefix(text)
+            formats = formats or (["prose_prefix"] if named_prefix else [])
             truncated = bool(formats)  # a sentence names example keys, not the whole lists
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
@@ -273,7 +281,7 @@ def parse_error_text(text: str) -> ParsedError:
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),
                        lookups=_unique(lookups), report=bool(_REPORT.search(text)),
-                       parallel=bool(_PARALLEL.search(text)))
+                       parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix)
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

@@ -105,3 +105,10 @@ def test_one_module_wrapped_is_changed_code_not_a_rename() -> None:
     # heads.weight -> heads.head.weight: the code wrapped one module, not a layer class's layout.
     cause, ranked = _top(load_error(_Classifier(True), _Classifier(False).state_dict()))
     assert cause.label == "model_code_changed" and ranked.get("renamed_keys", 0) < 0.8
+
+
+def test_prose_naming_the_compile_prefix_is_a_candidate_not_a_decision() -> None:
+    cause, _ = _top("Loading the checkpoint gives an error because of the prefix '_orig_mod.' that "
+                    "torch.compile adds when saving.")
+    assert cause.label == "prefix_added" and cause.confidence < 0.8
+    assert 'removeprefix("_orig_mod.")' in cause.fix_code
