@@ -346,8 +346,9 @@ def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> 
     code = next((f for f in findings if f.label == "model_code_changed"), None)
     if not new or not shape or code is None or (len(new) < 2 and not ev.truncated):
         return findings
-    # One new module shown in a cut text: more may hide behind the cut, neither reading decides.
-    conf = code.confidence if len(new) < 2 else 0.75 if ev.truncated else 0.82
+    # One new module shown in a cut text: more may hide behind the cut, neither reading decides
+    # (changed code first: a module the other side lacks is more than a variant's shape).
+    conf = 0.72 if len(new) < 2 else 0.75 if ev.truncated else 0.82
     both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)
     return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
 

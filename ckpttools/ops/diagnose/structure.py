@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
@@ -75,21 +75,22 @@ def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[t
     return list(dict.fromkeys(pairs))
 
 
-def inserted_segment(missing: Iterable[str], unexpected: Iterable[str]
-                     ) -> tuple[str, str, list[str]] | None:
-    """``(name, side, modules)`` when one module name was inserted into every key of one side, one for one.
+def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: bool = False
+                     ) -> tuple[str, str, list[str], list[tuple[str, str]]] | None:
+    """``(name, side, modules, pairs)`` when one module name was inserted into every key of one side, one for one.
 
     ``conv1.weight`` -> ``conv1.lin.weight`` (a layer that now keeps its weight in a submodule):
     every key pairs with exactly one key of the other side that has the same name added at one
     inner position, and no key is left over. ``side`` holds the longer keys, ``modules`` are the
     modules the name goes after. Not a layer index (a moved Sequential layer) and not a first
-    segment (a prefix).
+    segment (a prefix). In a ``cut`` text the keys shown on the longer side must all pair, into
+    keys shown on the other side (the rest of a list may be cut away).
     """
     missing, unexpected = list(missing), list(unexpected)
-    if not missing or len(missing) != len(unexpected):
+    if not missing or not unexpected or (len(missing) != len(unexpected) and not cut):
         return None
     for side, long, short in (("missing", missing, unexpected), ("unexpected", unexpected, missing)):
-        short_set, names, paired, modules = set(short), set(), set(), set()
+        short_set, names, paired, modules = set(short), set(), {}, set()
         for key in long:
             p = segments(key)
             hits = [(p[i], ".".join(p[:i] + p[i + 1:]), ".".join(p[:i])) for i in range(1, len(p) - 1)
@@ -97,11 +98,11 @@ def inserted_segment(missing: Iterable[str], unexpected: Iterable[str]
             if len(hits) != 1 or hits[0][0].isdigit() or hits[0][0] in WRAPPER_SEGMENTS:
                 break
             names.add(hits[0][0])
-            paired.add(hits[0][1])
+            paired[key] = hits[0][1]
             modules.add(hits[0][2])
         else:
-            if len(names) == 1 and paired == short_set:
-                return names.pop(), side, sorted(modules)
+            if len(names) == 1 and (set(paired.values()) == short_set or cut):
+                return names.pop(), side, sorted(modules), list(paired.items())
     return None
 
 
@@ -110,9 +111,9 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     # The same name inserted in several modules: a layer class that now keeps its tensors in a
     # submodule (every instance moved alike). In one module only, the code wrapped that module
     # (a Linear head that became a Sequential): model_code_changed reads that.
-    if (inserted := inserted_segment(ev.missing, ev.unexpected)) and len(inserted[2]) >= 2:
-        name, side, modules = inserted
-        pairs = list(zip(sorted(ev.missing, key=strip_name(name)), sorted(ev.unexpected, key=strip_name(name))))
+    if (inserted := inserted_segment(ev.missing, ev.unexpected, ev.truncated)) and len(inserted[2]) >= 2:
+        name, side, modules, pairs = inserted
+        pairs = pairs if side == "missing" else [(m, u) for u, m in pairs]  # (missing, unexpected)
         # checkpoint name -> model name, per module: conv1 -> conv1.lin (or back)
         renames = [[a, f"{a}.{name}"] if side == "missing" else [f"{a}.{name}", a] for a in modules]
         return Finding("renamed_keys", 0.85, frozenset(ev.missing + ev.unexpected),
@@ -144,11 +145,6 @@ def renamed_keys(ev: Evidence) -> Finding | None:
                        frozenset(legacy), {"renames": renames, "count": len(legacy), "legacy": True,
                                            "examples": legacy[:3]})
     return None
-
-
-def strip_name(name: str) -> Callable[[str], str]:
-    """A sort key: the key without the segment ``name``."""
-    return lambda key: ".".join(s for s in segments(key) if s != name)
 
 
 def residual(ev: Evidence, findings: Iterable[Finding]) -> Evidence:
