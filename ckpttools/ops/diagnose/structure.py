@@ -77,7 +77,7 @@ def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[t
 
 def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: bool = False
                      ) -> tuple[str, str, list[str], list[tuple[str, str]]] | None:
-    """``(name, side, modules, pairs)`` when one module name was inserted into every key of one side, one for one.
+    """``(name, side, modules, pairs)``: one module name inserted into every key of one side.
 
     ``conv1.weight`` -> ``conv1.lin.weight`` (a layer that now keeps its weight in a submodule):
     every key pairs with exactly one key of the other side that has the same name added at one
@@ -101,7 +101,8 @@ def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: boo
             paired[key] = hits[0][1]
             modules.add(hits[0][2])
         else:
-            if len(names) == 1 and (set(paired.values()) == short_set or cut):
+            targets = set(paired.values())
+            if len(names) == 1 and len(targets) == len(paired) and (targets == short_set or cut):
                 return names.pop(), side, sorted(modules), list(paired.items())
     return None
 

@@ -170,4 +170,5 @@ def test_prose_naming_a_wrapper_prefix() -> None:
     r = parse_error_text("Resuming fails while loading the checkpoint because of the prefix '_orig_mod.' "
                          "that torch.compile adds to the keys.")
     assert r.found and r.named_prefix == "_orig_mod."
-    assert parse_error_text("The checkpoint loads fine; the 'module.' name is just a folder.").named_prefix is None
+    plain = parse_error_text("The checkpoint loads fine; the 'module.' name is just a folder.")
+    assert plain.named_prefix is None
