@@ -109,6 +109,11 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
 
 def prefix_added(ev: Evidence) -> Finding | None:
     """Checkpoint keys carry a wrapper prefix the model does not (``module.``, ``_orig_mod.``)."""
+    if ev.named_prefix and ev.is_empty:
+        # A sentence names the wrapper's prefix and no key: the saved keys carrying it is the
+        # usual complaint, but prose does not say which side has it, so it stays a candidate.
+        return Finding("prefix_added", 0.7, frozenset(),
+                       {"prefix": ev.named_prefix, "infix": False, "examples": [], "count": 0})
     return _prefix_rule(ev, "prefix_added")
 
 
@@ -316,12 +321,36 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
     if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
+    # Input channels seen in a cut text: the modified network's new modules may be cut away.
+    if ev.truncated and f.facts.get("kind") == "in_chans" and f.confidence >= 0.8:
+        return replace(f, confidence=0.75)
     # A named prefix (backbone., model.) seen on part of the keys: the whole model's file with a
     # prefix, or one part's file (a backbone) in a bigger model; the hidden keys decide.
     named = [s for s in str(f.facts.get("prefix", "")).split(".") if s and s not in WRAPPER_SEGMENTS]
     if ev.truncated and f.label in ("prefix_added", "prefix_missing") and named and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
     return f
+
+
+def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> list[Finding]:
+    """Whole modules on one side nobody explains, next to a changed layer shape: the network was
+    modified (new modules and another input or width), not another variant of the same code.
+
+    A variant changes the shapes of the modules both sides have; modules that exist on one side
+    only (``attention.*``, ``conv_reduce.*``) besides a changed shape elsewhere mean other code.
+    """
+    changed = {_segments(m.key)[0] for m in ev.mismatched}
+    new = {_segments(k)[0] for k in rest.missing + rest.unexpected if "." in k} - changed
+    shape = [f for f in findings if f.label == "architecture_variant" and f.confidence >= 0.8
+             and f.facts.get("kind") in ("in_chans", "width")]
+    code = next((f for f in findings if f.label == "model_code_changed"), None)
+    if not new or not shape or code is None or (len(new) < 2 and not ev.truncated):
+        return findings
+    # One new module shown in a cut text: more may hide behind the cut, neither reading decides
+    # (changed code first: a module the other side lacks is more than a variant's shape).
+    conf = 0.72 if len(new) < 2 else 0.75 if ev.truncated else 0.82
+    both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)
+    return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
 
 
 def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
@@ -339,6 +368,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
+    findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in map(lambda f: _calibrated(f, ev), findings):
         if f.confidence >= min_confidence and (f.label not in best or

@@ -92,7 +92,8 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
     return Evidence(missing=parsed.missing + parsed.lookups, unexpected=parsed.unexpected,
                     mismatched=parsed.mismatched, class_name=parsed.class_name,
                     truncated=parsed.truncated, source="text", lookups=parsed.lookups,
-                    report=parsed.report)
+                    report=parsed.report, parallel=parsed.parallel,
+                    named_prefix=parsed.named_prefix)
 
 
 def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    prose_keys, prose_mismatches)
+    prose_keys, prose_mismatches, prose_prefix, title_lists)
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -59,6 +59,10 @@ _HEADER_ONLY = re.compile(
     r"Error\(s\)\s+in\s+loading\s+state_dict|do\s+not\s+match\s+exactly|newly\s+initialized"
     r"|were\s+not\s+used\s+when\s+initializing|_IncompatibleKeys")
 # A load report (transformers, pytorch_pretrained_bert): the model loaded and says what it did.
+# The text names model (tensor) parallelism: Megatron's "model-parallel size", DeepSpeed's
+# mp_rank_00 files, tensor_model_parallel_size, tp_size/tp_rank.
+_PARALLEL = re.compile(r"model[-_ ]parallel|tensor[-_ ]parallel|tensor_model_parallel|mp_rank_\d"
+                       r"|\btp_(size|rank|degree)\b|\bmp_size\b", re.I)
 _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
                      r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
@@ -103,6 +107,8 @@ class ParsedError:
     formats: tuple[str, ...] = field(default=())
     lookups: tuple[str, ...] = ()
     report: bool = False
+    parallel: bool = False
+    named_prefix: str | None = None  # a wrapper prefix a sentence names, when no key is shown
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -244,11 +250,16 @@ def parse_error_text(text: str) -> ParsedError:
     """
     text = normalize_text(text)
     lists, truncated, formats = _torch_lists(text)
+    named_prefix = None
     report_lists, report_mismatched = load_report(text)
-    for extra in (detectron2_lists(text), mlx_lists(text), report_lists):
+    titles = title_lists(text) if not any(lists.values()) else {}
+    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles):
         for kind, keys in extra.items():
             lists[kind] += keys
             formats += [kind] if keys else []
+    truncated = truncated or any(titles.values())  # a title names example keys, not the lists
+    # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
+    truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))
     mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in
                                            other_mismatches(text) + report_mismatched]
     lookups = [k for k in keyerror_lookups(text) if k not in lists["missing"] + lists["unexpected"]]
@@ -259,6 +270,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists = {k: v for k, v in prose_keys(text).items()}
             mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text)]
             formats = ["prose"] if any(lists.values()) or mismatched else []
+            named_prefix = None if formats else prose_prefix(text)
+            formats = formats or (["prose_prefix"] if named_prefix else [])
             truncated = bool(formats)  # a sentence names example keys, not the whole lists
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
@@ -267,7 +280,8 @@ def parse_error_text(text: str) -> ParsedError:
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),
-                       lookups=_unique(lookups), report=bool(_REPORT.search(text)))
+                       lookups=_unique(lookups), report=bool(_REPORT.search(text)),
+                       parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix)
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

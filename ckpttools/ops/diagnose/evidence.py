@@ -45,6 +45,8 @@ class Evidence:
     used_key: str | None = None
     lookups: tuple[str, ...] = ()
     report: bool = False
+    parallel: bool = False  # the text names model (tensor) parallelism
+    named_prefix: str | None = None  # a wrapper prefix named in prose (no key shown)
 
     @property
     def one_sided(self) -> bool:

@@ -37,6 +37,11 @@ _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 _OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(" + _KEY + r")[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
                        r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
+# Megatron-Core distributed checkpointing (NeMo, Megatron-LM): loaded = checkpoint, expected = model
+_MCORE = re.compile(r"Global\s+shape\s+mismatch\s+for\s+loaded\s+\(+([\d,\s]*)\)+\s+and\s+expected\s+"
+                    r"\(+([\d,\s]*)\)+\s+tensor\s+for\s+key\s+[\"']?(" + _KEY + r")")
+# A one-line issue title that shortens PyTorch's header: "Unexpected in state_dict: a.b, c.d"
+_TITLE = re.compile(r"\b(missing|unexpected)\b[^:\n\"']{0,30}?\bstate_dict\s*:[ \t]*", re.I)
 # mlx / mlx-lm load_weights
 _MLX = (
     ("unexpected", re.compile(r"Received\s+\d+\s+parameters?\s+not\s+in\s+model:\s*")),
@@ -90,6 +95,8 @@ def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
               for m in _OLD_COPY.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
               for m in _D2_C2.finditer(text)]
+    found += [(m.start(), m.group(3).rstrip("."), _shape(m.group(1)), _shape(m.group(2)))
+              for m in _MCORE.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]
 
 
@@ -114,6 +121,29 @@ def mlx_lists(text: str) -> dict[str, list[str]]:
             line = text[m.end():].split("\n", 1)[0]
             out[kind] += [k.strip(" .'\"") for k in line.split(",") if k.strip(" .'\"")]
     return out
+
+
+def title_lists(text: str) -> dict[str, list[str]]:
+    """Unquoted dotted keys after a shortened header on one line (``Unexpected in state_dict: a.b``),
+    as issue titles write them; only keys with a dot count."""
+    out: dict[str, list[str]] = {"missing": [], "unexpected": []}
+    for m in _TITLE.finditer(text):
+        line = text[m.end():].split("\n", 1)[0]
+        keys = [k.strip(" .,;'\"`") for k in re.split(r"[,\s]+", line)]
+        out[m.group(1).lower()] += [k for k in keys if _DOTTED.match(k)]
+    return out
+
+
+# A wrapper's prefix quoted in a sentence: "the prefix '_orig_mod.' is added"
+_PROSE_PREFIX = re.compile(r"[\"'`](module|_orig_mod|_forward_module|_fsdp_wrapped_module)\.[\"'`]")
+
+
+def prose_prefix(text: str) -> str | None:
+    """The wrapper prefix a sentence about loading names (``'_orig_mod.'``), if one does."""
+    if not (_LOAD_WORDS.search(text) and re.search(r"\bprefix", text, re.I)):
+        return None
+    m = _PROSE_PREFIX.search(text)
+    return m.group(1) + "." if m else None
 
 
 def keyerror_lookups(text: str) -> list[str]:

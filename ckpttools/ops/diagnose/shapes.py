@@ -113,6 +113,38 @@ def _hidden_layer(mm: list[ShapeMismatch]) -> bool:
                          m.key) for m in mm)
 
 
+def _inner_layer(mm: list[ShapeMismatch], ev: Evidence) -> bool:
+    """Every tensor is a layer of a Sequential that is not its last: the text names a later layer
+    of it (``feats.2.*`` missing), or it is layer 0 of a features/hidden Sequential. A head is the
+    last layer of its module; an inner layer's rows feed the next layer, so they are a width."""
+    others = ev.missing + ev.unexpected
+
+    def inner(m: ShapeMismatch) -> bool:
+        hit = re.fullmatch(r"(.+)\.(\d+)\.[A-Za-z_]+", m.key)
+        if hit is None:
+            return False
+        seq, i = hit.group(1), int(hit.group(2))
+        later = (re.match(rf"{re.escape(seq)}\.(\d+)\.", k) for k in others)
+        return (any(n is not None and int(n.group(1)) > i for n in later)
+                or (i == 0 and bool(re.search(r"feat|hidden", seq.rpartition(".")[2], re.I))))
+    return bool(mm) and all(inner(m) for m in mm)
+
+
+def _not_head(mm: list[ShapeMismatch], ev: Evidence) -> bool:
+    return _hidden_layer(mm) or _inner_layer(mm, ev)
+
+
+def partition_factor(ev: Evidence, mm: list[ShapeMismatch]) -> int | None:
+    """k when the checkpoint holds 1/k of the model's tensors on one axis and that reads as a
+    tensor-parallel rank's piece rather than a count or a width: the text names model
+    parallelism, or k >= 8 on an axis of 1024 and more (counts k times apart are rarely so large)."""
+    shard = _shard_factor(mm) if mm else None
+    if shard is None or shard[1] != "checkpoint":
+        return None
+    big = all(m.model_shape[_one_axis(m) or 0] >= 1024 for m in mm)
+    return shard[0] if ev.parallel or (shard[0] >= 8 and big) else None
+
+
 def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     """A few tensors that differ on one axis only: a count (classes, tokens, vocabulary) changed.
 
@@ -145,10 +177,10 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     # A weight and its bias changing together on the output axis is a classifier's signature.
     pair = any(len(m.model_shape) >= 2 for m in mm) and any(len(m.model_shape) == 1 for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
-    if _hidden_layer(mm):
-        conf = 0.55  # the first layer of a head's Sequential: a width (architecture_variant) competes
-    if not headish and (_shard_factor(mm) or (0, ""))[1] == "model":
-        conf = 0.5  # the model's tensors are the checkpoint's cut in k: sharding competes
+    if _not_head(mm, ev):
+        conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
+    if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
+        conf = 0.5  # one side's tensors are the other's cut in k: sharding competes
     return Finding("head_size_mismatch", conf, frozenset(m.key for m in mm),
                    {"keys": [m.key for m in mm], "checkpoint_size": sizes[0], "model_size": sizes[1],
                     "vocab": vocab, "padded": padded})
@@ -160,11 +192,12 @@ def sharded_tensors(ev: Evidence) -> Finding | None:
     shard = _shard_factor(mm) if mm and len(mm) == len(ev.mismatched) else None
     if shard is None:
         return None
-    tp, (k, side) = _tensor_parallel(mm), shard
-    if not tp and (side != "model" or any(_HEAD.search(m.key) for m in mm)):
+    tp, (k, side), piece = _tensor_parallel(mm), shard, partition_factor(ev, mm)
+    if not tp and not piece and (side != "model" or any(_HEAD.search(m.key) for m in mm)):
         return None  # a head with k times (or 1/k) the classes reads the same
-
-    return Finding("partitioned_checkpoint", 0.82 if tp else 0.6, frozenset(m.key for m in mm),
+    # The text naming model parallelism (mp_rank_00, model-parallel size 8) decides a 1/k piece.
+    conf = 0.88 if ev.parallel and (tp or piece) else 0.82 if tp else 0.6
+    return Finding("partitioned_checkpoint", conf, frozenset(m.key for m in mm),
                    {"examples": [m.key for m in mm[:3]], "count": len(mm), "side": side,
                     "factor": k, "tensor_parallel": tp})
 
@@ -222,7 +255,7 @@ def _shape_variant(ev: Evidence) -> Finding | None:
                        {"kind": "in_chans", "keys": [m.key for m in mm],
                         "checkpoint_channels": mm[0].checkpoint_shape[1],
                         "model_channels": mm[0].model_shape[1]})
-    if (count := _count_change(ev)) and _hidden_layer(count):
+    if (count := _count_change(ev)) and _not_head(count, ev):
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
     if count:
@@ -231,7 +264,7 @@ def _shape_variant(ev: Evidence) -> Finding | None:
         return None  # another kind of layer at this path (indices moved), not another width
     ratio, consistent = _width(mm)
     # A tensor-parallel pattern, or the input layer alone (its rows): a shard reads the same.
-    if _tensor_parallel(mm) or all(_input_layer(m, mm) for m in mm):
+    if _tensor_parallel(mm) or partition_factor(ev, mm) or all(_input_layer(m, mm) for m in mm):
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": ratio, "consistent": False})
     return Finding("architecture_variant", 0.8 + (0.05 if consistent else 0.0), keys,

@@ -75,8 +75,51 @@ def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[t
     return list(dict.fromkeys(pairs))
 
 
+def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: bool = False
+                     ) -> tuple[str, str, list[str], list[tuple[str, str]]] | None:
+    """``(name, side, modules, pairs)``: one module name inserted into every key of one side.
+
+    ``conv1.weight`` -> ``conv1.lin.weight`` (a layer that now keeps its weight in a submodule):
+    every key pairs with exactly one key of the other side that has the same name added at one
+    inner position, and no key is left over. ``side`` holds the longer keys, ``modules`` are the
+    modules the name goes after. Not a layer index (a moved Sequential layer) and not a first
+    segment (a prefix). In a ``cut`` text the keys shown on the longer side must all pair, into
+    keys shown on the other side (the rest of a list may be cut away).
+    """
+    missing, unexpected = list(missing), list(unexpected)
+    if not missing or not unexpected or (len(missing) != len(unexpected) and not cut):
+        return None
+    for side, long, short in (("missing", missing, unexpected), ("unexpected", unexpected, missing)):
+        short_set, names, paired, modules = set(short), set(), {}, set()
+        for key in long:
+            p = segments(key)
+            hits = [(p[i], ".".join(p[:i] + p[i + 1:]), ".".join(p[:i])) for i in range(1, len(p) - 1)
+                    if ".".join(p[:i] + p[i + 1:]) in short_set]
+            if len(hits) != 1 or hits[0][0].isdigit() or hits[0][0] in WRAPPER_SEGMENTS:
+                break
+            names.add(hits[0][0])
+            paired[key] = hits[0][1]
+            modules.add(hits[0][2])
+        else:
+            targets = set(paired.values())
+            if len(names) == 1 and len(targets) == len(paired) and (targets == short_set or cut):
+                return names.pop(), side, sorted(modules), list(paired.items())
+    return None
+
+
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
+    # The same name inserted in several modules: a layer class that now keeps its tensors in a
+    # submodule (every instance moved alike). In one module only, the code wrapped that module
+    # (a Linear head that became a Sequential): model_code_changed reads that.
+    if (inserted := inserted_segment(ev.missing, ev.unexpected, ev.truncated)) and len(inserted[2]) >= 2:
+        name, side, modules, pairs = inserted
+        pairs = pairs if side == "missing" else [(m, u) for u, m in pairs]  # (missing, unexpected)
+        # checkpoint name -> model name, per module: conv1 -> conv1.lin (or back)
+        renames = [[a, f"{a}.{name}"] if side == "missing" else [f"{a}.{name}", a] for a in modules]
+        return Finding("renamed_keys", 0.85, frozenset(ev.missing + ev.unexpected),
+                       {"renames": renames, "segment": name, "side": side, "count": len(pairs),
+                        "examples": [[u, m] for m, u in pairs[:3]]})
     pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.

@@ -216,6 +216,52 @@ def tensor_parallel_shard(model: nn.Module, ways: int = 2) -> dict[str, torch.Te
     return out
 
 
+class LinInside(nn.Module):
+    """PyG's ``GCNConv`` since 2.0: the weight sits in a ``lin`` submodule, the bias stays outside."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.lin = nn.Linear(linear.in_features, linear.out_features, bias=False)
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().clone())
+
+
+def weights_in_submodule(model: nn.Module) -> nn.Module | None:
+    """Every plain ``nn.Linear`` becomes a :class:`LinInside` (a layer class that changed its
+    layout); ``None`` when the model has fewer than two."""
+    spots = [(module, name) for module in model.modules() for name, child in module.named_children()
+             if type(child) is nn.Linear]
+    if len(spots) < 2:
+        return None
+    for module, name in spots:
+        setattr(module, name, LinInside(getattr(module, name)))
+    return model
+
+
+def vocab_parallel_shard(model: nn.Module, ways: int = 8) -> dict[str, torch.Tensor]:
+    """Rank 0's file of a vocabulary-parallel model: embedding and output rows cut in ``ways``."""
+    out = dict(model.state_dict())
+    for name, layer in model.named_modules():
+        if isinstance(layer, (nn.Embedding, nn.Linear)) and name in ("tok_embeddings", "output"):
+            out[f"{name}.weight"] = layer.weight.detach().chunk(ways)[0].clone()
+    return out
+
+
+def modified_network(model: nn.Module, channels: int = 11) -> nn.Module:
+    """The network as a user modified it for training: the stem conv reads ``channels`` inputs
+    and new modules (``attention``, ``conv_reduce``) were added."""
+    stem = next(((parent, name, child) for parent in model.modules()
+                 for name, child in parent.named_children()
+                 if isinstance(child, nn.Conv2d) and child.in_channels == 3), None)
+    if stem is None:
+        return model
+    parent, name, conv = stem
+    setattr(parent, name, nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding))
+    model.attention = nn.MultiheadAttention(conv.out_channels, 2)
+    model.conv_reduce = nn.Conv2d(2 * conv.out_channels, conv.out_channels, 1)
+    return model
+
+
 class Conv1D(nn.Module):
     """GPT-2's ``Conv1D``: an ``nn.Linear`` whose weight is stored (in, out)."""
 

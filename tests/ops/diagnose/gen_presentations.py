@@ -102,6 +102,14 @@ def prose(missing: list[str], unexpected: list[str], mismatched: list, keys_firs
     return " ".join(out)
 
 
+def megatron_core(mismatched: list) -> str:
+    """Megatron-Core's distributed checkpoint load (NeMo, Megatron-LM): it stops at the first
+    tensor whose global shape differs, printing the shapes as tuples."""
+    key, ckpt, model = mismatched[0]
+    return (f"megatron.core.dist_checkpointing.core.CheckpointingException: Global shape mismatch for "
+            f"loaded ({ckpt}) and expected ({model}) tensor for key {key}")
+
+
 def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool]]:
     """(name, text, decidable) for each loader format that can show this failure."""
     if not isinstance(state, dict) or any(isinstance(v, dict) for v in state.values()):
@@ -112,6 +120,8 @@ def other_loaders(model: nn.Module, state: Any) -> Iterator[tuple[str, str, bool
     yield "pytorch03", pytorch03(*lists), False  # one key or one shape: the relation is not shown
     yield "prose", prose(*lists), False  # two keys per side: examples, not the relation
     yield "prose_keys_first", prose(*lists, keys_first=True), False
+    if lists[2]:
+        yield "megatron_core", megatron_core(lists[2]), False  # the first shape only
     for name, text in (("mmcv", mmcv(*lists)), ("detectron2", detectron2(*lists)),
                        ("detectron2_2019", detectron2(*lists, old=True) if lists[2] else "")):
         if text:

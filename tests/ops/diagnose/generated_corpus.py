@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from tests.ops.diagnose.gen_models import (
-    ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, tensor_parallel_shard,
-    to_conv1d)
+    ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, modified_network,
+    tensor_parallel_shard, to_conv1d, vocab_parallel_shard, weights_in_submodule)
 from tests.ops.diagnose.gen_presentations import other_loaders
 
 Pair = tuple[nn.Module, Any]  # (the model loaded into, what was passed to load_state_dict)
@@ -156,6 +156,29 @@ def _tensor_parallel(arch: Arch) -> Pair | None:
     return arch.make(), tensor_parallel_shard(arch.make())
 
 
+def _in_submodule(arch: Arch, newer_file: bool) -> Pair | None:
+    """Every Linear's weight moved into a ``lin`` submodule (PyG's GCNConv layout change): an older
+    file into the newer code, or the newer file into the older code."""
+    newer = weights_in_submodule(arch.make())
+    if newer is None:
+        return None
+    return (arch.make(), _sd(newer)) if newer_file else (newer, _sd(arch.make()))
+
+
+def _vocab_parallel(arch: Arch) -> Pair | None:
+    """Rank 0's file of an 8-way vocabulary-parallel decoder (1024 rows, 128 in the file)."""
+    if arch.name != "tinylm":
+        return None
+    return arch.make(vocab=1024), vocab_parallel_shard(arch.make(vocab=1024), 8)
+
+
+def _modified(arch: Arch) -> Pair | None:
+    """A network modified for training (new modules, 11 input channels) loaded by the original code."""
+    if arch.name not in ("convnet", "unet", "vit", "detr"):
+        return None
+    return arch.make(), _sd(modified_network(arch.make()))
+
+
 def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
     """name -> (label, make (model, state)) for one architecture; ``None`` when it does not apply."""
     m = arch.make
@@ -200,6 +223,10 @@ def _causes(arch: Arch) -> dict[str, tuple[str, Callable[[], Pair | None]]]:
         "tensor_parallel_rank0": ("partitioned_checkpoint", partial(_tensor_parallel, arch)),
         "index_shift": ("model_code_changed", partial(_index_shift, arch)),
         "legacy_gamma_beta": ("renamed_keys", partial(_legacy_norm_names, arch)),
+        "weights_in_submodule": ("renamed_keys", partial(_in_submodule, arch, False)),
+        "weights_out_of_submodule": ("renamed_keys", partial(_in_submodule, arch, True)),
+        "vocab_parallel_rank0": ("partitioned_checkpoint", partial(_vocab_parallel, arch)),
+        "modified_network": ("model_code_changed", partial(_modified, arch)),
         "other_levels": ("architecture_variant", partial(_detector_variant, arch, num_levels=5)),
         "box_head_width": ("architecture_variant", partial(_detector_variant, arch, head_width=16)),
     }

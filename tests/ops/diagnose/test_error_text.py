@@ -130,3 +130,45 @@ def test_keyerror_lookup_has_no_side_and_a_log_without_keys_is_not_an_error() ->
     assert r.found and r.lookups == ("bert.embeddings.LayerNorm.gamma",) and not r.missing
     plain = parse_error_text("epoch 3: loss 0.12, saved checkpoint to model.encoder.pt\nall done")
     assert not plain.found
+
+
+def test_megatron_core_global_shape_mismatch() -> None:
+    # megatron.core.dist_checkpointing prints the shapes as tuples and stops at the first one.
+    r = parse_error_text("CheckpointingException: Global shape mismatch for loaded ((1024, 768)) and "
+                         "expected ((512, 768)) tensor for key model.embedding.position_embeddings.weight")
+    assert r.found and r.truncated
+    (m,) = r.mismatched
+    assert (m.key, m.checkpoint_shape, m.model_shape) == (
+        "model.embedding.position_embeddings.weight", (1024, 768), (512, 768))
+
+
+@pytest.mark.parametrize("text,missing,unexpected", [
+    ("Issue from recent versions: Unexpected in state_dict: embeddings.position_ids",
+     (), ("embeddings.position_ids",)),
+    ("Missing keys in state_dict: encoder.fc.weight, encoder.fc.bias after upgrading",
+     ("encoder.fc.weight", "encoder.fc.bias"), ()),
+])
+def test_one_line_titles(text: str, missing: tuple[str, ...], unexpected: tuple[str, ...]) -> None:
+    r = parse_error_text(text)
+    assert r.found and r.truncated  # a title names examples, not the whole lists
+    assert (r.missing, r.unexpected) == (missing, unexpected)
+
+
+def test_prose_without_a_header_is_not_a_title() -> None:
+    assert not parse_error_text("I load the state_dict: it works on torch.load but not model.eval").found
+
+
+def test_parallelism_named_in_the_text() -> None:
+    line = ("size mismatch for a.weight: copying a param with shape torch.Size([4, 2]) from "
+            "checkpoint, the shape in current model is torch.Size([32, 2]).")
+    assert parse_error_text("> initializing model parallel with size 8\n" + line).parallel
+    assert parse_error_text("loading mp_rank_00_model_states.pt\n" + line).parallel
+    assert not parse_error_text(line).parallel
+
+
+def test_prose_naming_a_wrapper_prefix() -> None:
+    r = parse_error_text("Resuming fails while loading the checkpoint because of the prefix '_orig_mod.' "
+                         "that torch.compile adds to the keys.")
+    assert r.found and r.named_prefix == "_orig_mod."
+    plain = parse_error_text("The checkpoint loads fine; the 'module.' name is just a folder.")
+    assert plain.named_prefix is None
