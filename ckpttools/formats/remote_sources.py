@@ -185,6 +185,7 @@ class Http:
         self.size = -1
         self._ahead: collections.deque[tuple[int, int, Any]] = collections.deque()
         self._ahead_next = 0
+        self.multi_range: bool | None = None  # False once the server answers one without parts
 
     async def _get(self, start: int, end: int, probe: bool = False) -> bytes:
         session = await self._fs.set_session()
@@ -327,6 +328,27 @@ class Http:
             return got
 
         return self.run(whole())
+
+    def fetch_multi(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[list[bytes | None] | None]:
+        """Each batch of small ranges by one multi-range GET, ``PARALLEL`` in flight; None for
+        a batch the server would not answer in parts (then no more are asked of it)."""
+        from ckpttools.formats.remote_multi import get_multi
+
+        async def many() -> list[list[bytes | None] | None]:
+            session = await self._fs.set_session()
+            gate = asyncio.Semaphore(PARALLEL)
+
+            async def one(spans: Sequence[tuple[int, int]]) -> list[bytes | None] | None:
+                async with gate:
+                    return await get_multi(session, self.http, self.headers, spans, COUNTERS,
+                                           lambda status: _status_error(self.url, status))
+
+            return list(await asyncio.gather(*(one(b) for b in batches)))
+
+        answers = self.run(many())
+        if any(a is None for a in answers):
+            self.multi_range = False
+        return answers
 
     def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         async def many() -> list[bytes]:
