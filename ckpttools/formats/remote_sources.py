@@ -9,19 +9,21 @@ through ``s3fs`` (endpoint and credentials from the usual AWS settings).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ckpttools.errors import CheckpointNotFoundError, UnreadableCheckpointError, UnsupportedError
+from ckpttools.errors import (CheckpointNotFoundError, CkptError, UnreadableCheckpointError,
+                              UnsupportedError)
 
 PARALLEL = 4  # ranges in flight at once
+LIGHT_MAX = 1 << 20  # a lone range up to this long goes over the light connection
 AHEAD_BLOCK = 8 << 20  # a sequential reader's ranges: fewer requests, measured 1.2x faster than 2 MiB
 INSTALL = "pip install 'ckpttools[remote]'"
 _HF_URL = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)")
@@ -59,6 +61,20 @@ def require(url: str, *modules: str) -> list[Any]:
     except ImportError as e:
         raise UnsupportedError(f"{url}: reading URLs needs the remote extra ({e.name} is missing); "
                                f"{INSTALL}") from e
+
+
+def require_installed(url: str, *modules: str) -> None:
+    """``require`` without importing: the extra is there, to be imported when first needed."""
+    import importlib.util
+
+    for m in modules:
+        try:
+            missing = m in sys.modules and sys.modules[m] is None or importlib.util.find_spec(m) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            raise UnsupportedError(f"{url}: reading URLs needs the remote extra ({m} is missing); "
+                                   f"{INSTALL}")
 
 
 # ---- where a URL's bytes come from ----------------------------------------------------------
@@ -172,41 +188,102 @@ def _no_range(url: str) -> Exception:
 
 
 class Http:
-    """Ranged GETs over fsspec's HTTP session (aiohttp), several in flight."""
+    """Ranged GETs over fsspec's HTTP session (aiohttp), several in flight; the lone small
+    reads of a plain ``http(s)://`` URL over ``remote_http.LightHttp`` (see there why)."""
 
     def __init__(self, url: str) -> None:
-        fsspec_http, aiohttp = require(url, "fsspec.implementations.http", "aiohttp")
         self.url = url
         self.http, self.headers = _http_target(url)
-        t = SETTINGS.timeout
-        self._aiohttp = aiohttp
-        self._fs = fsspec_http.HTTPFileSystem(
-            client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)})
+        self._fs_: Any = None
+        self._light: Any = None
+        if url.startswith("hf://"):
+            self._load()
+        else:
+            from ckpttools.formats.remote_http import LightHttp
+
+            require_installed(url, "fsspec", "aiohttp")
+            self._light = LightHttp(self.http, self.headers, SETTINGS.timeout)
         self.size = -1
         self._ahead: collections.deque[tuple[int, int, Any]] = collections.deque()
         self._ahead_next = 0
         self.multi_range: bool | None = None  # False once the server answers one without parts
+
+    def _load(self) -> Any:
+        """fsspec's HTTP file system, made on first use (importing aiohttp takes 0.15 s)."""
+        if self._fs_ is None:
+            fsspec_http, aiohttp = require(self.url, "fsspec.implementations.http", "aiohttp")
+            t = SETTINGS.timeout
+            self._aiohttp = aiohttp
+            self._fs_ = fsspec_http.HTTPFileSystem(
+                client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)})
+        return self._fs_
+
+    @property
+    def _fs(self) -> Any:
+        return self._load()
+
+    def _answer(self, status: int, r: Any, start: int, end: int, probe: bool) -> int:
+        """Check a ranged answer's status (learning the size from a probe); its body's end."""
+        err = _status_error(self.url, status)
+        if err is not None:
+            raise err
+        if probe:
+            self.size = _total_size(r)
+            end = min(end, self.size)
+        if status != 206 and (start > 0 or end < self.size):
+            raise _no_range(self.url)
+        return end
 
     async def _get(self, start: int, end: int, probe: bool = False) -> bytes:
         session = await self._fs.set_session()
         headers = {**self.headers, "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         COUNTERS.requests += 1
         async with session.get(self.http, headers=headers) as r:
-            err = _status_error(self.url, r.status)
-            if err is not None:
-                raise err
-            if probe:
-                self.size = _total_size(r)
-                end = min(end, self.size)
-            if r.status != 206 and (start > 0 or end < self.size):
-                raise _no_range(self.url)
+            end = self._answer(r.status, r, start, end, probe)
             data = await r.content.read(end - start) if r.status != 206 else await r.read()
             COUNTERS.bytes += len(data)
         if len(data) != end - start:
             raise _truncated(self.url, len(data), end - start)
         return data
 
+    def close(self) -> None:
+        if self._light is not None:
+            self._light.close()
+
+    def _light_get(self, start: int, end: int, probe: bool = False) -> bytes:
+        """``_get`` over the light connection (an unread body closes it, never read)."""
+
+        def use(r: Any) -> bytes:
+            stop = self._answer(r.status, r, start, end, probe)
+            data = r.read(stop - start)
+            COUNTERS.bytes += len(data)
+            if len(data) != stop - start:
+                raise _truncated(self.url, len(data), stop - start)
+            return bytes(data)
+
+        COUNTERS.requests += 1
+        with self.light_errors():
+            return self._light.get(f"bytes={start}-{end - 1}", use)  # type: ignore[no-any-return]
+
+    @contextmanager
+    def light_errors(self) -> Iterator[None]:
+        """``http.client``'s and the socket's errors as the one-line errors."""
+        import http.client
+
+        try:
+            yield
+        except CkptError:
+            raise
+        except TimeoutError as e:
+            raise _timeout_error(self.url) from e
+        except http.client.IncompleteRead as e:
+            raise _truncated(self.url) from e
+        except (OSError, http.client.HTTPException) as e:
+            raise UnreadableCheckpointError(f"{self.url}: cannot fetch ({e}); check the URL and "
+                                            "the network") from e
+
     def run(self, coro: Any) -> Any:
+        self._load()
         from fsspec.asyn import sync
 
         with self.errors():
@@ -215,9 +292,10 @@ class Http:
     @contextmanager
     def errors(self) -> Iterator[None]:
         """aiohttp's and asyncio's errors as the one-line errors."""
+        self._load()
         try:
             yield
-        except (asyncio.TimeoutError, TimeoutError) as e:
+        except TimeoutError as e:  # asyncio's too, since Python 3.11
             raise _timeout_error(self.url) from e
         except self._aiohttp.ClientPayloadError as e:
             raise _truncated(self.url) from e
@@ -241,11 +319,14 @@ class Http:
 
     def probe(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""
+        if self._light is not None:
+            return self._light_get(0, n, probe=True)
         return self.run(self._get(0, n, probe=True))
 
     def stream(self, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
         """The ranges in order, ``PARALLEL`` always in flight (a window, not batches: the
         next ranges arrive while the caller writes this one)."""
+        import asyncio
         import concurrent.futures
 
         loop = self._fs.loop
@@ -299,6 +380,8 @@ class Http:
             self._submit_ahead()
 
     def _submit_ahead(self) -> None:
+        import asyncio
+
         first = self._ahead_next
         if first >= self.size:
             return
@@ -332,7 +415,15 @@ class Http:
     def fetch_multi(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[list[bytes | None] | None]:
         """Each batch of small ranges by one multi-range GET, ``PARALLEL`` in flight; None for
         a batch the server would not answer in parts (then no more are asked of it)."""
+        import asyncio
+
         from ckpttools.formats.remote_multi import get_multi
+
+        if len(batches) == 1 and self._light is not None:
+            answers = [self._light_multi(batches[0])]
+            if answers[0] is None:
+                self.multi_range = False
+            return answers
 
         async def many() -> list[list[bytes | None] | None]:
             session = await self._fs.set_session()
@@ -350,7 +441,20 @@ class Http:
             self.multi_range = False
         return answers
 
+    def _light_multi(self, spans: Sequence[tuple[int, int]]) -> list[bytes | None] | None:
+        from ckpttools.formats.remote_http import read_multi
+        from ckpttools.formats.remote_multi import range_header
+
+        COUNTERS.requests += 1
+        with self.light_errors():
+            return self._light.get(range_header(spans), lambda r: read_multi(  # type: ignore[no-any-return]
+                r, spans, COUNTERS, lambda status: _status_error(self.url, status)))
+
     def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        if len(ranges) == 1 and self._light is not None and ranges[0][1] - ranges[0][0] <= LIGHT_MAX:
+            return [self._light_get(*ranges[0])]
+        import asyncio
+
         async def many() -> list[bytes]:
             gate = asyncio.Semaphore(PARALLEL)
 
@@ -385,7 +489,7 @@ class S3:
             return CheckpointNotFoundError(f"{self.url}: no such object; check the bucket and key")
         if isinstance(e, PermissionError):
             return UnreadableCheckpointError(f"{self.url}: access denied; {_auth_hint(self.url)}")
-        if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        if isinstance(e, TimeoutError):
             return _timeout_error(self.url)
         return UnreadableCheckpointError(f"{self.url}: cannot read ({e}); check the URL and credentials")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from tests.remote.server import FileServer
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -36,3 +38,18 @@ def test_url_without_the_extra_names_the_install_line() -> None:
     assert r.stdout == ""
     assert r.stderr.strip().endswith("pip install 'ckpttools[remote]'"), r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_http_metadata_reads_skip_the_event_loop(served: FileServer) -> None:
+    """inspect/scan of an http:// file make their few requests without importing aiohttp and
+    fsspec (0.25 s of start-up); convert, which keeps ranges in flight, goes through fsspec."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(3)}, served.root / "m.safetensors")
+    torch.save({"w": torch.ones(3)}, served.root / "m.pth")
+    for name in ("m.safetensors", "m.pth"):
+        r = _run("import sys\nfrom ckpttools.cli.main import main\n"
+                 f"code = main(['scan', {served.url(name)!r}])\n"
+                 "print('LOADED', [m for m in ('fsspec', 'aiohttp') if m in sys.modules], code)")
+        assert "LOADED [] 0" in r.stdout, r.stdout + r.stderr
+    assert len(served.log.requests) <= 4
