@@ -103,3 +103,51 @@ def read_multi(r: http.client.HTTPResponse, spans: Sequence[Span], counters: Any
             r.headers.get("Content-Type", ""), r.headers.get("Content-Range"), body))
     except remote_multi.NotMultipart:
         return None
+
+
+class LightPool:
+    """``PARALLEL`` threads, each with its own ``LightHttp`` connection, reading ranges straight
+    into buffers (``readinto``: the socket fills them without holding the GIL). A file read
+    front to back (convert) receives its next ranges here while the caller writes: measured on
+    1 GB over 127.0.0.1, 4 ranges of 8 MiB in flight, 0.8-1.1 s against 2.5-3.0 s for
+    aiohttp, whose event-loop thread also holds the GIL the writing thread waits for."""
+
+    def __init__(self, url: str, headers: dict[str, str], timeout: float, workers: int,
+                 errors: Callable[[], Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._args = (url, headers, timeout)
+        self._errors = errors  # maps a worker's failure to the one-line error
+        self._local = threading.local()
+        self._conns: list[LightHttp] = []
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckpttools-http")
+
+    def submit(self, range_header: str, use: Callable[[http.client.HTTPResponse], Any]) -> Any:
+        """A future of ``use`` applied to the answer of one GET (on a worker's connection)."""
+        return self._pool.submit(self._get, range_header, use)
+
+    def _get(self, range_header: str, use: Callable[[http.client.HTTPResponse], Any]) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = LightHttp(*self._args)
+            self._conns.append(conn)
+        with self._errors():
+            return conn.get(range_header, use)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for conn in self._conns:
+            conn.close()
+
+
+def read_into(r: http.client.HTTPResponse, n: int) -> bytearray:
+    """Up to ``n`` body bytes into one new buffer (fewer when the body ends early)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = r.readinto(view[got:])
+        if not k:
+            del view
+            return buf[:got]
+        got += k
+    return buf
