@@ -454,15 +454,14 @@ class Http:
     def fetch_multi(self, batches: Sequence[Sequence[tuple[int, int]]]) -> list[list[bytes | None] | None]:
         """Each batch of small ranges by one multi-range GET, ``PARALLEL`` in flight; None for
         a batch the server would not answer in parts (then no more are asked of it)."""
-        import asyncio
-
-        from ckpttools.formats.remote_multi import get_multi
-
         if len(batches) == 1 and self._light is not None:
             answers = [self._light_multi(batches[0])]
             if answers[0] is None:
                 self.multi_range = False
             return answers
+        import asyncio
+
+        from ckpttools.formats.remote_multi import get_multi
 
         async def many() -> list[list[bytes | None] | None]:
             session = await self._fs.set_session()
