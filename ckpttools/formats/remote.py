@@ -30,7 +30,7 @@ from ckpttools.formats import remote_sources as src
 from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, cached_path, parse_hf
 
 __all__ = ["COUNTERS", "SETTINGS", "RemoteBytes", "RemoteFile", "cached_path", "clear", "fetch_ranges",
-           "open_url", "parse_hf", "prefetch"]
+           "open_url", "parse_hf", "plan_reads", "prefetch"]
 
 BLOCK = 128 * 1024
 DIRECT = 4 * 2**20  # reads at least this long (tensor data) are fetched as they are, uncached
@@ -282,6 +282,14 @@ def read_sequential(url: str, start: int, end: int) -> Iterator[bytes | memoryvi
         return
     step = 2 << 20
     yield from stream_ranges(url, [(s, min(end, s + step)) for s in range(start, end, step)])
+
+
+def plan_reads(url: str, ranges: Sequence[tuple[int, int]]) -> None:
+    """Announce the byte ranges of ``url`` that ``read_sequential`` will be asked for, in that
+    order (a writer's tensors): the read-ahead follows them instead of the file's order."""
+    source = None if cached_path(url) else blob(url).source
+    if source is not None and hasattr(source, "plan"):
+        source.plan(ranges)
 
 
 # ---- folders (s3 only: an HTTP server has no listing) --------------------------------------

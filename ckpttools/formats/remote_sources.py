@@ -208,8 +208,7 @@ class Http:
             require_installed(url, "fsspec", "aiohttp")
             self._light = LightHttp(self.http, self.headers, SETTINGS.timeout)
         self.size = -1
-        self._ahead: collections.deque[tuple[int, int, Any]] = collections.deque()
-        self._ahead_next = 0
+        self._ahead: Any = None  # a ReadAhead once the file is read front to back
         self.multi_range: bool | None = None  # False once the server answers one without parts
 
     def _load(self) -> Any:
@@ -252,8 +251,8 @@ class Http:
         return data
 
     def close(self) -> None:
-        for future in (f for _, _, f in self._ahead):
-            future.cancel()
+        if self._ahead is not None:
+            self._ahead.cancel()
         if self._light_pool is not None:
             self._light_pool.close()
         if self._light is not None:
@@ -362,47 +361,33 @@ class Http:
                 f.cancel()
 
     def read_ahead(self, start: int, end: int) -> Iterator[memoryview]:
-        """``[start, end)`` in pieces, from aligned ``AHEAD_BLOCK`` ranges kept ``PARALLEL`` in
-        flight past the last read: a caller reading the file in order (convert, tensor after
-        tensor) finds the next tensor's bytes on the way instead of waiting for a request each.
-        A read elsewhere restarts the window there."""
-        pos = start
-        if pos >= self._ahead_next:  # past everything in flight: skip ahead, not through
-            self._restart_ahead(pos)
-        while pos < end:
-            while self._ahead and self._ahead[0][1] <= pos:
-                self._ahead.popleft()
-                self._submit_ahead()
-            if not self._ahead or self._ahead[0][0] > pos:
-                self._restart_ahead(pos)
-            first, last, future = self._ahead[0]
-            with self.errors():
-                data = future.result(timeout=None)
-            piece = memoryview(data)[pos - first:min(end, last) - first]  # no copy
-            pos += len(piece)
-            yield piece
+        """``[start, end)`` in pieces from ``AHEAD_BLOCK`` ranges kept ``PARALLEL`` in flight
+        (``remote_ahead.ReadAhead``): in file order past the last read, or in the order a
+        writer announced with ``plan``."""
+        yield from self._reader_ahead().read(start, end)
 
-    def _restart_ahead(self, pos: int) -> None:
-        for _, _, future in self._ahead:
-            future.cancel()
-        self._ahead.clear()
-        self._ahead_next = pos - pos % AHEAD_BLOCK
-        for _ in range(PARALLEL):
-            self._submit_ahead()
+    def plan(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """The ranges a writer reads next through ``read_ahead``, in its order."""
+        self._reader_ahead().plan(ranges)
 
-    def _submit_ahead(self) -> None:
+    def _reader_ahead(self) -> Any:
+        if self._ahead is None:
+            from ckpttools.formats.remote_ahead import ReadAhead
+
+            self._ahead = ReadAhead(self.size, AHEAD_BLOCK, PARALLEL, self._submit_ahead,
+                                    self._wait_ahead)
+        return self._ahead
+
+    def _wait_ahead(self, future: Any) -> Any:
+        with self.errors():
+            return future.result(timeout=None)
+
+    def _submit_ahead(self, first: int, last: int) -> Any:
+        if self._light is not None:
+            return self._pool().submit(f"bytes={first}-{last - 1}", self._reader(first, last))
         import asyncio
 
-        first = self._ahead_next
-        if first >= self.size:
-            return
-        last = min(self.size, first + AHEAD_BLOCK)
-        if self._light is not None:
-            future = self._pool().submit(f"bytes={first}-{last - 1}", self._reader(first, last))
-        else:
-            future = asyncio.run_coroutine_threadsafe(self._get(first, last), self._fs.loop)
-        self._ahead.append((first, last, future))
-        self._ahead_next = last
+        return asyncio.run_coroutine_threadsafe(self._get(first, last), self._fs.loop)
 
     def _pool(self) -> Any:
         """The threads that read a plain http(s) file ahead (``remote_http.LightPool``)."""
