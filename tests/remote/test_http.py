@@ -216,6 +216,29 @@ def test_convert_streams_from_a_server_without_range(runner: CliRunner, served: 
     assert all(torch.equal(got[f"model.{k}"], v) for k, v in want.items())
 
 
+@pytest.mark.filterwarnings("always:.*ignores Range requests:UserWarning")
+@pytest.mark.parametrize("args", [["inspect", "--stats"], ["audit"], ["diff"]],
+                         ids=["inspect-stats", "audit", "diff-pair"])
+def test_whole_file_commands_download_from_a_server_without_range(
+        runner: CliRunner, served: FileServer, pth: str, st: str, args: list[str]) -> None:
+    """Commands that read every value anyway take the file whole, once, with a warning, and
+    answer as on the local file; those that read a part still refuse (above)."""
+    served.behaviour.no_range = True
+    tail = [_local(served, st)] if args == ["diff"] else []  # diff A B: the URL against a file
+    local = runner.invoke(cli, [*args, "--format", "json", _local(served, pth), *tail])
+    code, out, err = _run(runner, *args, "--format", "json", pth, *tail)
+    assert code == local.exit_code == 0, err
+    assert json.loads(out) == json.loads(local.stdout.replace(_local(served, pth), pth))
+    assert "ignores Range requests; reading the whole file once" in err
+    assert len(served.log.requests) == 2  # the refused ranged probe, then one whole GET
+    from ckpttools.formats import remote
+
+    remote.clear()
+    remote.SETTINGS.whole_file_ok = False  # a new process
+    code, out, err = _run(runner, "inspect", "--stats", "--filter", "*.0.*", pth)
+    assert code == 2 and "ignores Range requests" in err  # a part only: still refused
+
+
 def test_timeout_option(runner: CliRunner, served: FileServer, st: str) -> None:
     served.behaviour.stall = 1.5
     code, _, err = _run(runner, "inspect", "--timeout", "0.3", st)
