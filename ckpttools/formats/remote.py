@@ -70,12 +70,12 @@ class _Blob:
 
     def window(self, start: int, end: int) -> tuple[int, bytes] | None:
         """The cached window (its start and bytes) holding ``[start, end)``, if one does."""
-        i = bisect.bisect_right(self._starts, start) - 1
-        if i < 0:
-            return None
-        lo = self._starts[i]
-        data = self.windows[lo]
-        return (lo, data) if end <= lo + len(data) else None
+        i = bisect.bisect_right(self._starts, start)
+        for lo in reversed(self._starts[max(0, i - 4):i]):  # windows may overlap: a few back
+            data = self.windows[lo]
+            if end <= lo + len(data):
+                return lo, data
+        return None
 
     def _keep(self, lo: int, data: bytes) -> None:
         if sum(map(len, self.windows.values())) + len(data) > WINDOW_LIMIT:
@@ -122,6 +122,9 @@ class _Blob:
         end = min(end, self.size)
         if end <= start:
             return b""
+        planned = getattr(self.source, "covers", None)
+        if planned is not None and planned(start, end):  # announced: from the window in flight
+            return b"".join(self.source.read_ahead(start, end))
         if end - start >= DIRECT:
             return self.source.fetch([(start, end)])[0]
         with self._lock:  # a reader's read-ahead thread may share the file
@@ -206,6 +209,10 @@ class RemoteFile(io.RawIOBase):
 
     def seekable(self) -> bool:
         return True
+
+    def prefetch_windows(self, spans: Sequence[tuple[int, int]]) -> None:
+        """See ``_Blob.prefetch_windows``."""
+        self._blob.prefetch_windows(spans)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]

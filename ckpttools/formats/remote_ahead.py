@@ -65,6 +65,13 @@ class ReadAhead:
         self._uses = collections.Counter(self._plan)
         self._kept.clear()
 
+    def covers(self, pos: int) -> bool:
+        """Whether ``pos`` is in flight or in the part of the plan not read yet."""
+        if self._plan is None:
+            return False
+        return any(a <= pos < b for a, b, _ in self._window) or any(
+            a <= pos < b for a, b in self._plan[self._planned:])
+
     def read(self, start: int, end: int) -> Iterator[memoryview]:
         """``[start, end)`` in pieces, from the window (moved there when it is elsewhere)."""
         pos = start

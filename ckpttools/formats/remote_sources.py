@@ -370,6 +370,10 @@ class Http:
         """The ranges a writer reads next through ``read_ahead``, in its order."""
         self._reader_ahead().plan(ranges)
 
+    def covers(self, start: int, end: int) -> bool:
+        """Whether a read at ``start`` is one a ``plan`` announced (and is not done yet)."""
+        return self._ahead is not None and self._ahead.covers(start)
+
     def _reader_ahead(self) -> Any:
         if self._ahead is None:
             from ckpttools.formats.remote_ahead import ReadAhead

@@ -42,10 +42,13 @@ class Log:
 
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     bytes: int = 0
+    active: int = 0  # requests being answered now
+    most_active: int = 0  # the most answered at once since the last reset
 
     def reset(self) -> None:
         self.requests.clear()
         self.bytes = 0
+        self.most_active = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,9 +77,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _serve(self, body: bool) -> None:
-        srv, how = self.server, self.server.behaviour
+        srv = self.server
         with srv.lock:
             srv.log.requests.append((self.command, self.path, self.headers.get("Range")))
+            srv.log.active += 1
+            srv.log.most_active = max(srv.log.most_active, srv.log.active)
+        try:
+            self._answer(body)
+        finally:
+            with srv.lock:
+                srv.log.active -= 1
+
+    def _answer(self, body: bool) -> None:
+        srv, how = self.server, self.server.behaviour
         if how.stall:
             time.sleep(how.stall)
         if how.status:

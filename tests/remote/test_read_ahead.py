@@ -1,7 +1,8 @@
-"""``convert URL`` reads each byte of the source once, in the order the writer takes the
-tensors, even where that is not the file's order: a tied weight written twice, views into one
-storage written apart. Real ``torch.save`` files; the read-ahead shrunk to 64 KiB ranges so
-small files span many of them."""
+"""Reads of values over a URL keep a window of ranges in flight and fetch each byte once:
+``convert URL`` in the order the writer takes the tensors, even where that is not the file's
+order (a tied weight written twice, views into one storage written apart), ``inspect --stats``
+and audit's finite check likewise. Real ``torch.save`` files; the read-ahead shrunk so small
+files span many ranges."""
 
 from __future__ import annotations
 
@@ -55,3 +56,30 @@ def test_convert_reads_each_source_byte_once(runner: CliRunner, served: FileServ
     # the whole file once, plus the first blocks and the tail read for its metadata; reading
     # in file order would fetch the tied 2 MiB (or the storage's thirds) again
     assert served.log.bytes <= size + 512 * KB, (served.log.bytes, size)
+
+
+@pytest.mark.parametrize("args", [["inspect", "--stats", "--format", "json"], ["audit", "--format", "json"]],
+                         ids=["inspect-stats", "audit-finite"])
+def test_value_reads_keep_a_window_in_flight(runner: CliRunner, served: FileServer, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """``inspect --stats`` and audit's finite check fetch the tensors' ranges several at a time
+    (each answer delayed, so requests overlap only if they are sent together), each byte once,
+    and answer as on the local file."""
+    from ckpttools.formats import remote_sources
+
+    monkeypatch.setattr(remote_sources, "AHEAD_BLOCK", 256 * KB)
+    g = torch.Generator().manual_seed(7)
+    state = {f"blocks.{i}.weight": torch.randn(256, 512, generator=g) for i in range(8)}  # 8 x 512 KiB
+    torch.save(state, served.root / "model.pth")
+    size = (served.root / "model.pth").stat().st_size
+    local = runner.invoke(cli, [*args, str(served.root / "model.pth")])
+    url = served.url("model.pth")
+    from ckpttools.formats import remote
+
+    remote.blob(url)  # the head, with no delay
+    served.behaviour.stall = 0.05
+    r = runner.invoke(cli, [*args, url])
+    assert r.exit_code == local.exit_code == 0, r.stderr
+    assert r.stdout.replace(url, "F") == local.stdout.replace(str(served.root / "model.pth"), "F")
+    assert served.log.most_active >= 3
+    assert served.log.bytes <= size + 512 * KB
