@@ -75,6 +75,7 @@ def run(sizes: list[str]) -> None:
                 _row(server, "inspect", ["inspect", "{src}", "--format", "json"], url, path)
                 _row(server, "scan", ["scan", "{src}"], url, path)
                 _row(server, "diff --model", ["diff", "{src}", "--model", SPEC], url, path, ok=(0, 1))
+                _row(server, "audit (finite check)", ["audit", "{src}"], url, path)
                 with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                     dest = os.path.join(tmp, "out.safetensors")
                     _row(server, "convert -> safetensors", ["convert", "{src}", dest, "--force"], url, path,

@@ -27,7 +27,8 @@ from typing import Any
 from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckpttools.formats import remote_multi
 from ckpttools.formats import remote_sources as src
-from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, cached_path, parse_hf
+from ckpttools.formats.remote_http import Http, Spill, cached_path, clear_commits
+from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, parse_hf
 
 __all__ = ["COUNTERS", "SETTINGS", "RemoteBytes", "RemoteFile", "cached_path", "clear", "fetch_ranges",
            "open_url", "parse_hf", "plan_reads", "prefetch"]
@@ -48,7 +49,7 @@ class _Blob:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.source: Any = src.S3(url) if url.startswith("s3://") else src.Http(url)
+        self.source: Any = src.S3(url) if url.startswith("s3://") else Http(url)
         try:
             head = self.source.probe(2 * BLOCK)
         except src.NoRangeError:
@@ -56,7 +57,7 @@ class _Blob:
                 raise
             warnings.warn(f"{url}: the server ignores Range requests; reading the whole file once",
                           stacklevel=2)
-            self.source = src.Spill(url, self.source)
+            self.source = Spill(url, self.source)
             head = self.source.probe(2 * BLOCK)
         self.size: int = self.source.size
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
@@ -188,7 +189,7 @@ def clear() -> None:
     for b in _BLOBS.values():
         b.close()
     _BLOBS.clear()
-    src.clear_commits()
+    clear_commits()
     src.S3_FS.clear()
 
 

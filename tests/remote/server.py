@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
                 srv.log.active -= 1
 
     def _answer(self, body: bool) -> None:
-        srv, how = self.server, self.server.behaviour
+        how = self.server.behaviour
         if how.stall:
             time.sleep(how.stall)
         if how.status:
