@@ -54,6 +54,9 @@ class Log:
 class _Handler(BaseHTTPRequestHandler):
     server: FileServer
     protocol_version = "HTTP/1.1"
+    # as nginx's tcp_nodelay: a small body written after the headers on a kept-alive connection
+    # would otherwise wait for the client's delayed ACK (40 ms) under Nagle's algorithm
+    disable_nagle_algorithm = True
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
