@@ -30,23 +30,34 @@ def _counted(server: object, cmd: list[str], ok: tuple[int, ...]) -> tuple[int, 
     return len(server.log.requests), server.log.bytes  # type: ignore[attr-defined]
 
 
+REPEAT = 3  # interleaved rounds; each column keeps its best (the machine is shared)
+
+
 def _row(server: object, label: str, args: list[str], url: str, local: str, ok: tuple[int, ...] = (0,),
          out: str | None = None) -> None:
     remote_args = [url if a == "{src}" else a for a in args]
     local_args = [local if a == "{src}" else a for a in args]
     requests, sent = _counted(server, ckpttools_cmd(*remote_args), ok)
-    ours = measure(ckpttools_cmd(*remote_args), repeat=1 if out else 2, ok_codes=ok)
-    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
-        copy = os.path.join(tmp, os.path.basename(local))
-        t = time.perf_counter()
-        subprocess.run(["curl", "-s", "-o", copy, url], check=True)
-        fetch = time.perf_counter() - t
-        base = measure(ckpttools_cmd(*[copy if a == local else a for a in local_args]), repeat=1, ok_codes=ok)
-    alone = measure(ckpttools_cmd(*local_args), repeat=1 if out else 2, ok_codes=ok)
+    ours = alone = None
+    best_download = float("inf")
+    for _ in range(REPEAT):  # the three ways one after the other, so load hits each alike
+        m = measure(ckpttools_cmd(*remote_args), repeat=1, ok_codes=ok)
+        ours = m if ours is None or m.wall < ours.wall else ours
+        with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+            copy = os.path.join(tmp, os.path.basename(local))
+            t = time.perf_counter()
+            subprocess.run(["curl", "-s", "-o", copy, url], check=True)
+            fetch = time.perf_counter() - t
+            base = measure(ckpttools_cmd(*[copy if a == local else a for a in local_args]), repeat=1,
+                           ok_codes=ok)
+        best_download = min(best_download, fetch + base.wall)
+        m = measure(ckpttools_cmd(*local_args), repeat=1, ok_codes=ok)
+        alone = m if alone is None or m.wall < alone.wall else alone
+    assert ours is not None and alone is not None
     size = os.path.getsize(local)
     print(f"  {label:30s} {requests:5d} req {sent / 1e6:9.2f} MB ({100 * sent / size:5.1f}%)  "
-          f"URL {ours.wall:7.2f} s {ours.rss_mb:6.0f} MB | download+local {fetch + base.wall:7.2f} s "
-          f"(x{(fetch + base.wall) / ours.wall:5.1f}) | local alone {alone.wall:6.2f} s "
+          f"URL {ours.wall:7.2f} s {ours.rss_mb:6.0f} MB | download+local {best_download:7.2f} s "
+          f"(URL/that {ours.wall / best_download:4.2f}) | local alone {alone.wall:6.2f} s "
           f"(URL/local {ours.wall / alone.wall:4.2f})", flush=True)
 
 
@@ -64,6 +75,7 @@ def run(sizes: list[str]) -> None:
                 _row(server, "inspect", ["inspect", "{src}", "--format", "json"], url, path)
                 _row(server, "scan", ["scan", "{src}"], url, path)
                 _row(server, "diff --model", ["diff", "{src}", "--model", SPEC], url, path, ok=(0, 1))
+                _row(server, "audit (finite check)", ["audit", "{src}"], url, path)
                 with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                     dest = os.path.join(tmp, "out.safetensors")
                     _row(server, "convert -> safetensors", ["convert", "{src}", dest, "--force"], url, path,

@@ -104,6 +104,18 @@ def _set_timeout(ctx: click.Context, param: click.Parameter, value: float | None
         remote.SETTINGS.timeout = value
 
 
+def allow_download(*paths: str) -> None:
+    """For a command that reads every byte of its inputs anyway (convert, ``inspect --stats``,
+    audit, ``diff A B``): a URL whose server ignores ``Range`` is downloaded once into a
+    temporary file, with a warning, instead of refused."""
+    from ckpttools.formats import fileio
+
+    if any(fileio.is_url(p) for p in paths):
+        from ckpttools.formats import remote  # only now: local runs never load it
+
+        remote.SETTINGS.whole_file_ok = True
+
+
 def timeout_opt(f: F) -> F:
     """``--timeout SECONDS`` for URLs (http(s)://, hf://, s3://)."""
     return click.option("--timeout", type=click.FloatRange(min=0.001), default=None, metavar="SECONDS",

@@ -8,7 +8,7 @@ import os
 import click
 
 from ckpttools.cli._figures import command_line, html_opt, write_file
-from ckpttools.cli._options import CI_FORMATS, common_options, model_opts, note
+from ckpttools.cli._options import CI_FORMATS, allow_download, common_options, model_opts, note
 
 STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never runs them."
 
@@ -67,6 +67,7 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
                            allow_globals=(*config.allow_globals, *allow) or None)
     if source:
         note(f"settings from {os.path.relpath(source)}")
+    allow_download(*paths)  # the finite check reads every tensor's values anyway
     with byte_progress(1, "auditing") as advance:
         result = audit_checkpoints(paths, config, config_file=source, on_progress=advance)
     click.echo(render_audit(result, output_format, report=html))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ckpttools.cli._options import checkpoint_arg, common_options, is_trusted, key_opt, warn_trusted
+from ckpttools.cli._options import (allow_download, checkpoint_arg, common_options, is_trusted, key_opt,
+                                    warn_trusted)
 from ckpttools.cli._progress import byte_progress
 from ckpttools.formats import fileio
 
@@ -46,10 +47,7 @@ def convert(ctx: click.Context, src: str, dst: str, to: str | None, key: str | N
 
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
-    if fileio.is_url(src):
-        from ckpttools.formats import remote
-
-        remote.SETTINGS.whole_file_ok = True  # convert reads every byte: a server without Range will do
+    allow_download(src)  # convert reads every byte: a server without Range will do
     with byte_progress(_size(src), "converting") as advance:
         result = convert_checkpoint(src, dst, to=to, key=key, dtype=dtype,
                                     max_shard_size=max_shard_size, verify=not no_verify,

@@ -9,6 +9,7 @@ import click
 
 from ckpttools.cli._figures import check_plot, plot_opt, write_file
 from ckpttools.cli._options import (
+    allow_download,
     common_options,
     checkpoint_arg,
     is_trusted,
@@ -124,6 +125,7 @@ def _diff_pair(path: str, other: str, atol: float, rtol: float, fmt: str, trust:
     from ckpttools.ops.diff.pair import diff_checkpoints
     from ckpttools.render.diff import render_checkpoint_diff
 
+    allow_download(path, other)  # every value of both is compared anyway
     with open_checkpoint(path, trust=trust) as a, open_checkpoint(other, trust=trust) as b:
         total = 2 * sum(e.nbytes for e in a.tensor_entries())
         with byte_progress(total, "comparing") as advance:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckpttools.cli._options import (checkpoint_arg, common_options, is_trusted, key_opt,
-                                    warn, warn_trusted)
+from ckpttools.cli._options import (allow_download, checkpoint_arg, common_options, is_trusted,
+                                    key_opt, warn, warn_trusted)
 from ckpttools.cli._figures import check_html, check_plot, command_line, html_opt, plot_opt, write_file
 from ckpttools.cli._progress import byte_progress
 from ckpttools.errors import CkptError
@@ -62,6 +62,8 @@ def inspect(ctx: click.Context, path: str, key: str | None, pattern: str | None,
     trust = is_trusted(ctx, trust)
     warn_trusted(trust)
     allow = (*load_settings()[0].allow_globals, *allow)
+    if with_stats and pattern is None and key is None:
+        allow_download(path)  # every tensor's values are read anyway
     # the scan's verdict covers every pickle a loader could run, not only the one listed
     scan = scan_checkpoint(path, allow=allow) if fileio.exists(path) else None
     try:

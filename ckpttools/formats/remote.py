@@ -14,6 +14,7 @@ ranges concurrently for commands that need values.
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import posixpath
@@ -24,16 +25,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ckpttools.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckpttools.formats import remote_multi
 from ckpttools.formats import remote_sources as src
-from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, cached_path, parse_hf
+from ckpttools.formats.remote_http import Http, Spill, cached_path, clear_commits
+from ckpttools.formats.remote_sources import COUNTERS, SETTINGS, parse_hf
 
 __all__ = ["COUNTERS", "SETTINGS", "RemoteBytes", "RemoteFile", "cached_path", "clear", "fetch_ranges",
-           "open_url", "parse_hf", "prefetch"]
+           "open_url", "parse_hf", "plan_reads", "prefetch"]
 
 BLOCK = 128 * 1024
 DIRECT = 4 * 2**20  # reads at least this long (tensor data) are fetched as they are, uncached
 CACHE_LIMIT = 64 * 2**20  # block cache per file
-PAGE = 4096  # a small read (a zip local header) with no cached block near it fetches 2 pages
+PAGE = 4096  # a small read (a zip local header) with no cached block or window fetches 2 pages
+WINDOW_LIMIT = 16 * 2**20  # bytes of small windows kept per file
 PARALLEL = src.PARALLEL
 
 
@@ -45,7 +49,7 @@ class _Blob:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.source: Any = src.S3(url) if url.startswith("s3://") else src.Http(url)
+        self.source: Any = src.S3(url) if url.startswith("s3://") else Http(url)
         try:
             head = self.source.probe(2 * BLOCK)
         except src.NoRangeError:
@@ -53,36 +57,61 @@ class _Blob:
                 raise
             warnings.warn(f"{url}: the server ignores Range requests; reading the whole file once",
                           stacklevel=2)
-            self.source = src.Spill(url, self.source)
+            self.source = Spill(url, self.source)
             head = self.source.probe(2 * BLOCK)
         self.size: int = self.source.size
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
-        self.pages: OrderedDict[int, bytes] = OrderedDict()  # small reads far from any block
+        # small spans far from any block (local headers), by start; ``_starts`` sorted
+        self.windows: dict[int, bytes] = {}
+        self._starts: list[int] = []
         self._lock = threading.Lock()
         for i in range(0, len(head), BLOCK):
             if len(head[i:i + BLOCK]) == BLOCK or i + BLOCK >= self.size:
                 self.blocks[i // BLOCK] = head[i:i + BLOCK]
 
-    def _page(self, start: int, end: int) -> bytes:
-        lo = start - start % PAGE
-        if lo not in self.pages or end > lo + len(self.pages[lo]):
-            self.pages[lo] = self.source.fetch([(lo, min(self.size, lo + 2 * PAGE))])[0]
-            while len(self.pages) > 4096:
-                self.pages.popitem(last=False)
-        return self.pages[lo][start - lo:end - lo]
+    def window(self, start: int, end: int) -> tuple[int, bytes] | None:
+        """The cached window (its start and bytes) holding ``[start, end)``, if one does."""
+        i = bisect.bisect_right(self._starts, start)
+        for lo in reversed(self._starts[max(0, i - 4):i]):  # windows may overlap: a few back
+            data = self.windows[lo]
+            if end <= lo + len(data):
+                return lo, data
+        return None
 
-    def prefetch_pages(self, offsets: Sequence[int]) -> None:
-        """Fetch, all at once, the two pages at each offset that no cached block or page holds
-        (a zip's local headers and the first bytes of its records, which the archive checks
-        then read one by one)."""
+    def _keep(self, lo: int, data: bytes) -> None:
+        if sum(map(len, self.windows.values())) + len(data) > WINDOW_LIMIT:
+            self.windows.clear()
+            self._starts.clear()
+        if lo not in self.windows:
+            bisect.insort(self._starts, lo)
+        if len(data) >= len(self.windows.get(lo, b"")):
+            self.windows[lo] = data
+
+    def _page(self, start: int, end: int) -> bytes:
+        found = self.window(start, end)
+        if found is None:
+            lo = start - start % PAGE
+            found = (lo, self.source.fetch([(lo, min(self.size, max(end, lo + 2 * PAGE)))])[0])
+            self._keep(*found)
+        lo, data = found
+        return data[start - lo:end - lo]
+
+    def prefetch_windows(self, spans: Sequence[tuple[int, int]]) -> None:
+        """Fetch, at once, the small spans no cached block or window holds (a zip's local
+        headers and its records' first bytes, which the archive checks then read one by one):
+        one multi-range request where the server answers those (see ``remote_multi``)."""
         with self._lock:
-            todo = sorted({o - o % PAGE for o in offsets if 0 <= o < self.size
-                           and o // BLOCK not in self.blocks and o - o % PAGE not in self.pages})
+            todo = [(max(0, s), min(self.size, e)) for s, e in spans if e > s]
+            todo = [(s, e) for s, e in remote_multi.coalesce(todo, remote_multi.GAP)
+                    if not self._holds(s, e)]
             if not todo:
                 return
-            spans = [(lo, min(self.size, lo + 2 * PAGE)) for lo in todo]
-            for (lo, _), data in zip(spans, self.source.fetch(spans)):
-                self.pages[lo] = data
+            for (lo, _), data in zip(todo, remote_multi.fetch_windows(self.source, todo)):
+                self._keep(lo, data)
+
+    def _holds(self, start: int, end: int) -> bool:
+        blocks = all(b in self.blocks for b in range(start // BLOCK, (end - 1) // BLOCK + 1))
+        return blocks or self.window(start, end) is not None
 
     def close(self) -> None:
         """Drop a downloaded copy (a server without Range support); the rest is memory."""
@@ -94,6 +123,9 @@ class _Blob:
         end = min(end, self.size)
         if end <= start:
             return b""
+        planned = getattr(self.source, "covers", None)
+        if planned is not None and planned(start, end):  # announced: from the window in flight
+            return b"".join(self.source.read_ahead(start, end))
         if end - start >= DIRECT:
             return self.source.fetch([(start, end)])[0]
         with self._lock:  # a reader's read-ahead thread may share the file
@@ -102,7 +134,7 @@ class _Blob:
     def _cached(self, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
         missing = [b for b in range(first, last + 1) if b not in self.blocks]
-        if missing and end - start <= PAGE:  # a lone header: a page, not two blocks
+        if missing and end - start <= PAGE:  # a lone header: its window or a page, not two blocks
             return self._page(start, end)
         if missing:
             lo = missing[0] * BLOCK
@@ -157,7 +189,7 @@ def clear() -> None:
     for b in _BLOBS.values():
         b.close()
     _BLOBS.clear()
-    src.clear_commits()
+    clear_commits()
     src.S3_FS.clear()
 
 
@@ -178,6 +210,10 @@ class RemoteFile(io.RawIOBase):
 
     def seekable(self) -> bool:
         return True
+
+    def prefetch_windows(self, spans: Sequence[tuple[int, int]]) -> None:
+        """See ``_Blob.prefetch_windows``."""
+        self._blob.prefetch_windows(spans)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
@@ -223,6 +259,9 @@ def fetch_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
                 out.append(f.read(e - s))
         return out
     b = blob(url)
+    if all(e - s <= PAGE for s, e in ranges):  # headers: cached, or fetched in one request
+        b.prefetch_windows(ranges)
+        return [b.read(s, e) for s, e in ranges]
     if all(s // BLOCK in b.blocks and (e - 1) // BLOCK in b.blocks for s, e in ranges):
         return [b.read(s, e) for s, e in ranges]  # already here (a small file, a header block)
     return b.source.fetch(list(ranges))
@@ -251,6 +290,14 @@ def read_sequential(url: str, start: int, end: int) -> Iterator[bytes | memoryvi
         return
     step = 2 << 20
     yield from stream_ranges(url, [(s, min(end, s + step)) for s in range(start, end, step)])
+
+
+def plan_reads(url: str, ranges: Sequence[tuple[int, int]]) -> None:
+    """Announce the byte ranges of ``url`` that ``read_sequential`` will be asked for, in that
+    order (a writer's tensors): the read-ahead follows them instead of the file's order."""
+    source = None if cached_path(url) else blob(url).source
+    if source is not None and hasattr(source, "plan"):
+        source.plan(ranges)
 
 
 # ---- folders (s3 only: an HTTP server has no listing) --------------------------------------
@@ -301,16 +348,16 @@ class RemoteBytes:
     """A read-only ``bytes``-like view of a URL (``len``, indexing, slicing, bounded ``find``)
     for code written against an mmap: only the blocks it touches are fetched."""
 
-    remote = True  # scanners prefetch the pages they will read record by record
+    remote = True  # scanners prefetch the windows they will read record by record
 
     def __init__(self, url: str) -> None:
         self._blob = blob(url)
         self._size = self._blob.size
         self._at, self._block = 0, b""  # the window of the last indexed byte
 
-    def prefetch_pages(self, offsets: Sequence[int]) -> None:
-        """See ``_Blob.prefetch_pages``."""
-        self._blob.prefetch_pages(offsets)
+    def prefetch_windows(self, spans: Sequence[tuple[int, int]]) -> None:
+        """See ``_Blob.prefetch_windows``."""
+        self._blob.prefetch_windows(spans)
 
     def __len__(self) -> int:
         return self._size
@@ -325,11 +372,15 @@ class RemoteBytes:
         if not 0 <= i < self._size:
             raise IndexError(i)
         if not self._at <= i < self._at + len(self._block):
-            # a cached block, else a page: a few opcodes at each record's start must not fetch
-            # a block (and its read-ahead) per record
-            step = BLOCK if i // BLOCK in self._blob.blocks else PAGE
-            self._at = i - i % step
-            self._block = self._blob.read(self._at, min(self._size, self._at + step))
+            # a cached block, a fetched window, else a page: a few opcodes at each record's
+            # start must not fetch a block (and its read-ahead) per record
+            found = None if i // BLOCK in self._blob.blocks else self._blob.window(i, i + 1)
+            if found is not None:
+                self._at, self._block = found
+            else:
+                step = BLOCK if i // BLOCK in self._blob.blocks else PAGE
+                self._at = i - i % step
+                self._block = self._blob.read(self._at, min(self._size, self._at + step))
         return self._block[i - self._at]
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Where a URL's bytes come from: ranged GETs over fsspec's HTTP session, or s3fs; the one-line
-errors for what a server answers. ``remote.py`` builds seekable files on top.
+"""Where a URL's bytes come from (s3fs here, HTTP in ``remote_http``), the settings and counters
+they share, and the one-line errors for what a server answers. ``remote.py`` builds seekable
+files on top.
 
-``http(s)://`` goes through fsspec's ``HTTPFileSystem`` session (aiohttp), ``hf://ORG/REPO[@REV]/PATH``
+``http(s)://`` goes through fsspec's ``HTTPFileSystem`` session (aiohttp) or, for a plain URL's
+few metadata reads and its read-ahead, ``http.client`` (``remote_light``); ``hf://ORG/REPO[@REV]/PATH``
 is resolved with ``huggingface_hub`` (``HF_ENDPOINT``, the token from ``HF_TOKEN`` or the login,
 the local cache for a commit revision) to its ``/resolve/`` URL, and ``s3://BUCKET/KEY`` goes
 through ``s3fs`` (endpoint and credentials from the usual AWS settings).
@@ -9,23 +11,21 @@ through ``s3fs`` (endpoint and credentials from the usual AWS settings).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import importlib
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from ckpttools.errors import CheckpointNotFoundError, UnreadableCheckpointError, UnsupportedError
 
 PARALLEL = 4  # ranges in flight at once
+LIGHT_MAX = 1 << 20  # a lone range up to this long goes over the light connection
 AHEAD_BLOCK = 8 << 20  # a sequential reader's ranges: fewer requests, measured 1.2x faster than 2 MiB
 INSTALL = "pip install 'ckpttools[remote]'"
 _HF_URL = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass
@@ -61,6 +61,20 @@ def require(url: str, *modules: str) -> list[Any]:
                                f"{INSTALL}") from e
 
 
+def require_installed(url: str, *modules: str) -> None:
+    """``require`` without importing: the extra is there, to be imported when first needed."""
+    import importlib.util
+
+    for m in modules:
+        try:
+            missing = m in sys.modules and sys.modules[m] is None or importlib.util.find_spec(m) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            raise UnsupportedError(f"{url}: reading URLs needs the remote extra ({m} is missing); "
+                                   f"{INSTALL}")
+
+
 # ---- where a URL's bytes come from ----------------------------------------------------------
 
 
@@ -84,39 +98,6 @@ def parse_hf(url: str) -> HfFile:
         raise UnsupportedError(f"{url}: not an hf:// URL of the form hf://ORG/REPO[@REVISION]/PATH; "
                                "name the file, e.g. hf://org/model/model.safetensors")
     return HfFile(m["repo"], m["rev"] or "main", m["file"])
-
-
-def cached_path(url: str) -> str | None:
-    """The local copy of an ``hf://`` file in the Hugging Face cache at the same revision, else
-    None. A commit hash is looked up as it is; a branch or tag resolves to the commit the cache
-    recorded for it, which is used when the server still names that commit (one ``HEAD``, as
-    ``hf_hub_download`` asks) or ``HF_HUB_OFFLINE`` is set."""
-    if not url.startswith("hf://"):
-        return None
-    ref = parse_hf(url)
-    (hub,) = require(url, "huggingface_hub")
-    found = hub.try_to_load_from_cache(ref.repo, ref.filename, revision=ref.revision,
-                                       cache_dir=os.environ.get("HF_HUB_CACHE") or None)
-    if not (isinstance(found, str) and os.path.isfile(found)):
-        return None
-    if _COMMIT.fullmatch(ref.revision) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true"):
-        return found
-    commit = found.replace(os.sep, "/").split("/snapshots/", 1)[-1].split("/", 1)[0]
-    return found if server_commit(url) == commit else None
-
-
-_SERVER_COMMITS: dict[str, str | None] = {}
-
-
-def clear_commits() -> None:
-    _SERVER_COMMITS.clear()
-
-
-def server_commit(url: str) -> str | None:
-    """The commit the Hub names for an ``hf://`` file now (its ``X-Repo-Commit``), asked once."""
-    if url not in _SERVER_COMMITS:
-        _SERVER_COMMITS[url] = Http(url).commit()
-    return _SERVER_COMMITS[url]
 
 
 def _http_target(url: str) -> tuple[str, dict[str, str]]:
@@ -171,183 +152,6 @@ def _no_range(url: str) -> Exception:
                             "download the file and pass the local path")
 
 
-class Http:
-    """Ranged GETs over fsspec's HTTP session (aiohttp), several in flight."""
-
-    def __init__(self, url: str) -> None:
-        fsspec_http, aiohttp = require(url, "fsspec.implementations.http", "aiohttp")
-        self.url = url
-        self.http, self.headers = _http_target(url)
-        t = SETTINGS.timeout
-        self._aiohttp = aiohttp
-        self._fs = fsspec_http.HTTPFileSystem(
-            client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)})
-        self.size = -1
-        self._ahead: collections.deque[tuple[int, int, Any]] = collections.deque()
-        self._ahead_next = 0
-
-    async def _get(self, start: int, end: int, probe: bool = False) -> bytes:
-        session = await self._fs.set_session()
-        headers = {**self.headers, "Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        COUNTERS.requests += 1
-        async with session.get(self.http, headers=headers) as r:
-            err = _status_error(self.url, r.status)
-            if err is not None:
-                raise err
-            if probe:
-                self.size = _total_size(r)
-                end = min(end, self.size)
-            if r.status != 206 and (start > 0 or end < self.size):
-                raise _no_range(self.url)
-            data = await r.content.read(end - start) if r.status != 206 else await r.read()
-            COUNTERS.bytes += len(data)
-        if len(data) != end - start:
-            raise _truncated(self.url, len(data), end - start)
-        return data
-
-    def run(self, coro: Any) -> Any:
-        from fsspec.asyn import sync
-
-        with self.errors():
-            return sync(self._fs.loop, lambda: coro)
-
-    @contextmanager
-    def errors(self) -> Iterator[None]:
-        """aiohttp's and asyncio's errors as the one-line errors."""
-        try:
-            yield
-        except (asyncio.TimeoutError, TimeoutError) as e:
-            raise _timeout_error(self.url) from e
-        except self._aiohttp.ClientPayloadError as e:
-            raise _truncated(self.url) from e
-        except self._aiohttp.ClientError as e:
-            raise UnreadableCheckpointError(f"{self.url}: cannot fetch ({e}); check the URL and "
-                                            "the network") from e
-
-    def commit(self) -> str | None:
-        """The ``X-Repo-Commit`` a ``HEAD`` of the file answers (before any redirect)."""
-
-        async def head() -> str | None:
-            session = await self._fs.set_session()
-            COUNTERS.requests += 1
-            async with session.head(self.http, headers=self.headers, allow_redirects=False) as r:
-                err = _status_error(self.url, r.status)
-                if err is not None:
-                    raise err
-                return r.headers.get("X-Repo-Commit")
-
-        return self.run(head())
-
-    def probe(self, n: int) -> bytes:
-        """The first ``n`` bytes (fewer for a smaller file); learns the size on the way."""
-        return self.run(self._get(0, n, probe=True))
-
-    def stream(self, ranges: Sequence[tuple[int, int]]) -> Iterator[bytes]:
-        """The ranges in order, ``PARALLEL`` always in flight (a window, not batches: the
-        next ranges arrive while the caller writes this one)."""
-        import concurrent.futures
-
-        loop = self._fs.loop
-        todo = iter(ranges)
-        window: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
-
-        def submit() -> None:
-            nxt = next(todo, None)
-            if nxt is not None:
-                window.append(asyncio.run_coroutine_threadsafe(self._get(*nxt), loop))
-
-        for _ in range(PARALLEL):
-            submit()
-        try:
-            while window:
-                with self.errors():
-                    data = window.popleft().result(timeout=None)
-                submit()
-                yield data
-        finally:
-            for f in window:
-                f.cancel()
-
-    def read_ahead(self, start: int, end: int) -> Iterator[memoryview]:
-        """``[start, end)`` in pieces, from aligned ``AHEAD_BLOCK`` ranges kept ``PARALLEL`` in
-        flight past the last read: a caller reading the file in order (convert, tensor after
-        tensor) finds the next tensor's bytes on the way instead of waiting for a request each.
-        A read elsewhere restarts the window there."""
-        pos = start
-        if pos >= self._ahead_next:  # past everything in flight: skip ahead, not through
-            self._restart_ahead(pos)
-        while pos < end:
-            while self._ahead and self._ahead[0][1] <= pos:
-                self._ahead.popleft()
-                self._submit_ahead()
-            if not self._ahead or self._ahead[0][0] > pos:
-                self._restart_ahead(pos)
-            first, last, future = self._ahead[0]
-            with self.errors():
-                data = future.result(timeout=None)
-            piece = memoryview(data)[pos - first:min(end, last) - first]  # no copy
-            pos += len(piece)
-            yield piece
-
-    def _restart_ahead(self, pos: int) -> None:
-        for _, _, future in self._ahead:
-            future.cancel()
-        self._ahead.clear()
-        self._ahead_next = pos - pos % AHEAD_BLOCK
-        for _ in range(PARALLEL):
-            self._submit_ahead()
-
-    def _submit_ahead(self) -> None:
-        first = self._ahead_next
-        if first >= self.size:
-            return
-        last = min(self.size, first + AHEAD_BLOCK)
-        self._ahead.append((first, last, asyncio.run_coroutine_threadsafe(self._get(first, last),
-                                                                          self._fs.loop)))
-        self._ahead_next = last
-
-    def download(self, out: BinaryIO) -> int:
-        """Stream the whole file into ``out`` with one GET (a server without Range support)."""
-
-        async def whole() -> int:
-            session = await self._fs.set_session()
-            COUNTERS.requests += 1
-            async with session.get(self.http, headers={**self.headers, "Accept-Encoding": "identity"}) as r:
-                err = _status_error(self.url, r.status)
-                if err is not None:
-                    raise err
-                want = int(r.headers.get("Content-Length", -1))
-                got = 0
-                async for piece in r.content.iter_chunked(1 << 20):
-                    out.write(piece)
-                    got += len(piece)
-                    COUNTERS.bytes += len(piece)
-            if want >= 0 and got != want:
-                raise _truncated(self.url, got, want)
-            return got
-
-        return self.run(whole())
-
-    def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        async def many() -> list[bytes]:
-            gate = asyncio.Semaphore(PARALLEL)
-
-            async def one(start: int, end: int) -> bytes:
-                async with gate:
-                    return await self._get(start, end)
-
-            return list(await asyncio.gather(*(one(s, e) for s, e in ranges)))
-
-        return self.run(many())
-
-
-def _total_size(r: Any) -> int:
-    content_range = r.headers.get("Content-Range", "")
-    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-        return int(content_range.rsplit("/", 1)[1])
-    return int(r.headers.get("Content-Length", 0))
-
-
 class S3:
     """Ranges through s3fs (``cat_ranges`` runs them concurrently)."""
 
@@ -363,7 +167,7 @@ class S3:
             return CheckpointNotFoundError(f"{self.url}: no such object; check the bucket and key")
         if isinstance(e, PermissionError):
             return UnreadableCheckpointError(f"{self.url}: access denied; {_auth_hint(self.url)}")
-        if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        if isinstance(e, TimeoutError):
             return _timeout_error(self.url)
         return UnreadableCheckpointError(f"{self.url}: cannot read ({e}); check the URL and credentials")
 
@@ -387,33 +191,6 @@ class S3:
             if len(data) != e - s:
                 raise _truncated(self.url, len(data), e - s)
         return list(out)
-
-
-class Spill:
-    """A whole file downloaded into a temporary file, served by ranges from there."""
-
-    def __init__(self, url: str, source: Http) -> None:
-        import tempfile
-        import threading
-
-        self.url = url
-        self._file = tempfile.TemporaryFile()  # gone when closed or when the process ends
-        self.size = source.download(self._file)
-        self._lock = threading.Lock()
-
-    def probe(self, n: int) -> bytes:
-        return self.fetch([(0, min(n, self.size))])[0]
-
-    def close(self) -> None:
-        self._file.close()
-
-    def fetch(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        out = []
-        with self._lock:
-            for start, end in ranges:
-                self._file.seek(start)
-                out.append(self._file.read(end - start))
-        return out
 
 
 S3_FS: dict[float, Any] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import BinaryIO, NamedTuple
 
@@ -253,6 +253,18 @@ def _record_end(f: BinaryIO, rec: ZipRecord, problems: list[str]) -> int:
         wide = int.from_bytes(sizes[:8], "little") == rec.compress_size and len(sizes) == 16
         end += 4 + (16 if wide and rec.compress_size >= 0xFFFFFFFF else 8)
     return end
+
+
+def check_windows(entries: list[ZipRecord], cd_offset: int,
+                  head: Callable[[ZipRecord], int]) -> list[tuple[int, int]]:
+    """The spans ``archive_problems`` and a record-by-record scan read, for fetching them at
+    once: each record's local header (name and up to 72 bytes of extra field: torch pads its
+    data to 64 bytes), ``head(record)`` first bytes of its data, and the 32 bytes before it
+    and before the directory (a data descriptor). A header with a longer extra field is read
+    outside these spans, by its own request."""
+    spans = [(r.header_offset - 32, r.header_offset + _LOCAL.size + len(r.name.encode()) + 72
+              + head(r)) for r in entries]
+    return spans + [(cd_offset - 32, cd_offset)]
 
 
 def file_size(f: BinaryIO) -> int:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def compute_stats(
     """
     out = []
     names = shown_keys if shown_keys is not None else keys
+    fileio.plan_value_reads(reader, keys)  # a URL: a window of ranges in flight
     for key, name in zip(keys, names):
         tensor = reader.load(key)
         out.append(_stats_of(name, tensor))

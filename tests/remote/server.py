@@ -1,6 +1,8 @@
 """A range-honouring HTTP file server on 127.0.0.1 for the remote tests and the bench.
 
-It serves the files under a folder, answers ``Range: bytes=a-b`` with 206, maps the Hub's
+It serves the files under a folder, answers ``Range: bytes=a-b`` with 206 and
+``Range: bytes=a-b,c-d,...`` with ``206 multipart/byteranges`` (or, on demand, as servers that
+do not do multi-range answer it: the whole file, or one range spanning them all), maps the Hub's
 ``/{org}/{repo}/resolve/{rev}/{path}`` onto ``{org}/{repo}/{path}``, counts requests and body
 bytes, and misbehaves on demand: ignore ranges, answer a status, cut the body short, stall.
 """
@@ -17,6 +19,8 @@ from typing import Any
 
 _RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_MULTI = re.compile(r"bytes=\d+-\d+(?:,\s*\d+-\d+)+")
+BOUNDARY = "CKPTTOOLS-TEST-BOUNDARY"
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Behaviour:
     stall: float = 0.0  # seconds to wait before answering
     token: str | None = None  # 401 unless ``Authorization: Bearer <token>``
     commit: str = "f" * 40  # the X-Repo-Commit a /resolve/ path answers with
+    multi: str = "parts"  # a multi-range request: "parts", "whole" (200) or "span" (one range)
 
 
 @dataclass
@@ -37,15 +42,21 @@ class Log:
 
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     bytes: int = 0
+    active: int = 0  # requests being answered now
+    most_active: int = 0  # the most answered at once since the last reset
 
     def reset(self) -> None:
         self.requests.clear()
         self.bytes = 0
+        self.most_active = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: FileServer
     protocol_version = "HTTP/1.1"
+    # as nginx's tcp_nodelay: a small body written after the headers on a kept-alive connection
+    # would otherwise wait for the client's delayed ACK (40 ms) under Nagle's algorithm
+    disable_nagle_algorithm = True
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -69,9 +80,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _serve(self, body: bool) -> None:
-        srv, how = self.server, self.server.behaviour
+        srv = self.server
         with srv.lock:
             srv.log.requests.append((self.command, self.path, self.headers.get("Range")))
+            srv.log.active += 1
+            srv.log.most_active = max(srv.log.most_active, srv.log.active)
+        try:
+            self._answer(body)
+        finally:
+            with srv.lock:
+                srv.log.active -= 1
+
+    def _answer(self, body: bool) -> None:
+        how = self.server.behaviour
         if how.stall:
             time.sleep(how.stall)
         if how.status:
@@ -82,6 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
         if f is None:
             return self._fail(404)
         size = f.stat().st_size
+        if _MULTI.fullmatch(self.headers.get("Range") or "") and not how.no_range:
+            return self._multi(f, size, body)
         start, end = 0, size
         m = _RANGE.fullmatch(self.headers.get("Range") or "")
         ranged = m is not None and not how.no_range
@@ -99,6 +122,38 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(f, start, end if not how.truncate else start + (end - start) // 2)
         if how.truncate:
             self.close_connection = True
+
+    def _multi(self, f: Path, size: int, body: bool) -> None:
+        spans = [(int(a), min(size, int(b) + 1)) for a, b in
+                 (r.strip().split("-") for r in self.headers["Range"][6:].split(","))]
+        how = self.server.behaviour.multi
+        if how == "whole":
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            return self._send(f, 0, size) if body else None
+        if how == "span":
+            start, end = min(s for s, _ in spans), max(e for _, e in spans)
+            self.send_response(206)
+            self.send_header("Content-Length", str(end - start))
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+            self.end_headers()
+            return self._send(f, start, end) if body else None
+        out = bytearray()
+        with open(f, "rb") as fh:
+            for s, e in spans:
+                fh.seek(s)
+                out += (f"\r\n--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+                        f"Content-Range: bytes {s}-{e - 1}/{size}\r\n\r\n").encode() + fh.read(e - s)
+        out += f"\r\n--{BOUNDARY}--\r\n".encode()
+        self.send_response(206)
+        self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        if body:
+            self.wfile.write(out)
+            with self.server.lock:
+                self.server.log.bytes += len(out)
 
     def _send(self, f: Path, start: int, end: int) -> None:
         with open(f, "rb") as fh:

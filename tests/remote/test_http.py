@@ -58,12 +58,10 @@ def test_inspect_pth_reads_head_tail_and_pickle(runner: CliRunner, served: FileS
     mine = json.loads(out)
     assert (mine["tensors"], mine["objects"], mine["globals"]) == (local["tensors"], local["objects"], local["globals"])
     size = (served.root / "model.pth").stat().st_size
-    # head, tail and pickle, then the archive checks' pages (each record's local header and
-    # first bytes), fetched at once
-    with open(served.root / "model.pth", "rb") as f:
-        records = len(zip_records.read_directory(f, size))
-    assert len(served.log.requests) <= 4 + 2 * records
-    assert served.log.bytes <= MB + _pickle_size(served.root / "model.pth") + records * 16 * 1024
+    # head, tail and pickle, then the archive checks' windows (each record's local header and
+    # first bytes) in one multi-range request
+    assert len(served.log.requests) <= 4
+    assert served.log.bytes <= MB + _pickle_size(served.root / "model.pth")
     assert served.log.bytes < size / 4
 
 
@@ -216,6 +214,29 @@ def test_convert_streams_from_a_server_without_range(runner: CliRunner, served: 
     want = torch.load(served.root / "model.pth", weights_only=True)["model"]
     got = load_file(out)
     assert all(torch.equal(got[f"model.{k}"], v) for k, v in want.items())
+
+
+@pytest.mark.filterwarnings("always:.*ignores Range requests:UserWarning")
+@pytest.mark.parametrize("args", [["inspect", "--stats"], ["audit"], ["diff"]],
+                         ids=["inspect-stats", "audit", "diff-pair"])
+def test_whole_file_commands_download_from_a_server_without_range(
+        runner: CliRunner, served: FileServer, pth: str, st: str, args: list[str]) -> None:
+    """Commands that read every value anyway take the file whole, once, with a warning, and
+    answer as on the local file; those that read a part still refuse (above)."""
+    served.behaviour.no_range = True
+    tail = [_local(served, st)] if args == ["diff"] else []  # diff A B: the URL against a file
+    local = runner.invoke(cli, [*args, "--format", "json", _local(served, pth), *tail])
+    code, out, err = _run(runner, *args, "--format", "json", pth, *tail)
+    assert code == local.exit_code == 0, err
+    assert json.loads(out) == json.loads(local.stdout.replace(_local(served, pth), pth))
+    assert "ignores Range requests; reading the whole file once" in err
+    assert len(served.log.requests) == 2  # the refused ranged probe, then one whole GET
+    from ckpttools.formats import remote
+
+    remote.clear()
+    remote.SETTINGS.whole_file_ok = False  # a new process
+    code, out, err = _run(runner, "inspect", "--stats", "--filter", "*.0.*", pth)
+    assert code == 2 and "ignores Range requests" in err  # a part only: still refused
 
 
 def test_timeout_option(runner: CliRunner, served: FileServer, st: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -139,6 +139,22 @@ def copy_raw(files: SourceFiles, src: RawSource, out_fd: int, *, crc: bool = Fal
         left -= got
         on_progress(got)
     return value
+
+
+def plan_url_reads(tensors: Sequence[TensorData]) -> None:
+    """Tell each URL the byte ranges ``tensors`` will be copied from, in this order: its
+    read-ahead then follows the writer (a view or tied weight read out of file order does
+    not restart it)."""
+    by_url: dict[str, list[tuple[int, int]]] = {}
+    for t in tensors:
+        for src in ((t.raw,) if t.raw is not None else t.pieces):
+            if fileio.is_url(src.path):
+                by_url.setdefault(src.path, []).append((src.offset, src.offset + src.length))
+    if by_url:
+        from ckpttools.formats import remote
+
+        for url, ranges in by_url.items():
+            remote.plan_reads(url, ranges)
 
 
 def url_chunks(src: RawSource) -> Iterator[bytes | memoryview]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ckpttools.entries import RawSource
 from ckpttools.errors import OutputError, UnsupportedError
 from ckpttools.formats.writers.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
-                                                write_data, write_data_crc)
+                                                plan_url_reads, write_data, write_data_crc)
 
 ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -72,6 +72,7 @@ def write_safetensors(path: str, tensors: Sequence[TensorData], metadata: dict[s
     own = files is None
     files = files or SourceFiles()
     head = header_bytes(tensors, metadata)
+    plan_url_reads(tensors)
     placed: dict[str, RawSource] = {}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     pool = ThreadPoolExecutor(1, thread_name_prefix="crc32") if crcs is not None else None

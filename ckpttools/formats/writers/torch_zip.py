@@ -28,8 +28,8 @@ from typing import Any
 
 from ckpttools.entries import RawSource
 from ckpttools.formats.writers.bytecopy import (Progress, SourceFiles, TensorData, _no_progress,
-                                                 copy_pieces, copy_raw, copy_raw_crc, write_all,
-                                                 write_tensor)
+                                                 copy_pieces, copy_raw, copy_raw_crc, plan_url_reads,
+                                                 write_all, write_tensor)
 from ckpttools.formats.writers.dcp_metadata import PickleGlobal
 
 ALIGNMENT = 64
@@ -229,6 +229,7 @@ def write_records(zf: ZipArchiveWriter, files: SourceFiles, data_pkl: bytes,
         Where each storage's bytes landed in the file, by key.
     """
     placed: dict[str, RawSource] = {}
+    plan_url_reads([data for _, data in storages])
     zf.record("data.pkl", data_pkl)
     zf.record(".format_version", b"1")
     zf.record(".storage_alignment", str(ALIGNMENT).encode())

@@ -108,7 +108,11 @@ def _zip_records_complete(path: str) -> str | None:
     with fileio.open_binary(path) as f:
         size = zr.file_size(f)
         try:
-            for rec in zr.read_directory(f, size).values():
+            records = zr.read_directory(f, size).values()
+            if hasattr(f, "prefetch_windows"):  # a URL: every local header in one request
+                f.prefetch_windows([(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
+                                    for r in records])
+            for rec in records:
                 if zr.data_offset(f, rec) + rec.compress_size > size:
                     return f"record {rec.name} runs past the end of the file (truncated)"
         except (zr.ZipError, ValueError) as e:

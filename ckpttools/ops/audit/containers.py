@@ -203,10 +203,11 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     remote = getattr(data, "remote", False)
     try:
         listing = zr.read_entries(f, size)  # type: ignore[arg-type]
-        entries = listing[0]
+        entries, (_, cd_offset, _) = listing
         if remote:  # the checks read each local header and record start: fetched at once
-            data.prefetch_pages([o for r in entries for o in (
-                r.header_offset, r.header_offset + 30 + len(r.name.encode()) + 64)])
+            main = _torch_pickle(entries)
+            data.prefetch_windows(zr.check_windows(entries, cd_offset, lambda r: (
+                0 if _is_storage(r.name, main) else min(r.compress_size, 256))))
         problems = zr.archive_problems(f, size, listing)  # type: ignore[arg-type]
     except (zr.ZipError, struct.error, UnicodeDecodeError) as e:
         entries, problems = _local_entries(f, size), []

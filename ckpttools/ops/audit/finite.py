@@ -165,12 +165,13 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     count = 0
     files: dict[str, IO[bytes]] = {}
     bufs = [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
+    checked = [e for e in reader.tensor_entries()
+               if e.dtype in CHECKED_DTYPES and _checked(e.key, only, exclude)]
+    fileio.plan_value_reads(reader, [e.key for e in checked])  # a URL: a window of ranges in flight
     try:
         # the reads run on the pool's thread, the checks on this one: one torch thread each
         with ThreadPoolExecutor(1) as pool, one_thread():
-            for e in reader.tensor_entries():
-                if e.dtype not in CHECKED_DTYPES or not _checked(e.key, only, exclude):
-                    continue
+            for e in checked:
                 count += 1
                 dtype = getattr(torch, e.dtype)
                 src = reader.raw_source(e.key) if sys.byteorder == "little" else None
