@@ -96,8 +96,10 @@ def warm_up(torch_first: bool = False) -> threading.Thread:
     return thread
 
 
-def new_figure(width: float, height: float, rows: int = 1, **grid: Any) -> tuple[Figure, Any]:
-    """A figure and its axes (a list when ``rows`` > 1), on the Agg canvas."""
+def new_figure(width: float, height: float, rows: int = 1, layout: str | None = "constrained",
+               **grid: Any) -> tuple[Figure, Any]:
+    """A figure and its axes (a list when ``rows`` > 1), on the Agg canvas; ``layout=None``
+    for a figure that sets its own margins."""
     require_matplotlib()
     # matplotlib is not thread-safe: a figure is drawn once ``warm_up``'s thread is done
     while _WARMING and _WARMING[0] is not threading.current_thread():
@@ -107,7 +109,7 @@ def new_figure(width: float, height: float, rows: int = 1, **grid: Any) -> tuple
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout)
     axes = fig.subplots(rows, 1, **grid)
     return fig, axes
 
