@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
 from ckpttools.ops.diagnose.shapes import inserted_layer_group
 from ckpttools.ops.diagnose.structure import prefix_matches
 
