@@ -53,6 +53,10 @@ def _zero_rank(rank: int, output_dir: str, stage: int) -> None:
         engine.backward(loss)
         engine.step()
     engine.save_checkpoint(output_dir)
+    # a rank that exits with the process group alive can abort in gloo's threads at interpreter
+    # exit ("terminate called without an active exception"): tear it down in step on every rank
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def deepspeed_zero_2ranks(output_dir: Path, stage: int) -> Path:
