@@ -88,21 +88,14 @@ def read_multi(r: http.client.HTTPResponse, spans: Sequence[Span], counters: Any
                status_error: Callable[[int], Exception | None]) -> list[bytes | None] | None:
     """A multi-range answer's windows, or None when the server did not answer in parts (the
     body of a whole-file or over-wide answer is never read: the connection is dropped)."""
-    err = None if r.status == 416 else status_error(r.status)
-    if err is not None:
-        raise err
-    limit = remote_multi.answer_limit(spans)
-    if r.status != 206 or int(r.headers.get("Content-Length", 0)) > limit:
+    if not remote_multi.in_parts(r.status, r.headers, spans, status_error):
         return None
+    limit = remote_multi.answer_limit(spans)
     body = r.read(limit + 1)
     counters.bytes += len(body)
     if len(body) > limit or not r.isclosed() and r.read(1):
         return None
-    try:
-        return remote_multi.pick(spans, remote_multi.parse_parts(
-            r.headers.get("Content-Type", ""), r.headers.get("Content-Range"), body))
-    except remote_multi.NotMultipart:
-        return None
+    return remote_multi.windows_of(r.headers, spans, body)
 
 
 class LightPool:

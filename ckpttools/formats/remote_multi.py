@@ -96,6 +96,28 @@ def pick(spans: Sequence[Span], parts: dict[int, bytes]) -> list[bytes | None]:
     return out
 
 
+def in_parts(status: int, headers: Any, spans: Sequence[Span], status_error: Any) -> bool:
+    """Whether an answer to a multi-range request of ``spans`` is worth reading: a 206 no wider
+    than ``answer_limit`` (a whole file or a wide range is dropped unread, and so is a 416).
+
+    Raises:
+        the ``status_error`` of a 4xx/5xx answer other than 416.
+    """
+    err = None if status == 416 else status_error(status)
+    if err is not None:
+        raise err
+    return status == 206 and int(headers.get("Content-Length", 0)) <= answer_limit(spans)
+
+
+def windows_of(headers: Any, spans: Sequence[Span], body: bytes) -> list[bytes | None] | None:
+    """Each span's bytes from a multi-range answer's body, or None when it does not parse."""
+    try:
+        return pick(spans, parse_parts(headers.get("Content-Type", ""),
+                                       headers.get("Content-Range"), body))
+    except NotMultipart:
+        return None
+
+
 def fetch_windows(source: Any, spans: Sequence[Span]) -> list[bytes]:
     """The bytes of each of ``spans`` (small, sorted, disjoint), by multi-range requests where
     ``source`` offers them and they work, else by single ranges with neighbours merged."""
@@ -129,10 +151,7 @@ async def get_multi(session: Any, url: str, headers: dict[str, str], spans: Sequ
     counters.requests += 1
     async with session.get(url, headers={**headers, "Range": range_header(spans),
                                          "Accept-Encoding": "identity"}) as r:
-        err = None if r.status == 416 else status_error(r.status)
-        if err is not None:
-            raise err
-        if r.status != 206 or int(r.headers.get("Content-Length", 0)) > limit:
+        if not in_parts(r.status, r.headers, spans, status_error):
             r.close()  # the whole file or a wide range: drop the connection, read nothing
             return None
         body = bytearray()
@@ -145,8 +164,4 @@ async def get_multi(session: Any, url: str, headers: dict[str, str], spans: Sequ
         want = r.headers.get("Content-Length")
         if want is not None and len(body) != int(want):
             return None  # cut short: the singles that follow report it if it persists
-        try:
-            return pick(spans, parse_parts(r.headers.get("Content-Type", ""),
-                                           r.headers.get("Content-Range"), bytes(body)))
-        except NotMultipart:
-            return None
+        return windows_of(r.headers, spans, bytes(body))

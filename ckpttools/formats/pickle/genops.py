@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["NAMES", "OpcodeError", "iter_ops", "read_arg", "single_integer"]
+__all__ = ["NAMES", "OpcodeError", "TruncatedError", "iter_ops", "read_arg", "single_integer"]
 
 HIGHEST_PROTOCOL = 5
 NAMES: dict[int, str] = {ord(op.code): op.name for op in pickletools.opcodes}
@@ -43,6 +43,10 @@ _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 class OpcodeError(ValueError):
     """Where the C unpickler raises: nothing after this opcode runs."""
+
+
+class TruncatedError(OpcodeError):
+    """The data ends inside an opcode's argument (or before STOP)."""
 
 
 def _cut_nul(line: bytes) -> bytes:
@@ -120,7 +124,7 @@ def _memo_index(line: bytes, name: str) -> int:
 def _text_arg(name: str, line: bytes) -> Any:
     """The value of a newline-terminated argument (``line`` includes the newline)."""
     if len(line) < 2 and name not in ("UNICODE", "PERSID"):
-        raise OpcodeError("pickle data was truncated")  # bad_readline
+        raise TruncatedError("pickle data was truncated")  # bad_readline
     if name == "INT":
         return _int_value(line)
     if name == "LONG":
@@ -152,7 +156,7 @@ def _text_arg(name: str, line: bytes) -> Any:
 def _readline(data: Any, pos: int, n: int) -> tuple[bytes, int]:
     end = data.find(b"\n", pos, n)
     if end < 0:
-        raise OpcodeError("pickle data was truncated (no newline)")
+        raise TruncatedError("pickle data was truncated (no newline)")
     return bytes(data[pos:end + 1]), end + 1
 
 
@@ -162,7 +166,7 @@ def _name_pair(data: Any, pos: int, n: int) -> tuple[str, int]:
     for _ in range(2):
         line, pos = _readline(data, pos, n)
         if len(line) < 2:
-            raise OpcodeError("pickle data was truncated")
+            raise TruncatedError("pickle data was truncated")
         try:
             parts.append(line[:-1].decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -173,13 +177,13 @@ def _name_pair(data: Any, pos: int, n: int) -> tuple[str, int]:
 def _counted(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
     width, signed, decode = _COUNTED[name]
     if pos + width > n:
-        raise OpcodeError("pickle data was truncated")
+        raise TruncatedError("pickle data was truncated")
     size = int.from_bytes(data[pos:pos + width], "little", signed=signed)
     if size < 0:
         raise OpcodeError(f"{name} has a negative byte count")
     pos += width
     if pos + size > n:
-        raise OpcodeError("pickle data was truncated")
+        raise TruncatedError("pickle data was truncated")
     if not decode:
         return size, pos + size  # bytes values are never needed, only skipped (not copied)
     raw = data[pos:pos + size]
@@ -196,18 +200,18 @@ def read_arg(data: Any, name: str, pos: int, n: int) -> tuple[Any, int]:
     if name in _FIXED:
         width, signed = _FIXED[name]
         if pos + width > n:
-            raise OpcodeError("pickle data was truncated")
+            raise TruncatedError("pickle data was truncated")
         value = int.from_bytes(data[pos:pos + width], "little", signed=signed)
         if name == "PROTO" and value > HIGHEST_PROTOCOL:
             raise OpcodeError(f"unsupported pickle protocol: {value}")
         if name == "FRAME" and pos + width + value > n:
-            raise OpcodeError("pickle data was truncated (frame)")
+            raise TruncatedError("pickle data was truncated (frame)")
         if name.startswith("EXT") and value <= 0:
             raise OpcodeError("EXT specifies code <= 0")
         return value, pos + width
     if name == "BINFLOAT":
         if pos + 8 > n:
-            raise OpcodeError("pickle data was truncated")
+            raise TruncatedError("pickle data was truncated")
         return None, pos + 8
     if name in _COUNTED:
         return _counted(data, name, pos, n)
@@ -233,7 +237,7 @@ def iter_ops(data: Any, pos: int = 0, end: int | None = None) -> Iterator[tuple[
     n = len(data) if end is None else end
     while True:
         if pos >= n:
-            raise OpcodeError("pickle data was truncated (no STOP opcode)")
+            raise TruncatedError("pickle data was truncated (no STOP opcode)")
         name = NAMES.get(data[pos])
         if name is None:
             raise OpcodeError(f"invalid load key, {bytes([data[pos]])!r}")

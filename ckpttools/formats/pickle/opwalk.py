@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpttools.entries import GlobalRef
-from ckpttools.formats.pickle.genops import NAMES, OpcodeError, read_arg
+from ckpttools.formats.pickle.genops import NAMES, OpcodeError, TruncatedError, read_arg
 from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
                                               Stop, Tup, count_keys)
 
@@ -215,9 +215,8 @@ def _read_framed(w: State, data: Any, c: int, pos: int, n: int, frame_end: int,
         return read_arg(data, NAMES[c], pos + 1, n)
     try:
         return read_arg(data, NAMES[c], pos + 1, frame_end)
-    except OpcodeError as e:
-        if "truncated" in str(e):
-            _cross_frame(w, base + pos)
+    except TruncatedError:
+        _cross_frame(w, base + pos)
         raise
 
 

@@ -1,12 +1,13 @@
 """Writing some tensors of a ``torch.save`` zip under new names, as ``torch.save`` would, by
 byte copy and without torch.
 
-``torch.save({new: torch.load(src)[old] ...})`` writes each storage the kept tensors view, and
-each tensor as a view of it. Here each storage record of the source is copied by kernel copy
-(every chunk handed to the disk as it is written) and ``data.pkl`` names each tensor as the same
-view of it; storages that several kept tensors share stay shared, as ``torch.load`` keeps them.
-The CRC-32 of every copied storage is computed while copying and must match the one the source
-records, so a damaged source is refused rather than rewritten with a fresh CRC.
+``torch.save({new: torch.load(src, weights_only=True)[old] ...})`` writes each storage the kept
+tensors view, and each tensor as a view of it. Here each storage record of the source is copied
+by kernel copy (every chunk handed to the disk as it is written) and ``data.pkl`` names each
+tensor as the same view of it; storages that several kept tensors share stay shared, as
+``torch.load`` keeps them. The CRC-32 of every copied storage is computed while copying and must
+match the one the source records, so a damaged source is refused rather than rewritten with a
+fresh CRC.
 """
 
 from __future__ import annotations
