@@ -82,15 +82,42 @@ def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, code, []
 
 
+_REPARAMETRIZED = {"weight_orig": "spectral_norm", "weight_g": "weight_norm"}
+
+
+def _reparametrize(layers: dict[str, str]) -> str:
+    """Code that gives the model's layers the parametrization the checkpoint was saved with."""
+    return "".join(f'torch.nn.utils.{how}(model.get_submodule("{name}"))\n'
+                   for name, how in layers.items()) + "model.load_state_dict(sd)"
+
+
+def _saved_reparametrized(ev: Evidence) -> dict[str, str]:
+    """Layers whose weight the model misses while the checkpoint holds it as spectral_norm's
+    ``weight_orig`` or (old) weight_norm's ``weight_g``: layer -> the function to apply."""
+    missing = set(ev.missing)
+    found: dict[str, str] = {}
+    for key in ev.unexpected:
+        layer, _, leaf = key.rpartition(".")
+        if leaf in _REPARAMETRIZED and f"{layer}.weight" in missing:
+            found[layer] = _REPARAMETRIZED[leaf]
+    return found
+
+
 def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if f.facts.get("reparametrized"):
-        what = (f"only the weight of {', '.join(f.facts['examples'])} is missing, not its bias: the "
+        layers = [k.rpartition(".")[0] for k in f.facts["examples"]]
+        what = (f"only the weight of {', '.join(layers)} is missing, not its bias: the "
                 "checkpoint most likely stores it reparametrized (spectral_norm's weight_orig/"
                 "weight_u/weight_v, weight_norm's weight_g/weight_v); apply the same "
-                "parametrization to the model before loading, or remove it before saving")
-        code = ("torch.nn.utils.spectral_norm(model.LAYER)  # the layer named in the message\n"
-                "model.load_state_dict(sd)")
-        return what, code, []
+                "parametrization to the model before loading (weight_norm if the checkpoint "
+                "holds weight_g), or remove it before saving")
+        return what, _reparametrize(dict.fromkeys(layers, "spectral_norm")), []
+    if layers := _saved_reparametrized(ev):
+        what = (f"the checkpoint stores {', '.join(layers)} reparametrized "
+                f"({', '.join(sorted(set(layers.values())))}: the weight as weight_orig/weight_u/"
+                "weight_v or weight_g/weight_v); apply the same parametrization to the model's "
+                "layers before loading, so that every weight loads")
+        return what, _reparametrize(layers), []
     leaves = f.facts["leaves"]
     names = ", ".join(leaves[:4])
     side = f.facts["side"]

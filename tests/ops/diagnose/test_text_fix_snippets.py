@@ -76,9 +76,31 @@ def _backbone_file(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return Detector(), {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("head.")}
 
 
+class _Lin(nn.Module):
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(inputs, outputs)
+
+
+class NetLin(Net):
+    """Net with its Linear layers one module down (``fc.lin.weight``), as a library rename does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = _Lin(4, 8), _Lin(8, 4)
+
+
+def _renamed(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    sd = _seeded().state_dict()
+    torch.save(sd, path)
+    moved = {k.replace("fc.", "fc.lin.").replace("head.", "head.lin."): v for k, v in sd.items()}
+    return NetLin(), moved
+
+
 CASES: dict[str, Callable[[Path], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "prefix_added": _prefix_added, "prefix_missing": _prefix_missing,
     "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head, "wrong_model": _backbone_file,
+    "renamed_keys": _renamed,
 }
 
 
@@ -96,4 +118,24 @@ def test_text_fix_snippet_runs_as_printed(tmp_path: Path, label: str) -> None:
     exec(compile(code, f"<diagnose fix for {label}>", "exec"), scope)
     loaded = scope["model"].state_dict()
     for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("how", ["spectral_norm", "weight_norm"])
+def test_reparametrized_checkpoint_snippet_loads_every_weight(tmp_path: Path, how: str) -> None:
+    # the fix for a layer saved reparametrized is that parametrization on the model, not
+    # strict=False (which would leave the layer's weight at its initial values)
+    trained = _seeded()
+    getattr(torch.nn.utils, how)(trained.fc)
+    path = tmp_path / "ckpt.pth"
+    torch.save(trained.state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    top = diagnose_text(_error(Net(), saved)).causes[0]
+    assert top.label == "version_buffers" and "strict=False" not in top.fix_code, top.fix_code
+    scope: dict[str, Any] = {"model": Net()}
+    exec(compile(top.fix_code.replace("CKPT", str(path)), f"<fix for {how}>", "exec"), scope)
+    loaded = scope["model"].state_dict()
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
         assert torch.equal(loaded[key], value), key
