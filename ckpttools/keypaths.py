@@ -122,32 +122,40 @@ def compress_keys(items: Iterable[tuple[str, Any]]) -> list[tuple[str, Any, int]
     values differ (a conv and a BatchNorm in one ``nn.Sequential``) are never folded together.
     Rows keep the order of the keys, a folded row at the place of its first layer's key.
     """
-    items = list(items)
+    # one regex search per key; the two passes below share it
+    rows = []
     layers: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+    search = _NUMBER.search
     for key, value in items:
-        match = _NUMBER.search(key)
-        if match is not None:
-            layers.setdefault((key[: match.start()], int(match.group())), []).append(
-                (key[match.end():], value))
+        match = search(key)
+        if match is None:
+            rows.append((key, value, None, ""))
+            continue
+        layer = (key[: match.start()], int(match.group()))
+        rest = key[match.end():]
+        rows.append((key, value, layer, rest))
+        members = layers.get(layer)
+        if members is None:
+            layers[layer] = [(rest, value)]
+        else:
+            members.append((rest, value))
     # layers of one stem with the same (suffix, value) sequence repeat one structure
     repeats: dict[tuple[str, tuple[tuple[str, Any], ...]], list[int]] = {}
     for (stem, number), members in layers.items():
         repeats.setdefault((stem, tuple(members)), []).append(number)
-    folded: dict[tuple[str, int], tuple[int, str]] = {}  # layer -> (first number, ranges)
+    folded: dict[tuple[str, int], tuple[int, str, int]] = {}  # layer -> (first, ranges, count)
     for (stem, _), numbers in repeats.items():
         if len(numbers) > 1:
+            fold = (numbers[0], _ranges(numbers), len(numbers))
             for n in numbers:
-                folded[(stem, n)] = (numbers[0], _ranges(numbers))
+                folded[(stem, n)] = fold
     out: list[tuple[str, Any, int]] = []
-    counts = {(stem, n): len(nums) for (stem, _), nums in repeats.items() for n in nums}
-    for key, value in items:
-        match = _NUMBER.search(key)
-        layer = (key[: match.start()], int(match.group())) if match else None
-        if layer is None or layer not in folded:
+    for key, value, layer, rest in rows:
+        fold = folded.get(layer) if layer is not None else None
+        if fold is None:
             out.append((key, value, 1))
-        elif folded[layer][0] == layer[1]:  # the first layer of the repeat stands for all
-            out.append((f"{layer[0]}{{{folded[layer][1]}}}{key[match.end():]}", value,  # type: ignore[union-attr]
-                        counts[layer]))
+        elif fold[0] == layer[1]:  # type: ignore[index]  # the first layer stands for all
+            out.append((f"{layer[0]}{{{fold[1]}}}{rest}", value, fold[2]))  # type: ignore[index]
     return out
 
 
