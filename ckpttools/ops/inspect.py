@@ -82,7 +82,9 @@ class InspectResult:
         """Parameters and bytes per top-level module, in file order (``module_sizes``)."""
         return module_sizes(self.tensors)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, tensors: bool = True) -> dict[str, Any]:
+        """The result as JSON-ready data; ``tensors=False`` leaves the per-tensor records out
+        (the JSON report encodes them itself, see ``render.inspect``)."""
         return {
             "path": self.path,
             "format": self.format,
@@ -93,7 +95,7 @@ class InspectResult:
             "state_dicts": [s.to_dict() for s in self.layout],
             "default_state_dict": self.default_state_dict,
             "objects": [{"key": o.key, "type": o.type_name, "value": o.value} for o in self.objects],
-            "tensors": [_tensor_dict(t) for t in self.tensors],
+            "tensors": [tensor_dict(t) for t in self.tensors] if tensors else None,
             "totals": {
                 "tensors": len(self.tensors),
                 "parameters": sum(t.numel for t in self.tensors),
@@ -109,7 +111,7 @@ class InspectResult:
         }
 
 
-def _tensor_dict(t: TensorEntry) -> dict[str, Any]:
+def tensor_dict(t: TensorEntry) -> dict[str, Any]:
     return {"key": t.key, "dtype": t.dtype, "shape": list(t.shape), "numel": t.numel,
             "bytes": t.nbytes, "location": t.location, "device": t.device}
 

@@ -23,6 +23,10 @@ def to_json(data: Any) -> str:
         return _encode(_json_safe(data), "")
 
 
+class EncodedRecords(list):  # type: ignore[type-arg]
+    """Records already encoded as compact JSON text, one per line in ``to_json``'s output."""
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -50,6 +54,8 @@ def _compact(value: Any) -> str:
 
 def _encode(value: Any, indent: str) -> str:
     inner = indent + "  "
+    if isinstance(value, EncodedRecords):
+        return "[\n" + ",\n".join(inner + r for r in value) + "\n" + indent + "]" if value else "[]"
     if isinstance(value, dict) and value:
         items = sorted((str(k), v) for k, v in value.items())
         body = ",\n".join(f"{inner}{_compact(k)}: {_encode(v, inner)}" for k, v in items)
