@@ -7,6 +7,7 @@ included); a finding is exit 1; clean is exit 0; warnings go to stderr as ``warn
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -172,8 +173,17 @@ class CkptGroup(click.Group):
     context_class = CkptContext
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        known = [name for name in WORKFLOW if name in self.commands]
-        return known + sorted(set(self.commands) - set(known))
+        names = set(self.commands) | set(COMMANDS)
+        known = [name for name in WORKFLOW if name in names]
+        return known + sorted(names - set(known))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            command.context_class = CkptContext
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Each command with its first sentence in full (click would cut it at the width)."""
@@ -243,17 +253,18 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-def _register() -> None:
-    from ckpttools.cli import (audit_cmd, convert_cmd, diagnose_cmd, diff_cmd, inspect_cmd,
-                               remap_cmd, resume_cmd, scan_cmd)
-
-    for command in (inspect_cmd.inspect, diff_cmd.diff, diagnose_cmd.diagnose, remap_cmd.remap,
-                    convert_cmd.convert, resume_cmd.verify_resume, audit_cmd.audit, scan_cmd.scan):
-        command.context_class = CkptContext
-        cli.add_command(command)
-
-
-_register()
+# name -> (module, attribute). A command's module is imported when that command runs (click's
+# lazy-loading pattern): `ckpttools diff` does not pay for the imports of `inspect` and `scan`.
+COMMANDS = {
+    "inspect": ("ckpttools.cli.inspect_cmd", "inspect"),
+    "diff": ("ckpttools.cli.diff_cmd", "diff"),
+    "diagnose": ("ckpttools.cli.diagnose_cmd", "diagnose"),
+    "remap": ("ckpttools.cli.remap_cmd", "remap"),
+    "convert": ("ckpttools.cli.convert_cmd", "convert"),
+    "verify-resume": ("ckpttools.cli.resume_cmd", "verify_resume"),
+    "audit": ("ckpttools.cli.audit_cmd", "audit"),
+    "scan": ("ckpttools.cli.scan_cmd", "scan"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
