@@ -7,6 +7,7 @@ included); a finding is exit 1; clean is exit 0; warnings go to stderr as ``warn
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import re
@@ -23,6 +24,12 @@ from ckpttools import errors
 from ckpttools.errors import EXIT_ERROR, CkptError
 
 PROG = "ckpttools"
+# The cyclic collector runs after this many new container objects (Python's default is 700).
+# A command builds long-lived objects by the hundred thousand (`import torch` alone: 166,000;
+# a 20,000-tensor listing: 60,000) and frees them by reference counting; collecting every 700
+# rescans them all and cost 0.12 s of `import torch`'s 1.6 s, and 15% of `inspect`. Garbage
+# cycles are still collected, a million allocations apart.
+YOUNG_OBJECTS = 1_000_000
 # The commands in the order of a user's workflow, which is the order --help lists them in.
 WORKFLOW = ("inspect", "diff", "diagnose", "remap", "convert", "verify-resume", "audit", "scan")
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,6 +225,8 @@ class CkptGroup(click.Group):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(YOUNG_OBJECTS, *thresholds[1:])
         try:
             rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -227,6 +236,8 @@ class CkptGroup(click.Group):
         except click.Abort:
             click.echo(f"{PROG}: error: interrupted; rerun the command", err=True)
             code = EXIT_ERROR
+        finally:
+            gc.set_threshold(*thresholds)
         if standalone_mode:
             sys.exit(code)
         return code
