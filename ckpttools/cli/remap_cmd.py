@@ -40,7 +40,7 @@ def remap(ctx: click.Context, src: str, dst: str, strip_prefix: str | None,
 
     Order: --drop (on the old names), --strip-prefix, --add-prefix, --rename rules, --rules.
     From a nested checkpoint DST holds the state_dict alone (what
-    model.load_state_dict(torch.load(DST)) needs), and says so on stderr; --keep-wrapper keeps
+    model.load_state_dict(torch.load(DST, weights_only=True)) needs), and says so on stderr; --keep-wrapper keeps
     the rest (optimizer, epoch ...) around it in a torch DST. Written atomically, never over
     SRC; two keys renamed to one name is an error. Exit 0 done, 2 could not.
 

@@ -1,7 +1,7 @@
 """``remap SRC DST``: rename, strip, add and drop state_dict keys, writing a new checkpoint.
 
 From a nested checkpoint, DST holds the (renamed) state_dict alone, what
-``model.load_state_dict(torch.load(DST))`` needs; with ``keep_wrapper`` a torch DST keeps the
+``model.load_state_dict(torch.load(DST, weights_only=True))`` needs; with ``keep_wrapper`` a torch DST keeps the
 rest of the checkpoint (optimizer state, epoch ...) around it. Tensors are read one at a
 time through the reader; the output is written atomically and never over SRC.
 """
@@ -242,5 +242,5 @@ def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str,
     if keep_wrapper:
         return ()
     return (f"{os.path.basename(reader.path)}: wrote the state_dict under '{view.prefix}' alone, "
-            f"what load_state_dict(torch.load(out)) needs; {outside} other entries are left out "
+            f"what load_state_dict(torch.load(out, weights_only=True)) needs; {outside} other entries are left out "
             "(--keep-wrapper keeps them)",)
