@@ -13,6 +13,11 @@ started are read from ``/proc`` and summed, and the peak of that sum is reported
 process's own peak (``VmHWM``). A drawing process that lived beside the command would count in
 full (shared library pages too, so the sum errs high, never low).
 
+The drawing stays in the command's process. To show why, each size also measures ``diff A B``
+with a warm drawing process beside it (a second interpreter that has imported matplotlib and
+drawn once, as a process started with the command would have by the end of the comparison):
+the tree's memory is what that design would cost.
+
 Usage: python scripts/bench.py plot --sizes 1GB     (the target; ~3 GB of disk)
        python scripts/bench.py plot                 (256MB)
 """
@@ -112,6 +117,29 @@ def _best(runs: list[TreeRun]) -> TreeRun:
     return TreeRun(fast.wall, min(r.cpu for r in runs), max(r.tree_mb for r in runs), own)
 
 
+# A warm drawing process beside ``diff A B``: it imports matplotlib, draws once, and waits for
+# the command to end; the launcher then becomes the command (exec keeps its pid, so the drawing
+# process is the command's child and counts in its tree).
+_DRAWER = """import io, os, time
+import matplotlib
+matplotlib.use("Agg")
+from matplotlib.figure import Figure
+fig = Figure(figsize=(10, 4.2))
+ax = fig.subplots()
+ax.set_xticks(range(20), [f"layers.{i}" for i in range(20)], rotation=90)
+ax.annotate("layers.3.mlp.fc1.weight", (3, 0.5))
+fig.savefig(io.BytesIO(), format="png")
+while os.getppid() != 1:
+    time.sleep(0.01)
+"""
+_LAUNCH = ("import os, subprocess, sys; subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
+           "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def _with_drawer(cmd: list[str]) -> list[str]:
+    return [sys.executable, "-c", _LAUNCH, _DRAWER, *cmd[1:]]
+
+
 def _tuned(first: Path) -> dict:
     import torch
 
@@ -145,6 +173,8 @@ def run(sizes: list[str]) -> None:
                 plot_cmd = ckpttools_cmd("diff", str(first), str(b), "--plot", str(Path(tmp) / "changes.png"))
                 run_tree(plain_cmd)  # the page cache warm for both
                 runs = [(run_tree(plain_cmd), run_tree(plot_cmd)) for _ in range(REPEAT)]
+                drawer = [run_tree(_with_drawer(plain_cmd)) for _ in range(2)] \
+                    if b == other else []
             plain, plotted = _best([p for p, _ in runs]), _best([q for _, q in runs])
             print(f"diff A B --plot, two {size} checkpoints ({label}), best of {REPEAT}")
             print(_line("ckpttools diff A B", plain))
@@ -152,6 +182,11 @@ def run(sizes: list[str]) -> None:
             print(f"  ratio: {plotted.wall / plain.wall:.2f}x the time ({plotted.cpu / plain.cpu:.2f}x "
                   f"the CPU time), {plotted.tree_mb / plain.tree_mb:.2f}x the memory of the process "
                   f"tree (target: within 1.2x)", flush=True)
+            if drawer:
+                beside = _best(drawer)
+                print(_line("diff A B + a warm drawing process", beside))
+                print(f"  a drawing process would cost {beside.tree_mb / plain.tree_mb:.2f}x the "
+                      f"memory of the process tree", flush=True)
     print(f"(checkpoints kept in {DATA})")
 
 

@@ -1,7 +1,8 @@
 """``--plot FILE`` and ``--html FILE``: the options, the early checks, and writing the file.
 
-Both are checked before any work (extension, matplotlib) so a long diff never ends in a usage
-error; the file is written atomically after the report is printed.
+Both are checked before any work (extension, matplotlib, a folder the file can be written in)
+so a long diff never ends in a usage error; the file is written atomically after the report is
+printed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from ckpttools.cli._options import note
+from ckpttools.errors import OutputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +42,7 @@ def check_plot(path: str | None, torch_first: bool = False, warm: bool = True) -
     from ckpttools.render.plots import figure_format, require_matplotlib, warm_up
 
     fmt = figure_format(path)
+    check_folder(path, "--plot")
     require_matplotlib("--plot")
     if warm:
         warm_up(torch_first)
@@ -47,11 +50,35 @@ def check_plot(path: str | None, torch_first: bool = False, warm: bool = True) -
 
 
 def check_html(path: str | None, figures: bool = False) -> None:
-    """``--html`` needs matplotlib only where the page carries a figure."""
-    if path is not None and figures:
+    """``--html``'s folder, checked before the work; matplotlib only where the page carries a
+    figure."""
+    if path is None:
+        return
+    check_folder(path, "--html")
+    if figures:
         from ckpttools.render.plots import require_matplotlib
 
         require_matplotlib("--html")
+
+
+def check_folder(path: str, option: str) -> None:
+    """Refuse, before the work, a file that could not be written after it.
+
+    Raises:
+        OutputError: the folder is missing, is not a folder, or may not be written in (its
+            permissions, a read-only file system, an immutable folder).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"{option} {path}: {folder} is a file, not a folder; give a path in a "
+                          f"folder")
+    if not os.path.isdir(folder):
+        raise OutputError(f"{option} {path}: folder {folder} does not exist; create it or give "
+                          f"a path in an existing folder")
+    # access() also answers for root: a read-only mount (EROFS) or an immutable folder (EPERM)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: folder {folder} cannot be written in; give a path "
+                          f"in a folder you can write")
 
 
 def write_file(dest: str, data: str | bytes, what: str) -> None:
@@ -59,8 +86,12 @@ def write_file(dest: str, data: str | bytes, what: str) -> None:
     from ckpttools.formats.writers.atomic import atomic_output
 
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_output(dest) as tmp, open(tmp, "wb") as f:
-        f.write(raw)
+    try:
+        with atomic_output(dest) as tmp, open(tmp, "wb") as f:
+            f.write(raw)
+    except OSError as e:  # the folder changed since check_folder, or the disk is full
+        raise OutputError(f"{dest}: {what} could not be written ({e.strerror or e}); give a "
+                          f"path in a folder you can write") from e
     note(f"wrote {what} to {dest}")
 
 

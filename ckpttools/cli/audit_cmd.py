@@ -7,7 +7,7 @@ import os
 
 import click
 
-from ckpttools.cli._figures import command_line, html_opt, write_file
+from ckpttools.cli._figures import check_html, command_line, html_opt, write_file
 from ckpttools.cli._options import CI_FORMATS, allow_download, common_options, model_opts, note
 
 STATIC_TRUST = "Accepted everywhere; audit reads pickles statically and never runs them."
@@ -59,6 +59,7 @@ def audit(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str,
     from ckpttools.ops.audit.config import load_settings
     from ckpttools.render.audit import render_audit
 
+    check_html(html)
     config, source = load_settings(config_path)
     config = config.merged(model=model_spec, model_args=model_args, key=key, require=require,
                            dtype=dtype, max_size=max_size, manifest=manifest,

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ckpttools.cli._figures import command_line, html_opt, write_file
+from ckpttools.cli._figures import check_html, command_line, html_opt, write_file
 from ckpttools.cli._options import CI_FORMATS, common_options, error, warn
 
 STATIC_TRUST = "Accepted everywhere; scan reads pickles statically and never runs them."
@@ -48,6 +48,7 @@ def scan(paths: tuple[str, ...], allow: tuple[str, ...], config_path: str | None
 
     from ckpttools.errors import UnknownFormatError
 
+    check_html(html)
     config, _ = load_settings(config_path)
     result = scan_checkpoint(paths, allow=(*config.allow_globals, *allow))
     unreadable = [f for f in result.files if f.safety == "error"]

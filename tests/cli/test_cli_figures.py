@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,56 @@ def test_plot_extension_is_checked_before_the_work(runner: CliRunner, pair: tupl
     assert result.exit_code == 2 and result.stdout == ""
     assert ERROR_LINE.match(result.stderr.strip()) and "--plot" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["missing folder", "under a file"])
+def test_plot_folder_is_checked_before_the_work(runner: CliRunner, pair: tuple[Path, Path],
+                                                tmp_path: Path, where: str) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / ("missing" if where == "missing folder" else "file.txt") / "changes.png"
+    result = runner.invoke(cli, ["diff", *map(str, pair), "--plot", str(out)])
+    assert result.exit_code == 2 and result.stdout == ""  # stopped before the comparison
+    assert ERROR_LINE.match(result.stderr.strip()), result.stderr
+    assert result.stderr.startswith(f"ckpttools: error: --plot {out}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+@pytest.fixture()
+def immutable(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody may create files in, root included (``chattr +i``, ext4/xfs/btrfs)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True) \
+        if shutil.which("chattr") else None
+    if done is None or done.returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["diff --plot", "audit --html", "scan --html"])
+def test_a_folder_that_cannot_be_written_in_is_refused_before_the_work(
+        runner: CliRunner, pair: tuple[Path, Path], immutable: Path, command: str) -> None:
+    name, option = command.split()
+    dest = immutable / ("x.png" if option == "--plot" else "x.html")
+    args = [*map(str, pair)] if name == "diff" else [str(pair[0])]
+    result = runner.invoke(cli, [name, *args, option, str(dest)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"ckpttools: error: {option} {dest}: folder {immutable} "
+                                     f"cannot be written in; give a path in a folder you can write")
+    assert list(immutable.iterdir()) == []
+
+
+def test_a_write_that_fails_after_the_check_is_one_line(immutable: Path) -> None:
+    # the folder was checked when the command started; it was locked while the work ran
+    from ckpttools.cli._figures import write_file
+    from ckpttools.errors import OutputError
+
+    dest = immutable / "changes.png"
+    with pytest.raises(OutputError, match=r"changes.png: the layer-change chart could not be "
+                                          r"written \(Operation not permitted\); give a path"):
+        write_file(str(dest), b"\x89PNG", "the layer-change chart")
+    assert list(immutable.iterdir()) == []
 
 
 def test_plot_goes_with_diff_a_b(runner: CliRunner, pair: tuple[Path, Path], tmp_path: Path) -> None:

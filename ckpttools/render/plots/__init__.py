@@ -123,7 +123,9 @@ def figure_bytes(fig: Figure, fmt: str) -> bytes:
         with matplotlib.rc_context({"svg.hashsalt": "ckpttools", "svg.fonttype": "path"}):
             fig.savefig(out, format="svg", metadata={"Date": None})
     else:
-        fig.savefig(out, format="png", dpi=100, metadata={"Software": None})
+        # zlib's fastest level: 15 of the chart's 155 ms went to level 6, for 1% smaller files
+        fig.savefig(out, format="png", dpi=100, metadata={"Software": None},
+                    pil_kwargs={"compress_level": 1})
     return out.getvalue()
 
 
