@@ -17,7 +17,7 @@ from ckpttools.ops.diagnose.shapes import (
     another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
 from ckpttools.ops.diagnose.structure import (
     model_code_changed, part_checkpoint, part_of_model, prefix_matches, renamed_keys, residual,
-    strip_wrappers, wrong_model)
+    strip_wrappers, top_module, wrong_model)
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
@@ -101,8 +101,17 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     if seg is None:
         return None
     infix = label == "prefix_missing" and not all(k.startswith(seg + ".") for k in extra)
+    conf = 0.82 if len(extra) >= 3 else 0.72
+    if label == "prefix_missing" and wrapped_model and not infix:
+        # The message names the wrapper, so every model key carries its prefix: the prefix says
+        # nothing. Only a missing list spanning several modules reads as the whole model missing.
+        tops = {_segments(k)[1] for k in extra if len(_segments(k)) > 2}
+        if len(tops) < 2:
+            if not ev.truncated:
+                return None  # one module's keys, the whole list: that module is new (code changed)
+            conf = 0.6  # one module shown of a cut list: the whole model, or a part's file
     # Every shown key carries the wrapper: the other list was cut, the relation is still plain.
-    return Finding(label, 0.82 if len(extra) >= 3 else 0.72, frozenset(extra),
+    return Finding(label, conf, frozenset(extra),
                    {"prefix": seg + ".", "infix": infix, "examples": list(extra[:3]),
                     "count": len(extra)})
 
@@ -321,6 +330,13 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
     if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
+    # Moved modules that leave keys unpaired, next to another module's tensor of another size
+    # (not one of the moved layers, as an index shift gives): another variant of the network
+    # (other layers and sizes) reads the same.
+    moved = set(f.facts.get("paired_modules", ()))
+    if (f.facts.get("unpaired") and f.confidence >= 0.8
+            and any(top_module(m.key) not in moved for m in ev.mismatched)):
+        return replace(f, confidence=0.72)
     # Input channels seen in a cut text: the modified network's new modules may be cut away.
     if ev.truncated and f.facts.get("kind") == "in_chans" and f.confidence >= 0.8:
         return replace(f, confidence=0.75)

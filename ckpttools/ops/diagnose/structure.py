@@ -177,8 +177,11 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):
+        paired = {k for pair in pairs for k in pair}
         return Finding("model_code_changed", 0.8, frozenset(keys),
-                       {**facts, "moved": [[u, m] for m, u in pairs[:3]]})
+                       {**facts, "moved": [[u, m] for m, u in pairs[:3]],
+                        "unpaired": len(set(keys) - paired),
+                        "paired_modules": sorted({top_module(k) for k in paired})})
     if ev.missing and ev.unexpected:
         if _overlap(ev) < 0.3 and len(keys) >= 6:
             return None  # little in common: the wrong_model rule speaks
@@ -212,7 +215,8 @@ def prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool
     return prefix, infix, hits[(prefix, infix)]
 
 
-def _top(key: str) -> str:
+def top_module(key: str) -> str:
+    """The first segment of a key that is not a wrapper's (``module.fc.weight`` -> ``fc``)."""
     return next((s for s in segments(key) if s not in WRAPPER_SEGMENTS), key)
 
 
@@ -225,7 +229,7 @@ def part_of_model(prefix: str, hits: Iterable[str], missing: Iterable[str]) -> b
     """
     part = [s for s in segments(prefix.rstrip(".")) if s not in WRAPPER_SEGMENTS]
     hit_set = set(hits)
-    others = {_top(k) for k in missing if k not in hit_set} - {part[0] if part else ""}
+    others = {top_module(k) for k in missing if k not in hit_set} - {part[0] if part else ""}
     return bool(part) and len(others) >= 1 and sum(k not in hit_set for k in missing) >= 2
 
 
@@ -241,7 +245,7 @@ def part_checkpoint(ev: Evidence) -> Finding | None:
                    {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
                     "examples_missing": list(ev.missing[:3]),
                     "examples_unexpected": list(ev.unexpected[:3]), "part": prefix,
-                    "not_in_file": sorted({_top(k) for k in rest})[:4]})
+                    "not_in_file": sorted({top_module(k) for k in rest})[:4]})
 
 
 def wrong_model(ev: Evidence) -> Finding | None:
