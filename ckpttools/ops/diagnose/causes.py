@@ -207,8 +207,29 @@ def version_buffers(ev: Evidence) -> Finding | None:
     return None
 
 
+_PEFT_PREFIX = "base_model.model."
+
+
+def _peft_file(ev: Evidence) -> bool:
+    """Every checkpoint key is a PEFT model's (``base_model.model.`` in front; ``base_layer`` or
+    ``lora_*`` inside) over the model's own keys: a PEFT model's state_dict, or its adapter alone,
+    given to the plain model. PEFT's naming convention decides it, not a prefix."""
+    if not ev.unexpected or not all(k.startswith(_PEFT_PREFIX) for k in ev.unexpected):
+        return False
+    missing, modules = set(ev.missing), {k.rpartition(".")[0] for k in ev.missing}
+    inner = [k[len(_PEFT_PREFIX):].replace(".base_layer.", ".") for k in ev.unexpected]
+    lora = [k.split(".lora_")[0] for k in inner if ".lora_" in k]
+    maps = sum(k in missing for k in inner) + sum(m in modules for m in lora)
+    return bool(lora) and maps >= 0.9 * len(inner)
+
+
 def adapter_or_quantization(ev: Evidence) -> Finding | None:
     """LoRA/adapter keys or quantization state on one side only."""
+    if _peft_file(ev):
+        hits = [k for k in ev.unexpected if _ADAPTER.search(k)]
+        return Finding("adapter_or_quantization", 0.92, frozenset(ev.missing + ev.unexpected),
+                       {"examples": hits[:3], "count": len(hits), "quantized": False,
+                        "side": "unexpected", "peft": True})
     # Low-rank or quantization tensors of another size (LoRA rank, block size) count too; not
     # base_layer/modules_to_save copies, whose size follows the base model.
     resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
