@@ -59,6 +59,8 @@ _ADAPTER = re.compile(
     r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
     r"|input_scale|nested_absmax|nested_quant_map|zero_point|_packed_params|\w*quantizer\w*"
+    # int8/int4 weight-only quantization (gpt-fast, torchchat, GPTQ): per-channel or per-group scales
+    r"|scales|scales_and_zeros"
     r"|\w*fake_quant\w*)(\.|$)")
 # torch.ao dynamic/static quantization: a quantized layer saves scale, zero_point and
 # _packed_params (its weight and bias packed) in place of weight and bias.

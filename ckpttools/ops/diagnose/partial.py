@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
 from ckpttools.ops.diagnose.one_sided import (
     first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing, part_missing,
     part_prefix_cut,
     reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
+from ckpttools.ops.diagnose.shapes import head_named
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -180,6 +182,26 @@ def key_lookup(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.35, keys, facts)]
 
 
+def cut_size_mismatch(ev: Evidence) -> list[Finding]:
+    """Size mismatches named, their shapes cut from the paste (a title, a truncated line).
+
+    Only the key is left: a head by name (``fc``, ``bbox_head``, ``embed``) is most often another
+    number of classes or tokens, anything else another configuration; both stay candidates.
+    """
+    if not ev.cut_mismatches or ev.mismatched or ev.missing or ev.unexpected:
+        return []
+    keys = list(ev.cut_mismatches)
+    head = Finding("head_size_mismatch", 0.3, frozenset(keys),
+                   {"keys": keys, "checkpoint_size": None, "model_size": None, "vocab": False,
+                    "padded": False})
+    variant = Finding("architecture_variant", 0.3, frozenset(keys),
+                      {"kind": "width", "count": len(keys), "examples": keys[:3], "ratio": 1.0,
+                       "consistent": False})
+    if all(head_named(k) for k in keys):
+        return [replace(head, confidence=0.65), variant]
+    return [replace(variant, confidence=0.5), head]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -188,4 +210,5 @@ def partial_findings(ev: Evidence) -> list[Finding]:
                  + reparametrized_weight(ev) + legacy_norm_missing(ev) + wrapped_model_unexpected(ev)
                  + holder_prefix(ev)
                  + (whole_model_unexpected(ev, starts) or first_key_unexpected(ev, starts)))
-    return out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)
+    return (out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)
+            + cut_size_mismatch(ev))

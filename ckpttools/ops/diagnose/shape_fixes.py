@@ -16,14 +16,20 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
-    if f.facts["vocab"]:
+    if m is None:  # the sizes were cut from the text: the head by its name only
+        what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
+                "sizes are cut from the text); by its name an output head: another number of "
+                "classes or tokens; build the model with the checkpoint's, or drop the head to fine-tune")
+    elif f.facts["vocab"]:
         what = (f"the vocabulary has another size: {c} rows in the checkpoint, {m} in the model"
                 + (" (one side is padded to a multiple of 64)" if f.facts["padded"] else "")
                 + "; resize the embeddings to the checkpoint's size before loading")
         code = f"model.resize_token_embeddings({c})\nmodel.load_state_dict(sd)"
         return what, code, []
-    what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
-            f"({', '.join(keys[:2])}); build the model with {c} outputs, or drop the head to fine-tune")
+    else:
+        what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
+                f"({', '.join(keys[:2])}); build the model with {c} outputs, or drop the head to "
+                "fine-tune")
     prefixes = sorted({k.rsplit(".", 1)[0] + "." for k in keys})
     pattern = "^(" + "|".join(_re(p) for p in prefixes) + ")"
     code = (f'sd = {{k: v for k, v in sd.items() if not re.match(r"{pattern}", k)}}\n'
@@ -81,6 +87,12 @@ def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Same model class, other submodules."""
     moved = f.facts.get("moved")
+    if reshaped := f.facts.get("reshaped"):
+        what = ("the model code changed the shape of these tensors, not their elements (e.g. "
+                + ", ".join(f"'{k}' now {shape}" for k, shape in list(reshaped.items())[:2])
+                + "): reshape them to the model's shapes")
+        code = "".join(f'sd["{k}"] = sd["{k}"].reshape({shape})\n' for k, shape in reshaped.items())
+        return what, code + "model.load_state_dict(sd)", []
     if inserted := f.facts.get("inserted"):
         what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
                 f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "

@@ -16,7 +16,15 @@ _VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
 _LEVELS = re.compile(r"level_embed|scale_embed|num_levels|stage_embed")
 _NORM = re.compile(r"(running_mean|running_var|(norm|bn|ln|gn)\w*\.(weight|bias))$")
 _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|absolute_pos"
-                  r"|relative_position_bias_table|position_embeddings|rel_pos")
+                  r"|relative_position_bias_table|position_embeddings|rel_pos"
+                  # Swin V2's continuous position bias: a table of log-spaced relative coordinates
+                  r"|relative_coords?_(table|log)|relative_coordinates\w*")
+
+
+def head_named(key: str) -> bool:
+    """The key sits in an output head or vocabulary table by the usual names (``fc``,
+    ``classifier``, ``bbox_head``, ``lm_head``, ``embed_tokens``)."""
+    return bool(_HEAD.search(key) or _VOCAB.search(key))
 
 
 # The first layer of a network by the usual names: its rows are the model's width, never a count.

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel, segments
 
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 _LEAVES = {"weight", "bias"}
@@ -172,6 +172,16 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     """The same model class with other submodules than when the checkpoint was saved."""
     keys = ev.missing + ev.unexpected
     if not keys:
+        # Tensors of another rank at the same paths (a bias where a weight was): layers of another
+        # kind sit at these indices, which moved; the key lists that would show it are not shown.
+        ranks = [m for m in ev.mismatched if len(m.model_shape) != len(m.checkpoint_shape)]
+        if ranks and len(ranks) == len(ev.mismatched):
+            # the same elements in another shape (a scalar saved as [1], a bias as [1, N]): a view
+            same = all(numel(m.model_shape) == numel(m.checkpoint_shape) for m in ranks)
+            return Finding("model_code_changed", 0.6, frozenset(m.key for m in ranks),
+                           {"missing": 0, "unexpected": 0, "examples_missing": [],
+                            "examples_unexpected": [],
+                            "reshaped": {m.key: list(m.model_shape) for m in ranks} if same else {}})
         return None
     pairs = structure_pairs(ev.missing, ev.unexpected)
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),

@@ -328,3 +328,22 @@ def test_peft_adapter_of_another_rank_snippet_rebuilds_the_adapter(tmp_path: Pat
     scope = _run(top.fix_code, path, {"model": user}, ADAPTER_DIR=str(adapter_dir))
     assert scope["model"].peft_config["default"].r == 4
     _equal(scope["model"].state_dict(), trained.state_dict())
+
+
+class Scaled(nn.Module):
+    def __init__(self, scalar: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.logit_scale = nn.Parameter(torch.tensor(2.5) if scalar else torch.tensor([1.0]))
+
+
+def test_reshaped_tensor_snippet_loads_the_elements(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saved = Scaled(scalar=True)
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved.state_dict(), path)
+    top = diagnose_text(_error(Scaled(scalar=False), torch.load(path, weights_only=True))).causes[0]
+    assert top.label == "model_code_changed", top
+    scope = _run(top.fix_code, path, {"model": Scaled(scalar=False)})
+    assert scope["model"].logit_scale.tolist() == [2.5]
+    assert torch.equal(scope["model"].fc.weight, saved.fc.weight)
