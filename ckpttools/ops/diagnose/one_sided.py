@@ -70,8 +70,9 @@ def first_key_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
     facts = {"missing": 0, "unexpected": 1, "examples_missing": [],
              "examples_unexpected": list(ev.unexpected)}
     holder = segments(ev.unexpected[0])[0]
-    if holder in HOLDER_NAMES and len(segments(ev.unexpected[0])) >= 2:
-        # a task module's name in front of the model's first key (model.conv1.weight)
+    if holder in HOLDER_NAMES | PART_NAMES and len(segments(ev.unexpected[0])) >= 2:
+        # a task module's name in front of the model's first key (model.conv1.weight), or a part's
+        # (backbone.conv1.weight): the file is the bigger model's, the model that part
         return [Finding("prefix_added", 0.5, keys, {"prefix": holder + ".", "infix": False,
                                                      "examples": list(ev.unexpected), "count": 1}),
                 Finding("model_code_changed", 0.3, keys, facts)]
@@ -229,8 +230,10 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
     if len(keys) < 3 or len(firsts) != 1 or not all(len(segments(k)) >= 2 for k in keys):
         return []
     name, seconds = firsts.pop(), {segments(k)[1] for k in keys}
-    # named submodules under a holder's name, not layers N and up of one stack (another depth)
-    if name not in HOLDER_NAMES or len(seconds) < 2 or any(p.isdigit() for p in seconds):
+    # named submodules under a holder's name, not layers N and up of one stack (another depth);
+    # a part's name (backbone.) on the checkpoint's keys alone: saved from the bigger model
+    holders = HOLDER_NAMES | (PART_NAMES if ev.unexpected else frozenset())
+    if name not in holders or len(seconds) < 2 or any(p.isdigit() for p in seconds):
         return []
     label = "prefix_missing" if ev.missing else "prefix_added"
     facts = {"prefix": name + ".", "infix": False, "examples": list(keys[:3]), "count": len(keys)}

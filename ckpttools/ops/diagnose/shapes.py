@@ -238,6 +238,10 @@ def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
     kinds = {re.sub(r"\d+", "#", g) for g in groups}
     if not numbers or len(kinds) > 2 or min(numbers) < 1:
         return None
+    # two stacks deepened together share their name (encoder.layers, decoder.layers); index 1 of
+    # two unrelated Sequentials (x_embedder.proj.1, t_embedder.1) is no depth
+    if len({k.rpartition(".")[2] for k in kinds}) > 1 and max(numbers) == 1:
+        return None
     if len(groups) > 2:
         stage = re.compile(re.escape(min(kinds)).replace("\\#", r"(\d+)"))
         ids = sorted(int(m.group(1)) for g in groups if (m := stage.fullmatch(g)))

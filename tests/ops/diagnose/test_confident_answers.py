@@ -150,3 +150,75 @@ def test_moved_modules_beside_another_layers_size_stay_undecided() -> None:
     text = load_error(nn.DataParallel(LightCnn(True, 79)), nn.DataParallel(LightCnn(False, 80)).state_dict())
     causes = diagnose_text(text).causes
     assert causes[0].confidence < DECIDED, [(c.label, c.confidence) for c in causes]
+
+
+class GPTModel(nn.Module):
+    """LLMs-from-scratch naming: ``tok_emb``/``pos_emb`` first, then ``trf_blocks``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok_emb, self.pos_emb = nn.Embedding(32, 8), nn.Embedding(16, 8)
+        self.trf_blocks = nn.Sequential(*(nn.Linear(8, 8) for _ in range(2)))
+        self.out_head = nn.Linear(8, 32, bias=False)
+
+
+def test_a_compiled_models_file_shown_by_its_missing_list_lists_a_prefix_first() -> None:
+    # torch.compile's wrapper saves _orig_mod.*; the paste shows the missing list only, which
+    # starts at the model's first layer (tok_emb): the whole model is missing, a prefix is likeliest
+    saved = torch.compile(GPTModel()).state_dict()
+    text = _missing_only(load_error(GPTModel(), saved))
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "prefix_added" and causes[0].confidence < DECIDED
+    assert {"wrapped_checkpoint", "wrong_model"} <= {c.label for c in causes}
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 8)
+
+
+class Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.neck = Net(), nn.Linear(8, 8)
+
+
+def test_a_detectors_file_given_to_its_backbone_reads_as_a_parts_prefix() -> None:
+    from tests.ops.diagnose.gen_presentations import mmcv
+
+    # mmcv prints "unexpected key in source state_dict: ..."; the reporter kept the first key
+    keys = list(Detector().state_dict())
+    text = mmcv([], keys, []).split(",")[0] + ", ......"
+    assert "unexpected key in source state_dict: backbone.conv1.weight" in text
+    cause = diagnose_text(text).causes[0]
+    assert (cause.label, cause.evidence["facts"]["prefix"]) == ("prefix_added", "backbone.")
+    # every unexpected key under backbone. (the list shown whole): the same, a candidate
+    saved = {k: v for k, v in Detector().state_dict().items() if k.startswith("backbone.")}
+    whole = diagnose_text(_unexpected_only(load_error(Net(), saved)))
+    assert whole.causes[0].label == "prefix_added" and not whole.decided
+
+
+def _unexpected_only(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if "Missing key(s)" not in line)
+
+
+class Dit(nn.Module):
+    """Embedders whose layer 1 is a Linear (x_embedder.proj.1, t_embedder.1), as DiT-style nets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj = nn.Sequential(nn.Identity(), nn.Linear(4, 8))
+        self.t_embedder = nn.Sequential(nn.Identity(), nn.Linear(8, 8))
+        self.blocks = nn.Linear(8, 8)
+
+
+def test_layer_one_of_two_unrelated_sequentials_is_no_depth() -> None:
+    from tests.ops.diagnose.generated_corpus import _cut_keys
+
+    text = _cut_keys(_missing_only(load_error(Dit(), {})), 3)  # pasted up to the third key
+    assert "t_embedder.1.weight" in text and "blocks" not in text
+    causes = diagnose_text(text).causes
+    assert not any(c.label == "architecture_variant" and c.evidence["facts"].get("kind") == "depth"
+                   and c.confidence >= 0.5 for c in causes), [(c.label, c.confidence) for c in causes]
