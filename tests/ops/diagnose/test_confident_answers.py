@@ -210,7 +210,9 @@ class Dit(nn.Module):
         super().__init__()
         self.x_embedder = nn.Module()
         self.x_embedder.proj = nn.Sequential(nn.Identity(), nn.Linear(4, 8))
-        self.t_embedder = nn.Sequential(nn.Identity(), nn.Linear(8, 8))
+        timestep = nn.Module()  # diffusers' TimestepEmbedding: linear_1, linear_2
+        timestep.linear_1, timestep.linear_2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.t_embedder = nn.Sequential(nn.Identity(), timestep)
         self.blocks = nn.Linear(8, 8)
 
 
@@ -218,7 +220,7 @@ def test_layer_one_of_two_unrelated_sequentials_is_no_depth() -> None:
     from tests.ops.diagnose.generated_corpus import _cut_keys
 
     text = _cut_keys(_missing_only(load_error(Dit(), {})), 3)  # pasted up to the third key
-    assert "t_embedder.1.weight" in text and "blocks" not in text
+    assert "t_embedder.1.linear_1.weight" in text and "blocks" not in text
     causes = diagnose_text(text).causes
     assert not any(c.label == "architecture_variant" and c.evidence["facts"].get("kind") == "depth"
                    and c.confidence >= 0.5 for c in causes), [(c.label, c.confidence) for c in causes]
