@@ -50,13 +50,14 @@ _BUFFER = re.compile(
     # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
     r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
-                         r"|in_proj_weight|in_proj_bias|lora_[AB]"
+                         r"|in_proj_weight|in_proj_bias|lora_[ABab]"
                          r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
 # The layer's module path before a reparametrized weight: spectral_norm (weight_orig/u/v),
 # weight_norm (weight_g/v) and torch.nn.utils.parametrizations (parametrizations.weight.original0/1).
 _SPECTRAL = re.compile(r"\.(weight_(orig|u|v|g)|parametrizations\.weight\.original\d?)$")
 _ADAPTER = re.compile(
-    r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
+    # PEFT's lora_A/lora_B, torchtune's lora_a/lora_b, kohya's lora_up/lora_down
+    r"lora_[ABab](?![a-z])|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
     r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
     r"|input_scale|nested_absmax|nested_quant_map|zero_point|_packed_params|\w*quantizer\w*"
     # int8/int4 weight-only quantization (gpt-fast, torchchat, GPTQ): per-channel or per-group scales
@@ -239,14 +240,21 @@ def adapter_or_quantization(ev: Evidence) -> Finding | None:
     hits = [k for k in keys if _ADAPTER.search(k)]
     # The float weight/bias and scale of a quantized layer belong to the same change.
     layers = {m.group(1) for k in hits if (m := _QUANT_LAYER.match(k))}
+    # torch.ao's quantized Linear saves scale and zero_point where the float layer has weight
+    missing = set(ev.missing)
+    layers |= {k.rpartition(".")[0] for k in ev.unexpected if k.rpartition(".")[2] in
+               ("scale", "zero_point") and k.rpartition(".")[0] + ".weight" in missing}
     hits += [k for k in keys if k not in hits and k.rpartition(".")[0] in layers]
-    if not hits or len(hits) < 0.3 * len(keys):
+    # a cut text whose every checkpoint key shown is a quantized layer's: the rest is cut away
+    cut_quantized = ev.truncated and layers and all(k in hits for k in ev.unexpected)
+    if not hits or (len(hits) < 0.3 * len(keys) and not cut_quantized):
         return None
     quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale|zero_point", k) for k in hits)
     side = ("unexpected" if all(k in ev.unexpected for k in hits) else
             "missing" if any(k in ev.missing for k in hits) else
             "resized" if all(k in resized for k in hits) else "unexpected")
-    return Finding("adapter_or_quantization", 0.5 + 0.45 * len(hits) / len(keys), frozenset(hits),
+    conf = 0.5 + 0.45 * len(hits) / len(keys)
+    return Finding("adapter_or_quantization", max(conf, 0.75) if cut_quantized else conf, frozenset(hits),
                    {"examples": hits[:3], "count": len(hits), "quantized": quant, "side": side})
 
 

@@ -76,11 +76,14 @@ def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     what = ("the same tensors are stored under other names: "
             + ", ".join(f"'{a}' -> '{b}'" for a, b in renames)
             + (" (old LayerNorm names)" if f.facts.get("legacy") else ""))
-    lines = [f'sd = {{re.sub(r"(^|\\.){_re(a)}(?=\\.|$)", r"\\g<1>{b}", k): v for k, v in sd.items()}}'
+    # a leading path renamed (layer1.0 -> extractor.4) is replaced at the start of keys only
+    lead = r"^" if f.facts.get("prefix_rename") else r"(^|\.)"
+    ref = "" if f.facts.get("prefix_rename") else r"\g<1>"
+    lines = [f'sd = {{re.sub(r"{lead}{_re(a)}(?=\\.|$)", r"{ref}{b}", k): v for k, v in sd.items()}}'
              for a, b in renames]
     args: list[str] = []
     for a, b in renames:
-        args += ["--rename", shlex.quote(rf"(^|\.){_re(a)}(?=\.|$)=\g<1>{b}")]
+        args += ["--rename", shlex.quote(rf"{lead}{_re(a)}(?=\.|$)={ref}{b}")]
     return what, "\n".join(lines) + "\nmodel.load_state_dict(sd)", args
 
 

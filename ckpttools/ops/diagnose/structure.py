@@ -52,6 +52,21 @@ def rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tupl
     return pairs
 
 
+def _numbered_siblings(pairs: list[tuple[str, str, int]], missing: Iterable[str]) -> bool:
+    """A renamed-to name has unpaired siblings by number in the model (``up`` -> ``up2`` while
+    ``up3``, ``up4`` are missing too): several modules where one was, not a rename."""
+    digits, paired = re.compile(r"\d+"), {m for m, _, _ in pairs}
+    names = {(tuple(segments(m)[:i]), segments(m)[i]) for m, _, i in pairs}
+    for key in missing:
+        p = segments(key)
+        if key not in paired and any(
+                len(p) > len(head) and tuple(p[:len(head)]) == head and p[len(head)] != name
+                and digits.search(name) and digits.sub("#", p[len(head)]) == digits.sub("#", name)
+                for head, name in names):
+            return True
+    return False
+
+
 def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs that differ by one inserted/removed segment or by layer numbers only."""
     miss, unexp = list(missing), list(unexpected)
@@ -107,6 +122,49 @@ def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: boo
     return None
 
 
+def moved_prefix(missing: Iterable[str], unexpected: Iterable[str]
+                 ) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """``(old, new, pairs)``: one leading path renamed to another (``layer1.0`` -> ``extractor.4``).
+
+    Each missing key pairs with the unexpected key that shares its longest tail of three or more
+    segments; the heads must map one way for all of them. Heads equal but for their numbers are an
+    index shift (model_code_changed), and an empty head a prefix (prefix_added/missing).
+    """
+    missing, tails = list(missing), {}
+    for u in unexpected:
+        p = segments(u)
+        for i in range(1, len(p) - 2):
+            tails.setdefault(".".join(p[i:]), u)
+    maps: Counter[tuple[str, str]] = Counter()
+    pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for m in missing:
+        p = segments(m)
+        hit = next(((".".join(p[:i]), tails[t]) for i in range(1, len(p) - 2)
+                    if (t := ".".join(p[i:])) in tails), None)
+        if hit is None or not any(not s.isdigit() for s in segments(m)[len(segments(hit[0])):-1]):
+            continue
+        old = hit[1][: len(hit[1]) - len(m) + len(hit[0])]
+        key = (old, hit[0])
+        maps[key] += 1
+        pairs.setdefault(key, []).append((m, hit[1]))
+    if not maps:
+        return None
+    (old, new), _ = maps.most_common(1)[0]
+    digits = re.compile(r"\d+")
+    if digits.sub("#", old) == digits.sub("#", new) or old in WRAPPER_SEGMENTS or new in WRAPPER_SEGMENTS:
+        return None
+    found = pairs[(old, new)]
+    if len({u for _, u in found}) < len(found):
+        return None  # several model keys onto one checkpoint key: a structural change, no rename
+    # siblings of the new path by number left unpaired (up -> up2, with up3, up4 new): several
+    # modules where one was, another structure
+    paired, mask = {m for m, _ in found}, digits.sub("#", new)
+    if any(digits.sub("#", ".".join(segments(m)[:len(segments(new))])) == mask
+           and not m.startswith(new + ".") for m in missing if m not in paired):
+        return None
+    return old, new, found
+
+
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
     # The same name inserted in several modules: a layer class that now keeps its tensors in a
@@ -123,13 +181,24 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
-    one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
+    one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs}) and not _numbered_siblings(
+        pairs, ev.missing)
     sides = (len(ev.missing), len(ev.unexpected))
     if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(sides), 0.3 * max(sides)):
         subs = Counter((segments(u)[i], segments(m)[i]) for m, u, i in pairs)
         return Finding("renamed_keys", 0.86, frozenset(k for m, u, _ in pairs for k in (m, u)),
                        {"renames": [list(s) for s, _ in subs.most_common(4)], "count": len(pairs),
                         "examples": [[u, m] for m, u, _ in pairs[:3]]})
+    sides = (len(ev.missing), len(ev.unexpected))
+    moved = moved_prefix(ev.missing, ev.unexpected)
+    if moved and len(moved[2]) >= max(2, 0.6 * min(sides)):
+        old, new, pairs = moved
+        # the keys under either path are the rename's, paired or not (a cut list hides partners)
+        under = [k for k in ev.missing if k.startswith(new + ".")] + [
+            k for k in ev.unexpected if k.startswith(old + ".")]
+        return Finding("renamed_keys", 0.84, frozenset(under),
+                       {"renames": [[old, new]], "count": len(pairs), "prefix_rename": True,
+                        "examples": [[u, m] for m, u in pairs[:3]]})
     keys = ev.missing + ev.unexpected
     legacy = [k for k in keys if k.rsplit(".", 1)[-1] in _LEGACY_RENAMES]
     # A norm's old names come in pairs (gamma with beta) or sit in a norm by name; a lone gamma

@@ -7,6 +7,8 @@ decision threshold (0.8) with candidates.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -224,3 +226,104 @@ def test_layer_one_of_two_unrelated_sequentials_is_no_depth() -> None:
     causes = diagnose_text(text).causes
     assert not any(c.label == "architecture_variant" and c.evidence["facts"].get("kind") == "depth"
                    and c.confidence >= 0.5 for c in causes), [(c.label, c.confidence) for c in causes]
+
+
+class Stage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)
+
+
+class OldEmaNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = nn.Sequential(nn.Sequential(Stage(), Stage()))
+        self.fc = nn.Linear(8, 4)
+
+
+class NewEmaNet(nn.Module):
+    """The same network after a refactor: layer1 moved into ``extractor`` at index 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extractor = nn.Sequential(*(nn.Identity() for _ in range(4)), nn.Sequential(Stage(), Stage()))
+        self.fc = nn.Linear(8, 4)
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_leading_path_renamed_is_a_rename_with_an_anchored_fix(cut: bool) -> None:
+    text = load_error(NewEmaNet(), OldEmaNet().state_dict())
+    if cut:  # each list cut after its first keys, as the reporter pasted it
+        text = "\n".join(",".join(line.split(",")[:4]) + ", ......" if "key(s)" in line else line
+                         for line in text.split("\n"))
+    cause = diagnose_text(text).causes[0]
+    assert (cause.label, cause.evidence["facts"]["renames"]) == ("renamed_keys", [["layer1.0", "extractor.4"]])
+    assert (cause.confidence < DECIDED) == cut  # cut: the hidden keys could hold another relation
+    # the printed fix, with the checkpoint's state_dict in place of torch.load("CKPT")
+    code = re.sub(r'sd = torch\.load\("CKPT".*\n', "", cause.fix_code)
+    exec(code, {"sd": OldEmaNet().state_dict(), "model": NewEmaNet()})  # a strict load
+
+
+class Upsampler(nn.Module):
+    def __init__(self, scales: tuple[int, ...]) -> None:
+        super().__init__()
+        for s in scales:
+            body = nn.Module()
+            body.body = nn.Sequential(nn.Conv2d(8, 8 * s * s, 3))
+            self.add_module(f"up{s}" if len(scales) > 1 else "up", body)
+
+
+class Carn(nn.Module):
+    def __init__(self, scales: tuple[int, ...]) -> None:
+        super().__init__()
+        self.entry = nn.Conv2d(3, 8, 3)
+        self.upsample = Upsampler(scales)
+
+
+def test_one_module_become_several_by_number_is_no_rename() -> None:
+    # CARN's multi-scale model has up2/up3/up4 where the single-scale file has up
+    causes = diagnose_text(load_error(Carn((2, 3, 4)), Carn((2,)).state_dict())).causes
+    assert causes[0].label != "renamed_keys" and causes[0].confidence < DECIDED
+
+
+class LoraLinear(nn.Module):
+    """torchtune's LoRALinear: the frozen weight, then ``lora_a``/``lora_b``."""
+
+    def __init__(self, lora: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(8, 8))
+        if lora:
+            self.lora_a, self.lora_b = nn.Linear(8, 2, bias=False), nn.Linear(2, 8, bias=False)
+
+
+class Decoder(nn.Module):
+    def __init__(self, lora: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({"q_proj": LoraLinear(lora), "v_proj": LoraLinear(lora)})
+                                    for _ in range(3))
+
+
+def test_torchtune_lora_names_missing_are_the_adapter() -> None:
+    cause = diagnose_text(load_error(Decoder(lora=True), Decoder(lora=False).state_dict())).causes[0]
+    assert (cause.label, cause.evidence["facts"]["side"]) == ("adapter_or_quantization", "missing")
+    assert cause.confidence >= DECIDED
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+def test_a_cut_text_of_a_dynamically_quantized_file_lists_quantization_first() -> None:
+    from tests.ops.diagnose.gen_models import dynamic_quantized
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_lin, self.k_lin, self.v_lin = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    text = load_error(Attention(), dynamic_quantized(Attention()).state_dict())
+    # the paste keeps the missing list and the first unexpected key: q_lin.scale
+    head, _, rest = text.partition("Unexpected key(s) in state_dict: ")
+    text = head + "Unexpected key(s) in state_dict: " + rest.split(",")[0] + ", ..."
+    assert '"q_lin.scale"' in text
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "adapter_or_quantization" and cause.confidence < DECIDED
