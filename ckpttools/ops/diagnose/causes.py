@@ -165,7 +165,7 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
              or ("." not in h and _TRAINING_NAME.match(h))]
     if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
-        return None
+        return _unknown_container(ev, heads)
     # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested
     # dict by its top-level key, and a training checkpoint also carries plain entries (epoch).
     dotless = [k for k in ev.unexpected if "." not in k and k in known]
@@ -182,6 +182,19 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     conf = 0.93 if container else 0.82
     explained = {k for k in ev.unexpected if _segments(k)[0] in known or k == container}
     return Finding("wrapped_checkpoint", conf, frozenset(explained) | frozenset(ev.missing),
+                   {"container": container, "top_keys": sorted(heads)})
+
+
+def _unknown_container(ev: Evidence, heads: Counter[str]) -> Finding | None:
+    """A few top-level entries (no dot) unexpected while the model's keys spanning several
+    modules are missing: a dict that holds the state_dict under a name no list knows (``_model``).
+    torch names a nested dict by its top-level key; a model's own keys have dots."""
+    if len(heads) > 8 or any("." in k for k in ev.unexpected) or len(ev.missing) < 4:
+        return None
+    if len({_segments(k)[0] for k in ev.missing}) < 2:
+        return None
+    container = next((h for h in sorted(heads) if re.search(r"model|net|state|weights", h, re.I)), None)
+    return Finding("wrapped_checkpoint", 0.72, frozenset(ev.unexpected) | frozenset(ev.missing),
                    {"container": container, "top_keys": sorted(heads)})
 
 

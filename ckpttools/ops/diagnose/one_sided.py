@@ -241,3 +241,32 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     return [Finding(label, 0.6, frozenset(keys), facts),
             Finding("wrong_model", 0.25, frozenset(keys), other)]
+
+
+# Attention projections by the names libraries gave them over versions: LDM/old diffusers (q, k, v,
+# proj_out), diffusers 0.x (query, key, value, proj_attn), diffusers now (to_q, to_k, to_v, to_out),
+# transformers (q_proj ... out_proj).
+ATTENTION_PROJECTIONS = frozenset({"q", "k", "v", "proj_out", "query", "key", "value", "proj_attn",
+                                   "to_q", "to_k", "to_v", "to_out", "q_proj", "k_proj", "v_proj",
+                                   "out_proj", "o_proj"})
+
+
+def attention_names(ev: Evidence) -> list[Finding]:
+    """One key list holding only attention projections (``attn_1.q.weight``, ``proj_out``) while
+    the rest of the model loads: the file names them as another library version does (diffusers
+    renamed its VAE's attention twice), or fuses them; the other list decides.
+    """
+    keys = ev.missing if not ev.unexpected else ev.unexpected if not ev.missing else ()
+    if len(keys) < 3 or not _bare(ev):
+        return []
+    mods = [segments(k)[-3 if segments(k)[-2].isdigit() else -2] for k in keys if len(segments(k)) >= 3]
+    if len(mods) < len(keys) or not set(mods) <= ATTENTION_PROJECTIONS or len(set(mods)) < 3:
+        return []
+    if not all(re.search(r"attn|attention", k, re.I) for k in keys):
+        return []
+    side = "missing" if ev.missing else "unexpected"
+    return [Finding("renamed_keys", 0.6, frozenset(keys),
+                    {"renames": [], "attention": sorted(set(mods)), "side": side,
+                     "count": len(keys), "examples": list(keys[:3])}),
+            Finding("fused_projection", 0.3, frozenset(keys),
+                    {"fused": [], "split": sorted(set(mods)), "fused_side": "checkpoint"})]

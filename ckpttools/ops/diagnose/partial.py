@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
 from ckpttools.ops.diagnose.one_sided import (
-    first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing, part_missing,
+    attention_names, first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing,
+    part_missing,
     part_prefix_cut,
     reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
 from ckpttools.ops.diagnose.shapes import head_named
@@ -211,5 +212,7 @@ def partial_findings(ev: Evidence) -> list[Finding]:
                  + reparametrized_weight(ev) + legacy_norm_missing(ev) + wrapped_model_unexpected(ev)
                  + holder_prefix(ev)
                  + (whole_model_unexpected(ev, starts) or first_key_unexpected(ev, starts)))
-    return (out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)
+    attention = attention_names(ev)
+    whole = [] if attention else whole_model_missing(ev)  # projections alone are not the whole model
+    return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
             + cut_size_mismatch(ev))

@@ -73,6 +73,12 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """The same tensors under other names."""
     renames = f.facts["renames"]
+    if names := f.facts.get("attention"):
+        what = (f"only attention projections ({', '.join(names)}) are {f.facts['side']}, the rest "
+                "loads: the file most likely names them as another library version does (diffusers "
+                "renamed q/k/v/proj_out to query/key/value/proj_attn and then to_q/to_k/to_v/"
+                "to_out.0); rename them to the model's names (the other key list shows the file's)")
+        return what, "", []
     what = ("the same tensors are stored under other names: "
             + ", ".join(f"'{a}' -> '{b}'" for a, b in renames)
             + (" (old LayerNorm names)" if f.facts.get("legacy") else ""))

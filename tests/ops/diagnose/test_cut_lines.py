@@ -102,3 +102,49 @@ def test_a_scalar_saved_as_one_element_is_a_reshape() -> None:
     cause = diagnose_text(text).causes[0]
     assert cause.label == "model_code_changed" and cause.confidence < DECIDED
     assert 'sd["logit_scale"] = sd["logit_scale"].reshape([1])' in cause.fix_code
+
+
+class VaeAttention(nn.Module):
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(2, 8)
+        for name in names:
+            self.add_module(name, nn.Conv2d(8, 8, 1))
+
+
+class Vae(nn.Module):
+    """An LDM VAE's mid attention, with the projection names of one diffusers version or another."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        for part in ("encoder", "decoder"):
+            mid = nn.Module()
+            mid.block_1, mid.attn_1 = nn.Conv2d(8, 8, 3), VaeAttention(names)
+            side = nn.Module()
+            side.conv_in, side.mid = nn.Conv2d(3, 8, 3), mid
+            self.add_module(part, side)
+
+
+def test_attention_projections_alone_missing_read_as_renamed_not_the_whole_model() -> None:
+    # ComfyUI prints the missing VAE keys only: q/k/v/proj_out, where the file has query/key/...
+    old, new = ("q", "k", "v", "proj_out"), ("query", "key", "value", "proj_attn")
+    text = "\n".join(line for line in load_error(Vae(old), Vae(new).state_dict()).split("\n")
+                     if "Unexpected" not in line)
+    result = diagnose_text(text)
+    assert [c.label for c in result.causes[:2]] == ["renamed_keys", "fused_projection"]
+    assert not result.decided and result.causes[0].fix_code == ""  # the file's names are not shown
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder, self.decoder = nn.Linear(4, 4), nn.Linear(4, 4)
+
+
+def test_top_level_entries_of_an_unknown_container_are_a_wrapped_checkpoint() -> None:
+    # fairseq2-style: {"_model": state_dict, "model_key": "..."}; torch names the nested dict by
+    # its top-level key, and the model's keys (which have dots) are all missing
+    wrapped = {"_model": Seq2Seq().state_dict(), "model_key": "decoder"}
+    cause = diagnose_text(load_error(Seq2Seq(), wrapped)).causes[0]
+    assert (cause.label, cause.evidence["facts"]["container"]) == ("wrapped_checkpoint", "_model")
+    assert cause.confidence < DECIDED
