@@ -16,7 +16,8 @@ from dataclasses import replace
 from ckpttools.ops.diagnose.shapes import (
     another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
 from ckpttools.ops.diagnose.structure import (
-    model_code_changed, part_checkpoint, part_of_model, prefix_matches, renamed_keys, residual,
+    model_code_changed, numbered_copies, part_checkpoint, part_of_model, prefix_matches,
+    renamed_keys, residual,
     strip_wrappers, top_module, wrong_model)
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
@@ -353,7 +354,7 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys,
-    part_checkpoint)
+    numbered_copies, part_checkpoint)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

@@ -56,6 +56,12 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "from timm.models import adapt_input_conv\n"
                 f'sd[STEM_KEY] = adapt_input_conv({m}, sd[STEM_KEY])\nmodel.load_state_dict(sd)')
         return what, code, []
+    if kind == "copies":
+        what = (f"the model has numbered copies ({', '.join(f.facts['copies'])}) of the checkpoint's "
+                f"{f.facts['module']}, with the same layers: another variant of the network (more "
+                "scales or heads); build the model with the checkpoint's configuration")
+        code = "model = build_model(...same variant/config as the checkpoint...)\nmodel.load_state_dict(sd)"
+        return what, code, []
     if kind == "depth":
         where = "the model only" if f.facts["side"] == "missing" else "the checkpoint only"
         what = (f"another depth of the same architecture: {f.facts['group']}.{f.facts['first']}.."

@@ -67,6 +67,27 @@ def _numbered_siblings(pairs: list[tuple[str, str, int]], missing: Iterable[str]
     return False
 
 
+def numbered_copies(ev: Evidence) -> Finding | None:
+    """The model holds numbered copies (``up2``, ``up3``, ``up4``) of one checkpoint module
+    (``up``) with the same inner keys: a variant built with more of them (scales, heads)."""
+    if not ev.missing or not ev.unexpected or ev.truncated:
+        return None
+    digits = re.compile(r"(?<=[A-Za-z_])\d+$")
+    for u in ev.unexpected:
+        p = segments(u)
+        for i, name in enumerate(p[:-1]):
+            head, tail = p[:i], p[i + 1:]
+            copies = {segments(m)[i] for m in ev.missing if segments(m)[:i] == head
+                      and len(segments(m)) > i and digits.sub("", segments(m)[i]) == name
+                      and segments(m)[i] != name and segments(m)[i + 1:] == tail}
+            if len(copies) >= 2:
+                keys = [k for k in ev.missing + ev.unexpected if segments(k)[:i] == head]
+                return Finding("architecture_variant", 0.7, frozenset(keys),
+                               {"kind": "copies", "module": ".".join(p[:i + 1]),
+                                "copies": sorted(copies), "count": len(keys)})
+    return None
+
+
 def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs that differ by one inserted/removed segment or by layer numbers only."""
     miss, unexp = list(missing), list(unexpected)

@@ -285,6 +285,8 @@ def test_one_module_become_several_by_number_is_no_rename() -> None:
     # CARN's multi-scale model has up2/up3/up4 where the single-scale file has up
     causes = diagnose_text(load_error(Carn((2, 3, 4)), Carn((2,)).state_dict())).causes
     assert causes[0].label != "renamed_keys" and causes[0].confidence < DECIDED
+    # numbered copies of the checkpoint's module with its layers: a multi-scale variant
+    assert (causes[0].label, causes[0].evidence["facts"]["copies"]) == ("architecture_variant", ["up2", "up3", "up4"])
 
 
 class LoraLinear(nn.Module):
