@@ -20,6 +20,7 @@ from ckpttools.ops.diagnose.structure import (
     renamed_keys, residual,
     strip_wrappers, top_module, wrong_model)
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
@@ -389,7 +390,10 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     # prefix, or one part's file (a backbone) in a bigger model; the hidden keys decide.
     named = [s for s in str(f.facts.get("prefix", "")).split(".") if s and s not in WRAPPER_SEGMENTS]
     if ev.truncated and f.label in ("prefix_added", "prefix_missing") and named and f.confidence >= 0.8:
-        return replace(f, confidence=0.75)
+        # a part's name on the model's side (backbone.): the part's file is the more common
+        # reading (part_prefix_cut), and its fix (load into model.backbone) is right for both
+        part = f.label == "prefix_missing" and named[0] in PART_NAMES
+        return replace(f, confidence=0.55 if part else 0.75)
     return f
 
 
