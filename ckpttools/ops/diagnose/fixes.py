@@ -242,15 +242,19 @@ def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if k := f.facts.get("factor"):
         return _tensor_parallel(f, k)
-    on_model = f.facts["side"] == "model"
-    what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
-            "before partitioning, or through the engine" if on_model else
-            "the checkpoint was saved from partitioned parameters (DeepSpeed ZeRO-3/FSDP): it holds "
-            "empty or placeholder tensors; ignoring the size mismatch would load garbage")
-    code = ("# DeepSpeed: gather the full weights from the ZeRO checkpoint directory\n"
-            "from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint\n"
+    if f.facts["side"] == "model":
+        what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
+                "before partitioning (before deepspeed.initialize or FSDP wrapping), or through the "
+                "engine's load_checkpoint")
+        return what, "", []
+    what = ("the checkpoint was saved from partitioned parameters (DeepSpeed ZeRO-3/FSDP): it holds "
+            "empty or placeholder tensors; ignoring the size mismatch would load garbage. Gather the "
+            "full weights from the DeepSpeed checkpoint folder (below), or save FSDP models with "
+            "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))")
+    code = (_setting("CHECKPOINT_DIR", '"path/to/checkpoint"',
+                     "the DeepSpeed checkpoint folder (holds latest and global_step*/)")
+            + "from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint\n"
             "sd = get_fp32_state_dict_from_zero_checkpoint(CHECKPOINT_DIR)\n"
-            "# FSDP: save with get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))\n"
             "model.load_state_dict(sd)")
     return what, code, []
 
@@ -326,6 +330,13 @@ def _evidence(f: Finding, ev: Evidence) -> dict[str, Any]:
             "truncated": ev.truncated, "facts": facts}
 
 
+def _assigns_sd(code: str) -> bool:
+    """The first line naming ``sd`` assigns it from elsewhere (torch.load, DeepSpeed's gathering)."""
+    first = next((line for line in code.split("\n") if re.search(r"\bsd\b", line)), "")
+    head, eq, value = first.partition(" = ")
+    return head == "sd" and bool(eq) and not re.search(r"\bsd\b", value)
+
+
 def describe(f: Finding, ev: Evidence) -> Cause:
     """Turn a finding into a :class:`Cause` with plain words, evidence and the fix."""
     what, code, args = _WRITERS[f.label](f, ev)
@@ -335,7 +346,7 @@ def describe(f: Finding, ev: Evidence) -> Cause:
         lines = code.split("\n")
         n = next((i for i, line in enumerate(lines) if not SETTING.match(line)), len(lines))
         rest = "\n".join(lines[n:])
-        load = "" if "sd = torch.load" in rest or "ckpt = torch.load" in rest or "sd" not in rest else _LOAD
+        load = "" if "ckpt = torch.load" in rest or "sd" not in rest or _assigns_sd(rest) else _LOAD
         code = "".join(line + "\n" for line in lines[:n]) + "import re, torch\n" + load + rest
     command = None
     if ev.source == "files" and args:

@@ -347,3 +347,48 @@ def test_reshaped_tensor_snippet_loads_the_elements(tmp_path: Path) -> None:
     scope = _run(top.fix_code, path, {"model": Scaled(scalar=False)})
     assert scope["model"].logit_scale.tolist() == [2.5]
     assert torch.equal(scope["model"].fc.weight, saved.fc.weight)
+
+
+_ZERO_MODEL = ("import torch\n"
+               "from tests.frameworks.writers import HIDDEN\n"
+               "model = torch.nn.Sequential(torch.nn.Linear(8, HIDDEN), torch.nn.ReLU(),\n"
+               "    torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 4))\n")
+
+
+def _child(code: str, cwd: Path) -> str:
+    """Run ``code`` in a fresh interpreter (DeepSpeed sets up its accelerator once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root), "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.frameworks
+def test_zero3_placeholder_snippet_gathers_the_full_weights(tmp_path: Path) -> None:
+    from ckpttools.formats.registry import open_checkpoint
+
+    _child(f"from tests.frameworks.writers import main; main([{str(tmp_path)!r}, 'zero3'])", tmp_path)
+    folder = tmp_path / "zero3"
+    # the user's load: the engine's model states file, whose ZeRO-3 parameters are placeholders
+    states = folder / "global_step2" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    text = _child(_ZERO_MODEL + (
+        f"sd = torch.load({str(states)!r}, weights_only=False)['module']\n"
+        "try:\n    model.load_state_dict(sd)\nexcept RuntimeError as e:\n    print(e)\n"), tmp_path)
+    top = diagnose_text(text).causes[0]
+    assert (top.label, top.evidence["facts"]["side"]) == ("partitioned_checkpoint", "checkpoint"), text
+    lines = top.fix_code.split("\n")  # run as printed in a child, with CHECKPOINT_DIR set
+    assert SETTING.match(lines[0]) and lines[0].startswith("CHECKPOINT_DIR = ")
+    printed = "\n".join([f"CHECKPOINT_DIR = {str(folder)!r}"] + lines[1:])
+    out = tmp_path / "loaded.pt"
+    _child(_ZERO_MODEL + printed + f"\ntorch.save(model.state_dict(), {str(out)!r})\n", tmp_path)
+    loaded = torch.load(out, weights_only=True)
+    with open_checkpoint(folder) as reader:  # the trained weights, read without DeepSpeed
+        assert sorted(loaded) == sorted(e.key for e in reader.tensor_entries())
+        for key, value in loaded.items():
+            assert value.numel() > 0 and torch.equal(value, reader.load(key)), key
