@@ -287,7 +287,7 @@ def parse_error_text(text: str) -> ParsedError:
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
     cut = [k for k in _CUT_MISMATCH.findall(text) if k not in shown]
-    truncated = truncated or bool(cut and not mismatched)  # else the tail check below decides
+    truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))
     found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
