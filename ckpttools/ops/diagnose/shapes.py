@@ -323,7 +323,10 @@ def another_depth(ev: Evidence) -> Finding | None:
         depth = _depth(keys) if keys and not other else None
         if depth is not None and not (side == "missing" and inserted_layer_group(keys)):
             group, low, high = depth
-            return Finding("architecture_variant", 0.78, frozenset(keys),
+            # one layer's keys alone (PyTorch <= 0.3 names the first one): an extra layer at the
+            # end, or a layer shifted by one (a norm inserted) read the same
+            one = len({k.rpartition(".")[0] for k in keys}) == 1
+            return Finding("architecture_variant", 0.62 if one else 0.78, frozenset(keys),
                            {"kind": "depth", "side": side, "group": group, "first": low,
                             "last": high, "count": len(keys), "examples": list(keys[:3])})
     return None

@@ -329,3 +329,22 @@ def test_a_cut_text_of_a_dynamically_quantized_file_lists_quantization_first() -
     assert '"q_lin.scale"' in text
     cause = diagnose_text(text).causes[0]
     assert cause.label == "adapter_or_quantization" and cause.confidence < DECIDED
+
+
+class Features(nn.Module):
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        layers = [nn.Linear(4, 4)] + ([nn.LayerNorm(4)] if norm else []) + [nn.Linear(4, 4)]
+        self.features = nn.Sequential(*layers)
+
+
+def test_one_layer_shown_of_another_depth_is_a_weak_candidate() -> None:
+    # the file's norm at index 1 (removed from the code) moved its second Linear to features.2:
+    # PyTorch <= 0.3 names the first unexpected key only, as an extra layer at the end would
+    from tests.ops.diagnose.gen_presentations import pytorch03
+
+    sd = Features(norm=True).state_dict()
+    text = pytorch03([], [k for k in sd if k not in Features(norm=False).state_dict()], [])
+    assert "features.2.weight" in text
+    causes = diagnose_text(text).causes
+    assert causes and all(c.confidence < 0.65 for c in causes), [(c.label, c.confidence) for c in causes]
