@@ -211,8 +211,18 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     what = (f"{keys} is tied to the input embedding, so the checkpoint does not store it separately"
             if f.facts["side"] == "missing" else
             f"the checkpoint stores {keys}, which this model ties to the input embedding")
+    layers = [k.rpartition(".")[0] for k in f.facts["examples"]]
+    if f.facts["side"] != "missing":
+        code = (f"for key in {list(f.facts['examples'])!r}:  # the model reads the embedding instead\n"
+                "    sd.pop(key)\nmodel.load_state_dict(sd)")
+        return what, code, []
+    # tie each output layer to the input embedding of its shape, as the saved model was tied
     code = ("result = model.load_state_dict(sd, strict=False)\n"
-            "model.tie_weights()  # or: model.lm_head.weight = model.get_input_embeddings().weight")
+            f"assert set(result.missing_keys) <= {set(f.facts['examples'])!r}, result\n"
+            f"for name in {layers!r}:\n"
+            "    out = model.get_submodule(name)\n"
+            "    out.weight = next(m.weight for m in model.modules()\n"
+            "                      if isinstance(m, torch.nn.Embedding) and m.weight.shape == out.weight.shape)")
     return what, code, []
 
 

@@ -392,3 +392,44 @@ def test_zero3_placeholder_snippet_gathers_the_full_weights(tmp_path: Path) -> N
         assert sorted(loaded) == sorted(e.key for e in reader.tensor_entries())
         for key, value in loaded.items():
             assert value.numel() > 0 and torch.equal(value, reader.load(key)), key
+
+
+class TiedLM(nn.Module):
+    """torchtune-style naming: ``tok_embeddings`` and an ``output`` tied to it when ``tied``."""
+
+    def __init__(self, tied: bool) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(16, 4)
+        self.norm = nn.LayerNorm(4)
+        self.output = nn.Linear(4, 16, bias=False)
+        if tied:
+            self.output.weight = self.tok_embeddings.weight
+
+
+def test_tied_output_snippet_ties_the_loaded_embedding(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saved = TiedLM(tied=True)
+    # saved with the tied alias left out (safetensors' save_model and DeepSpeed do so)
+    path = tmp_path / "ckpt.pth"
+    torch.save({k: v for k, v in saved.state_dict().items() if k != "output.weight"}, path)
+    top = diagnose_text(_error(TiedLM(tied=False), torch.load(path, weights_only=True))).causes[0]
+    assert top.label == "tied_weights" and "tie_weights" not in top.fix_code, top
+    model = _run(top.fix_code, path, {"model": TiedLM(tied=False)})["model"]
+    assert model.output.weight is model.tok_embeddings.weight
+    _equal(model.state_dict(), saved.state_dict())
+
+
+@pytest.mark.frameworks
+def test_tied_lm_head_snippet_on_a_transformers_model(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=96, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    saved = GPT2LMHeadModel(config)
+    path = tmp_path / "ckpt.pth"
+    torch.save({k: v for k, v in saved.state_dict().items() if k != "lm_head.weight"}, path)
+    top = diagnose_text(_error(GPT2LMHeadModel(config), torch.load(path, weights_only=True))).causes[0]
+    assert top.label == "tied_weights", top
+    model = _run(top.fix_code, path, {"model": GPT2LMHeadModel(config)})["model"]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    _equal(model.state_dict(), saved.state_dict())
