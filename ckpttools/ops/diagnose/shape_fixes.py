@@ -38,42 +38,50 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    """Another depth/width, positional-embedding grid or input channel count."""
+    """Another depth/width, positional-embedding grid or input channel count.
+
+    Only the input channels give code: the key and both channel counts are in the text. The
+    other kinds need the checkpoint's configuration (depth, width, input size), which the text
+    does not give: words, and the command that decides from the files.
+    """
     kind = f.facts["kind"]
     if kind == "pos_grid":
         c, m = f.facts["checkpoint_shape"], f.facts["model_shape"]
         what = (f"the positional-embedding grid has another size ({list(c)} in the checkpoint, "
-                f"{list(m)} in the model): the model was built for another input size")
-        code = ("# build the model for the checkpoint's input size, e.g. img_size=..., or resample:\n"
-                "from timm.layers import resample_abs_pos_embed\n"
-                'sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=GRID_HW)\n'
-                "model.load_state_dict(sd)")
-        return what, code, []
+                f"{list(m)} in the model): the model was built for another input size; build it for "
+                "the checkpoint's (img_size, window size), or resample the grid (timm.layers."
+                "resample_abs_pos_embed)")
+        return what, "", []
     if kind == "in_chans":
-        c, m = f.facts["checkpoint_channels"], f.facts["model_channels"]
-        what = f"the first layer takes {c} input channels in the checkpoint and {m} in the model"
-        code = (f"model = build_model(..., in_chans={c})  # or adapt the stem weight:\n"
-                "from timm.models import adapt_input_conv\n"
-                f'sd[STEM_KEY] = adapt_input_conv({m}, sd[STEM_KEY])\nmodel.load_state_dict(sd)')
-        return what, code, []
+        return _in_chans_text(f)
     if kind == "copies":
         what = (f"the model has numbered copies ({', '.join(f.facts['copies'])}) of the checkpoint's "
                 f"{f.facts['module']}, with the same layers: another variant of the network (more "
                 "scales or heads); build the model with the checkpoint's configuration")
-        code = "model = build_model(...same variant/config as the checkpoint...)\nmodel.load_state_dict(sd)"
-        return what, code, []
+        return what, "", []
     if kind == "depth":
         where = "the model only" if f.facts["side"] == "missing" else "the checkpoint only"
         what = (f"another depth of the same architecture: {f.facts['group']}.{f.facts['first']}.."
-                f"{f.facts['last']} exist in {where}")
-        code = "model = build_model(..., depth=DEPTH_OF_THE_CHECKPOINT)\nmodel.load_state_dict(sd)"
-        return what, code, []
+                f"{f.facts['last']} exist in {where}; build the model with the checkpoint's depth")
+        return what, "", []
     ratio = f.facts["ratio"]
     what = (f"another width of the same architecture: {f.facts['count']} tensors differ in size"
             + (f", by the same factor {ratio:g}" if f.facts["consistent"] else "")
             + "; build the model with the checkpoint's configuration (hidden size, variant)")
-    code = "model = build_model(...same variant/config as the checkpoint...)\nmodel.load_state_dict(sd)"
-    return what, code, []
+    return what, "", []
+
+
+def _in_chans_text(f: Finding) -> tuple[str, str, list[str]]:
+    """Adapt the stem's weight to the model's input channels, as timm's ``adapt_input_conv``
+    does: summed for one channel, else repeated and rescaled (the key and sizes are in the text)."""
+    c, m = f.facts["checkpoint_channels"], f.facts["model_channels"]
+    what = (f"the first layer takes {c} input channels in the checkpoint and {m} in the model; build "
+            f"the model with in_chans={c}, or adapt the first layer's weight (below)")
+    lines = [f'w = sd["{key}"]  # (out, {c}, kh, kw)\n' + (
+        f'sd["{key}"] = w.sum(1, keepdim=True)\n' if m == 1 else
+        f'sd["{key}"] = w.repeat(1, {-(-m // c)}, 1, 1)[:, :{m}] * ({c} / {m})\n')
+        for key in f.facts["keys"]]
+    return what, "".join(lines) + "model.load_state_dict(sd)", []
 
 
 def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:

@@ -433,3 +433,34 @@ def test_tied_lm_head_snippet_on_a_transformers_model(tmp_path: Path) -> None:
     model = _run(top.fix_code, path, {"model": GPT2LMHeadModel(config)})["model"]
     assert model.lm_head.weight is model.transformer.wte.weight
     _equal(model.state_dict(), saved.state_dict())
+
+
+class Stem(nn.Module):
+    def __init__(self, in_chans: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, 8, 3)
+        self.bn1, self.fc = nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_input_channels_snippet_adapts_the_stem(tmp_path: Path, in_chans: int) -> None:
+    torch.manual_seed(0)
+    saved = Stem(3)
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved.state_dict(), path)
+    top = diagnose_text(_error(Stem(in_chans), torch.load(path, weights_only=True))).causes[0]
+    assert (top.label, top.evidence["facts"]["kind"]) == ("architecture_variant", "in_chans"), top
+    model = _run(top.fix_code, path, {"model": Stem(in_chans)})["model"]  # a strict load
+    w = saved.conv1.weight.detach()
+    want = w.sum(1, keepdim=True) if in_chans == 1 else torch.cat([w, w[:, :1]], 1) * (3 / 4)
+    assert torch.allclose(model.conv1.weight, want)
+    assert torch.equal(model.fc.weight, saved.fc.weight)
+
+
+def test_a_variants_configuration_is_words_not_code() -> None:
+    # another depth, width or input size needs the checkpoint's configuration: no code to run
+    deeper = nn.Sequential(*(nn.Linear(4, 4) for _ in range(4)))
+    text = _error(nn.Sequential(*(nn.Linear(4, 4) for _ in range(2))), deeper.state_dict())
+    top = diagnose_text(text).causes[0]
+    assert top.label == "architecture_variant" and top.fix_code == ""
+    assert "depth" in top.summary
