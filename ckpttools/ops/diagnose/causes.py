@@ -16,9 +16,12 @@ from dataclasses import replace
 from ckpttools.ops.diagnose.shapes import (
     another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
 from ckpttools.ops.diagnose.structure import (
-    model_code_changed, part_checkpoint, part_of_model, prefix_matches, renamed_keys, residual,
-    strip_wrappers, wrong_model)
+    model_code_changed, numbered_copies, part_checkpoint, part_of_model, prefix_matches,
+    renamed_keys, residual,
+    strip_wrappers, top_module, wrong_model)
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.adapters import adapter_or_quantization
+from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
@@ -50,20 +53,11 @@ _BUFFER = re.compile(
     # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
     r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
-                         r"|in_proj_weight|in_proj_bias|lora_[AB]"
+                         r"|in_proj_weight|in_proj_bias|lora_[ABab]"
                          r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
 # The layer's module path before a reparametrized weight: spectral_norm (weight_orig/u/v),
 # weight_norm (weight_g/v) and torch.nn.utils.parametrizations (parametrizations.weight.original0/1).
 _SPECTRAL = re.compile(r"\.(weight_(orig|u|v|g)|parametrizations\.weight\.original\d?)$")
-_ADAPTER = re.compile(
-    r"lora_[AB]|lora_(up|down|magnitude|embedding)|\.base_layer\.|modules_to_save|hada_w|lokr_"
-    r"|(^|\.)(absmax|quant_map|quant_state|SCB|weight_format|qweight|qzeros|g_idx|weight_scale"
-    r"|input_scale|nested_absmax|nested_quant_map|zero_point|_packed_params|\w*quantizer\w*"
-    r"|\w*fake_quant\w*)(\.|$)")
-# torch.ao dynamic/static quantization: a quantized layer saves scale, zero_point and
-# _packed_params (its weight and bias packed) in place of weight and bias.
-_QUANT_LAYER = re.compile(r"^(.*?)\.(zero_point|_packed_params)(\.|$)")
-_FULL_COPY = re.compile(r"\.base_layer\.|modules_to_save")
 _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|shadow"
                   r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)"
                   # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*
@@ -101,8 +95,17 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     if seg is None:
         return None
     infix = label == "prefix_missing" and not all(k.startswith(seg + ".") for k in extra)
+    conf = 0.82 if len(extra) >= 3 else 0.72
+    if label == "prefix_missing" and wrapped_model and not infix:
+        # The message names the wrapper, so every model key carries its prefix: the prefix says
+        # nothing. Only a missing list spanning several modules reads as the whole model missing.
+        tops = {_segments(k)[1] for k in extra if len(_segments(k)) > 2}
+        if len(tops) < 2:
+            if not ev.truncated:
+                return None  # one module's keys, the whole list: that module is new (code changed)
+            conf = 0.6  # one module shown of a cut list: the whole model, or a part's file
     # Every shown key carries the wrapper: the other list was cut, the relation is still plain.
-    return Finding(label, 0.82 if len(extra) >= 3 else 0.72, frozenset(extra),
+    return Finding(label, conf, frozenset(extra),
                    {"prefix": seg + ".", "infix": infix, "examples": list(extra[:3]),
                     "count": len(extra)})
 
@@ -153,7 +156,7 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
              or ("." not in h and _TRAINING_NAME.match(h))]
     if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
-        return None
+        return _unknown_container(ev, heads)
     # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested
     # dict by its top-level key, and a training checkpoint also carries plain entries (epoch).
     dotless = [k for k in ev.unexpected if "." not in k and k in known]
@@ -170,6 +173,19 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     conf = 0.93 if container else 0.82
     explained = {k for k in ev.unexpected if _segments(k)[0] in known or k == container}
     return Finding("wrapped_checkpoint", conf, frozenset(explained) | frozenset(ev.missing),
+                   {"container": container, "top_keys": sorted(heads)})
+
+
+def _unknown_container(ev: Evidence, heads: Counter[str]) -> Finding | None:
+    """A few top-level entries (no dot) unexpected while the model's keys spanning several
+    modules are missing: a dict that holds the state_dict under a name no list knows (``_model``).
+    torch names a nested dict by its top-level key; a model's own keys have dots."""
+    if len(heads) > 8 or any("." in k for k in ev.unexpected) or len(ev.missing) < 4:
+        return None
+    if len({_segments(k)[0] for k in ev.missing}) < 2:
+        return None
+    container = next((h for h in sorted(heads) if re.search(r"model|net|state|weights", h, re.I)), None)
+    return Finding("wrapped_checkpoint", 0.72, frozenset(ev.unexpected) | frozenset(ev.missing),
                    {"container": container, "top_keys": sorted(heads)})
 
 
@@ -196,26 +212,6 @@ def version_buffers(ev: Evidence) -> Finding | None:
                        {"examples": list(keys[:3]), "count": len(keys), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in keys})})
     return None
-
-
-def adapter_or_quantization(ev: Evidence) -> Finding | None:
-    """LoRA/adapter keys or quantization state on one side only."""
-    # Low-rank or quantization tensors of another size (LoRA rank, block size) count too; not
-    # base_layer/modules_to_save copies, whose size follows the base model.
-    resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
-    keys = ev.missing + ev.unexpected + resized
-    hits = [k for k in keys if _ADAPTER.search(k)]
-    # The float weight/bias and scale of a quantized layer belong to the same change.
-    layers = {m.group(1) for k in hits if (m := _QUANT_LAYER.match(k))}
-    hits += [k for k in keys if k not in hits and k.rpartition(".")[0] in layers]
-    if not hits or len(hits) < 0.3 * len(keys):
-        return None
-    quant = any(re.search(r"absmax|quant|qweight|qzeros|SCB|g_idx|scale|zero_point", k) for k in hits)
-    side = ("unexpected" if all(k in ev.unexpected for k in hits) else
-            "missing" if any(k in ev.missing for k in hits) else
-            "resized" if all(k in resized for k in hits) else "unexpected")
-    return Finding("adapter_or_quantization", 0.5 + 0.45 * len(hits) / len(keys), frozenset(hits),
-                   {"examples": hits[:3], "count": len(hits), "quantized": quant, "side": side})
 
 
 def ema_weights(ev: Evidence) -> Finding | None:
@@ -300,7 +296,7 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys,
-    part_checkpoint)
+    numbered_copies, part_checkpoint)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 
@@ -321,6 +317,13 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     from_shapes = f.facts.get("kind") in ("width", "pos_grid", "in_chans")  # mismatch lines
     if ev.truncated and f.label in _RELATIONAL and not from_shapes and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
+    # Moved modules that leave keys unpaired, next to another module's tensor of another size
+    # (not one of the moved layers, as an index shift gives): another variant of the network
+    # (other layers and sizes) reads the same.
+    moved = set(f.facts.get("paired_modules", ()))
+    if (f.facts.get("unpaired") and f.confidence >= 0.8
+            and any(top_module(m.key) not in moved for m in ev.mismatched)):
+        return replace(f, confidence=0.72)
     # Input channels seen in a cut text: the modified network's new modules may be cut away.
     if ev.truncated and f.facts.get("kind") == "in_chans" and f.confidence >= 0.8:
         return replace(f, confidence=0.75)
@@ -328,7 +331,10 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     # prefix, or one part's file (a backbone) in a bigger model; the hidden keys decide.
     named = [s for s in str(f.facts.get("prefix", "")).split(".") if s and s not in WRAPPER_SEGMENTS]
     if ev.truncated and f.label in ("prefix_added", "prefix_missing") and named and f.confidence >= 0.8:
-        return replace(f, confidence=0.75)
+        # a part's name on the model's side (backbone.): the part's file is the more common
+        # reading (part_prefix_cut), and its fix (load into model.backbone) is right for both
+        part = f.label == "prefix_missing" and named[0] in PART_NAMES
+        return replace(f, confidence=0.55 if part else 0.75)
     return f
 
 

@@ -93,7 +93,7 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
                     mismatched=parsed.mismatched, class_name=parsed.class_name,
                     truncated=parsed.truncated, source="text", lookups=parsed.lookups,
                     report=parsed.report, parallel=parsed.parallel,
-                    named_prefix=parsed.named_prefix)
+                    named_prefix=parsed.named_prefix, cut_mismatches=parsed.cut_mismatches)
 
 
 def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:

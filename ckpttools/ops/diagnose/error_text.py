@@ -35,7 +35,14 @@ _MISMATCH_PATTERNS = (
                rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
     re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
                rf"{_W}{_SIZE}{_W}in{_W}the{_W}model{_W}instantiated"),
+    # a paste that starts at the key of torch's line ("size mismatch for" cut off the front)
+    re.compile(rf"(?m)\A[ \t]*([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+               rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
+               rf"{_W}is{_W}{_SIZE}"),
 )
+
+# A mismatch line's key, whatever follows (a paste may end inside the shapes).
+_CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
 
 # (kind, pattern whose match ends where the key list starts)
 _LIST_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -109,6 +116,8 @@ class ParsedError:
     report: bool = False
     parallel: bool = False
     named_prefix: str | None = None  # a wrapper prefix a sentence names, when no key is shown
+    # keys of "size mismatch for KEY: ..." lines whose shapes were cut from the paste
+    cut_mismatches: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -276,12 +285,18 @@ def parse_error_text(text: str) -> ParsedError:
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
-    found = bool(formats or mismatched or lookups or _HEADER_ONLY.search(text))
+    shown = {m.key for m in mismatched}
+    cut = [k for k in _CUT_MISMATCH.findall(text) if k not in shown]
+    truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
+    # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
+    truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))
+    found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),
                        lookups=_unique(lookups), report=bool(_REPORT.search(text)),
-                       parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix)
+                       parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix,
+                       cut_mismatches=_unique(cut))
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

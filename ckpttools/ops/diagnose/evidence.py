@@ -47,6 +47,7 @@ class Evidence:
     report: bool = False
     parallel: bool = False  # the text names model (tensor) parallelism
     named_prefix: str | None = None  # a wrapper prefix named in prose (no key shown)
+    cut_mismatches: tuple[str, ...] = ()  # keys of size mismatches whose shapes were cut
 
     @property
     def one_sided(self) -> bool:

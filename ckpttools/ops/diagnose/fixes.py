@@ -14,6 +14,8 @@ from ckpttools.ops.diagnose.shape_fixes import (
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
+# A first line of a printed fix that the user sets: what the text cannot name (a file, a folder).
+SETTING = re.compile(r"^([A-Z][A-Z0-9_]*) = .*  # set: ")
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,24 @@ def _wrapped(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, code, ["@convert", "--key", _q(c)]
 
 
+def _setting(name: str, value: str, what: str) -> str:
+    """A first line of a snippet that names what the text cannot give: the user sets it."""
+    return f"{name} = {value}  # set: {what}\n"
+
+
 def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     what = ("an optimizer's state_dict ('state', 'param_groups') was loaded into the model; "
             "load the model's file (or the model entry of the checkpoint) instead")
-    code = ('model.load_state_dict(torch.load("MODEL_WEIGHTS.pth", weights_only=True))\n'
-            'optimizer.load_state_dict(torch.load("{ckpt}", weights_only=True))')
+    heads = [h for h in f.facts["examples"] if h not in ("state", "param_groups")]
+    code = _setting("MODEL_WEIGHTS", '"model_weights.pth"', "the file with the model's own state_dict")
+    if heads:  # a file of several optimizers (optimG, optimD): the text cannot say whose is whose
+        code += _setting("ENTRY", f'"{heads[0]}"', f"this optimizer's entry ({', '.join(heads)})")
+    code += 'model.load_state_dict(torch.load(MODEL_WEIGHTS, map_location="cpu", weights_only=True))\n'
+    if heads:
+        code += ('optimizers = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
+                 "optimizer.load_state_dict(optimizers[ENTRY])")
+    else:
+        code += 'optimizer.load_state_dict(torch.load("{ckpt}", map_location="cpu", weights_only=True))'
     return what, code, []
 
 
@@ -136,30 +151,50 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def _adapter(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if f.facts["quantized"]:
-        what = ("the checkpoint holds quantized weights (bitsandbytes/GPTQ state such as absmax, "
-                "quant_map, qweight); build the model with the same quantization config, or save "
-                "dequantized weights")
-        code = ("model = AutoModelForCausalLM.from_pretrained(BASE, quantization_config=bnb_config)\n"
-                "# or: dequantize before saving, e.g. merged = model.dequantize()")
-        return what, code, []
+        return _quantized(f, ev)
     if f.facts["side"] == "resized":
         what = ("the adapter tensors (lora_A/lora_B or quantization state) have another size than the "
                 "model's: the adapter was saved with another configuration (LoRA rank r, target "
                 "modules, block size); build the adapter with the checkpoint's configuration")
-        code = ("from peft import PeftModel\n"
-                "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)  # reads its own r from adapter_config.json")
+        code = (_setting("ADAPTER_DIR", '"path/to/adapter"', "the adapter's folder (adapter_config.json)")
+                + "from peft import PeftModel\n"
+                "# unload() drops the adapter layers built with the wrong r; from_pretrained reads\n"
+                "# r and the target modules from adapter_config.json\n"
+                "model = PeftModel.from_pretrained(model.unload(), ADAPTER_DIR)")
         return what, code, []
     if f.facts["side"] == "unexpected":
         what = ("the checkpoint holds adapter weights (LoRA lora_A/lora_B, base_layer) that the plain "
                 "model has no slots for; merge the adapter into the base model or load it with PEFT")
-        code = ("from peft import PeftModel\n"
-                "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR).merge_and_unload()")
+        code = (_setting("ADAPTER_DIR", '"path/to/adapter"',
+                         "the folder PEFT's save_pretrained wrote (adapter_config.json)")
+                + "from peft import PeftModel\n"
+                "# model: the base model, its own weights loaded\n"
+                "model = PeftModel.from_pretrained(model, ADAPTER_DIR).merge_and_unload()")
         return what, code, ["--drop", _q(r"lora_|\.base_layer\.")]
     what = ("the model has adapter layers (LoRA) that the base checkpoint does not hold; load the base "
             "weights before adding the adapter, or load non-strictly so only the adapter stays new")
     code = ("result = model.load_state_dict(sd, strict=False)\n"
             'assert all("lora_" in k for k in result.missing_keys)')
     return what, code, []
+
+
+def _quantized(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    """torch.ao's dynamic quantization can be redone on the model (code); bitsandbytes/GPTQ state
+    needs the quantization library and the model's config, which the text does not give (words)."""
+    # torch.ao's packed Linear weights in the checkpoint (the float weight is then missing)
+    if any("._packed_params." in k for k in ev.unexpected):
+        what = ("the checkpoint was saved from a model quantized with torch.ao's quantize_dynamic "
+                "(its Linear layers hold _packed_params, scale and zero_point); quantize the model "
+                "the same way before loading (dtype: the file's _packed_params.dtype, int8 by default)")
+        code = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
+                "model.load_state_dict(sd)")
+        return what, code, []
+    what = ("the checkpoint holds quantized weights (bitsandbytes/GPTQ state such as absmax, "
+            "quant_map, qweight) where the model has plain ones, or the other way round; build the "
+            "model with the quantization config the file was saved with (transformers' "
+            "from_pretrained(..., quantization_config=...)), or save dequantized weights "
+            "(model.dequantize() before saving)")
+    return what, "", []
 
 
 def _ema(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
@@ -176,8 +211,18 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     what = (f"{keys} is tied to the input embedding, so the checkpoint does not store it separately"
             if f.facts["side"] == "missing" else
             f"the checkpoint stores {keys}, which this model ties to the input embedding")
+    layers = [k.rpartition(".")[0] for k in f.facts["examples"]]
+    if f.facts["side"] != "missing":
+        code = (f"for key in {list(f.facts['examples'])!r}:  # the model reads the embedding instead\n"
+                "    sd.pop(key)\nmodel.load_state_dict(sd)")
+        return what, code, []
+    # tie each output layer to the input embedding of its shape, as the saved model was tied
     code = ("result = model.load_state_dict(sd, strict=False)\n"
-            "model.tie_weights()  # or: model.lm_head.weight = model.get_input_embeddings().weight")
+            f"assert set(result.missing_keys) <= {set(f.facts['examples'])!r}, result\n"
+            f"for name in {layers!r}:\n"
+            "    out = model.get_submodule(name)\n"
+            "    out.weight = next(m.weight for m in model.modules()\n"
+            "                      if isinstance(m, torch.nn.Embedding) and m.weight.shape == out.weight.shape)")
     return what, code, []
 
 
@@ -206,24 +251,52 @@ def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if k := f.facts.get("factor"):
-        holder = "the model" if f.facts["side"] == "model" else "the checkpoint"
-        what = (f"{holder} holds 1/{k} of each tensor on one axis: a tensor-parallel shard (one rank's "
-                f"file, or a model built for {k}-way parallelism); merge the {k} ranks' shards on that "
-                f"axis, or load with the parallel size the file was saved with")
-        code = ("# merge the ranks' files: for each key, torch.cat([sd_rank0[k], sd_rank1[k], ...], dim=AXIS)\n"
-                "# (the axis that differs in the message; replicated tensors such as norms are equal)\n"
-                "model.load_state_dict(merged_sd)")
-        return what, code, []
-    on_model = f.facts["side"] == "model"
-    what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
-            "before partitioning, or through the engine" if on_model else
-            "the checkpoint was saved from partitioned parameters (DeepSpeed ZeRO-3/FSDP): it holds "
-            "empty or placeholder tensors; ignoring the size mismatch would load garbage")
-    code = ("# DeepSpeed: gather the full weights from the ZeRO checkpoint directory\n"
-            "from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint\n"
+        return _tensor_parallel(f, k)
+    if f.facts["side"] == "model":
+        what = ("the model's parameters are partitioned (DeepSpeed ZeRO-3/FSDP): load the full weights "
+                "before partitioning (before deepspeed.initialize or FSDP wrapping), or through the "
+                "engine's load_checkpoint")
+        return what, "", []
+    what = ("the checkpoint was saved from partitioned parameters (DeepSpeed ZeRO-3/FSDP): it holds "
+            "empty or placeholder tensors; ignoring the size mismatch would load garbage. Gather the "
+            "full weights from the DeepSpeed checkpoint folder (below), or save FSDP models with "
+            "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))")
+    code = (_setting("CHECKPOINT_DIR", '"path/to/checkpoint"',
+                     "the DeepSpeed checkpoint folder (holds latest and global_step*/)")
+            + "from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint\n"
             "sd = get_fp32_state_dict_from_zero_checkpoint(CHECKPOINT_DIR)\n"
-            "# FSDP: save with get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))\n"
             "model.load_state_dict(sd)")
+    return what, code, []
+
+
+def _tensor_parallel(f: Finding, k: int) -> tuple[str, str, list[str]]:
+    """Merge the ranks' pieces (or cut the full file) on the axis where each tensor differs from
+    the model's: the axis is read per tensor, so column- and row-parallel layers both work."""
+    if f.facts["side"] == "checkpoint":
+        what = (f"the checkpoint holds 1/{k} of each tensor on one axis: a tensor-parallel shard (one "
+                f"rank's file); merge the {k} ranks' files on that axis, or load with the parallel "
+                "size the file was saved with")
+        code = (_setting("RANK_FILES", f'[f"rank{{i}}.pt" for i in range({k})]',
+                         f"the {k} ranks' files, in rank order")
+                + "shards = [torch.load(f, map_location=\"cpu\", weights_only=True) for f in RANK_FILES]\n"
+                "full = model.state_dict()\n"
+                "merged = {}\n"
+                "for key, piece in shards[0].items():\n"
+                "    # the axis where a rank's piece is smaller than the model's; none: replicated\n"
+                "    axis = next((d for d in range(piece.dim()) if piece.shape[d] != full[key].shape[d]), None)\n"
+                "    merged[key] = piece if axis is None else torch.cat([s[key] for s in shards], dim=axis)\n"
+                "model.load_state_dict(merged)")
+        return what, code, []
+    what = (f"the model holds 1/{k} of each tensor on one axis (built for {k}-way tensor "
+            "parallelism) and the checkpoint the whole tensors; load this rank's piece of each, or "
+            "build the model without tensor parallelism")
+    code = (_setting("RANK", "0", f"this process's tensor-parallel rank (0 to {k - 1})")
+            + "piece = model.state_dict()\n"
+            "merged = {}\n"
+            "for key, t in torch.load(\"{ckpt}\", map_location=\"cpu\", weights_only=True).items():\n"
+            "    axis = next((d for d in range(t.dim()) if t.shape[d] != piece[key].shape[d]), None)\n"
+            "    merged[key] = t if axis is None else t.chunk(t.shape[axis] // piece[key].shape[axis], dim=axis)[RANK]\n"
+            "model.load_state_dict(merged)")
     return what, code, []
 
 
@@ -267,12 +340,24 @@ def _evidence(f: Finding, ev: Evidence) -> dict[str, Any]:
             "truncated": ev.truncated, "facts": facts}
 
 
+def _assigns_sd(code: str) -> bool:
+    """The first line naming ``sd`` assigns it from elsewhere (torch.load, DeepSpeed's gathering)."""
+    first = next((line for line in code.split("\n") if re.search(r"\bsd\b", line)), "")
+    head, eq, value = first.partition(" = ")
+    return head == "sd" and bool(eq) and not re.search(r"\bsd\b", value)
+
+
 def describe(f: Finding, ev: Evidence) -> Cause:
     """Turn a finding into a :class:`Cause` with plain words, evidence and the fix."""
     what, code, args = _WRITERS[f.label](f, ev)
     ckpt = ev.checkpoint_path or "CKPT"
-    code = "import re, torch\n" + ("" if "sd = torch.load" in code or "ckpt = torch.load" in code
-                                   or "sd" not in code else _LOAD) + code
+    if code:
+        # What the text cannot give stays on the first lines, for the user to set (# set:).
+        lines = code.split("\n")
+        n = next((i for i, line in enumerate(lines) if not SETTING.match(line)), len(lines))
+        rest = "\n".join(lines[n:])
+        load = "" if "ckpt = torch.load" in rest or "sd" not in rest or _assigns_sd(rest) else _LOAD
+        code = "".join(line + "\n" for line in lines[:n]) + "import re, torch\n" + load + rest
     command = None
     if ev.source == "files" and args:
         if args[0] == "@convert":

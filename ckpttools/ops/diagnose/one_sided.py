@@ -70,8 +70,9 @@ def first_key_unexpected(ev: Evidence, starts_model: bool) -> list[Finding]:
     facts = {"missing": 0, "unexpected": 1, "examples_missing": [],
              "examples_unexpected": list(ev.unexpected)}
     holder = segments(ev.unexpected[0])[0]
-    if holder in HOLDER_NAMES and len(segments(ev.unexpected[0])) >= 2:
-        # a task module's name in front of the model's first key (model.conv1.weight)
+    if holder in HOLDER_NAMES | PART_NAMES and len(segments(ev.unexpected[0])) >= 2:
+        # a task module's name in front of the model's first key (model.conv1.weight), or a part's
+        # (backbone.conv1.weight): the file is the bigger model's, the model that part
         return [Finding("prefix_added", 0.5, keys, {"prefix": holder + ".", "infix": False,
                                                      "examples": list(ev.unexpected), "count": 1}),
                 Finding("model_code_changed", 0.3, keys, facts)]
@@ -229,8 +230,10 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
     if len(keys) < 3 or len(firsts) != 1 or not all(len(segments(k)) >= 2 for k in keys):
         return []
     name, seconds = firsts.pop(), {segments(k)[1] for k in keys}
-    # named submodules under a holder's name, not layers N and up of one stack (another depth)
-    if name not in HOLDER_NAMES or len(seconds) < 2 or any(p.isdigit() for p in seconds):
+    # named submodules under a holder's name, not layers N and up of one stack (another depth);
+    # a part's name (backbone.) on the checkpoint's keys alone: saved from the bigger model
+    holders = HOLDER_NAMES | (PART_NAMES if ev.unexpected else frozenset())
+    if name not in holders or len(seconds) < 2 or any(p.isdigit() for p in seconds):
         return []
     label = "prefix_missing" if ev.missing else "prefix_added"
     facts = {"prefix": name + ".", "infix": False, "examples": list(keys[:3]), "count": len(keys)}
@@ -238,3 +241,32 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     return [Finding(label, 0.6, frozenset(keys), facts),
             Finding("wrong_model", 0.25, frozenset(keys), other)]
+
+
+# Attention projections by the names libraries gave them over versions: LDM/old diffusers (q, k, v,
+# proj_out), diffusers 0.x (query, key, value, proj_attn), diffusers now (to_q, to_k, to_v, to_out),
+# transformers (q_proj ... out_proj).
+ATTENTION_PROJECTIONS = frozenset({"q", "k", "v", "proj_out", "query", "key", "value", "proj_attn",
+                                   "to_q", "to_k", "to_v", "to_out", "q_proj", "k_proj", "v_proj",
+                                   "out_proj", "o_proj"})
+
+
+def attention_names(ev: Evidence) -> list[Finding]:
+    """One key list holding only attention projections (``attn_1.q.weight``, ``proj_out``) while
+    the rest of the model loads: the file names them as another library version does (diffusers
+    renamed its VAE's attention twice), or fuses them; the other list decides.
+    """
+    keys = ev.missing if not ev.unexpected else ev.unexpected if not ev.missing else ()
+    if len(keys) < 3 or not _bare(ev):
+        return []
+    mods = [segments(k)[-3 if segments(k)[-2].isdigit() else -2] for k in keys if len(segments(k)) >= 3]
+    if len(mods) < len(keys) or not set(mods) <= ATTENTION_PROJECTIONS or len(set(mods)) < 3:
+        return []
+    if not all(re.search(r"attn|attention", k, re.I) for k in keys):
+        return []
+    side = "missing" if ev.missing else "unexpected"
+    return [Finding("renamed_keys", 0.6, frozenset(keys),
+                    {"renames": [], "attention": sorted(set(mods)), "side": side,
+                     "count": len(keys), "examples": list(keys[:3])}),
+            Finding("fused_projection", 0.3, frozenset(keys),
+                    {"fused": [], "split": sorted(set(mods)), "fused_side": "checkpoint"})]

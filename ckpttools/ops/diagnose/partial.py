@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
 from ckpttools.ops.diagnose.one_sided import (
-    first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing, part_missing,
+    attention_names, first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing,
+    part_missing,
     part_prefix_cut,
     reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
+from ckpttools.ops.diagnose.shapes import head_named
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -33,6 +36,7 @@ _CONTAINER_LOOKUP = re.compile(r"^(model|state_dict|model_state_dict|net|network
 # Where a model's state_dict starts: a top-level parameter (it precedes every submodule's keys)
 # or a first layer by the usual names, with every layer index at 0.
 _FIRST_LAYER = re.compile(r"(^|\.)(conv1|conv_first|conv0|stem|embed\w*|\w*embeddings?|patch_embed"
+                          r"|tok_emb|wte|token_emb\w*|word_emb\w*"
                           r"|cls_token|pos_embed|input\w*|first\w*|inc|init\w*|layer0|features"
                           r"|module_list|model|backbone|encoder|body|net|blocks|layers)(\.|$)")
 _WRAPPER_CLASSES = frozenset({"DataParallel", "DistributedDataParallel", "OptimizedModule",
@@ -180,6 +184,26 @@ def key_lookup(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.35, keys, facts)]
 
 
+def cut_size_mismatch(ev: Evidence) -> list[Finding]:
+    """Size mismatches named, their shapes cut from the paste (a title, a truncated line).
+
+    Only the key is left: a head by name (``fc``, ``bbox_head``, ``embed``) is most often another
+    number of classes or tokens, anything else another configuration; both stay candidates.
+    """
+    if not ev.cut_mismatches or ev.mismatched or ev.missing or ev.unexpected:
+        return []
+    keys = list(ev.cut_mismatches)
+    head = Finding("head_size_mismatch", 0.3, frozenset(keys),
+                   {"keys": keys, "checkpoint_size": None, "model_size": None, "vocab": False,
+                    "padded": False})
+    variant = Finding("architecture_variant", 0.3, frozenset(keys),
+                      {"kind": "width", "count": len(keys), "examples": keys[:3], "ratio": 1.0,
+                       "consistent": False})
+    if all(head_named(k) for k in keys):
+        return [replace(head, confidence=0.65), variant]
+    return [replace(variant, confidence=0.5), head]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -188,4 +212,7 @@ def partial_findings(ev: Evidence) -> list[Finding]:
                  + reparametrized_weight(ev) + legacy_norm_missing(ev) + wrapped_model_unexpected(ev)
                  + holder_prefix(ev)
                  + (whole_model_unexpected(ev, starts) or first_key_unexpected(ev, starts)))
-    return out + whole_model_missing(ev) + one_sided + container_lookup(ev) + key_lookup(ev)
+    attention = attention_names(ev)
+    whole = [] if attention else whole_model_missing(ev)  # projections alone are not the whole model
+    return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
+            + cut_size_mismatch(ev))

@@ -16,14 +16,20 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
-    if f.facts["vocab"]:
+    if m is None:  # the sizes were cut from the text: the head by its name only
+        what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
+                "sizes are cut from the text); by its name an output head: another number of "
+                "classes or tokens; build the model with the checkpoint's, or drop the head to fine-tune")
+    elif f.facts["vocab"]:
         what = (f"the vocabulary has another size: {c} rows in the checkpoint, {m} in the model"
                 + (" (one side is padded to a multiple of 64)" if f.facts["padded"] else "")
                 + "; resize the embeddings to the checkpoint's size before loading")
         code = f"model.resize_token_embeddings({c})\nmodel.load_state_dict(sd)"
         return what, code, []
-    what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
-            f"({', '.join(keys[:2])}); build the model with {c} outputs, or drop the head to fine-tune")
+    else:
+        what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
+                f"({', '.join(keys[:2])}); build the model with {c} outputs, or drop the head to "
+                "fine-tune")
     prefixes = sorted({k.rsplit(".", 1)[0] + "." for k in keys})
     pattern = "^(" + "|".join(_re(p) for p in prefixes) + ")"
     code = (f'sd = {{k: v for k, v in sd.items() if not re.match(r"{pattern}", k)}}\n'
@@ -32,55 +38,84 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    """Another depth/width, positional-embedding grid or input channel count."""
+    """Another depth/width, positional-embedding grid or input channel count.
+
+    Only the input channels give code: the key and both channel counts are in the text. The
+    other kinds need the checkpoint's configuration (depth, width, input size), which the text
+    does not give: words, and the command that decides from the files.
+    """
     kind = f.facts["kind"]
     if kind == "pos_grid":
         c, m = f.facts["checkpoint_shape"], f.facts["model_shape"]
         what = (f"the positional-embedding grid has another size ({list(c)} in the checkpoint, "
-                f"{list(m)} in the model): the model was built for another input size")
-        code = ("# build the model for the checkpoint's input size, e.g. img_size=..., or resample:\n"
-                "from timm.layers import resample_abs_pos_embed\n"
-                'sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=GRID_HW)\n'
-                "model.load_state_dict(sd)")
-        return what, code, []
+                f"{list(m)} in the model): the model was built for another input size; build it for "
+                "the checkpoint's (img_size, window size), or resample the grid (timm.layers."
+                "resample_abs_pos_embed)")
+        return what, "", []
     if kind == "in_chans":
-        c, m = f.facts["checkpoint_channels"], f.facts["model_channels"]
-        what = f"the first layer takes {c} input channels in the checkpoint and {m} in the model"
-        code = (f"model = build_model(..., in_chans={c})  # or adapt the stem weight:\n"
-                "from timm.models import adapt_input_conv\n"
-                f'sd[STEM_KEY] = adapt_input_conv({m}, sd[STEM_KEY])\nmodel.load_state_dict(sd)')
-        return what, code, []
+        return _in_chans_text(f)
+    if kind == "copies":
+        what = (f"the model has numbered copies ({', '.join(f.facts['copies'])}) of the checkpoint's "
+                f"{f.facts['module']}, with the same layers: another variant of the network (more "
+                "scales or heads); build the model with the checkpoint's configuration")
+        return what, "", []
     if kind == "depth":
         where = "the model only" if f.facts["side"] == "missing" else "the checkpoint only"
         what = (f"another depth of the same architecture: {f.facts['group']}.{f.facts['first']}.."
-                f"{f.facts['last']} exist in {where}")
-        code = "model = build_model(..., depth=DEPTH_OF_THE_CHECKPOINT)\nmodel.load_state_dict(sd)"
-        return what, code, []
+                f"{f.facts['last']} exist in {where}; build the model with the checkpoint's depth")
+        return what, "", []
     ratio = f.facts["ratio"]
     what = (f"another width of the same architecture: {f.facts['count']} tensors differ in size"
             + (f", by the same factor {ratio:g}" if f.facts["consistent"] else "")
             + "; build the model with the checkpoint's configuration (hidden size, variant)")
-    code = "model = build_model(...same variant/config as the checkpoint...)\nmodel.load_state_dict(sd)"
-    return what, code, []
+    return what, "", []
+
+
+def _in_chans_text(f: Finding) -> tuple[str, str, list[str]]:
+    """Adapt the stem's weight to the model's input channels, as timm's ``adapt_input_conv``
+    does: summed for one channel, else repeated and rescaled (the key and sizes are in the text)."""
+    c, m = f.facts["checkpoint_channels"], f.facts["model_channels"]
+    what = (f"the first layer takes {c} input channels in the checkpoint and {m} in the model; build "
+            f"the model with in_chans={c}, or adapt the first layer's weight (below)")
+    lines = [f'w = sd["{key}"]  # (out, {c}, kh, kw)\n' + (
+        f'sd["{key}"] = w.sum(1, keepdim=True)\n' if m == 1 else
+        f'sd["{key}"] = w.repeat(1, {-(-m // c)}, 1, 1)[:, :{m}] * ({c} / {m})\n')
+        for key in f.facts["keys"]]
+    return what, "".join(lines) + "model.load_state_dict(sd)", []
 
 
 def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """The same tensors under other names."""
     renames = f.facts["renames"]
+    if names := f.facts.get("attention"):
+        what = (f"only attention projections ({', '.join(names)}) are {f.facts['side']}, the rest "
+                "loads: the file most likely names them as another library version does (diffusers "
+                "renamed q/k/v/proj_out to query/key/value/proj_attn and then to_q/to_k/to_v/"
+                "to_out.0); rename them to the model's names (the other key list shows the file's)")
+        return what, "", []
     what = ("the same tensors are stored under other names: "
             + ", ".join(f"'{a}' -> '{b}'" for a, b in renames)
             + (" (old LayerNorm names)" if f.facts.get("legacy") else ""))
-    lines = [f'sd = {{re.sub(r"(^|\\.){_re(a)}(?=\\.|$)", r"\\g<1>{b}", k): v for k, v in sd.items()}}'
+    # a leading path renamed (layer1.0 -> extractor.4) is replaced at the start of keys only
+    lead = r"^" if f.facts.get("prefix_rename") else r"(^|\.)"
+    ref = "" if f.facts.get("prefix_rename") else r"\g<1>"
+    lines = [f'sd = {{re.sub(r"{lead}{_re(a)}(?=\\.|$)", r"{ref}{b}", k): v for k, v in sd.items()}}'
              for a, b in renames]
     args: list[str] = []
     for a, b in renames:
-        args += ["--rename", shlex.quote(rf"(^|\.){_re(a)}(?=\.|$)=\g<1>{b}")]
+        args += ["--rename", shlex.quote(rf"{lead}{_re(a)}(?=\.|$)={ref}{b}")]
     return what, "\n".join(lines) + "\nmodel.load_state_dict(sd)", args
 
 
 def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Same model class, other submodules."""
     moved = f.facts.get("moved")
+    if reshaped := f.facts.get("reshaped"):
+        what = ("the model code changed the shape of these tensors, not their elements (e.g. "
+                + ", ".join(f"'{k}' now {shape}" for k, shape in list(reshaped.items())[:2])
+                + "): reshape them to the model's shapes")
+        code = "".join(f'sd["{k}"] = sd["{k}"].reshape({shape})\n' for k, shape in reshaped.items())
+        return what, code + "model.load_state_dict(sd)", []
     if inserted := f.facts.get("inserted"):
         what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
                 f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "

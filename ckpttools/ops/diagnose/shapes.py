@@ -9,14 +9,22 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, segments
 
-_HEAD = re.compile(r"(^|[._])(head|heads|fc|classifier|cls|logits|class\w*|score|lm_head|output"
+_HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
                    r"|embeddings|decoder|_proposal_\w+|bbox_pred|cls_score)([._]|$)")
 _VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
 _LEVELS = re.compile(r"level_embed|scale_embed|num_levels|stage_embed")
 _NORM = re.compile(r"(running_mean|running_var|(norm|bn|ln|gn)\w*\.(weight|bias))$")
 _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|absolute_pos"
-                  r"|relative_position_bias_table|position_embeddings|rel_pos")
+                  r"|relative_position_bias_table|position_embeddings|rel_pos"
+                  # Swin V2's continuous position bias: a table of log-spaced relative coordinates
+                  r"|relative_coords?_(table|log)|relative_coordinates\w*")
+
+
+def head_named(key: str) -> bool:
+    """The key sits in an output head or vocabulary table by the usual names (``fc``,
+    ``classifier``, ``bbox_head``, ``lm_head``, ``embed_tokens``)."""
+    return bool(_HEAD.search(key) or _VOCAB.search(key))
 
 
 # The first layer of a network by the usual names: its rows are the model's width, never a count.
@@ -152,7 +160,7 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     (another input size or number of feature levels).
     """
     mm = _real(ev)
-    if not mm or len(mm) != len(ev.mismatched) or len(mm) > 6:
+    if not mm or len(mm) != len(ev.mismatched):
         return []
     if not all(_count_axis(m) for m in mm) or any(_POS.search(m.key) or _LEVELS.search(m.key)
                                                      for m in mm):
@@ -161,7 +169,12 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
         return []
     if all(_input_layer(m, mm) for m in mm):
         return []  # the input layer's rows: another width
-    return mm
+    # Many tensors: a count only in a head by name whose every tensor changes between the same
+    # two sizes (a multi-level detection head's anchors x (classes + 5)); a width changes the
+    # layers after it too, and fewer key/value heads change every block of a stack alike.
+    sizes = {(m.checkpoint_shape[a], m.model_shape[a]) for m in mm if (a := _one_axis(m)) is not None}
+    named = all(_HEAD.search(m.key) for m in mm)
+    return mm if len(mm) <= 6 or (len(sizes) == 1 and named) else []
 
 
 def head_size_mismatch(ev: Evidence) -> Finding | None:
@@ -174,10 +187,12 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     axis = _one_axis(mm[0]) or 0
     sizes = (mm[0].checkpoint_shape[axis], mm[0].model_shape[axis])
     padded = vocab and any(n % 64 == 0 for n in sizes) and abs(sizes[0] - sizes[1]) < 1024
-    # A weight and its bias changing together on the output axis is a classifier's signature.
-    pair = any(len(m.model_shape) >= 2 for m in mm) and any(len(m.model_shape) == 1 for m in mm)
+    # A weight and its bias changing together on the output axis is a classifier's signature
+    # (one layer's; a conv and the norm after it changing together is a width).
+    layers = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
+    pair = any(len(m.model_shape) == 1 and m.key.rpartition(".")[0] in layers for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
-    if _not_head(mm, ev):
+    if _not_head(mm, ev) or (not headish and _norm_resized(mm)):
         conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
     if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
         conf = 0.5  # one side's tensors are the other's cut in k: sharding competes
@@ -223,6 +238,10 @@ def _depth(keys: Iterable[str]) -> tuple[str, int, int] | None:
     kinds = {re.sub(r"\d+", "#", g) for g in groups}
     if not numbers or len(kinds) > 2 or min(numbers) < 1:
         return None
+    # two stacks deepened together share their name (encoder.layers, decoder.layers); index 1 of
+    # two unrelated Sequentials (x_embedder.proj.1, t_embedder.1) is no depth
+    if len({k.rpartition(".")[2] for k in kinds}) > 1 and max(numbers) == 1:
+        return None
     if len(groups) > 2:
         stage = re.compile(re.escape(min(kinds)).replace("\\#", r"(\d+)"))
         ids = sorted(int(m.group(1)) for g in groups if (m := stage.fullmatch(g)))
@@ -255,7 +274,8 @@ def _shape_variant(ev: Evidence) -> Finding | None:
                        {"kind": "in_chans", "keys": [m.key for m in mm],
                         "checkpoint_channels": mm[0].checkpoint_shape[1],
                         "model_channels": mm[0].model_shape[1]})
-    if (count := _count_change(ev)) and _not_head(count, ev):
+    if (count := _count_change(ev)) and (_not_head(count, ev) or (
+            _norm_resized(count) and not any(_HEAD.search(m.key) for m in count))):
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
     if count:
@@ -303,7 +323,10 @@ def another_depth(ev: Evidence) -> Finding | None:
         depth = _depth(keys) if keys and not other else None
         if depth is not None and not (side == "missing" and inserted_layer_group(keys)):
             group, low, high = depth
-            return Finding("architecture_variant", 0.78, frozenset(keys),
+            # one layer's keys alone (PyTorch <= 0.3 names the first one): an extra layer at the
+            # end, or a layer shifted by one (a norm inserted) read the same
+            one = len({k.rpartition(".")[0] for k in keys}) == 1
+            return Finding("architecture_variant", 0.62 if one else 0.78, frozenset(keys),
                            {"kind": "depth", "side": side, "group": group, "first": low,
                             "last": high, "count": len(keys), "examples": list(keys[:3])})
     return None

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel, segments
 
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 _LEAVES = {"weight", "bias"}
@@ -50,6 +50,42 @@ def rename_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tupl
             used.add(u)
             break
     return pairs
+
+
+def _numbered_siblings(pairs: list[tuple[str, str, int]], missing: Iterable[str]) -> bool:
+    """A renamed-to name has unpaired siblings by number in the model (``up`` -> ``up2`` while
+    ``up3``, ``up4`` are missing too): several modules where one was, not a rename."""
+    digits, paired = re.compile(r"\d+"), {m for m, _, _ in pairs}
+    names = {(tuple(segments(m)[:i]), segments(m)[i]) for m, _, i in pairs}
+    for key in missing:
+        p = segments(key)
+        if key not in paired and any(
+                len(p) > len(head) and tuple(p[:len(head)]) == head and p[len(head)] != name
+                and digits.search(name) and digits.sub("#", p[len(head)]) == digits.sub("#", name)
+                for head, name in names):
+            return True
+    return False
+
+
+def numbered_copies(ev: Evidence) -> Finding | None:
+    """The model holds numbered copies (``up2``, ``up3``, ``up4``) of one checkpoint module
+    (``up``) with the same inner keys: a variant built with more of them (scales, heads)."""
+    if not ev.missing or not ev.unexpected or ev.truncated:
+        return None
+    digits = re.compile(r"(?<=[A-Za-z_])\d+$")
+    for u in ev.unexpected:
+        p = segments(u)
+        for i, name in enumerate(p[:-1]):
+            head, tail = p[:i], p[i + 1:]
+            copies = {segments(m)[i] for m in ev.missing if segments(m)[:i] == head
+                      and len(segments(m)) > i and digits.sub("", segments(m)[i]) == name
+                      and segments(m)[i] != name and segments(m)[i + 1:] == tail}
+            if len(copies) >= 2:
+                keys = [k for k in ev.missing + ev.unexpected if segments(k)[:i] == head]
+                return Finding("architecture_variant", 0.7, frozenset(keys),
+                               {"kind": "copies", "module": ".".join(p[:i + 1]),
+                                "copies": sorted(copies), "count": len(keys)})
+    return None
 
 
 def structure_pairs(missing: Iterable[str], unexpected: Iterable[str]) -> list[tuple[str, str]]:
@@ -107,6 +143,49 @@ def inserted_segment(missing: Iterable[str], unexpected: Iterable[str], cut: boo
     return None
 
 
+def moved_prefix(missing: Iterable[str], unexpected: Iterable[str]
+                 ) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """``(old, new, pairs)``: one leading path renamed to another (``layer1.0`` -> ``extractor.4``).
+
+    Each missing key pairs with the unexpected key that shares its longest tail of three or more
+    segments; the heads must map one way for all of them. Heads equal but for their numbers are an
+    index shift (model_code_changed), and an empty head a prefix (prefix_added/missing).
+    """
+    missing, tails = list(missing), {}
+    for u in unexpected:
+        p = segments(u)
+        for i in range(1, len(p) - 2):
+            tails.setdefault(".".join(p[i:]), u)
+    maps: Counter[tuple[str, str]] = Counter()
+    pairs: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for m in missing:
+        p = segments(m)
+        hit = next(((".".join(p[:i]), tails[t]) for i in range(1, len(p) - 2)
+                    if (t := ".".join(p[i:])) in tails), None)
+        if hit is None or not any(not s.isdigit() for s in segments(m)[len(segments(hit[0])):-1]):
+            continue
+        old = hit[1][: len(hit[1]) - len(m) + len(hit[0])]
+        key = (old, hit[0])
+        maps[key] += 1
+        pairs.setdefault(key, []).append((m, hit[1]))
+    if not maps:
+        return None
+    (old, new), _ = maps.most_common(1)[0]
+    digits = re.compile(r"\d+")
+    if digits.sub("#", old) == digits.sub("#", new) or old in WRAPPER_SEGMENTS or new in WRAPPER_SEGMENTS:
+        return None
+    found = pairs[(old, new)]
+    if len({u for _, u in found}) < len(found):
+        return None  # several model keys onto one checkpoint key: a structural change, no rename
+    # siblings of the new path by number left unpaired (up -> up2, with up3, up4 new): several
+    # modules where one was, another structure
+    paired, mask = {m for m, _ in found}, digits.sub("#", new)
+    if any(digits.sub("#", ".".join(segments(m)[:len(segments(new))])) == mask
+           and not m.startswith(new + ".") for m in missing if m not in paired):
+        return None
+    return old, new, found
+
+
 def renamed_keys(ev: Evidence) -> Finding | None:
     """The same tensors under other names (``gamma/beta`` vs ``weight/bias``, renamed modules)."""
     # The same name inserted in several modules: a layer class that now keeps its tensors in a
@@ -123,13 +202,24 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     pairs = rename_pairs(ev.missing, ev.unexpected)
     # A rename maps one key to one key; several missing keys onto one unexpected key is a
     # structural change (up2/up3/up4 where the checkpoint has up), not a rename.
-    one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs})
+    one_to_one = len(pairs) <= 1.5 * len({u for _, u, _ in pairs}) and not _numbered_siblings(
+        pairs, ev.missing)
     sides = (len(ev.missing), len(ev.unexpected))
     if pairs and one_to_one and len(pairs) >= max(1, 0.6 * min(sides), 0.3 * max(sides)):
         subs = Counter((segments(u)[i], segments(m)[i]) for m, u, i in pairs)
         return Finding("renamed_keys", 0.86, frozenset(k for m, u, _ in pairs for k in (m, u)),
                        {"renames": [list(s) for s, _ in subs.most_common(4)], "count": len(pairs),
                         "examples": [[u, m] for m, u, _ in pairs[:3]]})
+    sides = (len(ev.missing), len(ev.unexpected))
+    moved = moved_prefix(ev.missing, ev.unexpected)
+    if moved and len(moved[2]) >= max(2, 0.6 * min(sides)):
+        old, new, pairs = moved
+        # the keys under either path are the rename's, paired or not (a cut list hides partners)
+        under = [k for k in ev.missing if k.startswith(new + ".")] + [
+            k for k in ev.unexpected if k.startswith(old + ".")]
+        return Finding("renamed_keys", 0.84, frozenset(under),
+                       {"renames": [[old, new]], "count": len(pairs), "prefix_rename": True,
+                        "examples": [[u, m] for m, u in pairs[:3]]})
     keys = ev.missing + ev.unexpected
     legacy = [k for k in keys if k.rsplit(".", 1)[-1] in _LEGACY_RENAMES]
     # A norm's old names come in pairs (gamma with beta) or sit in a norm by name; a lone gamma
@@ -172,13 +262,26 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     """The same model class with other submodules than when the checkpoint was saved."""
     keys = ev.missing + ev.unexpected
     if not keys:
+        # Tensors of another rank at the same paths (a bias where a weight was): layers of another
+        # kind sit at these indices, which moved; the key lists that would show it are not shown.
+        ranks = [m for m in ev.mismatched if len(m.model_shape) != len(m.checkpoint_shape)]
+        if ranks and len(ranks) == len(ev.mismatched):
+            # the same elements in another shape (a scalar saved as [1], a bias as [1, N]): a view
+            same = all(numel(m.model_shape) == numel(m.checkpoint_shape) for m in ranks)
+            return Finding("model_code_changed", 0.6, frozenset(m.key for m in ranks),
+                           {"missing": 0, "unexpected": 0, "examples_missing": [],
+                            "examples_unexpected": [],
+                            "reshaped": {m.key: list(m.model_shape) for m in ranks} if same else {}})
         return None
     pairs = structure_pairs(ev.missing, ev.unexpected)
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):
+        paired = {k for pair in pairs for k in pair}
         return Finding("model_code_changed", 0.8, frozenset(keys),
-                       {**facts, "moved": [[u, m] for m, u in pairs[:3]]})
+                       {**facts, "moved": [[u, m] for m, u in pairs[:3]],
+                        "unpaired": len(set(keys) - paired),
+                        "paired_modules": sorted({top_module(k) for k in paired})})
     if ev.missing and ev.unexpected:
         if _overlap(ev) < 0.3 and len(keys) >= 6:
             return None  # little in common: the wrong_model rule speaks
@@ -212,7 +315,8 @@ def prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool
     return prefix, infix, hits[(prefix, infix)]
 
 
-def _top(key: str) -> str:
+def top_module(key: str) -> str:
+    """The first segment of a key that is not a wrapper's (``module.fc.weight`` -> ``fc``)."""
     return next((s for s in segments(key) if s not in WRAPPER_SEGMENTS), key)
 
 
@@ -225,7 +329,7 @@ def part_of_model(prefix: str, hits: Iterable[str], missing: Iterable[str]) -> b
     """
     part = [s for s in segments(prefix.rstrip(".")) if s not in WRAPPER_SEGMENTS]
     hit_set = set(hits)
-    others = {_top(k) for k in missing if k not in hit_set} - {part[0] if part else ""}
+    others = {top_module(k) for k in missing if k not in hit_set} - {part[0] if part else ""}
     return bool(part) and len(others) >= 1 and sum(k not in hit_set for k in missing) >= 2
 
 
@@ -241,7 +345,7 @@ def part_checkpoint(ev: Evidence) -> Finding | None:
                    {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
                     "examples_missing": list(ev.missing[:3]),
                     "examples_unexpected": list(ev.unexpected[:3]), "part": prefix,
-                    "not_in_file": sorted({_top(k) for k in rest})[:4]})
+                    "not_in_file": sorted({top_module(k) for k in rest})[:4]})
 
 
 def wrong_model(ev: Evidence) -> Finding | None:

@@ -200,8 +200,8 @@ def dynamic_quantized(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def tensor_parallel_shard(model: nn.Module, ways: int = 2) -> dict[str, torch.Tensor]:
-    """Rank 0's file of Megatron-style tensor parallelism: Linear layers alternate between
+def tensor_parallel_shard(model: nn.Module, ways: int = 2, rank: int = 0) -> dict[str, torch.Tensor]:
+    """One rank's file of Megatron-style tensor parallelism: Linear layers alternate between
     column-parallel (weight and bias cut on the output axis) and row-parallel (weight cut on the
     input axis, bias replicated); everything else is replicated."""
     out = dict(model.state_dict())
@@ -210,9 +210,9 @@ def tensor_parallel_shard(model: nn.Module, ways: int = 2) -> dict[str, torch.Te
         axis = i % 2
         if layer.weight.shape[axis] % ways:
             continue
-        out[f"{name}.weight"] = layer.weight.detach().chunk(ways, axis)[0].clone()
+        out[f"{name}.weight"] = layer.weight.detach().chunk(ways, axis)[rank].clone()
         if layer.bias is not None and axis == 0:
-            out[f"{name}.bias"] = layer.bias.detach().chunk(ways)[0].clone()
+            out[f"{name}.bias"] = layer.bias.detach().chunk(ways)[rank].clone()
     return out
 
 

@@ -287,6 +287,11 @@ def presentations(text: str) -> Iterator[tuple[str, str, bool]]:
         yield "other_side", _other_side(text), False
     if text.count("size mismatch for") > 2:
         yield "first_mismatches", _one_side(text).rstrip() + "\n" + text.split("\n")[2], False
+    if (shape := re.search(r"size mismatch for [^:]+: copying a param with shape torch\.Size\(\[\d*", text)):
+        # a title or a cut paste: the first mismatch's key, its shapes cut off
+        yield "cut_in_shape", text[:shape.end()], False
+        # a paste that starts at the first mismatch's key ("size mismatch for" cut off the front)
+        yield "from_key", text[shape.start() + len("size mismatch for "):], False
 
 
 def generate(archs: tuple[Arch, ...] = ARCHS) -> list[GeneratedCase]:
