@@ -18,6 +18,7 @@ from ckpttools.ops.diagnose.shapes import (
 from ckpttools.ops.diagnose.structure import (
     model_code_changed, part_checkpoint, part_of_model, prefix_matches, renamed_keys, residual,
     strip_wrappers, wrong_model)
+from ckpttools.ops.diagnose.conventions import convention_findings, revise
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
@@ -364,7 +365,8 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    partial = partial_findings(ev)
+    findings = revise(findings, ev) + convention_findings(ev)
+    partial = revise(partial_findings(ev), ev)
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]

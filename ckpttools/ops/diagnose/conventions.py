@@ -1,0 +1,180 @@
+"""Cause rules read from message formats, the class a message names and libraries' key conventions.
+
+The key-set rules (:mod:`causes`, :mod:`structure`) read relations between the two key lists.
+These rules read what those lists do not carry: the wrapper class that produced a key's prefix,
+the task head a transformers class name implies, the layout torchvision's DenseNet used before
+0.2.1, the parameters a ViT registers without a ``weight``/``bias`` leaf, a class count fed back
+into a decoder's input, the modules a super-resolution network sizes by its scale factor.
+:func:`revise` lowers the findings of the generic rules that such a relation contradicts;
+:func:`convention_findings` adds the findings the relations support.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.partial import _starts_model
+
+_WRAPPER_PREFIX = {"DataParallel": "module.", "DistributedDataParallel": "module.",
+                   "OptimizedModule": "_orig_mod.", "FullyShardedDataParallel": "_fsdp_wrapped_module."}
+# Parameters registered on a module without a weight/bias leaf, by timm/ViT/CLIP/DETR naming:
+# learned tokens, positional and query tables, CLIP's logit scale and projections.
+_NAMED_PARAM = re.compile(r"(^|\.)(\w*_token|\w*pos_embed\w*|\w*_embed(ding)?s?|positional_embedding"
+                          r"|logit_scale|\w*_projection|relative_position_bias_table|query_embed"
+                          r"|level_embed|absolute_pos_embed)$")
+# weight_norm's two parameters (torch.nn.utils.weight_norm): learned, not buffers.
+_WEIGHT_NORM = frozenset({"weight_g", "weight_v"})
+# torchvision < 0.2.1 named a DenseNet layer's parts norm.1/relu.1/conv.1 (norm1, ... since);
+# torchvision's own densenet loader maps them with this pattern.
+_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.((?:weight|bias|running_mean"
+                           r"|running_var|num_batches_tracked))$")
+# transformers task classes whose head is created for the task (never in a base checkpoint).
+_TASK_CLASS = re.compile(r"For(Sequence|Token|Image|Audio|Video|MultipleChoice|Multiple_Choice)?"
+                         r"(Classification|QuestionAnswering|MultipleChoice|ObjectDetection"
+                         r"|SemanticSegmentation|CTC|FrameClassification|XVector|Regression)$")
+# Super-resolution networks (EDSR, RCAN, SwinIR, BasicSR) size these modules by the scale factor.
+_UPSAMPLER = re.compile(r"^(upsample\w*|upsampler|upscale\w*|up_sample\w*|pixel_shuffle\w*|tail)$")
+# A learned table over time steps or frames: its rows are a configured length, not a count.
+_TIME_TABLE = re.compile(r"(^|[._])(time|temporal|frame|temp)_?(embed\w*|emb|pos\w*|table)([._]|$)")
+
+
+def _one_axis(m: ShapeMismatch) -> int | None:
+    c, s = m.checkpoint_shape, m.model_shape
+    diff = [i for i, (a, b) in enumerate(zip(c, s)) if a != b] if len(c) == len(s) else []
+    return diff[0] if len(diff) == 1 else None
+
+
+def _wrapper_inner(ev: Evidence) -> bool:
+    """Missing keys only, under the prefix of the wrapper class the message names, and the first
+    of them not where a model's keys start: the model's own keys, not a prefix the file lacks.
+
+    A checkpoint without ``module.`` misses every key of a DataParallel model, its first layer
+    first; a list that starts inside the model (``module.representation.0``) means the earlier
+    keys loaded, so the prefix is right and those modules are new.
+    """
+    prefix = _WRAPPER_PREFIX.get(ev.class_name or "")
+    if prefix is None or ev.unexpected or ev.mismatched or ev.lookups or not ev.missing:
+        return False
+    if not all(k.startswith(prefix) for k in ev.missing):
+        return False
+    inner = [".".join(s for s in segments(k[len(prefix):]) if s not in WRAPPER_SEGMENTS)
+             for k in ev.missing]
+    # One submodule, not a first layer: several top-level modules read as the whole model.
+    return len({segments(k)[0] for k in inner}) == 1 and not _starts_model(inner[0])
+
+
+def _weight_norm_one_side(f: Finding, ev: Evidence) -> bool:
+    """Only weight_norm parameters on one side: the other side (a plain ``weight``, the
+    parametrizations' ``original0/1``, or other indices) decides, and it is not shown."""
+    leaves = {k.rpartition(".")[2] for k in f.explains}
+    return bool(leaves) and leaves <= _WEIGHT_NORM and not (ev.missing and ev.unexpected)
+
+
+def count_fed_back(ev: Evidence) -> list[ShapeMismatch]:
+    """A class count that changed by d in a head's rows and by the same d on another layer's input
+    axis (an attention decoder's one-hot of the previous class, a CTC-LM's class embedding).
+
+    A width change scales every axis by one ratio; a count fed back shifts each by the same
+    difference, so the ratios differ while the difference stays.
+    """
+    mm = [m for m in ev.mismatched if _one_axis(m) is not None]
+    if len(mm) < 2 or len(mm) != len(ev.mismatched):
+        return []
+    axes = [_one_axis(m) or 0 for m in mm]
+    deltas = {m.checkpoint_shape[a] - m.model_shape[a] for m, a in zip(mm, axes)}
+    ratios = {round(m.checkpoint_shape[a] / max(1, m.model_shape[a]), 4) for m, a in zip(mm, axes)}
+    if len(deltas) != 1 or len(ratios) < 2 or 0 not in axes or not any(axes):
+        return []
+    return mm
+
+
+def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
+    """The generic rules' findings, lowered or dropped where a relation above contradicts them."""
+    out = []
+    fed_back = bool(count_fed_back(ev))
+    for f in findings:
+        if f.label == "prefix_missing" and _wrapper_inner(ev):
+            f = replace(f, confidence=min(f.confidence, 0.45))
+        elif f.label == "version_buffers" and _weight_norm_one_side(f, ev):
+            f = replace(f, confidence=min(f.confidence, 0.6))
+        elif f.label == "version_buffers" and f.explains and all(
+                _NAMED_PARAM.search(k) for k in f.explains):
+            continue  # learned tokens and tables: parameters the other code does not have
+        elif f.label == "architecture_variant" and fed_back and f.confidence >= 0.7:
+            f = replace(f, confidence=0.7)
+        out.append(f)
+    return out
+
+
+def _fed_back_head(ev: Evidence) -> list[Finding]:
+    mm = count_fed_back(ev)
+    rows = [m for m in mm if _one_axis(m) == 0]
+    if not rows:
+        return []
+    c, m = rows[0].checkpoint_shape[0], rows[0].model_shape[0]
+    return [Finding("head_size_mismatch", 0.75, frozenset(x.key for x in mm),
+                    {"keys": [x.key for x in rows], "checkpoint_size": c, "model_size": m,
+                     "vocab": False, "padded": False})]
+
+
+def _task_head_report(ev: Evidence) -> list[Finding]:
+    """transformers reports a task class's head (``score``, ``classifier``) as newly initialized:
+    the task head of a model built from a base checkpoint, bias-free or not."""
+    if not (ev.report and ev.missing and not ev.unexpected and not ev.mismatched):
+        return []
+    if not _TASK_CLASS.search(ev.class_name or "") or len({k.rpartition(".")[0] for k in ev.missing}) > 4:
+        return []
+    return [Finding("new_task_head", 0.9, frozenset(ev.missing),
+                    {"examples": list(ev.missing[:3]), "count": len(ev.missing), "dropped": [],
+                     "report": True, "class_name": ev.class_name})]
+
+
+def _old_densenet(ev: Evidence) -> list[Finding]:
+    """Keys in torchvision's DenseNet layout before 0.2.1 (``denselayer1.norm.1.weight``)."""
+    keys = ev.missing + ev.unexpected
+    old = [(k, m) for k in keys if (m := _OLD_DENSENET.match(k))]
+    if not old or len(old) < 0.5 * len(keys):
+        return []
+    renames = sorted({(f"{m.group(1).rpartition('.')[2]}.{m.group(2)}",
+                       f"{m.group(1).rpartition('.')[2]}{m.group(2)}") for _, m in old})
+    new = {f"{m.group(1)}{m.group(2)}.{m.group(3)}" for _, m in old}
+    # The new name of the same layer shown too: the rename is seen, not only the old layout.
+    conf = 0.95 if new & set(keys) else 0.8
+    return [Finding("renamed_keys", conf, frozenset(keys),
+                    {"renames": [list(r) for r in renames], "count": len(old),
+                     "examples": [k for k, _ in old[:3]]})]
+
+
+def _upsampler_only(ev: Evidence) -> list[Finding]:
+    """Every key shown inside the upsampling module of a super-resolution network: the model was
+    built for another scale factor (x2 has one conv + pixel-shuffle stage, x4 two, x3 another)."""
+    keys = ev.missing + ev.unexpected
+    if ev.mismatched or ev.lookups or not keys:
+        return []
+    tops = {next((s for s in segments(k) if s not in WRAPPER_SEGMENTS), "") for k in keys}
+    if len(tops) != 1 or not _UPSAMPLER.match(tops.pop()) or not all("." in k for k in keys):
+        return []
+    side = "both" if ev.missing and ev.unexpected else "missing" if ev.missing else "unexpected"
+    return [Finding("architecture_variant", 0.7, frozenset(keys),
+                    {"kind": "width", "count": len(keys), "examples": list(keys[:3]), "ratio": 1.0,
+                     "consistent": False, "side": side})]
+
+
+def _time_table(ev: Evidence) -> list[Finding]:
+    """Every mismatch a time or frame table whose rows differ: a configured length (max frames)."""
+    mm = [m for m in ev.mismatched if _TIME_TABLE.search(m.key) and _one_axis(m) == 0]
+    if not mm or len(mm) != len(ev.mismatched):
+        return []
+    return [Finding("architecture_variant", 0.75, frozenset(m.key for m in mm),
+                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
+                     "ratio": round(mm[0].checkpoint_shape[0] / max(1, mm[0].model_shape[0]), 3),
+                     "consistent": False})]
+
+
+def convention_findings(ev: Evidence) -> list[Finding]:
+    """Every finding the relations of this module support (rule order, not ranked)."""
+    return (_fed_back_head(ev) + _task_head_report(ev) + _old_densenet(ev) + _upsampler_only(ev)
+            + _time_table(ev))
