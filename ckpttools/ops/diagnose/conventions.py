@@ -174,7 +174,41 @@ def _time_table(ev: Evidence) -> list[Finding]:
                      "consistent": False})]
 
 
+def _same_shape_copy(ev: Evidence) -> list[Finding]:
+    """``While copying the parameter named ...`` with the same dimensions on both sides: the copy
+    failed for another reason than size. torch names the reason after the shapes ("Copying from
+    quantized Tensor to non-quantized Tensor", "Cannot copy out of meta tensor"); cut before it,
+    a quantized file in a float (or QAT) model is the usual one, a candidate only."""
+    same = [m for m in ev.mismatched if m.checkpoint_shape == m.model_shape]
+    if not same or len(same) != len(ev.mismatched) or ev.missing or ev.unexpected:
+        return []
+    return [Finding("adapter_or_quantization", 0.6, frozenset(m.key for m in same),
+                    {"examples": [m.key for m in same[:3]], "count": len(same), "quantized": True,
+                     "side": "resized"})]
+
+
+# A dotless name that may be a parameter on the model's root (CLIP's logit_scale, ViT's cls_token).
+_ROOT_PARAM = re.compile(r"weight|bias|scale|token|embed|pos|proj|temp|alpha|beta|gamma|logit|mask"
+                         r"|query|prompt|anchor|mean|std|var|codebook|prior", re.I)
+
+
+def _top_level_container(ev: Evidence) -> list[Finding]:
+    """A few unexpected names without a dot and no parameter-like word, the rest not shown: the
+    file is a dict whose entries hold the state_dict (``params``, ``params_ema``, ``g``); torch
+    names a nested dict by its top-level key."""
+    keys = ev.unexpected
+    if ev.missing or ev.mismatched or ev.lookups or ev.report or not 1 <= len(keys) <= 3:
+        return []
+    if any("." in k or _ROOT_PARAM.search(k) or _NAMED_PARAM.search(k) for k in keys):
+        return []
+    facts = {"missing": 0, "unexpected": len(keys), "examples_missing": [],
+             "examples_unexpected": list(keys)}
+    return [Finding("wrapped_checkpoint", 0.6, frozenset(keys),
+                    {"container": keys[0] if len(keys) == 1 else None, "top_keys": sorted(keys)}),
+            Finding("wrong_model", 0.3, frozenset(keys), facts)]
+
+
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
     return (_fed_back_head(ev) + _task_head_report(ev) + _old_densenet(ev) + _upsampler_only(ev)
-            + _time_table(ev))
+            + _time_table(ev) + _same_shape_copy(ev) + _top_level_container(ev))
