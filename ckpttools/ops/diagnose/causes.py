@@ -369,7 +369,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     partial = revise(partial_findings(ev), ev)
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
-    findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
+    findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
     findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in map(lambda f: _calibrated(f, ev), findings):

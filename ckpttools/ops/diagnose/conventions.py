@@ -91,10 +91,48 @@ def count_fed_back(ev: Evidence) -> list[ShapeMismatch]:
     return mm
 
 
+_NORM_STAT = re.compile(r"(running_mean|running_var|(^|\.)(bn|norm|ln|gn)\w*\.(weight|bias))$")
+
+
+def feeds_norm(ev: Evidence) -> bool:
+    """A weight's rows changed together with the statistics of a norm layer: the changed size is
+    a feature width that a BatchNorm/LayerNorm normalises; a class count is not normalised."""
+    rows = [m for m in ev.mismatched if len(m.model_shape) >= 2 and _one_axis(m) == 0]
+    norms = [m for m in ev.mismatched if len(m.model_shape) == 1 and _NORM_STAT.search(m.key)]
+    return bool(rows and norms)
+
+
+def outputs_only(ev: Evidence) -> list[ShapeMismatch]:
+    """Several weights whose rows alone changed, to the same size, with their biases or per-channel
+    terms (``[1, C, 1, 1]``) and no norm: a size produced by parallel output layers (one per
+    feature level) and consumed by none shown, which is a count, not a width."""
+    mm = list(ev.mismatched)
+    weights = [m for m in mm if len(m.model_shape) >= 2 and m.model_shape[0] > 1]
+    if len(weights) < 2 or feeds_norm(ev) or any(_one_axis(m) != 0 for m in weights):
+        return []
+    sizes = {(m.checkpoint_shape[0], m.model_shape[0]) for m in weights}
+    rest = [m for m in mm if m not in weights]
+    per_channel = all(_one_axis(m) is not None and m.checkpoint_shape[_one_axis(m) or 0] == next(iter(sizes))[0]
+                      and sum(d > 1 for d in m.model_shape) == 1 for m in rest)
+    return mm if len(sizes) == 1 and per_channel and len({m.model_shape[1:] for m in weights}) > 1 else []
+
+
+def _top(key: str) -> str:
+    return next((s for s in segments(key) if s not in WRAPPER_SEGMENTS), key)
+
+
+def _resized_elsewhere(f: Finding, ev: Evidence) -> bool:
+    """Modules moved (``fc`` -> ``fc.filter``) and, in other top-level modules, tensors of another
+    size: two kinds of difference, which another variant of the family (another class) shows as
+    well as a code change. Shifted indices resize layers inside the moved module: not this."""
+    moved = {_top(k) for pair in f.facts.get("moved", []) for k in pair}
+    return bool(moved and ev.mismatched and not moved & {_top(m.key) for m in ev.mismatched})
+
+
 def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
     """The generic rules' findings, lowered or dropped where a relation above contradicts them."""
     out = []
-    fed_back = bool(count_fed_back(ev))
+    fed_back = bool(count_fed_back(ev)) or bool(outputs_only(ev))
     for f in findings:
         if f.label == "prefix_missing" and _wrapper_inner(ev):
             f = replace(f, confidence=min(f.confidence, 0.45))
@@ -105,12 +143,27 @@ def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
             continue  # learned tokens and tables: parameters the other code does not have
         elif f.label == "architecture_variant" and fed_back and f.confidence >= 0.7:
             f = replace(f, confidence=0.7)
+        elif f.label == "model_code_changed" and f.confidence >= 0.8 and _resized_elsewhere(f, ev):
+            f = replace(f, confidence=0.7)
+        elif f.label == "head_size_mismatch" and feeds_norm(ev) and f.confidence >= 0.6:
+            f = replace(f, confidence=0.6)
         out.append(f)
     return out
 
 
+def _norm_width(ev: Evidence) -> list[Finding]:
+    """A width change told by a weight's rows and its norm's statistics (a pruned or thinned
+    network, another channel count), which the head rule reads as a count."""
+    if not feeds_norm(ev) or not all(_one_axis(m) is not None for m in ev.mismatched):
+        return []
+    keys = [m.key for m in ev.mismatched]
+    return [Finding("architecture_variant", 0.7, frozenset(keys),
+                    {"kind": "width", "count": len(keys), "examples": keys[:3], "ratio": 1.0,
+                     "consistent": False})]
+
+
 def _fed_back_head(ev: Evidence) -> list[Finding]:
-    mm = count_fed_back(ev)
+    mm = count_fed_back(ev) or outputs_only(ev)
     rows = [m for m in mm if _one_axis(m) == 0]
     if not rows:
         return []
@@ -210,5 +263,5 @@ def _top_level_container(ev: Evidence) -> list[Finding]:
 
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
-    return (_fed_back_head(ev) + _task_head_report(ev) + _old_densenet(ev) + _upsampler_only(ev)
+    return (_fed_back_head(ev) + _norm_width(ev) + _task_head_report(ev) + _old_densenet(ev) + _upsampler_only(ev)
             + _time_table(ev) + _same_shape_copy(ev) + _top_level_container(ev))
