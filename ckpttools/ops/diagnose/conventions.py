@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
-from ckpttools.ops.diagnose.partial import _starts_model
+from ckpttools.ops.diagnose.partial import _PRETRAIN_HEAD, _starts_model
 
 _WRAPPER_PREFIX = {"DataParallel": "module.", "DistributedDataParallel": "module.",
                    "OptimizedModule": "_orig_mod.", "FullyShardedDataParallel": "_fsdp_wrapped_module."}
@@ -64,6 +64,24 @@ def _wrapper_inner(ev: Evidence) -> bool:
              for k in ev.missing]
     # One submodule, not a first layer: several top-level modules read as the whole model.
     return len({segments(k)[0] for k in inner}) == 1 and not _starts_model(inner[0])
+
+
+_REPARAM = re.compile(r"^(.*)\.(weight_(?:orig|u|v|g)|parametrizations\.weight\.original\d?)$")
+
+
+def _whole_layer_absent(f: Finding, ev: Evidence) -> bool:
+    """weight_norm/spectral_norm layers that the other side lacks altogether: their bias is on the
+    same side, or the other side, shown, has none of their module paths (indices moved). A
+    reparametrization change keeps the layer's path and its bias on both sides."""
+    for side, other in ((ev.missing, ev.unexpected), (ev.unexpected, ev.missing)):
+        layers = {m.group(1) for k in side if k in f.explains and (m := _REPARAM.match(k))}
+        if not layers:
+            continue
+        if any(k.rpartition(".")[0] in layers and k.endswith(".bias") for k in side):
+            return True
+        if other and not any(k.startswith(layer + ".") for k in other for layer in layers):
+            return True
+    return False
 
 
 def _weight_norm_one_side(f: Finding, ev: Evidence) -> bool:
@@ -133,9 +151,12 @@ def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
     """The generic rules' findings, lowered or dropped where a relation above contradicts them."""
     out = []
     fed_back = bool(count_fed_back(ev)) or bool(outputs_only(ev))
+    task_head = bool(_task_head_report(ev))
     for f in findings:
         if f.label == "prefix_missing" and _wrapper_inner(ev):
             f = replace(f, confidence=min(f.confidence, 0.45))
+        elif f.label == "version_buffers" and _whole_layer_absent(f, ev):
+            f = replace(f, confidence=min(f.confidence, 0.45))  # the fallbacks read its keys
         elif f.label == "version_buffers" and _weight_norm_one_side(f, ev):
             f = replace(f, confidence=min(f.confidence, 0.6))
         elif f.label == "version_buffers" and f.explains and all(
@@ -145,6 +166,8 @@ def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
             f = replace(f, confidence=0.7)
         elif f.label == "model_code_changed" and f.confidence >= 0.8 and _resized_elsewhere(f, ev):
             f = replace(f, confidence=0.7)
+        elif f.label in ("renamed_keys", "model_code_changed") and task_head and f.confidence >= 0.6:
+            f = replace(f, confidence=0.6)  # a base model's head unused, the task's head new
         elif f.label == "head_size_mismatch" and feeds_norm(ev) and f.confidence >= 0.6:
             f = replace(f, confidence=0.6)
         out.append(f)
@@ -176,13 +199,15 @@ def _fed_back_head(ev: Evidence) -> list[Finding]:
 def _task_head_report(ev: Evidence) -> list[Finding]:
     """transformers reports a task class's head (``score``, ``classifier``) as newly initialized:
     the task head of a model built from a base checkpoint, bias-free or not."""
-    if not (ev.report and ev.missing and not ev.unexpected and not ev.mismatched):
+    if not (ev.report and ev.missing and not ev.mismatched):
         return []
+    if not all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected):
+        return []  # only the base checkpoint's own head (lm_head, cls) may be left unused
     if not _TASK_CLASS.search(ev.class_name or "") or len({k.rpartition(".")[0] for k in ev.missing}) > 4:
         return []
     return [Finding("new_task_head", 0.9, frozenset(ev.missing),
-                    {"examples": list(ev.missing[:3]), "count": len(ev.missing), "dropped": [],
-                     "report": True, "class_name": ev.class_name})]
+                    {"examples": list(ev.missing[:3]), "count": len(ev.missing),
+                     "dropped": list(ev.unexpected[:3]), "report": True, "class_name": ev.class_name})]
 
 
 def _old_densenet(ev: Evidence) -> list[Finding]:

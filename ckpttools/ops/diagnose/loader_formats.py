@@ -36,7 +36,8 @@ _D2_C2 = re.compile(r"Shape of (" + _KEY + r") in checkpoint is " + _SIZE + r", 
 _HF_ROW = re.compile(r"^(?:[^|\n]*\s)?(" + _KEY + r")\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\s*\|([^\n]*)$", re.M)
 _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 # PyTorch <= 0.3: one message per parameter, model shape first
-_OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(" + _KEY + r")[\"']?,\s+"
+# (a Sequential's keys start with a digit: "0.weight")
+_OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(\w[\w.\-/:#$@+]*)[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
                        r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
 # Megatron-Core distributed checkpointing (NeMo, Megatron-LM): loaded = checkpoint, expected = model
