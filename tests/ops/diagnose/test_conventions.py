@@ -387,3 +387,73 @@ def test_transformers_task_class_reports_its_bias_free_head_as_new() -> None:
     for text in (report, v4):
         r = diagnose_text(text)
         assert (r.causes[0].label, r.decided) == ("new_task_head", True), text
+
+
+class QuantLinear(nn.Module):
+    """A weight-only quantized linear in lit-gpt's / gpt-fast's layout: int8 weights and their scales
+    (per output channel, or per group of input channels) and zero points as buffers."""
+
+    def __init__(self, cin: int, cout: int, groups: int = 0, zeros: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("quant_weight", torch.zeros(cout, cin, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones((cout, groups) if groups else (cout,)))
+        if zeros:
+            self.register_buffer("zeros", torch.zeros(cout))
+
+
+def _lm(linear: Callable[[int, int], nn.Module]) -> nn.Module:
+    net = nn.Module()
+    net.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.attn, block.proj = linear(8, 24), linear(24, 8)
+        net.blocks.append(block)
+    net.lm_head = linear(8, 16)
+    return net
+
+
+def test_a_quantized_model_and_a_float_file() -> None:
+    text = load_error(_lm(QuantLinear), _lm(nn.Linear).state_dict())
+    r = diagnose_text(text)
+    assert (r.causes[0].label, r.decided) == ("adapter_or_quantization", True)
+    missing_only = diagnose_text(_first_lines(text, 1))
+    assert missing_only.causes[0].label == "adapter_or_quantization"
+
+
+def test_groupwise_scales_into_a_per_channel_model() -> None:
+    """gpt-fast/torchchat: int8 groupwise scales ([out, groups]) where the model has per-channel."""
+    model = _lm(lambda i, o: QuantLinear(i, o, zeros=False))
+    ckpt = _lm(lambda i, o: QuantLinear(i, o, groups=2, zeros=False)).state_dict()
+    r = diagnose_text(load_error(model, ckpt))
+    assert r.causes[0].label == "adapter_or_quantization"
+    _never_confidently_wrong(r, "adapter_or_quantization")
+
+
+def test_dynamic_quantized_file_with_the_unexpected_list_cut() -> None:
+    from tests.ops.diagnose.gen_models import dynamic_quantized
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    text = load_error(model, dynamic_quantized(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))).state_dict())
+    cut = re.sub(r'(Unexpected key\(s\) in state_dict: "[^"]+",).*', r"\1 ...", text)
+    assert cut.count('"', cut.index("Unexpected")) == 2
+    r = diagnose_text(cut)
+    assert r.causes[0].label == "adapter_or_quantization"
+    _never_confidently_wrong(r, "adapter_or_quantization")
+
+
+class ScalingLayer(nn.Module):
+    """LPIPS' input normalisation: constant ``shift`` and ``scale`` buffers, not quantization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("scale", torch.ones(1, 3, 1, 1))
+
+
+def test_a_scale_buffer_alone_is_not_quantization() -> None:
+    old = nn.Module()
+    old.scaling_layer, old.conv = ScalingLayer(), nn.Conv2d(3, 4, 1)
+    new = nn.Module()
+    new.conv = nn.Conv2d(3, 4, 1)
+    r = diagnose_text(load_error(new, old.state_dict()))
+    assert "adapter_or_quantization" not in [c.label for c in r.causes]
