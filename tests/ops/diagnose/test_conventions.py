@@ -457,3 +457,22 @@ def test_a_scale_buffer_alone_is_not_quantization() -> None:
     new.conv = nn.Conv2d(3, 4, 1)
     r = diagnose_text(load_error(new, old.state_dict()))
     assert "adapter_or_quantization" not in [c.label for c in r.causes]
+
+
+class GPTModel(nn.Module):
+    """LLMs-from-scratch/nanoGPT naming: ``tok_emb``/``pos_emb`` first, then the blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok_emb, self.pos_emb = nn.Embedding(16, 8), nn.Embedding(4, 8)
+        self.trf_blocks = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+        self.out_head = nn.Linear(8, 16, bias=False)
+
+
+def test_a_compiled_gpt_file_missing_from_tok_emb_on() -> None:
+    """The whole model missing from its first key (``tok_emb``), the ``_orig_mod.`` keys not
+    pasted: a prefix on the file first, abstaining with the other readings."""
+    text = load_error(GPTModel(), torch.compile(GPTModel()).state_dict())
+    r = diagnose_text(_first_lines(text, 1))
+    assert (r.causes[0].label, r.decided) == ("prefix_added", False)
+    assert len(r.causes) > 1
