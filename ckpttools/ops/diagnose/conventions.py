@@ -235,10 +235,12 @@ def _upsampler_only(ev: Evidence) -> list[Finding]:
     tops = {next((s for s in segments(k) if s not in WRAPPER_SEGMENTS), "") for k in keys}
     if len(tops) != 1 or not _UPSAMPLER.match(tops.pop()) or not all("." in k for k in keys):
         return []
-    side = "both" if ev.missing and ev.unexpected else "missing" if ev.missing else "unexpected"
+    where = ("in both, with other layers" if ev.missing and ev.unexpected else
+             "in the model only" if ev.missing else "in the checkpoint only")
+    setting = (f"upsampling layers ({keys[0].rsplit('.', 1)[0]}, ...) exist {where}: the model was "
+               "built for another scale factor")
     return [Finding("architecture_variant", 0.7, frozenset(keys),
-                    {"kind": "width", "count": len(keys), "examples": list(keys[:3]), "ratio": 1.0,
-                     "consistent": False, "side": side})]
+                    {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
 
 
 def _time_table(ev: Evidence) -> list[Finding]:
@@ -246,10 +248,11 @@ def _time_table(ev: Evidence) -> list[Finding]:
     mm = [m for m in ev.mismatched if _TIME_TABLE.search(m.key) and _one_axis(m) == 0]
     if not mm or len(mm) != len(ev.mismatched):
         return []
-    return [Finding("architecture_variant", 0.75, frozenset(m.key for m in mm),
-                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
-                     "ratio": round(mm[0].checkpoint_shape[0] / max(1, mm[0].model_shape[0]), 3),
-                     "consistent": False})]
+    m = mm[0]
+    setting = (f"{m.key} has {m.checkpoint_shape[0]} rows in the checkpoint and {m.model_shape[0]} "
+               "in the model: another maximum length (frames, time steps)")
+    return [Finding("architecture_variant", 0.75, frozenset(x.key for x in mm),
+                    {"kind": "config", "setting": setting, "examples": [x.key for x in mm[:3]]})]
 
 
 def _same_shape_copy(ev: Evidence) -> list[Finding]:
@@ -317,7 +320,8 @@ def _quantized_layout(ev: Evidence) -> list[Finding]:
     if share < 0.5 and not one_side_all:
         return []
     strong = bool(leaves - _WEAK_QUANT) and len(leaves) >= 2
-    conf = 0.85 if strong and share >= 0.8 else 0.7
+    # names read from a sentence (no module path) are examples, not a layer's keys
+    conf = 0.85 if strong and share >= 0.8 and all("." in k for k in hits) else 0.7
     side = "missing" if any(k in ev.missing for k in hits) else "resized" if set(hits) <= set(mm) else "unexpected"
     return [Finding("adapter_or_quantization", conf, frozenset(explained),
                     {"examples": hits[:3], "count": len(hits), "quantized": True, "side": side})]

@@ -50,6 +50,10 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "from timm.models import adapt_input_conv\n"
                 f'sd[STEM_KEY] = adapt_input_conv({m}, sd[STEM_KEY])\nmodel.load_state_dict(sd)')
         return what, code, []
+    if kind == "config":  # a setting named by convention (scale factor, maximum length)
+        what = f"another configuration of the same network: {f.facts['setting']}"
+        code = "model = build_model(...same config as the checkpoint...)\nmodel.load_state_dict(sd)"
+        return what, code, []
     if kind == "depth":
         where = "the model only" if f.facts["side"] == "missing" else "the checkpoint only"
         what = (f"another depth of the same architecture: {f.facts['group']}.{f.facts['first']}.."
