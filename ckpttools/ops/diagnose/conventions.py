@@ -4,7 +4,8 @@ The key-set rules (:mod:`causes`, :mod:`structure`) read relations between the t
 These rules read what those lists do not carry: the wrapper class that produced a key's prefix,
 the task head a transformers class name implies, the layout torchvision's DenseNet used before
 0.2.1, the parameters a ViT registers without a ``weight``/``bias`` leaf, a class count fed back
-into a decoder's input, the modules a super-resolution network sizes by its scale factor.
+into a decoder's input, a width told by a norm's statistics, the modules a super-resolution
+network sizes by its scale factor, weight-only quantized layouts, a top-level container's name.
 :func:`revise` lowers the findings of the generic rules that such a relation contradicts;
 :func:`convention_findings` adds the findings the relations support.
 """
@@ -35,7 +36,8 @@ _OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.((?
 _TASK_CLASS = re.compile(r"For(Sequence|Token|Image|Audio|Video|MultipleChoice|Multiple_Choice)?"
                          r"(Classification|QuestionAnswering|MultipleChoice|ObjectDetection"
                          r"|SemanticSegmentation|CTC|FrameClassification|XVector|Regression)$")
-# Super-resolution networks (EDSR, RCAN, SwinIR, BasicSR) size these modules by the scale factor.
+# Super-resolution networks (EDSR, RCAN, SwinIR, BasicSR) size these modules by the scale factor
+# (EDSR's upsampler is the first layer of its ``tail``).
 _UPSAMPLER = re.compile(r"^(upsample\w*|upsampler|upscale\w*|up_sample\w*|pixel_shuffle\w*|tail)$")
 # A learned table over time steps or frames: its rows are a configured length, not a count.
 _TIME_TABLE = re.compile(r"(^|[._])(time|temporal|frame|temp)_?(embed\w*|emb|pos\w*|table)([._]|$)")
@@ -48,8 +50,9 @@ def _one_axis(m: ShapeMismatch) -> int | None:
 
 
 def _wrapper_inner(ev: Evidence) -> bool:
-    """Missing keys only, under the prefix of the wrapper class the message names, and the first
-    of them not where a model's keys start: the model's own keys, not a prefix the file lacks.
+    """Missing keys only, under the prefix of the wrapper class the message names, all in one
+    submodule that is not where a model's keys start: the model's own keys, not a prefix the file
+    lacks.
 
     A checkpoint without ``module.`` misses every key of a DataParallel model, its first layer
     first; a list that starts inside the model (``module.representation.0``) means the earlier
@@ -129,10 +132,15 @@ def outputs_only(ev: Evidence) -> list[ShapeMismatch]:
     if len(weights) < 2 or feeds_norm(ev) or any(_one_axis(m) != 0 for m in weights):
         return []
     sizes = {(m.checkpoint_shape[0], m.model_shape[0]) for m in weights}
-    rest = [m for m in mm if m not in weights]
-    per_channel = all(_one_axis(m) is not None and m.checkpoint_shape[_one_axis(m) or 0] == next(iter(sizes))[0]
-                      and sum(d > 1 for d in m.model_shape) == 1 for m in rest)
-    return mm if len(sizes) == 1 and per_channel and len({m.model_shape[1:] for m in weights}) > 1 else []
+    if len(sizes) != 1 or len({m.model_shape[1:] for m in weights}) < 2:
+        return []  # one size produced, read from inputs of several widths (several levels)
+    produced = sizes.pop()[0]
+
+    def per_channel(m: ShapeMismatch) -> bool:  # a bias, or a [1, C, 1, 1] term on the channels
+        axis = _one_axis(m)
+        return axis is not None and m.checkpoint_shape[axis] == produced and sum(
+            d > 1 for d in m.model_shape) == 1
+    return mm if all(per_channel(m) for m in mm if m not in weights) else []
 
 
 def _top(key: str) -> str:
@@ -322,13 +330,14 @@ def _quantized_layout(ev: Evidence) -> list[Finding]:
     strong = bool(leaves - _WEAK_QUANT) and len(leaves) >= 2
     # names read from a sentence (no module path) are examples, not a layer's keys
     conf = 0.85 if strong and share >= 0.8 and all("." in k for k in hits) else 0.7
-    side = "missing" if any(k in ev.missing for k in hits) else "resized" if set(hits) <= set(mm) else "unexpected"
+    side = ("missing" if any(k in ev.missing for k in hits) else
+            "resized" if set(hits) <= set(mm) else "unexpected")
     return [Finding("adapter_or_quantization", conf, frozenset(explained),
                     {"examples": hits[:3], "count": len(hits), "quantized": True, "side": side})]
 
 
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
-    return (_fed_back_head(ev) + _norm_width(ev) + _task_head_report(ev) + _old_densenet(ev) + _upsampler_only(ev)
-            + _time_table(ev) + _same_shape_copy(ev) + _top_level_container(ev)
-            + _quantized_layout(ev))
+    rules = (_fed_back_head, _norm_width, _task_head_report, _old_densenet, _upsampler_only,
+             _time_table, _same_shape_copy, _top_level_container, _quantized_layout)
+    return [f for rule in rules for f in rule(ev)]
