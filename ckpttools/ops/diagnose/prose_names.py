@@ -62,8 +62,8 @@ def state_names(text: str) -> dict[str, list[str]]:
     """Quantization or adapter state (``zero_point``, ``qweight``, ``lora_A``) a sentence about
     loading names as words, on the side it says (unexpected unless it says missing only); with
     ``zero_point``, torch.ao's ``scale`` too."""
-    if not _LOAD_WORDS.search(text):
-        return {"missing": [], "unexpected": []}
+    if not (_LOAD_WORDS.search(text) and re.search(r"missing|unexpected|not\s+used|extra", text, re.I)):
+        return {"missing": [], "unexpected": []}  # a sentence about keys that failed to load
     names = list(dict.fromkeys(m.group(1) for m in _STATE_NAMES.finditer(text)))
     if "zero_point" in names and re.search(r"\bscales?\b", text):
         names.append("scale")

@@ -476,3 +476,8 @@ def test_a_compiled_gpt_file_missing_from_tok_emb_on() -> None:
     r = diagnose_text(_first_lines(text, 1))
     assert (r.causes[0].label, r.decided) == ("prefix_added", False)
     assert len(r.causes) > 1
+
+
+def test_state_names_without_a_failure_are_not_an_error() -> None:
+    text = "I load the pretrained weights of a GPTQ model; its layers hold qweight and qzeros."
+    assert not parse_error_text(text).found
