@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2, frozen3
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen4
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, Case, Score, corpus, development, score)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, Case, Score, corpus, development, score)
 
 
 def _print(name: str, s: Score, misses: bool) -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--corpus", action="append", type=Path, default=[],
                         help="folder of case files to score (repeatable)")
     parser.add_argument("--skip-frozen", action="store_true",
-                        help="do not score frozen/, frozen2/ and frozen3/")
+                        help="do not score frozen/ .. frozen4/")
     parser.add_argument("--misses", action="store_true", help="list the misses")
     args = parser.parse_args()
     if args.corpus:
@@ -85,11 +85,12 @@ def main() -> None:
     _print("development (real/ + heldout/)", score(development()), args.misses)
     _generated(args.misses)
     if not args.skip_frozen:
-        _print("frozen (29/46 before #16's first round; tuned on in round 9)", score(corpus(FROZEN)),
-               args.misses)
+        _print("frozen (29/46 before #16's first round; tuned on in round 9 and the frozen4 round)",
+               score(corpus(FROZEN)), args.misses)
         _print("frozen2 (scored 28/42 before tuning; tuned on since)", score(corpus(FROZEN2)), args.misses)
         _print("frozen3 (scored 30/50 before tuning, 29/50 after the one-sided round; tuned on since)",
                score(corpus(FROZEN3)), args.misses)
+        _print("frozen4 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN4)), args.misses)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ckpttools.ops.diagnose.structure import (
     model_code_changed, numbered_copies, part_checkpoint, part_of_model, prefix_matches,
     renamed_keys, residual,
     strip_wrappers, top_module, wrong_model)
+from ckpttools.ops.diagnose.conventions import convention_findings, revise
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
@@ -370,10 +371,11 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    partial = partial_findings(ev)
+    findings = revise(findings, ev) + convention_findings(ev)
+    partial = revise(partial_findings(ev), ev)
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
-    findings += [f for rule in FALLBACK_RULES if (f := rule(rest)) is not None]
+    findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
     findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in map(lambda f: _calibrated(f, ev), findings):

@@ -15,6 +15,7 @@ from typing import Any
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
     prose_keys, prose_mismatches, prose_prefix, title_lists)
+from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -282,6 +283,14 @@ def parse_error_text(text: str) -> ParsedError:
             named_prefix = None if formats else prose_prefix(text)
             formats = formats or (["prose_prefix"] if named_prefix else [])
             truncated = bool(formats)  # a sentence names example keys, not the whole lists
+    if not (any(lists.values()) or mismatched or lookups or named_prefix):
+        # A header whose list was cut before its first key, or prose: what the sentences name.
+        named_prefix = prose_prefix(text) or prose_named_prefix(text)
+        state = {} if named_prefix else state_names(text)
+        for kind, keys in state.items():
+            lists[kind] += keys
+        formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
+        truncated = truncated or bool(named_prefix) or any(state.values())
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from ckpttools.ops.diagnose.prose_names import WRAPPER_NAMES, emphasis_keys
+
 _KEY = r"[A-Za-z_][\w.\-/:#$@+]*"
 _DOTTED = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+)+$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -34,7 +36,8 @@ _D2_C2 = re.compile(r"Shape of (" + _KEY + r") in checkpoint is " + _SIZE + r", 
 _HF_ROW = re.compile(r"^(?:[^|\n]*\s)?(" + _KEY + r")\s*\|\s*(MISSING|UNEXPECTED|MISMATCH)\s*\|([^\n]*)$", re.M)
 _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 # PyTorch <= 0.3: one message per parameter, model shape first
-_OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(" + _KEY + r")[\"']?,\s+"
+# (a Sequential's keys start with a digit: "0.weight")
+_OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(\w[\w.\-/:#$@+]*)[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
                        r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
 # Megatron-Core distributed checkpointing (NeMo, Megatron-LM): loaded = checkpoint, expected = model
@@ -54,7 +57,7 @@ _MISSING_WORDS = re.compile(r"missing|not\s+found|not\s+in\s+the\s+checkpoint|ne
                             r"|absent|lacks?|doesn'?t\s+have|does\s+not\s+have", re.I)
 _UNEXPECTED_WORDS = re.compile(r"unexpected|not\s+used|extra|unused|not\s+in\s+(?:the\s+)?model"
                                r"|ignored", re.I)
-_LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained", re.I)
+_LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained|parameters\s+are\s+saved", re.I)
 _CKPT_WORDS = frozenset({"checkpoint", "pretrained", "saved", "file", "ckpt", "weights"})
 _MODEL_WORDS = frozenset({"model", "current", "network", "net"})
 _PROSE_SIDE = re.compile(r"\b(checkpoint|pretrained|saved|file|ckpt|weights|model|current|network|net)\b",
@@ -169,6 +172,8 @@ def _is_prose_key(m: re.Match[str]) -> bool:
     """A dotted key, or a top-level one in code quotes with an underscore (`total_ops`, `pos_embed`):
     plain words in quotes are not keys."""
     key = m.group(1)
+    if key in WRAPPER_NAMES or key.split(".")[0] in ("torch", "nn", "F"):
+        return False  # a wrapper's name (its prefix, see prose_names) or a call: not a key
     return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_")
                                         and key not in _API_NAMES)
 
@@ -184,6 +189,7 @@ def prose_keys(text: str) -> dict[str, list[str]]:
         return out
     for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])|\n\s*\n", text):
         keys = [m.group(1) for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
+        keys += emphasis_keys(sentence)
         if not keys:
             continue
         miss, unexp = _MISSING_WORDS.search(sentence), _UNEXPECTED_WORDS.search(sentence)
@@ -203,6 +209,8 @@ def _sided(sentence: str) -> list[tuple[str, str]]:
     words = sorted([(m.start(), "missing") for m in _MISSING_WORDS.finditer(sentence)]
                    + [(m.start(), "unexpected") for m in _UNEXPECTED_WORDS.finditer(sentence)])
     keys = [m for m in _QUOTED_KEY.finditer(sentence) if _is_prose_key(m)]
+    if not keys:
+        return []
     side_first = words[0][0] < keys[0].start()
     out = []
     for m in keys:

@@ -35,7 +35,7 @@ _CONTAINER_LOOKUP = re.compile(r"^(model|state_dict|model_state_dict|net|network
                                r"|module|ema|g_ema|generator|netG|netD|model_ema|state|\w+_state_dict)$")
 # Where a model's state_dict starts: a top-level parameter (it precedes every submodule's keys)
 # or a first layer by the usual names, with every layer index at 0.
-_FIRST_LAYER = re.compile(r"(^|\.)(conv1|conv_first|conv0|stem|embed\w*|\w*embeddings?|patch_embed"
+_FIRST_LAYER = re.compile(r"(^|\.)(conv1|conv_first|conv0|stem|embed\w*|\w*embeddings?|\w*_emb|patch_embed"
                           r"|tok_emb|wte|token_emb\w*|word_emb\w*"
                           r"|cls_token|pos_embed|input\w*|first\w*|inc|init\w*|layer0|features"
                           r"|module_list|model|backbone|encoder|body|net|blocks|layers)(\.|$)")

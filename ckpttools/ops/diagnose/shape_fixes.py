@@ -59,6 +59,10 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 f"{f.facts['module']}, with the same layers: another variant of the network (more "
                 "scales or heads); build the model with the checkpoint's configuration")
         return what, "", []
+    if kind == "config":  # a setting named by convention (scale factor, maximum length)
+        what = (f"another configuration of the same network: {f.facts['setting']}; build the model "
+                "with the checkpoint's configuration")
+        return what, "", []
     if kind == "depth":
         where = "the model only" if f.facts["side"] == "missing" else "the checkpoint only"
         what = (f"another depth of the same architecture: {f.facts['group']}.{f.facts['first']}.."

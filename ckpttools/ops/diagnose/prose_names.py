@@ -1,0 +1,71 @@
+"""What a sentence about a failed load names when it quotes no key list: a prefix, state names.
+
+Reporters describe the failure instead of pasting it: "every key has a "model." prefix", "the
+loader expected "head.x" but I got "module.head.x"", "the compiled module is replaced by
+`_orig_mod`", "the quantized model has scale and zero_point". Each finder returns what the
+sentence names, in the terms the cause rules read (a prefix, key leaves), or nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+# evidence.WRAPPER_SEGMENTS, which this parser-level module cannot import (evidence imports the parser).
+WRAPPER_NAMES = frozenset({"module", "_orig_mod", "_forward_module", "_fsdp_wrapped_module",
+                           "_checkpoint_wrapped_module"})
+_LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained", re.I)
+# "prefix", "prefixed" (or cut: "prefi"), "prepended" and its common misspellings (preprended, prepanded)
+_PREFIX_WORDS = re.compile(r"\bprefi|\bpre\w{0,3}p?[ae]nd", re.I)
+_QUOTED_PREFIX = re.compile(r"[\"'`]([A-Za-z_]\w*)\.[\"'`]")
+_QUOTED_DOTTED = re.compile(r"[\"'`_*]([A-Za-z_][\w\-]*(?:\.[\w\-]+)+)[\"'`_*]")
+# torch.compile's and FSDP's segments: no other code names a module so; quoted alone, they are
+# the wrapper's prefix whatever the sentence calls it.
+_WRAPPER_ONLY = re.compile(r"[\"'`](_orig_mod|_fsdp_wrapped_module|_forward_module)\.?[\"'`]")
+# Markdown emphasis around a key (_a.b.c_ or *a.b.c*), as chat and issue editors render it.
+_EMPHASIS_KEY = re.compile(r"(?<![\w*])[_*]{1,2}([A-Za-z][\w\-]*(?:\.[\w\-]+)*\.[\w\-]*[A-Za-z0-9])"
+                           r"[_*]{1,2}(?![\w*])")
+# State a quantized or adapter layer saves in place of weight/bias (torch.ao, bitsandbytes, GPTQ,
+# PEFT), named as words in a sentence.
+_STATE_NAMES = re.compile(r"\b(zero_point|_packed_params|qweight|qzeros|g_idx|absmax|quant_state"
+                          r"|quant_map|SCB|lora_[AB]|lora_(?:up|down))\b")
+_UNEXPECTED = re.compile(r"unexpected|not\s+used|extra|unused", re.I)
+
+
+def named_prefix(text: str) -> str | None:
+    """The key prefix a sentence about loading names, if it names one.
+
+    A quoted ``name.`` next to the word prefix (or prepended); a quoted compile/FSDP segment; or
+    two quoted keys of which one is the other with one or two leading segments more.
+    """
+    if not _LOAD_WORDS.search(text):
+        return None
+    if m := _WRAPPER_ONLY.search(text):
+        return m.group(1) + "."
+    if _PREFIX_WORDS.search(text) and (m := _QUOTED_PREFIX.search(text)):
+        return m.group(1) + "."
+    keys = list(dict.fromkeys(m.group(1) for m in _QUOTED_DOTTED.finditer(text)))
+    for short in keys:
+        for long in keys:
+            parts = long.split(".")
+            for n in (1, 2):
+                if len(parts) > n and ".".join(parts[n:]) == short:
+                    return ".".join(parts[:n]) + "."
+    return None
+
+
+def emphasis_keys(sentence: str) -> list[str]:
+    """Dotted keys set in markdown emphasis (``_a.b.weight_``), which quote-based finders miss."""
+    return [m.group(1) for m in _EMPHASIS_KEY.finditer(sentence) if "." in m.group(1)]
+
+
+def state_names(text: str) -> dict[str, list[str]]:
+    """Quantization or adapter state (``zero_point``, ``qweight``, ``lora_A``) a sentence about
+    loading names as words, on the side it says (unexpected unless it says missing only); with
+    ``zero_point``, torch.ao's ``scale`` too."""
+    if not (_LOAD_WORDS.search(text) and re.search(r"missing|unexpected|not\s+used|extra", text, re.I)):
+        return {"missing": [], "unexpected": []}  # a sentence about keys that failed to load
+    names = list(dict.fromkeys(m.group(1) for m in _STATE_NAMES.finditer(text)))
+    if "zero_point" in names and re.search(r"\bscales?\b", text):
+        names.append("scale")
+    side = "unexpected" if _UNEXPECTED.search(text) or not re.search(r"missing", text, re.I) else "missing"
+    return {"missing": [], "unexpected": [], side: names}
