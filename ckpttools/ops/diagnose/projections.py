@@ -56,6 +56,11 @@ def _split_only(ev: Evidence) -> Finding | None:
         hits = [k for k in keys if (h := _split_parent(k)) and h[1] in _SPLIT
                 and _segments(k)[-1] in ("weight", "bias") and _segments(k)[-2] == h[1]]
         split = {_split_parent(k)[1] for k in hits}  # type: ignore[index]
+        # a key of one of these layers on the other side (q_lin.scale) says the file holds the
+        # layer itself, under other leaves: not fused
+        layers = {k.rpartition(".")[0] + "." for k in hits}
+        if any(o.startswith(tuple(layers)) for o in other):
+            continue
         if keys and len(hits) == len(keys) and len(split) >= 3 and not (other and not ev.truncated):
             return Finding("fused_projection", 0.75, frozenset(hits),
                            {"fused_side": "checkpoint" if side == "model" else "model",
