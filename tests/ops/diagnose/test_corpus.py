@@ -49,7 +49,7 @@ FROZEN3_RIGHT = 41
 FROZEN3_PRECISION = 0.95
 # frozen4/ (50 texts from 50 new threads): 32/50 before any rule change of its round, 25 of its 28
 # answers at confidence >= 0.8 right (89.3%); its README lists how it was collected.
-# Tuned on since (#16's frozen4 round): 48/50, every answer at confidence >= 0.8 right (27 of 27).
+# 33/50 (92.6%) after #16's round 9, which never read it; tuned on since (#16's frozen4 round): 48/50, every answer at confidence >= 0.8 right (27 of 27).
 FROZEN4_RIGHT = 48
 FROZEN4_PRECISION = 0.95
 # Both unchanged after #16's one-sided round (35/46 at 97.0%, 33/42 at 87.9%, scored once).
