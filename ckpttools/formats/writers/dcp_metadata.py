@@ -6,7 +6,9 @@ written here with the pure-Python pickler and stand-ins that pickle as the real 
 for opcode as torch 2.13's ``FileSystemWriter.finish`` does: dataclasses as ``NEWOBJ`` + ``BUILD``
 of their ``__dict__`` (``TensorProperties`` of its ``__getstate__`` tuple, ``_StorageInfo``
 without ``transform_descriptors``), ``torch.Size`` and enums as ``REDUCE``, dtypes as globals.
-So ``FileSystemReader.read_metadata()`` (plain ``pickle.load``) rebuilds real objects.
+So torch's own ``FileSystemReader.read_metadata()`` rebuilds real objects from it. ckpttools never
+unpickles a ``.metadata`` file with a real class: it reads one with the restricted walker only
+(``formats/dcp_dir.py``); torch reads it with a plain ``pickle.load``, no ``weights_only``.
 """
 
 from __future__ import annotations

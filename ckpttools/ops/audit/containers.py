@@ -187,8 +187,9 @@ class _MapFile(io.RawIOBase):
 
 
 def _torch_pickle(entries: list[zr.ZipRecord]) -> str | None:
-    """The record torch.load unpickles: ``<prefix>/data.pkl``, the prefix being the folder of
-    the first central directory entry, matched case-insensitively as miniz does."""
+    """The record ``torch.load`` unpickles (with ``weights_only=True`` or without): ``<prefix>/data.pkl``,
+    the prefix being the folder of the first central directory entry, matched case-insensitively as
+    miniz does. The scan walks it statically; nothing here unpickles it."""
     if not entries or "/" not in entries[0].name:
         return None
     want = entries[0].name.split("/", 1)[0].lower() + "/data.pkl"
@@ -244,8 +245,8 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
 
 
 def _is_storage(name: str, main: str | None) -> bool:
-    """A tensor storage record of a torch zip (``<prefix>/data/<key>``): torch.load reads its
-    bytes as tensor data and never unpickles or unpacks them."""
+    """A tensor storage record of a torch zip (``<prefix>/data/<key>``): ``torch.load`` (either
+    ``weights_only`` setting) reads its bytes as tensor data and never unpickles or unpacks them."""
     if main is None or name.lower().endswith(".pkl"):
         return False
     return name.startswith(main[:-len("data.pkl")] + "data/")
