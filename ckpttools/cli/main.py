@@ -30,8 +30,20 @@ PROG = "ckpttools"
 # rescans them all and cost 0.12 s of `import torch`'s 1.6 s, and 15% of `inspect`. Garbage
 # cycles are still collected, a million allocations apart.
 YOUNG_OBJECTS = 1_000_000
-# The commands in the order of a user's workflow, which is the order --help lists them in.
-WORKFLOW = ("inspect", "diff", "diagnose", "remap", "convert", "verify-resume", "audit", "scan")
+# The commands in the order of a user's workflow, which is the order --help lists them in:
+# name -> (module, attribute). A command's module is imported when that command runs (click's
+# lazy-loading pattern): `ckpttools diff` does not pay for the imports of `inspect` and `scan`.
+COMMANDS = {
+    "inspect": ("ckpttools.cli.inspect_cmd", "inspect"),
+    "diff": ("ckpttools.cli.diff_cmd", "diff"),
+    "diagnose": ("ckpttools.cli.diagnose_cmd", "diagnose"),
+    "remap": ("ckpttools.cli.remap_cmd", "remap"),
+    "convert": ("ckpttools.cli.convert_cmd", "convert"),
+    "verify-resume": ("ckpttools.cli.resume_cmd", "verify_resume"),
+    "audit": ("ckpttools.cli.audit_cmd", "audit"),
+    "scan": ("ckpttools.cli.scan_cmd", "scan"),
+}
+WORKFLOW = tuple(COMMANDS)
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -264,18 +276,6 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-# name -> (module, attribute). A command's module is imported when that command runs (click's
-# lazy-loading pattern): `ckpttools diff` does not pay for the imports of `inspect` and `scan`.
-COMMANDS = {
-    "inspect": ("ckpttools.cli.inspect_cmd", "inspect"),
-    "diff": ("ckpttools.cli.diff_cmd", "diff"),
-    "diagnose": ("ckpttools.cli.diagnose_cmd", "diagnose"),
-    "remap": ("ckpttools.cli.remap_cmd", "remap"),
-    "convert": ("ckpttools.cli.convert_cmd", "convert"),
-    "verify-resume": ("ckpttools.cli.resume_cmd", "verify_resume"),
-    "audit": ("ckpttools.cli.audit_cmd", "audit"),
-    "scan": ("ckpttools.cli.scan_cmd", "scan"),
-}
 
 
 def main(argv: list[str] | None = None) -> int:

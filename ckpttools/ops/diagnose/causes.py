@@ -25,7 +25,9 @@ from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel as _numel, segments as _segments
+from ckpttools.ops.diagnose.evidence import (
+    Evidence, Finding, numel as _numel, segments as _segments)
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
                     "FullyShardedDataParallel")

@@ -16,8 +16,10 @@ import re
 from dataclasses import replace
 
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
-from ckpttools.ops.diagnose.partial import _PRETRAIN_HEAD, _starts_model
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
+from ckpttools.ops.diagnose.partial import PRETRAIN_HEAD, starts_model
+from ckpttools.ops.diagnose.structure import top_module
 
 _WRAPPER_PREFIX = {"DataParallel": "module.", "DistributedDataParallel": "module.",
                    "OptimizedModule": "_orig_mod.", "FullyShardedDataParallel": "_fsdp_wrapped_module."}
@@ -66,7 +68,7 @@ def _wrapper_inner(ev: Evidence) -> bool:
     inner = [".".join(s for s in segments(k[len(prefix):]) if s not in WRAPPER_SEGMENTS)
              for k in ev.missing]
     # One submodule, not a first layer: several top-level modules read as the whole model.
-    return len({segments(k)[0] for k in inner}) == 1 and not _starts_model(inner[0])
+    return len({segments(k)[0] for k in inner}) == 1 and not starts_model(inner[0])
 
 
 _REPARAM = re.compile(r"^(.*)\.(weight_(?:orig|u|v|g)|parametrizations\.weight\.original\d?)$")
@@ -143,16 +145,12 @@ def outputs_only(ev: Evidence) -> list[ShapeMismatch]:
     return mm if all(per_channel(m) for m in mm if m not in weights) else []
 
 
-def _top(key: str) -> str:
-    return next((s for s in segments(key) if s not in WRAPPER_SEGMENTS), key)
-
-
 def _resized_elsewhere(f: Finding, ev: Evidence) -> bool:
     """Modules moved (``fc`` -> ``fc.filter``) and, in other top-level modules, tensors of another
     size: two kinds of difference, which another variant of the family (another class) shows as
     well as a code change. Shifted indices resize layers inside the moved module: not this."""
-    moved = {_top(k) for pair in f.facts.get("moved", []) for k in pair}
-    return bool(moved and ev.mismatched and not moved & {_top(m.key) for m in ev.mismatched})
+    moved = {top_module(k) for pair in f.facts.get("moved", []) for k in pair}
+    return bool(moved and ev.mismatched and not moved & {top_module(m.key) for m in ev.mismatched})
 
 
 def revise(findings: list[Finding], ev: Evidence) -> list[Finding]:
@@ -209,7 +207,7 @@ def _task_head_report(ev: Evidence) -> list[Finding]:
     the task head of a model built from a base checkpoint, bias-free or not."""
     if not (ev.report and ev.missing and not ev.mismatched):
         return []
-    if not all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected):
+    if not all(PRETRAIN_HEAD.search(k) for k in ev.unexpected):
         return []  # only the base checkpoint's own head (lm_head, cls) may be left unused
     if not _TASK_CLASS.search(ev.class_name or "") or len({k.rpartition(".")[0] for k in ev.missing}) > 4:
         return []
@@ -240,7 +238,7 @@ def _upsampler_only(ev: Evidence) -> list[Finding]:
     keys = ev.missing + ev.unexpected
     if ev.mismatched or ev.lookups or not keys:
         return []
-    tops = {next((s for s in segments(k) if s not in WRAPPER_SEGMENTS), "") for k in keys}
+    tops = {top_module(k) for k in keys}
     if len(tops) != 1 or not _UPSAMPLER.match(tops.pop()) or not all("." in k for k in keys):
         return []
     where = ("in both, with other layers" if ev.missing and ev.unexpected else

@@ -9,9 +9,6 @@ from typing import Any
 
 from ckpttools.ops.diagnose.error_text import ShapeMismatch
 
-WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod", "_forward_module", "_fsdp_wrapped_module",
-                              "_checkpoint_wrapped_module"})
-
 
 def segments(key: str) -> list[str]:
     """``a.b.0.w`` -> ``["a", "b", "0", "w"]``."""

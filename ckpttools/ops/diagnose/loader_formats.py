@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ckpttools.ops.diagnose.prose_names import WRAPPER_NAMES, emphasis_keys
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS, emphasis_keys
 
 _KEY = r"[A-Za-z_][\w.\-/:#$@+]*"
 _DOTTED = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+)+$")
@@ -172,7 +172,7 @@ def _is_prose_key(m: re.Match[str]) -> bool:
     """A dotted key, or a top-level one in code quotes with an underscore (`total_ops`, `pos_embed`):
     plain words in quotes are not keys."""
     key = m.group(1)
-    if key in WRAPPER_NAMES or key.split(".")[0] in ("torch", "nn", "F"):
+    if key in WRAPPER_SEGMENTS or key.split(".")[0] in ("torch", "nn", "F"):
         return False  # a wrapper's name (its prefix, see prose_names) or a call: not a key
     return bool(_DOTTED.match(key)) or (m.group(0)[0] == "`" and "_" in key.strip("_")
                                         and key not in _API_NAMES)

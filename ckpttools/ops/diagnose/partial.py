@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, segments
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 from ckpttools.ops.diagnose.one_sided import (
     attention_names, first_key_unexpected, holder_prefix, inserted_layer, legacy_norm_missing,
     part_missing,
@@ -27,7 +28,7 @@ _HEAD_MODULE = re.compile(
     r"|lm_head|decode_head|auxiliary_head|cls_score|bbox_pred|fc_cls|fc_reg|output_layer"
     r"|classif\w*|pre_logits|projector|proj_head)(\.|$)")
 # Heads a pretraining checkpoint carries that a task model drops (BERT MLM/NSP, pooler, ...).
-_PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"
+PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"
                             r"|pre_logits|head|heads|fc|classifier|projector|vocab_\w+|generator"
                             r"|discriminator_predictions|lm_loss)(\.|$)")
 _PROFILER = re.compile(r"(^|\.)(total_ops|total_params|__flops__|__params__)$")
@@ -92,7 +93,7 @@ def new_task_head(ev: Evidence) -> Finding | None:
     if ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
                           or rename_pairs(ev.missing, ev.unexpected)):
         return None  # the head's keys moved or were renamed: the same head under other names
-    pretrain = ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)
+    pretrain = ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)
     if ev.report:
         conf = 0.93 if not ev.unexpected or pretrain else 0.6
     elif not ev.unexpected:
@@ -113,7 +114,7 @@ def _unused_pretraining_head(ev: Evidence) -> Finding | None:
     transformers prints it when a pretraining checkpoint (MLM/NSP heads, a pooler) is loaded into
     a model without those heads (``AutoModel``, a task model): expected, nothing to fix.
     """
-    if not (ev.report and ev.unexpected and all(_PRETRAIN_HEAD.search(k) for k in ev.unexpected)):
+    if not (ev.report and ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)):
         return None
     return Finding("new_task_head", 0.9, frozenset(ev.unexpected),
                    {"examples": [], "count": 0, "dropped": list(ev.unexpected[:3]),
@@ -133,7 +134,7 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
         return []
     if (ev.class_name or "") in _WRAPPER_CLASSES or _is_head(ev.missing):
         return []
-    if not _starts_model(ev.missing[0]):
+    if not starts_model(ev.missing[0]):
         return []  # the list starts inside the model: some submodules are new, not all
     keys = frozenset(ev.missing)
     facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
@@ -147,7 +148,7 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
                                                 "examples_unexpected": []})]
 
 
-def _starts_model(key: str) -> bool:
+def starts_model(key: str) -> bool:
     parts = segments(key)
     if len(parts) == 1:
         return True
@@ -207,7 +208,7 @@ def cut_size_mismatch(ev: Evidence) -> list[Finding]:
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
-    starts = bool(ev.unexpected) and _starts_model(ev.unexpected[0])
+    starts = bool(ev.unexpected) and starts_model(ev.unexpected[0])
     one_sided = (part_missing(ev) + part_prefix_cut(ev) + inserted_layer(ev)
                  + reparametrized_weight(ev) + legacy_norm_missing(ev) + wrapped_model_unexpected(ev)
                  + holder_prefix(ev)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 
-# evidence.WRAPPER_SEGMENTS, which this parser-level module cannot import (evidence imports the parser).
-WRAPPER_NAMES = frozenset({"module", "_orig_mod", "_forward_module", "_fsdp_wrapped_module",
-                           "_checkpoint_wrapped_module"})
+# The segments wrappers put in front of a model's keys (DataParallel/DDP, torch.compile,
+# accelerate, FSDP, activation checkpointing). Defined in this parser-level module so that the
+# parsers and evidence (which imports them) share one list.
+WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod", "_forward_module", "_fsdp_wrapped_module",
+                              "_checkpoint_wrapped_module"})
 _LOAD_WORDS = re.compile(r"state_dict|checkpoint|load|weights|pretrained", re.I)
 # "prefix", "prefixed" (or cut: "prefi"), "prepended" and its common misspellings (preprended, prepanded)
 _PREFIX_WORDS = re.compile(r"\bprefi|\bpre\w{0,3}p?[ae]nd", re.I)

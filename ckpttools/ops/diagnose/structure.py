@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.evidence import WRAPPER_SEGMENTS, Evidence, Finding, numel, segments
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, segments
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 _LEAVES = {"weight", "bias"}
