@@ -226,27 +226,44 @@ def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, code, []
 
 
+# The order a fused projection stacks its parts in: q, k, v (gate, up for an MLP's gate_up).
+_PART_ORDER = {"q": 0, "query": 0, "wq": 0, "k": 1, "key": 1, "wk": 1, "v": 2, "value": 2, "wv": 2,
+               "gate": 0, "w1": 0, "up": 1, "w3": 1}
+
+
+def _part(name: str) -> int | None:
+    return _PART_ORDER.get(name.removeprefix("to_").removesuffix("_proj").removesuffix("_lin"))
+
+
 def _fused(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    # With one side only in the text, the fused name is not known: qkv is the usual one.
-    fused = "/".join(f.facts["fused"]) or "likely qkv"
-    split = "/".join(f.facts["split"]) or "likely q/k/v"
     side = f.facts["fused_side"]
-    suffix = "_proj" if any(n.endswith("_proj") for n in f.facts["split"]) else ""
-    what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection ({fused}) "
-            f"where the {'checkpoint' if side == 'model' else 'model'} has separate ones ({split}); "
-            "the rows of the fused weight are the separate weights stacked")
-    if side == "model":
-        code = ("for p in {k.rsplit('.q_proj.', 1)[0] for k in sd if '.q_proj.' in k}:\n"
-                "    for leaf in ('weight', 'bias'):\n"
-                "        parts = [sd.pop(f'{p}.{n}_proj.{leaf}', None) for n in 'qkv']\n"
-                "        if parts[0] is not None:\n"
-                "            sd[f'{p}.qkv.{leaf}'] = torch.cat(parts, dim=0)")
-    else:
-        code = ("for k in [k for k in sd if '.qkv.' in k]:\n"
-                "    p, leaf = k.rsplit('.qkv.', 1)\n"
-                "    for n, t in zip('qkv', sd.pop(k).chunk(3, dim=0)):\n"
-                f"        sd[f'{{p}}.{{n}}{suffix}.{{leaf}}'] = t")
-    return what, code + "\nmodel.load_state_dict(sd)", []
+    split = sorted(f.facts["split"], key=lambda n: _part(n) if _part(n) is not None else 9)
+    fused = f.facts["fused"]
+    what = (f"the {'model' if side == 'model' else 'checkpoint'} uses one fused projection "
+            f"({'/'.join(fused) or 'not shown, likely qkv'}) where the "
+            f"{'checkpoint' if side == 'model' else 'model'} has separate ones ({'/'.join(split)}); "
+            "the rows of the fused weight are the separate weights stacked in that order")
+    # nn.MultiheadAttention's in_proj_weight is a parameter, not a module; parts of no known role
+    # cannot be ordered: words only
+    if len(fused) > 1 or any(n.startswith("in_proj") for n in fused) or None in map(_part, split) \
+            or len(split) not in (2, 3):
+        return what, "", []
+    # the fused layer's name is not in the text when only the split side is shown
+    code = "" if fused else _setting("FUSED", '"qkv"', "the fused layer's name in the other file")
+    name, parts = (repr(fused[0]) if fused else "FUSED"), repr(tuple(split))
+    target = fused[0] if fused else "{FUSED}"  # in the f-string the snippet writes
+    # the keys to rewrite: the checkpoint's first part (model fused) or its fused layer
+    layer = repr(split[0]) if side == "model" else name
+    code += (f"layer = {layer}\n"
+             'for k in [k for k in sd if re.search(r"(^|\\.)" + re.escape(layer) + r"\\.(weight|bias)$", k)]:\n'
+             '    head, leaf = k.rsplit(layer + ".", 1)\n')
+    if side == "model":  # the checkpoint's separate weights, stacked into the model's fused layer
+        code += (f"    parts = [sd.pop(f\"{{head}}{{n}}.{{leaf}}\") for n in {parts}]\n"
+                 f"    sd[f\"{{head}}{target}.{{leaf}}\"] = torch.cat(parts, dim=0)\n")
+    else:  # the checkpoint's fused weight, cut into the model's separate layers
+        code += (f"    for n, t in zip({parts}, sd.pop(k).chunk({len(split)}, dim=0)):\n"
+                 "        sd[f\"{head}{n}.{leaf}\"] = t\n")
+    return what, code + "model.load_state_dict(sd)", []
 
 
 def _partitioned(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
@@ -311,7 +328,7 @@ def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         what = (f"{f.facts['count']} weights hold the same elements with their axes in another order "
                 "(a kernel layout of another library version); permute them (check the axis order)")
         move = f"sd[k].permute{tuple(f.facts['permutation'])}.contiguous()"
-    code = (f'for k in [k for k in sd if re.search(r"\\.({pattern})\\.weight$", k)]:\n'
+    code = (f'for k in [k for k in sd if re.search(r"(^|\\.)({pattern})\\.weight$", k)]:\n'
             f"    sd[k] = {move}\nmodel.load_state_dict(sd)")
     return what, code, []
 

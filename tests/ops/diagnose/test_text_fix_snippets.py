@@ -464,3 +464,90 @@ def test_a_variants_configuration_is_words_not_code() -> None:
     top = diagnose_text(text).causes[0]
     assert top.label == "architecture_variant" and top.fix_code == ""
     assert "depth" in top.summary
+
+
+class _Attention(nn.Module):
+    def __init__(self, parts: tuple[str, ...], fused: str | None) -> None:
+        super().__init__()
+        if fused is not None:
+            setattr(self, fused, nn.Linear(8, 8 * len(parts)))
+        else:
+            for name in parts:
+                setattr(self, name, nn.Linear(8, 8))
+        self.out = nn.Linear(8, 8)
+
+
+class _Blocks(nn.Module):
+    def __init__(self, parts: tuple[str, ...], fused: str | None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_Attention(parts, fused) for _ in range(2))
+
+
+@pytest.mark.parametrize("parts, fused", [(("q_proj", "k_proj", "v_proj"), "qkv"),
+                                          (("query", "key", "value"), "c_attn"),
+                                          (("q", "k", "v"), "qkv"),
+                                          (("q_lin", "k_lin", "v_lin"), "qkv_proj"),
+                                          (("gate_proj", "up_proj"), "gate_up_proj")])
+@pytest.mark.parametrize("fused_side", ["checkpoint", "model"])
+def test_fused_projection_snippet_stacks_or_cuts_the_parts(tmp_path: Path, parts: tuple[str, ...],
+                                                           fused: str, fused_side: str) -> None:
+    torch.manual_seed(0)
+    source = _Blocks(parts, fused if fused_side == "checkpoint" else None)
+    model = _Blocks(parts, fused if fused_side == "model" else None)
+    path = tmp_path / "ckpt.pth"
+    torch.save(source.state_dict(), path)
+    top = diagnose_text(_error(model, source.state_dict())).causes[0]
+    assert top.label == "fused_projection"
+    scope = _run(top.fix_code, path, {"model": model})
+    for i in range(2):
+        src, dst = source.layers[i], scope["model"].layers[i]
+        one, many = (src, dst) if fused_side == "checkpoint" else (dst, src)
+        for leaf in ("weight", "bias"):
+            stacked = torch.cat([getattr(getattr(many, n), leaf) for n in parts], dim=0)
+            assert torch.equal(getattr(getattr(one, fused), leaf), stacked), (i, leaf)
+
+
+def test_fused_projection_snippet_asks_for_the_fused_name_it_cannot_see(tmp_path: Path) -> None:
+    parts = ("q_proj", "k_proj", "v_proj")
+    torch.manual_seed(0)
+    source, model = _Blocks(parts, "Wqkv"), _Blocks(parts, None)
+    path = tmp_path / "ckpt.pth"
+    torch.save(source.state_dict(), path)
+    text = _error(model, source.state_dict())
+    text = text.split("Unexpected key(s)")[0].rstrip().rstrip(".") + "."  # the paste stops there
+    top = diagnose_text(text).causes[0]
+    assert top.label == "fused_projection" and top.confidence < 0.8
+    scope = _run(top.fix_code, path, {"model": model}, FUSED="Wqkv")
+    loaded = scope["model"].state_dict()
+    for key, value in source.state_dict().items():
+        if ".Wqkv." in key:
+            head, leaf = key.split(".Wqkv.")
+            assert torch.equal(torch.cat([loaded[f"{head}.{n}.{leaf}"] for n in parts]), value)
+
+
+class _Conv1D(nn.Module):
+    """GPT-2's Conv1D: an (in, out) weight where nn.Linear holds (out, in)."""
+
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(inputs, outputs))
+        self.bias = nn.Parameter(torch.randn(outputs))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, conv1d: bool) -> None:
+        super().__init__()
+        layer = _Conv1D if conv1d else nn.Linear
+        self.c_fc, self.c_proj = layer(8, 16), layer(16, 8)
+
+
+def test_transposed_weights_snippet_transposes_them(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source, model = _Mlp(conv1d=True), _Mlp(conv1d=False)
+    path = tmp_path / "ckpt.pth"
+    torch.save(source.state_dict(), path)
+    top = diagnose_text(_error(model, source.state_dict())).causes[0]
+    assert top.label == "transposed_weights"
+    loaded = _run(top.fix_code, path, {"model": model})["model"].state_dict()
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded[key], value.t() if key.endswith("weight") else value), key
