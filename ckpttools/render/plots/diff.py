@@ -127,7 +127,13 @@ def _shade_blocks(ax: Any, keys: list[str]) -> tuple[list[str], float]:
             ticks.append((lo + hi) / 2)
             labels.append(short_key(block, 24))
     size = 6 if len(ticks) > 20 else 8
-    ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
+    # module names as text under the axis, not as ticks: a tick is five artists (three lines,
+    # two labels) made and laid out each, a quarter of the chart's time for nothing drawn
+    ax.set_xticks([])
+    under = ax.get_xaxis_transform()
+    for x, label in zip(ticks, labels):
+        ax.text(x, -0.02, label, transform=under, rotation=90, fontsize=size, ha="center",
+                va="top", rotation_mode="default")
     return labels, size
 
 
@@ -155,12 +161,12 @@ def _mark_one_sided(ax: Any, rows: list[tuple[str, float | None, str]], y: float
 def _label_top(ax: Any, rows: list[tuple[str, float | None, str]], heights: list[float]) -> None:
     ranked = sorted((i for i, (_, v, m) in enumerate(rows) if m == "" and v),
                     key=lambda i: -heights[i])[:TOP_LABELS]
-    for rank, i in enumerate(ranked):
+    # staggered up and down in the order of the axis, so that neighbours do not cover each other
+    for n, i in enumerate(sorted(ranked)):
         value = rows[i][1] or 0.0
         size = f"{value:.2g}" if math.isfinite(value) else "A is all zeros"
         text = f"{short_key(rows[i][0], 36)}\n{size}"
-        # staggered, so that neighbours of equal height do not cover each other
-        ax.annotate(text, (i, heights[i]), xytext=(4, 4 - 22 * (rank % 2)), textcoords="offset points",
+        ax.annotate(text, (i, heights[i]), xytext=(4, 4 - 22 * (n % 2)), textcoords="offset points",
                     fontsize=7, rotation=0, ha="left", va="bottom",
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#999999", "lw": 0.5})
 
