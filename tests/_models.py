@@ -26,3 +26,28 @@ def tiny_net(seed: int = 0, **kwargs: int) -> TinyNet:
     """A ``TinyNet`` with weights fixed by ``seed``."""
     torch.manual_seed(seed)
     return TinyNet(**kwargs)
+
+
+class ScaledNet(nn.Module):
+    """A block with a LayerNorm and a LayerScale whose parameter is named ``gamma`` (as timm's
+    ``LayerScale`` and ConvNeXt's blocks name it): a ``gamma`` that is not a norm's old name."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.ln = nn.LayerNorm(width)
+        self.ls = nn.Module()
+        self.ls.gamma = nn.Parameter(torch.full((width,), 1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ls.gamma * self.ln(self.fc(x))
+
+
+def scaled_net(seed: int = 0) -> ScaledNet:
+    """A ``ScaledNet`` with weights fixed by ``seed``, its norm's values not the defaults."""
+    torch.manual_seed(seed)
+    net = ScaledNet()
+    with torch.no_grad():
+        net.ln.weight.uniform_(0.5, 1.5)
+        net.ln.bias.uniform_(-0.5, 0.5)
+    return net

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from tests import _fw_models as fw
-from tests._models import TinyNet, tiny_net
+from tests._models import TinyNet, scaled_net, tiny_net
 
 FW = "tests/_fw_models.py"
 TINY = "tests/_models.py:TinyNet"
+SCALED = "tests/_models.py:ScaledNet"
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,20 @@ def _batchnorm_era(dest: Path) -> Case:
     return Case(path, TINY, (), ("num-batches-tracked",), True)
 
 
+def _norm_era(dest: Path, name: str) -> Case:
+    """A norm's parameters saved as ``gamma``/``beta`` (TF ports, code before PyTorch 1.0);
+    ``layerscale``: beside a LayerScale ``gamma`` that keeps its name."""
+    model = scaled_net() if name == "norm-era-layerscale" else tiny_net()
+    norm = "ln" if name == "norm-era-layerscale" else "bn"
+    old = {"weight": "gamma", "bias": "beta"}
+    state = {(f"{norm}.{old[k.rpartition('.')[2]]}" if k.rpartition(".")[0] == norm and
+              k.rpartition(".")[2] in old else k): v for k, v in model.state_dict().items()}
+    path = dest / f"{name}.pth"
+    torch.save(state, path)
+    return Case(path, SCALED if norm == "ln" else TINY, (), ("rename",), True,
+                extra={"norm": norm})
+
+
 BUILDERS: dict[str, Callable[[Path], Case]] = {
     **{n: (lambda d, n=n: _bert(d, n)) for n in (
         "mlm-to-bare", "cls-to-bare", "bare-to-mlm", "bare-to-cls", "cls-to-cls5", "mlm-to-mlm")},
@@ -181,6 +196,7 @@ BUILDERS: dict[str, Callable[[Path], Case]] = {
         f"{w}-{d}-{lay}" for w in ("compile", "ddp") for d in ("ckpt", "model")
         for lay in ("flat", "nested"))},
     "batchnorm-era": _batchnorm_era,
+    **{n: (lambda d, n=n: _norm_era(d, n)) for n in ("norm-era", "norm-era-layerscale")},
 }
 VISION = ("vit-classes", "vit-img", "vit-both")
 

@@ -199,6 +199,9 @@ def _move_summary(m: Move) -> str:
         return f"replace '{m.old}' by '{m.new}' at the start of the keys that carry it"
     if m.kind == "index-shift":
         return f"shift {len(m.rules)} layer indices of a Sequential (a layer added or removed)"
+    if m.kind == "legacy-leaf":
+        return ("rename the norms' old parameter names gamma -> weight, beta -> bias (TF ports "
+                "and code before PyTorch 1.0)")
     return (f"rename {len(m.rules)} modules whose leaves have the same names, shapes and dtypes "
             "in the model")
 

@@ -5,7 +5,9 @@ keys with a tensor of the right shape.
 The search tries structural candidates only: replace one key prefix by another on the keys that
 carry it (any depth: ``module.``, ``_orig_mod.``, ``bert.``, nested combinations), shift the
 indices of a ``Sequential``, and rename whole modules whose leaves (``weight``, ``bias``, ...)
-have equal names, shapes and dtypes. A leaf name is never changed. A candidate is kept only when
+have equal names, shapes and dtypes. A leaf name is changed only by a fixed convention, never by
+shape (a norm's ``weight`` and ``bias`` have one shape): the ``gamma``/``beta`` of TF ports and
+pre-1.0 code are a norm's ``weight``/``bias``, as transformers renames them on load. A candidate is kept only when
 it fills more model keys; the simplest plan reaching the best score wins, because candidates are
 tried from the simplest kind up and each must strictly improve the score.
 """
@@ -274,7 +276,7 @@ def _whole_parents(pairs: list[tuple[str, str]], loose_c: set[str], loose_m: set
 class Move:
     """One accepted candidate: a prefix replacement (``old`` -> ``new``) or other rules."""
 
-    kind: str  # prefix | index-shift | module-rename
+    kind: str  # prefix | index-shift | module-rename | legacy-leaf
     rules: tuple[Rule, ...]
     old: str = ""
     new: str = ""
@@ -309,9 +311,43 @@ def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Mov
             table = found[0]
             moves.append(Move("index-shift", tuple(candidate)))
     renames = module_rename_candidates(table, sig, compare_keys(table, sig))
-    if renames and _improve(table, sig, [renames]):
+    found = _improve(table, sig, [renames]) if renames else None
+    if found:
         moves.append(Move("module-rename", tuple(_needed(sig, table, renames))))
+        table = found[0]
+    legacy = legacy_leaf_rules(table, sig)
+    if legacy and _improve(table, sig, [legacy]):
+        moves.append(Move("legacy-leaf", tuple(legacy)))
     return moves
+
+
+# Old names of a norm's parameters, by convention (not by shape: both have one shape).
+LEGACY_LEAVES = {"gamma": "weight", "beta": "bias"}
+
+
+def legacy_leaf_rules(table: Table, sig: ModelSignature) -> list[Rule]:
+    """Rules renaming loose ``gamma``/``beta`` keys to the free model key ``weight``/``bias``
+    of the same module and shape: one rule per leaf name when no loaded key carries it, else
+    one per module."""
+    cmp = compare_keys(table, sig)
+    ckpt_keys, free = _loose(table, cmp)
+    model = {k.key: k.shape for k in sig.keys}
+    moves: list[tuple[str, str, str]] = []  # (module, old leaf, new leaf)
+    for key in ckpt_keys:
+        module, _, leaf = key.rpartition(".")
+        new = LEGACY_LEAVES.get(leaf)
+        target = f"{module}.{new}" if module else new
+        if new is not None and target in free and model[target] == table[key][0]:
+            moves.append((module, leaf, new))
+    if not moves:
+        return []
+    chosen = {f"{m}.{o}" for m, o, _ in moves if m}
+    carriers = {k for k in table if "." in k and k.rpartition(".")[2] in LEGACY_LEAVES}
+    if len(chosen) == len(moves) and chosen == carriers:  # a rule per leaf renames just these
+        return [(f"\\.{old}$", f".{new}") for old, new in LEGACY_LEAVES.items()
+                if any(o == old for _, o, _ in moves)]
+    return [(f"^{re.escape(m)}\\.{o}$" if m else f"^{o}$", escape_repl(f"{m}.{n}" if m else n))
+            for m, o, n in moves]
 
 
 def _needed(sig: ModelSignature, table: Table, renames: list[Rule]) -> list[Rule]:

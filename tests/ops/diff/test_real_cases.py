@@ -47,3 +47,24 @@ def test_diff_agrees_with_diagnose_first_line(layout: str, tmp_path: Path) -> No
     _, diag_text = run_cli(["diagnose", "--checkpoint", *base])
     plan_line = next(l for l in diff_text.splitlines() if l.startswith("Fix plan"))
     assert plan_line in diag_text.splitlines()
+
+
+@pytest.mark.parametrize("name", ["norm-era", "norm-era-layerscale"])
+def test_old_norm_names_are_renamed_not_dropped(name: str, tmp_path: Path) -> None:
+    """gamma/beta become the norm's weight/bias (by convention, never by shape: both have one
+    shape); a LayerScale's own ``gamma`` keeps its name; the loaded norm holds the saved values."""
+    case = build(name, tmp_path)
+    plan = check_case(case, tmp_path)
+    norm = case.extra["norm"]
+    rules = [r.split("=", 1) for r in plan["steps"][0]["args"]]
+    if name == "norm-era":
+        assert rules == [["\\.gamma$", ".weight"], ["\\.beta$", ".bias"]]
+    else:  # a rule per module: a rule per leaf would rename ls.gamma too
+        assert rules == [["^ln\\.gamma$", "ln.weight"], ["^ln\\.beta$", "ln.bias"]]
+    saved = torch.load(case.path, weights_only=True)
+    model = case.model()
+    exec(compile(plan["python"], "<snippet>", "exec"), {"model": model})
+    assert torch.equal(getattr(model, norm).weight.detach(), saved[f"{norm}.gamma"])
+    assert torch.equal(getattr(model, norm).bias.detach(), saved[f"{norm}.beta"])
+    if name == "norm-era-layerscale":
+        assert torch.equal(model.ls.gamma.detach(), saved["ls.gamma"])
