@@ -51,3 +51,12 @@ def scaled_net(seed: int = 0) -> ScaledNet:
         net.ln.weight.uniform_(0.5, 1.5)
         net.ln.bias.uniform_(-0.5, 0.5)
     return net
+
+
+class TaskNet(nn.Module):
+    """A ``TinyNet`` backbone under ``backbone`` with a task head beside it (a fine-tuning model)."""
+
+    def __init__(self, num_labels: int = 3) -> None:
+        super().__init__()
+        self.backbone = TinyNet()
+        self.classifier = nn.Linear(10, num_labels)

@@ -96,3 +96,24 @@ def test_no_error_exits_2_saying_what_it_expected(runner) -> None:  # type: igno
     r = runner.invoke(cli, ["diagnose", "-"], input="training finished, 3 epochs\n")
     assert r.exit_code == 2 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and "expected a load error" in r.stderr
+
+
+def test_wrapped_backbone_into_task_model_is_not_another_model(runner: CliRunner,
+                                                                tmp_path: Path) -> None:
+    """A backbone saved through DataParallel, loaded into a model with a new head: after the
+    prefix fix only the head is left, which is two keys of the model, not "0 of 2 model keys in
+    the file" (the rest of the model is judged together with what the fix fills)."""
+    import torch
+
+    from tests._models import tiny_net
+
+    path = tmp_path / "backbone.pth"
+    torch.save(torch.nn.DataParallel(tiny_net()).state_dict(), path)
+    r = runner.invoke(cli, ["diagnose", "--checkpoint", str(path), "--model",
+                            "tests/_models.py:TaskNet", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["plan"]["steps"][0]["args"] == ["^module\\.=backbone."]
+    assert data["plan"]["left_initialised"] == ["classifier.weight", "classifier.bias"]
+    assert data["causes"][0]["label"] == "renamed_keys"
+    assert all(c["label"] != "wrong_model" for c in data["causes"]), data["causes"]

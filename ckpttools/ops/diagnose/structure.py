@@ -245,9 +245,13 @@ def residual(ev: Evidence, findings: Iterable[Finding]) -> Evidence:
     for f in findings:
         if f.confidence >= 0.5:
             explained |= f.explains
+    # a model key the explained fix fills counts as matched: the rest is judged against the
+    # whole model (two head keys left after a prefix fix are not "0 of 2 keys in the file")
+    matched = None if ev.matched is None else ev.matched + sum(k in explained for k in ev.missing)
     return replace(ev, missing=tuple(k for k in ev.missing if k not in explained),
                    unexpected=tuple(k for k in ev.unexpected if k not in explained),
-                   mismatched=tuple(m for m in ev.mismatched if m.key not in explained))
+                   mismatched=tuple(m for m in ev.mismatched if m.key not in explained),
+                   matched=matched)
 
 
 def _heads(keys: Iterable[str]) -> set[str]:
