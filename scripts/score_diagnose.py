@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen4
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen5
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, Case, Score, corpus, development, score)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, Case, Score, corpus, development, score)
 
 
 def _print(name: str, s: Score, misses: bool) -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--corpus", action="append", type=Path, default=[],
                         help="folder of case files to score (repeatable)")
     parser.add_argument("--skip-frozen", action="store_true",
-                        help="do not score frozen/ .. frozen4/")
+                        help="do not score frozen/ .. frozen5/")
     parser.add_argument("--misses", action="store_true", help="list the misses")
     args = parser.parse_args()
     if args.corpus:
@@ -91,6 +91,7 @@ def main() -> None:
         _print("frozen3 (scored 30/50 before tuning, 29/50 after the one-sided round; tuned on since)",
                score(corpus(FROZEN3)), args.misses)
         _print("frozen4 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN4)), args.misses)
+        _print("frozen5 (scored 25/50 before tuning)", score(corpus(FROZEN5)), args.misses)
 
 
 if __name__ == "__main__":
