@@ -117,3 +117,29 @@ def test_wrapped_backbone_into_task_model_is_not_another_model(runner: CliRunner
     assert data["plan"]["left_initialised"] == ["classifier.weight", "classifier.bias"]
     assert data["causes"][0]["label"] == "renamed_keys"
     assert all(c["label"] != "wrong_model" for c in data["causes"]), data["causes"]
+
+
+def test_transposed_weight_fix_transposes_and_loads_the_saved_values(runner: CliRunner,
+                                                                      tmp_path: Path) -> None:
+    """The plan drops a weight stored (in, out) (shapes cannot prove a transpose); the cause's
+    own fix transposes it, and run as printed it loads strictly with the saved values."""
+    import torch
+
+    from tests._models import tiny_net
+
+    state = tiny_net().state_dict()
+    saved = state["head.weight"].clone()
+    state["head.weight"] = saved.t().contiguous()
+    path = tmp_path / "transposed.pth"
+    torch.save(state, path)
+    r = runner.invoke(cli, ["diagnose", "--checkpoint", str(path), "--model",
+                            "tests/_models.py:TinyNet", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    cause = data["causes"][0]
+    assert cause["label"] == "transposed_weights"
+    assert [s["kind"] for s in data["plan"]["steps"]] == ["drop"]
+    assert cause["fix"]["code"] != data["plan"]["python"] and cause["fix"]["command"] is None
+    model = tiny_net(seed=1)
+    exec(compile(cause["fix"]["code"], "<fix>", "exec"), {"model": model})
+    assert torch.equal(model.head.weight.detach(), saved)

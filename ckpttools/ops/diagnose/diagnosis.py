@@ -158,6 +158,34 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
+    transposed = _transposed_fix(diff, plan)
     causes = tuple(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
+                   if c.label != "transposed_weights" or transposed is None else
+                   dataclasses.replace(c, fix_code=transposed, fix_command=None)
                    for c in result.causes)
     return dataclasses.replace(result, causes=causes, plan=plan)
+
+
+def _transposed_fix(diff: Any, plan: Any) -> str | None:
+    """The snippet that transposes the 2-D weights stored the other way round, when they are
+    all the plan leaves initialised: the plan drops them (shapes cannot tell a transposed
+    weight from another layer's), so this fix is proven by the same counts (those keys filled
+    with the model's shapes, nothing else changed). None when the plan does more than that."""
+    import re
+
+    from ckpttools.ops.plan_text import load_lines
+
+    swapped = [m.key for m in diff.comparison.shape_mismatches
+               if len(m.model_shape) == 2 and tuple(m.checkpoint_shape) == tuple(m.model_shape)[::-1]]
+    drops = [st for st in plan.steps if st.kind == "drop"]
+    if (not swapped or len(plan.steps) != 1 or len(drops) != 1 or set(plan.left) != set(swapped)
+            or plan.after.unexpected or plan.after.mismatched or plan.source.fmt != "torch"
+            or {k for k in diff.checkpoint_keys if re.search(drops[0].args[0], k)} != set(swapped)):
+        return None
+    return "\n".join([
+        "import torch", *load_lines(plan.source),
+        f"for k in {sorted(swapped)!r}:  # stored (in, out): nn.Linear holds (out, in)",
+        "    sd[k] = sd[k].t().contiguous()",
+        "# square weights of the same layers are swapped too but cannot show it by shape: if the",
+        "# file comes from an (in, out) layout (GPT-2's Conv1D), transpose those layers' weights too",
+        "model.load_state_dict(sd)"])
