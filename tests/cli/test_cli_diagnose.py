@@ -143,3 +143,25 @@ def test_transposed_weight_fix_transposes_and_loads_the_saved_values(runner: Cli
     model = tiny_net(seed=1)
     exec(compile(cause["fix"]["code"], "<fix>", "exec"), {"model": model})
     assert torch.equal(model.head.weight.detach(), saved)
+
+
+def test_a_task_models_prefix_is_not_called_a_wrapper(runner: CliRunner, tmp_path: Path) -> None:
+    """'module.' comes from a wrapper; 'backbone.' from a model that holds this one under that
+    name (a task model's file loaded into its backbone)."""
+    import torch
+
+    from tests._models import TaskNet, tiny_net
+
+    task, wrapped = tmp_path / "task.pth", tmp_path / "ddp.pth"
+    torch.save(TaskNet().state_dict(), task)
+    torch.save(torch.nn.DataParallel(tiny_net()).state_dict(), wrapped)
+    summaries = {}
+    for path in (task, wrapped):
+        r = runner.invoke(cli, ["diagnose", "--checkpoint", str(path), "--model",
+                                "tests/_models.py:TinyNet", "--format", "json"])
+        cause = json.loads(r.stdout)["causes"][0]
+        assert cause["label"] == "prefix_added", cause
+        summaries[path.name] = cause["summary"]
+    assert "holds this one as 'backbone'" in summaries["task.pth"]
+    assert "wrapped model" not in summaries["task.pth"]
+    assert "saved from a wrapped model" in summaries["ddp.pth"]

@@ -12,6 +12,7 @@ from ckpttools.ops.diagnose.shape_fixes import (
     architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
     wrong_model_text)
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
+from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
 # A first line of a printed fix that the user sets: what the text cannot name (a file, a folder).
@@ -49,15 +50,23 @@ def _re(text: str) -> str:
 def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     p, infix = f.facts["prefix"], f.facts["infix"]
     inner = p.rstrip(".")
+    # module./_orig_mod. come from a wrapper; another name (bert., transformer., backbone.) is a
+    # model holding this one under that attribute (a task model around its base model)
+    wrapper = all(s in WRAPPER_SEGMENTS for s in inner.split("."))
     if f.label == "prefix_added":
-        what = (f"the checkpoint was saved from a wrapped model: its keys carry '{p}' "
+        origin = ("saved from a wrapped model" if wrapper else
+                  f"saved from a model that holds this one as '{inner}' (a task model around its "
+                  "base model, or a wrapper)")
+        what = (f"the checkpoint was {origin}: its keys carry '{p}' "
                 f"({'inside the key' if infix else 'in front'}) that the model's keys do not")
         code = (f'sd = {{k.replace(".{inner}.", "."): v for k, v in sd.items()}}' if infix else
                 f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items()}}')
         args = ["--rename", _q(rf"\.{_re(inner)}\.=.")] if infix else ["--strip-prefix", _q(p)]
     else:
         what = (f"the model was wrapped (e.g. DataParallel/DDP/torch.compile) before loading, so it "
-                f"expects '{p}' in its keys that the checkpoint does not have")
+                f"expects '{p}' in its keys that the checkpoint does not have" if wrapper else
+                f"the model holds the checkpoint's model as '{inner}' (a task model around its base "
+                f"model, or a wrapper), so it expects '{p}' in its keys that the checkpoint does not have")
         code = ("# load into the inner module before wrapping, e.g. model.module.load_state_dict(sd)\n"
                 + (f'sd = {{"{p}" + k: v for k, v in sd.items()}}' if not infix else
                    "model = getattr(model, \"module\", model)"))
