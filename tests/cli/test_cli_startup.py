@@ -48,3 +48,21 @@ def test_collector_thresholds_are_restored() -> None:
     for args in (["--version"], ["inspect", "/no/such/file.pth"], ["no-such-command"]):
         CliRunner().invoke(cli, args)
         assert gc.get_threshold() == before
+
+
+def test_diagnose_from_files_does_not_import_the_text_parser(tmp_path: Path) -> None:
+    """The error-text parser (its patterns are compiled on import) serves pasted text only."""
+    path = tmp_path / "m.pth"
+    torch.save({"module.w": torch.zeros(2)}, path)
+    spec = tmp_path / "spec.py"
+    spec.write_text("import torch\n\nclass M(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.w = torch.nn.Parameter(torch.zeros(2))\n")
+    probe = PROBE.replace("m.startswith('ckpttools.cli.') and m.endswith('_cmd')",
+                          "m.startswith('ckpttools.ops.diagnose.')")
+    out = subprocess.run([sys.executable, "-c", probe, "diagnose", "--checkpoint", str(path),
+                          "--model", f"{spec}:M"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    modules = json.loads(out.stdout.strip().splitlines()[-1])["modules"]
+    assert "ckpttools.ops.diagnose.diagnosis" in modules
+    assert "ckpttools.ops.diagnose.error_text" not in modules
+    assert "ckpttools.ops.diagnose.loader_formats" not in modules

@@ -20,7 +20,7 @@ from ckpttools.ops.diagnose.structure import (
     renamed_keys, residual,
     strip_wrappers, top_module, wrong_model)
 from ckpttools.ops.diagnose.conventions import convention_findings, revise
-from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings

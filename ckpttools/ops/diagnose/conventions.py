@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 from ckpttools.ops.diagnose.partial import PRETRAIN_HEAD, starts_model

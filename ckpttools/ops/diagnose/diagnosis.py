@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttools.ops.diagnose.fixes import Cause, describe
 from ckpttools.ops.diagnose.causes import rank_findings
-from ckpttools.ops.diagnose.error_text import ParsedError, ShapeMismatch, parse_error_text
-from ckpttools.ops.diagnose.evidence import Evidence
+from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from ckpttools.ops.diagnose.error_text import ParsedError
     from ckpttools.ops.fix_plan import FixPlan
 
     from ckpttools.formats.base import CheckpointReader
@@ -122,6 +122,9 @@ def diagnose_text(text: str) -> DiagnoseResult:
         >>> r.causes[0].label
         'prefix_added'
     """
+    # the text parser (about sixty patterns) is imported here: from files it is never needed
+    from ckpttools.ops.diagnose.error_text import parse_error_text
+
     parsed = parse_error_text(text)
     return diagnose_evidence(evidence_from_text(parsed), found=parsed.found)
 

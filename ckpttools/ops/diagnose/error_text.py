@@ -16,6 +16,7 @@ from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
     prose_keys, prose_mismatches, prose_prefix, title_lists)
 from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
+from ckpttools.ops.diagnose.evidence import ShapeMismatch
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
                          "\u2013": "-", "\u2026": "..."})
@@ -82,20 +83,6 @@ _CLASS_NAMES = (
     re.compile(r"([A-Za-z_]\w*)\s+LOAD\s+REPORT"),
 )
 _TRUNCATION = re.compile(r"^\s*(?:\.\.\.|\[\s*\.\.\.\s*\]|\[\.\.\.\s*trimmed|\.\.\.\s*trimmed)")
-
-
-@dataclass(frozen=True)
-class ShapeMismatch:
-    """A key whose tensor has one shape in the checkpoint and another in the model."""
-
-    key: str
-    checkpoint_shape: tuple[int, ...]
-    model_shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"key": self.key, "checkpoint_shape": list(self.checkpoint_shape),
-                "model_shape": list(self.model_shape)}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttools.ops.diagnose.error_text import ShapeMismatch
 
 
 def segments(key: str) -> list[str]:
@@ -18,6 +17,21 @@ def segments(key: str) -> list[str]:
 def numel(shape: Iterable[int]) -> int:
     """Number of elements of a tensor of ``shape``."""
     return math.prod(shape)
+
+
+@dataclass(frozen=True)
+class ShapeMismatch:
+    """A key whose tensor has one shape in the checkpoint and another in the model (here, not
+    in ``error_text``: diagnosing from files needs no text parser and skips its imports)."""
+
+    key: str
+    checkpoint_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"key": self.key, "checkpoint_shape": list(self.checkpoint_shape),
+                "model_shape": list(self.model_shape)}
 
 
 @dataclass(frozen=True)

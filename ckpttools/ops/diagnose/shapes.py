@@ -6,7 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from ckpttools.ops.diagnose.error_text import ShapeMismatch
+from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, segments
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
