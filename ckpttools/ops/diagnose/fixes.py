@@ -330,8 +330,10 @@ def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     keys = f.facts["keys"]
     pattern = "|".join(sorted({_re(k.rsplit(".", 2)[-2]) for k in keys}))
     if f.facts.get("swapped", True):
-        what = (f"{f.facts['count']} 2-D weights have their shapes swapped: one side stores them as "
-                "nn.Linear (out, in), the other as GPT-2's Conv1D (in, out)")
+        n = f.facts["count"]
+        what = (f"{n} 2-D {'weight has its shape' if n == 1 else 'weights have their shapes'} "
+                "swapped: one side stores them as nn.Linear (out, in), the other as GPT-2's "
+                "Conv1D (in, out)")
         move = "sd[k].t().contiguous()"
     else:
         what = (f"{f.facts['count']} weights hold the same elements with their axes in another order "
