@@ -7,9 +7,10 @@ carry it (any depth: ``module.``, ``_orig_mod.``, ``bert.``, nested combinations
 indices of a ``Sequential``, and rename whole modules whose leaves (``weight``, ``bias``, ...)
 have equal names, shapes and dtypes. A leaf name is changed only by a fixed convention, never by
 shape (a norm's ``weight`` and ``bias`` have one shape): the ``gamma``/``beta`` of TF ports and
-pre-1.0 code are a norm's ``weight``/``bias``, as transformers renames them on load. A candidate is kept only when
-it fills more model keys; the simplest plan reaching the best score wins, because candidates are
-tried from the simplest kind up and each must strictly improve the score.
+pre-1.0 code are a norm's ``weight``/``bias``, as transformers renames them on load. A
+candidate is kept only when it fills more model keys; the simplest plan reaching the best score
+wins, because candidates are tried from the simplest kind up and each must strictly improve the
+score.
 """
 
 from __future__ import annotations
@@ -311,10 +312,10 @@ def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Mov
             table = found[0]
             moves.append(Move("index-shift", tuple(candidate)))
     renames = module_rename_candidates(table, sig, compare_keys(table, sig))
-    found = _improve(table, sig, [renames]) if renames else None
-    if found:
-        moves.append(Move("module-rename", tuple(_needed(sig, table, renames))))
-        table = found[0]
+    if renames and _improve(table, sig, [renames]):
+        needed = _needed(sig, table, renames)
+        moves.append(Move("module-rename", tuple(needed)))
+        table = rename_table(table, needed) or table
     legacy = legacy_leaf_rules(table, sig)
     if legacy and _improve(table, sig, [legacy]):
         moves.append(Move("legacy-leaf", tuple(legacy)))

@@ -169,7 +169,7 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     return dataclasses.replace(result, causes=causes, plan=plan)
 
 
-def _transposed_fix(diff: Any, plan: Any) -> str | None:
+def _transposed_fix(diff: DiffResult, plan: FixPlan) -> str | None:
     """The snippet that transposes the 2-D weights stored the other way round, when they are
     all the plan leaves initialised: the plan drops them (shapes cannot tell a transposed
     weight from another layer's), so this fix is proven by the same counts (those keys filled
