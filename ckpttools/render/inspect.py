@@ -102,8 +102,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 3] + "..."
 
 
+SEGMENT_WIDTH = 40
+
+
+def _short_key(key: str) -> str:
+    """``key`` with each overlong segment cut (a Lightning callback's state is keyed by its
+    settings, ``ModelCheckpoint{'monitor': None, ...}``, which would widen the table to 150
+    columns); ``--format json`` keeps every key whole."""
+    return ".".join(s if len(s) <= SEGMENT_WIDTH else s[:SEGMENT_WIDTH - 3] + "..."
+                    for s in key.split("."))
+
+
 def _objects(result: InspectResult, fmt: str) -> str:
-    rows = [[o.key, o.type_name, _short(o.value)] for o in result.objects]
+    rows = [[_short_key(o.key), o.type_name, _short(o.value)] for o in result.objects]
     return heading("Values", fmt) + "\n" + table(rows, ["key", "type", "value"], fmt)
 
 

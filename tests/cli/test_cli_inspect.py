@@ -111,3 +111,17 @@ def test_json_with_nan_and_inf_values(runner: CliRunner, tmp_path: Path) -> None
     values = {o["key"]: o["value"] for o in data["objects"]}
     assert values == {"loss": "nan", "best": "inf"}
     assert data["stats"][0]["nan"] == 1
+
+
+def test_overlong_key_segments_are_cut_in_the_table_only(runner: CliRunner, tmp_path: Path) -> None:
+    """Lightning keys a callback's state by its settings; the table cuts such a segment, JSON
+    keeps the key whole."""
+    state = "ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0}"
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)},
+                "callbacks": {state: {"best_model_path": "a.ckpt"}}}, path)
+    text = runner.invoke(cli, ["inspect", str(path)]).stdout
+    assert "callbacks.ModelCheckpoint{'monitor': None, 'mod....best_model_path" in text
+    assert state not in text
+    data = json.loads(runner.invoke(cli, ["inspect", str(path), "--format", "json"]).stdout)
+    assert f"callbacks.{state}.best_model_path" in [o["key"] for o in data["objects"]]
