@@ -1,0 +1,63 @@
+"""Confidence from the breadth of the evidence: a decision needs more than a key or two.
+
+The rules in ``causes`` score a relation by how well it fits the keys shown. On held-out texts
+scored before any tuning (frozen2..frozen4 of ``tests/data/diagnose``) most confident wrong
+answers came from relations read off too little: the catch-all "model code changed" from one or
+two key pairs (a library's rename and a wrapped module read the same), and "the checkpoint lacks
+the wrapper's prefix" from a list of missing keys alone (the checkpoint's own keys, which decide
+between a missing prefix, another model and changed code, were not shown). These caps run after
+every rule, so a new rule cannot decide from such evidence either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ckpttools.ops.diagnose.evidence import Evidence, Finding
+
+DECIDED = 0.8
+# Below DECIDED: the answer lists its candidates and the command that decides.
+CANDIDATE = 0.75
+# Catch-all rules: they explain what no specific relation explains, so they decide only when
+# the keys are many enough to rule the specific relations out (two or three pairs of keys read
+# as a library's rename, a wrapped module or another variant as well).
+_CATCH_ALL = frozenset({"model_code_changed", "wrong_model"})
+_FEW_KEYS = 6
+
+
+def thin_evidence(f: Finding, ev: Evidence) -> str | None:
+    """Why the evidence behind a confident finding is too thin to decide, or ``None``.
+
+    Args:
+        f: a finding of the cause rules.
+        ev: the evidence it was read from.
+
+    Returns:
+        A short reason (used in tests and the JSON ``facts``), or ``None`` when it may decide.
+    """
+    if ev.source != "text" or f.confidence < DECIDED:
+        return None
+    if f.label in _CATCH_ALL and len(ev.missing) + len(ev.unexpected) < _FEW_KEYS:
+        return "few keys"
+    if f.label == "prefix_missing" and ev.missing and not (ev.unexpected or ev.mismatched):
+        return "only the model's keys shown"
+    return None
+
+
+def calibrate(findings: list[Finding], ev: Evidence) -> list[Finding]:
+    """Every finding whose evidence is too thin to decide, lowered to a candidate (0.75).
+
+    Args:
+        findings: the findings of every rule, in rule order.
+        ev: the evidence they were read from.
+
+    Returns:
+        The same findings; thin ones carry ``facts["thin"]`` with the reason.
+    """
+    out = []
+    for f in findings:
+        reason = thin_evidence(f, ev)
+        out.append(f if reason is None else
+                   replace(f, confidence=min(f.confidence, CANDIDATE),
+                           facts={**f.facts, "thin": reason}))
+    return out
