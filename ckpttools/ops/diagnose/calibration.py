@@ -44,6 +44,29 @@ def thin_evidence(f: Finding, ev: Evidence) -> str | None:
     return None
 
 
+# Causes whose checkpoint holds keys the model lacks: under another name, prefix or container.
+_NEED_UNEXPECTED = frozenset({
+    "prefix_added", "prefix_missing", "wrapped_checkpoint", "wrong_model", "renamed_keys",
+    "ema_weights", "optimizer_state_passed", "fused_projection"})
+
+
+def possible(findings: list[Finding], ev: Evidence) -> list[Finding]:
+    """The findings the message's format does not rule out.
+
+    PyTorch <= 0.3 raised ``missing keys in state_dict: {...}`` only after every checkpoint key
+    had been copied, so a file without the wrapper's prefix, another model's file or a training
+    dict (whose keys would have been unexpected, and raised first) cannot be the cause.
+
+    Args:
+        findings: findings of the cause rules.
+        ev: the evidence they were read from.
+
+    Returns:
+        The findings, without those that need checkpoint keys the message says were not there.
+    """
+    return [f for f in findings if not (ev.nothing_unexpected and f.label in _NEED_UNEXPECTED)]
+
+
 def calibrate(findings: list[Finding], ev: Evidence) -> list[Finding]:
     """Every finding whose evidence is too thin to decide, lowered to a candidate (0.75).
 
