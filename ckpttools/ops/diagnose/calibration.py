@@ -41,7 +41,34 @@ def thin_evidence(f: Finding, ev: Evidence) -> str | None:
         return "few keys"
     if f.label == "prefix_missing" and ev.missing and not (ev.unexpected or ev.mismatched):
         return "only the model's keys shown"
+    if f.label in _SIZE_READINGS and not ev.parallel and _pieces(ev):
+        return "every checkpoint tensor is 1/k of the model's on one axis"
     return None
+
+
+# Readings of a smaller checkpoint tensor that a tensor-parallel rank's piece gives as well.
+_SIZE_READINGS = frozenset({"head_size_mismatch", "architecture_variant"})
+_PIECE_ROWS = 64  # a class count this small is a head's, not a rank's piece of a wide layer
+
+
+def _pieces(ev: Evidence) -> bool:
+    """Every size mismatch shown is the checkpoint holding 1/k (k = 2, 4, 8, ...) of the model's
+    layer weight on one axis of at least 64 rows: what one rank of k saves (Megatron, GLM,
+    FSDP+TP). Tensor parallelism splits layers' weights and biases, never tokens or tables
+    (``pos_embed``, ``cls_token``), which every rank holds whole."""
+    if not ev.mismatched:
+        return False
+    for m in ev.mismatched:
+        if m.key.rpartition(".")[2] not in ("weight", "bias"):
+            return False
+        c, s = m.checkpoint_shape, m.model_shape
+        axes = [i for i in range(len(s)) if len(c) == len(s) and c[i] != s[i]]
+        if len(axes) != 1 or c[axes[0]] < _PIECE_ROWS or s[axes[0]] % c[axes[0]]:
+            return False
+        k = s[axes[0]] // c[axes[0]]
+        if k < 2 or k & (k - 1):
+            return False
+    return True
 
 
 # Causes whose checkpoint holds keys the model lacks: under another name, prefix or container.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import pytest
+import torch
 from torch import nn
 
 from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, DECIDED, diagnose_text
@@ -90,3 +91,39 @@ def test_checkpoint_diagnosis_is_not_capped() -> None:
 
     result = diagnose_checkpoint(Net(False, False).state_dict(), Net(True, False))
     assert all("thin" not in c.evidence["facts"] for c in result.causes)
+
+
+class Lm(nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, 64)
+        self.dense = nn.Linear(64, 64)
+
+
+class Vit(nn.Module):
+    def __init__(self, tokens: int) -> None:
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, 96))
+        self.proj = nn.Linear(96, 96)
+
+
+def test_half_the_vocabulary_reads_as_one_of_two_ranks() -> None:
+    # 2048 rows where the model has 4096: another vocabulary, or rank 0 of a 2-way split
+    result = diagnose_text(load_error(Lm(4096), Lm(2048).state_dict()))
+    cause = result.causes[0]
+    assert cause.label == "head_size_mismatch" and not result.decided
+    assert cause.evidence["facts"]["thin"] == "every checkpoint tensor is 1/k of the model's on one axis"
+    # naming the parallel size decides for the piece
+    named = "using world size: 1 and model-parallel size: 2\n" + load_error(Lm(4096), Lm(2048).state_dict())
+    assert diagnose_text(named).causes[0].label == "partitioned_checkpoint"
+
+
+def test_another_vocabulary_of_no_power_of_two_ratio_still_decides() -> None:
+    result = diagnose_text(load_error(Lm(4096), Lm(3000).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch" and result.decided
+
+
+def test_a_position_table_is_never_a_rank_piece() -> None:
+    # every rank holds tokens and tables whole: a quarter of the positions is another grid
+    result = diagnose_text(load_error(Vit(256), Vit(64).state_dict()))
+    assert result.causes[0].label == "architecture_variant" and result.decided
