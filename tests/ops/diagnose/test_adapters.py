@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ckpttools.ops.diagnose.adapters import WEIGHT_ONLY_LEAVES, adapter_or_quantization
-from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text, evidence_from_text
+from ckpttools.ops.diagnose.diagnosis import diagnose_text, evidence_from_text
 from ckpttools.ops.diagnose.error_text import parse_error_text
 from tests.ops.diagnose.gen_models import dynamic_quantized
 from tests.ops.diagnose.generated_corpus import load_error
