@@ -49,7 +49,9 @@ def _cause(i: int, c: Cause, fmt: str, same_as_plan: bool = False) -> list[str]:
 
 def _undecided(result: DiagnoseResult) -> str:
     candidates = ", ".join(f"{c.label} {c.confidence:.2f}" for c in result.causes[:4])
-    return (f"the text alone cannot decide (candidates: {candidates}); "
+    thin = result.causes[0].evidence.get("facts", {}).get("thin")  # calibration.py's reason
+    why = f"{thin}; " if thin else ""
+    return (f"the text alone cannot decide ({why}candidates: {candidates}); "
             f"this decides from the files: {DECIDE_COMMAND}")
 
 

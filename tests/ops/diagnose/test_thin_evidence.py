@@ -10,6 +10,8 @@ command, while the same relation with the other side shown still decides.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ class Vgg(nn.Module):
 def _files() -> dict[str, object]:
     """Three files that fail on a DataParallel model for three different reasons."""
     return {"prefix_missing": Segmenter().state_dict(), "wrong_model": Vgg().state_dict(),
-            "wrapped_checkpoint": {"epoch": 3, "state_dict": Segmenter().state_dict()}}
+            "wrapped_checkpoint": {"epoch": 3, "state_dict": nn.DataParallel(Segmenter()).state_dict()}}
 
 
 def _missing_only(text: str) -> str:
@@ -49,6 +51,24 @@ def test_only_the_models_keys_read_the_same_for_three_causes() -> None:
     assert result.causes[0].label == "prefix_missing" and not result.decided
     assert result.to_dict()["decide_with"] == DECIDE_COMMAND
     assert result.causes[0].evidence["facts"]["thin"] == "only the model's keys shown"
+    assert [c.label for c in result.causes] == ["prefix_missing", "wrapped_checkpoint", "wrong_model"]
+
+
+@pytest.mark.parametrize("label", ["prefix_missing", "wrapped_checkpoint"])
+def test_each_candidates_fix_loads_its_file(tmp_path: Path, label: str) -> None:
+    # the one text lists every reading with its fix; the reading that is the file's cause loads it
+    torch.manual_seed(0)
+    saved = _files()[label]
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved, path)
+    model = nn.DataParallel(Segmenter())
+    text = _missing_only(load_error(model, torch.load(path, weights_only=True)))
+    cause = next(c for c in diagnose_text(text).causes if c.label == label)
+    scope: dict[str, Any] = {"model": model}
+    exec(compile(cause.fix_code.replace("CKPT", str(path)), f"<{label}>", "exec"), scope)
+    weights = saved["state_dict"] if label == "wrapped_checkpoint" else saved  # type: ignore[index]
+    for key, value in weights.items():  # type: ignore[union-attr]
+        assert torch.equal(model.module.state_dict()[key.removeprefix("module.")], value), key
 
 
 @pytest.mark.parametrize("label", ["prefix_missing", "wrapped_checkpoint"])
