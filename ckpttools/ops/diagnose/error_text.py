@@ -187,10 +187,9 @@ def _parse_unquoted_list(text: str, pos: int) -> tuple[list[str], bool]:
         key = m.group(1).rstrip(".:")
         if key.endswith("...") or not key:
             return keys, True
-        # A dotless word followed by more words, or on the next line, is prose or the next header
-        # ("Missing key(s) in state_dict error after ...", an empty list before "Unexpected").
-        if "." not in key and ("\n" in text[pos:m.start(1)]
-                               or re.match(r"[ \t]+[A-Za-z(]", text[m.end():])):
+        # A dotless word followed by more words is prose or the next header ("Missing key(s) in
+        # state_dict error after ...", an empty list before "Unexpected key(s) ...").
+        if "." not in key and re.match(r"[ \t]+[A-Za-z(]", text[m.end():]):
             return keys, False
         keys.append(key)
         pos = m.end()

@@ -40,6 +40,7 @@ def test_pytorch_format_with_class_and_shapes() -> None:
     ("Unexpected key(s) in state_dict: epoch, optimizer, state_dict.\n", (),
      ("epoch", "optimizer", "state_dict")),
     ("Missing key(s) in state_dict: cls_token, pos_embed\n", ("cls_token", "pos_embed"), ()),
+    ("Missing key(s) in state_dict:\ncls_token, pos_embed\n", ("cls_token", "pos_embed"), ()),
     ("Missing key(s) in state_dict: conv1.weight is not in the file\n", ("conv1.weight",), ()),
     ("Missing key(s) in state_dict error after training on 4 GPUs\n", (), ()),
     ("Missing key(s) in state_dict: \n\tUnexpected key(s) in state_dict: \n", (), ()),
