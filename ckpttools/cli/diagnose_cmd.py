@@ -60,8 +60,8 @@ def diagnose(ctx: click.Context, file: str | None, checkpoint: str | None, model
       pbpaste | ckpttools diagnose -
       ckpttools diagnose --checkpoint model.pth --model mypkg.models:Net -a num_classes=10
 
-    Exit codes: 0 a cause was found, 1 no known cause fits, 2 no load_state_dict error
-    in the input (or the input could not be read).
+    Exit codes: 0 a cause was found, 1 no known cause fits (or the text names no key),
+    2 no load_state_dict error in the input (or the input could not be read).
     """
     from ckpttools.errors import NoLoadErrorFound
     from ckpttools.ops.diagnose.diagnosis import NO_ERROR_MESSAGE, diagnose_text

@@ -49,7 +49,9 @@ def _cause(i: int, c: Cause, fmt: str, same_as_plan: bool = False) -> list[str]:
 
 def _undecided(result: DiagnoseResult) -> str:
     candidates = ", ".join(f"{c.label} {c.confidence:.2f}" for c in result.causes[:4])
-    return (f"the text alone cannot decide (candidates: {candidates}); "
+    thin = result.causes[0].evidence.get("facts", {}).get("thin")  # calibration.py's reason
+    why = f"{thin}; " if thin else ""
+    return (f"the text alone cannot decide ({why}candidates: {candidates}); "
             f"this decides from the files: {DECIDE_COMMAND}")
 
 
@@ -62,6 +64,10 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines += [f"state_dict: {result.note}", ""]
     if not result.found:
         lines.append("the checkpoint loads strictly into the model; nothing to diagnose")
+    elif not result.causes and result.source == "text" and result.evidence.is_empty:
+        # A header or a sentence with no key and no shape: nothing to read a cause from.
+        lines.append(f"the text names no key and no shape, so it cannot tell the cause; "
+                     f"this decides from the files: {DECIDE_COMMAND}")
     elif not result.causes:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
     elif not result.decided and result.source == "text":

@@ -22,6 +22,7 @@ from ckpttools.ops.diagnose.structure import (
 from ckpttools.ops.diagnose.conventions import convention_findings, revise
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.adapters import adapter_or_quantization
+from ckpttools.ops.diagnose.calibration import calibrate, possible
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
@@ -373,14 +374,14 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    findings = revise(findings, ev) + convention_findings(ev)
-    partial = revise(partial_findings(ev), ev)
+    findings = possible(revise(findings, ev) + convention_findings(ev), ev)
+    partial = possible(revise(partial_findings(ev), ev), ev)
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
     findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
-    for f in map(lambda f: _calibrated(f, ev), findings):
+    for f in calibrate([_calibrated(f, ev) for f in findings], ev):
         if f.confidence >= min_confidence and (f.label not in best or
                                                f.confidence > best[f.label].confidence):
             best[f.label] = f

@@ -5,7 +5,7 @@ These rules read what those lists do not carry: the wrapper class that produced 
 the task head a transformers class name implies, the layout torchvision's DenseNet used before
 0.2.1, the parameters a ViT registers without a ``weight``/``bias`` leaf, a class count fed back
 into a decoder's input, a width told by a norm's statistics, the modules a super-resolution
-network sizes by its scale factor, weight-only quantized layouts, a top-level container's name.
+network sizes by its scale factor, a top-level container's name.
 :func:`revise` lowers the findings of the generic rules that such a relation contradicts;
 :func:`convention_findings` adds the findings the relations support.
 """
@@ -295,47 +295,8 @@ def _top_level_container(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.3, frozenset(keys), facts)]
 
 
-# What weight-only quantized linears save in place of weight (GPTQ/AutoGPTQ qweight/qzeros/g_idx,
-# lit-gpt's quant_weight/scales/zeros, gpt-fast/torchchat's int8 scales, torch.ao's scale and
-# zero_point); "scale(s)" alone is weaker than the others.
-_QUANT_LEAVES = frozenset({"quant_weight", "qweight", "qzeros", "scales", "zeros", "g_idx",
-                           "scales_and_zeros", "weight_scales", "scale", "zero_point"})
-_WEAK_QUANT = frozenset({"scale", "scales"})
-
-
-def _quantized_layout(ev: Evidence) -> list[Finding]:
-    """Layers whose keys are a quantized layout's (``scales``, ``zeros``, ``qweight``) on one side,
-    their float ``weight``/``bias`` (or nothing) on the other: a quantized model and a float file,
-    or the other way round. One side made only of such keys decides for a cut other side."""
-    mm = [m.key for m in ev.mismatched]
-    keys = ev.missing + ev.unexpected + tuple(mm)
-    hits = [k for k in keys if k.rpartition(".")[2] in _QUANT_LEAVES]
-    if not hits:
-        return []
-    layers = {k.rpartition(".")[0] for k in hits}
-    explained = set(hits) | {k for k in keys if k.rpartition(".")[0] in layers
-                             and k.rpartition(".")[2] in ("weight", "bias")}
-    leaves = {k.rpartition(".")[2] for k in hits}
-    if leaves <= _WEAK_QUANT and len(explained) == len(hits) and not set(hits) <= set(mm):
-        return []  # a lone "scale" buffer (LPIPS' scaling layer) without a float weight beside it
-    sides = [s for s in (ev.missing, ev.unexpected, tuple(mm)) if s]
-    one_side_all = any(all(k in hits for k in s) for s in sides)
-    if one_side_all and all(k in hits or k.rpartition(".")[2] in ("weight", "bias") for k in keys):
-        explained = set(keys)  # quantized state on one side, float weights on the other: all layers
-    share = len(explained) / len(keys)
-    if share < 0.5 and not one_side_all:
-        return []
-    strong = bool(leaves - _WEAK_QUANT) and len(leaves) >= 2
-    # names read from a sentence (no module path) are examples, not a layer's keys
-    conf = 0.85 if strong and share >= 0.8 and all("." in k for k in hits) else 0.7
-    side = ("missing" if any(k in ev.missing for k in hits) else
-            "resized" if set(hits) <= set(mm) else "unexpected")
-    return [Finding("adapter_or_quantization", conf, frozenset(explained),
-                    {"examples": hits[:3], "count": len(hits), "quantized": True, "side": side})]
-
-
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
     rules = (_fed_back_head, _norm_width, _task_head_report, _old_densenet, _upsampler_only,
-             _time_table, _same_shape_copy, _top_level_container, _quantized_layout)
+             _time_table, _same_shape_copy, _top_level_container)
     return [f for rule in rules for f in rule(ev)]

@@ -93,7 +93,9 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
                     mismatched=parsed.mismatched, class_name=parsed.class_name,
                     truncated=parsed.truncated, source="text", lookups=parsed.lookups,
                     report=parsed.report, parallel=parsed.parallel,
-                    named_prefix=parsed.named_prefix, cut_mismatches=parsed.cut_mismatches)
+                    named_prefix=parsed.named_prefix, cut_mismatches=parsed.cut_mismatches,
+                    nothing_unexpected="missing_set" in parsed.formats
+                    and not (parsed.unexpected or parsed.mismatched))
 
 
 def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:

@@ -63,6 +63,7 @@ _LIST_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("missing", re.compile(r"Missing\s+keys\s+\(\s*(?=[^)]*\)\s+discovered)")),
     ("unexpected", re.compile(r"Unexpected\s+keys\s+\(\s*(?=[^)]*\)\s+found)")),
 )
+_OLD_MISSING_SET = re.compile(r"missing\s+keys\s+in\s+state_dict:\s*[\"']?\s*\{")
 _OLD_KEY = re.compile(r"(unexpected|missing)\s+key\s+[\"'](" + _KEY_CHARS + r"+)[\"']\s+in\s+state_dict")
 _HEADER_ONLY = re.compile(
     r"Error\(s\)\s+in\s+loading\s+state_dict|do\s+not\s+match\s+exactly|newly\s+initialized"
@@ -143,6 +144,10 @@ def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
 def _parse_quoted_list(text: str, pos: int) -> tuple[list[str], bool]:
     keys: list[str] = []
     while True:
+        m = re.compile(r"[\s,`\[{(]*").match(text, pos)
+        pos = m.end() if m else pos
+        if keys and text.startswith(("]", "}", ")"), pos):
+            return keys, False  # the list's closing bracket: the whole list (a set, a Python list)
         m = re.compile(r"[\s,`\[\]{}()]*").match(text, pos)
         pos = m.end() if m else pos
         if pos >= len(text):
@@ -169,6 +174,10 @@ def _parse_unquoted_list(text: str, pos: int) -> tuple[list[str], bool]:
         key = m.group(1).rstrip(".:")
         if key.endswith("...") or not key:
             return keys, True
+        # A dotless word followed by more words is prose or the next header ("Missing key(s) in
+        # state_dict error after ...", an empty list before "Unexpected key(s) ...").
+        if "." not in key and re.match(r"[ \t]+[A-Za-z(]", text[m.end():]):
+            return keys, False
         keys.append(key)
         pos = m.end()
         sep = re.compile(r"[ \t]*,[ \t]*\n?").match(text, pos)
@@ -311,4 +320,6 @@ def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:
     for m in _OLD_KEY.finditer(text):
         lists[m.group(1).lower()].append(m.group(2))
         formats.append("keyerror")
+    if _OLD_MISSING_SET.search(text):
+        formats.append("missing_set")  # PyTorch <= 0.3: raised after every checkpoint key loaded
     return lists, truncated, formats

@@ -148,6 +148,26 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
                                                 "examples_unexpected": []})]
 
 
+def wrapper_model_missing(ev: Evidence) -> list[Finding]:
+    """Only a missing list, a wrapper class named (``DataParallel``), its keys spanning the wrapped
+    model from its start: a file without the wrapper's prefix is the prefix rule's reading, and a
+    training dict or another model's file give the very same list; they are listed beside it."""
+    if ev.unexpected or ev.mismatched or ev.lookups or ev.report or len(ev.missing) < 4:
+        return []
+    if (ev.class_name or "") not in _WRAPPER_CLASSES:
+        return []
+    inner = [k.partition(".")[2] for k in ev.missing if segments(k)[0] in WRAPPER_SEGMENTS]
+    if len(inner) < len(ev.missing) or len(_tops(inner)) < 2 or not starts_model(inner[0]):
+        return []
+    keys = frozenset(ev.missing)
+    facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
+    return [Finding("wrapped_checkpoint", 0.3, keys, {**facts, "container": None,
+                                                       "top_keys": ["state_dict", "epoch", "..."]}),
+            Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
+                                                "examples_missing": list(ev.missing[:3]),
+                                                "examples_unexpected": []})]
+
+
 def starts_model(key: str) -> bool:
     parts = segments(key)
     if len(parts) == 1:
@@ -214,6 +234,7 @@ def partial_findings(ev: Evidence) -> list[Finding]:
                  + holder_prefix(ev)
                  + (whole_model_unexpected(ev, starts) or first_key_unexpected(ev, starts)))
     attention = attention_names(ev)
-    whole = [] if attention else whole_model_missing(ev)  # projections alone are not the whole model
+    # projections alone are not the whole model
+    whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
             + cut_size_mismatch(ev))

@@ -118,10 +118,11 @@ def test_module_added_under_dataparallel_is_not_a_missing_prefix() -> None:
 
 
 def test_dataparallel_model_missing_everything_is_still_a_missing_prefix() -> None:
+    # the first candidate; undecided with only the model's keys shown (test_thin_evidence.py)
     text = load_error(nn.DataParallel(DeepLabLike(False)), DeepLabLike(False).state_dict())
     shown = "\n".join(line for line in text.split("\n") if "Unexpected" not in line)
-    label, conf = _top(shown)
-    assert (label, conf >= DECIDED) == ("prefix_missing", True)
+    assert _top(shown)[0] == "prefix_missing"
+    assert _top(text) == ("prefix_missing", pytest.approx(0.97))
 
 
 class PatchEmbedding(nn.Module):

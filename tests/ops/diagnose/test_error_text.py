@@ -36,6 +36,14 @@ def test_pytorch_format_with_class_and_shapes() -> None:
      '\\"a.w\\". "}', ("a.w",), ()),
     ('Missing key(s) in state_dict: "a.w", "a.b"\r\nUnexpected key(s) in state_dict: "x.w"\r\n',
      ("a.w", "a.b"), ("x.w",)),
+    # quotes lost in a paste: dotted and dotless keys, not the words of a sentence or a header
+    ("Unexpected key(s) in state_dict: epoch, optimizer, state_dict.\n", (),
+     ("epoch", "optimizer", "state_dict")),
+    ("Missing key(s) in state_dict: cls_token, pos_embed\n", ("cls_token", "pos_embed"), ()),
+    ("Missing key(s) in state_dict:\ncls_token, pos_embed\n", ("cls_token", "pos_embed"), ()),
+    ("Missing key(s) in state_dict: conv1.weight is not in the file\n", ("conv1.weight",), ()),
+    ("Missing key(s) in state_dict error after training on 4 GPUs\n", (), ()),
+    ("Missing key(s) in state_dict: \n\tUnexpected key(s) in state_dict: \n", (), ()),
 ])
 def test_formats(text: str, missing: tuple[str, ...], unexpected: tuple[str, ...]) -> None:
     r = parse_error_text(text)
