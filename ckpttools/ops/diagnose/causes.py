@@ -24,7 +24,7 @@ from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.calibration import calibrate, possible
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
-from ckpttools.ops.diagnose.partial import partial_findings
+from ckpttools.ops.diagnose.partial import new_task_head, partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments)
@@ -363,6 +363,15 @@ def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> 
     return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
 
 
+def _head_left(ev: Evidence, rest: Evidence) -> list[Finding]:
+    """From files: a task head is all that another finding's fix leaves missing (a backbone
+    saved through DataParallel, loaded into a task model)."""
+    if ev.matched is None or rest.unexpected or rest.mismatched or len(rest.missing) == len(ev.missing):
+        return []
+    head = new_task_head(rest)
+    return [head] if head is not None else []
+
+
 def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     """Run every rule on ``ev`` and return the findings, most likely first.
 
@@ -379,6 +388,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
+    findings += _head_left(ev, rest)
     findings = _with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in calibrate([_calibrated(f, ev) for f in findings], ev):
