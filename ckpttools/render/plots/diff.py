@@ -9,6 +9,7 @@ from ckpttools.ops.diff.pair import CheckpointDiffResult
 from ckpttools.render.plots import COLOURS, figure_bytes, new_figure, short_key
 
 TOP_LABELS = 5
+LABEL_POINTS = 100  # width of a top-change label, in points
 MAX_BANDS = 400  # beyond this many modules the bands would be hairlines: labels only
 # A span of changes wider than this many decades is drawn on a log scale.
 LOG_DECADES = 2.0
@@ -161,12 +162,17 @@ def _mark_one_sided(ax: Any, rows: list[tuple[str, float | None, str]], y: float
 def _label_top(ax: Any, rows: list[tuple[str, float | None, str]], heights: list[float]) -> None:
     ranked = sorted((i for i, (_, v, m) in enumerate(rows) if m == "" and v),
                     key=lambda i: -heights[i])[:TOP_LABELS]
-    # staggered up and down in the order of the axis, so that neighbours do not cover each other
-    for n, i in enumerate(sorted(ranked)):
+    # a label is about 100 points wide; one that would cover its left neighbour's (in the order
+    # of the axis) is lifted above it, never pushed down onto the axis
+    bar_points = 610 / max(len(rows), 1)
+    previous, lifted = -10**9, False
+    for i in sorted(ranked):
+        lifted = (i - previous) * bar_points < LABEL_POINTS and not lifted
+        previous = i
         value = rows[i][1] or 0.0
         size = f"{value:.2g}" if math.isfinite(value) else "A is all zeros"
         text = f"{short_key(rows[i][0], 36)}\n{size}"
-        ax.annotate(text, (i, heights[i]), xytext=(4, 4 - 22 * (n % 2)), textcoords="offset points",
+        ax.annotate(text, (i, heights[i]), xytext=(4, 26 if lifted else 4), textcoords="offset points",
                     fontsize=7, rotation=0, ha="left", va="bottom",
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#999999", "lw": 0.5})
 
