@@ -77,6 +77,15 @@ def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 
 def _wrapped(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
+    if f.facts.get("container") is None and f.facts.get("one_sided"):
+        # only the model's keys are shown: the file's entries are a guess, said as one
+        what = ("if the file is a whole training checkpoint (a dict such as {'state_dict': ..., "
+                "'epoch': ...}), the model's weights are one of its entries: load that entry")
+        code = (_setting("ENTRY", '"state_dict"', "the entry holding the model's weights "
+                                                    "(print(list(ckpt)) lists them)")
+                + 'ckpt = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
+                + "model.load_state_dict(ckpt[ENTRY])")
+        return what, code, []
     c = f.facts.get("container") or "state_dict"
     what = (f"a whole training checkpoint (top-level keys: {', '.join(f.facts['top_keys'][:6])}) "
             f"was passed to load_state_dict; the model's weights are one entry of it ('{c}')")

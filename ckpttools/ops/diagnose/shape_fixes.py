@@ -136,6 +136,9 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, code, []
 
 
+_PICK_ANOTHER = "# pick the checkpoint made for this model class/config (check the file and the model spec)"
+
+
 def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Another model altogether."""
     if part := f.facts.get("part"):
@@ -148,11 +151,15 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "print(unexpected)  # e.g. the backbone's own classifier, unused by this model")
         return what, code, []
     matched = f.facts.get("matched")
+    if f.facts.get("one_sided") and matched is None:
+        what = ("if the file was made for another model, none of this model's keys are in it; the "
+                "text shows only the model's keys, so this cannot be told from a missing prefix or "
+                "a training dict")
+        return what, _PICK_ANOTHER, []
     what = ("the checkpoint belongs to another model: "
             + (f"only {matched} of {f.facts['model_keys']} model keys are in it" if matched is not None
                else "the missing and unexpected keys have almost no module names in common"))
-    code = "# pick the checkpoint made for this model class/config (check the file and the model spec)"
-    return what, code, []
+    return what, _PICK_ANOTHER, []
 
 
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:

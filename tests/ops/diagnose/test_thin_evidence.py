@@ -147,3 +147,25 @@ def test_a_position_table_is_never_a_rank_piece() -> None:
     # every rank holds tokens and tables whole: a quarter of the positions is another grid
     result = diagnose_text(load_error(Vit(256), Vit(64).state_dict()))
     assert result.causes[0].label == "architecture_variant" and result.decided
+
+
+def test_candidates_read_from_the_models_keys_alone_are_worded_as_guesses(tmp_path: Path) -> None:
+    """Only the model's keys are shown: the file's entries and the other model are guesses, said
+    as guesses, and the entry the fix loads is a ``# set:`` line the user fills in."""
+    text = _missing_only(load_error(nn.DataParallel(Segmenter()), _files()["prefix_missing"]))
+    causes = {c.label: c for c in diagnose_text(text).causes}
+    wrapped, other = causes["wrapped_checkpoint"], causes["wrong_model"]
+    assert wrapped.summary.startswith("if the file is a whole training checkpoint")
+    assert "top-level keys:" not in wrapped.summary  # none were shown
+    assert wrapped.fix_code.startswith('ENTRY = "state_dict"  # set: ')
+    assert other.summary.startswith("if the file was made for another model")
+    assert "unexpected" not in other.summary
+    # the printed fix with ENTRY set to the file's real entry loads it
+    saved = {"epoch": 3, "model": nn.DataParallel(Segmenter()).state_dict()}
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved, path)
+    code = wrapped.fix_code.replace('ENTRY = "state_dict"', 'ENTRY = "model"')
+    model = nn.DataParallel(Segmenter())
+    exec(compile(code.replace("CKPT", str(path)), "<wrapped>", "exec"), {"model": model})
+    for key, value in saved["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
