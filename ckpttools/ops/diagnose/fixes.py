@@ -152,11 +152,19 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "layers before loading, so that every weight loads")
         return what, _reparametrize(layers), []
     leaves = f.facts["leaves"]
+    shown = {k.rpartition(".")[2] for k in ev.missing + ev.unexpected}
+    if {"original0", "original1", "weight_g", "weight_v"} <= shown:
+        return _weight_norm_forms(ev)
     names = ", ".join(leaves[:4])
     side = f.facts["side"]
-    what = (f"buffers ({names}) that one library version saves and another does not "
-            f"({'in the checkpoint only' if side == 'unexpected' else 'expected by the model only' if side == 'missing' else 'on both sides'}); "
-            "they hold no learned weights")
+    where = ("in the checkpoint only" if side == "unexpected" else
+             "expected by the model only" if side == "missing" else "on both sides")
+    # weight_g/weight_v, a bias ... among them: learned values, whatever the rule's reading
+    learned = any(n in ("bias", "gamma", "beta") or n.startswith("weight") for n in leaves)
+    what = (f"{'entries' if learned else 'buffers'} ({names}) that one library version saves and "
+            f"another does not ({where}); "
+            + ("some of them hold learned values: check the layers they belong to before "
+               "dropping them" if learned else "they hold no learned weights"))
     pattern = r"(^|\.)(" + "|".join(_re(n) for n in leaves) + r")$"
     if side == "unexpected":
         code = (f'sd = {{k: v for k, v in sd.items() if not re.search(r"{pattern}", k)}}\n'
@@ -165,6 +173,29 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     code = ("result = model.load_state_dict(sd, strict=False)\n"
             f'assert all(re.search(r"{pattern}", k) for k in result.missing_keys + result.unexpected_keys)')
     return what, code, []
+
+
+def _weight_norm_forms(ev: Evidence) -> tuple[str, str, list[str]]:
+    """weight_norm's two forms: ``parametrizations.weight.original0/1`` (torch.nn.utils.
+    parametrizations, PyTorch >= 2.1) and ``weight_g``/``weight_v`` (the old hook). The same two
+    learned tensors, g then v: rename them (the new form's load converts the old keys itself, so
+    the file is the new form when the model wants the old one)."""
+    new_in_file = any(k.endswith(".original0") or k.endswith(".original1") for k in ev.unexpected)
+    what = ("the layers are weight-normalised in two forms: "
+            + ("the checkpoint holds parametrizations.weight.original0/1 (torch.nn.utils."
+               "parametrizations.weight_norm) and the model weight_g/weight_v (the old "
+               "torch.nn.utils.weight_norm)" if new_in_file else
+               "the checkpoint holds weight_g/weight_v and the model parametrizations.weight."
+               "original0/1")
+            + "; they are the same learned tensors (g, then v): rename them")
+    pairs = ([(r"(^|\.)parametrizations\.weight\.original0$", r"\1weight_g"),
+              (r"(^|\.)parametrizations\.weight\.original1$", r"\1weight_v")] if new_in_file else
+             [(r"(^|\.)weight_g$", r"\1parametrizations.weight.original0"),
+              (r"(^|\.)weight_v$", r"\1parametrizations.weight.original1")])
+    code = (f"for pattern, repl in {pairs!r}:\n"
+            "    sd = {re.sub(pattern, repl, k): v for k, v in sd.items()}\n"
+            "model.load_state_dict(sd)")
+    return what, code, [a for p, r in pairs for a in ("--rename", _q(f"{p}={r}"))]
 
 
 def _adapter(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:

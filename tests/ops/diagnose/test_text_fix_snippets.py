@@ -551,3 +551,39 @@ def test_transposed_weights_snippet_transposes_them(tmp_path: Path) -> None:
     loaded = _run(top.fix_code, path, {"model": model})["model"].state_dict()
     for key, value in source.state_dict().items():
         assert torch.equal(loaded[key], value.t() if key.endswith("weight") else value), key
+
+
+class _Vocoder(nn.Module):
+    def __init__(self, new_form: bool) -> None:
+        super().__init__()
+        self.pre = nn.Conv1d(4, 8, 3)
+        self.post = nn.Conv1d(8, 4, 3)
+        for conv in (self.pre, self.post):
+            if new_form:
+                torch.nn.utils.parametrizations.weight_norm(conv)
+            else:
+                torch.nn.utils.weight_norm(conv)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("top_level", [False, True], ids=["in-a-module", "top-level-layer"])
+def test_weight_norm_of_the_other_form_snippet_loads_g_and_v(tmp_path: Path, top_level: bool) -> None:
+    """A file saved with parametrizations.weight_norm, loaded by code using the old
+    weight_norm (weight_g/weight_v): the same two learned tensors, renamed, never dropped."""
+    torch.manual_seed(0)
+    saved_model = _Vocoder(new_form=True)
+    model = _Vocoder(new_form=False)
+    if top_level:
+        saved_model, model = saved_model.pre, model.pre
+    path = tmp_path / "ckpt.pth"
+    torch.save(saved_model.state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    top = diagnose_text(_error(model, saved)).causes[0]
+    assert top.label == "version_buffers" and "strict=False" not in top.fix_code, top.fix_code
+    exec(compile(top.fix_code.replace("CKPT", str(path)), "<weight_norm fix>", "exec"),
+         {"model": model})
+    loaded = model.state_dict()
+    for key, value in saved.items():
+        old = key.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v")
+        assert torch.equal(loaded[old], value), key
