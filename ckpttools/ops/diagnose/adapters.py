@@ -27,6 +27,10 @@ _QUANTIZED_WEIGHTS = frozenset({"qweight", "quant_weight"})
 # input_scale), torch.ao (_packed_params).
 _STATE_LEAVES = ("absmax", "quant_map", "quant_state", "SCB", "weight_format", "weight_scale",
                  "input_scale", "nested_absmax", "nested_quant_map", "_packed_params")
+# Leaf names that are quantization state by name alone (what reads a quantized weight; not a
+# buffer to drop unread). scale and zeros are other layers' buffers too.
+QUANT_STATE_LEAVES = (frozenset(_STATE_LEAVES) | WEIGHT_ONLY_LEAVES
+                      | {"delta", "bitsandbytes__nf4", "bitsandbytes__fp4"}) - _AMBIGUOUS
 _QUANT_NAMES = "|".join(sorted(set(_STATE_LEAVES) | (WEIGHT_ONLY_LEAVES - _AMBIGUOUS),
                                key=lambda n: (-len(n), n)))
 _ADAPTER = re.compile(

@@ -12,6 +12,7 @@ from ckpttools.ops.diagnose.shape_fixes import (
     architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
     wrong_model_text)
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
+from ckpttools.ops.diagnose.adapters import QUANT_STATE_LEAVES
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
@@ -159,11 +160,15 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     side = f.facts["side"]
     where = ("in the checkpoint only" if side == "unexpected" else
              "expected by the model only" if side == "missing" else "on both sides")
-    # weight_g/weight_v, a bias ... among them: learned values, whatever the rule's reading
+    # weight_g/weight_v, a bias, quantization state among them: not buffers to drop unread
     learned = any(n in ("bias", "gamma", "beta") or n.startswith("weight") for n in leaves)
-    what = (f"{'entries' if learned else 'buffers'} ({names}) that one library version saves and "
-            f"another does not ({where}); "
-            + ("some of them hold learned values: check the layers they belong to before "
+    quant = [n for n in leaves if n in QUANT_STATE_LEAVES]
+    what = (f"{'entries' if learned or quant else 'buffers'} ({names}) that one library version "
+            f"saves and another does not ({where}); "
+            + (f"{', '.join(quant)} {'is' if len(quant) == 1 else 'are'} quantization state, "
+               "needed to read quantized weights: drop "
+               f"{'it' if len(quant) == 1 else 'them'} only when loading float weights" if quant
+               else "some of them hold learned values: check the layers they belong to before "
                "dropping them" if learned else "they hold no learned weights"))
     pattern = r"(^|\.)(" + "|".join(_re(n) for n in leaves) + r")$"
     if side == "unexpected":

@@ -74,3 +74,20 @@ def test_a_quantized_weight_beside_them_decides() -> None:
     text = load_error(Gptq(), Float().state_dict())
     shown = "\n".join(ln for ln in text.split("\n") if "Unexpected" not in ln)
     assert "fc.qweight" in shown and diagnose_text(shown).causes[0].label == "adapter_or_quantization"
+
+
+def test_version_entries_that_are_quantization_state_or_weights_are_not_called_harmless() -> None:
+    """The version-buffers reading names what it would drop: quantization state (needed to read
+    the quantized weights) and learned tensors are never said to "hold no learned weights"."""
+    import torch
+    from torch import nn
+
+    from ckpttools.ops.diagnose.diagnosis import diagnose_text
+    from tests.ops.diagnose.generated_corpus import load_error
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    quantized = {**model.state_dict(), "0.absmax": torch.ones(2), "0.quant_map": torch.ones(16)}
+    causes = diagnose_text(load_error(model, quantized)).causes
+    summary = next(c.summary for c in causes if c.label == "version_buffers")
+    assert "absmax, quant_map are quantization state" in summary
+    assert "no learned weights" not in summary
