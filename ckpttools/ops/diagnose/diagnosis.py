@@ -163,12 +163,30 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
-    transposed = _transposed_fix(diff, plan)
+    # the plan renames and drops keys; two causes need more than that, and get the plan's
+    # loading followed by what it cannot do (or, for a transpose, their own proven snippet)
+    own = {"transposed_weights": _transposed_fix(diff, plan),
+           "adapter_or_quantization": _merge_adapter_fix(diff, plan)}
     causes = tuple(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
-                   if c.label != "transposed_weights" or transposed is None else
-                   dataclasses.replace(c, fix_code=transposed, fix_command=None)
+                   if own.get(c.label) is None else
+                   dataclasses.replace(c, fix_code=own[c.label], fix_command=None)
                    for c in result.causes)
     return dataclasses.replace(result, causes=causes, plan=plan)
+
+
+def _merge_adapter_fix(diff: DiffResult, plan: FixPlan) -> str | None:
+    """A PEFT model's state_dict in the plain model: the plan loads the base weights and drops
+    the adapter's lora_A/lora_B (their scale, alpha / r, is only in the adapter's config), so
+    the fix is the plan and then the adapter merged from its folder. None without LoRA keys."""
+    if not any(".lora_A." in k or ".lora_B." in k for k in diff.checkpoint_keys):
+        return None
+    loads = ("# the plan above loads the base weights and leaves out the adapter's; merge it:\n"
+             if plan.strict else "# the file holds no base weights: the model must have them "
+             "already; merge the adapter:\n")
+    return ('ADAPTER_DIR = "path/to/adapter"  # set: the folder PEFT\'s save_pretrained wrote '
+            "(adapter_config.json)\n" + plan.python + "\n" + loads +
+            "from peft import PeftModel\n"
+            "model = PeftModel.from_pretrained(model, ADAPTER_DIR).merge_and_unload()")
 
 
 def _transposed_fix(diff: DiffResult, plan: FixPlan) -> str | None:

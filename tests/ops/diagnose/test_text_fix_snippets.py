@@ -587,3 +587,23 @@ def test_weight_norm_of_the_other_form_snippet_loads_g_and_v(tmp_path: Path, top
         old = key.replace("parametrizations.weight.original0", "weight_g").replace(
             "parametrizations.weight.original1", "weight_v")
         assert torch.equal(loaded[old], value), key
+
+
+@pytest.mark.frameworks
+def test_peft_state_dict_diagnosed_from_files_loads_base_then_merges(tmp_path: Path) -> None:
+    """From files, the plan loads a PEFT model's base weights and drops lora_A/lora_B; the
+    adapter's fix is that plan and then the merge, so the model ends with the fine-tuning."""
+    from ckpttools.ops.diagnose.diagnosis import diagnose_checkpoint
+    from ckpttools.formats.registry import open_checkpoint
+
+    trained, adapter_dir = _peft_trained(tmp_path, r=4)
+    path = tmp_path / "ckpt.pth"
+    torch.save(trained.state_dict(), path)
+    with open_checkpoint(str(path)) as reader:
+        result = diagnose_checkpoint(reader, Net())
+    cause = next(c for c in result.causes if c.label == "adapter_or_quantization")
+    assert cause.fix_code != result.plan.python and result.plan.python in cause.fix_code
+    torch.manual_seed(123)  # a model whose own weights differ: the base must come from the file
+    scope = _run(cause.fix_code, path, {"model": Net()}, ADAPTER_DIR=str(adapter_dir))
+    assert type(scope["model"]) is Net
+    assert torch.allclose(_outputs(scope["model"]), _outputs(trained), atol=1e-6)
