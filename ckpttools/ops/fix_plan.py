@@ -24,6 +24,7 @@ from ckpttools.ops.keymatch import Move, Rule, apply_rules, search_moves
 from ckpttools.ops.model_spec import ModelSignature
 
 NBT = "num_batches_tracked"
+_LORA = re.compile(r"(^|\.)lora_[ABab](\.|$)")
 # steps the remap command cannot express (the snippet and from_pretrained/create_model can)
 SNIPPET_ONLY = ("tie", "resample-pos-embed")
 
@@ -268,6 +269,9 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
         if keys:
             pattern = drop_pattern(keys, list(table))
             noun = "key" if len(keys) == 1 else "keys"
+            if any(_LORA.search(k) for k in keys):  # learned weights, not leftovers: say so
+                what += (" (a LoRA adapter's lora_A/lora_B among them: the model loads without "
+                         "its fine-tuning; merge the adapter with PEFT to keep it)")
             steps.append(Step("drop", (pattern,), f"drop {len(keys)} {noun} {what}: {pattern}"))
     steps += renames
     model = sig.by_key()

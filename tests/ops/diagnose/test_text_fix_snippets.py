@@ -603,6 +603,8 @@ def test_peft_state_dict_diagnosed_from_files_loads_base_then_merges(tmp_path: P
         result = diagnose_checkpoint(reader, Net())
     cause = next(c for c in result.causes if c.label == "adapter_or_quantization")
     assert cause.fix_code != result.plan.python and result.plan.python in cause.fix_code
+    drop = next(s for s in result.plan.steps if s.kind == "drop")  # diff --model shows it too
+    assert "LoRA adapter's lora_A/lora_B among them" in drop.summary
     torch.manual_seed(123)  # a model whose own weights differ: the base must come from the file
     scope = _run(cause.fix_code, path, {"model": Net()}, ADAPTER_DIR=str(adapter_dir))
     assert type(scope["model"]) is Net
