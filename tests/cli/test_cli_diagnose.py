@@ -153,6 +153,7 @@ def test_transposed_weight_fix_transposes_and_loads_the_saved_values(runner: Cli
     cause = data["causes"][0]
     assert cause["label"] == "transposed_weights"
     assert [s["kind"] for s in data["plan"]["steps"]] == ["drop"]
+    assert "1 of them stored transposed" in data["plan"]["steps"][0]["summary"]  # diff --model too
     assert cause["fix"]["code"] != data["plan"]["python"] and cause["fix"]["command"] is None
     model = tiny_net(seed=1)
     exec(compile(cause["fix"]["code"], "<fix>", "exec"), {"model": model})
