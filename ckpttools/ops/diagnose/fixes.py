@@ -198,6 +198,12 @@ def _quantized(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
                 "model.load_state_dict(sd)")
         return what, code, []
+    if f.facts.get("packed") == "model":
+        what = ("the model was built with 4-bit weights (bitsandbytes packs two values to a byte: "
+                "[n/2, 1]) and the checkpoint holds them whole; build the model without 4-bit "
+                "loading (load_in_4bit/--load-4bit) to load this file, or load it through the "
+                "library that quantizes (from_pretrained with the quantization_config)")
+        return what, "", []
     what = ("the checkpoint holds quantized weights (bitsandbytes/GPTQ state such as absmax, "
             "quant_map, qweight) where the model has plain ones, or the other way round; build the "
             "model with the quantization config the file was saved with (transformers' "

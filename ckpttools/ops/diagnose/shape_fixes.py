@@ -47,6 +47,11 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     kind = f.facts["kind"]
     if kind == "pos_grid":
         c, m = f.facts["checkpoint_shape"], f.facts["model_shape"]
+        if f.facts.get("length"):
+            return (f"the learned position/frame table has another length ({list(c)} in the "
+                    f"checkpoint, {list(m)} in the model): the model was built for another input "
+                    "length (frames, sequence length); build it with the checkpoint's, or "
+                    "interpolate the table along that axis"), "", []
         what = (f"the positional-embedding grid has another size ({list(c)} in the checkpoint, "
                 f"{list(m)} in the model): the model was built for another input size; build it for "
                 "the checkpoint's (img_size, window size), or resample the grid (timm.layers."

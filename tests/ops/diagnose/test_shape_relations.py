@@ -1,0 +1,143 @@
+"""Shape relations that kept ``diagnose`` from confident wrong answers on frozen5/ (#16).
+
+Each case builds real models and takes the real ``load_state_dict`` error: a layer built with a
+count of zero is no partitioned save, a 4-bit packed column is quantization and no width, one
+count changed by the same difference in several heads is a head, a one-off module beside a
+width is other code, and an odd computed inner width does not decide a variant.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+
+
+class Tagger(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 32, 3)
+        self.fc_out = nn.Linear(32, classes)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
+def test_a_layer_built_with_zero_outputs_is_a_head_not_a_partitioned_save() -> None:
+    # [527, 32] -> [0, 32]: the other axis stays, so the layer was built with 0 classes
+    causes = diagnose_text(load_error(Tagger(0), Tagger(527).state_dict())).causes
+    assert causes[0].label == "head_size_mismatch" and causes[0].confidence >= DECIDED
+    assert all(c.label != "partitioned_checkpoint" for c in causes)
+
+
+def test_zero3_placeholders_are_still_a_partitioned_save() -> None:
+    # ZeRO-3 saves a partitioned parameter as torch.Size([0]), whatever its rank
+    state = {k: torch.empty(0) for k in Tagger(527).state_dict()}
+    cause = diagnose_text(load_error(Tagger(527), state)).causes[0]
+    assert cause.label == "partitioned_checkpoint" and cause.confidence >= DECIDED
+
+
+class Projector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mm_projector = nn.Linear(64, 128)
+
+
+def _packed_4bit(model: Projector) -> Projector:
+    """The layout bitsandbytes' ``Params4bit`` gives a weight: uint8, two values a byte, one column."""
+    w = model.mm_projector.weight
+    model.mm_projector.weight = nn.Parameter(torch.zeros(w.numel() // 2, 1, dtype=torch.uint8),
+                                             requires_grad=False)
+    return model
+
+
+def test_a_float_file_into_a_4bit_packed_model_is_quantization_not_a_width() -> None:
+    text = load_error(_packed_4bit(Projector()), Projector().state_dict())
+    assert "torch.Size([4096, 1])" in text
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "adapter_or_quantization" and cause.confidence >= DECIDED
+    assert "4-bit" in cause.summary
+
+
+class RoIHead(nn.Module):
+    """A cascade detector's heads: three box classifiers with a background class, a mask head without."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.bbox_head = nn.ModuleList(nn.ModuleDict({"fc_cls": nn.Linear(64, classes + 1)}) for _ in range(3))
+        self.mask_head = nn.ModuleList([nn.ModuleDict({"conv_logits": nn.Conv2d(16, classes, 1)})])
+
+
+class Cascade(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 16, 3)
+        self.roi_head = RoIHead(classes)
+
+
+def test_one_count_changed_by_the_same_difference_in_several_heads_is_a_head() -> None:
+    # 81 -> 4 in the box heads, 80 -> 3 in the mask head: 8 tensors, two sizes, one difference
+    text = load_error(Cascade(3), Cascade(80).state_dict())
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "head_size_mismatch" and cause.confidence >= DECIDED
+
+
+class GraphClassifier(nn.Module):
+    def __init__(self, width: int, weighted_loss: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Linear(64, width)
+        self.conv2 = nn.Linear(width, 32)
+        if weighted_loss:  # a loss with class weights registers them as a buffer
+            self.criterion_bonds = nn.CrossEntropyLoss(weight=torch.ones(4))
+
+
+def test_a_one_off_module_beside_a_width_is_other_code_and_undecided() -> None:
+    text = load_error(GraphClassifier(64, False), GraphClassifier(96, True).state_dict())
+    assert '"criterion_bonds.weight"' in text
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "model_code_changed"
+    assert all(c.confidence < DECIDED for c in causes)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(dim, hidden, 1), nn.Conv2d(hidden, dim, 1)
+
+
+class Stage(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"mlp": Mlp(64, hidden)}) for _ in range(2))
+
+
+def test_an_odd_computed_inner_width_does_not_decide_a_variant() -> None:
+    # int(64 * 3.4) = 217 against 4 * 64: the code computing the width may have changed
+    causes = diagnose_text(load_error(Stage(256), Stage(int(64 * 3.4)).state_dict())).causes
+    assert causes[0].label == "architecture_variant" and causes[0].confidence < DECIDED
+
+
+def test_an_even_inner_width_is_still_a_variant() -> None:
+    cause = diagnose_text(load_error(Stage(256), Stage(192).state_dict())).causes[0]
+    assert cause.label == "architecture_variant" and cause.confidence >= DECIDED
+
+
+class Video(nn.Module):
+    """A video transformer's learned frame table and per-class tokens, added beside the input."""
+
+    def __init__(self, frames: int, classes: int = 4) -> None:
+        super().__init__()
+        self.time_embed = nn.Parameter(torch.zeros(1, frames, 64))
+        self.temporal_token = nn.Parameter(torch.zeros(1, classes, 64))
+
+
+def test_a_frame_table_of_another_length_is_another_input_length() -> None:
+    cause = diagnose_text(load_error(Video(16), Video(8).state_dict())).causes[0]
+    assert cause.label == "architecture_variant" and cause.confidence >= DECIDED
+    assert "length" in cause.summary
+
+
+def test_tokens_one_per_class_are_still_a_count() -> None:
+    cause = diagnose_text(load_error(Video(8, classes=20), Video(8, classes=19).state_dict())).causes[0]
+    assert cause.label == "head_size_mismatch"
