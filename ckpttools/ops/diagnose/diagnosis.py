@@ -94,6 +94,7 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
                     truncated=parsed.truncated, source="text", lookups=parsed.lookups,
                     report=parsed.report, parallel=parsed.parallel,
                     named_prefix=parsed.named_prefix, cut_mismatches=parsed.cut_mismatches,
+                    cut_empty=parsed.cut_empty,
                     nothing_unexpected="missing_set" in parsed.formats
                     and not (parsed.unexpected or parsed.mismatched))
 

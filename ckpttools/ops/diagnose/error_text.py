@@ -45,6 +45,9 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
+# ... whose checkpoint side shows an empty tensor (ZeRO-3/FSDP save a partitioned parameter so)
+_CUT_EMPTY = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with"
+                        rf"{_W}shape{_W}torch\.Size\(\[0\]\){_W}from{_W}checkpoint")
 
 # (kind, pattern whose match ends where the key list starts)
 _LIST_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -107,6 +110,7 @@ class ParsedError:
     named_prefix: str | None = None  # a wrapper prefix a sentence names, when no key is shown
     # keys of "size mismatch for KEY: ..." lines whose shapes were cut from the paste
     cut_mismatches: tuple[str, ...] = ()
+    cut_empty: tuple[str, ...] = ()  # those of them saved as torch.Size([0])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -301,7 +305,8 @@ def parse_error_text(text: str) -> ParsedError:
                        truncated=truncated, found=found, formats=_unique(formats),
                        lookups=_unique(lookups), report=bool(_REPORT.search(text)),
                        parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix,
-                       cut_mismatches=_unique(cut))
+                       cut_mismatches=_unique(cut),
+                       cut_empty=_unique([k for k in _CUT_EMPTY.findall(text) if k in cut]))
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

@@ -68,6 +68,7 @@ class Evidence:
     parallel: bool = False  # the text names model (tensor) parallelism
     named_prefix: str | None = None  # a wrapper prefix named in prose (no key shown)
     cut_mismatches: tuple[str, ...] = ()  # keys of size mismatches whose shapes were cut
+    cut_empty: tuple[str, ...] = ()  # those of them whose checkpoint tensor is torch.Size([0])
     # PyTorch <= 0.3 raised its missing-keys KeyError only after every checkpoint key had loaded:
     # no key of the file was unexpected and no shape differed.
     nothing_unexpected: bool = False

@@ -220,6 +220,13 @@ def cut_size_mismatch(ev: Evidence) -> list[Finding]:
     variant = Finding("architecture_variant", 0.3, frozenset(keys),
                       {"kind": "width", "count": len(keys), "examples": keys[:3], "ratio": 1.0,
                        "consistent": False})
+    # A weight saved as torch.Size([0]) is a partitioned parameter's placeholder (a weight has
+    # two axes or more; a layer built with 0 outputs keeps the others): the model's side is cut.
+    empty = [k for k in ev.cut_empty if k.endswith(".weight")]
+    if empty and len(empty) >= 0.5 * len(keys):
+        return [Finding("partitioned_checkpoint", 0.75, frozenset(ev.cut_empty),
+                        {"examples": empty[:3], "count": len(ev.cut_empty), "side": "checkpoint"}),
+                replace(head, confidence=0.5), variant]
     if all(head_named(k) for k in keys):
         return [replace(head, confidence=0.65), variant]
     return [replace(variant, confidence=0.5), head]

@@ -141,3 +141,12 @@ def test_a_frame_table_of_another_length_is_another_input_length() -> None:
 def test_tokens_one_per_class_are_still_a_count() -> None:
     cause = diagnose_text(load_error(Video(8, classes=20), Video(8, classes=19).state_dict())).causes[0]
     assert cause.label == "head_size_mismatch"
+
+
+def test_an_empty_weight_whose_model_shape_was_cut_is_a_partitioned_save_first() -> None:
+    # ZeRO-3 saved the embedding as torch.Size([0]); the paste stops before the model's shape
+    model = nn.ModuleDict({"embed_tokens": nn.Embedding(100, 16)})
+    text = load_error(model, {"embed_tokens.weight": torch.empty(0)})
+    text = text[: text.index("from checkpoint, the shape") + len("from checkpoint, the shape")]
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "partitioned_checkpoint" and causes[0].confidence < DECIDED
