@@ -196,7 +196,8 @@ def _unknown_container(ev: Evidence, heads: Counter[str]) -> Finding | None:
 def version_buffers(ev: Evidence) -> Finding | None:
     """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
     keys = ev.missing + ev.unexpected
-    buffers = [k for k in keys if _BUFFER.search(k)]
+    buffers = [k for k in keys if _BUFFER.search(k)
+               or (ev.legacy_norm_stats and k.endswith(("running_mean", "running_var")))]
     if spectral := {_SPECTRAL.split(k)[0] for k in keys if _SPECTRAL.search(k)}:
         # spectral_norm saves weight_orig/u/v where the plain layer has weight: the same layer
         # with or without its power-iteration state, not a rename.

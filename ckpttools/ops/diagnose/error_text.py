@@ -14,6 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
+    running_stats_lists,
     prose_keys, prose_mismatches, prose_prefix, title_lists)
 from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
@@ -263,10 +264,12 @@ def parse_error_text(text: str) -> ParsedError:
     named_prefix = None
     report_lists, report_mismatched = load_report(text)
     titles = title_lists(text) if not any(lists.values()) else {}
-    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles):
+    stats = running_stats_lists(text)
+    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles, stats):
         for kind, keys in extra.items():
             lists[kind] += keys
             formats += [kind] if keys else []
+    formats += ["running_stats"] if stats["unexpected"] else []
     truncated = truncated or any(titles.values())  # a title names example keys, not the lists
     # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
     truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))

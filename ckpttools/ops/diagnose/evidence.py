@@ -72,6 +72,8 @@ class Evidence:
     # PyTorch <= 0.3 raised its missing-keys KeyError only after every checkpoint key had loaded:
     # no key of the file was unexpected and no shape differed.
     nothing_unexpected: bool = False
+    # PyTorch said the unexpected running stats are InstanceNorm's from a file saved before 0.4
+    legacy_norm_stats: bool = False
 
     @property
     def one_sided(self) -> bool:

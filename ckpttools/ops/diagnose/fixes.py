@@ -142,6 +142,8 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "weight_v or weight_g/weight_v); apply the same parametrization to the model's "
                 "layers before loading, so that every weight loads")
         return what, _reparametrize(layers), []
+    if ev.legacy_norm_stats:
+        return _legacy_norm_stats()
     leaves = f.facts["leaves"]
     names = ", ".join(leaves[:4])
     side = f.facts["side"]
@@ -155,6 +157,21 @@ def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         return what, code, ["--drop", _q(pattern)]
     code = ("result = model.load_state_dict(sd, strict=False)\n"
             f'assert all(re.search(r"{pattern}", k) for k in result.missing_keys + result.unexpected_keys)')
+    return what, code, []
+
+
+def _legacy_norm_stats() -> tuple[str, str, list[str]]:
+    """InstanceNorm saved running stats before PyTorch 0.4; the model's InstanceNorm layers (not
+    its BatchNorm layers, which need theirs) drop them."""
+    what = ("the checkpoint was saved before PyTorch 0.4, when InstanceNorm layers kept running "
+            "stats; the model's InstanceNorm layers do not track them: drop those buffers of the "
+            "InstanceNorm layers (not of BatchNorm layers) before loading")
+    code = ("norms = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.InstanceNorm1d, "
+            "torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)) and not m.track_running_stats}\n"
+            "stats = (\"running_mean\", \"running_var\", \"num_batches_tracked\")\n"
+            "sd = {k: v for k, v in sd.items() if not (k.rpartition(\".\")[0] in norms "
+            "and k.rpartition(\".\")[2] in stats)}\n"
+            "model.load_state_dict(sd)")
     return what, code, []
 
 

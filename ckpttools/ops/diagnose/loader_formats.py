@@ -116,6 +116,15 @@ def load_report(text: str) -> tuple[dict[str, list[str]], list[tuple[str, tuple[
     return lists, mismatched
 
 
+_RUNNING_STATS = re.compile(r'Unexpected\s+running\s+stats\s+buffer\(s\)\s+((?:"[^"\s]+"(?:\s+and\s+)?)+)')
+
+
+def running_stats_lists(text: str) -> dict[str, list[str]]:
+    """PyTorch's InstanceNorm (``track_running_stats=False``) on a file without version metadata:
+    ``Unexpected running stats buffer(s) "m.running_mean" and "m.running_var"`` (saved before 0.4)."""
+    return {"unexpected": [k for m in _RUNNING_STATS.finditer(text) for k in re.findall(r'"([^"]+)"', m.group(1))]}
+
+
 def mlx_lists(text: str) -> dict[str, list[str]]:
     """Keys after mlx's ``Received N parameters not in model:`` and ``Missing N parameters:``."""
     out: dict[str, list[str]] = {"missing": [], "unexpected": []}

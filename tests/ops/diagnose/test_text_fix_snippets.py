@@ -551,3 +551,28 @@ def test_transposed_weights_snippet_transposes_them(tmp_path: Path) -> None:
     loaded = _run(top.fix_code, path, {"model": model})["model"].state_dict()
     for key, value in source.state_dict().items():
         assert torch.equal(loaded[key], value.t() if key.endswith("weight") else value), key
+
+
+def _generator(track: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                         nn.InstanceNorm2d(4, affine=True, track_running_stats=track))
+
+
+def test_instancenorm_stats_before_pytorch_04_snippet_drops_only_theirs(tmp_path: Path) -> None:
+    # a file without version metadata (a plain dict, as before 0.4) whose InstanceNorm kept stats
+    old = _generator(True)
+    old[1].running_mean.fill_(0.5)  # the BatchNorm's stats must still load
+    sd = dict(old.state_dict())
+    path = tmp_path / "ckpt.pth"
+    torch.save(sd, path)
+    model = _generator(False)
+    text = _error(model, torch.load(path, weights_only=True))
+    assert "Unexpected running stats buffer(s)" in text
+    top = diagnose_text(text).causes[0]
+    assert top.label == "version_buffers" and "InstanceNorm" in top.summary
+    scope: dict[str, Any] = {"model": model}
+    exec(compile(top.fix_code.replace("CKPT", str(path)), "<diagnose fix>", "exec"), scope)
+    loaded = scope["model"].state_dict()
+    assert torch.equal(loaded["1.running_mean"], sd["1.running_mean"])
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items() if k in loaded)
