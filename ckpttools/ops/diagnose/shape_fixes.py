@@ -163,6 +163,16 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
     keys = ", ".join(f.facts["examples"])
+    if not keys and not f.facts["report"]:
+        top = f.facts["dropped"][0].split(".")[0]
+        what = (f"the checkpoint has a head ({', '.join(f.facts['dropped'])}) that "
+                f"{f.facts.get('class_name') or 'this model'} was built without (a backbone, or the "
+                "head replaced by Identity): expected when the head is not needed; drop its keys "
+                "(or build the model with the head to use it)")
+        pattern = rf"^{re.escape(top)}\."
+        code = (f'sd = {{k: v for k, v in sd.items() if not re.match(r"{pattern}", k)}}\n'
+                "model.load_state_dict(sd)")
+        return what, code, ["--drop", shlex.quote(pattern)]
     if not keys:
         what = (f"the checkpoint's pretraining head ({', '.join(f.facts['dropped'])}) is not used by "
                 f"{f.facts.get('class_name') or 'this model'}, which has no such head; this is "

@@ -104,10 +104,21 @@ def _renamed(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return NetLin(), moved
 
 
+def _headless(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    # a pretraining file with a projection head (DINO's head.mlp.*), a model built with head=Identity
+    full = _seeded()
+    full.head = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+    sd = full.state_dict()
+    torch.save(sd, path)
+    model = Net()
+    model.head = nn.Identity()
+    return model, {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+
 CASES: dict[str, Callable[[Path], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "prefix_added": _prefix_added, "prefix_missing": _prefix_missing,
     "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head, "wrong_model": _backbone_file,
-    "renamed_keys": _renamed,
+    "renamed_keys": _renamed, "new_task_head": _headless,
 }
 
 
