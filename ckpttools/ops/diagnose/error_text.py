@@ -14,7 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    running_stats_lists,
+    running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists)
 from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
@@ -270,6 +270,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind] += keys
             formats += [kind] if keys else []
     formats += ["running_stats"] if stats["unexpected"] else []
+    if not lists["missing"] and (cut_top := detectron2_cut_missing(text)):
+        lists["missing"], truncated = cut_top, True
     truncated = truncated or any(titles.values())  # a title names example keys, not the lists
     # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
     truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))

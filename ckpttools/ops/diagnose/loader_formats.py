@@ -83,11 +83,33 @@ def detectron2_lists(text: str) -> dict[str, list[str]]:
     for kind, header in _D2_HEADERS:
         for m in header.finditer(text):
             for line in text[m.end():].split("\n"):
-                line = re.sub(r"^\s*(?:\[\d\d/\d\d [\d:]+ [\w.]+\]:?\s*)?", "", line).strip()
-                if not line or not re.match(r"^[\w.{}\-, ]+$", line) or " " in line.replace(", ", ","):
+                if (key := _d2_key_line(line)) is None:
                     break
-                out[kind].extend(_expand(line.replace(", ", ",").replace(",", ", ")))
+                out[kind].extend(_expand(key))
     return out
+
+
+def detectron2_cut_missing(text: str) -> list[str]:
+    """fvcore prints the missing list first: key lines right above its unused-keys header, with
+    no header of their own, are the end of that list, its header cut from the paste."""
+    text = _ANSI.sub("", text)
+    unused = _D2_HEADERS[1][1].search(text)
+    if not unused or _D2_HEADERS[0][1].search(text):
+        return []
+    above: list[str] = []
+    for line in reversed(text[:unused.start()].rstrip("\n").split("\n")):
+        if (key := _d2_key_line(line)) is None or "." not in key:
+            break
+        above[:0] = _expand(key)
+    return above if len(above) >= 2 else []
+
+
+def _d2_key_line(line: str) -> str | None:
+    """A key line of fvcore's grouped lists (``a.b.{bias, weight}``), without a log prefix."""
+    line = re.sub(r"^\s*(?:\[\d\d/\d\d [\d:]+ [\w.]+\]:?\s*)?", "", line).strip()
+    if not line or not re.match(r"^[\w.{}\-, ]+$", line) or " " in line.replace(", ", ","):
+        return None
+    return line.replace(", ", ",").replace(",", ", ")
 
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:

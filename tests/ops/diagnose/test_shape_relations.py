@@ -150,3 +150,30 @@ def test_an_empty_weight_whose_model_shape_was_cut_is_a_partitioned_save_first()
     text = text[: text.index("from checkpoint, the shape") + len("from checkpoint, the shape")]
     causes = diagnose_text(text).causes
     assert causes[0].label == "partitioned_checkpoint" and causes[0].confidence < DECIDED
+
+
+class Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.ModuleDict({f"fpn_lateral{i}": nn.Conv2d(8, 8, 1) for i in range(2, 6)})
+        self.roi_heads = nn.ModuleDict({"cls_score": nn.Linear(8, 4)})
+
+
+class TeacherStudent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.modelTeacher, self.modelStudent = Detector(), Detector()
+
+
+def test_an_fvcore_missing_list_whose_header_was_cut_is_still_read() -> None:
+    # fvcore's checkpointer lists, as its presentation prints them; the paste starts inside the
+    # missing list (its header and first lines cut)
+    from tests.ops.diagnose.gen_presentations import _lists, detectron2
+
+    text = detectron2(*_lists(Detector(), TeacherStudent().state_dict()))
+    lines = text.split("\n")
+    assert lines[0].startswith("Some model parameters or buffers are not found")
+    cut = "\n".join(lines[3:])
+    cause = diagnose_text(cut).causes[0]
+    assert cause.label == "prefix_added" and cause.confidence < DECIDED  # the lists are cut
+    assert cause.evidence["facts"]["prefix"] == "modelTeacher."
