@@ -125,10 +125,11 @@ def _tensor_parallel(mm: list[ShapeMismatch]) -> bool:
 
 def _norm_resized(mm: list[ShapeMismatch]) -> bool:
     """A norm layer changed size (running stats, or a 1-D weight whose layer has no matrix among
-    the mismatches): the features are wider or narrower. Tensor parallelism replicates norms."""
+    the mismatches): the features are wider or narrower. Tensor parallelism replicates norms.
+    Sizes under 8 on both sides are no feature width (a norm over 2 or 3 features): a count."""
     matrices = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
     return any(len(m.model_shape) == 1 and ("running_" in m.key or m.key.rpartition(".")[0] not in matrices)
-               for m in mm)
+               and max(m.model_shape[0], m.checkpoint_shape[0]) >= 8 for m in mm)
 
 
 def _hidden_layer(mm: list[ShapeMismatch]) -> bool:

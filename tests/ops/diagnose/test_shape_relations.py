@@ -177,3 +177,19 @@ def test_an_fvcore_missing_list_whose_header_was_cut_is_still_read() -> None:
     cause = diagnose_text(cut).causes[0]
     assert cause.label == "prefix_added" and cause.confidence < DECIDED  # the lists are cut
     assert cause.evidence["facts"]["prefix"] == "modelTeacher."
+
+
+def test_a_lone_bias_of_a_few_outputs_is_a_count_not_a_norm_width() -> None:
+    # a classifier built for 2 labels given a 3-label file; the paste keeps the bias line only
+    text = load_error(nn.Linear(16, 2), nn.Linear(16, 3).state_dict())
+    line = next(x for x in text.split("\n") if "size mismatch for bias" in x)
+    causes = diagnose_text(line.strip()).causes
+    assert causes[0].label == "head_size_mismatch" and causes[0].confidence < DECIDED
+
+
+def test_a_lone_norm_of_another_width_is_still_a_width() -> None:
+    model, other = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64)), nn.Sequential(nn.Linear(8, 96), nn.LayerNorm(96))
+    text = load_error(model, other.state_dict())
+    lines = [x.strip() for x in text.split("\n") if "size mismatch for 1." in x]
+    causes = diagnose_text("\n".join(lines)).causes
+    assert causes[0].label == "architecture_variant"
