@@ -15,7 +15,7 @@ from typing import Any
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
     running_stats_lists, detectron2_cut_missing,
-    prose_keys, prose_mismatches, prose_prefix, title_lists)
+    prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 
@@ -283,7 +283,7 @@ def parse_error_text(text: str) -> ParsedError:
             lists["missing"], truncated, formats = keys, True, ["headless"]
         else:
             lists = {k: v for k, v in prose_keys(text).items()}
-            mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text)]
+            mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text) + listed_mismatches(text)]
             formats = ["prose"] if any(lists.values()) or mismatched else []
             named_prefix = None if formats else prose_prefix(text)
             formats = formats or (["prose_prefix"] if named_prefix else [])

@@ -284,3 +284,23 @@ def prose_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
         ckpt, model = sizes if ckpt_first < model_first else sizes[::-1]
         out.append((key.group(1).rstrip(":.,"), _shape(ckpt.group(1)), _shape(model.group(1))))
     return out
+
+
+_LISTED = re.compile(rf"^\s*[\"'`]?({_KEY})[\"'`]?\s*[:,=]?\s*{_SIZE}\s*,?\s*$")
+
+
+def listed_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """Keys listed with their sizes once for each side (``key torch.Size([...])`` per line), each
+    block under a line that names its side ("in my model:", "but in the pretrained model:"); a
+    line naming the checkpoint's side names it even beside "model". Keys of two sizes differ."""
+    sides: dict[str, dict[str, tuple[int, ...]]] = {"checkpoint": {}, "model": {}}
+    side = None
+    for line in text.split("\n"):
+        m = _LISTED.match(line)
+        if m is None:
+            words = {w.lower() for w in _PROSE_SIDE.findall(line)}
+            side = "checkpoint" if words & _CKPT_WORDS else "model" if words & _MODEL_WORDS else side
+        elif side and _DOTTED.match(m.group(1)):
+            sides[side][m.group(1)] = _shape(m.group(2))
+    ckpt, model = sides["checkpoint"], sides["model"]
+    return [(k, ckpt[k], model[k]) for k in model if k in ckpt and ckpt[k] != model[k]]

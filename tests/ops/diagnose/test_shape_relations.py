@@ -193,3 +193,25 @@ def test_a_lone_norm_of_another_width_is_still_a_width() -> None:
     lines = [x.strip() for x in text.split("\n") if "size mismatch for 1." in x]
     causes = diagnose_text("\n".join(lines)).causes
     assert causes[0].label == "architecture_variant"
+
+
+class Encoder(nn.Module):
+    def __init__(self, words: int, phonemes: int) -> None:
+        super().__init__()
+        self.emb, self.word_emb = nn.Embedding(phonemes, 16), nn.Embedding(words, 16)
+        self.proj = nn.Linear(16, 16)
+
+
+def test_keys_listed_with_sizes_once_per_side_are_read_as_mismatches() -> None:
+    # a reporter prints both state_dicts' sizes, each under a line that names its side
+    def listing(sd: dict[str, torch.Tensor]) -> str:
+        return "\n".join(f"{k} {v.shape}" for k, v in sd.items() if "emb" in k)
+
+    model, saved = Encoder(4500, 4135).state_dict(), Encoder(8000, 4136).state_dict()
+    text = (f"When I train from scratch, I get a model with :\n{listing(model)}\n\n"
+            f"but in the pretrained model, it is:\n{listing(saved)}\n\nAnd so it does not load.")
+    assert "emb.weight torch.Size([4135, 16])" in text
+    result = diagnose_text(text)
+    assert {m.key: (m.checkpoint_shape, m.model_shape) for m in result.evidence.mismatched} == {
+        "emb.weight": ((4136, 16), (4135, 16)), "word_emb.weight": ((8000, 16), (4500, 16))}
+    assert result.causes[0].label == "head_size_mismatch"
