@@ -46,6 +46,9 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
+# SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
+# ("absent or of another size"), then loads the rest with strict=False
+_NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")
 # ... whose checkpoint side shows an empty tensor (ZeRO-3/FSDP save a partitioned parameter so)
 _CUT_EMPTY = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with"
                         rf"{_W}shape{_W}torch\.Size\(\[0\]\){_W}from{_W}checkpoint")
@@ -300,7 +303,7 @@ def parse_error_text(text: str) -> ParsedError:
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
-    cut = [k for k in _CUT_MISMATCH.findall(text) if k not in shown]
+    cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))

@@ -215,3 +215,23 @@ def test_keys_listed_with_sizes_once_per_side_are_read_as_mismatches() -> None:
     assert {m.key: (m.checkpoint_shape, m.model_shape) for m in result.evidence.mismatched} == {
         "emb.weight": ((4136, 16), (4135, 16)), "word_emb.weight": ((8000, 16), (4500, 16))}
     assert result.causes[0].label == "head_size_mismatch"
+
+
+class ActionNet(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.s1 = nn.Conv3d(3, 8, 1)
+        self.head = nn.ModuleDict({"projection": nn.Linear(8, classes)})
+
+
+def test_slowfasts_not_loaded_log_of_a_head_reads_as_a_head_candidate() -> None:
+    # SlowFast's loader keeps the tensors of the same shape, logs every other model key as
+    # "Network weights K not loaded." and loads the rest with strict=False
+    model, saved = ActionNet(6), ActionNet(60).state_dict()
+    own = model.state_dict()
+    match = {k: v for k, v in saved.items() if k in own and v.size() == own[k].size()}
+    log = "\n".join(f"[11/20 08:58:46][INFO] checkpoint.py: 336: Network weights {k} not loaded."
+                    for k in own if k not in match)
+    model.load_state_dict(match, strict=False)
+    causes = diagnose_text(f"the log says\n```\n{log}\n```").causes
+    assert causes[0].label == "head_size_mismatch" and causes[0].confidence < DECIDED
