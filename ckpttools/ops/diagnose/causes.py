@@ -157,8 +157,10 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     heads = _heads(ev.unexpected)
     if not heads or len(heads) > 16 or set(heads) <= {"state", "param_groups"}:
         return None
+    # a top-level entry (no dot) named for optimizer, scheduler, scaler or EMA state anywhere in its
+    # name (discr_optim, multiscale_discr_optimizer_0, ema_model) belongs to a training file too
     known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
-             or ("." not in h and _TRAINING_NAME.match(h))]
+             or ("." not in h and _TRAINING_NAME.match(h)) or (h in ev.unexpected and _NOT_WEIGHTS.search(h))]
     if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
         return _unknown_container(ev, heads)
     # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested

@@ -235,3 +235,15 @@ def test_slowfasts_not_loaded_log_of_a_head_reads_as_a_head_candidate() -> None:
     model.load_state_dict(match, strict=False)
     causes = diagnose_text(f"the log says\n```\n{log}\n```").causes
     assert causes[0].label == "head_size_mismatch" and causes[0].confidence < DECIDED
+
+
+def test_a_trainers_file_with_optimizer_entries_of_any_name_is_a_training_checkpoint() -> None:
+    # a GAN trainer's file: the model, an EMA copy and optimizers named discr_optim, *_optimizer_N
+    model = Tagger(4)
+    opt = torch.optim.Adam(model.parameters())
+    trainer = {"model": model.state_dict(), "optim": opt.state_dict(), "discr_optim": opt.state_dict(),
+               "ema_model": model.state_dict(), "multiscale_discr_optimizer_0": opt.state_dict()}
+    text = load_error(Tagger(4), trainer)
+    cut = text[text.index('"conv.bias"'):]  # the paste starts inside the missing list
+    cause = diagnose_text(cut).causes[0]
+    assert cause.label == "wrapped_checkpoint" and cause.evidence["facts"]["container"] == "model"
