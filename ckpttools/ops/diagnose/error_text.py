@@ -286,7 +286,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists["missing"], truncated, formats = keys, True, ["headless"]
         else:
             lists = {k: v for k, v in prose_keys(text).items()}
-            mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text) + listed_mismatches(text)]
+            told = prose_mismatches(text) + listed_mismatches(text)
+            mismatched = [ShapeMismatch(k, c, s) for k, c, s in told]
             formats = ["prose"] if any(lists.values()) or mismatched else []
             named_prefix = None if formats else prose_prefix(text)
             formats = formats or (["prose_prefix"] if named_prefix else [])

@@ -92,7 +92,8 @@ def zero_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
     ``[0]`` bias). A partitioned parameter (ZeRO-3, FSDP) is flattened to ``[0]`` whatever its rank."""
     mm = list(mismatched)
     layers = {m.key.rpartition(".")[0] for m in mm
-              if len(m.model_shape) == len(m.checkpoint_shape) >= 2 and 0 in m.model_shape + m.checkpoint_shape
+              if len(m.model_shape) == len(m.checkpoint_shape) >= 2
+              and 0 in m.model_shape + m.checkpoint_shape
               and sum(a != b for a, b in zip(m.model_shape, m.checkpoint_shape)) == 1}
     return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttools.ops.diagnose.buffer_fixes import buffers_text
 from ckpttools.ops.diagnose.shape_fixes import (
     architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
     wrong_model_text)
@@ -103,75 +104,6 @@ def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                  "optimizer.load_state_dict(optimizers[ENTRY])")
     else:
         code += 'optimizer.load_state_dict(torch.load("{ckpt}", map_location="cpu", weights_only=True))'
-    return what, code, []
-
-
-_REPARAMETRIZED = {"weight_orig": "spectral_norm", "weight_g": "weight_norm"}
-
-
-def _reparametrize(layers: dict[str, str]) -> str:
-    """Code that gives the model's layers the parametrization the checkpoint was saved with."""
-    return "".join(f'torch.nn.utils.{how}(model.get_submodule("{name}"))\n'
-                   for name, how in layers.items()) + "model.load_state_dict(sd)"
-
-
-def _saved_reparametrized(ev: Evidence) -> dict[str, str]:
-    """Layers whose weight the model misses while the checkpoint holds it as spectral_norm's
-    ``weight_orig`` or (old) weight_norm's ``weight_g``: layer -> the function to apply."""
-    missing = set(ev.missing)
-    found: dict[str, str] = {}
-    for key in ev.unexpected:
-        layer, _, leaf = key.rpartition(".")
-        if leaf in _REPARAMETRIZED and f"{layer}.weight" in missing:
-            found[layer] = _REPARAMETRIZED[leaf]
-    return found
-
-
-def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    if f.facts.get("reparametrized"):
-        layers = [k.rpartition(".")[0] for k in f.facts["examples"]]
-        what = (f"only the weight of {', '.join(layers)} is missing, not its bias: the "
-                "checkpoint most likely stores it reparametrized (spectral_norm's weight_orig/"
-                "weight_u/weight_v, weight_norm's weight_g/weight_v); apply the same "
-                "parametrization to the model before loading (weight_norm if the checkpoint "
-                "holds weight_g), or remove it before saving")
-        return what, _reparametrize(dict.fromkeys(layers, "spectral_norm")), []
-    if layers := _saved_reparametrized(ev):
-        what = (f"the checkpoint stores {', '.join(layers)} reparametrized "
-                f"({', '.join(sorted(set(layers.values())))}: the weight as weight_orig/weight_u/"
-                "weight_v or weight_g/weight_v); apply the same parametrization to the model's "
-                "layers before loading, so that every weight loads")
-        return what, _reparametrize(layers), []
-    if ev.legacy_norm_stats:
-        return _legacy_norm_stats()
-    leaves = f.facts["leaves"]
-    names = ", ".join(leaves[:4])
-    side = f.facts["side"]
-    what = (f"buffers ({names}) that one library version saves and another does not "
-            f"({'in the checkpoint only' if side == 'unexpected' else 'expected by the model only' if side == 'missing' else 'on both sides'}); "
-            "they hold no learned weights")
-    pattern = r"(^|\.)(" + "|".join(_re(n) for n in leaves) + r")$"
-    if side == "unexpected":
-        code = (f'sd = {{k: v for k, v in sd.items() if not re.search(r"{pattern}", k)}}\n'
-                "model.load_state_dict(sd)")
-        return what, code, ["--drop", _q(pattern)]
-    code = ("result = model.load_state_dict(sd, strict=False)\n"
-            f'assert all(re.search(r"{pattern}", k) for k in result.missing_keys + result.unexpected_keys)')
-    return what, code, []
-
-
-def _legacy_norm_stats() -> tuple[str, str, list[str]]:
-    """InstanceNorm saved running stats before PyTorch 0.4; the model's InstanceNorm layers (not
-    its BatchNorm layers, which need theirs) drop them."""
-    what = ("the checkpoint was saved before PyTorch 0.4, when InstanceNorm layers kept running "
-            "stats; the model's InstanceNorm layers do not track them: drop those buffers of the "
-            "InstanceNorm layers (not of BatchNorm layers) before loading")
-    code = ("norms = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.InstanceNorm1d, "
-            "torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)) and not m.track_running_stats}\n"
-            "stats = (\"running_mean\", \"running_var\", \"num_batches_tracked\")\n"
-            "sd = {k: v for k, v in sd.items() if not (k.rpartition(\".\")[0] in norms "
-            "and k.rpartition(\".\")[2] in stats)}\n"
-            "model.load_state_dict(sd)")
     return what, code, []
 
 
@@ -370,7 +302,7 @@ def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 _WRITERS: dict[str, Callable[[Finding, Evidence], tuple[str, str, list[str]]]] = {
     "prefix_added": _prefix, "prefix_missing": _prefix, "wrapped_checkpoint": _wrapped,
-    "optimizer_state_passed": _optimizer, "version_buffers": _buffers,
+    "optimizer_state_passed": _optimizer, "version_buffers": buffers_text,
     "adapter_or_quantization": _adapter, "ema_weights": _ema, "tied_weights": _tied,
     "fused_projection": _fused, "partitioned_checkpoint": _partitioned,
     "transposed_weights": _transposed, "head_size_mismatch": head_text,

@@ -144,7 +144,8 @@ _RUNNING_STATS = re.compile(r'Unexpected\s+running\s+stats\s+buffer\(s\)\s+((?:"
 def running_stats_lists(text: str) -> dict[str, list[str]]:
     """PyTorch's InstanceNorm (``track_running_stats=False``) on a file without version metadata:
     ``Unexpected running stats buffer(s) "m.running_mean" and "m.running_var"`` (saved before 0.4)."""
-    return {"unexpected": [k for m in _RUNNING_STATS.finditer(text) for k in re.findall(r'"([^"]+)"', m.group(1))]}
+    found = (re.findall(r'"([^"]+)"', m.group(1)) for m in _RUNNING_STATS.finditer(text))
+    return {"unexpected": [k for keys in found for k in keys]}
 
 
 def mlx_lists(text: str) -> dict[str, list[str]]:

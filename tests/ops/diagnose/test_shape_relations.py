@@ -1,9 +1,12 @@
-"""Shape relations that kept ``diagnose`` from confident wrong answers on frozen5/ (#16).
+"""Relations and message formats found on frozen5/ (#16), each on real models.
 
-Each case builds real models and takes the real ``load_state_dict`` error: a layer built with a
-count of zero is no partitioned save, a 4-bit packed column is quantization and no width, one
-count changed by the same difference in several heads is a head, a one-off module beside a
-width is other code, and an odd computed inner width does not decide a variant.
+Each case builds real models and takes the real ``load_state_dict`` error (or the loader's own
+log): a layer built with a count of zero is no partitioned save, a 4-bit packed column is
+quantization and no width, one count changed by the same difference in several heads is a head,
+a one-off module beside a width is other code, an odd computed inner width does not decide a
+variant, a frame table of another length is another input length; then the formats: an empty
+weight with its model shape cut, fvcore lists with the missing header cut, a lone small bias,
+listings of both sides' sizes, SlowFast's "not loaded" log, a trainer's file.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ class RoIHead(nn.Module):
 
     def __init__(self, classes: int) -> None:
         super().__init__()
-        self.bbox_head = nn.ModuleList(nn.ModuleDict({"fc_cls": nn.Linear(64, classes + 1)}) for _ in range(3))
+        self.bbox_head = nn.ModuleList(nn.ModuleDict({"fc_cls": nn.Linear(64, classes + 1)})
+                                       for _ in range(3))
         self.mask_head = nn.ModuleList([nn.ModuleDict({"conv_logits": nn.Conv2d(16, classes, 1)})])
 
 
@@ -188,7 +192,8 @@ def test_a_lone_bias_of_a_few_outputs_is_a_count_not_a_norm_width() -> None:
 
 
 def test_a_lone_norm_of_another_width_is_still_a_width() -> None:
-    model, other = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64)), nn.Sequential(nn.Linear(8, 96), nn.LayerNorm(96))
+    model = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64))
+    other = nn.Sequential(nn.Linear(8, 96), nn.LayerNorm(96))
     text = load_error(model, other.state_dict())
     lines = [x.strip() for x in text.split("\n") if "size mismatch for 1." in x]
     causes = diagnose_text("\n".join(lines)).causes
