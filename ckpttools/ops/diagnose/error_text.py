@@ -201,6 +201,11 @@ def _parse_list(text: str, pos: int) -> tuple[list[str], bool]:
         return _parse_quoted_list(text, pos)
     if _TRUNCATION.match(text, start):
         return [], True
+    # the header closes a code block and a dotless word follows ("Missing key(s) in state_dict:"
+    # ``` and): the list was left out of the paste, the word is prose
+    first = text[start:start + 60].split(None, 1)[:1]
+    if "```" in text[pos:start] and first and "." not in first[0]:
+        return [], True
     return _parse_unquoted_list(text, start)
 
 

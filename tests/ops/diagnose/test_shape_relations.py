@@ -252,3 +252,15 @@ def test_a_trainers_file_with_optimizer_entries_of_any_name_is_a_training_checkp
     cut = text[text.index('"conv.bias"'):]  # the paste starts inside the missing list
     cause = diagnose_text(cut).causes[0]
     assert cause.label == "wrapped_checkpoint" and cause.evidence["facts"]["container"] == "model"
+
+
+def test_headers_pasted_without_their_lists_name_no_key() -> None:
+    # each header pasted in its own code block, the keys left out ("both followed by dozens of keys")
+    text = load_error(Tagger(4), nn.Sequential(nn.Linear(3, 3)).state_dict())
+    missing, unexpected = (line.split(":")[0] + ":" for line in text.split("\n")[1:3])
+    assert missing.strip().startswith("Missing key(s)") and unexpected.strip().startswith("Unexpected")
+    paste = (f"Didn't work.\n```\n{text.split(chr(10))[0]}\n{missing}\n```\nand\n```\n{unexpected}\n```\n"
+             "both followed by dozens of keys.")
+    result = diagnose_text(paste)
+    assert result.evidence.missing == () and result.evidence.unexpected == ()
+    assert not result.causes
