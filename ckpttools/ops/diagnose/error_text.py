@@ -16,7 +16,8 @@ from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
     running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
-from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
+from ckpttools.ops.diagnose.prose_names import (
+    named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
@@ -115,6 +116,7 @@ class ParsedError:
     # keys of "size mismatch for KEY: ..." lines whose shapes were cut from the paste
     cut_mismatches: tuple[str, ...] = ()
     cut_empty: tuple[str, ...] = ()  # those of them saved as torch.Size([0])
+    head_sizes: tuple[int, int] | None = None  # (checkpoint, model) a sentence tells for a head
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -305,6 +307,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
         truncated = truncated or bool(named_prefix) or any(state.values())
+    told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
+    formats += ["prose_sizes"] if told else []
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
@@ -320,7 +324,8 @@ def parse_error_text(text: str) -> ParsedError:
                        lookups=_unique(lookups), report=bool(_REPORT.search(text)),
                        parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix,
                        cut_mismatches=_unique(cut),
-                       cut_empty=_unique([k for k in _CUT_EMPTY.findall(text) if k in cut]))
+                       cut_empty=_unique([k for k in _CUT_EMPTY.findall(text) if k in cut]),
+                       head_sizes=told)
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

@@ -74,6 +74,7 @@ class Evidence:
     nothing_unexpected: bool = False
     # PyTorch said the unexpected running stats are InstanceNorm's from a file saved before 0.4
     legacy_norm_stats: bool = False
+    told_head_sizes: tuple[int, int] | None = None  # (checkpoint, model) told in prose, no key
 
     @property
     def one_sided(self) -> bool:

@@ -238,6 +238,16 @@ def cut_size_mismatch(ev: Evidence) -> list[Finding]:
     return [replace(variant, confidence=0.5), head]
 
 
+def told_head(ev: Evidence) -> list[Finding]:
+    """A head's two sizes told in a sentence, no key shown: a candidate, without code."""
+    if not ev.told_head_sizes or not ev.is_empty:
+        return []
+    ckpt, model = ev.told_head_sizes
+    return [Finding("head_size_mismatch", 0.6, frozenset(),
+                    {"keys": [], "checkpoint_size": ckpt, "model_size": model, "vocab": False,
+                     "padded": False})]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -250,4 +260,4 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev))
+            + cut_size_mismatch(ev) + told_head(ev))

@@ -16,6 +16,10 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
+    if not keys:  # told in a sentence: no key to drop
+        return (f"the output head has another size: {c} in the checkpoint, {m} in the model (as the "
+                f"text tells it); build the model with {c} outputs (classes), or drop the head's keys "
+                "to fine-tune"), "", []
     if m is None:  # the sizes were cut from the text: the head by its name only
         what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
                 "sizes are cut from the text); by its name an output head: another number of "

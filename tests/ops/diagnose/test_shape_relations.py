@@ -264,3 +264,17 @@ def test_headers_pasted_without_their_lists_name_no_key() -> None:
     result = diagnose_text(paste)
     assert result.evidence.missing == () and result.evidence.unexpected == ()
     assert not result.causes
+
+
+def test_a_heads_sizes_told_in_a_sentence_are_a_head_candidate() -> None:
+    # the reporter tells the sizes of the real error in words, without a key
+    from ckpttools.ops.diagnose.error_text import parse_error_text
+
+    parsed = parse_error_text(load_error(Tagger(41), Tagger(81).state_dict()))
+    weight = next(m for m in parsed.mismatched if m.key == "fc_out.weight")
+    told = (f"While the current model detection head has {weight.model_shape[0]} channels, the "
+            f"checkpoint detection head has {weight.checkpoint_shape[0]} channels. What should I do?")
+    cause = diagnose_text(told).causes[0]
+    assert cause.label == "head_size_mismatch" and cause.confidence < DECIDED
+    assert (cause.evidence["facts"]["checkpoint_size"], cause.evidence["facts"]["model_size"]) == (81, 41)
+    assert not diagnose_text("The current model head has 41 channels. What should I do?").causes
