@@ -274,14 +274,7 @@ def parse_error_text(text: str) -> ParsedError:
     named_prefix = None
     report_lists, report_mismatched = load_report(text)
     titles = title_lists(text) if not any(lists.values()) else {}
-    stats = running_stats_lists(text)
-    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles, stats):
-        for kind, keys in extra.items():
-            lists[kind] += keys
-            formats += [kind] if keys else []
-    formats += ["running_stats"] if stats["unexpected"] else []
-    if not lists["missing"] and (cut_top := detectron2_cut_missing(text)):
-        lists["missing"], truncated = cut_top, True
+    truncated = _merge_loader_lists(text, lists, formats, (report_lists, titles)) or truncated
     truncated = truncated or any(titles.values())  # a title names example keys, not the lists
     # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
     truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))
@@ -326,6 +319,22 @@ def parse_error_text(text: str) -> ParsedError:
                        cut_mismatches=_unique(cut),
                        cut_empty=_unique([k for k in _CUT_EMPTY.findall(text) if k in cut]),
                        head_sizes=told)
+
+
+def _merge_loader_lists(text: str, lists: dict[str, list[str]], formats: list[str],
+                        extras: Iterable[dict[str, list[str]]]) -> bool:
+    """Add other loaders' key lists (fvcore, mlx, PyTorch's InstanceNorm message, ``extras``) to
+    ``lists`` and ``formats``; true when fvcore's missing list was pasted without its header."""
+    stats = running_stats_lists(text)
+    for extra in (detectron2_lists(text), mlx_lists(text), *extras, stats):
+        for kind, keys in extra.items():
+            lists[kind] += keys
+            formats += [kind] if keys else []
+    formats += ["running_stats"] if stats["unexpected"] else []
+    if not lists["missing"] and (cut_top := detectron2_cut_missing(text)):
+        lists["missing"] = cut_top
+        return True
+    return False
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:
