@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ckpttools.ops.diagnose.evidence import Evidence, Finding
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, packed_4bit
 
 # What weight-only quantized linears save in place of weight: GPTQ/AutoGPTQ qweight/qzeros/g_idx,
 # lit-gpt's quant_weight/scales/zeros, gpt-fast/torchchat's int8 scales, torch.ao's scale and
@@ -68,7 +68,7 @@ def adapter_or_quantization(ev: Evidence) -> Finding | None:
         return Finding("adapter_or_quantization", 0.92, frozenset(ev.missing + ev.unexpected),
                        {"examples": hits[:3], "count": len(hits), "quantized": False,
                         "side": "unexpected", "peft": True})
-    found = [f for f in (_named_state(ev), _quantized_layout(ev)) if f is not None]
+    found = [f for f in (_named_state(ev), _quantized_layout(ev), _packed_layout(ev)) if f is not None]
     if not found:
         return None
     best = max(found, key=lambda f: f.confidence)
@@ -101,6 +101,19 @@ def _named_state(ev: Evidence) -> Finding | None:
     conf = 0.5 + 0.45 * len(hits) / len(keys)
     return Finding("adapter_or_quantization", max(conf, 0.75) if cut_quantized else conf, frozenset(hits),
                    {"examples": hits[:3], "count": len(hits), "quantized": quant, "side": side})
+
+
+def _packed_layout(ev: Evidence) -> Finding | None:
+    """Weights one side holds packed two 4-bit values to a byte (``[n/2, 1]``, bitsandbytes'
+    ``Params4bit``) where the other holds them whole: a model built 4-bit given a float file
+    through ``load_state_dict``, or the other way round."""
+    hits = [m for m in ev.mismatched if packed_4bit(m.checkpoint_shape, m.model_shape)]
+    if not hits or len(hits) < 0.5 * len(ev.mismatched):
+        return None
+    packed_model = all(len(m.model_shape) == 2 and m.model_shape[1] == 1 for m in hits)
+    return Finding("adapter_or_quantization", 0.9, frozenset(m.key for m in hits),
+                   {"examples": [m.key for m in hits[:3]], "count": len(hits), "quantized": True,
+                    "side": "resized", "packed": "model" if packed_model else "checkpoint"})
 
 
 def _quantized_layout(ev: Evidence) -> Finding | None:

@@ -27,7 +27,7 @@ from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import new_task_head, partial_findings
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import (
-    Evidence, Finding, numel as _numel, segments as _segments)
+    Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
@@ -157,8 +157,10 @@ def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     heads = _heads(ev.unexpected)
     if not heads or len(heads) > 16 or set(heads) <= {"state", "param_groups"}:
         return None
+    # a top-level entry (no dot) named for optimizer, scheduler, scaler or EMA state anywhere in its
+    # name (discr_optim, multiscale_discr_optimizer_0, ema_model) belongs to a training file too
     known = [h for h in heads if h in TRAINING_KEYS or _CONTAINER.match(h)
-             or ("." not in h and _TRAINING_NAME.match(h))]
+             or ("." not in h and _TRAINING_NAME.match(h)) or (h in ev.unexpected and _NOT_WEIGHTS.search(h))]
     if not known or sum(heads[h] for h in known) < 0.5 * len(ev.unexpected):
         return _unknown_container(ev, heads)
     # A dotted "module.x" or "model.x" is a prefix, not a wrapper: torch names a whole nested
@@ -196,7 +198,8 @@ def _unknown_container(ev: Evidence, heads: Counter[str]) -> Finding | None:
 def version_buffers(ev: Evidence) -> Finding | None:
     """Buffers that came or went across library versions (``num_batches_tracked``, ``position_ids``)."""
     keys = ev.missing + ev.unexpected
-    buffers = [k for k in keys if _BUFFER.search(k)]
+    buffers = [k for k in keys if _BUFFER.search(k)
+               or (ev.legacy_norm_stats and k.endswith(("running_mean", "running_var")))]
     if spectral := {_SPECTRAL.split(k)[0] for k in keys if _SPECTRAL.search(k)}:
         # spectral_norm saves weight_orig/u/v where the plain layer has weight: the same layer
         # with or without its power-iteration state, not a rename.
@@ -259,8 +262,13 @@ def _mismatch_rule(ev: Evidence, pred: Callable[[ShapeMismatch], bool], share: f
 
 
 def partitioned_checkpoint(ev: Evidence) -> Finding | None:
-    """Empty or placeholder tensors saved from ZeRO-3/FSDP-partitioned parameters."""
-    empty = _mismatch_rule(ev, lambda m: 0 in (_numel(m.checkpoint_shape), _numel(m.model_shape)), 0.5)
+    """Empty or placeholder tensors saved from ZeRO-3/FSDP-partitioned parameters.
+
+    Not a layer built with a count of zero (``[0, 2048]``): a partitioned parameter is flattened.
+    """
+    zero = zero_count_keys(ev.mismatched)
+    empty = _mismatch_rule(ev, lambda m: 0 in (_numel(m.checkpoint_shape), _numel(m.model_shape))
+                           and m.key not in zero, 0.5)
     if empty:
         side = "checkpoint" if _numel(empty[0].checkpoint_shape) == 0 else "model"
         return Finding("partitioned_checkpoint", 0.95, frozenset(m.key for m in empty),
@@ -354,9 +362,15 @@ def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> 
     shape = [f for f in findings if f.label == "architecture_variant" and f.confidence >= 0.8
              and f.facts.get("kind") in ("in_chans", "width")]
     code = next((f for f in findings if f.label == "model_code_changed"), None)
-    if not new or not shape or code is None or (len(new) < 2 and not ev.truncated):
+    if not new or not shape or code is None:
         return findings
-    # One new module shown in a cut text: more may hide behind the cut, neither reading decides
+    # One new module in a whole text counts when it is no stack's layer (``blocks.3.*``: another
+    # depth of a variant adds those): a one-off module (``criterion_bonds``) is other code.
+    stacked = any(p.isdigit() for k in rest.missing + rest.unexpected if _segments(k)[0] in new
+                  for p in _segments(k))
+    if len(new) < 2 and not ev.truncated and stacked:
+        return findings
+    # One new module (or one shown in a cut text, where more may hide): neither reading decides
     # (changed code first: a module the other side lacks is more than a variant's shape).
     conf = 0.72 if len(new) < 2 else 0.75 if ev.truncated else 0.82
     both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)

@@ -94,6 +94,9 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
                     truncated=parsed.truncated, source="text", lookups=parsed.lookups,
                     report=parsed.report, parallel=parsed.parallel,
                     named_prefix=parsed.named_prefix, cut_mismatches=parsed.cut_mismatches,
+                    cut_empty=parsed.cut_empty,
+                    legacy_norm_stats="running_stats" in parsed.formats,
+                    told_head_sizes=parsed.head_sizes,
                     nothing_unexpected="missing_set" in parsed.formats
                     and not (parsed.unexpected or parsed.mismatched))
 

@@ -14,8 +14,10 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    prose_keys, prose_mismatches, prose_prefix, title_lists)
-from ckpttools.ops.diagnose.prose_names import named_prefix as prose_named_prefix, state_names
+    running_stats_lists, detectron2_cut_missing,
+    prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
+from ckpttools.ops.diagnose.prose_names import (
+    named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
@@ -45,6 +47,12 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
+# SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
+# ("absent or of another size"), then loads the rest with strict=False
+_NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")
+# ... whose checkpoint side shows an empty tensor (ZeRO-3/FSDP save a partitioned parameter so)
+_CUT_EMPTY = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with"
+                        rf"{_W}shape{_W}torch\.Size\(\[0\]\){_W}from{_W}checkpoint")
 
 # (kind, pattern whose match ends where the key list starts)
 _LIST_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -107,6 +115,8 @@ class ParsedError:
     named_prefix: str | None = None  # a wrapper prefix a sentence names, when no key is shown
     # keys of "size mismatch for KEY: ..." lines whose shapes were cut from the paste
     cut_mismatches: tuple[str, ...] = ()
+    cut_empty: tuple[str, ...] = ()  # those of them saved as torch.Size([0])
+    head_sizes: tuple[int, int] | None = None  # (checkpoint, model) a sentence tells for a head
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -193,6 +203,11 @@ def _parse_list(text: str, pos: int) -> tuple[list[str], bool]:
         return _parse_quoted_list(text, pos)
     if _TRUNCATION.match(text, start):
         return [], True
+    # the header closes a code block and a dotless word follows ("Missing key(s) in state_dict:"
+    # ``` and): the list was left out of the paste, the word is prose
+    first = text[start:start + 60].split(None, 1)[:1]
+    if "```" in text[pos:start] and first and "." not in first[0]:
+        return [], True
     return _parse_unquoted_list(text, start)
 
 
@@ -259,10 +274,7 @@ def parse_error_text(text: str) -> ParsedError:
     named_prefix = None
     report_lists, report_mismatched = load_report(text)
     titles = title_lists(text) if not any(lists.values()) else {}
-    for extra in (detectron2_lists(text), mlx_lists(text), report_lists, titles):
-        for kind, keys in extra.items():
-            lists[kind] += keys
-            formats += [kind] if keys else []
+    truncated = _merge_loader_lists(text, lists, formats, (report_lists, titles)) or truncated
     truncated = truncated or any(titles.values())  # a title names example keys, not the lists
     # Megatron-Core stops at the first tensor whose global shape differs: others may follow.
     truncated = truncated or bool(re.search(r"Global\s+shape\s+mismatch", text))
@@ -274,7 +286,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists["missing"], truncated, formats = keys, True, ["headless"]
         else:
             lists = {k: v for k, v in prose_keys(text).items()}
-            mismatched = [ShapeMismatch(k, c, s) for k, c, s in prose_mismatches(text)]
+            told = prose_mismatches(text) + listed_mismatches(text)
+            mismatched = [ShapeMismatch(k, c, s) for k, c, s in told]
             formats = ["prose"] if any(lists.values()) or mismatched else []
             named_prefix = None if formats else prose_prefix(text)
             formats = formats or (["prose_prefix"] if named_prefix else [])
@@ -287,11 +300,13 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
         truncated = truncated or bool(named_prefix) or any(state.values())
+    told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
+    formats += ["prose_sizes"] if told else []
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
-    cut = [k for k in _CUT_MISMATCH.findall(text) if k not in shown]
+    cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))
@@ -301,7 +316,25 @@ def parse_error_text(text: str) -> ParsedError:
                        truncated=truncated, found=found, formats=_unique(formats),
                        lookups=_unique(lookups), report=bool(_REPORT.search(text)),
                        parallel=bool(_PARALLEL.search(text)), named_prefix=named_prefix,
-                       cut_mismatches=_unique(cut))
+                       cut_mismatches=_unique(cut),
+                       cut_empty=_unique([k for k in _CUT_EMPTY.findall(text) if k in cut]),
+                       head_sizes=told)
+
+
+def _merge_loader_lists(text: str, lists: dict[str, list[str]], formats: list[str],
+                        extras: Iterable[dict[str, list[str]]]) -> bool:
+    """Add other loaders' key lists (fvcore, mlx, PyTorch's InstanceNorm message, ``extras``) to
+    ``lists`` and ``formats``; true when fvcore's missing list was pasted without its header."""
+    stats = running_stats_lists(text)
+    for extra in (detectron2_lists(text), mlx_lists(text), *extras, stats):
+        for kind, keys in extra.items():
+            lists[kind] += keys
+            formats += [kind] if keys else []
+    formats += ["running_stats"] if stats["unexpected"] else []
+    if not lists["missing"] and (cut_top := detectron2_cut_missing(text)):
+        lists["missing"] = cut_top
+        return True
+    return False
 
 
 def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:

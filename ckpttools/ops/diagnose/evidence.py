@@ -19,6 +19,15 @@ def numel(shape: Iterable[int]) -> int:
     return math.prod(shape)
 
 
+def packed_4bit(checkpoint_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
+    """One side is the other's tensor packed two 4-bit values to a byte, as a column: bitsandbytes'
+    ``Params4bit`` holds a ``[4096, 1024]`` weight as ``[2097152, 1]``."""
+    for packed, full in ((model_shape, checkpoint_shape), (checkpoint_shape, model_shape)):
+        if len(packed) == 2 and packed[1] == 1 and len(full) >= 2 and 2 * packed[0] == numel(full):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class ShapeMismatch:
     """A key whose tensor has one shape in the checkpoint and another in the model (here, not
@@ -59,9 +68,13 @@ class Evidence:
     parallel: bool = False  # the text names model (tensor) parallelism
     named_prefix: str | None = None  # a wrapper prefix named in prose (no key shown)
     cut_mismatches: tuple[str, ...] = ()  # keys of size mismatches whose shapes were cut
+    cut_empty: tuple[str, ...] = ()  # those of them whose checkpoint tensor is torch.Size([0])
     # PyTorch <= 0.3 raised its missing-keys KeyError only after every checkpoint key had loaded:
     # no key of the file was unexpected and no shape differed.
     nothing_unexpected: bool = False
+    # PyTorch said the unexpected running stats are InstanceNorm's from a file saved before 0.4
+    legacy_norm_stats: bool = False
+    told_head_sizes: tuple[int, int] | None = None  # (checkpoint, model) told in prose, no key
 
     @property
     def one_sided(self) -> bool:
@@ -72,6 +85,18 @@ class Evidence:
     def is_empty(self) -> bool:
         """No missing, unexpected or mismatched key at all."""
         return not (self.missing or self.unexpected or self.mismatched)
+
+
+def zero_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
+    """Keys of layers built with a count of zero (``nn.Linear(2048, 0)``: ``[0, 2048]``): an empty
+    weight that keeps the other side's other axes, and the tensors of the same layers (its
+    ``[0]`` bias). A partitioned parameter (ZeRO-3, FSDP) is flattened to ``[0]`` whatever its rank."""
+    mm = list(mismatched)
+    layers = {m.key.rpartition(".")[0] for m in mm
+              if len(m.model_shape) == len(m.checkpoint_shape) >= 2
+              and 0 in m.model_shape + m.checkpoint_shape
+              and sum(a != b for a, b in zip(m.model_shape, m.checkpoint_shape)) == 1}
+    return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttools.ops.diagnose.buffer_fixes import buffers_text
 from ckpttools.ops.diagnose.shape_fixes import (
     architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
     wrong_model_text)
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
-from ckpttools.ops.diagnose.adapters import QUANT_STATE_LEAVES
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
@@ -116,93 +116,6 @@ def _optimizer(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, code, []
 
 
-_REPARAMETRIZED = {"weight_orig": "spectral_norm", "weight_g": "weight_norm"}
-
-
-def _reparametrize(layers: dict[str, str]) -> str:
-    """Code that gives the model's layers the parametrization the checkpoint was saved with."""
-    return "".join(f'torch.nn.utils.{how}(model.get_submodule("{name}"))\n'
-                   for name, how in layers.items()) + "model.load_state_dict(sd)"
-
-
-def _saved_reparametrized(ev: Evidence) -> dict[str, str]:
-    """Layers whose weight the model misses while the checkpoint holds it as spectral_norm's
-    ``weight_orig`` or (old) weight_norm's ``weight_g``: layer -> the function to apply."""
-    missing = set(ev.missing)
-    found: dict[str, str] = {}
-    for key in ev.unexpected:
-        layer, _, leaf = key.rpartition(".")
-        if leaf in _REPARAMETRIZED and f"{layer}.weight" in missing:
-            found[layer] = _REPARAMETRIZED[leaf]
-    return found
-
-
-def _buffers(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
-    if f.facts.get("reparametrized"):
-        layers = [k.rpartition(".")[0] for k in f.facts["examples"]]
-        what = (f"only the weight of {', '.join(layers)} is missing, not its bias: the "
-                "checkpoint most likely stores it reparametrized (spectral_norm's weight_orig/"
-                "weight_u/weight_v, weight_norm's weight_g/weight_v); apply the same "
-                "parametrization to the model before loading (weight_norm if the checkpoint "
-                "holds weight_g), or remove it before saving")
-        return what, _reparametrize(dict.fromkeys(layers, "spectral_norm")), []
-    if layers := _saved_reparametrized(ev):
-        what = (f"the checkpoint stores {', '.join(layers)} reparametrized "
-                f"({', '.join(sorted(set(layers.values())))}: the weight as weight_orig/weight_u/"
-                "weight_v or weight_g/weight_v); apply the same parametrization to the model's "
-                "layers before loading, so that every weight loads")
-        return what, _reparametrize(layers), []
-    leaves = f.facts["leaves"]
-    shown = {k.rpartition(".")[2] for k in ev.missing + ev.unexpected}
-    if {"original0", "original1", "weight_g", "weight_v"} <= shown:
-        return _weight_norm_forms(ev)
-    names = ", ".join(leaves[:4])
-    side = f.facts["side"]
-    where = ("in the checkpoint only" if side == "unexpected" else
-             "expected by the model only" if side == "missing" else "on both sides")
-    # weight_g/weight_v, a bias, quantization state among them: not buffers to drop unread
-    learned = any(n in ("bias", "gamma", "beta") or n.startswith("weight") for n in leaves)
-    quant = [n for n in leaves if n in QUANT_STATE_LEAVES]
-    what = (f"{'entries' if learned or quant else 'buffers'} ({names}) that one library version "
-            f"saves and another does not ({where}); "
-            + (f"{', '.join(quant)} {'is' if len(quant) == 1 else 'are'} quantization state, "
-               "needed to read quantized weights: drop "
-               f"{'it' if len(quant) == 1 else 'them'} only when loading float weights" if quant
-               else "some of them hold learned values: check the layers they belong to before "
-               "dropping them" if learned else "they hold no learned weights"))
-    pattern = r"(^|\.)(" + "|".join(_re(n) for n in leaves) + r")$"
-    if side == "unexpected":
-        code = (f'sd = {{k: v for k, v in sd.items() if not re.search(r"{pattern}", k)}}\n'
-                "model.load_state_dict(sd)")
-        return what, code, ["--drop", _q(pattern)]
-    code = ("result = model.load_state_dict(sd, strict=False)\n"
-            f'assert all(re.search(r"{pattern}", k) for k in result.missing_keys + result.unexpected_keys)')
-    return what, code, []
-
-
-def _weight_norm_forms(ev: Evidence) -> tuple[str, str, list[str]]:
-    """weight_norm's two forms: ``parametrizations.weight.original0/1`` (torch.nn.utils.
-    parametrizations, PyTorch >= 2.1) and ``weight_g``/``weight_v`` (the old hook). The same two
-    learned tensors, g then v: rename them (the new form's load converts the old keys itself, so
-    the file is the new form when the model wants the old one)."""
-    new_in_file = any(k.endswith(".original0") or k.endswith(".original1") for k in ev.unexpected)
-    what = ("the layers are weight-normalised in two forms: "
-            + ("the checkpoint holds parametrizations.weight.original0/1 (torch.nn.utils."
-               "parametrizations.weight_norm) and the model weight_g/weight_v (the old "
-               "torch.nn.utils.weight_norm)" if new_in_file else
-               "the checkpoint holds weight_g/weight_v and the model parametrizations.weight."
-               "original0/1")
-            + "; they are the same learned tensors (g, then v): rename them")
-    pairs = ([(r"(^|\.)parametrizations\.weight\.original0$", r"\1weight_g"),
-              (r"(^|\.)parametrizations\.weight\.original1$", r"\1weight_v")] if new_in_file else
-             [(r"(^|\.)weight_g$", r"\1parametrizations.weight.original0"),
-              (r"(^|\.)weight_v$", r"\1parametrizations.weight.original1")])
-    code = (f"for pattern, repl in {pairs!r}:\n"
-            "    sd = {re.sub(pattern, repl, k): v for k, v in sd.items()}\n"
-            "model.load_state_dict(sd)")
-    return what, code, [a for p, r in pairs for a in ("--rename", _q(f"{p}={r}"))]
-
-
 def _adapter(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if f.facts["quantized"]:
         return _quantized(f, ev)
@@ -243,6 +156,12 @@ def _quantized(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
                 "model.load_state_dict(sd)")
         return what, code, []
+    if f.facts.get("packed") == "model":
+        what = ("the model was built with 4-bit weights (bitsandbytes packs two values to a byte: "
+                "[n/2, 1]) and the checkpoint holds them whole; build the model without 4-bit "
+                "loading (load_in_4bit/--load-4bit) to load this file, or load it through the "
+                "library that quantizes (from_pretrained with the quantization_config)")
+        return what, "", []
     what = ("the checkpoint holds quantized weights (bitsandbytes/GPTQ state such as absmax, "
             "quant_map, qweight) where the model has plain ones, or the other way round; build the "
             "model with the quantization config the file was saved with (transformers' "
@@ -392,7 +311,7 @@ def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 _WRITERS: dict[str, Callable[[Finding, Evidence], tuple[str, str, list[str]]]] = {
     "prefix_added": _prefix, "prefix_missing": _prefix, "wrapped_checkpoint": _wrapped,
-    "optimizer_state_passed": _optimizer, "version_buffers": _buffers,
+    "optimizer_state_passed": _optimizer, "version_buffers": buffers_text,
     "adapter_or_quantization": _adapter, "ema_weights": _ema, "tied_weights": _tied,
     "fused_projection": _fused, "partitioned_checkpoint": _partitioned,
     "transposed_weights": _transposed, "head_size_mismatch": head_text,

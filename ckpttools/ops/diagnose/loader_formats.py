@@ -83,11 +83,33 @@ def detectron2_lists(text: str) -> dict[str, list[str]]:
     for kind, header in _D2_HEADERS:
         for m in header.finditer(text):
             for line in text[m.end():].split("\n"):
-                line = re.sub(r"^\s*(?:\[\d\d/\d\d [\d:]+ [\w.]+\]:?\s*)?", "", line).strip()
-                if not line or not re.match(r"^[\w.{}\-, ]+$", line) or " " in line.replace(", ", ","):
+                if (key := _d2_key_line(line)) is None:
                     break
-                out[kind].extend(_expand(line.replace(", ", ",").replace(",", ", ")))
+                out[kind].extend(_expand(key))
     return out
+
+
+def detectron2_cut_missing(text: str) -> list[str]:
+    """fvcore prints the missing list first: key lines right above its unused-keys header, with
+    no header of their own, are the end of that list, its header cut from the paste."""
+    text = _ANSI.sub("", text)
+    unused = _D2_HEADERS[1][1].search(text)
+    if not unused or _D2_HEADERS[0][1].search(text):
+        return []
+    above: list[str] = []
+    for line in reversed(text[:unused.start()].rstrip("\n").split("\n")):
+        if (key := _d2_key_line(line)) is None or "." not in key:
+            break
+        above[:0] = _expand(key)
+    return above if len(above) >= 2 else []
+
+
+def _d2_key_line(line: str) -> str | None:
+    """A key line of fvcore's grouped lists (``a.b.{bias, weight}``), without a log prefix."""
+    line = re.sub(r"^\s*(?:\[\d\d/\d\d [\d:]+ [\w.]+\]:?\s*)?", "", line).strip()
+    if not line or not re.match(r"^[\w.{}\-, ]+$", line) or " " in line.replace(", ", ","):
+        return None
+    return line.replace(", ", ",").replace(",", ", ")
 
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -114,6 +136,16 @@ def load_report(text: str) -> tuple[dict[str, list[str]], list[tuple[str, tuple[
         else:
             lists[m.group(2).lower()].append(m.group(1))
     return lists, mismatched
+
+
+_RUNNING_STATS = re.compile(r'Unexpected\s+running\s+stats\s+buffer\(s\)\s+((?:"[^"\s]+"(?:\s+and\s+)?)+)')
+
+
+def running_stats_lists(text: str) -> dict[str, list[str]]:
+    """PyTorch's InstanceNorm (``track_running_stats=False``) on a file without version metadata:
+    ``Unexpected running stats buffer(s) "m.running_mean" and "m.running_var"`` (saved before 0.4)."""
+    found = (re.findall(r'"([^"]+)"', m.group(1)) for m in _RUNNING_STATS.finditer(text))
+    return {"unexpected": [k for keys in found for k in keys]}
 
 
 def mlx_lists(text: str) -> dict[str, list[str]]:
@@ -253,3 +285,23 @@ def prose_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
         ckpt, model = sizes if ckpt_first < model_first else sizes[::-1]
         out.append((key.group(1).rstrip(":.,"), _shape(ckpt.group(1)), _shape(model.group(1))))
     return out
+
+
+_LISTED = re.compile(rf"^\s*[\"'`]?({_KEY})[\"'`]?\s*[:,=]?\s*{_SIZE}\s*,?\s*$")
+
+
+def listed_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """Keys listed with their sizes once for each side (``key torch.Size([...])`` per line), each
+    block under a line that names its side ("in my model:", "but in the pretrained model:"); a
+    line naming the checkpoint's side names it even beside "model". Keys of two sizes differ."""
+    sides: dict[str, dict[str, tuple[int, ...]]] = {"checkpoint": {}, "model": {}}
+    side = None
+    for line in text.split("\n"):
+        m = _LISTED.match(line)
+        if m is None:
+            words = {w.lower() for w in _PROSE_SIDE.findall(line)}
+            side = "checkpoint" if words & _CKPT_WORDS else "model" if words & _MODEL_WORDS else side
+        elif side and _DOTTED.match(m.group(1)):
+            sides[side][m.group(1)] = _shape(m.group(2))
+    ckpt, model = sides["checkpoint"], sides["model"]
+    return [(k, ckpt[k], model[k]) for k in model if k in ckpt and ckpt[k] != model[k]]

@@ -114,11 +114,17 @@ def _unused_pretraining_head(ev: Evidence) -> Finding | None:
     transformers prints it when a pretraining checkpoint (MLM/NSP heads, a pooler) is loaded into
     a model without those heads (``AutoModel``, a task model): expected, nothing to fix.
     """
-    if not (ev.report and ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)):
+    if not (ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)):
         return None
-    return Finding("new_task_head", 0.9, frozenset(ev.unexpected),
+    # Not a report: PyTorch's list of one top-level head module's keys the model lacks (a backbone
+    # or a model built without that head given the pretraining file); other code reads the same.
+    # One key is no list (PyTorch 0.3 stops at the first unexpected key).
+    one_head = len(ev.unexpected) >= 2 and len(_tops(ev.unexpected)) == 1 and _is_head(ev.unexpected)
+    if not ev.report and not one_head:
+        return None
+    return Finding("new_task_head", 0.9 if ev.report else 0.6, frozenset(ev.unexpected),
                    {"examples": [], "count": 0, "dropped": list(ev.unexpected[:3]),
-                    "report": True, "class_name": ev.class_name})
+                    "report": ev.report, "class_name": ev.class_name})
 
 
 def whole_model_missing(ev: Evidence) -> list[Finding]:
@@ -220,9 +226,26 @@ def cut_size_mismatch(ev: Evidence) -> list[Finding]:
     variant = Finding("architecture_variant", 0.3, frozenset(keys),
                       {"kind": "width", "count": len(keys), "examples": keys[:3], "ratio": 1.0,
                        "consistent": False})
+    # A weight saved as torch.Size([0]) is a partitioned parameter's placeholder (a weight has
+    # two axes or more; a layer built with 0 outputs keeps the others): the model's side is cut.
+    empty = [k for k in ev.cut_empty if k.endswith(".weight")]
+    if empty and len(empty) >= 0.5 * len(keys):
+        return [Finding("partitioned_checkpoint", 0.75, frozenset(ev.cut_empty),
+                        {"examples": empty[:3], "count": len(ev.cut_empty), "side": "checkpoint"}),
+                replace(head, confidence=0.5), variant]
     if all(head_named(k) for k in keys):
         return [replace(head, confidence=0.65), variant]
     return [replace(variant, confidence=0.5), head]
+
+
+def told_head(ev: Evidence) -> list[Finding]:
+    """A head's two sizes told in a sentence, no key shown: a candidate, without code."""
+    if not ev.told_head_sizes or not ev.is_empty:
+        return []
+    ckpt, model = ev.told_head_sizes
+    return [Finding("head_size_mismatch", 0.6, frozenset(),
+                    {"keys": [], "checkpoint_size": ckpt, "model_size": model, "vocab": False,
+                     "padded": False})]
 
 
 def partial_findings(ev: Evidence) -> list[Finding]:
@@ -237,4 +260,4 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev))
+            + cut_size_mismatch(ev) + told_head(ev))

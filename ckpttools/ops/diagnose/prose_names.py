@@ -71,3 +71,29 @@ def state_names(text: str) -> dict[str, list[str]]:
         names.append("scale")
     side = "unexpected" if _UNEXPECTED.search(text) or not re.search(r"missing", text, re.I) else "missing"
     return {"missing": [], "unexpected": [], side: names}
+
+
+# "the current model's head has 41 channels, the checkpoint's head has 81": a count per side.
+_COUNT = re.compile(r"\b(\d+)\s+(?:output\s+)?(?:classes|channels|outputs|labels|categories)\b", re.I)
+_CKPT_SIDE = re.compile(r"checkpoint|pretrained|saved|ckpt|weights", re.I)
+_MODEL_SIDE = re.compile(r"\bmodel\b|\bcurrent\b", re.I)
+_HEAD_WORDS = re.compile(r"head|classifier|output\s+layer", re.I)
+
+
+def told_head_sizes(text: str) -> tuple[int, int] | None:
+    """``(checkpoint, model)`` counts sentences tell for an output head ("the current model
+    detection head has 41 channels, the checkpoint detection head has 81 channels").
+
+    Each count's clause names a head and its side; the checkpoint's words win ("the pretrained
+    model's head"). Both sides, two different counts, or nothing.
+    """
+    sizes: dict[str, int] = {}
+    for m in _COUNT.finditer(text):
+        clause = re.split(r"[.,;:\n]", text[:m.start()])[-1]
+        if not _HEAD_WORDS.search(clause):
+            continue
+        side = "checkpoint" if _CKPT_SIDE.search(clause) else "model" if _MODEL_SIDE.search(clause) else ""
+        if side:
+            sizes.setdefault(side, int(m.group(1)))
+    ckpt, model = sizes.get("checkpoint"), sizes.get("model")
+    return (ckpt, model) if ckpt is not None and model is not None and ckpt != model else None

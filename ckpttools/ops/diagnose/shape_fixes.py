@@ -16,6 +16,10 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
+    if not keys:  # told in a sentence: no key to drop
+        return (f"the output head has another size: {c} in the checkpoint, {m} in the model (as the "
+                f"text tells it); build the model with {c} outputs (classes), or drop the head's keys "
+                "to fine-tune"), "", []
     if m is None:  # the sizes were cut from the text: the head by its name only
         what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
                 "sizes are cut from the text); by its name an output head: another number of "
@@ -47,6 +51,11 @@ def architecture_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     kind = f.facts["kind"]
     if kind == "pos_grid":
         c, m = f.facts["checkpoint_shape"], f.facts["model_shape"]
+        if f.facts.get("length"):
+            return (f"the learned position/frame table has another length ({list(c)} in the "
+                    f"checkpoint, {list(m)} in the model): the model was built for another input "
+                    "length (frames, sequence length); build it with the checkpoint's, or "
+                    "interpolate the table along that axis"), "", []
         what = (f"the positional-embedding grid has another size ({list(c)} in the checkpoint, "
                 f"{list(m)} in the model): the model was built for another input size; build it for "
                 "the checkpoint's (img_size, window size), or resample the grid (timm.layers."
@@ -165,6 +174,16 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
     keys = ", ".join(f.facts["examples"])
+    if not keys and not f.facts["report"]:
+        top = f.facts["dropped"][0].split(".")[0]
+        what = (f"the checkpoint has a head ({', '.join(f.facts['dropped'])}) that "
+                f"{f.facts.get('class_name') or 'this model'} was built without (a backbone, or the "
+                "head replaced by Identity): expected when the head is not needed; drop its keys "
+                "(or build the model with the head to use it)")
+        pattern = rf"^{re.escape(top)}\."
+        code = (f'sd = {{k: v for k, v in sd.items() if not re.match(r"{pattern}", k)}}\n'
+                "model.load_state_dict(sd)")
+        return what, code, ["--drop", shlex.quote(pattern)]
     if not keys:
         what = (f"the checkpoint's pretraining head ({', '.join(f.facts['dropped'])}) is not used by "
                 f"{f.facts.get('class_name') or 'this model'}, which has no such head; this is "

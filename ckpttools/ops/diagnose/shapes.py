@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
-from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, segments
+from ckpttools.ops.diagnose.evidence import (
+    Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
@@ -19,6 +20,20 @@ _POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|ab
                   r"|relative_position_bias_table|position_embeddings|rel_pos"
                   # Swin V2's continuous position bias: a table of log-spaced relative coordinates
                   r"|relative_coords?_(table|log)|relative_coordinates\w*")
+
+
+def _length_table(m: ShapeMismatch) -> bool:
+    """A learned ``[1, N, D]`` table added to the input (positions, frames: ``time_embed``,
+    ``pos_encoder.pe``) whose length N differs: another input length. A layer's weight has no
+    leading singleton axis; tokens put beside the input (``temporal_token``, one per class) may
+    count classes."""
+    c, s = m.checkpoint_shape, m.model_shape
+    return (len(c) == len(s) == 3 and c[0] == s[0] == 1 and c[2] == s[2] > 1 and c[1] != s[1]
+            and not m.key.endswith(("weight", "bias")) and "token" not in m.key.rpartition(".")[2])
+
+
+def _positional(m: ShapeMismatch) -> bool:
+    return bool(_POS.search(m.key)) or _length_table(m)
 
 
 def head_named(key: str) -> bool:
@@ -50,11 +65,14 @@ def _real(ev: Evidence) -> list[ShapeMismatch]:
     """Mismatches between two real tensors of other sizes.
 
     Not empty or one-element placeholders in the checkpoint (partitioned saves), not the same
-    elements in another layout (transposed, permuted or reshaped tensors).
+    elements in another layout (transposed, permuted or reshaped tensors), not a 4-bit packed
+    column (quantized). A layer built with a count of zero (``[0, 2048]``) is a real size.
     """
+    zero = zero_count_keys(ev.mismatched)
     return [m for m in ev.mismatched
-            if numel(m.checkpoint_shape) > 1 and numel(m.model_shape) > 0
-            and numel(m.checkpoint_shape) != numel(m.model_shape)]
+            if numel(m.checkpoint_shape) > 1 and (numel(m.model_shape) > 0 or m.key in zero)
+            and numel(m.checkpoint_shape) != numel(m.model_shape)
+            and not packed_4bit(m.checkpoint_shape, m.model_shape)]
 
 
 def _only_dim0(m: ShapeMismatch) -> bool:
@@ -107,10 +125,11 @@ def _tensor_parallel(mm: list[ShapeMismatch]) -> bool:
 
 def _norm_resized(mm: list[ShapeMismatch]) -> bool:
     """A norm layer changed size (running stats, or a 1-D weight whose layer has no matrix among
-    the mismatches): the features are wider or narrower. Tensor parallelism replicates norms."""
+    the mismatches): the features are wider or narrower. Tensor parallelism replicates norms.
+    Sizes under 8 on both sides are no feature width (a norm over 2 or 3 features): a count."""
     matrices = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
     return any(len(m.model_shape) == 1 and ("running_" in m.key or m.key.rpartition(".")[0] not in matrices)
-               for m in mm)
+               and max(m.model_shape[0], m.checkpoint_shape[0]) >= 8 for m in mm)
 
 
 def _hidden_layer(mm: list[ShapeMismatch]) -> bool:
@@ -162,7 +181,7 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     mm = _real(ev)
     if not mm or len(mm) != len(ev.mismatched):
         return []
-    if not all(_count_axis(m) for m in mm) or any(_POS.search(m.key) or _LEVELS.search(m.key)
+    if not all(_count_axis(m) for m in mm) or any(_positional(m) or _LEVELS.search(m.key)
                                                      for m in mm):
         return []
     if all(len(m.model_shape) == 1 for m in mm) and any(_NORM.search(m.key) for m in mm):
@@ -174,7 +193,10 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     # layers after it too, and fewer key/value heads change every block of a stack alike.
     sizes = {(m.checkpoint_shape[a], m.model_shape[a]) for m in mm if (a := _one_axis(m)) is not None}
     named = all(_HEAD.search(m.key) for m in mm)
-    return mm if len(mm) <= 6 or (len(sizes) == 1 and named) else []
+    # The same difference on every layer is one count changed by that much in layers that count
+    # it with and without a background class (81 -> 4 boxes, 80 -> 3 masks); a width scales.
+    same_change = len(sizes) == 1 or len({c - s for c, s in sizes}) == 1
+    return mm if len(mm) <= 6 or (same_change and named) else []
 
 
 def head_size_mismatch(ev: Evidence) -> Finding | None:
@@ -262,9 +284,10 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     if not mm or len(mm) < 0.5 * len(ev.mismatched):
         return None
     keys = frozenset(m.key for m in mm)
-    if all(_POS.search(m.key) for m in mm):
+    if all(_positional(m) for m in mm):
         return Finding("architecture_variant", 0.86, keys,
                        {"kind": "pos_grid", "keys": [m.key for m in mm],
+                        "length": not any(_POS.search(m.key) for m in mm),
                         "checkpoint_shape": mm[0].checkpoint_shape, "model_shape": mm[0].model_shape})
     stem = [m for m in mm if len(m.model_shape) >= 3 and m.key.endswith("weight")
             and len(m.checkpoint_shape) == len(m.model_shape)
@@ -287,7 +310,14 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     if _tensor_parallel(mm) or partition_factor(ev, mm) or all(_input_layer(m, mm) for m in mm):
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": ratio, "consistent": False})
-    return Finding("architecture_variant", 0.8 + (0.05 if consistent else 0.0), keys,
+    # A configured width is even (300, 768, 1152); an odd inner width like 979 between unchanged
+    # outer widths is computed by the code (int(dim * ratio)), so the code that computes it may
+    # have changed as well as the configuration.
+    axes = [_one_axis(m) for m in mm]
+    computed = all(a in (0, 1) for a in axes) and any(
+        x >= 64 and x % 2 for m, a in zip(mm, axes) for x in (m.checkpoint_shape[a], m.model_shape[a]))
+    conf = 0.72 if computed else 0.8 + (0.05 if consistent else 0.0)
+    return Finding("architecture_variant", conf, keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
                     "ratio": ratio, "consistent": consistent})
 

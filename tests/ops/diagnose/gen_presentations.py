@@ -55,9 +55,10 @@ def _grouped(keys: list[str]) -> list[str]:
     """fvcore's ``_group_checkpoint_keys``: ``prefix.{bias, weight}`` per module."""
     groups: dict[str, list[str]] = {}
     for k in keys:
-        head, _, leaf = k.rpartition(".")
-        groups.setdefault(head, []).append(leaf)
-    return [f"{h}.{{{', '.join(sorted(v))}}}" if len(v) > 1 else f"{h}.{v[0]}" if h else v[0]
+        # fvcore groups a key without a dot under itself, with no leaves: ``cls_token`` alone
+        head, _, leaf = k.rpartition(".") if "." in k else (k, "", "")
+        groups.setdefault(head, []).extend([leaf] if leaf else [])
+    return [f"{h}.{{{', '.join(sorted(v))}}}" if len(v) > 1 else f"{h}.{v[0]}" if v else h
             for h, v in groups.items()]
 
 

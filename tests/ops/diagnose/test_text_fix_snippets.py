@@ -104,10 +104,21 @@ def _renamed(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return NetLin(), moved
 
 
+def _headless(path: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    # a pretraining file with a projection head (DINO's head.mlp.*), a model built with head=Identity
+    full = _seeded()
+    full.head = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+    sd = full.state_dict()
+    torch.save(sd, path)
+    model = Net()
+    model.head = nn.Identity()
+    return model, {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+
 CASES: dict[str, Callable[[Path], tuple[nn.Module, dict[str, torch.Tensor]]]] = {
     "prefix_added": _prefix_added, "prefix_missing": _prefix_missing,
     "wrapped_checkpoint": _wrapped, "head_size_mismatch": _new_head, "wrong_model": _backbone_file,
-    "renamed_keys": _renamed,
+    "renamed_keys": _renamed, "new_task_head": _headless,
 }
 
 
@@ -609,3 +620,28 @@ def test_peft_state_dict_diagnosed_from_files_loads_base_then_merges(tmp_path: P
     scope = _run(cause.fix_code, path, {"model": Net()}, ADAPTER_DIR=str(adapter_dir))
     assert type(scope["model"]) is Net
     assert torch.allclose(_outputs(scope["model"]), _outputs(trained), atol=1e-6)
+
+
+def _generator(track: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                         nn.InstanceNorm2d(4, affine=True, track_running_stats=track))
+
+
+def test_instancenorm_stats_before_pytorch_04_snippet_drops_only_theirs(tmp_path: Path) -> None:
+    # a file without version metadata (a plain dict, as before 0.4) whose InstanceNorm kept stats
+    old = _generator(True)
+    old[1].running_mean.fill_(0.5)  # the BatchNorm's stats must still load
+    sd = dict(old.state_dict())
+    path = tmp_path / "ckpt.pth"
+    torch.save(sd, path)
+    model = _generator(False)
+    text = _error(model, torch.load(path, weights_only=True))
+    assert "Unexpected running stats buffer(s)" in text
+    top = diagnose_text(text).causes[0]
+    assert top.label == "version_buffers" and "InstanceNorm" in top.summary
+    scope: dict[str, Any] = {"model": model}
+    exec(compile(top.fix_code.replace("CKPT", str(path)), "<diagnose fix>", "exec"), scope)
+    loaded = scope["model"].state_dict()
+    assert torch.equal(loaded["1.running_mean"], sd["1.running_mean"])
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items() if k in loaded)
