@@ -24,7 +24,8 @@ from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.calibration import calibrate, possible
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
-from ckpttools.ops.diagnose.partial import new_task_head, partial_findings
+from ckpttools.ops.diagnose.partial import partial_findings
+from ckpttools.ops.diagnose.residue import head_left, with_new_modules
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
@@ -350,42 +351,6 @@ def _calibrated(f: Finding, ev: Evidence) -> Finding:
     return f
 
 
-def _with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> list[Finding]:
-    """Whole modules on one side nobody explains, next to a changed layer shape: the network was
-    modified (new modules and another input or width), not another variant of the same code.
-
-    A variant changes the shapes of the modules both sides have; modules that exist on one side
-    only (``attention.*``, ``conv_reduce.*``) besides a changed shape elsewhere mean other code.
-    """
-    changed = {_segments(m.key)[0] for m in ev.mismatched}
-    new = {_segments(k)[0] for k in rest.missing + rest.unexpected if "." in k} - changed
-    shape = [f for f in findings if f.label == "architecture_variant" and f.confidence >= 0.8
-             and f.facts.get("kind") in ("in_chans", "width")]
-    code = next((f for f in findings if f.label == "model_code_changed"), None)
-    if not new or not shape or code is None:
-        return findings
-    # One new module in a whole text counts when it is no stack's layer (``blocks.3.*``: another
-    # depth of a variant adds those): a one-off module (``criterion_bonds``) is other code.
-    stacked = any(p.isdigit() for k in rest.missing + rest.unexpected if _segments(k)[0] in new
-                  for p in _segments(k))
-    if len(new) < 2 and not ev.truncated and stacked:
-        return findings
-    # One new module (or one shown in a cut text, where more may hide): neither reading decides
-    # (changed code first: a module the other side lacks is more than a variant's shape).
-    conf = 0.72 if len(new) < 2 else 0.75 if ev.truncated else 0.82
-    both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)
-    return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
-
-
-def _head_left(ev: Evidence, rest: Evidence) -> list[Finding]:
-    """From files: a task head is all that another finding's fix leaves missing (a backbone
-    saved through DataParallel, loaded into a task model)."""
-    if ev.matched is None or rest.unexpected or rest.mismatched or len(rest.missing) == len(ev.missing):
-        return []
-    head = new_task_head(rest)
-    return [head] if head is not None else []
-
-
 def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     """Run every rule on ``ev`` and return the findings, most likely first.
 
@@ -402,8 +367,8 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial
     findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
-    findings += _head_left(ev, rest)
-    findings = _with_new_modules(findings, ev, rest)
+    findings += head_left(ev, rest)
+    findings = with_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in calibrate([_calibrated(f, ev) for f in findings], ev):
         if f.confidence >= min_confidence and (f.label not in best or
