@@ -3,19 +3,10 @@ another does not, InstanceNorm's running stats from before PyTorch 0.4, spectral
 
 from __future__ import annotations
 
-import re
-import shlex
 
 from ckpttools.ops.diagnose.adapters import QUANT_STATE_LEAVES
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
-
-
-def _q(text: str) -> str:
-    return shlex.quote(text)
-
-
-def _re(text: str) -> str:
-    return re.escape(text).replace("\\_", "_")
+from ckpttools.ops.diagnose.snippet_text import regex_literal as _re, shell_quoted as _q
 
 
 _REPARAMETRIZED = {"weight_orig": "spectral_norm", "weight_g": "weight_norm"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from ckpttools.ops.diagnose.shape_fixes import (
     architecture_text, code_changed_text, head_text, new_head_text, profiler_text, renamed_text,
     wrong_model_text)
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
+from ckpttools.ops.diagnose.snippet_text import regex_literal as _re, shell_quoted as _q
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
@@ -38,14 +38,6 @@ class Cause:
                 "summary": self.summary, "evidence": dict(self.evidence),
                 "fix": {"code": self.fix_code, "command": self.fix_command,
                         "confirm": self.confirm_command}}
-
-
-def _q(text: str) -> str:
-    return shlex.quote(text)
-
-
-def _re(text: str) -> str:
-    return re.escape(text).replace("\\_", "_")
 
 
 def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:

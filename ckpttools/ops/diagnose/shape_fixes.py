@@ -6,10 +6,7 @@ import re
 import shlex
 
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
-
-
-def _re(text: str) -> str:
-    return re.escape(text).replace("\\_", "_")
+from ckpttools.ops.diagnose.snippet_text import regex_literal as _re
 
 
 def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
