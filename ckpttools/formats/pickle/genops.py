@@ -254,8 +254,9 @@ _FRAMING_OPS = frozenset({"PROTO", "FRAME", "STOP"})
 
 
 def single_integer(data: Any, pos: int = 0, end: int | None = None) -> int | None:
-    """The integer a pickle consisting of one integer opcode holds (what ``pickle.load`` returns
-    for it), read from the opcodes without unpickling; None for any other pickle or bad data.
+    """The integer a pickle consisting of one integer opcode holds, read from the opcodes
+    without unpickling anything (no loader, ``weights_only`` or not, runs); None for any other
+    pickle or bad data.
 
     torch's legacy format starts with its magic number pickled this way, in any protocol.
     """

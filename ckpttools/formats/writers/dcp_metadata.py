@@ -8,7 +8,7 @@ of their ``__dict__`` (``TensorProperties`` of its ``__getstate__`` tuple, ``_St
 without ``transform_descriptors``), ``torch.Size`` and enums as ``REDUCE``, dtypes as globals.
 So torch's own ``FileSystemReader.read_metadata()`` rebuilds real objects from it. ckpttools never
 unpickles a ``.metadata`` file with a real class: it reads one with the restricted walker only
-(``formats/dcp_dir.py``); torch reads it with a plain ``pickle.load``, no ``weights_only``.
+(``formats/dcp_dir.py``); torch's reader unpickles it without ``weights_only``.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def dcp_metadata(items: Sequence[DcpItem], *, save_id: str | None = None) -> byt
         save_id: recorded in ``storage_meta``; a fresh UUID when None.
 
     Returns:
-        Pickle bytes (protocol 4) that ``pickle.load`` turns into DCP's ``Metadata``.
+        Pickle bytes (protocol 4) that torch's ``FileSystemReader.read_metadata()`` turns into
+        DCP's ``Metadata`` (torch unpickles it without ``weights_only``; ckpttools never does).
     """
     g = _Names()
     state_dict_metadata = {it.fqn: _tensor_metadata(g, it, it.dtype) if it.dtype is not None
