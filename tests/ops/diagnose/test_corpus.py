@@ -111,39 +111,21 @@ def test_frozen_sources_never_in_development() -> None:
     assert len(set(frozen5)) == len(frozen5)
 
 
-def test_frozen_as_measured() -> None:
-    s = score(corpus(FROZEN))
-    assert len(s.answers) == 46
-    assert sum(a.right for a in s.answers) >= FROZEN_RIGHT
-    assert s.confident_precision >= TARGET_PRECISION
+# (folder, cases, right at least, precision at >= 0.8 at least): the floors above
+FROZEN_FLOORS = {"frozen": (FROZEN, 46, FROZEN_RIGHT, TARGET_PRECISION),
+                 "frozen2": (FROZEN2, 42, FROZEN2_RIGHT, FROZEN2_PRECISION),
+                 "frozen3": (FROZEN3, 50, FROZEN3_RIGHT, FROZEN3_PRECISION),
+                 "frozen4": (FROZEN4, 50, FROZEN4_RIGHT, FROZEN4_PRECISION),
+                 "frozen5": (FROZEN5, 50, FROZEN5_RIGHT, FROZEN5_PRECISION)}
 
 
-def test_frozen2_as_measured() -> None:
-    s = score(corpus(FROZEN2))
-    assert len(s.answers) == 42
-    assert sum(a.right for a in s.answers) >= FROZEN2_RIGHT
-    assert s.confident_precision >= FROZEN2_PRECISION
-
-
-def test_frozen3_as_measured() -> None:
-    s = score(corpus(FROZEN3))
-    assert len(s.answers) == 50
-    assert sum(a.right for a in s.answers) >= FROZEN3_RIGHT
-    assert s.confident_precision >= FROZEN3_PRECISION
-
-
-def test_frozen4_as_measured() -> None:
-    s = score(corpus(FROZEN4))
-    assert len(s.answers) == 50
-    assert sum(a.right for a in s.answers) >= FROZEN4_RIGHT
-    assert s.confident_precision >= FROZEN4_PRECISION
-
-
-def test_frozen5_as_measured() -> None:
-    s = score(corpus(FROZEN5))
-    assert len(s.answers) == 50
-    assert sum(a.right for a in s.answers) >= FROZEN5_RIGHT
-    assert s.confident_precision >= FROZEN5_PRECISION
+@pytest.mark.parametrize("name", list(FROZEN_FLOORS))
+def test_frozen_sets_as_measured(name: str) -> None:
+    folder, cases, right, precision = FROZEN_FLOORS[name]
+    s = score(corpus(folder))
+    assert len(s.answers) == cases
+    assert sum(a.right for a in s.answers) >= right
+    assert s.confident_precision >= precision
 
 
 @pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5],
