@@ -22,6 +22,11 @@ class ShapeMismatch:
     checkpoint_shape: Shape
     model_shape: Shape
 
+    @property
+    def transposed(self) -> bool:
+        """A 2-D weight stored the other way round: (in, out) where the model holds (out, in)."""
+        return len(self.model_shape) == 2 and tuple(self.checkpoint_shape) == tuple(self.model_shape)[::-1]
+
 
 @dataclass(frozen=True)
 class DtypeDifference:

@@ -263,8 +263,7 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
     original = {apply_rules(k, rules): k for k in table}
     steps: list[Step] = []
     mism = [original[m.key] for m in cmp.shape_mismatches if m.key not in resampled]
-    swapped = sum(len(m.model_shape) == 2 and tuple(m.checkpoint_shape) == tuple(m.model_shape)[::-1]
-                  for m in cmp.shape_mismatches if m.key not in resampled)
+    swapped = sum(m.transposed for m in cmp.shape_mismatches if m.key not in resampled)
     held = "the model holds in another shape (they keep the model's initialisation)" + (
         f"; {swapped} of them stored transposed, (in, out) for (out, in): `ckpttools diagnose "
         "--checkpoint` gives the fix that transposes them" if swapped else "")

@@ -69,7 +69,6 @@ _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|
                   r"|^[A-Za-z0-9]+(_[A-Za-z0-9]+)*_(ema|teacher|shadow|swa)(_[A-Za-z0-9]+)*\.")
 _TIED = re.compile(r"(^|\.)(lm_head|lm_head\.decoder|predictions\.decoder|output_projection"
                    r"|embed_out|generator|output|decoder)\.(weight|bias)$")
-_LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
 
 
 def _wrapper_only(keys: tuple[str, ...], anywhere: bool) -> str | None:

@@ -201,8 +201,7 @@ def _transposed_fix(diff: DiffResult, plan: FixPlan) -> str | None:
 
     from ckpttools.ops.plan_text import load_lines
 
-    swapped = [m.key for m in diff.comparison.shape_mismatches
-               if len(m.model_shape) == 2 and tuple(m.checkpoint_shape) == tuple(m.model_shape)[::-1]]
+    swapped = [m.key for m in diff.comparison.shape_mismatches if m.transposed]
     drops = [st for st in plan.steps if st.kind == "drop"]
     if (not swapped or len(plan.steps) != 1 or len(drops) != 1 or set(plan.left) != set(swapped)
             or plan.after.unexpected or plan.after.mismatched or plan.source.fmt != "torch"

@@ -7,10 +7,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
+from ckpttools.ops.keymatch import LEGACY_LEAVES
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, segments
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
-_LEGACY_RENAMES = {"gamma": "weight", "beta": "bias", "running_std": "running_var"}
+# a norm's old names (the plan renames gamma/beta by the same convention), and old BatchNorm's
+_LEGACY_RENAMES = {**LEGACY_LEAVES, "running_std": "running_var"}
 _LEAVES = {"weight", "bias"}
 
 
