@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ckpttools.ops.plan_advice import advise
+from ckpttools.ops.fix_plan import SNIPPET_ONLY
 
 if TYPE_CHECKING:
     from ckpttools.ops.fix_plan import FixPlan, Source, Step
@@ -77,7 +78,7 @@ def output_path(source: Source) -> str:
 def remap_command(plan: FixPlan) -> tuple[str, str]:
     """The ``ckpttools remap`` command writing a file that loads as the plan says, and a note
     when remap cannot express a step."""
-    snippet_only = sorted({s.kind for s in plan.steps if s.kind in ("tie", "resample-pos-embed")})
+    snippet_only = sorted({s.kind for s in plan.steps if s.kind in SNIPPET_ONLY})
     if snippet_only:
         return "", (f"remap cannot {' or '.join(snippet_only)}; use the Python snippet or the "
                     "framework's loader")

@@ -75,11 +75,6 @@ def _real(ev: Evidence) -> list[ShapeMismatch]:
             and not packed_4bit(m.checkpoint_shape, m.model_shape)]
 
 
-def _only_dim0(m: ShapeMismatch) -> bool:
-    c, s = m.checkpoint_shape, m.model_shape
-    return len(c) == len(s) and len(c) >= 1 and c[0] != s[0] and c[1:] == s[1:]
-
-
 def _one_axis(m: ShapeMismatch) -> int | None:
     """The only axis on which the two shapes differ, if exactly one does."""
     c, s = m.checkpoint_shape, m.model_shape
