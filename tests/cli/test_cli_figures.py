@@ -56,12 +56,50 @@ sys.stdout.buffer.write(plot_diff(result, sys.argv[3]))
 """
 
 
-def _cold_chart(pair: tuple[Path, Path], fmt: str) -> bytes:
+# matplotlib imported the usual way first, so ckpttools' import_matplotlib changes nothing
+_PLAIN_IMPORT = "import matplotlib; matplotlib.use('Agg'); import matplotlib.figure\n"
+
+
+def _cold_chart(pair: tuple[Path, Path], fmt: str, plain_import: bool = False) -> bytes:
     """The chart drawn by a fresh process that imports matplotlib only to draw it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", _DRAW_COLD, *map(str, pair), fmt], cwd=ROOT,
+    code = (_PLAIN_IMPORT if plain_import else "") + _DRAW_COLD
+    done = subprocess.run([sys.executable, "-c", code, *map(str, pair), fmt], cwd=ROOT,
                           env=env, capture_output=True, timeout=120, check=True)
     return done.stdout
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_chart_does_not_depend_on_the_light_import(pair: tuple[Path, Path], fmt: str) -> None:
+    """ckpttools imports matplotlib without building its artists' help text: the chart has the
+    bytes of one drawn after matplotlib was imported the usual way."""
+    assert _cold_chart(pair, fmt) == _cold_chart(pair, fmt, plain_import=True)
+
+
+_AFTER_LIGHT_IMPORT = """
+import matplotlib.artist as martist
+from ckpttools.render.plots import import_matplotlib
+builder, kwdoc = martist.Artist._update_set_signature_and_docstring, martist.kwdoc
+import_matplotlib()
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+assert martist.kwdoc is kwdoc and martist.Artist._update_set_signature_and_docstring == builder
+line, = Figure().subplots().plot([1, 2])
+line.set(color="red", linewidth=3)  # set() itself still takes every property
+assert (line.get_color(), line.get_linewidth()) == ("red", 3)
+class Later(Line2D):  # a class defined afterwards gets its help text as usual
+    pass
+assert "linewidth" in Later.set.__doc__ and "linewidth" in str(__import__("inspect").signature(Later.set))
+print("ok")
+"""
+
+
+def test_light_import_puts_matplotlib_back() -> None:
+    """The help-text builders are swapped only while ckpttools imports matplotlib."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", _AFTER_LIGHT_IMPORT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
 @pytest.mark.parametrize("fmt", ["png", "svg"])
