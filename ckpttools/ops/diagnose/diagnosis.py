@@ -110,7 +110,8 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
         model_shapes={k: tuple(diff.model_keys[k]) for k in diff.missing},
         checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
-        used_key=diff.state_dict or None)
+        used_key=diff.state_dict or None,
+        tied=() if diff.allow_tied else tuple(diff.comparison.tied))
 
 
 def diagnose_text(text: str) -> DiagnoseResult:

@@ -75,6 +75,8 @@ class Evidence:
     # PyTorch said the unexpected running stats are InstanceNorm's from a file saved before 0.4
     legacy_norm_stats: bool = False
     told_head_sizes: tuple[int, int] | None = None  # (checkpoint, model) told in prose, no key
+    # from files: (alias, key it loads through) of tied parameters the checkpoint leaves out
+    tied: tuple[tuple[str, str], ...] = ()
 
     @property
     def one_sided(self) -> bool:

@@ -173,6 +173,11 @@ def _ema(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 
 def _tied(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     keys = ", ".join(f.facts["examples"])
+    if "through" in f.facts:  # from files: the tie is the model's own, and the plan restores it
+        pairs = ", ".join(f"{a} is {b}" for a, b in zip(f.facts["examples"], f.facts["through"]))
+        return (f"the model ties parameters ({pairs}): the checkpoint stores each tensor once, "
+                "so load_state_dict(strict=True) misses the other name; from_pretrained and "
+                "model.tie_weights() re-tie them"), "", []
     what = (f"{keys} is tied to the input embedding, so the checkpoint does not store it separately"
             if f.facts["side"] == "missing" else
             f"the checkpoint stores {keys}, which this model ties to the input embedding")

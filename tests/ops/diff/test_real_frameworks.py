@@ -47,6 +47,10 @@ def test_absent_tied_aliases_exit_1_unless_allowed(tmp_path: Path) -> None:
     assert "from_pretrained re-ties them" in out
     code, out = run_cli(["diff", str(case.path), "--model", case.spec, "--allow-tied"])
     assert code == 0 and out.startswith("OK")
+    # diagnose names the tie (it used to say that no known cause fits)
+    _, out = run_cli(["diagnose", "--checkpoint", str(case.path), "--model", case.spec,
+                      "--format", "json"])
+    assert json.loads(out)["causes"][0]["label"] == "tied_weights"
 
 
 def test_lightning_ckpt_into_the_inner_module(tmp_path: Path) -> None:
