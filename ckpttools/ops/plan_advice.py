@@ -37,8 +37,10 @@ def _transformers(plan: FixPlan) -> list[Advice]:
     base = t.base_model_prefix + "." if t.base_model_prefix else ""
     if _resized(plan):
         labels = f", num_labels={t.num_classes}" if t.num_classes is not None else ""
+        resized = ", ".join(plan.left[:3]) + (", ..." if len(plan.left) > 3 else "")
+        # whatever differs in shape (a head, or a position table of another size) or is missing
         out.append({"summary": "from_pretrained with ignore_mismatched_sizes=True initialises the "
-                               "resized head and loads the rest",
+                               f"weights it cannot load ({resized}) and loads the rest",
                     "code": f"model = {cls}.from_pretrained({folder!r}{labels}, "
                             "ignore_mismatched_sizes=True)"})
     if base and base in (_prefix(plan, "strip-prefix"), _prefix(plan, "add-prefix")):
