@@ -25,6 +25,10 @@ from ckpttools.ops.model_spec import ModelSignature
 
 NBT = "num_batches_tracked"
 _LORA = re.compile(r"(^|\.)lora_[ABab](\.|$)")
+# q, k and v stacked along the rows of one tensor (nn.MultiheadAttention's in_proj_, timm's qkv):
+# diagnose --checkpoint cuts or stacks them; a plan's renames cannot
+FUSED_QKV = re.compile(r"^(?P<head>(?:.*\.)?)(?:in_proj_(?P<mha>weight|bias)"
+                       r"|(?:qkv|qkv_proj|Wqkv|wqkv|to_qkv)\.(?P<leaf>weight|bias))$")
 # steps the remap command cannot express (the snippet and from_pretrained/create_model can)
 SNIPPET_ONLY = ("tie", "resample-pos-embed")
 
@@ -275,6 +279,9 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
             if any(_LORA.search(k) for k in keys):  # learned weights, not leftovers: say so
                 what += (" (a LoRA adapter's lora_A/lora_B among them: the model loads without "
                          "its fine-tuning; merge the adapter with PEFT to keep it)")
+            if any(FUSED_QKV.match(k) for k in keys):
+                what += (" (q, k and v stacked in one projection among them: `ckpttools diagnose "
+                         "--checkpoint` gives the fix that cuts them into the model's layers)")
             steps.append(Step("drop", (pattern,), f"drop {len(keys)} {noun} {what}: {pattern}"))
     steps += renames
     model = sig.by_key()

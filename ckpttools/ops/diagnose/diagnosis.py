@@ -167,10 +167,14 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
-    # the plan renames and drops keys; two causes need more than that, and get the plan's
-    # loading followed by what it cannot do (or, for a transpose, their own proven snippet)
+    # the plan renames and drops keys; three causes need more than that, and get the plan's
+    # loading followed by what it cannot do (or, for a transpose or a fused projection, their
+    # own snippet, proven on the same shapes)
+    from ckpttools.ops.diagnose.fused_fix import fused_fix
+
     own = {"transposed_weights": _transposed_fix(diff, plan),
-           "adapter_or_quantization": _merge_adapter_fix(diff, plan)}
+           "adapter_or_quantization": _merge_adapter_fix(diff, plan),
+           "fused_projection": fused_fix(diff, plan)}
     causes = tuple(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
                    if own.get(c.label) is None else
                    dataclasses.replace(c, fix_code=own[c.label], fix_command=None)
