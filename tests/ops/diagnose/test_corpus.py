@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from tests.ops.diagnose.scoring import (
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, HELDOUT, REAL, Case, corpus, development, read_case,
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, HELDOUT, REAL, Case, corpus, development, read_case,
     score, source_key)
 
 # The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
@@ -59,6 +59,11 @@ FROZEN4_PRECISION = 0.95
 # Tuned on since (#16's frozen5 round): 40/50, every answer at confidence >= 0.8 right (27 of 27).
 FROZEN5_RIGHT = 40
 FROZEN5_PRECISION = 0.95
+# frozen6/ (50 texts from 50 new threads, collected by someone who does not change the rules):
+# 34/50 before any rule change made for it, 25 of its 29 answers at confidence >= 0.8 right (86.2%,
+# below the target, so no precision floor); scored at 50fbdd2 (ckpttools/ as at 0578c88). Its README
+# lists how it was collected.
+FROZEN6_RIGHT = 34
 # Round 10 (calibration.py: thin evidence is a candidate) changed no top-1 or precision figure of
 # the frozen sets; rerun with the rules each was scored with before tuning plus that pass, their
 # confident answers are 99 of 107 right (85.6%, 101 of 118, with the old rules alone).
@@ -98,25 +103,29 @@ def test_frozen_sources_never_in_development() -> None:
     frozen3 = [source_key(c.source) for c in corpus(FROZEN3)]
     frozen4 = [source_key(c.source) for c in corpus(FROZEN4)]
     frozen5 = [source_key(c.source) for c in corpus(FROZEN5)]
+    frozen6 = [source_key(c.source) for c in corpus(FROZEN6)]
     assert len(frozen) >= 40 and len(frozen2) >= 40 and len(frozen3) >= 45 and len(frozen4) >= 45
-    assert len(frozen5) >= 45
+    assert len(frozen5) >= 45 and len(frozen6) >= 45
     assert not dev & frozen
     assert not dev & set(frozen2) and not frozen & set(frozen2)
     assert not (dev | frozen | set(frozen2)) & set(frozen3)
     assert not (dev | frozen | set(frozen2) | set(frozen3)) & set(frozen4)
     assert not (dev | frozen | set(frozen2) | set(frozen3) | set(frozen4)) & set(frozen5)
+    assert not (dev | frozen | set(frozen2) | set(frozen3) | set(frozen4) | set(frozen5)) & set(frozen6)
     assert len(set(frozen2)) == len(frozen2)  # one case per thread
     assert len(set(frozen3)) == len(frozen3)
     assert len(set(frozen4)) == len(frozen4)
     assert len(set(frozen5)) == len(frozen5)
+    assert len(set(frozen6)) == len(frozen6)
 
 
-# (folder, cases, right at least, precision at >= 0.8 at least): the floors above
+# (folder, cases, right at least, precision at >= 0.8 at least or None): the floors above
 FROZEN_FLOORS = {"frozen": (FROZEN, 46, FROZEN_RIGHT, TARGET_PRECISION),
                  "frozen2": (FROZEN2, 42, FROZEN2_RIGHT, FROZEN2_PRECISION),
                  "frozen3": (FROZEN3, 50, FROZEN3_RIGHT, FROZEN3_PRECISION),
                  "frozen4": (FROZEN4, 50, FROZEN4_RIGHT, FROZEN4_PRECISION),
-                 "frozen5": (FROZEN5, 50, FROZEN5_RIGHT, FROZEN5_PRECISION)}
+                 "frozen5": (FROZEN5, 50, FROZEN5_RIGHT, FROZEN5_PRECISION),
+                 "frozen6": (FROZEN6, 50, FROZEN6_RIGHT, None)}
 
 
 @pytest.mark.parametrize("name", list(FROZEN_FLOORS))
@@ -125,11 +134,13 @@ def test_frozen_sets_as_measured(name: str) -> None:
     s = score(corpus(folder))
     assert len(s.answers) == cases
     assert sum(a.right for a in s.answers) >= right
-    assert s.confident_precision >= precision
+    if precision is not None:  # measured below the target: no floor (frozen6)
+        assert s.confident_precision >= precision
 
 
-@pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5],
-                         ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5"])
+@pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6],
+                         ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5",
+                              "frozen6"])
 def test_corpus_headers_are_complete(folder) -> None:  # type: ignore[no-untyped-def]
     from ckpttools.ops.diagnose.causes import LABELS
 
