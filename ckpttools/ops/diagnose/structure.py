@@ -280,7 +280,7 @@ def model_code_changed(ev: Evidence) -> Finding | None:
                             "examples_unexpected": [],
                             "reshaped": {m.key: list(m.model_shape) for m in ranks} if same else {}})
         return None
-    pairs = structure_pairs(ev.missing, ev.unexpected)
+    pairs = _same_shapes(ev, structure_pairs(ev.missing, ev.unexpected))
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):
@@ -294,6 +294,20 @@ def model_code_changed(ev: Evidence) -> Finding | None:
             return None  # little in common: the wrong_model rule speaks
         return Finding("model_code_changed", 0.62, frozenset(keys), facts)
     return Finding("model_code_changed", 0.55, frozenset(keys), facts)
+
+
+def _same_shapes(ev: Evidence, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """From files, the pairs of a module that moved: every tensor keeps its shape, and every
+    tensor of the checkpoint's module pairs with the same model module (a norm inserted before a
+    conv shares the conv's bias shape, not its weight's). From text, the pairs as they are."""
+    if ev.source != "files":
+        return pairs
+    same = [(m, u) for m, u in pairs if ev.model_shapes.get(m) == ev.checkpoint_shapes.get(u)]
+    def module(key: str) -> str:
+        return key.rpartition(".")[0]
+    together = Counter((module(m), module(u)) for m, u in same)
+    leaves = Counter(module(u) for u in ev.unexpected)
+    return [(m, u) for m, u in same if together[module(m), module(u)] == leaves[module(u)]]
 
 
 def strip_wrappers(key: str) -> str:

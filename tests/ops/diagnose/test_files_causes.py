@@ -1,5 +1,4 @@
-"""From files, a tied parameter the checkpoint stores once is the cause ``tied_weights``, not
-"no known cause fits": the model's own tie is the evidence (its parameters share one tensor)."""
+"""Causes from files, where the shapes and the model's own structure are evidence a text lacks."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ class TiedLM(nn.Module):
 
 
 def test_tied_alias_left_out_by_safetensors_is_named(tmp_path: Path) -> None:
+    """Not "no known cause fits": the model's own tie (its parameters share one tensor) says it."""
     path = tmp_path / "lm.safetensors"
     saved = TiedLM()
     save_model(saved, str(path))  # safetensors keeps one name of a shared tensor
@@ -45,3 +45,27 @@ def test_tied_alias_left_out_by_safetensors_is_named(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["diagnose", "--checkpoint", str(path), "--model", spec,
                                  "--allow-tied", "--format", "json"])
     assert json.loads(r.stdout)["causes"] == []
+
+
+class Features(nn.Module):
+    def __init__(self, norm: bool = False) -> None:
+        super().__init__()
+        layers = [nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), *([nn.GroupNorm(2, 8)] if norm else []),
+                  nn.ReLU(), nn.Conv2d(8, 8, 3)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(8, 4)
+
+
+def test_moved_layer_is_named_by_its_shapes(tmp_path: Path) -> None:
+    """A norm inserted before a conv moves the conv from index 3 to 4; the new norm at 2 shares
+    the conv's bias shape only. The moves told are the plan's (3 -> 4), not 3 -> 2."""
+    path = tmp_path / "net.pth"
+    torch.save(Features().state_dict(), path)
+    r = CliRunner().invoke(cli, ["diagnose", "--checkpoint", str(path), "--model",
+                                 f"{__file__}:Features", "-a", "norm=true", "--format", "json"])
+    data = json.loads(r.stdout)
+    cause = data["causes"][0]
+    assert cause["label"] == "model_code_changed"
+    assert "'features.3.weight' -> 'features.4.weight'" in cause["summary"]
+    assert "features.2" not in cause["summary"]
+    assert data["plan"]["steps"][0]["args"] == [r"^features\.3\.=features.4."]
