@@ -3,6 +3,7 @@ another does not, InstanceNorm's running stats from before PyTorch 0.4, spectral
 
 from __future__ import annotations
 
+import re
 
 from ckpttools.ops.diagnose.adapters import QUANT_STATE_LEAVES
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
@@ -20,14 +21,27 @@ def _reparametrize(layers: dict[str, str]) -> str:
 
 def _saved_reparametrized(ev: Evidence) -> dict[str, str]:
     """Layers whose weight the model misses while the checkpoint holds it as spectral_norm's
-    ``weight_orig`` or (old) weight_norm's ``weight_g``: layer -> the function to apply."""
-    missing = set(ev.missing)
+    ``weight_orig``, (old) weight_norm's ``weight_g``, or the ``parametrizations.weight.*`` of
+    their torch.nn.utils.parametrizations forms: layer -> the function to apply. A
+    ``parametrizations.weight.original`` of no known parametrization (orthogonal, a user's own)
+    is left out: which one to apply is not in the keys."""
+    missing, unexpected = set(ev.missing), set(ev.unexpected)
     found: dict[str, str] = {}
     for key in ev.unexpected:
         layer, _, leaf = key.rpartition(".")
         if leaf in _REPARAMETRIZED and f"{layer}.weight" in missing:
             found[layer] = _REPARAMETRIZED[leaf]
+        new = _NEW_FORM.match(key)
+        if new is None or f"{new['layer']}.weight" not in missing:
+            continue
+        if new["n"] == "0" and f"{new['layer']}.parametrizations.weight.original1" in unexpected:
+            found[new["layer"]] = "parametrizations.weight_norm"
+        elif not new["n"] and f"{new['layer']}.parametrizations.weight.0._u" in unexpected:
+            found[new["layer"]] = "parametrizations.spectral_norm"
     return found
+
+
+_NEW_FORM = re.compile(r"^(?P<layer>.+)\.parametrizations\.weight\.original(?P<n>\d?)$")
 
 
 def buffers_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
@@ -43,8 +57,10 @@ def buffers_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     if layers := _saved_reparametrized(ev):
         what = (f"the checkpoint stores {', '.join(layers)} reparametrized "
                 f"({', '.join(sorted(set(layers.values())))}: the weight as weight_orig/weight_u/"
-                "weight_v or weight_g/weight_v); apply the same parametrization to the model's "
-                "layers before loading, so that every weight loads")
+                "weight_v, weight_g/weight_v or parametrizations.weight.original*); apply the "
+                "same parametrization to the model's layers before loading, so that every weight "
+                "loads (torch.nn.utils.parametrize.remove_parametrizations, or remove_spectral_norm"
+                " / remove_weight_norm for the old forms, gives plain weights after)")
         return what, _reparametrize(layers), []
     if ev.legacy_norm_stats:
         return _legacy_norm_stats()

@@ -56,13 +56,14 @@ _BUFFER = re.compile(
     r"|cos_cached|sin_cached|rotary_emb\.inv_freq"
     # spectral norm's power-iteration state, saved as weight_orig/weight_u/weight_v since
     # torch.nn.utils.spectral_norm and as parametrizations.* since its parametrize version
-    r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?)$")
+    r"|weight_orig|weight_u|weight_v|parametrizations\.weight\.original\d?"
+    r"|parametrizations\.weight\.\d+\._[uv])$")
 _PARAM_LEAF = re.compile(r"(^|[._])(weight|bias|gamma|beta|running_mean|running_var|weight_[gv]"
                          r"|in_proj_weight|in_proj_bias|lora_[ABab]"
                          r"|(weight|bias)_[ih]h_l\d+(_reverse)?)s?$")  # nn.LSTM/GRU/RNN parameters
 # The layer's module path before a reparametrized weight: spectral_norm (weight_orig/u/v),
 # weight_norm (weight_g/v) and torch.nn.utils.parametrizations (parametrizations.weight.original0/1).
-_SPECTRAL = re.compile(r"\.(weight_(orig|u|v|g)|parametrizations\.weight\.original\d?)$")
+_SPECTRAL = re.compile(r"\.(weight_(orig|u|v|g)|parametrizations\.weight\.(original\d?|\d+\._[uv]))$")
 _EMA = re.compile(r"^(ema|model_ema|ema_model|module_ema|ema_state_dict|teacher|shadow"
                   r"|averaged_model|swa_model|momentum_encoder|target_encoder|n_averaged)([._]|$)"
                   # an EMA word inside the top-level name: generator_ema.*, net_g_ema.*, ema_net.*

@@ -167,19 +167,22 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
-    # the plan renames and drops keys; three causes need more than that, and get the plan's
-    # loading followed by what it cannot do (or, for a transpose or a fused projection, their
-    # own snippet, proven on the same shapes)
+    # the plan renames and drops keys; some causes need more than that, and get the plan's
+    # loading followed by what it cannot do (or, for a transpose, a fused projection, or layers
+    # saved in another form, their own snippet, proven on the same shapes)
     from ckpttools.ops.diagnose.fused_fix import fused_fix
+    from ckpttools.ops.diagnose.model_side_fix import model_side_fix
 
     own = {"transposed_weights": _transposed_fix(diff, plan),
            "adapter_or_quantization": _merge_adapter_fix(diff, plan),
            "fused_projection": fused_fix(diff, plan)}
-    causes = tuple(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
-                   if own.get(c.label) is None else
-                   dataclasses.replace(c, fix_code=own[c.label], fix_command=None)
-                   for c in result.causes)
-    return dataclasses.replace(result, causes=causes, plan=plan)
+    causes = []
+    for c in result.causes:
+        # a layer saved reparametrized or quantized: the model is changed, not the keys
+        code = own.get(c.label) or model_side_fix(c, diff, plan, model)
+        causes.append(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
+                      if code is None else dataclasses.replace(c, fix_code=code, fix_command=None))
+    return dataclasses.replace(result, causes=tuple(causes), plan=plan)
 
 
 def _merge_adapter_fix(diff: DiffResult, plan: FixPlan) -> str | None:
