@@ -242,8 +242,9 @@ def ema_weights(ev: Evidence) -> Finding | None:
 def tied_weights(ev: Evidence) -> Finding | None:
     """An output head tied to the embedding is missing from (or extra in) the checkpoint."""
     if ev.tied:
-        # from files: the model's parameters share one tensor, which the file stores once
-        return Finding("tied_weights", 0.97, frozenset(a for a, _ in ev.tied),
+        # from files: the model's parameters share one tensor, which the file stores once; the
+        # decided cause when nothing else differs (a renamed head also leaves its tie absent)
+        return Finding("tied_weights", 0.97 if ev.is_empty else 0.5, frozenset(a for a, _ in ev.tied),
                        {"examples": [a for a, _ in ev.tied], "side": "missing",
                         "through": [b for _, b in ev.tied]})
     for side, keys in (("missing", ev.missing), ("unexpected", ev.unexpected)):

@@ -102,16 +102,38 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
 
 
 def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evidence:
-    """The evidence a ``diff`` of a checkpoint against a model gives (complete key sets)."""
+    """The evidence a ``diff`` of a checkpoint against a model gives (complete key sets).
+
+    A tied alias the checkpoint leaves out is a tie only when the plan ties it; one the plan
+    fills by a rename (a renamed tied head) is a missing key like any other."""
+    tied: tuple[tuple[str, str], ...] = ()
+    missing = diff.missing
+    if not diff.allow_tied:
+        by_tie = {a.split("=")[0] for st in (diff.plan.steps if diff.plan else ())
+                  if st.kind == "tie" for a in st.args}
+        tied = tuple((a, b) for a, b in diff.comparison.tied if a in by_tie)
+        missing += tuple(a for a, _ in diff.comparison.tied if a not in by_tie)
     return Evidence(
-        missing=diff.missing, unexpected=diff.unexpected,
+        missing=missing, unexpected=diff.unexpected,
         mismatched=tuple(ShapeMismatch(k, tuple(c), tuple(m)) for k, c, m in diff.mismatched),
         class_name=None, truncated=False, source="files", matched=len(diff.comparison.matched),
-        model_shapes={k: tuple(diff.model_keys[k]) for k in diff.missing},
+        model_shapes={k: tuple(diff.model_keys[k]) for k in missing},
         checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
-        used_key=diff.state_dict or None,
-        tied=() if diff.allow_tied else tuple(diff.comparison.tied))
+        used_key=diff.state_dict or None, tied=tied, moves=_plan_moves(diff))
+
+
+def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:
+    """(checkpoint key, model key) for each key the fix plan's ``rename`` steps move."""
+    from ckpttools.ops.fix_plan import rules_of
+    from ckpttools.ops.keymatch import apply_rules
+
+    renames = [st for st in (diff.plan.steps if diff.plan else ()) if st.kind == "rename"]
+    if not renames:
+        return ()
+    rules = rules_of(renames)
+    moved = ((k, apply_rules(k, rules)) for k in diff.checkpoint_keys)
+    return tuple((k, new) for k, new in moved if new != k and new in diff.model_keys)
 
 
 def diagnose_text(text: str) -> DiagnoseResult:

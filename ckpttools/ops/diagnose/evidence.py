@@ -77,6 +77,8 @@ class Evidence:
     told_head_sizes: tuple[int, int] | None = None  # (checkpoint, model) told in prose, no key
     # from files: (alias, key it loads through) of tied parameters the checkpoint leaves out
     tied: tuple[tuple[str, str], ...] = ()
+    # from files: (checkpoint key, model key) of the fix plan's renames (proven on shapes)
+    moves: tuple[tuple[str, str], ...] = ()
 
     @property
     def one_sided(self) -> bool:

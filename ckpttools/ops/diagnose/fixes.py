@@ -16,6 +16,12 @@ from ckpttools.ops.diagnose.snippet_text import regex_literal as _re, shell_quot
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
+# Quantized layers read the format version their state was saved in; a state saved as a plain
+# dict (a comprehension, safetensors) lost it, and they would then look for float weights.
+QUANTIZED_VERSIONS = (
+    'if getattr(sd, "_metadata", None) is None:  # saved as a plain dict: give the layers\' versions\n'
+    "    sd = collections.OrderedDict(sd)\n"
+    '    sd._metadata = {name: {"version": m._version} for name, m in model.named_modules()}\n')
 # A first line of a printed fix that the user sets: what the text cannot name (a file, a folder).
 SETTING = re.compile(r"^([A-Z][A-Z0-9_]*) = .*  # set: ")
 
@@ -146,7 +152,7 @@ def _quantized(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "(its Linear layers hold _packed_params, scale and zero_point); quantize the model "
                 "the same way before loading (dtype: the file's _packed_params.dtype, int8 by default)")
         code = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
-                "model.load_state_dict(sd)")
+                + QUANTIZED_VERSIONS + "model.load_state_dict(sd)")
         return what, code, []
     if f.facts.get("packed") == "model":
         what = ("the model was built with 4-bit weights (bitsandbytes packs two values to a byte: "
@@ -346,7 +352,8 @@ def describe(f: Finding, ev: Evidence) -> Cause:
         n = next((i for i, line in enumerate(lines) if not SETTING.match(line)), len(lines))
         rest = "\n".join(lines[n:])
         load = "" if "ckpt = torch.load" in rest or "sd" not in rest or _assigns_sd(rest) else _LOAD
-        code = "".join(line + "\n" for line in lines[:n]) + "import re, torch\n" + load + rest
+        imports = "import collections, re, torch\n" if "collections." in rest else "import re, torch\n"
+        code = "".join(line + "\n" for line in lines[:n]) + imports + load + rest
     command = None
     if ev.source == "files" and args:
         if args[0] == "@convert":

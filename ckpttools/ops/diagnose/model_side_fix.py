@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ckpttools.ops.diagnose.fixes import QUANTIZED_VERSIONS
+
 if TYPE_CHECKING:
     from ckpttools.ops.diagnose.fixes import Cause
     from ckpttools.ops.fix_plan import FixPlan
@@ -35,7 +37,8 @@ def _changes(code: str) -> list[str] | None:
     middle = lines[2:-1]
     if middle and all(_REPARAMETRIZE.match(l) for l in middle):
         return middle
-    return middle if len(middle) == 1 and _QUANTIZE.match(middle[0]) else None
+    versions = QUANTIZED_VERSIONS.rstrip("\n").split("\n")
+    return middle if middle and _QUANTIZE.match(middle[0]) and middle[1:] == versions else None
 
 
 def _proven(changes: Sequence[str], model: Any, ckpt: Mapping[str, Sequence[int]]) -> bool:
@@ -83,5 +86,5 @@ def model_side_fix(cause: Cause, diff: DiffResult, plan: FixPlan, model: Any) ->
     changes = _changes(cause.fix_code)
     if changes is None or not plan.left or not _proven(changes, model, diff.checkpoint_keys):
         return None
-    return "\n".join(["import torch", *load_lines(plan.source), *changes,
-                      "model.load_state_dict(sd)"])
+    imports = "import collections, torch" if "collections." in "".join(changes) else "import torch"
+    return "\n".join([imports, *load_lines(plan.source), *changes, "model.load_state_dict(sd)"])

@@ -280,7 +280,7 @@ def model_code_changed(ev: Evidence) -> Finding | None:
                             "examples_unexpected": [],
                             "reshaped": {m.key: list(m.model_shape) for m in ranks} if same else {}})
         return None
-    pairs = _same_shapes(ev, structure_pairs(ev.missing, ev.unexpected))
+    pairs = _moved_pairs(ev)
     facts = {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
              "examples_missing": list(ev.missing[:3]), "examples_unexpected": list(ev.unexpected[:3])}
     if pairs and len(pairs) >= 0.5 * min(len(ev.missing), len(ev.unexpected)):
@@ -296,18 +296,18 @@ def model_code_changed(ev: Evidence) -> Finding | None:
     return Finding("model_code_changed", 0.55, frozenset(keys), facts)
 
 
-def _same_shapes(ev: Evidence, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """From files, the pairs of a module that moved: every tensor keeps its shape, and every
-    tensor of the checkpoint's module pairs with the same model module (a norm inserted before a
-    conv shares the conv's bias shape, not its weight's). From text, the pairs as they are."""
-    if ev.source != "files":
-        return pairs
-    same = [(m, u) for m, u in pairs if ev.model_shapes.get(m) == ev.checkpoint_shapes.get(u)]
-    def module(key: str) -> str:
-        return key.rpartition(".")[0]
-    together = Counter((module(m), module(u)) for m, u in same)
-    leaves = Counter(module(u) for u in ev.unexpected)
-    return [(m, u) for m, u in same if together[module(m), module(u)] == leaves[module(u)]]
+def _moved_pairs(ev: Evidence) -> list[tuple[str, str]]:
+    """(model key, checkpoint key) of tensors that moved. From files, the moves of the fix plan's
+    renames, proven on shapes (a norm inserted before a conv shares the conv's bias shape: a
+    pairing by names alone would move the conv onto the norm); from text, key pairs that differ
+    by a segment or by layer numbers."""
+    if ev.source == "files":
+        # the moves of keys still to explain (a layer moved onto another's index is a shape
+        # mismatch there), by a relation of this rule: layer numbers, or a segment added
+        left = {*ev.missing, *ev.unexpected, *(m.key for m in ev.mismatched)}
+        return [(new, old) for old, new in ev.moves if (new in left or old in left)
+                and structure_pairs([new], [old])]
+    return structure_pairs(ev.missing, ev.unexpected)
 
 
 def strip_wrappers(key: str) -> str:

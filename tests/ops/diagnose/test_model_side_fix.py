@@ -58,8 +58,12 @@ def _diagnose(path: Path, *args: str) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.parametrize("plain_dict", [False, True], ids=["state_dict", "plain_dict"])
 @pytest.mark.parametrize("form", sorted(SAVED))
-def test_layers_saved_in_another_form_keep_their_weights(tmp_path: Path, form: str) -> None:
+def test_layers_saved_in_another_form_keep_their_weights(tmp_path: Path, form: str,
+                                                         plain_dict: bool) -> None:
+    """Saved as ``state_dict()`` returns it, and as a plain dict (which drops the format versions
+    that quantized layers read)."""
     torch.manual_seed(0)
     saved = SAVED[form]().eval()
     x = torch.randn(3, 8)
@@ -67,7 +71,7 @@ def test_layers_saved_in_another_form_keep_their_weights(tmp_path: Path, form: s
         saved(x)  # a forward pass, as training leaves the power-iteration state
         expected = saved(x)
     path = tmp_path / "saved.pth"
-    torch.save(saved.state_dict(), path)
+    torch.save(dict(saved.state_dict()) if plain_dict else saved.state_dict(), path)
     data = _diagnose(path)
     cause = data["causes"][0]
     assert cause["confidence"] >= 0.8 and cause["fix"]["command"] is None

@@ -224,11 +224,14 @@ def test_file_of_several_optimizers_snippet_loads_the_named_one(tmp_path: Path) 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")  # saving packed params
-def test_dynamic_quantized_checkpoint_snippet_quantizes_then_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("plain_dict", [False, True], ids=["state_dict", "plain_dict"])
+def test_dynamic_quantized_checkpoint_snippet_quantizes_then_loads(tmp_path: Path,
+                                                                   plain_dict: bool) -> None:
+    """Also from a plain dict, which has lost the format versions quantized layers read."""
     torch.manual_seed(0)
     quantized = dynamic_quantized(Mlp())
     path = tmp_path / "ckpt.pth"
-    torch.save(quantized.state_dict(), path)
+    torch.save(dict(quantized.state_dict()) if plain_dict else quantized.state_dict(), path)
     top = diagnose_text(_error(Mlp(), torch.load(path, weights_only=True))).causes[0]
     assert top.label == "adapter_or_quantization" and top.fix_code, top
     scope = _run(top.fix_code, path, {"model": Mlp()})
