@@ -129,16 +129,53 @@ class ParsedError:
 def normalize_text(text: str) -> str:
     """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
-    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
     # repr() of a KeyError escapes the single quotes of the set of keys PyTorch <= 0.3 printed
     if re.search(r"KeyError:\s*'missing keys in state_dict", text):
         text = text.replace("\\'", "'")
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
-        # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
-        text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")
-                .replace("\\t", "\t").replace("\\u001b", "\x1b"))
+    # A message escaped once per layer it went through (a JSON log record holding a repr(), a
+    # JSON string inside JSON): undo one layer at a time while escapes are left.
+    for _ in range(4):
+        unescaped = _unescape(text)
+        if unescaped == text:
+            break
+        text = unescaped
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours (transformers, detectron2)
-    return _LINE_PREFIX.sub("", text)
+    return _LINE_PREFIX.sub("", _unwrap_terminal(text))
+
+
+def _unwrap_terminal(text: str) -> str:
+    """Lines a terminal broke at its width joined again (keys and shapes cut mid-name).
+
+    A hard wrap leaves lines of exactly the widest length, one at least broken inside a token
+    (no blank on either side, no record-ending ``.:,;}`` before it). Lines of one width that
+    each end a record (fvcore's grouped keys, ranks repeating a line) stay as they are.
+    """
+    lines = text.split("\n")
+    width = max(map(len, lines))
+    breaks = [(ln[-1], nxt[:1]) for ln, nxt in zip(lines, lines[1:]) if len(ln) == width]
+    inside = sum(bool(re.match(r"[^\s.:,;}]\S", a + b)) for a, b in breaks)
+    if width < 60 or not inside:
+        return text
+    out, acc = [], ""
+    for line in lines:
+        acc += line
+        if len(line) != width:
+            out.append(acc)
+            acc = ""
+    return "\n".join(out + [acc] if acc else out)
+
+
+def _unescape(text: str) -> str:
+    """One layer of JSON or repr() escaping undone, when the text is escaped; else ``text``."""
+    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
+    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
+        # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines; a backslash
+        # escaped by an outer layer ("\\\\n") becomes the inner layer's escape ("\\n").
+        return re.sub(r'\\(\\|"|\'|n|t|u001b)', lambda m: _ESCAPES[m.group(1)], text)
+    return text
+
+
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "u001b": "\x1b"}
 
 
 def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
@@ -345,7 +382,9 @@ def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:
         for m in pattern.finditer(text):
             keys, cut = _parse_list(text, m.end())
             lists[kind].extend(keys)
-            truncated = truncated or cut
+            # Only the repr of _IncompatibleKeys prints an empty list ("missing_keys=[]"); every
+            # other header is printed for a non-empty list, so no key read means it was cut.
+            truncated = truncated or cut or not (keys or "_keys" in m.group())
             formats.append(kind)
     if not lists["missing"] and (orphans := _orphan_missing(text)):
         lists["missing"].extend(orphans)
