@@ -19,11 +19,8 @@ from ckpttools.ops.diagnose.loader_formats import (
 from ckpttools.ops.diagnose.prose_names import (
     named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
+from ckpttools.ops.diagnose.pasted_text import normalize_text
 
-_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
-                         "\u2013": "-", "\u2026": "..."})
-# Line prefixes that wrap pasted text: markdown quotes, torchrun rank tags.
-_LINE_PREFIX = re.compile(r"^(?:\s*>\s?|\s*\[(?:rank|default)\d+\]:\s?)+", re.M)
 _KEY_CHARS = r"[\w.\-/:#$@+]"
 _UNQUOTED_KEY = re.compile(rf"\s*({_KEY_CHARS}+)")
 _SIZE = r"torch\.Size\(\[([\d,\s]*)\]\)"
@@ -39,8 +36,9 @@ _MISMATCH_PATTERNS = (
                rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
     re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
                rf"{_W}{_SIZE}{_W}in{_W}the{_W}model{_W}instantiated"),
-    # a paste that starts at the key of torch's line ("size mismatch for" cut off the front)
-    re.compile(rf"(?m)\A[ \t]*([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+    # a paste that starts at the key of torch's line ("size mismatch for" cut off the front),
+    # after whatever came before it (a traceback, a sentence), or opening a quoted log field
+    re.compile(rf"(?m)(?:^|\")[ \t]*([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
                rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
                rf"{_W}is{_W}{_SIZE}"),
 )
@@ -124,58 +122,6 @@ class ParsedError:
                 "mismatched": [m.to_dict() for m in self.mismatched],
                 "class_name": self.class_name, "truncated": self.truncated, "found": self.found,
                 "lookups": list(self.lookups), "report": self.report}
-
-
-def normalize_text(text: str) -> str:
-    """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
-    # repr() of a KeyError escapes the single quotes of the set of keys PyTorch <= 0.3 printed
-    if re.search(r"KeyError:\s*'missing keys in state_dict", text):
-        text = text.replace("\\'", "'")
-    # A message escaped once per layer it went through (a JSON log record holding a repr(), a
-    # JSON string inside JSON): undo one layer at a time while escapes are left.
-    for _ in range(4):
-        unescaped = _unescape(text)
-        if unescaped == text:
-            break
-        text = unescaped
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours (transformers, detectron2)
-    return _LINE_PREFIX.sub("", _unwrap_terminal(text))
-
-
-def _unwrap_terminal(text: str) -> str:
-    """Lines a terminal broke at its width joined again (keys and shapes cut mid-name).
-
-    A hard wrap leaves lines of exactly the widest length, one at least broken inside a token
-    (no blank on either side, no record-ending ``.:,;}`` before it). Lines of one width that
-    each end a record (fvcore's grouped keys, ranks repeating a line) stay as they are.
-    """
-    lines = text.split("\n")
-    width = max(map(len, lines))
-    breaks = [(ln[-1], nxt[:1]) for ln, nxt in zip(lines, lines[1:]) if len(ln) == width]
-    inside = sum(bool(re.match(r"[^\s.:,;}]\S", a + b)) for a, b in breaks)
-    if width < 60 or not inside:
-        return text
-    out, acc = [], ""
-    for line in lines:
-        acc += line
-        if len(line) != width:
-            out.append(acc)
-            acc = ""
-    return "\n".join(out + [acc] if acc else out)
-
-
-def _unescape(text: str) -> str:
-    """One layer of JSON or repr() escaping undone, when the text is escaped; else ``text``."""
-    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
-        # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines; a backslash
-        # escaped by an outer layer ("\\\\n") becomes the inner layer's escape ("\\n").
-        return re.sub(r'\\(\\|"|\'|n|t|u001b)', lambda m: _ESCAPES[m.group(1)], text)
-    return text
-
-
-_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "u001b": "\x1b"}
 
 
 def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
@@ -346,7 +292,7 @@ def parse_error_text(text: str) -> ParsedError:
     cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
-    truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))
+    truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))
     found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
