@@ -37,8 +37,8 @@ _MISMATCH_PATTERNS = (
     re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
                rf"{_W}{_SIZE}{_W}in{_W}the{_W}model{_W}instantiated"),
     # a paste that starts at the key of torch's line ("size mismatch for" cut off the front),
-    # after whatever came before it (a traceback, a sentence), or opening a quoted log field
-    re.compile(rf"(?m)(?:^|\")[ \t]*([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+    # after whatever came before it (a traceback, a log record's prefix, a quoted log field)
+    re.compile(rf"(?m)(?:^[ \t]*|(?<=[\"\s]))(?<!for )(?<!for\n)([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
                rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
                rf"{_W}is{_W}{_SIZE}"),
 )

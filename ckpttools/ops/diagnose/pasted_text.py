@@ -86,18 +86,21 @@ def _unescape(text: str) -> str:
 def _unwrap_terminal(text: str) -> str:
     """Lines a terminal broke at its width joined again (keys and shapes cut mid-name).
 
-    A hard wrap leaves lines of exactly the widest length, one at least broken inside a token
-    (no blank on either side, no record-ending ``.:,;}`` before it). A line that starts the way
-    the wide line does (a log record's time, fvcore's next grouped key, a rank repeating the
-    line) is a record of its own, never the wide line's continuation.
+    A hard wrap leaves lines of exactly the widest length, one at least broken inside a token or
+    a sentence (no record-ending ``.:,;}`` or blank before the break; a word, or one blank and a
+    word, after it: an indented line has more blanks). Then every such line continues on the
+    next, unless the next starts the way the text's first line does (a log record's time and
+    level, pytest's ``E``): that is a record of its own. Lines of one width that each end a record
+    (fvcore's grouped keys) stay as they are.
     """
     lines = text.split("\n")
     width = max(map(len, lines))
-    joins = [len(ln) == width and _shape(nxt[:10]) != _shape(ln[:10])
+    first = _shape(next((ln for ln in lines if ln.strip()), ""))
+    joins = [len(ln) == width and not first.startswith(_shape(nxt[:10]))
              for ln, nxt in zip(lines, lines[1:])]
-    inside = sum(bool(re.match(r"[^\s.:,;}]\S", ln[-1] + nxt[:1]))
-                 for ln, nxt, join in zip(lines, lines[1:], joins) if join)
-    if width < 60 or not inside:
+    inside = [re.match(r"[^\s.:,;}] ?\S", ln[-1] + nxt[:2])
+              for ln, nxt, join in zip(lines, lines[1:], joins) if join]
+    if width < 60 or not any(inside):
         return text
     return "".join(ln + ("" if join else "\n") for ln, join in zip(lines, joins + [True]))
 

@@ -96,3 +96,21 @@ def test_a_header_whose_list_is_unreadable_is_not_a_confident_answer(arch: str) 
     assert parsed.truncated and not parsed.unexpected and parsed.mismatched
     assert _first(cut)[1] < DECIDED
     assert _first(strict) == ("model_code_changed", _first(strict)[1])
+
+
+@pytest.mark.parametrize("arch", ["mlp", "tinylm"])
+def test_every_presentation_handed_over_again_is_never_confidently_wrong(arch: str) -> None:
+    # A cut or other loader's text (mmcv, detectron2, a paste from the key) inside a log record,
+    # a Windows traceback, a JSON record or pytest's "E" lines: the same answer as the text itself
+    # (a terminal's wrap may cost a prose text its confidence, never make it confidently wrong).
+    from tests.ops.diagnose.generated_corpus import generate
+
+    own = {how for how, _ in pasted("x")} | {how for how, _ in printed_result("x")}
+    cases = [c for c in generate((ARCH[arch],)) if c.name.rsplit("-", 1)[1] not in own][::2]
+    assert len(cases) > 40
+    for case in cases:
+        want = _first(case.text)
+        pytest_lines = "\n".join("E       " + line for line in case.text.split("\n"))
+        for how, shown in [*pasted(case.text), ("pytest", pytest_lines)]:
+            got = _first(shown)
+            assert got == want or how == "terminal_wrapped" and got[1] < DECIDED, (case.name, how)
