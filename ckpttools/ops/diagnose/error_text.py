@@ -19,11 +19,8 @@ from ckpttools.ops.diagnose.loader_formats import (
 from ckpttools.ops.diagnose.prose_names import (
     named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
+from ckpttools.ops.diagnose.pasted_text import normalize_text
 
-_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'",
-                         "\u2013": "-", "\u2026": "..."})
-# Line prefixes that wrap pasted text: markdown quotes, torchrun rank tags.
-_LINE_PREFIX = re.compile(r"^(?:\s*>\s?|\s*\[(?:rank|default)\d+\]:\s?)+", re.M)
 _KEY_CHARS = r"[\w.\-/:#$@+]"
 _UNQUOTED_KEY = re.compile(rf"\s*({_KEY_CHARS}+)")
 _SIZE = r"torch\.Size\(\[([\d,\s]*)\]\)"
@@ -39,8 +36,9 @@ _MISMATCH_PATTERNS = (
                rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
     re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
                rf"{_W}{_SIZE}{_W}in{_W}the{_W}model{_W}instantiated"),
-    # a paste that starts at the key of torch's line ("size mismatch for" cut off the front)
-    re.compile(rf"(?m)\A[ \t]*([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+    # a paste that starts at the key of torch's line ("size mismatch for" cut off the front),
+    # after whatever came before it (a traceback, a log record's prefix, a quoted log field)
+    re.compile(rf"(?m)(?:^[ \t]*|(?<=[\"\s]))(?<!for )(?<!for\n)([\w.\-]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
                rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
                rf"{_W}is{_W}{_SIZE}"),
 )
@@ -124,21 +122,6 @@ class ParsedError:
                 "mismatched": [m.to_dict() for m in self.mismatched],
                 "class_name": self.class_name, "truncated": self.truncated, "found": self.found,
                 "lookups": list(self.lookups), "report": self.report}
-
-
-def normalize_text(text: str) -> str:
-    """Undo what pasting does to an error: CRLF, typographic quotes, JSON escapes, quote prefixes."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_QUOTES)
-    escaped_lines = text.count("\\n") > max(2, text.count("\n"))
-    # repr() of a KeyError escapes the single quotes of the set of keys PyTorch <= 0.3 printed
-    if re.search(r"KeyError:\s*'missing keys in state_dict", text):
-        text = text.replace("\\'", "'")
-    if '\\"' in text or "\\n\\t" in text or re.search(r"\\n\s*\\t", text) or escaped_lines:
-        # NOTE: notebook JSON (and repr()'d exceptions) escape quotes and newlines.
-        text = (text.replace('\\"', '"').replace("\\'", "'").replace("\\n", "\n")
-                .replace("\\t", "\t").replace("\\u001b", "\x1b"))
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colours (transformers, detectron2)
-    return _LINE_PREFIX.sub("", text)
 
 
 def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
@@ -309,7 +292,7 @@ def parse_error_text(text: str) -> ParsedError:
     cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
-    truncated = truncated or bool(_MISMATCH_PATTERNS[-1].match(text))
+    truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))
     found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
@@ -345,7 +328,9 @@ def _torch_lists(text: str) -> tuple[dict[str, list[str]], bool, list[str]]:
         for m in pattern.finditer(text):
             keys, cut = _parse_list(text, m.end())
             lists[kind].extend(keys)
-            truncated = truncated or cut
+            # Only the repr of _IncompatibleKeys prints an empty list ("missing_keys=[]"); every
+            # other header is printed for a non-empty list, so no key read means it was cut.
+            truncated = truncated or cut or not (keys or "_keys" in m.group())
             formats.append(kind)
     if not lists["missing"] and (orphans := _orphan_missing(text)):
         lists["missing"].extend(orphans)

@@ -9,6 +9,7 @@ varies how PyTorch's current message was pasted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,3 +155,40 @@ def transformers4_report(cls: str, path: str, missing: list[str], unexpected: li
                    "probably TRAIN this model on a down-stream task to be able to use it for "
                    "predictions and inference.")
     return "\n".join(out)
+
+
+_WINDOWS_TRACE = ('Traceback (most recent call last):\r\n  File "C:\\Users\\dev\\project\\train.py", line 88, '
+                  'in <module>\r\n    model.load_state_dict(checkpoint)\r\n  File "C:\\Users\\dev\\miniconda3\\'
+                  'envs\\torch\\lib\\site-packages\\torch\\nn\\modules\\module.py", line 2593, in '
+                  'load_state_dict\r\n    raise RuntimeError(\r\n')
+
+
+def wrapped(text: str, width: int = 80) -> str:
+    """Hard-wrapped as a terminal of ``width`` columns copies it: keys broken mid-name."""
+    return "\n".join("\n".join(line[i:i + width] for i in range(0, len(line), width)) or line
+                     for line in text.split("\n"))
+
+
+def pasted(text: str) -> Iterator[tuple[str, str]]:
+    """(name, text): the whole message as other logs and terminals hand it over; nothing is cut,
+    so each must be diagnosed as the message itself is."""
+    yield "windows_traceback", _WINDOWS_TRACE + text.replace("\n", "\r\n")
+    yield "logging_prefix", "\n".join(f"2026-01-05 12:00:{i % 60:02d},{i * 37 % 1000:03d} - train - ERROR - "
+                                      f"{line}" for i, line in enumerate(text.split("\n")))
+    yield "loguru_prefix", "\n".join(f"2026-01-05 12:00:01.234 | ERROR    | __main__:main:42 - {line}"
+                                     for line in text.split("\n"))
+    yield "terminal_wrapped", wrapped(text)
+    # a JSON-lines log (Lightning's or W&B's structured output): one record holds the message
+    yield "jsonl_record", ('{"level": "INFO", "message": "Restoring states from the checkpoint path"}\n'
+                           + json.dumps({"level": "ERROR", "logger": "lightning.pytorch", "message": text}))
+    # a run summary that stores the error record as a JSON string: escaped twice
+    yield "json_in_json", json.dumps({"summary": {"error": json.dumps({"message": text})}})
+
+
+def printed_result(repr_text: str) -> Iterator[tuple[str, str]]:
+    """(name, text): what ``print(model.load_state_dict(sd, strict=False))`` shows,
+    ``_IncompatibleKeys(missing_keys=[...], unexpected_keys=[...])``, as pasted."""
+    yield "incompatible_keys", repr_text
+    yield "incompatible_keys_wrapped", wrapped(repr_text)
+    yield "incompatible_keys_log", "\n".join(f"[2026-01-05 12:00:00] INFO {line}"
+                                             for line in ("loaded:\n" + repr_text).split("\n"))

@@ -25,7 +25,7 @@ from torch import nn
 from tests.ops.diagnose.gen_models import (
     ARCHS, Arch, Detector, add_lora, add_profiler_buffers, dynamic_quantized, modified_network,
     tensor_parallel_shard, to_conv1d, vocab_parallel_shard, weights_in_submodule)
-from tests.ops.diagnose.gen_presentations import other_loaders
+from tests.ops.diagnose.gen_presentations import other_loaders, pasted, printed_result
 
 Pair = tuple[nn.Module, Any]  # (the model loaded into, what was passed to load_state_dict)
 
@@ -307,7 +307,10 @@ def generate(archs: tuple[Arch, ...] = ARCHS) -> list[GeneratedCase]:
                 continue
             for how, shown, decidable in [*presentations(text), *other_loaders(*pair)]:
                 cases.append(GeneratedCase(f"{arch.name}-{cause}-{how}", label, shown, decidable))
+            for how, shown in pasted(text):
+                cases.append(GeneratedCase(f"{arch.name}-{cause}-{how}", label, shown))
             if "size mismatch" not in text:
-                repr_text = _raise(*pair, strict=False)
-                cases.append(GeneratedCase(f"{arch.name}-{cause}-incompatible_keys", label, repr_text))
+                repr_text = _raise(*pair, strict=False)  # print(model.load_state_dict(sd, strict=False))
+                for how, shown in printed_result(repr_text):
+                    cases.append(GeneratedCase(f"{arch.name}-{cause}-{how}", label, shown))
     return cases
