@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, Case, Score, corpus, development, score)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, Case, Score, corpus, development,
+    score)
 
 
 def _print(name: str, s: Score, misses: bool) -> None:
@@ -93,6 +94,7 @@ def main() -> None:
         _print("frozen4 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN4)), args.misses)
         _print("frozen5 (scored 25/50 before tuning and after round 10; tuned on since)", score(corpus(FROZEN5)), args.misses)
         _print("frozen6 (scored 34/50 before tuning; held out)", score(corpus(FROZEN6)), args.misses)
+        _print("frozen7 (held out; scored once at the end of the round)", score(corpus(FROZEN7)), args.misses)
 
 
 if __name__ == "__main__":
