@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
+from ckpttools.ops.diagnose.shape_readings import one_count_keys, round_sizes, width_from_norms_alone
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
@@ -68,9 +69,10 @@ def _real(ev: Evidence) -> list[ShapeMismatch]:
     elements in another layout (transposed, permuted or reshaped tensors), not a 4-bit packed
     column (quantized). A layer built with a count of zero (``[0, 2048]``) is a real size.
     """
-    zero = zero_count_keys(ev.mismatched)
+    zero, one = zero_count_keys(ev.mismatched), one_count_keys(ev.mismatched)
     return [m for m in ev.mismatched
-            if numel(m.checkpoint_shape) > 1 and (numel(m.model_shape) > 0 or m.key in zero)
+            if (numel(m.checkpoint_shape) > 1 or m.key in one)
+            and (numel(m.model_shape) > 0 or m.key in zero)
             and numel(m.checkpoint_shape) != numel(m.model_shape)
             and not packed_4bit(m.checkpoint_shape, m.model_shape)]
 
@@ -209,6 +211,8 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     layers = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
     pair = any(len(m.model_shape) == 1 and m.key.rpartition(".")[0] in layers for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
+    if conf > 0.8 and not headish and round_sizes(sizes):
+        conf = 0.75  # a pair with no head name between two powers of two: a width reads the same
     if _not_head(mm, ev) or (not headish and _norm_resized(mm)):
         conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
     if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
@@ -312,6 +316,8 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     computed = all(a in (0, 1) for a in axes) and any(
         x >= 64 and x % 2 for m, a in zip(mm, axes) for x in (m.checkpoint_shape[a], m.model_shape[a]))
     conf = 0.72 if computed else 0.8 + (0.05 if consistent else 0.0)
+    if width_from_norms_alone(mm, ev):
+        conf = min(conf, 0.75)
     return Finding("architecture_variant", conf, keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
                     "ratio": ratio, "consistent": consistent})

@@ -1,0 +1,50 @@
+"""Shape relations that keep a size reading honest: a layer with one output, and what a width
+read from too little cannot decide.
+
+Found on the sixth held-out set (``tests/data/diagnose/frozen6``) after its before-tuning score
+was recorded; each is a relation of shapes that holds for every model, tested on errors the
+real ``load_state_dict`` raises (``tests/ops/diagnose/test_layer_relations.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
+
+__all__ = ["one_count_keys", "width_from_norms_alone", "round_sizes"]
+
+
+def one_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
+    """Keys of layers built with one output (a single-class detector's ``[1, 320, 1, 1]``
+    weight) and the tensors of the same layers (its ``[1]`` bias).
+
+    A one-element tensor alone reads as a placeholder of a partitioned save (ZeRO-3 and FSDP
+    flatten a parameter whatever its rank); beside a weight of the same layer with one row and
+    the other side's other axes, it is that layer's real size.
+    """
+    mm = list(mismatched)
+    layers = {m.key.rpartition(".")[0] for m in mm
+              if len(m.model_shape) == len(m.checkpoint_shape) >= 2
+              and m.checkpoint_shape[0] == 1 < m.model_shape[0]
+              and m.checkpoint_shape[1:] == m.model_shape[1:]}
+    return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
+
+
+def width_from_norms_alone(mm: list[ShapeMismatch], ev: Evidence) -> bool:
+    """A width read only from 1-D tensors (a norm's weight or bias) in a text that shows no
+    other line: a model built wider changes the weights of the layers around the norm too,
+    so a lone norm of another size is as much a layer moved by other code (a library version
+    that builds the stage differently) or a list cut after its first line."""
+    return (ev.source == "text" and bool(mm) and len(ev.mismatched) <= 2
+            and all(len(m.model_shape) == 1 for m in mm))
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 8 and n & (n - 1) == 0
+
+
+def round_sizes(sizes: tuple[int, int]) -> bool:
+    """Both output sizes of a layer are powers of two (8 and 32): configured widths are, class
+    and vocabulary counts rarely are both. Read only for a layer with no head name."""
+    return all(_power_of_two(n) for n in sizes)

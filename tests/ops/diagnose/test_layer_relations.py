@@ -1,0 +1,138 @@
+"""Relations found on frozen6/ (#16) after its before-tuning score, each on real models.
+
+Each case builds real models and takes the real ``load_state_dict`` error: a layer with one
+output is a head, not a placeholder; norm layers of another kind (BatchNorm against
+InstanceNorm or GroupNorm) are another norm_layer setting, not decided changed code; a width
+read from a lone norm line, or from an unnamed layer between two powers of two, is a candidate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+
+
+class DetectHead(nn.Module):
+    """A YOLOX-like decoupled head: per level, a class and a box convolution."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.cls_preds = nn.ModuleList(nn.Conv2d(16, classes, 1) for _ in range(3))
+        self.reg_preds = nn.ModuleList(nn.Conv2d(16, 4, 1) for _ in range(3))
+
+
+class Detector(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3)
+        self.head = DetectHead(classes)
+
+
+def test_a_layer_with_one_output_is_a_head_not_a_placeholder() -> None:
+    # a single-class detector's file in a 5-class model: [1, 16, 1, 1] and its [1] bias
+    text = load_error(Detector(5), Detector(1).state_dict())
+    assert "torch.Size([1])" in text
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "head_size_mismatch" and causes[0].confidence >= DECIDED
+    assert all(c.label != "architecture_variant" or c.confidence < DECIDED for c in causes)
+
+
+def test_flat_one_element_placeholders_are_still_a_partitioned_save() -> None:
+    # a partitioned save flattens every parameter to one element, whatever its rank
+    state = {k: torch.zeros(1) for k in Detector(5).state_dict()}
+    cause = diagnose_text(load_error(Detector(5), state)).causes[0]
+    assert cause.label == "partitioned_checkpoint"
+
+
+def _discriminator(norm: Callable[[int], nn.Module]) -> nn.Module:
+    """pix2pix's NLayerDiscriminator: a convolution has a bias unless a BatchNorm follows it."""
+    bias = norm is not nn.BatchNorm2d
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 4), nn.LeakyReLU(0.2)]
+    width = 8
+    for _ in range(3):
+        layers += [nn.Conv2d(width, 2 * width, 4, bias=bias), norm(2 * width), nn.LeakyReLU(0.2)]
+        width *= 2
+    model = nn.Module()
+    model.model = nn.Sequential(*layers, nn.Conv2d(width, 1, 4))
+    return model
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(2, channels)
+
+
+@pytest.mark.parametrize(("saved", "built"), [
+    (nn.InstanceNorm2d, nn.BatchNorm2d), (nn.BatchNorm2d, nn.InstanceNorm2d),
+    (_group_norm, nn.BatchNorm2d), (nn.BatchNorm2d, _group_norm)],
+    ids=["instance-into-batch", "batch-into-instance", "group-into-batch", "batch-into-group"])
+def test_another_norm_layer_is_a_setting_not_decided_code(saved: Callable[[int], nn.Module],
+                                                          built: Callable[[int], nn.Module]) -> None:
+    text = load_error(_discriminator(built), _discriminator(saved).state_dict())
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "architecture_variant" and causes[0].confidence < DECIDED
+    assert "norm_layer" in causes[0].summary
+    assert all(c.confidence < DECIDED for c in causes)
+
+
+def test_the_norm_tensors_alone_as_pasted_read_the_same() -> None:
+    # the thread's paste: the norms' affine tensors and the convolutions' biases, no statistics
+    text = load_error(_discriminator(nn.BatchNorm2d), _discriminator(nn.InstanceNorm2d).state_dict())
+    text = re.sub(r', "model\.\d\.(running_mean|running_var|num_batches_tracked)"', "", text)
+    assert "running" not in text
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "architecture_variant" and cause.confidence < DECIDED
+
+
+class Stage(nn.Module):
+    """A Swin-like stage whose patch merging concatenates 2x2 patches (4 * dim features)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+
+class Encoder(nn.Module):
+    def __init__(self, merged: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Module(), nn.Module()])
+        self.layers[1].downsample = Stage(merged)
+
+
+def test_a_lone_norm_line_does_not_decide_a_width() -> None:
+    # the code that builds stage 1 merges another stage's features: norm and reduction change;
+    # the user pasted the first line only
+    text = load_error(Encoder(8), Encoder(16).state_dict())
+    first = "\n".join(line for line in text.splitlines()
+                      if "size mismatch" not in line or "norm.weight" in line)
+    assert first.count("size mismatch") == 1
+    whole, lone = diagnose_text(text).causes[0], diagnose_text(first).causes[0]
+    assert whole.label == "architecture_variant" and whole.confidence >= DECIDED
+    assert lone.label == "architecture_variant" and lone.confidence < DECIDED
+
+
+class Fusion(nn.Module):
+    def __init__(self, channels: int, name: str) -> None:
+        super().__init__()
+        self.encoder = nn.Conv3d(1, 16, 3)
+        self.add_module(name, nn.Conv3d(16, channels, 1))
+
+
+@pytest.mark.parametrize(("saved", "built", "name", "decided"), [
+    (8, 32, "down1", False),     # two powers of two, no head name: a width reads the same
+    (7, 21, "down1", True),      # counts that are no widths: a layer's class rows
+    (8, 32, "classifier", True),  # a head by name
+])
+def test_an_unnamed_layer_between_powers_of_two_is_a_candidate(saved: int, built: int, name: str,
+                                                                decided: bool) -> None:
+    text = load_error(Fusion(built, name), Fusion(saved, name).state_dict())
+    cause = diagnose_text(text).causes[0]
+    assert cause.label == "head_size_mismatch"
+    assert (cause.confidence >= DECIDED) is decided
