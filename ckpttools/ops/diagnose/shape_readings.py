@@ -8,11 +8,15 @@ real ``load_state_dict`` raises (``tests/ops/diagnose/test_layer_relations.py``)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
 
-__all__ = ["one_count_keys", "width_from_norms_alone", "round_sizes"]
+__all__ = ["one_count_keys", "recurrent", "round_sizes", "width_from_norms_alone"]
+
+# nn.LSTM/GRU/RNN (weight_ih_l0, bias_hh_l1_reverse) and their cells (weight_ih, bias_hh)
+_RECURRENT = re.compile(r"(^|\.)(weight|bias)_(ih|hh)(_l\d+)?(_reverse)?$")
 
 
 def one_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
@@ -29,6 +33,12 @@ def one_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
               and m.checkpoint_shape[0] == 1 < m.model_shape[0]
               and m.checkpoint_shape[1:] == m.model_shape[1:]}
     return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
+
+
+def recurrent(key: str) -> bool:
+    """A recurrent layer's weight or bias: its rows are the gates times the hidden size (4 x hidden
+    for an LSTM, 3 x for a GRU), a width, never a count of classes."""
+    return bool(_RECURRENT.search(key))
 
 
 def width_from_norms_alone(mm: list[ShapeMismatch], ev: Evidence) -> bool:

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
-from ckpttools.ops.diagnose.shape_readings import one_count_keys, round_sizes, width_from_norms_alone
+from ckpttools.ops.diagnose.shape_readings import (
+    one_count_keys, recurrent, round_sizes, width_from_norms_alone)
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
@@ -91,7 +92,7 @@ def _count_axis(m: ShapeMismatch) -> bool:
     Linear and Conv weights); a change there is another width, not another number of classes.
     """
     axis, n = _one_axis(m), len(m.model_shape)
-    if axis is None:
+    if axis is None or recurrent(m.key):
         return False
     return n == 1 or (axis < n - 1 and not (axis == 1 and m.key.endswith("weight")))
 

@@ -136,3 +136,57 @@ def test_an_unnamed_layer_between_powers_of_two_is_a_candidate(saved: int, built
     cause = diagnose_text(text).causes[0]
     assert cause.label == "head_size_mismatch"
     assert (cause.confidence >= DECIDED) is decided
+
+
+class Voice(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.lstm = nn.LSTM(8, hidden, batch_first=True)
+
+
+def _first_mismatch_line(text: str) -> str:
+    """The header and the first size-mismatch line: what a thread often pastes."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if "size mismatch" in line)
+    return "\n".join(lines[:first + 1])
+
+
+def test_a_recurrent_layers_rows_are_a_hidden_size_not_a_count() -> None:
+    # an LSTM's weight_ih rows are 4 x hidden: a smaller bottleneck, not fewer classes
+    text = load_error(Voice(32), Voice(16).state_dict())
+    pasted = _first_mismatch_line(text)
+    assert "weight_ih_l0" in pasted and "torch.Size([64, 8])" in pasted
+    for shown in (text, pasted):
+        cause = diagnose_text(shown).causes[0]
+        assert cause.label == "architecture_variant"
+
+
+class Backbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_layer = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8))
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8))
+
+
+class ArcFace(nn.Module):
+    """A margin head whose only parameter is its own ``weight`` (no submodule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(10, 8))
+
+
+def test_a_models_own_weight_is_no_prefix_target() -> None:
+    # the backbone's file given to the head: every layer's key ends in "weight"
+    text = load_error(ArcFace(), Backbone().state_dict())
+    assert 'Missing key(s) in state_dict: "weight"' in text
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "wrong_model"
+    assert all(c.label != "prefix_added" for c in causes)
+
+
+def test_a_wrapped_models_own_weight_is_still_a_prefix() -> None:
+    wrapped = nn.DataParallel(ArcFace())
+    cause = diagnose_text(load_error(ArcFace(), wrapped.state_dict())).causes[0]
+    assert cause.label == "prefix_added" and cause.confidence >= DECIDED
