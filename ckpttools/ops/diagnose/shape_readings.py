@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
+from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch, numel
 
-__all__ = ["one_count_keys", "recurrent", "round_sizes", "width_from_norms_alone"]
+__all__ = ["one_count_keys", "recurrent", "reshaped", "round_sizes", "width_from_norms_alone"]
 
 # nn.LSTM/GRU/RNN (weight_ih_l0, bias_hh_l1_reverse) and their cells (weight_ih, bias_hh)
 _RECURRENT = re.compile(r"(^|\.)(weight|bias)_(ih|hh)(_l\d+)?(_reverse)?$")
@@ -33,6 +33,13 @@ def one_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
               and m.checkpoint_shape[0] == 1 < m.model_shape[0]
               and m.checkpoint_shape[1:] == m.model_shape[1:]}
     return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
+
+
+def reshaped(mismatched: Iterable[ShapeMismatch]) -> list[ShapeMismatch]:
+    """Tensors holding the same elements in another rank (a 1x1 convolution's ``[320, 320, 1, 1]``
+    where the model has a Linear's ``[320, 320]``): a layer of another kind at the same path."""
+    return [m for m in mismatched if len(m.checkpoint_shape) != len(m.model_shape)
+            and numel(m.checkpoint_shape) == numel(m.model_shape) > 1]
 
 
 def recurrent(key: str) -> bool:

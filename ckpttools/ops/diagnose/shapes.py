@@ -10,7 +10,7 @@ from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
 from ckpttools.ops.diagnose.shape_readings import (
-    one_count_keys, recurrent, round_sizes, width_from_norms_alone)
+    one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
@@ -281,7 +281,10 @@ def _width(mm: list[ShapeMismatch]) -> tuple[float, bool]:
 
 def _shape_variant(ev: Evidence) -> Finding | None:
     mm = _real(ev)
-    if not mm or len(mm) < 0.5 * len(ev.mismatched):
+    # layers of another kind holding the same elements (a 1x1 convolution where the model has a
+    # Linear) come with a variant's setting (Stable Diffusion 2's linear projections): they
+    # neither count for nor against the sizes that changed
+    if not mm or len(mm) < 0.5 * (len(ev.mismatched) - len(reshaped(ev.mismatched))):
         return None
     keys = frozenset(m.key for m in mm)
     if all(_positional(m) for m in mm):

@@ -190,3 +190,33 @@ def test_a_wrapped_models_own_weight_is_still_a_prefix() -> None:
     wrapped = nn.DataParallel(ArcFace())
     cause = diagnose_text(load_error(ArcFace(), wrapped.state_dict())).causes[0]
     assert cause.label == "prefix_added" and cause.confidence >= DECIDED
+
+
+class SpatialTransformer(nn.Module):
+    """Stable Diffusion's cross-attention block: 1x1 convolutions around it in v1, Linear in v2."""
+
+    def __init__(self, context: int, linear: bool) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(16, 16) if linear else nn.Conv2d(16, 16, 1)
+        self.attn2 = nn.Module()
+        self.attn2.to_k = nn.Linear(context, 16, bias=False)
+        self.attn2.to_v = nn.Linear(context, 16, bias=False)
+        self.proj_out = nn.Linear(16, 16) if linear else nn.Conv2d(16, 16, 1)
+
+
+class UNet(nn.Module):
+    def __init__(self, context: int, linear: bool) -> None:
+        super().__init__()
+        self.output_blocks = nn.ModuleList(SpatialTransformer(context, linear) for _ in range(2))
+
+
+def test_layers_of_another_kind_beside_a_width_are_a_variant() -> None:
+    # a v1 checkpoint (context 24, convolutions) in a v2 model (context 32, Linear); the
+    # thread pasted the last five lines: three reshaped projections, two context widths
+    text = load_error(UNet(32, linear=True), UNet(24, linear=False).state_dict())
+    lines = [line for line in text.splitlines() if "size mismatch" in line]
+    tail = "\n".join(lines[-5:])
+    assert sum("torch.Size([16, 16, 1, 1])" in line for line in lines[-5:]) == 3
+    for shown in (text, tail):
+        cause = diagnose_text(shown).causes[0]
+        assert cause.label == "architecture_variant"
