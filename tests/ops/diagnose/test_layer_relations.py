@@ -220,3 +220,55 @@ def test_layers_of_another_kind_beside_a_width_are_a_variant() -> None:
     for shown in (text, tail):
         cause = diagnose_text(shown).causes[0]
         assert cause.label == "architecture_variant"
+
+
+class BoxPredictor(nn.Module):
+    """detectron2's ROI heads: classes + background scores, per-class boxes and masks."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.roi_heads = nn.Module()
+        self.roi_heads.box_predictor = nn.Module()
+        self.roi_heads.box_predictor.cls_score = nn.Linear(16, classes + 1)
+        self.roi_heads.box_predictor.bbox_pred = nn.Linear(16, 4 * classes)
+        self.roi_heads.mask_head = nn.Module()
+        self.roi_heads.mask_head.predictor = nn.Conv2d(8, classes, 1)
+
+
+def _fvcore_2019_log(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """What fvcore's checkpointer of 2019 logged for each tensor of another shape (it skipped
+    them and loaded the rest with strict=False): the real shapes, in its words."""
+    own = model.state_dict()
+    return "\n".join(f"'{k}' has shape {tuple(v.shape)} in the checkpoint but "
+                     f"{tuple(own[k].shape)} in the model! Skipped."
+                     for k, v in state.items() if k in own and v.shape != own[k].shape)
+
+
+def test_fvcore_2019_skipped_shapes_are_read() -> None:
+    text = _fvcore_2019_log(BoxPredictor(67), BoxPredictor(80).state_dict())
+    assert "(81, 16) in the checkpoint but (68, 16) in the model! Skipped." in text
+    result = diagnose_text(text)
+    assert len(result.evidence.mismatched) == 6
+    assert result.causes[0].label == "head_size_mismatch" and result.causes[0].confidence >= DECIDED
+
+
+class Decoder(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.embed_positions = nn.Embedding(448, width)
+
+
+@pytest.mark.frameworks
+def test_accelerates_refusal_names_the_tensor_and_both_shapes() -> None:
+    from accelerate.utils import set_module_tensor_to_device
+
+    model, saved = Decoder(16), Decoder(40).state_dict()
+    with pytest.raises(ValueError) as err:
+        set_module_tensor_to_device(model, "embed_positions.weight", "cpu",
+                                    value=saved["embed_positions.weight"])
+    text = f"Error loading ASR components: {err.value}"
+    assert 'in "weight" (which has shape torch.Size([448, 16]))' in text
+    result = diagnose_text(text)
+    assert [m.to_dict() for m in result.evidence.mismatched] == [
+        {"key": "weight", "checkpoint_shape": [448, 40], "model_shape": [448, 16]}]
+    assert result.causes[0].label == "architecture_variant"
