@@ -305,6 +305,13 @@ def _shape_variant(ev: Evidence) -> Finding | None:
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
     if count:
+        axis = _one_axis(count[0]) or 0
+        if not any(_HEAD.search(m.key) for m in count) and round_sizes(
+                (count[0].checkpoint_shape[axis], count[0].model_shape[axis])):
+            # no head name, two powers of two: the other reading of head_size_mismatch's
+            return Finding("architecture_variant", 0.6, keys, {
+                "kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
+                "ratio": _width(mm)[0], "consistent": False})
         return None  # that is a head of another size
     if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
         return None  # another kind of layer at this path (indices moved), not another width

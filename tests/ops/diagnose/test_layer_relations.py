@@ -133,9 +133,11 @@ class Fusion(nn.Module):
 def test_an_unnamed_layer_between_powers_of_two_is_a_candidate(saved: int, built: int, name: str,
                                                                 decided: bool) -> None:
     text = load_error(Fusion(built, name), Fusion(saved, name).state_dict())
-    cause = diagnose_text(text).causes[0]
-    assert cause.label == "head_size_mismatch"
-    assert (cause.confidence >= DECIDED) is decided
+    causes = diagnose_text(text).causes
+    assert causes[0].label == "head_size_mismatch"
+    assert (causes[0].confidence >= DECIDED) is decided
+    # undecided, the width is the other candidate the report lists
+    assert ("architecture_variant" in [c.label for c in causes[1:]]) is not decided
 
 
 class Voice(nn.Module):
