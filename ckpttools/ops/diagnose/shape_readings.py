@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch, numel
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, ShapeMismatch, numel
 
-__all__ = ["one_count_keys", "recurrent", "reshaped", "round_sizes", "width_from_norms_alone"]
+__all__ = ["lone_norm_code", "one_count_keys", "recurrent", "reshaped", "round_sizes",
+           "width_from_norms_alone"]
 
 # nn.LSTM/GRU/RNN (weight_ih_l0, bias_hh_l1_reverse) and their cells (weight_ih, bias_hh)
 _RECURRENT = re.compile(r"(^|\.)(weight|bias)_(ih|hh)(_l\d+)?(_reverse)?$")
@@ -54,7 +55,20 @@ def width_from_norms_alone(mm: list[ShapeMismatch], ev: Evidence) -> bool:
     so a lone norm of another size is as much a layer moved by other code (a library version
     that builds the stage differently) or a list cut after its first line."""
     return (ev.source == "text" and bool(mm) and len(ev.mismatched) <= 2
-            and all(len(m.model_shape) == 1 for m in mm))
+            and all(len(m.model_shape) == len(m.checkpoint_shape) == 1 for m in mm))
+
+
+def lone_norm_code(ev: Evidence) -> Finding | None:
+    """The other reading of a width read from a lone norm line (:func:`width_from_norms_alone`):
+    the code that builds the layer changed (a library version that merges another stage's
+    features there). A candidate, listed below the width."""
+    mm = list(ev.mismatched)
+    if (ev.missing or ev.unexpected or not width_from_norms_alone(mm, ev)
+            or any(min(numel(m.checkpoint_shape), numel(m.model_shape)) < 2 for m in mm)):
+        return None
+    return Finding("model_code_changed", 0.62, frozenset(m.key for m in mm),
+                   {"missing": 0, "unexpected": 0, "examples_missing": [], "examples_unexpected": [],
+                    "resized": [m.key for m in mm]})
 
 
 def _power_of_two(n: int) -> bool:

@@ -113,9 +113,14 @@ def test_a_lone_norm_line_does_not_decide_a_width() -> None:
     first = "\n".join(line for line in text.splitlines()
                       if "size mismatch" not in line or "norm.weight" in line)
     assert first.count("size mismatch") == 1
-    whole, lone = diagnose_text(text).causes[0], diagnose_text(first).causes[0]
-    assert whole.label == "architecture_variant" and whole.confidence >= DECIDED
-    assert lone.label == "architecture_variant" and lone.confidence < DECIDED
+    whole, lone = diagnose_text(text).causes, diagnose_text(first).causes
+    assert whole[0].label == "architecture_variant" and whole[0].confidence >= DECIDED
+    assert all(c.label != "model_code_changed" for c in whole)
+    assert lone[0].label == "architecture_variant" and lone[0].confidence < DECIDED
+    # other code building the layer is the next candidate, in words (no snippet to run)
+    code = next(c for c in lone if c.label == "model_code_changed")
+    assert code.confidence < lone[0].confidence and "layers.1.downsample.norm.weight" in code.summary
+    assert code.fix_code == ""
 
 
 class Fusion(nn.Module):
