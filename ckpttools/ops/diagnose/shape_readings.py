@@ -66,7 +66,7 @@ def lone_norm_code(ev: Evidence) -> Finding | None:
     if (ev.missing or ev.unexpected or not width_from_norms_alone(mm, ev)
             or any(min(numel(m.checkpoint_shape), numel(m.model_shape)) < 2 for m in mm)):
         return None
-    return Finding("model_code_changed", 0.62, frozenset(m.key for m in mm),
+    return Finding("model_code_changed", 0.55, frozenset(m.key for m in mm),
                    {"missing": 0, "unexpected": 0, "examples_missing": [], "examples_unexpected": [],
                     "resized": [m.key for m in mm]})
 
