@@ -75,10 +75,12 @@ def norm_kind(ev: Evidence) -> Finding | None:
         modules = _norm_side(norms, biases)
         if modules is None:
             continue
+        other = "checkpoint" if side == "model" else "model"
         setting = (f"the norm layers ({', '.join(modules[:3])}{', ...' if len(modules) > 3 else ''}) "
                    f"have tensors in the {side} only"
-                   + (" and the layers before them have biases in the other only" if biases else "")
-                   + ": another norm_layer (BatchNorm against InstanceNorm or GroupNorm)")
+                   + (f" and the layers before them have biases in the {other} only" if biases else "")
+                   + ", so the network was built with another norm_layer (BatchNorm against "
+                   "InstanceNorm or GroupNorm)")
         return Finding("architecture_variant", _CONFIDENCE, frozenset(norms) | frozenset(biases),
                        {"kind": "config", "setting": setting, "norm_side": side,
                         "modules": modules})
