@@ -35,8 +35,8 @@ def _modules(keys: tuple[str, ...]) -> dict[str, set[str]] | None:
 
 
 def _previous(module: str) -> str:
-    """``model.3`` -> ``model.2``: the layer before it in its Sequential."""
-    seq, index = _LAYER.fullmatch(module).groups()  # type: ignore[union-attr]
+    """``model.3`` -> ``model.2``: the layer before a numbered layer in its Sequential."""
+    seq, _, index = module.rpartition(".")
     return f"{seq}.{int(index) - 1}"
 
 
@@ -49,11 +49,7 @@ def _norm_side(norms: tuple[str, ...], biases: tuple[str, ...]) -> list[str] | N
         return None
     if biases:
         before = {_previous(m) + ".bias" for m in modules if int(m.rpartition(".")[2]) > 0}
-        if set(biases) != before or len(before) != len(modules):
-            return None
-        # the affine parameters or the statistics of each norm, on this side only
-        return sorted(modules) if all(leaves & _AFFINE or leaves & _STATS
-                                      for leaves in modules.values()) else None
+        return sorted(modules) if set(biases) == before and len(before) == len(modules) else None
     stats = all(leaves & {"running_mean", "running_var"} and not leaves & _AFFINE
                 for leaves in modules.values())
     return sorted(modules) if stats else None
