@@ -50,8 +50,8 @@ def recurrent(key: str) -> bool:
 
 
 def width_from_norms_alone(mm: list[ShapeMismatch], ev: Evidence) -> bool:
-    """A width read only from 1-D tensors (a norm's weight or bias) in a text that shows no
-    other line: a model built wider changes the weights of the layers around the norm too,
+    """A width read only from 1-D tensors (a norm's weight or bias) in a text with one or two
+    size-mismatch lines: a model built wider changes the weights of the layers around the norm too,
     so a lone norm of another size is as much a layer moved by other code (a library version
     that builds the stage differently) or a list cut after its first line."""
     return (ev.source == "text" and bool(mm) and len(ev.mismatched) <= 2
