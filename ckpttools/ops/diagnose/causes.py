@@ -26,6 +26,8 @@ from ckpttools.ops.diagnose.calibration import calibrate, possible
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.residue import head_left, with_new_modules
+from ckpttools.ops.diagnose.norm_kind import norm_kind
+from ckpttools.ops.diagnose.shape_readings import lone_norm_code
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
@@ -314,8 +316,8 @@ def _axis_order(m: ShapeMismatch) -> list[int]:
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
-    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, renamed_keys,
-    numbered_copies, part_checkpoint)
+    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, norm_kind,
+    lone_norm_code, renamed_keys, numbered_copies, part_checkpoint)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

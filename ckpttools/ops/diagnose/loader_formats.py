@@ -29,6 +29,14 @@ _D2_HEADERS = (
 _D2_SKIP = re.compile(r"(?:Skip loading parameter|Unable to load) '(" + _KEY + r")' to the model due "
                       r"to incompatible shapes: \(([\d,\s]*)\) in the checkpoint but \(([\d,\s]*)\) "
                       r"in the model")
+# fvcore's checkpointer of 2019 (detectron2's first release, fastreid): "'k' has shape (81, 1024)
+# in the checkpoint but (68, 1024) in the model! Skipped."
+_D2_EARLY = re.compile(r"'(" + _KEY + r")' has shape \(([\d,\s]*)\) in the checkpoint but "
+                       r"\(([\d,\s]*)\) in the model! Skipped")
+# accelerate's set_module_tensor_to_device (transformers' low_cpu_mem_usage and device_map loads):
+# the tensor's own name only, the value (checkpoint) first
+_ACCELERATE = re.compile(r"Trying to set a tensor of shape " + _SIZE + r' in "(' + _KEY + r')" '
+                         r"\(which has shape " + _SIZE + r"\), this looks incorrect")
 # detectron2's Caffe2/Detectron weight conversion (c2_model_loading)
 _D2_C2 = re.compile(r"Shape of (" + _KEY + r") in checkpoint is " + _SIZE + r", while shape "
                     r"of \S+ in model is " + _SIZE)
@@ -113,13 +121,16 @@ def _d2_key_line(line: str) -> str | None:
 
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
-    """(key, checkpoint shape, model shape) from detectron2's skip/shape warnings and PyTorch <= 0.3."""
+    """(key, checkpoint shape, model shape) from detectron2's skip/shape warnings, accelerate's
+    refusal and PyTorch <= 0.3."""
     found = [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
              for m in _D2_SKIP.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
               for m in _OLD_COPY.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
-              for m in _D2_C2.finditer(text)]
+              for pattern in (_D2_C2, _D2_EARLY) for m in pattern.finditer(text)]
+    found += [(m.start(), m.group(2), _shape(m.group(1)), _shape(m.group(3)))
+              for m in _ACCELERATE.finditer(text)]
     found += [(m.start(), m.group(3).rstrip("."), _shape(m.group(1)), _shape(m.group(2)))
               for m in _MCORE.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]

@@ -126,6 +126,11 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 + "): reshape them to the model's shapes")
         code = "".join(f'sd["{k}"] = sd["{k}"].reshape({shape})\n' for k, shape in reshaped.items())
         return what, code + "model.load_state_dict(sd)", []
+    if resized := f.facts.get("resized"):
+        return (f"the model code may build this layer differently now: {', '.join(resized[:2])} "
+                "has another size while no weight around it is shown to differ (a library version "
+                "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
+                "with, or show the whole error"), "", []
     if inserted := f.facts.get("inserted"):
         what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
                 f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
+from ckpttools.ops.diagnose.shape_readings import (
+    one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
 
 _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|class\w*|score|lm_head|output"
                    r"|embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb|shared|vocab\w*"
@@ -68,9 +70,10 @@ def _real(ev: Evidence) -> list[ShapeMismatch]:
     elements in another layout (transposed, permuted or reshaped tensors), not a 4-bit packed
     column (quantized). A layer built with a count of zero (``[0, 2048]``) is a real size.
     """
-    zero = zero_count_keys(ev.mismatched)
+    zero, one = zero_count_keys(ev.mismatched), one_count_keys(ev.mismatched)
     return [m for m in ev.mismatched
-            if numel(m.checkpoint_shape) > 1 and (numel(m.model_shape) > 0 or m.key in zero)
+            if (numel(m.checkpoint_shape) > 1 or m.key in one)
+            and (numel(m.model_shape) > 0 or m.key in zero)
             and numel(m.checkpoint_shape) != numel(m.model_shape)
             and not packed_4bit(m.checkpoint_shape, m.model_shape)]
 
@@ -89,7 +92,7 @@ def _count_axis(m: ShapeMismatch) -> bool:
     Linear and Conv weights); a change there is another width, not another number of classes.
     """
     axis, n = _one_axis(m), len(m.model_shape)
-    if axis is None:
+    if axis is None or recurrent(m.key):
         return False
     return n == 1 or (axis < n - 1 and not (axis == 1 and m.key.endswith("weight")))
 
@@ -209,6 +212,8 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     layers = {m.key.rpartition(".")[0] for m in mm if len(m.model_shape) >= 2}
     pair = any(len(m.model_shape) == 1 and m.key.rpartition(".")[0] in layers for m in mm)
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
+    if conf > 0.8 and not headish and round_sizes(sizes):
+        conf = 0.75  # a pair with no head name between two powers of two: a width reads the same
     if _not_head(mm, ev) or (not headish and _norm_resized(mm)):
         conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
     if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
@@ -276,7 +281,10 @@ def _width(mm: list[ShapeMismatch]) -> tuple[float, bool]:
 
 def _shape_variant(ev: Evidence) -> Finding | None:
     mm = _real(ev)
-    if not mm or len(mm) < 0.5 * len(ev.mismatched):
+    # layers of another kind holding the same elements (a 1x1 convolution where the model has a
+    # Linear) come with a variant's setting (Stable Diffusion 2's linear projections): they
+    # neither count for nor against the sizes that changed
+    if not mm or len(mm) < 0.5 * (len(ev.mismatched) - len(reshaped(ev.mismatched))):
         return None
     keys = frozenset(m.key for m in mm)
     if all(_positional(m) for m in mm):
@@ -297,6 +305,13 @@ def _shape_variant(ev: Evidence) -> Finding | None:
         return Finding("architecture_variant", 0.6, keys, {"kind": "width", "count": len(mm),
                        "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
     if count:
+        axis = _one_axis(count[0]) or 0
+        if not any(_HEAD.search(m.key) for m in count) and round_sizes(
+                (count[0].checkpoint_shape[axis], count[0].model_shape[axis])):
+            # no head name, two powers of two: the other reading of head_size_mismatch's
+            return Finding("architecture_variant", 0.6, keys, {
+                "kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
+                "ratio": _width(mm)[0], "consistent": False})
         return None  # that is a head of another size
     if any(len(m.model_shape) != len(m.checkpoint_shape) for m in mm):
         return None  # another kind of layer at this path (indices moved), not another width
@@ -312,6 +327,8 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     computed = all(a in (0, 1) for a in axes) and any(
         x >= 64 and x % 2 for m, a in zip(mm, axes) for x in (m.checkpoint_shape[a], m.model_shape[a]))
     conf = 0.72 if computed else 0.8 + (0.05 if consistent else 0.0)
+    if width_from_norms_alone(mm, ev):
+        conf = min(conf, 0.75)
     return Finding("architecture_variant", conf, keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
                     "ratio": ratio, "consistent": consistent})

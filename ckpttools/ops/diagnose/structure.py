@@ -14,6 +14,7 @@ from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 # a norm's old names (the plan renames gamma/beta by the same convention), and old BatchNorm's
 _LEGACY_RENAMES = {**LEGACY_LEAVES, "running_std": "running_var"}
 _LEAVES = {"weight", "bias"}
+_BARE_LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 
 
 def _leaves(keys: Iterable[str]) -> dict[str, set[str]]:
@@ -320,7 +321,11 @@ def prefix_matches(extra: Iterable[str], base: Iterable[str]) -> tuple[str, bool
     for key in extra:
         parts = segments(key)
         for n in (1, 2, 3):
-            if len(parts) > n and ".".join(parts[n:]) in base_set:
+            # a model's own ``weight`` (ArcFace's, no module) ends every layer's key: only a
+            # wrapper's prefix maps onto it (``module.weight``)
+            if (len(parts) > n and ".".join(parts[n:]) in base_set
+                    and (len(parts) > n + 1 or parts[-1] not in _BARE_LEAVES
+                         or parts[0] in WRAPPER_SEGMENTS)):
                 found = (".".join(parts[:n]) + ".", False)
                 break
         else:

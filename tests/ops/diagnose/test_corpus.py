@@ -63,7 +63,10 @@ FROZEN5_PRECISION = 0.95
 # 34/50 before any rule change made for it, 25 of its 29 answers at confidence >= 0.8 right (86.2%,
 # below the target, so no precision floor); scored at 50fbdd2 (ckpttools/ as at 0578c88). Its README
 # lists how it was collected.
-FROZEN6_RIGHT = 34
+# After round 11 (pasted presentations, which never read it): unchanged, 34/50 and 86.2%.
+# Tuned on since (#16's frozen6 round): 41/50, every answer at confidence >= 0.8 right (30 of 30).
+FROZEN6_RIGHT = 41
+FROZEN6_PRECISION = 0.95
 # frozen7/ (50 texts from 50 new threads, collected by someone who does not change the rules; committed
 # at 62c2ea4 before diagnose ran on any of them): not scored yet, so no floor. The lead scores it once
 # at the end of the round with the round's final rules and adds its floor here.
@@ -132,7 +135,7 @@ FROZEN_FLOORS = {"frozen": (FROZEN, 46, FROZEN_RIGHT, TARGET_PRECISION),
                  "frozen3": (FROZEN3, 50, FROZEN3_RIGHT, FROZEN3_PRECISION),
                  "frozen4": (FROZEN4, 50, FROZEN4_RIGHT, FROZEN4_PRECISION),
                  "frozen5": (FROZEN5, 50, FROZEN5_RIGHT, FROZEN5_PRECISION),
-                 "frozen6": (FROZEN6, 50, FROZEN6_RIGHT, None)}
+                 "frozen6": (FROZEN6, 50, FROZEN6_RIGHT, FROZEN6_PRECISION)}
 
 
 @pytest.mark.parametrize("name", list(FROZEN_FLOORS))
@@ -141,7 +144,7 @@ def test_frozen_sets_as_measured(name: str) -> None:
     s = score(corpus(folder))
     assert len(s.answers) == cases
     assert sum(a.right for a in s.answers) >= right
-    if precision is not None:  # measured below the target: no floor (frozen6)
+    if precision is not None:  # None: measured below the target, no floor
         assert s.confident_precision >= precision
 
 
