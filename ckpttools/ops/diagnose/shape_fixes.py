@@ -25,7 +25,16 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         what = (f"the vocabulary has another size: {c} rows in the checkpoint, {m} in the model"
                 + (" (one side is padded to a multiple of 64)" if f.facts["padded"] else "")
                 + "; resize the embeddings to the checkpoint's size before loading")
-        code = f"model.resize_token_embeddings({c})\nmodel.load_state_dict(sd)"
+        code = ('if hasattr(model, "resize_token_embeddings"):  # transformers: the tied output '
+                "and the config too\n"
+                f"    model.resize_token_embeddings({c})\n"
+                "else:  # the checkpoint's rows in place of these parameters (a tied output is then"
+                " its own copy)\n"
+                f"    for key in {list(keys)!r}:\n"
+                '        name, _, leaf = key.rpartition(".")\n'
+                "        layer = model.get_submodule(name) if name else model\n"
+                "        setattr(layer, leaf, torch.nn.Parameter(torch.empty_like(sd[key])))\n"
+                "model.load_state_dict(sd)")
         return what, code, []
     else:
         what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
@@ -141,7 +150,10 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     else:
         what = (f"the model code changed since the checkpoint was saved: {f.facts['missing']} keys "
                 f"exist only in the model and {f.facts['unexpected']} only in the checkpoint")
-    code = ("# use the code version the checkpoint was saved with, or map the keys:\n"
+    # strict=False still raises on a shape mismatch: what does not fit is left out first
+    code = ("# use the code version the checkpoint was saved with, or load what fits:\n"
+            "own = model.state_dict()\n"
+            "sd = {k: v for k, v in sd.items() if k not in own or v.shape == own[k].shape}\n"
             "result = model.load_state_dict(sd, strict=False)\n"
             "print(result.missing_keys, result.unexpected_keys)  # these stay untrained / unused")
     return what, code, []

@@ -198,8 +198,12 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     if (inserted := inserted_segment(ev.missing, ev.unexpected, ev.truncated)) and len(inserted[2]) >= 2:
         name, side, modules, pairs = inserted
         pairs = pairs if side == "missing" else [(m, u) for u, m in pairs]  # (missing, unexpected)
-        # checkpoint name -> model name, per module: conv1 -> conv1.lin (or back)
-        renames = [[a, f"{a}.{name}"] if side == "missing" else [f"{a}.{name}", a] for a in modules]
+        # checkpoint name -> model name, per module and leaf seen moving: conv1.weight ->
+        # conv1.lin.weight (or back); a leaf not shown moving (a bias the layer still keeps at
+        # conv1.bias) keeps its name
+        leaves = sorted({m.rpartition(".")[2] for m, _ in pairs})
+        renames = [[f"{a}.{leaf}", f"{a}.{name}.{leaf}"] if side == "missing" else
+                   [f"{a}.{name}.{leaf}", f"{a}.{leaf}"] for a in modules for leaf in leaves]
         return Finding("renamed_keys", 0.85, frozenset(ev.missing + ev.unexpected),
                        {"renames": renames, "segment": name, "side": side, "count": len(pairs),
                         "examples": [[u, m] for m, u in pairs[:3]]})
