@@ -26,15 +26,19 @@ def _saved_reparametrized(ev: Evidence) -> dict[str, str]:
     ``parametrizations.weight.original`` of no known parametrization (orthogonal, a user's own)
     is left out: which one to apply is not in the keys."""
     missing, unexpected = set(ev.missing), set(ev.unexpected)
+    # the model's plain weight is missing, or the missing list is not shown (a cut paste)
+    def plain(layer: str) -> bool:
+        return f"{layer}.weight" in missing or not missing
     found: dict[str, str] = {}
     for key in ev.unexpected:
         layer, _, leaf = key.rpartition(".")
-        if leaf in _REPARAMETRIZED and f"{layer}.weight" in missing:
+        # weight_orig beside a weight_mask is torch.nn.utils.prune's, not spectral_norm's
+        if leaf in _REPARAMETRIZED and plain(layer) and f"{layer}.weight_mask" not in unexpected:
             found[layer] = _REPARAMETRIZED[leaf]
         new = _NEW_FORM.match(key)
-        if new is None or f"{new['layer']}.weight" not in missing:
+        if new is None or not plain(new["layer"]):
             continue
-        if new["n"] == "0" and f"{new['layer']}.parametrizations.weight.original1" in unexpected:
+        if new["n"]:  # original0/original1: weight_norm's g and v (a cut text may show one)
             found[new["layer"]] = "parametrizations.weight_norm"
         elif not new["n"] and f"{new['layer']}.parametrizations.weight.0._u" in unexpected:
             found[new["layer"]] = "parametrizations.spectral_norm"

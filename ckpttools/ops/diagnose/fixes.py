@@ -301,7 +301,13 @@ def _transposed(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         what = (f"{n} 2-D {'weight has its shape' if n == 1 else 'weights have their shapes'} "
                 "swapped: one side stores them as nn.Linear (out, in), the other as GPT-2's "
                 "Conv1D (in, out)")
-        move = "sd[k].t().contiguous()"
+        # every such weight, not only those the text shows (PyTorch <= 0.3 stops at the first)
+        code = ("own = model.state_dict()\n"
+                "for k, v in sd.items():  # stored (in, out) where the model holds (out, in)\n"
+                "    if k in own and v.dim() == 2 and v.shape != own[k].shape and v.t().shape == own[k].shape:\n"
+                "        sd[k] = v.t().contiguous()\n"
+                "model.load_state_dict(sd)")
+        return what, code, []
     else:
         what = (f"{f.facts['count']} weights hold the same elements with their axes in another order "
                 "(a kernel layout of another library version); permute them (check the axis order)")

@@ -236,7 +236,9 @@ def renamed_keys(ev: Evidence) -> Finding | None:
     normal = [k for k in legacy if {"gamma", "beta"} <= leaves[k.rpartition(".")[0]]
               or re.search(r"(norm|bn|ln)\w*$", k.rpartition(".")[0], re.I)]
     if legacy and len(legacy) >= 0.5 * len(keys):
-        names = sorted({k.rsplit(".", 1)[-1] for k in legacy})
+        names = {k.rsplit(".", 1)[-1] for k in legacy}
+        # a norm saved with gamma has beta beside it, though a cut text may show only one
+        names = sorted(names | {"gamma", "beta"} if names & {"gamma", "beta"} else names)
         side = "missing" if legacy[0] in ev.missing else "unexpected"
         renames = [[n, _LEGACY_RENAMES[n]] if side == "unexpected" else [_LEGACY_RENAMES[n], n]
                    for n in names]
