@@ -19,6 +19,7 @@ tensor, and a call per opcode would cost more than the opcode.
 
 from __future__ import annotations
 
+import mmap
 import pickletools
 import struct
 from dataclasses import dataclass
@@ -196,6 +197,7 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
 
 _FRAME, _NO_FRAME = 0x95, 1 << 62
 FUSED_RECORDS = True  # torch's plain tensor record in one step (``records``); tests compare both
+_BUFFERS = (bytes, mmap.mmap)
 
 
 def _cross_frame(w: State, pos: int) -> None:
@@ -232,7 +234,7 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
     last = pos
     frame_end = _NO_FRAME
     limit = budget if budget is not None else 1 << 62
-    records = FUSED_RECORDS
+    records = FUSED_RECORDS and type(data) in _BUFFERS  # a pattern reads bytes, not a URL's view
     try:
         while True:
             if pos >= n:

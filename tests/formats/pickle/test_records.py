@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from ckpttools.cli.main import cli
-from ckpttools.formats.pickle import opwalk, records
+from ckpttools.formats.pickle import opwalk, records, walk
 from ckpttools.formats.pickle.opstate import Computed, Global, State, Tup
 from ckpttools.ops.audit.scan import scan_checkpoint
 from tests.hostile_corpus import build_hostile
@@ -200,3 +200,37 @@ def test_corpora_get_the_same_verdicts(corpora: dict[str, Path],
     assert fused["clean"][0] == 0 and fused["clean"][2] == 0
     flagged = [n for n, v in fused.items() if n != "clean" and v[0] == 0 and v[2] == 0]
     assert flagged == []
+
+
+def _scan_by_steps(data: bytes, start: int = 0) -> int:
+    """``walk.scan_pickle`` as it was, every counted opcode through ``_step``."""
+    n, pos = len(data), start
+    while pos < n:
+        pos = walk._RUN.match(data, pos).end()  # type: ignore[union-attr]
+        if pos >= n:
+            break
+        if data[pos] == walk._STOP:
+            return pos + 1
+        pos = walk._step(data, data[pos], pos + 1, n)
+    raise ValueError("truncated (no STOP opcode)")
+
+
+def _outcome(fn: Any, data: bytes) -> Any:
+    try:
+        return fn(data)
+    except (ValueError, IndexError) as e:
+        return (type(e).__name__, str(e))
+
+
+def test_length_checks_read_strings_as_before() -> None:
+    """The reader's length pre-check reads BINUNICODE inline: same end, same error, on a real
+    pickle and on every cut and count change of its strings."""
+    data = _data_pkl({f"layer.{i}.w": torch.zeros(2) for i in range(30)})
+    variants = [data]
+    for at in (i for i in range(len(data)) if data[i] == 0x58):
+        for delta in (1, 2, 255, 1 << 16, 1 << 31):
+            count = (int.from_bytes(data[at + 1:at + 5], "little") + delta) % (1 << 32)
+            variants.append(data[:at + 1] + count.to_bytes(4, "little") + data[at + 5:])
+        variants += [data[:at + 1], data[:at + 3], data[:at + 6]]
+    for variant in variants:
+        assert _outcome(walk.scan_pickle, variant) == _outcome(_scan_by_steps, variant)
