@@ -5,11 +5,23 @@ from __future__ import annotations
 import os
 
 from ckpttools.errors import UnknownFormatError
-from ckpttools.formats import dcp_dir, deepspeed_zero, folder, safetensors_sharded
+from ckpttools.formats import folder, safetensors_sharded
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.trainer import is_deepspeed, trainer_children
 from ckpttools.formats.single_file import FILE_FORMATS, FormatSpec, unknown_format
 from ckpttools.formats.sniff import check_folder_members, check_readable, is_dcp, is_safetensors_sharded, is_torch_sharded, read_errors
+
+
+def _dcp(path: str, *, trust: bool = False) -> CheckpointReader:
+    from ckpttools.formats.dcp_dir import DcpReader  # with the pickle walker: imported when used
+
+    return DcpReader(path, trust=trust)
+
+
+def _deepspeed(path: str, *, trust: bool = False) -> CheckpointReader:
+    from ckpttools.formats.deepspeed_zero import DeepSpeedReader
+
+    return DeepSpeedReader(path, trust=trust)
 
 
 def _is_folder(path: str) -> bool:
@@ -18,8 +30,8 @@ def _is_folder(path: str) -> bool:
 
 # Tried in this order; the first match wins. Index files and DCP before the generic folder.
 FORMATS: dict[Format, FormatSpec] = {
-    Format.DCP: FormatSpec(is_dcp, dcp_dir.DcpReader),
-    Format.DEEPSPEED: FormatSpec(is_deepspeed, deepspeed_zero.DeepSpeedReader),
+    Format.DCP: FormatSpec(is_dcp, _dcp),
+    Format.DEEPSPEED: FormatSpec(is_deepspeed, _deepspeed),
     Format.SAFETENSORS_SHARDED: FormatSpec(
         is_safetensors_sharded, safetensors_sharded.ShardedSafetensorsReader
     ),

@@ -20,8 +20,6 @@ from ckpttools.formats.sniff import (
     is_torch_zip,
     read_errors,
 )
-from ckpttools.formats.torch_legacy import TorchLegacyReader
-from ckpttools.formats.torch_zip import TorchZipReader
 
 
 @dataclass(frozen=True)
@@ -29,13 +27,27 @@ class FormatSpec:
     """How to recognise a format and which reader opens it."""
 
     sniff: Callable[[str], bool]
-    reader: type[CheckpointReader]
+    reader: Callable[..., CheckpointReader]  # ``reader(path, trust=...)``: a class or an opener
+
+
+# The pickle readers (and the walker behind them) are imported when a file needs them: a
+# safetensors file is read without them (about 40 ms of imports).
+def _torch_zip(path: str, *, trust: bool = False) -> CheckpointReader:
+    from ckpttools.formats.torch_zip import TorchZipReader
+
+    return TorchZipReader(path, trust=trust)
+
+
+def _torch_legacy(path: str, *, trust: bool = False) -> CheckpointReader:
+    from ckpttools.formats.torch_legacy import TorchLegacyReader
+
+    return TorchLegacyReader(path, trust=trust)
 
 
 # Tried in this order; the first match wins.
 FILE_FORMATS: dict[Format, FormatSpec] = {
-    Format.TORCH_ZIP: FormatSpec(is_torch_zip, TorchZipReader),
-    Format.TORCH_LEGACY: FormatSpec(is_legacy, TorchLegacyReader),
+    Format.TORCH_ZIP: FormatSpec(is_torch_zip, _torch_zip),
+    Format.TORCH_LEGACY: FormatSpec(is_legacy, _torch_legacy),
     Format.SAFETENSORS: FormatSpec(is_safetensors, SafetensorsReader),
 }
 

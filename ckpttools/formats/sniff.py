@@ -13,8 +13,7 @@ from typing import Any
 
 from ckpttools.errors import (CheckpointNotFoundError, CkptError, CorruptCheckpointError, UnreadableCheckpointError,
                               UnsupportedError)
-from ckpttools.formats import fileio, zip_records
-from ckpttools.formats.pickle.genops import single_integer
+from ckpttools.formats import fileio
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # records torch.save writes: <folder>/data.pkl (or any pickle), <folder>/data/<n>, version, byteorder
@@ -29,6 +28,8 @@ def read_head(path: str, n: int = 64) -> bytes:
 
 
 def zip_names(path: str) -> list[str]:
+    from ckpttools.formats import zip_records  # with zipfile: imported for zip files only
+
     try:
         with fileio.open_binary(path) as f:
             return list(zip_records.cached_directory(f))
@@ -55,6 +56,8 @@ LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 def is_legacy_magic(data: Any) -> bool:
     """Whether ``data`` starts with torch's legacy magic number, pickled with any protocol (0-5),
     read from the opcodes as CPython's unpickler reads them (nothing is unpickled)."""
+    from ckpttools.formats.pickle.genops import single_integer  # for pickles only
+
     return single_integer(data) == LEGACY_MAGIC_NUMBER
 
 

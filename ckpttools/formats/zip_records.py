@@ -210,11 +210,12 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None) -> 
             problems.append(f"two records named {rec.name!r}" + (
                 "" if other == rec.name else f" and {other!r} (torch ignores case)"))
     pos = 0
+    read_at = _reader_at(f)
     for rec in sorted(entries, key=lambda r: r.header_offset):
         if rec.header_offset != pos:
             what = "overlaps the one before" if rec.header_offset < pos else "has bytes before it"
             problems.append(f"record {rec.name!r} at {rec.header_offset} {what}")
-        pos = _record_end(f, rec, problems)
+        pos = _record_end(read_at, rec, problems)
     if pos != cd_offset or cd_offset + cd_size > eocd:
         problems.append(f"bytes between the records and the central directory ({pos}..{cd_offset})")
     f.seek(max(0, size - 65536 - _EOCD.size))
@@ -223,19 +224,30 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None) -> 
     return problems
 
 
-def _record_end(f: BinaryIO, rec: ZipRecord, problems: list[str]) -> int:
+def _reader_at(f: BinaryIO) -> Callable[[int, int], bytes]:
+    """``read_at(pos, n)``: ``f``'s own ``pread`` (a mapped file's: one call, not a seek and a
+    read, for each of 20,000 local headers), else a seek and a read."""
+    pread = getattr(f, "pread", None)
+    if pread is not None:
+        return pread  # type: ignore[no-any-return]
+
+    def read_at(pos: int, n: int) -> bytes:
+        f.seek(pos)
+        return f.read(n)
+    return read_at
+
+
+def _record_end(read_at: Callable[[int, int], bytes], rec: ZipRecord, problems: list[str]) -> int:
     """Check ``rec``'s local header against its central entry; return where its bytes end."""
-    f.seek(rec.header_offset)
     # the header and the name as the central entry has it, in one read (20,000 records)
-    header = f.read(_LOCAL.size + len(rec.name.encode()))
+    header = read_at(rec.header_offset, _LOCAL.size + len(rec.name.encode()))
     if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
         problems.append(f"record {rec.name!r} has no local header")
         return rec.header_offset
     _, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(header)
     raw = header[_LOCAL.size:_LOCAL.size + nlen]
     if len(raw) < nlen:  # the local name is longer than the central one
-        f.seek(rec.header_offset + _LOCAL.size)
-        raw = f.read(nlen)
+        raw = read_at(rec.header_offset + _LOCAL.size, nlen)
     name = raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
     deferred = flags & 0x08 and (crc, csize, usize) == (0, 0, 0)
     if 0xFFFFFFFF in (csize, usize) or deferred:
@@ -245,11 +257,9 @@ def _record_end(f: BinaryIO, rec: ZipRecord, problems: list[str]) -> int:
         problems.append(f"record {rec.name!r}: local header and central directory differ")
     end = rec.header_offset + _LOCAL.size + nlen + elen + rec.compress_size
     if flags & 0x08:  # a data descriptor follows: optional signature, CRC, two sizes (4 or 8)
-        f.seek(end)
-        desc = f.read(4)
+        desc = read_at(end, 4)
         end += 4 if desc == b"PK\x07\x08" else 0
-        f.seek(end + 4)
-        sizes = f.read(16)
+        sizes = read_at(end + 4, 16)
         wide = int.from_bytes(sizes[:8], "little") == rec.compress_size and len(sizes) == 16
         end += 4 + (16 if wide and rec.compress_size >= 0xFFFFFFFF else 8)
     return end

@@ -125,6 +125,8 @@ def _relative(key: str, prefix: str) -> str | None:
 
 
 def _select(entries: tuple[Any, ...], key: str, pattern: str | None) -> tuple[Any, ...]:
+    if not key and not pattern:
+        return tuple(entries)  # every entry, as it is
     out = []
     for e in entries:
         rel = _relative(e.key, key)
@@ -207,6 +209,8 @@ def _allowed(refs: tuple[GlobalRef, ...], allow: frozenset[str]) -> tuple[Global
 
 
 def _hint(pickle_globals: tuple[GlobalRef, ...]) -> str | None:
+    if not pickle_globals:
+        return None  # nothing to allow (and no pickle modules to import)
     try:
         from ckpttools.formats.pickle.walk import safe_globals_hint
     except ImportError:  # pickle-free formats need no hint

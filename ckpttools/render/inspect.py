@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from json.encoder import encode_basestring as quote
 from typing import Any
 
@@ -48,9 +49,22 @@ def tensor_json(t: TensorEntry) -> str:
     """``ops.inspect.tensor_dict(t)`` as compact JSON with sorted keys, without building the dict
     or entering the encoder per record: 20,000 tensors in 25 ms instead of 60 ms. A test holds
     it equal to ``json.dumps(tensor_dict(t), sort_keys=True, ensure_ascii=False)``."""
+    shape = t.shape
+    try:
+        known = _SHAPES.get(shape)  # a few shapes repeat over thousands of tensors
+    except TypeError:  # an unhashable shape is spelled out each time
+        known = None
+    if known is None:
+        known = (", ".join([str(int(d)) for d in shape]), int(math.prod(shape)))
+        if len(_SHAPES) < 4096:
+            _SHAPES[shape] = known
+    text, numel = known
     return (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": {quote(t.dtype)}, '
-            f'"key": {quote(t.key)}, "location": {quote(t.location)}, "numel": {int(t.numel)}, '
-            f'"shape": [{", ".join([str(int(d)) for d in t.shape])}]}}')
+            f'"key": {quote(t.key)}, "location": {quote(t.location)}, "numel": {numel}, '
+            f'"shape": [{text}]}}')
+
+
+_SHAPES: dict[tuple[int, ...], tuple[str, int]] = {}  # shape -> (its JSON items, numel)
 
 
 def _header(result: InspectResult, fmt: str) -> str:

@@ -19,6 +19,7 @@ tensor, and a call per opcode would cost more than the opcode.
 
 from __future__ import annotations
 
+import mmap
 import pickletools
 import struct
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ckpttools.entries import GlobalRef
 from ckpttools.formats.pickle.genops import NAMES, OpcodeError, TruncatedError, read_arg
 from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
                                               Stop, Tup, count_keys)
+from ckpttools.formats.pickle.records import tensor_record
 
 __all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "fails_early", "max_tuple_depth",
            "pickle_hazard", "remember_walk", "walk_ops"]
@@ -194,6 +196,8 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
 
 
 _FRAME, _NO_FRAME = 0x95, 1 << 62
+FUSED_RECORDS = True  # torch's plain tensor record in one step (``records``); tests compare both
+_BUFFERS = (bytes, mmap.mmap)
 
 
 def _cross_frame(w: State, pos: int) -> None:
@@ -230,6 +234,7 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
     last = pos
     frame_end = _NO_FRAME
     limit = budget if budget is not None else 1 << 62
+    records = FUSED_RECORDS and type(data) in _BUFFERS  # a pattern reads bytes, not a URL's view
     try:
         while True:
             if pos >= n:
@@ -237,6 +242,13 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
             if count >= limit:
                 raise _Probed()
             c = data[pos]
+            if c == _BINUNICODE and records:  # a tensor's key: its record in one step
+                rec = tensor_record(w, data, pos, n if n < frame_end else frame_end)
+                if rec is not None:
+                    pos, ops, d, last = rec
+                    count += ops
+                    deepest = d if d > deepest else deepest
+                    continue
             k = width_at[c]
             if k >= 0:
                 nxt = pos + 1 + k

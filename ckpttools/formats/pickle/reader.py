@@ -129,13 +129,23 @@ class PickledReader(CheckpointReader):
         that reach past their storage (``setStorage ... out of bounds``)."""
         storages = self._walk_result.storages
         for key, ph in self._tensors.items():
-            if min((*ph.shape, *ph.stride, ph.storage_offset), default=0) < 0:
+            shape, stride, offset = ph.shape, ph.stride, ph.storage_offset
+            if min((*shape, *stride, offset), default=0) < 0:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} has a negative size, stride or offset; "
                     "torch.load refuses it, the file is damaged")
             info = storages.get(ph.storage_key) if ph.storage_key is not None else None
-            need = (ph.storage_offset + ph.span) * ITEMSIZE.get(ph.dtype, 1) if ph.numel else 0
-            if info is not None and need > info.nbytes:
+            if info is None:
+                continue
+            # ``ph.span`` inlined, its sizes and strides known to be non-negative here: one
+            # pass per tensor instead of three (20,000 tensors)
+            if 0 in shape:
+                need = 0
+            elif len(shape) == 1 == len(stride):
+                need = (offset + 1 + (shape[0] - 1) * stride[0]) * ITEMSIZE.get(ph.dtype, 1)
+            else:
+                need = (offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+            if need > info.nbytes:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} reaches byte {need} of a {info.nbytes}-byte "
                     "storage; torch.load refuses it, the file is damaged")

@@ -85,7 +85,7 @@ for _op in pickletools.opcodes:
         _ARGLEN[_code] = _COUNT4
     elif _arg.n == pickletools.TAKEN_FROM_ARGUMENT8U:
         _ARGLEN[_code] = _COUNT8
-_STOP, _LONG_BINPUT, _PUT, _FRAME = ord("."), ord("r"), ord("p"), 0x95
+_STOP, _LONG_BINPUT, _PUT, _FRAME, _BINUNICODE = ord("."), ord("r"), ord("p"), 0x95, ord("X")
 _COUNT_SIZE = {_COUNT1: 1, _COUNT4: 4, _COUNT4S: 4, _COUNT8: 8}
 
 
@@ -125,6 +125,12 @@ def scan_pickle(data: Any, start: int = 0) -> int:
         op = data[pos]
         if op == _STOP:
             return pos + 1
+        if op == _BINUNICODE:  # two per tensor: _step's check for it, without the call
+            end = pos + 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+            if end > n:
+                raise ValueError(f"an argument at offset {pos} runs past the end")
+            pos = end
+            continue
         pos = _step(data, op, pos + 1, n)
     raise ValueError("truncated (no STOP opcode)")
 

@@ -15,10 +15,8 @@ Example ``pyproject.toml``::
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
-import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -143,6 +141,8 @@ SETUP_CFG_SECTIONS = ("ckpttools", "tool:ckpttools")
 
 
 def _read_pyproject(path: str) -> dict[str, Any] | None:
+    import tomllib  # the parsers are imported when a settings file is there to read
+
     try:
         with open(path, "rb") as f:
             section = tomllib.load(f).get("tool", {}).get("ckpttools")
@@ -154,6 +154,8 @@ def _read_pyproject(path: str) -> dict[str, Any] | None:
 
 
 def _read_setup_cfg(path: str) -> dict[str, Any] | None:
+    import configparser
+
     # inline comments, as in "[ckpttools]  # or [tool:ckpttools]" or "dtype = bf16  ; release policy"
     parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
     try:

@@ -165,6 +165,12 @@ class _MapFile(io.RawIOBase):
         self._pos = pos if whence == 0 else (len(self._buf) + pos if whence == 2 else self._pos + pos)
         return self._pos
 
+    def pread(self, pos: int, n: int) -> bytes:
+        """``n`` bytes at ``pos`` (fewer at the end), as ``seek`` then ``read`` give them."""
+        out = bytes(self._buf[pos:pos + n])
+        self._pos = pos + len(out)
+        return out
+
     def read(self, n: int = -1) -> bytes:
         end = len(self._buf) if n < 0 else self._pos + n
         out = bytes(self._buf[self._pos:end])
