@@ -61,6 +61,14 @@ def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = (f'sd = {{k.replace(".{inner}.", "."): v for k, v in sd.items()}}' if infix else
                 f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items()}}')
         args = ["--rename", _q(rf"\.{_re(inner)}\.=.")] if infix else ["--strip-prefix", _q(p)]
+        if f.facts.get("guessed"):  # which wrapper is not shown: strip whichever the file has
+            code = ("own = model.state_dict()\n"
+                    f"wrappers = {tuple(sorted(WRAPPER_SEGMENTS))!r}\n"
+                    "def unwrapped(k):\n"
+                    '    while k not in own and k.split(".", 1)[0] in wrappers and "." in k:\n'
+                    '        k = k.split(".", 1)[1]\n'
+                    "    return k\n"
+                    "sd = {unwrapped(k): v for k, v in sd.items()}")
     else:
         what = (f"the model was wrapped (e.g. DataParallel/DDP/torch.compile) before loading, so it "
                 f"expects '{p}' in its keys that the checkpoint does not have" if wrapper else
