@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
 
+from ckpttools.entries import tensor_dtypes_inside
 from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult
 from ckpttools.ops.tensor_stats import one_thread
@@ -146,22 +147,11 @@ def _checked(key: str, only: str | None, exclude: tuple[str, ...]) -> bool:
     return (only is None or under(only)) and not any(under(p) for p in exclude)
 
 
-def _holds_floating(value: Any) -> bool:
-    """Whether a rendered object value holds a floating tensor (``{"__tensor__": dtype}``)."""
-    if isinstance(value, dict):
-        if value.get("__tensor__") in CHECKED_DTYPES:
-            return True
-        return any(_holds_floating(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_floating(v) for v in value)
-    return False
-
-
 def _unchecked(reader: CheckpointReader, only: str | None, exclude: tuple[str, ...]) -> list[str]:
     """Objects (sparse, nested tensors) whose floating values this pass cannot read, as details."""
     return [f"{e.key}: not checked (values inside {e.type_name})"
             for e in reader.object_entries()
-            if _checked(e.key, only, exclude) and _holds_floating(e.value)]
+            if _checked(e.key, only, exclude) and tensor_dtypes_inside(e.value) & CHECKED_DTYPES]
 
 
 def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
