@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
+from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry, tensor_dtypes_inside
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
 from ckpttools.ops.tensor_stats import one_thread
@@ -65,6 +65,12 @@ class ObjectComparison:
     def equal(self) -> bool:
         return bool(self.value_a == self.value_b)
 
+    @property
+    def opaque(self) -> bool:
+        """Equal as rendered, but holding tensors whose data the rendering leaves out (a sparse
+        or nested tensor): equal renderings do not prove equal values."""
+        return self.equal and bool(tensor_dtypes_inside(self.value_a))
+
 
 @dataclass(frozen=True)
 class CheckpointDiffResult:
@@ -109,11 +115,22 @@ class CheckpointDiffResult:
         return tuple(o for o in self.objects if not o.equal)
 
     @property
+    def uncompared(self) -> tuple[ObjectComparison, ...]:
+        """Values holding tensors whose data could not be compared (sparse, nested)."""
+        return tuple(o for o in self.objects if o.opaque)
+
+    @property
+    def differs(self) -> bool:
+        """A difference was found (keys, shapes, dtypes, values or structure)."""
+        return bool(self.only_a or self.only_b or self.shape_differences
+                    or self.kind_differences or self.dtype_differences
+                    or self.value_differences or self.object_differences or self.structure)
+
+    @property
     def ok(self) -> bool:
-        """Same keys, shapes, dtypes and values within tolerance, same non-tensor values."""
-        return not (self.only_a or self.only_b or self.shape_differences or self.kind_differences
-                    or self.dtype_differences or self.value_differences
-                    or self.object_differences or self.structure)
+        """Same keys, shapes, dtypes and values within tolerance, same non-tensor values, and
+        nothing left uncompared."""
+        return not (self.differs or self.uncompared)
 
     @property
     def verdict(self) -> str:
@@ -121,6 +138,11 @@ class CheckpointDiffResult:
             equal = sum(t.bitwise_equal for t in self.tensors)
             return (f"checkpoints match: {plural(len(self.tensors), 'tensor')} ({equal} bitwise equal), "
                     f"{plural(len(self.objects), 'value')}")
+        if not self.differs:
+            keys = ", ".join(o.key for o in self.uncompared[:3])
+            return ("cannot tell whether the checkpoints match: no difference found, but the "
+                    f"values of {plural(len(self.uncompared), 'sparse or nested tensor')} "
+                    f"({keys}) were not compared")
         parts = [f"{len(self.only_a)} only in A", f"{len(self.only_b)} only in B",
                  f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",
                  f"{len(self.value_differences)} value", f"{len(self.object_differences)} "
@@ -139,8 +161,8 @@ class CheckpointDiffResult:
                                   for k, a, b in self.shape_differences],
             "kind_differences": list(self.kind_differences),
             "tensors": [t.to_dict() for t in self.tensors],
-            "objects": [{"key": o.key, "a": o.value_a, "b": o.value_b, "equal": o.equal}
-                        for o in self.objects],
+            "objects": [{"key": o.key, "a": o.value_a, "b": o.value_b, "equal": o.equal,
+                         "compared": not o.opaque} for o in self.objects],
         }
 
 
@@ -287,10 +309,36 @@ def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: floa
     return stats
 
 
+def _quantization(t: torch.Tensor) -> tuple[Any, ...]:
+    """A quantized tensor's scheme and parameters (its values are ``int_repr`` under these)."""
+    import torch
+
+    if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return (t.qscheme(), t.q_scale(), t.q_zero_point())
+    return (t.qscheme(), t.q_per_channel_axis(), t.q_per_channel_scales().tolist(),
+            t.q_per_channel_zero_points().tolist())
+
+
+def _compare_quantized(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
+                       advance: Callable[[int], None]) -> _Stats:
+    """Quantized tensors compared by their real values; bitwise equal only with the same
+    integers under the same scheme, scales and zero points (a byte view of them crashes)."""
+    import torch
+
+    same = (ta.is_quantized and tb.is_quantized and ta.dtype == tb.dtype
+            and _quantization(ta) == _quantization(tb) and torch.equal(ta.int_repr(), tb.int_repr()))
+    stats = _compare_loaded(*(t.dequantize() if t.is_quantized else t for t in (ta, tb)),
+                            atol, rtol, advance)
+    stats.bitwise = stats.bitwise and same
+    return stats
+
+
 def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
                     advance: Callable[[int], None]) -> _Stats:
     import torch
 
+    if ta.is_quantized or tb.is_quantized:
+        return _compare_quantized(ta, tb, atol, rtol, advance)
     stats = _Stats(bitwise=ta.dtype == tb.dtype)
     fa, fb = ta.reshape(-1), tb.reshape(-1)
     step = max(1, CHUNK_BYTES // max(ta.element_size(), 1))
