@@ -217,7 +217,10 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
     cmp = compare_keys(ckpt, sig)
     loaded, total = _coverage(cmp, sig)
     warns = []
-    if total and loaded / total < COVERAGE_WARNING and cmp.problems:
+    if cmp.shape_mismatches:  # not "loads 0%": the load raises before it copies anything
+        n = plural(len(cmp.shape_mismatches), "shape mismatch", "shape mismatches")
+        warns.append(f"strict=False would raise on {n} and load nothing; follow the fix plan")
+    elif total and loaded / total < COVERAGE_WARNING and cmp.problems:
         warns.append(f"strict=False would load only {100 * loaded / total:.0f}% of the model's "
                      "parameters; the rest keep their initialisation")
     if cmp.tied and not allow_tied:
