@@ -127,13 +127,19 @@ def cast_source(source: Source, dtype: str | None) -> tuple[Source, tuple[str, .
     tensors: dict[str, SourceTensor] = {}
     for name, t in source.tensors.items():
         lay = t.layout
-        if lay.dtype in FLOATING and lay.dtype != dtype:
+        if lay.dtype in FLOATING and lay.dtype != dtype and not _is_step_counter(name, lay.shape):
             scaled = lay.storage_nbytes // dtype_size(lay.dtype) * dtype_size(dtype)
             t = SourceTensor(name, replace(lay, dtype=dtype, storage_nbytes=scaled), None,
                              _cast_loader(t.load, dtype))
             cast.append(name)
         tensors[name] = t
     return Source(source.root, tensors, source.dropped), tuple(cast)
+
+
+def _is_step_counter(name: str, shape: tuple[int, ...]) -> bool:
+    """An optimizer's ``step`` (a 0-dim float32 tensor torch adds 1 to each step): cast to
+    bfloat16 it is inexact past 256 and stops counting, so a resume's bias correction drifts."""
+    return not shape and name.rpartition(".")[2] == "step"
 
 
 def _cast_loader(load: Callable[[], Any], dtype: str) -> Callable[[], Any]:
