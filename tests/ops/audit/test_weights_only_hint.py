@@ -84,3 +84,14 @@ def test_numpy_arrays_hint_makes_weights_only_load_work(numpy_checkpoint: Path) 
     done = _loads_after(hint, numpy_checkpoint)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['f32', 'i64', 'mask', 'rec', 'scalar', 'w']"
+
+
+def test_no_torch_load_hint_for_a_dcp_folder(tmp_path: Path) -> None:
+    # torch's DCP reader unpickles .metadata itself; torch.load of the folder is no way to read it
+    done = _python("""
+        import torch, torch.distributed.checkpoint as dcp
+        dcp.save({"w": torch.ones(2), "step": 3}, checkpoint_id="ckpt")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open_checkpoint(tmp_path / "ckpt") as reader:
+        assert inspect_checkpoint(reader).to_dict()["weights_only_hint"] is None
