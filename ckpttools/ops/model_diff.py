@@ -176,8 +176,8 @@ def state_table(reader: CheckpointReader, view: StateDictView) -> dict[str, tupl
     for e in reader.entries():
         if isinstance(e, ObjectEntry) and e.key.startswith(lead):
             key = e.key[len(lead):]
-            head, found, _ = key.partition(EXTRA_STATE)
-            if found and (not head or head.endswith(".")):
+            head, found, tail = key.partition(EXTRA_STATE)
+            if found and (not head or head.endswith(".")) and (not tail or tail.startswith(".")):
                 table.setdefault(head + EXTRA_STATE, ((), "object"))
     return table
 
