@@ -54,6 +54,18 @@ class ObjectEntry:
 Entry = TensorEntry | ObjectEntry
 
 
+def tensor_dtypes_inside(value: Any) -> frozenset[str]:
+    """The dtypes of the tensors a rendered ``ObjectEntry.value`` holds (a sparse or nested
+    tensor's parts, rendered as ``{"__tensor__": dtype, ...}`` without their data)."""
+    if isinstance(value, dict):
+        own = value.get("__tensor__")
+        inner = frozenset().union(*(tensor_dtypes_inside(v) for v in value.values()))
+        return inner | {own} if isinstance(own, str) else inner
+    if isinstance(value, list):
+        return frozenset().union(*(tensor_dtypes_inside(v) for v in value))
+    return frozenset()
+
+
 @dataclass(frozen=True)
 class GlobalRef:
     """A global (``module.name``) that a pickle references, and how safe calling it is."""

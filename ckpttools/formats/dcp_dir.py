@@ -66,6 +66,7 @@ class DcpReader(CheckpointReader):
                                          "the checkpoint is damaged") from e
         self._entries: tuple[Entry, ...] | None = None
         self._values: dict[str, Any] = {}
+        self._value_globals: dict[str, tuple[GlobalRef, ...]] = {}
 
     def _parse(self, tree: Any) -> None:
         meta = _state(tree, "Metadata")
@@ -137,7 +138,8 @@ class DcpReader(CheckpointReader):
     def _value(self, fqn: str) -> Any:
         if fqn not in self._values:
             blob = self._read_range(self._chunk_info(fqn, None))
-            self._values[fqn] = self._walk_blob(blob, fqn)[0].tree
+            walk = self._walk_blob(blob, fqn)[0]
+            self._values[fqn], self._value_globals[fqn] = walk.tree, walk.globals
         return self._values[fqn]
 
     def tree(self) -> Any:
@@ -154,7 +156,14 @@ class DcpReader(CheckpointReader):
         return _lists(root)
 
     def pickle_globals(self) -> tuple[GlobalRef, ...]:
-        return self._meta_walk.globals
+        """The globals of ``.metadata`` and of every non-tensor value's pickle, each once."""
+        for fqn, item in self._items.items():
+            if item.get("bytes"):
+                self._value(fqn)
+        seen: dict[tuple[str, str], GlobalRef] = {}
+        for g in (*self._meta_walk.globals, *(g for gs in self._value_globals.values() for g in gs)):
+            seen.setdefault((g.module, g.name), g)
+        return tuple(seen.values())
 
     # ---- tensor data ---------------------------------------------------------------------
 

@@ -285,7 +285,11 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
             steps.append(Step("drop", (pattern,), f"drop {len(keys)} {noun} {what}: {pattern}"))
     steps += renames
     model = sig.by_key()
-    nbt = tuple(k for k in cmp.missing if k.rpartition(".")[2] == NBT and model[k].kind == "buffer")
+    # a counter alone is missing from a norm saved before torch 0.4.1; a norm whose stats are
+    # missing too is absent from the file, and its counter is no older-save finding
+    missing = set(cmp.missing)
+    nbt = tuple(k for k in cmp.missing if k.rpartition(".")[2] == NBT and model[k].kind == "buffer"
+                and k.rpartition(".")[0] + ".running_mean" not in missing)
     if nbt:
         steps.append(Step("num-batches-tracked", nbt, (
             f"add the BatchNorm num_batches_tracked counters the checkpoint lacks ({len(nbt)}) "

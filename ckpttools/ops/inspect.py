@@ -9,7 +9,7 @@ from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
 from ckpttools.errors import KeyNotFoundError
-from ckpttools.formats.base import CheckpointReader
+from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.formats.trainer import TrainerLayout, describe_trainer
 from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
@@ -195,7 +195,9 @@ def inspect_checkpoint(
         globals=pickle_globals,
         metadata=reader.metadata(),
         stats=stats,
-        weights_only_hint=_hint(pickle_globals),
+        # a DCP folder is read by torch's DCP reader, which unpickles .metadata itself:
+        # torch.load(weights_only=True) is no way to read it, so no line for it
+        weights_only_hint=None if reader.format is Format.DCP else _hint(pickle_globals),
         trainer=describe_trainer(reader),
     )
 

@@ -8,16 +8,18 @@ device), so it costs no tensor memory on either side. The fix is one plan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ckpttools.entries import ObjectEntry
 from ckpttools.formats.base import CheckpointReader, Format
 from ckpttools.ops.comparison import Comparison, Shape, compare_keys
 from ckpttools.ops.fix_plan import Counts, FixPlan, Source, find_plan
 from ckpttools.ops.frameworks import ModelTraits, detect_traits
-from ckpttools.ops.model_spec import ModelSignature, signature_of_model
+from ckpttools.ops.model_spec import EXTRA_STATE, ModelSignature, signature_of_model
 from ckpttools.ops.plan_text import render_plan
 from ckpttools.ops.state_dict import StateDictView, as_reader, find_state_dict, state_dict_candidates
 from ckpttools.units import plural
@@ -165,14 +167,33 @@ def source_of(reader: CheckpointReader, view: StateDictView) -> Source:
     return Source(reader.path, reader.path, view.prefix, "torch", origin)
 
 
+def state_table(reader: CheckpointReader, view: StateDictView) -> dict[str, tuple[Shape, str]]:
+    """The state_dict's keys with shape and dtype, plus each module's non-tensor extra state
+    (``x._extra_state``, whose value is flattened into entries under it) as one object key:
+    ``load_state_dict(strict=True)`` needs it as much as a weight."""
+    table: dict[str, tuple[Shape, str]] = {e.key: (e.shape, e.dtype) for e in view.entries}
+    lead = view.prefix + "." if view.prefix else ""
+    for e in reader.entries():
+        if isinstance(e, ObjectEntry) and e.key.startswith(lead):
+            key = e.key[len(lead):]
+            head, found, tail = key.partition(EXTRA_STATE)
+            if found and (not head or head.endswith(".")) and (not tail or tail.startswith(".")):
+                table.setdefault(head + EXTRA_STATE, ((), "object"))
+    return table
+
+
 def _best_view(reader: CheckpointReader, views: list[StateDictView], sig: ModelSignature,
                traits: ModelTraits, allow_tied: bool) -> tuple[StateDictView, FixPlan]:
     """The candidate state_dict whose plan fills the most model keys (the found one on ties)."""
     best: tuple[StateDictView, FixPlan] | None = None
     for view in views:
-        table = {e.key: (e.shape, e.dtype) for e in view.entries}
+        table = state_table(reader, view)
         plan = render_plan(find_plan(source_of(reader, view), table, sig, traits,
                                      allow_tied=allow_tied))
+        if plan.command and any(dtype == "object" for _, dtype in table.values()):
+            plan = dataclasses.replace(plan, command="", command_note=(
+                "remap writes plain tensors only and would leave out the _extra_state entries; "
+                "use the Python snippet"))
         if best is None or (plan.filled, -plan.after.unexpected, -len(plan.steps)) > \
                 (best[1].filled, -best[1].after.unexpected, -len(best[1].steps)):
             best = (view, plan)
@@ -213,11 +234,14 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
         sig, traits = signature_of_model(model, model_name), detect_traits(model)
     views = [find_state_dict(reader, key)] if key is not None else state_dict_candidates(reader)
     view, plan = _best_view(reader, views, sig, traits, allow_tied)
-    ckpt = {e.key: (e.shape, e.dtype) for e in view.entries}
+    ckpt = state_table(reader, view)
     cmp = compare_keys(ckpt, sig)
     loaded, total = _coverage(cmp, sig)
     warns = []
-    if total and loaded / total < COVERAGE_WARNING and cmp.problems:
+    if cmp.shape_mismatches:  # not "loads 0%": the load raises before it copies anything
+        n = plural(len(cmp.shape_mismatches), "shape mismatch", "shape mismatches")
+        warns.append(f"strict=False would raise on {n} and load nothing; follow the fix plan")
+    elif total and loaded / total < COVERAGE_WARNING and cmp.problems:
         warns.append(f"strict=False would load only {100 * loaded / total:.0f}% of the model's "
                      "parameters; the rest keep their initialisation")
     if cmp.tied and not allow_tied:

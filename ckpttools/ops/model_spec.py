@@ -21,7 +21,9 @@ from ckpttools.ops.spec_import import import_target
 if TYPE_CHECKING:
     from torch import nn
 
-Kind = Literal["parameter", "buffer"]
+Kind = Literal["parameter", "buffer", "extra_state"]
+# the state_dict entry of a module overriding get_extra_state (torch.nn.modules.module)
+EXTRA_STATE = "_extra_state"
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def signature_of_model(model: nn.Module, name: str = "") -> ModelSignature:
     keys = tuple(
         ModelKey(k, tuple(t.shape), str(t.dtype).removeprefix("torch."),
                  "parameter" if k in params else "buffer")
-        for k, t in state.items() if t is not None and hasattr(t, "shape"))
+        if hasattr(t, "shape") else ModelKey(k, (), "object", "extra_state")
+        for k, t in state.items()
+        if hasattr(t, "shape") or (t is not None and k.rpartition(".")[2] == EXTRA_STATE))
     buffers = {k for k, _ in model.named_buffers(remove_duplicate=False)}
     non_persistent = tuple(sorted(buffers - set(state)))
     ties = tuple(tuple(g) for g in groups.values() if len([k for k in g if k in state]) > 1)

@@ -28,6 +28,10 @@ def render_convert(result: ConvertResult, fmt: str) -> str:
         lines.append(f"wrote {plural(len(result.files), 'file')}")
     if not result.verified:
         lines.append("not verified (--no-verify)")
+    elif result.ok and result.cast:  # the cast ones are rounded: equal to the cast, not the source
+        lines.append("verified: object graph equal (types, key order, _metadata, attributes, "
+                     f"storage sharing); the values of the {plural(len(result.cast), 'cast tensor')} "
+                     f"are the source's rounded to {result.dtype}, the others bit for bit")
     elif result.ok:
         lines.append("verified: object graph equal (types, key order, _metadata, attributes, "
                      "storage sharing), every tensor bit for bit")

@@ -89,7 +89,8 @@ def render_checkpoint_diff(result: CheckpointDiffResult, fmt: str) -> str:
     """The A-vs-B report: verdict, key differences, value differences, non-tensor values."""
     if fmt == "json":
         return to_json(result.to_dict())
-    head = [heading(("OK " if result.ok else "FAIL ") + result.verdict, fmt), "",
+    word = "OK " if result.ok else "FAIL " if result.differs else "UNKNOWN "
+    head = [heading(word + result.verdict, fmt), "",
             f"A: {result.path_a}", f"B: {result.path_b}",
             f"tolerance: atol={result.atol:g}, rtol={result.rtol:g}"]
     if result.note:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -127,13 +128,19 @@ def cast_source(source: Source, dtype: str | None) -> tuple[Source, tuple[str, .
     tensors: dict[str, SourceTensor] = {}
     for name, t in source.tensors.items():
         lay = t.layout
-        if lay.dtype in FLOATING and lay.dtype != dtype:
+        if lay.dtype in FLOATING and lay.dtype != dtype and not _is_step_counter(name, lay.shape):
             scaled = lay.storage_nbytes // dtype_size(lay.dtype) * dtype_size(dtype)
             t = SourceTensor(name, replace(lay, dtype=dtype, storage_nbytes=scaled), None,
                              _cast_loader(t.load, dtype))
             cast.append(name)
         tensors[name] = t
-    return Source(source.root, tensors, source.dropped), tuple(cast)
+    return replace(source, tensors=tensors), tuple(cast)
+
+
+def _is_step_counter(name: str, shape: tuple[int, ...]) -> bool:
+    """An optimizer's ``step`` (a 0-dim float32 tensor torch adds 1 to each step): cast to
+    bfloat16 it is inexact past 256 and stops counting, so a resume's bias correction drifts."""
+    return not shape and name.rpartition(".")[2] == "step"
 
 
 def _cast_loader(load: Callable[[], Any], dtype: str) -> Callable[[], Any]:
@@ -164,6 +171,10 @@ def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int |
     """
     manifest = output_manifest(source).to_json()
     data = [tensor_data(t) for t in source.tensors.values()]
+    user = dict(source.metadata)
+    if user and target != "safetensors":
+        warnings.warn(f"the source's safetensors metadata ({', '.join(user)}) is not carried "
+                      f"over: a {target} output has no place for it", stacklevel=2)
     written: dict[str, int] | None = {} if crcs is not None else None
     if target == "pth":
         from ckpttools.ops.convert.to_pth import write_pth
@@ -173,13 +184,13 @@ def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int |
     if target == "safetensors" and max_shard_size is None:
         from ckpttools.formats.writers.safetensors_file import write_safetensors
 
-        write_safetensors(tmp, data, {"format": "pt", MANIFEST_KEY: manifest},
+        write_safetensors(tmp, data, {"format": "pt", **user, MANIFEST_KEY: manifest},
                           on_progress=on_progress, crcs=written)
         files: tuple[str, ...] = (os.path.basename(tmp),)
     elif target == "safetensors":
         from ckpttools.formats.writers.safetensors_file import write_sharded
 
-        write_sharded(tmp, data, {"format": "pt"}, max_shard_size or 0,
+        write_sharded(tmp, data, {"format": "pt", **user}, max_shard_size or 0,
                       index_metadata={MANIFEST_KEY: manifest}, on_progress=on_progress,
                       crcs=written)
         files = tuple(sorted(os.listdir(tmp)))

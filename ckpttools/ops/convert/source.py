@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import (Manifest, Node, TensorLayout, UnrepresentableError,
-                                        contiguous_stride, dtype_size)
+from ckpttools.formats.manifest import (MANIFEST_KEY, Manifest, Node, TensorLayout,
+                                        UnrepresentableError, contiguous_stride, dtype_size)
 from ckpttools.formats.manifest_tree import TreeEncoder
 from ckpttools.formats.writers.bytecopy import TensorData
 
@@ -43,6 +43,9 @@ class Source:
     root: Node
     tensors: dict[str, SourceTensor]
     dropped: tuple[str, ...] = ()
+    # a safetensors source's own header metadata (kohya's training settings...), for a
+    # safetensors output
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -153,7 +156,20 @@ def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> i
     return storage_crc(key) if whole == raw else None
 
 
+def user_metadata(reader: CheckpointReader) -> tuple[tuple[str, str], ...]:
+    """A safetensors file's own metadata: what its writer put there beside ``format`` and the
+    ckpttools manifest."""
+    if reader.format is not Format.SAFETENSORS:
+        return ()
+    return tuple((k, v) for k, v in reader.metadata().items() if k not in ("format", MANIFEST_KEY))
+
+
 def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
+    """A source over a lazy reader (see ``_source_from_reader``), with the file's own metadata."""
+    return replace(_source_from_reader(reader, drop=drop), metadata=user_metadata(reader))
+
+
+def _source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:
     """A source over a lazy reader: the reader's tree, its keys as tensor names.
 
     Storage sharing is taken from each entry's ``location`` (the storage record for torch
@@ -207,7 +223,7 @@ def select_key(source: Source, key: str) -> Source:
             new = _unique(old[len(prefix):] if old.startswith(prefix) else old, renamed)
             renamed[new] = replace(source.tensors[old], name=new)
             n["v"] = new
-    return Source(node, renamed, source.dropped)
+    return Source(node, renamed, source.dropped, source.metadata)
 
 
 def _subnode(node: Node, parts: list[str]) -> Node | None:

@@ -17,6 +17,34 @@ from ckpttools.formats.writers.torch_zip import TensorSlot, write_torch_zip
 from ckpttools.ops.convert.source import Source, SourceTensor
 
 
+def _overlaps(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a view may reach one element twice (``expand``, ``unfold``): torch refuses to
+    ``copy_`` into such a view. Conservative: a view that might overlap counts as overlapping."""
+    reach = 0
+    for st, size in sorted((st, size) for size, st in zip(shape, stride) if size > 1):
+        if st <= reach:
+            return True
+        reach += st * (size - 1)
+    return False
+
+
+def _place(buf: Any, typed: Any, member: SourceTensor) -> None:
+    """Write one view's values at its place in the storage ``buf`` (``typed`` is buf as its dtype)."""
+    import torch
+
+    lay = member.layout
+    if not _overlaps(lay.shape, lay.stride):
+        typed.as_strided(lay.shape, lay.stride, lay.offset).copy_(member.load())
+        return
+    # elements reached twice hold the same value (one memory location), so scatter the bytes
+    # of every element to its place; which duplicate lands last does not matter
+    size = typed.element_size()
+    index = torch.arange(typed.numel()).as_strided(lay.shape, lay.stride, lay.offset)
+    index = (index.reshape(-1, 1) * size + torch.arange(size)).reshape(-1)
+    values = member.load().contiguous().reshape(-1).view(torch.uint8)
+    buf[index] = values
+
+
 def _assemble(members: list[SourceTensor], nbytes: int) -> Any:
     """One storage's bytes rebuilt from the tensors that view it (unviewed bytes are zero)."""
     import torch
@@ -25,10 +53,9 @@ def _assemble(members: list[SourceTensor], nbytes: int) -> Any:
     buf = torch.zeros(nbytes, dtype=torch.uint8)
     typed = buf.view(dtype) if nbytes else torch.empty(0, dtype=dtype)
     for m in members:
-        lay = m.layout
-        if any(d == 0 for d in lay.shape):
+        if any(d == 0 for d in m.layout.shape):
             continue
-        typed.as_strided(lay.shape, lay.stride, lay.offset).copy_(m.load())
+        _place(buf, typed, m)
     return buf
 
 

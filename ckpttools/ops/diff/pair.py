@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import Entry, ObjectEntry, RawSource, TensorEntry
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
+from ckpttools.ops.diff.pair_result import CheckpointDiffResult, ObjectComparison, TensorComparison
 from ckpttools.ops.tensor_stats import one_thread
-from ckpttools.units import plural
 
 if TYPE_CHECKING:
     import torch
 
-Shape = tuple[int, ...]
 # Bytes per side per step; float64 temporaries make the working set ~20x this.
 CHUNK_BYTES = 2 << 20
 # Elements per side per step when reading raw bytes into reused buffers: larger steps mean
@@ -31,117 +30,6 @@ RAW_CHUNK_ITEMS = 2 << 20
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
             "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
             "float8_e4m3fn": 1, "float8_e5m2": 1, "uint16": 2, "uint32": 4, "uint64": 8}
-
-
-@dataclass(frozen=True)
-class TensorComparison:
-    """Values of one tensor key present on both sides with the same shape."""
-
-    key: str
-    dtype_a: str
-    dtype_b: str
-    bitwise_equal: bool
-    max_abs_diff: float
-    max_rel_diff: float
-    allclose: bool
-    rel_l2_change: float = 0.0  # ||B - A|| / ||A||; inf when A is all zeros and B is not
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "dtype_a": self.dtype_a, "dtype_b": self.dtype_b,
-                "bitwise_equal": self.bitwise_equal, "max_abs_diff": self.max_abs_diff,
-                "max_rel_diff": self.max_rel_diff, "allclose": self.allclose,
-                "rel_l2_change": self.rel_l2_change}
-
-
-@dataclass(frozen=True)
-class ObjectComparison:
-    """A non-tensor entry on both sides (epoch, loss, hyperparameters)."""
-
-    key: str
-    value_a: Any
-    value_b: Any
-
-    @property
-    def equal(self) -> bool:
-        return bool(self.value_a == self.value_b)
-
-
-@dataclass(frozen=True)
-class CheckpointDiffResult:
-    """Two checkpoints compared.
-
-    Attributes:
-        path_a / path_b: the paths as given.
-        only_a / only_b: keys (tensor or not) on one side only.
-        shape_differences: ``(key, shape in A, shape in B)``.
-        kind_differences: keys that are a tensor on one side and a value on the other.
-        tensors: value comparisons for keys with equal shapes, in A's order.
-        objects: non-tensor entries on both sides.
-        atol / rtol: the tolerances of ``allclose``.
-        structure: the first difference of the object graphs (container type, key order,
-            attributes such as ``_metadata``), as ``"<path>: ... in A, ... in B"``; empty when
-            equal or not comparable (see ``note``).
-    """
-
-    path_a: str
-    path_b: str
-    only_a: tuple[str, ...]
-    only_b: tuple[str, ...]
-    shape_differences: tuple[tuple[str, Shape, Shape], ...]
-    kind_differences: tuple[str, ...]
-    tensors: tuple[TensorComparison, ...]
-    objects: tuple[ObjectComparison, ...]
-    atol: float
-    rtol: float
-    note: str = ""
-    structure: tuple[str, ...] = ()
-
-    @property
-    def dtype_differences(self) -> tuple[TensorComparison, ...]:
-        return tuple(t for t in self.tensors if t.dtype_a != t.dtype_b)
-
-    @property
-    def value_differences(self) -> tuple[TensorComparison, ...]:
-        return tuple(t for t in self.tensors if not t.allclose)
-
-    @property
-    def object_differences(self) -> tuple[ObjectComparison, ...]:
-        return tuple(o for o in self.objects if not o.equal)
-
-    @property
-    def ok(self) -> bool:
-        """Same keys, shapes, dtypes and values within tolerance, same non-tensor values."""
-        return not (self.only_a or self.only_b or self.shape_differences or self.kind_differences
-                    or self.dtype_differences or self.value_differences
-                    or self.object_differences or self.structure)
-
-    @property
-    def verdict(self) -> str:
-        if self.ok:
-            equal = sum(t.bitwise_equal for t in self.tensors)
-            return (f"checkpoints match: {plural(len(self.tensors), 'tensor')} ({equal} bitwise equal), "
-                    f"{plural(len(self.objects), 'value')}")
-        parts = [f"{len(self.only_a)} only in A", f"{len(self.only_b)} only in B",
-                 f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",
-                 f"{len(self.value_differences)} value", f"{len(self.object_differences)} "
-                 "non-tensor differences"]
-        if self.structure:
-            parts.append("structure differs")
-        return "checkpoints differ: " + ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok, "verdict": self.verdict, "a": self.path_a, "b": self.path_b,
-            "atol": self.atol, "rtol": self.rtol, "note": self.note,
-            "structure_differences": list(self.structure),
-            "only_a": list(self.only_a), "only_b": list(self.only_b),
-            "shape_differences": [{"key": k, "shape_a": list(a), "shape_b": list(b)}
-                                  for k, a, b in self.shape_differences],
-            "kind_differences": list(self.kind_differences),
-            "tensors": [t.to_dict() for t in self.tensors],
-            "objects": [{"key": o.key, "a": o.value_a, "b": o.value_b, "equal": o.equal}
-                        for o in self.objects],
-        }
 
 
 @dataclass
@@ -287,10 +175,36 @@ def _compare_raw(a: RawSource, b: RawSource, dtype: str, atol: float, rtol: floa
     return stats
 
 
+def _quantization(t: torch.Tensor) -> tuple[Any, ...]:
+    """A quantized tensor's scheme and parameters (its values are ``int_repr`` under these)."""
+    import torch
+
+    if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return (t.qscheme(), t.q_scale(), t.q_zero_point())
+    return (t.qscheme(), t.q_per_channel_axis(), t.q_per_channel_scales().tolist(),
+            t.q_per_channel_zero_points().tolist())
+
+
+def _compare_quantized(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
+                       advance: Callable[[int], None]) -> _Stats:
+    """Quantized tensors compared by their real values; bitwise equal only with the same
+    integers under the same scheme, scales and zero points (a byte view of them crashes)."""
+    import torch
+
+    same = (ta.is_quantized and tb.is_quantized and ta.dtype == tb.dtype
+            and _quantization(ta) == _quantization(tb) and torch.equal(ta.int_repr(), tb.int_repr()))
+    stats = _compare_loaded(*(t.dequantize() if t.is_quantized else t for t in (ta, tb)),
+                            atol, rtol, advance)
+    stats.bitwise = stats.bitwise and same
+    return stats
+
+
 def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
                     advance: Callable[[int], None]) -> _Stats:
     import torch
 
+    if ta.is_quantized or tb.is_quantized:
+        return _compare_quantized(ta, tb, atol, rtol, advance)
     stats = _Stats(bitwise=ta.dtype == tb.dtype)
     fa, fb = ta.reshape(-1), tb.reshape(-1)
     step = max(1, CHUNK_BYTES // max(ta.element_size(), 1))

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ckpttools.entries import ObjectPlaceholder, TensorRef
+from ckpttools.entries import ObjectEntry, ObjectPlaceholder, TensorRef
+from ckpttools.units import plural
 from ckpttools.errors import InvalidArgumentError, OutputError, UnsafeCheckpointError
 from ckpttools.formats.writers.atomic import atomic_output, check_destination, write_behind_file
 from ckpttools.formats.writers.state_dict_zip import copy_plan, write_renamed
@@ -230,17 +231,31 @@ def remap_checkpoint(src: str, dst: str, *, rules: Sequence[Rule] = (),
                        notes)
 
 
+def _values_inside(reader: CheckpointReader, view: StateDictView) -> list[str]:
+    """Entries of the state_dict that are not tensors (a module's ``_extra_state``, a sparse
+    tensor): remap writes tensors only."""
+    lead = view.prefix + "." if view.prefix else ""
+    return [e.key[len(lead):] for e in reader.entries()
+            if isinstance(e, ObjectEntry) and e.key.startswith(lead)]
+
+
 def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str,
               keep_wrapper: bool) -> tuple[str, ...]:
-    outside = len(reader.entries()) - len(view.entries)
+    name = os.path.basename(reader.path)
+    inside = _values_inside(reader, view)
+    listed = ", ".join(inside[:4]) + (" ..." if len(inside) > 4 else "")
+    notes = [f"{name}: {plural(len(inside), 'entry', 'entries')} of the state_dict "
+             f"{'is' if len(inside) == 1 else 'are'} not in the output, remap writes plain tensors "
+             f"only: {listed}"] if inside else []
+    outside = len(reader.entries()) - len(view.entries) - len(inside)
     if outside <= 0 or not view.prefix:
-        return ()
+        return tuple(notes)
     if fmt == "safetensors":
-        return (f"{os.path.basename(reader.path)}: safetensors holds the state_dict alone; "
+        return (*notes, f"{name}: safetensors holds the state_dict alone; "
                 f"{outside} other entries are not in the output (write .pth with --keep-wrapper "
-                "to keep them)",)
+                "to keep them)")
     if keep_wrapper:
-        return ()
-    return (f"{os.path.basename(reader.path)}: wrote the state_dict under '{view.prefix}' alone, "
+        return tuple(notes)
+    return (*notes, f"{name}: wrote the state_dict under '{view.prefix}' alone, "
             f"what load_state_dict(torch.load(out, weights_only=True)) needs; {outside} other entries are left out "
-            "(--keep-wrapper keeps them)",)
+            "(--keep-wrapper keeps them)")

@@ -90,8 +90,24 @@ def attribute(ctx: Context) -> tuple[tuple[Attribution, ...], tuple[str, ...]]:
         out += [_present(ctx, p) for p in ctx.recipe.pieces() if p not in ctx.missing]
     hints: tuple[str, ...] = ()
     if ctx.diverged and not any(a.explains for a in out):
-        hints = _unexplained(ctx)
+        hints = _together(ctx) or _unexplained(ctx)
     return tuple(out), hints
+
+
+def _together(ctx: Context) -> tuple[str, ...]:
+    """Rerun with every missing piece restored at once: pieces needed together (a scheduler and
+    the RNG state) each fail to fix the resume alone."""
+    full = ctx.full_state()
+    pieces = [p for p in ctx.missing if full is not None and full.get(PIECES[p]) is not None]
+    if full is None or len(pieces) < 2:
+        return ()
+    state = dict(ctx.file_state)
+    state.update({PIECES[p]: full[PIECES[p]] for p in pieces})
+    if not _matches_reference(ctx, _rerun(ctx, state)):
+        return ()
+    labels = " and ".join(LABELS[p] for p in pieces)
+    return (f"the checkpoint has no {labels}; restored together they make the resume match "
+            "(none of them alone does)",)
 
 
 def _rerun(ctx: Context, state: dict[str, Any], reset: frozenset[str] = frozenset(),

@@ -48,3 +48,38 @@ def test_a_clean_file_passes_and_leaves_no_map_open(tmp_path: Path,
     assert result.status == "PASS" and "2 floating tensors" in result.reason
     maps = Path("/proc/self/maps").read_text()
     assert str(path) not in maps  # every window was unmapped
+
+
+def _sparse_and_nested() -> dict[str, torch.Tensor]:
+    return {"coo": torch.tensor([[0.0, float("nan")], [1.0, 0.0]]).to_sparse(),
+            "csr": torch.tensor([[0.0, 2.0], [float("inf"), 0.0]]).to_sparse_csr(),
+            "nested": torch.nested.nested_tensor([torch.tensor([float("nan")]), torch.ones(3)]),
+            "dense": torch.ones(2)}
+
+
+@pytest.mark.filterwarnings("ignore:.*(Sparse CSR|nested tensors).*:UserWarning")
+def test_tensors_inside_sparse_and_nested_records_are_named_unchecked(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.pt"
+    torch.save(_sparse_and_nested(), path)
+    with open_checkpoint(str(path)) as reader:
+        result = finite.check_finite(reader)
+    # the file holds NaN and Inf that the pass cannot read: never a PASS "all finite"
+    assert result.status == "WARN"
+    assert "cannot tell: 3 sparse or nested tensors not checked (first: coo)" in result.reason
+    assert result.details == ("coo: not checked (values inside torch._utils._rebuild_sparse_tensor)",
+                              "csr: not checked (values inside torch._utils._rebuild_sparse_tensor)",
+                              "nested: not checked (values inside torch._utils._rebuild_nested_tensor)")
+
+
+@pytest.mark.filterwarnings("ignore:.*Sparse CSR.*:UserWarning")
+def test_a_nonfinite_dense_tensor_still_fails_beside_a_sparse_one(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.pt"
+    state = _sparse_and_nested()
+    del state["nested"]
+    state["dense"] = torch.tensor([float("nan")])
+    torch.save(state, path)
+    with open_checkpoint(str(path)) as reader:
+        result = finite.check_finite(reader)
+    assert result.status == "FAIL"
+    assert result.details[0] == "dense: 1 NaN, 0 Inf of 1"
+    assert "coo: not checked (values inside torch._utils._rebuild_sparse_tensor)" in result.details

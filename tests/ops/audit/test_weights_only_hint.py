@@ -63,3 +63,35 @@ def test_inspect_hint_makes_weights_only_load_work(checkpoint: Path) -> None:
     done = _loads_after(hint, checkpoint)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['args', 'cfg', 'w']"
+
+
+@pytest.fixture
+def numpy_checkpoint(tmp_path: Path) -> Path:
+    done = _python("""
+        import numpy as np, torch
+        torch.save({"w": torch.ones(2), "f32": np.ones(3, dtype=np.float32), "i64": np.arange(3),
+                    "scalar": np.float64(2.5), "mask": np.array([True]),
+                    "rec": np.zeros(2, dtype=[("x", "<f4"), ("y", "<i8")])}, "np.pt")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "np.pt"
+
+
+def test_numpy_arrays_hint_makes_weights_only_load_work(numpy_checkpoint: Path) -> None:
+    with open_checkpoint(numpy_checkpoint) as reader:
+        hint = inspect_checkpoint(reader).to_dict()["weights_only_hint"]
+    assert _loads_after("import torch", numpy_checkpoint).returncode != 0
+    done = _loads_after(hint, numpy_checkpoint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['f32', 'i64', 'mask', 'rec', 'scalar', 'w']"
+
+
+def test_no_torch_load_hint_for_a_dcp_folder(tmp_path: Path) -> None:
+    # torch's DCP reader unpickles .metadata itself; torch.load of the folder is no way to read it
+    done = _python("""
+        import torch, torch.distributed.checkpoint as dcp
+        dcp.save({"w": torch.ones(2), "step": 3}, checkpoint_id="ckpt")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open_checkpoint(tmp_path / "ckpt") as reader:
+        assert inspect_checkpoint(reader).to_dict()["weights_only_hint"] is None
