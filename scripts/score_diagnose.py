@@ -94,7 +94,7 @@ def main() -> None:
         _print("frozen4 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN4)), args.misses)
         _print("frozen5 (scored 25/50 before tuning and after round 10; tuned on since)", score(corpus(FROZEN5)), args.misses)
         _print("frozen6 (scored 34/50 before tuning; tuned on since)", score(corpus(FROZEN6)), args.misses)
-        _print("frozen7 (held out; scored once at the end of the round)", score(corpus(FROZEN7)), args.misses)
+        _print("frozen7 (scored 32/50 once, with the final rules of #16's frozen6 round; not tuned on)", score(corpus(FROZEN7)), args.misses)
 
 
 if __name__ == "__main__":
