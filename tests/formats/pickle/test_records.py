@@ -69,10 +69,10 @@ def _shape_of(v: Any) -> Any:
     return (type(v).__name__, v)
 
 
-def _machine(data: bytes, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
-    """The walk's answer and its machine's final stack and memo, with or without records."""
+def _counting_records(fused: bool, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records on (``fused``) or off; the list fills with whether each record try was taken."""
     monkeypatch.setattr(opwalk, "FUSED_RECORDS", fused)
-    seen: list[int] = []
+    seen: list[bool] = []
     real = records.tensor_record
 
     def counted(*args: Any) -> Any:
@@ -81,6 +81,12 @@ def _machine(data: bytes, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple
         return out
 
     monkeypatch.setattr(opwalk, "tensor_record", counted)
+    return seen
+
+
+def _machine(data: bytes, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    """The walk's answer and its machine's final stack and memo, with or without records."""
+    seen = _counting_records(fused, monkeypatch)
     w = State("data.pkl")
     try:
         outcome: Any = opwalk._loop(w, data, 0, len(data), 0, None)
@@ -163,16 +169,7 @@ def _verdicts(files: dict[str, Path], fused: bool,
               monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, int]]:
     """Per file: scan's exit code and report, inspect's exit code, stdout and stderr; and
     how many records each file's walks took in one step."""
-    monkeypatch.setattr(opwalk, "FUSED_RECORDS", fused)
-    taken: list[int] = []
-    real = records.tensor_record
-
-    def counted(*args: Any) -> Any:
-        out = real(*args)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr(opwalk, "tensor_record", counted)
+    taken = _counting_records(fused, monkeypatch)
     runner = CliRunner()
     out, per_file = {}, {}
     for name, path in sorted(files.items()):

@@ -8,10 +8,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from ckpttools.errors import CkptError
 from ckpttools.formats.registry import open_checkpoint
@@ -33,37 +37,65 @@ TOP1_FLOOR = 0.97
 PRECISION_FLOOR = 0.99
 
 
-def test_files_mode_on_every_generated_cause(tmp_path: Path) -> None:
-    right = decided = decided_right = total = 0
-    wrong, broken = [], []
+@dataclass(frozen=True)
+class Failing:
+    """One generated cause whose strict load fails, saved where ``path`` says."""
+
+    name: str
+    label: str
+    model: nn.Module
+    state: Any
+    error: str
+    path: Path
+
+
+def failing_causes(tmp_path: Path) -> Iterator[Failing]:
     for arch in ARCHS:
         for name, (label, make) in _causes(arch).items():
             pair = make()
-            if pair is None or not load_error(*pair):
+            error = load_error(*pair) if pair is not None else ""
+            if not error:
                 continue  # it loads: nothing to diagnose
-            model, state = pair
             path = tmp_path / f"{arch.name}-{name}.pth"
-            torch.save(state, path)
-            try:
-                with open_checkpoint(str(path)) as reader:
-                    result = diagnose_checkpoint(reader, model)
-            except CkptError:
-                assert label == "optimizer_state_passed", name  # said in one line, exit 2
-                continue
-            total += 1
-            top = result.causes[0]
-            right += top.label == label
-            if top.confidence >= DECIDED:
-                decided += 1
-                decided_right += top.label == label
-            if top.label != label:
-                wrong.append((arch.name, name, top.label, top.confidence))
-            if top.fix_code and not any(SETTING.match(l) for l in top.fix_code.split("\n")):
-                try:
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        exec(top.fix_code, {"model": copy.deepcopy(model)})
-                except Exception as e:  # noqa: BLE001 - every failure is listed
-                    broken.append((arch.name, name, top.label, repr(e)[:120]))
+            torch.save(pair[1], path)
+            yield Failing(f"{arch.name}-{name}", label, pair[0], pair[1], error, path)
+
+
+def _runs(code: str, case: Failing) -> str | None:
+    """None when ``code`` runs as printed on a copy of the model (``CKPT`` is the file), else
+    what it raised."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(code.replace("CKPT", str(case.path)), {"model": copy.deepcopy(case.model)})
+    except Exception as e:  # noqa: BLE001 - every failure is listed
+        return repr(e)[:120]
+    return None
+
+
+def _user_sets(code: str) -> bool:
+    return any(SETTING.match(line) for line in code.split("\n"))
+
+
+def test_files_mode_on_every_generated_cause(tmp_path: Path) -> None:
+    right = decided = decided_right = total = 0
+    wrong, broken = [], []
+    for case in failing_causes(tmp_path):
+        try:
+            with open_checkpoint(str(case.path)) as reader:
+                result = diagnose_checkpoint(reader, case.model)
+        except CkptError:
+            assert case.label == "optimizer_state_passed", case.name  # one line, exit 2
+            continue
+        total += 1
+        top = result.causes[0]
+        right += top.label == case.label
+        if top.confidence >= DECIDED:
+            decided += 1
+            decided_right += top.label == case.label
+        if top.label != case.label:
+            wrong.append((case.name, top.label, top.confidence))
+        if top.fix_code and not _user_sets(top.fix_code) and (e := _runs(top.fix_code, case)):
+            broken.append((case.name, top.label, e))
     assert total >= 200
     assert not broken, broken
     assert right / total >= TOP1_FLOOR, wrong
@@ -75,24 +107,13 @@ def test_text_mode_snippets_run_on_every_generated_cause(tmp_path: Path) -> None
     mismatch raises; resize_token_embeddings on a model that is not a transformers one; a layer
     moved into a submodule renamed with its bias, which had stayed)."""
     ran, broken = 0, []
-    for arch in ARCHS:
-        for name, (_, make) in _causes(arch).items():
-            pair = make()
-            error = load_error(*pair) if pair is not None else ""
-            if not error:
-                continue
-            model, state = pair
-            top = diagnose_text(error).causes[0]
-            if not top.fix_code or any(SETTING.match(l) for l in top.fix_code.split("\n")):
-                continue  # words only, or lines the user sets first
-            path = tmp_path / f"{arch.name}-{name}.pth"
-            torch.save(state, path)
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    exec(top.fix_code.replace("CKPT", str(path)), {"model": copy.deepcopy(model)})
-                ran += 1
-            except Exception as e:  # noqa: BLE001 - every failure is listed
-                broken.append((arch.name, name, top.label, repr(e)[:120]))
+    for case in failing_causes(tmp_path):
+        top = diagnose_text(case.error).causes[0]
+        if not top.fix_code or _user_sets(top.fix_code):
+            continue  # words only, or lines the user sets first
+        ran += 1
+        if e := _runs(top.fix_code, case):
+            broken.append((case.name, top.label, e))
     assert ran >= 180 and not broken, broken
 
 
@@ -102,26 +123,15 @@ def test_decided_snippets_run_for_every_presentation(tmp_path: Path) -> None:
     as printed. Before this test, 53 did not (a fix written for the keys shown, where the text
     showed the first only)."""
     ran, broken = 0, []
-    for arch in ARCHS:
-        for name, (_, make) in _causes(arch).items():
-            pair = make()
-            error = load_error(*pair) if pair is not None else ""
-            if not error:
+    for case in failing_causes(tmp_path):
+        for how, shown, _ in [*presentations(case.error), *other_loaders(case.model, case.state)]:
+            causes = diagnose_text(shown).causes
+            if not causes or causes[0].confidence < DECIDED:
                 continue
-            model, state = pair
-            path = tmp_path / f"{arch.name}-{name}.pth"
-            torch.save(state, path)
-            for how, shown, _ in [*presentations(error), *other_loaders(*pair)]:
-                causes = diagnose_text(shown).causes
-                if not causes or causes[0].confidence < DECIDED:
-                    continue
-                code = causes[0].fix_code
-                if not code or any(SETTING.match(l) for l in code.split("\n")):
-                    continue
-                try:
-                    with contextlib.redirect_stdout(io.StringIO()):
-                        exec(code.replace("CKPT", str(path)), {"model": copy.deepcopy(model)})
-                    ran += 1
-                except Exception as e:  # noqa: BLE001 - every failure is listed
-                    broken.append((arch.name, name, how, causes[0].label, repr(e)[:100]))
+            code = causes[0].fix_code
+            if not code or _user_sets(code):
+                continue
+            ran += 1
+            if e := _runs(code, case):
+                broken.append((case.name, how, causes[0].label, e))
     assert ran >= 1000 and not broken, broken[:20]
