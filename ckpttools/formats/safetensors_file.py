@@ -266,3 +266,14 @@ class SafetensorsReader(CheckpointReader):
 
     def close(self) -> None:
         self._handle = None
+
+
+def user_metadata(reader: CheckpointReader) -> tuple[tuple[str, str], ...]:
+    """A safetensors file's own metadata: what its writer put there beside ``format`` and the
+    ckpttools manifest (a kohya LoRA's ``ss_*`` settings, a model card's fields); () for other
+    formats."""
+    from ckpttools.formats.manifest import MANIFEST_KEY
+
+    if reader.format is not Format.SAFETENSORS:
+        return ()
+    return tuple((k, v) for k, v in reader.metadata().items() if k not in ("format", MANIFEST_KEY))

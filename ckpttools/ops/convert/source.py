@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.entries import RawSource, TensorEntry, TensorRef
 from ckpttools.errors import CorruptCheckpointError, KeyNotFoundError
 from ckpttools.formats.base import CheckpointReader, Format
-from ckpttools.formats.manifest import (MANIFEST_KEY, Manifest, Node, TensorLayout,
+from ckpttools.formats.manifest import (Manifest, Node, TensorLayout,
                                         UnrepresentableError, contiguous_stride, dtype_size)
 from ckpttools.formats.manifest_tree import TreeEncoder
+from ckpttools.formats.safetensors_file import user_metadata
 from ckpttools.formats.writers.bytecopy import TensorData
 
 if TYPE_CHECKING:
@@ -154,14 +155,6 @@ def recorded_crc(reader: CheckpointReader, key: str, raw: RawSource | None) -> i
         return None
     whole = reader.storage_source(key)  # type: ignore[attr-defined]  # zip readers have it
     return storage_crc(key) if whole == raw else None
-
-
-def user_metadata(reader: CheckpointReader) -> tuple[tuple[str, str], ...]:
-    """A safetensors file's own metadata: what its writer put there beside ``format`` and the
-    ckpttools manifest."""
-    if reader.format is not Format.SAFETENSORS:
-        return ()
-    return tuple((k, v) for k, v in reader.metadata().items() if k not in ("format", MANIFEST_KEY))
 
 
 def source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Source:

@@ -17,6 +17,7 @@ from typing import Any
 from ckpttools.entries import ObjectEntry, ObjectPlaceholder, TensorRef
 from ckpttools.units import plural
 from ckpttools.errors import InvalidArgumentError, OutputError, UnsafeCheckpointError
+from ckpttools.formats.safetensors_file import user_metadata
 from ckpttools.formats.writers.atomic import atomic_output, check_destination, write_behind_file
 from ckpttools.formats.writers.state_dict_zip import copy_plan, write_renamed
 from ckpttools.formats.base import CheckpointReader
@@ -114,7 +115,9 @@ def _write_safetensors(tmp: str, reader: CheckpointReader, view: StateDictView,
         e, src = entries[old], view.source_key(old)
         data.append(TensorData(new, e.dtype, e.shape, e.nbytes, raw=reader.raw_source(src),
                                load=lambda src=src: reader.load(src)))
-    write_safetensors(tmp, data, {"format": "pt"}, on_progress=on_progress)
+    # the file's own metadata (a LoRA's training settings) goes with its tensors
+    metadata = {**dict(user_metadata(reader)), "format": "pt"}
+    write_safetensors(tmp, data, metadata, on_progress=on_progress)
 
 
 def _rebuild(node: Any, reader: CheckpointReader) -> Any:
@@ -247,6 +250,10 @@ def _left_out(reader: CheckpointReader, view: StateDictView, fmt: str,
     notes = [f"{name}: {plural(len(inside), 'entry', 'entries')} of the state_dict "
              f"{'is' if len(inside) == 1 else 'are'} not in the output, remap writes plain tensors "
              f"only: {listed}"] if inside else []
+    if fmt != "safetensors" and (meta := user_metadata(reader)):
+        notes.append(f"{name}: the safetensors metadata ({', '.join(k for k, _ in meta[:4])}"
+                     f"{' ...' if len(meta) > 4 else ''}) is not in the output: a .pth has no "
+                     "place for it (write .safetensors to keep it)")
     outside = len(reader.entries()) - len(view.entries) - len(inside)
     if outside <= 0 or not view.prefix:
         return tuple(notes)

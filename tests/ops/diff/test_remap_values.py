@@ -54,3 +54,24 @@ def test_plain_state_dict_has_no_note(tmp_path: Path) -> None:
     torch.save(torch.nn.Linear(2, 2).state_dict(), src)
     result = remap_checkpoint(str(src), str(tmp_path / "out.pt"), rules=build_rules(add_prefix="m."))
     assert result.notes == ()
+
+
+@pytest.mark.parametrize("dst", ["out.safetensors", "out.pt"])
+def test_safetensors_metadata_goes_with_the_tensors(tmp_path: Path, dst: str) -> None:
+    """A LoRA's training settings in the source's safetensors metadata: kept in a safetensors
+    output, named as left behind in a .pth one."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = tmp_path / "lora.safetensors"
+    save_file({"unet.down.weight": torch.randn(4, 2)}, str(src),
+              metadata={"ss_network_dim": "4", "ss_network_alpha": "1"})
+    out = tmp_path / dst
+    result = remap_checkpoint(str(src), str(out), rules=build_rules(add_prefix="lora_"))
+    if dst.endswith(".safetensors"):
+        with safe_open(str(out), "pt") as f:
+            meta = f.metadata()
+        assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "1"
+        assert not any("metadata" in n for n in result.notes)
+    else:
+        assert any("ss_network_dim" in n and "not in the output" in n for n in result.notes)
