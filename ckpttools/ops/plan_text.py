@@ -67,12 +67,16 @@ def python_snippet(plan: FixPlan) -> str:
 
 
 def output_path(source: Source) -> str:
-    """Where the remap command writes: next to the file, ``-fixed`` added."""
+    """Where the remap command writes: next to the file, ``-fixed`` added; for a file in a model
+    folder, next to the folder (a second weights file inside it would be read with the first)."""
     base, ext = os.path.splitext(os.path.basename(os.path.normpath(source.file)))
     # a nested source is written as its state_dict alone: a plain .pth, not another .ckpt
     ext = ".safetensors" if source.fmt.startswith("safetensors") else \
         (".pth" if source.key or not ext else ext)
-    return os.path.join(os.path.dirname(os.path.normpath(source.file)), f"{base}-fixed{ext}")
+    where = os.path.dirname(os.path.normpath(source.file))
+    if os.path.isdir(source.path) and os.path.normpath(source.file) != os.path.normpath(source.path):
+        where, base = os.path.split(os.path.normpath(source.path))
+    return os.path.join(where, f"{base}-fixed{ext}")
 
 
 def remap_command(plan: FixPlan) -> tuple[str, str]:

@@ -68,3 +68,25 @@ def test_old_norm_names_are_renamed_not_dropped(name: str, tmp_path: Path) -> No
     assert torch.equal(getattr(model, norm).bias.detach(), saved[f"{norm}.beta"])
     if name == "norm-era-layerscale":
         assert torch.equal(model.ls.gamma.detach(), saved["ls.gamma"])
+
+
+def test_remap_of_a_file_in_a_model_folder_writes_beside_the_folder(tmp_path: Path) -> None:
+    """A weights file inside a model folder (save_pretrained's layout): the plan's remap
+    command writes next to the folder; a second weights file inside it would be read with the
+    first by every later diff or inspect of the folder."""
+    from safetensors.torch import save_file
+
+    from tests._models import tiny_net
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"module." + k: v.contiguous() for k, v in tiny_net().state_dict().items()},
+              str(folder / "model.safetensors"))
+    code, out = run_cli(["diff", str(folder), "--model", "tests/_models.py:TinyNet",
+                         "--format", "json"])
+    command = json.loads(out)["plan"]["command"]
+    dst = command.split()[3]
+    assert dst == str(tmp_path / "model-fixed.safetensors"), command
+    assert run_cli(command.split()[1:])[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
+    assert run_cli(["diff", dst, "--model", "tests/_models.py:TinyNet"])[0] == 0
