@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tests import _fw_models as fw
-from tests._models import TinyNet, scaled_net, tiny_net
+from tests._models import scaled_net, tiny_net
 
 FW = "tests/_fw_models.py"
 TINY = "tests/_models.py:TinyNet"

@@ -41,7 +41,7 @@ def _step_lines(step: Step) -> list[str]:
                 "    sd = {re.sub(pattern, repl, k): v for k, v in sd.items()}"]
     if step.kind == "num-batches-tracked":
         return ["sd.update({k: v for k, v in model.state_dict().items() "
-                f"if k.endswith('.num_batches_tracked') and k not in sd}})"]
+                "if k.endswith('.num_batches_tracked') and k not in sd})"]
     if step.kind == "tie":
         return [f"sd[{a!r}] = sd[{o!r}]" for a, o in (t.split("=") for t in step.args)]
     key, _, spec = step.args[0].partition("=")

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from ckpttools.cli.main import cli
 from tests.cli.test_contract import ERROR_LINE
 from tests.malicious_corpus import Payload
-from tests.ops.resume.test_verify import example, variant
+from tests.ops.resume.test_verify import variant
 from tests.render._checks import parse_page, png_size, svg_root
 from tests.render._real import tuned_pair
 

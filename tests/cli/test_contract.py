@@ -221,7 +221,7 @@ def test_usage_and_input_errors_are_one_line(runner: CliRunner, tmp_path: Path, 
                                              args: list[str], subject: str) -> None:
     args = [a.format(good=good, tmp=tmp_path) for a in args]
     line = assert_one_error_line(runner.invoke(cli, args))
-    assert line.startswith(f"ckpttools: error: ") and subject in line.split(": ")[2], line
+    assert line.startswith("ckpttools: error: ") and subject in line.split(": ")[2], line
 
 
 def test_empty_folder_is_no_input(runner: CliRunner, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ckpttools.entries import GlobalRef, ObjectPlaceholder
+from ckpttools.entries import GlobalRef
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
 from ckpttools.formats.pickle.genops import OpcodeError
