@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -82,6 +83,15 @@ class InspectResult:
         """Parameters and bytes per top-level module, in file order (``module_sizes``)."""
         return module_sizes(self.tensors)
 
+    @property
+    def shared_storage(self) -> int:
+        """Tensors that share a storage record with another (tied weights, views of one tensor),
+        in the torch formats, whose entries name their storage record; the totals count each."""
+        if self.format not in ("torch-zip", "torch-legacy"):
+            return 0
+        seen = Counter(t.location for t in self.tensors if t.location)
+        return sum(n for n in seen.values() if n > 1)
+
     def to_dict(self, *, tensors: bool = True) -> dict[str, Any]:
         """The result as JSON-ready data; ``tensors=False`` leaves the per-tensor records out
         (the JSON report encodes them itself, see ``render.inspect``)."""
@@ -98,6 +108,7 @@ class InspectResult:
             "tensors": [tensor_dict(t) for t in self.tensors] if tensors else None,
             "totals": {
                 "tensors": len(self.tensors),
+                "shared_storage": self.shared_storage,
                 "parameters": sum(t.numel for t in self.tensors),
                 "bytes": sum(t.nbytes for t in self.tensors),
                 "bytes_by_dtype": self.bytes_by_dtype,

@@ -196,8 +196,11 @@ def _totals(result: InspectResult, fmt: str) -> str:
     params = sum(t.numel for t in result.tensors)
     size = sum(t.nbytes for t in result.tensors)
     by_dtype = ", ".join(f"{d} {human_bytes(n)}" for d, n in result.bytes_by_dtype.items())
+    shared = result.shared_storage
     return (f"{plural(len(result.tensors), 'tensor')}, {human_count(params)} elements ({params}), "
-            f"{human_bytes(size)}" + (f": {by_dtype}" if by_dtype else ""))
+            f"{human_bytes(size)}" + (f": {by_dtype}" if by_dtype else "")
+            + (f"; {shared} of the tensors share a storage with another (tied weights or views "
+               "of one tensor), counted for each" if shared else ""))
 
 
 def _safety(result: InspectResult, fmt: str) -> str:

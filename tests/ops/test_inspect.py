@@ -87,3 +87,27 @@ def test_stats_in_bfloat16_and_gpu_free(make_checkpoint: Callable[..., Path]) ->
     with open_checkpoint(path) as reader:
         (stats,) = inspect_checkpoint(reader, with_stats=True).stats or ()
     assert stats.min == -1.0 and stats.max == 1.0 and stats.mean == pytest.approx(0.0, abs=1e-3)
+
+
+def test_tied_weights_are_said_to_share_a_storage(tmp_path: Path) -> None:
+    """A tied output and embedding are one storage in the file: the totals say that the two
+    names share it (elements and bytes are counted for each name)."""
+    from safetensors.torch import save_model
+
+    from ckpttools.render.inspect import render_inspect
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.out = torch.nn.Linear(4, 10, bias=False)
+            self.out.weight = self.emb.weight
+
+    torch.save(Tied().state_dict(), tmp_path / "tied.pt")
+    save_model(Tied(), str(tmp_path / "tied.safetensors"))  # stores the tensor once
+    with open_checkpoint(str(tmp_path / "tied.pt")) as r:
+        result = inspect_checkpoint(r)
+    assert result.shared_storage == 2 and result.to_dict()["totals"]["shared_storage"] == 2
+    assert "2 of the tensors share a storage with another" in render_inspect(result, "text")
+    with open_checkpoint(str(tmp_path / "tied.safetensors")) as r:
+        assert inspect_checkpoint(r).shared_storage == 0
