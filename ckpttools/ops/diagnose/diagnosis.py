@@ -189,58 +189,12 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     plan = diff.plan
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
-    # the plan renames and drops keys; some causes need more than that, and get the plan's
-    # loading followed by what it cannot do (or, for a transpose, a fused projection, or layers
-    # saved in another form, their own snippet, proven on the same shapes)
-    from ckpttools.ops.diagnose.fused_fix import fused_fix
-    from ckpttools.ops.diagnose.model_side_fix import model_side_fix
+    # the plan renames and drops keys; some causes need more than that (file_fixes)
+    from ckpttools.ops.diagnose.file_fixes import own_fix
 
-    own = {"transposed_weights": _transposed_fix(diff, plan),
-           "adapter_or_quantization": _merge_adapter_fix(diff, plan),
-           "fused_projection": fused_fix(diff, plan)}
     causes = []
     for c in result.causes:
-        # a layer saved reparametrized or quantized: the model is changed, not the keys
-        code = own.get(c.label) or model_side_fix(c, diff, plan, model)
+        code = own_fix(c, diff, plan, model)
         causes.append(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
                       if code is None else dataclasses.replace(c, fix_code=code, fix_command=None))
     return dataclasses.replace(result, causes=tuple(causes), plan=plan)
-
-
-def _merge_adapter_fix(diff: DiffResult, plan: FixPlan) -> str | None:
-    """A PEFT model's state_dict in the plain model: the plan loads the base weights and drops
-    the adapter's lora_A/lora_B (their scale, alpha / r, is only in the adapter's config), so
-    the fix is the plan and then the adapter merged from its folder. None without LoRA keys."""
-    if not any(".lora_A." in k or ".lora_B." in k for k in diff.checkpoint_keys):
-        return None
-    loads = ("# the plan above loads the base weights and leaves out the adapter's; merge it:\n"
-             if plan.strict else "# the file holds no base weights: the model must have them "
-             "already; merge the adapter:\n")
-    return ('ADAPTER_DIR = "path/to/adapter"  # set: the folder PEFT\'s save_pretrained wrote '
-            "(adapter_config.json)\n" + plan.python + "\n" + loads +
-            "from peft import PeftModel\n"
-            "model = PeftModel.from_pretrained(model, ADAPTER_DIR).merge_and_unload()")
-
-
-def _transposed_fix(diff: DiffResult, plan: FixPlan) -> str | None:
-    """The snippet that transposes the 2-D weights stored the other way round, when they are
-    all the plan leaves initialised: the plan drops them (shapes cannot tell a transposed
-    weight from another layer's), so this fix is proven by the same counts (those keys filled
-    with the model's shapes, nothing else changed). None when the plan does more than that."""
-    import re
-
-    from ckpttools.ops.plan_text import load_lines
-
-    swapped = [m.key for m in diff.comparison.shape_mismatches if m.transposed]
-    drops = [st for st in plan.steps if st.kind == "drop"]
-    if (not swapped or len(plan.steps) != 1 or len(drops) != 1 or set(plan.left) != set(swapped)
-            or plan.after.unexpected or plan.after.mismatched or plan.source.fmt != "torch"
-            or {k for k in diff.checkpoint_keys if re.search(drops[0].args[0], k)} != set(swapped)):
-        return None
-    return "\n".join([
-        "import torch", *load_lines(plan.source),
-        f"for k in {sorted(swapped)!r}:  # stored (in, out): nn.Linear holds (out, in)",
-        "    sd[k] = sd[k].t().contiguous()",
-        "# square weights of the same layers are swapped too but cannot show it by shape: if the",
-        "# file comes from an (in, out) layout (GPT-2's Conv1D), transpose those layers' weights too",
-        "model.load_state_dict(sd)"])
