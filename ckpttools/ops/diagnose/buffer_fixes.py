@@ -15,8 +15,17 @@ _REPARAMETRIZED = {"weight_orig": "spectral_norm", "weight_g": "weight_norm"}
 
 def _reparametrize(layers: dict[str, str]) -> str:
     """Code that gives the model's layers the parametrization the checkpoint was saved with."""
-    return "".join(f'torch.nn.utils.{how}(model.get_submodule("{name}"))\n'
-                   for name, how in layers.items()) + "model.load_state_dict(sd)"
+    return "".join(line + "\n" for line in _lines(layers)) + "model.load_state_dict(sd)"
+
+
+def _lines(layers: dict[str, str]) -> list[str]:
+    return [f'torch.nn.utils.{how}(model.get_submodule("{name}"))' for name, how in layers.items()]
+
+
+def reparametrize_lines(ev: Evidence) -> list[str]:
+    """The lines that give the model's layers the parametrization the checkpoint's keys show
+    they were saved with (spectral_norm, weight_norm, either form); [] when they show none."""
+    return _lines(_saved_reparametrized(ev))
 
 
 def _saved_reparametrized(ev: Evidence) -> dict[str, str]:

@@ -194,7 +194,7 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
 
     causes = []
     for c in result.causes:
-        code = own_fix(c, diff, plan, model)
+        code = own_fix(c, ev, diff, plan, model)
         causes.append(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
                       if code is None else dataclasses.replace(c, fix_code=code, fix_command=None))
     return dataclasses.replace(result, causes=tuple(causes), plan=plan)

@@ -27,6 +27,7 @@ from ckpttools.ops.fix_plan import FUSED_QKV
 from ckpttools.ops.plan_text import load_lines
 
 if TYPE_CHECKING:
+    from ckpttools.ops.diagnose.evidence import Evidence
     from ckpttools.ops.diagnose.fixes import Cause
     from ckpttools.ops.fix_plan import FixPlan
     from ckpttools.ops.model_diff import DiffResult
@@ -57,14 +58,14 @@ def _stacks(fused: tuple[int, ...], parts: list[tuple[int, ...]]) -> bool:
             and sum(p[0] for p in parts) == fused[0])
 
 
-def own_fix(cause: Cause, diff: DiffResult, plan: FixPlan, model: Any) -> str | None:
+def own_fix(cause: Cause, ev: Evidence, diff: DiffResult, plan: FixPlan, model: Any) -> str | None:
     """The cause's own fix from files, or None when the plan is its fix."""
     from ckpttools.ops.diagnose.model_side_fix import model_side_fix
 
     fix = {"transposed_weights": transposed_fix, "fused_projection": fused_fix,
            "adapter_or_quantization": merge_adapter_fix}.get(cause.label)
     # a layer saved reparametrized or quantized: the model is changed, not the keys
-    return (fix and fix(diff, plan)) or model_side_fix(cause, diff, plan, model)
+    return (fix and fix(diff, plan)) or model_side_fix(cause, ev, diff, plan, model)
 
 
 def dropped_alone(diff: DiffResult, plan: FixPlan) -> set[str] | None:

@@ -16,9 +16,10 @@ from ckpttools.ops.diagnose.snippet_text import regex_literal as _re, shell_quot
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
 
 _LOAD = 'sd = torch.load("{ckpt}", map_location="cpu", weights_only=True)\n'
-# Quantized layers read the format version their state was saved in; a state saved as a plain
+# torch.ao's dynamic quantization redone on the model. Quantized layers read the format version their state was saved in; a state saved as a plain
 # dict (a comprehension, safetensors) lost it, and they would then look for float weights.
-QUANTIZED_VERSIONS = (
+QUANTIZE_DYNAMIC = (
+    "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
     'if getattr(sd, "_metadata", None) is None:  # saved as a plain dict: give the layers\' versions\n'
     "    sd = collections.OrderedDict(sd)\n"
     '    sd._metadata = {name: {"version": m._version} for name, m in model.named_modules()}\n')
@@ -159,8 +160,7 @@ def _quantized(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         what = ("the checkpoint was saved from a model quantized with torch.ao's quantize_dynamic "
                 "(its Linear layers hold _packed_params, scale and zero_point); quantize the model "
                 "the same way before loading (dtype: the file's _packed_params.dtype, int8 by default)")
-        code = ("model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
-                + QUANTIZED_VERSIONS + "model.load_state_dict(sd)")
+        code = QUANTIZE_DYNAMIC + "model.load_state_dict(sd)"
         return what, code, []
     if f.facts.get("packed") == "model":
         what = ("the model was built with 4-bit weights (bitsandbytes packs two values to a byte: "

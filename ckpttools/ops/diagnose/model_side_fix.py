@@ -11,34 +11,26 @@ the keys and shapes it writes for each Linear layer, by one pattern, are compare
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.ops.diagnose.fixes import QUANTIZED_VERSIONS
+from ckpttools.ops.diagnose.buffer_fixes import reparametrize_lines
+from ckpttools.ops.diagnose.fixes import QUANTIZE_DYNAMIC
 
 if TYPE_CHECKING:
+    from ckpttools.ops.diagnose.evidence import Evidence
     from ckpttools.ops.diagnose.fixes import Cause
     from ckpttools.ops.fix_plan import FixPlan
     from ckpttools.ops.model_diff import DiffResult
 
-_REPARAMETRIZE = re.compile(r'^torch\.nn\.utils\.(?:parametrizations\.)?(?:spectral_norm|weight_norm)'
-                            r'\(model\.get_submodule\("[\w.]+"\)\)$')
-_QUANTIZE = re.compile(r"^model = torch\.ao\.quantization\.quantize_dynamic\(model, "
-                       r"\{torch\.nn\.Linear\}, dtype=torch\.(?:qint8|float16)\)$")
-
-
-def _changes(code: str) -> list[str] | None:
-    """The lines of ``code`` between loading ``sd`` and loading it into the model, when every
-    one of them gives the model's layers another form (and nothing else happens)."""
-    lines = [line for line in code.split("\n") if line]
-    if len(lines) < 4 or not lines[1].startswith("sd = ") or lines[-1] != "model.load_state_dict(sd)":
-        return None
-    middle = lines[2:-1]
-    if middle and all(_REPARAMETRIZE.match(l) for l in middle):
-        return middle
-    versions = QUANTIZED_VERSIONS.rstrip("\n").split("\n")
-    return middle if middle and _QUANTIZE.match(middle[0]) and middle[1:] == versions else None
+def _changes(cause: Cause, ev: Evidence) -> list[str] | None:
+    """The lines that give the model's layers the checkpoint's form, for the causes that read
+    them from the keys (the same lines their fix from text prints)."""
+    if cause.label == "version_buffers":
+        return reparametrize_lines(ev) or None
+    if cause.label == "adapter_or_quantization" and any("._packed_params." in k for k in ev.unexpected):
+        return QUANTIZE_DYNAMIC.rstrip("\n").split("\n")
+    return None
 
 
 def _proven(changes: Sequence[str], model: Any, ckpt: Mapping[str, Sequence[int]]) -> bool:
@@ -48,11 +40,11 @@ def _proven(changes: Sequence[str], model: Any, ckpt: Mapping[str, Sequence[int]
     if not isinstance(model, torch.nn.Module):
         return False  # a JSON signature: nothing to run the change on
     want = {k: tuple(v) for k, v in ckpt.items()}
-    if _QUANTIZE.match(changes[0]):
+    if changes[0].startswith("model = torch.ao.quantization.quantize_dynamic("):
         return _quantized_keys(model) == {k: s for k, s in want.items()
                                           if not k.endswith("._packed_params.dtype")}
     changed = copy.deepcopy(model)
-    try:  # ckpttools' own lines (matched above), on a meta copy
+    try:  # ckpttools' own lines (reparametrize_lines), on a meta copy
         for line in changes:
             exec(line, {"torch": torch, "model": changed})  # noqa: S102
     except Exception:  # noqa: BLE001 - a layer the change does not fit: not proven
@@ -78,12 +70,13 @@ def _quantized_keys(model: Any) -> dict[str, tuple[int, ...]] | None:
     return out
 
 
-def model_side_fix(cause: Cause, diff: DiffResult, plan: FixPlan, model: Any) -> str | None:
+def model_side_fix(cause: Cause, ev: Evidence, diff: DiffResult, plan: FixPlan,
+                   model: Any) -> str | None:
     """The cause's own fix with the file's loading lines, when it changes the model's layers
     and the change is proven; None otherwise (the plan stays the fix)."""
     from ckpttools.ops.plan_text import load_lines
 
-    changes = _changes(cause.fix_code)
+    changes = _changes(cause, ev)
     if changes is None or not plan.left or not _proven(changes, model, diff.checkpoint_keys):
         return None
     imports = "import collections, torch" if "collections." in "".join(changes) else "import torch"
