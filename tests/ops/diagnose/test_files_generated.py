@@ -135,3 +135,24 @@ def test_decided_snippets_run_for_every_presentation(tmp_path: Path) -> None:
             if e := _runs(code, case):
                 broken.append((case.name, how, causes[0].label, e))
     assert ran >= 1000 and not broken, broken[:20]
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dataparallel"])
+def test_guessed_wrapper_candidate_strips_the_files_own_prefix(tmp_path: Path, wrap: str) -> None:
+    """Only the model's keys shown (the list cut): "saved from a wrapped model" is a candidate
+    whose snippet strips whichever wrapper prefix the file's keys carry."""
+    from tests.ops.diagnose.gen_models import Mlp
+
+    torch.manual_seed(0)
+    saved = torch.compile(Mlp()) if wrap == "compile" else torch.nn.DataParallel(Mlp())
+    path = tmp_path / "saved.pth"
+    torch.save(saved.state_dict(), path)
+    error = load_error(Mlp(), torch.load(path, weights_only=True))
+    missing_only = error.split("Unexpected key(s)")[0].rstrip() + ' ...'
+    cause = diagnose_text(missing_only).causes[0]
+    assert cause.label == "prefix_added" and cause.confidence < DECIDED
+    scope = {"model": Mlp()}
+    exec(cause.fix_code.replace("CKPT", str(path)), scope)  # a strict load: every key found
+    inner = saved._orig_mod if wrap == "compile" else saved.module
+    assert all(torch.equal(a, b) for a, b in zip(scope["model"].state_dict().values(),
+                                                  inner.state_dict().values()))
