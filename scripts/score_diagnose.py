@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, Case, Score, corpus, development,
-    score)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, Case, Score, corpus,
+    development, score)
 
 
 def _print(name: str, s: Score, misses: bool) -> None:
@@ -95,6 +95,7 @@ def main() -> None:
         _print("frozen5 (scored 25/50 before tuning and after round 10; tuned on since)", score(corpus(FROZEN5)), args.misses)
         _print("frozen6 (scored 34/50 before tuning; tuned on since)", score(corpus(FROZEN6)), args.misses)
         _print("frozen7 (scored 32/50 once, with the final rules of #16's frozen6 round; not tuned on)", score(corpus(FROZEN7)), args.misses)
+        _print("frozen8 (held out; scored once at the end of the round)", score(corpus(FROZEN8)), args.misses)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 
 from tests.ops.diagnose.scoring import (
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, HELDOUT, REAL, Case, corpus, development,
-    read_case, score, source_key)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, HELDOUT, REAL, Case, corpus,
+    development, read_case, score, source_key)
 
 # The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
 pytestmark = [
@@ -73,6 +73,9 @@ FROZEN6_PRECISION = 0.95
 # 32/50, 26 of its 28 answers at confidence >= 0.8 right (92.9%, below the target: no precision
 # floor). Not tuned on.
 FROZEN7_RIGHT = 32
+# frozen8/ (50 texts from 50 new threads, collected by someone who does not change the rules; committed
+# at 41ec600 before diagnose ran on any of them): not scored yet, so no floor; the lead scores it once with
+# the round's final rules and adds its row.
 # Round 10 (calibration.py: thin evidence is a candidate) changed no top-1 or precision figure of
 # the frozen sets; rerun with the rules each was scored with before tuning plus that pass, their
 # confident answers are 99 of 107 right (85.6%, 101 of 118, with the old rules alone).
@@ -114,8 +117,9 @@ def test_frozen_sources_never_in_development() -> None:
     frozen5 = [source_key(c.source) for c in corpus(FROZEN5)]
     frozen6 = [source_key(c.source) for c in corpus(FROZEN6)]
     frozen7 = [source_key(c.source) for c in corpus(FROZEN7)]
+    frozen8 = [source_key(c.source) for c in corpus(FROZEN8)]
     assert len(frozen) >= 40 and len(frozen2) >= 40 and len(frozen3) >= 45 and len(frozen4) >= 45
-    assert len(frozen5) >= 45 and len(frozen6) >= 45 and len(frozen7) >= 45
+    assert len(frozen5) >= 45 and len(frozen6) >= 45 and len(frozen7) >= 45 and len(frozen8) >= 45
     assert not dev & frozen
     assert not dev & set(frozen2) and not frozen & set(frozen2)
     assert not (dev | frozen | set(frozen2)) & set(frozen3)
@@ -124,12 +128,14 @@ def test_frozen_sources_never_in_development() -> None:
     assert not (dev | frozen | set(frozen2) | set(frozen3) | set(frozen4) | set(frozen5)) & set(frozen6)
     others = dev | frozen | set(frozen2) | set(frozen3) | set(frozen4) | set(frozen5) | set(frozen6)
     assert not others & set(frozen7)
+    assert not (others | set(frozen7)) & set(frozen8)
     assert len(set(frozen2)) == len(frozen2)  # one case per thread
     assert len(set(frozen3)) == len(frozen3)
     assert len(set(frozen4)) == len(frozen4)
     assert len(set(frozen5)) == len(frozen5)
     assert len(set(frozen6)) == len(frozen6)
     assert len(set(frozen7)) == len(frozen7)
+    assert len(set(frozen8)) == len(frozen8)
 
 
 # (folder, cases, right at least, precision at >= 0.8 at least or None): the floors above
@@ -153,9 +159,9 @@ def test_frozen_sets_as_measured(name: str) -> None:
 
 
 @pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6,
-                                    FROZEN7],
+                                    FROZEN7, FROZEN8],
                          ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5",
-                              "frozen6", "frozen7"])
+                              "frozen6", "frozen7", "frozen8"])
 def test_corpus_headers_are_complete(folder) -> None:  # type: ignore[no-untyped-def]
     from ckpttools.ops.diagnose.causes import LABELS
 
