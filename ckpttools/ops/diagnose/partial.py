@@ -19,7 +19,8 @@ from ckpttools.ops.diagnose.one_sided import (
     part_missing,
     part_prefix_cut,
     reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
-from ckpttools.ops.diagnose.shapes import head_named
+from ckpttools.ops.diagnose.fed_input import fed_count_head
+from ckpttools.ops.diagnose.shapes import fed_inputs, head_named
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -260,4 +261,5 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev) + told_head(ev))
+            + cut_size_mismatch(ev) + told_head(ev)
+            + [f for f in (fed_count_head(ev, fed_inputs(ev)),) if f is not None])

@@ -17,7 +17,14 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         return (f"the output head has another size: {c} in the checkpoint, {m} in the model (as the "
                 f"text tells it); build the model with {c} outputs (classes), or drop the head's keys "
                 "to fine-tune"), "", []
-    if m is None:  # the sizes were cut from the text: the head by its name only
+    if m is None and (fed := f.facts.get("fed")):  # a count fed into an inner layer (fed_input)
+        layer, fc, fm = fed
+        what = (f"{layer} takes {fc} input channels in the checkpoint and {fm} in the model, a few "
+                f"apart and no multiple of 8: it reads features concatenated with a counted output "
+                f"(classes, keypoint maps) that changed by {abs(fc - fm)}; that output is most "
+                f"likely {keys[0]}, whose sizes are cut from the text; build the model with the "
+                "checkpoint's count, or drop these layers to fine-tune")
+    elif m is None:  # the sizes were cut from the text: the head by its name only
         what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
                 "sizes are cut from the text); by its name an output head: another number of "
                 "classes or tokens; build the model with the checkpoint's, or drop the head to fine-tune")
