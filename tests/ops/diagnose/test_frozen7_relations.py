@@ -1,0 +1,158 @@
+"""Relations found while tuning on frozen7/ (#16), each on real models and their real errors.
+
+Every text is the error a real ``load_state_dict`` raises (cut the way the thread pasted it where
+the relation is about a cut); every fix a new rule prints is run on a copy of the real model and
+the file it failed on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+
+
+def _run_fix(code: str, model: nn.Module, path: Path) -> nn.Module:
+    """Run a printed fix as pasted: ``CKPT`` is the file, ``model`` the model it failed on."""
+    scope: dict[str, Any] = {"model": model}
+    exec(compile(code.replace("CKPT", str(path)), "<printed diagnose fix>", "exec"), scope)
+    return scope["model"]
+
+
+def _same(a: nn.Module, b: dict[str, torch.Tensor], prefix: str) -> bool:
+    own = a.state_dict()
+    return all(torch.equal(own[k], v) for k, v in b.items() if k.startswith(prefix))
+
+
+# -- a head's size beside whole modules on one side only (cascadetabnet74) ---------------------
+
+class Rpn(nn.Module):
+    def __init__(self, anchors: int) -> None:
+        super().__init__()
+        self.rpn_cls = nn.Conv2d(16, anchors, 1)
+        self.rpn_reg = nn.Conv2d(16, 4 * anchors, 1)
+
+
+def _box_head() -> nn.ModuleDict:
+    return nn.ModuleDict({"fc_cls": nn.Linear(16, 5), "fc_reg": nn.Linear(16, 16),
+                          "shared_fcs": nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))})
+
+
+class OldDetector(nn.Module):
+    """A cascade detector as an older library version lays it out: box heads at the top level."""
+
+    def __init__(self, anchors: int = 3, box_heads: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 16, 3)
+        self.rpn_head = Rpn(anchors)
+        self.bbox_head = nn.ModuleList(_box_head() for _ in range(box_heads))
+
+
+class NewDetector(nn.Module):
+    """The same detector in newer code: another anchor layout, no top-level box heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 16, 3)
+        self.rpn_head = Rpn(9)
+
+
+def test_a_head_size_beside_a_whole_module_on_one_side_is_no_decided_head(tmp_path: Path) -> None:
+    old = OldDetector()
+    path = tmp_path / "old.pth"
+    torch.save(old.state_dict(), path)
+    text = load_error(NewDetector(), torch.load(path, weights_only=True))
+    assert "Unexpected key(s)" in text and "size mismatch for rpn_head.rpn_cls.weight" in text
+    result = diagnose_text(text)
+    assert not result.decided, [(c.label, c.confidence) for c in result.causes]
+    top, labels = result.causes[0], [c.label for c in result.causes]
+    assert top.label == "model_code_changed" and "head_size_mismatch" in labels
+    # the printed fix (load what fits) runs and loads the backbone both layouts share
+    loaded = _run_fix(top.fix_code, NewDetector(), path)
+    assert _same(loaded, old.state_dict(), "backbone.")
+
+
+def test_a_head_size_beside_fewer_one_sided_keys_than_it_explains_still_decides() -> None:
+    # a classifier of another size and one small extra module: the head explains most of the text
+    class Net(nn.Module):
+        def __init__(self, classes: int, extra: bool) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 16, 3)
+            self.fc_cls = nn.Linear(16, classes)
+            self.fc_reg = nn.Linear(16, 4 * classes)
+            if extra:
+                self.scale = nn.Linear(1, 1, bias=False)
+
+    result = diagnose_text(load_error(Net(5, extra=False), Net(9, extra=True).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch" and result.decided
+
+
+# -- an inner layer whose input differs by a few channels (hrnetbu3) ---------------------------
+
+class Pose(nn.Module):
+    """Bottom-up pose: the regression branch reads the features concatenated with the heatmaps."""
+
+    def __init__(self, joints: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3)
+        self.final_layers = nn.ModuleList([nn.Conv2d(16, joints, 1)])
+        self.transition_reg = nn.Sequential(nn.Conv2d(16 + joints, 32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        return self.transition_reg(torch.cat([f, self.final_layers[0](f)], 1))
+
+
+def _cut_like_the_thread(text: str) -> str:
+    """The fed layer's line first, then the head's line cut inside the model's shape."""
+    lines = text.splitlines()
+    kept = [lines[0]] + [ln for ln in lines if "transition_reg.0.weight" in ln] + [
+        ln for ln in lines if "final_layers.0.weight" in ln]
+    cut = "\n".join(kept)
+    return cut[:cut.rindex("torch.Size([17") + len("torch.Size([17")]
+
+
+def test_an_inner_layer_fed_a_changed_count_is_no_input_channel_setting(tmp_path: Path) -> None:
+    trained = Pose(14)
+    path = tmp_path / "crowdpose.pth"
+    torch.save(trained.state_dict(), path)
+    text = _cut_like_the_thread(load_error(Pose(17), torch.load(path, weights_only=True)))
+    assert "[32, 30, 1, 1]" in text and text.endswith("torch.Size([17")
+    result = diagnose_text(text)
+    assert not result.decided
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch", [(c.label, c.confidence) for c in result.causes]
+    assert "final_layers.0.weight" in top.summary and "concatenated" in top.summary
+    assert all("first layer" not in c.summary for c in result.causes)  # no in_chans reading
+    # the printed fix drops the head and the layer it feeds, and loads the rest
+    loaded = _run_fix(top.fix_code, Pose(17), path)
+    assert _same(loaded, trained.state_dict(), "stem.")
+    assert loaded(torch.zeros(1, 3, 8, 8)).shape == (1, 32, 6, 6)
+
+
+def test_a_first_layer_of_other_image_channels_is_still_an_input_channel_setting() -> None:
+    class Stem(nn.Module):
+        def __init__(self, chans: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(chans, 16, 3)
+
+    result = diagnose_text(load_error(Stem(4), Stem(3).state_dict()))
+    assert "the first layer takes 3 input channels" in result.causes[0].summary and result.decided
+
+
+def test_an_inner_layer_of_another_round_width_is_no_concatenated_count() -> None:
+    class Inner(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, width, 3)
+            self.block = nn.Sequential(nn.Conv2d(width, 64, 1))
+
+    # the stem's rows and the block's input change together, by a ratio, in multiples of 8
+    text = load_error(Inner(48), Inner(32).state_dict())
+    result = diagnose_text(text)
+    assert all("concatenated" not in c.summary for c in result.causes)
