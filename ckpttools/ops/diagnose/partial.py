@@ -28,6 +28,7 @@ _HEAD_MODULE = re.compile(
     r"(^|\.)(head|heads|fc|classifier|cls|cls_head|logits|last_linear|score|qa_outputs|pooler"
     r"|lm_head|decode_head|auxiliary_head|cls_score|bbox_pred|fc_cls|fc_reg|output_layer"
     r"|classif\w*|pre_logits|projector|proj_head)(\.|$)")
+_HEAD_NORM = re.compile(r"(^|\.)fc_norm\.")
 # Heads a pretraining checkpoint carries that a task model drops (BERT MLM/NSP, pooler, ...).
 PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"
                             r"|pre_logits|head|heads|fc|classifier|projector|vocab_\w+|generator"
@@ -86,13 +87,17 @@ def new_task_head(ev: Evidence) -> Finding | None:
     lone_layer = (not ev.unexpected and not ev.truncated and len(_modules(ev.missing)) == 1
                   and "." not in next(iter(_modules(ev.missing)))
                   and {k.rsplit(".", 1)[-1] for k in ev.missing} == {"weight", "bias"})
-    if not (_is_head(ev.missing) or lone_layer):
+    # the head's own norm (timm's and MAE's fc_norm, used with global pooling) is part of it
+    head_keys = tuple(k for k in ev.missing if not _HEAD_NORM.search(k))
+    if not ((_is_head(head_keys) and len(_tops(ev.missing)) <= 2) or lone_layer):
         return None
     if any(k.endswith(".weight") for k in ev.missing) and not any(
             k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
         return None  # one bias-free output weight: a tied head, not a new one
-    if ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
-                          or rename_pairs(ev.missing, ev.unexpected)):
+    pairs = ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
+                               or rename_pairs(ev.missing, ev.unexpected))
+    other_task = _other_task_parts(ev, {p[1] for p in pairs or ()})
+    if pairs and not other_task:
         return None  # the head's keys moved or were renamed: the same head under other names
     pretrain = ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)
     if ev.report:
@@ -101,12 +106,26 @@ def new_task_head(ev: Evidence) -> Finding | None:
         conf = 0.6 if ev.truncated or not _is_head(ev.missing) else 0.75
     elif pretrain:
         conf = 0.8
+    elif other_task:
+        conf = 0.72 if ev.truncated else 0.75  # by key sets alone: a candidate
     else:
         return None
     return Finding("new_task_head", conf, frozenset(ev.missing + ev.unexpected),
                    {"examples": list(ev.missing[:3]), "count": len(ev.missing),
                     "dropped": list(ev.unexpected[:3]), "report": ev.report,
                     "class_name": ev.class_name})
+
+
+def _other_task_parts(ev: Evidence, paired: set[str]) -> bool:
+    """Only a task head is missing and the checkpoint's extra keys are whole modules apart from
+    it: the backbone loaded, so the file is the same backbone trained for another task (MAE's
+    pretraining model: ``decoder_*``, ``mask_token``, its final ``norm``), not another model,
+    whose file would leave the backbone's keys missing too. A head renamed pairs with one
+    module (``paired``); two modules or more beyond it are more than a rename."""
+    unpaired = _tops(k for k in ev.unexpected if k not in paired)
+    return (bool(ev.unexpected) and len(ev.missing) <= 8 and len(unpaired) >= 2
+            and not _tops(ev.missing) & _tops(ev.unexpected)
+            and not any(_HEAD_NORM.search(k) for k in ev.unexpected))
 
 
 def _unused_pretraining_head(ev: Evidence) -> Finding | None:

@@ -218,7 +218,7 @@ def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
             + ("; transformers reports it and loads the rest" if f.facts["report"] else
                "; load the rest non-strictly, or use the library's pretrained loader, which adapts the head"))
     code = ("result = model.load_state_dict(sd, strict=False)\n"
-            "assert not result.unexpected_keys or print(result.unexpected_keys)  # pretraining heads, unused\n"
+            "print(result.unexpected_keys)  # the file's other parts (pretraining heads, a decoder): unused\n"
             "# then train the new head; with transformers a head of another size needs\n"
             "# from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)")
     return what, code, []

@@ -156,3 +156,75 @@ def test_an_inner_layer_of_another_round_width_is_no_concatenated_count() -> Non
     text = load_error(Inner(48), Inner(32).state_dict())
     result = diagnose_text(text)
     assert all("concatenated" not in c.summary for c in result.causes)
+
+
+# -- a pretraining file (MAE) into the fine-tuning model (dmae3, retfound25) --------------------
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.blocks = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+
+
+class MaePretrain(Encoder):
+    """The pretraining model: the encoder, its final norm, a mask token and a decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(16)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, 16))
+        self.decoder_embed = nn.Linear(16, 8)
+        self.decoder_pos_embed = nn.Parameter(torch.randn(1, 5, 8))
+        self.decoder_blocks = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+        self.decoder_pred = nn.Linear(8, 48)
+
+
+class FineTune(Encoder):
+    """The classifier: the same encoder, a pooled norm (fc_norm) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+
+def _cut_unexpected(text: str, keep: int) -> str:
+    """The paste ends inside the unexpected list, after ``keep`` keys (as the threads cut it)."""
+    start = text.index("Unexpected key(s)")
+    quotes = [start + i for i, ch in enumerate(text[start:]) if ch == '"']
+    return text[:quotes[2 * keep] + 8]
+
+
+def test_a_pretraining_file_into_its_fine_tuning_model_is_a_new_task_head(tmp_path: Path) -> None:
+    pretrained = MaePretrain()
+    path = tmp_path / "mae_pretrain.pth"
+    torch.save(pretrained.state_dict(), path)
+    whole = load_error(FineTune(), torch.load(path, weights_only=True))
+    assert 'Missing key(s) in state_dict: "fc_norm.weight"' in whole
+    for text in (whole, _cut_unexpected(whole, 6)):
+        result = diagnose_text(text)
+        top = result.causes[0]
+        assert top.label == "new_task_head", [(c.label, c.confidence) for c in result.causes]
+        assert not result.decided  # by key sets alone: the files decide
+    # the printed fix loads the encoder and leaves the decoder unused
+    loaded = _run_fix(diagnose_text(whole).causes[0].fix_code, FineTune(), path)
+    assert _same(loaded, pretrained.state_dict(), "patch_embed.")
+    assert _same(loaded, pretrained.state_dict(), "blocks.")
+
+
+def test_a_head_and_one_renamed_module_is_no_other_tasks_file() -> None:
+    # the head moved into a Sequential (heads.head.* -> heads.*): a rename, not a pretraining file
+    class Old(Encoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.Linear(16, 10)
+
+    class New(Encoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = nn.Sequential()
+            self.heads.add_module("head", nn.Linear(16, 10))
+
+    result = diagnose_text(load_error(New(), Old().state_dict()))
+    assert result.causes[0].label != "new_task_head"
