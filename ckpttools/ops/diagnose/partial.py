@@ -160,7 +160,7 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
         return []
     if (ev.class_name or "") in _WRAPPER_CLASSES or _is_head(ev.missing):
         return []
-    if not starts_model(ev.missing[0]):
+    if not (starts_model(ev.missing[0]) or _spans_model(ev.missing)):
         return []  # the list starts inside the model: some submodules are new, not all
     keys = frozenset(ev.missing)
     facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
@@ -192,6 +192,15 @@ def wrapper_model_missing(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
                                                 "examples_missing": list(ev.missing[:3]),
                                                 "examples_unexpected": []})]
+
+
+def _spans_model(keys: tuple[str, ...]) -> bool:
+    """Three top-level modules or more missing, the list's first key at index 0 of every stack
+    (``model0.0.weight``, ``actor.latent_pi.0.weight``): the model's keys from its start under
+    names no list knows. New code adds a module or two; it does not rename every top module."""
+    first = segments(keys[0])
+    return (len(_tops(keys)) >= 3 and all("." in k for k in keys)
+            and not any(p.isdigit() and p != "0" for p in first))
 
 
 def starts_model(key: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -228,3 +229,41 @@ def test_a_head_and_one_renamed_module_is_no_other_tasks_file() -> None:
 
     result = diagnose_text(load_error(New(), Old().state_dict()))
     assert result.causes[0].label != "new_task_head"
+
+
+# -- only the model's keys shown, its top modules under names no list knows (rtpose145, sb3) ---
+
+class Policy(nn.Module):
+    """An actor-critic policy: three top-level modules, none named like a first layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.actor = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.critic = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.critic_target = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def _missing_list_cut(text: str, keep: int) -> str:
+    """The paste keeps the first ``keep`` missing keys (the unexpected list never shown)."""
+    missing = text.split("Unexpected key(s)")[0]
+    quotes = [i for i, ch in enumerate(missing) if ch == '"']
+    return missing[:quotes[2 * keep - 1] + 1] + ", ..."
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dataparallel"])
+def test_a_whole_model_missing_under_unknown_names_is_most_likely_a_wrapper(
+        tmp_path: Path, wrap: str) -> None:
+    torch.manual_seed(0)
+    saved = torch.compile(Policy()) if wrap == "compile" else nn.DataParallel(Policy())
+    path = tmp_path / "policy.pth"
+    torch.save(saved.state_dict(), path)
+    text = _missing_list_cut(load_error(Policy(), torch.load(path, weights_only=True)), 10)
+    assert '"critic_target.0.weight"' in text and "_orig_mod" not in text and "module." not in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "prefix_added", [(c.label, c.confidence) for c in result.causes]
+    assert not result.decided and "wrapped_checkpoint" in [c.label for c in result.causes]
+    # the guessed fix strips whichever wrapper prefix the file carries and loads strictly
+    loaded = _run_fix(top.fix_code, Policy(), path)
+    inner = saved._orig_mod if wrap == "compile" else saved.module
+    assert _same(loaded, inner.state_dict(), "")
