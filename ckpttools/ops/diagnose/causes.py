@@ -211,6 +211,8 @@ def version_buffers(ev: Evidence) -> Finding | None:
     if buffers:
         share = len(buffers) / len(keys)
         conf = 0.95 if share == 1 and not ev.mismatched else 0.9 * share
+        if ev.truncated and all("." not in k for k in keys):
+            conf = min(conf, 0.75)  # a buffer named as a word in a sentence: the rest unseen
         return Finding("version_buffers", conf, frozenset(buffers),
                        {"examples": buffers[:3], "count": len(buffers), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in buffers})})

@@ -17,7 +17,7 @@ from ckpttools.ops.diagnose.loader_formats import (
     running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
-    named_prefix as prose_named_prefix, state_names, told_head_sizes)
+    buffer_names, named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.pasted_text import normalize_text
 
@@ -45,6 +45,8 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
+# ... and one quoted in a title or a sentence, where the quote or the line ends after the key
+_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+)(?=[\"'`]|[ \t]*$)")
 # SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
 # ("absent or of another size"), then loads the rest with strict=False
 _NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")
@@ -279,6 +281,7 @@ def parse_error_text(text: str) -> ParsedError:
         # A header whose list was cut before its first key, or prose: what the sentences name.
         named_prefix = prose_prefix(text) or prose_named_prefix(text)
         state = {} if named_prefix else state_names(text)
+        state = state if named_prefix or any(state.values()) else buffer_names(text)
         for kind, keys in state.items():
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
@@ -289,7 +292,8 @@ def parse_error_text(text: str) -> ParsedError:
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
-    cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
+    cut = [k for k in _CUT_MISMATCH.findall(text) + _QUOTED_MISMATCH.findall(text)
+           + _NOT_LOADED.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))

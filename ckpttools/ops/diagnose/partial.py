@@ -277,6 +277,18 @@ def told_head(ev: Evidence) -> list[Finding]:
                      "padded": False})]
 
 
+def unlisted_report(ev: Evidence) -> list[Finding]:
+    """transformers' load report without its key list ("Some weights of the model checkpoint at
+    t5-large were not used when initializing T5EncoderModel"): what it reports on every load
+    into another task's class or a part of the checkpoint's model (an encoder alone). The
+    list decides, so it stays a candidate."""
+    if not ev.report or not ev.is_empty or ev.lookups or ev.cut_mismatches:
+        return []
+    return [Finding("new_task_head", 0.6, frozenset(),
+                    {"examples": [], "count": 0, "dropped": [], "report": True,
+                     "class_name": ev.class_name})]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -289,5 +301,5 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev) + told_head(ev)
+            + cut_size_mismatch(ev) + told_head(ev) + unlisted_report(ev)
             + [f for f in (fed_count_head(ev, fed_inputs(ev)),) if f is not None])

@@ -198,6 +198,12 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
     keys = ", ".join(f.facts["examples"])
+    if not keys and not f.facts["dropped"]:  # a report whose key list was not pasted
+        what = (f"transformers reports weights that {f.facts.get('class_name') or 'this model'} does "
+                "not use or initialises anew, without the list: expected when the class is another "
+                "task's or a part of the checkpoint's model (an encoder alone); the list it prints "
+                "names them (new task heads are trained, unused parts dropped)")
+        return what, "# nothing to change: the report is expected when fine-tuning or using a part", []
     if not keys and not f.facts["report"]:
         top = f.facts["dropped"][0].split(".")[0]
         what = (f"the checkpoint has a head ({', '.join(f.facts['dropped'])}) that "
