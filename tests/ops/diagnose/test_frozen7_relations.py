@@ -7,6 +7,7 @@ the file it failed on.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,69 @@ def test_a_whole_model_missing_under_unknown_names_is_most_likely_a_wrapper(
     loaded = _run_fix(top.fix_code, Policy(), path)
     inner = saved._orig_mod if wrap == "compile" else saved.module
     assert _same(loaded, inner.state_dict(), "")
+
+
+# -- texts that named a key or a buffer in a sentence (realesrgan540, colorization54) ---------
+
+class Upscaler(nn.Module):
+    """RRDBNet's entry: scale 2 unshuffles pixels into 4x the channels before conv_first."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.conv_first = nn.Conv2d(3 * (4 if scale == 2 else 1), 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+
+
+def test_a_size_mismatch_quoted_in_a_title_is_read(tmp_path: Path) -> None:
+    trained = Upscaler(2)
+    path = tmp_path / "x2.pth"
+    torch.save(trained.state_dict(), path)
+    error = load_error(Upscaler(4), torch.load(path, weights_only=True))
+    key = error.split("size mismatch for ")[1].split(":")[0]
+    assert key == "conv_first.weight"
+    title = f'Trying to run x2 model causes RuntimeError in torch "size mismatch for {key}"'
+    result = diagnose_text(title)
+    assert result.found and not result.decided
+    assert result.causes[0].label == "architecture_variant"  # an input layer: not a head by name
+    # every candidate's printed code runs (the head's drops the named layer and loads the rest)
+    for cause in result.causes:
+        if "load_state_dict" in cause.fix_code:
+            loaded = _run_fix(cause.fix_code, Upscaler(4), path)
+            assert _same(loaded, trained.state_dict(), "body.")
+
+
+def _pre_04(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict without BatchNorm's num_batches_tracked (PyTorch < 0.4 had none), its
+    layers' versions kept: today's torch fills the buffer only for files without versions, so
+    this is the load that fails as PyTorch 0.4.0's did."""
+    out = OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    out._metadata = state._metadata  # type: ignore[attr-defined]
+    return out
+
+
+class Colorizer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.norm = nn.BatchNorm2d(8)
+
+
+def test_a_version_buffer_named_in_a_sentence_is_a_candidate(tmp_path: Path) -> None:
+    trained = Colorizer()
+    path = tmp_path / "released.pth"
+    torch.save(_pre_04(trained.state_dict()), path)
+    error = load_error(Colorizer(), torch.load(path, weights_only=True))
+    assert '"norm.num_batches_tracked"' in error  # the real error; the thread tells it in words
+    prose = ("The pre-trained model won't work in PyTorch 0.4 because normalization layers now "
+             "track the number of batches with the tensor `num_batches_tracked`. When loading a "
+             "`state_dict`, it then expects these tensors and crashes on a `KeyError`.")
+    result = diagnose_text(prose)
+    top = result.causes[0]
+    assert top.label == "version_buffers" and not result.decided  # layer paths unseen
+    loaded = _run_fix(top.fix_code, Colorizer(), path)
+    assert _same(loaded, _pre_04(trained.state_dict()), "")
+
+
+def test_a_sentence_naming_a_buffer_without_a_failure_is_no_error() -> None:
+    result = diagnose_text("BatchNorm keeps num_batches_tracked since PyTorch 0.4.")
+    assert not result.found
