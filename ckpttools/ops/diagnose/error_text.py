@@ -84,6 +84,7 @@ _PARALLEL = re.compile(r"model[-_ ]parallel|tensor[-_ ]parallel|tensor_model_par
 _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
                      r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
+_UNUSED_REPORT = re.compile(r"were\s+not\s+used\s+when\s+initiali[sz]ing")
 _CLASS_NAMES = (
     re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
     re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
@@ -288,6 +289,8 @@ def parse_error_text(text: str) -> ParsedError:
         truncated = truncated or bool(named_prefix) or any(state.values())
     told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
     formats += ["prose_sizes"] if told else []
+    if not any(lists.values()) and _UNUSED_REPORT.search(text):
+        formats += ["unlisted_unused"]  # the report's sentence, its list of keys not pasted
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))

@@ -278,11 +278,12 @@ def told_head(ev: Evidence) -> list[Finding]:
 
 
 def unlisted_report(ev: Evidence) -> list[Finding]:
-    """transformers' load report without its key list ("Some weights of the model checkpoint at
-    t5-large were not used when initializing T5EncoderModel"): what it reports on every load
-    into another task's class or a part of the checkpoint's model (an encoder alone). The
-    list decides, so it stays a candidate."""
-    if not ev.report or not ev.is_empty or ev.lookups or ev.cut_mismatches:
+    """transformers' report of unused weights without its key list ("Some weights of the model
+    checkpoint at t5-large were not used when initializing T5EncoderModel"): what it reports on
+    every load into another task's class or a part of the checkpoint's model (an encoder
+    alone). The list decides, so it stays a candidate. (Its "newly initialized" report may be
+    of resized heads, "because the shapes did not match": not read without its list.)"""
+    if not ev.unlisted_unused or not ev.is_empty or ev.lookups or ev.cut_mismatches:
         return []
     return [Finding("new_task_head", 0.6, frozenset(),
                     {"examples": [], "count": 0, "dropped": [], "report": True,
