@@ -301,6 +301,9 @@ def parse_error_text(text: str) -> ParsedError:
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))
     found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
+    # a loader that skips tensors of another size lists them as missing after (re-id code bases,
+    # fvcore): one tensor, not two findings; torch itself never names a key in both lists
+    lists["missing"] = [k for k in lists["missing"] if k not in shown]
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),

@@ -48,6 +48,9 @@ _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 _OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(\w[\w.\-/:#$@+]*)[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
                        r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
+# The copy_state_dict of re-id code bases (open-reid and its forks): it prints each tensor it
+# skips, the file's size first, then loads the rest and lists what stayed missing
+_COPY_PRINT = re.compile(r"^\s*mismatch:\s+(" + _KEY + r")\s+" + _SIZE + r"\s+" + _SIZE + r"\s*$", re.M)
 # Megatron-Core distributed checkpointing (NeMo, Megatron-LM): loaded = checkpoint, expected = model
 _MCORE = re.compile(r"Global\s+shape\s+mismatch\s+for\s+loaded\s+\(+([\d,\s]*)\)+\s+and\s+expected\s+"
                     r"\(+([\d,\s]*)\)+\s+tensor\s+for\s+key\s+[\"']?(" + _KEY + r")")
@@ -122,7 +125,7 @@ def _d2_key_line(line: str) -> str | None:
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
     """(key, checkpoint shape, model shape) from detectron2's skip/shape warnings, accelerate's
-    refusal and PyTorch <= 0.3."""
+    refusal, PyTorch <= 0.3, Megatron-Core and re-id loaders' ``mismatch:`` prints."""
     found = [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
              for m in _D2_SKIP.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
@@ -133,6 +136,8 @@ def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
               for m in _ACCELERATE.finditer(text)]
     found += [(m.start(), m.group(3).rstrip("."), _shape(m.group(1)), _shape(m.group(2)))
               for m in _MCORE.finditer(text)]
+    found += [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
+              for m in _COPY_PRINT.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]
 
 

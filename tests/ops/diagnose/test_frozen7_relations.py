@@ -7,7 +7,9 @@ the file it failed on.
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text
+from ckpttools.ops.diagnose.diagnosis import diagnose_text
 from tests.ops.diagnose.generated_corpus import load_error
 
 
@@ -334,3 +336,46 @@ def test_a_version_buffer_named_in_a_sentence_is_a_candidate(tmp_path: Path) -> 
 def test_a_sentence_naming_a_buffer_without_a_failure_is_no_error() -> None:
     result = diagnose_text("BatchNorm keeps num_batches_tracked since PyTorch 0.4.")
     assert not result.found
+
+
+# -- a re-id code base's own loader print (instructreid20) ------------------------------------
+
+def _copy_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> str:
+    """open-reid's ``copy_state_dict`` (kept by its forks), printing what it prints."""
+    out, target, copied = io.StringIO(), model.state_dict(), set()
+    with redirect_stdout(out):
+        for name, param in state.items():
+            if name not in target:
+                continue
+            if param.size() != target[name].size():
+                print("mismatch:", name, param.size(), target[name].size())
+                continue
+            target[name].copy_(param)
+            copied.add(name)
+        missing = set(target) - copied
+        if missing:
+            print("missing keys in state_dict:", missing)
+    return out.getvalue()
+
+
+class ReId(nn.Module):
+    def __init__(self, ids: int) -> None:
+        super().__init__()
+        self.base = nn.Linear(12, 16)
+        self.classifier = nn.Linear(16, ids, bias=False)
+        self.classifier_f = nn.Linear(16, ids, bias=False)
+
+
+def test_a_reid_loaders_mismatch_print_is_a_head_of_another_size(tmp_path: Path) -> None:
+    trained = ReId(28)
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(trained.state_dict(), path)
+    text = _copy_state_dict(torch.load(path, weights_only=True), ReId(9))
+    assert "mismatch: classifier.weight torch.Size([28, 16]) torch.Size([9, 16])" in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch" and result.decided
+    assert result.to_dict()["counts"] == {"missing": 0, "unexpected": 0, "mismatched": 2,
+                                          "matched": None}  # a skipped tensor is counted once
+    loaded = _run_fix(top.fix_code, ReId(9), path)
+    assert _same(loaded, trained.state_dict(), "base.")
