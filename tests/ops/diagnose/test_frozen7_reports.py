@@ -15,7 +15,7 @@ import torch
 
 from ckpttools.ops.diagnose.diagnosis import diagnose_text
 from tests.ops.diagnose.gen_presentations import transformers4_report
-from tests.ops.diagnose.gen_transformers import _report, _v4_lists
+from tests.ops.diagnose.gen_transformers import _v4_lists
 
 pytestmark = pytest.mark.frameworks
 
