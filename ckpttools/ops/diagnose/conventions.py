@@ -249,6 +249,28 @@ def _upsampler_only(ev: Evidence) -> list[Finding]:
                     {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
 
 
+# Auxiliary heads a training option adds (torchvision's aux_logits: Inception3.AuxLogits,
+# GoogLeNet.aux1/aux2; aux_loss: DeepLab's aux_classifier; mmseg's auxiliary_head)
+_AUXILIARY = re.compile(r"^(AuxLogits|aux\d*|aux_\w+|auxiliary_\w+|\w+_aux)$", re.I)
+
+
+def _auxiliary_only(ev: Evidence) -> list[Finding]:
+    """Every key shown on one side only, inside auxiliary heads: the model was built with or
+    without its auxiliary outputs (an option such as ``aux_logits``), not other code."""
+    keys = ev.missing or ev.unexpected
+    if ev.mismatched or ev.lookups or not keys or (ev.missing and ev.unexpected):
+        return []
+    tops = {top_module(k) for k in keys}
+    if len(tops) > 2 or not all(_AUXILIARY.match(t) for t in tops) or not all("." in k for k in keys):
+        return []
+    where = "the model only" if ev.missing else "the checkpoint only"
+    setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in {where}: the model was built "
+               f"{'with' if ev.missing else 'without'} its auxiliary outputs (aux_logits, aux_loss); "
+               "build it as the checkpoint was, or leave those keys out")
+    return [Finding("architecture_variant", 0.7, frozenset(keys),
+                    {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
+
+
 def _time_table(ev: Evidence) -> list[Finding]:
     """Every mismatch a time or frame table whose rows differ: a configured length (max frames)."""
     mm = [m for m in ev.mismatched if _TIME_TABLE.search(m.key) and _one_axis(m) == 0]
@@ -298,5 +320,5 @@ def _top_level_container(ev: Evidence) -> list[Finding]:
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
     rules = (_fed_back_head, _norm_width, _task_head_report, _old_densenet, _upsampler_only,
-             _time_table, _same_shape_copy, _top_level_container)
+             _auxiliary_only, _time_table, _same_shape_copy, _top_level_container)
     return [f for rule in rules for f in rule(ev)]

@@ -379,3 +379,38 @@ def test_a_reid_loaders_mismatch_print_is_a_head_of_another_size(tmp_path: Path)
                                           "matched": None}  # a skipped tensor is counted once
     loaded = _run_fix(top.fix_code, ReId(9), path)
     assert _same(loaded, trained.state_dict(), "base.")
+
+
+# -- an auxiliary head built or not (torchvision3648) ------------------------------------------
+
+class Inception(nn.Module):
+    """Inception3's layout: ``aux_logits`` adds the AuxLogits head (two convs with BN, an fc)."""
+
+    def __init__(self, aux_logits: bool) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = nn.Conv2d(3, 8, 3)
+        if aux_logits:
+            self.AuxLogits = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Flatten(),
+                                           nn.Linear(8, 10))
+        self.fc = nn.Linear(8, 10)
+
+
+def test_an_auxiliary_head_on_one_side_is_the_aux_option_not_other_code() -> None:
+    for model, saved in ((Inception(False), Inception(True)), (Inception(True), Inception(False))):
+        text = load_error(model, saved.state_dict())
+        assert "AuxLogits.1.running_mean" in text
+        result = diagnose_text(text)
+        top = result.causes[0]
+        assert top.label == "architecture_variant" and "auxiliary heads (AuxLogits)" in top.summary
+        assert not result.decided
+
+
+def test_a_new_module_of_another_name_on_one_side_is_still_changed_code() -> None:
+    class Net(Inception):
+        def __init__(self, extra: bool) -> None:
+            super().__init__(False)
+            if extra:
+                self.attention = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+
+    result = diagnose_text(load_error(Net(False), Net(True).state_dict()))
+    assert result.causes[0].label != "architecture_variant"
