@@ -414,3 +414,35 @@ def test_a_new_module_of_another_name_on_one_side_is_still_changed_code() -> Non
 
     result = diagnose_text(load_error(Net(False), Net(True).state_dict()))
     assert result.causes[0].label != "architecture_variant"
+
+
+# -- a learned query table of another count (finetunedetr4) ------------------------------------
+
+class Detr(nn.Module):
+    def __init__(self, num_queries: int, classes: int = 5) -> None:
+        super().__init__()
+        self.query_embed = nn.Embedding(num_queries, 16)
+        self.class_embed = nn.Linear(16, classes + 1)
+
+
+class QFormer(nn.Module):
+    """BLIP-2's learned query tokens: a [1, N, D] parameter."""
+
+    def __init__(self, queries: int) -> None:
+        super().__init__()
+        self.query_tokens = nn.Parameter(torch.zeros(1, queries, 16))
+        self.proj = nn.Linear(16, 16)
+
+
+def test_a_query_table_of_another_count_is_num_queries_not_a_head() -> None:
+    for model, saved in ((Detr(50), Detr(10)), (QFormer(32), QFormer(8))):
+        result = diagnose_text(load_error(model, saved.state_dict()))
+        top = result.causes[0]
+        assert top.label == "architecture_variant" and "num_queries" in top.summary, top
+        assert not result.decided
+
+
+def test_a_query_table_beside_a_class_head_is_not_read_alone() -> None:
+    # the class head changed too: not every mismatch is a query table
+    result = diagnose_text(load_error(Detr(50, classes=9), Detr(10, classes=5).state_dict()))
+    assert all("num_queries" not in c.summary for c in result.causes)
