@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
-    detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
+    CENTERNET_KEY, detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists,
+    other_mismatches,
     running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
@@ -296,7 +297,7 @@ def parse_error_text(text: str) -> ParsedError:
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
     cut = [k for k in _CUT_MISMATCH.findall(text) + _QUOTED_MISMATCH.findall(text)
-           + _NOT_LOADED.findall(text) if k not in shown]
+           + _NOT_LOADED.findall(text) + CENTERNET_KEY.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))

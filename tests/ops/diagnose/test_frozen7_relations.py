@@ -446,3 +446,47 @@ def test_a_query_table_beside_a_class_head_is_not_read_alone() -> None:
     # the class head changed too: not every mismatch is a query table
     result = diagnose_text(load_error(Detr(50, classes=9), Detr(10, classes=5).state_dict()))
     assert all("num_queries" not in c.summary for c in result.causes)
+
+
+# -- CenterNet's loader message, whole and retold (fairmot239) ---------------------------------
+
+_CENTERNET_MSG = ("If you see this, your model does not fully load the pre-trained weight. Please "
+                  "make sure you have correctly specified --arch xxx or set the correct "
+                  "--num_classes for your own dataset.")
+
+
+def _centernet_load(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """CenterNet's ``load_model`` (kept by FairMOT, CenterTrack ...), printing what it prints."""
+    out, own = io.StringIO(), model.state_dict()
+    with redirect_stdout(out):
+        for k in state:
+            if k in own and state[k].shape != own[k].shape:
+                print("Skip loading parameter {}, required shape{}, loaded shape{}. {}".format(
+                    k, own[k].shape, state[k].shape, _CENTERNET_MSG))
+                state[k] = own[k]
+        model.load_state_dict(state, strict=False)
+    return out.getvalue()
+
+
+class CenterNet(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.base = nn.Conv2d(3, 8, 3)
+        self.hm = nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, classes, 1))
+        self.wh = nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+
+def test_centernets_skip_message_is_read_with_its_shapes(tmp_path: Path) -> None:
+    trained = CenterNet(80)
+    path = tmp_path / "ctdet_coco.pth"
+    torch.save(trained.state_dict(), path)
+    text = _centernet_load(CenterNet(2), torch.load(path, weights_only=True))
+    assert "Skip loading parameter hm.2.weight, required shapetorch.Size([2, 8, 1, 1])" in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch" and "80 in the checkpoint, 2 in the model" in top.summary
+    loaded = _run_fix(top.fix_code, CenterNet(2), path)
+    assert _same(loaded, trained.state_dict(), "wh.")
+    # retold in a sentence, the key alone: a candidate, no exit "no error found"
+    retold = diagnose_text("it gave me: Skip loading parameter hm.2.weight and so on...")
+    assert retold.found and retold.causes and not retold.decided
