@@ -255,18 +255,18 @@ _AUXILIARY = re.compile(r"^(AuxLogits|aux\d*|aux_\w+|auxiliary_\w+|\w+_aux)$", r
 
 
 def _auxiliary_only(ev: Evidence) -> list[Finding]:
-    """Every key shown on one side only, inside auxiliary heads: the model was built with or
-    without its auxiliary outputs (an option such as ``aux_logits``), not other code."""
-    keys = ev.missing or ev.unexpected
-    if ev.mismatched or ev.lookups or not keys or (ev.missing and ev.unexpected):
+    """Every key shown unexpected, inside auxiliary heads: the model was built without the
+    auxiliary outputs its checkpoint was trained with (an option such as ``aux_logits``), not
+    other code. (An auxiliary head the file lacks may be new code as well: not read.)"""
+    keys = ev.unexpected
+    if ev.mismatched or ev.lookups or not keys or ev.missing:
         return []
     tops = {top_module(k) for k in keys}
     if len(tops) > 2 or not all(_AUXILIARY.match(t) for t in tops) or not all("." in k for k in keys):
         return []
-    where = "the model only" if ev.missing else "the checkpoint only"
-    setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in {where}: the model was built "
-               f"{'with' if ev.missing else 'without'} its auxiliary outputs (aux_logits, aux_loss); "
-               "build it as the checkpoint was, or leave those keys out")
+    setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in the checkpoint only: the model "
+               "was built without the auxiliary outputs it was trained with (aux_logits, aux_loss); "
+               "build it with them, or leave those keys out")
     return [Finding("architecture_variant", 0.7, frozenset(keys),
                     {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
 

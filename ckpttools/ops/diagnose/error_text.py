@@ -14,8 +14,7 @@ from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
     CENTERNET_KEY, detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists,
-    other_mismatches,
-    running_stats_lists, detectron2_cut_missing,
+    other_mismatches, running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
     buffer_names, named_prefix as prose_named_prefix, state_names, told_head_sizes)
