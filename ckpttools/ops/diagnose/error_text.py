@@ -85,6 +85,9 @@ _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:t
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
                      r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
 _UNUSED_REPORT = re.compile(r"were\s+not\s+used\s+when\s+initiali[sz]ing")
+# PyTorch 0.1/0.2's load_state_dict copied each tensor (own_state[name].copy_(param)) and TH
+# raised "inconsistent tensor size": a size mismatch whose key and shapes it does not name
+_UNNAMED_COPY = re.compile(r"copy_\(param\)[\s\S]*inconsistent\s+tensor\s+size")
 _CLASS_NAMES = (
     re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
     re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
@@ -291,6 +294,8 @@ def parse_error_text(text: str) -> ParsedError:
     formats += ["prose_sizes"] if told else []
     if not any(lists.values()) and _UNUSED_REPORT.search(text):
         formats += ["unlisted_unused"]  # the report's sentence, its list of keys not pasted
+    if not (any(lists.values()) or mismatched or lookups) and _UNNAMED_COPY.search(text):
+        formats += ["unnamed_size"]
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))

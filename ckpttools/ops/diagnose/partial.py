@@ -290,6 +290,22 @@ def unlisted_report(ev: Evidence) -> list[Finding]:
                      "class_name": ev.class_name})]
 
 
+def unnamed_size(ev: Evidence) -> list[Finding]:
+    """PyTorch 0.1/0.2's "inconsistent tensor size" from ``own_state[name].copy_(param)``: some
+    tensor of the file has another size than the model's, neither named nor measured. Another
+    configuration (a width, a hidden size) or another number of classes: candidates, no code."""
+    if not ev.unnamed_size or not ev.is_empty:
+        return []
+    setting = ("a tensor of the file has another size than the model's, and PyTorch 0.1/0.2 "
+               "names neither the key nor the shapes: a width, a hidden size or the number of "
+               "classes differs")
+    return [Finding("architecture_variant", 0.35, frozenset(), {"kind": "config", "setting": setting,
+                                                                "examples": []}),
+            Finding("head_size_mismatch", 0.3, frozenset(),
+                    {"keys": [], "checkpoint_size": None, "model_size": None, "vocab": False,
+                     "padded": False})]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -302,5 +318,5 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev) + told_head(ev) + unlisted_report(ev)
+            + cut_size_mismatch(ev) + told_head(ev) + unlisted_report(ev) + unnamed_size(ev)
             + [f for f in (fed_count_head(ev, fed_inputs(ev)),) if f is not None])

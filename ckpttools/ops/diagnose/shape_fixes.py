@@ -13,6 +13,9 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
+    if not keys and c is None:  # PyTorch 0.1/0.2: neither key nor sizes
+        return ("an output head of another size (another number of classes) reads the same; the "
+                "message names no key: build the model with the checkpoint's class count"), "", []
     if not keys:  # told in a sentence: no key to drop
         return (f"the output head has another size: {c} in the checkpoint, {m} in the model (as the "
                 f"text tells it); build the model with {c} outputs (classes), or drop the head's keys "

@@ -171,3 +171,42 @@ def test_centernets_skip_message_is_read_with_its_shapes(tmp_path: Path) -> None
     # retold in a sentence, the key alone: a candidate, no exit "no error found"
     retold = diagnose_text("it gave me: Skip loading parameter hm.2.weight and so on...")
     assert retold.found and retold.causes and not retold.decided
+
+
+# -- PyTorch 0.1's copy error, no key named (crnn23) -------------------------------------------
+
+def _load_01(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """What PyTorch 0.1's ``load_state_dict`` printed for ``model``: it copied every tensor in
+    place and TH refused one of another size, naming neither the key nor the shapes."""
+    own = model.state_dict()
+    for name, param in state.items():
+        if own[name].shape != param.shape:
+            return ('Traceback (most recent call last):\n  File "crnn_main.py", line 98, in <module>\n'
+                    "    crnn.load_state_dict(torch.load(opt.crnn))\n  File \"/home/u/anaconda3/lib/"
+                    "python2.7/site-packages/torch/nn/modules/module.py\", line 335, in "
+                    "load_state_dict\n    own_state[name].copy_(param)\nRuntimeError: inconsistent "
+                    "tensor size at /py/conda-bld/pytorch/work/torch/lib/TH/generic/THTensorCopy.c:51")
+        own[name].copy_(param)
+    return ""
+
+
+class Crnn(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.cnn = nn.Conv2d(1, 8, 3)
+        self.rnn = nn.LSTM(8, hidden, bidirectional=True)
+        self.embedding = nn.Linear(2 * hidden, 37)
+
+
+def test_pytorch_01s_copy_error_is_a_size_mismatch_without_a_key() -> None:
+    text = _load_01(Crnn(100), Crnn(256).state_dict())
+    assert "inconsistent tensor size" in text
+    result = diagnose_text(text)
+    assert result.found and not result.decided  # was "no load_state_dict error found" (exit 2)
+    labels = [c.label for c in result.causes]
+    assert labels[:2] == ["architecture_variant", "head_size_mismatch"]
+    assert all(not c.fix_code for c in result.causes)  # no key to drop, no code to guess
+
+
+def test_an_inconsistent_size_outside_a_load_is_no_load_error() -> None:
+    assert not diagnose_text("RuntimeError: inconsistent tensor size at THTensorMath.c:87").found
