@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen6
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen7
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -94,7 +94,7 @@ def main() -> None:
         _print("frozen4 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN4)), args.misses)
         _print("frozen5 (scored 25/50 before tuning and after round 10; tuned on since)", score(corpus(FROZEN5)), args.misses)
         _print("frozen6 (scored 34/50 before tuning; tuned on since)", score(corpus(FROZEN6)), args.misses)
-        _print("frozen7 (scored 32/50 once, with the final rules of #16's frozen6 round; not tuned on)", score(corpus(FROZEN7)), args.misses)
+        _print("frozen7 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN7)), args.misses)
         _print("frozen8 (held out; scored once at the end of the round)", score(corpus(FROZEN8)), args.misses)
 
 

@@ -25,7 +25,7 @@ from ckpttools.ops.diagnose.adapters import adapter_or_quantization
 from ckpttools.ops.diagnose.calibration import calibrate, possible
 from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
-from ckpttools.ops.diagnose.residue import head_left, with_new_modules
+from ckpttools.ops.diagnose.residue import head_beside_new_modules, head_left, with_new_modules
 from ckpttools.ops.diagnose.norm_kind import norm_kind
 from ckpttools.ops.diagnose.shape_readings import lone_norm_code
 from ckpttools.ops.diagnose.projections import fused_projection
@@ -211,6 +211,8 @@ def version_buffers(ev: Evidence) -> Finding | None:
     if buffers:
         share = len(buffers) / len(keys)
         conf = 0.95 if share == 1 and not ev.mismatched else 0.9 * share
+        if ev.truncated and all("." not in k for k in keys):
+            conf = min(conf, 0.75)  # a buffer named as a word in a sentence: the rest unseen
         return Finding("version_buffers", conf, frozenset(buffers),
                        {"examples": buffers[:3], "count": len(buffers), "side": side,
                         "leaves": sorted({k.rsplit(".", 1)[-1] for k in buffers})})
@@ -377,6 +379,7 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
     findings += revise([f for rule in FALLBACK_RULES if (f := rule(rest)) is not None], ev)
     findings += head_left(ev, rest)
     findings = with_new_modules(findings, ev, rest)
+    findings = head_beside_new_modules(findings, ev, rest)
     best: dict[str, Finding] = {}
     for f in calibrate([_calibrated(f, ev) for f in findings], ev):
         if f.confidence >= min_confidence and (f.label not in best or

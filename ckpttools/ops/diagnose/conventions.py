@@ -249,6 +249,49 @@ def _upsampler_only(ev: Evidence) -> list[Finding]:
                     {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
 
 
+# Auxiliary heads a training option adds (torchvision's aux_logits: Inception3.AuxLogits,
+# GoogLeNet.aux1/aux2; aux_loss: DeepLab's aux_classifier; mmseg's auxiliary_head)
+_AUXILIARY = re.compile(r"^(AuxLogits|aux\d*|aux_\w+|auxiliary_\w+|\w+_aux)$", re.I)
+
+
+def _auxiliary_only(ev: Evidence) -> list[Finding]:
+    """Every key shown unexpected, inside auxiliary heads: the model was built without the
+    auxiliary outputs its checkpoint was trained with (an option such as ``aux_logits``), not
+    other code. (An auxiliary head the file lacks may be new code as well: not read.)"""
+    keys = ev.unexpected
+    if ev.mismatched or ev.lookups or not keys or ev.missing:
+        return []
+    tops = {top_module(k) for k in keys}
+    if len(tops) > 2 or not all(_AUXILIARY.match(t) for t in tops) or not all("." in k for k in keys):
+        return []
+    setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in the checkpoint only: the model "
+               "was built without the auxiliary outputs it was trained with (aux_logits, aux_loss); "
+               "build it with them, or leave those keys out")
+    return [Finding("architecture_variant", 0.7, frozenset(keys),
+                    {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
+
+
+# Learned object queries (DETR's num_queries, Mask2Former's query_feat, BLIP-2's query_tokens):
+# one row per query, a configured count of the architecture, not of the classes
+_QUERY_TABLE = re.compile(r"(^|\.)(query_embed\w*|query_feat|query_pos|query_tokens|queries"
+                          r"|object_queries|query_embedding\w*)(\.weight)?$")
+
+
+def _query_table(ev: Evidence) -> list[Finding]:
+    """Every mismatch a learned query table whose count of queries differs: num_queries."""
+    mm = [m for m in ev.mismatched if _QUERY_TABLE.search(m.key) and _one_axis(m) is not None
+          and m.model_shape[-1] == m.checkpoint_shape[-1]]
+    if not mm or len(mm) != len(ev.mismatched):
+        return []
+    m = mm[0]
+    axis = _one_axis(m) or 0
+    setting = (f"{m.key} holds {m.checkpoint_shape[axis]} learned queries in the checkpoint and "
+               f"{m.model_shape[axis]} in the model: another number of queries (num_queries), which "
+               "the checkpoint's training fixed; keep its count, or train the queries anew")
+    return [Finding("architecture_variant", 0.75, frozenset(x.key for x in mm),
+                    {"kind": "config", "setting": setting, "examples": [x.key for x in mm[:3]]})]
+
+
 def _time_table(ev: Evidence) -> list[Finding]:
     """Every mismatch a time or frame table whose rows differ: a configured length (max frames)."""
     mm = [m for m in ev.mismatched if _TIME_TABLE.search(m.key) and _one_axis(m) == 0]
@@ -298,5 +341,5 @@ def _top_level_container(ev: Evidence) -> list[Finding]:
 def convention_findings(ev: Evidence) -> list[Finding]:
     """Every finding the relations of this module support (rule order, not ranked)."""
     rules = (_fed_back_head, _norm_width, _task_head_report, _old_densenet, _upsampler_only,
-             _time_table, _same_shape_copy, _top_level_container)
+             _auxiliary_only, _query_table, _time_table, _same_shape_copy, _top_level_container)
     return [f for rule in rules for f in rule(ev)]

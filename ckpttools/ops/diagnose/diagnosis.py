@@ -97,6 +97,8 @@ def evidence_from_text(parsed: ParsedError) -> Evidence:
                     cut_empty=parsed.cut_empty,
                     legacy_norm_stats="running_stats" in parsed.formats,
                     told_head_sizes=parsed.head_sizes,
+                    unlisted_unused="unlisted_unused" in parsed.formats,
+                    unnamed_size="unnamed_size" in parsed.formats,
                     nothing_unexpected="missing_set" in parsed.formats
                     and not (parsed.unexpected or parsed.mismatched))
 

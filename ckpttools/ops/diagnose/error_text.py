@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
-    detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists, other_mismatches,
-    running_stats_lists, detectron2_cut_missing,
+    CENTERNET_KEY, detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists,
+    other_mismatches, running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
-    named_prefix as prose_named_prefix, state_names, told_head_sizes)
+    buffer_names, named_prefix as prose_named_prefix, state_names, told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.pasted_text import normalize_text
 
@@ -45,6 +45,8 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
+# ... and one quoted in a title or a sentence, where the quote or the line ends after the key
+_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+)(?=[\"'`]|[ \t]*$)")
 # SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
 # ("absent or of another size"), then loads the rest with strict=False
 _NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")
@@ -82,6 +84,10 @@ _PARALLEL = re.compile(r"model[-_ ]parallel|tensor[-_ ]parallel|tensor_model_par
 _REPORT = re.compile(r"newly\s+initiali[sz]ed|not\s+initiali[sz]ed\s+from\s+(?:the\s+model\s+checkpoint"
                      r"|pretrained\s+model)|were\s+not\s+used\s+when\s+initiali[sz]ing"
                      r"|not\s+used\s+in\s+\w+:|LOAD\s+REPORT")
+_UNUSED_REPORT = re.compile(r"were\s+not\s+used\s+when\s+initiali[sz]ing")
+# PyTorch 0.1/0.2's load_state_dict copied each tensor (own_state[name].copy_(param)) and TH
+# raised "inconsistent tensor size": a size mismatch whose key and shapes it does not name
+_UNNAMED_COPY = re.compile(r"copy_\(param\)[\s\S]*inconsistent\s+tensor\s+size")
 _CLASS_NAMES = (
     re.compile(r"Error\(s\)\s+in\s+loading\s+state_dict\s+for\s+([A-Za-z_][\w.]*)"),
     re.compile(r"Some\s+weights\s+of\s+([A-Za-z_]\w*)\s+were\s+not\s+initialized"),
@@ -279,21 +285,30 @@ def parse_error_text(text: str) -> ParsedError:
         # A header whose list was cut before its first key, or prose: what the sentences name.
         named_prefix = prose_prefix(text) or prose_named_prefix(text)
         state = {} if named_prefix else state_names(text)
+        state = state if named_prefix or any(state.values()) else buffer_names(text)
         for kind, keys in state.items():
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
         truncated = truncated or bool(named_prefix) or any(state.values())
     told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
     formats += ["prose_sizes"] if told else []
+    if not any(lists.values()) and _UNUSED_REPORT.search(text):
+        formats += ["unlisted_unused"]  # the report's sentence, its list of keys not pasted
+    if not (any(lists.values()) or mismatched or lookups) and _UNNAMED_COPY.search(text):
+        formats += ["unnamed_size"]
     tail = re.search(r"size\s+mismatch\s+for\s+\S+:(?:(?!torch\.Size\(\[[\d,\s]*\]\)[^\n]*torch\.Size)"
                      r"[^\n])*$", text.rstrip())
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
-    cut = [k for k in _CUT_MISMATCH.findall(text) + _NOT_LOADED.findall(text) if k not in shown]
+    cut = [k for k in _CUT_MISMATCH.findall(text) + _QUOTED_MISMATCH.findall(text)
+           + _NOT_LOADED.findall(text) + CENTERNET_KEY.findall(text) if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))
     found = bool(formats or mismatched or lookups or cut or _HEADER_ONLY.search(text))
+    # a loader that skips tensors of another size lists them as missing after (re-id code bases,
+    # fvcore): one tensor, not two findings; torch itself never names a key in both lists
+    lists["missing"] = [k for k in lists["missing"] if k not in shown]
     return ParsedError(missing=_unique(lists["missing"]), unexpected=_unique(lists["unexpected"]),
                        mismatched=_unique(mismatched), class_name=_class_name(text),
                        truncated=truncated, found=found, formats=_unique(formats),

@@ -75,6 +75,8 @@ class Evidence:
     # PyTorch said the unexpected running stats are InstanceNorm's from a file saved before 0.4
     legacy_norm_stats: bool = False
     told_head_sizes: tuple[int, int] | None = None  # (checkpoint, model) told in prose, no key
+    unlisted_unused: bool = False  # transformers' "were not used" report, its key list not pasted
+    unnamed_size: bool = False  # PyTorch 0.1/0.2: a tensor of another size, no key, no shapes
     # from files: (alias, key it loads through) of tied parameters the checkpoint leaves out
     tied: tuple[tuple[str, str], ...] = ()
     # from files: (checkpoint key, model key) of the fix plan's renames (proven on shapes)

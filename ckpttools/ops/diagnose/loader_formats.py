@@ -48,6 +48,15 @@ _HF_SHAPES = re.compile(r"ckpt:\s*" + _SIZE + r"\s*vs\s*model:\s*" + _SIZE)
 _OLD_COPY = re.compile(r"While\s+copying\s+the\s+parameter\s+named\s+[\"']?(\w[\w.\-/:#$@+]*)[\"']?,\s+"
                        r"whose\s+dimensions\s+in\s+the\s+model\s+are\s+" + _SIZE + r"\s+and\s+whose\s+"
                        r"dimensions\s+in\s+the\s+checkpoint\s+are\s+" + _SIZE)
+# The copy_state_dict of re-id code bases (open-reid and its forks): it prints each tensor it
+# skips, the file's size first, then loads the rest and lists what stayed missing
+_COPY_PRINT = re.compile(r"^\s*mismatch:\s+(" + _KEY + r")\s+" + _SIZE + r"\s+" + _SIZE + r"\s*$", re.M)
+# CenterNet's load_model (and FairMOT, CenterTrack ...): the model's shape first, no space
+# before torch.Size ("required shapetorch.Size([2, 256, 1, 1]), loaded shapetorch.Size(...)")
+_CENTERNET = re.compile(r"Skip\s+loading\s+parameter\s+(" + _KEY + r"),\s+required\s+shape\s*" + _SIZE
+                        + r",\s+loaded\s+shape\s*" + _SIZE)
+# ... and its key alone when a reporter retells it ("Skip loading parameter wh.2.weight and so on")
+CENTERNET_KEY = re.compile(r"Skip\s+loading\s+parameter\s+([A-Za-z_][\w\-]*(?:\.[\w\-]+)+)")
 # Megatron-Core distributed checkpointing (NeMo, Megatron-LM): loaded = checkpoint, expected = model
 _MCORE = re.compile(r"Global\s+shape\s+mismatch\s+for\s+loaded\s+\(+([\d,\s]*)\)+\s+and\s+expected\s+"
                     r"\(+([\d,\s]*)\)+\s+tensor\s+for\s+key\s+[\"']?(" + _KEY + r")")
@@ -122,7 +131,8 @@ def _d2_key_line(line: str) -> str | None:
 
 def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
     """(key, checkpoint shape, model shape) from detectron2's skip/shape warnings, accelerate's
-    refusal and PyTorch <= 0.3."""
+    refusal, PyTorch <= 0.3, Megatron-Core, CenterNet's skip message and re-id loaders'
+    ``mismatch:`` prints."""
     found = [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
              for m in _D2_SKIP.finditer(text)]
     found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
@@ -133,6 +143,10 @@ def other_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, .
               for m in _ACCELERATE.finditer(text)]
     found += [(m.start(), m.group(3).rstrip("."), _shape(m.group(1)), _shape(m.group(2)))
               for m in _MCORE.finditer(text)]
+    found += [(m.start(), m.group(1), _shape(m.group(2)), _shape(m.group(3)))
+              for m in _COPY_PRINT.finditer(text)]
+    found += [(m.start(), m.group(1), _shape(m.group(3)), _shape(m.group(2)))
+              for m in _CENTERNET.finditer(text)]
     return [(k, c, s) for _, k, c, s in sorted(found)]
 
 

@@ -19,7 +19,8 @@ from ckpttools.ops.diagnose.one_sided import (
     part_missing,
     part_prefix_cut,
     reparametrized_weight, whole_model_unexpected, wrapped_model_unexpected)
-from ckpttools.ops.diagnose.shapes import head_named
+from ckpttools.ops.diagnose.fed_input import fed_count_head
+from ckpttools.ops.diagnose.shapes import fed_inputs, head_named
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
 # Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
@@ -27,6 +28,7 @@ _HEAD_MODULE = re.compile(
     r"(^|\.)(head|heads|fc|classifier|cls|cls_head|logits|last_linear|score|qa_outputs|pooler"
     r"|lm_head|decode_head|auxiliary_head|cls_score|bbox_pred|fc_cls|fc_reg|output_layer"
     r"|classif\w*|pre_logits|projector|proj_head)(\.|$)")
+_HEAD_NORM = re.compile(r"(^|\.)fc_norm\.")
 # Heads a pretraining checkpoint carries that a task model drops (BERT MLM/NSP, pooler, ...).
 PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"
                             r"|pre_logits|head|heads|fc|classifier|projector|vocab_\w+|generator"
@@ -85,13 +87,17 @@ def new_task_head(ev: Evidence) -> Finding | None:
     lone_layer = (not ev.unexpected and not ev.truncated and len(_modules(ev.missing)) == 1
                   and "." not in next(iter(_modules(ev.missing)))
                   and {k.rsplit(".", 1)[-1] for k in ev.missing} == {"weight", "bias"})
-    if not (_is_head(ev.missing) or lone_layer):
+    # the head's own norm (timm's and MAE's fc_norm, used with global pooling) is part of it
+    head_keys = tuple(k for k in ev.missing if not _HEAD_NORM.search(k))
+    if not ((_is_head(head_keys) and len(_tops(ev.missing)) <= 2) or lone_layer):
         return None
     if any(k.endswith(".weight") for k in ev.missing) and not any(
             k.endswith(".bias") for k in ev.missing) and len(ev.missing) == 1:
         return None  # one bias-free output weight: a tied head, not a new one
-    if ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
-                          or rename_pairs(ev.missing, ev.unexpected)):
+    pairs = ev.unexpected and (structure_pairs(ev.missing, ev.unexpected)
+                               or rename_pairs(ev.missing, ev.unexpected))
+    other_task = _other_task_parts(ev, {p[1] for p in pairs or ()})
+    if pairs and not other_task:
         return None  # the head's keys moved or were renamed: the same head under other names
     pretrain = ev.unexpected and all(PRETRAIN_HEAD.search(k) for k in ev.unexpected)
     if ev.report:
@@ -100,12 +106,26 @@ def new_task_head(ev: Evidence) -> Finding | None:
         conf = 0.6 if ev.truncated or not _is_head(ev.missing) else 0.75
     elif pretrain:
         conf = 0.8
+    elif other_task:
+        conf = 0.72 if ev.truncated else 0.75  # by key sets alone: a candidate
     else:
         return None
     return Finding("new_task_head", conf, frozenset(ev.missing + ev.unexpected),
                    {"examples": list(ev.missing[:3]), "count": len(ev.missing),
                     "dropped": list(ev.unexpected[:3]), "report": ev.report,
                     "class_name": ev.class_name})
+
+
+def _other_task_parts(ev: Evidence, paired: set[str]) -> bool:
+    """Only a task head is missing and the checkpoint's extra keys are whole modules apart from
+    it: the backbone loaded, so the file is the same backbone trained for another task (MAE's
+    pretraining model: ``decoder_*``, ``mask_token``, its final ``norm``), not another model,
+    whose file would leave the backbone's keys missing too. A head renamed pairs with one
+    module (``paired``); two modules or more beyond it are more than a rename."""
+    unpaired = _tops(k for k in ev.unexpected if k not in paired)
+    return (bool(ev.unexpected) and len(ev.missing) <= 8 and len(unpaired) >= 2
+            and not _tops(ev.missing) & _tops(ev.unexpected)
+            and not any(_HEAD_NORM.search(k) for k in ev.unexpected))
 
 
 def _unused_pretraining_head(ev: Evidence) -> Finding | None:
@@ -140,7 +160,7 @@ def whole_model_missing(ev: Evidence) -> list[Finding]:
         return []
     if (ev.class_name or "") in _WRAPPER_CLASSES or _is_head(ev.missing):
         return []
-    if not starts_model(ev.missing[0]):
+    if not (starts_model(ev.missing[0]) or _spans_model(ev.missing)):
         return []  # the list starts inside the model: some submodules are new, not all
     keys = frozenset(ev.missing)
     facts = {"examples": list(ev.missing[:3]), "count": len(ev.missing), "one_sided": True}
@@ -172,6 +192,15 @@ def wrapper_model_missing(ev: Evidence) -> list[Finding]:
             Finding("wrong_model", 0.2, keys, {**facts, "missing": len(ev.missing), "unexpected": 0,
                                                 "examples_missing": list(ev.missing[:3]),
                                                 "examples_unexpected": []})]
+
+
+def _spans_model(keys: tuple[str, ...]) -> bool:
+    """Three top-level modules or more missing, the list's first key at index 0 of every stack
+    (``model0.0.weight``, ``actor.latent_pi.0.weight``): the model's keys from its start under
+    names no list knows. New code adds a module or two; it does not rename every top module."""
+    first = segments(keys[0])
+    return (len(_tops(keys)) >= 3 and all("." in k for k in keys)
+            and not any(p.isdigit() and p != "0" for p in first))
 
 
 def starts_model(key: str) -> bool:
@@ -248,6 +277,35 @@ def told_head(ev: Evidence) -> list[Finding]:
                      "padded": False})]
 
 
+def unlisted_report(ev: Evidence) -> list[Finding]:
+    """transformers' report of unused weights without its key list ("Some weights of the model
+    checkpoint at t5-large were not used when initializing T5EncoderModel"): what it reports on
+    every load into another task's class or a part of the checkpoint's model (an encoder
+    alone). The list decides, so it stays a candidate. (Its "newly initialized" report may be
+    of resized heads, "because the shapes did not match": not read without its list.)"""
+    if not ev.unlisted_unused or not ev.is_empty or ev.lookups or ev.cut_mismatches:
+        return []
+    return [Finding("new_task_head", 0.6, frozenset(),
+                    {"examples": [], "count": 0, "dropped": [], "report": True,
+                     "class_name": ev.class_name})]
+
+
+def unnamed_size(ev: Evidence) -> list[Finding]:
+    """PyTorch 0.1/0.2's "inconsistent tensor size" from ``own_state[name].copy_(param)``: some
+    tensor of the file has another size than the model's, neither named nor measured. Another
+    configuration (a width, a hidden size) or another number of classes: candidates, no code."""
+    if not ev.unnamed_size or not ev.is_empty:
+        return []
+    setting = ("a tensor of the file has another size than the model's, and PyTorch 0.1/0.2 "
+               "names neither the key nor the shapes: a width, a hidden size or the number of "
+               "classes differs")
+    return [Finding("architecture_variant", 0.35, frozenset(), {"kind": "config", "setting": setting,
+                                                                "examples": []}),
+            Finding("head_size_mismatch", 0.3, frozenset(),
+                    {"keys": [], "checkpoint_size": None, "model_size": None, "vocab": False,
+                     "padded": False})]
+
+
 def partial_findings(ev: Evidence) -> list[Finding]:
     """Every partial-evidence finding for ``ev`` (rule order, not ranked)."""
     out = [f for rule in (profiler_buffers, new_task_head) if (f := rule(ev)) is not None]
@@ -260,4 +318,5 @@ def partial_findings(ev: Evidence) -> list[Finding]:
     # projections alone are not the whole model
     whole = [] if attention else whole_model_missing(ev) + wrapper_model_missing(ev)
     return (out + whole + attention + one_sided + container_lookup(ev) + key_lookup(ev)
-            + cut_size_mismatch(ev) + told_head(ev))
+            + cut_size_mismatch(ev) + told_head(ev) + unlisted_report(ev) + unnamed_size(ev)
+            + [f for f in (fed_count_head(ev, fed_inputs(ev)),) if f is not None])

@@ -73,6 +73,23 @@ def state_names(text: str) -> dict[str, list[str]]:
     return {"missing": [], "unexpected": [], side: names}
 
 
+# Buffers a library version added or dropped (PyTorch 0.4's num_batches_tracked, transformers'
+# position_ids/masked_bias), named as words: the tensor is named, the layer path is not.
+_BUFFER_NAMES = re.compile(r"\b(num_batches_tracked|position_ids|masked_bias|inv_freq)\b")
+_FAILED = re.compile(r"KeyError|missing|expects?|unexpected|not\s+used|extra|unused|error|crash", re.I)
+
+
+def buffer_names(text: str) -> dict[str, list[str]]:
+    """Version buffers a sentence about a failed load names as words ("normalization layers now
+    track ``num_batches_tracked`` ... it expects these tensors and crashes on a KeyError"), on
+    the side it says: missing (the model expects them) unless it says unexpected or unused."""
+    names = list(dict.fromkeys(m.group(1) for m in _BUFFER_NAMES.finditer(text)))
+    if not names or not (_LOAD_WORDS.search(text) and _FAILED.search(text)):
+        return {"missing": [], "unexpected": []}
+    side = "unexpected" if re.search(r"unexpected|not\s+used|unused", text, re.I) else "missing"
+    return {"missing": [], "unexpected": [], side: names}
+
+
 # "the current model's head has 41 channels, the checkpoint's head has 81": a count per side.
 _COUNT = re.compile(r"\b(\d+)\s+(?:output\s+)?(?:classes|channels|outputs|labels|categories)\b", re.I)
 _CKPT_SIDE = re.compile(r"checkpoint|pretrained|saved|ckpt|weights", re.I)

@@ -9,7 +9,9 @@ from dataclasses import replace
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, segments
 from ckpttools.ops.diagnose.partial import new_task_head
 
-__all__ = ["head_left", "with_new_modules"]
+__all__ = ["head_beside_new_modules", "head_left", "with_new_modules"]
+
+DECIDED = 0.8
 
 
 def with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> list[Finding]:
@@ -37,6 +39,29 @@ def with_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> l
     conf = 0.72 if len(new) < 2 else 0.75 if ev.truncated else 0.82
     both = replace(code, confidence=conf, explains=code.explains | shape[0].explains)
     return [both if f is code else replace(f, confidence=0.7) if f in shape else f for f in findings]
+
+
+def head_beside_new_modules(findings: list[Finding], ev: Evidence, rest: Evidence) -> list[Finding]:
+    """A head of another size beside more keys on one side only than it explains, in modules no
+    size mismatch touches: the code differs beyond a head's size, so the head cannot decide.
+
+    A model built for another class count changes its head's shapes and nothing else; whole
+    modules present on one side only (a detector's ``bbox_head.*`` where the other library
+    version has ``roi_head.bbox_head.*``) are other code, and the head's sizes may follow from
+    that code (another anchor layout) rather than from a class count. Both stay candidates,
+    changed code first: it explains every key shown.
+    """
+    head = next((f for f in findings if f.label == "head_size_mismatch" and f.confidence >= DECIDED),
+                None)
+    code = next((f for f in findings if f.label == "model_code_changed"), None)
+    if head is None or code is None:
+        return findings
+    changed = {segments(m.key)[0] for m in ev.mismatched}
+    alone = [k for k in rest.missing + rest.unexpected if "." in k and segments(k)[0] not in changed]
+    if len(alone) <= len(head.explains):
+        return findings
+    both = replace(code, confidence=0.72, explains=code.explains | head.explains)
+    return [both if f is code else replace(f, confidence=0.7) if f is head else f for f in findings]
 
 
 def head_left(ev: Evidence, rest: Evidence) -> list[Finding]:

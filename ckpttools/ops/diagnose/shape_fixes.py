@@ -13,11 +13,21 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A classifier/vocabulary head of another size."""
     c, m = f.facts["checkpoint_size"], f.facts["model_size"]
     keys = f.facts["keys"]
+    if not keys and c is None:  # PyTorch 0.1/0.2: neither key nor sizes
+        return ("an output head of another size (another number of classes) reads the same; the "
+                "message names no key: build the model with the checkpoint's class count"), "", []
     if not keys:  # told in a sentence: no key to drop
         return (f"the output head has another size: {c} in the checkpoint, {m} in the model (as the "
                 f"text tells it); build the model with {c} outputs (classes), or drop the head's keys "
                 "to fine-tune"), "", []
-    if m is None:  # the sizes were cut from the text: the head by its name only
+    if m is None and (fed := f.facts.get("fed")):  # a count fed into an inner layer (fed_input)
+        layer, fc, fm = fed
+        what = (f"{layer} takes {fc} input channels in the checkpoint and {fm} in the model, a few "
+                f"apart and no multiple of 8: it reads features concatenated with a counted output "
+                f"(classes, keypoint maps) that changed by {abs(fc - fm)}; that output is most "
+                f"likely {keys[0]}, whose sizes are cut from the text; build the model with the "
+                "checkpoint's count, or drop these layers to fine-tune")
+    elif m is None:  # the sizes were cut from the text: the head by its name only
         what = (f"{', '.join(keys[:2])} has another size in the checkpoint than in the model (the "
                 "sizes are cut from the text); by its name an output head: another number of "
                 "classes or tokens; build the model with the checkpoint's, or drop the head to fine-tune")
@@ -191,6 +201,12 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
 def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """A task head the checkpoint never had: expected when fine-tuning from a backbone."""
     keys = ", ".join(f.facts["examples"])
+    if not keys and not f.facts["dropped"]:  # a report whose key list was not pasted
+        what = (f"transformers reports weights that {f.facts.get('class_name') or 'this model'} does "
+                "not use or initialises anew, without the list: expected when the class is another "
+                "task's or a part of the checkpoint's model (an encoder alone); the list it prints "
+                "names them (new task heads are trained, unused parts dropped)")
+        return what, "# nothing to change: the report is expected when fine-tuning or using a part", []
     if not keys and not f.facts["report"]:
         top = f.facts["dropped"][0].split(".")[0]
         what = (f"the checkpoint has a head ({', '.join(f.facts['dropped'])}) that "
@@ -211,7 +227,7 @@ def new_head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
             + ("; transformers reports it and loads the rest" if f.facts["report"] else
                "; load the rest non-strictly, or use the library's pretrained loader, which adapts the head"))
     code = ("result = model.load_state_dict(sd, strict=False)\n"
-            "assert not result.unexpected_keys or print(result.unexpected_keys)  # pretraining heads, unused\n"
+            "print(result.unexpected_keys)  # the file's other parts (pretraining heads, a decoder): unused\n"
             "# then train the new head; with transformers a head of another size needs\n"
             "# from_pretrained(..., num_labels=N, ignore_mismatched_sizes=True)")
     return what, code, []

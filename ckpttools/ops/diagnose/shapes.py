@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
+from ckpttools.ops.diagnose.fed_input import concatenated_input
 from ckpttools.ops.diagnose.shape_readings import (
     one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
 
@@ -61,6 +62,14 @@ def _input_layer(m: ShapeMismatch, mm: list[ShapeMismatch]) -> bool:
     reads_image = any(w.model_shape[1] <= 4 and w.model_shape[2] * w.model_shape[3] > 1
                       and w.model_shape[1] == w.checkpoint_shape[1] for w in weights)
     return reads_image or bool(_INPUT_LAYER.match(module))
+
+
+def fed_inputs(ev: Evidence) -> list[ShapeMismatch]:
+    """Every size mismatch shown, when each is an inner layer reading a concatenation with a
+    changed count (:func:`~ckpttools.ops.diagnose.fed_input.concatenated_input`); else empty."""
+    mm = list(ev.mismatched)
+    fed = [m for m in mm if concatenated_input(m) and not _input_layer(m, mm)]
+    return fed if fed and len(fed) == len(mm) else []
 
 
 def _real(ev: Evidence) -> list[ShapeMismatch]:
@@ -295,6 +304,11 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     stem = [m for m in mm if len(m.model_shape) >= 3 and m.key.endswith("weight")
             and len(m.checkpoint_shape) == len(m.model_shape)
             and m.model_shape[0] == m.checkpoint_shape[0] and m.model_shape[2:] == m.checkpoint_shape[2:]]
+    if stem and len(stem) == len(mm) <= 2 and fed_inputs(ev):
+        # an inner layer fed a changed count (fed_input): no in_chans setting, a candidate
+        return Finding("architecture_variant", 0.6, keys, {
+            "kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
+            "ratio": _width(mm)[0], "consistent": False})
     if stem and len(stem) == len(mm) <= 2:
         return Finding("architecture_variant", 0.86, keys,
                        {"kind": "in_chans", "keys": [m.key for m in mm],
