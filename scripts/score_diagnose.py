@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, Case, Score, corpus,
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, Case, Score, corpus,
     development, score)
 
 
@@ -96,6 +96,7 @@ def main() -> None:
         _print("frozen6 (scored 34/50 before tuning; tuned on since)", score(corpus(FROZEN6)), args.misses)
         _print("frozen7 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN7)), args.misses)
         _print("frozen8 (scored 30/50 with the rules it was collected under, 31/50 after frozen7's tuning; tuned on since)", score(corpus(FROZEN8)), args.misses)
+        _print("frozen9 (held out: collected without running diagnose, scored once at the end of the round)", score(corpus(FROZEN9)), args.misses)
 
 
 if __name__ == "__main__":
