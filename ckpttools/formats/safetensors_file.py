@@ -13,7 +13,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, RawSource, TensorEntry
+from ckpttools.entries import Entry, RawSource, TensorEntry, tensor_entry
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader, Format
@@ -216,9 +216,9 @@ class SafetensorsReader(CheckpointReader):
     def tensor_entries(self) -> tuple[TensorEntry, ...]:
         if self._tensor_entries is None:
             where = os.path.basename(self.path)
-            self._tensor_entries = tuple(
-                TensorEntry(t.name, DTYPES[t.dtype][0], t.shape, t.end - t.begin, where)
-                for t in self._tensors.values())
+            self._tensor_entries = tuple([
+                tensor_entry(t.name, DTYPES[t.dtype][0], t.shape, t.end - t.begin, where)
+                for t in self._tensors.values()])
         return self._tensor_entries
 
     def entries(self) -> tuple[Entry, ...]:

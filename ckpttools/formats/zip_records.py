@@ -80,7 +80,23 @@ def read_entries(f: BinaryIO, size: int) -> tuple[list[ZipRecord], tuple[int, in
     if cd_offset + cd_size > size:
         raise ZipError("central directory runs past the end (truncated)")
     f.seek(cd_offset)
-    return _parse_central(f.read(cd_size), count), (eocd, cd_offset, cd_size)
+    return _parsed_central(f.read(cd_size), count), (eocd, cd_offset, cd_size)
+
+
+_PARSED: dict[tuple[int, bytes], tuple[ZipRecord, ...]] = {}
+
+
+def _parsed_central(data: bytes, count: int) -> list[ZipRecord]:
+    """``_parse_central``, remembered for the directory parsed last: ``inspect`` scans the
+    archive and then opens it, and both need its directory (20,000 records take 30 ms).
+    Keyed by the directory's bytes themselves, so another archive never gets its records."""
+    key = (count, data)
+    records = _PARSED.get(key)
+    if records is None:
+        records = tuple(_parse_central(data, count))
+        _PARSED.clear()
+        _PARSED[key] = records
+    return list(records)
 
 
 _LAST: dict[tuple[int, ...], Mapping[str, ZipRecord]] = {}
