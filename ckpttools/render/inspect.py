@@ -51,20 +51,31 @@ def tensor_json(t: TensorEntry) -> str:
     it equal to ``json.dumps(tensor_dict(t), sort_keys=True, ensure_ascii=False)``."""
     shape = t.shape
     try:
-        known = _SHAPES.get(shape)  # a few shapes repeat over thousands of tensors
+        # what a few shapes of one dtype and device share over thousands of tensors
+        known = _PARTS.get((shape, t.nbytes, t.dtype, t.device))
     except TypeError:  # an unhashable shape is spelled out each time
         known = None
     if known is None:
-        known = (", ".join([str(int(d)) for d in shape]), int(math.prod(shape)))
-        if len(_SHAPES) < 4096:
-            _SHAPES[shape] = known
-    text, numel = known
-    return (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": {quote(t.dtype)}, '
-            f'"key": {quote(t.key)}, "location": {quote(t.location)}, "numel": {numel}, '
-            f'"shape": [{text}]}}')
+        known = _parts(t)
+    return f'{known[0]}{quote(t.key)}, "location": {quote(t.location)}{known[1]}'
 
 
-_SHAPES: dict[tuple[int, ...], tuple[str, int]] = {}  # shape -> (its JSON items, numel)
+def _parts(t: TensorEntry) -> tuple[str, str]:
+    """The text of ``t``'s record before its key and after its location."""
+    shape = t.shape
+    known = (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": '
+             f'{quote(t.dtype)}, "key": ',
+             f', "numel": {int(math.prod(shape))}, "shape": [{", ".join([str(int(d)) for d in shape])}]}}')
+    try:
+        if len(_PARTS) < 4096:
+            _PARTS[(shape, t.nbytes, t.dtype, t.device)] = known
+    except TypeError:
+        pass
+    return known
+
+
+# (shape, bytes, dtype, device) -> the record's text before its key and after its location
+_PARTS: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
 def _header(result: InspectResult, fmt: str) -> str:

@@ -91,7 +91,8 @@ _COUNT_SIZE = {_COUNT1: 1, _COUNT4: 4, _COUNT4S: 4, _COUNT8: 8}
 
 def _run_pattern() -> re.Pattern[bytes]:
     """A regex over runs of fixed-size opcodes that need no check (the C engine skips them
-    fast); STOP, FRAME, memo puts beyond 2**20 and counted or text opcodes end a run."""
+    fast); STOP, FRAME, memo puts beyond 2**20 and counted or text opcodes end a run, but
+    for short BINUNICODEs, whose length the pattern spells out."""
     groups: dict[int, list[bytes]] = {}
     for op in pickletools.opcodes:
         n = 0 if op.arg is None else op.arg.n
@@ -99,6 +100,10 @@ def _run_pattern() -> re.Pattern[bytes]:
             groups.setdefault(n, []).append(re.escape(op.code.encode("latin-1")))
     alts = [b"[" + b"".join(codes) + b"]" + b"[\\s\\S]" * n for n, codes in groups.items()]
     alts.append(b"r[\\s\\S]{2}[\\x00-\\x0f]\\x00")
+    # a BINUNICODE of 1 to 9 bytes with its text (torch's storage keys, one per tensor): each
+    # length its own literal, so a run never reads past the data; longer ones end a run
+    alts.append(b"X(?:" + b"|".join(b"%s\\x00\\x00\\x00[\\s\\S]{%d}" % (re.escape(bytes([k])), k)
+                                   for k in range(1, 10)) + b")")
     return re.compile(b"(?:" + b"|".join(alts) + b")*")
 
 

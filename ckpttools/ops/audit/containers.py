@@ -236,6 +236,8 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "
                             "torch.jit.load, which runs its code", "unknown")
         return found
+    # ``_is_storage`` with its prefix made once (20,000 records)
+    prefix = main[:-len("data.pkl")] + "data/" if main is not None else None
     inflate = min(MAX_INFLATE, max(64 << 20, 100 * size))
     # records tile the file once; overlapping ones (already dangerous) would make it quadratic
     span_budget, inflate_budget = size, inflate
@@ -246,7 +248,8 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
             found.errors.append(f"{label}: records overlap or inflate too much to scan them all")
             break
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
-                     inflate, depth, found, _is_storage(rec.name, main), starts)
+                     inflate, depth, found, prefix is not None and rec.name.startswith(prefix)
+                     and not rec.name.lower().endswith(".pkl"), starts)
     if entries and all(r.name.endswith(".npy") for r in entries):
         found.kind = "npz"
     elif main is None and not found.errors:
