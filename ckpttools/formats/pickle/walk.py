@@ -28,6 +28,7 @@ from ckpttools.entries import GlobalRef
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
 from ckpttools.formats.pickle.genops import OpcodeError
+from ckpttools.formats.pickle.guard import proven_end
 from ckpttools.formats.pickle.opwalk import pickle_hazard
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
@@ -108,6 +109,7 @@ def _run_pattern() -> re.Pattern[bytes]:
 
 
 _RUN = _run_pattern()
+GUARD_PROOFS = True  # take the scan's proof for the bytes it walked (``guard``); tests compare
 
 
 def scan_pickle(data: Any, start: int = 0) -> int:
@@ -215,8 +217,9 @@ def walk_pickle(
     elif hasattr(data, "read") and not hasattr(data, "find"):
         data = data.read()
     label = name or "pickle"
+    end = proven_end(data, offset) if GUARD_PROOFS else None  # scanned a moment ago (inspect)
     try:
-        end = scan_pickle(data, offset)
+        end = scan_pickle(data, offset) if end is None else end
     except (ValueError, IndexError) as e:
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
     try:
