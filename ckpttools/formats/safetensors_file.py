@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ckpttools.entries import Entry, RawSource, TensorEntry, tensor_entry
 from ckpttools.errors import CorruptCheckpointError, UnsupportedError
@@ -38,13 +39,18 @@ PACKED_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
 MAX_HEADER_SIZE = 100_000_000
 
 
-class _Tensor:
-    """One validated header entry; a plain slotted class because there can be 100k of them."""
+class _Tensor(NamedTuple):
+    """One validated header entry: a tuple, as there can be 100k of them."""
 
-    __slots__ = ("name", "dtype", "shape", "begin", "end")
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
 
-    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> None:
-        self.name, self.dtype, self.shape, self.begin, self.end = name, dtype, shape, begin, end
+
+_NEW_TUPLE = tuple.__new__  # skips NamedTuple.__new__'s Python-level argument handling
+_SPAN = itemgetter(3, 4)  # (begin, end)
 
 
 def read_header(path: str) -> tuple[int, dict[str, Any], int]:
@@ -166,7 +172,7 @@ def _parse_entry(path: str, name: str, info: Any) -> _Tensor:
         raise CorruptCheckpointError(
             f"{path}: tensor {name!r} spans {end - begin} bytes but {dtype} {shape} needs "
             f"{numel * DTYPES[dtype][1]}; the header is inconsistent")
-    return _Tensor(name, dtype, tuple(shape), begin, end)
+    return _NEW_TUPLE(_Tensor, (name, dtype, tuple(shape), begin, end))
 
 
 def parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Tensor]:
@@ -189,7 +195,7 @@ def parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Te
 def _parse_tensors(path: str, header: dict[str, Any], data_size: int) -> list[_Tensor]:
     tensors = [_parse_entry(path, name, info) for name, info in header.items()
                if name != "__metadata__"]
-    tensors.sort(key=lambda t: (t.begin, t.end))
+    tensors.sort(key=_SPAN)
     expected = 0
     for t in tensors:
         if t.begin < expected:

@@ -204,8 +204,7 @@ def _stats(result: InspectResult, fmt: str) -> str:
 
 
 def _totals(result: InspectResult, fmt: str) -> str:
-    params = sum(t.numel for t in result.tensors)
-    size = sum(t.nbytes for t in result.tensors)
+    params, size = result.parameters, result.nbytes
     by_dtype = ", ".join(f"{d} {human_bytes(n)}" for d, n in result.bytes_by_dtype.items())
     shared = result.shared_storage
     return (f"{plural(len(result.tensors), 'tensor')}, {human_count(params)} elements ({params}), "
