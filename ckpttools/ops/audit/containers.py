@@ -247,9 +247,13 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         if span_budget < 0 or inflate_budget < 0:
             found.errors.append(f"{label}: records overlap or inflate too much to scan them all")
             break
+        storage = prefix is not None and rec.name.startswith(prefix) \
+            and not rec.name.lower().endswith(".pkl")
+        start = starts.get(rec.header_offset) if storage and rec.method == 0 else None
+        if start is not None and start + rec.compress_size <= size:
+            continue  # stored tensor bytes within the file: what _scan_record finds, without a call
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
-                     inflate, depth, found, prefix is not None and rec.name.startswith(prefix)
-                     and not rec.name.lower().endswith(".pkl"), starts)
+                     inflate, depth, found, storage, starts)
     if entries and all(r.name.endswith(".npy") for r in entries):
         found.kind = "npz"
     elif main is None and not found.errors:
