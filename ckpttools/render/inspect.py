@@ -24,7 +24,7 @@ def render_inspect(result: InspectResult, fmt: str, *, tree: bool = False,
     """
     if fmt == "json":
         data = result.to_dict(tensors=False)
-        data["tensors"] = EncodedRecords(tensor_json(t) for t in result.tensors)
+        data["tensors"] = EncodedRecords(map(tensor_json, result.tensors))
         return to_json(data)
     parts = [_header(result, fmt)]
     if result.trainer is not None:
