@@ -63,9 +63,10 @@ def tensor_json(t: TensorEntry) -> str:
 def _parts(t: TensorEntry) -> tuple[str, str]:
     """The text of ``t``'s record before its key and after its location."""
     shape = t.shape
+    dims = ", ".join([str(int(d)) for d in shape])
     known = (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": '
              f'{quote(t.dtype)}, "key": ',
-             f', "numel": {int(math.prod(shape))}, "shape": [{", ".join([str(int(d)) for d in shape])}]}}')
+             f', "numel": {int(math.prod(shape))}, "shape": [{dims}]}}')
     try:
         if len(_PARTS) < 4096:
             _PARTS[(shape, t.nbytes, t.dtype, t.device)] = known
