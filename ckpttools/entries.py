@@ -34,6 +34,22 @@ class TensorEntry:
         return math.prod(self.shape)
 
 
+_NEW = object.__new__
+_SET = object.__setattr__
+
+
+def tensor_entry(key: str, dtype: str, shape: tuple[int, ...], nbytes: int, location: str = "",
+                 device: str = "cpu") -> TensorEntry:
+    """``TensorEntry(key, dtype, shape, nbytes, location, device)``, the same object (same
+    ``__dict__``, equal, same hash), built without the frozen dataclass ``__init__``, which
+    sets each field through ``object.__setattr__``: readers make one per tensor, and a
+    listing of 20,000 tensors spent 25 ms in it."""
+    out = _NEW(TensorEntry)
+    _SET(out, "__dict__", {"key": key, "dtype": dtype, "shape": shape, "nbytes": nbytes,
+                           "location": location, "device": device})
+    return out
+
+
 @dataclass(frozen=True)
 class ObjectEntry:
     """A non-tensor value in a checkpoint (``epoch: 3``, ``loss: 0.45``, a config object).

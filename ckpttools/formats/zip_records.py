@@ -7,12 +7,14 @@ than offsets. Compressed records (an archive re-zipped by hand) are read through
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from types import MappingProxyType
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from ckpttools.formats import fileio
 
@@ -80,7 +82,23 @@ def read_entries(f: BinaryIO, size: int) -> tuple[list[ZipRecord], tuple[int, in
     if cd_offset + cd_size > size:
         raise ZipError("central directory runs past the end (truncated)")
     f.seek(cd_offset)
-    return _parse_central(f.read(cd_size), count), (eocd, cd_offset, cd_size)
+    return _parsed_central(f.read(cd_size), count), (eocd, cd_offset, cd_size)
+
+
+_PARSED: dict[tuple[int, bytes], tuple[ZipRecord, ...]] = {}
+
+
+def _parsed_central(data: bytes, count: int) -> list[ZipRecord]:
+    """``_parse_central``, remembered for the directory parsed last: ``inspect`` scans the
+    archive and then opens it, and both need its directory (20,000 records take 30 ms).
+    Keyed by the directory's bytes themselves, so another archive never gets its records."""
+    key = (count, data)
+    records = _PARSED.get(key)
+    if records is None:
+        records = tuple(_parse_central(data, count))
+        _PARSED.clear()
+        _PARSED[key] = records
+    return list(records)
 
 
 _LAST: dict[tuple[int, ...], Mapping[str, ZipRecord]] = {}
@@ -184,7 +202,8 @@ def read_record(path: str, f: BinaryIO, record: ZipRecord) -> bytes:
 Listing = tuple[list[ZipRecord], tuple[int, int, int]]
 
 
-def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None) -> list[str]:
+def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None,
+                     starts: dict[int, int] | None = None, buf: Any = None) -> list[str]:
     """Where zip readers could disagree on what the archive holds.
 
     torch (miniz) finds a record case-insensitively, Python's ``zipfile`` keeps the last of two
@@ -197,6 +216,10 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None) -> 
         f: the archive.
         size: its size.
         listing: what ``read_entries`` returned for it, if the caller has it already.
+        starts: filled with each record's data offset by its header offset, for the records
+            whose local header is sound (what ``data_offset`` would return for them).
+        buf: the archive's bytes (bytes or an mmap), when the caller has them: local headers
+            are then read in place, without a read call each (20,000 records).
 
     Raises:
         ZipError: the central directory cannot be read at all.
@@ -211,11 +234,14 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None) -> 
                 "" if other == rec.name else f" and {other!r} (torch ignores case)"))
     pos = 0
     read_at = _reader_at(f)
-    for rec in sorted(entries, key=lambda r: r.header_offset):
+    plain = _plain_end if isinstance(buf, (bytes, mmap.mmap)) else None
+    found = {} if starts is None else starts
+    for rec in sorted(entries, key=attrgetter("header_offset")):
         if rec.header_offset != pos:
             what = "overlaps the one before" if rec.header_offset < pos else "has bytes before it"
             problems.append(f"record {rec.name!r} at {rec.header_offset} {what}")
-        pos = _record_end(read_at, rec, problems)
+        end = plain(buf, rec, found) if plain is not None else None
+        pos = end if end is not None else _record_end(read_at, rec, problems, found)
     if pos != cd_offset or cd_offset + cd_size > eocd:
         problems.append(f"bytes between the records and the central directory ({pos}..{cd_offset})")
     f.seek(max(0, size - 65536 - _EOCD.size))
@@ -237,7 +263,34 @@ def _reader_at(f: BinaryIO) -> Callable[[int, int], bytes]:
     return read_at
 
 
-def _record_end(read_at: Callable[[int, int], bytes], rec: ZipRecord, problems: list[str]) -> int:
+def _plain_end(buf: Any, rec: ZipRecord, starts: dict[int, int]) -> int | None:
+    """``_record_end`` of a sound record, read in place: a local header that agrees with the
+    central entry (torch's records defer their sizes to a data descriptor, which is read
+    as ``_record_end`` reads it). None for any other record: ``_record_end`` then reads it
+    and says what is wrong."""
+    at = rec.header_offset
+    if buf[at:at + 4] != b"PK\x03\x04" or at + _LOCAL.size > len(buf):
+        return None
+    _, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(buf, at)
+    if 0xFFFFFFFF in (csize, usize) or (flags & 0x08 and (crc, csize, usize) == (0, 0, 0)):
+        csize, usize, crc = rec.compress_size, rec.file_size, rec.crc
+    start = at + _LOCAL.size + nlen + elen
+    if (method, crc, csize, usize) != (rec.method, rec.crc, rec.compress_size, rec.file_size) \
+            or str(buf[at + _LOCAL.size:at + _LOCAL.size + nlen],
+                   "utf-8" if flags & 0x800 else "cp437", "replace") != rec.name:
+        return None
+    starts[at] = start
+    end = start + rec.compress_size
+    if flags & 0x08:  # as in _record_end
+        end += 4 if buf[end:end + 4] == b"PK\x07\x08" else 0
+        sizes = buf[end + 4:end + 20]
+        wide = int.from_bytes(sizes[:8], "little") == rec.compress_size and len(sizes) == 16
+        end += 4 + (16 if wide and rec.compress_size >= 0xFFFFFFFF else 8)
+    return end
+
+
+def _record_end(read_at: Callable[[int, int], bytes], rec: ZipRecord, problems: list[str],
+                starts: dict[int, int]) -> int:
     """Check ``rec``'s local header against its central entry; return where its bytes end."""
     # the header and the name as the central entry has it, in one read (20,000 records)
     header = read_at(rec.header_offset, _LOCAL.size + len(rec.name.encode()))
@@ -245,6 +298,7 @@ def _record_end(read_at: Callable[[int, int], bytes], rec: ZipRecord, problems: 
         problems.append(f"record {rec.name!r} has no local header")
         return rec.header_offset
     _, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(header)
+    starts[rec.header_offset] = rec.header_offset + _LOCAL.size + nlen + elen
     raw = header[_LOCAL.size:_LOCAL.size + nlen]
     if len(raw) < nlen:  # the local name is longer than the central one
         raw = read_at(rec.header_offset + _LOCAL.size, nlen)

@@ -24,7 +24,7 @@ def render_inspect(result: InspectResult, fmt: str, *, tree: bool = False,
     """
     if fmt == "json":
         data = result.to_dict(tensors=False)
-        data["tensors"] = EncodedRecords(tensor_json(t) for t in result.tensors)
+        data["tensors"] = EncodedRecords(map(tensor_json, result.tensors))
         return to_json(data)
     parts = [_header(result, fmt)]
     if result.trainer is not None:
@@ -51,20 +51,32 @@ def tensor_json(t: TensorEntry) -> str:
     it equal to ``json.dumps(tensor_dict(t), sort_keys=True, ensure_ascii=False)``."""
     shape = t.shape
     try:
-        known = _SHAPES.get(shape)  # a few shapes repeat over thousands of tensors
+        # what a few shapes of one dtype and device share over thousands of tensors
+        known = _PARTS.get((shape, t.nbytes, t.dtype, t.device))
     except TypeError:  # an unhashable shape is spelled out each time
         known = None
     if known is None:
-        known = (", ".join([str(int(d)) for d in shape]), int(math.prod(shape)))
-        if len(_SHAPES) < 4096:
-            _SHAPES[shape] = known
-    text, numel = known
-    return (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": {quote(t.dtype)}, '
-            f'"key": {quote(t.key)}, "location": {quote(t.location)}, "numel": {numel}, '
-            f'"shape": [{text}]}}')
+        known = _parts(t)
+    return f'{known[0]}{quote(t.key)}, "location": {quote(t.location)}{known[1]}'
 
 
-_SHAPES: dict[tuple[int, ...], tuple[str, int]] = {}  # shape -> (its JSON items, numel)
+def _parts(t: TensorEntry) -> tuple[str, str]:
+    """The text of ``t``'s record before its key and after its location."""
+    shape = t.shape
+    dims = ", ".join([str(int(d)) for d in shape])
+    known = (f'{{"bytes": {int(t.nbytes)}, "device": {quote(t.device)}, "dtype": '
+             f'{quote(t.dtype)}, "key": ',
+             f', "numel": {int(math.prod(shape))}, "shape": [{dims}]}}')
+    try:
+        if len(_PARTS) < 4096:
+            _PARTS[(shape, t.nbytes, t.dtype, t.device)] = known
+    except TypeError:
+        pass
+    return known
+
+
+# (shape, bytes, dtype, device) -> the record's text before its key and after its location
+_PARTS: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
 def _header(result: InspectResult, fmt: str) -> str:
@@ -193,8 +205,7 @@ def _stats(result: InspectResult, fmt: str) -> str:
 
 
 def _totals(result: InspectResult, fmt: str) -> str:
-    params = sum(t.numel for t in result.tensors)
-    size = sum(t.nbytes for t in result.tensors)
+    params, size = result.parameters, result.nbytes
     by_dtype = ", ".join(f"{d} {human_bytes(n)}" for d, n in result.bytes_by_dtype.items())
     shared = result.shared_storage
     return (f"{plural(len(result.tensors), 'tensor')}, {human_count(params)} elements ({params}), "

@@ -64,7 +64,8 @@ _OPAQUE = object()
 class State:
     """The stack, memo, globals and findings of one walk."""
 
-    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile")
+    __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile",
+                 "text_put", "frames_end")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -75,6 +76,8 @@ class State:
         self.protocol = 0
         self.keys: dict[int, tuple[Any, dict[Any, int]]] = {}  # id(dict) -> (dict, hash counts)
         self.hostile = ""
+        self.text_put = False  # a PUT with a text index (``walk.scan_pickle`` reads it strictly)
+        self.frames_end = 0  # where the furthest-reaching FRAME says its bytes end
 
     def top(self) -> Any:
         """The value under the operands just popped (the container they go into)."""

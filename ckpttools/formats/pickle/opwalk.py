@@ -29,6 +29,7 @@ from ckpttools.entries import GlobalRef
 from ckpttools.formats.pickle.genops import NAMES, OpcodeError, TruncatedError, read_arg
 from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
                                               Stop, Tup, count_keys)
+from ckpttools.formats.pickle.guard import note_walk
 from ckpttools.formats.pickle.records import tensor_record
 
 __all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "fails_early", "max_tuple_depth",
@@ -191,6 +192,8 @@ def _walk(data: Any, name: str, offset: int, n: int, base: int, budget: int | No
         error = "pickle nests too deeply"
     if error:
         error = f"at offset {base + (last - 1 if count else offset)}, {error}"
+    else:
+        note_walk(w, data, offset, last)
     return OpWalk(base + last, count, w.protocol, tuple(w.globals.values()), tuple(w.findings),
                   error, malformed, deepest, w.hostile)
 
@@ -284,6 +287,8 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                     arg = data[pos + 1]
                 elif k == 4:
                     arg = int.from_bytes(data[pos + 1:nxt], "little")
+                elif kind == _K_PUT:
+                    w.text_put = True
                 if kind == _K_PUT:
                     memo[arg] = stack[-1] if stack else OTHER
                 elif arg in memo:
@@ -321,6 +326,7 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
             else:
                 if c == _FRAME:
                     frame_end = nxt + int.from_bytes(data[pos + 1:nxt], "little")
+                    w.frames_end = max(w.frames_end, frame_end)
                 marked, pops, pushes = _EFFECT[c]
                 if marked:
                     w.pop_mark()

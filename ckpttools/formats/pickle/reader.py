@@ -3,6 +3,7 @@ tensors built from mapped storage bytes, and the guarded ``torch.load`` fallback
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import sys
@@ -10,7 +11,7 @@ import warnings
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorEntry
+from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, tensor_entry
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
@@ -113,11 +114,14 @@ class PickledReader(CheckpointReader):
             sys.setrecursionlimit(limit)
         self._tensors: dict[str, TensorPlaceholder] = {}
         entries: list[Entry] = []
+        location, itemsize, prod = self._location, ITEMSIZE.get, math.prod
         for key, leaf in leaves:
-            if isinstance(leaf, TensorPlaceholder):
+            if type(leaf) is TensorPlaceholder:
                 self._tensors[key] = leaf
-                entries.append(TensorEntry(key, leaf.dtype, leaf.shape, leaf.nbytes,
-                                           self._location(leaf), leaf.device))
+                dtype = leaf.dtype  # nbytes as ``leaf.nbytes`` has it, without two properties
+                entries.append(tensor_entry(key, dtype, leaf.shape,
+                                            prod(leaf.shape) * itemsize(dtype, 1),
+                                            location(leaf), leaf.device))
             else:
                 entries.append(ObjectEntry(key, type_name(leaf), _shown(leaf)))
         self._entries = tuple(entries)

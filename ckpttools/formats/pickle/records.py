@@ -68,6 +68,38 @@ def _tuple(body: bytes) -> tuple[Any, int]:
     return known
 
 
+_GETS: dict[tuple[bytes, ...], tuple[int, ...]] = {}  # a record's five fetches -> indices
+
+
+def _get_indices(gets: tuple[bytes, ...]) -> tuple[int, ...]:
+    """The memo indices of a record's fetches: BINGET carries one byte, LONG_BINGET four."""
+    at = tuple(int.from_bytes(op[1:], "little") for op in gets)
+    if len(_GETS) < 4096:
+        _GETS[gets] = at
+    return at
+
+
+_PAIRS: dict[tuple[Any, Any], tuple[Any, Any, int, int]] = {}  # (shape, stride) opcodes -> ...
+
+
+def _pair(shape: bytes | None, stride: bytes | None) -> tuple[Any, Any, int, int]:
+    """``(shape's first int, stride's first int, the record's opcodes, tuple depth)`` of a
+    record whose shape and stride are these opcodes (None: an EMPTY_TUPLE)."""
+    ops, depth, firsts = 24, 1, []
+    for body in (shape, stride):
+        if body is None:
+            firsts.append(None)
+            ops += 1
+        else:
+            first, count = _tuple(body)
+            firsts.append(first)
+            ops, depth = ops + count, 2
+    known = (firsts[0], firsts[1], ops, depth)
+    if len(_PAIRS) < 4096:
+        _PAIRS[(shape, stride)] = known
+    return known
+
+
 _CALLED: dict[str, str] = {}
 
 
@@ -104,22 +136,23 @@ def tensor_record(w: State, data: Any, pos: int, end: int) -> tuple[int, int, in
         return None
     # memo indices: BINPUT/BINGET carry one byte, LONG_BINPUT/LONG_BINGET four (unsigned)
     fb = int.from_bytes
-    ops = (g[0], g[6], g[8], g[11], g[14], g[16], g[17], g[18])
-    both = ops[3] is not None and ops[4] is not None
-    joined = b"".join(ops) if both else b""
+    put_ops = (g[0], g[6], g[8], g[11], g[14], g[16], g[17], g[18])
+    both = put_ops[3] is not None and put_ops[4] is not None
+    joined = b"".join(put_ops) if both else b""
     if len(joined) == 40:  # all eight LONG_BINPUT, as in every record past the 32nd
         puts: Any = _LONG_PUTS.unpack(joined)
     else:
-        puts = [op and fb(op[1:], "little") for op in ops]
+        puts = [op and fb(op[1:], "little") for op in put_ops]
     memo = w.memo
     # a record stores only new indices (torch numbers them in order); then every fetch (of a
     # value stored before it, or it fails below) reads the memo as it was before the record
     if not memo.keys().isdisjoint(puts):
         return None
+    gets = (g[1], g[2], g[3], g[7], g[15])
+    at = _GETS.get(gets) or _get_indices(gets)
     get = memo.get
     rebuild, storage, storage_class, device, ordered_dict = (
-        get(fb(g[1][1:], "little")), get(fb(g[2][1:], "little")), get(fb(g[3][1:], "little")),
-        get(fb(g[7][1:], "little")), get(fb(g[15][1:], "little")))
+        get(at[0]), get(at[1]), get(at[2]), get(at[3]), get(at[4]))
     if not (type(rebuild) is Global and type(storage_class) is Global
             and type(ordered_dict) is Global and type(storage) is str and type(device) is str):
         return None
@@ -127,18 +160,14 @@ def tensor_record(w: State, data: Any, pos: int, end: int) -> tuple[int, int, in
         key = str(data[pos + 5:start], "utf-8", "surrogatepass")
     except UnicodeDecodeError:
         return None  # the loop raises exactly where the unpickler does
-    ops, depth = 24, 1
-    values: list[Any] = [key, g[5].decode("ascii"), Tup(1, storage)]
-    for empty, body in ((g[9], g[10]), (g[12], g[13])):
-        if empty is not None:
-            values.append(OTHER)  # what the loop pushes for EMPTY_TUPLE
-            ops += 1
-        else:
-            first, count = _tuple(body)
-            values.append(Tup(1, first))
-            ops, depth = ops + count, 2
-    hooks = Computed(_called(ordered_dict.qualname))
-    values += (hooks, Tup(depth, OTHER), Computed(_called(rebuild.qualname)))
+    shape, stride = g[10], g[13]  # None for an EMPTY_TUPLE
+    first, first_stride, ops, depth = _PAIRS.get((shape, stride)) or _pair(shape, stride)
+    hooks, called = ordered_dict.qualname, rebuild.qualname
+    values = (key, g[5].decode("ascii"), Tup(1, storage),
+              OTHER if shape is None else Tup(1, first),  # OTHER: what EMPTY_TUPLE pushes
+              OTHER if stride is None else Tup(1, first_stride),
+              Computed(_CALLED.get(hooks) or _called(hooks)), Tup(depth, OTHER),
+              Computed(_CALLED.get(called) or _called(called)))
     if both:
         memo.update(zip(puts, values))
     else:
@@ -146,4 +175,5 @@ def tensor_record(w: State, data: Any, pos: int, end: int) -> tuple[int, int, in
             if index is not None:
                 memo[index] = value
     w.stack += (key, values[-1])
-    return m.end(), ops, depth, m.start(_LAST_PUT + 1) + 1
+    after = m.end()
+    return after, ops, depth, after - len(g[18]) + 1  # the last opcode is the call's put

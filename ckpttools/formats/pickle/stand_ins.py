@@ -13,93 +13,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpttools.entries import GlobalRef, ObjectPlaceholder
+# the records live in ``placeholders``; imported here, where every reader has found them
+from ckpttools.formats.pickle.placeholders import (DTYPE_ALIASES, ITEMSIZE, STORAGE_DTYPES,
+                                                   StorageInfo, TensorPlaceholder, TorchDtype,
+                                                   new_placeholder, new_storage_info)
 from ckpttools.formats.pickle.safety import classify_global
-
-ITEMSIZE: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16, "complex64": 8,
-    "complex32": 4, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "uint16": 2,
-    "uint32": 4, "uint64": 8, "bool": 1, "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1,
-    "quint2x4": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1, "bits8": 1, "bits16": 2,
-}
-# torch.<Name>Storage -> dtype; newer files use UntypedStorage (bytes) plus an explicit dtype
-STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64", "QInt8Storage": "qint8", "QUInt8Storage": "quint8",
-    "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
-    "UntypedStorage": "uint8",
-}
-_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
-                  "int": "int32", "short": "int16", "cfloat": "complex64",
-                  "cdouble": "complex128", "chalf": "complex32"}
-
-
-@dataclass(frozen=True, slots=True)
-class TorchDtype:
-    """A ``torch.<dtype>`` referenced as a value (``float32``)."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class StorageInfo:
-    """A torch storage named by a persistent id: its key, element dtype, size and device.
-
-    ``numel`` counts elements of ``dtype`` (bytes for ``uint8``/untyped storages).
-    """
-
-    key: str
-    dtype: str
-    numel: int
-    location: str
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * ITEMSIZE.get(self.dtype, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class TensorPlaceholder:
-    """A tensor as the pickle describes it: a view of a storage. ``storage_offset`` counts
-    elements. ``layout`` is ``strided``, ``quantized`` or ``meta`` (no storage)."""
-
-    storage_key: str | None
-    dtype: str
-    storage_offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    device: str
-    requires_grad: bool = False
-    layout: str = "strided"
-    parameter: bool = False  # rebuilt by torch._utils._rebuild_parameter (an nn.Parameter)
-    has_attributes: bool = False  # Python attributes or a subclass (_rebuild_from_type_v2)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * ITEMSIZE.get(self.dtype, 1)
-
-    @property
-    def is_contiguous(self) -> bool:
-        expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
-
-    @property
-    def span(self) -> int:
-        """Elements of the storage the view reaches, counted from ``storage_offset``."""
-        if self.numel == 0:
-            return 0
-        return 1 + sum((s - 1) * abs(t) for s, t in zip(self.shape, self.stride))
 
 
 class _Stand:
@@ -194,10 +112,10 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: An
     if type(offset) is not int or offset < 0:
         raise _Bad("bad tensor storage offset")
     if type(size) is not tuple or type(stride) is not tuple or len(size) != len(stride) or not (
-            set(map(type, size)) | set(map(type, stride))) <= _INT:
+            set(map(type, size + stride)) <= _INT):
         raise _Bad("tensor size or stride is not a tuple of ints")
-    return TensorPlaceholder(storage.key, dtype or storage.dtype, offset, size, stride,
-                             storage.location, requires_grad is True, layout)
+    return new_placeholder(storage.key, dtype or storage.dtype, offset, size, stride,
+                           storage.location, requires_grad is True, layout)
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -352,8 +270,8 @@ class WalkContext:
         if module in ("torch", "torch.storage"):
             if name in STORAGE_DTYPES:
                 return _StorageType(STORAGE_DTYPES[name])
-            if name in ITEMSIZE or name in _DTYPE_ALIASES:
-                return TorchDtype(_DTYPE_ALIASES.get(name, name))
+            if name in ITEMSIZE or name in DTYPE_ALIASES:
+                return TorchDtype(DTYPE_ALIASES.get(name, name))
         return _stand_type(qualname)
 
     def torch_persistent_load(self, pid: Any) -> Any:
@@ -372,7 +290,7 @@ class WalkContext:
             raise _Bad(f"unknown storage type in persistent id {key!r}")
         if type(numel) is not int or numel < 0:
             raise _Bad(f"bad storage size in persistent id {key!r}")
-        info = StorageInfo(str(key), dtype, numel, str(location))
+        info = new_storage_info(str(key), dtype, numel, str(location))
         self.storages[key] = info
         return info
 

@@ -28,6 +28,7 @@ from ckpttools.entries import GlobalRef
 from ckpttools.errors import CorruptCheckpointError
 from ckpttools.formats.pickle import stand_ins as st
 from ckpttools.formats.pickle.genops import OpcodeError
+from ckpttools.formats.pickle.guard import proven_end
 from ckpttools.formats.pickle.opwalk import pickle_hazard
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
@@ -91,7 +92,8 @@ _COUNT_SIZE = {_COUNT1: 1, _COUNT4: 4, _COUNT4S: 4, _COUNT8: 8}
 
 def _run_pattern() -> re.Pattern[bytes]:
     """A regex over runs of fixed-size opcodes that need no check (the C engine skips them
-    fast); STOP, FRAME, memo puts beyond 2**20 and counted or text opcodes end a run."""
+    fast); STOP, FRAME, memo puts beyond 2**20 and counted or text opcodes end a run, but
+    for short BINUNICODEs, whose length the pattern spells out."""
     groups: dict[int, list[bytes]] = {}
     for op in pickletools.opcodes:
         n = 0 if op.arg is None else op.arg.n
@@ -99,10 +101,15 @@ def _run_pattern() -> re.Pattern[bytes]:
             groups.setdefault(n, []).append(re.escape(op.code.encode("latin-1")))
     alts = [b"[" + b"".join(codes) + b"]" + b"[\\s\\S]" * n for n, codes in groups.items()]
     alts.append(b"r[\\s\\S]{2}[\\x00-\\x0f]\\x00")
+    # a BINUNICODE of 1 to 9 bytes with its text (torch's storage keys, one per tensor): each
+    # length its own literal, so a run never reads past the data; longer ones end a run
+    alts.append(b"X(?:" + b"|".join(b"%s\\x00\\x00\\x00[\\s\\S]{%d}" % (re.escape(bytes([k])), k)
+                                   for k in range(1, 10)) + b")")
     return re.compile(b"(?:" + b"|".join(alts) + b")*")
 
 
 _RUN = _run_pattern()
+GUARD_PROOFS = True  # take the scan's proof for the bytes it walked (``guard``); tests compare
 
 
 def scan_pickle(data: Any, start: int = 0) -> int:
@@ -210,8 +217,9 @@ def walk_pickle(
     elif hasattr(data, "read") and not hasattr(data, "find"):
         data = data.read()
     label = name or "pickle"
+    end = proven_end(data, offset) if GUARD_PROOFS else None  # scanned a moment ago (inspect)
     try:
-        end = scan_pickle(data, offset)
+        end = scan_pickle(data, offset) if end is None else end
     except (ValueError, IndexError) as e:
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
     try:

@@ -133,11 +133,15 @@ def scan_pickles(data: Any, label: str) -> Found:
 # ---- zip archives --------------------------------------------------------------------------
 
 
-def _record_span(data: Any, rec: zr.ZipRecord, budget: int) -> tuple[Any, int, int]:
+def _record_span(data: Any, rec: zr.ZipRecord, budget: int,
+                 starts: dict[int, int] | None = None) -> tuple[Any, int, int]:
     """``(buffer, start, end)`` of a record's bytes: a range of ``data`` when stored (no copy),
-    else its inflated bytes (up to ``budget``)."""
+    else its inflated bytes (up to ``budget``). ``starts``: data offsets by header offset,
+    as ``archive_problems`` found them reading the same local headers."""
     at = rec.header_offset  # one slice of the local header: 20,000 records, 20,000 slices
-    start = zr.offset_after(rec, bytes(data[at:at + zr.LOCAL_HEADER_SIZE]))
+    start = starts.get(at) if starts else None
+    if start is None:
+        start = zr.offset_after(rec, bytes(data[at:at + zr.LOCAL_HEADER_SIZE]))
     if start + rec.compress_size > len(data):
         raise zr.ZipError(f"record {rec.name} is cut short (truncated)")
     if rec.method == 0:
@@ -205,6 +209,7 @@ def _torch_pickle(entries: list[zr.ZipRecord]) -> str | None:
 def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     """Every record of an archive that parses as a pickle (or holds one), and ambiguities."""
     found = Found("zip")
+    starts: dict[int, int] = {}  # each record's data offset, from its local header
     f = _view(data)
     size = len(data)
     remote = getattr(data, "remote", False)
@@ -215,7 +220,7 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
             main = _torch_pickle(entries)
             data.prefetch_windows(zr.check_windows(entries, cd_offset, lambda r: (
                 0 if _is_storage(r.name, main) else min(r.compress_size, 256))))
-        problems = zr.archive_problems(f, size, listing)  # type: ignore[arg-type]
+        problems = zr.archive_problems(f, size, listing, starts, data)  # type: ignore[arg-type]
     except (zr.ZipError, struct.error, UnicodeDecodeError) as e:
         entries, problems = _local_entries(f, size), []
         found.errors.append(f"{label}: not a readable zip archive ({e})")
@@ -231,6 +236,8 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "
                             "torch.jit.load, which runs its code", "unknown")
         return found
+    # ``_is_storage`` with its prefix made once (20,000 records)
+    prefix = main[:-len("data.pkl")] + "data/" if main is not None else None
     inflate = min(MAX_INFLATE, max(64 << 20, 100 * size))
     # records tile the file once; overlapping ones (already dangerous) would make it quadratic
     span_budget, inflate_budget = size, inflate
@@ -240,8 +247,13 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
         if span_budget < 0 or inflate_budget < 0:
             found.errors.append(f"{label}: records overlap or inflate too much to scan them all")
             break
+        storage = prefix is not None and rec.name.startswith(prefix) \
+            and not rec.name.lower().endswith(".pkl")
+        start = starts.get(rec.header_offset) if storage and rec.method == 0 else None
+        if start is not None and start + rec.compress_size <= size:
+            continue  # stored tensor bytes within the file: what _scan_record finds, without a call
         _scan_record(data, rec, f"{label}:{rec.name}" if depth else rec.name, rec.name == main,
-                     inflate, depth, found, _is_storage(rec.name, main))
+                     inflate, depth, found, storage, starts)
     if entries and all(r.name.endswith(".npy") for r in entries):
         found.kind = "npz"
     elif main is None and not found.errors:
@@ -259,9 +271,10 @@ def _is_storage(name: str, main: str | None) -> bool:
 
 
 def _scan_record(data: Any, rec: zr.ZipRecord, name: str, is_main: bool, budget: int,
-                 depth: int, found: Found, storage: bool = False) -> None:
+                 depth: int, found: Found, storage: bool = False,
+                 starts: dict[int, int] | None = None) -> None:
     try:
-        buf, start, end = _record_span(data, rec, budget)
+        buf, start, end = _record_span(data, rec, budget, starts)
     except (zr.ZipError, zlib.error, struct.error) as e:
         found.errors.append(f"{name}: {e}")
         return
