@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
 from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
+from ckpttools.formats.pickle.safety import is_torch_default
 from ckpttools.formats.trainer import describe_trainer
 from ckpttools.ops.audit.config import AuditConfig
 from ckpttools.ops.audit.layout_checks import bookkeeping_keys, check_layout_completeness
@@ -97,6 +98,14 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                            tuple(unknown))
     if not pickles:
         return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
+    # allowlisted records torch's weights_only unpickler refuses by default (numpy arrays)
+    extra = sorted({g.qualname for f in scan.files for p in f.pickles for g in p.globals
+                    if not is_torch_default(g.module, g.name)})
+    if extra:
+        return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only allowlisted "
+                           f"globals; torch.load(weights_only=True) needs add_safe_globals for "
+                           f"{', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""),
+                           tuple(extra))
     return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only globals torch "
                        "weights_only allows")
 
