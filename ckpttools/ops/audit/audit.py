@@ -111,9 +111,13 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
 
 
 def _zip_records_complete(path: str) -> str | None:
-    """Every record's local header is intact and its data lies inside the file."""
+    """Every record's local header is intact, its data lies inside the file and, in a local
+    file, matches the CRC-32 the zip records for it."""
+    from ckpttools.entries import RawSource
     from ckpttools.formats import zip_records as zr
+    from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range
 
+    files = SourceFiles()
     with fileio.open_binary(path) as f:
         size = zr.file_size(f)
         try:
@@ -122,10 +126,18 @@ def _zip_records_complete(path: str) -> str | None:
                 f.prefetch_windows([(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
                                     for r in records])
             for rec in records:
-                if zr.data_offset(f, rec) + rec.compress_size > size:
+                start = zr.data_offset(f, rec)
+                if start + rec.compress_size > size:
                     return f"record {rec.name} runs past the end of the file (truncated)"
+                # torch writes each record's CRC-32 (0 when disabled) and never checks it
+                stored = RawSource(path, start, rec.compress_size)
+                if rec.crc and rec.method == 0 and not fileio.is_url(path) \
+                        and crc_of_range(files, stored) != rec.crc:
+                    return f"record {rec.name} fails the CRC-32 the zip records (damaged data)"
         except (zr.ZipError, ValueError) as e:
             return str(e)
+        finally:
+            files.close()
     return None
 
 
