@@ -98,9 +98,14 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                            tuple(unknown))
     if not pickles:
         return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
-    # allowlisted records torch's weights_only unpickler refuses by default (numpy arrays)
-    extra = sorted({g.qualname for f in scan.files for p in f.pickles for g in p.globals
+    # allowlisted records torch's weights_only unpickler refuses by default (numpy arrays);
+    # only torch.save files are read by torch.load (DCP unpickles its .metadata itself)
+    torch_files = [f for f in scan.files if f.kind in ("torch-zip", "torch-legacy")]
+    extra = sorted({g.qualname for f in torch_files for p in f.pickles for g in p.globals
                     if not is_torch_default(g.module, g.name)})
+    if any(f.pickles and f not in torch_files for f in scan.files) and not extra:
+        return CheckResult(path, "safety", "PASS",
+                           f"{plural(pickles, 'pickle')}, only allowlisted globals")
     if extra:
         return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only allowlisted "
                            f"globals; torch.load(weights_only=True) needs add_safe_globals for "

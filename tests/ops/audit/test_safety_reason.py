@@ -43,3 +43,20 @@ def test_plain_tensors_keep_the_claim_torch_confirms(tmp_path: Path) -> None:
     status, reason = _safety(path)
     assert _torch_allows(path)
     assert (status, reason) == ("PASS", "1 pickle, only globals torch weights_only allows")
+
+
+def test_dcp_claims_nothing_about_torch_load(tmp_path: Path) -> None:
+    """DCP's reader unpickles ``.metadata`` itself (it names ``pathlib.PosixPath`` and DCP's
+    own classes, which ``weights_only`` would refuse): no ``torch.load`` claim either way."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save({"model": {"w": torch.ones(3)}, "step": 4},
+                 storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    status, reason = _safety(folder)
+    assert status == "PASS"
+    assert reason.endswith("only allowlisted globals")
