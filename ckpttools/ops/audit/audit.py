@@ -253,19 +253,23 @@ def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model
     later += ["policy"] if config.dtype or config.max_size is not None else []
     if reader is None:
         return rows + _skip(path, later)
-    with reader:
-        layout = describe_trainer(reader)
-        rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
-                                 on_progress=on_progress, only=config.key,
-                                 exclude=bookkeeping_keys(layout)))
-        if sig is not None:
-            rows.append(check_model(reader, sig, config.key, model_name))
-        if config.require and layout is not None:
-            rows.append(check_layout_completeness(reader, layout, config.require, sig))
-        elif config.require:
-            rows.append(check_completeness(reader, config.require, sig))
-        if "policy" in later:
-            rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
+    try:
+        with reader:
+            layout = describe_trainer(reader)
+            rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
+                                     on_progress=on_progress, only=config.key,
+                                     exclude=bookkeeping_keys(layout)))
+            if sig is not None:
+                rows.append(check_model(reader, sig, config.key, model_name))
+            if config.require and layout is not None:
+                rows.append(check_layout_completeness(reader, layout, config.require, sig))
+            elif config.require:
+                rows.append(check_completeness(reader, config.require, sig))
+            if "policy" in later:
+                rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
+    except CorruptCheckpointError as e:  # damage met reading the data (a DCP item cut short)
+        rows[0] = CheckResult(path, "integrity", "FAIL", str(e).removeprefix(f"{path}: "))
+        return rows[:2] + _skip(path, later)
     return rows
 
 
