@@ -199,7 +199,7 @@ def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int |
         from ckpttools.ops.convert.dcp_values import dcp_values
 
         write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written,
-                  values=dcp_values(source.root))
+                  values=dcp_values(source.root, {*source.tensors, MANIFEST_KEY}))
         files = tuple(sorted(os.listdir(tmp)))
     if crcs is not None and written is not None:
         crcs.update((d.name, written[d.name]) for d in data if d.raw is not None or d.pieces)

@@ -11,7 +11,8 @@ these items are what a plain ``dcp.load`` reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from ckpttools.formats.manifest import Node
@@ -60,13 +61,18 @@ def _no_tensor(name: str) -> Any:
     raise AssertionError(f"a tensor ({name}) in a mapping key")  # keys are never tensors
 
 
-def dcp_values(root: Node) -> list[tuple[str, bytes]]:
+def dcp_values(root: Node, taken: Collection[str]) -> list[tuple[str, bytes]]:
     """``(fqn, data.pkl)`` for each non-tensor leaf torch's DCP flattening gives ``root``.
 
     Leaves that hold a tensor inside a tuple or a terminal list are left to the manifest (the
-    tensor is written under its own name); a root that is not a mapping has no FQNs.
+    tensor is written under its own name), and so are values whose FQN is ``taken`` (a tensor's
+    name, the manifest's) or another value's (``{"a.b": 1, "a": {"b": 2}}``); a root that is not
+    a mapping has no FQNs.
     """
     if root["t"] not in _MAPPINGS:
         return []
-    return [(fqn, pickle_tree(decode_tree(node, _no_tensor)))
-            for fqn, node in _leaves((), root) if node["t"] != "tensor" and not _has_tensor(node)]
+    leaves = [(fqn, node) for fqn, node in _leaves((), root)
+              if node["t"] != "tensor" and not _has_tensor(node)]
+    seen = Counter(fqn for fqn, _ in leaves)
+    return [(fqn, pickle_tree(decode_tree(node, _no_tensor))) for fqn, node in leaves
+            if fqn not in taken and seen[fqn] == 1]

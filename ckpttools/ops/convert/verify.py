@@ -157,10 +157,12 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
 
 def _values_missing(reader: Any, source: Source) -> list[str]:
     """The non-tensor values a DCP output should hold as bytes items but does not."""
+    from ckpttools.formats.manifest import MANIFEST_KEY
     from ckpttools.ops.convert.dcp_values import dcp_values
 
     have = set(reader.value_names())
-    return [fqn for fqn, _ in dcp_values(source.root) if fqn not in have]
+    expected = dcp_values(source.root, {*source.tensors, MANIFEST_KEY})
+    return [fqn for fqn, _ in expected if fqn not in have]
 
 
 def _compare_tensors(check: _Bytes, source: Source, pairs: list[tuple[str, str, str]],

@@ -68,3 +68,16 @@ def test_values_are_listed_once(tmp_path: Path) -> None:
         assert "optimizer.param_groups.0.lr" in reader.value_names()
     assert len(names) == len(set(names))
     assert "scheduler.last_epoch" in names and "step" in names
+
+
+@pytest.mark.parametrize("state", [
+    {"a.b": 1, "a": {"b": torch.ones(1)}},  # a value's FQN is a tensor's name
+    {"a.b": 1, "a": {"b": 2}},  # two values' FQNs are one
+    {"ckpttools": {"manifest": 5}, "w": torch.ones(1)},  # the manifest's own name
+], ids=["tensor", "value", "manifest"])
+def test_colliding_fqns_stay_in_the_manifest(tmp_path: Path, state: dict[str, Any]) -> None:
+    src, out, back = tmp_path / "src.pth", tmp_path / "out.dcp", tmp_path / "back.pth"
+    torch.save(state, src)
+    assert convert_checkpoint(str(src), str(out), to="dcp").ok
+    assert convert_checkpoint(str(out), str(back)).ok
+    assert repr(torch.load(back, weights_only=True)) == repr(state)
