@@ -106,6 +106,10 @@ class DcpReader(CheckpointReader):
                                          "the checkpoint is damaged")
         return info
 
+    def value_names(self) -> tuple[str, ...]:
+        """The FQNs of the bytes items (non-tensor values, the ckpttools manifest)."""
+        return tuple(fqn for fqn, item in self._items.items() if item.get("bytes"))
+
     def manifest(self) -> str | None:
         """ckpttools keeps a converted checkpoint's manifest as a bytes entry."""
         if self._items.get(MANIFEST_KEY, {}).get("bytes"):

@@ -161,10 +161,14 @@ class TreeEncoder:
                                            "stored; pass --drop-unrepresentable to leave it out")
         pairs = []
         for k, v in value.items():
-            key_node = _scalar_node(k) or _torch_node(k)
+            key_node = _key_node(k)
             if key_node is None:
-                raise UnrepresentableError(f"{path or '<root>'}: dict key of type "
-                                           f"{type(k).__name__} cannot be stored")
+                if not self.drop:
+                    raise UnrepresentableError(
+                        f"{_join(path, str(k))}: a dict key of type {type(k).__name__} cannot be "
+                        "stored; pass --drop-unrepresentable to leave the entry out")
+                self.dropped.append(_join(path, str(k)))
+                continue
             child = self.encode(v, _join(path, str(k)))
             if child is not None:
                 pairs.append([key_node, child])
@@ -195,6 +199,15 @@ class TreeEncoder:
             items.append(node)
         # a set has no order: sort by the JSON text so equal sets encode equally
         return {"t": "set", "v": sorted(items, key=lambda n: json.dumps(n, sort_keys=True))}
+
+
+def _key_node(key: Any) -> Node | None:
+    """A dict key's node: a scalar, a torch dtype/device/size, or a tuple of those
+    (``{(epoch, step): loss}``); None for anything else."""
+    if type(key) is tuple:
+        items = [_key_node(k) for k in key]
+        return None if any(i is None for i in items) else {"t": "tuple", "v": items}
+    return _scalar_node(key) or _torch_node(key)
 
 
 def _type_name(value: Any) -> str:

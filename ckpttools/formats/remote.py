@@ -341,6 +341,11 @@ def check_readable(url: str) -> None:
     if isdir(url):
         return
     if getsize(url) == 0:
+        if url.startswith(("http://", "https://")):
+            # a server answers a folder's URL with an empty redirect to "url/" (http.server, nginx)
+            raise CorruptCheckpointError(
+                f"{url}: the server sent nothing (an empty file, or a folder: HTTP has no listing, "
+                "so folders work over s3:// only); pass the URL of a checkpoint file")
         raise CorruptCheckpointError(f"{url}: empty file; it holds no checkpoint")
 
 

@@ -21,12 +21,19 @@ def check_destination(src: str, dest: str, *, force: bool) -> None:
     """Refuse to write over the source, or over an existing destination without ``force``.
 
     Raises:
-        CkptError: ``dest`` is ``src`` or exists and ``force`` is false.
+        CkptError: ``dest`` is ``src``, exists and ``force`` is false, or its folder is missing.
     """
     if os.path.exists(dest) and os.path.exists(src) and os.path.samefile(src, dest):
         raise OutputError(f"{dest}: destination is the source; write to another path")
     if os.path.exists(dest) and not force:
         raise OutputError(f"{dest}: already exists; pass --force to overwrite it")
+    _check_parent(dest)
+
+
+def _check_parent(dest: str) -> None:
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise OutputError(f"{dest}: folder {parent} does not exist; create it or write elsewhere")
 
 
 def default_mode(directory: bool) -> int:
@@ -56,9 +63,8 @@ def atomic_output(dest: str, *, directory: bool = False) -> Iterator[str]:
     On any exception (or KeyboardInterrupt) the temporary path is removed and ``dest`` is left
     as it was. An existing ``dest`` is replaced only at the final rename.
     """
+    _check_parent(dest)
     parent = os.path.dirname(os.path.abspath(dest))
-    if not os.path.isdir(parent):
-        raise OutputError(f"{dest}: folder {parent} does not exist")
     base = os.path.basename(dest)
     if directory:
         tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)

@@ -7,7 +7,7 @@ each item a complete ``torch.save`` zip archive (DCP's default ``TORCH_SAVE`` se
 ``ckpttools.formats.writers.dcp_metadata``). Tensors are saved under their flat dotted names
 (the FQNs DCP gives a nested state_dict, so ``dcp.load`` into ``{"model": {...}}`` finds them);
 the ckpttools manifest is a bytes item named ``ckpttools.manifest`` (a pickled ``str``) so the
-structure and sharing survive. A tensor's bytes go by kernel copy from the source's byte range
+structure and sharing survive, and each non-tensor value is a bytes item under its FQN too. A tensor's bytes go by kernel copy from the source's byte range
 (a worker thread computes the zip CRC), or from one loaded tensor (views, casts).
 """
 
@@ -50,7 +50,8 @@ def _tensor_pickle(t: TensorData) -> bytes:
 
 def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
               on_progress: Progress = _no_progress, zip64: bool = False,
-              crcs: dict[str, int] | None = None) -> None:
+              crcs: dict[str, int] | None = None,
+              values: Sequence[tuple[str, bytes]] = ()) -> None:
     """Write ``tensors`` and the manifest as a DCP checkpoint into ``folder`` (which exists).
 
     No fsync: ``atomic_output`` syncs the folder before renaming it into place.
@@ -62,6 +63,8 @@ def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
         on_progress: called with the number of bytes written.
         zip64: use zip64 fields in every item, not only past 4 GiB (for tests).
         crcs: when given, filled with each tensor's CRC-32 by name (as computed while copying).
+        values: ``(fqn, data.pkl)`` of each non-tensor value, written as a bytes item so that
+            ``dcp.load`` finds it.
     """
     path = os.path.join(folder, DATA_FILE)
     items: list[DcpItem] = []
@@ -72,6 +75,9 @@ def write_dcp(folder: str, tensors: Sequence[TensorData], manifest: str, *,
         at = _write_item(fd, path, pool, files, pickle_tree(manifest), None, on_progress,
                          zip64)
         items.append(DcpItem(MANIFEST_KEY, None, (), DATA_FILE, *at))
+        for fqn, data_pkl in values:
+            at = _write_item(fd, path, pool, files, data_pkl, None, on_progress, zip64)
+            items.append(DcpItem(fqn, None, (), DATA_FILE, *at))
         for t in tensors:
             at = _write_item(fd, path, pool, files, _tensor_pickle(t), t, on_progress, zip64,
                              crcs)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.errors import CkptError, CorruptCheckpointError, SpecError
 from ckpttools.formats import fileio
 from ckpttools.ops.audit.checks import CheckResult, check_completeness, check_model, check_policy
+from ckpttools.formats.pickle.safety import is_torch_default
 from ckpttools.formats.trainer import describe_trainer
 from ckpttools.ops.audit.config import AuditConfig
 from ckpttools.ops.audit.layout_checks import bookkeeping_keys, check_layout_completeness
@@ -97,14 +98,31 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                            tuple(unknown))
     if not pickles:
         return CheckResult(path, "safety", "PASS", "no pickle; nothing can execute")
+    # allowlisted records torch's weights_only unpickler refuses by default (numpy arrays);
+    # only torch.save files are read by torch.load (DCP unpickles its .metadata itself)
+    torch_files = [f for f in scan.files if f.kind in ("torch-zip", "torch-legacy")]
+    extra = sorted({g.qualname for f in torch_files for p in f.pickles for g in p.globals
+                    if not is_torch_default(g.module, g.name)})
+    if any(f.pickles and f not in torch_files for f in scan.files) and not extra:
+        return CheckResult(path, "safety", "PASS",
+                           f"{plural(pickles, 'pickle')}, only allowlisted globals")
+    if extra:
+        return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only allowlisted "
+                           f"globals; torch.load(weights_only=True) needs add_safe_globals for "
+                           f"{', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""),
+                           tuple(extra))
     return CheckResult(path, "safety", "PASS", f"{plural(pickles, 'pickle')}, only globals torch "
                        "weights_only allows")
 
 
 def _zip_records_complete(path: str) -> str | None:
-    """Every record's local header is intact and its data lies inside the file."""
+    """Every record's local header is intact, its data lies inside the file and, in a local
+    file, matches the CRC-32 the zip records for it."""
+    from ckpttools.entries import RawSource
     from ckpttools.formats import zip_records as zr
+    from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range
 
+    files = SourceFiles()
     with fileio.open_binary(path) as f:
         size = zr.file_size(f)
         try:
@@ -113,10 +131,18 @@ def _zip_records_complete(path: str) -> str | None:
                 f.prefetch_windows([(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
                                     for r in records])
             for rec in records:
-                if zr.data_offset(f, rec) + rec.compress_size > size:
+                start = zr.data_offset(f, rec)
+                if start + rec.compress_size > size:
                     return f"record {rec.name} runs past the end of the file (truncated)"
+                # torch writes each record's CRC-32 (0 when disabled) and never checks it
+                stored = RawSource(path, start, rec.compress_size)
+                if rec.crc and rec.method == 0 and not fileio.is_url(path) \
+                        and crc_of_range(files, stored) != rec.crc:
+                    return f"record {rec.name} fails the CRC-32 the zip records (damaged data)"
         except (zr.ZipError, ValueError) as e:
             return str(e)
+        finally:
+            files.close()
     return None
 
 
@@ -139,7 +165,10 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
     if path.endswith(PICKLE_SUFFIXES) and fmt is Format.SAFETENSORS:
         return CheckResult(path, "integrity", "WARN", f"safetensors file named "
                            f"{os.path.splitext(path)[1]}; {plural(n, 'entry', 'entries')} read"), reader
-    return CheckResult(path, "integrity", "PASS", f"{fmt.value}, {plural(n, 'entry', 'entries')} read"), reader
+    unchecked = "; record CRC-32s not read over a URL" if fmt is Format.TORCH_ZIP \
+        and fileio.is_url(path) else ""
+    return CheckResult(path, "integrity", "PASS",
+                       f"{fmt.value}, {plural(n, 'entry', 'entries')} read{unchecked}"), reader
 
 
 def sha256_file(path: str) -> str:
@@ -227,19 +256,23 @@ def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model
     later += ["policy"] if config.dtype or config.max_size is not None else []
     if reader is None:
         return rows + _skip(path, later)
-    with reader:
-        layout = describe_trainer(reader)
-        rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
-                                 on_progress=on_progress, only=config.key,
-                                 exclude=bookkeeping_keys(layout)))
-        if sig is not None:
-            rows.append(check_model(reader, sig, config.key, model_name))
-        if config.require and layout is not None:
-            rows.append(check_layout_completeness(reader, layout, config.require, sig))
-        elif config.require:
-            rows.append(check_completeness(reader, config.require, sig))
-        if "policy" in later:
-            rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
+    try:
+        with reader:
+            layout = describe_trainer(reader)
+            rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
+                                     on_progress=on_progress, only=config.key,
+                                     exclude=bookkeeping_keys(layout)))
+            if sig is not None:
+                rows.append(check_model(reader, sig, config.key, model_name))
+            if config.require and layout is not None:
+                rows.append(check_layout_completeness(reader, layout, config.require, sig))
+            elif config.require:
+                rows.append(check_completeness(reader, config.require, sig))
+            if "policy" in later:
+                rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
+    except CorruptCheckpointError as e:  # damage met reading the data (a DCP item cut short)
+        rows[0] = CheckResult(path, "integrity", "FAIL", str(e).removeprefix(f"{path}: "))
+        return rows[:2] + _skip(path, later)
     return rows
 
 

@@ -196,8 +196,10 @@ def write_output(tmp: str, target: str, source: Source, *, max_shard_size: int |
         files = tuple(sorted(os.listdir(tmp)))
     else:
         from ckpttools.formats.writers.dcp import write_dcp
+        from ckpttools.ops.convert.dcp_values import dcp_values
 
-        write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written)
+        write_dcp(tmp, data, manifest, on_progress=on_progress, crcs=written,
+                  values=dcp_values(source.root, {*source.tensors, MANIFEST_KEY}))
         files = tuple(sorted(os.listdir(tmp)))
     if crcs is not None and written is not None:
         crcs.update((d.name, written[d.name]) for d in data if d.raw is not None or d.pieces)

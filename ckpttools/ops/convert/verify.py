@@ -142,6 +142,8 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
     difference, pairs = compare_graphs(source, *graph)
     if difference is not None:
         return [difference]
+    if hasattr(reader, "value_names") and (lost := _values_missing(reader, source)):
+        return [f"{lost[0]}: missing from the output's DCP items (dcp.load would not find it)"]
     stored = None if pickled else _stored_shapes(reader)
     shape_problems = {out: _stored_problem(stored, out, graph[1][out])
                       for _, _, out in pairs} if stored is not None else {}
@@ -151,6 +153,16 @@ def _compare_reader(reader: CheckpointReader, source: Source, *, pickled: bool,
         return _compare_tensors(check, source, pairs, shape_problems)
     finally:
         check.close()
+
+
+def _values_missing(reader: Any, source: Source) -> list[str]:
+    """The non-tensor values a DCP output should hold as bytes items but does not."""
+    from ckpttools.formats.manifest import MANIFEST_KEY
+    from ckpttools.ops.convert.dcp_values import dcp_values
+
+    have = set(reader.value_names())
+    expected = dcp_values(source.root, {*source.tensors, MANIFEST_KEY})
+    return [fqn for fqn, _ in expected if fqn not in have]
 
 
 def _compare_tensors(check: _Bytes, source: Source, pairs: list[tuple[str, str, str]],

@@ -122,7 +122,9 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
         model_shapes={k: tuple(diff.model_keys[k]) for k in missing},
         checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
-        used_key=diff.state_dict or None, tied=tied, moves=_plan_moves(diff))
+        # a model folder's file (model.safetensors) holding the state_dict is no wrapper
+        used_key=(diff.plan.source.key if diff.plan else diff.state_dict) or None, tied=tied,
+        moves=_plan_moves(diff))
 
 
 def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:

@@ -69,7 +69,8 @@ class _Stats:
         work = torch.float32 if a.dtype in low and b.dtype in low else torch.float64
         x, y = a.to(work), b.to(work)
         owned = owned or (x is not a and y is not b)
-        diff = torch.sub(x, y).abs_()
+        integral = not (a.is_floating_point() or b.is_floating_point())
+        diff = _integer_diff(a, b, x, y) if integral else torch.sub(x, y).abs_()
         if diff.numel() == 0:
             return
         top = float(diff.max())
@@ -106,6 +107,19 @@ class _Stats:
         self.max_rel = max(self.max_rel, float(torch.nan_to_num(rel, nan=math.inf).max()))
         self.close = self.close and bool(torch.isclose(x, y, rtol=rtol, atol=atol,
                                                        equal_nan=True).all())
+
+
+def _integer_diff(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+                  ) -> torch.Tensor:
+    """``|a - b|`` of integer tensors, exact where float64 is not: it rounds integers past
+    2**53, so 2**62 and 2**62 + 1 (seeds, hashes, ids) would compare equal."""
+    import torch
+
+    rough = torch.sub(x, y).abs_()
+    # uint64 reinterpreted as int64: the difference modulo 2**64 is exact when it is small
+    ai, bi = (t.view(torch.int64) if t.dtype == torch.uint64 else t.to(torch.int64)
+              for t in (a, b))
+    return torch.where(rough < 2.0 ** 62, torch.sub(ai, bi).abs_().to(torch.float64), rough)
 
 
 def _sum_squares(t: torch.Tensor) -> float:
