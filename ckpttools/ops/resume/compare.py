@@ -143,13 +143,18 @@ def _compare_tensors(key: str, a: Any, b: Any, atol: float) -> TensorDiff:
         return TensorDiff(key, "differs", None, detail)
     diff = (a.double() - b.double()).abs()
     worst = float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
+    if not (a.is_floating_point() or a.is_complex()):
+        # unequal integers (seeds, steps, ids) differ by 1 at least: float64 rounds them past
+        # 2**53, where 2**62 and 2**62 + 1 would read as no difference
+        worst = max(worst, 1.0)
     return TensorDiff(key, "close" if worst <= atol else "differs", worst, detail)
 
 
 def _compare_numbers(key: str, a: float, b: float, atol: float) -> TensorDiff:
     if a == b or (math.isnan(a) and math.isnan(b)):
         return _identical(key, a)
-    worst = abs(float(a) - float(b))
+    # Python ints subtract exactly; float() first would round them past 2**53
+    worst = float(abs(a - b)) if isinstance(a, int) and isinstance(b, int) else abs(float(a) - float(b))
     return TensorDiff(key, "close" if worst <= atol else "differs", worst, f"{_short(a)} vs {_short(b)}")
 
 
