@@ -20,6 +20,8 @@ fills in (the plan's own counts then prove it), and the fused one when the shape
 
 from __future__ import annotations
 
+import os
+
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -97,16 +99,30 @@ def transposed_fix(diff: DiffResult, plan: FixPlan) -> str | None:
 def merge_adapter_fix(diff: DiffResult, plan: FixPlan) -> str | None:
     """A PEFT model's state_dict in the plain model: the plan loads the base weights and drops
     the adapter's lora_A/lora_B (their scale, alpha / r, is only in the adapter's config), so
-    the fix is the plan and then the adapter merged from its folder. None without LoRA keys."""
+    the fix is the plan and then the adapter merged from its folder. A file of adapter weights
+    alone gives the plan nothing to load: the fix is the merge, into a model that holds its
+    base weights. None without LoRA keys."""
     if not any(".lora_A." in k or ".lora_B." in k for k in diff.checkpoint_keys):
         return None
-    loads = ("# the plan above loads the base weights and leaves out the adapter's; merge it:\n"
-             if plan.strict else "# the file holds no base weights: the model must have them "
-             "already; merge the adapter:\n")
-    return ('ADAPTER_DIR = "path/to/adapter"  # set: the folder PEFT\'s save_pretrained wrote '
-            "(adapter_config.json)\n" + plan.python + "\n" + loads +
-            "from peft import PeftModel\n"
-            "model = PeftModel.from_pretrained(model, ADAPTER_DIR).merge_and_unload()")
+    folder = _adapter_folder(plan.source.path)
+    setting = (f"ADAPTER_DIR = {folder!r}  # the checkpoint's folder: adapter_config.json" if folder
+               else 'ADAPTER_DIR = "path/to/adapter"  # set: the folder PEFT\'s save_pretrained '
+               "wrote (adapter_config.json)")
+    merge = ("from peft import PeftModel\n"
+             "model = PeftModel.from_pretrained(model, ADAPTER_DIR).merge_and_unload()")
+    if plan.filled == 0:  # adapter weights only: loading them into the plain model is nothing
+        return (setting + "\n# the file holds no base weights: load them into the model first "
+                "(the checkpoint the adapter was trained on), then merge the adapter:\n" + merge)
+    return (setting + "\n" + plan.python + "\n"
+            "# the plan above loads the base weights and leaves out the adapter's; merge it:\n"
+            + merge)
+
+
+def _adapter_folder(path: str) -> str | None:
+    """The folder of PEFT's ``save_pretrained`` that ``path`` is or lies in (its
+    adapter_config.json beside the weights), else None."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    return folder if os.path.isfile(os.path.join(folder, "adapter_config.json")) else None
 
 
 def fused_fix(diff: DiffResult, plan: FixPlan) -> str | None:
