@@ -213,6 +213,8 @@ def _key_node(key: Any) -> Node | None:
 def _type_name(value: Any) -> str:
     if isinstance(value, ObjectPlaceholder):
         return value.class_name
+    if type(value).__name__ == "TensorPlaceholder":  # a tensor pickled inside a value's bytes
+        return "tensor pickled inside a value (not one of the checkpoint's tensors)"
     t = type(value)
     return f"{t.__module__}.{t.__qualname__}"
 
