@@ -17,7 +17,8 @@ from ckpttools.ops.diagnose.loader_formats import (
     other_mismatches, running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
-    buffer_names, named_prefix as prose_named_prefix, state_names, told_head_sizes)
+    buffer_names, keyless_row_counts, named_prefix as prose_named_prefix, state_names,
+    told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.pasted_text import normalize_text
 
@@ -290,7 +291,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
         truncated = truncated or bool(named_prefix) or any(state.values())
-    told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
+    told = None if any(lists.values()) or mismatched or lookups or named_prefix else (
+        told_head_sizes(text) or keyless_row_counts(text))
     formats += ["prose_sizes"] if told else []
     if not any(lists.values()) and _UNUSED_REPORT.search(text):
         formats += ["unlisted_unused"]  # the report's sentence, its list of keys not pasted

@@ -136,3 +136,28 @@ def test_one_linears_input_features_are_no_decided_width() -> None:
 def test_a_hidden_width_on_both_sides_still_decides() -> None:
     result = diagnose_text(load_error(PointEncoder(10, hidden=64), PointEncoder(10, hidden=96).state_dict()))
     assert result.decided and result.causes[0].label == "architecture_variant", _labels(result)
+
+
+# -- the size-mismatch sentence without its key (an issue title cut to its length: srn8) -------
+
+class Recognizer(nn.Module):
+    def __init__(self, charset: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(32, 512)
+        self.char_embedding = nn.Embedding(charset, 512)
+
+
+def test_a_keyless_size_sentence_whose_rows_differ_is_a_head_candidate() -> None:
+    text = load_error(Recognizer(39), Recognizer(38).state_dict())
+    title = text[text.index("copying a param"):].split("\n")[0]  # what the title kept
+    assert "char_embedding" not in title and "[38, 512]" in title
+    result = diagnose_text(title)
+    assert result.found and not result.decided, _labels(result)
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch" and "38 in the checkpoint, 39 in the model" in top.summary
+
+
+def test_a_keyless_size_sentence_of_another_width_is_no_head() -> None:
+    text = load_error(nn.Sequential(nn.Linear(32, 64)), nn.Sequential(nn.Linear(48, 64)).state_dict())
+    title = text[text.index("copying a param"):].split("\n")[0]
+    assert all(c.label != "head_size_mismatch" for c in diagnose_text(title).causes)
