@@ -161,3 +161,36 @@ def test_a_keyless_size_sentence_of_another_width_is_no_head() -> None:
     text = load_error(nn.Sequential(nn.Linear(32, 64)), nn.Sequential(nn.Linear(48, 64)).state_dict())
     title = text[text.index("copying a param"):].split("\n")[0]
     assert all(c.label != "head_size_mismatch" for c in diagnose_text(title).causes)
+
+
+# -- a loader's {'missed': [...], 'unmatched': [...]} dict (rtdetr367) --------------------------
+
+class Detr(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 16, 3)
+        self.decoder = nn.Module()
+        self.decoder.denoising_class_embed = nn.Embedding(classes + 1, 16)
+        self.decoder.enc_score_head = nn.Linear(16, classes)
+        self.decoder.dec_score_head = nn.ModuleList(nn.Linear(16, classes) for _ in range(2))
+
+
+def _match_state_dict(model_state: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> str:
+    """What RT-DETR's loader prints: the model's keys the file lacks, and those of other shapes."""
+    missed = [k for k in model_state if k not in params]
+    unmatched = [k for k in model_state if k in params and params[k].shape != model_state[k].shape]
+    return f"Load model.state_dict, {{'missed': {missed}, 'unmatched': {unmatched}}}"
+
+
+def test_a_loaders_unmatched_keys_are_size_mismatches_of_a_head(tmp_path: Path) -> None:
+    saved = Detr(80).state_dict()
+    path = tmp_path / "rtdetr.pth"
+    torch.save(saved, path)
+    text = _match_state_dict(Detr(4).state_dict(), torch.load(path, weights_only=True))
+    assert "'unmatched': ['decoder.denoising_class_embed.weight'" in text
+    result = diagnose_text(text)
+    assert not result.decided, _labels(result)
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch" and r"decoder\.enc_score_head" in top.fix_code
+    loaded = _run_fix(top.fix_code, Detr(4), path)  # drops the class-sized layers, loads the rest
+    assert torch.equal(loaded.state_dict()["backbone.weight"], saved["backbone.weight"])
