@@ -194,3 +194,21 @@ def test_a_loaders_unmatched_keys_are_size_mismatches_of_a_head(tmp_path: Path) 
     assert top.label == "head_size_mismatch" and r"decoder\.enc_score_head" in top.fix_code
     loaded = _run_fix(top.fix_code, Detr(4), path)  # drops the class-sized layers, loads the rest
     assert torch.equal(loaded.state_dict()["backbone.weight"], saved["backbone.weight"])
+
+
+# -- a numbered position table (pos1_embedding: 2 x max_length rows, opennre315) ---------------
+
+class RelationEncoder(nn.Module):
+    def __init__(self, max_length: int) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(100, 8)
+        self.pos1_embedding = nn.Embedding(2 * max_length, 5)
+        self.pos2_embedding = nn.Embedding(2 * max_length, 5)
+
+
+def test_a_numbered_position_tables_rows_are_another_length_not_classes() -> None:
+    result = diagnose_text(load_error(RelationEncoder(128), RelationEncoder(80).state_dict()))
+    assert result.decided, _labels(result)
+    top = result.causes[0]
+    assert top.label == "architecture_variant" and "another input length" in top.summary
+    assert all(c.label != "head_size_mismatch" for c in result.causes)
