@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ckpttools.ops.diagnose.evidence import Evidence, Finding
+from ckpttools.ops.diagnose.thin_shapes import thin_size_reading
 
 DECIDED = 0.8
 # Below DECIDED: the answer lists its candidates and the command that decides. Where these caps
@@ -46,7 +47,7 @@ def thin_evidence(f: Finding, ev: Evidence) -> str | None:
         return "only the model's keys shown"
     if f.label in _SIZE_READINGS and not ev.parallel and _pieces(ev):
         return "every checkpoint tensor is 1/k of the model's on one axis"
-    return None
+    return thin_size_reading(f, ev)
 
 
 # Readings of a smaller checkpoint tensor that a tensor-parallel rank's piece gives as well.

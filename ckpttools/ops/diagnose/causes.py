@@ -29,6 +29,7 @@ from ckpttools.ops.diagnose.residue import head_beside_new_modules, head_left, w
 from ckpttools.ops.diagnose.norm_kind import norm_kind
 from ckpttools.ops.diagnose.shape_readings import lone_norm_code
 from ckpttools.ops.diagnose.projections import fused_projection
+from ckpttools.ops.diagnose.thin_shapes import anchor_count, input_features
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
@@ -319,7 +320,8 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, norm_kind,
-    lone_norm_code, renamed_keys, numbered_copies, part_checkpoint)
+    lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
+    input_features)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

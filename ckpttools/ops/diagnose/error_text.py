@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttools.ops.diagnose.loader_formats import (
-    CENTERNET_KEY, detectron2_lists, headless_keys, keyerror_lookups, load_report, mlx_lists,
+    CENTERNET_KEY, detectron2_lists, headless_keys, keyerror_lookups, load_report, missed_unmatched,
+    mlx_lists,
     other_mismatches, running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
-    buffer_names, named_prefix as prose_named_prefix, state_names, told_head_sizes)
+    buffer_names, keyless_row_counts, named_prefix as prose_named_prefix, state_names,
+    told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.pasted_text import normalize_text
 
@@ -270,6 +272,10 @@ def parse_error_text(text: str) -> ParsedError:
     mismatched = _find_mismatches(text) + [ShapeMismatch(k, c, s) for k, c, s in
                                            other_mismatches(text) + report_mismatched]
     lookups = [k for k in keyerror_lookups(text) if k not in lists["missing"] + lists["unexpected"]]
+    unmatched: list[str] = []
+    if not (formats or mismatched or lookups) and (dict_lists := missed_unmatched(text)):
+        lists["missing"], unmatched = dict_lists
+        formats = ["missed_unmatched"]  # the unmatched are size mismatches without shapes
     if not (formats or mismatched or lookups):
         if keys := headless_keys(text):
             lists["missing"], truncated, formats = keys, True, ["headless"]
@@ -290,7 +296,8 @@ def parse_error_text(text: str) -> ParsedError:
             lists[kind] += keys
         formats += ["prose_prefix"] if named_prefix else ["prose_state"] if any(state.values()) else []
         truncated = truncated or bool(named_prefix) or any(state.values())
-    told = None if any(lists.values()) or mismatched or lookups or named_prefix else told_head_sizes(text)
+    told = None if any(lists.values()) or mismatched or lookups or named_prefix else (
+        told_head_sizes(text) or keyless_row_counts(text))
     formats += ["prose_sizes"] if told else []
     if not any(lists.values()) and _UNUSED_REPORT.search(text):
         formats += ["unlisted_unused"]  # the report's sentence, its list of keys not pasted
@@ -301,7 +308,7 @@ def parse_error_text(text: str) -> ParsedError:
     truncated = truncated or (tail is not None and not text.rstrip().endswith(")."))
     shown = {m.key for m in mismatched}
     cut = [k for k in _CUT_MISMATCH.findall(text) + _QUOTED_MISMATCH.findall(text)
-           + _NOT_LOADED.findall(text) + CENTERNET_KEY.findall(text) if k not in shown]
+           + _NOT_LOADED.findall(text) + CENTERNET_KEY.findall(text) + unmatched if k not in shown]
     truncated = truncated or bool(cut and not mismatched)  # else the tail check above decides
     # a paste that starts at a mismatch's key: the lines before it (key lists, header) are cut
     truncated = truncated or bool(_MISMATCH_PATTERNS[-1].search(text))

@@ -330,3 +330,18 @@ def listed_mismatches(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, 
             sides[side][m.group(1)] = _shape(m.group(2))
     ckpt, model = sides["checkpoint"], sides["model"]
     return [(k, ckpt[k], model[k]) for k in model if k in ckpt and ckpt[k] != model[k]]
+
+
+# A loader that matches the checkpoint to the model by name and shape and prints what it left
+# out as a dict (RT-DETR, D-FINE, DEIM: ``{'missed': [...], 'unmatched': [...]}``): ``missed``
+# are the model's keys the file lacks, ``unmatched`` keys on both sides whose shapes differ.
+_MATCH_DICT = re.compile(r"['\"]missed['\"]\s*:\s*\[([^\]]*)\]\s*,\s*['\"]unmatched['\"]\s*:\s*\[([^\]]*)\]")
+
+
+def missed_unmatched(text: str) -> tuple[list[str], list[str]] | None:
+    """``(missed, unmatched)`` keys of such a loader's dict, or ``None`` when the text has none."""
+    m = _MATCH_DICT.search(text)
+    if m is None:
+        return None
+    missed, unmatched = ([k for k in re.findall(r"['\"]([^'\"]+)['\"]", g)] for g in m.groups())
+    return missed, unmatched

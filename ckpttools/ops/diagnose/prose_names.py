@@ -114,3 +114,22 @@ def told_head_sizes(text: str) -> tuple[int, int] | None:
             sizes.setdefault(side, int(m.group(1)))
     ckpt, model = sizes.get("checkpoint"), sizes.get("model")
     return (ckpt, model) if ckpt is not None and model is not None and ckpt != model else None
+
+
+# PyTorch's size-mismatch sentence without its "size mismatch for <key>:" (an issue title cut to
+# GitHub's length keeps the end of the line): the two shapes, no key.
+_KEYLESS_SHAPES = re.compile(
+    r"copying\s+a\s+param\s+with\s+shape\s+torch\.Size\(\[([\d,\s]*)\]\)\s+from\s+checkpoint,"
+    r"\s+the\s+shape\s+in\s+current\s+model\s+is\s+torch\.Size\(\[([\d,\s]*)\]\)")
+
+
+def keyless_row_counts(text: str) -> tuple[int, int] | None:
+    """``(checkpoint, model)`` rows of a size-mismatch sentence that names no key, when the two
+    shapes differ in their rows alone: a count (classes, characters, vocabulary) of some head,
+    which a candidate reads as such; another axis (a width) is not told here."""
+    if re.search(r"size\s+mismatch\s+for\s+\S", text) or not (m := _KEYLESS_SHAPES.search(text)):
+        return None
+    ckpt, model = ([int(x) for x in g.replace(" ", "").split(",") if x] for g in m.groups())
+    if len(ckpt) != len(model) or not ckpt or ckpt[0] == model[0] or ckpt[1:] != model[1:]:
+        return None
+    return ckpt[0], model[0]

@@ -153,6 +153,11 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "has another size while no weight around it is shown to differ (a library version "
                 "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
                 "with, or show the whole error"), "", []
+    if features := f.facts.get("features"):
+        key, c, m = features
+        return (f"the code that builds the input features may have changed: {key} reads {c} "
+                f"features in the checkpoint and {m} in the model (a feature added or dropped); use "
+                "the code version the checkpoint was saved with, or the setting that adds it"), "", []
     if inserted := f.facts.get("inserted"):
         what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
                 f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "

@@ -19,7 +19,7 @@ _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|cl
 _VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
 _LEVELS = re.compile(r"level_embed|scale_embed|num_levels|stage_embed")
 _NORM = re.compile(r"(running_mean|running_var|(norm|bn|ln|gn)\w*\.(weight|bias))$")
-_POS = re.compile(r"pos_embed|position_embedding|pos_emb|positional_embedding|absolute_pos"
+_POS = re.compile(r"pos_embed|position_embedding|pos\d*_emb|positional_embedding|absolute_pos"
                   r"|relative_position_bias_table|position_embeddings|rel_pos"
                   # Swin V2's continuous position bias: a table of log-spaced relative coordinates
                   r"|relative_coords?_(table|log)|relative_coordinates\w*")
@@ -299,7 +299,9 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     if all(_positional(m) for m in mm):
         return Finding("architecture_variant", 0.86, keys,
                        {"kind": "pos_grid", "keys": [m.key for m in mm],
-                        "length": not any(_POS.search(m.key) for m in mm),
+                        # an nn.Embedding of positions ([N, D] weight) is a length, not a grid
+                        "length": not any(_POS.search(m.key) for m in mm) or all(
+                            len(m.model_shape) == 2 and m.key.endswith(".weight") for m in mm),
                         "checkpoint_shape": mm[0].checkpoint_shape, "model_shape": mm[0].model_shape})
     stem = [m for m in mm if len(m.model_shape) >= 3 and m.key.endswith("weight")
             and len(m.checkpoint_shape) == len(m.model_shape)
