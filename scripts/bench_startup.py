@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-from bench_sweep import MODEL, OBVIOUS, _files, _py
+from bench_sweep import MODEL, _files, _py
 from benchlib import ckpttools_cmd, measure
 
 PY = sys.executable
