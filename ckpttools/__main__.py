@@ -1,7 +1,5 @@
 """``python -m ckpttools``."""
 
-import sys
+from ckpttools.cli.main import run
 
-from ckpttools.cli.main import main
-
-sys.exit(main())
+run()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-AREAS = ("sweep", "inspect", "formats", "pickle", "diff", "convert", "resume", "audit", "trainers", "remote", "plot")
+AREAS = ("sweep", "startup", "inspect", "formats", "pickle", "diff", "convert", "resume", "audit", "trainers", "remote", "plot")
 
 
 def precompile() -> None:

@@ -14,7 +14,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import click
 
@@ -235,6 +235,14 @@ class CkptGroup(click.Group):
                 raise ErrorLine(f"internal error: {type(e).__name__}: {e}; rerun with --debug "
                                 "for the traceback and report it") from e
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``cli()``, which is how the ``ckpttools`` script runs the group: the process ends
+        with it (in-process callers and ``CliRunner`` call ``main``)."""
+        try:
+            return self.main(*args, **kwargs)
+        finally:
+            before_exit()
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         thresholds = gc.get_threshold()
@@ -283,5 +291,26 @@ def main(argv: list[str] | None = None) -> int:
     return int(cli.main(args=argv, prog_name=PROG, standalone_mode=False))
 
 
+def before_exit() -> None:
+    """Collect the command's garbage once, then freeze every object left.
+
+    Only for a process that ends next. At exit the interpreter collects again as it tears
+    the modules down, and each collection walks every object alive; after ``import torch``
+    that is some 250,000 objects, and the walks cost about 0.3 s of CPU, more than a model
+    command itself. Frozen objects are not walked again, while ``atexit`` handlers, streams
+    and finalizers run as before: the one collection here has already finalised the cycles
+    the command left.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def run() -> NoReturn:
+    """The process entry point (``python -m ckpttools``): run the CLI and exit with its code."""
+    code = main()
+    before_exit()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -3,11 +3,12 @@ commands or SARIF."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from ckpttools.ops.audit.audit import AuditResult
 from ckpttools.render import heading, table, to_json
-from ckpttools.render.sarif import Finding, junit_report_link, render_sarif
+
+if TYPE_CHECKING:
+    from ckpttools.ops.audit.audit import AuditResult
 
 
 def summary_line(result: AuditResult) -> str:
@@ -49,6 +50,10 @@ def render_text(result: AuditResult, fmt: str = "table") -> str:
 def render_junit(result: AuditResult, report: str | None = None) -> str:
     """JUnit XML: a testsuite per file, a testcase per check (FAIL -> failure, SKIP -> skipped;
     WARN passes with the reason in system-out)."""
+    import xml.etree.ElementTree as ET  # the CI formats' imports: a table never needs them
+
+    from ckpttools.render.sarif import junit_report_link
+
     counts = result.counts()
     root = ET.Element("testsuites", name="ckpttools audit", tests=str(len(result.checks)),
                       failures=str(counts["FAIL"]), errors="0", skipped=str(counts["SKIP"]))
@@ -95,6 +100,8 @@ def render_github(result: AuditResult) -> str:
 
 def render_audit_sarif(result: AuditResult, report: str | None = None) -> str:
     """SARIF 2.1.0: a result per FAIL (error) and WARN (warning), a rule per check."""
+    from ckpttools.render.sarif import Finding, render_sarif
+
     level = {"FAIL": "error", "WARN": "warning"}
     findings = [Finding(c.check, level[c.status], c.path, c.reason)
                 for c in result.checks if c.status in level]

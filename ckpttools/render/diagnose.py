@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
-from ckpttools.ops.diagnose.fixes import Cause
 from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, DiagnoseResult
 from ckpttools.render import heading, to_json
 from ckpttools.render.plan import render_plan
 from ckpttools.units import plural
+
+if TYPE_CHECKING:
+    from ckpttools.ops.diagnose.fixes import Cause
 
 
 def _header(result: DiagnoseResult) -> str:

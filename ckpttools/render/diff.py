@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttools.keypaths import compress_keys
-from ckpttools.ops.model_diff import DiffResult
-from ckpttools.ops.diff.pair import CheckpointDiffResult
 from ckpttools.render import heading, shape_text, table, to_json
 from ckpttools.render.plan import render_plan
 from ckpttools.units import human_count
+
+if TYPE_CHECKING:  # each report needs only its own result's module, which its command imports
+    from ckpttools.ops.diff.pair import CheckpointDiffResult
+    from ckpttools.ops.model_diff import DiffResult
 
 # Tables longer than this are cut in table/markdown output (JSON always lists everything).
 MAX_ROWS = 40

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from ckpttools.ops.fix_plan import FixPlan
+from typing import TYPE_CHECKING
+
 from ckpttools.render import heading
+
+if TYPE_CHECKING:
+    from ckpttools.ops.fix_plan import FixPlan
 
 
 def render_plan(plan: FixPlan, fmt: str) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -66,3 +67,78 @@ def test_diagnose_from_files_does_not_import_the_text_parser(tmp_path: Path) -> 
     assert "ckpttools.ops.diagnose.diagnosis" in modules
     assert "ckpttools.ops.diagnose.error_text" not in modules
     assert "ckpttools.ops.diagnose.loader_formats" not in modules
+
+
+# Runs the commands one after the other in this fresh process and prints, for each, its exit
+# code and which of the named modules are loaded once it has run.
+LOADED = ("import json, sys\nimport torch\nfrom ckpttools.cli.main import main\nreport = []\n"
+          "for argv, names in json.loads(sys.argv[1]):\n"
+          "    rc = main(argv)\n"
+          "    report.append([rc, sorted(n for n in names if n in sys.modules)])\n"
+          "print(json.dumps(report))")
+
+
+def _loaded(runs: list[tuple[list[str], list[str]]]) -> list[list]:
+    out = subprocess.run([sys.executable, "-c", LOADED, json.dumps(runs)], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_model_commands_import_only_what_their_report_needs(tmp_path: Path) -> None:
+    """A clean ``diff --model`` does not import the A-B comparison, a clean ``diagnose
+    --checkpoint`` not the cause rules, an ``audit`` table not the XML and SARIF renderers."""
+    spec = tmp_path / "net.py"
+    spec.write_text("from torch import nn\n\n\nclass Net(nn.Sequential):\n"
+                    "    def __init__(self):\n        super().__init__(nn.Linear(4, 3), nn.LayerNorm(3))\n")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "net.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).state_dict(), ckpt)
+    model = ["--model", f"{spec}:Net"]
+    report = _loaded([
+        (["diff", str(ckpt), *model], ["ckpttools.ops.diff.pair", "ckpttools.ops.diff.pair_result",
+                                       "ckpttools.ops.object_graph"]),
+        (["diagnose", "--checkpoint", str(ckpt), *model],
+         ["ckpttools.ops.diagnose.causes", "ckpttools.ops.diagnose.fixes"]),
+        (["audit", str(ckpt), *model], ["xml.etree.ElementTree", "ckpttools.render.sarif"]),
+    ])
+    assert report == [[0, []], [0, []], [0, []]]
+
+
+def test_diff_of_two_files_does_not_import_the_model_side(tmp_path: Path) -> None:
+    path = tmp_path / "m.pth"
+    torch.save({"w": torch.zeros(2)}, path)
+    report = _loaded([(["diff", str(path), str(path)],
+                       ["ckpttools.ops.model_diff", "ckpttools.ops.fix_plan",
+                        "ckpttools.ops.comparison", "ckpttools.ops.model_spec"])])
+    assert report == [[0, []]]
+
+
+# Prints, at exit, whether the objects were frozen when the process ended (atexit handlers run
+# after the entry point's sys.exit).
+AT_EXIT = ("import atexit, gc, sys\n"
+           "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n")
+
+
+@pytest.mark.parametrize("entry", [
+    "import runpy\nsys.argv = ['ckpttools', '--version']\nrunpy.run_module('ckpttools', run_name='__main__')",
+    "from ckpttools.cli.main import cli\ncli(['--version'])",
+], ids=["python-m", "console-script"])
+def test_a_process_entry_point_freezes_its_objects_before_exit(entry: str) -> None:
+    """The exit-time collections would walk every object torch created; the entry points
+    collect once and freeze instead. ``atexit`` handlers still run."""
+    out = subprocess.run([sys.executable, "-c", AT_EXIT + entry], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == ["ckpttools, version 0.1.0", "frozen True"]
+
+
+def test_in_process_callers_keep_their_collector_unfrozen(tmp_path: Path) -> None:
+    from ckpttools.cli.main import main
+
+    path = tmp_path / "m.pth"
+    torch.save({"w": torch.zeros(2)}, path)
+    assert CliRunner().invoke(cli, ["inspect", str(path)]).exit_code == 0
+    assert main(["--version"]) == 0
+    assert gc.get_freeze_count() == 0

@@ -133,6 +133,8 @@ def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int,
             return _check_mapped(files[path], offset, length, dtype, pool)
         except OSError:  # a file system that cannot map files: read the range instead
             pass
+    if not bufs:  # allocated on first use: zero-filling 64 MB costs more than a small check
+        bufs += [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
     nan = inf = 0
     for view in _raw_chunks(files[path], offset, length, dtype.itemsize, pool, bufs):
         a, b = _counts(torch.frombuffer(view, dtype=dtype))
@@ -172,7 +174,7 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     bad: list[str] = []
     count = 0
     files: dict[str, IO[bytes]] = {}
-    bufs = [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
+    bufs: list[bytearray] = []  # the read buffers of files that cannot be mapped (URLs)
     checked = [e for e in reader.tensor_entries()
                if e.dtype in CHECKED_DTYPES and _checked(e.key, only, exclude)]
     fileio.plan_value_reads(reader, [e.key for e in checked])  # a URL: a window of ranges in flight

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.ops.diagnose.fixes import Cause, describe
-from ckpttools.ops.diagnose.causes import rank_findings
 from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ckpttools.ops.diagnose.fixes import Cause
 
     from ckpttools.ops.diagnose.error_text import ParsedError
     from ckpttools.ops.fix_plan import FixPlan
@@ -83,7 +83,12 @@ class DiagnoseResult:
 
 def diagnose_evidence(ev: Evidence, *, found: bool = True, note: str | None = None) -> DiagnoseResult:
     """Rank and explain the causes behind one evidence structure."""
-    causes = tuple(describe(f, ev) for f in rank_findings(ev)) if found else ()
+    if not found:  # a checkpoint that loads: the cause rules (and their patterns) are not imported
+        return DiagnoseResult(ev.source, found, (), ev, note)
+    from ckpttools.ops.diagnose.causes import rank_findings
+    from ckpttools.ops.diagnose.fixes import describe
+
+    causes = tuple(describe(f, ev) for f in rank_findings(ev))
     return DiagnoseResult(ev.source, found, causes, ev, note)
 
 

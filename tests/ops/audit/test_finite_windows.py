@@ -3,6 +3,7 @@ a NaN or Inf anywhere (first element, a window's last, the tensor's last) is cou
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,22 @@ def test_a_clean_file_passes_and_leaves_no_map_open(tmp_path: Path,
     assert result.status == "PASS" and "2 floating tensors" in result.reason
     maps = Path("/proc/self/maps").read_text()
     assert str(path) not in maps  # every window was unmapped
+
+
+def test_a_mapped_file_allocates_no_read_buffers(tmp_path: Path) -> None:
+    """The two read buffers (2 x 32 MB, zero-filled) serve files that cannot be mapped; a
+    local file's pass never allocates them, which at 16 MB cost more than the check."""
+    path = tmp_path / "c.pth"
+    torch.save({"w": torch.randn(1000), "b": torch.randn(3)}, path)
+    with open_checkpoint(str(path)) as reader:
+        tracemalloc.start()
+        try:
+            result = finite.check_finite(reader)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result.status == "PASS"
+    assert peak < finite.CHUNK_BYTES // 8
 
 
 def _sparse_and_nested() -> dict[str, torch.Tensor]:
