@@ -106,3 +106,34 @@ def test_the_token_table_beside_it_is_still_a_vocabulary() -> None:
 
     result = diagnose_text(load_error(Tokens(50), Tokens(64).state_dict()))
     assert result.decided and result.causes[0].label == "head_size_mismatch", _labels(result)
+
+
+# -- a report naming the saved key beside the expected one (trainllm36) --------------------------
+
+class Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn_blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+        self.out = nn.Linear(8, 4)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "dataparallel"])
+def test_a_report_naming_a_key_beside_itself_under_a_wrapper_is_the_prefix(tmp_path: Path, wrap: str) -> None:
+    wrapped = torch.compile(Blocks()) if wrap == "compile" else nn.DataParallel(Blocks())
+    path = tmp_path / "wrapped.pth"
+    torch.save(wrapped.state_dict(), path)
+    saved = torch.load(path, weights_only=True)
+    text = load_error(Blocks(), saved)
+    missing = text.split("Missing key(s) in state_dict: ")[1].split(". ")[0].count('"') // 2
+    saved_key = next(iter(saved))
+    expected = saved_key.partition(".")[2]
+    # the bug report as written: the two names, labelled, and the count of the real load
+    report = (f"When loading, checkpoints contain a prefix in their state dict keys.\n"
+              f"- **Checkpoint keys:** `{saved_key}`\n- **Expected keys:** `{expected}`\n"
+              f"- **Result:** {missing} missing keys during loading, the weights stay random.\n")
+    result = diagnose_text(report)
+    assert not result.decided, _labels(result)
+    top = result.causes[0]
+    assert top.label == "prefix_added", _labels(result)
+    loaded = _run_fix(top.fix_code, Blocks(), path)  # loads strictly, as printed
+    assert torch.equal(loaded.state_dict()["out.weight"], saved[saved_key.partition(".")[0] + ".out.weight"])
