@@ -18,7 +18,7 @@ from ckpttools.ops.diagnose.loader_formats import (
     other_mismatches, running_stats_lists, detectron2_cut_missing,
     prose_keys, prose_mismatches, prose_prefix, title_lists, listed_mismatches)
 from ckpttools.ops.diagnose.prose_names import (
-    buffer_names, keyless_row_counts, named_prefix as prose_named_prefix, state_names,
+    buffer_names, keyless_row_counts, named_prefix as prose_named_prefix, state_names, wrapper_pair,
     told_head_sizes)
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.pasted_text import normalize_text
@@ -281,10 +281,14 @@ def parse_error_text(text: str) -> ParsedError:
             lists["missing"], truncated, formats = keys, True, ["headless"]
         else:
             lists = {k: v for k, v in prose_keys(text).items()}
+            # a key beside itself under a wrapper's segment, both on one side: the sentence
+            # names the prefix, not two lists (sided apart, the lists decide as usual)
+            if wrapped := wrapper_pair(lists["missing"]) or wrapper_pair(lists["unexpected"]):
+                lists = {"missing": [], "unexpected": []}
             told = prose_mismatches(text) + listed_mismatches(text)
             mismatched = [ShapeMismatch(k, c, s) for k, c, s in told]
             formats = ["prose"] if any(lists.values()) or mismatched else []
-            named_prefix = None if formats else prose_prefix(text)
+            named_prefix = None if formats else (wrapped or prose_prefix(text))
             formats = formats or (["prose_prefix"] if named_prefix else [])
             truncated = bool(formats)  # a sentence names example keys, not the whole lists
     if not (any(lists.values()) or mismatched or lookups or named_prefix):

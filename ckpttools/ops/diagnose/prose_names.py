@@ -55,6 +55,18 @@ def named_prefix(text: str) -> str | None:
     return None
 
 
+def wrapper_pair(keys: list[str]) -> str | None:
+    """The wrapper segment that tells apart two keys read on one side (``_orig_mod.a.b`` beside
+    ``a.b``, both taken as missing): the reporter contrasts the saved name with the expected one,
+    which no list of a real load holds together; ``None`` when no two keys are so related."""
+    names = set(keys)
+    for key in names:
+        seg, _, rest = key.partition(".")
+        if seg in WRAPPER_SEGMENTS and rest in names:
+            return seg + "."
+    return None
+
+
 def emphasis_keys(sentence: str) -> list[str]:
     """Dotted keys set in markdown emphasis (``_a.b.weight_``), which quote-based finders miss."""
     return [m.group(1) for m in _EMPHASIS_KEY.finditer(sentence) if "." in m.group(1)]

@@ -10,6 +10,7 @@ from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
 from ckpttools.ops.diagnose.fed_input import concatenated_input
+from ckpttools.ops.diagnose.hidden_widths import WIDTH_HEAD, WIDTH_READING, hidden_width_sizes
 from ckpttools.ops.diagnose.shape_readings import (
     one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
 
@@ -19,7 +20,7 @@ _HEAD = re.compile(r"(^|[._])(head|heads|[a-z]+_head|fc|classifier|cls|logits|cl
 _VOCAB = re.compile(r"embed|vocab|lm_head|shared|wte|tok_")
 _LEVELS = re.compile(r"level_embed|scale_embed|num_levels|stage_embed")
 _NORM = re.compile(r"(running_mean|running_var|(norm|bn|ln|gn)\w*\.(weight|bias))$")
-_POS = re.compile(r"pos_embed|position_embedding|pos\d*_emb|positional_embedding|absolute_pos"
+_POS = re.compile(r"pos_embed|position_embedding|embed_positions|pos\d*_emb|positional_embedding|absolute_pos"
                   r"|relative_position_bias_table|position_embeddings|rel_pos"
                   # Swin V2's continuous position bias: a table of log-spaced relative coordinates
                   r"|relative_coords?_(table|log)|relative_coordinates\w*")
@@ -223,6 +224,8 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
     conf = 0.7 + (0.2 if 2 * len(headish) >= len(mm) or (pair and axis == 0) else 0.0)
     if conf > 0.8 and not headish and round_sizes(sizes):
         conf = 0.75  # a pair with no head name between two powers of two: a width reads the same
+    if not headish and not vocab and hidden_width_sizes(sizes):
+        conf = WIDTH_HEAD  # two hidden widths (4096 against 5120): a projection's width first
     if _not_head(mm, ev) or (not headish and _norm_resized(mm)):
         conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
     if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
@@ -322,8 +325,12 @@ def _shape_variant(ev: Evidence) -> Finding | None:
                        "examples": [m.key for m in mm[:3]], "ratio": _width(mm)[0], "consistent": False})
     if count:
         axis = _one_axis(count[0]) or 0
-        if not any(_HEAD.search(m.key) for m in count) and round_sizes(
-                (count[0].checkpoint_shape[axis], count[0].model_shape[axis])):
+        sizes = (count[0].checkpoint_shape[axis], count[0].model_shape[axis])
+        if not any(head_named(m.key) for m in count) and hidden_width_sizes(sizes):
+            return Finding("architecture_variant", WIDTH_READING, keys, {
+                "kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
+                "ratio": _width(mm)[0], "consistent": False})
+        if not any(_HEAD.search(m.key) for m in count) and round_sizes(sizes):
             # no head name, two powers of two: the other reading of head_size_mismatch's
             return Finding("architecture_variant", 0.6, keys, {
                 "kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
