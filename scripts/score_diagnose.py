@@ -97,7 +97,7 @@ def main() -> None:
         _print("frozen7 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN7)), args.misses)
         _print("frozen8 (scored 30/50 with the rules it was collected under, 31/50 after frozen7's tuning; tuned on since: #16's frozen8 round)", score(corpus(FROZEN8)), args.misses)
         _print("frozen9 (scored 32/50 with the rules it was collected under and after frozen8's tuning; tuned on since: #16's frozen9 round)", score(corpus(FROZEN9)), args.misses)
-        _print("frozen10 (held out: 34/50 with the rules it was collected under; do not tune on it)", score(corpus(FROZEN10)), args.misses)
+        _print("frozen10 (held out: 34/50 with the rules it was collected under and with the round's final rules; not tuned on)", score(corpus(FROZEN10)), args.misses)
 
 
 if __name__ == "__main__":
