@@ -86,3 +86,15 @@ def test_identical_quantized_tensors_are_bitwise_equal(tmp_path: Path) -> None:
     a, b = _quantized(tmp_path, 0.1)
     result = run(a, b)
     assert result.ok and result.tensors[0].bitwise_equal
+
+
+def test_meta_tensors_are_not_compared_and_say_so(tmp_path: Path) -> None:
+    # a meta tensor is saved without data: diff crashed (aten::equal has no meta kernel)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path in (a, b):
+        torch.save({"x": torch.ones(2), "m": torch.empty(3, 4, device="meta")}, path)
+    result = run(a, b)
+    assert not result.ok
+    assert result.verdict.startswith("cannot tell"), result.verdict
+    assert [t.key for t in result.uncompared] == ["m"]
+    assert [t["compared"] for t in result.to_dict()["tensors"]] == [True, False]
