@@ -98,3 +98,16 @@ def test_meta_tensors_are_not_compared_and_say_so(tmp_path: Path) -> None:
     assert result.verdict.startswith("cannot tell"), result.verdict
     assert [t.key for t in result.uncompared] == ["m"]
     assert [t["compared"] for t in result.to_dict()["tensors"]] == [True, False]
+
+
+@pytest.mark.parametrize("dtype", ["float4_e2m1fn_x2", "bits8"])
+def test_dtypes_without_arithmetic_are_compared_by_bytes(tmp_path: Path, dtype: str) -> None:
+    # torch cannot convert these to float: diff crashed ("copy_kernel" not implemented)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path, byte in ((a, 1), (b, 2)):
+        torch.save({"p": torch.tensor([byte, 3], dtype=torch.uint8).view(getattr(torch, dtype))},
+                   path)
+    assert run(a, a).ok
+    result = run(a, b)
+    assert not result.ok and result.differs
+    assert not result.tensors[0].bitwise_equal and not result.tensors[0].allclose
