@@ -73,6 +73,9 @@ class _Stats:
         if diff.numel() == 0:
             return
         top = float(diff.max())
+        if top == 0 and _wide_ints_differ(a, b):
+            top = 1.0  # 64-bit integers apart by less than float64 resolves (above 2**53)
+            self.sq_diff += 1.0
         if not math.isfinite(top):
             self._add_nonfinite(x, y, atol, rtol)
             return
@@ -106,6 +109,14 @@ class _Stats:
         self.max_rel = max(self.max_rel, float(torch.nan_to_num(rel, nan=math.inf).max()))
         self.close = self.close and bool(torch.isclose(x, y, rtol=rtol, atol=atol,
                                                        equal_nan=True).all())
+
+
+def _wide_ints_differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether 64-bit integers that are equal as float64 differ (2**53 + 1 and 2**53)."""
+    import torch
+
+    wide = {torch.int64, torch.uint64}
+    return (a.dtype in wide or b.dtype in wide) and not torch.equal(a, b)
 
 
 def _sum_squares(t: torch.Tensor) -> float:

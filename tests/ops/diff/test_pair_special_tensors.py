@@ -111,3 +111,16 @@ def test_dtypes_without_arithmetic_are_compared_by_bytes(tmp_path: Path, dtype: 
     result = run(a, b)
     assert not result.ok and result.differs
     assert not result.tensors[0].bitwise_equal and not result.tensors[0].allclose
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint64])
+def test_wide_integers_float64_cannot_tell_apart_differ(tmp_path: Path, dtype: torch.dtype) -> None:
+    # 2**62 and 2**62 + 1 are one float64: a seed or an id that changed by one "matched"
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path, extra in ((a, 0), (b, 1)):
+        torch.save({"seed": torch.tensor([2**62 + extra, 7], dtype=dtype)}, path)
+    assert not torch.equal(torch.load(a)["seed"], torch.load(b)["seed"])
+    result = run(a, b)
+    assert not result.ok
+    assert [t.key for t in result.value_differences] == ["seed"]
+    assert result.tensors[0].max_abs_diff >= 1
