@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttools.ops.diagnose.fixes import Cause, describe
 from ckpttools.ops.diagnose.causes import rank_findings
 from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
+from ckpttools.ops.plan_text import load_lines
 
 if TYPE_CHECKING:
     from torch import nn
@@ -122,7 +123,8 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
         model_shapes={k: tuple(diff.model_keys[k]) for k in missing},
         checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
-        used_key=diff.state_dict or None, tied=tied, moves=_plan_moves(diff))
+        used_key=diff.state_dict or None, tied=tied, moves=_plan_moves(diff),
+        load_code="".join(line + "\n" for line in load_lines(diff.plan.source)) if diff.plan else "")
 
 
 def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:
