@@ -124,7 +124,9 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
         checkpoint_shapes={k: tuple(diff.checkpoint_keys[k]) for k in diff.unexpected},
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
         used_key=diff.state_dict or None, tied=tied, moves=_plan_moves(diff),
-        load_code="".join(line + "\n" for line in load_lines(diff.plan.source)) if diff.plan else "")
+        load_code="".join(line + "\n" for line in load_lines(diff.plan.source)) if diff.plan else "",
+        whole_file=bool(diff.plan and diff.plan.source.file != diff.plan.source.path
+                        and not diff.plan.source.key))
 
 
 def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:

@@ -1,6 +1,7 @@
 """``diagnose --checkpoint`` on a ``save_pretrained`` folder (or its safetensors file): a
 cause's own fix loads the state_dict the way its format needs. It printed
-``torch.load("folder")`` (IsADirectoryError) or ``torch.load`` of a safetensors file."""
+``torch.load("folder")`` (IsADirectoryError) or ``torch.load`` of a safetensors file, and
+named the folder's weights file "a whole training checkpoint" with ``torch.load("folder")`` too."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_tied_head_fix_runs_on_a_pretrained_folder(tmp_path: Path, member: str) 
     code, out = run_cli(["diagnose", "--checkpoint", str(path), "--model",
                          f"{tmp_path / 'spec.py'}:gpt2", "--format", "json"])
     causes = {c["label"]: c for c in json.loads(out)["causes"]}
+    # a folder's model.safetensors is the state_dict, not an entry of a training checkpoint
+    assert "wrapped_checkpoint" not in causes, causes["wrapped_checkpoint"]
     fix = causes["tied_weights"]["fix"]["code"]
     model = namespace["gpt2"]()  # type: ignore[operator]
     exec(textwrap.dedent(fix), {"model": model})  # raised IsADirectoryError / UnpicklingError
