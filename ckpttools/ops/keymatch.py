@@ -16,6 +16,7 @@ score.
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -238,9 +239,25 @@ def module_rename_candidates(table: Table, sig: ModelSignature, cmp: Comparison)
     for s, sources in by_c.items():
         targets = by_m.get(s, [])
         if len(sources) == len(targets):
-            pairs += [(a, b) for a, b in zip(sources, targets) if a != b]
+            pairs += [(a, b) for a, b in _pair_by_name(sources, targets) if a != b]
     return [(f"^{re.escape(a)}\\.", escape_repl(f"{b}."))
             for a, b in _whole_parents(pairs, set(cm), set(mm))]
+
+
+def _pair_by_name(sources: list[str], targets: list[str]) -> list[tuple[str, str]]:
+    """Modules of one signature paired by their names: each source with the target its name is
+    most like, when that target is its own and strictly the closest. Shapes cannot tell ``query``
+    from ``key``, nor ``layernorm_before`` from ``layernorm_after``, and neither can their order:
+    names that do not decide pair nothing (the keys stay unmatched)."""
+    if len(sources) == 1:
+        return [(sources[0], targets[0])]
+    pairs = []
+    for a in sources:
+        ratios = sorted(((SequenceMatcher(None, a, b).ratio(), b) for b in targets), reverse=True)
+        if ratios[0][0] == ratios[1][0]:
+            return []
+        pairs.append((a, ratios[0][1]))
+    return pairs if len({b for _, b in pairs}) == len(pairs) else []
 
 
 # Share of the keys a prefix replacement moves that must land on a model key of their shape:

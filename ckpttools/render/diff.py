@@ -99,7 +99,8 @@ def render_checkpoint_diff(result: CheckpointDiffResult, fmt: str) -> str:
         head.append(f"note: {result.note}")
     values = [(t.key, (t.dtype_a, t.dtype_b, "yes" if t.bitwise_equal else "no",
                        f"{t.max_abs_diff:.3g}", f"{t.max_rel_diff:.3g}",
-                       "yes" if t.allclose else "no"))
+                       "yes" if t.allclose else "no") if t.compared
+               else (t.dtype_a, t.dtype_b, "no data (meta)", "-", "-", "not compared"))
               for t in result.tensors if not t.bitwise_equal or t.dtype_a != t.dtype_b]
     parts = [
         "\n".join(head),

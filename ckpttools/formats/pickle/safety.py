@@ -269,8 +269,19 @@ def is_allowed_by_user(qualname: str, allow: frozenset[str] | set[str] | tuple[s
         a.endswith(".*") and qualname.startswith(a[:-1]) for a in allow)
 
 
+# Classes torch's weights_only unpickler cannot rebuild even when allowed: it fills only lists
+# (APPENDS) and dicts of a few types (SETITEMS), so no add_safe_globals line reads them.
+UNBUILDABLE = ("collections.deque", "collections.defaultdict")
+
+
 def add_safe_globals_line(names: list[str] | tuple[str, ...]) -> str:
-    """The line that lets ``torch.load(weights_only=True)`` read a file needing ``names``."""
+    """The line that lets ``torch.load(weights_only=True)`` read a file needing ``names``, or a
+    comment saying that none does (a ``deque`` in the file)."""
+    stuck = [n for n in names if n in UNBUILDABLE]
+    if stuck:
+        return (f"# no line does: torch.load(weights_only=True) cannot rebuild {', '.join(stuck)} "
+                "even when allowed; only torch.load(weights_only=False) reads it, which runs "
+                "the pickle: use it only for a file you trust")
     imports = sorted({n.rsplit(".", 1)[0] for n in names})
     allowed = list(names)
     if "numpy.dtype" in names:

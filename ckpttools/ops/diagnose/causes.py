@@ -153,7 +153,7 @@ def optimizer_state_passed(ev: Evidence) -> Finding | None:
 
 def wrapped_checkpoint(ev: Evidence) -> Finding | None:
     """A whole training checkpoint (``epoch``, ``optimizer``, ``state_dict``) was passed."""
-    if ev.source == "files" and ev.used_key:
+    if ev.source == "files" and ev.used_key and not ev.whole_file:
         # The model's weights were found under a key: passing the whole file fails to load.
         conf = 0.9 if ev.is_empty else 0.5
         return Finding("wrapped_checkpoint", conf, frozenset(),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.ops.diagnose.evidence import Evidence, ShapeMismatch
+from ckpttools.ops.plan_text import load_lines
 
 if TYPE_CHECKING:
     from torch import nn
@@ -129,7 +130,10 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
         checkpoint_path=diff.checkpoint, model_spec=model_spec or diff.model,
         # a model folder's file (model.safetensors) holding the state_dict is no wrapper
         used_key=(diff.plan.source.key if diff.plan else diff.state_dict) or None, tied=tied,
-        moves=_plan_moves(diff))
+        moves=_plan_moves(diff),
+        load_code="".join(line + "\n" for line in load_lines(diff.plan.source)) if diff.plan else "",
+        whole_file=bool(diff.plan and diff.plan.source.file != diff.plan.source.path
+                        and not diff.plan.source.key))
 
 
 def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:

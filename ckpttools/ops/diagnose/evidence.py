@@ -63,6 +63,8 @@ class Evidence:
     checkpoint_path: str | None = None
     model_spec: str | None = None
     used_key: str | None = None
+    load_code: str = ""  # from files: the lines that load the state_dict as ``sd``, its format's way
+    whole_file: bool = False  # from files: the state_dict is a folder's member file, no entry of one
     lookups: tuple[str, ...] = ()
     report: bool = False
     parallel: bool = False  # the text names model (tensor) parallelism

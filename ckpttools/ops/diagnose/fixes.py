@@ -365,7 +365,8 @@ def describe(f: Finding, ev: Evidence) -> Cause:
         lines = code.split("\n")
         n = next((i for i, line in enumerate(lines) if not SETTING.match(line)), len(lines))
         rest = "\n".join(lines[n:])
-        load = "" if "ckpt = torch.load" in rest or "sd" not in rest or _assigns_sd(rest) else _LOAD
+        load = ("" if "ckpt = torch.load" in rest or "sd" not in rest or _assigns_sd(rest)
+                else ev.load_code or _LOAD)  # a safetensors file or a folder is no torch.load
         imports = "import collections, re, torch\n" if "collections." in rest else "import re, torch\n"
         code = "".join(line + "\n" for line in lines[:n]) + imports + load + rest
     command = None

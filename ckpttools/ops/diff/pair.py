@@ -213,12 +213,39 @@ def _compare_quantized(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: fl
     return stats
 
 
+def _arithmetic(dtype: torch.dtype) -> bool:
+    """Whether torch can convert ``dtype``'s values to compute with them (not so for packed
+    ``float4_e2m1fn_x2`` or the ``bits*`` dtypes: only their bytes can be compared)."""
+    import torch
+
+    try:
+        torch.zeros(1, dtype=dtype).to(torch.float64)
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
+def _compare_bytes(ta: torch.Tensor, tb: torch.Tensor, advance: Callable[[int], None]) -> _Stats:
+    """Tensors of a dtype without arithmetic: equal bytes, or different with no measure of
+    how far apart (NaN distances)."""
+    import torch
+
+    advance(ta.numel() * ta.element_size() + tb.numel() * tb.element_size())
+    same = ta.dtype == tb.dtype and torch.equal(ta.contiguous().view(torch.uint8),
+                                                tb.contiguous().view(torch.uint8))
+    far = 0.0 if same else math.nan
+    return _Stats(bitwise=same, max_abs=far, max_rel=far, close=same,
+                  sq_diff=0.0 if same else math.nan, sq_a=1.0)
+
+
 def _compare_loaded(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: float,
                     advance: Callable[[int], None]) -> _Stats:
     import torch
 
     if ta.is_quantized or tb.is_quantized:
         return _compare_quantized(ta, tb, atol, rtol, advance)
+    if not (_arithmetic(ta.dtype) and _arithmetic(tb.dtype)):
+        return _compare_bytes(ta, tb, advance)
     stats = _Stats(bitwise=ta.dtype == tb.dtype)
     fa, fb = ta.reshape(-1), tb.reshape(-1)
     step = max(1, CHUNK_BYTES // max(ta.element_size(), 1))
@@ -238,6 +265,9 @@ def compare_tensor_pair(ra: CheckpointReader, rb: CheckpointReader, ea: TensorEn
                         eb: TensorEntry, *, atol: float, rtol: float, name: str = "",
                         on_progress: Callable[[int], None] = lambda n: None) -> TensorComparison:
     """Compare one tensor of ``ra`` with one of ``rb`` (same shape), streaming its bytes."""
+    if "meta" in (ea.device, eb.device):  # saved without data: nothing to compare, say so
+        return TensorComparison(name or ea.key, ea.dtype, eb.dtype, False, 0.0, 0.0, True,
+                                compared=False)
     sa, sb = ra.raw_source(ea.key), rb.raw_source(eb.key)
     with one_thread():
         if (sa is not None and sb is not None and ea.dtype == eb.dtype and ea.dtype in ITEMSIZE

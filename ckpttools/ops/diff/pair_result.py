@@ -22,12 +22,13 @@ class TensorComparison:
     max_rel_diff: float
     allclose: bool
     rel_l2_change: float = 0.0  # ||B - A|| / ||A||; inf when A is all zeros and B is not
+    compared: bool = True  # False: a side holds no data (a meta tensor), nothing was read
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "dtype_a": self.dtype_a, "dtype_b": self.dtype_b,
                 "bitwise_equal": self.bitwise_equal, "max_abs_diff": self.max_abs_diff,
                 "max_rel_diff": self.max_rel_diff, "allclose": self.allclose,
-                "rel_l2_change": self.rel_l2_change}
+                "rel_l2_change": self.rel_l2_change, "compared": self.compared}
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,11 @@ class CheckpointDiffResult:
         return tuple(o for o in self.objects if not o.equal)
 
     @property
-    def uncompared(self) -> tuple[ObjectComparison, ...]:
-        """Values holding tensors whose data could not be compared (sparse, nested)."""
-        return tuple(o for o in self.objects if o.opaque)
+    def uncompared(self) -> tuple[TensorComparison | ObjectComparison, ...]:
+        """Tensors without data (meta) and values holding tensors whose data could not be
+        compared (sparse, nested)."""
+        return (tuple(t for t in self.tensors if not t.compared)
+                + tuple(o for o in self.objects if o.opaque))
 
     @property
     def differs(self) -> bool:
@@ -118,7 +121,7 @@ class CheckpointDiffResult:
         if not self.differs:
             keys = ", ".join(o.key for o in self.uncompared[:3])
             return ("cannot tell whether the checkpoints match: no difference found, but the "
-                    f"values of {plural(len(self.uncompared), 'sparse or nested tensor')} "
+                    f"values of {plural(len(self.uncompared), 'meta, sparse or nested tensor')} "
                     f"({keys}) were not compared")
         parts = [f"{len(self.only_a)} only in A", f"{len(self.only_b)} only in B",
                  f"{len(self.shape_differences)} shape", f"{len(self.dtype_differences)} dtype",

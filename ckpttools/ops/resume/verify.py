@@ -329,8 +329,24 @@ def _finish(ctx: Context, mode: Literal["checkpoints", "run"], ckpt: str, nxt: s
         ctx.say("attribution: rerunning the resume with each piece of state changed")
     attributions, hints = attribute(ctx)
     verdict = _verdict(status, step, start, ctx.end, atol, drift_atol, first or final, attributions, hints)
+    unchecked = _unchecked(ctx.file_state)
+    if unchecked:  # an EMA model, a sampler's position: "identical" says nothing about them
+        if ctx.diverged:
+            hints = (*hints, unchecked)
+        else:
+            verdict += "; " + unchecked
     return ResumeResult(mode, ctx.recipe.name, ckpt, nxt, start, ctx.end, atol, drift_atol, status, step, verdict,
                         losses, first, final, ctx.missing, attributions, hints)
+
+
+def _unchecked(state: dict[str, Any]) -> str:
+    """What the checkpoint holds beyond the recipe's layout, which is neither restored nor
+    compared; empty when nothing."""
+    extra = [str(k) for k in state if k not in (*COMPARED_KEYS, EPOCH, LOSS)]
+    if not extra:
+        return ""
+    return (f"not checked: the checkpoint's {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} "
+            "(outside the recipe's layout: the resume neither restores nor compares it)")
 
 
 def _verdict(status: Status, step: int | None, start: int, end: int, atol: float, drift_atol: float,

@@ -95,3 +95,24 @@ def test_no_torch_load_hint_for_a_dcp_folder(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     with open_checkpoint(tmp_path / "ckpt") as reader:
         assert inspect_checkpoint(reader).to_dict()["weights_only_hint"] is None
+
+
+@pytest.mark.parametrize("value", ["collections.deque([1, 2])",
+                                   "collections.defaultdict(list, a=[1])"])
+def test_no_allow_line_for_classes_torch_cannot_rebuild(tmp_path: Path, value: str) -> None:
+    # the printed add_safe_globals([collections.deque]) line did not let torch.load read the
+    # file ("Can only extend lists"): no line does, and the hint says so instead
+    done = _python(f"""
+        import collections, torch
+        torch.save({{"w": torch.ones(2), "extra": {value}}}, "c.pt")
+        torch.serialization.add_safe_globals([collections.deque, collections.defaultdict, list])
+        try:
+            torch.load("c.pt", weights_only=True)
+        except Exception as e:
+            print("refused")
+    """, tmp_path)
+    assert done.stdout.strip() == "refused", done.stderr
+    with open_checkpoint(tmp_path / "c.pt") as reader:
+        hint = inspect_checkpoint(reader).to_dict()["weights_only_hint"]
+    assert "add_safe_globals" not in hint and "cannot rebuild collections." in hint
+    assert _loads_after(hint, tmp_path / "c.pt").returncode != 0  # as said: nothing reads it

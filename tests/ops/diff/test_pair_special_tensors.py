@@ -86,3 +86,41 @@ def test_identical_quantized_tensors_are_bitwise_equal(tmp_path: Path) -> None:
     a, b = _quantized(tmp_path, 0.1)
     result = run(a, b)
     assert result.ok and result.tensors[0].bitwise_equal
+
+
+def test_meta_tensors_are_not_compared_and_say_so(tmp_path: Path) -> None:
+    # a meta tensor is saved without data: diff crashed (aten::equal has no meta kernel)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path in (a, b):
+        torch.save({"x": torch.ones(2), "m": torch.empty(3, 4, device="meta")}, path)
+    result = run(a, b)
+    assert not result.ok
+    assert result.verdict.startswith("cannot tell"), result.verdict
+    assert [t.key for t in result.uncompared] == ["m"]
+    assert [t["compared"] for t in result.to_dict()["tensors"]] == [True, False]
+
+
+@pytest.mark.parametrize("dtype", ["float4_e2m1fn_x2", "bits8"])
+def test_dtypes_without_arithmetic_are_compared_by_bytes(tmp_path: Path, dtype: str) -> None:
+    # torch cannot convert these to float: diff crashed ("copy_kernel" not implemented)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path, byte in ((a, 1), (b, 2)):
+        torch.save({"p": torch.tensor([byte, 3], dtype=torch.uint8).view(getattr(torch, dtype))},
+                   path)
+    assert run(a, a).ok
+    result = run(a, b)
+    assert not result.ok and result.differs
+    assert not result.tensors[0].bitwise_equal and not result.tensors[0].allclose
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint64])
+def test_wide_integers_float64_cannot_tell_apart_differ(tmp_path: Path, dtype: torch.dtype) -> None:
+    # 2**62 and 2**62 + 1 are one float64: a seed or an id that changed by one "matched"
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path, extra in ((a, 0), (b, 1)):
+        torch.save({"seed": torch.tensor([2**62 + extra, 7], dtype=dtype)}, path)
+    assert not torch.equal(torch.load(a)["seed"], torch.load(b)["seed"])
+    result = run(a, b)
+    assert not result.ok
+    assert [t.key for t in result.value_differences] == ["seed"]
+    assert result.tensors[0].max_abs_diff >= 1
