@@ -11,7 +11,6 @@ import io
 import pickletools
 import random
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ from ckpttools.formats.pickle import guard, walk
 from ckpttools.formats.pickle.genops import NAMES
 from ckpttools.formats.pickle.opwalk import walk_ops
 from ckpttools.ops.audit.scan import scan_checkpoint
-from tests.hostile_corpus import build_hostile
-from tests.malicious_corpus import build_corpus
 
 torch = pytest.importorskip("torch")
 
@@ -95,20 +92,6 @@ def test_every_mutation_gets_the_guards_answer() -> None:
         proven += _proof_agrees(data[:at])
     assert proven > 100
 
-
-@pytest.fixture(scope="module")
-def corpora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    root = tmp_path_factory.mktemp("guard")
-    canary = root / "CANARY"
-    hostile, malformed = build_hostile(root / "files", canary)
-    files = {**hostile, **malformed}
-    for case in build_corpus(root / "classic", canary):
-        files[f"classic-{case.name}"] = case.path
-    clean = root / "clean.pth"
-    torch.save({f"blocks.{i}.weight": torch.zeros(4) for i in range(500)}, clean)
-    files["clean"] = clean
-    yield files
-    assert not canary.exists(), "a pickle was executed"
 
 
 def _verdicts(files: dict[str, Path]) -> dict[str, Any]:

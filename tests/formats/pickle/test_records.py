@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import random
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from ckpttools.cli.main import cli
 from ckpttools.formats.pickle import opwalk, records, walk
 from ckpttools.formats.pickle.opstate import Computed, Global, State, Tup
 from ckpttools.ops.audit.scan import scan_checkpoint
-from tests.hostile_corpus import build_hostile
-from tests.malicious_corpus import build_corpus
 
 torch = pytest.importorskip("torch")
 
@@ -149,20 +146,6 @@ def test_memo_tricks_are_left_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> No
     flagged = opwalk.walk_ops(own, "x")
     assert any("calls str" in f[2] for f in flagged.findings)
 
-
-@pytest.fixture(scope="module")
-def corpora(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    root = tmp_path_factory.mktemp("records")
-    canary = root / "CANARY"
-    hostile, malformed = build_hostile(root / "files", canary)
-    files = {**hostile, **malformed}
-    for case in build_corpus(root / "classic", canary):
-        files[f"classic-{case.name}"] = case.path
-    clean = root / "clean.pth"
-    torch.save({f"blocks.{i}.weight": torch.zeros(4) for i in range(500)}, clean)
-    files["clean"] = clean
-    yield files
-    assert not canary.exists(), "a pickle was executed"
 
 
 def _verdicts(files: dict[str, Path], fused: bool,

@@ -8,7 +8,6 @@ the file it failed on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ from torch import nn
 
 from ckpttools.ops.diagnose.diagnosis import diagnose_text
 from tests.ops.diagnose.generated_corpus import load_error
-
-
-def _run_fix(code: str, model: nn.Module, path: Path) -> nn.Module:
-    """Run a printed fix as pasted: ``CKPT`` is the file, ``model`` the model it failed on."""
-    scope: dict[str, Any] = {"model": model}
-    exec(compile(code.replace("CKPT", str(path)), "<printed diagnose fix>", "exec"), scope)
-    return scope["model"]
+from tests.ops.diagnose.printed import run_fix as _run_fix
 
 
 def _same(a: nn.Module, b: dict[str, torch.Tensor], prefix: str) -> bool:

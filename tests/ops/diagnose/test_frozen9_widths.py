@@ -10,7 +10,6 @@ another size where the layer projects into another model's hidden width (both si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,17 +17,7 @@ from torch import nn
 
 from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, diagnose_text
 from tests.ops.diagnose.generated_corpus import load_error
-
-
-def _run_fix(code: str, model: nn.Module, path: Path) -> nn.Module:
-    """Run a printed fix as pasted: ``CKPT`` is the file, ``model`` the model it failed on."""
-    scope: dict[str, Any] = {"model": model}
-    exec(compile(code.replace("CKPT", str(path)), "<printed diagnose fix>", "exec"), scope)
-    return scope["model"]
-
-
-def _labels(result: Any) -> list[tuple[str, float]]:
-    return [(c.label, round(c.confidence, 2)) for c in result.causes]
+from tests.ops.diagnose.printed import labels as _labels, run_fix as _run_fix
 
 
 # -- a projection into a language model's width (minigpt4_269/77, qwenvlft37) -------------------
