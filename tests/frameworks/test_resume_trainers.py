@@ -141,3 +141,19 @@ def test_run_mode_recipe_error_shows_the_whole_message(runner: CliRunner, tmp_pa
     assert "the uninterrupted run failed" in result.stderr
     assert "the cause is on this second line" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_lightning_shuffling_with_the_global_rng_names_the_unsaved_rng(runner: CliRunner,
+                                                                        tmp_path: Path) -> None:
+    # the example recipe, but shuffled by DataLoader(shuffle=True): Lightning saves no RNG state,
+    # so the resumed epoch draws another order and the verdict must say what it could not check
+    text = Path(LIGHTNING).read_text()
+    old = ("sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)\n"
+           "        return DataLoader(data, batch_size=8, sampler=sampler)")
+    assert old in text
+    recipe = tmp_path / "shuffled.py"
+    recipe.write_text(text.replace(old, "return DataLoader(data, batch_size=8, shuffle=True)"))
+    code, report = verify_run(runner, str(recipe), "--steps", "8", "--resume-at", "4")
+    assert code == 1 and report["status"] == "diverged", report["verdict"]
+    assert "not checked: Lightning saves no RNG state" in report["verdict"]
+    assert "shuffle=True" in report["verdict"]
