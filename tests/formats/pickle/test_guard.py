@@ -7,10 +7,8 @@ byte-level mutation of a real ``torch.save`` pickle, exactly as without the proo
 
 from __future__ import annotations
 
-import io
 import pickletools
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,9 @@ from ckpttools.formats.pickle import guard, walk
 from ckpttools.formats.pickle.genops import NAMES
 from ckpttools.formats.pickle.opwalk import walk_ops
 from ckpttools.ops.audit.scan import scan_checkpoint
+from tests.formats.pickle.pickles import data_pkl as _data_pkl
 
 torch = pytest.importorskip("torch")
-
-
-def _data_pkl(state: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with zipfile.ZipFile(buf) as z:
-        return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
 
 
 def _guard_end(data: bytes) -> Any:
@@ -91,7 +83,6 @@ def test_every_mutation_gets_the_guards_answer() -> None:
         proven += _proof_agrees(data[:at] + data[at:at + 1] + data[at:])
         proven += _proof_agrees(data[:at])
     assert proven > 100
-
 
 
 def _verdicts(files: dict[str, Path]) -> dict[str, Any]:

@@ -8,9 +8,7 @@ of the malicious and hostile corpora.
 
 from __future__ import annotations
 
-import io
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from ckpttools.cli.main import cli
 from ckpttools.formats.pickle import opwalk, records, walk
 from ckpttools.formats.pickle.opstate import Computed, Global, State, Tup
 from ckpttools.ops.audit.scan import scan_checkpoint
+from tests.formats.pickle.pickles import data_pkl as _data_pkl
 
 torch = pytest.importorskip("torch")
 
@@ -44,13 +43,6 @@ def _states() -> dict[str, Any]:
                                                torch.nn.Linear(8, 4)).state_dict(),
                   "epoch": 3, "names": ["a", "b"], "lr": 0.1},
     }
-
-
-def _data_pkl(state: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with zipfile.ZipFile(buf) as z:
-        return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
 
 
 def _shape_of(v: Any) -> Any:
@@ -145,7 +137,6 @@ def test_memo_tricks_are_left_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> No
     assert _same(own, monkeypatch) >= 0
     flagged = opwalk.walk_ops(own, "x")
     assert any("calls str" in f[2] for f in flagged.findings)
-
 
 
 def _verdicts(files: dict[str, Path], fused: bool,
