@@ -47,6 +47,14 @@ EXPECTED = {
     DCP: {k: f"no {k} state among the top-level keys dcp.save was given"
           for k in ("optimizer", "scheduler", "rng", "scaler", "dataloader")},
 }
+
+
+def unsaved_rng(framework: str) -> str | None:
+    """Why a framework's checkpoint holds no RNG state (Lightning, DeepSpeed never write it), so
+    that randomness after a resume restarts from the seed; None where it saves the RNG."""
+    if "rng" in RESUME_NEEDS.get(framework, ("rng",)):
+        return None
+    return EXPECTED.get(framework, {}).get("rng")
 # file name patterns of HF Trainer and accelerate pieces -> kind; the rank is group "rank"
 _FILE_KINDS = (
     (r"(model|pytorch_model)(_\d+)?(-\d+-of-\d+)?\.(safetensors|bin)", "model"),

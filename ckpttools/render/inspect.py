@@ -106,11 +106,19 @@ def _trainer(result: InspectResult, fmt: str) -> str:
     if t.best_checkpoint:
         lines.append(f"best checkpoint: {t.best_checkpoint}")
     lines += [f"note: {n}" for n in t.notes]
-    lines.append("resume: " + ("every piece present" if t.ok
+    lines.append("resume: " + ("every piece present" + _unsaved_rng(t.framework) if t.ok
                                else "missing " + ", ".join(t.missing)))
     rows = [[p.name, p.kind, "-" if p.rank is None else p.rank] for p in t.pieces]
     return (heading("Trainer checkpoint", fmt) + "\n" + "\n".join(lines) + "\n\n"
             + table(rows, ["piece", "kind", "rank"], fmt))
+
+
+def _unsaved_rng(framework: str) -> str:
+    """What "every piece present" cannot cover: RNG state the framework never writes."""
+    from ckpttools.formats.trainer import unsaved_rng
+
+    why = unsaved_rng(framework)
+    return f" ({why}: randomness after a resume restarts from the seed)" if why else ""
 
 
 def _layout(result: InspectResult, fmt: str) -> str:

@@ -161,6 +161,8 @@ def test_inspect_text_and_json_agree_on_framework_step_and_pieces(
     text = result.stdout
     assert f"framework: {framework}" in text and f"step: {trainer['step']}" in text
     assert "resume: every piece present" in text
+    # a framework that never saves the RNG says so beside "every piece present"
+    assert ("saves no RNG state" in text) == (framework in ("lightning", "deepspeed")), text
     for piece in trainer["pieces"]:  # every piece in the table with its kind
         assert any(piece["name"] in line and piece["kind"] in line for line in text.splitlines())
 

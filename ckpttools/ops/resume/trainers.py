@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from ckpttools.errors import SpecError
 from ckpttools.formats.registry import open_checkpoint
-from ckpttools.formats.trainer import (EXPECTED, HF_TRAINER, LIGHTNING, RESUME_NEEDS, TrainerLayout,
-                                         describe_trainer)
+from ckpttools.formats.trainer import (EXPECTED, HF_TRAINER, LIGHTNING, TrainerLayout, describe_trainer,
+                                         unsaved_rng)
 from ckpttools.ops.resume.compare import LossRow, TensorDiff, compare_leaf
 
 Status = Literal["identical", "within_tolerance", "diverged", "cannot_resume"]
@@ -204,10 +204,11 @@ def _judge(result: TrainerResumeResult) -> TrainerResumeResult:
 
 def _unsaved_rng(result: TrainerResumeResult) -> str:
     """Name the RNG state a framework never saves (Lightning), the likely cause left unchecked."""
-    if result.missing or "rng" in RESUME_NEEDS.get(result.framework, ("rng",)):
+    why = None if result.missing else unsaved_rng(result.framework)
+    if why is None:
         return ""
     # not proven: the checkpoint cannot hold it, so it cannot be restored to test it
-    return (f"; not checked: {EXPECTED[result.framework]['rng']}, so randomness drawn after the "
+    return (f"; not checked: {why}, so randomness drawn after the "
             "resume (a DataLoader with shuffle=True, dropout) restarts from the seed; shuffle "
             "with a sampler seeded per epoch (DistributedSampler) or save the RNG state yourself")
 
