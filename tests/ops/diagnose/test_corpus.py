@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 
 from tests.ops.diagnose.scoring import (
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, HELDOUT, REAL,
-    Case, corpus, development, read_case, score, source_key)
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11, HELDOUT,
+    REAL, Case, corpus, development, read_case, score, source_key)
 
 # The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
 pytestmark = [
@@ -138,9 +138,10 @@ def test_frozen_sources_never_in_development() -> None:
     frozen8 = [source_key(c.source) for c in corpus(FROZEN8)]
     frozen9 = [source_key(c.source) for c in corpus(FROZEN9)]
     frozen10 = [source_key(c.source) for c in corpus(FROZEN10)]
+    frozen11 = [source_key(c.source) for c in corpus(FROZEN11)]
     assert len(frozen) >= 40 and len(frozen2) >= 40 and len(frozen3) >= 45 and len(frozen4) >= 45
     assert len(frozen5) >= 45 and len(frozen6) >= 45 and len(frozen7) >= 45 and len(frozen8) >= 45
-    assert len(frozen9) >= 45 and len(frozen10) >= 45
+    assert len(frozen9) >= 45 and len(frozen10) >= 45 and len(frozen11) >= 45
     assert not dev & frozen
     assert not dev & set(frozen2) and not frozen & set(frozen2)
     assert not (dev | frozen | set(frozen2)) & set(frozen3)
@@ -152,6 +153,7 @@ def test_frozen_sources_never_in_development() -> None:
     assert not (others | set(frozen7)) & set(frozen8)
     assert not (others | set(frozen7) | set(frozen8)) & set(frozen9)
     assert not (others | set(frozen7) | set(frozen8) | set(frozen9)) & set(frozen10)
+    assert not (others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)) & set(frozen11)
     assert len(set(frozen2)) == len(frozen2)  # one case per thread
     assert len(set(frozen3)) == len(frozen3)
     assert len(set(frozen4)) == len(frozen4)
@@ -161,6 +163,7 @@ def test_frozen_sources_never_in_development() -> None:
     assert len(set(frozen8)) == len(frozen8)
     assert len(set(frozen9)) == len(frozen9)
     assert len(set(frozen10)) == len(frozen10)
+    assert len(set(frozen11)) == len(frozen11)
 
 
 # (folder, cases, right at least, precision at >= 0.8 at least or None): the floors above
@@ -187,9 +190,9 @@ def test_frozen_sets_as_measured(name: str) -> None:
 
 
 @pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6,
-                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10],
+                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11],
                          ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5",
-                              "frozen6", "frozen7", "frozen8", "frozen9", "frozen10"])
+                              "frozen6", "frozen7", "frozen8", "frozen9", "frozen10", "frozen11"])
 def test_corpus_headers_are_complete(folder) -> None:  # type: ignore[no-untyped-def]
     from ckpttools.ops.diagnose.causes import LABELS
 
