@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN12, Case,
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11,
+    FROZEN12, Case,
     Score, corpus, development, score)
 
 
@@ -98,6 +99,7 @@ def main() -> None:
         _print("frozen8 (scored 30/50 with the rules it was collected under, 31/50 after frozen7's tuning; tuned on since: #16's frozen8 round)", score(corpus(FROZEN8)), args.misses)
         _print("frozen9 (scored 32/50 with the rules it was collected under and after frozen8's tuning; tuned on since: #16's frozen9 round)", score(corpus(FROZEN9)), args.misses)
         _print("frozen10 (held out: 34/50 with the rules it was collected under and with the round's final rules; not tuned on)", score(corpus(FROZEN10)), args.misses)
+        _print("frozen11 (held out: vision texts committed at eaaec6a before diagnose ran on them; scored once at the end of the round)", score(corpus(FROZEN11)), args.misses)
         _print("frozen12 (held out: collected before diagnose ran on it; scored once with the round's final rules; not tuned on)", score(corpus(FROZEN12)), args.misses)
 
 

@@ -16,7 +16,7 @@ DATA = Path(__file__).parents[2] / "data" / "diagnose"
 REAL, HELDOUT, FROZEN, FROZEN2 = DATA / "real", DATA / "heldout", DATA / "frozen", DATA / "frozen2"
 FROZEN3, FROZEN4, FROZEN5 = DATA / "frozen3", DATA / "frozen4", DATA / "frozen5"
 FROZEN6, FROZEN7, FROZEN8 = DATA / "frozen6", DATA / "frozen7", DATA / "frozen8"
-FROZEN9, FROZEN10 = DATA / "frozen9", DATA / "frozen10"
+FROZEN9, FROZEN10, FROZEN11 = DATA / "frozen9", DATA / "frozen10", DATA / "frozen11"
 FROZEN12 = DATA / "frozen12"
 DECIDED = 0.8
 

@@ -16,7 +16,8 @@ from collections import Counter
 import pytest
 
 from tests.ops.diagnose.scoring import (
-    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN12, HELDOUT,
+    FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11,
+    FROZEN12, HELDOUT,
     REAL, Case, corpus, development, read_case, score, source_key)
 
 # The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
@@ -138,10 +139,12 @@ def test_frozen_sources_never_in_development() -> None:
     frozen8 = [source_key(c.source) for c in corpus(FROZEN8)]
     frozen9 = [source_key(c.source) for c in corpus(FROZEN9)]
     frozen10 = [source_key(c.source) for c in corpus(FROZEN10)]
-    frozen12 = [source_key(c.source) for c in corpus(FROZEN12)]
+    frozen11 = [source_key(c.source) for c in corpus(FROZEN11)]
     assert len(frozen) >= 40 and len(frozen2) >= 40 and len(frozen3) >= 45 and len(frozen4) >= 45
     assert len(frozen5) >= 45 and len(frozen6) >= 45 and len(frozen7) >= 45 and len(frozen8) >= 45
-    assert len(frozen9) >= 45 and len(frozen10) >= 45 and len(frozen12) >= 45
+    assert len(frozen9) >= 45 and len(frozen10) >= 45 and len(frozen11) >= 45
+    frozen12 = [source_key(c.source) for c in corpus(FROZEN12)]
+    assert len(frozen12) >= 45
     assert not dev & frozen
     assert not dev & set(frozen2) and not frozen & set(frozen2)
     assert not (dev | frozen | set(frozen2)) & set(frozen3)
@@ -153,7 +156,9 @@ def test_frozen_sources_never_in_development() -> None:
     assert not (others | set(frozen7)) & set(frozen8)
     assert not (others | set(frozen7) | set(frozen8)) & set(frozen9)
     assert not (others | set(frozen7) | set(frozen8) | set(frozen9)) & set(frozen10)
-    assert not (others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)) & set(frozen12)
+    assert not (others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)) & set(frozen11)
+    later = others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)
+    assert not (later | set(frozen11)) & set(frozen12)
     assert len(set(frozen2)) == len(frozen2)  # one case per thread
     assert len(set(frozen3)) == len(frozen3)
     assert len(set(frozen4)) == len(frozen4)
@@ -163,6 +168,7 @@ def test_frozen_sources_never_in_development() -> None:
     assert len(set(frozen8)) == len(frozen8)
     assert len(set(frozen9)) == len(frozen9)
     assert len(set(frozen10)) == len(frozen10)
+    assert len(set(frozen11)) == len(frozen11)
     assert len(set(frozen12)) == len(frozen12)
 
 
@@ -190,9 +196,9 @@ def test_frozen_sets_as_measured(name: str) -> None:
 
 
 @pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6,
-                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN12],
+                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11, FROZEN12],
                          ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5",
-                              "frozen6", "frozen7", "frozen8", "frozen9", "frozen10",
+                              "frozen6", "frozen7", "frozen8", "frozen9", "frozen10", "frozen11",
                               "frozen12"])
 def test_corpus_headers_are_complete(folder) -> None:  # type: ignore[no-untyped-def]
     from ckpttools.ops.diagnose.causes import LABELS
