@@ -234,14 +234,22 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None,
                 "" if other == rec.name else f" and {other!r} (torch ignores case)"))
     pos = 0
     read_at = _reader_at(f)
-    plain = _plain_end if isinstance(buf, (bytes, mmap.mmap)) else None
+    plain = isinstance(buf, (bytes, mmap.mmap))
     found = {} if starts is None else starts
-    for rec in sorted(entries, key=attrgetter("header_offset")):
+    ordered = sorted(entries, key=attrgetter("header_offset"))
+    i = 0
+    while i < len(ordered):
+        if plain:  # the sound records that tile on from ``pos``, read in place
+            i, pos = _plain_tiles(buf, ordered, i, pos, found)
+            if i == len(ordered):
+                break
+        rec = ordered[i]
         if rec.header_offset != pos:
             what = "overlaps the one before" if rec.header_offset < pos else "has bytes before it"
             problems.append(f"record {rec.name!r} at {rec.header_offset} {what}")
-        end = plain(buf, rec, found) if plain is not None else None
+        end = _plain_end(buf, rec, found) if plain else None
         pos = end if end is not None else _record_end(read_at, rec, problems, found)
+        i += 1
     if pos != cd_offset or cd_offset + cd_size > eocd:
         problems.append(f"bytes between the records and the central directory ({pos}..{cd_offset})")
     f.seek(max(0, size - 65536 - _EOCD.size))
@@ -261,6 +269,37 @@ def _reader_at(f: BinaryIO) -> Callable[[int, int], bytes]:
         f.seek(pos)
         return f.read(n)
     return read_at
+
+
+_DESCRIBED = 0x08  # the sizes and CRC follow the data, in a data descriptor
+
+
+def _plain_tiles(buf: Any, ordered: list[ZipRecord], i: int, pos: int,
+                 starts: dict[int, int]) -> tuple[int, int]:
+    """``_plain_end`` of ``ordered[i]`` and the records after it, in one loop (20,000 records),
+    while each starts where the one before ends and its local header is plain: the sizes and
+    CRC as in the central entry or deferred to a descriptor (no zip64), the same method and
+    name. Returns the index of the first other record and where the last one taken ends."""
+    unpack, size, n = _LOCAL.unpack_from, _LOCAL.size, len(buf)
+    for i in range(i, len(ordered)):
+        name, at, csize, usize, crc, method, _ = ordered[i]
+        if at != pos or at + size > n:
+            return i, pos
+        sig, _, flags, lmethod, _, _, lcrc, lcsize, lusize, nlen, elen = unpack(buf, at)
+        if sig != b"PK\x03\x04" or lmethod != method or (lcrc, lcsize, lusize) != (crc, csize, usize) \
+                and not (flags & _DESCRIBED and lcrc == lcsize == lusize == 0) \
+                or 0xFFFFFFFF in (lcsize, lusize) or csize >= 0xFFFFFFFF \
+                or str(buf[at + size:at + size + nlen], "utf-8" if flags & 0x800 else "cp437",
+                       "replace") != name:
+            return i, pos
+        start = at + size + nlen + elen
+        starts[at] = start
+        pos = start + csize
+        if flags & _DESCRIBED:  # as in _record_end
+            if buf[pos:pos + 4] == b"PK\x07\x08":
+                pos += 4
+            pos += 12  # CRC and two 4-byte sizes (zip64 records are left to _plain_end)
+    return len(ordered), pos
 
 
 def _plain_end(buf: Any, rec: ZipRecord, starts: dict[int, int]) -> int | None:

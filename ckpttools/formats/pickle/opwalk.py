@@ -30,6 +30,7 @@ from ckpttools.formats.pickle.genops import NAMES, OpcodeError, TruncatedError, 
 from ckpttools.formats.pickle.opstate import (EQUAL_HASH_LIMIT, HANDLERS, MARK, OTHER, State,
                                               Stop, Tup, count_keys)
 from ckpttools.formats.pickle.guard import note_walk
+from ckpttools.formats.pickle.record_runs import RunValues, record_run
 from ckpttools.formats.pickle.records import tensor_record
 
 __all__ = ["CHEAP_TUPLE_LIMIT", "MAX_TUPLE_DEPTH", "OpWalk", "fails_early", "max_tuple_depth",
@@ -246,7 +247,8 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 raise _Probed()
             c = data[pos]
             if c == _BINUNICODE and records:  # a tensor's key: its record in one step
-                rec = tensor_record(w, data, pos, n if n < frame_end else frame_end)
+                rec = record_run(w, data, pos, n if n < frame_end else frame_end) or \
+                    tensor_record(w, data, pos, n if n < frame_end else frame_end)
                 if rec is not None:
                     pos, ops, d, last = rec
                     count += ops
@@ -292,7 +294,8 @@ def _loop(w: State, data: Any, pos: int, n: int, base: int,
                 if kind == _K_PUT:
                     memo[arg] = stack[-1] if stack else OTHER
                 elif arg in memo:
-                    stack.append(memo[arg])
+                    v = memo[arg]
+                    stack.append(v if type(v) is not RunValues else v.value(arg, memo))
                 else:
                     raise Stop(f"memo index {arg} was never stored: the unpickler stops here")
             elif kind == _K_VALUE:

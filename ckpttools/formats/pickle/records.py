@@ -26,7 +26,7 @@ from typing import Any
 
 from ckpttools.formats.pickle.opstate import OTHER, Computed, Global, State, Tup
 
-__all__ = ["tensor_record"]
+__all__ = ["called_text", "tensor_record", "tuple_ops"]
 
 _PUT = rb"(q[\s\S]|r[\s\S]{4})"
 _GET = rb"(h[\s\S]|j[\s\S]{4})"
@@ -66,6 +66,12 @@ def _tuple(body: bytes) -> tuple[Any, int]:
     if len(_TUPLES) < 4096:
         _TUPLES[body] = known
     return known
+
+
+def tuple_ops(body: bytes) -> tuple[Any, int]:
+    """``(first int or None, opcodes with its put)`` of a non-empty shape or stride's opcodes
+    (``body``: its ints and tuple opcode, with or without the put after them)."""
+    return _TUPLES.get(body) or _tuple(body)
 
 
 _GETS: dict[tuple[bytes, ...], tuple[int, ...]] = {}  # a record's five fetches -> indices
@@ -111,6 +117,11 @@ def _called(qualname: str) -> str:
         if len(_CALLED) < 256:
             _CALLED[qualname] = text
     return text
+
+
+def called_text(qualname: str) -> str:
+    """What the walk names the result of a call of ``qualname``."""
+    return _CALLED.get(qualname) or _called(qualname)
 
 
 def tensor_record(w: State, data: Any, pos: int, end: int) -> tuple[int, int, int, int] | None:

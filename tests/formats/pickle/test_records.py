@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from ckpttools.cli.main import cli
-from ckpttools.formats.pickle import opwalk, records, walk
+from ckpttools.formats.pickle import opwalk, record_runs, records, walk
 from ckpttools.formats.pickle.opstate import Computed, Global, State, Tup
 from ckpttools.ops.audit.scan import scan_checkpoint
 from tests.formats.pickle.pickles import data_pkl as _data_pkl
@@ -58,18 +58,25 @@ def _shape_of(v: Any) -> Any:
     return (type(v).__name__, v)
 
 
-def _counting_records(fused: bool, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records on (``fused``) or off; the list fills with whether each record try was taken."""
+def _counting_records(fused: bool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records on (``fused``) or off; the list fills with how many records each try took."""
     monkeypatch.setattr(opwalk, "FUSED_RECORDS", fused)
-    seen: list[bool] = []
-    real = records.tensor_record
+    seen: list[int] = []
+    real, run = records.tensor_record, record_runs.record_run
 
     def counted(*args: Any) -> Any:
         out = real(*args)
         seen.append(out is not None)
         return out
 
+    def counted_run(w: State, *args: Any) -> Any:
+        before = len(w.stack)
+        out = run(w, *args)
+        seen.append(0 if out is None else (len(w.stack) - before) // 2)  # a key and a tensor each
+        return out
+
     monkeypatch.setattr(opwalk, "tensor_record", counted)
+    monkeypatch.setattr(opwalk, "record_run", counted_run)
     return seen
 
 
@@ -83,7 +90,7 @@ def _machine(data: bytes, fused: bool, monkeypatch: pytest.MonkeyPatch) -> tuple
         outcome = (type(e).__name__, *e.args)
     walk = opwalk.walk_ops(data, "data.pkl")
     return (outcome, walk, [_shape_of(v) for v in w.stack],
-            {k: _shape_of(v) for k, v in w.memo.items()},
+            {k: _shape_of(record_runs.resolve(w.memo, k)) for k in list(w.memo)},
             sorted(len(b) for _, counts in w.keys.values() for b in counts.values()),
             w.hostile, sum(seen))
 
@@ -105,13 +112,10 @@ def test_real_files_walk_the_same(name: str, monkeypatch: pytest.MonkeyPatch) ->
     assert taken > 0 or name == "views"
 
 
-def test_every_mutation_walks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each byte of a record set to other values (lengths, widths, memo indices, opcodes),
-    bytes cut and inserted: the fused reading never differs from the loop's."""
-    data = _data_pkl({f"layer.{i}.w": torch.zeros(i % 3 + 1, 2) for i in range(40)})
+def _mutations(data: bytes, start: int, end: int) -> list[bytes]:
+    """Each byte of ``data[start:end]`` set to other values (lengths, widths, memo indices,
+    opcodes), bytes cut and inserted, the data cut there."""
     rng = random.Random(20)
-    start = data.find(b"layer.5.w") - 5
-    end = data.find(b"layer.7.w") - 5
     variants = []
     for at in range(start, end):
         for value in {0, 1, 2, 0x10, 0x28, 0x29, 0x4A, 0x4B, 0x4D, 0x58, 0x68, 0x6A, 0x71, 0x72,
@@ -120,9 +124,50 @@ def test_every_mutation_walks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
         variants.append(data[:at] + data[at + 1:])
         variants.append(data[:at] + bytes([rng.randrange(256)]) + data[at:])
         variants.append(data[:at])
-    for variant in variants:
+    return variants
+
+
+def test_every_mutation_walks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every mutation of two records: the fused reading never differs from the loop's."""
+    data = _data_pkl({f"layer.{i}.w": torch.zeros(i % 3 + 1, 2) for i in range(40)})
+    start = data.find(b"layer.5.w") - 5
+    end = data.find(b"layer.7.w") - 5
+    for variant in _mutations(data, start, end):
         _same(variant, monkeypatch)
     assert _same(data, monkeypatch) > 30
+
+
+def test_every_mutation_of_a_run_walks_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the 32nd record the records form runs (``record_runs``): every mutation of a
+    record inside one, and of the next record's first bytes, walks as the loop does."""
+    data = _data_pkl({f"layer.{i}.w": torch.zeros(i % 3 + 1, 2) for i in range(40)})
+    seen = _counting_records(True, monkeypatch)
+    opwalk.walk_ops(data, "x")
+    assert max(seen) >= 8  # the last eight records are one run
+    start = data.find(b"layer.35.w") - 5
+    end = data.find(b"layer.36.w") - 3  # and the next record's opcode and count
+    for variant in _mutations(data, start, end):
+        _same(variant, monkeypatch)
+
+
+def test_run_values_are_made_when_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stores its records' values when an opcode fetches one: a later record that calls
+    a run's OrderedDict() result, and one that fetches its storage key as a global's name,
+    walk as the loop walks them (same stack, memo, findings)."""
+    data = _data_pkl({f"k{i}": torch.zeros(2) for i in range(40)})
+    run_key, last = data.find(b"k36") - 5, data.find(b"k39") - 5
+    first = int.from_bytes(data[run_key + 9:run_key + 13], "little")  # its key's LONG_BINPUT
+    for index in range(first, first + 8):
+        fetch = b"j" + index.to_bytes(4, "little")
+        callee = data[:last] + data[last:].replace(b"h\x02", fetch, 1)
+        named = data[:last] + data[last:].replace(b"h\x03", fetch, 1)
+        for variant in (callee, named):
+            assert variant != data
+            _same(variant, monkeypatch)
+    flagged = opwalk.walk_ops(data[:last] + data[last:].replace(
+        b"h\x02", b"j" + (first + 5).to_bytes(4, "little"), 1), "x")
+    assert any("calls the result of calling collections.OrderedDict" in f[2]
+               for f in flagged.findings)
 
 
 def test_memo_tricks_are_left_to_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
