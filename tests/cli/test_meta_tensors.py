@@ -1,5 +1,5 @@
-"""``inspect`` of a checkpoint saved from a meta-device model: the file holds shapes and dtypes
-only, so nothing may count or describe data as stored."""
+"""``inspect`` and ``convert`` of a checkpoint saved from a meta-device model: the file holds shapes
+and dtypes only, so nothing may count or describe data as stored, or try to copy it."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def test_meta_tensors_said_absent_in_the_table(meta_checkpoint: Path, runner: Cl
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert rows["model.weight"] == ["-"] * 6  # no min..inf claimed for a tensor without values
     assert rows["w"][-2:] == ["0", "0"]
+
+
+@pytest.mark.parametrize("dest", ["out.safetensors", "out.pt", "out_dcp"])
+def test_convert_refuses_meta_tensors_in_one_line(meta_checkpoint: Path, runner: CliRunner,
+                                                  dest: str) -> None:
+    out = meta_checkpoint.parent / dest
+    args = ["convert", str(meta_checkpoint), str(out)] + (["--to", "dcp"] if "dcp" in dest else [])
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (f"ckpttools: error: {meta_checkpoint}: model.weight is a meta tensor, "
+                             "saved without data, so there is nothing to convert; load real "
+                             "weights into the model and save it again\n")
+    assert sorted(p.name for p in meta_checkpoint.parent.iterdir()) == ["meta.pt"]
