@@ -17,7 +17,8 @@ class TensorEntry:
         key: flattened dotted path (``optimizer_state_dict.state.0.exp_avg``).
         dtype: torch dtype name without ``torch.`` (``float32``, ``bfloat16``).
         shape: the tensor's shape.
-        nbytes: bytes of the tensor's own elements (numel times item size).
+        nbytes: bytes of the tensor's own elements (numel times item size) stored in the file;
+            0 for a meta tensor, which is saved with its shape and dtype only.
         location: where the bytes live (zip record, shard file, DCP chunk file).
         device: the device the tensor was saved from (``cuda:0``); data is always read on CPU.
     """

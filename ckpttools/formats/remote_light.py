@@ -18,9 +18,12 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ckpttools.errors import UnreadableCheckpointError
 from ckpttools.formats import remote_multi
 
 Span = tuple[int, int]
+_REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10  # as requests' default is 30 and curl's 50: a loop ends, a CDN hop is followed
 
 
 class LightHttp:
@@ -28,12 +31,10 @@ class LightHttp:
     with the callables it is given (the same ones the fsspec path uses)."""
 
     def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self.url = self.given = url
+        self._aim(url)
         self.headers = {**headers, "Accept-Encoding": "identity"}
+        parts = urllib.parse.urlsplit(url)
         if parts.username is not None and "Authorization" not in headers:
             user = urllib.parse.unquote(parts.username)
             word = urllib.parse.unquote(parts.password or "")
@@ -42,6 +43,32 @@ class LightHttp:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
+
+    def _aim(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+
+    def _follow(self, r: http.client.HTTPResponse) -> bool:
+        """Aim at where redirect ``r`` points (a CDN behind a model hub's ``resolve`` URL);
+        False when ``r`` is no redirect to follow, or one to ``url/`` (a folder, which the
+        caller names)."""
+        location = r.getheader("Location")
+        if r.status not in _REDIRECTS or not location:
+            return False
+        target = urllib.parse.urljoin(self.url, location)
+        old, new = urllib.parse.urlsplit(self.url), urllib.parse.urlsplit(target)
+        if new.path == old.path + "/" and new.netloc == old.netloc:
+            return False
+        if (new.hostname, new.port) != (old.hostname, old.port):
+            self.headers.pop("Authorization", None)  # credentials stay with their host
+        r.read()
+        self.close()
+        self.url = target
+        self._aim(target)
+        return True
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -63,25 +90,33 @@ class LightHttp:
         """Send one GET with ``Range: range_header`` and hand the response to ``use`` (which
         reads its body or not; an unread body closes the connection)."""
         with self._lock:
-            for attempt in (0, 1):
+            hops = attempt = 0
+            while True:
                 conn = self._connection()
                 try:
                     conn.request("GET", self.target, headers={**self.headers, "Range": range_header})
                     r = conn.getresponse()
                 except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                     self.close()  # a kept-alive connection the server closed: once more, anew
-                    if attempt:
+                    attempt += 1
+                    if attempt > 1:
                         raise
                     continue
                 except BaseException:
                     self.close()
                     raise
+                if self._follow(r):
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise UnreadableCheckpointError(
+                            f"{self.given}: more than {MAX_REDIRECTS} redirects (a loop?); "
+                            "check the URL, or download the file and pass the local path")
+                    continue
                 try:
                     return use(r)
                 finally:
                     if not r.isclosed():
                         self.close()
-        raise AssertionError("unreachable")
 
 
 def read_multi(r: http.client.HTTPResponse, spans: Sequence[Span], counters: Any,

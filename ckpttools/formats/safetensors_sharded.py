@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ckpttools.entries import Entry, GlobalRef, RawSource, TensorEntry
@@ -94,6 +95,21 @@ class _ShardedReader(CheckpointReader):
             self._check_shard(shard)
         self._open: dict[str, CheckpointReader] = {}
         self._entries: tuple[Entry, ...] | None = None
+        self._warn_unlisted()
+
+    def _warn_unlisted(self) -> None:
+        """Name the shard files beside the index that it does not list (a stale shard of an
+        earlier save): no loader reads them, transformers neither, so they are not read here;
+        without a word, a check of the folder would pass them unseen."""
+        if fileio.is_url(self._folder):
+            return  # an HTTP folder has no listing
+        stem, ext = os.path.splitext(os.path.basename(self.index_path)[: -len(".index.json")])
+        unlisted = sorted(n for n in os.listdir(self._folder) if n.startswith(f"{stem}-")
+                          and n.endswith(ext) and n not in self._shards)
+        if unlisted:
+            more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+            warnings.warn(f"{self.path}: {unlisted[0]}{more} beside the index, which does "
+                          "not list it; not read (loaders ignore it too)", stacklevel=2)
 
     def _check_shard(self, shard: str) -> None:
         full = fileio.normjoin(self._folder, shard)

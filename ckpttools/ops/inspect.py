@@ -74,6 +74,13 @@ class InspectResult:
         return tuple(sorted(set(map(_DEVICE, self.tensors))))
 
     @property
+    def meta_tensors(self) -> int:
+        """Tensors saved from the meta device: a shape and dtype, no data (0 bytes stored)."""
+        if "meta" not in self.devices:
+            return 0
+        return sum(1 for d in map(_DEVICE, self.tensors) if d == "meta")
+
+    @property
     def bytes_by_dtype(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for dtype, nbytes in map(_DTYPE_BYTES, self.tensors):
@@ -121,6 +128,7 @@ class InspectResult:
             "totals": {
                 "tensors": len(self.tensors),
                 "shared_storage": self.shared_storage,
+                "meta_tensors": self.meta_tensors,
                 "parameters": self.parameters,
                 "bytes": self.nbytes,
                 "bytes_by_dtype": self.bytes_by_dtype,

@@ -39,7 +39,8 @@ def one_thread() -> Iterator[None]:
 @dataclass(frozen=True)
 class TensorStats:
     """Statistics of one tensor. ``min``..``std`` cover finite values only and are None for
-    tensors without any (or of a non-numeric dtype)."""
+    tensors without any (or of a non-numeric dtype); every field is None for a meta tensor,
+    which holds no data to count."""
 
     key: str
     numel: int
@@ -47,8 +48,8 @@ class TensorStats:
     max: float | None
     mean: float | None
     std: float | None
-    nan: int
-    inf: int
+    nan: int | None
+    inf: int | None
 
     @property
     def is_finite(self) -> bool:
@@ -62,6 +63,8 @@ class TensorStats:
 def _stats_of(key: str, tensor: torch.Tensor) -> TensorStats:
     import torch
 
+    if tensor.is_meta:  # saved from a meta-device model: no values, nothing to count
+        return TensorStats(key, tensor.numel(), None, None, None, None, None, None)
     flat = tensor.reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
@@ -112,6 +115,6 @@ def compute_stats(
         tensor = reader.load(key)
         out.append(_stats_of(name, tensor))
         if on_progress is not None:
-            on_progress(tensor.numel() * tensor.element_size())
+            on_progress(0 if tensor.is_meta else tensor.numel() * tensor.element_size())
         del tensor
     return tuple(out)

@@ -84,8 +84,12 @@ def _header(result: InspectResult, fmt: str) -> str:
              f"format: {result.format}" + ("" if result.is_lazy else " (tensor data was read to list entries)")]
     if result.key:
         lines.append(f"key: {result.key}")
-    if any(d != "cpu" for d in result.devices):
-        lines.append(f"saved from: {', '.join(result.devices)} (read on CPU)")
+    devices = [d for d in result.devices if d != "meta"]
+    if any(d != "cpu" for d in devices):
+        lines.append(f"saved from: {', '.join(devices)} (read on CPU)")
+    if result.meta_tensors:
+        lines.append(f"no data: {result.meta_tensors} of {len(result.tensors)} tensors are meta "
+                     "tensors (saved from the meta device): shapes and dtypes only, 0 B stored")
     for name, value in sorted(result.metadata.items()):
         if len(value) <= VALUE_WIDTH:
             lines.append(f"metadata {name}: {value}")
@@ -207,7 +211,11 @@ def _stats(result: InspectResult, fmt: str) -> str:
         return "-" if x is None else f"{x:.6g}"
 
     assert result.stats is not None
-    rows = [[s.key, num(s.min), num(s.max), num(s.mean), num(s.std), s.nan, s.inf] for s in result.stats]
+    def count(n: int | None) -> int | str:
+        return "-" if n is None else n  # None: a meta tensor, no values to count
+
+    rows = [[s.key, num(s.min), num(s.max), num(s.mean), num(s.std), count(s.nan), count(s.inf)]
+            for s in result.stats]
     return heading("Statistics", fmt) + "\n" + table(
         rows, ["key", "min", "max", "mean", "std", "nan", "inf"], fmt)
 

@@ -36,6 +36,23 @@ class Computed:
         self.what = what
 
 
+class Built(Computed):
+    """An object ``NEWOBJ`` makes of a class whose hash is that of a str field (DCP's
+    ``MetadataIndex`` hashes ``(fqn, offset)``); ``str_hashed`` once ``BUILD`` gave that field a
+    str, whose hash is randomised per process, so such keys cannot be made to collide."""
+
+    __slots__ = ("field", "str_hashed")
+
+    def __init__(self, what: str, field: str) -> None:
+        super().__init__(what)
+        self.field = field
+        self.str_hashed = False
+
+
+# classes whose hash mixes in the named str field (a frozen dataclass hashing its fields)
+STR_HASHED = {"torch.distributed.checkpoint.metadata.MetadataIndex": "fqn"}
+
+
 class Stop(ValueError):
     """Where the real unpickler would raise; nothing after it runs."""
 
@@ -65,7 +82,7 @@ class State:
     """The stack, memo, globals and findings of one walk."""
 
     __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile",
-                 "text_put", "frames_end")
+                 "text_put", "frames_end", "str_states")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -78,6 +95,8 @@ class State:
         self.hostile = ""
         self.text_put = False  # a PUT with a text index (``walk.scan_pickle`` reads it strictly)
         self.frames_end = 0  # where the furthest-reaching FRAME says its bytes end
+        # id(state dict) -> the dict, for the BUILD states that give a ``Built``'s field a str
+        self.str_states: dict[int, Any] = {}
 
     def top(self) -> Any:
         """The value under the operands just popped (the container they go into)."""
@@ -139,7 +158,7 @@ def count_keys(w: State, target: Any, items: list[Any], pos: int, keys: bool = T
         entry = w.keys[id(target)] = (target, {})
     seen = entry[1]
     for item in items:
-        if type(item) is str:
+        if type(item) is str or (type(item) is Built and item.str_hashed):
             continue  # str hashes are randomised per process
         value = _number_key(item)
         if value is None:
@@ -160,14 +179,30 @@ def count_keys(w: State, target: Any, items: list[Any], pos: int, keys: bool = T
             return
 
 
+def _note_str_field(w: State, target: Any, items: list[Any]) -> None:
+    """Whether the dict ``target``, the state a ``Built`` below it awaits, gives the Built's
+    field a str (the last value set wins, as in the dict)."""
+    field = w.stack[-2].field
+    for key, value in zip(items[::2], items[1::2]):
+        if key == field:
+            if type(value) is str:
+                w.str_states[id(target)] = target
+            else:
+                w.str_states.pop(id(target), None)
+
+
 def _setitem(w: State, arg: Any, pos: int) -> None:
-    w.pop()
+    value = w.pop()
     key = w.pop()
+    if len(w.stack) > 1 and type(w.stack[-2]) is Built:
+        _note_str_field(w, w.top(), [key, value])
     count_keys(w, w.top(), [key], pos)
 
 
 def _setitems(w: State, arg: Any, pos: int) -> None:
     items = w.pop_mark()
+    if len(w.stack) > 1 and type(w.stack[-2]) is Built:
+        _note_str_field(w, w.top(), items)
     count_keys(w, w.top(), items[::2], pos)
 
 
@@ -239,8 +274,11 @@ def _reduce(w: State, arg: Any, pos: int) -> None:
 
 def _newobj(w: State, arg: Any, pos: int) -> None:
     w.pop()
-    w.call(w.pop(), pos, "NEWOBJ")
-    w.stack.append(Computed(f"the object made at offset {pos}"))
+    cls = w.pop()
+    w.call(cls, pos, "NEWOBJ")
+    field = STR_HASHED.get(cls.qualname) if isinstance(cls, Global) else None
+    what = f"the object made at offset {pos}"
+    w.stack.append(Built(what, field) if field else Computed(what))
 
 
 def _newobj_ex(w: State, arg: Any, pos: int) -> None:
@@ -249,8 +287,10 @@ def _newobj_ex(w: State, arg: Any, pos: int) -> None:
 
 
 def _build(w: State, arg: Any, pos: int) -> None:
-    w.pop()
+    state = w.pop()
     target = w.stack[-1] if w.stack else OTHER
+    if type(target) is Built:  # a later BUILD without the str field undoes it
+        target.str_hashed = w.str_states.pop(id(state), None) is state
     if isinstance(target, Global):
         # modelscan#85: BUILD on a function or module sets its attributes, which a later
         # dotted global or STACK_GLOBAL then reads back

@@ -119,9 +119,9 @@ class PickledReader(CheckpointReader):
             if type(leaf) is TensorPlaceholder:
                 self._tensors[key] = leaf
                 dtype = leaf.dtype  # nbytes as ``leaf.nbytes`` has it, without two properties
-                entries.append(tensor_entry(key, dtype, leaf.shape,
-                                            prod(leaf.shape) * itemsize(dtype, 1),
-                                            location(leaf), leaf.device))
+                stored = prod(leaf.shape) * itemsize(dtype, 1) if leaf.layout != "meta" else 0
+                entries.append(tensor_entry(key, dtype, leaf.shape, stored, location(leaf),
+                                            leaf.device))
             else:
                 entries.append(ObjectEntry(key, type_name(leaf), _shown(leaf)))
         self._entries = tuple(entries)

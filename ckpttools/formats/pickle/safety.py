@@ -286,7 +286,8 @@ def add_safe_globals_line(names: list[str] | tuple[str, ...]) -> str:
     allowed = list(names)
     if "numpy.dtype" in names:
         # torch's unpickler also checks the type of each dtype it BUILDs (numpy.dtypes.Float32DType
-        # ...), which the pickle never names; allow every dtype class but the object one
-        allowed.append("*(type(numpy.dtype(c)) for c in numpy.typecodes['All'] if c != 'O')")
+        # ...), which the pickle never names. ObjectDType too: an object array's elements are
+        # unpickled by the same restricted unpickler, so allowing the dtype admits no new global
+        allowed.append("*(type(numpy.dtype(c)) for c in numpy.typecodes['All'])")
     return (f"import {', '.join(imports)}; import torch; "
             f"torch.serialization.add_safe_globals([{', '.join(allowed)}])")

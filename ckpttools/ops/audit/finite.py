@@ -150,10 +150,14 @@ def _checked(key: str, only: str | None, exclude: tuple[str, ...]) -> bool:
 
 
 def _unchecked(reader: CheckpointReader, only: str | None, exclude: tuple[str, ...]) -> list[str]:
-    """Objects (sparse, nested tensors) whose floating values this pass cannot read, as details."""
-    return [f"{e.key}: not checked (values inside {e.type_name})"
-            for e in reader.object_entries()
-            if _checked(e.key, only, exclude) and tensor_dtypes_inside(e.value) & CHECKED_DTYPES]
+    """Objects (sparse, nested tensors) whose floating values this pass cannot read, and meta
+    tensors, saved without values, as details."""
+    meta = [f"{e.key}: not checked (a meta tensor: saved without data)"
+            for e in reader.tensor_entries()
+            if e.device == "meta" and e.dtype in CHECKED_DTYPES and _checked(e.key, only, exclude)]
+    return meta + [f"{e.key}: not checked (values inside {e.type_name})"
+                   for e in reader.object_entries()
+                   if _checked(e.key, only, exclude) and tensor_dtypes_inside(e.value) & CHECKED_DTYPES]
 
 
 def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
@@ -175,8 +179,8 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     count = 0
     files: dict[str, IO[bytes]] = {}
     bufs: list[bytearray] = []  # the read buffers of files that cannot be mapped (URLs)
-    checked = [e for e in reader.tensor_entries()
-               if e.dtype in CHECKED_DTYPES and _checked(e.key, only, exclude)]
+    checked = [e for e in reader.tensor_entries() if e.dtype in CHECKED_DTYPES
+               and e.device != "meta" and _checked(e.key, only, exclude)]
     fileio.plan_value_reads(reader, [e.key for e in checked])  # a URL: a window of ranges in flight
     try:
         # the reads run on the pool's thread, the checks on this one: one torch thread each
@@ -202,7 +206,7 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
     unchecked = _unchecked(reader, only, exclude)
     if unchecked:
         first = unchecked[0].split(":", 1)[0]
-        skipped += (f"; cannot tell: {plural(len(unchecked), 'sparse or nested tensor')} not "
+        skipped += (f"; cannot tell: {plural(len(unchecked), 'meta, sparse or nested tensor')} not "
                     f"checked (first: {first})")
     if not bad:
         return CheckResult(reader.path, "finite", "WARN" if unchecked else "PASS",

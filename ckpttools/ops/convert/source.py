@@ -184,6 +184,10 @@ def _source_from_reader(reader: CheckpointReader, *, drop: bool = False) -> Sour
             raise CorruptCheckpointError(f"{reader.path}: tree names tensor {value.key} the entries lack; "
                             "the checkpoint is inconsistent")
         _refuse_attributes(reader, entry.key)
+        if entry.device == "meta":  # torch.save of a meta-device model: a shape, no bytes
+            raise UnrepresentableError(
+                f"{reader.path}: {entry.key} is a meta tensor, saved without data, so there is "
+                "nothing to convert; load real weights into the model and save it again")
         raw = reader.raw_source(entry.key)
         pieces = raw_pieces(reader, entry.key) if raw is None else ()
         layout = shards.layout(entry) if shards else _tensor_layout(reader, entry, raw, pieces)

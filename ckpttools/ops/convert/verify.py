@@ -95,11 +95,20 @@ class _Bytes:
         self.reader, self.files, self.crcs, self.pickled = reader, files, crcs or {}, pickled
         self.checked: dict[str, bool] = {}
         self.pending: dict[str, Future[int]] = {}
+        # start() and problem() both ask where each name lies; finding it in a DCP output
+        # parses the item's archive, so it is done once
+        self.found: dict[str, tuple[str, RawSource | None]] = {}
         self.pool = ThreadPoolExecutor(READERS, thread_name_prefix="verify-crc32")
 
     def _where(self, name: str) -> tuple[str, RawSource | None]:
         """The CRC key of ``name``'s bytes (its storage, in a .pth) and their range in the
         output, when a CRC is known for them."""
+        found = self.found.get(name)
+        if found is None:
+            found = self.found[name] = self._locate(name)
+        return found
+
+    def _locate(self, name: str) -> tuple[str, RawSource | None]:
         if self.pickled and self.crcs:
             key = str(self.reader.placeholder(name).storage_key)
             return key, self.reader.storage_source(name) if key in self.crcs else None

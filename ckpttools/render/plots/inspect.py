@@ -18,15 +18,22 @@ def plot_inspect(result: InspectResult, fmt: str) -> bytes:
     sizes = result.module_sizes
     _stacked(axes[0], [(m.module, m.params) for m in sizes], human_count,
              f"parameters by module: {human_count(sum(m.params for m in sizes))} in "
-             f"{len(result.tensors)} tensors")
-    _stacked(axes[1], list(result.bytes_by_dtype.items()), human_bytes, "bytes by dtype")
+             f"{len(result.tensors)} tensors", "no tensors")
+    _stacked(axes[1], list(result.bytes_by_dtype.items()), human_bytes, "bytes by dtype",
+             "no tensor bytes stored" + (" (meta tensors hold no data)" if result.meta_tensors
+                                         else ""))
     if stats:
         _ranges(axes[2], stats)
     return figure_bytes(fig, fmt)
 
 
-def _stacked(ax: Any, parts: list[tuple[str, int]], text: Any, title: str) -> None:
-    """One horizontal bar split by share, each part labelled where it fits, all in the legend."""
+def _stacked(ax: Any, parts: list[tuple[str, int]], text: Any, title: str, empty: str) -> None:
+    """One horizontal bar split by share, each part labelled where it fits, all in the legend;
+    ``empty`` written across it when there is nothing to split (no tensors, or no bytes)."""
+    if not any(v for _, v in parts):
+        ax.text(0.5, 0, empty, ha="center", va="center", fontsize=9, color="#555555")
+        ax.set_ylim(-0.5, 0.5)  # where a bar would stand
+        parts = []  # and no legend: matplotlib warns of one without entries
     total = sum(v for _, v in parts) or 1
     left = 0.0
     for n, (name, value) in enumerate(parts):
@@ -41,8 +48,9 @@ def _stacked(ax: Any, parts: list[tuple[str, int]], text: Any, title: str) -> No
     ax.set_yticks([])
     ax.set_xticks([0, 0.25, 0.5, 0.75, 1], ["0", "25%", "50%", "75%", "100%"], fontsize=7)
     ax.set_title(title, fontsize=9, loc="left")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False,
-              ncols=1 if len(parts) <= 6 else 2)
+    if parts:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False,
+                  ncols=1 if len(parts) <= 6 else 2)
 
 
 def _ranges(ax: Any, stats: list[Any]) -> None:

@@ -82,7 +82,7 @@ def test_tensors_inside_sparse_and_nested_records_are_named_unchecked(tmp_path: 
         result = finite.check_finite(reader)
     # the file holds NaN and Inf that the pass cannot read: never a PASS "all finite"
     assert result.status == "WARN"
-    assert "cannot tell: 3 sparse or nested tensors not checked (first: coo)" in result.reason
+    assert "cannot tell: 3 meta, sparse or nested tensors not checked (first: coo)" in result.reason
     assert result.details == ("coo: not checked (values inside torch._utils._rebuild_sparse_tensor)",
                               "csr: not checked (values inside torch._utils._rebuild_sparse_tensor)",
                               "nested: not checked (values inside torch._utils._rebuild_nested_tensor)")
@@ -100,3 +100,17 @@ def test_a_nonfinite_dense_tensor_still_fails_beside_a_sparse_one(tmp_path: Path
     assert result.status == "FAIL"
     assert result.details[0] == "dense: 1 NaN, 0 Inf of 1"
     assert "coo: not checked (values inside torch._utils._rebuild_sparse_tensor)" in result.details
+
+
+def test_meta_tensors_are_named_unchecked_not_read(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 3)  # a model built on the meta device, saved as it is
+    path = tmp_path / "meta.pt"
+    torch.save({**model.state_dict(), "scale": torch.ones(2)}, path)
+    with open_checkpoint(str(path)) as reader:
+        result = finite.check_finite(reader)
+    assert result.status == "WARN"  # no values to count: never "all finite" for them
+    assert result.reason == ("1 floating tensor, all finite; cannot tell: 2 meta, sparse or nested "
+                             "tensors not checked (first: weight)")
+    assert result.details == ("weight: not checked (a meta tensor: saved without data)",
+                              "bias: not checked (a meta tensor: saved without data)")

@@ -127,3 +127,47 @@ def test_distcp_file_without_metadata(dcp_folder: Path, tmp_path: Path) -> None:
     lone.write_bytes(next(dcp_folder.glob("*.distcp")).read_bytes())
     result = CliRunner().invoke(cli, ["inspect", str(lone)])
     assert result.exit_code == 2 and "has no .metadata" in result.stderr
+
+
+class MetadataIndexPairs:
+    """Pickles as ``dict()`` then SETITEMS of ``(MetadataIndex(fqn), 0)`` pairs, without building
+    the dict here (with colliding fqns that alone would be quadratic)."""
+
+    def __init__(self, fqns: list[Any]) -> None:
+        self.fqns = fqns
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        return dict, (), None, None, ((MetadataIndex(f), 0) for f in self.fqns)
+
+
+def test_dcp_storage_keys_named_by_str_are_safe(tmp_path: Path) -> None:
+    # DCP's storage_data is keyed by MetadataIndex, which hashes its str fqn (randomised per
+    # process): a checkpoint of more than 10,000 tensors was called a hash-collision attack
+    path = tmp_path / "index.pkl"
+    path.write_bytes(pickle.dumps({"storage_data": MetadataIndexPairs(
+        [f"layers.{i}.weight" for i in range(10_050)])}))
+    assert not _hash_finding(path)
+
+
+def test_dcp_storage_keys_named_by_colliding_ints_are_flagged(tmp_path: Path) -> None:
+    # the same class given int fqns of one hash by BUILD: its hash, (fqn, offset)'s, collides
+    path = tmp_path / "index.pkl"
+    path.write_bytes(pickle.dumps({"storage_data": MetadataIndexPairs(
+        [k * MODULUS for k in range(1, 10_050)])}))
+    assert _hash_finding(path)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # DCP: "torch.distributed is disabled"
+@pytest.mark.parametrize("command", ["inspect", "scan"])
+def test_dcp_of_many_tensors_reads_clean(tmp_path: Path, command: str) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "dcp"
+    dcp.save({f"layers.{i}.weight": torch.zeros(1) for i in range(10_050)}, checkpoint_id=folder)
+    result = CliRunner().invoke(cli, [command, str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "hash-collision" not in result.output

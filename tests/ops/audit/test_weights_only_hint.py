@@ -9,7 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from ckpttools.cli.main import cli
 from ckpttools.formats.registry import open_checkpoint
 from ckpttools.ops.audit.scan import scan_checkpoint
 from ckpttools.ops.inspect import inspect_checkpoint
@@ -116,3 +118,20 @@ def test_no_allow_line_for_classes_torch_cannot_rebuild(tmp_path: Path, value: s
         hint = inspect_checkpoint(reader).to_dict()["weights_only_hint"]
     assert "add_safe_globals" not in hint and "cannot rebuild collections." in hint
     assert _loads_after(hint, tmp_path / "c.pt").returncode != 0  # as said: nothing reads it
+
+
+def test_object_array_line_printed_by_the_cli_loads(tmp_path: Path, runner: CliRunner) -> None:
+    # an object-dtype array's dtype is BUILT as numpy.dtypes.ObjectDType, which torch checks too
+    done = _python("""
+        import numpy as np, torch
+        torch.save({"w": torch.ones(2), "meta": np.array([1, "a", None], dtype=object)}, "obj.pt")
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "obj.pt"
+    result = runner.invoke(cli, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    line = lines[next(i for i, t in enumerate(lines) if "if you trust these classes" in t) + 1]
+    loaded = _loads_after(line.strip(), path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "['meta', 'w']"
