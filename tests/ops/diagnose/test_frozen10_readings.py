@@ -1,0 +1,195 @@
+"""Size readings found while tuning on frozen10/ (#16).
+
+frozen10's four confident wrong answers, each a relation of shapes and keys that holds for every
+model: one output layer per feature level whose rows stand in one ratio (a class count, not a
+width), a table and an output layer of sizes no one count gives (two settings, not a vocabulary),
+a matrix of another kind at its path (``ckpttools/ops/diagnose/layer_roles.py``) and size
+mismatches inside modules that moved along a stack (the code changed, not a width). Every text
+here is the error a real ``load_state_dict`` raises; every printed fix is run on a copy of the
+real model and its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import DECIDE_COMMAND, diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.printed import labels as _labels, run_fix as _run_fix
+
+
+# -- SSD's confidence layers, one per feature level (bidet37) ------------------------------------
+
+class SSD(nn.Module):
+    """An SSD head: per level, a 3x3 conv scoring anchors x classes over that level's features."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.base = nn.Conv2d(3, 16, 3)
+        widths, anchors = (16, 32, 16, 8, 8, 8), (4, 6, 6, 6, 4, 4)
+        self.loc = nn.ModuleList([nn.Conv2d(w, a * 4, 3, padding=1) for w, a in zip(widths, anchors)])
+        self.conf = nn.ModuleList([nn.Conv2d(w, a * classes, 3, padding=1)
+                                   for w, a in zip(widths, anchors)])
+
+
+def test_each_levels_output_rows_in_one_ratio_are_a_class_count(tmp_path: Path) -> None:
+    saved = SSD(21).state_dict()  # VOC
+    path = tmp_path / "ssd_voc.pth"
+    torch.save(saved, path)
+    text = load_error(SSD(81), torch.load(path, weights_only=True))  # built for COCO
+    assert "torch.Size([84, 16, 3, 3]) from checkpoint" in text and "conf.5.bias" in text
+    result = diagnose_text(text)
+    assert result.decided and result.causes[0].label == "head_size_mismatch", _labels(result)
+    assert "number of classes" in result.causes[0].summary
+    assert not any(c.label == "architecture_variant" for c in result.causes), _labels(result)
+    loaded = _run_fix(result.causes[0].fix_code, SSD(81), path)  # drops the heads, loads the rest
+    assert torch.equal(loaded.state_dict()["loc.1.weight"], saved["loc.1.weight"])
+
+
+def test_levels_that_all_change_between_the_same_two_widths_are_no_such_count() -> None:
+    # the rows of every level in one ratio, but one pair of sizes: a width reads the same
+    class Lateral(nn.Module):
+        def __init__(self, out: int) -> None:
+            super().__init__()
+            self.lateral = nn.ModuleList([nn.Conv2d(w, out, 1) for w in (8, 16, 32, 64)])
+
+    result = diagnose_text(load_error(Lateral(16), Lateral(32).state_dict()))
+    assert not (result.decided and result.causes[0].label == "head_size_mismatch"), _labels(result)
+
+
+# -- a symbol table beside a spectrogram output (gsttacotron14) ----------------------------------
+
+class Decoder(nn.Module):
+    def __init__(self, bins: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, bins)
+
+
+class Tacotron(nn.Module):
+    """A symbol table and a decoder whose last layer writes n_fft // 2 + 1 spectrogram bins."""
+
+    def __init__(self, symbols: int, n_fft: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(symbols, 16)
+        self.decoder = Decoder(n_fft // 2 + 1)
+
+
+def test_a_table_and_an_output_layer_of_unrelated_sizes_are_two_settings() -> None:
+    text = load_error(Tacotron(32, 64), Tacotron(36, 128).state_dict())
+    assert "size mismatch for decoder.fc2.bias" in text and "torch.Size([36, 16])" in text
+    result = diagnose_text(text)
+    assert not result.decided, _labels(result)
+    assert result.to_dict()["decide_with"] == DECIDE_COMMAND
+    assert [c.label for c in result.causes[:2]] == ["architecture_variant", "head_size_mismatch"]
+    top = result.causes[0]
+    assert "decoder.fc2.weight: 65 in the checkpoint, 33 in the model" in top.summary
+    assert top.fix_code == ""  # the settings are the user's to set: words and the deciding command
+
+
+@pytest.mark.parametrize("model", [Tacotron(32, 128), Tacotron(36, 64)], ids=["table", "output"])
+def test_one_count_changed_alone_is_still_a_head(model: Tacotron) -> None:
+    result = diagnose_text(load_error(model, Tacotron(36, 128).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch", _labels(result)
+    assert not any(c.evidence["facts"].get("kind") == "config" for c in result.causes), _labels(result)
+
+
+def test_two_heads_of_one_class_count_still_decide() -> None:
+    # a classifier (classes + 1) beside its box regressor (4 x classes): one count, whatever the pairs
+    class Predictor(nn.Module):
+        def __init__(self, classes: int) -> None:
+            super().__init__()
+            self.cls_score = nn.Linear(16, classes + 1)
+            self.bbox_pred = nn.Linear(16, 4 * classes)
+
+    result = diagnose_text(load_error(Predictor(3), Predictor(80).state_dict()))
+    assert result.decided and result.causes[0].label == "head_size_mismatch", _labels(result)
+
+
+# -- a matrix of another kind at the same path (mozillatts276) -----------------------------------
+
+class Frontend(nn.Module):
+    """``embedding``: a table of symbols in the old code, a layer reading spectrogram bins in the new."""
+
+    def __init__(self, table: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(61, 16) if table else nn.Linear(33, 16, bias=False)
+        self.encoder = nn.Linear(16, 16)
+
+
+def test_a_matrix_read_the_other_way_is_a_code_change_first() -> None:
+    text = load_error(Frontend(table=False), Frontend(table=True).state_dict())
+    assert "torch.Size([61, 16]) from checkpoint" in text and "torch.Size([16, 33])" in text
+    result = diagnose_text(text)
+    assert not result.decided, _labels(result)
+    assert [c.label for c in result.causes[:2]] == ["model_code_changed", "architecture_variant"]
+    assert "another kind of layer at embedding.weight" in result.causes[0].summary
+
+
+def test_a_matrix_scaled_alike_on_both_axes_is_still_a_width() -> None:
+    # [32, 16] against [16, 8]: the model's rows are the checkpoint's inputs, both axes halved
+    result = diagnose_text(load_error(nn.Sequential(nn.Linear(8, 16)), nn.Sequential(nn.Linear(16, 32)).state_dict()))
+    assert result.causes[0].label == "architecture_variant", _labels(result)
+    assert not any(c.label == "model_code_changed" for c in result.causes), _labels(result)
+
+
+# -- a stage's downsample moved to the next stage (depthmap2mask60) ------------------------------
+
+class Merge(nn.Module):
+    """Swin's patch merging: 4 C features into 2 C."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+
+class Stage(nn.Module):
+    def __init__(self, dim: int, merge: int | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(dim, dim) for _ in range(2)])
+        if merge is not None:
+            self.downsample = Merge(merge)
+
+
+class Swin(nn.Module):
+    """Stages of width 8, 16, 32, 64; the old code merges at the end of a stage, the new at the
+    start of the next (timm 0.6 against 0.9)."""
+
+    def __init__(self, merge_first: bool) -> None:
+        super().__init__()
+        dims = (8, 16, 32, 64)
+        self.layers = nn.ModuleList([
+            Stage(d, (dims[i - 1] if i else None) if merge_first else (d if i < 3 else None))
+            for i, d in enumerate(dims)])
+
+
+def test_sizes_inside_modules_that_moved_along_a_stack_are_the_move(tmp_path: Path) -> None:
+    saved = Swin(merge_first=False).state_dict()
+    path = tmp_path / "swin.pth"
+    torch.save(saved, path)
+    text = load_error(Swin(merge_first=True), torch.load(path, weights_only=True))
+    assert '"layers.3.downsample.reduction.weight"' in text and '"layers.0.downsample.norm.bias"' in text
+    assert "size mismatch for layers.1.downsample.reduction.weight" in text
+    result = diagnose_text(text)
+    assert result.decided and result.causes[0].label == "model_code_changed", _labels(result)
+    width = next(c for c in result.causes if c.label == "architecture_variant")
+    assert width.confidence < 0.8
+    loaded = _run_fix(result.causes[0].fix_code, Swin(merge_first=True), path)  # loads what fits
+    assert torch.equal(loaded.state_dict()["layers.2.blocks.1.weight"], saved["layers.2.blocks.1.weight"])
+
+
+def test_a_width_beside_a_module_that_moved_elsewhere_is_still_read() -> None:
+    # the sizes sit in modules that did not move: the move does not explain them
+    class Net(nn.Module):
+        def __init__(self, width: int, name: str) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(8, width), nn.Linear(width, 8)])
+            setattr(self, name, nn.ModuleList([nn.Identity(), nn.Linear(8, 8)]))
+
+    result = diagnose_text(load_error(Net(16, "head"), Net(32, "neck").state_dict()))
+    assert any(c.label == "architecture_variant" and c.confidence >= 0.6 for c in result.causes), _labels(result)
