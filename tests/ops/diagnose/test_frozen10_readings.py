@@ -193,3 +193,70 @@ def test_a_width_beside_a_module_that_moved_elsewhere_is_still_read() -> None:
 
     result = diagnose_text(load_error(Net(16, "head"), Net(32, "neck").state_dict()))
     assert any(c.label == "architecture_variant" and c.confidence >= 0.6 for c in result.causes), _labels(result)
+
+
+# -- one part concatenated to several layers' inputs (mockingbird253, a line wrapped in a size) ----
+
+class Synth(nn.Module):
+    """Layers that read the encoder's output concatenated with a speaker embedding of ``speaker``
+    features (older code: none)."""
+
+    def __init__(self, speaker: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(8, 32)
+        self.encoder_proj = nn.Linear(32 + speaker, 16)
+        self.attn_rnn = nn.GRUCell(48 + speaker, 24)
+        self.stop_proj = nn.Linear(96 + speaker, 1)
+
+
+def _wrap_inside_a_size(text: str, size: str) -> str:
+    """The paste as a terminal wrapped it: a line break after the first digit of that size."""
+    at = text.index(f"torch.Size([{size}") + len("torch.Size([") + 1
+    return text[:at] + "\n" + text[at:]
+
+
+def test_layers_widened_by_one_part_are_a_width_or_the_code_a_candidate(tmp_path: Path) -> None:
+    text = _wrap_inside_a_size(load_error(Synth(16), Synth(0).state_dict()), "16, 32")
+    assert "torch.Size([1\n6, 32])" in text
+    result = diagnose_text(text)
+    mismatched = {m["key"]: m for m in result.to_dict()["mismatched"]}
+    assert mismatched["encoder_proj.weight"]["checkpoint_shape"] == [16, 32]  # read across the break
+    assert not result.decided, _labels(result)
+    assert [c.label for c in result.causes[:2]] == ["architecture_variant", "model_code_changed"]
+    assert "reads 32 features in the checkpoint and 48" in result.causes[1].summary
+
+
+def test_layers_widened_by_their_own_factor_are_still_a_width() -> None:
+    class Wide(nn.Module):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.a = nn.Linear(8 * k, 8)
+            self.b = nn.Linear(16 * k, 8)
+
+    result = diagnose_text(load_error(Wide(2), Wide(1).state_dict()))
+    assert result.decided and result.causes[0].label == "architecture_variant", _labels(result)
+
+
+# -- BN-Inception's [1, C] norms, the message retyped by hand (tsn104) --------------------------
+
+class Stem(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1_7x7_s2 = nn.Conv2d(3, 8, 7)
+        self.conv1_7x7_s2_bn = nn.BatchNorm2d(8)
+
+
+def test_a_retyped_mismatch_line_without_its_colon_is_read(tmp_path: Path) -> None:
+    saved = {k: (v.unsqueeze(0) if k.endswith("bn.weight") else v) for k, v in Stem().state_dict().items()}
+    path = tmp_path / "bn_inception.pth"
+    torch.save(saved, path)
+    text = load_error(Stem(), torch.load(path, weights_only=True))
+    line = next(x for x in text.splitlines() if "size mismatch for" in x).strip()
+    retyped = ("Runtime error " + line.replace(": copying a param with shape torch",
+                                               " copying a param with shape for torch"))
+    assert "conv1_7x7_s2_bn.weight copying a param with shape for torch.Size([1, 8])" in retyped
+    result = diagnose_text(retyped)
+    top = result.causes[0]
+    assert top.label == "model_code_changed" and not result.decided, _labels(result)
+    loaded = _run_fix(top.fix_code, Stem(), path)  # reshapes [1, 8] into [8] and loads
+    assert torch.equal(loaded.state_dict()["conv1_7x7_s2_bn.weight"], saved["conv1_7x7_s2_bn.weight"][0])
