@@ -260,3 +260,37 @@ def test_a_retyped_mismatch_line_without_its_colon_is_read(tmp_path: Path) -> No
     assert top.label == "model_code_changed" and not result.decided, _labels(result)
     loaded = _run_fix(top.fix_code, Stem(), path)  # reshapes [1, 8] into [8] and loads
     assert torch.equal(loaded.state_dict()["conv1_7x7_s2_bn.weight"], saved["conv1_7x7_s2_bn.weight"][0])
+
+
+# -- a deeper encoder under a part's name (dav2_90, frozen9's sam69) -----------------------------
+
+class Encoder(nn.Module):
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, 4, 4)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8)) for _ in range(depth)])
+
+
+class DepthModel(nn.Module):
+    """Depth-Anything's layout: the encoder under ``pretrained``, a depth head after it."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.pretrained = Encoder(depth)
+        self.depth_head = nn.Linear(8, 1)
+
+
+def test_a_missing_list_led_by_a_later_layer_of_a_part_is_another_depth() -> None:
+    text = load_error(DepthModel(4), DepthModel(2).state_dict())
+    assert 'Missing key(s) in state_dict: "pretrained.blocks.2.0.weight"' in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "architecture_variant" and "depth" in top.summary, _labels(result)
+    assert not any(c.label == "wrong_model" for c in result.causes), _labels(result)
+
+
+def test_a_missing_list_led_by_a_parts_first_layer_is_still_that_parts_file() -> None:
+    # nothing of the model in the file: the list starts at the part's first key
+    result = diagnose_text(load_error(DepthModel(2), {}))
+    assert not result.decided and "wrong_model" in [c.label for c in result.causes], _labels(result)
+    assert not any(c.label == "architecture_variant" for c in result.causes), _labels(result)
