@@ -48,8 +48,10 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
-# ... and one quoted in a title or a sentence, where the quote or the line ends after the key
-_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+)(?=[\"'`]|[ \t]*$)")
+# ... and one quoted in a title or a sentence, where the quote, the bold or the line ends after the
+# key; a module's name (pts_voxel_encoder) without a dot as well, when it is snake_case
+_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[A-Za-z]\w*_\w+)"
+                              rf"(?=[\"'`]|\*\*|[ \t]*$)")
 # SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
 # ("absent or of another size"), then loads the rest with strict=False
 _NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")

@@ -294,3 +294,32 @@ def test_a_missing_list_led_by_a_parts_first_layer_is_still_that_parts_file() ->
     result = diagnose_text(load_error(DepthModel(2), {}))
     assert not result.decided and "wrong_model" in [c.label for c in result.causes], _labels(result)
     assert not any(c.label == "architecture_variant" for c in result.causes), _labels(result)
+
+
+# -- a module named in bold, its sizes not pasted (detr3d62) -------------------------------------
+
+class Pillars(nn.Module):
+    """PointPillars' layout: a voxel encoder over ``features`` point features, then a backbone."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.pts_voxel_encoder = nn.Sequential(nn.Linear(features, 16), nn.LayerNorm(16))
+        self.pts_backbone = nn.Linear(16, 16)
+
+
+def test_a_module_named_in_bold_without_sizes_lists_the_candidates(tmp_path: Path) -> None:
+    saved = Pillars(10).state_dict()
+    path = tmp_path / "pillar.pth"
+    torch.save(saved, path)
+    text = load_error(Pillars(9), torch.load(path, weights_only=True))
+    module = text.split("size mismatch for ")[1].split(".")[0]
+    assert module == "pts_voxel_encoder"
+    report = ("When I loaded the pillar.pth from the training step, it gives a warning as follows:\n\n"
+              f"**size mismatch for {module}**\nHowever, I was applying the pillar.py configuration.\n")
+    result = diagnose_text(report)
+    assert result.found and not result.decided, _labels(result)
+    assert [c.label for c in result.causes] == ["architecture_variant", "model_code_changed",
+                                                "head_size_mismatch"]
+    assert "version the checkpoint was saved with" in result.causes[1].summary
+    loaded = _run_fix(result.causes[2].fix_code, Pillars(9), path)  # the module left out, the rest loads
+    assert torch.equal(loaded.state_dict()["pts_backbone.weight"], saved["pts_backbone.weight"])
