@@ -323,3 +323,53 @@ def test_a_module_named_in_bold_without_sizes_lists_the_candidates(tmp_path: Pat
     assert "version the checkpoint was saved with" in result.causes[1].summary
     loaded = _run_fix(result.causes[2].fix_code, Pillars(9), path)  # the module left out, the rest loads
     assert torch.equal(loaded.state_dict()["pts_backbone.weight"], saved["pts_backbone.weight"])
+
+
+# -- BatchNorm layers across the network on the model's side only (raft121) ----------------------
+
+class Residual(nn.Module):
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3)
+        self.norm1 = nn.BatchNorm2d(8) if norm else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(8) if norm else nn.Identity()
+
+
+class FlowEncoder(nn.Module):
+    """RAFT's context encoder: ``norm_fn='batch'`` for the full model, ``'none'`` for the small one."""
+
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 7)
+        self.norm1 = nn.BatchNorm2d(8) if norm else nn.Identity()
+        self.layer1 = nn.Sequential(Residual(norm), Residual(norm))
+
+
+class Flow(nn.Module):
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.cnet = FlowEncoder(norm)
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "dataparallel"])
+def test_norm_layers_across_the_network_on_one_side_are_a_norm_setting(wrapped: bool) -> None:
+    model, saved = Flow(norm=True), Flow(norm=False)
+    if wrapped:
+        model, saved = nn.DataParallel(model), nn.DataParallel(saved)
+    text = load_error(model, saved.state_dict())
+    assert "cnet.layer1.1.norm2.running_var" in text and "Unexpected" not in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert not result.decided and top.label == "architecture_variant", _labels(result)
+    assert "norm setting" in top.summary
+
+
+def test_one_modules_norm_on_one_side_is_not_a_norm_setting() -> None:
+    class Head(nn.Module):
+        def __init__(self, norm: bool) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 1)
+            self.norm_act = nn.BatchNorm2d(8) if norm else nn.Identity()
+
+    result = diagnose_text(load_error(Head(True), Head(False).state_dict()))
+    assert not any("norm setting" in c.summary for c in result.causes), _labels(result)
