@@ -1,12 +1,15 @@
-"""Size readings found while tuning on frozen10/ (#16).
+"""Readings found while tuning on frozen10/ (#16).
 
 frozen10's four confident wrong answers, each a relation of shapes and keys that holds for every
 model: one output layer per feature level whose rows stand in one ratio (a class count, not a
 width), a table and an output layer of sizes no one count gives (two settings, not a vocabulary),
 a matrix of another kind at its path (``ckpttools/ops/diagnose/layer_roles.py``) and size
-mismatches inside modules that moved along a stack (the code changed, not a width). Every text
-here is the error a real ``load_state_dict`` raises; every printed fix is run on a copy of the
-real model and its file.
+mismatches inside modules that moved along a stack (the code changed, not a width). Then its
+misses: layers widened by one concatenated part, a size wrapped inside a number, a mismatch line
+retyped without its colon, a deeper stack under a part's name, a module named in bold, BatchNorm
+layers on one side only. Every text here is the error a real ``load_state_dict`` raises (or the
+reporter's words around it); every printed fix is run on a copy of the real model and its file,
+and the readings that print none are checked to print none.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ def test_a_matrix_read_the_other_way_is_a_code_change_first() -> None:
     assert not result.decided, _labels(result)
     assert [c.label for c in result.causes[:2]] == ["model_code_changed", "architecture_variant"]
     assert "another kind of layer at embedding.weight" in result.causes[0].summary
+    assert result.causes[0].fix_code == ""  # the code version is the user's to pick: words only
 
 
 def test_a_matrix_scaled_alike_on_both_axes_is_still_a_width() -> None:
@@ -224,6 +228,7 @@ def test_layers_widened_by_one_part_are_a_width_or_the_code_a_candidate(tmp_path
     assert not result.decided, _labels(result)
     assert [c.label for c in result.causes[:2]] == ["architecture_variant", "model_code_changed"]
     assert "reads 32 features in the checkpoint and 48" in result.causes[1].summary
+    assert [c.fix_code for c in result.causes[:2]] == ["", ""]  # settings and versions: words only
 
 
 def test_layers_widened_by_their_own_factor_are_still_a_width() -> None:
@@ -361,7 +366,7 @@ def test_norm_layers_across_the_network_on_one_side_are_a_norm_setting(wrapped: 
     result = diagnose_text(text)
     top = result.causes[0]
     assert not result.decided and top.label == "architecture_variant", _labels(result)
-    assert "norm setting" in top.summary
+    assert "norm setting" in top.summary and top.fix_code == ""
 
 
 def test_one_modules_norm_on_one_side_is_not_a_norm_setting() -> None:
