@@ -322,8 +322,7 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, several_settings,
-    norm_kind,
-    lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
+    norm_kind, lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
     input_features, layer_of_another_kind, concatenated_part)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)

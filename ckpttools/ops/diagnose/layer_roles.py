@@ -25,7 +25,7 @@ candidate beside the code.
 
 The relations hold for every model. Measured over every corpus (development, generated whole and
 cut, transformers, frozen..frozen10): the first holds for one text (mozillatts276), the second
-for 52 generated texts whose code changed (decided, right), 10 cut ones (candidates, right) and
+for 65 generated texts whose code changed (decided, right), 10 cut ones (candidates, right) and
 one real text (depthmap2mask60); no text of another cause holds either. The third holds for
 three real texts: two whose code changed (kinpoly6, mockingbird253) and one variant (monster48).
 """
