@@ -70,7 +70,8 @@ def one_count(pairs: Iterable[tuple[int, int]]) -> bool:
     pairs = sorted(set(pairs))
     if len(pairs) < 2:
         return True
-    if len({c - s for c, s in pairs}) == 1 or len({c for c, _ in pairs}) == 1 or len({s for _, s in pairs}) == 1:
+    if any(len(set(values)) == 1 for values in (
+            [c - s for c, s in pairs], [c for c, _ in pairs], [s for _, s in pairs])):
         return True
     if all(s for _, s in pairs) and len({Fraction(c, s) for c, s in pairs}) == 1:
         return True

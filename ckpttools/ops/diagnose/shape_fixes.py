@@ -38,12 +38,11 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ('if hasattr(model, "resize_token_embeddings"):  # transformers: the tied output '
                 "and the config too\n"
                 f"    model.resize_token_embeddings({c})\n"
-                "else:  # the checkpoint's rows in place of every such parameter (a tied output is"
-                " then its own copy)\n"
+                "else:  # the checkpoint's rows in place of every parameter whose rows alone differ "
+                "(a tied output is then its own copy)\n"
                 "    own = model.state_dict()\n"
                 "    for key, v in sd.items():\n"
-                f"        if key in own and v.shape != own[key].shape and v.shape[0] == {c} "
-                "and v.shape[1:] == own[key].shape[1:]:\n"
+                "        if key in own and v.shape != own[key].shape and v.shape[1:] == own[key].shape[1:]:\n"
                 '            name, _, leaf = key.rpartition(".")\n'
                 "            layer = model.get_submodule(name) if name else model\n"
                 "            setattr(layer, leaf, torch.nn.Parameter(torch.empty_like(v)))\n"

@@ -94,6 +94,17 @@ def test_a_table_and_an_output_layer_of_unrelated_sizes_are_two_settings() -> No
     assert top.fix_code == ""  # the settings are the user's to set: words and the deciding command
 
 
+def test_the_vocabulary_candidates_fix_takes_every_rows_only_size_of_the_file(tmp_path: Path) -> None:
+    saved = Tacotron(36, 128).state_dict()
+    path = tmp_path / "epoch100.pt"
+    torch.save(saved, path)
+    result = diagnose_text(load_error(Tacotron(32, 64), torch.load(path, weights_only=True)))
+    head = result.causes[1]
+    assert head.label == "head_size_mismatch", _labels(result)
+    loaded = _run_fix(head.fix_code, Tacotron(32, 64), path)  # the table and the output layer resized
+    assert torch.equal(loaded.state_dict()["decoder.fc2.weight"], saved["decoder.fc2.weight"])
+
+
 @pytest.mark.parametrize("model", [Tacotron(32, 128), Tacotron(36, 64)], ids=["table", "output"])
 def test_one_count_changed_alone_is_still_a_head(model: Tacotron) -> None:
     result = diagnose_text(load_error(model, Tacotron(36, 128).state_dict()))
@@ -136,7 +147,8 @@ def test_a_matrix_read_the_other_way_is_a_code_change_first() -> None:
 
 def test_a_matrix_scaled_alike_on_both_axes_is_still_a_width() -> None:
     # [32, 16] against [16, 8]: the model's rows are the checkpoint's inputs, both axes halved
-    result = diagnose_text(load_error(nn.Sequential(nn.Linear(8, 16)), nn.Sequential(nn.Linear(16, 32)).state_dict()))
+    saved = nn.Sequential(nn.Linear(16, 32)).state_dict()
+    result = diagnose_text(load_error(nn.Sequential(nn.Linear(8, 16)), saved))
     assert result.causes[0].label == "architecture_variant", _labels(result)
     assert not any(c.label == "model_code_changed" for c in result.causes), _labels(result)
 
@@ -196,7 +208,8 @@ def test_a_width_beside_a_module_that_moved_elsewhere_is_still_read() -> None:
             setattr(self, name, nn.ModuleList([nn.Identity(), nn.Linear(8, 8)]))
 
     result = diagnose_text(load_error(Net(16, "head"), Net(32, "neck").state_dict()))
-    assert any(c.label == "architecture_variant" and c.confidence >= 0.6 for c in result.causes), _labels(result)
+    assert any(c.label == "architecture_variant" and c.confidence >= 0.6
+               for c in result.causes), _labels(result)
 
 
 # -- one part concatenated to several layers' inputs (mockingbird253, a line wrapped in a size) ----
