@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen9
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen10
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -98,7 +98,7 @@ def main() -> None:
         _print("frozen7 (scored 32/50 before tuning; tuned on since)", score(corpus(FROZEN7)), args.misses)
         _print("frozen8 (scored 30/50 with the rules it was collected under, 31/50 after frozen7's tuning; tuned on since: #16's frozen8 round)", score(corpus(FROZEN8)), args.misses)
         _print("frozen9 (scored 32/50 with the rules it was collected under and after frozen8's tuning; tuned on since: #16's frozen9 round)", score(corpus(FROZEN9)), args.misses)
-        _print("frozen10 (held out: 34/50 with the rules it was collected under and with the round's final rules; not tuned on)", score(corpus(FROZEN10)), args.misses)
+        _print("frozen10 (scored 34/50 with the rules it was collected under and after frozen9's tuning; tuned on since: #16's frozen10 round)", score(corpus(FROZEN10)), args.misses)
         _print("frozen11 (held out: vision texts committed at eaaec6a before diagnose ran on them; 35/50 with the rules they were collected under, 6f30365)", score(corpus(FROZEN11)), args.misses)
         _print("frozen12 (held out: non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365)", score(corpus(FROZEN12)), args.misses)
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ckpttools.ops.diagnose.shapes import (
     another_depth, architecture_variant, head_size_mismatch, sharded_tensors)
+from ckpttools.ops.diagnose.settings_reading import several_settings
 from ckpttools.ops.diagnose.structure import (
     model_code_changed, numbered_copies, part_checkpoint, part_of_model, prefix_matches,
     renamed_keys, residual,
@@ -30,6 +31,7 @@ from ckpttools.ops.diagnose.norm_kind import norm_kind
 from ckpttools.ops.diagnose.shape_readings import lone_norm_code
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.thin_shapes import anchor_count, input_features
+from ckpttools.ops.diagnose.layer_roles import concatenated_part, layer_of_another_kind
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
@@ -319,9 +321,9 @@ def _axis_order(m: ShapeMismatch) -> list[int]:
 SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
-    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, norm_kind,
-    lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
-    input_features)
+    transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, several_settings,
+    norm_kind, lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
+    input_features, layer_of_another_kind, concatenated_part)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

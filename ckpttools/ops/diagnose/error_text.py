@@ -31,9 +31,10 @@ _CKPT_SIZE = rf"(?:\(\s*['\"][^'\"]*['\"],\s*)?{_SIZE}\)?"
 _W = r"\s+"  # any run of blanks, newlines included, because pastes wrap long lines
 
 _MISMATCH_PATTERNS = (
-    re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}with{_W}shape"
-               rf"{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current{_W}model"
-               rf"{_W}is{_W}{_SIZE}"),
+    # retyped by hand, the colon after the key may be left out and a word slip in ("with shape for")
+    re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):?{_W}copying{_W}a{_W}param{_W}with{_W}shape"
+               rf"(?:{_W}for)?{_W}{_CKPT_SIZE}{_W}from{_W}checkpoint,?\s*the{_W}shape{_W}in{_W}current"
+               rf"{_W}model{_W}is{_W}{_SIZE}"),
     re.compile(rf"size{_W}mismatch{_W}for{_W}([^\s:]+):{_W}copying{_W}a{_W}param{_W}of{_W}{_SIZE}"
                rf"{_W}from{_W}checkpoint,?{_W}where{_W}the{_W}shape{_W}is{_W}{_SIZE}"),
     re.compile(rf"-{_W}([^\s:]+):{_W}found{_W}shape{_W}{_SIZE}{_W}in{_W}the{_W}checkpoint{_W}and"
@@ -47,8 +48,10 @@ _MISMATCH_PATTERNS = (
 
 # A mismatch line's key, whatever follows (a paste may end inside the shapes).
 _CUT_MISMATCH = re.compile(rf"size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[\w\-]+):")
-# ... and one quoted in a title or a sentence, where the quote or the line ends after the key
-_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+)(?=[\"'`]|[ \t]*$)")
+# ... and one quoted in a title or a sentence, where the quote, the bold or the line ends after the
+# key; a module's name (pts_voxel_encoder) without a dot as well, when it is snake_case
+_QUOTED_MISMATCH = re.compile(rf"(?m)size{_W}mismatch{_W}for{_W}([\w.\-]+\.[\w\-]+|[A-Za-z]\w*_\w+)"
+                              rf"(?=[\"'`]|\*\*|[ \t]*$)")
 # SlowFast's (and its forks') loader logs each model key the file has no tensor of that shape for
 # ("absent or of another size"), then loads the rest with strict=False
 _NOT_LOADED = re.compile(r"Network weights (" + r"[A-Za-z_][\w.\-]*" + r") not loaded\.")
@@ -203,6 +206,8 @@ def _parse_list(text: str, pos: int) -> tuple[list[str], bool]:
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    # a terminal wraps a long line inside a number ("[12\n8, 512]"); sizes are comma-separated
+    text = re.sub(r"(?<=\d)[ \t]*\r?\n[ \t]*(?=\d)", "", text)
     return tuple(int(d) for d in re.findall(r"\d+", text))
 
 

@@ -21,6 +21,12 @@ _AFFINE = frozenset({"weight", "bias"})
 _LAYER = re.compile(r"(.+)\.(\d+)")
 # From text the keys cannot tell a norm-layer setting from code that changed its norms.
 _CONFIDENCE = 0.75
+# BatchNorm layers by name on one side only, across the network (RAFT's small model built
+# without --small: norm_fn 'none' against 'batch'); one module's norm alone is the code's (a
+# layer added), so three modules at least; a candidate, the code reads the same (frozen10 raft121)
+_NAMED_CONFIDENCE = 0.6
+_NAMED_NORM = re.compile(r"(^|\.)(norm\d*|bn\d*|\w*_(norm|bn)\d*|(norm|bn)_\w+)$")
+_FEW_NORMS = 3
 
 
 def _modules(keys: tuple[str, ...]) -> dict[str, set[str]] | None:
@@ -32,6 +38,21 @@ def _modules(keys: tuple[str, ...]) -> dict[str, set[str]] | None:
             return None
         out.setdefault(module, set()).add(leaf)
     return out
+
+
+def _named_norms(keys: tuple[str, ...]) -> list[str] | None:
+    """The modules, when every key is a BatchNorm's tensor in a module named as a norm, with
+    affine weights and running statistics, in three modules or more."""
+    modules: dict[str, set[str]] = {}
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        if leaf not in _STATS | _AFFINE or not _NAMED_NORM.search(module):
+            return None
+        modules.setdefault(module, set()).add(leaf)
+    leaves = set().union(*modules.values()) if modules else set()
+    if len(modules) < _FEW_NORMS or not {"weight", "running_mean"} <= leaves:
+        return None
+    return sorted(modules)
 
 
 def _previous(module: str) -> str:
@@ -69,6 +90,13 @@ def norm_kind(ev: Evidence) -> Finding | None:
     for side, norms, biases in (("model", ev.missing, ev.unexpected),
                                 ("checkpoint", ev.unexpected, ev.missing)):
         modules = _norm_side(norms, biases)
+        named = None if modules or biases else _named_norms(norms)
+        if named:
+            return Finding("architecture_variant", _NAMED_CONFIDENCE, frozenset(norms), {
+                "kind": "config", "norm_side": side, "modules": named, "setting": (
+                    f"BatchNorm layers ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''}) "
+                    f"have tensors in the {side} only and nothing else differs, so the network was "
+                    "built with another norm setting (norm_fn, norm_layer: BatchNorm against none)")})
         if modules is None:
             continue
         other = "checkpoint" if side == "model" else "model"

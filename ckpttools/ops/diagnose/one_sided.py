@@ -42,6 +42,10 @@ def part_missing(ev: Evidence) -> list[Finding]:
     first = segments(ev.missing[0])[0]
     if first not in PART_NAMES or len(segments(ev.missing[0])) < 3:
         return []
+    if any(s.isdigit() and s != "0" for s in segments(ev.missing[0])):
+        # torch lists missing keys in the model's order: a list led by layer 12 of a stack means
+        # layers 0-11 loaded under the part's name, so the file is no part's: another depth
+        return []
     under = [k for k in ev.missing if k.startswith(first + ".")]
     others = sorted({segments(k)[0] for k in ev.missing} - {first})
     if len(under) < max(2, 0.5 * len(ev.missing)):

@@ -38,17 +38,21 @@ def head_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = ('if hasattr(model, "resize_token_embeddings"):  # transformers: the tied output '
                 "and the config too\n"
                 f"    model.resize_token_embeddings({c})\n"
-                "else:  # the checkpoint's rows in place of every such parameter (a tied output is"
-                " then its own copy)\n"
+                "else:  # the checkpoint's rows in place of every parameter whose rows alone differ "
+                "(a tied output is then its own copy)\n"
                 "    own = model.state_dict()\n"
                 "    for key, v in sd.items():\n"
-                f"        if key in own and v.shape != own[key].shape and v.shape[0] == {c} "
-                "and v.shape[1:] == own[key].shape[1:]:\n"
+                "        if key in own and v.shape != own[key].shape and v.shape[1:] == own[key].shape[1:]:\n"
                 '            name, _, leaf = key.rpartition(".")\n'
                 "            layer = model.get_submodule(name) if name else model\n"
                 "            setattr(layer, leaf, torch.nn.Parameter(torch.empty_like(v)))\n"
                 "model.load_state_dict(sd)")
         return what, code, []
+    elif f.facts.get("levels"):  # one output layer per feature level (count_pairs)
+        what = (f"the output layers of each feature level have other sizes, all in one ratio ({c} "
+                f"rows in the checkpoint, {m} in the model for {keys[0]}): each counts anchors x "
+                "classes, so the number of classes differs; build the model with the checkpoint's "
+                "class count, or drop these layers to fine-tune")
     else:
         what = (f"the output head has another size: {c} in the checkpoint, {m} in the model "
                 f"({', '.join(keys[:2])}); build the model with {c} outputs, or drop the head to "
@@ -153,6 +157,12 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "has another size while no weight around it is shown to differ (a library version "
                 "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
                 "with, or show the whole error"), "", []
+    if changed := f.facts.get("kind_changed"):  # a matrix read the other way (layer_roles)
+        key, c, m = changed
+        return (f"the model code may build another kind of layer at {key} now: {c} in the checkpoint, "
+                f"{m} in the model (one side's size on the other's other axis, the axes scaled "
+                "apart: e.g. a table of symbols where the model has a layer reading features); use the "
+                "code version the checkpoint was saved with"), "", []
     if features := f.facts.get("features"):
         key, c, m = features
         return (f"the code that builds the input features may have changed: {key} reads {c} "

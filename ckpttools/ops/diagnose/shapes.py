@@ -9,7 +9,10 @@ from collections.abc import Iterable
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
+from ckpttools.ops.diagnose.count_pairs import UNRELATED_HEAD, one_count, per_level_rows
 from ckpttools.ops.diagnose.fed_input import concatenated_input
+from ckpttools.ops.diagnose.layer_roles import (
+    CODE_READING, PART_WIDTH, another_kind, in_moved_modules, same_part_added)
 from ckpttools.ops.diagnose.hidden_widths import WIDTH_HEAD, WIDTH_READING, hidden_width_sizes
 from ckpttools.ops.diagnose.shape_readings import (
     one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
@@ -204,7 +207,15 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     # The same difference on every layer is one count changed by that much in layers that count
     # it with and without a background class (81 -> 4 boxes, 80 -> 3 masks); a width scales.
     same_change = len(sizes) == 1 or len({c - s for c, s in sizes}) == 1
-    return mm if len(mm) <= 6 or (same_change and named) else []
+    # Parallel output layers (one per feature level) whose rows stand in one exact ratio: anchors
+    # x classes per level (count_pairs); a width would change the input of a layer after them.
+    return mm if len(mm) <= 6 or (same_change and named) or per_level_rows(mm) else []
+
+
+def counted(ev: Evidence) -> list[tuple[ShapeMismatch, tuple[int, int]]]:
+    """Each tensor read as a count (:func:`head_size_mismatch`'s) with its two sizes on that axis."""
+    return [(m, (m.checkpoint_shape[a], m.model_shape[a])) for m in _count_change(ev)
+            if (a := _one_axis(m)) is not None]
 
 
 def head_size_mismatch(ev: Evidence) -> Finding | None:
@@ -230,9 +241,11 @@ def head_size_mismatch(ev: Evidence) -> Finding | None:
         conf = 0.55  # an inner layer of a Sequential: a width (architecture_variant) competes
     if (not headish and (_shard_factor(mm) or (0, ""))[1] == "model") or partition_factor(ev, mm):
         conf = 0.5  # one side's tensors are the other's cut in k: sharding competes
+    if not one_count(pair for _, pair in counted(ev)):
+        conf = min(conf, UNRELATED_HEAD)  # sizes one count does not give: two settings (count_pairs)
     return Finding("head_size_mismatch", conf, frozenset(m.key for m in mm),
                    {"keys": [m.key for m in mm], "checkpoint_size": sizes[0], "model_size": sizes[1],
-                    "vocab": vocab, "padded": padded})
+                    "vocab": vocab, "padded": padded, "levels": per_level_rows(mm)})
 
 
 def sharded_tensors(ev: Evidence) -> Finding | None:
@@ -352,6 +365,10 @@ def _shape_variant(ev: Evidence) -> Finding | None:
     conf = 0.72 if computed else 0.8 + (0.05 if consistent else 0.0)
     if width_from_norms_alone(mm, ev):
         conf = min(conf, 0.75)
+    if in_moved_modules(ev, mm) or (len(mm) == 1 and another_kind(mm[0])):
+        conf = min(conf, CODE_READING - 0.05)  # the code changed (layer_roles): that reads first
+    if same_part_added(mm):
+        conf = min(conf, PART_WIDTH)  # one part concatenated to every input: the code reads the same
     return Finding("architecture_variant", conf, keys,
                    {"kind": "width", "count": len(mm), "examples": [m.key for m in mm[:3]],
                     "ratio": ratio, "consistent": consistent})
