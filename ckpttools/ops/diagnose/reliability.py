@@ -39,7 +39,7 @@ OUTCOMES: dict[str, tuple[int, int]] = {
     "new_task_head": (7, 7),
     "partitioned_checkpoint": (9, 10),
     "prefix_added": (6, 6),
-    "prefix_missing": (3, 6),
+    "prefix_missing_model_keys_only": (2, 5),
     "variant_in_chans": (7, 9),
     "variant_pos_grid": (7, 7),
     "version_buffers": (33, 34),
@@ -91,6 +91,8 @@ def basis_of(reading: Mapping[str, Any]) -> str:
         return "width_one_layer" if len({_LAYER.sub("", m[0]) for m in mm}) == 1 else "width_layers"
     if label == _VARIANT:
         return f"variant_{kind}"
+    if label == "prefix_missing" and not (counts["unexpected"] or counts["mismatched"]):
+        return "prefix_missing_model_keys_only"  # the checkpoint's own keys are not shown
     return str(label)
 
 
