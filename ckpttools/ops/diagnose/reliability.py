@@ -33,7 +33,6 @@ _HIGH_BAND = 0.9
 OUTCOMES: dict[str, tuple[int, int]] = {
     "adapter_or_quantization": (7, 7),
     "head_rows": (86, 91),
-    "head_rows_beside_other_keys": (2, 4),
     "head_rows_hidden_widths": (1, 7),
     "model_code_changed": (1, 5),
     "new_task_head": (7, 7),
@@ -64,6 +63,19 @@ def reading_of(f: Finding, ev: Evidence) -> dict[str, Any]:
             "mismatched": [[m.key, list(m.checkpoint_shape), list(m.model_shape)]
                            for m in ev.mismatched[:_SHOWN]],
             "cause": {"facts": dict(f.facts)}}
+
+
+def basis_of_result(result: Any) -> str | None:
+    """The basis of a ``DiagnoseResult``'s first cause (``None`` without one), as the outcome
+    rows are classed: from the result's JSON form."""
+    d = result.to_dict()
+    if not d["causes"]:
+        return None
+    first = d["causes"][0]
+    return basis_of({"got": first["label"], "truncated": d["truncated"], "counts": d["counts"],
+                     "cause": first["evidence"],
+                     "mismatched": [[m["key"], m["checkpoint_shape"], m["model_shape"]]
+                                    for m in d["mismatched"][:_SHOWN]]})
 
 
 def basis_of(reading: Mapping[str, Any]) -> str:

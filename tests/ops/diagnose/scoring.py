@@ -39,6 +39,7 @@ class Answer:
     label: str | None
     confidence: float
     candidates: tuple[str, ...] = ()
+    basis: str | None = None  # the kind of reading behind the first cause (reliability.py)
 
     @property
     def right(self) -> bool:
@@ -101,10 +102,14 @@ def answer(case: Case) -> Answer:
     """diagnose_text on the case."""
     from ckpttools.ops.diagnose.diagnosis import diagnose_text
 
-    causes = diagnose_text(case.text).causes
+    from ckpttools.ops.diagnose.reliability import basis_of_result
+
+    result = diagnose_text(case.text)
+    causes = result.causes
     if not causes:
         return Answer(case, None, 0.0)
-    return Answer(case, causes[0].label, causes[0].confidence, tuple(c.label for c in causes))
+    return Answer(case, causes[0].label, causes[0].confidence, tuple(c.label for c in causes),
+                  basis_of_result(result))
 
 
 def score(cases: Iterable[Case]) -> Score:
