@@ -4,9 +4,10 @@ Every frozen held-out set of ``tests/data/diagnose`` was scored once with the ru
 before anyone read it. ``scripts/calibrate_diagnose.py`` replays those commits and writes one row per
 case (``tests/data/diagnose/calibration/outcomes.jsonl``): the first cause, its confidence, whether
 it was right, and the evidence it was read from. Each answer is classed by its *basis* (the kind of
-reading: a head's rows, a width read off one layer, a buffer added by a newer version, ...), and a
-decided answer (>= 0.8) is bounded by the Wilson lower bound, one standard error, of its basis's
-precision on those rows. A basis with fewer than five decided outcomes uses its confidence band's.
+reading: a head's rows, a width read off one layer, a buffer added by a newer version, ...). A
+decided answer (>= 0.8) stays decided only when the Wilson lower bound, one standard error, of its
+basis's precision on those rows is 0.8 or more; otherwise it is lowered to that bound, a candidate
+with the deciding command. A basis with fewer than five decided outcomes uses its confidence band's.
 
 This runs once, after the causes are ranked; it lowers confidences and never reorders causes.
 """
@@ -173,15 +174,22 @@ def bound(confidence: float, basis: str,
 def calibrated_confidence(confidence: float, basis: str,
                           table: Mapping[str, tuple[int, int]] | None = None
                           ) -> tuple[float, tuple[int, int] | None]:
-    """A confidence bounded by its basis's outcomes (only decided ones are bounded)."""
+    """A decided confidence whose basis's bound is below 0.8, lowered to that bound.
+
+    A basis whose bound is 0.8 or more keeps the rules' confidence: a few dozen outcomes tell
+    whether a kind of reading may decide, not whether it is right 0.90 or 0.97 of the time.
+
+    Returns:
+        (confidence, the (right, decided) it was judged on, or ``None`` when not decided).
+    """
     if confidence < DECIDED:
         return confidence, None
     limit, counts = bound(confidence, basis, table)
-    return min(confidence, limit), counts
+    return (confidence if limit >= DECIDED else min(confidence, limit)), counts
 
 
 def bound_by_outcomes(findings: list[Finding], ev: Evidence) -> list[Finding]:
-    """Ranked findings from text, each decided one bounded by its basis's held-out outcomes.
+    """Ranked findings from text, each decided one judged by its basis's held-out outcomes.
 
     The order is kept: a finding is never above the one ranked before it. One lowered below
     0.8 carries ``facts["calibrated"]`` (the report's reason) and ``facts["basis"]``.
@@ -191,7 +199,7 @@ def bound_by_outcomes(findings: list[Finding], ev: Evidence) -> list[Finding]:
         ev: the evidence they were read from.
 
     Returns:
-        The findings in the same order, confidences bounded.
+        The findings in the same order; those whose basis may not decide, lowered.
     """
     out: list[Finding] = []
     ceiling = 1.0

@@ -127,3 +127,14 @@ def source_key(url: str) -> str:
     url = url.split("#", 1)[0].strip().lower()
     url = url.removeprefix("https://").removeprefix("http://").removeprefix("www.")
     return url.rstrip("/")
+
+
+def rules_first(text: str):  # type: ignore[no-untyped-def]
+    """The cause rules' first finding for an error text, before ``reliability.py`` bounds its
+    confidence by held-out outcomes: rule tests assert what the rules read, and
+    ``test_reliability.py`` what the report then states."""
+    from ckpttools.ops.diagnose.causes import rank_findings
+    from ckpttools.ops.diagnose.diagnosis import evidence_from_text
+    from ckpttools.ops.diagnose.error_text import parse_error_text
+
+    return rank_findings(evidence_from_text(parse_error_text(text)))[0]
