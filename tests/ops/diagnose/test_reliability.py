@@ -103,3 +103,22 @@ def test_the_order_of_causes_is_kept() -> None:
         assert [c.label for c in causes] == ranked, case.name
         conf = [c.confidence for c in causes]
         assert conf == sorted(conf, reverse=True), case.name
+
+
+def test_score_diagnose_prints_each_basis(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[3]
+    torch.manual_seed(0)
+    texts = {"width": ("architecture_variant", _load_error(_Net(96), _Net(48))),
+             "head": ("head_size_mismatch", _load_error(_Net(32, classes=1000), _Net(32, classes=10)))}
+    for name, (label, text) in texts.items():
+        (tmp_path / f"{name}.txt").write_text(f"label: {label}\nsource: a test\n---\n{text}\n",
+                                              encoding="utf-8")
+    run = subprocess.run([sys.executable, str(root / "scripts" / "score_diagnose.py"), "--corpus",
+                          str(tmp_path)], capture_output=True, text=True, check=True, cwd=root)
+    lines = [re.sub(r"\s+", " ", line.strip()) for line in run.stdout.splitlines()]
+    assert "basis head_rows 1/1 right; 1 decided, 1 of them right" in lines, run.stdout
+    assert "basis width_layers 1/1 right; 0 decided, 0 of them right" in lines, run.stdout
