@@ -35,6 +35,15 @@ def _print(name: str, s: Score, misses: bool) -> None:
         inside = [a for a in s.answers if lo <= a.confidence < hi]
         cells.append(f"[{lo:.2f},{min(hi, 1):.2f}) {sum(a.right for a in inside)}/{len(inside)}")
     print("  reliability (right/answers by confidence): " + "; ".join(cells))
+    by_basis: dict[str, list[int]] = {}
+    for a in s.answers:  # how each kind of reading fared: right/answers, decided (right)
+        tally = by_basis.setdefault(a.basis or "(no cause)", [0, 0, 0, 0])
+        tally[0] += a.right
+        tally[1] += 1
+        tally[2] += a.decided
+        tally[3] += a.decided and a.right
+    for basis, (ok, n, decided, decided_ok) in sorted(by_basis.items()):
+        print(f"  basis {basis:30} {ok}/{n} right; {decided} decided, {decided_ok} of them right")
     for label, (ok, n) in s.per_label.items():
         print(f"  {label:24} {ok}/{n}")
     confusion = Counter((a.case.label, a.label) for a in s.misses)

@@ -52,7 +52,9 @@ def _cause(i: int, c: Cause, fmt: str, same_as_plan: bool = False) -> list[str]:
 
 def _undecided(result: DiagnoseResult) -> str:
     candidates = ", ".join(f"{c.label} {c.confidence:.2f}" for c in result.causes[:4])
-    thin = result.causes[0].evidence.get("facts", {}).get("thin")  # calibration.py's reason
+    facts = result.causes[0].evidence.get("facts", {})
+    # calibration.py's reason (too few keys), or reliability.py's (held-out outcomes)
+    thin = facts.get("thin") or facts.get("calibrated")
     why = f"{thin}; " if thin else ""
     return (f"the text alone cannot decide ({why}candidates: {candidates}); "
             f"this decides from the files: {DECIDE_COMMAND}")

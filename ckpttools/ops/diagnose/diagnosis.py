@@ -89,7 +89,12 @@ def diagnose_evidence(ev: Evidence, *, found: bool = True, note: str | None = No
     from ckpttools.ops.diagnose.causes import rank_findings
     from ckpttools.ops.diagnose.fixes import describe
 
-    causes = tuple(describe(f, ev) for f in rank_findings(ev))
+    findings = rank_findings(ev)
+    if ev.source == "text":  # bounded by what each kind of reading achieved on unread texts
+        from ckpttools.ops.diagnose.reliability import bound_by_outcomes
+
+        findings = bound_by_outcomes(findings, ev)
+    causes = tuple(describe(f, ev) for f in findings)
     return DiagnoseResult(ev.source, found, causes, ev, note)
 
 

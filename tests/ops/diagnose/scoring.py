@@ -40,6 +40,7 @@ class Answer:
     label: str | None
     confidence: float
     candidates: tuple[str, ...] = ()
+    basis: str | None = None  # the kind of reading behind the first cause (reliability.py)
 
     @property
     def right(self) -> bool:
@@ -102,10 +103,14 @@ def answer(case: Case) -> Answer:
     """diagnose_text on the case."""
     from ckpttools.ops.diagnose.diagnosis import diagnose_text
 
-    causes = diagnose_text(case.text).causes
+    from ckpttools.ops.diagnose.reliability import basis_of_result
+
+    result = diagnose_text(case.text)
+    causes = result.causes
     if not causes:
         return Answer(case, None, 0.0)
-    return Answer(case, causes[0].label, causes[0].confidence, tuple(c.label for c in causes))
+    return Answer(case, causes[0].label, causes[0].confidence, tuple(c.label for c in causes),
+                  basis_of_result(result))
 
 
 def score(cases: Iterable[Case]) -> Score:
@@ -123,3 +128,14 @@ def source_key(url: str) -> str:
     url = url.split("#", 1)[0].strip().lower()
     url = url.removeprefix("https://").removeprefix("http://").removeprefix("www.")
     return url.rstrip("/")
+
+
+def rules_first(text: str):  # type: ignore[no-untyped-def]
+    """The cause rules' first finding for an error text, before ``reliability.py`` bounds its
+    confidence by held-out outcomes: rule tests assert what the rules read, and
+    ``test_reliability.py`` what the report then states."""
+    from ckpttools.ops.diagnose.causes import rank_findings
+    from ckpttools.ops.diagnose.diagnosis import evidence_from_text
+    from ckpttools.ops.diagnose.error_text import parse_error_text
+
+    return rank_findings(evidence_from_text(parse_error_text(text)))[0]

@@ -15,6 +15,7 @@ from torch import nn
 
 from ckpttools.ops.diagnose.diagnosis import DECIDED, diagnose_text
 from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.scoring import rules_first
 
 
 class Block(nn.Module):
@@ -263,7 +264,9 @@ def test_a_leading_path_renamed_is_a_rename_with_an_anchored_fix(cut: bool) -> N
                          for line in text.split("\n"))
     cause = diagnose_text(text).causes[0]
     assert (cause.label, cause.evidence["facts"]["renames"]) == ("renamed_keys", [["layer1.0", "extractor.4"]])
-    assert (cause.confidence < DECIDED) == cut  # cut: the hidden keys could hold another relation
+    # cut: the hidden keys could hold another relation (the rules' confidence; the report's is
+    # bounded by held-out outcomes as well, test_reliability.py)
+    assert (rules_first(text).confidence < DECIDED) == cut
     # the printed fix, with the checkpoint's state_dict in place of torch.load("CKPT")
     code = re.sub(r'sd = torch\.load\("CKPT".*\n', "", cause.fix_code)
     exec(code, {"sd": OldEmaNet().state_dict(), "model": NewEmaNet()})  # a strict load

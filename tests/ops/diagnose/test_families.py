@@ -14,6 +14,7 @@ from ckpttools.ops.diagnose.diagnosis import diagnose_text
 from tests.ops.diagnose.gen_models import ARCHS, Detector, dynamic_quantized
 from tests.ops.diagnose.gen_presentations import detectron2, mmcv, pytorch03
 from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.scoring import rules_first
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning"),
@@ -25,9 +26,10 @@ _ARCH = {a.name: a for a in ARCHS}
 @pytest.mark.parametrize("name", ["convnet", "mlp", "encoder"])
 def test_backbone_file_in_a_detector_is_the_wrong_file(name: str) -> None:
     arch = _ARCH[name]
-    cause = diagnose_text(load_error(Detector(arch.make(), arch.head), arch.make().state_dict())).causes[0]
+    text = load_error(Detector(arch.make(), arch.head), arch.make().state_dict())
+    cause = diagnose_text(text).causes[0]
     assert (cause.label, cause.evidence["facts"]["part"]) == ("wrong_model", "backbone.")
-    assert cause.confidence >= 0.8 and "model.backbone.load_state_dict(sd" in cause.fix_code
+    assert rules_first(text).confidence >= 0.8 and "model.backbone.load_state_dict(sd" in cause.fix_code
 
 
 def test_a_wrapped_model_is_still_a_prefix() -> None:
@@ -101,9 +103,10 @@ def test_tensor_parallel_rank_file(name: str) -> None:
     from tests.ops.diagnose.gen_models import tensor_parallel_shard
 
     arch = _ARCH[name]
-    cause = diagnose_text(load_error(arch.make(), tensor_parallel_shard(arch.make()))).causes[0]
+    text = load_error(arch.make(), tensor_parallel_shard(arch.make()))
+    cause = diagnose_text(text).causes[0]
     assert (cause.label, cause.evidence["facts"]["factor"]) == ("partitioned_checkpoint", 2)
-    assert cause.confidence >= 0.8 and "tensor-parallel" in cause.summary
+    assert rules_first(text).confidence >= 0.8 and "tensor-parallel" in cause.summary
 
 
 def test_fewer_key_value_heads_is_not_a_shard() -> None:
