@@ -17,7 +17,7 @@ import pytest
 
 from tests.ops.diagnose.scoring import (
     FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11,
-    FROZEN12, HELDOUT,
+    FROZEN12, FROZEN13, HELDOUT,
     REAL, Case, corpus, development, read_case, score, source_key)
 
 # The dynamic-quantization cases use torch.ao.quantization as the files people have were written.
@@ -155,6 +155,8 @@ def test_frozen_sources_never_in_development() -> None:
     assert len(frozen9) >= 45 and len(frozen10) >= 45 and len(frozen11) >= 45
     frozen12 = [source_key(c.source) for c in corpus(FROZEN12)]
     assert len(frozen12) >= 45
+    frozen13 = [source_key(c.source) for c in corpus(FROZEN13)]
+    assert len(frozen13) >= 45
     assert not dev & frozen
     assert not dev & set(frozen2) and not frozen & set(frozen2)
     assert not (dev | frozen | set(frozen2)) & set(frozen3)
@@ -169,6 +171,7 @@ def test_frozen_sources_never_in_development() -> None:
     assert not (others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)) & set(frozen11)
     later = others | set(frozen7) | set(frozen8) | set(frozen9) | set(frozen10)
     assert not (later | set(frozen11)) & set(frozen12)
+    assert not (later | set(frozen11) | set(frozen12)) & set(frozen13)
     assert len(set(frozen2)) == len(frozen2)  # one case per thread
     assert len(set(frozen3)) == len(frozen3)
     assert len(set(frozen4)) == len(frozen4)
@@ -180,6 +183,7 @@ def test_frozen_sources_never_in_development() -> None:
     assert len(set(frozen10)) == len(frozen10)
     assert len(set(frozen11)) == len(frozen11)
     assert len(set(frozen12)) == len(frozen12)
+    assert len(set(frozen13)) == len(frozen13)
 
 
 # (folder, cases, right at least, precision at >= 0.8 at least or None): the floors above
@@ -208,10 +212,10 @@ def test_frozen_sets_as_measured(name: str) -> None:
 
 
 @pytest.mark.parametrize("folder", [REAL, HELDOUT, FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6,
-                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11, FROZEN12],
+                                    FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11, FROZEN12, FROZEN13],
                          ids=["real", "heldout", "frozen", "frozen2", "frozen3", "frozen4", "frozen5",
                               "frozen6", "frozen7", "frozen8", "frozen9", "frozen10", "frozen11",
-                              "frozen12"])
+                              "frozen12", "frozen13"])
 def test_corpus_headers_are_complete(folder) -> None:  # type: ignore[no-untyped-def]
     from ckpttools.ops.diagnose.causes import LABELS
 
