@@ -11,7 +11,8 @@ import warnings
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, tensor_entry
+from ckpttools.entries import (Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorRef,
+                               tensor_entry)
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
@@ -27,6 +28,24 @@ if TYPE_CHECKING:
 def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order."""
     return split_tensors(tree, lambda node: type(node) is TensorPlaceholder)
+
+
+def _flat_tensors(tree: Any) -> tuple[dict[str, TensorRef], list[tuple[str, Any]]] | None:
+    """``flatten_tree(tree)`` of a non-empty dict of str keys and tensors only (a plain
+    state_dict: 20,000 leaves), each ``TensorRef`` made without the dataclass ``__init__``;
+    None for any other tree."""
+    if type(tree) is not dict or not tree or set(map(type, tree.values())) != _PLACEHOLDER or (
+            set(map(type, tree)) != _STR):
+        return None
+    refs = {}
+    for key in tree:
+        ref = refs[key] = _NEW(TensorRef)
+        _SET(ref, "__dict__", {"key": key})
+    return refs, list(tree.items())
+
+
+_PLACEHOLDER, _STR = {TensorPlaceholder}, {str}
+_NEW, _SET = object.__new__, object.__setattr__
 
 
 def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder) -> torch.Tensor:
@@ -100,18 +119,22 @@ class PickledReader(CheckpointReader):
     torch_mmap = True  # whether the torch.load fallback may map the file
 
     def _init_tree(self, walk: WalkResult) -> None:
-        size = expanded_size(walk.tree, MAX_EXPANDED)
+        flat = _flat_tensors(walk.tree)
+        size = 1 + 2 * len(walk.tree) if flat else expanded_size(walk.tree, MAX_EXPANDED)
         if size > MAX_EXPANDED:
             raise CorruptCheckpointError(
                 f"{self.path}: shared references in the pickle expand to more than "
                 f"{MAX_EXPANDED} values; a checkpoint never needs that, the file is hostile")
         self._walk_result = walk
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 10_000))  # 600-deep dicts are legitimate
-        try:
-            self._tree, leaves = flatten_tree(walk.tree)
-        finally:
-            sys.setrecursionlimit(limit)
+        if flat:
+            self._tree, leaves = flat
+        else:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(limit, 10_000))  # 600-deep dicts are legitimate
+            try:
+                self._tree, leaves = flatten_tree(walk.tree)
+            finally:
+                sys.setrecursionlimit(limit)
         self._tensors: dict[str, TensorPlaceholder] = {}
         entries: list[Entry] = []
         location, itemsize, prod = self._location, ITEMSIZE.get, math.prod
