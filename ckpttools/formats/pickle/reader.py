@@ -45,6 +45,16 @@ def _flat_tensors(tree: Any) -> tuple[dict[str, TensorRef], list[tuple[str, Any]
 
 
 _PLACEHOLDER, _STR = {TensorPlaceholder}, {str}
+
+
+def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Elements a view of ``shape`` and ``stride`` reaches from its offset (``ph.span``): 0
+    when it holds none, -1 when a size or stride is negative (``torch.load`` refuses it)."""
+    if min((*shape, *stride), default=0) < 0:
+        return -1
+    if 0 in shape:
+        return 0
+    return 1 + sum((s - 1) * t for s, t in zip(shape, stride))
 _NEW, _SET = object.__new__, object.__setattr__
 
 
@@ -154,24 +164,22 @@ class PickledReader(CheckpointReader):
     def _check_views(self) -> None:
         """Refuse what ``torch.load`` refuses: negative sizes, strides or offsets, and views
         that reach past their storage (``setStorage ... out of bounds``)."""
-        storages = self._walk_result.storages
+        storages, itemsize = self._walk_result.storages, ITEMSIZE.get
+        spans: dict[tuple[Any, Any], int] = {}  # (shape, stride) -> elements reached, -1: negative
         for key, ph in self._tensors.items():
-            shape, stride, offset = ph.shape, ph.stride, ph.storage_offset
-            if min((*shape, *stride, offset), default=0) < 0:
+            form = (ph.shape, ph.stride)  # 20,000 tensors share a few forms
+            span = spans.get(form)
+            if span is None:
+                span = spans[form] = _span(*form)
+            offset = ph.storage_offset
+            if span < 0 or offset < 0:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} has a negative size, stride or offset; "
                     "torch.load refuses it, the file is damaged")
             info = storages.get(ph.storage_key) if ph.storage_key is not None else None
             if info is None:
                 continue
-            # ``ph.span`` inlined, its sizes and strides known to be non-negative here: one
-            # pass per tensor instead of three (20,000 tensors)
-            if 0 in shape:
-                need = 0
-            elif len(shape) == 1 == len(stride):
-                need = (offset + 1 + (shape[0] - 1) * stride[0]) * ITEMSIZE.get(ph.dtype, 1)
-            else:
-                need = (offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+            need = (offset + span) * itemsize(ph.dtype, 1) if span else 0
             if need > info.nbytes:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} reaches byte {need} of a {info.nbytes}-byte "

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from ckpttools.cli.main import cli
-from ckpttools.errors import CkptError
+from ckpttools.errors import CkptError, CorruptCheckpointError
 from ckpttools.formats.pickle import opwalk, plain_state, walk
+from ckpttools.formats.pickle.placeholders import ITEMSIZE, new_placeholder, new_storage_info
+from ckpttools.formats.pickle.reader import PickledReader
 from ckpttools.formats.registry import open_checkpoint
 from ckpttools.ops.audit.scan import scan_checkpoint
 from tests.formats.pickle.pickles import data_pkl
@@ -166,3 +169,39 @@ def test_corpora_get_the_same_verdicts(corpora: dict[str, Path],
     for name in fast:
         assert fast[name] == slow[name], name
     assert fast["clean"][0] == 0 and fast["clean"][2][0][0] == 0
+
+
+def _views_before(tensors: dict[str, Any], storages: dict[str, Any]) -> str:
+    """The view check as it read each tensor on its own (before the spans were shared)."""
+    for key, ph in tensors.items():
+        if min((*ph.shape, *ph.stride, ph.storage_offset), default=0) < 0:
+            return f"p: tensor {key} has a negative size"
+        info = storages.get(ph.storage_key)
+        need = 0 if 0 in ph.shape else (ph.storage_offset + ph.span) * ITEMSIZE[ph.dtype]
+        if info is not None and need > info.nbytes:
+            return f"p: tensor {key} reaches byte {need} of a {info.nbytes}-byte"
+    return ""
+
+
+def test_view_check_reads_each_form_as_before() -> None:
+    """Sizes, strides and offsets around every limit, many tensors per form: the same first
+    refusal (and message) as the check that read each tensor on its own."""
+    rng = random.Random(3)
+    dims = [(), (0,), (4,), (2, 2), (2, 0), (-1,), (3, 1), (1, 4)]
+    for _ in range(300):
+        tensors, storages = {}, {}
+        for i in range(rng.randrange(1, 30)):
+            shape = rng.choice(dims)
+            stride = tuple(rng.choice((-1, 0, 1, 2, 4)) for _ in shape)
+            storages[str(i)] = new_storage_info(str(i), "float32", rng.randrange(0, 12), "cpu")
+            tensors[f"t{i}"] = new_placeholder(str(i), "float32", rng.choice((-1, 0, 1, 5)),
+                                               shape, stride, "cpu", False, "strided")
+        reader = SimpleNamespace(path="p", _tensors=tensors,
+                                 _walk_result=SimpleNamespace(storages=storages))
+        try:
+            PickledReader._check_views(reader)  # type: ignore[arg-type]
+            got = ""
+        except CorruptCheckpointError as e:
+            got = str(e)
+        want = _views_before(tensors, storages)
+        assert got.startswith(want) and bool(got) == bool(want), (got, want)
