@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import OrderedDict
 from typing import Any
 
 from ckpttools.formats.pickle.guard import proven_runs
@@ -50,7 +51,14 @@ _RECORD = re.compile(
     + rb"([\x88\x89])"                                              # 25 requires_grad
     + rb"(?:ccollections\nOrderedDict\n" + _PUT + rb"|" + _GET + rb")"           # 26 27
     + rb"\)R" + _PUT + rb"t" + _PUT + rb"R" + _PUT)                 # 28 29 30
-_HEADER = re.compile(rb"\x80\x02\}" + _PUT)
+_HEADER = re.compile(rb"\x80\x02(?:\}" + _PUT + rb"|ccollections\nOrderedDict\n" + _PUT + rb"\)R"
+                     + _PUT + rb")")
+# a state_dict's BUILD state up to its _metadata's OrderedDict(), and one _metadata entry after
+# its name: ``{'version': int}`` SETITEM
+_STATE = re.compile(rb"\}" + _PUT + rb"X\t\x00\x00\x00_metadata" + _PUT
+                    + rb"(?:ccollections\nOrderedDict\n" + _PUT + rb"|" + _GET + rb")\)R" + _PUT)
+_ENTRY = re.compile(_PUT + rb"\}" + _PUT + rb"(?:X\x07\x00\x00\x00version" + _PUT + rb"|" + _GET
+                    + rb")" + _INT + rb"s")
 _BINUNICODE, _MARK, _SETITEMS, _SETITEM, _STOP = 0x58, 0x28, 0x75, 0x73, 0x2E
 _LONG_PUTS = struct.Struct("<" + "xI" * 8)
 MAX_ALONE = 256  # records outside the scan's runs read here; past it the unpickler is faster
@@ -256,7 +264,7 @@ def read_plain_state(data: Any, offset: int, name: str) -> tuple[Any, Any, dict[
                                                                    int] | None:
     """``(tree, globals, storages, end)`` of the plain-dict pickle at ``offset``, as
     ``walk.walk_pickle`` makes them with the unpickler; None when the bytes are not that form
-    or the scan's walk of these same bytes did not take most of its records in runs (then the
+    or the scan's walk of these same bytes took none of its records in runs (then the
     unpickler is the faster reader).
 
     Args:
@@ -268,35 +276,100 @@ def read_plain_state(data: Any, offset: int, name: str) -> tuple[Any, Any, dict[
     head = _HEADER.match(data, offset) if runs else None
     if head is None:
         return None
-    reader = _Reader(name)
-    reader.put(head.group(1), _OTHER)
-    end, pos, alone = len(data), head.end(), 0
+    reader, state = _Reader(name), None
     try:
-        while pos < end:
-            op = data[pos]
-            if op == _STOP:
-                return reader.tree, tuple(reader.ctx.globals.values()), reader.ctx.storages, pos + 1
-            if op == _BINUNICODE:  # one pair, then SETITEM (a run is two or more)
-                closing = _SETITEM
-                if pos - offset in runs:
-                    return None
-                pos = reader.record(data, pos, end)
-            elif op == _MARK:  # pairs, then SETITEMS
-                closing, pos = _SETITEMS, pos + 1
-                while pos < end and data[pos] == _BINUNICODE:
-                    run = runs.get(pos - offset)
-                    if run is not None:
-                        pos = offset + reader.run(run)
-                        continue
-                    alone += 1
-                    if alone > MAX_ALONE:
-                        return None
-                    pos = reader.record(data, pos, end)
-            else:
-                return None
-            if pos >= end or data[pos] != closing:
-                return None
-            pos += 1
+        if head.group(1) is not None:
+            reader.put(head.group(1), _OTHER)
+        else:  # a state_dict(): OrderedDict() with its _metadata as BUILD state
+            reader.global_(*_HOOKS, head.group(2))
+            reader.put(head.group(3), _OTHER)
+        pos = _items(reader, data, head.end(), offset, runs)
+        if head.group(1) is None and data[pos:pos + 1] == b"}":
+            state, pos = _metadata(reader, data, pos)
     except _Refused:
         return None
-    return None
+    if data[pos:pos + 1] != b".":
+        return None
+    tree: Any = reader.tree
+    if head.group(1) is None:
+        tree = OrderedDict(tree.items())  # ``stand_ins.ordered_dict_of``
+        if state is not None:
+            tree.__dict__.update(state)
+    return tree, tuple(reader.ctx.globals.values()), reader.ctx.storages, pos + 1
+
+
+def _items(reader: _Reader, data: Any, pos: int, offset: int,
+           runs: dict[int, tuple[Any, ...]]) -> int:
+    """Read the (key, tensor) pairs from ``pos``: batches of ``MARK pairs SETITEMS`` or one
+    ``pair SETITEM``; returns the offset of the first opcode after them."""
+    end, alone = len(data), 0
+    while pos < end and data[pos] in (_MARK, _BINUNICODE):
+        if data[pos] == _BINUNICODE:  # one pair, then SETITEM (a run is two or more)
+            closing = _SETITEM
+            if pos - offset in runs:
+                raise _Refused
+            pos = reader.record(data, pos, end)
+        else:
+            closing, pos = _SETITEMS, pos + 1
+            while pos < end and data[pos] == _BINUNICODE:
+                run = runs.get(pos - offset)
+                if run is not None:
+                    pos = offset + reader.run(run)
+                    continue
+                alone += 1
+                if alone > MAX_ALONE:
+                    raise _Refused
+                pos = reader.record(data, pos, end)
+        if pos >= end or data[pos] != closing:
+            raise _Refused
+        pos += 1
+    return pos
+
+
+def _metadata(reader: _Reader, data: Any, pos: int) -> tuple[dict[str, Any], int]:
+    """Read a state_dict's BUILD state ``{'_metadata': OrderedDict(name: {'version': int})}``
+    at ``pos``; returns it and the offset after the BUILD."""
+    m = _STATE.match(data, pos)
+    if m is None:
+        raise _Refused
+    reader.put(m.group(1), _OTHER)
+    reader.put(m.group(2), "_metadata")
+    hooks = reader.global_(*_HOOKS, m.group(3)) if m.group(3) else reader.fetch(m.group(4))
+    if hooks != _HOOKS:
+        raise _Refused
+    reader.put(m.group(5), _OTHER)
+    meta: OrderedDict[str, Any] = OrderedDict()
+    pos, end = m.end(), len(data)
+    while pos < end and data[pos] in (_MARK, _BINUNICODE):
+        closing = _SETITEMS if data[pos] == _MARK else _SETITEM
+        pos += data[pos] == _MARK
+        while pos < end and data[pos] == _BINUNICODE:
+            pos = _entry(reader, data, pos, meta)
+            if closing == _SETITEM:
+                break
+        if pos >= end or data[pos] != closing:
+            raise _Refused
+        pos += 1
+    if data[pos:pos + 2] != b"sb":  # state['_metadata'] = ..., BUILD
+        raise _Refused
+    return {"_metadata": meta}, pos + 2
+
+
+def _entry(reader: _Reader, data: Any, pos: int, meta: dict[str, Any]) -> int:
+    """One ``name: {'version': int}`` pair of ``_metadata``; returns the offset after it."""
+    start = pos + 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
+    m = _ENTRY.match(data, start) if start < len(data) else None
+    if m is None:
+        raise _Refused
+    try:
+        module = str(data[pos + 5:start], "utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise _Refused from None
+    reader.put(m.group(1), module)
+    reader.put(m.group(2), _OTHER)
+    if m.group(3):
+        reader.put(m.group(3), "version")
+    elif reader.fetch(m.group(4)) != "version":
+        raise _Refused
+    meta[module] = {"version": _int(m.group(5))}
+    return m.end()

@@ -9,6 +9,7 @@ import pickle
 import sys
 import warnings
 from abc import abstractmethod
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import (Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorRef,
@@ -31,16 +32,19 @@ def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
 
 
 def _flat_tensors(tree: Any) -> tuple[dict[str, TensorRef], list[tuple[str, Any]]] | None:
-    """``flatten_tree(tree)`` of a non-empty dict of str keys and tensors only (a plain
-    state_dict: 20,000 leaves), each ``TensorRef`` made without the dataclass ``__init__``;
-    None for any other tree."""
-    if type(tree) is not dict or not tree or set(map(type, tree.values())) != _PLACEHOLDER or (
-            set(map(type, tree)) != _STR):
+    """``flatten_tree(tree)`` of a non-empty dict or ``OrderedDict`` of str keys and tensors
+    only (a plain state_dict: 20,000 leaves), each ``TensorRef`` made without the dataclass
+    ``__init__``; None for any other tree."""
+    if type(tree) not in (dict, OrderedDict) or not tree or (
+            set(map(type, tree.values())) != _PLACEHOLDER or set(map(type, tree)) != _STR):
         return None
-    refs = {}
+    refs: dict[str, TensorRef] = {}
     for key in tree:
         ref = refs[key] = _NEW(TensorRef)
         _SET(ref, "__dict__", {"key": key})
+    if type(tree) is OrderedDict:  # ``keypaths.same_mapping``: it keeps its _metadata
+        refs = OrderedDict(refs)
+        refs.__dict__.update(vars(tree))
     return refs, list(tree.items())
 
 

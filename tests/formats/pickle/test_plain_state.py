@@ -9,6 +9,7 @@ and text), on every file of the malicious and hostile corpora.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +21,7 @@ from ckpttools.cli.main import cli
 from ckpttools.errors import CkptError, CorruptCheckpointError
 from ckpttools.formats.pickle import opwalk, plain_state, walk
 from ckpttools.formats.pickle.placeholders import ITEMSIZE, new_placeholder, new_storage_info
+from ckpttools.formats.pickle import reader as reader_module
 from ckpttools.formats.pickle.reader import PickledReader
 from ckpttools.formats.registry import open_checkpoint
 from ckpttools.ops.audit.scan import scan_checkpoint
@@ -56,6 +58,9 @@ def _states() -> dict[str, Any]:
         "one": {"w": torch.zeros(2)},
         "empty": {},
         "model": model.state_dict(),
+        "modules": torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(2, 2))
+                                         for _ in range(1100)]).state_dict(),
+        "ordered": OrderedDict((f"k{i}", torch.zeros(2)) for i in range(40)),
         "optimizer": opt.state_dict(),
         "nested": {"model": {f"l{i}.w": torch.zeros(2) for i in range(50)}, "epoch": 3},
     }
@@ -69,7 +74,10 @@ def _read(data: bytes, shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
         r = walk.walk_pickle(data, name="x")
     except CkptError as e:
         return ("error", str(e))
-    tree = list(r.tree.items()) if type(r.tree) is dict else r.tree
+    tree = r.tree
+    if isinstance(tree, dict):  # keys in order, its kind and an OrderedDict's _metadata
+        tree = (type(tree), list(tree.items()), list(vars(tree).items())
+                if type(tree) is OrderedDict else None)
     return tree, r.globals, list(r.storages.items()), r.end
 
 
@@ -98,17 +106,38 @@ def test_real_files_read_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         data = data_pkl(state)
         taken.clear()
         fast = _read(data, True, monkeypatch)
-        assert taken == [name in ("many", "shapes", "dtypes", "grad")], name
+        assert taken == [name in ("many", "shapes", "dtypes", "grad", "modules",
+                                  "ordered")], name
         assert fast == _read(data, False, monkeypatch), name
         outs = []
         for shortcut in (True, False):
             monkeypatch.setattr(walk, "PLAIN_STATES", shortcut)
             scan_checkpoint(path)
             with open_checkpoint(path) as reader:
-                seen: Any = (reader.entries(), reader.tree(), reader.pickle_globals())
+                tree = reader.tree()
+                seen: Any = (reader.entries(), type(tree), tree, vars(tree) if type(tree) is
+                             OrderedDict else None, reader.pickle_globals())
             outs.append([seen] + [runner.invoke(cli, ["inspect", str(path), *fmt]).output
                                   for fmt in (["--format", "json"], [], ["--tree"])])
         assert outs[0] == outs[1], name
+
+
+def _picture(tree: Any) -> Any:
+    return (type(tree), list(tree.items()), vars(tree) if type(tree) is OrderedDict else None)
+
+
+def test_flat_trees_flatten_as_before() -> None:
+    """The reader's one-pass flattening of a dict of tensors gives ``flatten_tree``'s tree
+    (its kind, keys in order, ``TensorRef`` leaves, an OrderedDict's ``_metadata``) and leaves."""
+    flat = 0
+    for name, state in _states().items():
+        tree = walk.walk_pickle(data_pkl(state), name="x").tree
+        fast = reader_module._flat_tensors(tree)
+        if fast is not None:
+            flat += 1
+            want_tree, want_leaves = reader_module.flatten_tree(tree)
+            assert _picture(fast[0]) == _picture(want_tree) and fast[1] == want_leaves, name
+    assert flat >= 6
 
 
 def _variants(data: bytes) -> list[bytes]:
@@ -142,6 +171,22 @@ def test_mutations_read_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     for variant in variants:
         assert _read(variant, True, monkeypatch) == _read(variant, False, monkeypatch)
     assert sum(taken) > 50 and not all(taken)
+
+
+def test_state_dict_metadata_mutations_read_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module's ``state_dict()`` (an OrderedDict with ``_metadata`` as BUILD state): every
+    byte of its header and of its metadata changed reads the same both ways."""
+    model = torch.nn.Sequential(*[torch.nn.Linear(1, 1) for _ in range(24)])
+    data = data_pkl(model.state_dict())
+    taken = _taken(monkeypatch)
+    tail = data.rindex(b"_metadata") - 12
+    spots = random.Random(5).sample([*range(0, 40), *range(tail, len(data))], 160)
+    variants = [data] + [data[:p] + bytes([v]) + data[p + 1:] for p in spots
+                         for v in {0, 0x73, data[p] ^ 1, data[p] ^ 0x80}]
+    variants += [data[:p] + data[p + 1:] for p in spots]
+    for variant in variants:
+        assert _read(variant, True, monkeypatch) == _read(variant, False, monkeypatch)
+    assert taken[0] and sum(taken) > 20 and not all(taken)
 
 
 def _outputs(files: dict[str, Path]) -> dict[str, Any]:
