@@ -44,13 +44,13 @@ _RECORD = re.compile(
     + rb"(?:ctorch\._utils\n_rebuild_tensor_v2\n" + _PUT + rb"|" + _GET + rb")"   # 2 3
     + rb"\(\((?:X\x07\x00\x00\x00storage" + _PUT + rb"|" + _GET + rb")"          # 4 5
     + rb"(?:ctorch\n([A-Za-z0-9]{1,40})\n" + _PUT + rb"|" + _GET + rb")"         # 6 7 8
-    + rb"X([\x01-\x14])\x00\x00\x00([0-9]+)" + _PUT                 # 9 10 11 storage key
-    + rb"(?:X([\x01-\x20])\x00\x00\x00([a-z0-9:]+)" + _PUT + rb"|" + _GET + rb")"  # 12-15
-    + _INT + rb"t" + _PUT + rb"Q" + _INT                            # 16 numel 17 18 offset
-    + _TUPLE + _TUPLE                                               # 19-21, 22-24
-    + rb"([\x88\x89])"                                              # 25 requires_grad
-    + rb"(?:ccollections\nOrderedDict\n" + _PUT + rb"|" + _GET + rb")"           # 26 27
-    + rb"\)R" + _PUT + rb"t" + _PUT + rb"R" + _PUT)                 # 28 29 30
+    + rb"(?:X([\x01-\x14])\x00\x00\x00([0-9]+)" + _PUT + rb"|" + _GET + rb")"  # 9-11, 12: key
+    + rb"(?:X([\x01-\x20])\x00\x00\x00([a-z0-9:]+)" + _PUT + rb"|" + _GET + rb")"  # 13-16
+    + _INT + rb"t" + _PUT + rb"Q" + _INT                            # 17 numel 18 19 offset
+    + _TUPLE + _TUPLE                                               # 20-22, 23-25
+    + rb"([\x88\x89])"                                              # 26 requires_grad
+    + rb"(?:ccollections\nOrderedDict\n" + _PUT + rb"|" + _GET + rb")"           # 27 28
+    + rb"\)R" + _PUT + rb"t" + _PUT + rb"R" + _PUT)                 # 29 30 31
 _HEADER = re.compile(rb"\x80\x02(?:\}" + _PUT + rb"|ccollections\nOrderedDict\n" + _PUT + rb"\)R"
                      + _PUT + rb")")
 # a state_dict's BUILD state up to its _metadata's OrderedDict(), and one _metadata entry after
@@ -210,6 +210,7 @@ class _Reader:
         if m is None:
             raise _Refused
         g = m.groups()
+        shared, g = g[11], g[:11] + g[12:]  # a storage key fetched (a view of a stored one)
         try:
             key = str(data[pos + 5:start], "utf-8", "surrogatepass")
         except UnicodeDecodeError:
@@ -224,10 +225,15 @@ class _Reader:
             storage_class = self.global_("torch", g[5].decode("ascii"), g[6])
         else:
             storage_class = self.fetch(g[7])
-        if len(g[9]) != g[8][0]:
+        if shared is not None:
+            storage_key = self.fetch(shared)
+            if type(storage_key) is not str:
+                raise _Refused
+        elif len(g[9]) != g[8][0]:
             raise _Refused
-        storage_key = g[9].decode("ascii")
-        self.put(g[10], storage_key)
+        else:
+            storage_key = g[9].decode("ascii")
+            self.put(g[10], storage_key)
         if g[11] is not None:
             if len(g[12]) != g[11][0]:
                 raise _Refused

@@ -250,3 +250,27 @@ def test_view_check_reads_each_form_as_before() -> None:
             got = str(e)
         want = _views_before(tensors, storages)
         assert got.startswith(want) and bool(got) == bool(want), (got, want)
+
+
+@pytest.mark.frameworks
+def test_transformers_state_dict_reads_alike(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.save(model.state_dict())`` of a transformers model built from a tiny config (an
+    OrderedDict with _metadata, tied weights as views of one storage): the same reader
+    result and inspect reports with and without the shortcut, which takes it."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=4, n_embd=8, n_head=2, vocab_size=32,
+                                     n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    data = data_pkl(model.state_dict())
+    taken = _taken(monkeypatch)
+    assert _read(data, True, monkeypatch) == _read(data, False, monkeypatch)
+    path = tmp_path / "gpt2.pth"
+    torch.save(model.state_dict(), path)
+    outs = []
+    for shortcut in (True, False):
+        monkeypatch.setattr(walk, "PLAIN_STATES", shortcut)
+        outs.append([CliRunner().invoke(cli, ["inspect", str(path), *fmt]).output
+                     for fmt in (["--format", "json"], ["--tree"])])
+    assert outs[0] == outs[1]
+    assert taken[0]
