@@ -1,27 +1,32 @@
-"""A ``torch.save`` of a plain dict of tensors, read without the unpickler.
+"""A ``torch.save`` of a dict of tensors, read from the scan's runs instead of unpickled again.
 
-``torch.save({key: tensor, ...})`` (protocol 2) writes an empty dict, then batches of
-``MARK (key, tensor record)... SETITEMS``, then STOP; each tensor record is the same ~30
-opcodes (``records``). For 20,000 tensors the C unpickler with its stand-ins (one
-``persistent_load`` and one rebuild call in Python per tensor) and the tree's finalisation take
-about 0.09 s. Here each record is matched by one compiled pattern whose alternatives read
-every opcode at its true width, and the tensor and storage records are made as the stand-ins
-make them (``stand_ins._tensor``, ``WalkContext.torch_persistent_load``): the same tree,
-globals (in order of first use, classified by ``WalkContext.resolve_global``), storages and end.
+``torch.save(state_dict)`` (protocol 2) writes an empty dict, or ``OrderedDict()`` for a
+module's ``state_dict()``, then batches of ``MARK (key, tensor record)... SETITEMS``, then (for
+the OrderedDict) its ``_metadata`` as BUILD state, then STOP. ``inspect`` walks that pickle
+twice: the scan's safety walk, then the reader's C unpickler with its stand-ins (one
+``persistent_load`` and one rebuild call in Python per tensor; 0.08 s for 20,000 tensors). The
+scan's walk already matched every record past the 32nd a run at a time (``record_runs``) and
+keeps the matches of the bytes it proved (``guard.proven_runs``); here those matches become
+the storage and tensor records the stand-ins would make (``WalkContext.torch_persistent_load``,
+``stand_ins._tensor``), and the few records before the runs, the header and the metadata are
+matched by patterns whose alternatives read every opcode at its true width, each memo store and
+fetch followed in the pickle's order. The result is the unpickler's: the same tree (its kind,
+keys in order, ``_metadata``), globals (in order of first use, classified by
+``WalkContext.resolve_global``), storages and end.
 
 Only that exact form is taken: protocol 2, no frames, every global one of
 ``torch._utils._rebuild_tensor_v2``, ``torch.<Name>Storage`` or ``collections.OrderedDict``,
-every fetch reading a value this reader stored (a string or one of those globals), no negative
-offset or numel, ASCII digits as storage keys. Anything else returns None and the pickle is
-read by the unpickler as before, so a file that differs in one byte is read exactly as before.
+every fetch reading a string or one of those globals this reader stored, no negative offset or
+numel, ``{'version': int}`` metadata. Anything else (or a pickle the scan did not walk, or took
+no run of) returns None and the unpickler reads it as before: the safety walk and the reader's
+pre-checks still run first, so no verdict or refusal changes.
 ``tests/formats/pickle/test_plain_state.py`` holds both readings equal on real files, on byte
-mutations and on every file of both hostile corpora.
+mutations and, for ``scan`` and ``inspect``, on every file of both hostile corpora.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -59,8 +64,7 @@ _STATE = re.compile(rb"\}" + _PUT + rb"X\t\x00\x00\x00_metadata" + _PUT
                     + rb"(?:ccollections\nOrderedDict\n" + _PUT + rb"|" + _GET + rb")\)R" + _PUT)
 _ENTRY = re.compile(_PUT + rb"\}" + _PUT + rb"(?:X\x07\x00\x00\x00version" + _PUT + rb"|" + _GET
                     + rb")" + _INT + rb"s")
-_BINUNICODE, _MARK, _SETITEMS, _SETITEM, _STOP = 0x58, 0x28, 0x75, 0x73, 0x2E
-_LONG_PUTS = struct.Struct("<" + "xI" * 8)
+_BINUNICODE, _MARK, _SETITEMS, _SETITEM = 0x58, 0x28, 0x75, 0x73
 MAX_ALONE = 256  # records outside the scan's runs read here; past it the unpickler is faster
 _OTHER = object()  # a memo value no record may fetch (a tuple, a call's result, the dict)
 _REBUILD = ("torch._utils", "_rebuild_tensor_v2")
@@ -129,19 +133,16 @@ class _Reader:
         # tuple or a call's result as a callee or a name: the unpickler reads it)
         self.memo: dict[int, Any] = {}
         self.top = 0  # past every index stored so far
-        self.fetched: dict[tuple[Any, ...], tuple[str, str]] = {}  # fetches -> dtype, device
         self.tree: dict[str, Any] = {}
 
     def put(self, op: bytes, value: Any) -> None:
+        """What a PUT stores: the value, or (for anything else) nothing a fetch may read."""
         index = _index(op)
         if value is _OTHER:
             self.memo.pop(index, None)
         else:
             self.memo[index] = value
-        if index < self.top:
-            self.fetched.clear()  # a stored value may have changed
-        else:
-            self.top = index + 1
+        self.top = max(self.top, index + 1)
 
     def run(self, run: tuple[Any, ...]) -> int:
         """Take a run of records the scan's walk matched (``record_runs``): same form, same
@@ -204,7 +205,8 @@ class _Reader:
         return value
 
     def record(self, data: Any, pos: int, end: int) -> int:
-        """Read the (key, tensor) pair at ``pos``; returns the offset after it."""
+        """Read the (key, tensor) pair at ``pos``, memo operations in the pickle's order;
+        returns the offset after it."""
         start = pos + 5 + int.from_bytes(data[pos + 1:pos + 5], "little")
         m = _RECORD.match(data, start, end) if start < end else None
         if m is None:
@@ -216,6 +218,26 @@ class _Reader:
         except UnicodeDecodeError:
             raise _Refused from None
         self.put(g[0], key)
+        dtype, storage_key, device = self._storage(g, shared)
+        numel, offset = _int(g[15]), _int(g[17])
+        shape = () if g[18] else _ints(g[19])
+        stride = () if g[21] else _ints(g[22])
+        if numel < 0 or offset < 0 or len(shape) != len(stride):
+            raise _Refused
+        for put in (g[16], g[20], g[23]):  # the pid, shape and stride tuples, in order
+            if put is not None:
+                self.put(put, _OTHER)
+        hooks = self.global_(*_HOOKS, g[25]) if g[25] else self.fetch(g[26])
+        if hooks != _HOOKS:
+            raise _Refused
+        for put in (g[27], g[28], g[29]):  # OrderedDict(), the arguments, the tensor
+            self.put(put, _OTHER)
+        self._tensor(key, storage_key, dtype, numel, device, offset, shape, stride, g[24])
+        return m.end()
+
+    def _storage(self, g: tuple[Any, ...], shared: bytes | None) -> tuple[str, str, str]:
+        """``(dtype, storage key, device)`` of a record's persistent id: the rebuild global,
+        'storage', the storage class, key and device, stored or fetched in order."""
         rebuild = self.global_(*_REBUILD, g[1]) if g[1] else self.fetch(g[2])
         if g[3]:
             self.put(g[3], "storage")
@@ -227,8 +249,6 @@ class _Reader:
             storage_class = self.fetch(g[7])
         if shared is not None:
             storage_key = self.fetch(shared)
-            if type(storage_key) is not str:
-                raise _Refused
         elif len(g[9]) != g[8][0]:
             raise _Refused
         else:
@@ -241,29 +261,11 @@ class _Reader:
             self.put(g[13], device)
         else:
             device = self.fetch(g[14])
-        if rebuild != _REBUILD or type(storage_class) is not tuple or type(device) is not str:
+        if (rebuild != _REBUILD or type(storage_class) is not tuple or storage_class[0] != "torch"
+                or storage_class[1] not in STORAGE_DTYPES or type(device) is not str
+                or type(storage_key) is not str):
             raise _Refused
-        module, cls = storage_class
-        if module != "torch" or cls not in STORAGE_DTYPES:
-            raise _Refused
-        numel, offset = _int(g[15]), _int(g[17])
-        if numel < 0 or offset < 0:
-            raise _Refused
-        shape = () if g[18] else _ints(g[19])
-        stride = () if g[21] else _ints(g[22])
-        if len(shape) != len(stride):
-            raise _Refused
-        for put in (g[16], g[20], g[23]):  # the pid, shape and stride tuples, in order
-            if put is not None:
-                self.put(put, _OTHER)
-        hooks = self.global_(*_HOOKS, g[25]) if g[25] else self.fetch(g[26])
-        if hooks != _HOOKS:
-            raise _Refused
-        for put in (g[27], g[28], g[29]):  # OrderedDict(), the arguments, the tensor
-            self.put(put, _OTHER)
-        self._tensor(key, storage_key, STORAGE_DTYPES[cls], numel, device, offset, shape,
-                     stride, g[24])
-        return m.end()
+        return STORAGE_DTYPES[storage_class[1]], storage_key, device
 
 
 def read_plain_state(data: Any, offset: int, name: str) -> tuple[Any, Any, dict[str, StorageInfo],

@@ -55,6 +55,8 @@ def _states() -> dict[str, Any]:
             ("a", base[2:10]), ("b", base[::2]), ("d", base))},
         "grad": {f"g{i}": torch.zeros(2).requires_grad_() for i in range(40)},
         "params": {f"p{i}": torch.nn.Parameter(torch.zeros(2)) for i in range(40)},
+        "tied": {f"k{i}": base[i:i + 2] * 1 for i in range(40)}
+                | {"tied": base[:4], "base": base, "last": base[8:]},  # a stored key fetched
         "one": {"w": torch.zeros(2)},
         "empty": {},
         "model": model.state_dict(),
@@ -107,7 +109,7 @@ def test_real_files_read_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         taken.clear()
         fast = _read(data, True, monkeypatch)
         assert taken == [name in ("many", "shapes", "dtypes", "grad", "modules",
-                                  "ordered")], name
+                                  "ordered", "tied")], name
         assert fast == _read(data, False, monkeypatch), name
         outs = []
         for shortcut in (True, False):
