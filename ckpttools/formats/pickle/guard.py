@@ -18,10 +18,11 @@ from typing import Any
 
 from ckpttools.formats.pickle.opstate import State
 
-__all__ = ["note_walk", "proven_end"]
+__all__ = ["note_walk", "proven_end", "proven_runs"]
 
 MAX_KEPT = 64 << 20  # a larger pickle is not kept alive for the reader after its walk
 _PROVEN: list[bytes] = []  # the bytes of the last pickle walked whose proof holds, if any
+_RUNS: dict[int, tuple[Any, ...]] = {}  # its tensor record runs, by offset in those bytes
 
 
 def note_walk(w: State, data: Any, start: int, end: int) -> None:
@@ -34,11 +35,15 @@ def note_walk(w: State, data: Any, start: int, end: int) -> None:
         end: just past its STOP.
     """
     _PROVEN.clear()
+    _RUNS.clear()
     if end - start > MAX_KEPT or w.text_put or w.frames_end > end:
         return
     if w.memo and max(w.memo) > end - start:
         return
     _PROVEN.append(bytes(data[start:end]))
+    if type(data) is bytes:  # the runs' matches read these bytes, which are kept anyway
+        for pos, after, *rest in w.runs:
+            _RUNS[pos - start] = (pos - start, after - start, *rest)
 
 
 def proven_end(data: Any, offset: int) -> int | None:
@@ -50,3 +55,15 @@ def proven_end(data: Any, offset: int) -> int | None:
     if data[offset:offset + len(raw)] != raw:
         return None
     return offset + len(raw)
+
+
+def proven_runs(data: Any, offset: int) -> dict[int, tuple[Any, ...]]:
+    """The tensor record runs the last proven walk took in the pickle at ``offset`` of
+    ``data``, by offset from the pickle's start: ``(offset, end, first memo index, the five
+    fetches, each record's match, keys)``; empty when no proof applies to these bytes. They
+    are handed over once (their matches are freed with the caller's use)."""
+    if not _RUNS or proven_end(data, offset) is None:
+        return {}
+    runs = dict(_RUNS)
+    _RUNS.clear()
+    return runs

@@ -82,7 +82,7 @@ class State:
     """The stack, memo, globals and findings of one walk."""
 
     __slots__ = ("name", "stack", "memo", "globals", "findings", "protocol", "keys", "hostile",
-                 "text_put", "frames_end", "str_states")
+                 "text_put", "frames_end", "str_states", "runs")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -97,6 +97,8 @@ class State:
         self.frames_end = 0  # where the furthest-reaching FRAME says its bytes end
         # id(state dict) -> the dict, for the BUILD states that give a ``Built``'s field a str
         self.str_states: dict[int, Any] = {}
+        # the runs ``record_runs`` took: (offset, end, first memo index, fetches, matches, keys)
+        self.runs: list[tuple[Any, ...]] = []
 
     def top(self) -> Any:
         """The value under the operands just popped (the container they go into)."""

@@ -9,9 +9,11 @@ import pickle
 import sys
 import warnings
 from abc import abstractmethod
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from ckpttools.entries import Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, tensor_entry
+from ckpttools.entries import (Entry, GlobalRef, ObjectEntry, ObjectPlaceholder, TensorRef,
+                               tensor_entry)
 from ckpttools.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckpttools.formats import fileio
 from ckpttools.formats.base import CheckpointReader
@@ -27,6 +29,37 @@ if TYPE_CHECKING:
 def flatten_tree(tree: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """``(tree with TensorRef leaves, [(key, TensorPlaceholder or value)])`` in file order."""
     return split_tensors(tree, lambda node: type(node) is TensorPlaceholder)
+
+
+def _flat_tensors(tree: Any) -> tuple[dict[str, TensorRef], list[tuple[str, Any]]] | None:
+    """``flatten_tree(tree)`` of a non-empty dict or ``OrderedDict`` of str keys and tensors
+    only (a plain state_dict: 20,000 leaves), each ``TensorRef`` made without the dataclass
+    ``__init__``; None for any other tree."""
+    if type(tree) not in (dict, OrderedDict) or not tree or (
+            set(map(type, tree.values())) != _PLACEHOLDER or set(map(type, tree)) != _STR):
+        return None
+    refs: dict[str, TensorRef] = {}
+    for key in tree:
+        ref = refs[key] = _NEW(TensorRef)
+        _SET(ref, "__dict__", {"key": key})
+    if type(tree) is OrderedDict:  # ``keypaths.same_mapping``: it keeps its _metadata
+        refs = OrderedDict(refs)
+        refs.__dict__.update(vars(tree))
+    return refs, list(tree.items())
+
+
+_PLACEHOLDER, _STR = {TensorPlaceholder}, {str}
+
+
+def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Elements a view of ``shape`` and ``stride`` reaches from its offset (``ph.span``): 0
+    when it holds none, -1 when a size or stride is negative (``torch.load`` refuses it)."""
+    if min((*shape, *stride), default=0) < 0:
+        return -1
+    if 0 in shape:
+        return 0
+    return 1 + sum((s - 1) * t for s, t in zip(shape, stride))
+_NEW, _SET = object.__new__, object.__setattr__
 
 
 def tensor_from_bytes(buf: Any, offset: int, length: int, ph: TensorPlaceholder) -> torch.Tensor:
@@ -100,18 +133,22 @@ class PickledReader(CheckpointReader):
     torch_mmap = True  # whether the torch.load fallback may map the file
 
     def _init_tree(self, walk: WalkResult) -> None:
-        size = expanded_size(walk.tree, MAX_EXPANDED)
+        flat = _flat_tensors(walk.tree)
+        size = 1 + 2 * len(walk.tree) if flat else expanded_size(walk.tree, MAX_EXPANDED)
         if size > MAX_EXPANDED:
             raise CorruptCheckpointError(
                 f"{self.path}: shared references in the pickle expand to more than "
                 f"{MAX_EXPANDED} values; a checkpoint never needs that, the file is hostile")
         self._walk_result = walk
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 10_000))  # 600-deep dicts are legitimate
-        try:
-            self._tree, leaves = flatten_tree(walk.tree)
-        finally:
-            sys.setrecursionlimit(limit)
+        if flat:
+            self._tree, leaves = flat
+        else:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(limit, 10_000))  # 600-deep dicts are legitimate
+            try:
+                self._tree, leaves = flatten_tree(walk.tree)
+            finally:
+                sys.setrecursionlimit(limit)
         self._tensors: dict[str, TensorPlaceholder] = {}
         entries: list[Entry] = []
         location, itemsize, prod = self._location, ITEMSIZE.get, math.prod
@@ -131,24 +168,22 @@ class PickledReader(CheckpointReader):
     def _check_views(self) -> None:
         """Refuse what ``torch.load`` refuses: negative sizes, strides or offsets, and views
         that reach past their storage (``setStorage ... out of bounds``)."""
-        storages = self._walk_result.storages
+        storages, itemsize = self._walk_result.storages, ITEMSIZE.get
+        spans: dict[tuple[Any, Any], int] = {}  # (shape, stride) -> elements reached, -1: negative
         for key, ph in self._tensors.items():
-            shape, stride, offset = ph.shape, ph.stride, ph.storage_offset
-            if min((*shape, *stride, offset), default=0) < 0:
+            form = (ph.shape, ph.stride)  # 20,000 tensors share a few forms
+            span = spans.get(form)
+            if span is None:
+                span = spans[form] = _span(*form)
+            offset = ph.storage_offset
+            if span < 0 or offset < 0:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} has a negative size, stride or offset; "
                     "torch.load refuses it, the file is damaged")
             info = storages.get(ph.storage_key) if ph.storage_key is not None else None
             if info is None:
                 continue
-            # ``ph.span`` inlined, its sizes and strides known to be non-negative here: one
-            # pass per tensor instead of three (20,000 tensors)
-            if 0 in shape:
-                need = 0
-            elif len(shape) == 1 == len(stride):
-                need = (offset + 1 + (shape[0] - 1) * stride[0]) * ITEMSIZE.get(ph.dtype, 1)
-            else:
-                need = (offset + ph.span) * ITEMSIZE.get(ph.dtype, 1)
+            need = (offset + span) * itemsize(ph.dtype, 1) if span else 0
             if need > info.nbytes:
                 raise CorruptCheckpointError(
                     f"{self.path}: tensor {key} reaches byte {need} of a {info.nbytes}-byte "

@@ -35,9 +35,9 @@ _SHAPE = (rb"(" + _INT + rb"\x85|" + _INT + rb"{2}\x86|" + _INT + rb"{3}\x87|\((
 _REST = re.compile(
     _LPUT + _GET + rb"\(\(" + _GET + _GET               # key put; rebuild; 'storage', class
     + rb"X([\x01-\x14])\x00\x00\x00([0-9]+)" + _LPUT    # storage key (length checked below)
-    + _GET + _INT + rb"t" + _LPUT                       # device, numel, TUPLE
-    + rb"Q" + _INT + _SHAPE + _SHAPE                    # BINPERSID, offset, shape, stride
-    + rb"[\x88\x89]" + _GET + rb"\)R" + _LPUT           # requires_grad, OrderedDict()
+    + _GET + rb"(" + _INT + rb")t" + _LPUT              # device, numel, TUPLE
+    + rb"Q(" + _INT + rb")" + _SHAPE + _SHAPE           # BINPERSID, offset, shape, stride
+    + rb"([\x88\x89])" + _GET + rb"\)R" + _LPUT         # requires_grad, OrderedDict()
     + rb"t" + _LPUT + rb"R" + _LPUT)                    # the arguments, the rebuild call
 _BINUNICODE = 0x58
 _PUTS = 8  # memo indices each record stores
@@ -75,8 +75,8 @@ class RunValues:
         """The value at ``index`` (which holds this run), stored in ``memo``."""
         record, _ = divmod(index - self.first, _PUTS)
         m = self.found[record]
-        shape, _ = tuple_ops(m.group(10))
-        stride, _ = tuple_ops(m.group(12))
+        shape, _ = tuple_ops(m.group(12))
+        stride, _ = tuple_ops(m.group(14))
         values = (m.group(6).decode("ascii"), Tup(1), Tup(1, shape), Tup(1, stride),
                   Computed(self.hooks_text), Tup(2, OTHER))
         base = self.first + record * _PUTS + 1  # the key's index is before them
@@ -117,7 +117,7 @@ def _scan(data: Any, pos: int, end: int) -> tuple[list[Any], list[str], list[byt
         if m is None:
             break
         g = m.groups()
-        these = (g[1], g[2], g[3], g[7], g[13])
+        these = (g[1], g[2], g[3], g[7], g[16])
         if gets is None:
             gets = these
         elif these != gets:
@@ -129,8 +129,8 @@ def _scan(data: Any, pos: int, end: int) -> tuple[list[Any], list[str], list[byt
         except UnicodeDecodeError:
             break  # the loop raises exactly where the unpickler does
         found.append(m)
-        puts.append(join((g[0], g[6], g[8], g[10], g[12], g[14], g[15], g[16])))
-        ops += pairs.get((g[9], g[11])) or _pair_ops(g[9], g[11])
+        puts.append(join((g[0], g[6], g[9], g[12], g[14], g[17], g[18], g[19])))
+        ops += pairs.get((g[11], g[13])) or _pair_ops(g[11], g[13])
         pos = m.end()
     return found, keys, puts, ops
 
@@ -172,14 +172,15 @@ def record_run(w: State, data: Any, pos: int, end: int) -> tuple[int, int, int, 
     if len(found) < MIN_RUN:
         return None
     g = found[0].groups()
-    names = _fetched(w, (g[1], g[2], g[3], g[7], g[13]))
+    gets = (g[1], g[2], g[3], g[7], g[16])
+    names = _fetched(w, gets)
     first = int.from_bytes(g[0], "little")
     count = _numbered(w, first, puts) if names is not None else 0
     if count < MIN_RUN:
         return None
     if count < len(found):
         del found[count:], keys[count:]
-        ops = sum(_pair_ops(m.group(10), m.group(12)) for m in found)
+        ops = sum(_pair_ops(m.group(12), m.group(14)) for m in found)
     hooks_text, called = names  # type: ignore[misc]
     results = [Computed(called) for _ in range(count)]
     values: list[Any] = [RunValues(first, found, hooks_text)] * (count * _PUTS)
@@ -189,4 +190,5 @@ def record_run(w: State, data: Any, pos: int, end: int) -> tuple[int, int, int, 
     pairs[::2], pairs[1::2] = keys, results
     w.stack += pairs
     after = found[-1].end()
+    w.runs.append((pos, after, first, gets, found, keys))  # for ``plain_state``, via ``guard``
     return after, ops, 2, after - 4

@@ -30,6 +30,7 @@ from ckpttools.formats.pickle import stand_ins as st
 from ckpttools.formats.pickle.genops import OpcodeError
 from ckpttools.formats.pickle.guard import proven_end
 from ckpttools.formats.pickle.opwalk import pickle_hazard
+from ckpttools.formats.pickle.plain_state import read_plain_state
 from ckpttools.formats.pickle.safety import add_safe_globals_line, is_torch_default
 from ckpttools.formats.pickle.stand_ins import StorageInfo, TensorPlaceholder, TorchDtype
 
@@ -109,6 +110,7 @@ def _run_pattern() -> re.Pattern[bytes]:
 
 
 _RUN = _run_pattern()
+PLAIN_STATES = True  # read a plain dict of tensor records directly (``plain_state``); tests compare
 GUARD_PROOFS = True  # take the scan's proof for the bytes it walked (``guard``); tests compare
 
 
@@ -228,6 +230,9 @@ def walk_pickle(
         raise CorruptCheckpointError(f"{label}: malformed pickle: {e}") from e
     if hazard:
         raise CorruptCheckpointError(f"{label}: {hazard}; refused")
+    plain = read_plain_state(data, offset, name) if PLAIN_STATES and not persistent_load else None
+    if plain is not None and plain[3] == end:  # a dict of tensor records, read without unpickling
+        return WalkResult(plain[0], plain[1], plain[2], end)
     ctx = st.WalkContext(name)
     unpickler = _Unpickler(io.BufferedReader(io.BytesIO(data[offset:end])), name,
                            ctx.resolve_global)
