@@ -31,18 +31,14 @@ from collections import OrderedDict
 from typing import Any
 
 from ckpttools.formats.pickle.guard import proven_runs
+from ckpttools.formats.pickle.opcode_patterns import INT_OP, INT_VALUE, MEMO_GET, MEMO_PUT, SHAPE
 from ckpttools.formats.pickle.placeholders import (STORAGE_DTYPES, StorageInfo, new_placeholder,
                                                    new_storage_info)
 from ckpttools.formats.pickle.stand_ins import WalkContext
 
 __all__ = ["read_plain_state"]
 
-_PUT = rb"(q[\s\S]|r[\s\S]{4})"
-_GET = rb"(h[\s\S]|j[\s\S]{4})"
-_INT = rb"(K[\s\S]|M[\s\S]{2}|J[\s\S]{4})"
-_INTS = rb"(?:K[\s\S]|M[\s\S]{2}|J[\s\S]{4})"
-_TUPLE = (rb"(?:(\))|(" + _INTS + rb"\x85|" + _INTS + rb"{2}\x86|" + _INTS + rb"{3}\x87|\((?:"
-          + _INTS + rb"){0,64}t)" + _PUT + rb")")
+_PUT, _GET, _INT, _INTS, _TUPLE = MEMO_PUT, MEMO_GET, INT_VALUE, INT_OP, SHAPE
 # a tensor record after its key's BINUNICODE (as torch.save writes it, globals named or fetched)
 _RECORD = re.compile(
     _PUT                                                            # 1 key put

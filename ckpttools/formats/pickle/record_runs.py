@@ -20,17 +20,14 @@ import sys
 from array import array
 from typing import Any
 
+from ckpttools.formats.pickle.opcode_patterns import INT_OP, INT_TUPLE, LONG_PUT, MEMO_GET
 from ckpttools.formats.pickle.opstate import OTHER, Computed, Global, State, Tup
 from ckpttools.formats.pickle.records import called_text, tuple_ops
 
 __all__ = ["MIN_RUN", "RunValues", "record_run", "resolve"]
 
-_LPUT = rb"r([\s\S]{4})"
-_GET = rb"(h[\s\S]|j[\s\S]{4})"
-_INT = rb"(?:K[\s\S]|M[\s\S]{2}|J[\s\S]{4})"
-# a non-empty shape or stride and its LONG_BINPUT (an EMPTY_TUPLE ends the run)
-_SHAPE = (rb"(" + _INT + rb"\x85|" + _INT + rb"{2}\x86|" + _INT + rb"{3}\x87|\((?:" + _INT
-          + rb"){0,64}t)" + _LPUT)
+_LPUT, _GET, _INT = LONG_PUT, MEMO_GET, INT_OP
+_SHAPE = INT_TUPLE + LONG_PUT  # a non-empty shape or stride (an EMPTY_TUPLE ends the run)
 # the record after its key's BINUNICODE, as in ``records._REST`` with every put a LONG_BINPUT
 _REST = re.compile(
     _LPUT + _GET + rb"\(\(" + _GET + _GET               # key put; rebuild; 'storage', class

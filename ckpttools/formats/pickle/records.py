@@ -24,17 +24,12 @@ import re
 import struct
 from typing import Any
 
+from ckpttools.formats.pickle.opcode_patterns import INT_OP, MEMO_GET, MEMO_PUT, SHAPE
 from ckpttools.formats.pickle.opstate import OTHER, Computed, Global, State, Tup
 
 __all__ = ["called_text", "tensor_record", "tuple_ops"]
 
-_PUT = rb"(q[\s\S]|r[\s\S]{4})"
-_GET = rb"(h[\s\S]|j[\s\S]{4})"
-_INT = rb"(?:K[\s\S]|M[\s\S]{2}|J[\s\S]{4})"
-# a shape or stride: EMPTY_TUPLE (never memoized), or TUPLE1-3 of ints, or MARK ints TUPLE
-# (at most 64: a tuple of over 1,000 items is one whose keys the loop counts), then its memo put
-_SHAPE = (rb"(?:(\))|(" + _INT + rb"\x85|" + _INT + rb"{2}\x86|" + _INT + rb"{3}\x87|\((?:"
-          + _INT + rb"){0,64}t)" + _PUT + rb")")
+_PUT, _GET, _INT, _SHAPE = MEMO_PUT, MEMO_GET, INT_OP, SHAPE
 # everything after the key's BINUNICODE; each alternative reads opcodes at their true widths,
 # so a match is the pickle's own reading of those bytes
 _REST = re.compile(
