@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -197,3 +199,15 @@ class FileServer(ThreadingHTTPServer):
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
         self.server_close()
+
+
+@contextmanager
+def serving(handler: Any) -> Iterator[str]:
+    """Serve ``handler`` (a request handler class or factory) on 127.0.0.1; yields the base URL."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
+        thread = threading.Thread(target=srv.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{srv.server_address[1]}"
+        finally:
+            srv.shutdown()

@@ -5,10 +5,9 @@ folder holding one. It now says what it cannot tell and what works."""
 from __future__ import annotations
 
 import functools
-import threading
 import warnings
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from ckpttools.cli.main import cli
+from tests.remote.server import serving
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -26,13 +26,8 @@ class _Quiet(SimpleHTTPRequestHandler):
 @pytest.fixture
 def stdlib_server(tmp_path: Path) -> Iterator[str]:
     handler = functools.partial(_Quiet, directory=str(tmp_path))
-    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
-        thread = threading.Thread(target=srv.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{srv.server_address[1]}"
-        finally:
-            srv.shutdown()
+    with serving(handler) as base:
+        yield base
 
 
 def test_dcp_folder_url(tmp_path: Path, stdlib_server: str) -> None:

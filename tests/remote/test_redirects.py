@@ -4,9 +4,8 @@ sent nothing". The credentials stay with their host; a loop ends in one line, ex
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from ckpttools.cli.main import cli
-from tests.remote.server import FileServer
+from tests.remote.server import FileServer, serving
 
 
 class _Redirects(BaseHTTPRequestHandler):
@@ -36,13 +35,8 @@ class _Redirects(BaseHTTPRequestHandler):
 @pytest.fixture
 def redirector(served: FileServer) -> Iterator[str]:
     handler = type("Handler", (_Redirects,), {"target": served.base})
-    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
-        thread = threading.Thread(target=srv.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{srv.server_address[1]}"
-        finally:
-            srv.shutdown()
+    with serving(handler) as base:
+        yield base
 
 
 @pytest.fixture
