@@ -1,0 +1,102 @@
+"""Readings found while tuning on frozen11/ and frozen12/ (#16).
+
+Each is a relation of keys and shapes that holds for every model: an empty tensor is a partitioned
+parameter's placeholder whatever its key is named (LoRA keys saved under ZeRO-3 are not an
+adapter of another rank), and output layers that count what a table beside them counts are two
+dictionaries (a translation model's source and target), not two settings. Every text here is the
+error a real ``load_state_dict`` raises; every printed fix is run on a copy of the real model and
+its file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.printed import labels as _labels, run_fix as _run_fix
+
+
+# -- LoRA tensors saved from ZeRO-3-partitioned parameters (llamafactory917, openrlhf651) -------
+
+class LoraLinear(nn.Module):
+    """PEFT's layout: ``base_layer`` beside ``lora_A``/``lora_B`` per adapter name."""
+
+    def __init__(self, width: int, rank: int) -> None:
+        super().__init__()
+        self.base_layer = nn.Linear(width, width)
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(width, rank, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(rank, width, bias=False)})
+
+
+class LoraDecoder(nn.Module):
+    def __init__(self, rank: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({"up_proj": LoraLinear(16, rank),
+                                                   "down_proj": LoraLinear(16, rank)})
+                                    for _ in range(3))
+
+
+def _adapter(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def _strict_false_error(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """``load_state_dict(strict=False)`` still raises on sizes (what both threads did)."""
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        return f"RuntimeError: {e}"
+    raise AssertionError("the adapter loaded")
+
+
+def test_empty_lora_tensors_are_partitioned_placeholders_not_another_rank(tmp_path: Path) -> None:
+    # ZeRO-3 keeps each parameter's data on its rank: saved without gathering, every tensor of
+    # the adapter is an empty placeholder
+    path = tmp_path / "adapter.pt"
+    torch.save({k: torch.empty(0) for k in _adapter(LoraDecoder())}, path)
+    text = _strict_false_error(LoraDecoder(), torch.load(path, weights_only=True))
+    assert "lora_B.default.weight: copying a param with shape torch.Size([0])" in text
+    top = diagnose_text(text).causes[0]
+    assert (top.label, top.evidence["facts"]["side"]) == ("partitioned_checkpoint", "checkpoint"), \
+        _labels(diagnose_text(text))
+    # the gathering fix is run on a real ZeRO-3 folder by test_text_fix_snippets.py
+    assert top.fix_code.startswith("CHECKPOINT_DIR = ")
+
+
+def test_a_lora_of_another_rank_is_still_the_adapter() -> None:
+    text = _strict_false_error(LoraDecoder(rank=4), _adapter(LoraDecoder(rank=8)))
+    assert diagnose_text(text).causes[0].label == "adapter_or_quantization"
+
+
+# -- a source and a target dictionary of other sizes (fairseq216) -------------------------------
+
+class Seq2Seq(nn.Module):
+    """fairseq's layout: a source table, a target table and the output layer over the target."""
+
+    def __init__(self, source: int, target: int) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.embed_tokens = nn.Embedding(source, 8)
+        self.decoder = nn.Module()
+        self.decoder.embed_tokens = nn.Embedding(target, 8)
+        self.decoder.fc3 = nn.Linear(8, target)
+
+
+def test_output_layers_over_a_tables_count_are_two_dictionaries(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saved = Seq2Seq(19, 104).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    torch.save(saved, path)
+    text = load_error(Seq2Seq(21, 112), torch.load(path, weights_only=True))
+    assert "size mismatch for decoder.fc3.bias" in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "head_size_mismatch", _labels(result)
+    assert all(c.label != "architecture_variant" or c.confidence < result.causes[0].confidence
+               for c in result.causes[1:])
+    loaded = _run_fix(result.causes[0].fix_code, Seq2Seq(21, 112), path)  # the file's rows
+    for key, value in saved.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
