@@ -100,3 +100,45 @@ def test_output_layers_over_a_tables_count_are_two_dictionaries(tmp_path: Path) 
     loaded = _run_fix(result.causes[0].fix_code, Seq2Seq(21, 112), path)  # the file's rows
     for key, value in saved.items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+# -- a one-stage detector built with another number of anchors (effdet500) ----------------------
+
+class OneStageHead(nn.Module):
+    """EfficientDet's heads: 4 box offsets and ``classes`` scores per anchor at each position."""
+
+    def __init__(self, anchors: int, classes: int) -> None:
+        super().__init__()
+        self.regressor = nn.Module()
+        self.regressor.header = nn.Conv2d(16, anchors * 4, 1)
+        self.classifier = nn.Module()
+        self.classifier.header = nn.Conv2d(16, anchors * classes, 1)
+
+
+class TwoStageHead(nn.Module):
+    """torchvision's FastRCNNPredictor: class-specific boxes, 4 offsets per class."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(16, classes)
+        self.bbox_pred = nn.Linear(16, classes * 4)
+
+
+def test_box_and_class_outputs_in_one_ratio_are_the_anchors(tmp_path: Path) -> None:
+    path = tmp_path / "head.pt"
+    torch.save(OneStageHead(9, 5).state_dict(), path)
+    text = load_error(OneStageHead(12, 5), torch.load(path, weights_only=True))
+    assert "size mismatch for regressor.header.weight" in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert (top.label, top.evidence["facts"]["kind"]) == ("architecture_variant", "config"), _labels(result)
+    assert "anchors per position" in top.summary and not result.decided
+    assert top.fix_code == ""  # a setting of the user's: words only
+    head = next(c for c in result.causes if c.label == "head_size_mismatch")
+    assert head.confidence < top.confidence
+
+
+def test_class_specific_boxes_are_still_a_class_count() -> None:
+    text = load_error(TwoStageHead(4), TwoStageHead(91).state_dict())
+    result = diagnose_text(text)
+    assert result.causes[0].label == "head_size_mismatch" and result.decided, _labels(result)
