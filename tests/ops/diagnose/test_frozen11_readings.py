@@ -142,3 +142,41 @@ def test_class_specific_boxes_are_still_a_class_count() -> None:
     text = load_error(TwoStageHead(4), TwoStageHead(91).state_dict())
     result = diagnose_text(text)
     assert result.causes[0].label == "head_size_mismatch" and result.decided, _labels(result)
+
+
+# -- transposed convolutions' outputs on axis 1 (nnformer44) ------------------------------------
+
+class Up(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose3d(dim, classes, (2, 4, 4), stride=(2, 4, 4))
+
+
+class SegNet(nn.Module):
+    """nnFormer's deep supervision: one transposed convolution per scale, one channel per class."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.encoder = nn.Conv3d(1, 8, 3)
+        self.final = nn.ModuleList(Up(d, classes) for d in (8, 16, 32))
+
+
+def test_transposed_convolutions_of_another_class_count_are_a_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    saved = SegNet(14).state_dict()
+    path = tmp_path / "synapse.pth"
+    torch.save(saved, path)
+    text = load_error(SegNet(4), torch.load(path, weights_only=True))
+    assert "torch.Size([8, 14, 2, 4, 4])" in text  # [in, out, *kernel]: the classes on axis 1
+    result = diagnose_text(text)
+    assert result.causes[0].label == "head_size_mismatch", _labels(result)
+    assert "14 in the checkpoint, 4 in the model" in result.causes[0].summary
+    loaded = _run_fix(result.causes[0].fix_code, SegNet(4), path)  # the rest loads, the head is new
+    assert torch.equal(loaded.state_dict()["encoder.weight"], saved["encoder.weight"])
+    assert loaded.state_dict()["final.0.up.bias"].shape == (4,)
+
+
+def test_a_transposed_convolution_reading_more_features_is_still_a_width() -> None:
+    # axis 1 differs without the bias: the outputs are the same, the inputs are not
+    text = load_error(SegNet(4), {**SegNet(4).state_dict(), "final.0.up.weight": torch.zeros(8, 6, 2, 4, 4)})
+    assert diagnose_text(text).causes[0].label != "head_size_mismatch"
