@@ -180,3 +180,40 @@ def test_a_transposed_convolution_reading_more_features_is_still_a_width() -> No
     # axis 1 differs without the bias: the outputs are the same, the inputs are not
     text = load_error(SegNet(4), {**SegNet(4).state_dict(), "final.0.up.weight": torch.zeros(8, 6, 2, 4, 4)})
     assert diagnose_text(text).causes[0].label != "head_size_mismatch"
+
+
+# -- the state a dynamics model predicts and reads back (neuralodes1) ---------------------------
+
+class ODEFunc(nn.Module):
+    """Reads the state (``dim`` variables) beside 3 fixed inputs and predicts the state."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.ext0 = nn.Sequential(nn.Linear(dim + 3, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                                  nn.Linear(32, dim))
+
+
+class AttentionDecoder(nn.Module):
+    """An OCR decoder: its cell reads the previous character's one-hot beside the hidden state."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(8, 16))
+        self.attention_cell = nn.Module()
+        self.attention_cell.rnn = nn.LSTMCell(16 + classes, 16)
+        self.generator = nn.Linear(16, classes)
+
+
+def test_a_count_fed_back_into_the_first_layer_is_the_data_not_classes() -> None:
+    text = load_error(ODEFunc(2), ODEFunc(3).state_dict())
+    assert "ext0.0.weight: copying a param with shape torch.Size([32, 6])" in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "architecture_variant" and not result.decided, _labels(result)
+    assert result.causes[0].fix_code == ""  # the user's setting: words only
+    head = next(c for c in result.causes if c.label == "head_size_mismatch")
+    assert head.confidence < result.causes[0].confidence
+
+
+def test_a_class_fed_back_into_a_decoder_cell_is_still_the_classes() -> None:
+    result = diagnose_text(load_error(AttentionDecoder(37), AttentionDecoder(38).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch", _labels(result)
