@@ -217,3 +217,35 @@ def test_a_count_fed_back_into_the_first_layer_is_the_data_not_classes() -> None
 def test_a_class_fed_back_into_a_decoder_cell_is_still_the_classes() -> None:
     result = diagnose_text(load_error(AttentionDecoder(37), AttentionDecoder(38).state_dict()))
     assert result.causes[0].label == "head_size_mismatch", _labels(result)
+
+
+# -- one symbol table of another size, nothing else (mozillatts69, moleculestm5, simsgt8) -------
+
+class SymbolNet(nn.Module):
+    """A text-to-speech encoder's symbol table; a graph encoder's atom tables look the same."""
+
+    def __init__(self, symbols: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(symbols, 16)
+        self.encoder = nn.Linear(16, 16)
+
+
+def test_a_lone_symbol_table_lists_the_codes_symbol_set_as_a_candidate() -> None:
+    text = load_error(SymbolNet(149), SymbolNet(150).state_dict())
+    result = diagnose_text(text)
+    assert [c.label for c in result.causes[:2]] == ["head_size_mismatch", "model_code_changed"], \
+        _labels(result)
+    assert not result.decided
+    code = result.causes[1]
+    assert "embedding.weight indexes 150 symbols in the checkpoint and 149 in the model" in code.summary
+    assert code.fix_code == ""  # a version to pick: words only
+
+
+def test_a_table_beside_its_output_layer_is_the_vocabulary_alone() -> None:
+    class LM(SymbolNet):
+        def __init__(self, symbols: int) -> None:
+            super().__init__(symbols)
+            self.out = nn.Linear(16, symbols)
+
+    result = diagnose_text(load_error(LM(149), LM(150).state_dict()))
+    assert "model_code_changed" not in [c.label for c in result.causes], _labels(result)
