@@ -72,6 +72,8 @@ def lone_norm_code(ev: Evidence) -> Finding | None:
 
 
 _TABLE = re.compile(r"(^|[._])(\w*emb\w*|lut|tok_\w+)(\.\d+)?\.weight$")
+# tables of positions, classes (DETR's class_embed is an output layer) and queries index no symbols
+_NOT_SYMBOLS = re.compile(r"pos|class|cls|quer|label", re.IGNORECASE)
 
 
 def lone_table_code(ev: Evidence) -> Finding | None:
@@ -80,7 +82,8 @@ def lone_table_code(ev: Evidence) -> Finding | None:
     code's. Both readings are common (frozen12: three texts labelled by their threads as a code
     version's symbol set, three as the user's own); the code's is a candidate below the head."""
     mm = list(ev.mismatched)
-    if ev.missing or ev.unexpected or len(mm) != 1 or not _TABLE.search(mm[0].key):
+    if (ev.missing or ev.unexpected or len(mm) != 1 or not _TABLE.search(mm[0].key)
+            or _NOT_SYMBOLS.search(mm[0].key)):
         return None
     c, m = mm[0].checkpoint_shape, mm[0].model_shape
     if len(c) != 2 or len(m) != 2 or c[1] != m[1] or c[0] == m[0]:
