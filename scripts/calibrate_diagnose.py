@@ -41,7 +41,7 @@ OUTCOMES = DATA / "calibration" / "outcomes.jsonl"
 PRE_TUNING = (("frozen", "8362996"), ("frozen2", "0104ca9"), ("frozen3", "13314b6"),
               ("frozen4", "82be200"), ("frozen5", "1cd4d65"), ("frozen6", "50fbdd2"),
               ("frozen7", "c053e44"), ("frozen8", "07134bb"), ("frozen9", "6cb6f2d"),
-              ("frozen10", "9012b7e"))
+              ("frozen10", "9012b7e"), ("frozen11", "6f30365"), ("frozen12", "6f30365"))
 
 # Runs inside the old commit's worktree: only its public diagnose_text and the result's to_dict.
 _RUNNER = r'''

@@ -108,8 +108,8 @@ def main() -> None:
         _print("frozen8 (scored 30/50 with the rules it was collected under, 31/50 after frozen7's tuning; tuned on since: #16's frozen8 round)", score(corpus(FROZEN8)), args.misses)
         _print("frozen9 (scored 32/50 with the rules it was collected under and after frozen8's tuning; tuned on since: #16's frozen9 round)", score(corpus(FROZEN9)), args.misses)
         _print("frozen10 (scored 34/50 with the rules it was collected under and after frozen9's tuning; tuned on since: #16's frozen10 round)", score(corpus(FROZEN10)), args.misses)
-        _print("frozen11 (held out: vision texts committed at eaaec6a before diagnose ran on them; 35/50 with the rules they were collected under, 6f30365, and after frozen10's tuning)", score(corpus(FROZEN11)), args.misses)
-        _print("frozen12 (held out: non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365; 31/50 after frozen10's tuning)", score(corpus(FROZEN12)), args.misses)
+        _print("frozen11 (vision texts committed at eaaec6a before diagnose ran on them; 35/50 with the rules they were collected under, 6f30365, and after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN11)), args.misses)
+        _print("frozen12 (non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365; 31/50 after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN12)), args.misses)
         _print("frozen13 (held out: vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266)", score(corpus(FROZEN13)), args.misses)
         _print("frozen14 (held out: non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266)", score(corpus(FROZEN14)), args.misses)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ckpttools.ops.diagnose.evidence import Evidence, Finding, packed_4bit
+from ckpttools.ops.diagnose.evidence import Evidence, Finding, numel, packed_4bit, zero_count_keys
 
 # What weight-only quantized linears save in place of weight: GPTQ/AutoGPTQ qweight/qzeros/g_idx,
 # lit-gpt's quant_weight/scales/zeros, gpt-fast/torchchat's int8 scales, torch.ao's scale and
@@ -80,7 +80,12 @@ def _named_state(ev: Evidence) -> Finding | None:
     """Keys named as adapter or quantization state, on one side or of another size."""
     # Low-rank or quantization tensors of another size (LoRA rank, block size) count too; not
     # base_layer/modules_to_save copies, whose size follows the base model.
-    resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key) and not _FULL_COPY.search(m.key))
+    # Nor an empty tensor: a rank is at least 1, so a flattened [0] is a partitioned parameter's
+    # placeholder (ZeRO-3 saved without gathering), whatever the key is named.
+    empty = {m.key for m in ev.mismatched if 0 in (numel(m.checkpoint_shape), numel(m.model_shape))}
+    empty -= zero_count_keys(ev.mismatched)
+    resized = tuple(m.key for m in ev.mismatched if _ADAPTER.search(m.key)
+                    and not _FULL_COPY.search(m.key) and m.key not in empty)
     keys = ev.missing + ev.unexpected + resized
     hits = [k for k in keys if _ADAPTER.search(k)]
     # The float weight/bias and scale of a quantized layer belong to the same change.

@@ -28,7 +28,7 @@ from ckpttools.ops.diagnose.one_sided import PART_NAMES
 from ckpttools.ops.diagnose.partial import partial_findings
 from ckpttools.ops.diagnose.residue import head_beside_new_modules, head_left, with_new_modules
 from ckpttools.ops.diagnose.norm_kind import norm_kind
-from ckpttools.ops.diagnose.shape_readings import lone_norm_code
+from ckpttools.ops.diagnose.shape_readings import lone_norm_code, lone_table_code
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.thin_shapes import anchor_count, input_features
 from ckpttools.ops.diagnose.layer_roles import concatenated_part, layer_of_another_kind
@@ -322,8 +322,8 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     optimizer_state_passed, wrapped_checkpoint, prefix_added, prefix_missing, version_buffers,
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, several_settings,
-    norm_kind, lone_norm_code, renamed_keys, numbered_copies, part_checkpoint, anchor_count,
-    input_features, layer_of_another_kind, concatenated_part)
+    norm_kind, lone_norm_code, lone_table_code, renamed_keys, numbered_copies, part_checkpoint,
+    anchor_count, input_features, layer_of_another_kind, concatenated_part)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

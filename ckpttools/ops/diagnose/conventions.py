@@ -191,13 +191,20 @@ def _norm_width(ev: Evidence) -> list[Finding]:
                      "consistent": False})]
 
 
+_FIRST_LAYER = re.compile(r"^(?:module\.)?[A-Za-z_]\w*\.0\.weight$")  # a top module's first layer
+
+
 def _fed_back_head(ev: Evidence) -> list[Finding]:
     mm = count_fed_back(ev) or outputs_only(ev)
     rows = [m for m in mm if _one_axis(m) == 0]
     if not rows:
         return []
     c, m = rows[0].checkpoint_shape[0], rows[0].model_shape[0]
-    return [Finding("head_size_mismatch", 0.75, frozenset(x.key for x in mm),
+    # Fed back into the network's first layer, the count is what the model reads as data (the
+    # state a dynamics or autoregressive model predicts and reads back): a setting, not classes,
+    # which a decoder feeds to a later cell beside its hidden state.
+    conf = 0.6 if any(_FIRST_LAYER.match(x.key) for x in mm if _one_axis(x) == 1) else 0.75
+    return [Finding("head_size_mismatch", conf, frozenset(x.key for x in mm),
                     {"keys": [x.key for x in rows], "checkpoint_size": c, "model_size": m,
                      "vocab": False, "padded": False})]
 

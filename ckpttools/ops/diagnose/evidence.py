@@ -107,6 +107,20 @@ def zero_count_keys(mismatched: Iterable[ShapeMismatch]) -> frozenset[str]:
     return frozenset(m.key for m in mm if m.key.rpartition(".")[0] in layers)
 
 
+def transposed_output(m: ShapeMismatch, mismatched: Iterable[ShapeMismatch]) -> bool:
+    """A weight of rank 3 or more differing on axis 1 alone, beside its layer's bias of the same
+    two sizes: axis 1 holds the outputs (a transposed convolution stores ``[in, out, *kernel]``),
+    a count like a head's rows, not the input features axis 1 holds elsewhere."""
+    c, s = m.checkpoint_shape, m.model_shape
+    if len(c) != len(s) or len(s) < 3 or not m.key.endswith("weight"):
+        return False
+    if [i for i, (a, b) in enumerate(zip(c, s)) if a != b] != [1]:
+        return False
+    bias = m.key[: -len("weight")] + "bias"
+    return any(b.key == bias and b.checkpoint_shape == (c[1],) and b.model_shape == (s[1],)
+               for b in mismatched)
+
+
 @dataclass(frozen=True)
 class Finding:
     """A recognised cause before it is put into words: label, confidence, facts."""

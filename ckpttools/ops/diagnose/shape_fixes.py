@@ -163,6 +163,12 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 f"{m} in the model (one side's size on the other's other axis, the axes scaled "
                 "apart: e.g. a table of symbols where the model has a layer reading features); use the "
                 "code version the checkpoint was saved with"), "", []
+    if symbols := f.facts.get("symbols"):
+        key, c, m = symbols
+        return (f"the code's symbol set may have changed since the checkpoint was saved: {key} "
+                f"indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
+                "library version that lists other characters, phonemes or feature values); use "
+                "the version the checkpoint was saved with"), "", []
     if features := f.facts.get("features"):
         key, c, m = features
         return (f"the code that builds the input features may have changed: {key} reads {c} "

@@ -71,6 +71,28 @@ def lone_norm_code(ev: Evidence) -> Finding | None:
                     "resized": [m.key for m in mm]})
 
 
+_TABLE = re.compile(r"(^|[._])(\w*emb\w*|lut|tok_\w+)(\.\d+)?\.weight$")
+# tables of positions, classes (DETR's class_embed is an output layer) and queries index no symbols
+_NOT_SYMBOLS = re.compile(r"pos|class|cls|quer|label", re.IGNORECASE)
+
+
+def lone_table_code(ev: Evidence) -> Finding | None:
+    """One embedding table of another number of rows, nothing else shown to differ: the symbol or
+    feature set it indexes (a vocabulary, an alphabet, atom types) is the checkpoint's data or the
+    code's. Both readings are common (frozen12: three texts labelled by their threads as a code
+    version's symbol set, three as the user's own); the code's is a candidate below the head."""
+    mm = list(ev.mismatched)
+    if (ev.missing or ev.unexpected or len(mm) != 1 or not _TABLE.search(mm[0].key)
+            or _NOT_SYMBOLS.search(mm[0].key)):
+        return None
+    c, m = mm[0].checkpoint_shape, mm[0].model_shape
+    if len(c) != 2 or len(m) != 2 or c[1] != m[1] or c[0] == m[0]:
+        return None
+    return Finding("model_code_changed", 0.5, frozenset({mm[0].key}),
+                   {"missing": 0, "unexpected": 0, "examples_missing": [], "examples_unexpected": [],
+                    "symbols": [mm[0].key, c[0], m[0]]})
+
+
 def _power_of_two(n: int) -> bool:
     return n >= 8 and n & (n - 1) == 0
 

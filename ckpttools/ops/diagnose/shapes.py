@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from ckpttools.ops.diagnose.evidence import ShapeMismatch
 from ckpttools.ops.diagnose.evidence import (
-    Evidence, Finding, numel, packed_4bit, segments, zero_count_keys)
+    Evidence, Finding, numel, packed_4bit, segments, transposed_output, zero_count_keys)
 from ckpttools.ops.diagnose.count_pairs import UNRELATED_HEAD, one_count, per_level_rows
 from ckpttools.ops.diagnose.fed_input import concatenated_input
 from ckpttools.ops.diagnose.layer_roles import (
@@ -192,8 +192,8 @@ def _count_change(ev: Evidence) -> list[ShapeMismatch]:
     mm = _real(ev)
     if not mm or len(mm) != len(ev.mismatched):
         return []
-    if not all(_count_axis(m) for m in mm) or any(_positional(m) or _LEVELS.search(m.key)
-                                                     for m in mm):
+    if not all(_count_axis(m) or transposed_output(m, mm) for m in mm) or any(
+            _positional(m) or _LEVELS.search(m.key) for m in mm):
         return []
     if all(len(m.model_shape) == 1 for m in mm) and any(_NORM.search(m.key) for m in mm):
         return []

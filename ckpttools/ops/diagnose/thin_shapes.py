@@ -8,6 +8,9 @@ as another width. Each relation below holds for every model, whatever its names:
 
 - a proposal network (``rpn``) scores anchors (scales x ratios, times 1 or 2 scores, or 4 box
   offsets), never classes: its rows change with the anchor settings or the code's score form;
+- a one-stage detector's box regressor outputs 4 offsets per anchor whatever the classes: when
+  its rows change by the same factor as the classifier's, and are not 4 per class (a two-stage
+  head's class-specific boxes), the anchors per position changed (frozen11's EfficientDet);
 - a layer built with a count of zero is a head the model leaves out on purpose (``num_classes=0``
   for a feature extractor): beside other keys that fail, those keys hold the cause;
 - a hidden width shows on two tensors at least (the layer that writes it and the one that reads
@@ -18,6 +21,7 @@ as another width. Each relation below holds for every model, whatever its names:
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, ShapeMismatch, zero_count_keys
 
@@ -38,15 +42,42 @@ def _proposal_rows(ev: Evidence) -> list[ShapeMismatch]:
     return mm
 
 
+_BOX = re.compile(r"(^|[._])(regressor|box_net|bbox_pred|fc_reg|conv_reg|reg_conv|loc)([._]|$)")
+
+
+def _anchor_rows(ev: Evidence) -> list[ShapeMismatch]:
+    """A box regressor's rows and a classifier's, all differing on their rows alone by one
+    factor, the regressor's not 4 per class on either side: the anchors per position changed."""
+    mm = list(ev.mismatched)
+    if not mm or not all(_one_axis(m) == 0 for m in mm):
+        return []
+    pairs = {m.key: (m.checkpoint_shape[0], m.model_shape[0]) for m in mm}
+    box = {pairs[m.key] for m in mm if _BOX.search(m.key)}
+    other = {pairs[m.key] for m in mm if not _BOX.search(m.key)}
+    if not box or not other or len({Fraction(c, s) for c, s in box | other}) != 1:
+        return []
+    per_class = any(b[i] in (4 * o[i], 4 * (o[i] - 1)) for b in box for o in other for i in (0, 1))
+    return [] if per_class else mm
+
+
 def anchor_count(ev: Evidence) -> Finding | None:
-    """A region-proposal network with another number of anchors: a setting of the same detector.
+    """A region-proposal network, or a one-stage detector's box regressor and classifier, with
+    another number of anchors: a setting of the same detector.
 
     Only when nothing else fails: keys of other modules missing or unexpected as well are another
     version of the detector's code, which the catch-all rules read.
     """
-    mm = _proposal_rows(ev)
+    mm = _proposal_rows(ev) or _anchor_rows(ev)
     if not mm or ev.missing or ev.unexpected:
         return None
+    if not _proposal_rows(ev):
+        m = next(x for x in mm if _BOX.search(x.key))
+        setting = (f"the box regressor and the classifier output another number of anchors per "
+                   f"position ({m.key}: {m.checkpoint_shape[0]} outputs in the checkpoint, "
+                   f"{m.model_shape[0]} in the model, 4 box offsets per anchor; the classifier's "
+                   "outputs change by the same factor), so the anchor settings differ")
+        return Finding("architecture_variant", 0.7, frozenset(x.key for x in mm),
+                       {"kind": "config", "setting": setting, "keys": [x.key for x in mm]})
     m = mm[0]
     setting = (f"the region-proposal network scores another number of anchors ({m.key}: "
                f"{m.checkpoint_shape[0]} outputs in the checkpoint, {m.model_shape[0]} in the model;"
@@ -79,6 +110,8 @@ def thin_size_reading(f: Finding, ev: Evidence) -> str | None:
     """
     if f.label == "head_size_mismatch" and _proposal_rows(ev):
         return "a proposal network's outputs count anchors, not classes"
+    if f.label == "head_size_mismatch" and _anchor_rows(ev):
+        return "the box regressor's outputs change with the classifier's: anchors, not classes"
     zero = zero_count_keys(ev.mismatched)
     if (f.label == "head_size_mismatch" and zero and f.explains <= zero
             and set(ev.missing + ev.unexpected) - f.explains):

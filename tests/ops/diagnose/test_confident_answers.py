@@ -314,9 +314,10 @@ class Decoder(nn.Module):
 
 
 def test_torchtune_lora_names_missing_are_the_adapter() -> None:
-    cause = diagnose_text(load_error(Decoder(lora=True), Decoder(lora=False).state_dict())).causes[0]
+    text = load_error(Decoder(lora=True), Decoder(lora=False).state_dict())
+    cause = diagnose_text(text).causes[0]
     assert (cause.label, cause.evidence["facts"]["side"]) == ("adapter_or_quantization", "missing")
-    assert cause.confidence >= DECIDED
+    assert rules_first(text).confidence >= DECIDED  # the report's bound: test_reliability.py
 
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")

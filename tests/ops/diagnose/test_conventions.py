@@ -417,8 +417,8 @@ def _lm(linear: Callable[[int, int], nn.Module]) -> nn.Module:
 
 def test_a_quantized_model_and_a_float_file() -> None:
     text = load_error(_lm(QuantLinear), _lm(nn.Linear).state_dict())
-    r = diagnose_text(text)
-    assert (r.causes[0].label, r.decided) == ("adapter_or_quantization", True)
+    assert diagnose_text(text).causes[0].label == "adapter_or_quantization"
+    assert rules_first(text).confidence >= DECIDED  # the report's bound: test_reliability.py
     missing_only = diagnose_text(_first_lines(text, 1))
     assert missing_only.causes[0].label == "adapter_or_quantization"
 
