@@ -110,8 +110,8 @@ def main() -> None:
         _print("frozen10 (scored 34/50 with the rules it was collected under and after frozen9's tuning; tuned on since: #16's frozen10 round)", score(corpus(FROZEN10)), args.misses)
         _print("frozen11 (vision texts committed at eaaec6a before diagnose ran on them; 35/50 with the rules they were collected under, 6f30365, and after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN11)), args.misses)
         _print("frozen12 (non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365; 31/50 after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN12)), args.misses)
-        _print("frozen13 (held out: vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266)", score(corpus(FROZEN13)), args.misses)
-        _print("frozen14 (held out: non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266)", score(corpus(FROZEN14)), args.misses)
+        _print("frozen13 (held out: vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; not tuned on)", score(corpus(FROZEN13)), args.misses)
+        _print("frozen14 (held out: non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; not tuned on)", score(corpus(FROZEN14)), args.misses)
 
 
 if __name__ == "__main__":

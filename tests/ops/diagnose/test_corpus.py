@@ -113,7 +113,8 @@ FROZEN12_PRECISION = 0.95
 # frozen13/ (50 vision texts, committed at 46979ec) and frozen14/ (50 non-vision texts, committed at
 # 142b595), collected the same way after the calibration step: held out; with the rules they were
 # collected under (9c2e266) 32/50, 16 of 17 at confidence >= 0.8 right (94.1%), and 35/50, 15 of 18
-# right (83.3%).
+# right (83.3%); after frozen11/12's tuning and calibration table (525c032; they never read these
+# files) 32/50, 16 of 17 (94.1%), and 35/50, 13 of 15 (86.7%). Not tuned on.
 FROZEN13_RIGHT = 32
 FROZEN14_RIGHT = 35
 # Round 10 (calibration.py: thin evidence is a candidate) changed no top-1 or precision figure of
