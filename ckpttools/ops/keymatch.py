@@ -162,10 +162,11 @@ def _improve(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Ru
     return found[0] if found else None
 
 
-def _best(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Rule]]
-          ) -> tuple[tuple[Table, int], list[int]] | None:
+def _best(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Rule]],
+          agree: Sequence[bool] = ()) -> tuple[tuple[Table, int], list[int]] | None:
     """``_improve``'s answer, and the indices of the candidates that fill as many keys from
-    other checkpoint keys (then shapes cannot tell which of them the file means)."""
+    other checkpoint keys (then shapes cannot tell which of them the file means); among those,
+    the ones whose names ``agree`` are preferred (names decide where shapes cannot)."""
     base = _score(table, sig)
     scored: list[tuple[tuple[int, int], int, Table]] = []
     for n, rules in enumerate(candidates):
@@ -178,9 +179,18 @@ def _best(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Rule]
         return None
     top = max(s[0] for s in scored)
     winners = [(n, got) for score, n, got in scored if score == top]
+    winners = [w for w in winners if agree[w[0]]] or winners if agree else winners
     fills = {n: _fills(table, candidates[n], got, sig) for n, got in winners}
     first = winners[0][0]
     return (winners[0][1], first), [n for n, _ in winners if _conflict(fills[n], fills[first])]
+
+
+def _names_agree(old: str, new: str) -> bool:
+    """One prefix is the other with parts taken out (``layers.3._orig_mod.`` and ``layers.3.``,
+    ``module.`` and ``""``): a wrapper's name added or removed, no index or name changed."""
+    short, long = sorted((old.split(".")[:-1], new.split(".")[:-1]), key=len)
+    rest = iter(long)
+    return all(part in rest for part in short)
 
 
 def _fills(table: Table, rules: Sequence[Rule], renamed: Table, sig: ModelSignature
@@ -321,7 +331,8 @@ def search(table: Table, sig: ModelSignature, rounds: int = 4) -> tuple[list[Mov
     for _ in range(rounds):
         pairs = prefix_candidates(table, sig, compare_keys(table, sig))
         pairs = [(a, b) for a, b in pairs if _lands(table, sig, a, b)]
-        found = _best(table, sig, [[prefix_rule(a, b)] for a, b in pairs])
+        found = _best(table, sig, [[prefix_rule(a, b)] for a, b in pairs],
+                      [_names_agree(a, b) for a, b in pairs])
         if found is None:
             break
         (table, n), rivals = found
