@@ -78,7 +78,9 @@ def shift_choices(original: Table, table: Table, sig: ModelSignature
     before, after = _indexed(original), _indexed(table)
     model = _indexed({k.key: (k.shape, k.dtype) for k in sig.keys})
     for c, items in after.items():
-        if c not in before or c not in model or set(before[c]) == set(items):
+        # a container whose layer count the moves changed is no shift of its layers
+        if c not in before or c not in model or set(before[c]) == set(items) or \
+                len(before[c]) != len(items):
             continue
         front, back = (sorted(_align(items, model[c], b)) for b in (False, True))
         if len(front) != len(back) or front == back:
