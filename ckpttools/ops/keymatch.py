@@ -245,11 +245,17 @@ def _pair_by_name(sources: list[str], targets: list[str]) -> list[tuple[str, str
     """Modules of one signature paired by their names: each source with the target its name is
     most like, when that target is its own and strictly the closest. Shapes cannot tell ``query``
     from ``key``, nor ``layernorm_before`` from ``layernorm_after``, and neither can their order:
-    names that do not decide pair nothing (the keys stay unmatched)."""
+    names that do not decide pair nothing (the keys stay unmatched). A target that is the
+    source with parts added (PEFT's ``q_proj`` -> ``q_proj.base_layer``) is its own when it is
+    the only one: a longer name would lose on likeness to a sibling (``k_proj``)."""
     if len(sources) == 1:
         return [(sources[0], targets[0])]
     pairs = []
     for a in sources:
+        agree = [b for b in targets if _names_agree(a + ".", b + ".")]
+        if len(agree) == 1:
+            pairs.append((a, agree[0]))
+            continue
         ratios = sorted(((SequenceMatcher(None, a, b).ratio(), b) for b in targets), reverse=True)
         if ratios[0][0] == ratios[1][0]:
             return []
