@@ -20,7 +20,7 @@ from typing import Any
 
 from ckpttools.ops.comparison import Comparison, Table, compare_keys
 from ckpttools.ops.frameworks import ModelTraits
-from ckpttools.ops.keymatch import Move, Rule, apply_rules, search_moves
+from ckpttools.ops.keymatch import Move, Rule, apply_rules, search
 from ckpttools.ops.model_spec import ModelSignature
 
 NBT = "num_batches_tracked"
@@ -115,6 +115,8 @@ class FixPlan:
         allow_tied: absent tied aliases count as loadable (``--allow-tied``).
         traits: the model's framework facts.
         python / command / command_note / advice: the renderings (``plan_text``).
+        undecided: moves that fill as many model keys from different checkpoint keys (the
+            shapes cannot tell which the file needs); then no plan is shown, only these.
     """
 
     source: Source
@@ -130,6 +132,7 @@ class FixPlan:
     command: str = ""
     command_note: str = ""
     advice: tuple[dict[str, str], ...] = ()
+    undecided: tuple[str, ...] = ()
 
     @property
     def strict(self) -> bool:
@@ -147,7 +150,8 @@ class FixPlan:
                 "strict": self.strict, "filled": self.filled, "total": self.total,
                 "left_initialised": list(self.left), "python": self.python,
                 "command": self.command or None, "command_note": self.command_note or None,
-                "advice": list(self.advice), "model": self.traits.to_dict()}
+                "advice": list(self.advice), "model": self.traits.to_dict(),
+                "undecided": list(self.undecided)}
 
 
 def rules_of(steps: Sequence[Step]) -> tuple[Rule, ...]:
@@ -202,6 +206,8 @@ def _move_summary(m: Move) -> str:
         if not m.old:
             return f"add '{m.new}' in front of the keys"
         return f"replace '{m.old}' by '{m.new}' at the start of the keys that carry it"
+    if m.kind == "index-shift" and m.old:
+        return f"the checkpoint's layers {m.old} are the model's {m.new}"
     if m.kind == "index-shift":
         return f"shift {len(m.rules)} layer indices of a Sequential (a layer added or removed)"
     if m.kind == "legacy-leaf":
@@ -332,15 +338,18 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
         the state_dict loads as it is.
     """
     before = compare_keys(table, sig)
-    if Counts.of(before).loads_strictly(allow_tied):
-        steps: list[Step] = []
-        cmp = before
-    else:
-        renames = _moves_to_steps(search_moves(table, sig))
-        steps, cmp = _prove(table, _tail_steps(table, renames, sig, traits), sig)
+    steps: list[Step] = []
+    cmp, undecided = before, tuple[str, ...]()
+    if not Counts.of(before).loads_strictly(allow_tied):
+        moves, tie = search(table, sig)
+        if tie is None:
+            renames = _moves_to_steps(moves)
+            steps, cmp = _prove(table, _tail_steps(table, renames, sig, traits), sig)
+        else:  # a plan would pick one of them blindly: show them, no plan
+            undecided = tuple(sorted(_move_summary(m) for m in tie.moves))
     filled = {*cmp.matched, *(a for a, _ in cmp.tied)}
     alias = {k for g in sig.ties for k in g[1:]}
     left = tuple(k.key for k in sig.keys if k.key not in filled and k.key not in alias)
     plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
-                   len(filled), len(sig.keys), left, allow_tied, traits)
+                   len(filled), len(sig.keys), left, allow_tied, traits, undecided=undecided)
     return plan

@@ -24,6 +24,7 @@ from typing import Any
 
 from ckpttools.errors import SpecError
 from ckpttools.ops.comparison import Comparison, Table, compare_keys
+from ckpttools.ops.index_shift import index_shift_candidates, shift_choices
 from ckpttools.ops.model_spec import ModelSignature
 
 Shape = tuple[int, ...]
@@ -157,58 +158,54 @@ def _improve(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Ru
              ) -> tuple[Table, int] | None:
     """The candidate (a list of rules) that improves the score most: the renamed table and
     the candidate's index."""
+    found = _best(table, sig, candidates)
+    return found[0] if found else None
+
+
+def _best(table: Table, sig: ModelSignature, candidates: Sequence[Sequence[Rule]],
+          agree: Sequence[bool] = ()) -> tuple[tuple[Table, int], list[int]] | None:
+    """``_improve``'s answer, and the indices of the candidates that fill as many keys from
+    other checkpoint keys (then shapes cannot tell which of them the file means); among those,
+    the ones whose names ``agree`` are preferred (names decide where shapes cannot)."""
     base = _score(table, sig)
-    best: tuple[Table, int] | None = None
-    best_score = base
+    scored: list[tuple[tuple[int, int], int, Table]] = []
     for n, rules in enumerate(candidates):
         got = rename_table(table, rules)
-        if got is None:
-            continue
-        score = _score(got, sig)
-        # more keys filled wins; equal fills are no reason to rename anything
-        if score[0] > base[0] and score > best_score:
-            best, best_score = (got, n), score
-    return best
+        if got is not None:
+            scored.append((_score(got, sig), n, got))
+    # more keys filled wins; equal fills are no reason to rename anything
+    scored = [s for s in scored if s[0][0] > base[0]]
+    if not scored:
+        return None
+    top = max(s[0] for s in scored)
+    winners = [(n, got) for score, n, got in scored if score == top]
+    winners = [w for w in winners if agree[w[0]]] or winners if agree else winners
+    fills = {n: _fills(table, candidates[n], got, sig) for n, got in winners}
+    first = winners[0][0]
+    return (winners[0][1], first), [n for n, _ in winners if _conflict(fills[n], fills[first])]
 
 
-def _indexed(keys: Mapping[str, tuple[tuple[int, ...], str]]
-             ) -> dict[str, dict[int, frozenset[tuple[str, tuple[int, ...]]]]]:
-    """``{container: {index: {(rest, shape)}}}`` for every numeric key component."""
-    out: dict[str, dict[int, set[tuple[str, tuple[int, ...]]]]] = defaultdict(lambda: defaultdict(set))
-    for key, (shape, _) in keys.items():
-        parts = key.split(".")
-        for p, part in enumerate(parts[:-1]):
-            if part.isdigit():
-                out[".".join(parts[:p])][int(part)].add((".".join(parts[p + 1:]), tuple(shape)))
-    return {c: {i: frozenset(s) for i, s in d.items()} for c, d in out.items()}
+def _names_agree(old: str, new: str) -> bool:
+    """One prefix is the other with parts taken out (``layers.3._orig_mod.`` and ``layers.3.``,
+    ``module.`` and ``""``): a wrapper's name added or removed, no index or name changed."""
+    short, long = sorted((old.split(".")[:-1], new.split(".")[:-1]), key=len)
+    rest = iter(long)
+    return all(part in rest for part in short)
 
 
-def index_shift_candidates(table: Table, sig: ModelSignature) -> list[list[Rule]]:
-    """Per ``Sequential`` container: checkpoint indices aligned in order with model indices of
-    the same contents (a layer added or removed), as ``^c\\.i\\.`` -> ``c.j.`` rules."""
-    ckpt = _indexed(table)
-    model = _indexed({k.key: (k.shape, k.dtype) for k in sig.keys})
-    out = []
-    for container, c_items in ckpt.items():
-        m_items = model.get(container)
-        if not m_items or c_items == m_items:
-            continue
-        pairs, pos, m_order = [], 0, sorted(m_items)
-        for i in sorted(c_items):
-            j = next((n for n in range(pos, len(m_order)) if m_items[m_order[n]] == c_items[i]),
-                     None)
-            if j is not None:
-                pairs.append((i, m_order[j]))
-                pos = j + 1
-        moves = [(i, j) for i, j in pairs if i != j]
-        if not moves:
-            continue
-        # apply in an order where no rule's output is a later rule's input
-        moves.sort(key=lambda m: m[0], reverse=moves[0][1] > moves[0][0])
-        head = re.escape(container) + r"\." if container else ""
-        pre = container + "." if container else ""
-        out.append([(f"^{head}{i}\\.", escape_repl(f"{pre}{j}.")) for i, j in moves])
-    return out
+def _fills(table: Table, rules: Sequence[Rule], renamed: Table, sig: ModelSignature
+           ) -> dict[str, str]:
+    """model key -> the checkpoint key filling it, for every model key the renamed table fills."""
+    matched = set(compare_keys(renamed, sig).matched)
+    return {new: k for k in table if (new := apply_rules(k, rules)) in matched}
+
+
+def _conflict(a: dict[str, str], b: dict[str, str]) -> bool:
+    """Two fillings disagree: a model key filled from two checkpoint keys, or a checkpoint key
+    sent to two model keys (fillings of separate keys both apply, one round after another)."""
+    a_from = {k: m for m, k in a.items()}
+    return any(b[m] != k for m, k in a.items() if m in b) or \
+        any(a_from[k] != m for m, k in b.items() if k in a_from)
 
 
 def _modules(table: Mapping[str, tuple[tuple[int, ...], str]], keys: Iterable[str]
@@ -248,11 +245,17 @@ def _pair_by_name(sources: list[str], targets: list[str]) -> list[tuple[str, str
     """Modules of one signature paired by their names: each source with the target its name is
     most like, when that target is its own and strictly the closest. Shapes cannot tell ``query``
     from ``key``, nor ``layernorm_before`` from ``layernorm_after``, and neither can their order:
-    names that do not decide pair nothing (the keys stay unmatched)."""
+    names that do not decide pair nothing (the keys stay unmatched). A target that is the
+    source with parts added (PEFT's ``q_proj`` -> ``q_proj.base_layer``) is its own when it is
+    the only one: a longer name would lose on likeness to a sibling (``k_proj``)."""
     if len(sources) == 1:
         return [(sources[0], targets[0])]
     pairs = []
     for a in sources:
+        agree = [b for b in targets if _names_agree(a + ".", b + ".")]
+        if len(agree) == 1:
+            pairs.append((a, agree[0]))
+            continue
         ratios = sorted(((SequenceMatcher(None, a, b).ratio(), b) for b in targets), reverse=True)
         if ratios[0][0] == ratios[1][0]:
             return []
@@ -300,7 +303,21 @@ class Move:
     new: str = ""
 
 
+@dataclass(frozen=True)
+class Tie:
+    """Moves that fill as many model keys as each other, from different checkpoint keys: the
+    shapes cannot tell which one the checkpoint needs, so none of them is chosen."""
+
+    moves: tuple[Move, ...]
+    filled: int
+
+
 def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Move]:
+    """The moves of :func:`search` (empty up to a tie's when one leaves the choice open)."""
+    return search(table, sig, rounds)[0]
+
+
+def search(table: Table, sig: ModelSignature, rounds: int = 4) -> tuple[list[Move], Tie | None]:
     """The moves that fill the most model keys with a tensor of the right shape.
 
     Prefix replacements are tried first (greedily, several rounds for nested combinations),
@@ -312,22 +329,31 @@ def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Mov
         rounds: prefix rounds.
 
     Returns:
-        The moves, in the order to apply their rules (``apply_rules``).
+        The moves, in the order to apply their rules (``apply_rules``), and the tie that
+        stopped the search, if one did (then the moves are those found before it).
     """
     moves: list[Move] = []
+    original = table
     for _ in range(rounds):
         pairs = prefix_candidates(table, sig, compare_keys(table, sig))
         pairs = [(a, b) for a, b in pairs if _lands(table, sig, a, b)]
-        found = _improve(table, sig, [[prefix_rule(a, b)] for a, b in pairs])
+        found = _best(table, sig, [[prefix_rule(a, b)] for a, b in pairs],
+                      [_names_agree(a, b) for a, b in pairs])
         if found is None:
             break
-        table, n = found
+        (table, n), rivals = found
+        if rivals:
+            tied = [Move("prefix", (prefix_rule(*pairs[i]),), *pairs[i]) for i in [n, *rivals]]
+            return moves, Tie(tuple(tied), _score(table, sig)[0])
         moves.append(Move("prefix", (prefix_rule(*pairs[n]),), *pairs[n]))
-    for candidate in index_shift_candidates(table, sig):
-        found = _improve(table, sig, [candidate])
+    for ways in index_shift_candidates(table, sig):
+        found = _improve(table, sig, ways)
         if found:
             table = found[0]
-            moves.append(Move("index-shift", tuple(candidate)))
+            moves.append(Move("index-shift", tuple(ways[found[1]])))
+    tie = _shift_tie(original, table, sig)
+    if tie is not None:
+        return moves, tie
     renames = module_rename_candidates(table, sig, compare_keys(table, sig))
     if renames and _improve(table, sig, [renames]):
         needed = _needed(sig, table, renames)
@@ -336,7 +362,16 @@ def search_moves(table: Table, sig: ModelSignature, rounds: int = 4) -> list[Mov
     legacy = legacy_leaf_rules(table, sig)
     if legacy and _improve(table, sig, [legacy]):
         moves.append(Move("legacy-leaf", tuple(legacy)))
-    return moves
+    return moves, None
+
+
+def _shift_tie(original: Table, table: Table, sig: ModelSignature) -> Tie | None:
+    """The moves shifted a ``Sequential`` whose layers the shapes align in two ways."""
+    found = shift_choices(original, table, sig)
+    if found is None:
+        return None
+    saved, choices = found
+    return Tie(tuple(Move("index-shift", (), saved, c) for c in choices), _score(table, sig)[0])
 
 
 # Old names of a norm's parameters, by convention (not by shape: both have one shape).

@@ -77,7 +77,7 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
     elif not result.decided and result.source == "text":
         lines += [_undecided(result), ""]
-    if result.plan is not None and (result.plan.steps or result.plan.source.key) and result.found:
+    if result.plan is not None and (result.plan.steps or result.plan.source.key or result.plan.undecided) and result.found:
         lines += [render_plan(result.plan, fmt), ""]
     plan_code = result.plan.python if result.plan is not None else None
     for i, cause in enumerate(result.causes, start=1):

@@ -205,6 +205,9 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     found = not diff.ok or (nested and key is None)
     result = diagnose_evidence(ev, found=found, note=diff.state_dict_note)
     plan = diff.plan
+    if plan is not None and plan.undecided:  # no fix may pick one of the plan's choices blindly
+        causes = tuple(dataclasses.replace(c, fix_code="", fix_command=None) for c in result.causes)
+        return dataclasses.replace(result, causes=causes, plan=plan)
     if plan is None or not (plan.steps or plan.source.key):
         return dataclasses.replace(result, plan=plan)
     # the plan renames and drops keys; some causes need more than that (file_fixes)
