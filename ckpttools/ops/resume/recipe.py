@@ -18,6 +18,7 @@ from typing import Any
 from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, SpecError,
                               UnsafeCheckpointError, UnsupportedError)
 from ckpttools.formats.sniff import check_readable
+from ckpttools.ops.resume.step import default_step
 from ckpttools.ops.spec_import import import_target
 from ckpttools.units import with_article
 
@@ -168,24 +169,8 @@ def run_step(recipe: Recipe, objs: TrainObjects, i: int) -> float:
     if recipe.fn("train_step") is not None:
         loss = _call(recipe, "train_step", objs.model, objs.optimizer, objs.scheduler, data)
     else:
-        loss = _default_step(recipe, objs, data)
+        loss = default_step(objs, lambda: _call(recipe, "loss", objs.model, data), recipe.name)
     return float(loss.detach().item() if hasattr(loss, "detach") else loss)
-
-
-def _default_step(recipe: Recipe, objs: TrainObjects, data: Any) -> Any:
-    objs.model.train()
-    objs.optimizer.zero_grad()
-    loss = _call(recipe, "loss", objs.model, data)
-    if objs.scaler is not None:
-        objs.scaler.scale(loss).backward()
-        objs.scaler.step(objs.optimizer)
-        objs.scaler.update()
-    else:
-        loss.backward()
-        objs.optimizer.step()
-    if objs.scheduler is not None:
-        objs.scheduler.step()
-    return loss
 
 
 def rng_state() -> dict[str, Any]:
