@@ -79,6 +79,10 @@ def test_a_wrong_scheduler_is_caught_by_a_full_next_and_not_vouched_for_by_a_par
     p = _plain_loop(tmp_path)
     caught = verify_resume(str(RECIPE), p["bad_sched"], p["next"])
     assert caught.status == "diverged", caught.verdict
+    optimizer = next(a for a in caught.attributions if a.piece == "optimizer")
+    # one resumed step: its loss is computed before the optimizer steps, so the loss cannot change
+    assert optimizer.matters and "changes the resumed state (not the loss" in optimizer.note, optimizer.note
+    assert "changes the loss by 0.0e+00" not in optimizer.note
     out = CliRunner().invoke(cli, ["verify-resume", "--recipe", str(RECIPE), p["bad_sched"], p["model_only"],
                                    "--format", "json"])
     assert out.exit_code == 0, out.stderr
