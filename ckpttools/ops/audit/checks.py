@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -116,18 +117,20 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
                         f"{len(params)}: which tensors they are cannot be told from the file (an optimizer "
                         "over a subset, such as unfrozen layers, or a model changed since); shapes not checked"), []
     problems = []
+    # LBFGS keeps its state flat over every parameter, under the first one
+    flat = (sum(math.prod(e.shape) for e in params),)
     for param, pid in zip(params, ids):
         for name, value in (state.get(pid) or {}).items():
             shape = shapes.get(value.key) if isinstance(value, TensorRef) else None
-            if shape and shape != param.shape:
+            if shape and shape != param.shape and shape != flat:
                 problems.append(f"state {pid}.{name} {list(shape)} does not fit {param.key} "
                                 f"{list(param.shape)} at the same position")
     if problems:
         return "FAIL", (f"optimizer '{where}': {problems[0]}; parameters were reordered or changed since the "
                         "optimizer was saved, so its moments would load onto the wrong tensors"), problems
     shown = f"state for all {len(ids)} parameters" if not stateless else (
-        f"state for {len(ids) - len(stateless)} of {len(ids)} parameters (the others never had a gradient: "
-        "frozen or unused, which torch keeps no state for)")
+        f"state for {len(ids) - len(stateless)} of {len(ids)} parameters (torch keeps none for a parameter "
+        "that never had a gradient, such as a frozen one; LBFGS keeps all of it under the first)")
     return "PASS", f"optimizer '{where}': {shown}{', shapes match' if params else ''}", []
 
 
