@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -102,8 +103,8 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
     state = opt["state"]
     if not state:
         return "WARN", f"optimizer '{where}' has no state (saved before the first step?)", []
-    missing = [p for p in ids if p not in state]
-    problems = [f"no optimizer state for parameter {p}" for p in missing]
+    # torch keeps no state for a parameter that never had a gradient (frozen, unused): not a defect
+    stateless = [p for p in ids if p not in state]
     try:
         from ckpttools.ops.state_dict import find_state_dict
 
@@ -111,18 +112,26 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
     except Exception:  # no model state_dict to compare with: counts only
         params = []
     if params and len(params) != len(ids):
-        problems.append(f"optimizer holds {len(ids)} parameters, the model state_dict {len(params)}")
+        # an optimizer over a subset (the unfrozen layers) is common: positions no longer map
+        return "WARN", (f"optimizer '{where}' holds {len(ids)} parameters, the model state_dict "
+                        f"{len(params)}: which tensors they are cannot be told from the file (an optimizer "
+                        "over a subset, such as unfrozen layers, or a model changed since); shapes not checked"), []
+    problems = []
+    # LBFGS keeps its state flat over every parameter, under the first one
+    flat = (sum(math.prod(e.shape) for e in params),)
     for param, pid in zip(params, ids):
         for name, value in (state.get(pid) or {}).items():
             shape = shapes.get(value.key) if isinstance(value, TensorRef) else None
-            if shape and shape != param.shape:
+            if shape and shape != param.shape and shape != flat:
                 problems.append(f"state {pid}.{name} {list(shape)} does not fit {param.key} "
                                 f"{list(param.shape)} at the same position")
     if problems:
-        hint = ("; parameters were reordered or changed since the optimizer was saved, so its "
-                "moments would load onto the wrong tensors") if params else ""
-        return "FAIL", f"optimizer '{where}': {problems[0]}{hint}", problems
-    return "PASS", f"optimizer '{where}': state for all {len(ids)} parameters, shapes match", []
+        return "FAIL", (f"optimizer '{where}': {problems[0]}; parameters were reordered or changed since the "
+                        "optimizer was saved, so its moments would load onto the wrong tensors"), problems
+    shown = f"state for all {len(ids)} parameters" if not stateless else (
+        f"state for {len(ids) - len(stateless)} of {len(ids)} parameters (torch keeps none for a parameter "
+        "that never had a gradient, such as a frozen one; LBFGS keeps all of it under the first)")
+    return "PASS", f"optimizer '{where}': {shown}{', shapes match' if params else ''}", []
 
 
 def check_completeness(reader: CheckpointReader, require: tuple[str, ...],

@@ -185,8 +185,11 @@ def _present(ctx: Context, piece: str) -> Attribution:
     change, first = max_loss_change(ctx.resumed.losses, trace.losses)
     matters = change > 0 or not states_equal(_no_rng(trace.final), _no_rng(ctx.resumed.final))
     note = f"the checkpoint carries the {LABELS[piece]}"
-    note += (f"; resetting it changes the loss by {change:.1e}, so it is loaded and used" if matters
-             else "; resetting it changes nothing")
+    if matters and first is None:  # one resumed step: its loss comes before the optimizer step
+        note += "; resetting it changes the resumed state (not the loss of these steps), so it is loaded and used"
+    else:
+        note += (f"; resetting it changes the loss by {change:.1e}, so it is loaded and used" if matters
+                 else "; resetting it changes nothing")
     return Attribution(piece, True, matters, False, change, first, note)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from ckpttools.errors import (CheckpointNotFoundError, CorruptCheckpointError, SpecError,
                               UnsafeCheckpointError, UnsupportedError)
 from ckpttools.formats.sniff import check_readable
+from ckpttools.ops.resume.step import default_step
 from ckpttools.ops.spec_import import import_target
 from ckpttools.units import with_article
 
@@ -168,24 +169,8 @@ def run_step(recipe: Recipe, objs: TrainObjects, i: int) -> float:
     if recipe.fn("train_step") is not None:
         loss = _call(recipe, "train_step", objs.model, objs.optimizer, objs.scheduler, data)
     else:
-        loss = _default_step(recipe, objs, data)
+        loss = default_step(objs, lambda: _call(recipe, "loss", objs.model, data), recipe.name)
     return float(loss.detach().item() if hasattr(loss, "detach") else loss)
-
-
-def _default_step(recipe: Recipe, objs: TrainObjects, data: Any) -> Any:
-    objs.model.train()
-    objs.optimizer.zero_grad()
-    loss = _call(recipe, "loss", objs.model, data)
-    if objs.scaler is not None:
-        objs.scaler.scale(loss).backward()
-        objs.scaler.step(objs.optimizer)
-        objs.scaler.update()
-    else:
-        loss.backward()
-        objs.optimizer.step()
-    if objs.scheduler is not None:
-        objs.scheduler.step()
-    return loss
 
 
 def rng_state() -> dict[str, Any]:
@@ -250,22 +235,44 @@ def apply_state(recipe: Recipe, objs: TrainObjects, state: dict[str, Any], where
     import copy as copying
 
     keep = copying.deepcopy if copy else (lambda x: x)
-    try:
-        objs.model.load_state_dict(state[MODEL])
-        # Deep copies: Optimizer.load_state_dict keeps the given tensors when dtype and device fit,
-        # and training would then change the caller's state in place.
-        if "optimizer" not in reset and state.get(OPTIMIZER) is not None:
-            objs.optimizer.load_state_dict(keep(state[OPTIMIZER]))
-        if objs.scheduler is not None and "scheduler" not in reset and state.get(SCHEDULER) is not None:
-            objs.scheduler.load_state_dict(keep(state[SCHEDULER]))
-        if objs.scaler is not None and "scaler" not in reset and state.get(SCALER) is not None:
-            objs.scaler.load_state_dict(keep(state[SCALER]))
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptCheckpointError(f"{where}: state does not fit the recipe's objects: {first}") from e
+    _load(objs, MODEL, state[MODEL], where)
+    # Deep copies: Optimizer.load_state_dict keeps the given tensors when dtype and device fit,
+    # and training would then change the caller's state in place.
+    for piece in ("optimizer", "scheduler", "scaler"):
+        key = PIECES[piece]
+        if getattr(objs, piece) is not None and piece not in reset and state.get(key) is not None:
+            _load(objs, key, keep(state[key]), where)
     seed_all(seed)  # a piece of RNG state that is absent or reset starts from the fixed seed
     if "rng" not in reset and isinstance(state.get(RNG), dict):
         _set_rng(state[RNG], where)
+
+
+# Which recipe function built each piece, and so what the user changes when a piece does not fit.
+BUILDERS = {MODEL: ("model", "build_model()"), OPTIMIZER: ("optimizer", "build_optimizer(model)"),
+            SCHEDULER: ("scheduler", "build_scheduler(optimizer)"), SCALER: ("scaler", "build_scaler()")}
+
+
+def _load(objs: TrainObjects, key: str, value: Any, where: str) -> None:
+    """Load one piece; when it does not fit, say which piece and which recipe function to change.
+
+    The file is fine then: the recipe builds other objects than the run that saved it did.
+    """
+    attr, builder = BUILDERS[key]
+    try:
+        getattr(objs, attr).load_state_dict(value)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        detail = _first_sentence(e).replace("Error(s) in loading state_dict for ", "")
+        if key == OPTIMIZER and isinstance(value, dict) and isinstance(value.get("param_groups"), list):
+            detail = (f"its param groups hold {_group_sizes(value['param_groups'])} parameters, "
+                      f"the optimizer {builder} returns {_group_sizes(objs.optimizer.param_groups)}")
+        why = " (param groups added during training, parameters frozen since)" if key == OPTIMIZER else ""
+        raise SpecError(f"{where}: {key} does not fit the recipe's {builder}: {detail}; make {builder} "
+                        f"build what the checkpoint was saved from{why}") from e
+
+
+def _group_sizes(groups: list[Any]) -> str:
+    sizes = [len(g.get("params", ())) if isinstance(g, dict) else "?" for g in groups]
+    return f"{len(sizes)} group{'s' if len(sizes) != 1 else ''} of {' + '.join(map(str, sizes))}"
 
 
 def _set_rng(rng: dict[str, Any], where: str) -> None:

@@ -182,8 +182,9 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
         raise CorruptCheckpointError(f"{nxt}: checkpoint has no '{MODEL}' (the model state); nothing to compare")
     say(f"resuming {ckpt} at step {start}, running to step {end}")
     trace = resume_in_process(recipe, state, ckpt, end, seed=seed)
-    expected_cmp = _normalise(expected, nxt)
-    resumed_cmp = {k: v for k, v in (trace.final or {}).items() if k in expected_cmp}
+    missing = missing_pieces(recipe, state)
+    expected_cmp, resumed_cmp, uncompared = _common_layout(recipe, _normalise(expected, nxt), trace.final or {},
+                                                           missing)
     final = compare_states(expected_cmp, resumed_cmp, atol if end == start + 1 else drift_atol)
     # NEXT holds no earlier state: the drift is one point per piece, at NEXT's step
     rows = tuple(DriftRow(end, piece, max_abs_difference(expected_cmp[key], resumed_cmp[key]))
@@ -191,9 +192,8 @@ def _verify_checkpoints(recipe: Recipe, ckpt: str, nxt: str, atol: float, drift_
     logged = expected.get(LOSS)
     reference = {end - 1: float(logged)} if isinstance(logged, (int, float)) or hasattr(logged, "item") else {}
     losses = compare_losses(reference, trace.losses, start, atol, drift_atol)
-    ctx = Context(recipe, ckpt, state, None, trace, reference, None, final, end,
-                  missing_pieces(recipe, state), False, seed, say)
-    result = _finish(ctx, "checkpoints", ckpt, nxt, start, atol, drift_atol, losses, (), final)
+    ctx = Context(recipe, ckpt, state, None, trace, reference, None, final, end, missing, False, seed, say)
+    result = _finish(ctx, "checkpoints", ckpt, nxt, start, atol, drift_atol, losses, (), final, uncompared)
     return _replace(result, drift=rows, drift_note="drift at NEXT's step only") if drift else result
 
 
@@ -322,15 +322,15 @@ def _classify(losses: tuple[LossRow, ...], first: tuple[TensorDiff, ...], final:
 
 def _finish(ctx: Context, mode: Literal["checkpoints", "run"], ckpt: str, nxt: str | None, start: int,
             atol: float, drift_atol: float, losses: tuple[LossRow, ...], first: tuple[TensorDiff, ...],
-            final: tuple[TensorDiff, ...]) -> ResumeResult:
+            final: tuple[TensorDiff, ...], uncompared: str = "") -> ResumeResult:
     status, step = _classify(losses, first, final, start, ctx.end)
     ctx.diverged = status == "diverged"
     if ctx.diverged or ctx.missing:
         ctx.say("attribution: rerunning the resume with each piece of state changed")
     attributions, hints = attribute(ctx)
     verdict = _verdict(status, step, start, ctx.end, atol, drift_atol, first or final, attributions, hints)
-    unchecked = _unchecked(ctx.file_state)
-    if unchecked:  # an EMA model, a sampler's position: "identical" says nothing about them
+    # an EMA model, a sampler's position, pieces NEXT lacks: "identical" says nothing about them
+    for unchecked in (u for u in (_unchecked(ctx.file_state), uncompared) if u):
         if ctx.diverged:
             hints = (*hints, unchecked)
         else:
@@ -347,6 +347,30 @@ def _unchecked(state: dict[str, Any]) -> str:
         return ""
     return (f"not checked: the checkpoint's {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} "
             "(outside the recipe's layout: the resume neither restores nor compares it)")
+
+
+def _common_layout(recipe: Recipe, expected: dict[str, Any], resumed: dict[str, Any],
+                   missing: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """NEXT's state and the resumed one, cut to what both hold, and what that leaves not compared
+    ("" when nothing): a piece NEXT lacks, or a generator only one side's ``rng_state`` has (many
+    loops save torch's alone; a ``cuda`` state is never restored on CPU). Pieces CKPT lacks too
+    are named as missing already."""
+    ours = {k: v for k, v in resumed.items() if k in expected}
+    absent = [LABELS[p] for p in recipe.pieces()
+              if PIECES[p] not in expected and PIECES[p] in resumed and p not in missing]
+    theirs_rng, ours_rng = expected.get(PIECES["rng"]), ours.get(PIECES["rng"])
+    if isinstance(theirs_rng, dict) and isinstance(ours_rng, dict):
+        both = [k for k in theirs_rng if k in ours_rng]
+        absent += [f"{k} RNG state" for k in ours_rng if k not in theirs_rng]
+        extra = [k for k in theirs_rng if k not in ours_rng]
+        expected = dict(expected, **{PIECES["rng"]: {k: theirs_rng[k] for k in both}})
+        ours[PIECES["rng"]] = {k: ours_rng[k] for k in both}
+    else:
+        extra = []
+    note = f"the next checkpoint has no {', '.join(absent)}" if absent else ""
+    if extra:
+        note += ("; " if note else "") + f"its {', '.join(extra)} RNG state is not one the resume restores"
+    return expected, ours, f"not compared: {note}, so only what both hold was compared" if note else ""
 
 
 def _verdict(status: Status, step: int | None, start: int, end: int, atol: float, drift_atol: float,
