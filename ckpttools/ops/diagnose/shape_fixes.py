@@ -143,6 +143,23 @@ def renamed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     return what, "\n".join(lines) + "\nmodel.load_state_dict(sd)", args
 
 
+# Words-only readings of one tensor that the code changed, by the fact that carries (key,
+# checkpoint size, model size): layer_roles' matrix read the other way, a symbol table, input features.
+_ONE_TENSOR_CHANGES = {
+    "kind_changed": ("the model code may build another kind of layer at {key} now: {c} in the "
+                     "checkpoint, {m} in the model (one side's size on the other's other axis, the "
+                     "axes scaled apart: e.g. a table of symbols where the model has a layer reading "
+                     "features); use the code version the checkpoint was saved with"),
+    "symbols": ("the code's symbol set may have changed since the checkpoint was saved: {key} "
+                "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
+                "library version that lists other characters, phonemes or feature values); use "
+                "the version the checkpoint was saved with"),
+    "features": ("the code that builds the input features may have changed: {key} reads {c} "
+                 "features in the checkpoint and {m} in the model (a feature added or dropped); use "
+                 "the code version the checkpoint was saved with, or the setting that adds it"),
+}
+
+
 def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
     """Same model class, other submodules."""
     moved = f.facts.get("moved")
@@ -157,23 +174,10 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "has another size while no weight around it is shown to differ (a library version "
                 "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
                 "with, or show the whole error"), "", []
-    if changed := f.facts.get("kind_changed"):  # a matrix read the other way (layer_roles)
-        key, c, m = changed
-        return (f"the model code may build another kind of layer at {key} now: {c} in the checkpoint, "
-                f"{m} in the model (one side's size on the other's other axis, the axes scaled "
-                "apart: e.g. a table of symbols where the model has a layer reading features); use the "
-                "code version the checkpoint was saved with"), "", []
-    if symbols := f.facts.get("symbols"):
-        key, c, m = symbols
-        return (f"the code's symbol set may have changed since the checkpoint was saved: {key} "
-                f"indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
-                "library version that lists other characters, phonemes or feature values); use "
-                "the version the checkpoint was saved with"), "", []
-    if features := f.facts.get("features"):
-        key, c, m = features
-        return (f"the code that builds the input features may have changed: {key} reads {c} "
-                f"features in the checkpoint and {m} in the model (a feature added or dropped); use "
-                "the code version the checkpoint was saved with, or the setting that adds it"), "", []
+    for fact, template in _ONE_TENSOR_CHANGES.items():  # (key, checkpoint size, model size)
+        if one := f.facts.get(fact):
+            key, c, m = one
+            return template.format(key=key, c=c, m=m), "", []
     if inserted := f.facts.get("inserted"):
         what = (f"the model code changed since the checkpoint was saved: layers from {inserted}.1 on "
                 f"are missing while {inserted}.0 loads, so a layer was most likely inserted into "

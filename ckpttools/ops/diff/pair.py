@@ -8,6 +8,7 @@ stays near one chunk, not the checkpoint; otherwise each pair is loaded with ``r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ def _compare_quantized(ta: torch.Tensor, tb: torch.Tensor, atol: float, rtol: fl
     return stats
 
 
+@functools.cache  # once per dtype, not once per tensor pair
 def _arithmetic(dtype: torch.dtype) -> bool:
     """Whether torch can convert ``dtype``'s values to compute with them (not so for packed
     ``float4_e2m1fn_x2`` or the ``bits*`` dtypes: only their bytes can be compared)."""
