@@ -117,12 +117,12 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
                         f"{len(params)}: which tensors they are cannot be told from the file (an optimizer "
                         "over a subset, such as unfrozen layers, or a model changed since); shapes not checked"), []
     problems = []
-    # LBFGS keeps its state flat over every parameter, under the first one
-    flat = (sum(math.prod(e.shape) for e in params),)
+    # LBFGS keeps its state flat over every parameter, under the first one (only there)
+    flat = (ids[0] if ids else None, (sum(math.prod(e.shape) for e in params),))
     for param, pid in zip(params, ids):
         for name, value in (state.get(pid) or {}).items():
             shape = shapes.get(value.key) if isinstance(value, TensorRef) else None
-            if shape and shape != param.shape and shape != flat:
+            if shape and shape != param.shape and (pid, shape) != flat:
                 problems.append(f"state {pid}.{name} {list(shape)} does not fit {param.key} "
                                 f"{list(param.shape)} at the same position")
     if problems:
