@@ -41,13 +41,19 @@ OUTCOMES = DATA / "calibration" / "outcomes.jsonl"
 PRE_TUNING = (("frozen", "8362996"), ("frozen2", "0104ca9"), ("frozen3", "13314b6"),
               ("frozen4", "82be200"), ("frozen5", "1cd4d65"), ("frozen6", "50fbdd2"),
               ("frozen7", "c053e44"), ("frozen8", "07134bb"), ("frozen9", "6cb6f2d"),
-              ("frozen10", "9012b7e"), ("frozen11", "6f30365"), ("frozen12", "6f30365"))
+              ("frozen10", "9012b7e"), ("frozen11", "6f30365"), ("frozen12", "6f30365"),
+              ("frozen13", "9c2e266"), ("frozen14", "9c2e266"))
 
 # Runs inside the old commit's worktree: only its public diagnose_text and the result's to_dict.
 _RUNNER = r'''
 import json, sys
 from pathlib import Path
 import ckpttools
+try:  # the rows record the rules' own answers: a commit's own calibration step is switched off
+    import ckpttools.ops.diagnose.reliability as calibration
+    calibration.bound_by_outcomes = lambda findings, ev: findings
+except ImportError:  # commits before the calibration step
+    pass
 rows = []
 for path in sorted(Path(sys.argv[1]).glob("*.txt")):
     head, _, body = path.read_text(encoding="utf-8").partition("\n---\n")
