@@ -18,6 +18,7 @@ FROZEN3, FROZEN4, FROZEN5 = DATA / "frozen3", DATA / "frozen4", DATA / "frozen5"
 FROZEN6, FROZEN7, FROZEN8 = DATA / "frozen6", DATA / "frozen7", DATA / "frozen8"
 FROZEN9, FROZEN10, FROZEN11 = DATA / "frozen9", DATA / "frozen10", DATA / "frozen11"
 FROZEN12, FROZEN13, FROZEN14 = DATA / "frozen12", DATA / "frozen13", DATA / "frozen14"
+FROZEN15, FROZEN16 = DATA / "frozen15", DATA / "frozen16"
 DECIDED = 0.8
 
 
