@@ -103,21 +103,25 @@ def _check_window(m: mmap.mmap, start: int, n: int, dtype: Any,
 
     from ckpttools.formats.writers.bytecopy import crc32
 
-    step = n if crc is None else SLICE_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only map warns; it is never written
+        t = torch.frombuffer(m, dtype=dtype, count=n // dtype.itemsize, offset=start)
+    if crc is None:
+        nan, inf = _counts(t)
+        del t  # nothing may view the map when it is closed
+        return nan, inf, None
     nan = inf = 0
-    view = memoryview(m)
+    step = SLICE_BYTES // dtype.itemsize
+    view, part = memoryview(m), t
     try:
-        for at in range(start, start + n, step):
-            k = min(step, start + n - at)
-            if crc is not None:
-                crc = crc32(view[at:at + k], crc)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a read-only map warns; it is never written
-                t = torch.frombuffer(m, dtype=dtype, count=k // dtype.itemsize, offset=at)
-            a, b = _counts(t)
-            del t  # nothing may view the map when it is closed
+        for i in range(0, t.numel(), step):
+            part = t[i:i + step]
+            at = start + i * dtype.itemsize
+            crc = crc32(view[at:at + part.numel() * dtype.itemsize], crc)
+            a, b = _counts(part)
             nan, inf = nan + a, inf + b
     finally:
+        del t, part  # nothing may view the map when it is closed
         view.release()
     return nan, inf, crc
 
