@@ -12,7 +12,6 @@ import mmap
 import os
 import posixpath
 import struct
-import zipfile
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckpttools.entries import GlobalRef, RawSource
@@ -152,7 +151,7 @@ class TorchZipReader(PickledReader):
             except zr.ZipError as e:
                 raise CorruptCheckpointError(f"{self.path}: {e}; the file is damaged") from e
         start = self._offsets[name]
-        if record.method == zipfile.ZIP_STORED and start + record.file_size > self._size:
+        if record.method == zr.ZIP_STORED and start + record.file_size > self._size:
             raise CorruptCheckpointError(f"{self.path}: record {name} runs past the end of "
                                          "the file; the file is truncated")
         return record, start
@@ -163,7 +162,7 @@ class TorchZipReader(PickledReader):
         from ckpttools.formats import remote
 
         todo = [r for n, r in self._records.items() if n not in self._offsets
-                and r.method == zipfile.ZIP_STORED]
+                and r.method == zr.ZIP_STORED]
         heads = remote.fetch_ranges(self.path, [(r.header_offset, r.header_offset + zr.LOCAL_HEADER_SIZE)
                                                 for r in todo])
         for record, head in zip(todo, heads):
@@ -177,7 +176,7 @@ class TorchZipReader(PickledReader):
         if not self._direct(ph) or not ph.is_contiguous:
             return None
         record, start = self._record(ph)
-        if record.method != zipfile.ZIP_STORED:
+        if record.method != zr.ZIP_STORED:
             return None
         return RawSource(self.path, start + ph.storage_offset * ITEMSIZE[ph.dtype], ph.nbytes)
 
@@ -188,7 +187,7 @@ class TorchZipReader(PickledReader):
         if not self._direct(ph):
             return None
         record, start = self._record(ph)
-        if record.method != zipfile.ZIP_STORED:
+        if record.method != zr.ZIP_STORED:
             return None
         return RawSource(self.path, start, record.file_size)
 
@@ -199,7 +198,7 @@ class TorchZipReader(PickledReader):
         if not self._direct(ph):
             return None
         record, _ = self._record(ph)
-        return record.crc if record.method == zipfile.ZIP_STORED else None
+        return record.crc if record.method == zr.ZIP_STORED else None
 
     def load(self, key: str) -> torch.Tensor:
         ph = self.placeholder(key)
@@ -207,7 +206,7 @@ class TorchZipReader(PickledReader):
             return self._load_full(key)
         record, start = self._record(ph)
         self._check_span(ph, record.file_size, record.name)
-        if record.method != zipfile.ZIP_STORED:
+        if record.method != zr.ZIP_STORED:
             return tensor_from_bytes(self._read(record.name), 0, record.file_size, ph).clone()
         if fileio.is_remote_file(self._file):
             self._file.seek(start)  # a URL: the record's bytes by one ranged request

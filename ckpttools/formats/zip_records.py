@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from operator import attrgetter
@@ -23,6 +22,9 @@ _EOCD64_LOCATOR = struct.Struct("<4sLQL")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+
+
+ZIP_STORED = 0  # ``zipfile.ZIP_STORED``: records of tensor bytes, read in place
 
 
 class ZipError(ValueError):
@@ -183,7 +185,9 @@ def read_record(path: str, f: BinaryIO, record: ZipRecord) -> bytes:
     Raises:
         ZipError: the record is cut short, fails its CRC or cannot be decompressed.
     """
-    if record.method != zipfile.ZIP_STORED:
+    if record.method != ZIP_STORED:
+        import zipfile  # a compressed record (not torch's): imported for it only
+
         try:
             with zipfile.ZipFile(f) as zf:
                 return zf.read(record.name)

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttools.entries import GlobalRef, ObjectEntry, TensorEntry
 from ckpttools.errors import KeyNotFoundError
@@ -18,7 +18,9 @@ from ckpttools.keypaths import get_path, iter_leaves
 from ckpttools.ops.layout import StateDictInfo, find_layout
 from ckpttools.ops.module_sizes import ModuleSize, module_sizes
 from ckpttools.ops.state_dict import default_state_dict_key
-from ckpttools.ops.tensor_stats import TensorStats, compute_stats
+
+if TYPE_CHECKING:  # the stats module is imported for --stats only
+    from ckpttools.ops.tensor_stats import TensorStats
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ def inspect_checkpoint(
     stats = None
     if with_stats:
         full_keys = [f"{prefix}.{t.key}" if prefix and t.key else prefix or t.key for t in tensors]
+        from ckpttools.ops.tensor_stats import compute_stats
+
         stats = compute_stats(reader, full_keys, on_progress=on_progress, shown_keys=[t.key for t in tensors])
     pickle_globals = _allowed(reader.pickle_globals(), frozenset(allow))
     return InspectResult(

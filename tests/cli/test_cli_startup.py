@@ -142,3 +142,20 @@ def test_in_process_callers_keep_their_collector_unfrozen(tmp_path: Path) -> Non
     assert CliRunner().invoke(cli, ["inspect", str(path)]).exit_code == 0
     assert main(["--version"]) == 0
     assert gc.get_freeze_count() == 0
+
+
+def test_inspect_of_a_torch_zip_imports_no_archive_or_compression_module(tmp_path: Path) -> None:
+    """A torch zip is read through ``zip_records``: ``zipfile`` (and the ``shutil``, ``bz2``
+    and ``lzma`` it brings), ``tarfile`` and ``gzip`` are imported only for the files that
+    need them (a compressed record, a legacy tar, a compressed pickle). JSON output: the
+    table renderer's ``tabulate`` imports ``importlib.metadata``, and with it ``zipfile``."""
+    path = tmp_path / "m.pth"
+    torch.save({"w": torch.zeros(2), "b": torch.ones(3)}, path)
+    names = ["zipfile", "shutil", "tarfile", "lzma", "bz2", "gzip"]
+    probe = PROBE.replace("m.startswith('ckpttools.cli.') and m.endswith('_cmd')",
+                          f"m in {names!r}")
+    for argv in (["inspect", str(path), "--format", "json"], ["scan", str(path), "--format", "json"]):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 0, "modules": []}

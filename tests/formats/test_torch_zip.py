@@ -303,3 +303,22 @@ def test_deep_nesting_and_big_integers_are_read(tmp_path: Path) -> None:
     with open_checkpoint(path) as reader:
         assert len(reader.tensor_entries()) == 1
         assert any("int of" in str(e.value) for e in reader.entries() if e.key == "big")
+
+
+def test_compressed_records_are_read_through_zipfile(tmp_path: Path) -> None:
+    """An archive re-zipped with deflate (not torch's form) is still listed and loaded; its
+    records are read through ``zipfile``, which only such files import."""
+    src, dest = tmp_path / "m.pth", tmp_path / "deflated.pth"
+    state = {"w": torch.randn(3, 4), "steps": torch.arange(5)}
+    torch.save(state, src)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    with zipfile.ZipFile(dest) as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    with open_checkpoint(dest) as reader:
+        assert [(e.key, e.dtype, e.shape) for e in reader.tensor_entries()] == [
+            ("w", "float32", (3, 4)), ("steps", "int64", (5,))]
+        assert reader.raw_source("w") is None  # compressed bytes are not a raw range
+        for key, value in state.items():
+            assert torch.equal(reader.load(key), value)

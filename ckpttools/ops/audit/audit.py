@@ -27,6 +27,7 @@ from ckpttools.units import plural
 
 if TYPE_CHECKING:
     from ckpttools.formats.base import CheckpointReader
+    from ckpttools.ops.audit.record_crcs import RecordCrcs
     from ckpttools.ops.model_spec import ModelSignature
 
 CHECKS = ("integrity", "safety", "finite", "model", "completeness", "policy", "reproducibility")
@@ -115,9 +116,22 @@ def _safety(path: str, scan: ScanResult, allow_unknown: bool) -> CheckResult:
                        "weights_only allows")
 
 
-def _zip_records_complete(path: str) -> str | None:
+def _zip_records_complete(path: str, crcs: RecordCrcs | None = None) -> str | None:
     """Every record's local header is intact, its data lies inside the file and, in a local
-    file, matches the CRC-32 the zip records for it."""
+    file, matches the CRC-32 the zip records for it.
+
+    With ``crcs``, the CRC-32s are left in it for the finite pass and ``check_rest`` to check,
+    unless a problem is found: then the whole check runs again in directory order, CRC-32s
+    included, so that the problem reported is the first one, as without ``crcs``.
+    """
+    problem = _zip_records_complete_once(path, crcs)
+    if problem and crcs is not None:
+        crcs.pending.clear()
+        return _zip_records_complete_once(path, None)
+    return problem
+
+
+def _zip_records_complete_once(path: str, crcs: RecordCrcs | None) -> str | None:
     from ckpttools.entries import RawSource
     from ckpttools.formats import zip_records as zr
     from ckpttools.formats.writers.bytecopy import SourceFiles, crc_of_range
@@ -136,8 +150,11 @@ def _zip_records_complete(path: str) -> str | None:
                     return f"record {rec.name} runs past the end of the file (truncated)"
                 # torch writes each record's CRC-32 (0 when disabled) and never checks it
                 stored = RawSource(path, start, rec.compress_size)
-                if rec.crc and rec.method == 0 and not fileio.is_url(path) \
-                        and crc_of_range(files, stored) != rec.crc:
+                if not rec.crc or rec.method != 0 or fileio.is_url(path):
+                    continue
+                if crcs is not None and crcs.add(start, rec.compress_size, rec.crc):
+                    continue  # checked on the finite pass's reads, or by check_rest
+                if crc_of_range(files, stored) != rec.crc:
                     return f"record {rec.name} fails the CRC-32 the zip records (damaged data)"
         except (zr.ZipError, ValueError) as e:
             return str(e)
@@ -146,22 +163,32 @@ def _zip_records_complete(path: str) -> str | None:
     return None
 
 
-def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
+def _integrity(path: str, crcs: RecordCrcs | None = None
+               ) -> tuple[CheckResult, CheckpointReader | None]:
+    """The integrity row and the open reader (None when the row FAILs). With ``crcs``, a torch
+    zip's record CRC-32s are left in it to check later (``_crc_failure``), unless the row FAILs
+    here: then they are checked first, and a damaged record is the reason, as without them."""
     from ckpttools.formats.base import Format
     from ckpttools.formats.registry import detect_format, open_checkpoint
 
     try:
         fmt = detect_format(path)
-        if fmt is Format.TORCH_ZIP and (problem := _zip_records_complete(path)):
+        if fmt is Format.TORCH_ZIP and (problem := _zip_records_complete(path, crcs)):
             raise CorruptCheckpointError(f"{path}: {problem}")
         reader = open_checkpoint(path, format=fmt)
         n = len(reader.entries())
     except CkptError as e:
-        return CheckResult(path, "integrity", "FAIL", str(e).removeprefix(f"{path}: ")), None
+        return _crc_failure(path, crcs) or CheckResult(path, "integrity", "FAIL",
+                                                       str(e).removeprefix(f"{path}: ")), None
+    except Exception:
+        if failed := _crc_failure(path, crcs):
+            return failed, None
+        raise
     if path.endswith(".safetensors") and fmt is not Format.SAFETENSORS:
         reader.close()
-        return CheckResult(path, "integrity", "FAIL", f"named .safetensors but holds {fmt.value} "
-                           "(a pickle); do not trust the extension"), None
+        return _crc_failure(path, crcs) or CheckResult(
+            path, "integrity", "FAIL", f"named .safetensors but holds {fmt.value} (a pickle); "
+            "do not trust the extension"), None
     if path.endswith(PICKLE_SUFFIXES) and fmt is Format.SAFETENSORS:
         return CheckResult(path, "integrity", "WARN", f"safetensors file named "
                            f"{os.path.splitext(path)[1]}; {plural(n, 'entry', 'entries')} read"), reader
@@ -169,6 +196,16 @@ def _integrity(path: str) -> tuple[CheckResult, CheckpointReader | None]:
         and fileio.is_url(path) else ""
     return CheckResult(path, "integrity", "PASS",
                        f"{fmt.value}, {plural(n, 'entry', 'entries')} read{unchecked}"), reader
+
+
+def _crc_failure(path: str, crcs: RecordCrcs | None) -> CheckResult | None:
+    """The integrity FAIL of a zip whose records the integrity check left to ``crcs``, when
+    one of them is damaged: the first problem in directory order (the whole check again)."""
+    if crcs is None or not (crcs.pending or crcs.damaged):
+        return None
+    crcs.pending.clear()
+    problem = _zip_records_complete(path)
+    return CheckResult(path, "integrity", "FAIL", problem) if problem else None
 
 
 def sha256_file(path: str) -> str:
@@ -246,33 +283,54 @@ def _skip(path: str, checks: Iterable[str]) -> list[CheckResult]:
 
 def _audit_one(path: str, config: AuditConfig, sig: ModelSignature | None, model_name: str,
                on_progress: Callable[[int], None] | None) -> list[CheckResult]:
-    from ckpttools.ops.audit.finite import check_finite
+    from ckpttools.ops.audit.record_crcs import RecordCrcs
 
     # the scan first: the reader then reuses its walk of the same pickle instead of walking again
     scan = scan_checkpoint(path, allow=config.allow_globals)
-    integrity, reader = _integrity(path)
+    # the records' CRC-32s are checked on the finite pass's reads of the same bytes
+    crcs = None if fileio.is_url(path) else RecordCrcs(path)
+    integrity, reader = _integrity(path, crcs)
     rows = [integrity, _safety(path, scan, config.allow_unknown)]
     later = ["finite"] + (["model"] if sig else []) + (["completeness"] if config.require else [])
     later += ["policy"] if config.dtype or config.max_size is not None else []
     if reader is None:
         return rows + _skip(path, later)
     try:
-        with reader:
-            layout = describe_trainer(reader)
-            rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
-                                     on_progress=on_progress, only=config.key,
-                                     exclude=bookkeeping_keys(layout)))
-            if sig is not None:
-                rows.append(check_model(reader, sig, config.key, model_name))
-            if config.require and layout is not None:
-                rows.append(check_layout_completeness(reader, layout, config.require, sig))
-            elif config.require:
-                rows.append(check_completeness(reader, config.require, sig))
-            if "policy" in later:
-                rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
-    except CorruptCheckpointError as e:  # damage met reading the data (a DCP item cut short)
+        rows += _checks_of_reader(path, reader, config, sig, model_name, on_progress, crcs)
+    except Exception as e:  # a damaged record the finite pass read before its CRC-32 was checked
+        if failed := _crc_failure(path, crcs):
+            return [failed, rows[1]] + _skip(path, later)
+        if not isinstance(e, CorruptCheckpointError):
+            raise
+        # damage met reading the data (a DCP item cut short)
         rows[0] = CheckResult(path, "integrity", "FAIL", str(e).removeprefix(f"{path}: "))
         return rows[:2] + _skip(path, later)
+    if crcs is not None and not crcs.check_rest() and (failed := _crc_failure(path, crcs)):
+        return [failed, rows[1]] + _skip(path, later)
+    return rows
+
+
+def _checks_of_reader(path: str, reader: CheckpointReader, config: AuditConfig,
+                      sig: ModelSignature | None, model_name: str,
+                      on_progress: Callable[[int], None] | None,
+                      crcs: RecordCrcs | None) -> list[CheckResult]:
+    """The checks after integrity and safety, on the open reader (closed on return)."""
+    from ckpttools.ops.audit.finite import check_finite
+
+    rows: list[CheckResult] = []
+    with reader:
+        layout = describe_trainer(reader)
+        rows.append(check_finite(reader, allow_nonfinite=config.allow_nonfinite,
+                                 on_progress=on_progress, only=config.key,
+                                 exclude=bookkeeping_keys(layout), record_crcs=crcs))
+        if sig is not None:
+            rows.append(check_model(reader, sig, config.key, model_name))
+        if config.require and layout is not None:
+            rows.append(check_layout_completeness(reader, layout, config.require, sig))
+        elif config.require:
+            rows.append(check_completeness(reader, config.require, sig))
+        if config.dtype or config.max_size is not None:
+            rows.append(check_policy(reader, _size(path), config.dtype, config.max_size))
     return rows
 
 

@@ -10,12 +10,8 @@ Nothing is unpickled. Work is linear in the input: decompression is capped, nest
 from __future__ import annotations
 
 import ast
-import bz2
-import gzip
 import io
-import lzma
 import struct
-import tarfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,9 +27,31 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 LEGACY_PICKLES = ("magic number", "protocol version", "sys_info", "data", "storage keys")
 MAX_NESTING = 4  # archives and compressed streams inside each other
 MAX_INFLATE = 1 << 30  # decompressed bytes per stream, and at most this many times the input
+
+
+# the compression and tar modules are imported when a file needs them: most scans (every torch
+# zip) never do, and importing them took 3-4 ms of every command's start-up
+def _gzip_file(f: Any) -> Any:
+    import gzip
+
+    return gzip.GzipFile(fileobj=f)
+
+
+def _bz2_file(f: Any) -> Any:
+    import bz2
+
+    return bz2.BZ2File(f)
+
+
+def _lzma_file(f: Any) -> Any:
+    import lzma
+
+    return lzma.LZMAFile(f)
+
+
 _COMPRESSED: dict[bytes, tuple[str, Callable[..., Any]]] = {
-    b"\x1f\x8b": ("gzip", lambda f: gzip.GzipFile(fileobj=f)), b"BZh": ("bz2", bz2.BZ2File),
-    b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile), b"\x5d\x00\x00": ("lzma", lzma.LZMAFile),
+    b"\x1f\x8b": ("gzip", _gzip_file), b"BZh": ("bz2", _bz2_file),
+    b"\xfd7zXZ\x00": ("xz", _lzma_file), b"\x5d\x00\x00": ("lzma", _lzma_file),
 }
 AMBIGUOUS = "ambiguous archive: tools read different data"
 
@@ -347,6 +365,8 @@ def _is_tar(data: Any) -> bool:
 def _scan_tar(data: Any, label: str, depth: int) -> Found:
     """torch's legacy tar: ``storages`` (a count, then per storage a pickle and raw bytes),
     ``tensors`` (likewise with a binary shape), ``pickle``; other members by content."""
+    import tarfile
+
     found = Found("torch-legacy-tar")
     try:
         with tarfile.open(fileobj=_view(data), mode="r:") as tar:
@@ -399,6 +419,8 @@ def _scan_counted(blob: bytes, name: str, storages: bool) -> Found:
 
 def _scan_compressed(data: Any, label: str, depth: int, kind: str,
                      opener: Callable[..., Any]) -> Found:
+    import lzma
+
     budget = min(MAX_INFLATE, max(64 << 20, 100 * len(data)))
     try:
         with opener(_view(data)) as stream:

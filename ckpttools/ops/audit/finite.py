@@ -7,6 +7,10 @@ while the window before is checked, and unmapped once checked, so memory stays a
 whatever the file size (a map of the whole file would leave every page it touched resident).
 Over a URL the windows are read into two reused buffers instead. Other tensors come from
 ``reader.load`` one at a time.
+
+Given the ``RecordCrcs`` of a zip (``audit``), a tensor whose bytes are a whole record also has
+that record's CRC-32 computed here, slice by slice, each slice CRC'd and checked while it is in
+the CPU's cache: the integrity check then needs no second pass over those bytes.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ if TYPE_CHECKING:
     import torch
 
     from ckpttools.formats.base import CheckpointReader
+    from ckpttools.ops.audit.record_crcs import RecordCrcs
 
 CHUNK_BYTES = 32 << 20
+SLICE_BYTES = 4 << 20  # a window CRC'd and checked this much at a time (a multiple of any itemsize)
 CHECKED_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "complex64",
                             "complex128", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                             "float8_e5m2fnuz"})
@@ -89,12 +95,42 @@ def _map_window(f: IO[bytes], at: int, n: int) -> tuple[mmap.mmap, int]:
     return m, at - base
 
 
-def _check_mapped(f: IO[bytes], offset: int, length: int, dtype: Any,
-                  pool: ThreadPoolExecutor) -> tuple[int, int]:
-    """``_check_raw`` of a local file: each window mapped ahead on ``pool`` (the mmap call
-    releases the GIL) while the one before is checked, and unmapped once checked."""
+def _check_window(m: mmap.mmap, start: int, n: int, dtype: Any,
+                  crc: int | None) -> tuple[int, int, int | None]:
+    """(NaN, Inf, CRC-32 continued from ``crc``) of ``n`` mapped bytes from ``start``; without
+    a CRC, one check of the whole window."""
     import torch
 
+    from ckpttools.formats.writers.bytecopy import crc32
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only map warns; it is never written
+        t = torch.frombuffer(m, dtype=dtype, count=n // dtype.itemsize, offset=start)
+    if crc is None:
+        nan, inf = _counts(t)
+        del t  # nothing may view the map when it is closed
+        return nan, inf, None
+    nan = inf = 0
+    step = SLICE_BYTES // dtype.itemsize
+    view, part = memoryview(m), t
+    try:
+        for i in range(0, t.numel(), step):
+            part = t[i:i + step]
+            at = start + i * dtype.itemsize
+            crc = crc32(view[at:at + part.numel() * dtype.itemsize], crc)
+            a, b = _counts(part)
+            nan, inf = nan + a, inf + b
+    finally:
+        del t, part  # nothing may view the map when it is closed
+        view.release()
+    return nan, inf, crc
+
+
+def _check_mapped(f: IO[bytes], offset: int, length: int, dtype: Any,
+                  pool: ThreadPoolExecutor, crc: int | None = None) -> tuple[int, int, int | None]:
+    """``_check_raw`` of a local file: each window mapped ahead on ``pool`` (the mmap call
+    releases the GIL) while the one before is checked, and unmapped once checked. With ``crc``
+    (0 to start), also the CRC-32 of the range."""
     step = max(dtype.itemsize, CHUNK_BYTES - CHUNK_BYTES % dtype.itemsize)
     spans = [(offset + i, min(step, length - i)) for i in range(0, length, step)]
     nan = inf = 0
@@ -104,11 +140,7 @@ def _check_mapped(f: IO[bytes], offset: int, length: int, dtype: Any,
         m, start = pending.result()
         pending = pool.submit(_map_window, f, *spans[i + 1]) if i + 1 < len(spans) else None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a read-only map warns; it is never written
-                t = torch.frombuffer(m, dtype=dtype, count=n // dtype.itemsize, offset=start)
-            a, b = _counts(t)
-            del t  # nothing may view the map when it is closed
+            a, b, crc = _check_window(m, start, n, dtype, crc)
             nan, inf = nan + a, inf + b
         except BaseException:
             if pending is not None:  # the window mapped ahead will not be checked
@@ -119,20 +151,30 @@ def _check_mapped(f: IO[bytes], offset: int, length: int, dtype: Any,
                 m.close()
             except BufferError:  # an error left a view of it: it is unmapped when freed
                 pass
-    return nan, inf
+    return nan, inf, crc
 
 
 def _check_raw(path: str, files: dict[str, IO[bytes]], offset: int, length: int, dtype: Any,
-               pool: ThreadPoolExecutor, bufs: list[bytearray]) -> tuple[int, int]:
+               pool: ThreadPoolExecutor, bufs: list[bytearray],
+               crcs: RecordCrcs | None = None) -> tuple[int, int]:
     import torch
+
+    from ckpttools.entries import RawSource
 
     if path not in files:
         files[path] = fileio.open_binary(path)
     if not fileio.is_remote_file(files[path]):
+        # a tensor that is a whole record of the zip: its CRC-32 is checked on the same reads
+        want = crcs is not None and crcs.expected(RawSource(path, offset, length)) is not None
         try:
-            return _check_mapped(files[path], offset, length, dtype, pool)
+            nan, inf, crc = _check_mapped(files[path], offset, length, dtype, pool,
+                                          0 if want else None)
         except OSError:  # a file system that cannot map files: read the range instead
             pass
+        else:
+            if crcs is not None and crc is not None:
+                crcs.settle(offset, crc)
+            return nan, inf
     if not bufs:  # allocated on first use: zero-filling 64 MB costs more than a small check
         bufs += [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
     nan = inf = 0
@@ -162,7 +204,7 @@ def _unchecked(reader: CheckpointReader, only: str | None, exclude: tuple[str, .
 
 def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
                  on_progress: Callable[[int], None] | None = None, only: str | None = None,
-                 exclude: tuple[str, ...] = ()) -> CheckResult:
+                 exclude: tuple[str, ...] = (), record_crcs: RecordCrcs | None = None) -> CheckResult:
     """Count NaN/Inf in every floating tensor, streaming one chunk at a time.
 
     Args:
@@ -172,6 +214,8 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
         only: check only the tensors under this dotted key (``--key``).
         exclude: keys of trainer bookkeeping (Lightning ``callbacks``) whose values, such as
             ``kth_value = inf``, are not tensor findings.
+        record_crcs: the zip records whose CRC-32 is still to be checked; a record whose bytes
+            are one tensor's is checked on this pass's reads and settled in it.
     """
     import torch
 
@@ -190,7 +234,8 @@ def check_finite(reader: CheckpointReader, *, allow_nonfinite: bool = False,
                 dtype = getattr(torch, e.dtype)
                 src = reader.raw_source(e.key) if sys.byteorder == "little" else None
                 if src is not None:
-                    nan, inf = _check_raw(src.path, files, src.offset, src.length, dtype, pool, bufs)
+                    nan, inf = _check_raw(src.path, files, src.offset, src.length, dtype, pool, bufs,
+                                          record_crcs)
                 else:
                     nan, inf = _counts(reader.load(e.key))
                 if nan or inf:
