@@ -154,6 +154,10 @@ _ONE_TENSOR_CHANGES = {
                 "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
                 "library version that lists other characters, phonemes or feature values); use "
                 "the version the checkpoint was saved with"),
+    "bias_only": ("the library's code may size {key} otherwise now: {c} rows in the checkpoint, {m} in "
+                  "the model, while the vocabulary's tables (the word embeddings and the decoder tied "
+                  "to them) loaded; a version that resizes those for added tokens but builds the bias "
+                  "at the configured size; use the library version the checkpoint was saved with"),
     "features": ("the code that builds the input features may have changed: {key} reads {c} "
                  "features in the checkpoint and {m} in the model (a feature added or dropped); use "
                  "the code version the checkpoint was saved with, or the setting that adds it"),

@@ -1,0 +1,139 @@
+"""Readings found while tuning on frozen13/ and frozen14/ (#16).
+
+A vocabulary is carried by several tensors, so a whole message that lists one of them alone says the
+others loaded: a masked-LM bias alone a few rows apart is the code sizing the bias, a transducer
+joint's outputs alone are another joint configuration as much as another tokenizer, and an input
+table alone an order of magnitude apart is another frontend as much as another dictionary. A ViT's
+final norm against its pooled norm is the pooling it was built with. Every text here is the error a
+real ``load_state_dict`` raises between two real modules.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.printed import labels as _labels
+
+
+# -- BERT's masked-LM head: the decoder tied to the word embeddings, a bias of its own ----------
+
+class MaskedLM(nn.Module):
+    def __init__(self, vocab: int, bias_rows: int) -> None:
+        super().__init__()
+        self.embeddings = nn.Module()
+        self.embeddings.word_embeddings = nn.Embedding(vocab, 8)
+        self.cls = nn.Module()
+        self.cls.predictions = nn.Module()
+        self.cls.predictions.transform = nn.Linear(8, 8)
+        self.cls.predictions.decoder = nn.Linear(8, vocab, bias=False)
+        self.cls.predictions.decoder.weight = self.embeddings.word_embeddings.weight  # tied
+        self.cls.predictions.bias = nn.Parameter(nn.init.zeros_(nn.Linear(1, bias_rows).bias))
+
+
+def test_a_masked_lm_bias_alone_a_row_apart_is_the_code_sizing_it() -> None:
+    # the saving code resized the tables and the bias for one added token; the loading code
+    # resizes the tables only: the bias alone differs
+    text = load_error(MaskedLM(31, 31), MaskedLM(31, 32).state_dict())
+    assert text.count("size mismatch") == 1 and "cls.predictions.bias" in text
+    result = diagnose_text(text)
+    assert [label for label, _ in _labels(result)][:2] == ["model_code_changed", "head_size_mismatch"]
+    assert not result.decided
+    assert result.causes[0].fix_code == ""  # words: the library version, which the text does not name
+
+
+def test_another_vocabulary_changes_the_tables_too_and_stays_a_head() -> None:
+    result = diagnose_text(load_error(MaskedLM(31, 31), MaskedLM(40, 40).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch"
+
+
+def test_a_masked_lm_bias_alone_far_apart_is_not_read_as_added_tokens() -> None:
+    result = diagnose_text(load_error(MaskedLM(31, 31), MaskedLM(31, 64).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch"
+
+
+# -- a transducer's joint network: tokens + blank (+ durations for TDT) ---------------------------
+
+class Transducer(nn.Module):
+    def __init__(self, tokens: int, durations: int) -> None:
+        super().__init__()
+        self.decoder = nn.Module()
+        self.decoder.prediction = nn.Module()
+        self.decoder.prediction.embed = nn.Embedding(tokens + 1, 8)
+        self.joint = nn.Module()
+        self.joint.joint_net = nn.Sequential(nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, tokens + 1 + durations))
+
+
+def test_a_joint_output_alone_is_another_joint_configuration_as_much_as_a_tokenizer() -> None:
+    text = load_error(Transducer(24, 0), Transducer(24, 5).state_dict())  # TDT file, RNNT model
+    assert "joint.joint_net.2.weight" in text and "prediction" not in text
+    result = diagnose_text(text)
+    labels = [label for label, _ in _labels(result)]
+    assert labels[:2] == ["architecture_variant", "head_size_mismatch"]
+    assert not result.decided
+
+
+def test_a_tokenizer_of_another_size_changes_the_prediction_table_too() -> None:
+    result = diagnose_text(load_error(Transducer(24, 0), Transducer(30, 0).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch"
+
+
+# -- an input table alone: added tokens, or another frontend ----------------------------------
+
+class Frontend(nn.Module):
+    def __init__(self, symbols: int) -> None:
+        super().__init__()
+        self.seq2seq = nn.Module()
+        self.seq2seq.encoder = nn.Module()
+        self.seq2seq.encoder.embed_tokens = nn.Embedding(symbols, 8)
+        self.seq2seq.encoder.conv = nn.Conv1d(8, 8, 3)
+
+
+def test_an_input_table_an_order_of_magnitude_apart_lists_another_frontend() -> None:
+    result = diagnose_text(load_error(Frontend(15), Frontend(600).state_dict()))
+    labels = [label for label, _ in _labels(result)]
+    assert labels[0] == "head_size_mismatch" and "architecture_variant" in labels
+    assert not result.decided
+
+
+def test_an_input_table_a_few_tokens_apart_is_still_decided_as_the_vocabulary() -> None:
+    result = diagnose_text(load_error(Frontend(600), Frontend(603).state_dict()))
+    assert result.causes[0].label == "head_size_mismatch" and result.decided
+
+
+# -- timm's VisionTransformer: norm before pooling (class token), fc_norm after it (avg) -----------
+
+class ViT(nn.Module):
+    def __init__(self, global_pool: str) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 8, 4, 4)
+        self.blocks = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+        avg = global_pool == "avg"
+        self.norm = nn.Identity() if avg else nn.LayerNorm(8)
+        self.fc_norm = nn.LayerNorm(8) if avg else nn.Identity()
+        self.head = nn.Linear(8, 10)
+
+
+def test_the_pooled_norm_against_the_final_norm_is_the_pooling_not_a_rename() -> None:
+    text = load_error(ViT("token"), ViT("avg").state_dict())
+    assert '"norm.weight"' in text and '"fc_norm.weight"' in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "architecture_variant" and result.decided, _labels(result)
+    assert "global_pool='avg'" in top.summary and "the checkpoint was built with average" in top.summary
+    assert "renamed_keys" in [label for label, _ in _labels(result)]
+    # the other way round
+    back = diagnose_text(load_error(ViT("avg"), ViT("token").state_dict())).causes[0]
+    assert back.label == "architecture_variant" and "the model was built with average" in back.summary
+
+
+def test_a_final_norm_under_another_name_is_still_a_rename() -> None:
+    class Renamed(ViT):
+        def __init__(self) -> None:
+            super().__init__("token")
+            self.final_norm = self.norm
+            del self.norm
+
+    result = diagnose_text(load_error(ViT("token"), Renamed().state_dict()))
+    assert result.causes[0].label == "renamed_keys"
