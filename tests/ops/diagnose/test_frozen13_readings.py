@@ -4,17 +4,21 @@ A vocabulary is carried by several tensors, so a whole message that lists one of
 others loaded: a masked-LM bias alone a few rows apart is the code sizing the bias, a transducer
 joint's outputs alone are another joint configuration as much as another tokenizer, and an input
 table alone an order of magnitude apart is another frontend as much as another dictionary. A ViT's
-final norm against its pooled norm is the pooling it was built with. Every text here is the error a
-real ``load_state_dict`` raises between two real modules.
+final norm against its pooled norm is the pooling it was built with, and keys under a transformers
+base-model name (``bert.``) alone were saved from a task class. Every text here is the error a real
+``load_state_dict`` raises between two real modules; the printed fix is run on a copy of the model.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
 
 from ckpttools.ops.diagnose.diagnosis import diagnose_text
 from tests.ops.diagnose.generated_corpus import load_error
-from tests.ops.diagnose.printed import labels as _labels
+from tests.ops.diagnose.printed import labels as _labels, run_fix as _run_fix
 
 
 # -- BERT's masked-LM head: the decoder tied to the word embeddings, a bias of its own ----------
@@ -137,3 +141,35 @@ def test_a_final_norm_under_another_name_is_still_a_rename() -> None:
 
     result = diagnose_text(load_error(ViT("token"), Renamed().state_dict()))
     assert result.causes[0].label == "renamed_keys"
+
+
+# -- transformers' base-model prefix on the checkpoint's keys, the other list cut away -------------
+
+def _tiny_bert_config():  # type: ignore[no-untyped-def]
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32)
+
+
+def test_unexpected_keys_under_a_task_models_base_prefix_are_a_prefix(tmp_path: Path) -> None:
+    from transformers import BertForPreTraining, BertModel
+
+    torch.manual_seed(0)
+    pretraining = BertForPreTraining(_tiny_bert_config())
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(pretraining.state_dict(), path)
+    text = load_error(BertModel(_tiny_bert_config()), torch.load(path, weights_only=True))
+    # the paste starts at the unexpected list and ends inside it, after ten keys (bert.* alone)
+    start = text.index("Unexpected key(s)")
+    quotes = [start + i for i, ch in enumerate(text[start:]) if ch == '"']
+    paste = text[start:quotes[20] + 8]
+    assert "cls." not in paste and "Missing" not in paste
+    result = diagnose_text(paste)
+    top = result.causes[0]
+    assert top.label == "prefix_added" and "removeprefix(\"bert.\")" in top.fix_code, _labels(result)
+    assert not result.decided  # one list: another model under that name stays a candidate
+    # the printed fix loads the base model's weights and leaves the pretraining heads out
+    loaded = _run_fix(top.fix_code, BertModel(_tiny_bert_config()), path)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, pretraining.state_dict()["bert." + key]), key
