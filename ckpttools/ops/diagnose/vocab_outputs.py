@@ -16,6 +16,10 @@ An input table alone whose two sizes are an order of magnitude apart is not toke
 vocabulary: the model was built for another dictionary or another text frontend (a preset), which
 read alike.
 
+A prefix or prompt encoder's table (P-Tuning v2's and PEFT's ``PrefixEncoder``, PEFT's
+``prompt_encoder``) holds one row per virtual token: its rows are the configured prefix length
+(``pre_seq_len``, ``num_virtual_tokens``), not a vocabulary or a rank's piece.
+
 timm's VisionTransformer puts its final norm after pooling (``fc_norm``) when built with average
 pooling (``global_pool='avg'``, MAE's fine-tuning models) and before it (``norm``) with the class
 token: the two norms alone, one on each side, are one network built with the other pooling.
@@ -32,6 +36,8 @@ _MLM_BIAS = re.compile(r"(^|\.)cls\.predictions\.bias$")
 _JOINT_OUT = re.compile(r"(^|\.)joint\.joint_net\.\d+\.(weight|bias)$")
 _INPUT_TABLE = re.compile(r"(^|[._])(embed_tokens|word_embeddings|wte|tok_embeddings|tok_emb"
                           r"|embedding|embeddings|src_word_emb|word_emb)\.weight$")
+_PROMPT_TABLE = re.compile(r"(^|\.)(prefix_encoder|prompt_encoder|prompt_embeddings?)(\.|$)")
+_PROMPT_CLASSES = frozenset({"PrefixEncoder", "PromptEncoder", "PromptEmbedding"})
 _ADDED_TOKENS = 8  # a bias this many rows apart: added tokens, not another vocabulary
 _OTHER_FRONTEND = 10  # input tables this many times apart: another dictionary or frontend
 _NORM_LEAVES = ("weight", "bias")
@@ -81,6 +87,17 @@ def other_frontend(ev: Evidence) -> list[ShapeMismatch]:
     return mm if max(pair) >= _OTHER_FRONTEND * min(pair) else []
 
 
+def prompt_table(ev: Evidence) -> list[ShapeMismatch]:
+    """Every tensor of another size is a prefix/prompt encoder's table, by rows only: the key
+    names the encoder, or the message names its class and the key is its table."""
+    mm = list(ev.mismatched)
+    own = (ev.class_name or "") in _PROMPT_CLASSES
+    if not mm or not all(_rows(m) and len(m.model_shape) == 2 and (
+            _PROMPT_TABLE.search(m.key) or (own and m.key.startswith("embedding"))) for m in mm):
+        return []
+    return mm
+
+
 def pooled_norm(ev: Evidence) -> tuple[str, str] | None:
     """(checkpoint's norm, model's norm) when the only keys shown are a ViT's final norm on one
     side and its pooled norm on the other (``norm.*`` against ``fc_norm.*``, the same prefix)."""
@@ -108,9 +125,12 @@ def revise_vocab(findings: list[Finding], ev: Evidence) -> list[Finding]:
     counted = bool(bias_alone(ev) or joint_alone(ev))
     frontend = bool(other_frontend(ev))
     norms = pooled_norm(ev) is not None
+    prompt = bool(prompt_table(ev))
     out = []
     for f in findings:
-        if f.label == "head_size_mismatch" and counted:
+        if prompt and f.label in ("head_size_mismatch", "partitioned_checkpoint"):
+            f = replace(f, confidence=min(f.confidence, CANDIDATE))
+        elif f.label == "head_size_mismatch" and counted:
             f = replace(f, confidence=min(f.confidence, CANDIDATE))
         elif f.label == "head_size_mismatch" and frontend:
             f = replace(f, confidence=min(f.confidence, 0.7))
@@ -142,6 +162,13 @@ def vocab_findings(ev: Evidence) -> list[Finding]:
                    "of magnitude apart: the model was built for another text frontend or dictionary "
                    "(a preset's symbol set), not for a few added tokens")
         out.append(Finding("architecture_variant", 0.65, frozenset(m.key for m in mm),
+                           {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
+    if mm := prompt_table(ev):
+        c, s = _rows(mm[0]) or (0, 0)
+        setting = (f"{mm[0].key} holds {c} virtual tokens in the checkpoint and {s} in the model: "
+                   "the prefix was trained with another length (pre_seq_len, num_virtual_tokens); "
+                   "build the prefix encoder with the checkpoint's")
+        out.append(Finding("architecture_variant", 0.75, frozenset(m.key for m in mm),
                            {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
     if (pair := pooled_norm(ev)) is not None:
         ckpt, model = pair

@@ -173,3 +173,45 @@ def test_unexpected_keys_under_a_task_models_base_prefix_are_a_prefix(tmp_path: 
     loaded = _run_fix(top.fix_code, BertModel(_tiny_bert_config()), path)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, pretraining.state_dict()["bert." + key]), key
+
+
+# -- a prefix encoder's table: one row per virtual token (P-Tuning v2, PEFT prefix tuning) ----------
+
+def _prefix_encoder(tokens: int) -> nn.Module:
+    from peft import PrefixTuningConfig
+    from peft.tuners.prefix_tuning.model import PrefixEncoder
+
+    return PrefixEncoder(PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=tokens, token_dim=16,
+                                            num_layers=2, num_transformer_submodules=1,
+                                            num_attention_heads=2))
+
+
+def test_a_prefix_encoders_table_is_the_prefix_length() -> None:
+    text = load_error(_prefix_encoder(8), _prefix_encoder(32).state_dict())
+    assert "for PrefixEncoder" in text and "size mismatch for embedding.weight" in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "architecture_variant", _labels(result)
+    assert "virtual tokens" in result.causes[0].summary and result.causes[0].fix_code == ""
+
+    class Transformer(nn.Module):  # ChatGLM's layout: the encoder inside the model
+        def __init__(self, tokens: int) -> None:
+            super().__init__()
+            self.prefix_encoder = _prefix_encoder(tokens)
+
+    class ChatModel(nn.Module):
+        def __init__(self, tokens: int) -> None:
+            super().__init__()
+            self.transformer = Transformer(tokens)
+
+    inside = diagnose_text(load_error(ChatModel(128), ChatModel(8).state_dict()))
+    assert inside.causes[0].label == "architecture_variant", _labels(inside)
+
+
+def test_an_embedding_table_of_another_class_is_not_read_as_a_prefix() -> None:
+    class Tagger(nn.Module):
+        def __init__(self, tags: int) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(tags, 16)
+
+    result = diagnose_text(load_error(Tagger(8), Tagger(32).state_dict()))
+    assert result.causes[0].label != "architecture_variant" or "virtual tokens" not in result.causes[0].summary
