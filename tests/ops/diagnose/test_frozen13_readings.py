@@ -215,3 +215,51 @@ def test_an_embedding_table_of_another_class_is_not_read_as_a_prefix() -> None:
 
     result = diagnose_text(load_error(Tagger(8), Tagger(32).state_dict()))
     assert result.causes[0].label != "architecture_variant" or "virtual tokens" not in result.causes[0].summary
+
+
+# -- a detector's file into the classifier it was built on ---------------------------------------
+
+class Classifier(nn.Module):
+    """torchvision's ResNet layout: a stem, stages, an fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 10)
+
+
+class RetinaNet(nn.Module):
+    """pytorch-retinanet's layout: the ResNet's layers at the top, an FPN and two subnets, no fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+        self.fpn = nn.ModuleDict({"P5_1": nn.Conv2d(8, 8, 1), "P4_1": nn.Conv2d(8, 8, 1)})
+        self.regressionModel = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 36, 3))
+        self.classificationModel = nn.Sequential(nn.Conv2d(8, 8, 3), nn.Conv2d(8, 9 * 80, 3))
+
+
+def test_a_detectors_file_in_its_backbones_classifier_is_the_wrong_file() -> None:
+    text = load_error(Classifier(), RetinaNet().state_dict())
+    assert 'Missing key(s) in state_dict: "fc.weight", "fc.bias"' in text
+    for paste in (text, text[:text.index('"fpn.P5_1.bias"') + 16]):  # whole, and cut as pasted
+        result = diagnose_text(paste)
+        top = result.causes[0]
+        assert top.label == "wrong_model", _labels(result)
+        assert "detection or segmentation" in top.summary and "fpn" in top.summary
+    assert not diagnose_text(text[:text.index('"fpn.P5_1.bias"') + 16]).decided
+
+
+def test_a_classifier_missing_its_fc_beside_other_modules_is_not_a_detectors_file() -> None:
+    class Other(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.fc
+            self.projection = nn.Linear(8, 4)
+
+    result = diagnose_text(load_error(Classifier(), Other().state_dict()))
+    assert "detection or segmentation" not in result.causes[0].summary
