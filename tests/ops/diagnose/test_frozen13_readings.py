@@ -263,3 +263,30 @@ def test_a_classifier_missing_its_fc_beside_other_modules_is_not_a_detectors_fil
 
     result = diagnose_text(load_error(Classifier(), Other().state_dict()))
     assert "detection or segmentation" not in result.causes[0].summary
+
+
+# -- an auxiliary head the model was built with and the checkpoint trained without -----------------
+
+class Segmenter(nn.Module):
+    """awesome-semantic-segmentation's layout: ``aux=True`` adds an ``auxlayer`` head."""
+
+    def __init__(self, aux: bool) -> None:
+        super().__init__()
+        self.pretrained = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+        self.head = nn.Conv2d(8, 5, 1)
+        if aux:
+            self.auxlayer = nn.Module()
+            self.auxlayer.block = nn.Sequential(nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                                nn.Dropout(0.1), nn.Conv2d(4, 5, 1))
+
+
+def test_an_auxiliary_head_only_the_model_has_is_the_aux_option() -> None:
+    text = load_error(Segmenter(aux=True), Segmenter(aux=False).state_dict())
+    assert "Unexpected" not in text and '"auxlayer.block.0.weight"' in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "architecture_variant" and "exist in the model only" in top.summary, _labels(result)
+    assert not result.decided and top.fix_code == ""
+    # and the other way round, as before: heads in the checkpoint only
+    back = diagnose_text(load_error(Segmenter(aux=False), Segmenter(aux=True).state_dict())).causes[0]
+    assert back.label == "architecture_variant" and "checkpoint only" in back.summary
