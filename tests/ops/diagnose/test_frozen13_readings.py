@@ -290,3 +290,34 @@ def test_an_auxiliary_head_only_the_model_has_is_the_aux_option() -> None:
     # and the other way round, as before: heads in the checkpoint only
     back = diagnose_text(load_error(Segmenter(aux=False), Segmenter(aux=True).state_dict())).causes[0]
     assert back.label == "architecture_variant" and "checkpoint only" in back.summary
+
+
+# -- the input layer under a detector's holder names (YOLOX's backbone.backbone.stem) -------------
+
+class BaseConv(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+
+class Yolox(nn.Module):
+    """YOLOX's layout: PAFPN.backbone (CSPDarknet) whose Focus stem reads 12 channels (3 x 4)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.backbone = nn.Module()
+        self.backbone.backbone.stem = nn.Module()
+        self.backbone.backbone.stem.conv = BaseConv(12, width)
+        self.backbone.backbone.dark2 = nn.Sequential(BaseConv(width, 2 * width))
+
+
+def test_a_stem_under_holder_names_is_the_input_layer_a_width_not_a_count() -> None:
+    text = load_error(Yolox(24), Yolox(32).state_dict())  # a nano file in a tiny model
+    lines = text.splitlines()
+    # the header, one size mismatch and the next cut inside its line, as the thread pasted it
+    paste = "\n".join([*lines[:2], lines[2][:lines[2].index("from checkpoint")]])
+    assert "backbone.backbone.stem.conv.conv.weight" in lines[1] and "stem.conv.bn.weight" in lines[2]
+    result = diagnose_text(paste)
+    assert result.causes[0].label == "architecture_variant", _labels(result)
