@@ -20,6 +20,10 @@ A prefix or prompt encoder's table (P-Tuning v2's and PEFT's ``PrefixEncoder``, 
 ``prompt_encoder``) holds one row per virtual token: its rows are the configured prefix length
 (``pre_seq_len``, ``num_virtual_tokens``), not a vocabulary or a rank's piece.
 
+A CRF over tags (pytorch-crf's ``start_transitions``, ``end_transitions``, ``transitions``)
+counts the tags on each of its axes, as the layer that scores them does on its rows: tensors that
+change between the same two counts there are another tag set (a head), not another width.
+
 timm's VisionTransformer puts its final norm after pooling (``fc_norm``) when built with average
 pooling (``global_pool='avg'``, MAE's fine-tuning models) and before it (``norm``) with the class
 token: the two norms alone, one on each side, are one network built with the other pooling.
@@ -98,6 +102,28 @@ def prompt_table(ev: Evidence) -> list[ShapeMismatch]:
     return mm
 
 
+_CRF = re.compile(r"(^|\.)(start_transitions|end_transitions|transitions)$")
+
+
+def crf_tags(ev: Evidence) -> list[ShapeMismatch]:
+    """Every tensor of another size is a CRF's or the tag scorer's, between the same two counts on
+    every axis that differs (rows of the scorer, both axes of the transitions)."""
+    mm = list(ev.mismatched)
+    if not any(_CRF.search(m.key) for m in mm):
+        return []
+    pairs = set()
+    for m in mm:
+        c, s = m.checkpoint_shape, m.model_shape
+        if len(c) != len(s):
+            return []
+        diff = [(a, b) for a, b in zip(c, s) if a != b]
+        square = _CRF.search(m.key) and len(diff) == len(c)  # (n,) or (n, n): every axis counts tags
+        if not diff or not (square or _rows(m)):
+            return []
+        pairs.update(diff)
+    return mm if len(pairs) == 1 else []
+
+
 def pooled_norm(ev: Evidence) -> tuple[str, str] | None:
     """(checkpoint's norm, model's norm) when the only keys shown are a ViT's final norm on one
     side and its pooled norm on the other (``norm.*`` against ``fc_norm.*``, the same prefix)."""
@@ -126,8 +152,11 @@ def revise_vocab(findings: list[Finding], ev: Evidence) -> list[Finding]:
     frontend = bool(other_frontend(ev))
     norms = pooled_norm(ev) is not None
     prompt = bool(prompt_table(ev))
+    tags = bool(crf_tags(ev))
     out = []
     for f in findings:
+        if tags and f.label == "architecture_variant" and f.facts.get("kind") == "width":
+            f = replace(f, confidence=min(f.confidence, CANDIDATE))
         if prompt and f.label in ("head_size_mismatch", "partitioned_checkpoint"):
             f = replace(f, confidence=min(f.confidence, CANDIDATE))
         elif f.label == "head_size_mismatch" and counted:
@@ -170,6 +199,13 @@ def vocab_findings(ev: Evidence) -> list[Finding]:
                    "build the prefix encoder with the checkpoint's")
         out.append(Finding("architecture_variant", 0.75, frozenset(m.key for m in mm),
                            {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
+    if mm := crf_tags(ev):
+        rows = [m for m in mm if not _CRF.search(m.key)]
+        first = (rows or mm)[0]
+        out.append(Finding("head_size_mismatch", 0.85, frozenset(m.key for m in mm),
+                           {"keys": [m.key for m in mm], "checkpoint_size": first.checkpoint_shape[0],
+                            "model_size": first.model_shape[0], "vocab": False, "padded": False,
+                            "levels": False, "crf": True}))
     if (pair := pooled_norm(ev)) is not None:
         ckpt, model = pair
         pooled = "the checkpoint" if ckpt.endswith("fc_norm") else "the model"

@@ -321,3 +321,40 @@ def test_a_stem_under_holder_names_is_the_input_layer_a_width_not_a_count() -> N
     assert "backbone.backbone.stem.conv.conv.weight" in lines[1] and "stem.conv.bn.weight" in lines[2]
     result = diagnose_text(paste)
     assert result.causes[0].label == "architecture_variant", _labels(result)
+
+
+# -- a CRF tagger of another tag set: the scorer's rows and the transitions count the tags --------
+
+class CRF(nn.Module):
+    """pytorch-crf's parameters: one score per tag to start and end, one per tag pair."""
+
+    def __init__(self, num_tags: int) -> None:
+        super().__init__()
+        self.start_transitions = nn.Parameter(torch.randn(num_tags))
+        self.end_transitions = nn.Parameter(torch.randn(num_tags))
+        self.transitions = nn.Parameter(torch.randn(num_tags, num_tags))
+
+
+class Tagger(nn.Module):
+    def __init__(self, num_tags: int) -> None:
+        super().__init__()
+        self.encoder = nn.LSTM(8, 8, batch_first=True)
+        self.linear = nn.Linear(8, num_tags)
+        self.crf = CRF(num_tags)
+
+
+def test_a_crf_taggers_other_tag_set_is_a_head_not_a_width(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = Tagger(33)
+    path = tmp_path / "tagger.pt"
+    torch.save(trained.state_dict(), path)
+    text = load_error(Tagger(25), torch.load(path, weights_only=True))
+    assert "crf.transitions" in text and "linear.weight" in text
+    result = diagnose_text(text)
+    top = result.causes[0]
+    assert top.label == "head_size_mismatch" and result.decided, _labels(result)
+    # the printed fix loads everything but the tag layers, which are trained anew
+    model = _run_fix(top.fix_code, Tagger(25), path)
+    for key, value in model.state_dict().items():
+        if key.startswith("encoder."):
+            assert torch.equal(value, trained.state_dict()[key]), key
