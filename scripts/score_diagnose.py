@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen13
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen14
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -110,8 +110,8 @@ def main() -> None:
         _print("frozen10 (scored 34/50 with the rules it was collected under and after frozen9's tuning; tuned on since: #16's frozen10 round)", score(corpus(FROZEN10)), args.misses)
         _print("frozen11 (vision texts committed at eaaec6a before diagnose ran on them; 35/50 with the rules they were collected under, 6f30365, and after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN11)), args.misses)
         _print("frozen12 (non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365; 31/50 after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN12)), args.misses)
-        _print("frozen13 (held out: vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; not tuned on)", score(corpus(FROZEN13)), args.misses)
-        _print("frozen14 (held out: non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; not tuned on)", score(corpus(FROZEN14)), args.misses)
+        _print("frozen13 (vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; tuned on since: #16's frozen13/14 round)", score(corpus(FROZEN13)), args.misses)
+        _print("frozen14 (non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; tuned on since: #16's frozen13/14 round)", score(corpus(FROZEN14)), args.misses)
 
 
 if __name__ == "__main__":
