@@ -276,7 +276,10 @@ def _auxiliary_only(ev: Evidence) -> list[Finding]:
                    "built with auxiliary outputs (aux=True, aux_logits) the checkpoint was trained "
                    "without; build it without them, or load with strict=False and leave them untrained")
         return [Finding("architecture_variant", 0.65, frozenset(keys),
-                        {"kind": "config", "setting": setting, "examples": list(keys[:3])})]
+                        {"kind": "config", "setting": setting, "examples": list(keys[:3])}),
+                Finding("model_code_changed", 0.5, frozenset(keys),
+                        {"missing": len(keys), "unexpected": 0, "examples_missing": list(keys[:3]),
+                         "examples_unexpected": []})]
     setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in the checkpoint only: the model "
                "was built without the auxiliary outputs it was trained with (aux_logits, aux_loss); "
                "build it with them, or leave those keys out")

@@ -169,6 +169,37 @@ def revise_vocab(findings: list[Finding], ev: Evidence) -> list[Finding]:
     return out
 
 
+def _config(conf: float, mm: list[ShapeMismatch], setting: str) -> Finding:
+    """architecture_variant for a setting read off these tensors (words, no code)."""
+    return Finding("architecture_variant", conf, frozenset(m.key for m in mm),
+                   {"kind": "config", "setting": setting, "examples": [m.key for m in mm]})
+
+
+def _table_settings(ev: Evidence) -> list[Finding]:
+    """The settings a table's rows are read as: a joint's outputs, a frontend, a prefix length."""
+    out = []
+    if mm := joint_alone(ev):
+        c, s = _rows(mm[0]) or (0, 0)
+        out.append(_config(0.7, mm, (
+            f"the transducer's joint output ({mm[0].key.rpartition('.')[0]}) has {c} outputs in the "
+            f"checkpoint and {s} in the model while the vocabulary's other tables loaded: another "
+            "decoder variant (TDT durations, multi-blank) counts outputs beyond the tokens and the "
+            "blank; a tokenizer of another size reads the same")))
+    if mm := other_frontend(ev):
+        c, s = _rows(mm[0]) or (0, 0)
+        out.append(_config(0.65, mm, (
+            f"{mm[0].key} indexes {c} symbols in the checkpoint and {s} in the model, an order of "
+            "magnitude apart: the model was built for another text frontend or dictionary (a "
+            "preset's symbol set), not for a few added tokens")))
+    if mm := prompt_table(ev):
+        c, s = _rows(mm[0]) or (0, 0)
+        out.append(_config(0.75, mm, (
+            f"{mm[0].key} holds {c} virtual tokens in the checkpoint and {s} in the model: the "
+            "prefix was trained with another length (pre_seq_len, num_virtual_tokens); build the "
+            "prefix encoder with the checkpoint's")))
+    return out
+
+
 def vocab_findings(ev: Evidence) -> list[Finding]:
     """The findings these relations support (rule order, not ranked)."""
     out = []
@@ -177,31 +208,9 @@ def vocab_findings(ev: Evidence) -> list[Finding]:
         out.append(Finding("model_code_changed", 0.7, frozenset({m.key}),
                            {"missing": 0, "unexpected": 0, "examples_missing": [],
                             "examples_unexpected": [], "bias_only": [m.key, c, s]}))
-    if mm := joint_alone(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        setting = (f"the transducer's joint output ({mm[0].key.rpartition('.')[0]}) has {c} outputs "
-                   f"in the checkpoint and {s} in the model while the vocabulary's other tables "
-                   "loaded: another decoder variant (TDT durations, multi-blank) counts outputs "
-                   "beyond the tokens and the blank; a tokenizer of another size reads the same")
-        out.append(Finding("architecture_variant", 0.7, frozenset(m.key for m in mm),
-                           {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
-    if mm := other_frontend(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        setting = (f"{mm[0].key} indexes {c} symbols in the checkpoint and {s} in the model, an order "
-                   "of magnitude apart: the model was built for another text frontend or dictionary "
-                   "(a preset's symbol set), not for a few added tokens")
-        out.append(Finding("architecture_variant", 0.65, frozenset(m.key for m in mm),
-                           {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
-    if mm := prompt_table(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        setting = (f"{mm[0].key} holds {c} virtual tokens in the checkpoint and {s} in the model: "
-                   "the prefix was trained with another length (pre_seq_len, num_virtual_tokens); "
-                   "build the prefix encoder with the checkpoint's")
-        out.append(Finding("architecture_variant", 0.75, frozenset(m.key for m in mm),
-                           {"kind": "config", "setting": setting, "examples": [m.key for m in mm]}))
+    out += _table_settings(ev)
     if mm := crf_tags(ev):
-        rows = [m for m in mm if not _CRF.search(m.key)]
-        first = (rows or mm)[0]
+        first = ([m for m in mm if not _CRF.search(m.key)] or mm)[0]
         out.append(Finding("head_size_mismatch", 0.85, frozenset(m.key for m in mm),
                            {"keys": [m.key for m in mm], "checkpoint_size": first.checkpoint_shape[0],
                             "model_size": first.model_shape[0], "vocab": False, "padded": False,

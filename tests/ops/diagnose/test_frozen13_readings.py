@@ -280,13 +280,22 @@ class Segmenter(nn.Module):
                                                 nn.Dropout(0.1), nn.Conv2d(4, 5, 1))
 
 
-def test_an_auxiliary_head_only_the_model_has_is_the_aux_option() -> None:
-    text = load_error(Segmenter(aux=True), Segmenter(aux=False).state_dict())
+def test_an_auxiliary_head_only_the_model_has_is_the_aux_option(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = Segmenter(aux=False)
+    path = tmp_path / "segmenter.pth"
+    torch.save(trained.state_dict(), path)
+    text = load_error(Segmenter(aux=True), torch.load(path, weights_only=True))
     assert "Unexpected" not in text and '"auxlayer.block.0.weight"' in text
     result = diagnose_text(text)
     top = result.causes[0]
     assert top.label == "architecture_variant" and "exist in the model only" in top.summary, _labels(result)
     assert not result.decided and top.fix_code == ""
+    # new code stays a candidate; its printed fix loads what fits and leaves the head untrained
+    code = next(c for c in result.causes if c.label == "model_code_changed").fix_code
+    loaded = _run_fix(code, Segmenter(aux=True), path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
     # and the other way round, as before: heads in the checkpoint only
     back = diagnose_text(load_error(Segmenter(aux=False), Segmenter(aux=True).state_dict())).causes[0]
     assert back.label == "architecture_variant" and "checkpoint only" in back.summary
