@@ -35,6 +35,8 @@ from ckpttools.ops.diagnose.layer_roles import concatenated_part, layer_of_anoth
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
+from ckpttools.ops.diagnose.vocab_outputs import revise_vocab, vocab_findings
+from ckpttools.ops.diagnose.task_files import task_model_file
 
 _WRAPPER_CLASSES = ("DataParallel", "DistributedDataParallel", "OptimizedModule",
                     "FullyShardedDataParallel")
@@ -376,7 +378,8 @@ def rank_findings(ev: Evidence, min_confidence: float = 0.1) -> list[Finding]:
         Findings sorted by confidence (ties keep the rule order), without duplicate labels.
     """
     findings = [f for rule in SPECIFIC_RULES if (f := rule(ev)) is not None]
-    findings = possible(revise(findings, ev) + convention_findings(ev), ev)
+    findings = possible(revise_vocab(revise(findings, ev), ev) + convention_findings(ev)
+                        + vocab_findings(ev) + task_model_file(ev), ev)
     partial = possible(revise(partial_findings(ev), ev), ev)
     rest = residual(ev, findings + [replace(f, confidence=1.0) for f in partial])
     findings += partial

@@ -258,19 +258,28 @@ def _upsampler_only(ev: Evidence) -> list[Finding]:
 
 # Auxiliary heads a training option adds (torchvision's aux_logits: Inception3.AuxLogits,
 # GoogLeNet.aux1/aux2; aux_loss: DeepLab's aux_classifier; mmseg's auxiliary_head)
-_AUXILIARY = re.compile(r"^(AuxLogits|aux\d*|aux_\w+|auxiliary_\w+|\w+_aux)$", re.I)
+_AUXILIARY = re.compile(r"^(AuxLogits|aux\d*|aux_\w+|auxlayer\w*|auxiliary_\w+|\w+_aux)$", re.I)
 
 
 def _auxiliary_only(ev: Evidence) -> list[Finding]:
-    """Every key shown unexpected, inside auxiliary heads: the model was built without the
-    auxiliary outputs its checkpoint was trained with (an option such as ``aux_logits``), not
-    other code. (An auxiliary head the file lacks may be new code as well: not read.)"""
-    keys = ev.unexpected
-    if ev.mismatched or ev.lookups or not keys or ev.missing:
+    """Every key shown on one side, inside auxiliary heads: the model was built with or without
+    the auxiliary outputs, unlike the checkpoint's training (an option such as ``aux_logits``).
+    A head the file lacks may be new code as well: a candidate then."""
+    keys = ev.unexpected or ev.missing
+    if ev.mismatched or ev.lookups or not keys or (ev.missing and ev.unexpected):
         return []
     tops = {top_module(k) for k in keys}
     if len(tops) > 2 or not all(_AUXILIARY.match(t) for t in tops) or not all("." in k for k in keys):
         return []
+    if ev.missing:
+        setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in the model only: it was "
+                   "built with auxiliary outputs (aux=True, aux_logits) the checkpoint was trained "
+                   "without; build it without them, or load with strict=False and leave them untrained")
+        return [Finding("architecture_variant", 0.65, frozenset(keys),
+                        {"kind": "config", "setting": setting, "examples": list(keys[:3])}),
+                Finding("model_code_changed", 0.5, frozenset(keys),
+                        {"missing": len(keys), "unexpected": 0, "examples_missing": list(keys[:3]),
+                         "examples_unexpected": []})]
     setting = (f"auxiliary heads ({', '.join(sorted(tops))}) exist in the checkpoint only: the model "
                "was built without the auxiliary outputs it was trained with (aux_logits, aux_loss); "
                "build it with them, or leave those keys out")

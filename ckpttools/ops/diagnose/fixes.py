@@ -59,8 +59,10 @@ def _prefix(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                   "base model, or a wrapper)")
         what = (f"the checkpoint was {origin}: its keys carry '{p}' "
                 f"({'inside the key' if infix else 'in front'}) that the model's keys do not")
+        # a holder's other parts (a task model's head) are not this model's: only its keys load
         code = (f'sd = {{k.replace(".{inner}.", "."): v for k, v in sd.items()}}' if infix else
-                f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items()}}')
+                f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items()}}' if wrapper else
+                f'sd = {{k.removeprefix("{p}"): v for k, v in sd.items() if k.startswith("{p}")}}')
         args = ["--rename", _q(rf"\.{_re(inner)}\.=.")] if infix else ["--strip-prefix", _q(p)]
         if f.facts.get("guessed"):  # which wrapper is not shown: strip whichever the file has
             code = ("own = model.state_dict()\n"

@@ -21,6 +21,12 @@ PART_NAMES = frozenset({"backbone", "body", "trunk", "visual", "vision_model", "
                         "image_encoder", "feature_extractor", "pretrained", "base_net"})
 # What task modules call the network they hold (Lightning's self.model, self.net).
 HOLDER_NAMES = frozenset({"model", "net", "network", "backbone_model", "base_model", "student"})
+# transformers' base_model_prefix: a task class (BertForPreTraining, GPT2LMHeadModel) keeps its
+# base model under this name, so its state_dict's keys carry it and the base class's do not.
+BASE_MODEL_PREFIXES = frozenset({"bert", "roberta", "albert", "electra", "deberta", "distilbert",
+                                 "xlnet", "longformer", "mpnet", "ernie", "nezha", "roformer",
+                                 "mobilebert", "layoutlm", "funnel", "vit", "deit", "beit", "swin",
+                                 "convnext", "wav2vec2", "hubert", "wavlm", "transformer"})
 _WRAPPER_CLASSES = frozenset({"DataParallel", "DistributedDataParallel", "OptimizedModule",
                               "FullyShardedDataParallel"})
 
@@ -236,7 +242,9 @@ def holder_prefix(ev: Evidence) -> list[Finding]:
     name, seconds = firsts.pop(), {segments(k)[1] for k in keys}
     # named submodules under a holder's name, not layers N and up of one stack (another depth);
     # a part's name (backbone.) on the checkpoint's keys alone: saved from the bigger model
-    holders = HOLDER_NAMES | (PART_NAMES if ev.unexpected else frozenset())
+    # (or a transformers task class's base-model name: saved from BertForPreTraining, loaded
+    # into BertModel)
+    holders = HOLDER_NAMES | (PART_NAMES | BASE_MODEL_PREFIXES if ev.unexpected else frozenset())
     if name not in holders or len(seconds) < 2 or any(p.isdigit() for p in seconds):
         return []
     label = "prefix_missing" if ev.missing else "prefix_added"

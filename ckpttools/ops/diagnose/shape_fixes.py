@@ -154,6 +154,10 @@ _ONE_TENSOR_CHANGES = {
                 "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
                 "library version that lists other characters, phonemes or feature values); use "
                 "the version the checkpoint was saved with"),
+    "bias_only": ("the library's code may size {key} otherwise now: {c} rows in the checkpoint, {m} in "
+                  "the model, while the vocabulary's tables (the word embeddings and the decoder tied "
+                  "to them) loaded; a version that resizes those for added tokens but builds the bias "
+                  "at the configured size; use the library version the checkpoint was saved with"),
     "features": ("the code that builds the input features may have changed: {key} reads {c} "
                  "features in the checkpoint and {m} in the model (a feature added or dropped); use "
                  "the code version the checkpoint was saved with, or the setting that adds it"),
@@ -211,6 +215,12 @@ def wrong_model_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
         code = (f"missing, unexpected = model.{where}.load_state_dict(sd, strict=False)\n"
                 "print(unexpected)  # e.g. the backbone's own classifier, unused by this model")
         return what, code, []
+    if tops := f.facts.get("task_modules"):
+        what = (f"the checkpoint is a detection or segmentation model's built on this network: its "
+                f"{', '.join(tops)} modules are not in the model, which misses only its classifier "
+                f"({', '.join(f.facts['examples_missing'][:2])}); build the model the file was saved "
+                "from, or take its backbone weights with strict=False and train the classifier")
+        return what, _PICK_ANOTHER, []
     matched = f.facts.get("matched")
     if f.facts.get("one_sided") and matched is None:
         what = ("if the file was made for another model, none of this model's keys are in it; the "

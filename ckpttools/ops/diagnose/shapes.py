@@ -50,7 +50,7 @@ def head_named(key: str) -> bool:
 
 
 # The first layer of a network by the usual names: its rows are the model's width, never a count.
-_INPUT_LAYER = re.compile(r"^(module\.)?(conv1|conv_first|conv0|conv_in|stem|stem\.conv\w*|embed"
+_INPUT_LAYER = re.compile(r"^(module\.)?((backbone|model)\.)*(conv1|conv_first|conv0|conv_in|stem|stem(\.conv\w*)+|embed"
                           r"|patch_embed(\.proj)?|input\w*|inc|first\w*"
                           r"|(encoder|features|layers|body|net|model|backbone)\.0)$")
 
