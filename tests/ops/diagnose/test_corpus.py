@@ -129,7 +129,7 @@ FROZEN14_PRECISION = 0.95
 # with the rules they were collected under (603be42) 31/50, 14 of 14 at confidence >= 0.8 right, and
 # 35/50, 16 of 16 (the rules' own decided answers before the calibration step: 23 of 25 and 20 of
 # 23); after the outcome table took frozen13/14 (5acd576; they never read these files) 31/50, 16 of
-# 17 (94.1%), and 35/50, 16 of 16. Not tuned on.
+# 17 (94.1%), and 35/50, 16 of 16; after frozen13/14's tuning (4a0dbef) unchanged. Not tuned on.
 FROZEN15_RIGHT = 31
 FROZEN16_RIGHT = 35
 # Round 10 (calibration.py: thin evidence is a candidate) changed no top-1 or precision figure of
