@@ -170,10 +170,19 @@ def _tie_conflicts(reader: CheckpointReader, view: StateDictView, ckpt: Mapping[
         present = [k for k in group if k in ckpt and ckpt[k][1] != "object"]
         if len(present) < 2 or len({ckpt[k] for k in present}) > 1:
             continue  # a shape or dtype difference is reported as such
-        first = reader.load(view.source_key(present[0]))
-        if any(not _same(first, reader.load(view.source_key(k))) for k in present[1:]):
+        keys = [view.source_key(k) for k in present]
+        ranges = {_range(reader, k) for k in keys}
+        if len(ranges) == 1 and None not in ranges:
+            continue  # one byte range under both names (a tied torch.save): nothing to read
+        first = reader.load(keys[0])
+        if any(not _same(first, reader.load(k)) for k in keys[1:]):
             out.append(tuple(present))
     return tuple(out)
+
+
+def _range(reader: CheckpointReader, key: str) -> tuple[str, int, int] | None:
+    raw = reader.raw_source(key)
+    return None if raw is None else (raw.path, raw.offset, raw.length)
 
 
 def _same(a: Any, b: Any) -> bool:
