@@ -82,3 +82,60 @@ def test_a_model_freezing_nothing_warns(run: tuple[Path, str]) -> None:
     status, reason = _completeness(ckpt, f"{specs}:all_trainable")
     assert status == "WARN", reason
     assert "the model trains 28 of its 28" in reason
+
+
+LIGHTNING = '''
+import lightning as L
+import torch
+from torch import nn
+
+
+class Net(L.LightningModule):
+    def __init__(self, freeze: bool = True) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+        if freeze:
+            self.net[0].requires_grad_(False)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.1)  # the frozen layer too: it gets no state
+
+
+def frozen():
+    return Net(True)
+
+
+def trainable():
+    return Net(False)
+'''
+
+
+def test_lightning_frozen_layer_in_the_optimizer_passes_only_with_a_model_freezing_it(tmp_path: Path) -> None:
+    import lightning as L
+
+    (tmp_path / "lit.py").write_text(LIGHTNING)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import lit  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=str(tmp_path))
+    trainer.fit(lit.frozen(), torch.utils.data.DataLoader(data, batch_size=4))
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    del sys.modules["lit"]
+    assert sorted(torch.load(ckpt, weights_only=False)["optimizer_states"][0]["state"]) == [2, 3]
+    status, reason = _completeness(ckpt, None)
+    assert status == "WARN" and "no state for 2 of 4 parameters (net.0.weight, net.0.bias)" in reason, reason
+    assert "--model SPEC tells" in reason
+    status, reason = _completeness(ckpt, f"{tmp_path / 'lit.py'}:frozen")
+    assert status == "PASS", reason
+    status, reason = _completeness(ckpt, f"{tmp_path / 'lit.py'}:trainable")
+    assert status == "WARN" and "the model trains net.0.weight, net.0.bias" in reason, reason

@@ -163,11 +163,14 @@ def optimizer_fits(reader: CheckpointReader, name: str, opt: Any, model: list[Te
         return "FAIL", (f"optimizer: {name} holds {len(ids)} parameters, the model weights "
                         f"{len(model)}"), []
     by_name = {e.key: e.shape for e in model}
+    keys: dict[Any, str] = {}  # parameter id -> weight key, where the files tell
     if all(isinstance(i, str) for i in ids):
+        keys = {i: i for i in ids}
         bad = [f"{i}: moment {list(s)} vs weight {list(by_name.get(i, ()))}"
                for i, s in moments.items() if by_name.get(str(i)) != s]
         how = "by name"
     elif len(groups) == 1 and ordered:
+        keys = {pid: e.key for pid, e in zip(ids, model)}
         bad = [f"parameter {pid}: moment {list(moments[pid])} vs {e.key} {list(e.shape)}"
                for pid, e in zip(ids, model) if pid in moments and moments[pid] != e.shape]
         how = "by position"
@@ -181,4 +184,29 @@ def optimizer_fits(reader: CheckpointReader, name: str, opt: Any, model: list[Te
             else f"as a set ({why} fix the order, not the files)"
     if bad:
         return "FAIL", f"optimizer: {name}: {bad[0]}", bad[1:]
-    return "PASS", f"optimizer: {name}, shapes match the model weights {how}", []
+    shown = f"optimizer: {name}, shapes match the model weights {how}"
+    return _stateless(shown, ids, opt.get("state") or {}, keys, frozen)
+
+
+def _stateless(shown: str, ids: list[Any], state: dict[Any, Any], keys: dict[Any, str],
+               frozen: set[str] | None) -> tuple[Status, str, list[str]]:
+    """PASS only when the parameters without state are the ones that cannot have any (frozen in
+    the model); torch keeps none for a parameter that had no gradient, frozen or unused alike."""
+    first = state.get(ids[0]) if ids else None
+    if isinstance(first, dict) and "func_evals" in first and set(state) == {ids[0]}:
+        return "PASS", shown, []  # LBFGS keeps all of its state under the first parameter
+    stateless = [i for i in ids if i not in state]
+    if not stateless:
+        return "PASS", shown, []
+    named = [keys.get(i, f"#{i}") for i in stateless]
+    head = f"{shown}; no state for {len(stateless)} of {len(ids)} parameters ({', '.join(named[:3])}"
+    head += ", ...)" if len(named) > 3 else ")"
+    if frozen is None or not keys:
+        return "WARN", (f"{head}: torch keeps none for a parameter that had no gradient, and whether they are "
+                        "frozen or were meant to train cannot be told " + ("(--model SPEC tells)" if frozen is None
+                                                                          else "(the files keep no parameter order)")), []
+    trains = [k for k in named if k not in frozen]
+    if trains:
+        return "WARN", (f"{head}: the model trains {', '.join(trains[:3])}; they had no gradient in the saved "
+                        "run, so a resume starts their moments from zero"), []
+    return "PASS", f"{head}, all frozen in the model", []
