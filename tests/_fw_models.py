@@ -91,3 +91,23 @@ def dataparallel_tiny_net() -> nn.Module:
     """``nn.DataParallel(TinyNet())``: its keys carry ``module.``."""
     torch.manual_seed(0)
     return nn.DataParallel(TinyNet())
+
+
+def _qwen2(tie: bool) -> nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+        tie_word_embeddings=tie))
+
+
+def qwen2_tied() -> nn.Module:
+    """``Qwen2ForCausalLM`` with ``lm_head.weight`` tied to ``model.embed_tokens.weight``."""
+    return _qwen2(True)
+
+
+def qwen2_untied() -> nn.Module:
+    """``Qwen2ForCausalLM`` with its own ``lm_head.weight`` (``tie_word_embeddings=False``)."""
+    return _qwen2(False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -100,11 +101,11 @@ class _ShardedReader(CheckpointReader):
     def _warn_unlisted(self) -> None:
         """Name the shard files beside the index that it does not list (a stale shard of an
         earlier save): no loader reads them, transformers neither, so they are not read here;
-        without a word, a check of the folder would pass them unseen."""
-        if fileio.is_url(self._folder):
-            return  # an HTTP folder has no listing
-        stem, ext = os.path.splitext(os.path.basename(self.index_path)[: -len(".index.json")])
-        unlisted = sorted(n for n in os.listdir(self._folder) if n.startswith(f"{stem}-")
+        without a word, a check of the folder would pass them unseen. An ``s3://`` folder is
+        listed as a local one; an HTTP folder has no listing, so nothing is said there."""
+        stem, ext = os.path.splitext(posixpath.basename(self.index_path.replace(os.sep, "/"))
+                                     [: -len(".index.json")])
+        unlisted = sorted(n for n in fileio.listdir(self._folder) if n.startswith(f"{stem}-")
                           and n.endswith(ext) and n not in self._shards)
         if unlisted:
             more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""

@@ -30,7 +30,7 @@ _LORA = re.compile(r"(^|\.)lora_[ABab](\.|$)")
 FUSED_QKV = re.compile(r"^(?P<head>(?:.*\.)?)(?:in_proj_(?P<mha>weight|bias)"
                        r"|(?:qkv|qkv_proj|Wqkv|wqkv|to_qkv)\.(?P<leaf>weight|bias))$")
 # steps the remap command cannot express (the snippet and from_pretrained/create_model can)
-SNIPPET_ONLY = ("tie", "resample-pos-embed")
+SNIPPET_ONLY = ("tie", "copy-embedding", "resample-pos-embed")
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,9 @@ class Step:
 
     Attributes:
         kind: ``drop``, ``strip-prefix``, ``add-prefix``, ``rename``, ``num-batches-tracked``,
-            ``tie`` or ``resample-pos-embed``.
-        args: drop patterns; the prefix; ``REGEX=REPL`` rules; counter keys; ``alias=owner``;
-            ``key=h,w,prefix_tokens``.
+            ``tie``, ``copy-embedding`` or ``resample-pos-embed``.
+        args: drop patterns; the prefix; ``REGEX=REPL`` rules; counter keys; ``alias=owner``
+            (``output=input`` for ``copy-embedding``); ``key=h,w,prefix_tokens``.
         summary: one sentence.
         after: counts after this step and the ones before it, from the check.
     """
@@ -184,7 +184,7 @@ def apply_steps(table: Table, steps: Sequence[Step], sig: ModelSignature) -> Tab
     for s in steps:
         if s.kind == "num-batches-tracked":
             out.update({k: (model[k].shape, model[k].dtype) for k in s.args})
-        elif s.kind == "tie":
+        elif s.kind in ("tie", "copy-embedding"):
             out.update({a: out[o] for a, o in (t.split("=") for t in s.args) if o in out})
         elif s.kind == "resample-pos-embed":
             key = s.args[0].split("=")[0]
@@ -305,7 +305,23 @@ def _tail_steps(table: Table, renames: list[Step], sig: ModelSignature,
         steps.append(Step("tie", tuple(f"{a}={o}" for a, o in cmp.tied), (
             f"add the tied aliases the checkpoint leaves out ({len(cmp.tied)}: {a} is {o} ...); "
             "from_pretrained re-ties them itself")))
-    return steps + resample
+    return steps + _untied_head(cmp, sig, traits) + resample
+
+
+def _untied_head(cmp: Comparison, sig: ModelSignature, traits: ModelTraits) -> list[Step]:
+    """A transformers model with its own output embedding, given a file without it whose input
+    embedding has its shape: the file was saved with tied embeddings (save_pretrained leaves the
+    tied head out), and the model was built with ``tie_word_embeddings=False``."""
+    if len(traits.embeddings) != 2:
+        return []
+    head, embed = traits.embeddings
+    model = sig.by_key()
+    if head not in cmp.missing or embed not in cmp.matched or model[head].shape != model[embed].shape:
+        return []
+    return [Step("copy-embedding", (f"{head}={embed}",), (
+        f"the checkpoint leaves out {head}, as a save with tied embeddings does, and the model unties "
+        f"it (tie_word_embeddings=False): build the model with tie_word_embeddings=True, or load the "
+        f"embedding rows ({embed}) into {head} and tie the two again"))]
 
 
 def _prove(table: Table, steps: Sequence[Step], sig: ModelSignature

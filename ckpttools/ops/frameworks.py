@@ -31,6 +31,8 @@ class ModelTraits:
         prefix_tokens: timm's ``num_prefix_tokens`` (class and register tokens).
         num_classes: the classifier's output size, when the model says.
         img_size: timm's input size ``(h, w)``.
+        embeddings: transformers' ``(output, input)`` embedding weight keys (``lm_head.weight``,
+            ``model.embed_tokens.weight``), when the model has both.
     """
 
     framework: str = ""
@@ -42,6 +44,7 @@ class ModelTraits:
     prefix_tokens: int = 0
     num_classes: int | None = None
     img_size: tuple[int, ...] = ()
+    embeddings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"framework": self.framework, "class_name": self.class_name}
@@ -72,6 +75,18 @@ def _timm(model: nn.Module) -> ModelTraits:
                        num_classes=getattr(model, "num_classes", None), img_size=img)
 
 
+def _embedding_keys(model: Any) -> tuple[str, ...]:
+    """``(output, input)`` embedding weight keys of a transformers model, or ``()``."""
+    try:
+        pair = (model.get_output_embeddings(), model.get_input_embeddings())
+    except Exception:  # a model without a head, or one whose getters are not implemented
+        return ()
+    names = {id(m): n for n, m in model.named_modules()}
+    if not all(m is not None and id(m) in names and hasattr(m, "weight") for m in pair):
+        return ()
+    return tuple(f"{names[id(m)]}.weight" for m in pair)
+
+
 def detect_traits(model: nn.Module) -> ModelTraits:
     """The framework a model object belongs to, from its classes and attributes.
 
@@ -92,7 +107,8 @@ def detect_traits(model: nn.Module) -> ModelTraits:
         config = getattr(model, "config", None)
         return ModelTraits("transformers", name,
                            base_model_prefix=str(getattr(model, "base_model_prefix", "") or ""),
-                           num_classes=getattr(config, "num_labels", None))
+                           num_classes=getattr(config, "num_labels", None),
+                           embeddings=_embedding_keys(model))
     if _is(model, "lightning.pytorch", "LightningModule") or \
             _is(model, "pytorch_lightning", "LightningModule"):
         return ModelTraits("lightning", name, inner=_largest_child(model))

@@ -1,7 +1,8 @@
 """``diff PATH --model SPEC``: will this checkpoint load into this model, and if not, the fix.
 
-The comparison reads checkpoint metadata only and the model's signature (built on the meta
-device), so it costs no tensor memory on either side. The fix is one plan
+The comparison reads checkpoint metadata and the model's signature (built on the meta device);
+tensor data is read only where the model ties parameters that the checkpoint holds under two
+names, to tell whether one load keeps them both. The fix is one plan
 (:mod:`ckpttools.ops.fix_plan`) proven against the model before it is shown; ``diagnose
 --checkpoint`` uses the same plan.
 """
@@ -51,6 +52,8 @@ class DiffResult:
             and the model's total (tied parameters counted once).
         plan: the fix plan, proven against the model (no steps when nothing needs fixing).
         allow_tied: absent tied aliases count as loadable (``--allow-tied``).
+        tie_conflicts: groups of keys the model ties into one parameter that the checkpoint holds
+            as different tensors; the load keeps the last key's values for all of them.
     """
 
     checkpoint: str
@@ -69,6 +72,7 @@ class DiffResult:
     plan: FixPlan | None = None
     allow_tied: bool = False
     warnings: tuple[str, ...] = field(default=())
+    tie_conflicts: tuple[tuple[str, ...], ...] = ()
 
     @property
     def fixes(self) -> tuple[FixPlan, ...]:
@@ -92,8 +96,9 @@ class DiffResult:
     @property
     def ok(self) -> bool:
         """Whether ``model.load_state_dict(state_dict, strict=True)`` would succeed on the
-        state_dict as found (absent tied aliases fail it unless ``allow_tied``)."""
-        return Counts.of(self.comparison).loads_strictly(self.allow_tied)
+        state_dict as found (absent tied aliases fail it unless ``allow_tied``) and keep every
+        tensor of it (not so when the model ties parameters the checkpoint holds apart)."""
+        return Counts.of(self.comparison).loads_strictly(self.allow_tied) and not self.tie_conflicts
 
     @property
     def coverage(self) -> float:
@@ -103,6 +108,11 @@ class DiffResult:
     @property
     def verdict(self) -> str:
         c = self.comparison
+        if self.tie_conflicts and Counts.of(c).loads_strictly(self.allow_tied):
+            group = self.tie_conflicts[0]
+            return (f"strict load would succeed but lose weights: the model ties {' and '.join(group)} "
+                    f"(one parameter), the checkpoint holds them as different tensors, and the load "
+                    f"keeps {group[-1]} for all of them")
         if self.ok:
             tied = f", {plural(len(c.tied), 'tied alias', 'tied aliases')} absent (allowed)" if c.tied else ""
             return f"strict load would succeed: {plural(len(c.matched), 'key')} match{'es' if len(c.matched) == 1 else ''}{tied}"
@@ -131,6 +141,7 @@ class DiffResult:
             "dtype_differences": [{"key": d.key, "checkpoint_dtype": d.checkpoint_dtype,
                                    "model_dtype": d.model_dtype} for d in c.dtype_differences],
             "tied": [{"key": a, "loaded_through": b} for a, b in c.tied],
+            "tie_conflicts": [list(g) for g in self.tie_conflicts],
             "non_persistent_buffers": list(self.non_persistent),
             "plan": self.plan.to_dict() if self.plan else None,
             "warnings": list(self.warnings),
@@ -147,6 +158,42 @@ def _coverage(cmp: Comparison, sig: ModelSignature) -> tuple[int, int]:
         return 0, total
     loaded = set(cmp.matched) | {a for a, _ in cmp.tied}
     return sum(k.numel for k in params if k.key in loaded), total
+
+
+def _tie_conflicts(reader: CheckpointReader, view: StateDictView, ckpt: Mapping[str, tuple[Shape, str]],
+                   sig: ModelSignature) -> tuple[tuple[str, ...], ...]:
+    """The model's tied groups that the checkpoint holds under two or more names with different
+    values. ``load_state_dict`` copies each key into the one shared parameter in module order, so
+    the last one wins and the others are lost."""
+    out = []
+    for group in sig.ties:
+        present = [k for k in group if k in ckpt and ckpt[k][1] != "object"]
+        if len(present) < 2 or len({ckpt[k] for k in present}) > 1:
+            continue  # a shape or dtype difference is reported as such
+        keys = [view.source_key(k) for k in present]
+        ranges = {_range(reader, k) for k in keys}
+        if len(ranges) == 1 and None not in ranges:
+            continue  # one byte range under both names (a tied torch.save): nothing to read
+        first = reader.load(keys[0])
+        if any(not _same(first, reader.load(k)) for k in keys[1:]):
+            out.append(tuple(present))
+    return tuple(out)
+
+
+def _range(reader: CheckpointReader, key: str) -> tuple[str, int, int] | None:
+    raw = reader.raw_source(key)
+    return None if raw is None else (raw.path, raw.offset, raw.length)
+
+
+def _same(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(a.shape == b.shape and a.dtype == b.dtype and (torch.equal(a, b) or torch.equal(
+        a.contiguous().flatten().view(torch.uint8), b.contiguous().flatten().view(torch.uint8))))
+
+
+TIE_CONFLICT_FIX = ("build the model with its parameters untied (transformers: "
+                    "tie_word_embeddings=False), as the checkpoint was saved")
 
 
 def source_of(reader: CheckpointReader, view: StateDictView) -> Source:
@@ -216,7 +263,8 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
         allow_tied: absent tied aliases count as loadable.
 
     Returns:
-        The comparison and the fix plan; no tensor data is read.
+        The comparison and the fix plan; tensor data is read only for parameters the model ties
+        that the checkpoint holds under two names.
 
     Raises:
         CkptError: the checkpoint cannot be read, or ``key`` is not in the checkpoint.
@@ -246,6 +294,9 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
                      "parameters; the rest keep their initialisation")
     if cmp.tied and not allow_tied:
         warns.append(TIED_NOTE)
+    conflicts = _tie_conflicts(reader, view, ckpt, sig)
+    if conflicts:
+        warns.append(TIE_CONFLICT_FIX)
     return DiffResult(
         checkpoint=reader.path, model=model_name or sig.name, state_dict=view.prefix,
         state_dict_note=view.describe(),
@@ -255,4 +306,4 @@ def diff_against_model(source: CheckpointReader | Mapping[str, Any],
         model_dtypes={k.key: k.dtype for k in sig.keys},
         model_kinds={k.key: k.kind for k in sig.keys}, comparison=cmp,
         non_persistent=sig.non_persistent, loaded_params=loaded, total_params=total,
-        plan=plan, allow_tied=allow_tied, warnings=tuple(warns))
+        plan=plan, allow_tied=allow_tied, warnings=tuple(warns), tie_conflicts=conflicts)

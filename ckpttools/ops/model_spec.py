@@ -50,12 +50,15 @@ class ModelSignature:
         non_persistent: buffers that are not in the state_dict (never "missing").
         ties: groups of state_dict keys that are one shared parameter (``lm_head.weight`` tied
             to ``embed.weight``); the first of each group is the owner.
+        frozen: the parameters' state_dict keys with ``requires_grad=False``; None when the
+            signature does not say (one read from JSON).
     """
 
     name: str
     keys: tuple[ModelKey, ...]
     non_persistent: tuple[str, ...] = ()
     ties: tuple[tuple[str, ...], ...] = ()
+    frozen: tuple[str, ...] | None = None
 
     def by_key(self) -> dict[str, ModelKey]:
         """The keys as a dict."""
@@ -168,7 +171,8 @@ def signature_of_model(model: nn.Module, name: str = "") -> ModelSignature:
     buffers = {k for k, _ in model.named_buffers(remove_duplicate=False)}
     non_persistent = tuple(sorted(buffers - set(state)))
     ties = tuple(tuple(g) for g in groups.values() if len([k for k in g if k in state]) > 1)
-    return ModelSignature(name or type(model).__name__, keys, non_persistent, ties)
+    frozen = tuple(k for k, p in params.items() if not p.requires_grad and k in state)
+    return ModelSignature(name or type(model).__name__, keys, non_persistent, ties, frozen)
 
 
 def _signature_items(data: Any) -> list[Mapping[str, Any]]:

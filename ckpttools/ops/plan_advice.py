@@ -28,6 +28,9 @@ def _folder(plan: FixPlan) -> str:
     path = plan.source.path
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         return path
+    beside = os.path.dirname(os.path.abspath(path))  # model.safetensors given inside its folder
+    if os.path.isfile(path) and os.path.isfile(os.path.join(beside, "config.json")):
+        return beside
     return "FOLDER_WITH_CONFIG_JSON"
 
 
@@ -47,6 +50,10 @@ def _transformers(plan: FixPlan) -> list[Advice]:
         out.append({"summary": f"from_pretrained adds or strips '{base}' itself (the "
                                "base_model_prefix) between a task model and the bare model",
                     "code": f"model = {cls}.from_pretrained({folder!r})"})
+    if any(s.kind == "copy-embedding" for s in plan.steps):
+        out.append({"summary": "from_pretrained with tie_word_embeddings=True ties the output "
+                               "embedding to the input one, as the checkpoint was saved",
+                    "code": f"model = {cls}.from_pretrained({folder!r}, tie_word_embeddings=True)"})
     if any(s.kind == "tie" for s in plan.steps):
         out.append({"summary": "the checkpoint leaves out tied aliases; from_pretrained re-ties "
                                "them (so does model.tie_weights() after a strict=False load)",

@@ -44,6 +44,8 @@ def _step_lines(step: Step) -> list[str]:
                 "if k.endswith('.num_batches_tracked') and k not in sd})"]
     if step.kind == "tie":
         return [f"sd[{a!r}] = sd[{o!r}]" for a, o in (t.split("=") for t in step.args)]
+    if step.kind == "copy-embedding":
+        return [f"sd[{a!r}] = sd[{o!r}]" for a, o in (t.split("=") for t in step.args)]
     key, _, spec = step.args[0].partition("=")
     *grid, tokens = (int(x) for x in spec.split(","))
     return ["from timm.layers import resample_abs_pos_embed",
@@ -62,6 +64,10 @@ def python_snippet(plan: FixPlan) -> str:
         body.append("result = model.load_state_dict(sd, strict=False)")
         left = ", ".join(plan.left[:4]) + (", ..." if len(plan.left) > 4 else "")
         body.append(f"# {len(plan.left)} model keys keep their initialisation: {left}")
+    for step in plan.steps:
+        if step.kind == "copy-embedding":  # tie them again, as the checkpoint was saved
+            head, embed = (k.rpartition(".")[0] for k in step.args[0].split("="))
+            body.append(f"model.get_submodule({head!r}).weight = model.get_submodule({embed!r}).weight")
     imports = ["torch"] + (["re"] if any(s.kind in ("drop", "rename") for s in plan.steps) else [])
     return "\n".join([f"import {', '.join(imports)}", *body])
 

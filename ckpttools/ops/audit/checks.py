@@ -103,14 +103,17 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
     state = opt["state"]
     if not state:
         return "WARN", f"optimizer '{where}' has no state (saved before the first step?)", []
-    # torch keeps no state for a parameter that never had a gradient (frozen, unused): not a defect
-    stateless = [p for p in ids if p not in state]
     try:
         from ckpttools.ops.state_dict import find_state_dict
 
         params = _param_keys(find_state_dict(reader).entries, sig)
     except Exception:  # no model state_dict to compare with: counts only
         params = []
+    frozen = set(sig.frozen) if sig is not None and sig.frozen is not None else None
+    if params and len(params) != len(ids) and frozen is not None:
+        # parameters in no param group cannot have state; the model says which those are
+        trainable = [e for e in params if e.key not in frozen]
+        params = trainable if len(trainable) == len(ids) else params
     if params and len(params) != len(ids):
         # an optimizer over a subset (the unfrozen layers) is common: positions no longer map
         return "WARN", (f"optimizer '{where}' holds {len(ids)} parameters, the model state_dict "
@@ -128,10 +131,43 @@ def _check_optimizer(reader: CheckpointReader, tree: Any, shapes: dict[str, tupl
     if problems:
         return "FAIL", (f"optimizer '{where}': {problems[0]}; parameters were reordered or changed since the "
                         "optimizer was saved, so its moments would load onto the wrong tensors"), problems
-    shown = f"state for all {len(ids)} parameters" if not stateless else (
-        f"state for {len(ids) - len(stateless)} of {len(ids)} parameters (torch keeps none for a parameter "
-        "that never had a gradient, such as a frozen one; LBFGS keeps all of it under the first)")
-    return "PASS", f"optimizer '{where}': {shown}{', shapes match' if params else ''}", []
+    status, shown = _stateless(ids, state, params, frozen)
+    return status, f"optimizer '{where}': {shown}", []
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _stateless(ids: list[Any], state: dict[Any, Any], params: list[TensorEntry],
+               frozen: set[str] | None) -> tuple[Status, str]:
+    """Whether the parameters without optimizer state are the ones that cannot have any: torch
+    keeps none for a parameter that never had a gradient (frozen, or unused in the loss), and only
+    the model tells which parameters are frozen."""
+    first = state.get(ids[0]) if ids else None
+    lbfgs = isinstance(first, dict) and "func_evals" in first and set(state) == {ids[0]}
+    stateless = [] if lbfgs else [p for p in ids if p not in state]
+    count = (f"state for {len(ids) - len(stateless)} of {len(ids)} parameters" if stateless else
+             f"state for all {len(ids)} parameters" + (" (LBFGS keeps it under the first)" if lbfgs else ""))
+    count += ", shapes match" if params else ""
+    keys = dict(zip(ids, (e.key for e in params)))
+    trained = [] if lbfgs or frozen is None else [keys[p] for p in ids if p in state and keys.get(p) in frozen]
+    if trained:
+        return "WARN", (f"{count}; the model freezes {len(trained)} that have state ({_names(trained)}): "
+                        "the saved run trained them, a resume with this model keeps them fixed")
+    if not stateless:
+        return "PASS", count
+    named = [str(keys.get(p, f"#{p}")) for p in stateless]
+    if frozen is None or not keys:
+        return "WARN", (f"{count}; none for {_names(named)}: torch keeps none for a parameter that had no "
+                        "gradient, and whether these are frozen (then fine) or were meant to train cannot be "
+                        "told from the file (--model SPEC builds the model, which tells)")
+    trainable = [k for k in named if k not in frozen]
+    if trainable:
+        return "WARN", (f"{count}; none for {len(trainable)} the model trains ({_names(trainable)}): they had "
+                        "no gradient in the saved run (unused in the loss, or frozen then), so a resume "
+                        "starts their moments from zero")
+    return "PASS", f"{count}; the {len(named)} without it are frozen in the model (requires_grad=False)"
 
 
 def check_completeness(reader: CheckpointReader, require: tuple[str, ...],

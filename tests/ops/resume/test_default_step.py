@@ -13,6 +13,7 @@ from torch import nn
 
 from ckpttools.api import verify_resume
 from ckpttools.cli.main import cli
+from tests.ops.resume.recipes import write_recipe
 
 COMMON = '''
 import torch
@@ -80,17 +81,11 @@ def _plain_loop(tmp_path: Path, text: str, saves: tuple[int, ...]) -> list[str]:
     return paths
 
 
-def _recipe(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "recipe.py"
-    path.write_text(text)
-    return str(path)
-
-
 def test_reduce_lr_on_plateau_resumes_the_plain_loop_bitwise(tmp_path: Path) -> None:
     ckpt, nxt = _plain_loop(tmp_path, PLATEAU, (2, 6))
     saved = torch.load(nxt, weights_only=True)
     assert saved["optimizer_state_dict"]["param_groups"][0]["lr"] < 0.1  # the plateau did cut the LR
-    result = verify_resume(_recipe(tmp_path, PLATEAU), ckpt, nxt)
+    result = verify_resume(write_recipe(tmp_path, PLATEAU), ckpt, nxt)
     assert result.status == "identical", result.verdict
     assert any(d.key.startswith("scheduler_state_dict.") for d in result.final_diffs)
 
@@ -98,7 +93,7 @@ def test_reduce_lr_on_plateau_resumes_the_plain_loop_bitwise(tmp_path: Path) -> 
 def test_lbfgs_resumes_the_plain_loop_bitwise(tmp_path: Path) -> None:
     ckpt, nxt = _plain_loop(tmp_path, LBFGS, (2, 5))
     assert "old_dirs" in torch.load(ckpt, weights_only=True)["optimizer_state_dict"]["state"][0]
-    result = verify_resume(_recipe(tmp_path, LBFGS), ckpt, nxt)
+    result = verify_resume(write_recipe(tmp_path, LBFGS), ckpt, nxt)
     assert result.status == "identical", result.verdict
     assert any(".old_dirs." in d.key for d in result.final_diffs)
 
@@ -108,14 +103,14 @@ def test_lbfgs_without_its_history_diverges_naming_the_optimizer(tmp_path: Path)
 def save_checkpoint(path, state):
     torch.save({k: v for k, v in state.items() if k != "optimizer_state_dict"}, path)
 '''
-    result = verify_resume(_recipe(tmp_path, dropping), steps=5, resume_at=2, fresh_process=False)
+    result = verify_resume(write_recipe(tmp_path, dropping), steps=5, resume_at=2, fresh_process=False)
     assert result.status == "diverged"
     assert "no optimizer state; the optimizer keeps" in result.verdict and "old_dirs" in result.verdict
 
 
 def test_a_step_the_default_cannot_run_is_one_line(tmp_path: Path) -> None:
     # GradScaler.step calls optimizer.step() without a closure, which LBFGS refuses
-    recipe = _recipe(tmp_path, LBFGS + '''
+    recipe = write_recipe(tmp_path, LBFGS + '''
 def build_scaler():
     return torch.amp.GradScaler("cpu")
 ''')

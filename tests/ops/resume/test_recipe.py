@@ -12,6 +12,7 @@ from ckpttools.ops.resume.recipe import (
     build_objects, capture_state, load_recipe, missing_pieces, read_checkpoint, run_step,
 )
 from tests.conftest import malicious_state
+from tests.ops.resume.recipes import write_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 LINEAR = str(EXAMPLES / "tutorial_linear.py")
@@ -25,12 +26,6 @@ def loss(model, batch): return model(batch).sum()
 """
 
 
-def _write(tmp_path: Path, text: str, name: str = "recipe.py") -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
 def test_loads_example_by_path() -> None:
     recipe = load_recipe(LINEAR)
     assert recipe.pieces() == ("optimizer", "rng")
@@ -41,7 +36,7 @@ def test_loads_example_by_path() -> None:
 def test_loads_module_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "ckpttools_test_recipe_pkg").mkdir()
     (tmp_path / "ckpttools_test_recipe_pkg" / "__init__.py").write_text("")
-    _write(tmp_path / "ckpttools_test_recipe_pkg", FULL, "train.py")
+    write_recipe(tmp_path / "ckpttools_test_recipe_pkg", FULL, "train.py")
     monkeypatch.syspath_prepend(str(tmp_path))
     recipe = load_recipe("ckpttools_test_recipe_pkg.train")
     assert recipe.name == "ckpttools_test_recipe_pkg.train" and recipe.fn("loss") is not None
@@ -56,7 +51,7 @@ def test_loads_module_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_missing_function_is_named(tmp_path: Path, missing: str, message: str) -> None:
     text = "\n".join(line for line in FULL.splitlines() if not line.startswith(f"def {missing}("))
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_recipe(_write(tmp_path, text))
+        load_recipe(write_recipe(tmp_path, text))
 
 
 def test_missing_function_on_object() -> None:
@@ -75,11 +70,11 @@ def test_unimportable_recipe(spec: str, message: str) -> None:
 
 def test_recipe_that_raises_on_import(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="recipe failed to import: ZeroDivisionError"):
-        load_recipe(_write(tmp_path, "x = 1 / 0\n"))
+        load_recipe(write_recipe(tmp_path, "x = 1 / 0\n"))
 
 
 def test_recipe_function_error_is_one_line(tmp_path: Path) -> None:
-    recipe = load_recipe(_write(tmp_path, FULL.replace("return torch.nn.Linear(1, 1)", "raise ValueError('bad')")))
+    recipe = load_recipe(write_recipe(tmp_path, FULL.replace("return torch.nn.Linear(1, 1)", "raise ValueError('bad')")))
     with pytest.raises(SpecError, match=r"build_model\(\) raised ValueError: bad"):
         build_objects(recipe)
 
@@ -123,4 +118,4 @@ def test_recipe_load_checkpoint_is_used(tmp_path: Path) -> None:
     text = FULL + "def load_checkpoint(path):\n    return {'from': 'recipe'}\n"
     ckpt = tmp_path / "any.bin"
     ckpt.write_bytes(b"not a torch file")
-    assert read_checkpoint(load_recipe(_write(tmp_path, text)), str(ckpt)) == {"from": "recipe"}
+    assert read_checkpoint(load_recipe(write_recipe(tmp_path, text)), str(ckpt)) == {"from": "recipe"}

@@ -16,6 +16,7 @@ from torch import nn
 from ckpttools.api import verify_resume
 from ckpttools.cli.main import cli
 from ckpttools.errors import SpecError
+from tests.ops.resume.recipes import write_recipe
 
 COMMON = '''
 import torch
@@ -71,16 +72,10 @@ def _train(tmp_path: Path, add_group_at: int | None, saves: tuple[int, ...], who
     return paths
 
 
-def _recipe(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "recipe.py"
-    path.write_text(text)
-    return str(path)
-
-
 def test_param_group_added_during_training_names_both_sides(tmp_path: Path) -> None:
     ckpt, nxt = _train(tmp_path, add_group_at=2, saves=(3, 4))
     assert len(torch.load(ckpt, weights_only=True)["optimizer_state_dict"]["param_groups"]) == 2
-    recipe = _recipe(tmp_path, ONE_GROUP)
+    recipe = write_recipe(tmp_path, ONE_GROUP)
     with pytest.raises(SpecError, match=r"optimizer_state_dict does not fit the recipe's build_optimizer\(model\): "
                                         r"its param groups hold 2 groups of 2 \+ 2 parameters, .* returns 1 group of 2"):
         verify_resume(recipe, ckpt, nxt)
@@ -92,19 +87,19 @@ def test_param_group_added_during_training_names_both_sides(tmp_path: Path) -> N
 
 def test_the_advice_works_two_groups_built_resume_bitwise(tmp_path: Path) -> None:
     ckpt, nxt = _train(tmp_path, add_group_at=2, saves=(3, 4))
-    result = verify_resume(_recipe(tmp_path, TWO_GROUPS), ckpt, nxt)
+    result = verify_resume(write_recipe(tmp_path, TWO_GROUPS), ckpt, nxt)
     assert result.status == "identical", result.verdict
 
 
 def test_parameters_frozen_after_saving(tmp_path: Path) -> None:
     ckpt, nxt = _train(tmp_path, add_group_at=None, saves=(3, 4), whole=True)
     with pytest.raises(SpecError, match=r"its param groups hold 1 group of 4 parameters, .* returns 1 group of 2; "):
-        verify_resume(_recipe(tmp_path, FROZEN), ckpt, nxt)
+        verify_resume(write_recipe(tmp_path, FROZEN), ckpt, nxt)
 
 
 def test_model_of_another_width_names_the_key_not_damage(tmp_path: Path) -> None:
     ckpt, nxt = _train(tmp_path, add_group_at=None, saves=(3, 4))
-    recipe = _recipe(tmp_path, WIDER)
+    recipe = write_recipe(tmp_path, WIDER)
     out = CliRunner().invoke(cli, ["verify-resume", "--recipe", recipe, ckpt, nxt])
     assert out.exit_code == 2 and out.stdout == ""
     assert "model_state_dict does not fit the recipe's build_model(): Sequential: size mismatch for 2.weight" \
