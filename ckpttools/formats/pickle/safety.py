@@ -172,6 +172,13 @@ UNSAFE_PREFIXES = (
     "huggingface_hub", "lightning.pytorch.cli",
 )
 
+# Members of a gadget prefix that are plain constructors: off the allowlist (not proven safe), but
+# no gadget. ``StringDType.__reduce__`` (numpy 2) returns this two-line ``StringDType(...)`` call.
+NOT_GADGETS = frozenset({
+    "numpy._core._internal._convert_to_stringdtype_kwargs",
+    "numpy.core._internal._convert_to_stringdtype_kwargs",
+})
+
 UNSAFE_BUILTINS = frozenset({
     "eval", "exec", "compile", "open", "getattr", "setattr", "delattr", "__import__",
     "globals", "locals", "vars", "input", "breakpoint", "apply", "execfile", "reload",
@@ -244,7 +251,7 @@ def classify_global(module: str, name: str) -> tuple[Safety, str]:
     why = _unsafe_name(module, name)
     if why:
         return "unsafe", why
-    hit = _unsafe_module(qualname)
+    hit = None if qualname in NOT_GADGETS else _unsafe_module(qualname)
     if hit is not None:
         if qualname in ("torch.load", "torch.serialization.load") or hit in ("pickle", "_pickle"):
             return "unsafe", f"{qualname}: a nested load can unpickle anything"

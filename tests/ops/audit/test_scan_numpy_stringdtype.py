@@ -17,18 +17,12 @@ from ckpttools.ops.audit.scan import scan_checkpoint
 
 GLOBAL = "numpy._core._internal._convert_to_stringdtype_kwargs"
 
-# the fix belongs in classify_global (formats/pickle/safety.py), which still files the constructor
-# under the numpy._core._internal gadget prefix; strict, so the fix turns these into failures to unmark
-_NOT_YET = pytest.mark.xfail(strict=True, reason="classify_global: numpy._core._internal prefix")
-
-
 def _string_array_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "strings.pt"
     torch.save({"w": torch.ones(2), "labels": np.array(["a", "bb"], dtype=np.dtypes.StringDType())}, path)
     return path
 
 
-@_NOT_YET
 def test_string_dtype_array_is_not_proven_safe_and_does_not_run_code(tmp_path: Path) -> None:
     path = _string_array_checkpoint(tmp_path)
     assert GLOBAL in path.read_bytes().decode("latin1").replace("\n", ".")  # what numpy really wrote
@@ -38,7 +32,6 @@ def test_string_dtype_array_is_not_proven_safe_and_does_not_run_code(tmp_path: P
     assert f.unknown_globals == (GLOBAL,)
 
 
-@_NOT_YET
 def test_only_the_constructor_leaves_the_gadget_prefix() -> None:
     assert classify_global("numpy._core._internal", "_convert_to_stringdtype_kwargs")[0] == "unknown"
     assert classify_global("numpy.core._internal", "_convert_to_stringdtype_kwargs")[0] == "unknown"
