@@ -117,6 +117,8 @@ class FixPlan:
         python / command / command_note / advice: the renderings (``plan_text``).
         undecided: moves that fill as many model keys from different checkpoint keys (the
             shapes cannot tell which the file needs); then no plan is shown, only these.
+        no_plan: why no plan is shown (a tie above, or no step fills any model key), and
+            no_plan_hint what to do instead; empty when there is a plan.
     """
 
     source: Source
@@ -133,6 +135,8 @@ class FixPlan:
     command_note: str = ""
     advice: tuple[dict[str, str], ...] = ()
     undecided: tuple[str, ...] = ()
+    no_plan: str = ""
+    no_plan_hint: str = ""
 
     @property
     def strict(self) -> bool:
@@ -151,7 +155,8 @@ class FixPlan:
                 "left_initialised": list(self.left), "python": self.python,
                 "command": self.command or None, "command_note": self.command_note or None,
                 "advice": list(self.advice), "model": self.traits.to_dict(),
-                "undecided": list(self.undecided)}
+                "undecided": list(self.undecided), "no_plan": self.no_plan or None,
+                "no_plan_hint": self.no_plan_hint or None}
 
 
 def rules_of(steps: Sequence[Step]) -> tuple[Rule, ...]:
@@ -366,6 +371,28 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
     filled = {*cmp.matched, *(a for a, _ in cmp.tied)}
     alias = {k for g in sig.ties for k in g[1:]}
     left = tuple(k.key for k in sig.keys if k.key not in filled and k.key not in alias)
+    no_plan, hint = "", ""
+    if undecided:
+        no_plan = ("these fill as many model keys from different checkpoint keys, and the shapes "
+                   "cannot tell which one the checkpoint needs")
+        hint = ("apply the one you mean with ckpttools remap (--strip-prefix, --add-prefix, "
+                "--rename) and diff its output again")
+    elif sig.keys and not filled and not Counts.of(before).loads_strictly(allow_tied):
+        # a plan of drops alone loads nothing: not a fix, whatever strict=False says
+        steps, cmp = [], before
+        no_plan, hint = _fills_nothing(table, len(sig.keys))
     plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
-                   len(filled), len(sig.keys), left, allow_tied, traits, undecided=undecided)
+                   len(filled), len(sig.keys), left, allow_tied, traits, undecided=undecided,
+                   no_plan=no_plan, no_plan_hint=hint)
     return plan
+
+
+def _fills_nothing(table: Table, total: int) -> tuple[str, str]:
+    """Why no plan is shown for a checkpoint that fills none of the model's keys, and what to do."""
+    why = (f"no rename or drop makes the checkpoint fill any of the model's {total} keys (it "
+           f"holds {len(table)} others)")
+    if any(_LORA.search(k) for k in table):
+        return why, ("the checkpoint is a LoRA adapter alone: build the model with its base "
+                     "weights, then peft.PeftModel.from_pretrained(model, ADAPTER_FOLDER)")
+    return why, ("it is another model's file, or its keys are named in a way no prefix or "
+                 "rename maps: check what it holds with ckpttools inspect CKPT")

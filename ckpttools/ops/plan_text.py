@@ -115,7 +115,7 @@ def remap_command(plan: FixPlan) -> tuple[str, str]:
 def render_plan(plan: FixPlan) -> FixPlan:
     """The plan with its snippet, command and advice filled in (no snippet nor command for an
     undecided plan: any would load tensors into places the shapes cannot confirm)."""
-    if plan.undecided:
+    if plan.no_plan:
         return replace(plan, advice=advise(plan))
     command, note = remap_command(plan)
     return replace(plan, python=python_snippet(plan), command=command, command_note=note,

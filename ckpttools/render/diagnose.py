@@ -77,9 +77,10 @@ def render_diagnosis(result: DiagnoseResult, fmt: str = "table") -> str:
         lines.append("no known cause fits; compare the key lists with ckpttools diff")
     elif not result.decided and result.source == "text":
         lines += [_undecided(result), ""]
-    if result.plan is not None and (result.plan.steps or result.plan.source.key or result.plan.undecided) and result.found:
+    if result.plan is not None and (result.plan.steps or result.plan.source.key or result.plan.no_plan) and result.found:
         lines += [render_plan(result.plan, fmt), ""]
     plan_code = result.plan.python if result.plan is not None else None
+    no_plan = result.plan is not None and bool(result.plan.no_plan)
     for i, cause in enumerate(result.causes, start=1):
-        lines += _cause(i, cause, fmt, same_as_plan=cause.fix_code == plan_code)
+        lines += _cause(i, cause, fmt, same_as_plan=cause.fix_code == plan_code and not no_plan)
     return "\n".join(lines).rstrip() + "\n"

@@ -43,7 +43,7 @@ def render_diff(result: DiffResult, fmt: str) -> str:
         return to_json(result.to_dict())
     c = result.comparison
     parts = [_summary(result, fmt)]
-    if result.plan is not None and (result.plan.steps or result.plan.source.key or result.plan.undecided):
+    if result.plan is not None and (result.plan.steps or result.plan.source.key or result.plan.no_plan):
         parts.append(render_plan(result.plan, fmt))
     kinds = result.model_kinds
     parts += [

@@ -13,13 +13,10 @@ if TYPE_CHECKING:
 def render_plan(plan: FixPlan, fmt: str) -> str:
     """A fix plan: its steps with the checked counts after each, the snippet, the command and
     the framework's own way (shared by ``diff`` and ``diagnose --checkpoint``)."""
-    if plan.undecided:
-        return "\n".join([heading(
-            "No fix plan: these fill as many model keys from different checkpoint keys, and the "
-            "shapes cannot tell which one the checkpoint needs", fmt), "",
-            *(f"- {u}" for u in plan.undecided), "",
-            "apply the one you mean with ckpttools remap (--strip-prefix, --add-prefix, --rename) "
-            "and diff its output again"])
+    if plan.no_plan:
+        return "\n".join([heading(f"No fix plan: {plan.no_plan}", fmt), "",
+                          *(f"- {u}" for u in plan.undecided), *([""] if plan.undecided else []),
+                          plan.no_plan_hint])
     verdict = ("loads with strict=True" if plan.strict else
                f"loads with strict=False, {len(plan.left)} model keys keep their initialisation")
     lines = [heading(f"Fix plan (checked against the model: {plan.after.text}; {verdict})", fmt), ""]

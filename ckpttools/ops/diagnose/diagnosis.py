@@ -208,7 +208,7 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     if plan is not None and plan.undecided:  # no fix may pick one of the plan's choices blindly
         causes = tuple(dataclasses.replace(c, fix_code="", fix_command=None) for c in result.causes)
         return dataclasses.replace(result, causes=causes, plan=plan)
-    if plan is None or not (plan.steps or plan.source.key):
+    if plan is None or not (plan.steps or plan.source.key or plan.no_plan):
         return dataclasses.replace(result, plan=plan)
     # the plan renames and drops keys; some causes need more than that (file_fixes)
     from ckpttools.ops.diagnose.file_fixes import own_fix
@@ -216,6 +216,8 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     causes = []
     for c in result.causes:
         code = own_fix(c, ev, diff, plan, model)
+        if code is None and plan.no_plan:  # the plan's steps would load nothing: no fix to show
+            code = ""
         causes.append(dataclasses.replace(c, fix_code=plan.python, fix_command=plan.command or None)
                       if code is None else dataclasses.replace(c, fix_code=code, fix_command=None))
     return dataclasses.replace(result, causes=tuple(causes), plan=plan)
