@@ -39,8 +39,8 @@ from fractions import Fraction
 from ckpttools.ops.diagnose.evidence import Evidence, Finding, ShapeMismatch
 from ckpttools.ops.diagnose.structure import structure_pairs
 
-__all__ = ["CODE_READING", "PART_WIDTH", "another_kind", "concatenated_part", "in_moved_modules",
-           "layer_of_another_kind", "same_part_added"]
+__all__ = ["CODE_READING", "PART_WIDTH", "another_kind", "bias_of_swapped", "channels_swapped", "concatenated_part",
+           "in_moved_modules", "layer_of_another_kind", "same_part_added", "swapped_channels"]
 
 CODE_READING = 0.6  # the code changed: first candidate; the width stays below it (the text cannot decide)
 PART_WIDTH = 0.72  # a width read from a part concatenated to several inputs: first, below 0.8
@@ -67,6 +67,49 @@ def layer_of_another_kind(ev: Evidence) -> Finding | None:
     return Finding("model_code_changed", CODE_READING, frozenset({m.key}),
                    {"missing": 0, "unexpected": 0, "examples_missing": [], "examples_unexpected": [],
                     "kind_changed": [m.key, list(m.checkpoint_shape), list(m.model_shape)]})
+
+
+def channels_swapped(m: ShapeMismatch) -> bool:
+    """A kernel (3-D or more) whose output and input channels trade places, its kernel axes kept.
+
+    ``[256, 768, 1, 1]`` in the file, ``[768, 256, 1, 1]`` in the model: the layer maps the other
+    way now (768 -> 256 where it was 256 -> 768), or a transposed convolution (``[in, out, k, k]``)
+    stands where a convolution was. A kernel layout of another library moves the kernel axes too
+    (spconv's ``[out, k, k, k, in]``); one that keeps them and swaps the channels is another layer.
+
+    Args:
+        m: a size mismatch.
+    """
+    c, s = m.checkpoint_shape, m.model_shape
+    return len(c) == len(s) >= 3 and c[0] != c[1] and (c[1], c[0], *c[2:]) == tuple(s)
+
+
+def bias_of_swapped(ev: Evidence, m: ShapeMismatch) -> bool:
+    """``m`` is the bias of a kernel whose channels swapped (its output size before and after).
+
+    Args:
+        ev: the evidence of a text.
+        m: a size mismatch.
+    """
+    module = m.key.rpartition(".")[0]
+    return len(m.checkpoint_shape) == len(m.model_shape) == 1 and any(
+        k.key.rpartition(".")[0] == module and channels_swapped(k)
+        and (k.checkpoint_shape[0], k.model_shape[0]) == (m.checkpoint_shape[0], m.model_shape[0])
+        for k in ev.mismatched)
+
+
+def swapped_channels(ev: Evidence) -> Finding | None:
+    """Every size mismatch a kernel whose channels swapped, or the bias of one: the model code
+    builds the layer otherwise."""
+    kernels = [m for m in ev.mismatched if channels_swapped(m)]
+    if not kernels or not all(m in kernels or bias_of_swapped(ev, m) for m in ev.mismatched):
+        return None
+    m = kernels[0]
+    return Finding("model_code_changed", CODE_READING, frozenset(m.key for m in ev.mismatched),
+                   {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                    "examples_missing": list(ev.missing[:3]),
+                    "examples_unexpected": list(ev.unexpected[:3]),
+                    "channels_swapped": [m.key, list(m.checkpoint_shape), list(m.model_shape)]})
 
 
 def in_moved_modules(ev: Evidence, mm: Sequence[ShapeMismatch]) -> bool:

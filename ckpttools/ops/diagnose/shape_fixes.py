@@ -150,6 +150,11 @@ _ONE_TENSOR_CHANGES = {
                      "checkpoint, {m} in the model (one side's size on the other's other axis, the "
                      "axes scaled apart: e.g. a table of symbols where the model has a layer reading "
                      "features); use the code version the checkpoint was saved with"),
+    "channels_swapped": ("the model code may build {key} the other way round now: {c} in the "
+                         "checkpoint, {m} in the model (its output and input channels trade places, "
+                         "the kernel kept: a layer that now maps the other direction, or a transposed "
+                         "convolution where a convolution was); a permute would load numbers that "
+                         "mean nothing there: use the code version the checkpoint was saved with"),
     "symbols": ("the code's symbol set may have changed since the checkpoint was saved: {key} "
                 "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
                 "library version that lists other characters, phonemes or feature values); use "

@@ -1,0 +1,110 @@
+"""Readings found while tuning on frozen15/ and frozen16/ (#16).
+
+A kernel whose output and input channels trade places while its kernel axes stay is another layer
+(one that maps the other way, or a transposed convolution where a convolution was), not a kernel
+layout to permute: a layout of another library moves the kernel axes too. A paste cut at both ends
+shows the end of one key list and the start of the other, so no key pairs across them; every key
+shown on one side under a wrapper's prefix (``module.``) and none on the other is still the wrapper
+first, another model wrapped alike below it. Every text here is the error a real
+``load_state_dict`` raises between two real modules; the printed fix is run on a copy of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ckpttools.ops.diagnose.diagnosis import diagnose_text
+from tests.ops.diagnose.generated_corpus import load_error
+from tests.ops.diagnose.printed import labels as _labels, run_fix as _run_fix
+
+
+# -- a kernel whose channels swapped: the code builds the layer the other way round -------------
+
+class Neck(nn.Module):
+    def __init__(self, down: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3)
+        self.down = down
+
+
+def test_a_kernel_with_its_channels_swapped_is_another_layer_not_a_layout() -> None:
+    # the file's layer maps 24 -> 8 channels, the model's 8 -> 24 (a 1x1 conv reversed)
+    text = load_error(Neck(nn.Conv2d(8, 24, 1)), Neck(nn.Conv2d(24, 8, 1)).state_dict())
+    assert "torch.Size([8, 24, 1, 1]) from checkpoint" in text
+    result = diagnose_text(text)
+    labels = [label for label, _ in _labels(result)]
+    assert labels[0] == "model_code_changed" and "transposed_weights" in labels
+    assert not result.decided
+    assert result.causes[0].fix_code == ""  # words: the code version, no permute
+    assert "other way round" in result.causes[0].summary
+
+
+def test_a_transposed_convolution_where_a_convolution_was_reads_the_same() -> None:
+    # ConvTranspose2d stores (in, out, k, k), Conv2d (out, in, k, k): the same channels, swapped
+    text = load_error(Neck(nn.Conv2d(8, 16, 4)), Neck(nn.ConvTranspose2d(8, 16, 4)).state_dict())
+    result = diagnose_text(text)
+    assert result.causes[0].label == "model_code_changed" and not result.decided
+
+
+class Layout(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv = nn.Module()
+        self.conv.weight = nn.Parameter(torch.zeros(shape))
+
+
+def test_a_kernel_layout_that_moves_the_kernel_axes_is_still_a_permute() -> None:
+    # spconv's (out, k, k, k, in) against (out, in, k, k, k): the kernel axes move
+    result = diagnose_text(load_error(Layout((16, 3, 3, 3, 4)), Layout((16, 4, 3, 3, 3)).state_dict()))
+    assert result.causes[0].label == "transposed_weights" and result.decided
+
+
+# -- a paste cut at both ends: one side's keys under module., the other's bare -------------------
+
+class Stereo(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+        self.cost = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+        self.classif = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 3))
+
+
+def _cut(text: str, first: str, last: str) -> str:
+    """The paste of a scrolled terminal: from inside ``first`` (a key) up to the key ``last``."""
+    return text[text.index(first) + first.rindex("."):text.index(f'"{last}"')]
+
+
+def test_a_cut_paste_with_the_wrapper_on_the_model_side_alone_reads_the_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.pth"
+    torch.save(Stereo().state_dict(), path)  # saved from the bare model
+    model = nn.DataParallel(Stereo())  # wrapped before loading
+    text = _cut(load_error(model, torch.load(path)), "module.cost.3.running_var", "cost.0.weight")
+    assert text.startswith('.running_var", "module.classif.0.weight"') and '"classif.0.weight"' not in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "prefix_missing" and not result.decided
+    loaded = _run_fix(result.causes[0].fix_code, copy.deepcopy(model), path)
+    assert torch.equal(loaded.module.classif[2].weight, torch.load(path)["classif.2.weight"])
+
+
+def test_a_cut_paste_with_the_wrapper_on_the_file_side_alone_reads_the_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.pth"
+    torch.save(nn.DataParallel(Stereo()).state_dict(), path)  # saved from the wrapper
+    model = Stereo()
+    text = _cut(load_error(model, torch.load(path)), "cost.3.running_var", "module.cost.0.weight")
+    assert '"classif.0.weight"' in text and '"module.classif.0.weight"' not in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "prefix_added" and not result.decided
+    loaded = _run_fix(result.causes[0].fix_code, copy.deepcopy(model), path)
+    assert torch.equal(loaded.classif[2].weight, torch.load(path)["module.classif.2.weight"])
+
+
+def test_a_cut_paste_with_the_wrapper_on_both_sides_is_not_read_as_the_wrapper() -> None:
+    text = _cut(load_error(nn.DataParallel(Stereo()), nn.DataParallel(nn.Sequential(
+        nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 4))).state_dict()),
+        "module.cost.3.running_var", "module.3.weight")
+    labels = [label for label, _ in _labels(diagnose_text(text))]
+    assert "prefix_missing" not in labels and "prefix_added" not in labels
