@@ -108,3 +108,59 @@ def test_a_cut_paste_with_the_wrapper_on_both_sides_is_not_read_as_the_wrapper()
         "module.cost.3.running_var", "module.3.weight")
     labels = [label for label, _ in _labels(diagnose_text(text))]
     assert "prefix_missing" not in labels and "prefix_added" not in labels
+
+
+# -- only a segmentation head or a final classifier missing: the file is the backbone ----------
+
+class Segmenter(nn.Module):
+    def __init__(self, with_head: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+        if with_head:  # mmseg's decode heads end in conv_seg
+            self.conv_seg = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+class PointSegmenter(nn.Module):
+    def __init__(self, with_head: bool = True) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(5, 8, 3), nn.BatchNorm2d(8))
+        if with_head:  # a classifier of its own kind, then the network's final layer
+            self.kpclassifier = nn.Module()
+            self.kpclassifier.kpconv = nn.Linear(8, 8)
+            self.kpclassifier.bn = nn.BatchNorm1d(8)
+            self.final = nn.Linear(8, 20)
+
+
+def test_only_a_segmentation_heads_classifier_missing_is_a_new_task_head(tmp_path: Path) -> None:
+    path = tmp_path / "pretrain.pth"
+    torch.save(Segmenter(with_head=False).state_dict(), path)  # the released backbone
+    model = nn.DataParallel(Segmenter())
+    sd = {"module." + k: v for k, v in torch.load(path).items()}
+    text = load_error(model, sd)
+    assert "Unexpected" not in text and '"module.conv_seg.3.weight"' in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "new_task_head" and not result.decided
+    # the printed fix loads what the file has and leaves the head to train
+    torch.save(sd, path)
+    loaded = _run_fix(result.causes[0].fix_code, copy.deepcopy(model), path)
+    assert torch.equal(loaded.module.layer1[0].weight, sd["module.layer1.0.weight"])
+
+
+def test_a_final_layer_behind_a_named_classifier_missing_is_a_new_task_head() -> None:
+    text = load_error(PointSegmenter(), PointSegmenter(with_head=False).state_dict())
+    assert '"kpclassifier.kpconv.weight"' in text and '"final.bias"' in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "new_task_head" and not result.decided
+
+
+def test_a_final_layer_beside_a_backbone_module_missing_is_not_a_head() -> None:
+    text = load_error(PointSegmenter(), {k: v for k, v in PointSegmenter().state_dict().items()
+                                         if not k.startswith(("final.", "backbone.1."))})
+    assert result_label(text) != "new_task_head"
+
+
+def result_label(text: str) -> str | None:
+    result = diagnose_text(text)
+    return result.causes[0].label if result.causes else None
