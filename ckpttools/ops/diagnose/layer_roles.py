@@ -40,7 +40,8 @@ from ckpttools.ops.diagnose.evidence import Evidence, Finding, ShapeMismatch
 from ckpttools.ops.diagnose.structure import structure_pairs
 
 __all__ = ["CODE_READING", "PART_WIDTH", "another_kind", "bias_of_swapped", "channels_swapped", "concatenated_part",
-           "in_moved_modules", "layer_of_another_kind", "same_part_added", "swapped_channels"]
+           "in_moved_modules", "layer_of_another_kind", "recurrent_kind", "same_part_added",
+           "swapped_channels"]
 
 CODE_READING = 0.6  # the code changed: first candidate; the width stays below it (the text cannot decide)
 PART_WIDTH = 0.72  # a width read from a part concatenated to several inputs: first, below 0.8
@@ -110,6 +111,31 @@ def swapped_channels(ev: Evidence) -> Finding | None:
                     "examples_missing": list(ev.missing[:3]),
                     "examples_unexpected": list(ev.unexpected[:3]),
                     "channels_swapped": [m.key, list(m.checkpoint_shape), list(m.model_shape)]})
+
+
+# nn.GRU/nn.LSTM/nn.RNN name their tensors per layer and direction (weight_ih_l0,
+# bias_hh_l1_reverse); nn.GRUCell/nn.LSTMCell/nn.RNNCell have one layer (weight_ih).
+_RNN_LAYER = re.compile(r"(^|\.)(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+_RNN_CELL = re.compile(r"(^|\.)(weight|bias)_(ih|hh)$")
+CELLS_READING = 0.72  # cells where a recurrent layer was: first, below 0.8 (the text shows no shapes)
+_LAYER_KIND = "a recurrent layer (nn.GRU/nn.LSTM: weight_ih_l0)"
+_CELL_KIND = "recurrent cells (nn.GRUCell/nn.LSTMCell: weight_ih)"
+
+
+def recurrent_kind(ev: Evidence) -> Finding | None:
+    """Every key one side lacks a recurrent layer's (``weight_ih_l0``), every key the other side
+    lacks a cell's (``weight_ih``): the code builds the recurrence with the other module kind."""
+    for layers, cells, model_side in ((ev.missing, ev.unexpected, _LAYER_KIND),
+                                      (ev.unexpected, ev.missing, _CELL_KIND)):
+        if (layers and cells and all(_RNN_LAYER.search(k) for k in layers)
+                and all(_RNN_CELL.search(k) for k in cells)):
+            file_side = _CELL_KIND if model_side == _LAYER_KIND else _LAYER_KIND
+            return Finding("model_code_changed", CELLS_READING, frozenset(ev.missing + ev.unexpected),
+                           {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                            "examples_missing": list(ev.missing[:3]),
+                            "examples_unexpected": list(ev.unexpected[:3]),
+                            "recurrent_kind": [ev.missing[0], file_side, model_side]})
+    return None
 
 
 def in_moved_modules(ev: Evidence, mm: Sequence[ShapeMismatch]) -> bool:

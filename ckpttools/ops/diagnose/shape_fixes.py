@@ -155,6 +155,10 @@ _ONE_TENSOR_CHANGES = {
                          "the kernel kept: a layer that now maps the other direction, or a transposed "
                          "convolution where a convolution was); a permute would load numbers that "
                          "mean nothing there: use the code version the checkpoint was saved with"),
+    "recurrent_kind": ("the model code builds the recurrence with another module kind: the checkpoint "
+                       "holds {c}, the model {m} (e.g. {key}); their tensors hold the same gates, but "
+                       "one layer's directions and depth are modules of their own on the cells' "
+                       "side: use the code version the checkpoint was saved with"),
     "symbols": ("the code's symbol set may have changed since the checkpoint was saved: {key} "
                 "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
                 "library version that lists other characters, phonemes or feature values); use "

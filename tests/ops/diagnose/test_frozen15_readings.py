@@ -164,3 +164,31 @@ def test_a_final_layer_beside_a_backbone_module_missing_is_not_a_head() -> None:
 def result_label(text: str) -> str | None:
     result = diagnose_text(text)
     return result.causes[0].label if result.causes else None
+
+
+# -- recurrent cells where a recurrent layer is built, or the other way round -------------------
+
+class CellEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru_enc_f = nn.GRUCell(4, 6)
+        self.gru_enc_b = nn.GRUCell(4, 6)
+
+
+class LayerEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru_enc = nn.GRU(4, 6, bidirectional=True)
+
+
+def test_cells_in_the_file_where_the_model_builds_a_recurrent_layer_are_the_code() -> None:
+    text = load_error(LayerEncoder(), CellEncoder().state_dict())
+    assert '"gru_enc.weight_ih_l0_reverse"' in text and '"gru_enc_f.weight_ih"' in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "model_code_changed" and not result.decided
+    assert "nn.GRUCell" in result.causes[0].summary and result.causes[0].fix_code == ""
+
+
+def test_a_recurrent_layer_in_the_file_where_the_model_builds_cells_reads_the_same() -> None:
+    result = diagnose_text(load_error(CellEncoder(), LayerEncoder().state_dict()))
+    assert result.causes[0].label == "model_code_changed" and not result.decided
