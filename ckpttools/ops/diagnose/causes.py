@@ -32,7 +32,8 @@ from ckpttools.ops.diagnose.shape_readings import lone_norm_code, lone_table_cod
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.thin_shapes import anchor_count, input_features
 from ckpttools.ops.diagnose.layer_roles import (
-    channels_swapped, concatenated_part, layer_of_another_kind, recurrent_kind, swapped_channels)
+    channels_swapped, concatenated_part, layer_of_another_kind, layers_bias_flag, recurrent_kind,
+    swapped_channels)
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
@@ -341,7 +342,7 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, several_settings,
     norm_kind, lone_norm_code, lone_table_code, renamed_keys, numbered_copies, part_checkpoint,
     anchor_count, input_features, layer_of_another_kind, concatenated_part, swapped_channels,
-    recurrent_kind)
+    recurrent_kind, layers_bias_flag)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

@@ -40,7 +40,7 @@ from ckpttools.ops.diagnose.evidence import Evidence, Finding, ShapeMismatch
 from ckpttools.ops.diagnose.structure import structure_pairs
 
 __all__ = ["CODE_READING", "PART_WIDTH", "another_kind", "bias_of_swapped", "channels_swapped", "concatenated_part",
-           "in_moved_modules", "layer_of_another_kind", "recurrent_kind", "same_part_added",
+           "in_moved_modules", "layer_of_another_kind", "layers_bias_flag", "recurrent_kind", "same_part_added",
            "swapped_channels"]
 
 CODE_READING = 0.6  # the code changed: first candidate; the width stays below it (the text cannot decide)
@@ -135,6 +135,24 @@ def recurrent_kind(ev: Evidence) -> Finding | None:
                             "examples_missing": list(ev.missing[:3]),
                             "examples_unexpected": list(ev.unexpected[:3]),
                             "recurrent_kind": [ev.missing[0], file_side, model_side]})
+    return None
+
+
+def layers_bias_flag(ev: Evidence) -> Finding | None:
+    """One side lacks only the biases of several layers of one role (``stages.*.dwconv.bias``)
+    whose weights loaded: the code builds those layers with (or without) a bias now, a flag of the
+    layer (``bias=True``) rather than another model or another width."""
+    for side, other in ((ev.missing, ev.unexpected), (ev.unexpected, ev.missing)):
+        roles = {_NUMBER.sub("#", k) for k in side}
+        if (len(side) >= 2 and all(k.endswith(".bias") for k in side) and len(roles) == 1
+                and len(side) > len(other) and not any(k.endswith(".weight") and k[:-7] + ".bias"
+                                                       in side for k in other)):
+            return Finding("model_code_changed", CODE_READING, frozenset(side),
+                           {"missing": len(ev.missing), "unexpected": len(ev.unexpected),
+                            "examples_missing": list(ev.missing[:3]),
+                            "examples_unexpected": list(ev.unexpected[:3]),
+                            "bias_flag": [side[0], "checkpoint" if side is ev.unexpected else "model",
+                                          len(side)]})
     return None
 
 

@@ -187,6 +187,13 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "has another size while no weight around it is shown to differ (a library version "
                 "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
                 "with, or show the whole error"), "", []
+    if flag := f.facts.get("bias_flag"):
+        key, side, n = flag
+        what = (f"the model code builds {n} layers of one role ({key.rpartition('.')[0]} and its "
+                f"like) {'without' if side == 'checkpoint' else 'with'} a bias now: only their biases "
+                f"are in the {side} alone, their weights loaded; use the code version the checkpoint "
+                "was saved with (or the layers' bias setting)")
+        return what, "", []
     for fact, template in _ONE_TENSOR_CHANGES.items():  # (key, checkpoint size, model size)
         if one := f.facts.get(fact):
             key, c, m = one

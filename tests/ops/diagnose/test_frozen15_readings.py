@@ -192,3 +192,31 @@ def test_cells_in_the_file_where_the_model_builds_a_recurrent_layer_are_the_code
 def test_a_recurrent_layer_in_the_file_where_the_model_builds_cells_reads_the_same() -> None:
     result = diagnose_text(load_error(CellEncoder(), LayerEncoder().state_dict()))
     assert result.causes[0].label == "model_code_changed" and not result.decided
+
+
+# -- only the biases of one role's layers on one side: the code's bias flag --------------------
+
+class Stages(nn.Module):
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(nn.Sequential(*(Block(bias) for _ in range(3))) for _ in range(2))
+
+
+class Block(nn.Module):
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(4, 4, 3, groups=4, bias=bias)
+        self.pwconv = nn.Linear(4, 4)
+
+
+def test_the_biases_of_one_roles_layers_alone_missing_are_the_codes_bias_flag() -> None:
+    text = load_error(Stages(bias=True), Stages(bias=False).state_dict())
+    assert '"stages.1.2.dwconv.bias"' in text and "Unexpected" not in text
+    result = diagnose_text(text)
+    assert result.causes[0].label == "model_code_changed" and not result.decided
+    assert "with a bias now" in result.causes[0].summary and result.causes[0].fix_code == ""
+
+
+def test_the_biases_of_one_roles_layers_alone_unexpected_read_the_same() -> None:
+    result = diagnose_text(load_error(Stages(bias=False), Stages(bias=True).state_dict()))
+    assert result.causes[0].label == "model_code_changed" and "without a bias" in result.causes[0].summary
