@@ -220,3 +220,34 @@ def test_the_biases_of_one_roles_layers_alone_missing_are_the_codes_bias_flag() 
 def test_the_biases_of_one_roles_layers_alone_unexpected_read_the_same() -> None:
     result = diagnose_text(load_error(Stages(bias=False), Stages(bias=True).state_dict()))
     assert result.causes[0].label == "model_code_changed" and "without a bias" in result.causes[0].summary
+
+
+# -- a key list that ends in a comma inside a code block was cut --------------------------------
+
+class Sentiment(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bert = nn.Module()
+        self.bert.embeddings = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
+        self.bert.encoder = nn.Sequential(*(nn.Linear(4, 4) for _ in range(4)))
+        self.out = nn.Linear(4, 1)
+
+
+def test_a_missing_list_ending_in_a_comma_before_a_closing_fence_is_cut(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    torch.save({"module." + k: v for k, v in Sentiment().state_dict().items()}, path)  # DataParallel
+    model = Sentiment()
+    text = load_error(model, torch.load(path))
+    # the paste: a fenced block that stops after the missing list's fifth key, comma and all
+    fifth = '"bert.encoder.0.bias", '
+    pasted = "```\n" + text[:text.index(fifth) + len(fifth)].rstrip() + "\n```\n"
+    assert pasted.rstrip("`\n ").endswith(",") and "Unexpected" not in pasted
+    result = diagnose_text(pasted)
+    assert result.to_dict()["truncated"] and result.causes[0].label == "prefix_added"
+    loaded = _run_fix(result.causes[0].fix_code, copy.deepcopy(model), path)
+    assert torch.equal(loaded.out.weight, torch.load(path)["module.out.weight"])
+
+
+def test_a_missing_list_ending_in_its_period_before_a_closing_fence_is_whole() -> None:
+    text = load_error(Sentiment(), {})
+    assert not diagnose_text("```\n" + text.rstrip() + "\n```\n").to_dict()["truncated"]
