@@ -28,6 +28,12 @@ cut, transformers, frozen..frozen10): the first holds for one text (mozillatts27
 for 65 generated texts whose code changed (decided, right), 10 cut ones (candidates, right) and
 one real text (depthmap2mask60); no text of another cause holds either. The third holds for
 three real texts: two whose code changed (kinpoly6, mockingbird253) and one variant (monster48).
+
+Three more were found on frozen15/16: a kernel whose output and input channels trade places with
+its kernel axes kept (a layer that maps the other way, or a transposed convolution where a
+convolution was; a library's kernel layout moves the kernel axes too), recurrent cells on one side
+and a recurrent layer on the other (PyTorch names their tensors ``weight_ih`` and
+``weight_ih_l0``), and the biases alone of several layers of one role (the layers' bias flag).
 """
 
 from __future__ import annotations
