@@ -112,8 +112,8 @@ def main() -> None:
         _print("frozen12 (non-vision texts committed at 0a2b409 before diagnose ran on them; 32/50 with the rules they were collected under, 6f30365; 31/50 after frozen10's tuning; tuned on since: #16's frozen11/12 round)", score(corpus(FROZEN12)), args.misses)
         _print("frozen13 (vision texts committed at 46979ec before diagnose ran on them; 32/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; tuned on since: #16's frozen13/14 round)", score(corpus(FROZEN13)), args.misses)
         _print("frozen14 (non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; tuned on since: #16's frozen13/14 round)", score(corpus(FROZEN14)), args.misses)
-        _print("frozen15 (held out: vision texts committed at 3687e56 before diagnose ran on them; 31/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; not tuned on)", score(corpus(FROZEN15)), args.misses)
-        _print("frozen16 (held out: non-vision texts committed at 6246ce3 before diagnose ran on them; 35/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; not tuned on)", score(corpus(FROZEN16)), args.misses)
+        _print("frozen15 (vision texts committed at 3687e56 before diagnose ran on them; 31/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; tuned on since: #16's frozen15/16 round)", score(corpus(FROZEN15)), args.misses)
+        _print("frozen16 (non-vision texts committed at 6246ce3 before diagnose ran on them; 35/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; tuned on since: #16's frozen15/16 round)", score(corpus(FROZEN16)), args.misses)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from ckpttools.ops.diagnose.norm_kind import norm_kind
 from ckpttools.ops.diagnose.shape_readings import lone_norm_code, lone_table_code
 from ckpttools.ops.diagnose.projections import fused_projection
 from ckpttools.ops.diagnose.thin_shapes import anchor_count, input_features
-from ckpttools.ops.diagnose.layer_roles import concatenated_part, layer_of_another_kind
+from ckpttools.ops.diagnose.layer_roles import (
+    channels_swapped, concatenated_part, layer_of_another_kind, layers_bias_flag, recurrent_kind,
+    swapped_channels)
 from ckpttools.ops.diagnose.evidence import (
     Evidence, Finding, numel as _numel, segments as _segments, zero_count_keys)
 from ckpttools.ops.diagnose.prose_names import WRAPPER_SEGMENTS
@@ -90,6 +92,9 @@ def _wrapper_only(keys: tuple[str, ...], anywhere: bool) -> str | None:
     return None
 
 
+CUT_WRAPPER = 0.72  # one side's shown keys all under a wrapper, the other's none, no key pairs: first, below 0.8
+
+
 def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
     extra, base = (ev.unexpected, ev.missing) if label == "prefix_added" else (ev.missing, ev.unexpected)
     prefix, infix, hits = prefix_matches(extra, base)
@@ -100,6 +105,15 @@ def _prefix_rule(ev: Evidence, label: str) -> Finding | None:
         stripped = {k[len(prefix):] if not infix else strip_wrappers(k) for k in hits}
         return Finding(label, conf, frozenset(hits) | stripped,
                        {"prefix": prefix, "infix": infix, "examples": hits[:3], "count": len(hits)})
+    if ev.truncated and base and (seg := _wrapper_only(extra, anywhere=False)) and not any(
+            s in WRAPPER_SEGMENTS for k in base for s in _segments(k)):
+        # A cut list: every key shown on one side under a wrapper's prefix, none on the other. The
+        # two sides show other stretches of the model (the end of one list, the start of the
+        # other), so no key pairs; the wrapper on one side alone is still the plain reading, and
+        # another model wrapped the same way is the other.
+        return Finding(label, CUT_WRAPPER, frozenset(extra),
+                       {"prefix": seg + ".", "infix": False, "examples": list(extra[:3]),
+                        "count": len(extra), "unpaired_cut": True})
     wrapped_model = (ev.class_name or "") in _WRAPPER_CLASSES
     if base or (label == "prefix_added" and wrapped_model):
         return None
@@ -304,7 +318,9 @@ def transposed_weights(ev: Evidence) -> Finding | None:
     if not hits:
         return None
     swapped = all(len(m.model_shape) == 2 for m in hits)
-    return Finding("transposed_weights", 0.92 if swapped else 0.85, frozenset(m.key for m in hits),
+    # kernels whose channels alone trade places: another layer (swapped_channels), a permute below it
+    confidence = 0.92 if swapped else 0.5 if all(channels_swapped(m) for m in hits) else 0.85
+    return Finding("transposed_weights", confidence, frozenset(m.key for m in hits),
                    {"examples": [m.key for m in hits[:3]], "count": len(hits), "swapped": swapped,
                     "permutation": _axis_order(hits[0]), "keys": [m.key for m in hits]})
 
@@ -325,7 +341,8 @@ SPECIFIC_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     adapter_or_quantization, ema_weights, tied_weights, fused_projection, partitioned_checkpoint,
     transposed_weights, head_size_mismatch, sharded_tensors, architecture_variant, several_settings,
     norm_kind, lone_norm_code, lone_table_code, renamed_keys, numbered_copies, part_checkpoint,
-    anchor_count, input_features, layer_of_another_kind, concatenated_part)
+    anchor_count, input_features, layer_of_another_kind, concatenated_part, swapped_channels,
+    recurrent_kind, layers_bias_flag)
 FALLBACK_RULES: tuple[Callable[[Evidence], Finding | None], ...] = (
     another_depth, model_code_changed, wrong_model)
 

@@ -148,18 +148,22 @@ def _read_quoted(text: str, pos: int, quote: str) -> tuple[str | None, int]:
 def _parse_quoted_list(text: str, pos: int) -> tuple[list[str], bool]:
     keys: list[str] = []
     while True:
+        after_key = pos
         m = re.compile(r"[\s,`\[{(]*").match(text, pos)
         pos = m.end() if m else pos
         if keys and text.startswith(("]", "}", ")"), pos):
             return keys, False  # the list's closing bracket: the whole list (a set, a Python list)
         m = re.compile(r"[\s,`\[\]{}()]*").match(text, pos)
         pos = m.end() if m else pos
+        # PyTorch ends its lists with a period; a comma after the last key read (before the end,
+        # a closing code fence or prose) is a list the paste cut
+        cut = bool(keys) and "," in text[after_key:pos]
         if pos >= len(text):
-            return keys, bool(keys) and text.rstrip().endswith(",")
+            return keys, cut
         if _TRUNCATION.match(text, pos) or text.startswith("..", pos):
             return keys, True
         if text[pos] not in "\"'":
-            return keys, False
+            return keys, cut
         key, pos = _read_quoted(text, pos, text[pos])
         if key is None:
             return keys, True

@@ -23,11 +23,14 @@ from ckpttools.ops.diagnose.fed_input import fed_count_head
 from ckpttools.ops.diagnose.shapes import fed_inputs, head_named
 from ckpttools.ops.diagnose.structure import rename_pairs, structure_pairs
 
-# Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2).
+# Output heads by naming convention (torchvision, timm, transformers, mmcv, detectron2), a
+# segmentation head's classifier (mmseg's conv_seg), a network's final layer (final,
+# final_layer, final_conv) and any module whose name ends in classifier (kpclassifier).
 _HEAD_MODULE = re.compile(
     r"(^|\.)(head|heads|fc|classifier|cls|cls_head|logits|last_linear|score|qa_outputs|pooler"
     r"|lm_head|decode_head|auxiliary_head|cls_score|bbox_pred|fc_cls|fc_reg|output_layer"
-    r"|classif\w*|pre_logits|projector|proj_head)(\.|$)")
+    r"|classif\w*|pre_logits|projector|proj_head|\w+_?classifier|conv_seg|seg_head"
+    r"|final|final_layer|final_conv)(\.|$)")
 _HEAD_NORM = re.compile(r"(^|\.)fc_norm\.")
 # Heads a pretraining checkpoint carries that a task model drops (BERT MLM/NSP, pooler, ...).
 PRETRAIN_HEAD = re.compile(r"(^|\.)(cls|lm_head|pooler|predictions|seq_relationship|mlm|nsp"

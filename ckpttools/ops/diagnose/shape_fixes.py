@@ -150,6 +150,15 @@ _ONE_TENSOR_CHANGES = {
                      "checkpoint, {m} in the model (one side's size on the other's other axis, the "
                      "axes scaled apart: e.g. a table of symbols where the model has a layer reading "
                      "features); use the code version the checkpoint was saved with"),
+    "channels_swapped": ("the model code may build {key} the other way round now: {c} in the "
+                         "checkpoint, {m} in the model (its output and input channels trade places, "
+                         "the kernel kept: a layer that now maps the other direction, or a transposed "
+                         "convolution where a convolution was); a permute would load numbers that "
+                         "mean nothing there: use the code version the checkpoint was saved with"),
+    "recurrent_kind": ("the model code builds the recurrence with another module kind: the checkpoint "
+                       "holds {c}, the model {m} (e.g. {key}); their tensors hold the same gates, but "
+                       "one layer's directions and depth are modules of their own on the cells' "
+                       "side: use the code version the checkpoint was saved with"),
     "symbols": ("the code's symbol set may have changed since the checkpoint was saved: {key} "
                 "indexes {c} symbols in the checkpoint and {m} in the model (a repository or "
                 "library version that lists other characters, phonemes or feature values); use "
@@ -178,6 +187,13 @@ def code_changed_text(f: Finding, ev: Evidence) -> tuple[str, str, list[str]]:
                 "has another size while no weight around it is shown to differ (a library version "
                 "that builds a stage's layers elsewhere); use the version the checkpoint was saved "
                 "with, or show the whole error"), "", []
+    if flag := f.facts.get("bias_flag"):
+        key, side, n = flag
+        what = (f"the model code builds {n} layers of one role ({key.rpartition('.')[0]} and its "
+                f"like) {'without' if side == 'checkpoint' else 'with'} a bias now: only their biases "
+                f"are in the {side} alone, their weights loaded; use the code version the checkpoint "
+                "was saved with (or the layers' bias setting)")
+        return what, "", []
     for fact, template in _ONE_TENSOR_CHANGES.items():  # (key, checkpoint size, model size)
         if one := f.facts.get(fact):
             key, c, m = one

@@ -12,7 +12,7 @@ from ckpttools.ops.diagnose.evidence import (
 from ckpttools.ops.diagnose.count_pairs import UNRELATED_HEAD, one_count, per_level_rows
 from ckpttools.ops.diagnose.fed_input import concatenated_input
 from ckpttools.ops.diagnose.layer_roles import (
-    CODE_READING, PART_WIDTH, another_kind, in_moved_modules, same_part_added)
+    CODE_READING, PART_WIDTH, another_kind, bias_of_swapped, in_moved_modules, same_part_added)
 from ckpttools.ops.diagnose.hidden_widths import WIDTH_HEAD, WIDTH_READING, hidden_width_sizes
 from ckpttools.ops.diagnose.shape_readings import (
     one_count_keys, recurrent, reshaped, round_sizes, width_from_norms_alone)
@@ -367,6 +367,8 @@ def _shape_variant(ev: Evidence) -> Finding | None:
         conf = min(conf, 0.75)
     if in_moved_modules(ev, mm) or (len(mm) == 1 and another_kind(mm[0])):
         conf = min(conf, CODE_READING - 0.05)  # the code changed (layer_roles): that reads first
+    if all(bias_of_swapped(ev, m) for m in mm):
+        conf = min(conf, CODE_READING - 0.05)  # a swapped kernel's bias: the layer's, as the kernel's
     if same_part_added(mm):
         conf = min(conf, PART_WIDTH)  # one part concatenated to every input: the code reads the same
     return Finding("architecture_variant", conf, keys,
