@@ -4,7 +4,7 @@ For each set: top-1 overall and per label, precision among answers with confiden
 (calibration) and the abstention rate (answers below 0.8, which list candidates instead).
 
 Usage (from the repository root):
-    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen16
+    python scripts/score_diagnose.py                    # development, generated, frozen, frozen2..frozen18
     python scripts/score_diagnose.py --skip-frozen      # while working: never look at frozen*/
     python scripts/score_diagnose.py --corpus DIR       # one folder of case files
     python scripts/score_diagnose.py --misses           # also list what each set got wrong
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.ops.diagnose.scoring import (  # noqa: E402
     FROZEN, FROZEN2, FROZEN3, FROZEN4, FROZEN5, FROZEN6, FROZEN7, FROZEN8, FROZEN9, FROZEN10, FROZEN11,
-    FROZEN12, FROZEN13, FROZEN14, FROZEN15, FROZEN16, Case,
+    FROZEN12, FROZEN13, FROZEN14, FROZEN15, FROZEN16, FROZEN17, FROZEN18, Case,
     Score, corpus, development, score)
 
 
@@ -114,6 +114,8 @@ def main() -> None:
         _print("frozen14 (non-vision texts committed at 142b595 before diagnose ran on them; 35/50 with the rules they were collected under, 9c2e266, and after frozen11/12's tuning; tuned on since: #16's frozen13/14 round)", score(corpus(FROZEN14)), args.misses)
         _print("frozen15 (vision texts committed at 3687e56 before diagnose ran on them; 31/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; tuned on since: #16's frozen15/16 round)", score(corpus(FROZEN15)), args.misses)
         _print("frozen16 (non-vision texts committed at 6246ce3 before diagnose ran on them; 35/50 with the rules they were collected under, 603be42, after the outcome table took frozen13/14 and after frozen13/14's tuning; tuned on since: #16's frozen15/16 round)", score(corpus(FROZEN16)), args.misses)
+        _print("frozen17 (held out: vision texts committed at 2723cdc before diagnose ran on them; 28/50 with the rules they were collected under, 4a0dbef; 29/50 after frozen15/16's tuning; not tuned on)", score(corpus(FROZEN17)), args.misses)
+        _print("frozen18 (held out: non-vision texts committed at ab70549 before diagnose ran on them; 34/50 with the rules they were collected under, 4a0dbef, and after frozen15/16's tuning; not tuned on)", score(corpus(FROZEN18)), args.misses)
 
 
 if __name__ == "__main__":

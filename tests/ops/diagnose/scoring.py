@@ -19,6 +19,7 @@ FROZEN6, FROZEN7, FROZEN8 = DATA / "frozen6", DATA / "frozen7", DATA / "frozen8"
 FROZEN9, FROZEN10, FROZEN11 = DATA / "frozen9", DATA / "frozen10", DATA / "frozen11"
 FROZEN12, FROZEN13, FROZEN14 = DATA / "frozen12", DATA / "frozen13", DATA / "frozen14"
 FROZEN15, FROZEN16 = DATA / "frozen15", DATA / "frozen16"
+FROZEN17, FROZEN18 = DATA / "frozen17", DATA / "frozen18"
 DECIDED = 0.8
 
 
