@@ -11,6 +11,7 @@ import mmap
 import struct
 import zlib
 from collections.abc import Callable, Mapping
+from itertools import islice
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
@@ -122,7 +123,42 @@ def cached_directory(f: BinaryIO) -> Mapping[str, ZipRecord]:
     return records
 
 
+_CENTRAL_BODY = struct.Struct("<6H3L5H2L")  # a central entry after its signature
+
+
+def _split_central(data: bytes, count: int) -> list[ZipRecord] | None:
+    """``_parse_central`` of a directory whose entries all split plainly at their signatures
+    (20,000 entries without a position computed, a slice and a signature compared each), else
+    None. Each piece between two signatures must be exactly one entry, its fixed fields, name,
+    extra field and comment, so the pieces are the entries ``_parse_central`` walks to; a
+    signature inside a name, a count that differs, a zip64 entry or any other length gives
+    None and the walk reads it."""
+    pieces = data.split(b"PK\x01\x02")
+    if len(pieces) != count + 1 or pieces[0]:
+        return None
+    unpack, fixed, new = _CENTRAL_BODY.unpack_from, _CENTRAL_BODY.size, tuple.__new__
+    records: list[ZipRecord] = []
+    append = records.append
+    for piece in islice(pieces, 1, None):
+        if len(piece) < fixed:
+            return None
+        (_, _, flags, method, _, _, crc, csize, usize, nlen, elen, clen, _, _, _,
+         offset) = unpack(piece)
+        if len(piece) != fixed + nlen + elen + clen or 0xFFFFFFFF in (csize, usize, offset):
+            return None
+        append(new(ZipRecord, (piece[fixed:fixed + nlen].decode("utf-8" if flags & 0x800 else "cp437"),
+                               offset, csize, usize, crc, method, flags)))
+    return records
+
+
 def _parse_central(data: bytes, count: int) -> list[ZipRecord]:
+    split = _split_central(data, count)
+    if split is not None:
+        return split
+    return _walk_central(data, count)
+
+
+def _walk_central(data: bytes, count: int) -> list[ZipRecord]:
     records: list[ZipRecord] = []
     pos = 0
     unpack = _CENTRAL.unpack_from
