@@ -1,7 +1,8 @@
-"""``zip_records._parse_central`` splits a central directory at its signatures
+"""Reading a zip's directory in one pass. ``zip_records._parse_central`` splits a central directory at its signatures
 (``_split_central``) before walking it entry by entry (``_walk_central``): the records, or the
 error, must be the walk's on both corpora, on archives whose names hold the signature, zip64
-entries and comments, and on every byte mutation, cut and insertion of a torch zip's directory."""
+entries and comments, and on every byte mutation, cut and insertion of a torch zip's directory.
+Names twice, and TorchScript's names, are found past the one-pass checks that skip asking each."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
+from ckpttools.formats import sniff
 from ckpttools.formats import zip_records as zr
 
 
@@ -94,3 +97,43 @@ def test_every_directory_mutation_reads_the_same(tmp_path: Path) -> None:
     for cut in range(len(data)):
         _same(data[:cut], count)
     assert checked > 1000
+
+
+def test_names_twice_are_found_past_the_one_pass_checks(tmp_path: Path) -> None:
+    """``read_directory`` and ``archive_problems`` ask each name only when one C-level pass
+    finds two alike: a name twice keeps its first record and is reported, and so is a name
+    twice in different case; distinct names report nothing."""
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/data.pkl", b"first")
+        zf.writestr("a/x", b"x")
+        with pytest.warns(UserWarning):
+            zf.writestr("a/data.pkl", b"second")
+        zf.writestr("a/X", b"y")
+    data = path.read_bytes()
+    records = zr.read_directory(io.BytesIO(data), len(data))
+    assert list(records) == ["a/data.pkl", "a/x", "a/X"]
+    assert zr.read_record(str(path), io.BytesIO(data), records["a/data.pkl"]) == b"first"
+    problems = zr.archive_problems(io.BytesIO(data), len(data))
+    assert problems == ["two records named 'a/data.pkl'",
+                        "two records named 'a/X' and 'a/x' (torch ignores case)"]
+    case = tmp_path / "case.zip"  # no name twice but in its case
+    with zipfile.ZipFile(case, "w") as zf:
+        for name in ("a/data.pkl", "a/x", "a/X"):
+            zf.writestr(name, b"z")
+    assert zr.archive_problems(io.BytesIO(case.read_bytes()), case.stat().st_size) == [
+        "two records named 'a/X' and 'a/x' (torch ignores case)"]
+    clean = tmp_path / "clean.pth"
+    torch.save({"w": torch.zeros(2)}, clean)
+    assert zr.archive_problems(io.BytesIO(clean.read_bytes()), clean.stat().st_size) == []
+
+
+def test_torchscript_names_are_found_past_the_one_search() -> None:
+    """``sniff.is_torchscript`` asks each name only when the joined names hold either text."""
+    plain = [f"m/data/{i}" for i in range(50)] + ["m/data.pkl"]
+    assert not sniff.is_torchscript(plain)
+    assert sniff.is_torchscript(plain + ["m/constants.pkl"])
+    assert sniff.is_torchscript(["m/code/__torch__.py"] + plain)
+    # the joined text holds both, no name does: each name is asked
+    assert not sniff.is_torchscript(["m/constants.pk", "l\n", "m/", "code/"])
+    assert not sniff.is_torchscript(["m/constants.pkl.bak", "m/code"])
