@@ -11,7 +11,8 @@ import mmap
 import struct
 import zlib
 from collections.abc import Callable, Mapping
-from operator import attrgetter
+from itertools import islice
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, BinaryIO, NamedTuple
 
@@ -22,6 +23,7 @@ _EOCD64_LOCATOR = struct.Struct("<4sLQL")
 _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_LOCAL_USED = struct.Struct("<4s2x2H4x3L2H")  # _LOCAL without the version, time and date
 
 
 ZIP_STORED = 0  # ``zipfile.ZIP_STORED``: records of tensor bytes, read in place
@@ -50,9 +52,12 @@ def read_directory(f: BinaryIO, size: int) -> dict[str, ZipRecord]:
     Raises:
         ZipError: no end-of-directory record, or the directory is cut or damaged.
     """
-    records: dict[str, ZipRecord] = {}
-    for rec in read_entries(f, size)[0]:
-        records.setdefault(rec.name, rec)
+    entries = read_entries(f, size)[0]
+    records = dict(zip(map(itemgetter(0), entries), entries))  # one C-level pass (20,000)
+    if len(records) != len(entries):  # a name twice: that pass kept its last record
+        records = {}
+        for rec in entries:
+            records.setdefault(rec.name, rec)
     return records
 
 
@@ -122,7 +127,42 @@ def cached_directory(f: BinaryIO) -> Mapping[str, ZipRecord]:
     return records
 
 
+_CENTRAL_BODY = struct.Struct("<6H3L5H2L")  # a central entry after its signature
+
+
+def _split_central(data: bytes, count: int) -> list[ZipRecord] | None:
+    """``_parse_central`` of a directory whose entries all split plainly at their signatures
+    (20,000 entries without a position computed, a slice and a signature compared each), else
+    None. Each piece between two signatures must be exactly one entry, its fixed fields, name,
+    extra field and comment, so the pieces are the entries ``_parse_central`` walks to; a
+    signature inside a name, a count that differs, a zip64 entry or any other length gives
+    None and the walk reads it."""
+    pieces = data.split(b"PK\x01\x02")
+    if len(pieces) != count + 1 or pieces[0]:
+        return None
+    unpack, fixed, new = _CENTRAL_BODY.unpack_from, _CENTRAL_BODY.size, tuple.__new__
+    records: list[ZipRecord] = []
+    append = records.append
+    for piece in islice(pieces, 1, None):
+        if len(piece) < fixed:
+            return None
+        (_, _, flags, method, _, _, crc, csize, usize, nlen, elen, clen, _, _, _,
+         offset) = unpack(piece)
+        if len(piece) != fixed + nlen + elen + clen or 0xFFFFFFFF in (csize, usize, offset):
+            return None
+        append(new(ZipRecord, (piece[fixed:fixed + nlen].decode("utf-8" if flags & 0x800 else "cp437"),
+                               offset, csize, usize, crc, method, flags)))
+    return records
+
+
 def _parse_central(data: bytes, count: int) -> list[ZipRecord]:
+    split = _split_central(data, count)
+    if split is not None:
+        return split
+    return _walk_central(data, count)
+
+
+def _walk_central(data: bytes, count: int) -> list[ZipRecord]:
     records: list[ZipRecord] = []
     pos = 0
     unpack = _CENTRAL.unpack_from
@@ -231,7 +271,9 @@ def archive_problems(f: BinaryIO, size: int, listing: Listing | None = None,
     entries, (eocd, cd_offset, cd_size) = listing or read_entries(f, size)
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for rec in entries:
+    # no two names alike in any case (one C-level pass over 20,000), else each is asked
+    names = list(map(itemgetter(0), entries))
+    for rec in entries if len(set(map(str.lower, names))) != len(names) else ():
         other = seen.setdefault(rec.name.lower(), rec.name)
         if other is not rec.name:
             problems.append(f"two records named {rec.name!r}" + (
@@ -284,17 +326,22 @@ def _plain_tiles(buf: Any, ordered: list[ZipRecord], i: int, pos: int,
     while each starts where the one before ends and its local header is plain: the sizes and
     CRC as in the central entry or deferred to a descriptor (no zip64), the same method and
     name. Returns the index of the first other record and where the last one taken ends."""
-    unpack, size, n = _LOCAL.unpack_from, _LOCAL.size, len(buf)
+    unpack, size, n = _LOCAL_USED.unpack_from, _LOCAL.size, len(buf)
     for i in range(i, len(ordered)):
         name, at, csize, usize, crc, method, _ = ordered[i]
         if at != pos or at + size > n:
             return i, pos
-        sig, _, flags, lmethod, _, _, lcrc, lcsize, lusize, nlen, elen = unpack(buf, at)
-        if sig != b"PK\x03\x04" or lmethod != method or (lcrc, lcsize, lusize) != (crc, csize, usize) \
-                and not (flags & _DESCRIBED and lcrc == lcsize == lusize == 0) \
-                or 0xFFFFFFFF in (lcsize, lusize) or csize >= 0xFFFFFFFF \
-                or str(buf[at + size:at + size + nlen], "utf-8" if flags & 0x800 else "cp437",
-                       "replace") != name:
+        sig, flags, lmethod, lcrc, lcsize, lusize, nlen, elen = unpack(buf, at)
+        if sig != b"PK\x03\x04" or lmethod != method or csize >= 0xFFFFFFFF:
+            return i, pos
+        if lcrc or lcsize or lusize:  # the sizes and CRC here: the central entry's, no zip64
+            if lcrc != crc or lcsize != csize or lusize != usize or lcsize == 0xFFFFFFFF \
+                    or lusize == 0xFFFFFFFF:
+                return i, pos
+        elif not flags & _DESCRIBED and (crc or csize or usize):  # none, and no descriptor
+            return i, pos
+        if str(buf[at + size:at + size + nlen], "utf-8" if flags & 0x800 else "cp437",
+               "replace") != name:
             return i, pos
         start = at + size + nlen + elen
         starts[at] = start

@@ -28,14 +28,38 @@ __all__ = ["MIN_RUN", "RunValues", "record_run", "resolve"]
 
 _LPUT, _GET, _INT = LONG_PUT, MEMO_GET, INT_OP
 _SHAPE = INT_TUPLE + LONG_PUT  # a non-empty shape or stride (an EMPTY_TUPLE ends the run)
-# the record after its key's BINUNICODE, as in ``records._REST`` with every put a LONG_BINPUT
-_REST = re.compile(
-    _LPUT + _GET + rb"\(\(" + _GET + _GET               # key put; rebuild; 'storage', class
-    + rb"X([\x01-\x14])\x00\x00\x00([0-9]+)" + _LPUT    # storage key (length checked below)
-    + _GET + rb"(" + _INT + rb")t" + _LPUT              # device, numel, TUPLE
-    + rb"Q(" + _INT + rb")" + _SHAPE + _SHAPE           # BINPERSID, offset, shape, stride
-    + rb"([\x88\x89])" + _GET + rb"\)R" + _LPUT         # requires_grad, OrderedDict()
-    + rb"t" + _LPUT + rb"R" + _LPUT)                    # the arguments, the rebuild call
+
+
+def _rest(rebuild: bytes, storage: bytes, storage_class: bytes, device: bytes,
+          hooks: bytes) -> bytes:
+    """The record after its key's BINUNICODE, as in ``records._REST`` with every put a
+    LONG_BINPUT, its five fetches read by the patterns given."""
+    return (_LPUT + rebuild + rb"\(\(" + storage + storage_class    # key put; rebuild; 'storage', class
+            + rb"X([\x01-\x14])\x00\x00\x00([0-9]+)" + _LPUT      # storage key (length checked below)
+            + device + rb"(" + _INT + rb")t" + _LPUT              # device, numel, TUPLE
+            + rb"Q(" + _INT + rb")" + _SHAPE + _SHAPE             # BINPERSID, offset, shape, stride
+            + rb"([\x88\x89])" + hooks + rb"\)R" + _LPUT          # requires_grad, OrderedDict()
+            + rb"t" + _LPUT + rb"R" + _LPUT)                      # the arguments, the rebuild call
+
+
+_REST = re.compile(_rest(_GET, _GET, _GET, _GET, _GET))
+_SAME: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}  # the five fetches -> _REST with them
+
+
+def _same_fetches(gets: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """``_REST`` for the records that fetch exactly ``gets`` (the first record's): each fetch
+    a literal, captured as a group of the same number, so the matches read as ``_REST``'s. A
+    record that fetches anything else does not match it (``_scan`` compared the five per
+    record before, 20,000 records). Made once per distinct five (one for a ``torch.save``
+    file), at most 64 kept."""
+    pattern = _SAME.get(gets)
+    if pattern is None:
+        pattern = re.compile(_rest(*(b"(" + re.escape(g) + b")" for g in gets)))
+        if len(_SAME) < 64:
+            _SAME[gets] = pattern
+    return pattern
+
+
 _BINUNICODE = 0x58
 _PUTS = 8  # memo indices each record stores
 MIN_RUN = 2  # fewer records are left to ``tensor_record``
@@ -106,7 +130,6 @@ def _scan(data: Any, pos: int, end: int) -> tuple[list[Any], list[str], list[byt
     found: list[Any] = []
     keys: list[str] = []
     puts: list[bytes] = []
-    gets = None
     ops = 0
     while pos < end and data[pos] == _BINUNICODE and len(found) < _MAX_RUN:
         start = pos + 5 + fb(data[pos + 1:pos + 5], "little")
@@ -114,11 +137,8 @@ def _scan(data: Any, pos: int, end: int) -> tuple[list[Any], list[str], list[byt
         if m is None:
             break
         g = m.groups()
-        these = (g[1], g[2], g[3], g[7], g[16])
-        if gets is None:
-            gets = these
-        elif these != gets:
-            break
+        if not found:  # the records after it must fetch what it fetches: matched as literals
+            match = _same_fetches((g[1], g[2], g[3], g[7], g[16])).match
         if len(g[5]) != g[4][0]:  # the storage key's digits run as long as its count says
             break
         try:

@@ -15,6 +15,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any
 
 from ckpttools.formats import zip_records as zr
@@ -248,7 +249,8 @@ def scan_zip(data: Any, label: str, depth: int = 0) -> Found:
     main = _torch_pickle(entries)
     if main is not None:
         found.kind = "torch-zip"
-    if any(r.name.endswith("constants.pkl") for r in entries):
+    if "constants.pkl" in "\n".join(map(attrgetter("name"), entries)) and \
+            any(r.name.endswith("constants.pkl") for r in entries):
         # its records are read by TorchScript's own unpickler, not Python's: the code is the risk
         found.kind = "torchscript"
         _flag(found, label, "a TorchScript archive: torch.load(weights_only=False) hands it to "

@@ -250,3 +250,22 @@ def test_length_checks_read_strings_as_before() -> None:
         variants += [data[:at + 1], data[:at + 3], data[:at + 6]]
     for variant in variants:
         assert _outcome(walk.scan_pickle, variant) == _outcome(_scan_by_steps, variant)
+
+
+def test_a_run_matches_its_first_records_fetches_only() -> None:
+    """After a run's first record the others are matched with its five fetches as literals
+    (``record_runs._same_fetches``): the groups read as the general pattern's, and a record
+    that fetches anything else is not matched (the run ends there)."""
+    data = _data_pkl({f"k{i}": torch.zeros(2) for i in range(40)})
+    at = data.find(b"k37") - 5
+    start = at + 5 + int.from_bytes(data[at + 1:at + 5], "little")
+    general = record_runs._REST.match(data, start)
+    assert general is not None
+    g = general.groups()
+    same = record_runs._same_fetches((g[1], g[2], g[3], g[7], g[16]))
+    assert same is record_runs._same_fetches((g[1], g[2], g[3], g[7], g[16]))
+    m = same.match(data, start)
+    assert m is not None and m.groups() == g and m.end() == general.end()
+    other = data[:start] + data[start:].replace(g[16], b"j" + bytes(4), 1)
+    assert record_runs._REST.match(other, start) is not None
+    assert same.match(other, start) is None
