@@ -175,28 +175,32 @@ def _config(conf: float, mm: list[ShapeMismatch], setting: str) -> Finding:
                    {"kind": "config", "setting": setting, "examples": [m.key for m in mm]})
 
 
+# (what finds the table, the reading's confidence, what its rows are read as)
+_TABLE_SETTINGS = (
+    (joint_alone, 0.7,
+     "the transducer's joint output ({layer}) has {c} outputs in the checkpoint and {s} in the model "
+     "while the vocabulary's other tables loaded: another decoder variant (TDT durations, "
+     "multi-blank) counts outputs beyond the tokens and the blank; a tokenizer of another size "
+     "reads the same"),
+    (other_frontend, 0.65,
+     "{key} indexes {c} symbols in the checkpoint and {s} in the model, an order of magnitude "
+     "apart: the model was built for another text frontend or dictionary (a preset's symbol set), "
+     "not for a few added tokens"),
+    (prompt_table, 0.75,
+     "{key} holds {c} virtual tokens in the checkpoint and {s} in the model: the prefix was "
+     "trained with another length (pre_seq_len, num_virtual_tokens); build the prefix encoder "
+     "with the checkpoint's"),
+)
+
+
 def _table_settings(ev: Evidence) -> list[Finding]:
     """The settings a table's rows are read as: a joint's outputs, a frontend, a prefix length."""
     out = []
-    if mm := joint_alone(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        out.append(_config(0.7, mm, (
-            f"the transducer's joint output ({mm[0].key.rpartition('.')[0]}) has {c} outputs in the "
-            f"checkpoint and {s} in the model while the vocabulary's other tables loaded: another "
-            "decoder variant (TDT durations, multi-blank) counts outputs beyond the tokens and the "
-            "blank; a tokenizer of another size reads the same")))
-    if mm := other_frontend(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        out.append(_config(0.65, mm, (
-            f"{mm[0].key} indexes {c} symbols in the checkpoint and {s} in the model, an order of "
-            "magnitude apart: the model was built for another text frontend or dictionary (a "
-            "preset's symbol set), not for a few added tokens")))
-    if mm := prompt_table(ev):
-        c, s = _rows(mm[0]) or (0, 0)
-        out.append(_config(0.75, mm, (
-            f"{mm[0].key} holds {c} virtual tokens in the checkpoint and {s} in the model: the "
-            "prefix was trained with another length (pre_seq_len, num_virtual_tokens); build the "
-            "prefix encoder with the checkpoint's")))
+    for find, conf, text in _TABLE_SETTINGS:
+        if mm := find(ev):
+            c, s = _rows(mm[0]) or (0, 0)
+            key = mm[0].key
+            out.append(_config(conf, mm, text.format(key=key, layer=key.rpartition(".")[0], c=c, s=s)))
     return out
 
 
