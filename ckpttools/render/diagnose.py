@@ -37,7 +37,7 @@ def _cause(i: int, c: Cause, fmt: str, same_as_plan: bool = False) -> list[str]:
     if same_as_plan:
         lines.append("fix: the fix plan above")
     elif not c.fix_code:  # the fix needs what the text does not give: words, not code
-        lines.append("fix: as said above (no code: it needs files and settings the text does not show)")
+        lines.append("fix: as said above (no code: it needs settings or files that ckpttools cannot see)")
         lines += [f"confirm: {c.confirm_command}"] if c.confirm_command else []
     elif fmt == "markdown":
         lines += ["", "fix:", "", "```python", c.fix_code, "```"]

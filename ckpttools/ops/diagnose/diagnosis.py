@@ -7,6 +7,7 @@ causes and the same renderer shows them.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -141,6 +142,23 @@ def evidence_from_diff(diff: DiffResult, model_spec: str | None = None) -> Evide
                         and not diff.plan.source.key))
 
 
+def _tie_conflict(diff: DiffResult) -> Cause:
+    """The model ties parameters that the checkpoint holds apart: a strict load succeeds and
+    keeps one tensor for all of them (``DiffResult.tie_conflicts``)."""
+    from ckpttools.ops.diagnose.fixes import Cause
+
+    group = diff.tie_conflicts[0]
+    return Cause(
+        "tied_weights", 0.95,
+        f"the model ties {' and '.join(group)} into one parameter, and the checkpoint holds them as "
+        f"different tensors (it was saved from a model built untied): load_state_dict succeeds, "
+        f"keeps {group[-1]} for all of them and loses the rest; build the model untied, as the "
+        "checkpoint was saved (transformers: tie_word_embeddings=False), then load",
+        {"explained": sum(len(g) for g in diff.tie_conflicts), "examples": list(group),
+         "facts": {"tie_conflicts": [list(g) for g in diff.tie_conflicts]}},
+        confirm_command=shlex.join(["ckpttools", "diff", diff.checkpoint, "--model", diff.model]))
+
+
 def _plan_moves(diff: DiffResult) -> tuple[tuple[str, str], ...]:
     """(checkpoint key, model key) for each key the fix plan's ``rename`` steps move."""
     from ckpttools.ops.fix_plan import rules_of
@@ -204,6 +222,8 @@ def diagnose_checkpoint(source: CheckpointReader | Mapping[str, Any],
     nested = diff.plan is not None and bool(diff.plan.source.key)  # a folder's file is not
     found = not diff.ok or (nested and key is None)
     result = diagnose_evidence(ev, found=found, note=diff.state_dict_note)
+    if diff.tie_conflicts:  # read from the tensors' values, which no key or shape rule sees
+        result = dataclasses.replace(result, causes=(_tie_conflict(diff), *result.causes))
     plan = diff.plan
     if plan is not None and plan.undecided:  # no fix may pick one of the plan's choices blindly
         causes = tuple(dataclasses.replace(c, fix_code="", fix_command=None) for c in result.causes)
