@@ -14,6 +14,7 @@ The same plan object gives the Python snippet, the ``ckpttools remap`` command a
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -380,14 +381,14 @@ def find_plan(source: Source, table: Table, sig: ModelSignature, traits: ModelTr
     elif sig.keys and not filled and not Counts.of(before).loads_strictly(allow_tied):
         # a plan of drops alone loads nothing: not a fix, whatever strict=False says
         steps, cmp = [], before
-        no_plan, hint = _fills_nothing(table, len(sig.keys))
+        no_plan, hint = _fills_nothing(source, table, len(sig.keys))
     plan = FixPlan(source, tuple(steps), Counts.of(before), Counts.of(cmp),
                    len(filled), len(sig.keys), left, allow_tied, traits, undecided=undecided,
                    no_plan=no_plan, no_plan_hint=hint)
     return plan
 
 
-def _fills_nothing(table: Table, total: int) -> tuple[str, str]:
+def _fills_nothing(source: Source, table: Table, total: int) -> tuple[str, str]:
     """Why no plan is shown for a checkpoint that fills none of the model's keys, and what to do."""
     why = (f"no rename or drop makes the checkpoint fill any of the model's {total} keys (it "
            f"holds {len(table)} others)")
@@ -395,4 +396,4 @@ def _fills_nothing(table: Table, total: int) -> tuple[str, str]:
         return why, ("the checkpoint is a LoRA adapter alone: build the model with its base "
                      "weights, then peft.PeftModel.from_pretrained(model, ADAPTER_FOLDER)")
     return why, ("it is another model's file, or its keys are named in a way no prefix or "
-                 "rename maps: check what it holds with ckpttools inspect CKPT")
+                 f"rename maps: see what it holds with {shlex.join(['ckpttools', 'inspect', source.path])}")

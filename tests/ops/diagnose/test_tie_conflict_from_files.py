@@ -7,6 +7,7 @@ the tensors' values, with the way out (build the model untied) and the command t
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -50,7 +51,11 @@ def test_untied_weights_into_a_tying_model_name_the_tie(tmp_path: Path) -> None:
     assert first["label"] == "tied_weights" and first["confidence"] >= 0.9, first
     assert first["evidence"]["facts"]["tie_conflicts"] == [["embed.weight", "head.weight"]]
     assert "build the model untied" in first["summary"] and "no known cause fits" not in text
-    assert first["fix"]["confirm"].startswith("ckpttools diff ")
+    # the confirming command it prints runs and says the load loses weights
+    confirm = shlex.split(first["fix"]["confirm"])
+    assert confirm[:2] == ["ckpttools", "diff"]
+    r = CliRunner().invoke(cli, confirm[1:])
+    assert r.exit_code == 1 and "strict load would succeed but lose weights" in r.stdout, r.output
     # the way out it names loads every tensor as saved
     fixed = untied()
     fixed.load_state_dict(torch.load(tmp_path / "untied.pth"))

@@ -6,6 +6,7 @@ checkpoint fills none of the model's keys and what to do instead, and the hint i
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,12 @@ def test_another_models_file_gets_no_plan(tmp_path: Path) -> None:
     torch.save({f"encoder.{k}": v for k, v in other.state_dict().items()}, tmp_path / "other.pth")
     code, plan, text = _plan(tmp_path / "other.pth", f"{tmp_path / 'spec.py'}:conv")
     assert code == 1 and plan["no_plan"] and plan["filled"] == 0 and not plan["steps"], plan
-    assert "ckpttools inspect" in plan["no_plan_hint"] and "remap:" not in text
+    assert "remap:" not in text
+    # the command it prints runs and shows the other model's keys
+    command = shlex.split(plan["no_plan_hint"].rsplit(" with ", 1)[1])
+    assert command[:2] == ["ckpttools", "inspect"]
+    code, out = run_cli(command[1:])
+    assert code == 0 and "encoder.0.weight" in out
 
 
 def test_a_file_that_fills_some_keys_keeps_its_plan(tmp_path: Path) -> None:
